@@ -1,0 +1,111 @@
+//! Where tokens come from.
+//!
+//! A source performs one [`Fetch`](freshtoken_core::Action::Fetch): it asks
+//! an authority (or a file, or nothing at all) for a token and classifies
+//! any failure as a [`FetchError`]. Sources keep no refresh state of their
+//! own: the newest refresh token arrives in the [`FetchRequest`], because the
+//! machine, not the source, knows which one is current across a shared cache.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use freshtoken_core::{AccessToken, FetchError, FetchRequest, TokenResponse};
+
+/// A blocking token source. Async drivers run it on their blocking pool.
+///
+/// ```
+/// use freshtoken::source::{FnSource, TokenSource};
+/// use freshtoken::{AccessToken, FetchRequest, TokenResponse};
+///
+/// let source = FnSource::new(|_req: &FetchRequest| {
+///     Ok(TokenResponse::new(AccessToken::new("t")).with_expires_in(Some(60)))
+/// });
+/// let resp = source.fetch(&FetchRequest::first()).unwrap();
+/// assert_eq!(resp.expires_in, Some(60));
+/// ```
+pub trait TokenSource: Send + Sync + 'static {
+    /// Fetches a token. Must not panic on bad input from the network.
+    fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError>;
+}
+
+/// An async token source; its futures must be `Send`.
+pub trait AsyncTokenSource: Send + Sync + 'static {
+    /// Fetches a token.
+    fn fetch(
+        &self,
+        request: &FetchRequest,
+    ) -> impl Future<Output = Result<TokenResponse, FetchError>> + Send;
+}
+
+impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
+    fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        (**self).fetch(request)
+    }
+}
+
+impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
+    fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        (**self).fetch(request)
+    }
+}
+
+/// A source that always returns the same token, e.g. a long-lived API key
+/// or a token injected by the platform.
+///
+/// ```
+/// use freshtoken::source::{ConstTokenSource, TokenSource};
+/// use freshtoken::FetchRequest;
+///
+/// let s = ConstTokenSource::new("api-key", Some(86_400));
+/// assert_eq!(s.fetch(&FetchRequest::first()).unwrap().access_token.expose_secret(), "api-key");
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConstTokenSource {
+    token: AccessToken,
+    expires_in: Option<i64>,
+}
+
+impl ConstTokenSource {
+    /// A source for `token`, reported to live `expires_in` seconds (`None`:
+    /// the lifetime policy's default, re-read at each refresh).
+    pub fn new(token: impl Into<String>, expires_in: Option<i64>) -> Self {
+        ConstTokenSource {
+            token: AccessToken::new(token.into()),
+            expires_in,
+        }
+    }
+}
+
+impl TokenSource for ConstTokenSource {
+    fn fetch(&self, _request: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        Ok(TokenResponse::new(self.token.clone()).with_expires_in(self.expires_in))
+    }
+}
+
+/// A source made from a closure.
+pub struct FnSource<F>(F);
+
+impl<F> FnSource<F>
+where
+    F: Fn(&FetchRequest) -> Result<TokenResponse, FetchError> + Send + Sync + 'static,
+{
+    /// Wraps `f`.
+    pub fn new(f: F) -> Self {
+        FnSource(f)
+    }
+}
+
+impl<F> std::fmt::Debug for FnSource<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnSource")
+    }
+}
+
+impl<F> TokenSource for FnSource<F>
+where
+    F: Fn(&FetchRequest) -> Result<TokenResponse, FetchError> + Send + Sync + 'static,
+{
+    fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        (self.0)(request)
+    }
+}

@@ -1,0 +1,180 @@
+//! Errors that cross the machine's boundary, classified by what to do next.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What kind of failure a fetch was, which decides the retry policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FetchErrorKind {
+    /// Network trouble, timeouts, 5xx, `temporarily_unavailable`: retry with
+    /// exponential backoff.
+    Transient,
+    /// 429 or `slow_down`: retry with backoff, never sooner than Retry-After.
+    RateLimited,
+    /// The request itself is wrong (`invalid_client`, `invalid_scope`, 400,
+    /// 401, 403, ...): retrying soon cannot help, so retry at a long interval
+    /// in case an operator fixes the configuration.
+    Permanent,
+    /// The refresh token was revoked or rotated away (`invalid_grant` on a
+    /// refresh-token flow): no retry can succeed; the machine stops
+    /// refreshing and reports a permanent failure.
+    GrantRevoked,
+}
+
+impl fmt::Display for FetchErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FetchErrorKind::Transient => "transient error",
+            FetchErrorKind::RateLimited => "rate limited",
+            FetchErrorKind::Permanent => "permanent error",
+            FetchErrorKind::GrantRevoked => "grant revoked",
+        })
+    }
+}
+
+/// A failed fetch, as a source reports it to the machine.
+///
+/// The message must never contain a secret; sources build it from status
+/// codes, RFC 6749 error codes and redacted excerpts.
+///
+/// ```
+/// use freshtoken_core::{FetchError, FetchErrorKind};
+/// use std::time::Duration;
+///
+/// let e = FetchError::rate_limited("too many requests")
+///     .with_status(429)
+///     .with_retry_after(Some(Duration::from_secs(7)));
+/// assert_eq!(e.kind(), FetchErrorKind::RateLimited);
+/// assert_eq!(e.to_string(), "rate limited (HTTP 429): too many requests");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct FetchError {
+    kind: FetchErrorKind,
+    message: String,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some(status) = self.status {
+            write!(f, " (HTTP {status})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl FetchError {
+    /// An error of the given kind.
+    pub fn new(kind: FetchErrorKind, message: impl Into<String>) -> Self {
+        FetchError {
+            kind,
+            message: message.into(),
+            status: None,
+            retry_after: None,
+        }
+    }
+
+    /// A transient error.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(FetchErrorKind::Transient, message)
+    }
+
+    /// A rate-limit error.
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(FetchErrorKind::RateLimited, message)
+    }
+
+    /// A permanent error.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(FetchErrorKind::Permanent, message)
+    }
+
+    /// A revoked grant.
+    pub fn grant_revoked(message: impl Into<String>) -> Self {
+        Self::new(FetchErrorKind::GrantRevoked, message)
+    }
+
+    /// Records the HTTP status.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Records the authority's Retry-After.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> FetchErrorKind {
+        self.kind
+    }
+
+    /// The message (free of secrets).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The HTTP status, if the failure had one.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// The authority's Retry-After, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+/// What kind of failure a cache operation was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheErrorKind {
+    /// The backend could not be reached (Redis down, timeout).
+    Unavailable,
+    /// The stored entry could not be read (corrupt, truncated, foreign).
+    Corrupt,
+    /// Any other I/O failure.
+    Io,
+}
+
+/// A failed cache operation. The machine treats a failed load as a miss and
+/// a failed store as a warning: a cache never stops refreshing.
+///
+/// ```
+/// use freshtoken_core::{CacheError, CacheErrorKind};
+/// let e = CacheError::new(CacheErrorKind::Unavailable, "connection refused");
+/// assert_eq!(e.to_string(), "cache unavailable: connection refused");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", match .kind {
+    CacheErrorKind::Unavailable => "cache unavailable",
+    CacheErrorKind::Corrupt => "cache entry corrupt",
+    CacheErrorKind::Io => "cache I/O error",
+})]
+pub struct CacheError {
+    kind: CacheErrorKind,
+    message: String,
+}
+
+impl CacheError {
+    /// A cache error.
+    pub fn new(kind: CacheErrorKind, message: impl Into<String>) -> Self {
+        CacheError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> CacheErrorKind {
+        self.kind
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}

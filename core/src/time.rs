@@ -1,0 +1,233 @@
+//! Wall-clock time as plain data.
+//!
+//! The core never reads a clock: every instant it sees is handed to it. Token
+//! times are persisted and shared between processes, so they are wall-clock
+//! milliseconds since the Unix epoch rather than [`std::time::Instant`]s, which
+//! mean nothing outside the process that made them.
+
+use std::fmt;
+use std::ops::{Add, Sub};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A wall-clock instant: milliseconds since the Unix epoch.
+///
+/// Arithmetic saturates (at the epoch and at `u64::MAX` milliseconds) instead
+/// of overflowing, because the durations it meets come from the network and
+/// from files and may be absurd. It serializes as a plain integer.
+///
+/// ```
+/// use freshtoken_core::Timestamp;
+/// use std::time::Duration;
+///
+/// let t = Timestamp::from_millis(1_000);
+/// assert_eq!((t + Duration::from_secs(2)).as_millis(), 3_000);
+/// assert_eq!(t - Duration::from_secs(5), Timestamp::EPOCH); // saturates
+/// assert_eq!(Timestamp::from_millis(3_000).saturating_duration_since(t), Duration::from_secs(2));
+/// ```
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// 1970-01-01T00:00:00Z.
+    pub const EPOCH: Timestamp = Timestamp(0);
+    /// The largest representable instant; used as "never".
+    pub const MAX: Timestamp = Timestamp(u64::MAX);
+
+    /// An instant `ms` milliseconds after the epoch.
+    pub const fn from_millis(ms: u64) -> Self {
+        Timestamp(ms)
+    }
+
+    /// An instant `s` seconds after the epoch (saturating).
+    pub const fn from_secs(s: u64) -> Self {
+        Timestamp(s.saturating_mul(1_000))
+    }
+
+    /// Milliseconds since the epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// Whole seconds since the epoch.
+    pub const fn as_secs(self) -> u64 {
+        self.0 / 1_000
+    }
+
+    /// Converts a [`SystemTime`]; instants before the epoch become the epoch.
+    ///
+    /// This is a pure conversion: reading the clock is the caller's business.
+    pub fn from_system_time(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp(duration_millis(d)),
+            Err(_) => Timestamp::EPOCH,
+        }
+    }
+
+    /// The instant as a [`SystemTime`].
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH
+            .checked_add(Duration::from_millis(self.0))
+            .unwrap_or(UNIX_EPOCH)
+    }
+
+    /// `self + d`, saturating at [`Timestamp::MAX`].
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(duration_millis(d)))
+    }
+
+    /// `self - d`, saturating at [`Timestamp::EPOCH`].
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_sub(duration_millis(d)))
+    }
+
+    /// How long after `earlier` this instant is; zero if it is not after it.
+    pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The signed distance `self - other` in milliseconds (saturating).
+    pub fn signed_millis_since(self, other: Timestamp) -> i64 {
+        let d = i128::from(self.0) - i128::from(other.0);
+        d.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+
+    /// Shifts the instant by a signed number of milliseconds (saturating).
+    pub fn offset_millis(self, ms: i64) -> Self {
+        if ms >= 0 {
+            Timestamp(self.0.saturating_add(ms as u64))
+        } else {
+            Timestamp(self.0.saturating_sub(ms.unsigned_abs()))
+        }
+    }
+}
+
+/// Whole milliseconds of `d`, saturating at `u64::MAX`.
+pub(crate) fn duration_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, d: Duration) -> Timestamp {
+        self.saturating_add(d)
+    }
+}
+
+impl Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn sub(self, d: Duration) -> Timestamp {
+        self.saturating_sub(d)
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({}.{:03}s)", self.0 / 1_000, self.0 % 1_000)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:03}s", self.0 / 1_000, self.0 % 1_000)
+    }
+}
+
+/// A source of wall-clock time for drivers.
+///
+/// The core never calls it; drivers read it and pass `now` into the machine.
+/// The system implementation lives in the `freshtoken` crate (`SystemClock`);
+/// [`ManualClock`] is for tests and simulations.
+pub trait Clock: Send + Sync + 'static {
+    /// The current wall-clock time.
+    fn now(&self) -> Timestamp;
+}
+
+/// A clock that moves only when told to; clones share one time.
+///
+/// ```
+/// use freshtoken_core::{Clock, ManualClock, Timestamp};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new(Timestamp::from_secs(100));
+/// let view = clock.clone();
+/// clock.advance(Duration::from_secs(5));
+/// assert_eq!(view.now(), Timestamp::from_secs(105));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    millis: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock showing `start`.
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock {
+            millis: Arc::new(AtomicU64::new(start.as_millis())),
+        }
+    }
+
+    /// Sets the time (it may go backwards, like a real wall clock can).
+    pub fn set(&self, t: Timestamp) {
+        self.millis.store(t.as_millis(), Ordering::SeqCst);
+    }
+
+    /// Moves the time forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        let ms = duration_millis(d);
+        let _ = self
+            .millis
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
+                Some(m.saturating_add(ms))
+            });
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.millis.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_saturates() {
+        assert_eq!(Timestamp::MAX + Duration::from_secs(1), Timestamp::MAX);
+        assert_eq!(Timestamp::EPOCH - Duration::from_secs(1), Timestamp::EPOCH);
+        assert_eq!(Timestamp::from_secs(u64::MAX), Timestamp::MAX);
+        assert_eq!(Timestamp::EPOCH + Duration::MAX, Timestamp::MAX);
+        assert_eq!(
+            Timestamp::MAX.signed_millis_since(Timestamp::EPOCH),
+            i64::MAX
+        );
+        assert_eq!(
+            Timestamp::from_millis(5).offset_millis(-10),
+            Timestamp::EPOCH
+        );
+        assert_eq!(
+            Timestamp::from_millis(5).offset_millis(10),
+            Timestamp::from_millis(15)
+        );
+    }
+
+    #[test]
+    fn serde_is_an_integer() {
+        let json = serde_json::to_string(&Timestamp::from_millis(42)).unwrap();
+        assert_eq!(json, "42");
+        let back: Timestamp = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, Timestamp::from_millis(42));
+    }
+
+    #[test]
+    fn system_time_round_trip() {
+        let t = Timestamp::from_millis(1_700_000_000_123);
+        assert_eq!(Timestamp::from_system_time(t.to_system_time()), t);
+    }
+}

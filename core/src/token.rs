@@ -1,0 +1,315 @@
+//! The token model: what an authority returns and what readers get.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::secret::{AccessToken, IdToken, RefreshToken};
+use crate::time::Timestamp;
+
+/// A short, non-secret identifier of an access token.
+///
+/// It is a 64-bit FNV-1a hash of the token's bytes: enough to tell tokens
+/// apart in logs, in [`Invalidate`](crate::Input::Invalidate) and in the
+/// quickstart's status line, and useless for reconstructing a high-entropy
+/// bearer token.
+///
+/// ```
+/// use freshtoken_core::{AccessToken, TokenId};
+///
+/// let id = AccessToken::new("abc").fingerprint();
+/// assert_eq!(id, TokenId::of(b"abc"));
+/// assert_eq!(id.to_string().len(), 16);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(u64);
+
+impl TokenId {
+    /// The identifier of a token with these bytes.
+    pub fn of(bytes: &[u8]) -> Self {
+        // FNV-1a: tiny, dependency-free, and stable across releases and
+        // processes (unlike std's randomly keyed SipHash), which matters
+        // because ids are compared between instances sharing a cache.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        TokenId(h)
+    }
+
+    /// The raw value.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenId({:016x})", self.0)
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Where a token is in its life at a given instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenStatus {
+    /// Before `stale_at`: good, and not yet due for renewal.
+    Fresh,
+    /// Between `stale_at` and `expires_at`: still valid, renewal is due.
+    Stale,
+    /// At or after `expires_at`: must not be used.
+    Expired,
+}
+
+impl fmt::Display for TokenStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TokenStatus::Fresh => "fresh",
+            TokenStatus::Stale => "stale",
+            TokenStatus::Expired => "expired",
+        })
+    }
+}
+
+/// An access token with its life times.
+///
+/// Times are wall-clock [`Timestamp`]s in the local clock's view. The
+/// constructor keeps `issued_at <= stale_at <= expires_at` true whatever it is
+/// given, so code that reads a token never meets a stale time after expiry.
+///
+/// ```
+/// use freshtoken_core::{AccessToken, Timestamp, Token, TokenStatus};
+///
+/// let token = Token::new(
+///     AccessToken::new("at"),
+///     Timestamp::from_secs(0),
+///     Timestamp::from_secs(45),
+///     Timestamp::from_secs(60),
+/// )
+/// .with_scope(Some("read".into()));
+/// assert_eq!(token.status(Timestamp::from_secs(10)), TokenStatus::Fresh);
+/// assert_eq!(token.status(Timestamp::from_secs(50)), TokenStatus::Stale);
+/// assert_eq!(token.status(Timestamp::from_secs(60)), TokenStatus::Expired);
+/// assert!(!format!("{token:?}").contains("\"at\""));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    id: TokenId,
+    access_token: AccessToken,
+    token_type: String,
+    refresh_token: Option<RefreshToken>,
+    id_token: Option<IdToken>,
+    scope: Option<String>,
+    issued_at: Timestamp,
+    stale_at: Timestamp,
+    expires_at: Timestamp,
+}
+
+impl Token {
+    /// A bearer token with the given times (reordered if they are out of order).
+    pub fn new(
+        access_token: AccessToken,
+        issued_at: Timestamp,
+        stale_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Self {
+        let expires_at = expires_at.max(issued_at);
+        let stale_at = stale_at.clamp(issued_at, expires_at);
+        Token {
+            id: access_token.fingerprint(),
+            access_token,
+            token_type: "Bearer".to_owned(),
+            refresh_token: None,
+            id_token: None,
+            scope: None,
+            issued_at,
+            stale_at,
+            expires_at,
+        }
+    }
+
+    /// Sets the token type (kept as the authority spelled it).
+    pub fn with_token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.token_type = token_type.into();
+        self
+    }
+
+    /// Sets the refresh token.
+    pub fn with_refresh_token(mut self, refresh_token: Option<RefreshToken>) -> Self {
+        self.refresh_token = refresh_token;
+        self
+    }
+
+    /// Sets the id token.
+    pub fn with_id_token(mut self, id_token: Option<IdToken>) -> Self {
+        self.id_token = id_token;
+        self
+    }
+
+    /// Sets the granted scope.
+    pub fn with_scope(mut self, scope: Option<String>) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The non-secret identifier of the access token.
+    pub fn id(&self) -> TokenId {
+        self.id
+    }
+
+    /// The access token.
+    pub fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+
+    /// The token type, usually `Bearer`.
+    pub fn token_type(&self) -> &str {
+        &self.token_type
+    }
+
+    /// The refresh token, if the authority issued one.
+    pub fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The OpenID Connect id token, if any.
+    pub fn id_token(&self) -> Option<&IdToken> {
+        self.id_token.as_ref()
+    }
+
+    /// The scope the authority granted, if it said.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// When the token was requested (the start of its life in the local view).
+    pub fn issued_at(&self) -> Timestamp {
+        self.issued_at
+    }
+
+    /// When the token is due for renewal.
+    pub fn stale_at(&self) -> Timestamp {
+        self.stale_at
+    }
+
+    /// When the token stops being valid.
+    pub fn expires_at(&self) -> Timestamp {
+        self.expires_at
+    }
+
+    /// The whole lifetime, `expires_at - issued_at`.
+    pub fn lifetime(&self) -> Duration {
+        self.expires_at.saturating_duration_since(self.issued_at)
+    }
+
+    /// The status of the token at `now`.
+    pub fn status(&self, now: Timestamp) -> TokenStatus {
+        if now >= self.expires_at {
+            TokenStatus::Expired
+        } else if now >= self.stale_at {
+            TokenStatus::Stale
+        } else {
+            TokenStatus::Fresh
+        }
+    }
+
+    /// Whether the token can still be used at `now`.
+    pub fn is_valid_at(&self, now: Timestamp) -> bool {
+        now < self.expires_at
+    }
+
+    /// `Authorization` header value, e.g. `Bearer abc`. Contains the secret.
+    pub fn authorization_header(&self) -> String {
+        format!("{} {}", self.token_type, self.access_token.expose_secret())
+    }
+}
+
+/// What a token source returns: the authority's answer, before the lifetime
+/// policy has turned it into a [`Token`].
+///
+/// `expires_in` is kept as the authority sent it (seconds, possibly absent,
+/// zero or negative); [`LifetimePolicy`](crate::LifetimePolicy) decides what
+/// to make of it. `server_date` is the answer's `Date` header, used to
+/// estimate clock skew.
+///
+/// ```
+/// use freshtoken_core::{AccessToken, TokenResponse};
+///
+/// let r = TokenResponse::new(AccessToken::new("at")).with_expires_in(Some(3600));
+/// assert_eq!(r.expires_in, Some(3600));
+/// assert_eq!(r.token_type, "Bearer");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenResponse {
+    /// The access token.
+    pub access_token: AccessToken,
+    /// The token type as sent (not normalized; `Bearer` when absent).
+    pub token_type: String,
+    /// Lifetime in seconds as sent, if sent.
+    pub expires_in: Option<i64>,
+    /// A new refresh token (a rotation), if sent.
+    pub refresh_token: Option<RefreshToken>,
+    /// An OpenID Connect id token, if sent.
+    pub id_token: Option<IdToken>,
+    /// The granted scope, if sent.
+    pub scope: Option<String>,
+    /// The authority's `Date` header, if it sent one.
+    pub server_date: Option<Timestamp>,
+}
+
+impl TokenResponse {
+    /// A bearer response with only an access token.
+    pub fn new(access_token: AccessToken) -> Self {
+        TokenResponse {
+            access_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: None,
+            refresh_token: None,
+            id_token: None,
+            scope: None,
+            server_date: None,
+        }
+    }
+
+    /// Sets `expires_in` (seconds).
+    pub fn with_expires_in(mut self, expires_in: Option<i64>) -> Self {
+        self.expires_in = expires_in;
+        self
+    }
+
+    /// Sets the token type.
+    pub fn with_token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.token_type = token_type.into();
+        self
+    }
+
+    /// Sets the refresh token.
+    pub fn with_refresh_token(mut self, refresh_token: Option<RefreshToken>) -> Self {
+        self.refresh_token = refresh_token;
+        self
+    }
+
+    /// Sets the id token.
+    pub fn with_id_token(mut self, id_token: Option<IdToken>) -> Self {
+        self.id_token = id_token;
+        self
+    }
+
+    /// Sets the scope.
+    pub fn with_scope(mut self, scope: Option<String>) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// Sets the server's `Date`.
+    pub fn with_server_date(mut self, server_date: Option<Timestamp>) -> Self {
+        self.server_date = server_date;
+        self
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end and cross-adapter tests for freshtoken; the tests live in `tests/`.
