@@ -72,3 +72,6 @@ pub use machine::{
 pub use secret::{AccessToken, ClientSecret, IdToken, RefreshToken};
 pub use time::{Clock, ManualClock, Timestamp};
 pub use token::{Token, TokenId, TokenResponse, TokenStatus};
+
+#[cfg(feature = "sim")]
+pub mod sim;
