@@ -458,12 +458,24 @@ impl RefreshMachine {
         let rotated = response.refresh_token.is_some();
         let resolved = self.config.lifetime.resolve(response, sent_at, self.now);
         let mut token = resolved.token;
+        // Learn a rotated refresh token first, whatever else happens: the
+        // old one is already spent at the authority.
+        self.learn_refresh_token(&token);
+        if !token.is_valid_at(self.now) {
+            // Possible only when the answer took longer than the token's
+            // whole life: publishing it would serve a dead token.
+            let error = FetchError::transient(format!(
+                "the token expired before its answer arrived (lifetime {:?})",
+                token.lifetime()
+            ));
+            self.on_fetch_failed(error);
+            return;
+        }
         if token.refresh_token().is_none() {
             // The authority kept the grant as it was: carry our refresh token
             // along so the cache stores the full state.
             token = token.with_refresh_token(self.refresh_token.as_ref().map(|(rt, _)| rt.clone()));
         }
-        self.learn_refresh_token(&token);
         self.skew_ms = resolved.skew_ms;
         self.lifetime_note = resolved.note;
         self.failures = 0;

@@ -22,9 +22,10 @@ impl Harness {
     }
 
     fn cached() -> Self {
-        let mut config = MachineConfig::default();
-        config.cache = true;
-        Harness::new(config)
+        Harness::new(MachineConfig {
+            cache: true,
+            ..MachineConfig::default()
+        })
     }
 
     /// Feeds `input` and returns the actions and the final timeout.
@@ -219,10 +220,11 @@ fn a_peer_that_stored_under_our_nose_is_adopted() {
 
 #[test]
 fn rotated_refresh_token_is_stored_before_it_is_published() {
-    let mut config = MachineConfig::default();
-    config.cache = true;
-    config.refresh_token = Some(RefreshToken::new("rt-0"));
-    let mut h = Harness::new(config);
+    let mut h = Harness::new(MachineConfig {
+        cache: true,
+        refresh_token: Some(RefreshToken::new("rt-0")),
+        ..MachineConfig::default()
+    });
     h.feed(Input::Start);
     h.feed(Input::CacheLoaded(Ok(None)));
     let (a, _) = h.feed(Input::Lease(Ok(LeaseOutcome::Unsupported)));
@@ -252,10 +254,11 @@ fn rotated_refresh_token_is_stored_before_it_is_published() {
 
 #[test]
 fn newer_refresh_token_in_the_cache_replaces_the_configured_one() {
-    let mut config = MachineConfig::default();
-    config.cache = true;
-    config.refresh_token = Some(RefreshToken::new("configured"));
-    let mut h = Harness::new(config);
+    let mut h = Harness::new(MachineConfig {
+        cache: true,
+        refresh_token: Some(RefreshToken::new("configured")),
+        ..MachineConfig::default()
+    });
     h.feed(Input::Start);
     let old = token(
         "old",
@@ -402,9 +405,10 @@ fn lease_is_stretched_over_a_long_backoff() {
 
 #[test]
 fn readers_are_told_when_the_token_expires() {
-    let mut config = MachineConfig::default();
-    config.backoff = Backoff::new(Duration::from_secs(100), 2, Duration::from_secs(100));
-    let mut h = Harness::new(config);
+    let mut h = Harness::new(MachineConfig {
+        backoff: Backoff::new(Duration::from_secs(100), 2, Duration::from_secs(100)),
+        ..MachineConfig::default()
+    });
     h.feed(Input::Start);
     let (_, refresh_at) = h.answer(20, "a");
     h.at(refresh_at).feed(Input::Tick);
