@@ -384,8 +384,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
     #[test]
-    fn published_tokens_never_go_backwards_and_none_is_expired(f in fleet(), fs in faults(60)) {
-        let mut s = f.scenario();
+    fn published_tokens_never_go_backwards_and_none_is_expired(f in fleet(), fs in faults(60), slow in 0u64..3) {
+        // Sometimes answers take longer than the token lives.
+        let latency = Duration::from_millis(f.latency_ms) * if slow == 0 { 1 } else { 2_000 * slow as u32 };
+        let mut s = f.scenario().latency(latency);
         for fault in fs { s = s.fault(fault); }
         let (_, c) = run(&s);
         prop_assert!(c.violations.iter().all(|v| !v.contains("backwards") && !v.contains("expired")), "{:?}", c.violations);

@@ -71,6 +71,7 @@ pub(super) struct Authority {
     latency: Duration,
     faults: Vec<Fault>,
     start: Timestamp,
+    rng: fastrand::Rng,
     issued: u64,
 }
 
@@ -80,9 +81,11 @@ impl Authority {
         lifetime: Duration,
         latency: Duration,
         faults: Vec<Fault>,
+        seed: u64,
     ) -> Self {
         Authority {
             start,
+            rng: fastrand::Rng::with_seed(seed),
             lifetime_secs: i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX).max(1),
             latency,
             faults,
@@ -96,7 +99,9 @@ impl Authority {
         now: Timestamp,
     ) -> (Result<TokenResponse, FetchError>, Timestamp) {
         let offset = now.saturating_duration_since(self.start);
-        let at = now + self.latency;
+        // Latency varies by ±50 %, so answers can overtake each other.
+        let ms = crate::time::duration_millis(self.latency);
+        let at = now + Duration::from_millis(self.rng.u64(ms / 2..=ms + ms / 2));
         if let Some(fault) = self.faults.iter().find(|f| f.active_at(offset)) {
             return (Err(fault.error()), at);
         }

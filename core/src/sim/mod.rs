@@ -18,7 +18,7 @@
 //!     .duration(Duration::from_secs(6 * 3600))
 //!     .cache(CacheMode::SharedWithLease)
 //!     .run();
-//! assert_eq!(report.availability, 1.0);
+//! assert!(report.availability > 0.9999); // only cold starts lack a token
 //! assert!(report.requests_per_period <= 1.1, "{report:?}");
 //! ```
 //!
@@ -72,7 +72,7 @@ pub struct Scenario {
 
 impl Scenario {
     /// `instances` machines with default settings: hourly tokens, 100 ms
-    /// authority latency, 1 ms cache latency, 24 hours, all starting within
+    /// authority latency (varying by ±50 %), 1 ms cache latency, 24 hours, all starting within
     /// the first second, no cache, no faults.
     pub fn new(instances: usize) -> Self {
         Scenario {
@@ -289,6 +289,7 @@ impl<'a> Fleet<'a> {
                 scenario.lifetime,
                 scenario.latency,
                 scenario.faults.clone(),
+                scenario.seed,
             ),
             cached: None,
             lease: None,
@@ -356,13 +357,9 @@ impl<'a> Fleet<'a> {
                 EventKind::TryLease { ttl } => Input::Lease(Ok(self.try_lease(i, now, ttl))),
                 EventKind::WriteCache(token) => {
                     self.report.cache_writes += 1;
-                    if self
-                        .cached
-                        .as_ref()
-                        .is_none_or(|c| token.expires_at() > c.expires_at())
-                    {
-                        self.cached = Some(token);
-                    }
+                    // Last writer wins, as with a file rename or a Redis SET:
+                    // a slow writer can replace a newer token with an older one.
+                    self.cached = Some(token);
                     Input::Stored(Ok(()))
                 }
             };
