@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use freshtoken::sim::{CacheMode, Fault, FaultKind, Report, Scenario};
 
-const HOUR: Duration = Duration::from_secs(3600);
 const MINUTE: Duration = Duration::from_secs(60);
 /// Faults start 40 minutes in: hourly tokens fetched at the start go stale
 /// at 45 minutes and are renewed from 40.5 minutes on (jitter), so the first
