@@ -222,6 +222,19 @@ impl TokenRequest {
         r
     }
 
+    /// Sets (or, with `None`, removes) the client secret. Setting one on a
+    /// public client switches it to [`ClientAuth::Basic`]; removing it
+    /// makes it public ([`ClientAuth::None`]).
+    pub fn client_secret(mut self, secret: Option<ClientSecret>) -> Self {
+        match (&secret, self.client_auth) {
+            (Some(_), ClientAuth::None) => self.client_auth = ClientAuth::Basic,
+            (None, _) => self.client_auth = ClientAuth::None,
+            _ => {}
+        }
+        self.client_secret = secret;
+        self
+    }
+
     /// Sets how the client authenticates.
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
         self.client_auth = auth;
