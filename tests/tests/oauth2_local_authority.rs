@@ -320,6 +320,8 @@ fn planned_faults_are_classified() {
     authority.add_fault(Fault::CloseConnection, once);
     let e = fetch().unwrap_err();
     assert_eq!((e.kind(), e.status()), (FetchErrorKind::Transient, None));
+    // A closed connection, not a hang that ran into the timeout.
+    assert!(!e.message().contains("timed out"), "{e}");
 
     authority.add_fault(Fault::Hang(Duration::from_secs(5)), once);
     let e = fetch().unwrap_err();
@@ -452,13 +454,7 @@ fn read_request(stream: &mut TcpStream) -> Vec<u8> {
         .unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    loop {
-        let Ok(n) = stream.read(&mut chunk) else {
-            break;
-        };
-        if n == 0 {
-            break;
-        }
+    while let Ok(n @ 1..) = stream.read(&mut chunk) {
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -711,4 +707,14 @@ fn no_secret_in_debug_or_error_messages() {
     ] {
         assert!(!text.contains(secret), "{secret} leaked in: {text}");
     }
+}
+
+#[test]
+fn a_dropped_authority_stops_listening() {
+    let authority = authority();
+    let source = authority.client_credentials("svc").build().unwrap();
+    source.fetch(&FetchRequest::first()).unwrap();
+    drop(authority);
+    let e = source.fetch(&FetchRequest::first()).unwrap_err();
+    assert_eq!((e.kind(), e.status()), (FetchErrorKind::Transient, None));
 }

@@ -32,7 +32,7 @@ impl Endpoint {
         );
         let result = self
             .transport
-            .send(&http, self.request.max_response_bytes_limit())
+            .send(&http, self.request.response_size_cap())
             .and_then(|response| self.request.parse(&response, SystemClock.now()));
         match &result {
             Ok(answer) => tracing::debug!(

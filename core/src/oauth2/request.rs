@@ -296,7 +296,7 @@ impl TokenRequest {
     }
 
     /// The cap on the answer's size.
-    pub fn max_response_bytes_limit(&self) -> usize {
+    pub fn response_size_cap(&self) -> usize {
         self.max_response_bytes
     }
 
