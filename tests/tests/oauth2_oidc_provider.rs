@@ -92,6 +92,7 @@ impl OidcProvider {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .max_redirects(0)
             .http_status_as_error(false)
+            .proxy(None)
             .build()
             .into();
         let mut cookies: BTreeMap<String, String> = BTreeMap::new();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use freshtoken_core::oauth2::{HttpRequest, HttpResponse};
 use freshtoken_core::FetchError;
 
-use super::url::check_token_url;
+use super::url::{check_token_url, has_loopback_host};
 
 /// An HTTP client that can send a token request.
 ///
@@ -47,7 +47,8 @@ pub trait HttpTransport: Send + Sync + 'static {
 /// the body read up to the cap.
 ///
 /// It also refuses to send to a URL that [`check_token_url`] rejects (plain
-/// http beyond loopback), whoever built the request, and asks for the
+/// http beyond loopback), whoever built the request, never sends a loopback
+/// request through a proxy from the environment, and asks for the
 /// connection to be closed after each request: token requests are minutes
 /// apart, so a pooled connection would only go stale in between.
 ///
@@ -125,6 +126,11 @@ impl HttpTransport for UreqTransport {
     fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
         check_token_url(request.url()).map_err(|e| FetchError::permanent(e.to_string()))?;
         let mut builder = self.agent.post(request.url()).header("Connection", "close");
+        if has_loopback_host(request.url()) {
+            // An HTTP(S)_PROXY from the environment cannot reach this
+            // machine's loopback.
+            builder = builder.config().proxy(None).build();
+        }
         for (name, value) in request.headers() {
             builder = builder.header(name, value);
         }

@@ -51,6 +51,31 @@ impl std::error::Error for UrlError {}
 /// assert!(matches!(check_token_url("ftp://x/y"), Err(UrlError::Invalid { .. })));
 /// ```
 pub fn check_token_url(url: &str) -> Result<(), UrlError> {
+    let (scheme, host) = scheme_and_host(url)?;
+    if scheme.eq_ignore_ascii_case("https") {
+        return Ok(());
+    }
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(UrlError::Invalid {
+            reason: "the scheme must be https (or http to a loopback address)",
+        });
+    }
+    if is_loopback(host) {
+        Ok(())
+    } else {
+        Err(UrlError::Insecure {
+            host: host.to_owned(),
+        })
+    }
+}
+
+/// Whether the URL's host is a loopback address (such requests never go
+/// through a proxy from the environment).
+pub(crate) fn has_loopback_host(url: &str) -> bool {
+    scheme_and_host(url).is_ok_and(|(_, host)| is_loopback(host))
+}
+
+fn scheme_and_host(url: &str) -> Result<(&str, &str), UrlError> {
     let (scheme, rest) = url.split_once("://").ok_or(UrlError::Invalid {
         reason: "it has no scheme",
     })?;
@@ -71,21 +96,7 @@ pub fn check_token_url(url: &str) -> Result<(), UrlError> {
             reason: "it has no host",
         });
     }
-    if scheme.eq_ignore_ascii_case("https") {
-        return Ok(());
-    }
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(UrlError::Invalid {
-            reason: "the scheme must be https (or http to a loopback address)",
-        });
-    }
-    if is_loopback(host) {
-        Ok(())
-    } else {
-        Err(UrlError::Insecure {
-            host: host.to_owned(),
-        })
-    }
+    Ok((scheme, host))
 }
 
 fn is_loopback(host: &str) -> bool {
