@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use base64::Engine as _;
+mod oauth2_common;
+
 use freshtoken::oauth2::core::{HttpResponse, TokenRequest as CoreRequest};
 use freshtoken::oauth2::{
     BodyFormat, ClientAuth, ClientCredentials, HttpTransport, RefreshTokenSource, UreqTransport,
@@ -21,6 +22,7 @@ use freshtoken::{
     Action, ClientSecret, FetchErrorKind, FetchRequest, Input, LifetimePolicy, MachineConfig,
     ManualClock, Output, RefreshMachine, RefreshState, RefreshToken, Timestamp, TokenResponse,
 };
+use oauth2_common::claims;
 
 const SECRET: &str = "cs-Secret-5e7c1b9d";
 
@@ -31,14 +33,6 @@ fn authority() -> LocalAuthority {
         .public_client("desktop")
         .start()
         .expect("start the local authority")
-}
-
-fn claims(access_token: &str) -> serde_json::Value {
-    let payload = access_token.split('.').nth(1).expect("a JWT");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 #[test]

@@ -11,13 +11,15 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use base64::Engine as _;
+mod oauth2_common;
+
 use freshtoken::oauth2::{ClientAuth, ClientCredentials, RefreshTokenSource};
 use freshtoken::source::TokenSource;
 use freshtoken::{
     Action, FetchErrorKind, FetchRequest, Input, LifetimePolicy, MachineConfig, Output,
     RefreshMachine, RefreshState, RefreshToken, Timestamp,
 };
+use oauth2_common::claims;
 
 const RESOURCE: &str = "https://api.freshtoken.test/";
 const BASIC_ID: &str = "svc-basic";
@@ -159,14 +161,6 @@ impl Drop for OidcProvider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn claims(jwt: &str) -> serde_json::Value {
-    let payload = jwt.split('.').nth(1).expect("a JWT access token");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 #[test]
