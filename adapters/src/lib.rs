@@ -9,6 +9,10 @@ pub use freshtoken_core::*;
 
 pub mod cache;
 pub mod clock;
+#[cfg(feature = "oauth2")]
+pub mod oauth2;
 pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use clock::SystemClock;

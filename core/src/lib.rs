@@ -57,6 +57,8 @@ pub mod error;
 pub mod jitter;
 pub mod lifetime;
 pub mod machine;
+#[cfg(feature = "oauth2")]
+pub mod oauth2;
 pub mod secret;
 pub mod time;
 pub mod token;
