@@ -9,6 +9,24 @@
 //! A cache failure never stops refreshing: the machine treats a failed load
 //! as a miss and a failed store as a warning (availability beats load).
 
+#[cfg(feature = "file")]
+mod file;
+#[cfg(any(feature = "file", feature = "redis"))]
+mod holder;
+mod memory;
+#[cfg(any(feature = "file", feature = "redis"))]
+pub mod record;
+#[cfg(feature = "redis")]
+mod redis;
+mod stack;
+
+#[cfg(feature = "redis")]
+pub use self::redis::RedisCache;
+#[cfg(feature = "file")]
+pub use file::FileCache;
+pub use memory::MemoryCache;
+pub use stack::CacheStack;
+
 use std::sync::Arc;
 use std::time::Duration;
 
