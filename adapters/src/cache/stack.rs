@@ -189,3 +189,171 @@ impl TokenCache for CacheStack {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::MemoryCache;
+    use freshtoken_core::{AccessToken, CacheErrorKind, ManualClock, RefreshToken, Timestamp};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A layer that counts its loads and can be made to fail.
+    #[derive(Default)]
+    struct Probe {
+        inner: MemoryCache,
+        loads: AtomicUsize,
+        down: bool,
+        leases: bool,
+    }
+
+    impl TokenCache for Probe {
+        fn load(&self) -> Result<Option<Token>, CacheError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            if self.down {
+                return Err(CacheError::new(CacheErrorKind::Unavailable, "down"));
+            }
+            self.inner.load()
+        }
+        fn store(&self, token: &Token) -> Result<(), CacheError> {
+            if self.down {
+                return Err(CacheError::new(CacheErrorKind::Unavailable, "down"));
+            }
+            self.inner.store(token)
+        }
+        fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
+            match (self.down, self.leases) {
+                (true, _) => Err(CacheError::new(CacheErrorKind::Unavailable, "down")),
+                (false, true) => self.inner.acquire_lease(ttl),
+                (false, false) => Ok(LeaseOutcome::Unsupported),
+            }
+        }
+        fn release_lease(&self) -> Result<(), CacheError> {
+            self.inner.release_lease()
+        }
+    }
+
+    fn token(name: &str, issued: u64, stale: u64, expires: u64) -> Token {
+        Token::new(
+            AccessToken::new(name),
+            Timestamp::from_secs(issued),
+            Timestamp::from_secs(stale),
+            Timestamp::from_secs(expires),
+        )
+    }
+
+    fn clock_at(secs: u64) -> ManualClock {
+        ManualClock::new(Timestamp::from_secs(secs))
+    }
+
+    #[test]
+    fn a_fresh_token_stops_the_search() {
+        let (top, bottom) = (Arc::new(Probe::default()), Arc::new(Probe::default()));
+        let stack = CacheStack::new()
+            .with(top.clone())
+            .with(bottom.clone())
+            .with_clock(clock_at(10));
+        top.store(&token("a", 0, 45, 60)).unwrap();
+        bottom.store(&token("b", 0, 90, 120)).unwrap();
+        assert_eq!(
+            stack
+                .load()
+                .unwrap()
+                .unwrap()
+                .access_token()
+                .expose_secret(),
+            "a"
+        );
+        assert_eq!(bottom.loads.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_stale_token_lets_a_better_one_below_win_and_be_written_back() {
+        let (top, mid, bottom) = (MemoryCache::new(), MemoryCache::new(), MemoryCache::new());
+        let stack = CacheStack::new()
+            .with(top.clone())
+            .with(mid.clone())
+            .with(bottom.clone())
+            .with_clock(clock_at(50));
+        top.store(&token("stale", 0, 45, 60)).unwrap();
+        mid.store(&token("best", 30, 75, 90)).unwrap();
+        bottom.store(&token("worse", 0, 45, 70)).unwrap();
+        let got = stack.load().unwrap().unwrap();
+        assert_eq!(got.access_token().expose_secret(), "best");
+        assert_eq!(top.load().unwrap(), Some(got.clone()));
+        // Not written below where it came from.
+        assert_eq!(
+            bottom
+                .load()
+                .unwrap()
+                .unwrap()
+                .access_token()
+                .expose_secret(),
+            "worse"
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_still_returned_for_its_refresh_token() {
+        let layer = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(layer.clone())
+            .with_clock(clock_at(100));
+        let t = token("old", 0, 45, 60).with_refresh_token(Some(RefreshToken::new("rt")));
+        layer.store(&t).unwrap();
+        assert_eq!(stack.load().unwrap(), Some(t));
+    }
+
+    #[test]
+    fn failing_layers_are_skipped_and_only_total_failure_is_an_error() {
+        let down = Arc::new(Probe {
+            down: true,
+            ..Probe::default()
+        });
+        let up = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(down.clone())
+            .with(up.clone())
+            .with_clock(clock_at(10));
+        assert_eq!(stack.load().unwrap(), None);
+        let t = token("a", 0, 45, 60);
+        // The store reaches the working layer and reports the broken one.
+        assert_eq!(
+            stack.store(&t).unwrap_err().kind(),
+            CacheErrorKind::Unavailable
+        );
+        assert_eq!(stack.load().unwrap(), Some(t));
+        let only_down = CacheStack::new().with(down);
+        assert!(only_down.load().is_err());
+        assert_eq!(CacheStack::new().load().unwrap(), None);
+    }
+
+    #[test]
+    fn the_lease_comes_from_the_lowest_layer_that_has_one() {
+        let no_lease = Arc::new(Probe::default());
+        let local = MemoryCache::new();
+        let shared = Arc::new(Probe {
+            leases: true,
+            ..Probe::default()
+        });
+        let stack = CacheStack::new()
+            .with(local.clone())
+            .with(shared.clone())
+            .with(no_lease);
+        let peer = shared.inner.clone();
+        let ttl = Duration::from_secs(10);
+        assert_eq!(stack.acquire_lease(ttl).unwrap(), LeaseOutcome::Granted);
+        assert_eq!(peer.acquire_lease(ttl).unwrap(), LeaseOutcome::Busy);
+        // The process-local layer was not used.
+        assert_eq!(
+            local.clone().acquire_lease(ttl).unwrap(),
+            LeaseOutcome::Granted
+        );
+        stack.release_lease().unwrap();
+        assert_eq!(peer.acquire_lease(ttl).unwrap(), LeaseOutcome::Granted);
+        assert_eq!(stack.acquire_lease(ttl).unwrap(), LeaseOutcome::Busy);
+        assert_eq!(
+            CacheStack::new().acquire_lease(ttl).unwrap(),
+            LeaseOutcome::Unsupported
+        );
+    }
+}

@@ -75,14 +75,18 @@ fn stress(path: PathBuf, ops: u64, seed: u64, write_percent: u64) {
         if rng % 100 < write_percent {
             cache.store(&token(seed, i)).expect("store");
             writes += 1;
-        } else if rng % 2 == 0 {
+        } else if rng.is_multiple_of(2) {
             // The raw path: every byte sequence a reader can observe.
             reads += 1;
             match std::fs::read(&path) {
                 Ok(bytes) => match record::decode(&bytes) {
                     Ok(t) if consistent(&t) => {}
                     other => {
-                        eprintln!("torn raw read: {} bytes, {:?}", bytes.len(), other.map(|t| t.id()));
+                        eprintln!(
+                            "torn raw read: {} bytes, {:?}",
+                            bytes.len(),
+                            other.map(|t| t.id())
+                        );
                         torn += 1
                     }
                 },
