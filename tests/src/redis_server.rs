@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 enum Endpoint {
     Tcp(u16),
     Unix(PathBuf),
+    /// TLS only, with a CA and server certificate made for the test.
+    Tls(u16),
 }
 
 /// A `redis-server` process owned by a test.
@@ -36,12 +38,27 @@ impl RedisServer {
         Self::start(Endpoint::Unix(PathBuf::new()))
     }
 
+    /// Starts a TLS-only server on a free port of 127.0.0.1, with a fresh CA
+    /// (see [`ca_pem`](Self::ca_pem)) and a certificate for 127.0.0.1 and
+    /// localhost, made with the `openssl` command.
+    pub fn start_tls() -> Self {
+        Self::start(Endpoint::Tls(free_port()))
+    }
+
+    /// The test CA's certificate (PEM), for a TLS server.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.crt")).expect("the test CA certificate")
+    }
+
     fn start(endpoint: Endpoint) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory for redis-server");
         let endpoint = match endpoint {
             Endpoint::Unix(_) => Endpoint::Unix(dir.path().join("redis.sock")),
             tcp => tcp,
         };
+        if let Endpoint::Tls(_) = endpoint {
+            make_certificates(dir.path());
+        }
         let mut server = RedisServer {
             endpoint,
             dir,
@@ -56,6 +73,7 @@ impl RedisServer {
         match &self.endpoint {
             Endpoint::Tcp(port) => format!("redis://127.0.0.1:{port}/"),
             Endpoint::Unix(path) => format!("redis+unix://{}", path.display()),
+            Endpoint::Tls(port) => format!("rediss://127.0.0.1:{port}/"),
         }
     }
 
@@ -84,6 +102,17 @@ impl RedisServer {
             Endpoint::Unix(path) => {
                 cmd.args(["--port", "0", "--unixsocketperm", "700", "--unixsocket"])
                     .arg(path);
+            }
+            Endpoint::Tls(port) => {
+                let dir = self.dir.path();
+                cmd.args(["--bind", "127.0.0.1", "--port", "0"])
+                    .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(dir.join("server.crt"))
+                    .arg("--tls-key-file")
+                    .arg(dir.join("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(dir.join("ca.crt"));
             }
         }
         let child = cmd
@@ -139,6 +168,8 @@ impl RedisServer {
             }
             #[cfg(not(unix))]
             Endpoint::Unix(_) => false,
+            // Listening is enough here; the client under test does the TLS.
+            Endpoint::Tls(port) => TcpStream::connect(("127.0.0.1", *port)).is_ok(),
         }
     }
 }
@@ -146,6 +177,85 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A CA and a server certificate signed by it, valid for 127.0.0.1 and
+/// localhost, written to `dir` as ca.crt, server.crt and server.key.
+fn make_certificates(dir: &std::path::Path) {
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write openssl extension file");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: [Vec<&str>; 3] = [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=freshtoken test CA"],
+        ]
+        .concat()
+        .into_iter()
+        .chain([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .chain(["-keyout", "ca.key", "-out", "ca.crt"])
+        .collect(),
+        [
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run openssl ({e}); it makes the TLS test's certificates")
+            });
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -161,6 +161,7 @@ fn redis_stopped_midway_is_unavailable_then_recovers() {
         assert_eq!(e.kind(), CacheErrorKind::Unavailable, "{e}");
         no_secret(&e.to_string());
     }
+    println!("{results:?}\n{logs:?}");
     let warnings: Vec<_> = logs.iter().filter(|l| l.starts_with("WARN")).collect();
     assert_eq!(warnings.len(), 1, "one warning per outage: {logs:?}");
     logs.iter().for_each(|l| no_secret(l));
@@ -266,6 +267,7 @@ fn no_password_or_token_in_debug_or_errors() {
     no_secret(&format!("{c:?}"));
     let (result, logs) = capture_logs(|| c.store(&token(Duration::from_secs(60))));
     let err = result.unwrap_err();
+    println!("wrong password: {err}");
     no_secret(&format!("{err} {err:?} {logs:?} {c:?}"));
 
     // A malformed URL is rejected without quoting it.
@@ -275,4 +277,29 @@ fn no_password_or_token_in_debug_or_errors() {
     let ok = cache(&server);
     ok.store(&token(Duration::from_secs(60))).unwrap();
     no_secret(&format!("{ok:?} {:?}", ok.load().unwrap()));
+}
+
+#[test]
+fn rediss_with_a_private_ca() {
+    let server = RedisServer::start_tls();
+    assert!(server.url().starts_with("rediss://"));
+    let c = RedisCache::with_root_certificate(&server.url(), "test:token", &server.ca_pem())
+        .unwrap()
+        .with_connect_timeout(Duration::from_secs(2));
+    let t = token(Duration::from_secs(60));
+    c.store(&t).unwrap();
+    assert_eq!(c.load().unwrap(), Some(t));
+    assert_eq!(
+        c.acquire_lease(Duration::from_secs(5)).unwrap(),
+        LeaseOutcome::Granted
+    );
+    c.release_lease().unwrap();
+
+    // Without the CA (webpki roots only) the server is not trusted: an error, no panic.
+    let untrusting = RedisCache::new(&server.url(), "test:token")
+        .unwrap()
+        .with_connect_timeout(Duration::from_secs(2));
+    let err = untrusting.load().unwrap_err();
+    println!("untrusted server: {err}");
+    no_secret(&err.to_string());
 }

@@ -47,7 +47,9 @@ return 0
 ///   value is one holder.
 /// * Connection URLs: `redis://[user:pass@]host[:port][/db]`,
 ///   `redis+unix:///path/to/socket[?db=N]`, and `rediss://...` (TLS) when
-///   the `redis-tls` feature is on. Connections have a connect timeout and
+///   the `redis-tls` feature is on (trusting the webpki roots, or only your
+///   CA with [`with_root_certificate`](Self::with_root_certificate)).
+///   Connections have a connect timeout and
 ///   a per-command timeout (1 s each by default).
 /// * Redis down is a [`CacheErrorKind::Unavailable`] error, which the machine
 ///   treats as a miss (availability beats load). One warning is logged when
@@ -97,14 +99,30 @@ impl RedisCache {
     pub fn new(url: &str, key: impl Into<String>) -> Result<Self, CacheError> {
         #[cfg(feature = "redis-tls")]
         install_crypto_provider();
-        let client = redis::Client::open(url).map_err(|e| {
-            CacheError::new(
-                CacheErrorKind::Io,
-                format!("invalid Redis URL ({})", describe(&e)),
-            )
-        })?;
-        let key = key.into();
-        Ok(RedisCache {
+        let client = redis::Client::open(url).map_err(|e| invalid_url(&e))?;
+        Ok(Self::with_client(client, key.into()))
+    }
+
+    /// A cache at a `rediss://` URL whose server certificate is signed by
+    /// the CA in `root_ca_pem` (PEM), which is then the only CA trusted: for
+    /// servers with a private CA.
+    #[cfg(feature = "redis-tls")]
+    pub fn with_root_certificate(
+        url: &str,
+        key: impl Into<String>,
+        root_ca_pem: &[u8],
+    ) -> Result<Self, CacheError> {
+        install_crypto_provider();
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_ca_pem.to_vec()),
+        };
+        let client = redis::Client::build_with_tls(url, certs).map_err(|e| invalid_url(&e))?;
+        Ok(Self::with_client(client, key.into()))
+    }
+
+    fn with_client(client: redis::Client, key: String) -> Self {
+        RedisCache {
             client,
             lease_key: format!("{key}:lease"),
             key,
@@ -114,7 +132,7 @@ impl RedisCache {
             acquire: redis::Script::new(ACQUIRE),
             release: redis::Script::new(RELEASE),
             state: Mutex::new(ConnState::default()),
-        })
+        }
     }
 
     /// Uses `key` for the lease instead of `<key>:lease`.
@@ -289,7 +307,13 @@ fn describe(e: &redis::RedisError) -> String {
         s.push_str(": ");
         s.push_str(code);
     }
-    if e.is_timeout() {
+    // An I/O error's own text ("Connection refused", a TLS certificate
+    // problem) names no URL and no value, and tells the operator what to fix.
+    let io = std::error::Error::source(e).filter(|_| e.is_io_error());
+    if let Some(io) = io {
+        s.push_str(": ");
+        s.push_str(&io.to_string());
+    } else if e.is_timeout() {
         s.push_str(" (timeout)");
     } else if e.is_connection_refusal() {
         s.push_str(" (connection refused)");
@@ -297,6 +321,13 @@ fn describe(e: &redis::RedisError) -> String {
         s.push_str(" (connection dropped)");
     }
     s
+}
+
+fn invalid_url(e: &redis::RedisError) -> CacheError {
+    CacheError::new(
+        CacheErrorKind::Io,
+        format!("invalid Redis URL or TLS settings ({})", describe(e)),
+    )
 }
 
 fn to_cache_error(e: &redis::RedisError) -> CacheError {
