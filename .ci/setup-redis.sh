@@ -4,13 +4,14 @@
 # nothing when it is already installed. Needs root (or sudo) to install.
 set -eu
 
-if command -v redis-server >/dev/null 2>&1; then
+# openssl (the command) makes the certificates of the rediss:// test.
+if command -v redis-server >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then
     echo "setup-redis: $(redis-server --version)"
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup-redis: redis-server is missing and apt-get is not available; install redis-server by hand" >&2
+    echo "setup-redis: redis-server or openssl is missing and apt-get is not available; install them by hand" >&2
     exit 1
 fi
 
@@ -20,7 +21,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 $SUDO apt-get update
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends redis-server
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends redis-server openssl
 
 # The tests start their own servers; a packaged service (if the init system
 # started one) is not needed and is left as the package configured it.
