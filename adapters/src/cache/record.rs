@@ -370,6 +370,24 @@ mod tests {
     }
 
     #[test]
+    fn mutated_records_never_panic() {
+        // A poor man's fuzz run (the cargo-fuzz target drives `decode` too):
+        // every single-byte change of a v1 record and an aliri file.
+        let aliri = br#"{"access_token":"a","id_token":"i","lifetime":60,"issued":1,"stale":45,"expiry":61}"#;
+        for valid in [encode(&sample()), aliri.to_vec()] {
+            for i in 0..valid.len() {
+                for b in [b'"', b'{', b'}', b'0', b'-', b'\\', b',', b':', 0xff, b' '] {
+                    let mut m = valid.clone();
+                    m[i] = b;
+                    let _ = decode(&m);
+                    m.remove(i);
+                    let _ = decode(&m);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn absurd_times_are_reordered_not_rejected() {
         let rec = br#"{"version":1,"access_token":"a","issued_at_ms":10,"stale_at_ms":99,"expires_at_ms":5}"#;
         let t = decode(rec).unwrap();
