@@ -252,11 +252,31 @@ fn nothing_secret_in_debug_errors_or_logs() {
     });
     no_secret(&format!("{cache:?} {logs:?} {:?}", cache.load().unwrap()));
 
-    // A store into a missing directory: the error names the place, not the token.
-    let nowhere = FileCache::new(dir.path().join("missing-dir").join("token.json"));
+    // A store below a plain file: the error names the place, not the token.
+    fs::write(dir.path().join("a-file"), b"").unwrap();
+    let nowhere = FileCache::new(dir.path().join("a-file").join("token.json"));
     let err = nowhere.store(&token()).unwrap_err();
     no_secret(&format!("{err} {err:?}"));
-    assert!(err.to_string().contains("missing-dir"), "{err}");
+    assert!(err.to_string().contains("a-file"), "{err}");
+}
+
+#[test]
+fn a_missing_directory_is_created_privately() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a").join("b");
+    let cache = FileCache::new(nested.join("token.json"));
+    assert_eq!(
+        cache.acquire_lease(Duration::from_secs(1)).unwrap(),
+        LeaseOutcome::Granted
+    );
+    cache.store(&token()).unwrap();
+    assert_eq!(cache.load().unwrap(), Some(token()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&nested).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 }
 
 /// 8 processes, 10,000 mixed reads and writes each, on one file: no reader

@@ -76,7 +76,7 @@ struct LeaseRecord {
 
 impl FileCache {
     /// A cache in the file at `path`. Nothing is touched until it is used;
-    /// the directory must exist.
+    /// a missing directory is created (mode 0700 on unix) by the first store.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
         let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
@@ -141,9 +141,13 @@ impl FileCache {
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options
-            .open(&self.lock_path)
-            .map_err(|e| self.io_error(&self.lock_path, "cannot open lease file", e))
+        match options.open(&self.lock_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                create_private_dir(self.dir()).and_then(|()| options.open(&self.lock_path))
+            }
+            other => other,
+        }
+        .map_err(|e| self.io_error(&self.lock_path, "cannot open lease file", e))
     }
 
     /// Runs `f` with the sidecar locked, or returns `None` if it stays locked.
@@ -210,11 +214,15 @@ impl TokenCache for FileCache {
         prefix.push(".");
         // tempfile creates the file with mode 0600 and removes it if we fail
         // before the rename.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| self.io_error(dir, "cannot create a temporary file in", e))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        let mut tmp = match builder.tempfile_in(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                create_private_dir(dir).and_then(|()| builder.tempfile_in(dir))
+            }
+            other => other,
+        }
+        .map_err(|e| self.io_error(dir, "cannot create a temporary file in", e))?;
         tmp.write_all(&record::encode(token))
             .and_then(|()| tmp.as_file().sync_all())
             .map_err(|e| self.io_error(tmp.path(), "cannot write", e))?;
@@ -267,6 +275,15 @@ impl TokenCache for FileCache {
         })
         .map(|_| ())
     }
+}
+
+/// Creates `dir` and its parents, private to the owner on unix.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// Whether `opened` is still the file at `path`.
