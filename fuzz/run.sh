@@ -28,6 +28,6 @@ for target in "${targets[@]}"; do
     echo "== fuzz $target for ${seconds}s"
     cargo fuzz run "$target" "corpus/$target" -- \
         -max_total_time="$seconds" -print_final_stats=1 2>&1 |
-        grep -E '^(#[0-9]+: *DONE|Done|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|thread .* panicked|artifact_prefix|Test unit written)|ERROR' | tail -n 8
+        grep -E '^(#[0-9]+[[:space:]]+DONE|Done|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|thread .* panicked|artifact_prefix|Test unit written)|ERROR' | tail -n 8
     # grep's status is not the fuzzer's; the pipeline's is, through pipefail.
 done
