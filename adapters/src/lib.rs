@@ -9,6 +9,7 @@ pub use freshtoken_core::*;
 
 pub mod cache;
 pub mod clock;
+pub mod driver;
 pub mod source;
 
 pub use clock::SystemClock;

@@ -53,7 +53,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -539,18 +538,16 @@ impl Publisher {
 
     /// The next command, when one arrives. Works under any executor; the
     /// future may be dropped at any point without losing a command.
-    pub fn recv(&self) -> impl Future<Output = Command> + Send + '_ {
-        async move {
-            loop {
-                if let Some(c) = self.try_recv() {
-                    return c;
-                }
-                let listener = self.shared.command_ready.listen();
-                if let Some(c) = self.try_recv() {
-                    return c;
-                }
-                listener.await;
+    pub async fn recv(&self) -> Command {
+        loop {
+            if let Some(c) = self.try_recv() {
+                return c;
             }
+            let listener = self.shared.command_ready.listen();
+            if let Some(c) = self.try_recv() {
+                return c;
+            }
+            listener.await;
         }
     }
 
