@@ -9,6 +9,7 @@ pub use freshtoken_core::*;
 
 pub mod cache;
 pub mod clock;
+#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
 pub mod driver;
 pub mod source;
 
