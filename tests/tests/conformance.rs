@@ -8,16 +8,18 @@
 //! generous real-time limit that only guards against a hung test.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use freshtoken::cache::TokenCache;
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::handle::{Closed, NoValidToken};
 use freshtoken::source::{AsyncTokenSource, FnSource};
 use freshtoken::{
-    AccessToken, Backoff, FetchError, FetchErrorKind, FetchRequest, Jitter, ManualClock,
-    RefreshState, Snapshot, Timestamp, TokenHandle, TokenResponse,
+    AccessToken, Backoff, CacheError, FetchError, FetchErrorKind, FetchRequest, Jitter,
+    LeaseOutcome, ManualClock, RefreshState, Snapshot, Timestamp, Token, TokenHandle,
+    TokenResponse,
 };
 use futures::future::{select, Either};
 
@@ -41,6 +43,8 @@ struct Tokio;
 struct TokioAsyncSource;
 #[derive(Clone, Copy)]
 struct AsyncStd;
+#[derive(Clone, Copy)]
+struct AsyncStdAsyncSource;
 #[derive(Clone, Copy)]
 struct Smol;
 
@@ -83,6 +87,15 @@ impl Driver for AsyncStd {
     }
     fn block_on<T>(self, f: impl Future<Output = T>) -> T {
         async_std::task::block_on(f)
+    }
+}
+
+impl Driver for AsyncStdAsyncSource {
+    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
+        builder.spawn_async_std_async(authority.clone())
+    }
+    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
+        smol::block_on(f)
     }
 }
 
@@ -521,6 +534,66 @@ async fn source_returns_garbage(driver: impl Driver) {
     contained(driver, Fault::Garbage, "unusable access token").await
 }
 
+/// A cache in memory with a lease, shared by the drivers of one test.
+#[derive(Clone, Default)]
+struct MemoryCache {
+    token: Arc<Mutex<Option<Token>>>,
+    leased: Arc<AtomicBool>,
+    stores: Arc<AtomicU64>,
+}
+
+impl TokenCache for MemoryCache {
+    fn load(&self) -> Result<Option<Token>, CacheError> {
+        Ok(self.token.lock().unwrap().clone())
+    }
+    fn store(&self, token: &Token) -> Result<(), CacheError> {
+        self.stores.fetch_add(1, Ordering::SeqCst);
+        *self.token.lock().unwrap() = Some(token.clone());
+        Ok(())
+    }
+    fn acquire_lease(&self, _ttl: Duration) -> Result<LeaseOutcome, CacheError> {
+        match self.leased.swap(true, Ordering::SeqCst) {
+            false => Ok(LeaseOutcome::Granted),
+            true => Ok(LeaseOutcome::Busy),
+        }
+    }
+    fn release_lease(&self) -> Result<(), CacheError> {
+        self.leased.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Two drivers sharing a cache: the second adopts the first's token
+/// instead of asking the authority, and the lease is given back.
+async fn shared_cache(driver: impl Driver) {
+    let cache = MemoryCache::default();
+    let first = Env::start(driver, |b| b.cache(cache.clone()));
+    first.ready().await;
+    // The token is published before it is stored (no refresh token to
+    // lose), so the store and the lease release may come just after.
+    first
+        .until("the token stored and the lease released", |_| {
+            cache.stores.load(Ordering::SeqCst) == 1 && !cache.leased.load(Ordering::SeqCst)
+        })
+        .await;
+
+    let clock = first.clock.clone();
+    let (second, second_driver) =
+        driver.spawn(builder(&clock).cache(cache.clone()), &first.authority);
+    let adopted = within(HUNG, second.ready())
+        .await
+        .expect("hung")
+        .expect("adopted token");
+    assert_eq!(adopted.access_token().expose_secret(), "tok-1");
+    drop(adopted);
+    within(HUNG, second_driver.shutdown()).await.expect("hung");
+    assert_eq!(
+        first.stop().await.fetches(),
+        1,
+        "one fetch for two instances"
+    );
+}
+
 macro_rules! conformance {
     ($($kind:ident => $driver:expr;)*) => {$(
         mod $kind {
@@ -528,7 +601,7 @@ macro_rules! conformance {
             conformance!(@tests $driver;
                 first_token, refresh_before_expiry, outage, recovery, permanent_error,
                 invalidate, shutdown, dropping_all_handles, clock_jump,
-                source_panics, source_hangs, source_returns_garbage);
+                source_panics, source_hangs, source_returns_garbage, shared_cache);
         }
     )*};
     (@tests $driver:expr; $($scenario:ident),*) => {$(
@@ -545,6 +618,7 @@ conformance! {
     on_tokio => Tokio;
     on_tokio_async_source => TokioAsyncSource;
     on_async_std => AsyncStd;
+    on_smol_async_source => AsyncStdAsyncSource;
     on_smol => Smol;
 }
 
