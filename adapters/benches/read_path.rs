@@ -3,8 +3,6 @@
 //! new token every millisecond. Side by side in one group:
 //!
 //! * `freshtoken_token`: `TokenHandle::token()` (an arc-swap guard);
-//! * `freshtoken_with_token`: `TokenHandle::with_token(|t| ..)` (a
-//!   per-thread copy, one atomic load while the token is unchanged);
 //! * `freshtoken_reader`: `TokenReader::token()` (an `arc_swap::Cache`, one
 //!   atomic load while the token is unchanged);
 //! * `tokio_watch`: `watch::Receiver::borrow().clone()` of an `Arc` token,
@@ -165,20 +163,6 @@ fn read_path(c: &mut Criterion) {
                         |h| {
                             let t = h.token().expect("token");
                             black_box(t.access_token().expose_secret().len());
-                        },
-                    )
-                })
-            });
-            group.bench_function(BenchmarkId::new("freshtoken_with_token", threads), |b| {
-                b.iter_custom(|iters| {
-                    parallel(
-                        threads,
-                        iters,
-                        || handle.clone(),
-                        |h| {
-                            h.with_token(|t| {
-                                black_box(t.expect("token").access_token().expose_secret().len())
-                            });
                         },
                     )
                 })

@@ -45,23 +45,17 @@
 //! slot owned by the reading thread and writes nothing shared in the common
 //! case; [`TokenRef`] wraps that borrow. Keep a `TokenRef` for the length of
 //! one request, not longer: a thread has a few cheap slots, and further
-//! concurrent guards fall back to a reference-count increment.
-//!
-//! Two faster paths trade the guard's flexibility for speed: each costs one
-//! uncontended atomic load (of the publish counter) per read while the
-//! token has not changed. [`TokenHandle::with_token`] lends the token to a
-//! closure from a per-thread copy of the snapshot; [`TokenHandle::reader`]
-//! gives one thread its own [`TokenReader`].
+//! concurrent guards fall back to a reference-count increment. For a reader
+//! that reads in a loop on one thread, [`TokenHandle::reader`] goes further:
+//! one uncontended atomic load per read while the token has not changed.
 //!
 //! Writes never wait for readers and readers never wait for writes.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Deref;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
@@ -252,31 +246,6 @@ impl TokenHandle {
         TokenRef::new(self.shared.snapshot.load())
     }
 
-    /// Calls `f` with the current token (whether or not it is still valid;
-    /// `None` before the first one), and returns what it returns.
-    ///
-    /// The fastest read: each thread keeps its own copy of the snapshot it
-    /// saw last, so while the token has not changed a call costs one atomic
-    /// load and writes only thread-local memory. The price: a thread's copy
-    /// of an old snapshot is released when that thread next calls
-    /// `with_token` after a change (or exits), not at once.
-    ///
-    /// ```
-    /// use freshtoken_core::handle::Publisher;
-    /// use freshtoken_core::ManualClock;
-    /// use std::sync::Arc;
-    ///
-    /// let (_publisher, handle) = Publisher::new(Arc::new(ManualClock::default()));
-    /// let header = handle.with_token(|t| t.map(|t| t.authorization_header()));
-    /// assert_eq!(header, None);
-    /// ```
-    pub fn with_token<R>(&self, f: impl FnOnce(Option<&Token>) -> R) -> R {
-        let snapshot = SEEN.with(|seen| seen.borrow_mut().snapshot_of(&self.shared));
-        // The thread-local table is not borrowed while `f` runs, so `f` may
-        // read tokens too.
-        f(snapshot.token.as_deref())
-    }
-
     /// The current token if it is valid now (by the driver's clock), or why
     /// there is none.
     pub fn valid_token(&self) -> Result<TokenRef, NoValidToken> {
@@ -425,51 +394,6 @@ impl TokenHandle {
                 };
             }
         }
-    }
-}
-
-thread_local! {
-    /// The snapshots this thread last read, one per live publisher.
-    static SEEN: RefCell<Seen> = const { RefCell::new(Seen(Vec::new())) };
-}
-
-/// A snapshot lent out by [`TokenHandle::with_token`]. The extra `Rc` is
-/// the point: counting loans in it writes only this thread's memory, where
-/// cloning the `Arc` would write the count that every thread shares.
-#[allow(clippy::redundant_allocation)]
-type Lent = Rc<Arc<Snapshot>>;
-
-/// Per-thread copies of snapshots for [`TokenHandle::with_token`].
-struct Seen(Vec<SeenEntry>);
-
-struct SeenEntry {
-    shared: Weak<Shared>,
-    version: u64,
-    snapshot: Lent,
-}
-
-impl Seen {
-    fn snapshot_of(&mut self, shared: &Arc<Shared>) -> Lent {
-        // Publishing stores the snapshot before bumping the version, so a
-        // snapshot loaded after seeing a version is at least that new.
-        let version = shared.version.load(Ordering::Acquire);
-        let key = Arc::as_ptr(shared);
-        if let Some(entry) = self.0.iter().find(|e| e.shared.as_ptr() == key) {
-            if entry.version == version {
-                return entry.snapshot.clone();
-            }
-        }
-        // A miss: drop copies of publishers that are gone (and this one's
-        // old copy), then remember the current snapshot.
-        self.0
-            .retain(|e| e.shared.strong_count() > 0 && e.shared.as_ptr() != key);
-        let snapshot = Rc::new(shared.snapshot.load_full());
-        self.0.push(SeenEntry {
-            shared: Arc::downgrade(shared),
-            version,
-            snapshot: snapshot.clone(),
-        });
-        snapshot
     }
 }
 
@@ -842,33 +766,6 @@ mod tests {
         // Either the waiter saw the close or it started after it.
         assert_eq!(waiter.join().unwrap(), Err(Closed));
         assert_eq!(h.wait_changed(Duration::from_secs(60)), Err(Closed));
-    }
-
-    #[test]
-    fn with_token_sees_new_snapshots_and_nests() {
-        let (_clock, p, h) = setup();
-        let secret = |h: &TokenHandle| {
-            h.with_token(|t| t.map(|t| t.access_token().expose_secret().to_owned()))
-        };
-        assert_eq!(secret(&h), None);
-        p.publish(snapshot(Some(token("a", 100, 160)), RefreshState::Healthy));
-        assert_eq!(secret(&h).as_deref(), Some("a"));
-        p.publish(snapshot(Some(token("b", 100, 160)), RefreshState::Healthy));
-        let (p2, h2) = Publisher::new(Arc::new(ManualClock::default()));
-        p2.publish(snapshot(Some(token("c", 100, 160)), RefreshState::Healthy));
-        let both = h.with_token(|outer| {
-            let inner = secret(&h2);
-            (
-                outer.map(|t| t.access_token().expose_secret().to_owned()),
-                inner,
-            )
-        });
-        assert_eq!(both, (Some("b".to_owned()), Some("c".to_owned())));
-        // A publisher that is gone is forgotten on the next miss.
-        drop((p2, h2));
-        p.publish(snapshot(Some(token("d", 100, 160)), RefreshState::Healthy));
-        assert_eq!(secret(&h).as_deref(), Some("d"));
-        assert_eq!(SEEN.with(|s| s.borrow().0.len()), 1);
     }
 
     #[test]
