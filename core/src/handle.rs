@@ -662,6 +662,20 @@ mod tests {
     }
 
     #[test]
+    fn handles_and_guards_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<TokenHandle>();
+        send_sync::<TokenRef>();
+        send_sync::<Publisher>();
+        send_sync::<Control>();
+        fn send<T: Send>(_: &T) {}
+        let (p, h) = Publisher::new(Arc::new(ManualClock::default()));
+        send(&h.changed());
+        send(&h.ready());
+        send(&p.recv());
+    }
+
+    #[test]
     fn valid_token_says_why_there_is_none() {
         let (clock, p, h) = setup();
         assert_eq!(
