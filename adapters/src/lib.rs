@@ -11,6 +11,10 @@ pub mod cache;
 pub mod clock;
 #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
 pub mod driver;
+#[cfg(feature = "oauth2")]
+pub mod oauth2;
 pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use clock::SystemClock;

@@ -58,6 +58,8 @@ pub mod handle;
 pub mod jitter;
 pub mod lifetime;
 pub mod machine;
+#[cfg(feature = "oauth2")]
+pub mod oauth2;
 pub mod secret;
 pub mod time;
 pub mod token;
@@ -74,3 +76,6 @@ pub use machine::{
 pub use secret::{AccessToken, ClientSecret, IdToken, RefreshToken};
 pub use time::{Clock, ManualClock, Timestamp};
 pub use token::{Token, TokenId, TokenResponse, TokenStatus};
+
+#[cfg(feature = "sim")]
+pub mod sim;

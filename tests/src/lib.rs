@@ -1,1 +1,3 @@
 //! End-to-end and cross-adapter tests for freshtoken; the tests live in `tests/`.
+
+pub mod redis_server;

@@ -8,6 +8,36 @@
 //!
 //! A cache failure never stops refreshing: the machine treats a failed load
 //! as a miss and a failed store as a warning (availability beats load).
+//!
+//! The caches:
+//!
+//! * [`MemoryCache`]: in this process; the fast first layer of a stack.
+//! * `FileCache` (feature `file`): one file shared by the processes of a
+//!   machine; atomic writes, a lease in a sidecar lock file.
+//! * `RedisCache` (feature `redis`, `rediss://` with `redis-tls`): shared by
+//!   a fleet; `SET NX PX` lease with a compare-and-delete release.
+//! * [`CacheStack`]: several of them checked in order, with write-back.
+//!
+//! The file and Redis caches share one versioned JSON format, `record`,
+//! which also reads aliri_tokens 0.3's cache file.
+
+#[cfg(feature = "file")]
+mod file;
+#[cfg(any(feature = "file", feature = "redis"))]
+mod holder;
+mod memory;
+#[cfg(any(feature = "file", feature = "redis"))]
+pub mod record;
+#[cfg(feature = "redis")]
+mod redis;
+mod stack;
+
+#[cfg(feature = "redis")]
+pub use self::redis::RedisCache;
+#[cfg(feature = "file")]
+pub use file::FileCache;
+pub use memory::MemoryCache;
+pub use stack::CacheStack;
 
 use std::sync::Arc;
 use std::time::Duration;

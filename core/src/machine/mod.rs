@@ -148,8 +148,12 @@ enum Phase {
     Fetching { sent_at: Timestamp },
     /// `Store` in flight; publish when it completes if `publish_after`.
     Storing { publish_after: bool },
-    /// The last fetch failed; try again at `retry_at`.
-    Backoff { retry_at: Timestamp },
+    /// The last fetch failed; try again at `retry_at`. `extending`: an
+    /// `AcquireLease` that stretches our lease over the wait is in flight.
+    Backoff {
+        retry_at: Timestamp,
+        extending: bool,
+    },
     /// The grant is gone; nothing more to do but serve the last token.
     Failed,
     /// `Stop` was emitted.
@@ -257,6 +261,25 @@ impl RefreshMachine {
             (Input::Lease(result), Phase::Leasing) => {
                 self.on_lease(result.unwrap_or(LeaseOutcome::Unsupported))
             }
+            (
+                Input::Lease(result),
+                Phase::Backoff {
+                    retry_at,
+                    extending: true,
+                },
+            ) => {
+                self.lease_until = match result {
+                    Ok(LeaseOutcome::Granted) => Some(retry_at + self.config.lease_ttl),
+                    // Lost it (it lapsed and a peer took it) or the cache
+                    // failed: we no longer hold it, so there is nothing to release.
+                    _ => None,
+                };
+                self.phase = Phase::Backoff {
+                    retry_at,
+                    extending: false,
+                };
+                self.tick();
+            }
             (Input::Fetched(result), Phase::Fetching { sent_at }) => match result {
                 Ok(response) => self.on_fetched(response, sent_at),
                 Err(error) => self.on_fetch_failed(error),
@@ -287,7 +310,10 @@ impl RefreshMachine {
     fn next_deadline(&self) -> Timestamp {
         let phase_deadline = match self.phase {
             Phase::Idle { refresh_at } => refresh_at,
-            Phase::Backoff { retry_at } => retry_at,
+            Phase::Backoff {
+                retry_at,
+                extending: false,
+            } => retry_at,
             Phase::PeerWait { recheck_at, .. } => recheck_at,
             _ => Timestamp::MAX,
         };
@@ -310,7 +336,10 @@ impl RefreshMachine {
         let now = self.now;
         match self.phase {
             Phase::Idle { refresh_at } if now >= refresh_at => self.begin_refresh(),
-            Phase::Backoff { retry_at } if now >= retry_at => self.begin_refresh(),
+            Phase::Backoff {
+                retry_at,
+                extending: false,
+            } if now >= retry_at => self.begin_refresh(),
             Phase::PeerWait {
                 recheck_at,
                 give_up_at,
@@ -429,12 +458,24 @@ impl RefreshMachine {
         let rotated = response.refresh_token.is_some();
         let resolved = self.config.lifetime.resolve(response, sent_at, self.now);
         let mut token = resolved.token;
+        // Learn a rotated refresh token first, whatever else happens: the
+        // old one is already spent at the authority.
+        self.learn_refresh_token(&token);
+        if !token.is_valid_at(self.now) {
+            // Possible only when the answer took longer than the token's
+            // whole life: publishing it would serve a dead token.
+            let error = FetchError::transient(format!(
+                "the token expired before its answer arrived (lifetime {:?})",
+                token.lifetime()
+            ));
+            self.on_fetch_failed(error);
+            return;
+        }
         if token.refresh_token().is_none() {
             // The authority kept the grant as it was: carry our refresh token
             // along so the cache stores the full state.
             token = token.with_refresh_token(self.refresh_token.as_ref().map(|(rt, _)| rt.clone()));
         }
-        self.learn_refresh_token(&token);
         self.skew_ms = resolved.skew_ms;
         self.lifetime_note = resolved.note;
         self.failures = 0;
@@ -473,18 +514,25 @@ impl RefreshMachine {
             .backoff
             .delay(&error, self.failures, &mut self.rng);
         let retry_at = self.now + delay;
-        // Keep the lease through a short backoff, so peers keep waiting for
-        // us instead of each hitting a failing authority; give it up when it
-        // would lapse before the retry anyway.
-        if self.lease_until.is_some_and(|until| until <= retry_at) {
-            self.release_lease();
+        // Keep the lease through the wait, so peers keep waiting for us
+        // rather than each hitting a failing authority: a fleet then sends
+        // one request per retry, not one per instance. When the lease would
+        // lapse first, stretch it over the wait (its holder may renew it).
+        let extending = self.lease_until.is_some_and(|until| until <= retry_at);
+        if extending {
+            self.outbox.push_back(Action::AcquireLease {
+                ttl: delay + self.config.lease_ttl,
+            });
         }
         self.state = RefreshState::Retrying {
             error,
             attempt: self.failures,
             next_attempt: retry_at,
         };
-        self.phase = Phase::Backoff { retry_at };
+        self.phase = Phase::Backoff {
+            retry_at,
+            extending,
+        };
         self.publish();
     }
 

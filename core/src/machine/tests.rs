@@ -1,1 +1,419 @@
+//! Unit tests of single phases; the invariants over random input sequences
+//! are property tests in `core/tests/invariants.rs`.
+
 use super::*;
+use crate::error::CacheError;
+use crate::secret::AccessToken;
+use std::time::Duration;
+
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+struct Harness {
+    m: RefreshMachine,
+    now: Timestamp,
+}
+
+impl Harness {
+    fn new(config: MachineConfig) -> Self {
+        Harness {
+            m: RefreshMachine::new(config),
+            now: T0,
+        }
+    }
+
+    fn cached() -> Self {
+        Harness::new(MachineConfig {
+            cache: true,
+            ..MachineConfig::default()
+        })
+    }
+
+    /// Feeds `input` and returns the actions and the final timeout.
+    fn feed(&mut self, input: Input) -> (Vec<Action>, Timestamp) {
+        self.m.handle_input(input, self.now);
+        let mut actions = Vec::new();
+        loop {
+            match self.m.poll_output() {
+                Output::Action(a) => actions.push(a),
+                Output::Timeout(at) => return (actions, at),
+            }
+        }
+    }
+
+    fn at(&mut self, t: Timestamp) -> &mut Self {
+        self.now = t;
+        self
+    }
+
+    fn answer(&mut self, lifetime_secs: i64, name: &str) -> (Vec<Action>, Timestamp) {
+        let r = TokenResponse::new(AccessToken::new(name)).with_expires_in(Some(lifetime_secs));
+        self.feed(Input::Fetched(Ok(r)))
+    }
+}
+
+fn token(name: &str, issued: Timestamp, lifetime: Duration) -> Token {
+    let (stale, expires) = LifetimePolicy::default().times(issued, lifetime);
+    Token::new(AccessToken::new(name), issued, stale, expires)
+}
+
+fn published(actions: &[Action]) -> Vec<&Snapshot> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kinds(actions: &[Action]) -> Vec<&'static str> {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::LoadCache => "load",
+            Action::AcquireLease { .. } => "lease",
+            Action::Fetch(_) => "fetch",
+            Action::Store(_) => "store",
+            Action::ReleaseLease => "release",
+            Action::Publish(_) => "publish",
+            Action::Stop => "stop",
+        })
+        .collect()
+}
+
+#[test]
+fn first_token_then_refresh_at_the_jittered_time() {
+    let mut h = Harness::new(MachineConfig::default());
+    let (a, _) = h.feed(Input::Start);
+    assert_eq!(kinds(&a), ["fetch"]);
+    h.at(T0 + Duration::from_millis(200));
+    let (a, next) = h.answer(3600, "a");
+    assert_eq!(kinds(&a), ["publish"]);
+    let snap = published(&a)[0];
+    assert_eq!(snap.state, RefreshState::Healthy);
+    let t = snap.token.as_ref().unwrap();
+    assert_eq!(t.issued_at(), T0, "expiry counts from the send");
+    // Refresh in the second half of the fresh period, never after stale_at.
+    assert!(next >= T0 + Duration::from_secs(2700 / 2) && next <= t.stale_at());
+
+    let (a, _) = h.at(next - Duration::from_millis(1)).feed(Input::Tick);
+    assert!(a.is_empty());
+    let (a, _) = h.at(next).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["fetch"]);
+}
+
+#[test]
+fn failures_back_off_and_keep_serving_the_token() {
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    let (_, refresh_at) = h.answer(60, "a");
+    h.at(refresh_at).feed(Input::Tick);
+    let mut last = refresh_at;
+    for attempt in 1..=5u32 {
+        let (a, retry_at) = h.feed(Input::Fetched(Err(FetchError::transient("503"))));
+        let snap = published(&a)[0];
+        assert_eq!(
+            snap.token.as_ref().unwrap().id(),
+            AccessToken::new("a").fingerprint()
+        );
+        match &snap.state {
+            RefreshState::Retrying {
+                attempt: n,
+                next_attempt,
+                ..
+            } => {
+                assert_eq!(*n, attempt);
+                assert_eq!(*next_attempt, retry_at);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (lo, hi) = Backoff::default().bounds(&FetchError::transient("x"), attempt);
+        let delay = retry_at.saturating_duration_since(last);
+        assert!(delay >= lo && delay <= hi, "attempt {attempt}: {delay:?}");
+        let (a, _) = h.at(retry_at).feed(Input::Tick);
+        match &a[..] {
+            [Action::Fetch(req)] => assert_eq!(req.attempt, attempt + 1),
+            other => panic!("{other:?}"),
+        }
+        last = retry_at;
+    }
+    let (a, _) = h.answer(60, "b");
+    assert_eq!(published(&a)[0].state, RefreshState::Healthy);
+}
+
+#[test]
+fn retry_after_is_a_floor() {
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    let e = FetchError::rate_limited("429").with_retry_after(Some(Duration::from_secs(42)));
+    let (_, retry_at) = h.feed(Input::Fetched(Err(e)));
+    assert!(retry_at >= T0 + Duration::from_secs(42));
+}
+
+#[test]
+fn revoked_grant_ends_refreshing() {
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    let (a, next) = h.feed(Input::Fetched(Err(FetchError::grant_revoked(
+        "invalid_grant",
+    ))));
+    assert!(matches!(
+        published(&a)[0].state,
+        RefreshState::Failed { .. }
+    ));
+    assert_eq!(next, Timestamp::MAX, "no deadline once failed");
+    let (a, _) = h.at(T0 + Duration::from_secs(86_400)).feed(Input::Tick);
+    assert!(a.is_empty());
+}
+
+#[test]
+fn permanent_errors_wait_long() {
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    let (_, retry_at) = h.feed(Input::Fetched(Err(FetchError::permanent("invalid_client"))));
+    assert!(retry_at >= T0 + Duration::from_secs(150));
+}
+
+#[test]
+fn fresh_cached_token_is_adopted_without_a_request() {
+    let mut h = Harness::cached();
+    let (a, _) = h.feed(Input::Start);
+    assert_eq!(kinds(&a), ["load"]);
+    let cached = token("c", T0 - Duration::from_secs(60), Duration::from_secs(3600));
+    let (a, next) = h.feed(Input::CacheLoaded(Ok(Some(cached))));
+    assert_eq!(kinds(&a), ["publish"]);
+    assert!(next > T0);
+    assert_eq!(h.m.stats().fetches, 0);
+}
+
+#[test]
+fn stale_cached_token_is_served_while_refreshing_under_the_lease() {
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    let cached = token(
+        "c",
+        T0 - Duration::from_secs(3000),
+        Duration::from_secs(3600),
+    );
+    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(cached))));
+    assert_eq!(kinds(&a), ["publish", "lease"]);
+    let (a, _) = h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["load"], "re-read under the lease");
+    let (a, _) = h.feed(Input::CacheLoaded(Ok(None)));
+    assert_eq!(kinds(&a), ["fetch"]);
+    let (a, _) = h.answer(3600, "new");
+    assert_eq!(kinds(&a), ["publish", "store"]);
+    let (a, _) = h.feed(Input::Stored(Ok(())));
+    assert_eq!(kinds(&a), ["release"]);
+}
+
+#[test]
+fn a_peer_that_stored_under_our_nose_is_adopted() {
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(Ok(None)));
+    h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
+    let peer = token("peer", T0, Duration::from_secs(3600));
+    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(peer))));
+    assert_eq!(kinds(&a), ["publish", "release"]);
+}
+
+#[test]
+fn rotated_refresh_token_is_stored_before_it_is_published() {
+    let mut h = Harness::new(MachineConfig {
+        cache: true,
+        refresh_token: Some(RefreshToken::new("rt-0")),
+        ..MachineConfig::default()
+    });
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(Ok(None)));
+    let (a, _) = h.feed(Input::Lease(Ok(LeaseOutcome::Unsupported)));
+    match &a[..] {
+        [Action::Fetch(req)] => assert_eq!(req.refresh_token, Some(RefreshToken::new("rt-0"))),
+        other => panic!("{other:?}"),
+    }
+    let r = TokenResponse::new(AccessToken::new("a"))
+        .with_expires_in(Some(60))
+        .with_refresh_token(Some(RefreshToken::new("rt-1")));
+    let (a, _) = h.feed(Input::Fetched(Ok(r)));
+    assert_eq!(kinds(&a), ["store"]);
+    let Action::Store(stored) = &a[0] else {
+        unreachable!()
+    };
+    assert_eq!(stored.refresh_token(), Some(&RefreshToken::new("rt-1")));
+    let (a, _) = h.feed(Input::Stored(Err(CacheError::new(
+        crate::CacheErrorKind::Io,
+        "disk full",
+    ))));
+    assert_eq!(
+        kinds(&a),
+        ["publish"],
+        "published even when the store failed"
+    );
+}
+
+#[test]
+fn newer_refresh_token_in_the_cache_replaces_the_configured_one() {
+    let mut h = Harness::new(MachineConfig {
+        cache: true,
+        refresh_token: Some(RefreshToken::new("configured")),
+        ..MachineConfig::default()
+    });
+    h.feed(Input::Start);
+    let old = token(
+        "old",
+        T0 - Duration::from_secs(7200),
+        Duration::from_secs(3600),
+    )
+    .with_refresh_token(Some(RefreshToken::new("rotated")));
+    h.feed(Input::CacheLoaded(Ok(Some(old))));
+    let (a, _) = h.feed(Input::Lease(Ok(LeaseOutcome::Unsupported)));
+    match &a[..] {
+        [Action::Fetch(req)] => assert_eq!(req.refresh_token, Some(RefreshToken::new("rotated"))),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn busy_lease_waits_for_the_peer_then_fetches_anyway_before_expiry() {
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    let stale = token("s", T0 - Duration::from_secs(50), Duration::from_secs(60));
+    h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
+    let mut recheck = T0;
+    let mut rounds = 0;
+    loop {
+        let (a, next) = h.feed(Input::Lease(Ok(LeaseOutcome::Busy)));
+        if kinds(&a) == ["fetch"] {
+            break;
+        }
+        assert!(a.is_empty());
+        assert!(next > recheck && next < stale.expires_at());
+        recheck = next;
+        let (a, _) = h.at(next).feed(Input::Tick);
+        if kinds(&a) == ["fetch"] {
+            break;
+        }
+        assert_eq!(kinds(&a), ["load"]);
+        h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
+        rounds += 1;
+        assert!(rounds < 100, "waited forever");
+    }
+    // Gave up in the middle of the stale window, before expiry.
+    let window = stale
+        .expires_at()
+        .saturating_duration_since(stale.stale_at());
+    assert!(h.now >= stale.expires_at() - window / 2 && h.now < stale.expires_at());
+}
+
+#[test]
+fn ten_invalidations_cause_one_fetch_and_skip_the_same_cached_token() {
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    let current = token("bad", T0, Duration::from_secs(3600));
+    let id = current.id();
+    h.feed(Input::CacheLoaded(Ok(Some(current.clone()))));
+    h.at(T0 + Duration::from_secs(1));
+    let mut actions = Vec::new();
+    for _ in 0..10 {
+        actions.extend(h.feed(Input::Invalidate(id)).0);
+    }
+    assert_eq!(kinds(&actions), ["load"]);
+    // The cache still has the rejected token: it is not adopted.
+    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(current))));
+    assert_eq!(kinds(&a), ["lease"]);
+    h.feed(Input::Lease(Ok(LeaseOutcome::Unsupported)));
+    let (a, _) = h.answer(3600, "good");
+    assert_eq!(kinds(&a), ["publish", "store"]);
+    assert_eq!(h.m.stats().fetches, 1);
+    assert_eq!(h.m.stats().invalidations, 1);
+    // Invalidating the old id again does nothing.
+    let (a, _) = h.feed(Input::Invalidate(id));
+    assert!(a.is_empty());
+}
+
+#[test]
+fn invalidations_are_rate_limited() {
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    h.answer(3600, "a");
+    let id = AccessToken::new("a").fingerprint();
+    let (a, _) = h.feed(Input::Invalidate(id));
+    assert_eq!(kinds(&a), ["fetch"]);
+    h.answer(3600, "b");
+    let id = AccessToken::new("b").fingerprint();
+    let (a, next) = h.feed(Input::Invalidate(id));
+    assert!(a.is_empty(), "second invalidation within 5 s waits");
+    assert_eq!(next, T0 + Duration::from_secs(5));
+}
+
+#[test]
+fn shutdown_stops_everything() {
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(Ok(None)));
+    h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
+    let (a, _) = h.feed(Input::Shutdown);
+    assert_eq!(kinds(&a), ["release", "publish", "stop"]);
+    assert_eq!(published(&a)[0].state, RefreshState::Stopped);
+    for input in [
+        Input::Tick,
+        Input::Start,
+        Input::CacheLoaded(Ok(None)),
+        Input::Shutdown,
+    ] {
+        assert!(h.feed(input).0.is_empty());
+    }
+    assert!(h.m.is_stopped());
+}
+
+#[test]
+fn unexpected_results_are_ignored_and_counted() {
+    let mut h = Harness::new(MachineConfig::default());
+    assert!(h.feed(Input::Stored(Ok(()))).0.is_empty());
+    assert!(h
+        .feed(Input::Fetched(Err(FetchError::transient("late"))))
+        .0
+        .is_empty());
+    assert!(h.feed(Input::Lease(Ok(LeaseOutcome::Granted))).0.is_empty());
+    h.feed(Input::Start);
+    assert!(h.feed(Input::Start).0.is_empty());
+    assert_eq!(h.m.stats().ignored_inputs, 4);
+}
+
+#[test]
+fn lease_is_stretched_over_a_long_backoff() {
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(Ok(None)));
+    h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
+    h.feed(Input::CacheLoaded(Ok(None)));
+    let e = FetchError::rate_limited("429").with_retry_after(Some(Duration::from_secs(60)));
+    let (a, next) = h.feed(Input::Fetched(Err(e)));
+    assert_eq!(kinds(&a), ["lease", "publish"]);
+    assert!(matches!(a[0], Action::AcquireLease { ttl } if ttl >= Duration::from_secs(90)));
+    assert_eq!(next, Timestamp::MAX, "waits for the lease answer");
+    let (a, retry_at) = h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
+    assert!(a.is_empty());
+    assert!(retry_at >= T0 + Duration::from_secs(60));
+    // Still holding it at the retry: straight to the re-read under the lease.
+    let (a, _) = h.at(retry_at).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["load"]);
+    let (a, _) = h.feed(Input::CacheLoaded(Ok(None)));
+    assert_eq!(kinds(&a), ["fetch"]);
+}
+
+#[test]
+fn readers_are_told_when_the_token_expires() {
+    let mut h = Harness::new(MachineConfig {
+        backoff: Backoff::new(Duration::from_secs(100), 2, Duration::from_secs(100)),
+        ..MachineConfig::default()
+    });
+    h.feed(Input::Start);
+    let (_, refresh_at) = h.answer(20, "a");
+    h.at(refresh_at).feed(Input::Tick);
+    let (_, next) = h.feed(Input::Fetched(Err(FetchError::transient("down"))));
+    assert_eq!(next, T0 + Duration::from_secs(20), "wakes at expiry");
+    let (a, _) = h.at(next).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["publish"]);
+}

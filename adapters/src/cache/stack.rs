@@ -1,0 +1,359 @@
+//! Several caches as one: the fast and local first, the shared last.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use freshtoken_core::{CacheError, Clock, LeaseOutcome, Token, TokenStatus};
+
+use super::TokenCache;
+use crate::clock::SystemClock;
+
+/// Caches checked in order, typically memory, then a file, then Redis.
+///
+/// * **load** asks the layers in order and stops at the first fresh token
+///   (so a fresh token in memory costs no file read and no round trip to
+///   Redis). Otherwise the token that lives longest among those found wins,
+///   by the machine's own rule (a later `expires_at` is better); expired
+///   tokens still count, because they may carry the newest refresh token.
+///   The winner is written back to the layers above it that held nothing
+///   or something worse. A failing layer is skipped with a warning; the load
+///   fails only when every layer failed.
+/// * **store** writes to every layer, even when one fails, and reports the
+///   first failure.
+/// * **the lease** is taken from the *last* layer that supports leases: the
+///   most widely shared one, since a lease on a process-local layer would
+///   not keep other processes from fetching. When that layer fails (Redis
+///   down), the next one up is tried, so the processes on one machine still
+///   coordinate through the file. The release goes to the layer that granted.
+///
+/// ```
+/// use freshtoken::cache::{CacheStack, MemoryCache, TokenCache};
+/// use freshtoken::{AccessToken, Timestamp, Token};
+///
+/// let local = MemoryCache::new();
+/// let shared = MemoryCache::new();
+/// let stack = CacheStack::new().with(local.clone()).with(shared.clone());
+///
+/// let token = Token::new(AccessToken::new("at"), Timestamp::EPOCH, Timestamp::MAX, Timestamp::MAX);
+/// shared.store(&token).unwrap();
+/// assert_eq!(stack.load().unwrap(), Some(token.clone()));
+/// // Written back to the layer above.
+/// assert_eq!(local.load().unwrap(), Some(token));
+/// ```
+pub struct CacheStack {
+    layers: Vec<Box<dyn TokenCache>>,
+    clock: Arc<dyn Clock>,
+    /// The index of the layer that granted the lease we hold, if any.
+    leased: Mutex<Option<usize>>,
+}
+
+impl CacheStack {
+    /// An empty stack (which behaves as a cache that never has a token).
+    pub fn new() -> Self {
+        CacheStack {
+            layers: Vec::new(),
+            clock: Arc::new(SystemClock),
+            leased: Mutex::new(None),
+        }
+    }
+
+    /// Adds a layer below the existing ones.
+    pub fn with(mut self, layer: impl TokenCache) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Uses `clock` to tell fresh from stale tokens (default: [`SystemClock`]).
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether the stack has no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl Default for CacheStack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for CacheStack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheStack")
+            .field("layers", &self.layers.len())
+            .field(
+                "leased",
+                &*self.leased.lock().unwrap_or_else(PoisonError::into_inner),
+            )
+            .finish()
+    }
+}
+
+impl TokenCache for CacheStack {
+    fn load(&self) -> Result<Option<Token>, CacheError> {
+        let now = self.clock.now();
+        // What each layer asked so far held, by expiry; None: nothing or failed.
+        let mut held = Vec::with_capacity(self.layers.len());
+        let mut best: Option<(usize, Token)> = None;
+        let mut failures = 0;
+        let mut last_error = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            match layer.load() {
+                Ok(Some(token)) => {
+                    held.push(Some(token.expires_at()));
+                    let fresh = token.status(now) == TokenStatus::Fresh;
+                    if best
+                        .as_ref()
+                        .is_none_or(|(_, b)| token.expires_at() > b.expires_at())
+                    {
+                        best = Some((i, token));
+                    }
+                    if fresh {
+                        break;
+                    }
+                }
+                Ok(None) => held.push(None),
+                Err(e) => {
+                    tracing::warn!(layer = i, error = %e, "cache layer failed to load; skipping it");
+                    held.push(None);
+                    failures += 1;
+                    last_error = Some(e);
+                }
+            }
+        }
+        let Some((from, token)) = best else {
+            // A miss unless no layer could answer at all.
+            return match last_error {
+                Some(e) if failures == self.layers.len() => Err(e),
+                _ => Ok(None),
+            };
+        };
+        for (i, layer) in self.layers[..from].iter().enumerate() {
+            if held[i].is_none_or(|expires| expires < token.expires_at()) {
+                if let Err(e) = layer.store(&token) {
+                    tracing::warn!(layer = i, error = %e, "cache layer failed to take a write-back");
+                }
+            }
+        }
+        Ok(Some(token))
+    }
+
+    fn store(&self, token: &Token) -> Result<(), CacheError> {
+        let mut first_error = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Err(e) = layer.store(token) {
+                tracing::warn!(layer = i, error = %e, "cache layer failed to store");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
+        let mut leased = self.leased.lock().unwrap_or_else(PoisonError::into_inner);
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            match layer.acquire_lease(ttl) {
+                Ok(LeaseOutcome::Unsupported) => continue,
+                Ok(outcome) => {
+                    *leased = (outcome == LeaseOutcome::Granted).then_some(i);
+                    return Ok(outcome);
+                }
+                Err(e) => {
+                    tracing::warn!(layer = i, error = %e, "cache layer failed to grant a lease; trying the next one up");
+                }
+            }
+        }
+        *leased = None;
+        Ok(LeaseOutcome::Unsupported)
+    }
+
+    fn release_lease(&self) -> Result<(), CacheError> {
+        let leased = self
+            .leased
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match leased.and_then(|i| self.layers.get(i)) {
+            Some(layer) => layer.release_lease(),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::MemoryCache;
+    use freshtoken_core::{AccessToken, CacheErrorKind, ManualClock, RefreshToken, Timestamp};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A layer that counts its loads and can be made to fail.
+    #[derive(Default)]
+    struct Probe {
+        inner: MemoryCache,
+        loads: AtomicUsize,
+        down: bool,
+        leases: bool,
+    }
+
+    impl TokenCache for Probe {
+        fn load(&self) -> Result<Option<Token>, CacheError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            if self.down {
+                return Err(CacheError::new(CacheErrorKind::Unavailable, "down"));
+            }
+            self.inner.load()
+        }
+        fn store(&self, token: &Token) -> Result<(), CacheError> {
+            if self.down {
+                return Err(CacheError::new(CacheErrorKind::Unavailable, "down"));
+            }
+            self.inner.store(token)
+        }
+        fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
+            match (self.down, self.leases) {
+                (true, _) => Err(CacheError::new(CacheErrorKind::Unavailable, "down")),
+                (false, true) => self.inner.acquire_lease(ttl),
+                (false, false) => Ok(LeaseOutcome::Unsupported),
+            }
+        }
+        fn release_lease(&self) -> Result<(), CacheError> {
+            self.inner.release_lease()
+        }
+    }
+
+    fn token(name: &str, issued: u64, stale: u64, expires: u64) -> Token {
+        Token::new(
+            AccessToken::new(name),
+            Timestamp::from_secs(issued),
+            Timestamp::from_secs(stale),
+            Timestamp::from_secs(expires),
+        )
+    }
+
+    fn clock_at(secs: u64) -> ManualClock {
+        ManualClock::new(Timestamp::from_secs(secs))
+    }
+
+    #[test]
+    fn a_fresh_token_stops_the_search() {
+        let (top, bottom) = (Arc::new(Probe::default()), Arc::new(Probe::default()));
+        let stack = CacheStack::new()
+            .with(top.clone())
+            .with(bottom.clone())
+            .with_clock(clock_at(10));
+        top.store(&token("a", 0, 45, 60)).unwrap();
+        bottom.store(&token("b", 0, 90, 120)).unwrap();
+        assert_eq!(
+            stack
+                .load()
+                .unwrap()
+                .unwrap()
+                .access_token()
+                .expose_secret(),
+            "a"
+        );
+        assert_eq!(bottom.loads.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_stale_token_lets_a_better_one_below_win_and_be_written_back() {
+        let (top, mid, bottom) = (MemoryCache::new(), MemoryCache::new(), MemoryCache::new());
+        let stack = CacheStack::new()
+            .with(top.clone())
+            .with(mid.clone())
+            .with(bottom.clone())
+            .with_clock(clock_at(50));
+        top.store(&token("stale", 0, 45, 60)).unwrap();
+        mid.store(&token("best", 30, 75, 90)).unwrap();
+        bottom.store(&token("worse", 0, 45, 70)).unwrap();
+        let got = stack.load().unwrap().unwrap();
+        assert_eq!(got.access_token().expose_secret(), "best");
+        assert_eq!(top.load().unwrap(), Some(got.clone()));
+        // Not written below where it came from.
+        assert_eq!(
+            bottom
+                .load()
+                .unwrap()
+                .unwrap()
+                .access_token()
+                .expose_secret(),
+            "worse"
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_still_returned_for_its_refresh_token() {
+        let layer = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(layer.clone())
+            .with_clock(clock_at(100));
+        let t = token("old", 0, 45, 60).with_refresh_token(Some(RefreshToken::new("rt")));
+        layer.store(&t).unwrap();
+        assert_eq!(stack.load().unwrap(), Some(t));
+    }
+
+    #[test]
+    fn failing_layers_are_skipped_and_only_total_failure_is_an_error() {
+        let down = Arc::new(Probe {
+            down: true,
+            ..Probe::default()
+        });
+        let up = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(down.clone())
+            .with(up.clone())
+            .with_clock(clock_at(10));
+        assert_eq!(stack.load().unwrap(), None);
+        let t = token("a", 0, 45, 60);
+        // The store reaches the working layer and reports the broken one.
+        assert_eq!(
+            stack.store(&t).unwrap_err().kind(),
+            CacheErrorKind::Unavailable
+        );
+        assert_eq!(stack.load().unwrap(), Some(t));
+        let only_down = CacheStack::new().with(down);
+        assert!(only_down.load().is_err());
+        assert_eq!(CacheStack::new().load().unwrap(), None);
+    }
+
+    #[test]
+    fn the_lease_comes_from_the_lowest_layer_that_has_one() {
+        let no_lease = Arc::new(Probe::default());
+        let local = MemoryCache::new();
+        let shared = Arc::new(Probe {
+            leases: true,
+            ..Probe::default()
+        });
+        let stack = CacheStack::new()
+            .with(local.clone())
+            .with(shared.clone())
+            .with(no_lease);
+        let peer = shared.inner.clone();
+        let ttl = Duration::from_secs(10);
+        assert_eq!(stack.acquire_lease(ttl).unwrap(), LeaseOutcome::Granted);
+        assert_eq!(peer.acquire_lease(ttl).unwrap(), LeaseOutcome::Busy);
+        // The process-local layer was not used.
+        assert_eq!(
+            local.clone().acquire_lease(ttl).unwrap(),
+            LeaseOutcome::Granted
+        );
+        stack.release_lease().unwrap();
+        assert_eq!(peer.acquire_lease(ttl).unwrap(), LeaseOutcome::Granted);
+        assert_eq!(stack.acquire_lease(ttl).unwrap(), LeaseOutcome::Busy);
+        assert_eq!(
+            CacheStack::new().acquire_lease(ttl).unwrap(),
+            LeaseOutcome::Unsupported
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! Sending an [`HttpRequest`] and reading the answer.
+
+use std::fmt;
+use std::io::Read;
+use std::time::Duration;
+
+use freshtoken_core::oauth2::{HttpRequest, HttpResponse};
+use freshtoken_core::FetchError;
+
+use super::url::{check_token_url, has_loopback_host};
+
+/// An HTTP client that can send a token request.
+///
+/// [`UreqTransport`] is the built-in one; implement this trait to use
+/// another client (one your application already configures for proxies or
+/// mTLS, say). An implementation must:
+///
+/// * send `request` as is, and not follow redirects (a redirect is
+///   returned as an answer like any other);
+/// * read at most `max_body + 1` bytes of the body (the parser refuses an
+///   answer longer than `max_body`), and apply its own timeouts;
+/// * return every HTTP status as an [`HttpResponse`], and report only
+///   failures to get one (network, TLS, timeout) as a [`FetchError`], almost
+///   always [`FetchError::transient`], without secrets in the message.
+///
+/// ```
+/// use freshtoken::oauth2::HttpTransport;
+/// use freshtoken::oauth2::core::{HttpRequest, HttpResponse};
+/// use freshtoken::FetchError;
+///
+/// /// Answers every request with the same token; handy in unit tests.
+/// struct Canned;
+///
+/// impl HttpTransport for Canned {
+///     fn send(&self, _request: &HttpRequest, _max_body: usize) -> Result<HttpResponse, FetchError> {
+///         Ok(HttpResponse::new(200, vec![], br#"{"access_token":"t","expires_in":60}"#.to_vec()))
+///     }
+/// }
+/// ```
+pub trait HttpTransport: Send + Sync + 'static {
+    /// Sends `request` and returns the answer, whatever its status.
+    fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError>;
+}
+
+/// The default [`HttpTransport`]: [ureq] 3 with rustls and the Mozilla root
+/// certificates (webpki-roots), no redirects, connect and overall timeouts,
+/// the body read up to the cap.
+///
+/// It also refuses to send to a URL that [`check_token_url`] rejects (plain
+/// http beyond loopback), whoever built the request, never sends a loopback
+/// request through a proxy from the environment, and asks for the
+/// connection to be closed after each request: token requests are minutes
+/// apart, so a pooled connection would only go stale in between.
+///
+/// ```
+/// use freshtoken::oauth2::UreqTransport;
+/// use std::time::Duration;
+///
+/// let transport = UreqTransport::new()
+///     .connect_timeout(Duration::from_secs(3))
+///     .timeout(Duration::from_secs(10));
+/// ```
+///
+/// [ureq]: https://docs.rs/ureq
+#[derive(Clone)]
+pub struct UreqTransport {
+    agent: ureq::Agent,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
+impl fmt::Debug for UreqTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UreqTransport")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Default for UreqTransport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UreqTransport {
+    /// Connect timeout 10 s, overall timeout 30 s (shorter than the
+    /// machine's default lease TTL, so a lease holder never loses its lease
+    /// mid-request).
+    pub fn new() -> Self {
+        Self::with_timeouts(Duration::from_secs(10), Duration::from_secs(30))
+    }
+
+    /// Sets the timeout for establishing the connection (TCP and TLS).
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        Self::with_timeouts(timeout, self.timeout)
+    }
+
+    /// Sets the timeout for the whole request, from connecting to the last
+    /// byte of the answer.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self::with_timeouts(self.connect_timeout, timeout)
+    }
+
+    fn with_timeouts(connect_timeout: Duration, timeout: Duration) -> Self {
+        let config = ureq::Agent::config_builder()
+            // Every status is an answer for the OAuth2 parser to classify.
+            .http_status_as_error(false)
+            // A redirect of a POST carrying a client secret is not followed;
+            // the parser reports it.
+            .max_redirects(0)
+            .timeout_connect(Some(connect_timeout))
+            .timeout_global(Some(timeout))
+            .user_agent(concat!("freshtoken/", env!("CARGO_PKG_VERSION")))
+            .build();
+        UreqTransport {
+            agent: config.new_agent(),
+            connect_timeout,
+            timeout,
+        }
+    }
+}
+
+impl HttpTransport for UreqTransport {
+    fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
+        check_token_url(request.url()).map_err(|e| FetchError::permanent(e.to_string()))?;
+        let mut builder = self.agent.post(request.url()).header("Connection", "close");
+        if has_loopback_host(request.url()) {
+            // An HTTP(S)_PROXY from the environment cannot reach this
+            // machine's loopback.
+            builder = builder.config().proxy(None).build();
+        }
+        for (name, value) in request.headers() {
+            builder = builder.header(name, value);
+        }
+        let response = builder.send(request.body()).map_err(transport_error)?;
+        let (parts, body) = response.into_parts();
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        let limit = u64::try_from(max_body)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        body.into_reader()
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                FetchError::transient(format!("reading the token endpoint's answer failed: {e}"))
+                    .with_status(parts.status.as_u16())
+            })?;
+        Ok(HttpResponse::new(parts.status.as_u16(), headers, bytes))
+    }
+}
+
+/// A ureq failure as a fetch error. ureq's errors describe the connection
+/// (address, TLS, timeout), never the request's headers or body, but the
+/// ones that could quote a URL or a header are reworded anyway.
+fn transport_error(e: ureq::Error) -> FetchError {
+    use ureq::Error as E;
+    match e {
+        E::BadUri(_) => FetchError::permanent("the token endpoint URL is not a valid URI"),
+        E::Http(_) => {
+            FetchError::permanent("the token request could not be built (invalid header)")
+        }
+        E::RequireHttpsOnly(_) => FetchError::permanent("the token endpoint must use https"),
+        E::Timeout(t) => FetchError::transient(format!("the token request timed out ({t})")),
+        E::HostNotFound => FetchError::transient("the token endpoint's host was not found"),
+        E::ConnectionFailed => FetchError::transient("could not connect to the token endpoint"),
+        E::Io(io) => {
+            FetchError::transient(format!("network error talking to the token endpoint: {io}"))
+        }
+        E::Tls(msg) => FetchError::transient(format!("TLS error: {msg}")),
+        E::Rustls(err) => FetchError::transient(format!("TLS error: {err}")),
+        E::Protocol(err) => FetchError::transient(format!("HTTP protocol error: {err}")),
+        E::LargeResponseHeader(_, limit) => {
+            FetchError::transient(format!("the answer's headers exceed {limit} bytes"))
+        }
+        other => {
+            tracing::debug!(error = %other, "token request failed in the HTTP client");
+            FetchError::transient("the HTTP client failed to send the token request")
+        }
+    }
+}

@@ -1,0 +1,65 @@
+use super::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[test]
+fn same_scenario_same_report() {
+    let s = Scenario::new(20)
+        .cache(CacheMode::SharedWithLease)
+        .duration(Duration::from_secs(4 * 3600))
+        .fault(Fault::new(FaultKind::Outage, 40 * MINUTE, 10 * MINUTE));
+    assert_eq!(s.run(), s.run());
+    assert_ne!(s.run(), s.clone().seed(2).run());
+}
+
+#[test]
+fn without_a_cache_every_instance_asks() {
+    let r = Scenario::new(10).duration(Duration::from_secs(3600)).run();
+    // Each instance: a cold-start fetch and one renewal within the hour.
+    assert_eq!(r.authority_requests, 20);
+    assert_eq!(r.leases_granted, 0);
+    assert_eq!(r.cache_reads, 0);
+}
+
+#[test]
+fn the_lease_turns_a_cold_start_stampede_into_one_request() {
+    let base = Scenario::new(200).duration(Duration::from_secs(60));
+    let shared = base.clone().cache(CacheMode::Shared).run();
+    let leased = base.cache(CacheMode::SharedWithLease).run();
+    assert!(shared.authority_requests > 10, "{shared:?}");
+    assert_eq!(leased.authority_requests, 1, "{leased:?}");
+    assert!(leased.leases_busy > 0);
+}
+
+#[test]
+fn a_long_outage_is_visible_and_counted() {
+    // Ten-second tokens and a minute-long outage: tokens run out.
+    let r = Scenario::new(1)
+        .lifetime(Duration::from_secs(10))
+        .duration(Duration::from_secs(300))
+        .fault(Fault::new(
+            FaultKind::Outage,
+            Duration::from_secs(20),
+            MINUTE,
+        ))
+        .run();
+    assert!(r.failed_requests > 0);
+    assert!(r.availability < 0.9, "{r:?}");
+    assert!(r.longest_gap > Duration::from_secs(40), "{r:?}");
+}
+
+#[test]
+fn permanent_errors_are_not_hammered() {
+    let r = Scenario::new(1)
+        .lifetime(Duration::from_secs(60))
+        .duration(Duration::from_secs(3600))
+        .fault(Fault::new(
+            FaultKind::Permanent,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        ))
+        .run();
+    // One try, then one every 2.5 to 5 minutes.
+    assert!(r.authority_requests <= 25, "{r:?}");
+    assert_eq!(r.availability, 0.0);
+}

@@ -1,0 +1,114 @@
+//! The RefreshMachine fed arbitrary input sequences, in any order, with
+//! arbitrary times (including jumps back), asserting its invariants: every
+//! timeout in the future, a bounded number of outputs per input, at most one
+//! fetch and one lease in flight, nothing after Stop.
+#![no_main]
+
+use std::time::Duration;
+
+use freshtoken_core::*;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut bytes = data.iter().copied();
+    let mut next = move || bytes.next();
+    let Some(flags) = next() else { return };
+    let mut config = MachineConfig::default();
+    config.cache = flags & 1 == 1;
+    config.seed = u64::from(flags);
+    if flags & 2 == 2 {
+        config.refresh_token = Some(RefreshToken::new("rt"));
+    }
+    let mut m = RefreshMachine::new(config);
+    let mut now = Timestamp::from_secs(1_700_000_000);
+    let (mut fetching, mut leasing, mut stopped) = (false, false, false);
+    let mut n = 0u64;
+    while let (Some(op), Some(arg)) = (next(), next()) {
+        n += 1;
+        // Time: mostly small steps, sometimes large ones, sometimes back.
+        now = match op >> 5 {
+            0..=4 => now + Duration::from_millis(u64::from(arg) * 37),
+            5 | 6 => now + Duration::from_secs(u64::from(arg) * 97),
+            _ => now - Duration::from_secs(u64::from(arg)),
+        };
+        let input = match op & 0x1f {
+            0 => Input::Start,
+            1..=6 => Input::Tick,
+            7 => Input::CacheLoaded(Ok(None)),
+            8 => {
+                let issued = now - Duration::from_secs(u64::from(arg) * 20);
+                let life = Duration::from_secs(u64::from(arg % 64) * 60 + 1);
+                let (stale, exp) = LifetimePolicy::default().times(issued, life);
+                Input::CacheLoaded(Ok(Some(
+                    Token::new(AccessToken::new(format!("c{n}")), issued, stale, exp)
+                        .with_refresh_token(Some(RefreshToken::new(format!("rt{n}")))),
+                )))
+            }
+            9 => Input::CacheLoaded(Err(CacheError::new(CacheErrorKind::Corrupt, "x"))),
+            10..=12 => Input::Fetched(Ok(TokenResponse::new(AccessToken::new(format!("f{n}")))
+                .with_expires_in(Some(i64::from(arg as i8) * 60))
+                .with_refresh_token((arg & 1 == 1).then(|| RefreshToken::new(format!("r{n}")))))),
+            13..=15 => {
+                let kind = [
+                    FetchErrorKind::Transient,
+                    FetchErrorKind::RateLimited,
+                    FetchErrorKind::Permanent,
+                    FetchErrorKind::GrantRevoked,
+                ][usize::from(arg & 3)];
+                Input::Fetched(Err(FetchError::new(kind, "e")
+                    .with_retry_after((arg & 4 == 4).then(|| Duration::from_secs(u64::from(arg))))))
+            }
+            16 | 17 => Input::Stored(if arg & 1 == 0 { Ok(()) } else { Err(CacheError::new(CacheErrorKind::Io, "x")) }),
+            18..=20 => Input::Lease(match arg & 3 {
+                0 => Ok(LeaseOutcome::Granted),
+                1 => Ok(LeaseOutcome::Busy),
+                2 => Ok(LeaseOutcome::Unsupported),
+                _ => Err(CacheError::new(CacheErrorKind::Unavailable, "x")),
+            }),
+            21 | 22 => match m.current() {
+                Some(t) => Input::Invalidate(t.id()),
+                None => Input::Tick,
+            },
+            23 => Input::Invalidate(TokenId::of(&[arg])),
+            24 => Input::Shutdown,
+            _ => Input::Tick,
+        };
+        match &input {
+            Input::Fetched(_) => fetching = false,
+            Input::Lease(_) => leasing = false,
+            _ => {}
+        }
+        m.handle_input(input, now);
+        let mut outputs = 0;
+        loop {
+            outputs += 1;
+            assert!(outputs <= 16, "unbounded outputs");
+            match m.poll_output() {
+                Output::Timeout(at) => {
+                    assert!(at > now, "timeout not in the future");
+                    break;
+                }
+                Output::Action(a) => {
+                    assert!(!stopped, "action after Stop");
+                    match a {
+                        Action::Fetch(_) => {
+                            assert!(!fetching, "two fetches in flight");
+                            fetching = true;
+                        }
+                        Action::AcquireLease { .. } => {
+                            assert!(!leasing, "two leases in flight");
+                            leasing = true;
+                        }
+                        Action::Publish(s) => {
+                            if let Some(t) = &s.token {
+                                assert!(t.issued_at() <= t.stale_at() && t.stale_at() <= t.expires_at());
+                            }
+                        }
+                        Action::Stop => stopped = true,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+});

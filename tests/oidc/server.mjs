@@ -1,0 +1,145 @@
+// panva's oidc-provider as a third-party authority for freshtoken's
+// end-to-end tests (tests/tests/oauth2_oidc_provider.rs starts it).
+//
+// Usage: node server.mjs
+// Listens on an ephemeral port of 127.0.0.1 and prints one line,
+// `READY http://127.0.0.1:<port>`, once it accepts requests. It stops when
+// its stdin closes (the test process went away) or on SIGTERM.
+//
+// Development mode (NODE_ENV unset): plain-http issuer on loopback, no
+// https redirect URIs needed. Interactions are completed automatically:
+// any login is accepted as the account `test-user`, and every requested
+// scope and resource is consented to.
+
+import { createServer } from 'node:http';
+import { generateKeyPairSync } from 'node:crypto';
+import Provider, { errors } from 'oidc-provider';
+
+const RESOURCE = 'https://api.freshtoken.test/';
+const RESOURCE_SCOPES = 'api:read api:write';
+
+// The secrets are test fixtures, known to the Rust tests. One has the
+// characters that RFC 6749 2.3.1 requires to be form-encoded in the Basic
+// header, to check both sides agree on it.
+const clients = [
+  {
+    client_id: 'svc-basic',
+    client_secret: 'basic-secret: with+odd/chars%',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
+  },
+  {
+    client_id: 'svc-post',
+    client_secret: 'post-secret-6f1d2c',
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
+  },
+  {
+    client_id: 'app',
+    client_secret: 'app-secret-9a8b7c',
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1:9/callback'],
+    scope: 'openid offline_access',
+  },
+];
+
+// A signing key made at start, so that JWT access tokens (with iat/exp)
+// can be issued for the resource without keys in the repository.
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'test', use: 'sig', alg: 'RS256' };
+
+const configuration = {
+  clients,
+  jwks: { keys: [jwk] },
+  cookies: { keys: ['freshtoken-oidc-test-cookie-key'] },
+  scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
+  findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async (_ctx, _client, oneOf) => oneOf,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (_ctx, resourceIndicator) => {
+        if (resourceIndicator !== RESOURCE) {
+          throw new errors.InvalidTarget();
+        }
+        return {
+          scope: RESOURCE_SCOPES,
+          audience: RESOURCE,
+          accessTokenTTL: 30,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
+  },
+  // Short-lived tokens, refresh tokens rotated on every use (a replayed one
+  // revokes the grant).
+  ttl: {
+    AccessToken: 30,
+    ClientCredentials: 30,
+    RefreshToken: 3600,
+    IdToken: 3600,
+    Grant: 3600,
+    Interaction: 600,
+    Session: 3600,
+  },
+  rotateRefreshToken: true,
+  pkce: { required: () => false },
+};
+
+const server = createServer();
+server.listen(0, '127.0.0.1', () => {
+  const { port } = server.address();
+  const issuer = `http://127.0.0.1:${port}`;
+  const provider = new Provider(issuer, configuration);
+
+  // Complete every interaction at once, without a page.
+  provider.use(async (ctx, next) => {
+    if (ctx.method !== 'GET' || !/^\/interaction\/[^/]+$/.test(ctx.path)) {
+      return next();
+    }
+    const details = await provider.interactionDetails(ctx.req, ctx.res);
+    const { prompt, params, session } = details;
+    let result;
+    if (prompt.name === 'login') {
+      result = { login: { accountId: 'test-user' } };
+    } else {
+      const grant = details.grantId
+        ? await provider.Grant.find(details.grantId)
+        : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+      const missing = prompt.details;
+      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+      for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+        grant.addResourceScope(indicator, scopes.join(' '));
+      }
+      result = { consent: { grantId: await grant.save() } };
+    }
+    const to = await provider.interactionResult(ctx.req, ctx.res, result, { mergeWithLastSubmission: false });
+    ctx.status = 303;
+    ctx.redirect(to);
+    return undefined;
+  });
+
+  provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+  server.on('request', provider.callback());
+  console.log(`READY ${issuer}`);
+});
+
+const stop = () => server.close(() => process.exit(0));
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+process.stdin.on('end', stop);
+process.stdin.resume();

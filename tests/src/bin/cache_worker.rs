@@ -1,0 +1,124 @@
+//! A helper process for the file cache tests (run by `tests/cache_file.rs`).
+//!
+//! * `cache_worker stress <path> <ops> <seed> <write_percent>`: mixed reads
+//!   and writes on one cache file; prints
+//!   `reads=R writes=W torn=T unreadable=U misses=M` and exits 0.
+//!   A torn read is bytes that do not decode, or a token whose parts do not
+//!   belong together; an unreadable one is an I/O error other than a missing
+//!   file; a miss is `FileCache::load` finding nothing.
+//! * `cache_worker lease <path> <ttl_ms>`: takes the lease, prints `granted`
+//!   or `busy`, and then sleeps, holding it until killed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use freshtoken::cache::{record, FileCache, TokenCache};
+use freshtoken::{AccessToken, LeaseOutcome, RefreshToken, Timestamp, Token, TokenId};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("stress") if args.len() == 5 => stress(
+            PathBuf::from(&args[1]),
+            args[2].parse().expect("ops"),
+            args[3].parse().expect("seed"),
+            args[4].parse().expect("write percent"),
+        ),
+        Some("lease") if args.len() == 3 => lease(
+            PathBuf::from(&args[1]),
+            Duration::from_millis(args[2].parse().expect("ttl ms")),
+        ),
+        _ => {
+            eprintln!("usage: cache_worker stress <path> <ops> <seed> <write_percent> | lease <path> <ttl_ms>");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A token whose parts check each other: the scope is the access token's id
+/// and the refresh token repeats the access token, so a record mixed from
+/// two writes cannot pass.
+fn token(seed: u64, i: u64) -> Token {
+    // About 1 KiB in all, so that a non-atomic write would be caught mid-way.
+    let access = format!("at-{seed}-{i}-{}", "x".repeat(480));
+    let refresh = format!("rt-{access}");
+    let scope = TokenId::of(access.as_bytes()).to_string();
+    let now = Timestamp::from_millis(1_700_000_000_000 + i);
+    Token::new(
+        AccessToken::new(access),
+        now,
+        now + Duration::from_secs(45),
+        now + Duration::from_secs(60),
+    )
+    .with_refresh_token(Some(RefreshToken::new(refresh)))
+    .with_scope(Some(scope))
+}
+
+fn consistent(t: &Token) -> bool {
+    let access = t.access_token().expose_secret();
+    t.scope() == Some(TokenId::of(access.as_bytes()).to_string().as_str())
+        && t.refresh_token()
+            .and_then(|rt| rt.expose_secret().strip_prefix("rt-"))
+            == Some(access)
+}
+
+fn stress(path: PathBuf, ops: u64, seed: u64, write_percent: u64) {
+    let cache = FileCache::new(&path);
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let (mut reads, mut writes, mut torn, mut unreadable, mut misses) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for i in 0..ops {
+        // xorshift64: a tiny deterministic generator is all this needs.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        if rng % 100 < write_percent {
+            cache.store(&token(seed, i)).expect("store");
+            writes += 1;
+        } else if rng.is_multiple_of(2) {
+            // The raw path: every byte sequence a reader can observe.
+            reads += 1;
+            match std::fs::read(&path) {
+                Ok(bytes) => match record::decode(&bytes) {
+                    Ok(t) if consistent(&t) => {}
+                    other => {
+                        eprintln!(
+                            "torn raw read: {} bytes, {:?}",
+                            bytes.len(),
+                            other.map(|t| t.id())
+                        );
+                        torn += 1
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => misses += 1,
+                Err(_) => unreadable += 1,
+            }
+        } else {
+            // The cache's own path, which would hide a torn file as a miss.
+            reads += 1;
+            match cache.load() {
+                Ok(Some(t)) if consistent(&t) => {}
+                Ok(Some(_)) => torn += 1,
+                Ok(None) => {
+                    eprintln!("miss via load");
+                    misses += 1
+                }
+                Err(_) => unreadable += 1,
+            }
+        }
+    }
+    println!("reads={reads} writes={writes} torn={torn} unreadable={unreadable} misses={misses}");
+}
+
+fn lease(path: PathBuf, ttl: Duration) {
+    let cache = FileCache::new(path);
+    match cache.acquire_lease(ttl).expect("acquire lease") {
+        LeaseOutcome::Granted => println!("granted"),
+        other => {
+            println!("{}", format!("{other:?}").to_lowercase());
+            return;
+        }
+    }
+    // Hold it (never release) until the test kills us.
+    std::thread::sleep(Duration::from_secs(120));
+}
