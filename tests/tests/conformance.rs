@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use freshtoken::cache::TokenCache;
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::handle::{Closed, NoValidToken};
-use freshtoken::source::{AsyncTokenSource, FnSource};
+use freshtoken::source::{AsyncTokenSource, FnSource, TokenSource};
+use freshtoken::testing::{self, FaultWindow, LocalAuthority};
 use freshtoken::{
     AccessToken, Backoff, CacheError, FetchError, FetchErrorKind, FetchRequest, Jitter,
     LeaseOutcome, ManualClock, RefreshState, Snapshot, Timestamp, Token, TokenHandle,
@@ -32,6 +33,12 @@ const HUNG: Duration = Duration::from_secs(20);
 /// A way to run a driver.
 trait Driver: Copy {
     fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle);
+    /// Spawns with a blocking source (the async-source kinds too).
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle);
     fn block_on<T>(self, f: impl Future<Output = T>) -> T;
 }
 
@@ -49,6 +56,13 @@ struct AsyncStdAsyncSource;
 struct Smol;
 
 impl Driver for Thread {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        builder.spawn_thread(source).expect("thread")
+    }
     fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
         builder.spawn_thread(authority.source()).expect("thread")
     }
@@ -58,6 +72,13 @@ impl Driver for Thread {
 }
 
 impl Driver for Tokio {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        builder.spawn_tokio(source)
+    }
     fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
         builder.spawn_tokio(authority.source())
     }
@@ -73,6 +94,13 @@ impl Driver for Tokio {
 }
 
 impl Driver for TokioAsyncSource {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        builder.spawn_tokio(source)
+    }
     fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
         builder.spawn_tokio_async(authority.clone())
     }
@@ -82,6 +110,13 @@ impl Driver for TokioAsyncSource {
 }
 
 impl Driver for AsyncStd {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        builder.spawn_async_std(source)
+    }
     fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
         builder.spawn_async_std(authority.source())
     }
@@ -91,6 +126,13 @@ impl Driver for AsyncStd {
 }
 
 impl Driver for AsyncStdAsyncSource {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        builder.spawn_async_std(source)
+    }
     fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
         builder.spawn_async_std_async(authority.clone())
     }
@@ -100,6 +142,13 @@ impl Driver for AsyncStdAsyncSource {
 }
 
 impl Driver for Smol {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        builder.spawn_async_std(source)
+    }
     fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
         builder.spawn_async_std(authority.source())
     }
@@ -594,6 +643,93 @@ async fn shared_cache(driver: impl Driver) {
     );
 }
 
+/// A real HTTP authority on loopback, on the scenario's manual clock.
+fn local_authority(clock: &ManualClock) -> LocalAuthority {
+    LocalAuthority::builder()
+        .client("app", "app-secret")
+        .token_lifetime(Duration::from_secs(60))
+        .clock(clock.clone())
+        .start()
+        .expect("local authority")
+}
+
+/// The refresh token is the machine's state: every refresh presents the
+/// newest one, so a rotating authority never sees a replay.
+async fn http_refresh_token_rotation(driver: impl Driver) {
+    let clock = ManualClock::new(T0);
+    let authority = local_authority(&clock);
+    let source = authority
+        .refresh_token_source("app")
+        .build()
+        .expect("source");
+    let (tokens, control) = driver.spawn_source(
+        builder(&clock).refresh_token(authority.issue_refresh_token("app")),
+        source,
+    );
+    let first = within(HUNG, tokens.ready())
+        .await
+        .expect("hung")
+        .expect("token");
+    let mut last = first.id();
+    drop(first);
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(31));
+        control.wake();
+        let give_up = Instant::now() + HUNG;
+        while tokens.token().map(|t| t.id()) == Some(last) {
+            assert!(
+                Instant::now() < give_up,
+                "no refresh: {:?}",
+                tokens.snapshot()
+            );
+            let _ = within(Duration::from_millis(50), tokens.changed()).await;
+        }
+        last = tokens.token().expect("token").id();
+        assert_eq!(tokens.status(), RefreshState::Healthy);
+    }
+    assert_eq!(authority.grant_count("refresh_token"), 4);
+    within(HUNG, control.shutdown()).await.expect("hung");
+}
+
+/// An answer that is not JSON is a fetch error; the token stays served.
+async fn http_malformed_answer(driver: impl Driver) {
+    let clock = ManualClock::new(T0);
+    let authority = local_authority(&clock);
+    let source = authority.client_credentials("app").build().expect("source");
+    let (tokens, control) = driver.spawn_source(builder(&clock), source);
+    let first = within(HUNG, tokens.ready())
+        .await
+        .expect("hung")
+        .expect("token");
+    let first_id = first.id();
+    drop(first);
+    authority.add_fault(testing::Fault::MalformedJson, FaultWindow::NextRequests(1));
+    clock.advance(Duration::from_secs(31));
+    control.wake();
+    let give_up = Instant::now() + HUNG;
+    while !matches!(tokens.status(), RefreshState::Retrying { .. }) {
+        assert!(
+            Instant::now() < give_up,
+            "no error: {:?}",
+            tokens.snapshot()
+        );
+        let _ = within(Duration::from_millis(50), tokens.changed()).await;
+    }
+    assert_eq!(tokens.valid_token().expect("still valid").id(), first_id);
+    clock.advance(Duration::from_secs(5));
+    control.wake();
+    while tokens.status() != RefreshState::Healthy {
+        assert!(
+            Instant::now() < give_up,
+            "no recovery: {:?}",
+            tokens.snapshot()
+        );
+        let _ = within(Duration::from_millis(50), tokens.changed()).await;
+    }
+    assert_ne!(tokens.valid_token().expect("fresh").id(), first_id);
+    within(HUNG, control.shutdown()).await.expect("hung");
+}
+
 macro_rules! conformance {
     ($($kind:ident => $driver:expr;)*) => {$(
         mod $kind {
@@ -601,7 +737,8 @@ macro_rules! conformance {
             conformance!(@tests $driver;
                 first_token, refresh_before_expiry, outage, recovery, permanent_error,
                 invalidate, shutdown, dropping_all_handles, clock_jump,
-                source_panics, source_hangs, source_returns_garbage, shared_cache);
+                source_panics, source_hangs, source_returns_garbage, shared_cache,
+                http_refresh_token_rotation, http_malformed_answer);
         }
     )*};
     (@tests $driver:expr; $($scenario:ident),*) => {$(
