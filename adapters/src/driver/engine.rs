@@ -233,34 +233,32 @@ impl Engine {
     /// first job, or how long to sleep.
     pub(crate) fn next(&mut self) -> Next {
         loop {
-            let action = match self.machine.poll_output() {
+            let job = match self.machine.poll_output() {
                 Output::Timeout(at) => {
                     let until = at.saturating_duration_since(self.clock.now());
                     // Never longer than the heartbeat: the clock may jump
                     // or the machine may be suspended while we sleep.
                     return Next::Sleep(until.min(self.heartbeat));
                 }
-                Output::Action(action) => action,
-            };
-            return Next::Job(match action {
-                Action::Publish(snapshot) => {
+                Output::Action(Action::Stop) => {
+                    tracing::debug!("refresher stopped");
+                    return Next::Stop;
+                }
+                Output::Action(Action::Publish(snapshot)) => {
                     tracing::debug!(state = ?snapshot.state, "publishing");
                     self.publisher.publish(snapshot);
                     continue;
                 }
-                Action::Stop => {
-                    tracing::debug!("refresher stopped");
-                    return Next::Stop;
-                }
-                Action::Fetch(request) => {
+                Output::Action(Action::Fetch(request)) => {
                     tracing::debug!(attempt = request.attempt, "fetching a token");
                     Job::Fetch(request)
                 }
-                Action::LoadCache => Job::Cache(CacheJob::Load),
-                Action::Store(token) => Job::Cache(CacheJob::Store(token)),
-                Action::AcquireLease { ttl } => Job::Cache(CacheJob::Lease(ttl)),
-                Action::ReleaseLease => Job::Cache(CacheJob::Release),
-            });
+                Output::Action(Action::LoadCache) => Job::Cache(CacheJob::Load),
+                Output::Action(Action::Store(token)) => Job::Cache(CacheJob::Store(token)),
+                Output::Action(Action::AcquireLease { ttl }) => Job::Cache(CacheJob::Lease(ttl)),
+                Output::Action(Action::ReleaseLease) => Job::Cache(CacheJob::Release),
+            };
+            return Next::Job(job);
         }
     }
 }
