@@ -258,6 +258,19 @@ impl Builder {
     /// its blocking pool. The runtime needs its time driver
     /// (`enable_time`).
     ///
+    /// ```
+    /// use freshtoken::driver::Builder;
+    /// use freshtoken::source::ConstTokenSource;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let (tokens, driver) = Builder::new().spawn_tokio(ConstTokenSource::new("key", Some(3600)));
+    /// let token = tokens.ready().await.expect("a token");
+    /// assert_eq!(token.authorization_header(), "Bearer key");
+    /// drop(token);
+    /// driver.shutdown().await;
+    /// # });
+    /// ```
+    ///
     /// # Panics
     ///
     /// Outside a tokio runtime, like `tokio::spawn`.
@@ -291,6 +304,17 @@ impl Builder {
     /// Spawns the driver as an async-std task; `source` runs on async-std's
     /// blocking pool. Works from any context, including inside
     /// `smol::block_on`.
+    ///
+    /// ```
+    /// use freshtoken::driver::Builder;
+    /// use freshtoken::source::ConstTokenSource;
+    ///
+    /// # async_std::task::block_on(async {
+    /// let (tokens, driver) = Builder::new().spawn_async_std(ConstTokenSource::new("key", Some(3600)));
+    /// assert!(tokens.ready().await.is_ok());
+    /// driver.shutdown().await;
+    /// # });
+    /// ```
     #[cfg(feature = "async-std")]
     pub fn spawn_async_std(
         self,
