@@ -9,6 +9,8 @@ pub use freshtoken_core::*;
 
 pub mod cache;
 pub mod clock;
+#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+pub mod driver;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod source;

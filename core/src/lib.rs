@@ -54,6 +54,7 @@
 
 pub mod backoff;
 pub mod error;
+pub mod handle;
 pub mod jitter;
 pub mod lifetime;
 pub mod machine;
@@ -65,6 +66,7 @@ pub mod token;
 
 pub use backoff::Backoff;
 pub use error::{CacheError, CacheErrorKind, FetchError, FetchErrorKind};
+pub use handle::{NoValidToken, TokenHandle, TokenRef};
 pub use jitter::Jitter;
 pub use lifetime::{LifetimeNote, LifetimePolicy};
 pub use machine::{

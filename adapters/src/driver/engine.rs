@@ -1,0 +1,295 @@
+//! What every driver does with the machine, whatever it waits with: feed
+//! inputs with the clock's `now`, carry out `Publish` at once, hand out the
+//! jobs that take time, and say how long to sleep.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use freshtoken_core::handle::{Command, Publisher};
+use freshtoken_core::{
+    Action, CacheError, CacheErrorKind, Clock, FetchError, FetchRequest, Input, LeaseOutcome,
+    Output, RefreshMachine, Token, TokenResponse,
+};
+
+use crate::cache::TokenCache;
+
+/// A driver's state around the machine.
+pub(crate) struct Engine {
+    machine: RefreshMachine,
+    publisher: Publisher,
+    clock: Arc<dyn Clock>,
+    cache: Arc<dyn TokenCache>,
+    heartbeat: Duration,
+    job_timeout: Duration,
+}
+
+/// What the driver should do next.
+pub(crate) enum Next {
+    /// Carry out this job (see [`JobKind::expects_answer`]).
+    Job(Job),
+    /// Wait for a command, the job in flight, or this long, whichever
+    /// comes first; then [`Engine::tick`].
+    Sleep(Duration),
+    /// The machine has stopped: exit.
+    Stop,
+}
+
+/// An action that takes time.
+pub(crate) enum Job {
+    Fetch(FetchRequest),
+    Cache(CacheJob),
+}
+
+/// An action carried out on the cache (always a blocking call).
+#[derive(Debug)]
+pub(crate) enum CacheJob {
+    Load,
+    Store(Arc<Token>),
+    Lease(Duration),
+    Release,
+}
+
+/// The kind of a job, kept to answer for it when it does not finish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JobKind {
+    Fetch,
+    Load,
+    Store,
+    Lease,
+    Release,
+}
+
+impl Job {
+    pub(crate) fn kind(&self) -> JobKind {
+        match self {
+            Job::Fetch(_) => JobKind::Fetch,
+            Job::Cache(c) => c.kind(),
+        }
+    }
+}
+
+impl CacheJob {
+    pub(crate) fn kind(&self) -> JobKind {
+        match self {
+            CacheJob::Load => JobKind::Load,
+            CacheJob::Store(_) => JobKind::Store,
+            CacheJob::Lease(_) => JobKind::Lease,
+            CacheJob::Release => JobKind::Release,
+        }
+    }
+
+    /// Carries the job out (blocking); a panic in the cache becomes the
+    /// job's failure.
+    pub(crate) fn run(self, cache: &dyn TokenCache) -> Option<Input> {
+        let kind = self.kind();
+        contain(kind, move || match self {
+            CacheJob::Load => Some(Input::CacheLoaded(cache.load())),
+            CacheJob::Store(token) => Some(Input::Stored(cache.store(&token))),
+            CacheJob::Lease(ttl) => Some(Input::Lease(cache.acquire_lease(ttl))),
+            CacheJob::Release => {
+                if let Err(e) = cache.release_lease() {
+                    tracing::warn!(error = %e, "could not release the cache lease");
+                }
+                None
+            }
+        })
+    }
+}
+
+impl JobKind {
+    /// Whether the machine waits for this job's result (all but releasing
+    /// the lease).
+    pub(crate) fn expects_answer(self) -> bool {
+        self != JobKind::Release
+    }
+
+    /// The answer for a job that did not finish (it hung or panicked).
+    pub(crate) fn failed(self, why: &str) -> Option<Input> {
+        tracing::warn!(job = ?self, why, "a driver job did not finish");
+        let cache_error = || CacheError::new(CacheErrorKind::Unavailable, format!("cache {why}"));
+        match self {
+            JobKind::Fetch => Some(Input::Fetched(Err(FetchError::transient(format!(
+                "token source {why}"
+            ))))),
+            JobKind::Load => Some(Input::CacheLoaded(Err(cache_error()))),
+            JobKind::Store => Some(Input::Stored(Err(cache_error()))),
+            JobKind::Lease => Some(Input::Lease(Err(cache_error()))),
+            JobKind::Release => None,
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into `kind`'s failure. The panic's message is
+/// not repeated: it may hold anything, including a secret.
+pub(crate) fn contain(kind: JobKind, f: impl FnOnce() -> Option<Input>) -> Option<Input> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| kind.failed("panicked"))
+}
+
+/// Runs a blocking fetch with panics contained.
+pub(crate) fn fetch_blocking(
+    source: &dyn crate::source::TokenSource,
+    request: &FetchRequest,
+) -> Option<Input> {
+    contain(JobKind::Fetch, || Some(fetched(source.fetch(request))))
+}
+
+/// The input for a source's answer, after checking that the token can be
+/// used at all: an access token that cannot go into an `Authorization`
+/// header (empty, or with spaces or control characters; RFC 6750's
+/// b64token is printable ASCII) is garbage, and serving it would only turn
+/// into failed calls.
+pub(crate) fn fetched(result: Result<TokenResponse, FetchError>) -> Input {
+    Input::Fetched(result.and_then(|response| {
+        let token = response.access_token.expose_secret();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            Err(FetchError::transient(
+                "the source returned an unusable access token (empty or not printable ASCII)",
+            ))
+        } else {
+            Ok(response)
+        }
+    }))
+}
+
+impl Engine {
+    pub(crate) fn new(
+        machine: RefreshMachine,
+        publisher: Publisher,
+        clock: Arc<dyn Clock>,
+        cache: Arc<dyn TokenCache>,
+        heartbeat: Duration,
+        job_timeout: Duration,
+    ) -> Self {
+        Engine {
+            machine,
+            publisher,
+            clock,
+            cache,
+            heartbeat,
+            job_timeout,
+        }
+    }
+
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    pub(crate) fn cache(&self) -> Arc<dyn TokenCache> {
+        self.cache.clone()
+    }
+
+    /// How long a job may take before it counts as hung.
+    pub(crate) fn job_timeout(&self) -> Duration {
+        self.job_timeout
+    }
+
+    pub(crate) fn start(&mut self) {
+        tracing::debug!("refresher starting");
+        self.feed(Input::Start);
+    }
+
+    /// Feeds the result of a job (or a tick, a command) at the clock's now.
+    pub(crate) fn feed(&mut self, input: Input) {
+        log_input(&input);
+        let fetched_ok = matches!(input, Input::Fetched(Ok(_)));
+        self.machine.handle_input(input, self.clock.now());
+        if fetched_ok {
+            if let Some(t) = self.machine.current() {
+                tracing::info!(
+                    token = %t.id(),
+                    expires_at = %t.expires_at(),
+                    stale_at = %t.stale_at(),
+                    "refreshed the access token"
+                );
+            }
+        }
+    }
+
+    pub(crate) fn tick(&mut self) {
+        self.feed(Input::Tick);
+    }
+
+    pub(crate) fn command(&mut self, command: Command) {
+        match command {
+            Command::Invalidate(id) => {
+                tracing::info!(token = %id, "token reported as rejected");
+                self.feed(Input::Invalidate(id));
+            }
+            Command::Wake => self.tick(),
+            Command::Shutdown => {
+                tracing::info!("refresher shutting down");
+                self.feed(Input::Shutdown);
+            }
+            Command::HandlesDropped => {
+                tracing::info!("every token handle was dropped; refresher stopping");
+                self.feed(Input::Shutdown);
+            }
+            other => tracing::debug!(command = ?other, "unknown command ignored"),
+        }
+    }
+
+    /// Drains the machine's outputs: publishes at once, and returns the
+    /// first job, or how long to sleep.
+    pub(crate) fn next(&mut self) -> Next {
+        loop {
+            let job = match self.machine.poll_output() {
+                Output::Timeout(at) => {
+                    let until = at.saturating_duration_since(self.clock.now());
+                    // Never longer than the heartbeat: the clock may jump
+                    // or the machine may be suspended while we sleep.
+                    return Next::Sleep(until.min(self.heartbeat));
+                }
+                Output::Action(Action::Stop) => {
+                    tracing::debug!("refresher stopped");
+                    return Next::Stop;
+                }
+                Output::Action(Action::Publish(snapshot)) => {
+                    tracing::debug!(state = ?snapshot.state, "publishing");
+                    self.publisher.publish(snapshot);
+                    continue;
+                }
+                Output::Action(Action::Fetch(request)) => {
+                    tracing::debug!(attempt = request.attempt, "fetching a token");
+                    Job::Fetch(request)
+                }
+                Output::Action(Action::LoadCache) => Job::Cache(CacheJob::Load),
+                Output::Action(Action::Store(token)) => Job::Cache(CacheJob::Store(token)),
+                Output::Action(Action::AcquireLease { ttl }) => Job::Cache(CacheJob::Lease(ttl)),
+                Output::Action(Action::ReleaseLease) => Job::Cache(CacheJob::Release),
+            };
+            return Next::Job(job);
+        }
+    }
+}
+
+/// Logs what happened (never a secret: errors carry none by contract).
+fn log_input(input: &Input) {
+    match input {
+        Input::Fetched(Err(e)) => tracing::warn!(error = %e, "token refresh failed"),
+        Input::CacheLoaded(Err(e)) => tracing::warn!(error = %e, "reading the cache failed"),
+        Input::Stored(Err(e)) => {
+            tracing::warn!(error = %e, "storing the token in the cache failed")
+        }
+        Input::Lease(Err(e)) => tracing::warn!(error = %e, "taking the cache lease failed"),
+        Input::Lease(Ok(LeaseOutcome::Busy)) => {
+            tracing::debug!("another instance holds the lease")
+        }
+        Input::CacheLoaded(Ok(Some(t))) => tracing::debug!(token = %t.id(), "cache read"),
+        _ => {}
+    }
+}
+
+/// The cache of a driver built without one; the machine never asks it
+/// anything, because `MachineConfig::cache` is then false.
+pub(crate) struct NoCache;
+
+impl TokenCache for NoCache {
+    fn load(&self) -> Result<Option<Token>, CacheError> {
+        Ok(None)
+    }
+
+    fn store(&self, _token: &Token) -> Result<(), CacheError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! The run loop shared by the async drivers, over a tiny [`Runtime`] trait.
+//!
+//! One task owns the machine. It waits, with `futures`-style polling, for
+//! whichever comes first: the job in flight, a command from the handles,
+//! or the timer (the machine's deadline, capped by the heartbeat).
+
+use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use freshtoken_core::handle::Command;
+use freshtoken_core::{FetchRequest, Input};
+use futures::future::{self, Either, FutureExt};
+
+use super::engine::{fetch_blocking, fetched, Engine, Job, JobKind, Next};
+use crate::source::{AsyncTokenSource, TokenSource};
+
+/// What the run loop needs from an executor.
+pub(crate) trait Runtime: Clone + Send + Sync + 'static {
+    /// Runs `task` in the background.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static);
+
+    /// Completes after `duration`.
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + 'static;
+
+    /// Runs `f` on the blocking pool; `None` if it did not complete (a
+    /// panic, a runtime shutting down).
+    fn spawn_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = Option<T>> + Send + 'static;
+}
+
+type Answer = Pin<Box<dyn Future<Output = Option<Input>> + Send>>;
+
+/// How the loop gets a token: a blocking source on the runtime's blocking
+/// pool, or an async source in the driver's task.
+pub(crate) trait Fetcher<R>: Send + Sync + 'static {
+    /// The fetch's answer, with panics contained.
+    fn fetch(&self, rt: &R, request: FetchRequest) -> Answer;
+}
+
+/// A [`TokenSource`] run on the blocking pool.
+pub(crate) struct BlockingSource<S>(pub(crate) Arc<S>);
+
+impl<R: Runtime, S: TokenSource> Fetcher<R> for BlockingSource<S> {
+    fn fetch(&self, rt: &R, request: FetchRequest) -> Answer {
+        let source = self.0.clone();
+        let done = rt.spawn_blocking(move || fetch_blocking(&*source, &request));
+        Box::pin(done.map(|answer| answer.unwrap_or_else(|| JobKind::Fetch.failed("panicked"))))
+    }
+}
+
+/// An [`AsyncTokenSource`], polled in the driver's task.
+pub(crate) struct AsyncSource<S>(pub(crate) Arc<S>);
+
+impl<R: Runtime, S: AsyncTokenSource> Fetcher<R> for AsyncSource<S> {
+    fn fetch(&self, _rt: &R, request: FetchRequest) -> Answer {
+        let source = self.0.clone();
+        let fetch = async move { source.fetch(&request).await };
+        Box::pin(
+            AssertUnwindSafe(fetch)
+                .catch_unwind()
+                .map(|result| match result {
+                    Ok(result) => Some(fetched(result)),
+                    Err(_) => JobKind::Fetch.failed("panicked"),
+                }),
+        )
+    }
+}
+
+/// Spawns the run loop on `rt`.
+pub(crate) fn spawn<R: Runtime>(rt: R, engine: Engine, fetcher: impl Fetcher<R>) {
+    let span = tracing::info_span!("freshtoken");
+    rt.clone().spawn(tracing::Instrument::instrument(
+        run(rt, engine, fetcher),
+        span,
+    ));
+}
+
+/// What woke the loop.
+enum Wake {
+    Answered(Option<Input>),
+    Command(Command),
+    Timer,
+}
+
+async fn run<R: Runtime>(rt: R, mut engine: Engine, fetcher: impl Fetcher<R>) {
+    engine.start();
+    let mut in_flight: Option<Answer> = None;
+    loop {
+        let sleep = match engine.next() {
+            Next::Stop => return,
+            Next::Sleep(d) => d,
+            Next::Job(job) => {
+                let kind = job.kind();
+                let answer = timed(
+                    &rt,
+                    start(&rt, &engine, &fetcher, job),
+                    kind,
+                    engine.job_timeout(),
+                );
+                if kind.expects_answer() {
+                    in_flight = Some(answer);
+                } else {
+                    // Releasing the lease: quick, bounded by the timeout,
+                    // and the machine waits for nothing.
+                    answer.await;
+                }
+                continue;
+            }
+        };
+        let wake = {
+            let mut timer = pin!(rt.sleep(sleep));
+            let mut command = pin!(engine.publisher().recv());
+            poll_fn(|cx| {
+                if let Some(answer) = in_flight.as_mut() {
+                    if let Poll::Ready(input) = answer.as_mut().poll(cx) {
+                        in_flight = None;
+                        return Poll::Ready(Wake::Answered(input));
+                    }
+                }
+                if let Poll::Ready(c) = command.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Command(c));
+                }
+                timer.as_mut().poll(cx).map(|()| Wake::Timer)
+            })
+            .await
+        };
+        match wake {
+            Wake::Answered(Some(input)) => engine.feed(input),
+            Wake::Answered(None) => {}
+            Wake::Command(c) => engine.command(c),
+            Wake::Timer => engine.tick(),
+        }
+    }
+}
+
+fn start<R: Runtime>(rt: &R, engine: &Engine, fetcher: &impl Fetcher<R>, job: Job) -> Answer {
+    match job {
+        Job::Fetch(request) => fetcher.fetch(rt, request),
+        Job::Cache(job) => {
+            let kind = job.kind();
+            let cache = engine.cache();
+            let done = rt.spawn_blocking(move || job.run(&*cache));
+            Box::pin(done.map(move |answer| answer.unwrap_or_else(|| kind.failed("panicked"))))
+        }
+    }
+}
+
+/// `answer`, or the job's failure once `timeout` has passed. A hung
+/// blocking call keeps its pool thread, but the driver moves on.
+fn timed<R: Runtime>(rt: &R, answer: Answer, kind: JobKind, timeout: Duration) -> Answer {
+    let timer = rt.sleep(timeout);
+    Box::pin(async move {
+        match future::select(answer, pin!(timer)).await {
+            Either::Left((input, _)) => input,
+            Either::Right(((), _)) => kind.failed(&format!("timed out after {timeout:?}")),
+        }
+    })
+}

@@ -1,0 +1,121 @@
+//! The drivers never log a secret: every event and span field written while
+//! drivers fetch, refresh, fail, get invalidated and stop is captured (by a
+//! process-wide subscriber, since drivers log from their own threads) and
+//! searched for the access token.
+
+use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use freshtoken::driver::Builder;
+use freshtoken::source::FnSource;
+use freshtoken::{
+    AccessToken, Backoff, FetchError, FetchRequest, Jitter, ManualClock, RefreshToken, Timestamp,
+    TokenResponse,
+};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+const SECRET: &str = "s3cret-access-token-do-not-log";
+const REFRESH_SECRET: &str = "s3cret-refresh-token-do-not-log";
+
+/// Writes every field of every span and event into one string.
+struct Capture(Arc<Mutex<String>>);
+
+struct Fields<'a>(&'a mut String);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let _ = write!(self.0, " {}={:?}", field.name(), value);
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let _ = write!(self.0, " {}={}", field.name(), value);
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut out = self.0.lock().unwrap();
+        out.push_str("\nspan");
+        span.record(&mut Fields(&mut out));
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, values: &Record<'_>) {
+        values.record(&mut Fields(&mut self.0.lock().unwrap()));
+    }
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut out = self.0.lock().unwrap();
+        let _ = write!(out, "\n{}", event.metadata().level());
+        event.record(&mut Fields(&mut out));
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+#[test]
+fn drivers_never_log_a_secret() {
+    let log = Arc::new(Mutex::new(String::new()));
+    tracing::subscriber::set_global_default(Capture(log.clone())).expect("first subscriber");
+
+    let clock = ManualClock::new(Timestamp::from_secs(1_000));
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    // Answers, fails transiently, answers again: every logged path.
+    let source =
+        FnSource::new(
+            move |_req: &FetchRequest| match counter.fetch_add(1, Ordering::SeqCst) {
+                1 => Err(FetchError::transient("authority unavailable")),
+                _ => Ok(TokenResponse::new(AccessToken::new(SECRET))
+                    .with_refresh_token(Some(RefreshToken::new(REFRESH_SECRET)))
+                    .with_expires_in(Some(60))),
+            },
+        );
+    let (tokens, driver) = Builder::new()
+        .clock(clock.clone())
+        .jitter(Jitter::NONE)
+        .backoff(Backoff::new(
+            Duration::from_secs(1),
+            2,
+            Duration::from_secs(1),
+        ))
+        .refresh_token(RefreshToken::new(REFRESH_SECRET))
+        .spawn_thread(source)
+        .expect("thread");
+    let token = tokens.wait_ready(Duration::from_secs(20)).expect("token");
+    assert_eq!(token.access_token().expose_secret(), SECRET);
+    drop(token);
+
+    // A refresh that fails, then one that succeeds.
+    clock.advance(Duration::from_secs(31));
+    driver.wake();
+    while calls.load(Ordering::SeqCst) < 2 {
+        tokens
+            .wait_changed(Duration::from_millis(20))
+            .expect("running");
+    }
+    clock.advance(Duration::from_secs(5));
+    driver.wake();
+    while calls.load(Ordering::SeqCst) < 3 {
+        tokens
+            .wait_changed(Duration::from_millis(20))
+            .expect("running");
+    }
+    tokens.invalidate(&tokens.token().expect("token"));
+    driver.shutdown_blocking();
+
+    let log = log.lock().unwrap();
+    assert!(log.contains("refreshed the access token"), "{log}");
+    assert!(log.contains("token refresh failed"), "{log}");
+    assert!(log.contains("token reported as rejected"), "{log}");
+    assert!(!log.contains(SECRET), "the access token was logged:{log}");
+    assert!(
+        !log.contains(REFRESH_SECRET),
+        "the refresh token was logged:{log}"
+    );
+}
