@@ -204,10 +204,15 @@ fn run() -> Result<(), String> {
     };
     let mut shown = tokens.snapshot();
     let (mut without_token, mut max_attempt) = (Duration::ZERO, 0);
+    let (mut last_sample, mut was_valid) = (Instant::now(), true);
     while started.elapsed() < Duration::from_secs(o.seconds) {
         let snap = tokens.snapshot();
         let now = SystemClock.now();
-        if let Some(event) = event(&shown, &snap) {
+        let valid = tokens.valid_token().is_ok();
+        let expired = (was_valid && !valid).then(|| {
+            "the token expired; nothing valid to serve until the authority answers".to_owned()
+        });
+        for event in [event(&shown, &snap), expired].into_iter().flatten() {
             if live {
                 print!("\r\x1b[2K");
             }
@@ -216,9 +221,10 @@ fn run() -> Result<(), String> {
         if let RefreshState::Retrying { attempt, .. } = snap.state {
             max_attempt = max_attempt.max(attempt);
         }
-        if tokens.valid_token().is_err() {
-            without_token += tick;
+        if !valid {
+            without_token += last_sample.elapsed();
         }
+        (last_sample, was_valid) = (Instant::now(), valid);
         let down = outage.is_some_and(|(a, b)| (a..b).contains(&started.elapsed().as_secs()));
         let line = status_line(&snap, now, started.elapsed(), down);
         if live {
