@@ -29,6 +29,23 @@ pub trait TokenSource: Send + Sync + 'static {
 }
 
 /// An async token source; its futures must be `Send`.
+///
+/// ```
+/// use freshtoken::source::AsyncTokenSource;
+/// use freshtoken::{AccessToken, FetchError, FetchRequest, TokenResponse};
+///
+/// /// A source that asks a sidecar over an async client (here: a constant).
+/// struct Sidecar;
+///
+/// impl AsyncTokenSource for Sidecar {
+///     async fn fetch(&self, _request: &FetchRequest) -> Result<TokenResponse, FetchError> {
+///         Ok(TokenResponse::new(AccessToken::new("from-sidecar")).with_expires_in(Some(300)))
+///     }
+/// }
+///
+/// let answer = futures::executor::block_on(Sidecar.fetch(&FetchRequest::first())).unwrap();
+/// assert_eq!(answer.expires_in, Some(300));
+/// ```
 pub trait AsyncTokenSource: Send + Sync + 'static {
     /// Fetches a token.
     fn fetch(
@@ -83,6 +100,17 @@ impl TokenSource for ConstTokenSource {
 }
 
 /// A source made from a closure.
+///
+/// ```
+/// use freshtoken::source::{FnSource, TokenSource};
+/// use freshtoken::{AccessToken, FetchError, FetchRequest, TokenResponse};
+///
+/// // e.g. a token that a platform writes to a file; here, a failing one.
+/// let source = FnSource::new(|request: &FetchRequest| -> Result<TokenResponse, FetchError> {
+///     Err(FetchError::transient(format!("not there yet (attempt {})", request.attempt)))
+/// });
+/// assert!(source.fetch(&FetchRequest::first()).is_err());
+/// ```
 pub struct FnSource<F>(F);
 
 impl<F> FnSource<F>

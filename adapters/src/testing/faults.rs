@@ -46,6 +46,20 @@ pub enum Fault {
 }
 
 /// When a [`Fault`] applies.
+///
+/// ```
+/// use freshtoken::testing::{Fault, FaultWindow, LocalAuthority};
+/// use freshtoken::{Clock, SystemClock};
+/// use std::time::Duration;
+///
+/// let authority = LocalAuthority::builder().client("app", "secret").start().unwrap();
+/// // An outage from 10 s to 25 s from now, on the authority's clock.
+/// let from = SystemClock.now() + Duration::from_secs(10);
+/// authority.add_fault(
+///     Fault::Unavailable { retry_after: None },
+///     FaultWindow::Between { from, until: from + Duration::from_secs(15) },
+/// );
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultWindow {
     /// To the next `n` token requests, then never again.

@@ -160,7 +160,26 @@ enum Phase {
     Stopped,
 }
 
-/// The refresh state machine. See the [module docs](self) for the model.
+/// The refresh state machine. See the [module docs](self) for the model
+/// and a whole refresh; a driver's loop looks like this:
+///
+/// ```
+/// use freshtoken_core::*;
+///
+/// let mut machine = RefreshMachine::new(MachineConfig::default());
+/// let now = Timestamp::from_secs(1_700_000_000); // a driver reads its clock
+/// machine.handle_input(Input::Start, now);
+/// let wake_at = loop {
+///     match machine.poll_output() {
+///         // Carry the action out; feed its result back later.
+///         Output::Action(Action::Fetch(request)) => assert_eq!(request.attempt, 1),
+///         Output::Action(other) => unreachable!("no cache, so only a fetch: {other:?}"),
+///         Output::Timeout(at) => break at,
+///     }
+/// };
+/// // Waiting for the fetch's answer: no deadline of the machine's own.
+/// assert_eq!(wake_at, Timestamp::MAX);
+/// ```
 #[derive(Debug)]
 pub struct RefreshMachine {
     config: MachineConfig,

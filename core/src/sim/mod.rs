@@ -55,6 +55,27 @@ pub enum CacheMode {
 }
 
 /// What to simulate.
+///
+/// ```
+/// use freshtoken_core::sim::{CacheMode, Fault, FaultKind, Scenario};
+/// use std::time::Duration;
+///
+/// // 200 instances sharing a cache without a lease, 10-minute tokens, and a
+/// // 429 storm with Retry-After 30 s in the second hour.
+/// let report = Scenario::new(200)
+///     .lifetime(Duration::from_secs(600))
+///     .duration(Duration::from_secs(3 * 3600))
+///     .cache(CacheMode::Shared)
+///     .fault(Fault::new(
+///         FaultKind::RateLimited { retry_after: Duration::from_secs(30) },
+///         Duration::from_secs(3600),
+///         Duration::from_secs(600),
+///     ))
+///     .run();
+/// assert!(report.failed_requests > 0);
+/// // The storm outlasts the 150 s stale window: some reads find no token.
+/// assert!(report.availability < 1.0 && report.longest_gap > Duration::ZERO);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Scenario {
     instances: usize,
@@ -170,6 +191,29 @@ impl Scenario {
 }
 
 /// Sees what every machine is fed and emits, in order.
+///
+/// ```
+/// use freshtoken_core::sim::{Observer, Scenario};
+/// use freshtoken_core::{Action, Output, Timestamp};
+/// use std::time::Duration;
+///
+/// /// Counts fetches per instance.
+/// #[derive(Default)]
+/// struct Fetches(Vec<u32>);
+///
+/// impl Observer for Fetches {
+///     fn output(&mut self, instance: usize, _now: Timestamp, output: &Output) {
+///         if let Output::Action(Action::Fetch(_)) = output {
+///             self.0.resize(self.0.len().max(instance + 1), 0);
+///             self.0[instance] += 1;
+///         }
+///     }
+/// }
+///
+/// let mut fetches = Fetches::default();
+/// Scenario::new(3).duration(Duration::from_secs(3600)).run_observed(&mut fetches);
+/// assert_eq!(fetches.0, [2, 2, 2]); // a cold start and one renewal each
+/// ```
 pub trait Observer {
     /// `instance` was fed `input` at `now`.
     fn input(&mut self, instance: usize, now: Timestamp, input: &Input) {
