@@ -320,7 +320,7 @@ impl Reads {
             seen.len()
         );
         println!(
-            "driver: {fetched} tokens fetched ({} refreshes); authority: {} token requests",
+            "driver: {fetched} tokens fetched (the first and {} refreshes); authority: {} token requests",
             fetched.saturating_sub(1),
             authority.requests()
         );
