@@ -27,8 +27,13 @@ use support::{Options, Reads};
 
 fn main() {
     let options = Options::parse(&["--smol"], &[]);
-    let smol = options.switch("--smol") || std::env::var("FRESHTOKEN_EXECUTOR").is_ok_and(|e| e == "smol");
-    let executor = if smol { Executor::Smol } else { Executor::AsyncStd };
+    let smol =
+        options.switch("--smol") || std::env::var("FRESHTOKEN_EXECUTOR").is_ok_and(|e| e == "smol");
+    let executor = if smol {
+        Executor::Smol
+    } else {
+        Executor::AsyncStd
+    };
     println!("running under {}", if smol { "smol" } else { "async-std" });
     executor.block_on(run(executor, options));
 }
@@ -40,7 +45,11 @@ async fn run(executor: Executor, options: Options) {
         .cache(cache.file("token.json"))
         .spawn_async_std(authority.client_credentials());
     let start = Instant::now();
-    if executor.timeout(support::first_token(&tokens)).await.is_none() {
+    if executor
+        .timeout(support::first_token(&tokens))
+        .await
+        .is_none()
+    {
         support::no_token(&tokens);
     }
 

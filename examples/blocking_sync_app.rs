@@ -47,7 +47,10 @@ fn main() {
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().expect("a worker")).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a worker"))
+            .collect()
     });
 
     Reads::summary(&readers, &tokens, &authority);

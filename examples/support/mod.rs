@@ -108,12 +108,17 @@ impl Options {
     pub fn authority(&self) -> Authority {
         let from_env = |var: &str| match std::env::var(var) {
             Ok(s) if !s.is_empty() => ClientSecret::new(s),
-            _ => fail(&format!("the environment variable {var} (the client secret) is not set")),
+            _ => fail(&format!(
+                "the environment variable {var} (the client secret) is not set"
+            )),
         };
         let secret = self.secret_env.as_deref().map(from_env);
         let (local, url, secret) = match &self.token_url {
             Some(url) => {
-                let env = self.secret_env.as_deref().unwrap_or("FRESHTOKEN_CLIENT_SECRET");
+                let env = self
+                    .secret_env
+                    .as_deref()
+                    .unwrap_or("FRESHTOKEN_CLIENT_SECRET");
                 (None, url.clone(), secret.unwrap_or_else(|| from_env(env)))
             }
             None => {
@@ -126,7 +131,12 @@ impl Options {
                 (Some(authority), url, secret.unwrap_or(LOCAL_SECRET.into()))
             }
         };
-        Authority { local, url, client_id: self.client_id.clone(), secret }
+        Authority {
+            local,
+            url,
+            client_id: self.client_id.clone(),
+            secret,
+        }
     }
 
     /// The cache folder (`--cache-dir`, else a new temporary one), checked
@@ -144,7 +154,10 @@ impl Options {
         let writable = std::fs::create_dir_all(&path)
             .and_then(|()| tempfile::NamedTempFile::new_in(&path).map(drop));
         if let Err(e) = writable {
-            fail(&format!("the cache folder {} is not writable: {e}", path.display()));
+            fail(&format!(
+                "the cache folder {} is not writable: {e}",
+                path.display()
+            ));
         }
         CacheDir { path, _temp: temp }
     }
@@ -182,7 +195,9 @@ impl Authority {
 
     /// Token requests the local authority received ("-" for a remote one).
     pub fn requests(&self) -> String {
-        self.local.as_ref().map_or("-".into(), |a| a.request_count().to_string())
+        self.local
+            .as_ref()
+            .map_or("-".into(), |a| a.request_count().to_string())
     }
 }
 
@@ -205,7 +220,10 @@ fn verdict(tokens: &TokenHandle) -> Option<Result<TokenId, NoValidToken>> {
     match tokens.valid_token() {
         Ok(token) => Some(Ok(token.id())),
         Err(e @ (NoValidToken::Failed { .. } | NoValidToken::Stopped)) => Some(Err(e)),
-        Err(e) if e.last_error().is_some_and(|e| e.kind() == FetchErrorKind::Permanent) => {
+        Err(e)
+            if e.last_error()
+                .is_some_and(|e| e.kind() == FetchErrorKind::Permanent) =>
+        {
             Some(Err(e))
         }
         Err(_) => None,
