@@ -344,3 +344,60 @@ impl Reads {
         );
     }
 }
+
+/// A `redis-server` started for an example on a free loopback port, with
+/// no persistence; killed on drop.
+pub struct RedisServer {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl RedisServer {
+    /// The URL in `REDIS_URL`, else a `redis-server` from PATH started in
+    /// `dir`. Exits with a message when neither works.
+    pub fn from_env_or_start(dir: &std::path::Path) -> (String, Option<RedisServer>) {
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            return (url, None);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| fail(&format!("no free loopback port: {e}")));
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| fail(&format!("set REDIS_URL or put redis-server on PATH ({e})")));
+        let server = RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !server.answers(port) {
+            if Instant::now() > deadline {
+                fail("the redis-server started here did not answer within 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (server.url.clone(), Some(server))
+    }
+
+    fn answers(&self, port: u16) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let mut pong = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut pong).is_ok() && &pong == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
