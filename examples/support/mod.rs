@@ -148,6 +148,8 @@ impl Options {
             None => {
                 let temp = tempfile::tempdir()
                     .unwrap_or_else(|e| fail(&format!("cannot create a temporary folder: {e}")));
+                let path = temp.path().to_owned();
+                on_fail(move || drop(std::fs::remove_dir_all(path)));
                 (temp.path().to_owned(), Some(temp))
             }
         };
@@ -282,7 +284,23 @@ fn fail_start(e: &NoValidToken) -> ! {
 /// Prints `error: <message>` and exits with status 1.
 pub fn fail(message: &str) -> ! {
     eprintln!("error: {message}");
+    // `exit` runs no destructors: stop what they would have stopped.
+    let cleanups = std::mem::take(&mut *CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()));
+    for cleanup in cleanups {
+        cleanup();
+    }
     exit(1)
+}
+
+/// What [`fail`] must undo: servers started and temporary folders made.
+static CLEANUPS: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn on_fail(cleanup: impl FnOnce() + Send + 'static) {
+    CLEANUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(cleanup));
 }
 
 fn usage(message: &str) -> ! {
@@ -348,7 +366,7 @@ impl Reads {
 /// A `redis-server` started for an example on a free loopback port, with
 /// no persistence; killed on drop.
 pub struct RedisServer {
-    child: std::process::Child,
+    child: std::sync::Arc<std::sync::Mutex<std::process::Child>>,
     pub url: String,
 }
 
@@ -371,10 +389,12 @@ impl RedisServer {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| fail(&format!("set REDIS_URL or put redis-server on PATH ({e})")));
+        let child = std::sync::Arc::new(std::sync::Mutex::new(child));
         let server = RedisServer {
-            child,
+            child: child.clone(),
             url: format!("redis://127.0.0.1:{port}/"),
         };
+        on_fail(move || stop(&child));
         let deadline = Instant::now() + Duration::from_secs(5);
         while !server.answers(port) {
             if Instant::now() > deadline {
@@ -397,7 +417,12 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&self.child);
     }
+}
+
+fn stop(child: &std::sync::Mutex<std::process::Child>) {
+    let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = child.kill();
+    let _ = child.wait();
 }
