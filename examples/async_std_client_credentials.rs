@@ -10,7 +10,7 @@
 //! cargo run -p freshtoken-examples --example async_std_client_credentials -- --smol
 //! ```
 //!
-//! `--smol` (or `FRESHTOKEN_EXECUTOR=smol`) runs the same code under
+//! `--smol` runs the same code under
 //! `smol::block_on` with smol tasks and timers. By default it starts a local
 //! test authority that issues 3 s tokens and runs for 5 s. Other options
 //! (`--seconds`, `--token-url`, `--client-id`, `--client-secret-env`,
@@ -27,14 +27,11 @@ use support::{Options, Reads};
 
 fn main() {
     let options = Options::parse(&["--smol"], &[]);
-    let smol =
-        options.switch("--smol") || std::env::var("FRESHTOKEN_EXECUTOR").is_ok_and(|e| e == "smol");
-    let executor = if smol {
-        Executor::Smol
-    } else {
-        Executor::AsyncStd
+    let executor = match options.switch("--smol") {
+        true => Executor::Smol,
+        false => Executor::AsyncStd,
     };
-    println!("running under {}", if smol { "smol" } else { "async-std" });
+    println!("running under {executor:?}");
     executor.block_on(run(executor, options));
 }
 
@@ -45,13 +42,7 @@ async fn run(executor: Executor, options: Options) {
         .cache(cache.file("token.json"))
         .spawn_async_std(authority.client_credentials());
     let start = Instant::now();
-    if executor
-        .timeout(support::first_token(&tokens))
-        .await
-        .is_none()
-    {
-        support::no_token(&tokens);
-    }
+    support::first_token(&tokens, executor.sleep(support::START_TIMEOUT)).await;
 
     let tasks: Vec<_> = (0..3)
         .map(|n| {
@@ -78,7 +69,7 @@ async fn run(executor: Executor, options: Options) {
 }
 
 /// The executors this runs on; the application code above is the same.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Executor {
     AsyncStd,
     Smol,
@@ -106,14 +97,5 @@ impl Executor {
             Executor::AsyncStd => async_std::task::sleep(d).await,
             Executor::Smol => drop(smol::Timer::after(d).await),
         }
-    }
-
-    /// `f`'s output, or `None` after [`support::START_TIMEOUT`].
-    async fn timeout<T>(self, f: impl Future<Output = T>) -> Option<T> {
-        let give_up = async {
-            self.sleep(support::START_TIMEOUT).await;
-            None
-        };
-        smol::future::or(async { Some(f.await) }, give_up).await
     }
 }

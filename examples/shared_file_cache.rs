@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use freshtoken::driver::Builder;
-use support::{Options, Reads};
+use support::Options;
 
 fn main() {
     let options = Options::parse(&["--second"], &[]);
@@ -52,64 +52,46 @@ fn main() {
     );
 
     if second {
-        let mut reads = Reads::default();
-        while start.elapsed() < options.duration() {
-            reads.read(&tokens, who, start);
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        std::thread::sleep(options.duration());
+        let requests = tokens.snapshot().fetches;
         println!(
-            "{} second process: {} token requests of its own",
-            support::at(start),
-            tokens.snapshot().fetches
+            "{} second process: {requests} token requests",
+            support::at(start)
         );
         return driver.shutdown_blocking();
     }
 
     let before = authority.local.as_ref().map(|a| a.request_count());
     let mut command = Command::new(std::env::current_exe().expect("this program's path"));
-    command.arg("--second").args([
+    command.args([
+        "--second",
         "--token-url",
         &authority.url,
         "--client-id",
         &authority.client_id,
     ]);
-    command
-        .arg("--cache-dir")
-        .arg(&cache.path)
-        .args(["--seconds", &options.seconds.to_string()]);
+    command.arg("--cache-dir").arg(&cache.path);
+    command.args(["--seconds", &options.seconds.to_string()]);
     println!("{} starting: {command:?}", support::at(start));
     // The secret goes through the environment, never the command line.
     command.env(
         "FRESHTOKEN_CLIENT_SECRET",
         authority.secret().expose_secret(),
     );
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| support::fail(&format!("cannot start the second process: {e}")));
-    let mut reads = Reads::default();
-    let status = loop {
-        reads.read(&tokens, who, start);
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => std::thread::sleep(Duration::from_millis(200)),
-            Err(e) => support::fail(&format!("cannot wait for the second process: {e}")),
-        }
-    };
+    let status = command.status();
     let own = tokens.snapshot().fetches - fetched;
     driver.shutdown_blocking();
-    if !status.success() {
-        support::fail(&format!("the second process failed: {status}"));
+    match status {
+        Ok(status) if status.success() => {}
+        Ok(status) => support::fail(&format!("the second process failed: {status}")),
+        Err(e) => support::fail(&format!("cannot run the second process: {e}")),
     }
     let (Some(local), Some(before)) = (&authority.local, before) else {
         return;
     };
-    let during = (local.request_count() - before) as u64;
-    println!(
-        "authority: {} token requests in all; while the second process ran: {own} by the first, {} by the second",
-        local.request_count(),
-        during - own
-    );
-    if during != own {
+    let second = (local.request_count() - before) as u64 - own;
+    println!("authority: {} token requests in all; while the second process ran, {own} by the first and {second} by the second", local.request_count());
+    if second != 0 {
         support::fail("the second process asked the authority for a token");
     }
 }

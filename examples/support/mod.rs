@@ -21,8 +21,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::exit;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use freshtoken::cache::FileCache;
@@ -249,19 +251,28 @@ pub fn wait_first_token(tokens: &TokenHandle) -> TokenId {
     }
 }
 
-/// Resolves with the first token or the reason there will be none; put the
-/// runtime's timeout around it and call [`no_token`] when it runs out.
-pub async fn first_token(tokens: &TokenHandle) -> TokenId {
-    loop {
+/// Resolves with the first token, or exits with the reason there will be
+/// none or when `timer` (the runtime's sleep for [`START_TIMEOUT`]) ends.
+pub async fn first_token(tokens: &TokenHandle, timer: impl Future) -> TokenId {
+    let mut timer = std::pin::pin!(timer);
+    let mut changed = Box::pin(tokens.changed());
+    std::future::poll_fn(|cx| loop {
         match verdict(tokens) {
-            Some(Ok(id)) => return id,
+            Some(Ok(id)) => return Poll::Ready(id),
             Some(Err(e)) => fail_start(&e),
             None => {}
         }
-        if tokens.changed().await.is_err() {
+        if timer.as_mut().poll(cx).is_ready() {
             no_token(tokens);
         }
-    }
+        match changed.as_mut().poll(cx) {
+            // Something was published: look again, and wait for the next.
+            Poll::Ready(Ok(())) => changed = Box::pin(tokens.changed()),
+            Poll::Ready(Err(_)) => no_token(tokens),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Exits because no token came within [`START_TIMEOUT`].
