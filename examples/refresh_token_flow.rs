@@ -33,8 +33,12 @@ fn main() {
     let first = match (&authority.local, std::env::var("FRESHTOKEN_REFRESH_TOKEN")) {
         (Some(local), _) => Some(local.issue_refresh_token(&authority.client_id)),
         (None, Ok(token)) => Some(RefreshToken::new(token)),
-        (None, Err(_)) => None, // the cache may hold one
+        (None, Err(_)) => None,
     };
+    let cached = cache.file("token.json").load().ok().flatten();
+    if first.is_none() && cached.is_none_or(|t| t.refresh_token().is_none()) {
+        support::fail("no refresh token: set FRESHTOKEN_REFRESH_TOKEN or point --cache-dir at a cache that holds one");
+    }
     if let Some(first) = first {
         println!("first refresh token   {}", first.fingerprint());
         builder = builder.refresh_token(first);
