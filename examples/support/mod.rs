@@ -151,7 +151,16 @@ impl Options {
                 let temp = tempfile::tempdir()
                     .unwrap_or_else(|e| fail(&format!("cannot create a temporary folder: {e}")));
                 let path = temp.path().to_owned();
-                on_fail(move || drop(std::fs::remove_dir_all(path)));
+                on_fail(move || {
+                    // The driver may be writing its lease file right now,
+                    // which makes a removal fail: try again.
+                    for _ in 0..5 {
+                        if std::fs::remove_dir_all(&path).is_ok() || !path.exists() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
                 (temp.path().to_owned(), Some(temp))
             }
         };
