@@ -296,17 +296,20 @@ fn fail_start(e: &NoValidToken) -> ! {
     let hint = match e.last_error().map(|e| e.kind()) {
         Some(FetchErrorKind::Permanent) => "is the client secret right?",
         Some(_) => "is the authority reachable?",
-        None => "no answer yet",
+        // No attempt of ours finished: the authority is slow, or another
+        // instance holds the cache lease while it retries.
+        None => "no answer yet: is the authority reachable?",
     };
     fail(&format!("cannot get a first token: {e} ({hint})"))
 }
 
 /// Prints `error: <message>` and exits with status 1.
 pub fn fail(message: &str) -> ! {
+    // Held until the exit, so that threads failing at once print one message.
+    let mut cleanups = CLEANUPS.lock().unwrap_or_else(|e| e.into_inner());
     eprintln!("error: {message}");
     // `exit` runs no destructors: stop what they would have stopped.
-    let cleanups = std::mem::take(&mut *CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()));
-    for cleanup in cleanups {
+    for cleanup in cleanups.drain(..) {
         cleanup();
     }
     exit(1)
