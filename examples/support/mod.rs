@@ -1,0 +1,451 @@
+//! What the examples share: the command line, the authority (a local one by
+//! default), the cache folder, waiting for the first token, and the clear
+//! exit when one of them is wrong.
+//!
+//! Common options (every example):
+//!
+//! ```text
+//! --seconds N              how long to run (default 5, or FRESHTOKEN_SECONDS)
+//! --token-url URL          use this token endpoint instead of a local authority
+//! --client-id ID           the client id (default example-client)
+//! --client-secret-env VAR  read the client secret from the environment variable VAR
+//!                          (with --token-url the default is FRESHTOKEN_CLIENT_SECRET)
+//! --cache-dir DIR          where file caches live (default: a new temporary folder)
+//! ```
+//!
+//! Exit codes: 0 done, 1 the authority, the secret or the cache folder is
+//! wrong (with a message saying which), 2 a bad command line. Nothing here
+//! prints a secret: tokens are shown by id, refresh tokens by fingerprint.
+
+// Each example uses part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::exit;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use freshtoken::cache::FileCache;
+use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
+use freshtoken::testing::LocalAuthority;
+use freshtoken::{ClientSecret, FetchErrorKind, NoValidToken, TokenHandle, TokenId};
+
+/// The local authority's client and secret. A test secret, never printed.
+pub const LOCAL_CLIENT: &str = "example-client";
+const LOCAL_SECRET: &str = "local-authority-secret-3c1d";
+/// Lifetime of the local authority's tokens: a few refreshes per run.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3);
+/// How long to wait for the first token before giving up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The parsed command line.
+#[derive(Debug)]
+pub struct Options {
+    pub seconds: u64,
+    pub token_url: Option<String>,
+    pub client_id: String,
+    pub secret_env: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    /// Example-specific switches that were given (from `switches`).
+    pub switches: Vec<String>,
+    /// Example-specific `--name value` options that were given.
+    pub values: Vec<(String, String)>,
+}
+
+impl Options {
+    /// Parses `std::env::args`, accepting the common options plus the
+    /// example's own `switches` (`--smol`) and `values` (`--instances N`).
+    pub fn parse(switches: &[&str], values: &[&str]) -> Options {
+        let seconds = std::env::var("FRESHTOKEN_SECONDS").ok();
+        let mut o = Options {
+            seconds: seconds.map_or(5, |s| number("FRESHTOKEN_SECONDS", &s)),
+            token_url: None,
+            client_id: LOCAL_CLIENT.to_owned(),
+            secret_env: None,
+            cache_dir: None,
+            switches: Vec::new(),
+            values: Vec::new(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || {
+                args.next()
+                    .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
+            };
+            match arg.as_str() {
+                "--seconds" => o.seconds = number(&arg, &value()),
+                "--token-url" => o.token_url = Some(value()),
+                "--client-id" => o.client_id = value(),
+                "--client-secret-env" => o.secret_env = Some(value()),
+                "--cache-dir" => o.cache_dir = Some(value().into()),
+                s if switches.contains(&s) => o.switches.push(arg),
+                s if values.contains(&s) => o.values.push((arg.clone(), value())),
+                _ => usage(&format!("unknown argument {arg}")),
+            }
+        }
+        o
+    }
+
+    pub fn switch(&self, name: &str) -> bool {
+        self.switches.iter().any(|s| s == name)
+    }
+
+    /// An example-specific number option, or `default`.
+    pub fn number(&self, name: &str, default: u64) -> u64 {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map_or(default, |(n, v)| number(n, v))
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs(self.seconds)
+    }
+
+    /// The authority to use: the one named by `--token-url`, else a fresh
+    /// local one with [`TOKEN_LIFETIME`] tokens.
+    pub fn authority(&self) -> Authority {
+        let from_env = |var: &str| match std::env::var(var) {
+            Ok(s) if !s.is_empty() => ClientSecret::new(s),
+            _ => fail(&format!(
+                "the environment variable {var} (the client secret) is not set"
+            )),
+        };
+        let secret = self.secret_env.as_deref().map(from_env);
+        let (local, url, secret) = match &self.token_url {
+            Some(url) => {
+                let env = self
+                    .secret_env
+                    .as_deref()
+                    .unwrap_or("FRESHTOKEN_CLIENT_SECRET");
+                (None, url.clone(), secret.unwrap_or_else(|| from_env(env)))
+            }
+            None => {
+                let authority = LocalAuthority::builder()
+                    .client(LOCAL_CLIENT, LOCAL_SECRET)
+                    .token_lifetime(TOKEN_LIFETIME)
+                    .start()
+                    .unwrap_or_else(|e| fail(&format!("cannot start the local authority: {e}")));
+                let url = authority.token_url();
+                (Some(authority), url, secret.unwrap_or(LOCAL_SECRET.into()))
+            }
+        };
+        Authority {
+            local,
+            url,
+            client_id: self.client_id.clone(),
+            secret,
+        }
+    }
+
+    /// The cache folder (`--cache-dir`, else a new temporary one), checked
+    /// by writing a file into it: a cache that cannot store would only log
+    /// warnings, which is easy to miss.
+    pub fn cache_dir(&self) -> CacheDir {
+        let (path, temp) = match &self.cache_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = tempfile::tempdir()
+                    .unwrap_or_else(|e| fail(&format!("cannot create a temporary folder: {e}")));
+                let path = temp.path().to_owned();
+                on_fail(move || {
+                    // The driver may be writing its lease file right now,
+                    // which makes a removal fail: try again.
+                    for _ in 0..5 {
+                        if std::fs::remove_dir_all(&path).is_ok() || !path.exists() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+        let writable = std::fs::create_dir_all(&path)
+            .and_then(|()| tempfile::NamedTempFile::new_in(&path).map(drop));
+        if let Err(e) = writable {
+            fail(&format!(
+                "the cache folder {} is not writable: {e}",
+                path.display()
+            ));
+        }
+        CacheDir { path, _temp: temp }
+    }
+}
+
+/// Where the tokens come from.
+pub struct Authority {
+    /// The local authority, when no `--token-url` was given.
+    pub local: Option<LocalAuthority>,
+    pub url: String,
+    pub client_id: String,
+    secret: ClientSecret,
+}
+
+impl Authority {
+    pub fn client_credentials(&self) -> ClientCredentials {
+        ClientCredentials::builder(&self.url, &self.client_id, self.secret.clone())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_else(|e| fail(&format!("bad token URL: {e}")))
+    }
+
+    pub fn refresh_token_source(&self) -> RefreshTokenSource {
+        RefreshTokenSource::builder(&self.url, &self.client_id)
+            .client_secret(self.secret.clone())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_else(|e| fail(&format!("bad token URL: {e}")))
+    }
+
+    /// The secret, for handing to a child process through its environment.
+    pub fn secret(&self) -> &ClientSecret {
+        &self.secret
+    }
+
+    /// Token requests the local authority received ("-" for a remote one).
+    pub fn requests(&self) -> String {
+        self.local
+            .as_ref()
+            .map_or("-".into(), |a| a.request_count().to_string())
+    }
+}
+
+/// A checked, writable cache folder (removed at the end if temporary).
+pub struct CacheDir {
+    pub path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl CacheDir {
+    pub fn file(&self, name: &str) -> FileCache {
+        FileCache::new(self.path.join(name))
+    }
+}
+
+/// Whether waiting for the first token is over: a token, or an error that
+/// retrying will not fix (a wrong secret is permanent, but the machine
+/// keeps retrying it slowly in case the secret is rotated in).
+fn verdict(tokens: &TokenHandle) -> Option<Result<TokenId, NoValidToken>> {
+    match tokens.valid_token() {
+        Ok(token) => Some(Ok(token.id())),
+        Err(e @ (NoValidToken::Failed { .. } | NoValidToken::Stopped)) => Some(Err(e)),
+        Err(e)
+            if e.last_error()
+                .is_some_and(|e| e.kind() == FetchErrorKind::Permanent) =>
+        {
+            Some(Err(e))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Blocks until the first token, or exits with the reason.
+pub fn wait_first_token(tokens: &TokenHandle) -> TokenId {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match verdict(tokens) {
+            Some(Ok(id)) => return id,
+            Some(Err(e)) => fail_start(&e),
+            None => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            no_token(tokens);
+        }
+        let _ = tokens.wait_changed(left);
+    }
+}
+
+/// Resolves with the first token, or exits with the reason there will be
+/// none or when `timer` (the runtime's sleep for [`START_TIMEOUT`]) ends.
+pub async fn first_token(tokens: &TokenHandle, timer: impl Future) -> TokenId {
+    let mut timer = std::pin::pin!(timer);
+    let mut changed = Box::pin(tokens.changed());
+    std::future::poll_fn(|cx| loop {
+        match verdict(tokens) {
+            Some(Ok(id)) => return Poll::Ready(id),
+            Some(Err(e)) => fail_start(&e),
+            None => {}
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            no_token(tokens);
+        }
+        match changed.as_mut().poll(cx) {
+            // Something was published: look again, and wait for the next.
+            Poll::Ready(Ok(())) => changed = Box::pin(tokens.changed()),
+            Poll::Ready(Err(_)) => no_token(tokens),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Exits because no token came within [`START_TIMEOUT`].
+pub fn no_token(tokens: &TokenHandle) -> ! {
+    match tokens.valid_token() {
+        Ok(_) => unreachable!("no_token called with a valid token"),
+        Err(e) => fail_start(&e),
+    }
+}
+
+fn fail_start(e: &NoValidToken) -> ! {
+    let hint = match e.last_error().map(|e| e.kind()) {
+        Some(FetchErrorKind::Permanent) => "is the client secret right?",
+        Some(_) => "is the authority reachable?",
+        // No attempt of ours finished: the authority is slow, or another
+        // instance holds the cache lease while it retries.
+        None => "no answer yet: is the authority reachable?",
+    };
+    fail(&format!("cannot get a first token: {e} ({hint})"))
+}
+
+/// Prints `error: <message>` and exits with status 1.
+pub fn fail(message: &str) -> ! {
+    // Held until the exit, so that threads failing at once print one message.
+    let mut cleanups = CLEANUPS.lock().unwrap_or_else(|e| e.into_inner());
+    eprintln!("error: {message}");
+    // `exit` runs no destructors: stop what they would have stopped.
+    for cleanup in cleanups.drain(..) {
+        cleanup();
+    }
+    exit(1)
+}
+
+/// What [`fail`] must undo: servers started and temporary folders made.
+static CLEANUPS: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn on_fail(cleanup: impl FnOnce() + Send + 'static) {
+    CLEANUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(cleanup));
+}
+
+fn usage(message: &str) -> ! {
+    eprintln!("error: {message}\nsee the comment at the top of the example for its options");
+    exit(2)
+}
+
+fn number(name: &str, s: &str) -> u64 {
+    s.parse()
+        .unwrap_or_else(|_| usage(&format!("{name} wants a whole number, not {s:?}")))
+}
+
+/// Seconds since `start`, for log lines.
+pub fn at(start: Instant) -> String {
+    format!("{:5.1}s", start.elapsed().as_secs_f64())
+}
+
+/// What the readers of an example saw.
+#[derive(Default)]
+pub struct Reads {
+    pub ok: u64,
+    pub failed: u64,
+    pub tokens: BTreeSet<TokenId>,
+}
+
+impl Reads {
+    /// Takes the current token as an API call would, and notes its id.
+    pub fn read(&mut self, tokens: &TokenHandle, who: &str, start: Instant) {
+        match tokens.valid_token() {
+            Ok(token) => {
+                self.ok += 1;
+                if self.tokens.insert(token.id()) {
+                    println!("{} {who} uses token {}", at(start), token.id());
+                }
+            }
+            Err(e) => {
+                self.failed += 1;
+                println!("{} {who} has no valid token: {e}", at(start));
+            }
+        }
+    }
+
+    /// Prints what `readers` saw, what the driver fetched and what the
+    /// authority received.
+    pub fn summary(readers: &[Reads], tokens: &TokenHandle, authority: &Authority) {
+        let ok: u64 = readers.iter().map(|r| r.ok).sum();
+        let failed: u64 = readers.iter().map(|r| r.failed).sum();
+        let seen: BTreeSet<_> = readers.iter().flat_map(|r| &r.tokens).collect();
+        let fetched = tokens.snapshot().fetches;
+        println!(
+            "{} readers: {ok} reads with a valid token, {failed} without, {} distinct tokens",
+            readers.len(),
+            seen.len()
+        );
+        println!(
+            "driver: {fetched} tokens fetched (the first and {} refreshes); authority: {} token requests",
+            fetched.saturating_sub(1),
+            authority.requests()
+        );
+    }
+}
+
+/// A `redis-server` started for an example on a free loopback port, with
+/// no persistence; killed on drop.
+pub struct RedisServer {
+    child: std::sync::Arc<std::sync::Mutex<std::process::Child>>,
+    pub url: String,
+}
+
+impl RedisServer {
+    /// The URL in `REDIS_URL`, else a `redis-server` from PATH started in
+    /// `dir`. Exits with a message when neither works.
+    pub fn from_env_or_start(dir: &std::path::Path) -> (String, Option<RedisServer>) {
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            return (url, None);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| fail(&format!("no free loopback port: {e}")));
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| fail(&format!("set REDIS_URL or put redis-server on PATH ({e})")));
+        let child = std::sync::Arc::new(std::sync::Mutex::new(child));
+        let server = RedisServer {
+            child: child.clone(),
+            url: format!("redis://127.0.0.1:{port}/"),
+        };
+        on_fail(move || stop(&child));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !server.answers(port) {
+            if Instant::now() > deadline {
+                fail("the redis-server started here did not answer within 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (server.url.clone(), Some(server))
+    }
+
+    fn answers(&self, port: u16) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let mut pong = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut pong).is_ok() && &pong == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        stop(&self.child);
+    }
+}
+
+fn stop(child: &std::sync::Mutex<std::process::Child>) {
+    let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = child.kill();
+    let _ = child.wait();
+}
