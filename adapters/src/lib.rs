@@ -20,7 +20,9 @@
 //!   a constant, a closure); a [`cache::TokenCache`] shares tokens between
 //!   instances ([`cache::MemoryCache`], `cache::FileCache`, `cache::RedisCache`,
 //!   [`cache::CacheStack`]) and offers a lease so one instance at a time asks
-//!   the authority.
+//!   the authority. Their async twins, [`source::AsyncTokenSource`] and
+//!   [`cache::AsyncTokenCache`], are polled by the async drivers in their
+//!   own task.
 //!
 //! Applications read through a [`TokenHandle`]: `token()` is a lock-free load
 //! that never blocks the refresher, `valid_token()` says why there is no

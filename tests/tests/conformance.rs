@@ -1,6 +1,7 @@
 //! The driver conformance suite: one set of scenarios, run against every
 //! driver (a plain thread, tokio, async-std, and the async-std driver under
-//! smol).
+//! smol). The cache scenarios also run with an async cache on the tokio and
+//! async-std drivers (and under smol).
 //!
 //! Time is a [`ManualClock`]: a scenario moves it and wakes the driver
 //! (`DriverHandle::wake`), so a token's whole life takes milliseconds of
@@ -12,14 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use freshtoken::cache::TokenCache;
+use freshtoken::cache::{AsyncTokenCache, TokenCache};
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::handle::{Closed, NoValidToken};
 use freshtoken::source::{AsyncTokenSource, FnSource, TokenSource};
 use freshtoken::testing::{self, FaultWindow, LocalAuthority};
 use freshtoken::{
-    AccessToken, Backoff, CacheError, FetchError, FetchErrorKind, FetchRequest, Jitter,
-    LeaseOutcome, ManualClock, RefreshState, Snapshot, Timestamp, Token, TokenHandle,
+    AccessToken, Backoff, CacheError, CacheErrorKind, FetchError, FetchErrorKind, FetchRequest,
+    Jitter, LeaseOutcome, ManualClock, RefreshState, Snapshot, Timestamp, Token, TokenHandle,
     TokenResponse,
 };
 use futures::future::{select, Either};
@@ -40,6 +41,16 @@ trait Driver: Copy {
         source: impl TokenSource,
     ) -> (TokenHandle, DriverHandle);
     fn block_on<T>(self, f: impl Future<Output = T>) -> T;
+    /// Spawns with the authority and `cache` shared with other instances:
+    /// as a blocking cache, unless the kind is about async caches.
+    fn spawn_cached(
+        self,
+        builder: Builder,
+        authority: &Authority,
+        cache: &MemoryCache,
+    ) -> (TokenHandle, DriverHandle) {
+        self.spawn(builder.cache(cache.clone()), authority)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -54,6 +65,15 @@ struct AsyncStd;
 struct AsyncStdAsyncSource;
 #[derive(Clone, Copy)]
 struct Smol;
+/// Async caches: tokio with an async source.
+#[derive(Clone, Copy)]
+struct TokioAsyncCache;
+/// Async caches: async-std with a blocking source.
+#[derive(Clone, Copy)]
+struct AsyncStdAsyncCache;
+/// Async caches: the async-std driver under smol, with an async source.
+#[derive(Clone, Copy)]
+struct SmolAsyncCache;
 
 impl Driver for Thread {
     fn spawn_source(
@@ -154,6 +174,84 @@ impl Driver for Smol {
     }
     fn block_on<T>(self, f: impl Future<Output = T>) -> T {
         smol::block_on(f)
+    }
+}
+
+impl Driver for TokioAsyncCache {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        TokioAsyncSource.spawn_source(builder, source)
+    }
+    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
+        TokioAsyncSource.spawn(builder, authority)
+    }
+    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
+        Tokio.block_on(f)
+    }
+    fn spawn_cached(
+        self,
+        builder: Builder,
+        authority: &Authority,
+        cache: &MemoryCache,
+    ) -> (TokenHandle, DriverHandle) {
+        builder
+            .async_cache(AsyncMemoryCache(cache.clone()))
+            .spawn_tokio_async(authority.clone())
+    }
+}
+
+impl Driver for AsyncStdAsyncCache {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        AsyncStd.spawn_source(builder, source)
+    }
+    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
+        AsyncStd.spawn(builder, authority)
+    }
+    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
+        AsyncStd.block_on(f)
+    }
+    fn spawn_cached(
+        self,
+        builder: Builder,
+        authority: &Authority,
+        cache: &MemoryCache,
+    ) -> (TokenHandle, DriverHandle) {
+        builder
+            .async_cache(AsyncMemoryCache(cache.clone()))
+            .spawn_async_std(authority.source())
+    }
+}
+
+impl Driver for SmolAsyncCache {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        AsyncStdAsyncSource.spawn_source(builder, source)
+    }
+    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
+        AsyncStdAsyncSource.spawn(builder, authority)
+    }
+    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
+        smol::block_on(f)
+    }
+    fn spawn_cached(
+        self,
+        builder: Builder,
+        authority: &Authority,
+        cache: &MemoryCache,
+    ) -> (TokenHandle, DriverHandle) {
+        builder
+            .async_cache(AsyncMemoryCache(cache.clone()))
+            .spawn_async_std_async(authority.clone())
     }
 }
 
@@ -268,7 +366,7 @@ fn builder(clock: &ManualClock) -> Builder {
 
 impl Env {
     fn start(driver: impl Driver, configure: impl FnOnce(Builder) -> Builder) -> Env {
-        Env::start_with(driver, Fault::None, configure)
+        Env::launch(driver, Fault::None, None, configure)
     }
 
     /// Starts with the authority already failing with `fault`.
@@ -277,10 +375,32 @@ impl Env {
         fault: Fault,
         configure: impl FnOnce(Builder) -> Builder,
     ) -> Env {
+        Env::launch(driver, fault, None, configure)
+    }
+
+    /// Starts with a shared cache.
+    fn start_cached(
+        driver: impl Driver,
+        cache: &MemoryCache,
+        configure: impl FnOnce(Builder) -> Builder,
+    ) -> Env {
+        Env::launch(driver, Fault::None, Some(cache), configure)
+    }
+
+    fn launch(
+        driver: impl Driver,
+        fault: Fault,
+        cache: Option<&MemoryCache>,
+        configure: impl FnOnce(Builder) -> Builder,
+    ) -> Env {
         let clock = ManualClock::new(T0);
         let authority = Authority::new();
         authority.set(fault);
-        let (tokens, driver) = driver.spawn(configure(builder(&clock)), &authority);
+        let builder = configure(builder(&clock));
+        let (tokens, driver) = match cache {
+            Some(cache) => driver.spawn_cached(builder, &authority, cache),
+            None => driver.spawn(builder, &authority),
+        };
         Env {
             clock,
             authority,
@@ -583,32 +703,144 @@ async fn source_returns_garbage(driver: impl Driver) {
     contained(driver, Fault::Garbage, "unusable access token").await
 }
 
-/// A cache in memory with a lease, shared by the drivers of one test.
-#[derive(Clone, Default)]
+/// What the test cache does on every call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CacheFault {
+    None,
+    Panic,
+    /// Hang (until the fault is cleared, for a blocking call; for ever, for
+    /// an async one), then fail.
+    Hang,
+}
+
+/// A cache in memory with a lease and a fault switch, shared by the
+/// drivers of one test.
+#[derive(Clone)]
 struct MemoryCache {
     token: Arc<Mutex<Option<Token>>>,
     leased: Arc<AtomicBool>,
     stores: Arc<AtomicU64>,
+    fault: Arc<(Mutex<CacheFault>, Condvar)>,
 }
 
-impl TokenCache for MemoryCache {
-    fn load(&self) -> Result<Option<Token>, CacheError> {
+impl Default for MemoryCache {
+    fn default() -> Self {
+        MemoryCache {
+            token: Arc::default(),
+            leased: Arc::default(),
+            stores: Arc::default(),
+            fault: Arc::new((Mutex::new(CacheFault::None), Condvar::new())),
+        }
+    }
+}
+
+impl MemoryCache {
+    fn set(&self, fault: CacheFault) {
+        *self.fault.0.lock().unwrap() = fault;
+        self.fault.1.notify_all();
+    }
+
+    fn stores(&self) -> u64 {
+        self.stores.load(Ordering::SeqCst)
+    }
+
+    fn fault(&self) -> CacheFault {
+        *self.fault.0.lock().unwrap()
+    }
+
+    /// Carries out the fault of a blocking call.
+    fn blocking_fault(&self) -> Result<(), CacheError> {
+        match self.fault() {
+            CacheFault::None => Ok(()),
+            CacheFault::Panic => panic!("the cache blew up"),
+            CacheFault::Hang => {
+                let mut fault = self.fault.0.lock().unwrap();
+                while *fault == CacheFault::Hang {
+                    fault = self.fault.1.wait(fault).unwrap();
+                }
+                Err(hung())
+            }
+        }
+    }
+
+    /// Carries out the fault of an async call.
+    async fn async_fault(&self) -> Result<(), CacheError> {
+        match self.fault() {
+            CacheFault::None => Ok(()),
+            CacheFault::Panic => panic!("the async cache blew up"),
+            CacheFault::Hang => {
+                futures::future::pending::<()>().await;
+                Err(hung())
+            }
+        }
+    }
+
+    fn do_load(&self) -> Result<Option<Token>, CacheError> {
         Ok(self.token.lock().unwrap().clone())
     }
-    fn store(&self, token: &Token) -> Result<(), CacheError> {
+
+    fn do_store(&self, token: &Token) -> Result<(), CacheError> {
         self.stores.fetch_add(1, Ordering::SeqCst);
         *self.token.lock().unwrap() = Some(token.clone());
         Ok(())
     }
-    fn acquire_lease(&self, _ttl: Duration) -> Result<LeaseOutcome, CacheError> {
+
+    fn do_acquire_lease(&self) -> Result<LeaseOutcome, CacheError> {
         match self.leased.swap(true, Ordering::SeqCst) {
             false => Ok(LeaseOutcome::Granted),
             true => Ok(LeaseOutcome::Busy),
         }
     }
-    fn release_lease(&self) -> Result<(), CacheError> {
+
+    fn do_release_lease(&self) -> Result<(), CacheError> {
         self.leased.store(false, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+fn hung() -> CacheError {
+    CacheError::new(CacheErrorKind::Unavailable, "the cache hung")
+}
+
+impl TokenCache for MemoryCache {
+    fn load(&self) -> Result<Option<Token>, CacheError> {
+        self.blocking_fault()?;
+        self.do_load()
+    }
+    fn store(&self, token: &Token) -> Result<(), CacheError> {
+        self.blocking_fault()?;
+        self.do_store(token)
+    }
+    fn acquire_lease(&self, _ttl: Duration) -> Result<LeaseOutcome, CacheError> {
+        self.blocking_fault()?;
+        self.do_acquire_lease()
+    }
+    fn release_lease(&self) -> Result<(), CacheError> {
+        self.blocking_fault()?;
+        self.do_release_lease()
+    }
+}
+
+/// The same cache behind the async trait, as a cache with an async client
+/// would be: polled by the driver, never blocking it.
+struct AsyncMemoryCache(MemoryCache);
+
+impl AsyncTokenCache for AsyncMemoryCache {
+    async fn load(&self) -> Result<Option<Token>, CacheError> {
+        self.0.async_fault().await?;
+        self.0.do_load()
+    }
+    async fn store(&self, token: &Token) -> Result<(), CacheError> {
+        self.0.async_fault().await?;
+        self.0.do_store(token)
+    }
+    async fn acquire_lease(&self, _ttl: Duration) -> Result<LeaseOutcome, CacheError> {
+        self.0.async_fault().await?;
+        self.0.do_acquire_lease()
+    }
+    async fn release_lease(&self) -> Result<(), CacheError> {
+        self.0.async_fault().await?;
+        self.0.do_release_lease()
     }
 }
 
@@ -616,19 +848,18 @@ impl TokenCache for MemoryCache {
 /// instead of asking the authority, and the lease is given back.
 async fn shared_cache(driver: impl Driver) {
     let cache = MemoryCache::default();
-    let first = Env::start(driver, |b| b.cache(cache.clone()));
+    let first = Env::start_cached(driver, &cache, |b| b);
     first.ready().await;
     // The token is published before it is stored (no refresh token to
     // lose), so the store and the lease release may come just after.
     first
         .until("the token stored and the lease released", |_| {
-            cache.stores.load(Ordering::SeqCst) == 1 && !cache.leased.load(Ordering::SeqCst)
+            cache.stores() == 1 && !cache.leased.load(Ordering::SeqCst)
         })
         .await;
 
     let clock = first.clock.clone();
-    let (second, second_driver) =
-        driver.spawn(builder(&clock).cache(cache.clone()), &first.authority);
+    let (second, second_driver) = driver.spawn_cached(builder(&clock), &first.authority, &cache);
     let adopted = within(HUNG, second.ready())
         .await
         .expect("hung")
@@ -641,6 +872,57 @@ async fn shared_cache(driver: impl Driver) {
         1,
         "one fetch for two instances"
     );
+}
+
+/// A cache fault is contained: every call failing (a panic, or a hang past
+/// the timeout) is a miss, the driver keeps fetching and serving, and uses
+/// the cache again once it works.
+async fn cache_contained(driver: impl Driver, fault: CacheFault) {
+    // Only a hang needs a short timeout; see `contained`.
+    let timeout = match fault {
+        CacheFault::Hang => Duration::from_millis(100),
+        _ => Duration::from_secs(30),
+    };
+    let cache = MemoryCache::default();
+    // A fresh token a working cache would hand out at start-up.
+    *cache.token.lock().unwrap() = Some(Token::new(
+        AccessToken::new("peer-tok"),
+        T0,
+        T0 + Duration::from_secs(30),
+        T0 + Duration::from_secs(60),
+    ));
+    cache.set(fault);
+    let env = Env::start_cached(driver, &cache, |b| b.fetch_timeout(timeout));
+    // tok-1, not peer-tok: the broken load was a miss.
+    env.ready().await;
+    env.advance(31);
+    env.until_token("tok-2").await;
+    assert_eq!(cache.stores(), 0);
+
+    cache.set(CacheFault::None);
+    // 62 s: tok-2 is stale, peer-tok has expired.
+    env.advance(31);
+    env.until_token("tok-3").await;
+    // (tok-2 may be stored too: its store can come after the fault is
+    // cleared.)
+    env.until("tok-3 stored", |_| {
+        cache
+            .token
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|t| t.access_token().expose_secret() == "tok-3")
+    })
+    .await;
+    assert_eq!(env.stop().await.fetches(), 3);
+}
+
+async fn cache_panics(driver: impl Driver) {
+    cache_contained(driver, CacheFault::Panic).await
+}
+
+async fn cache_hangs(driver: impl Driver) {
+    cache_contained(driver, CacheFault::Hang).await
 }
 
 /// A real HTTP authority on loopback, on the scenario's manual clock.
@@ -738,7 +1020,13 @@ macro_rules! conformance {
                 first_token, refresh_before_expiry, outage, recovery, permanent_error,
                 invalidate, shutdown, dropping_all_handles, clock_jump,
                 source_panics, source_hangs, source_returns_garbage, shared_cache,
-                http_refresh_token_rotation, http_malformed_answer);
+                cache_panics, cache_hangs, http_refresh_token_rotation, http_malformed_answer);
+        }
+    )*};
+    (@caches $($kind:ident => $driver:expr;)*) => {$(
+        mod $kind {
+            use super::*;
+            conformance!(@tests $driver; shared_cache, cache_panics, cache_hangs);
         }
     )*};
     (@tests $driver:expr; $($scenario:ident),*) => {$(
@@ -757,6 +1045,14 @@ conformance! {
     on_async_std => AsyncStd;
     on_smol_async_source => AsyncStdAsyncSource;
     on_smol => Smol;
+}
+
+// Async caches change only what the cache scenarios exercise.
+conformance! {
+    @caches
+    on_tokio_async_cache => TokioAsyncCache;
+    on_async_std_async_cache => AsyncStdAsyncCache;
+    on_smol_async_cache => SmolAsyncCache;
 }
 
 /// The blocking driver's own way to stop, from plain code.

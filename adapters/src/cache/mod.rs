@@ -20,6 +20,11 @@
 //!
 //! The file and Redis caches share one versioned JSON format, `record`,
 //! which also reads aliri_tokens 0.3's cache file.
+//!
+//! These are blocking caches ([`TokenCache`]); async drivers run them on
+//! their blocking pool. A cache with an async client implements
+//! [`AsyncTokenCache`] instead, and the tokio and async-std drivers poll it
+//! in their own task (`Builder::async_cache`).
 
 #[cfg(feature = "file")]
 mod file;
@@ -39,6 +44,7 @@ pub use file::FileCache;
 pub use memory::MemoryCache;
 pub use stack::CacheStack;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,3 +91,86 @@ macro_rules! forward_cache {
     )*};
 }
 forward_cache!(Arc, Box);
+
+/// An async token cache: the twin of [`TokenCache`] for caches with an async
+/// client. Its futures must be `Send`.
+///
+/// The tokio and async-std drivers take one through
+/// `Builder::async_cache` and poll it in the driver's own task, with the
+/// same guards as a blocking cache: a call that panics or takes longer than
+/// the fetch timeout is a cache error (a miss, for a load), and the driver
+/// carries on. The blocking driver has no executor to poll it with, so it
+/// takes only [`TokenCache`]s.
+///
+/// ```
+/// use freshtoken::cache::{AsyncTokenCache, MemoryCache, TokenCache};
+/// use freshtoken::{AccessToken, CacheError, LeaseOutcome, Timestamp, Token};
+/// use std::time::Duration;
+///
+/// /// Stands for a cache with an async client (a database, a KV service).
+/// struct Remote(MemoryCache);
+///
+/// impl AsyncTokenCache for Remote {
+///     async fn load(&self) -> Result<Option<Token>, CacheError> {
+///         self.0.load()
+///     }
+///     async fn store(&self, token: &Token) -> Result<(), CacheError> {
+///         self.0.store(token)
+///     }
+///     // No lease: the defaults say `Unsupported` and release nothing.
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let cache = Remote(MemoryCache::new());
+/// let token = Token::new(AccessToken::new("at"), Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::MAX);
+/// cache.store(&token).await.unwrap();
+/// assert_eq!(cache.load().await.unwrap(), Some(token));
+/// let ttl = Duration::from_secs(10);
+/// assert_eq!(cache.acquire_lease(ttl).await.unwrap(), LeaseOutcome::Unsupported);
+/// cache.release_lease().await.unwrap();
+/// # });
+/// ```
+pub trait AsyncTokenCache: Send + Sync + 'static {
+    /// The stored token, if any; see [`TokenCache::load`].
+    fn load(&self) -> impl Future<Output = Result<Option<Token>, CacheError>> + Send;
+
+    /// Stores `token` (with its refresh token, when it has one).
+    fn store(&self, token: &Token) -> impl Future<Output = Result<(), CacheError>> + Send;
+
+    /// Tries to take the lease for `ttl`. The default: leases unsupported.
+    fn acquire_lease(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<LeaseOutcome, CacheError>> + Send {
+        let _ = ttl;
+        std::future::ready(Ok(LeaseOutcome::Unsupported))
+    }
+
+    /// Releases the lease if this instance holds it (and only then).
+    fn release_lease(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+macro_rules! forward_async_cache {
+    ($($ptr:ident),*) => {$(
+        impl<T: AsyncTokenCache> AsyncTokenCache for $ptr<T> {
+            fn load(&self) -> impl Future<Output = Result<Option<Token>, CacheError>> + Send {
+                (**self).load()
+            }
+            fn store(&self, token: &Token) -> impl Future<Output = Result<(), CacheError>> + Send {
+                (**self).store(token)
+            }
+            fn acquire_lease(
+                &self,
+                ttl: Duration,
+            ) -> impl Future<Output = Result<LeaseOutcome, CacheError>> + Send {
+                (**self).acquire_lease(ttl)
+            }
+            fn release_lease(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
+                (**self).release_lease()
+            }
+        }
+    )*};
+}
+forward_async_cache!(Arc, Box);

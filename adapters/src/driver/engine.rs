@@ -12,6 +12,8 @@ use freshtoken_core::{
     Output, RefreshMachine, Token, TokenResponse,
 };
 
+#[cfg(any(feature = "tokio", feature = "async-std"))]
+use crate::cache::AsyncTokenCache;
 use crate::cache::TokenCache;
 
 /// A driver's state around the machine.
@@ -41,7 +43,7 @@ pub(crate) enum Job {
     Cache(CacheJob),
 }
 
-/// An action carried out on the cache (always a blocking call).
+/// An action carried out on the cache.
 #[derive(Debug)]
 pub(crate) enum CacheJob {
     Load,
@@ -87,14 +89,29 @@ impl CacheJob {
             CacheJob::Load => Some(Input::CacheLoaded(cache.load())),
             CacheJob::Store(token) => Some(Input::Stored(cache.store(&token))),
             CacheJob::Lease(ttl) => Some(Input::Lease(cache.acquire_lease(ttl))),
-            CacheJob::Release => {
-                if let Err(e) = cache.release_lease() {
-                    tracing::warn!(error = %e, "could not release the cache lease");
-                }
-                None
-            }
+            CacheJob::Release => released(cache.release_lease()),
         })
     }
+
+    /// Carries the job out on an async cache, the twin of [`run`](Self::run);
+    /// the caller contains panics and bounds the time.
+    #[cfg(any(feature = "tokio", feature = "async-std"))]
+    pub(crate) async fn run_async<C: AsyncTokenCache>(self, cache: &C) -> Option<Input> {
+        match self {
+            CacheJob::Load => Some(Input::CacheLoaded(cache.load().await)),
+            CacheJob::Store(token) => Some(Input::Stored(cache.store(&token).await)),
+            CacheJob::Lease(ttl) => Some(Input::Lease(cache.acquire_lease(ttl).await)),
+            CacheJob::Release => released(cache.release_lease().await),
+        }
+    }
+}
+
+/// The machine waits for no answer to a release; a failure is only logged.
+fn released(result: Result<(), CacheError>) -> Option<Input> {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not release the cache lease");
+    }
+    None
 }
 
 impl JobKind {

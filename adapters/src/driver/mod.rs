@@ -12,6 +12,11 @@
 //!   [`Builder::spawn_async_std_async`]; the driver also serves smol
 //!   applications (both are built on async-io).
 //!
+//! A blocking cache ([`Builder::cache`]) works with every driver; the async
+//! drivers run it on their blocking pool. An async cache
+//! ([`Builder::async_cache`], tokio and async-std only) is polled in the
+//! async driver's own task.
+//!
 //! ```
 //! use freshtoken::driver::Builder;
 //! use freshtoken::source::ConstTokenSource;
@@ -52,6 +57,8 @@ use freshtoken_core::{
     TokenHandle,
 };
 
+#[cfg(any(feature = "tokio", feature = "async-std"))]
+use crate::cache::AsyncTokenCache;
 use crate::cache::TokenCache;
 use crate::clock::SystemClock;
 
@@ -223,9 +230,16 @@ impl Builder {
 
     /// The engine, the application's handle and the driver's control.
     fn build(self) -> (Engine, TokenHandle, Control) {
+        let shared = self.cache.is_some();
+        self.build_shared(shared)
+    }
+
+    /// [`build`](Self::build), telling the machine whether it has a shared
+    /// cache (an async cache lives outside the engine).
+    fn build_shared(self, shared: bool) -> (Engine, TokenHandle, Control) {
         let mut config = self.config;
         config.seed = self.seed.unwrap_or_else(|| fastrand::u64(..));
-        config.cache = self.cache.is_some();
+        config.cache = shared;
         config.lease_ttl = config.lease_ttl.max(self.fetch_timeout * 3 / 2);
         let (publisher, handle) = Publisher::new(self.clock.clone());
         let control = publisher.control();
@@ -254,6 +268,20 @@ impl Builder {
         Ok((handle, DriverHandle::new(control, Some(thread))))
     }
 
+    /// Spawns the shared async run loop on `rt`, with this builder's
+    /// blocking cache (if any) run on the blocking pool.
+    #[cfg(any(feature = "tokio", feature = "async-std"))]
+    fn spawn_run<R: run::Runtime>(
+        self,
+        rt: R,
+        fetcher: impl run::Fetcher<R>,
+    ) -> (TokenHandle, DriverHandle) {
+        let (engine, handle, control) = self.build();
+        let caches = run::BlockingCache(engine.cache());
+        run::spawn(rt, engine, fetcher, caches);
+        (handle, DriverHandle::new(control, None))
+    }
+
     /// Spawns the driver on the current tokio runtime; `source` runs on
     /// its blocking pool. The runtime needs its time driver
     /// (`enable_time`).
@@ -279,10 +307,10 @@ impl Builder {
         self,
         source: impl crate::source::TokenSource,
     ) -> (TokenHandle, DriverHandle) {
-        let (engine, handle, control) = self.build();
-        let rt = tokio_rt::Tokio(tokio::runtime::Handle::current());
-        run::spawn(rt, engine, run::BlockingSource(Arc::new(source)));
-        (handle, DriverHandle::new(control, None))
+        self.spawn_run(
+            tokio_rt::Tokio::current(),
+            run::BlockingSource(Arc::new(source)),
+        )
     }
 
     /// Spawns the driver with an async source on the current tokio runtime.
@@ -295,10 +323,10 @@ impl Builder {
         self,
         source: impl crate::source::AsyncTokenSource,
     ) -> (TokenHandle, DriverHandle) {
-        let (engine, handle, control) = self.build();
-        let rt = tokio_rt::Tokio(tokio::runtime::Handle::current());
-        run::spawn(rt, engine, run::AsyncSource(Arc::new(source)));
-        (handle, DriverHandle::new(control, None))
+        self.spawn_run(
+            tokio_rt::Tokio::current(),
+            run::AsyncSource(Arc::new(source)),
+        )
     }
 
     /// Spawns the driver as an async-std task; `source` runs on async-std's
@@ -320,13 +348,10 @@ impl Builder {
         self,
         source: impl crate::source::TokenSource,
     ) -> (TokenHandle, DriverHandle) {
-        let (engine, handle, control) = self.build();
-        run::spawn(
+        self.spawn_run(
             async_std_rt::AsyncStd,
-            engine,
             run::BlockingSource(Arc::new(source)),
-        );
-        (handle, DriverHandle::new(control, None))
+        )
     }
 
     /// Spawns the driver with an async source as an async-std task.
@@ -335,13 +360,170 @@ impl Builder {
         self,
         source: impl crate::source::AsyncTokenSource,
     ) -> (TokenHandle, DriverHandle) {
-        let (engine, handle, control) = self.build();
-        run::spawn(
-            async_std_rt::AsyncStd,
-            engine,
-            run::AsyncSource(Arc::new(source)),
-        );
+        self.spawn_run(async_std_rt::AsyncStd, run::AsyncSource(Arc::new(source)))
+    }
+
+    /// Shares tokens through an async cache, polled in the driver's own
+    /// task. It replaces any [`cache`](Self::cache) set before.
+    ///
+    /// Only the async drivers can poll an async cache, so this returns an
+    /// [`AsyncCacheBuilder`], which has the tokio and async-std spawns and
+    /// not [`spawn_thread`](Self::spawn_thread): a blocking driver with an
+    /// async cache does not compile. Call it last, after the other
+    /// settings.
+    ///
+    /// ```
+    /// use freshtoken::cache::{AsyncTokenCache, MemoryCache, TokenCache};
+    /// use freshtoken::driver::Builder;
+    /// use freshtoken::source::ConstTokenSource;
+    /// use freshtoken::{CacheError, Token};
+    ///
+    /// /// Stands for a cache with an async client.
+    /// struct Remote(MemoryCache);
+    ///
+    /// impl AsyncTokenCache for Remote {
+    ///     async fn load(&self) -> Result<Option<Token>, CacheError> {
+    ///         self.0.load()
+    ///     }
+    ///     async fn store(&self, token: &Token) -> Result<(), CacheError> {
+    ///         self.0.store(token)
+    ///     }
+    /// }
+    ///
+    /// # #[cfg(feature = "tokio")]
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let shared = MemoryCache::new();
+    /// let (tokens, driver) = Builder::new()
+    ///     .async_cache(Remote(shared.clone()))
+    ///     .spawn_tokio(ConstTokenSource::new("key", Some(3600)));
+    /// assert!(tokens.ready().await.is_ok());
+    /// driver.shutdown().await;
+    /// // The token was shared through the cache.
+    /// let stored = shared.load().unwrap().expect("stored");
+    /// assert_eq!(stored.access_token().expose_secret(), "key");
+    /// # });
+    /// ```
+    #[cfg(any(feature = "tokio", feature = "async-std"))]
+    pub fn async_cache<C: AsyncTokenCache>(mut self, cache: C) -> AsyncCacheBuilder<C> {
+        self.cache = None;
+        AsyncCacheBuilder {
+            builder: self,
+            cache: Arc::new(cache),
+        }
+    }
+}
+
+/// A [`Builder`] with an [`AsyncTokenCache`], from
+/// [`Builder::async_cache`]: it spawns the async drivers only, whose run
+/// loop polls the cache in its own task (with the fetch timeout and panic
+/// containment of any cache call).
+///
+/// ```
+/// use freshtoken::cache::{AsyncTokenCache, MemoryCache, TokenCache};
+/// use freshtoken::driver::Builder;
+/// use freshtoken::source::ConstTokenSource;
+/// use freshtoken::{CacheError, Token};
+///
+/// struct Remote(MemoryCache);
+///
+/// impl AsyncTokenCache for Remote {
+///     async fn load(&self) -> Result<Option<Token>, CacheError> {
+///         self.0.load()
+///     }
+///     async fn store(&self, token: &Token) -> Result<(), CacheError> {
+///         self.0.store(token)
+///     }
+/// }
+///
+/// let builder = Builder::new().async_cache(Remote(MemoryCache::new()));
+/// # #[cfg(feature = "async-std")]
+/// # async_std::task::block_on(async {
+/// let (tokens, driver) = builder.spawn_async_std(ConstTokenSource::new("key", Some(3600)));
+/// assert!(tokens.ready().await.is_ok());
+/// driver.shutdown().await;
+/// # });
+/// ```
+#[cfg(any(feature = "tokio", feature = "async-std"))]
+pub struct AsyncCacheBuilder<C> {
+    builder: Builder,
+    cache: Arc<C>,
+}
+
+#[cfg(any(feature = "tokio", feature = "async-std"))]
+impl<C> std::fmt::Debug for AsyncCacheBuilder<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncCacheBuilder")
+            .field("builder", &self.builder)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(any(feature = "tokio", feature = "async-std"))]
+impl<C: AsyncTokenCache> AsyncCacheBuilder<C> {
+    /// Spawns the shared async run loop on `rt` with the async cache.
+    fn spawn_run<R: run::Runtime>(
+        self,
+        rt: R,
+        fetcher: impl run::Fetcher<R>,
+    ) -> (TokenHandle, DriverHandle) {
+        let (engine, handle, control) = self.builder.build_shared(true);
+        run::spawn(rt, engine, fetcher, run::AsyncCache(self.cache));
         (handle, DriverHandle::new(control, None))
+    }
+
+    /// [`Builder::spawn_tokio`] with the async cache: a blocking source on
+    /// tokio's blocking pool.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, like `tokio::spawn`.
+    #[cfg(feature = "tokio")]
+    pub fn spawn_tokio(
+        self,
+        source: impl crate::source::TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        self.spawn_run(
+            tokio_rt::Tokio::current(),
+            run::BlockingSource(Arc::new(source)),
+        )
+    }
+
+    /// [`Builder::spawn_tokio_async`] with the async cache.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, like `tokio::spawn`.
+    #[cfg(feature = "tokio")]
+    pub fn spawn_tokio_async(
+        self,
+        source: impl crate::source::AsyncTokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        self.spawn_run(
+            tokio_rt::Tokio::current(),
+            run::AsyncSource(Arc::new(source)),
+        )
+    }
+
+    /// [`Builder::spawn_async_std`] with the async cache: a blocking source
+    /// on async-std's blocking pool; also under smol.
+    #[cfg(feature = "async-std")]
+    pub fn spawn_async_std(
+        self,
+        source: impl crate::source::TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        self.spawn_run(
+            async_std_rt::AsyncStd,
+            run::BlockingSource(Arc::new(source)),
+        )
+    }
+
+    /// [`Builder::spawn_async_std_async`] with the async cache.
+    #[cfg(feature = "async-std")]
+    pub fn spawn_async_std_async(
+        self,
+        source: impl crate::source::AsyncTokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        self.spawn_run(async_std_rt::AsyncStd, run::AsyncSource(Arc::new(source)))
     }
 }
 

@@ -1,5 +1,11 @@
 //! The run loop shared by the async drivers, over a tiny [`Runtime`] trait.
 //!
+//! Sources and caches come in two kinds, blocking and async; a [`Fetcher`]
+//! and a [`CacheRunner`] hide which, so there is one loop: blocking calls go
+//! to the runtime's blocking pool, async ones are polled in the loop's own
+//! task. Either way a panic or a call past the job timeout is the job's
+//! failure.
+//!
 //! One task owns the machine. It waits, with `futures`-style polling, for
 //! whichever comes first: the job in flight, a command from the handles,
 //! or the timer (the machine's deadline, capped by the heartbeat).
@@ -15,7 +21,8 @@ use freshtoken_core::handle::Command;
 use freshtoken_core::{FetchRequest, Input};
 use futures::future::{self, Either, FutureExt};
 
-use super::engine::{fetch_blocking, fetched, Engine, Job, JobKind, Next};
+use super::engine::{fetch_blocking, fetched, CacheJob, Engine, Job, JobKind, Next};
+use crate::cache::{AsyncTokenCache, TokenCache};
 use crate::source::{AsyncTokenSource, TokenSource};
 
 /// What the run loop needs from an executor.
@@ -43,14 +50,22 @@ pub(crate) trait Fetcher<R>: Send + Sync + 'static {
     fn fetch(&self, rt: &R, request: FetchRequest) -> Answer;
 }
 
+/// How the loop carries out cache jobs: a blocking cache on the runtime's
+/// blocking pool, or an async cache in the driver's task.
+pub(crate) trait CacheRunner<R>: Send + Sync + 'static {
+    /// The job's answer, with panics contained.
+    fn run(&self, rt: &R, job: CacheJob) -> Answer;
+}
+
 /// A [`TokenSource`] run on the blocking pool.
 pub(crate) struct BlockingSource<S>(pub(crate) Arc<S>);
 
 impl<R: Runtime, S: TokenSource> Fetcher<R> for BlockingSource<S> {
     fn fetch(&self, rt: &R, request: FetchRequest) -> Answer {
         let source = self.0.clone();
-        let done = rt.spawn_blocking(move || fetch_blocking(&*source, &request));
-        Box::pin(done.map(|answer| answer.unwrap_or_else(|| JobKind::Fetch.failed("panicked"))))
+        on_pool(rt, JobKind::Fetch, move || {
+            fetch_blocking(&*source, &request)
+        })
     }
 }
 
@@ -60,23 +75,64 @@ pub(crate) struct AsyncSource<S>(pub(crate) Arc<S>);
 impl<R: Runtime, S: AsyncTokenSource> Fetcher<R> for AsyncSource<S> {
     fn fetch(&self, _rt: &R, request: FetchRequest) -> Answer {
         let source = self.0.clone();
-        let fetch = async move { source.fetch(&request).await };
-        Box::pin(
-            AssertUnwindSafe(fetch)
-                .catch_unwind()
-                .map(|result| match result {
-                    Ok(result) => Some(fetched(result)),
-                    Err(_) => JobKind::Fetch.failed("panicked"),
-                }),
-        )
+        in_task(JobKind::Fetch, async move {
+            Some(fetched(source.fetch(&request).await))
+        })
     }
 }
 
+/// A [`TokenCache`] run on the blocking pool.
+pub(crate) struct BlockingCache(pub(crate) Arc<dyn TokenCache>);
+
+impl<R: Runtime> CacheRunner<R> for BlockingCache {
+    fn run(&self, rt: &R, job: CacheJob) -> Answer {
+        let cache = self.0.clone();
+        on_pool(rt, job.kind(), move || job.run(&*cache))
+    }
+}
+
+/// An [`AsyncTokenCache`], polled in the driver's task.
+pub(crate) struct AsyncCache<C>(pub(crate) Arc<C>);
+
+impl<R: Runtime, C: AsyncTokenCache> CacheRunner<R> for AsyncCache<C> {
+    fn run(&self, _rt: &R, job: CacheJob) -> Answer {
+        let cache = self.0.clone();
+        in_task(job.kind(), async move { job.run_async(&*cache).await })
+    }
+}
+
+/// `f` on the blocking pool. `f` contains its own panics; `None` from the
+/// pool (the runtime is shutting down, or a panic slipped through) is the
+/// job's failure.
+fn on_pool<R: Runtime>(
+    rt: &R,
+    kind: JobKind,
+    f: impl FnOnce() -> Option<Input> + Send + 'static,
+) -> Answer {
+    let done = rt.spawn_blocking(f);
+    Box::pin(done.map(move |answer| answer.unwrap_or_else(|| kind.failed("panicked"))))
+}
+
+/// `job`, to be polled in the driver's task, with a panic while polling
+/// it turned into the job's failure.
+fn in_task(kind: JobKind, job: impl Future<Output = Option<Input>> + Send + 'static) -> Answer {
+    Box::pin(
+        AssertUnwindSafe(job)
+            .catch_unwind()
+            .map(move |answer| answer.unwrap_or_else(|_| kind.failed("panicked"))),
+    )
+}
+
 /// Spawns the run loop on `rt`.
-pub(crate) fn spawn<R: Runtime>(rt: R, engine: Engine, fetcher: impl Fetcher<R>) {
+pub(crate) fn spawn<R: Runtime>(
+    rt: R,
+    engine: Engine,
+    fetcher: impl Fetcher<R>,
+    caches: impl CacheRunner<R>,
+) {
     let span = tracing::info_span!("freshtoken");
     rt.clone().spawn(tracing::Instrument::instrument(
-        run(rt, engine, fetcher),
+        run(rt, engine, fetcher, caches),
         span,
     ));
 }
@@ -88,7 +144,12 @@ enum Wake {
     Timer,
 }
 
-async fn run<R: Runtime>(rt: R, mut engine: Engine, fetcher: impl Fetcher<R>) {
+async fn run<R: Runtime>(
+    rt: R,
+    mut engine: Engine,
+    fetcher: impl Fetcher<R>,
+    caches: impl CacheRunner<R>,
+) {
     engine.start();
     let mut in_flight: Option<Answer> = None;
     loop {
@@ -97,12 +158,11 @@ async fn run<R: Runtime>(rt: R, mut engine: Engine, fetcher: impl Fetcher<R>) {
             Next::Sleep(d) => d,
             Next::Job(job) => {
                 let kind = job.kind();
-                let answer = timed(
-                    &rt,
-                    start(&rt, &engine, &fetcher, job),
-                    kind,
-                    engine.job_timeout(),
-                );
+                let answer = match job {
+                    Job::Fetch(request) => fetcher.fetch(&rt, request),
+                    Job::Cache(job) => caches.run(&rt, job),
+                };
+                let answer = timed(&rt, answer, kind, engine.job_timeout());
                 if kind.expects_answer() {
                     in_flight = Some(answer);
                 } else {
@@ -135,18 +195,6 @@ async fn run<R: Runtime>(rt: R, mut engine: Engine, fetcher: impl Fetcher<R>) {
             Wake::Answered(None) => {}
             Wake::Command(c) => engine.command(c),
             Wake::Timer => engine.tick(),
-        }
-    }
-}
-
-fn start<R: Runtime>(rt: &R, engine: &Engine, fetcher: &impl Fetcher<R>, job: Job) -> Answer {
-    match job {
-        Job::Fetch(request) => fetcher.fetch(rt, request),
-        Job::Cache(job) => {
-            let kind = job.kind();
-            let cache = engine.cache();
-            let done = rt.spawn_blocking(move || job.run(&*cache));
-            Box::pin(done.map(move |answer| answer.unwrap_or_else(|| kind.failed("panicked"))))
         }
     }
 }

@@ -12,6 +12,13 @@ use super::run::Runtime;
 #[derive(Clone)]
 pub(crate) struct Tokio(pub(crate) Handle);
 
+impl Tokio {
+    /// The current runtime; panics outside one, like `tokio::spawn`.
+    pub(crate) fn current() -> Self {
+        Tokio(Handle::current())
+    }
+}
+
 impl Runtime for Tokio {
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         // Detached: the driver stops through its commands, not by abort.
