@@ -141,6 +141,25 @@ impl LocalAuthorityBuilder {
     /// before it saved the new one; the old one then still works for this
     /// long. A reuse within the interval is logged
     /// ([`LoggedRequest::reused_refresh_token`]); after it, it is a replay.
+    ///
+    /// ```
+    /// use freshtoken::testing::LocalAuthority;
+    /// use freshtoken::source::TokenSource;
+    /// use freshtoken::FetchRequest;
+    /// use std::time::Duration;
+    ///
+    /// let authority = LocalAuthority::builder()
+    ///     .client("app", "app-secret")
+    ///     .refresh_token_reuse_interval(Duration::from_secs(30))
+    ///     .start()?;
+    /// let source = authority.refresh_token_source("app").build()?;
+    /// let first = authority.issue_refresh_token("app");
+    /// source.fetch(&FetchRequest::new(1, Some(first.clone())))?;
+    /// // The client lost the rotated token; the old one still works, within the interval.
+    /// source.fetch(&FetchRequest::new(1, Some(first)))?;
+    /// assert!(authority.requests()[1].reused_refresh_token);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
     pub fn refresh_token_reuse_interval(mut self, interval: Duration) -> Self {
         self.reuse_interval = interval;
         self
