@@ -74,6 +74,13 @@ fn short_token_builder() -> Builder {
     // re-reading the cache. 100 ms (50-150 ms) re-reads a few times instead;
     // a re-read is one small file or Redis read.
     config.peer_wait = Duration::from_millis(100);
+    // For experiments only: FLEET_PEER_WAIT_MS=500 shows the default's cost.
+    if let Some(ms) = std::env::var("FLEET_PEER_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.peer_wait = Duration::from_millis(ms);
+    }
     Builder::new()
         .config(config)
         // A loopback fetch takes milliseconds; 600 ms is far beyond it yet
@@ -212,7 +219,9 @@ fn probe_file(path: &std::path::Path) -> Probe {
             Ok(_) => Probe::Good,
             Err(_) => Probe::Torn,
         },
-        Err(_) => Probe::Missing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::Missing,
+        // Unreadable counts with torn: a driver would have seen no token.
+        Err(_) => Probe::Torn,
     }
 }
 
