@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use freshtoken::testing::{Fault, FaultWindow, LocalAuthority, Outcome};
+use freshtoken::{Clock, SystemClock};
 
 const KILLS: usize = 50;
 const SECRET: &str = "kill-test-secret";
@@ -50,6 +51,10 @@ struct Run {
     reused: usize,
     leftover_temp_files: usize,
     final_ok: bool,
+    /// Reuses sent by a worker whose predecessor had finished its refresh
+    /// (printed `refreshed`): those cannot be the inherent window, since
+    /// the predecessor stored its rotated refresh token before publishing.
+    unexplained_reuses: usize,
 }
 
 fn kill_run(
@@ -88,13 +93,18 @@ fn kill_run(
     };
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut run = Run::default();
+    // When each worker was started, and whether it finished its refresh.
+    let mut started = Vec::with_capacity(KILLS + 1);
+    let mut finished = Vec::with_capacity(KILLS + 1);
     for i in 0..KILLS {
+        started.push(SystemClock.now());
         let mut child = spawn();
         std::thread::sleep(Duration::from_millis(rng.u64(0..=max_delay_ms)));
         // SIGKILL on unix; an error means it had already exited.
         let _ = child.kill();
         let out = child.wait_with_output().expect("the worker's output");
         let said = String::from_utf8_lossy(&out.stdout);
+        finished.push(said.contains("refreshed"));
         if said.contains("failed") {
             run.failed += 1;
             run.first_failure.get_or_insert(i);
@@ -110,6 +120,7 @@ fn kill_run(
         }
     }
     // The last one is left alone: it must get a token and refresh it.
+    started.push(SystemClock.now());
     let last = spawn()
         .wait_with_output()
         .expect("the last worker's output");
@@ -128,6 +139,16 @@ fn kill_run(
         )
         .count();
     run.reused = log.iter().filter(|r| r.reused_refresh_token).count();
+    // Workers never overlap, so a request that arrived while worker j ran
+    // was sent by worker j.
+    run.unexplained_reuses = log
+        .iter()
+        .filter(|r| r.reused_refresh_token)
+        .filter(|r| {
+            let j = started.iter().rposition(|&at| at <= r.at).unwrap_or(0);
+            j > 0 && finished[j - 1]
+        })
+        .count();
     run.leftover_temp_files = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -152,12 +173,16 @@ fn a_killed_refresh_never_loses_the_grant() {
     println!(
         "fleet_kill (seed {seed}, FLEET_KILL_SEED to replay): {KILLS} kills: {} before a token, {} during the refresh, {} after it; \
          {} refresh grants, {} reuses within the interval (kills between the authority's rotation and the store), \
-         {} invalid_grant, {} temporary files left by killed writers",
+         {} of them after a completed refresh, {} invalid_grant, {} temporary files left by killed writers",
         run.before_ready, run.after_ready, run.after_refresh, run.refresh_grants, run.reused,
-        run.invalid_grant, run.leftover_temp_files
+        run.unexplained_reuses, run.invalid_grant, run.leftover_temp_files
     );
     assert_eq!(run.failed, 0, "a worker lost the grant: {run:?}");
     assert_eq!(run.invalid_grant, 0, "the authority saw a replay: {run:?}");
+    assert_eq!(
+        run.unexplained_reuses, 0,
+        "a spent refresh token was presented after a completed refresh: {run:?}"
+    );
     assert!(run.final_ok, "the last worker did not refresh: {run:?}");
 }
 
