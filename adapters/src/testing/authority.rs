@@ -68,6 +68,10 @@ pub struct LoggedRequest {
     /// The fault from the plan that applied, if any (a [`Fault::Hang`] is
     /// followed by a normal outcome).
     pub fault: Option<Fault>,
+    /// A refresh token that had already been rotated was accepted again,
+    /// within the reuse interval (see
+    /// [`LocalAuthorityBuilder::refresh_token_reuse_interval`]).
+    pub reused_refresh_token: bool,
     /// What happened.
     pub outcome: Outcome,
 }
@@ -80,6 +84,7 @@ pub struct LocalAuthorityBuilder {
     lifetime: Duration,
     send_expires_in: bool,
     rotate: bool,
+    reuse_interval: Duration,
     clock: Option<Arc<dyn ClockDebug>>,
 }
 
@@ -129,6 +134,37 @@ impl LocalAuthorityBuilder {
         self
     }
 
+    /// How long a rotated refresh token stays usable after its first use
+    /// (default zero: a second use is a replay). Real authorities offer
+    /// this (Auth0's "reuse interval", Okta's "grace period") because a
+    /// client can die after the authority rotated its refresh token and
+    /// before it saved the new one; the old one then still works for this
+    /// long. A reuse within the interval is logged
+    /// ([`LoggedRequest::reused_refresh_token`]); after it, it is a replay.
+    ///
+    /// ```
+    /// use freshtoken::testing::LocalAuthority;
+    /// use freshtoken::source::TokenSource;
+    /// use freshtoken::FetchRequest;
+    /// use std::time::Duration;
+    ///
+    /// let authority = LocalAuthority::builder()
+    ///     .client("app", "app-secret")
+    ///     .refresh_token_reuse_interval(Duration::from_secs(30))
+    ///     .start()?;
+    /// let source = authority.refresh_token_source("app").build()?;
+    /// let first = authority.issue_refresh_token("app");
+    /// source.fetch(&FetchRequest::new(1, Some(first.clone())))?;
+    /// // The client lost the rotated token; the old one still works, within the interval.
+    /// source.fetch(&FetchRequest::new(1, Some(first)))?;
+    /// assert!(authority.requests()[1].reused_refresh_token);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn refresh_token_reuse_interval(mut self, interval: Duration) -> Self {
+        self.reuse_interval = interval;
+        self
+    }
+
     /// The clock used for token times, `Date` headers and fault windows
     /// (default the system clock). A `ManualClock` set apart from the
     /// system clock makes an authority with a skewed clock.
@@ -149,6 +185,7 @@ impl LocalAuthorityBuilder {
             clients: self.clients,
             send_expires_in: self.send_expires_in,
             rotate: self.rotate,
+            reuse_interval: self.reuse_interval,
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             stopping: AtomicBool::new(false),
             nonce: RandomState::new().hash_one(addr),
@@ -242,6 +279,7 @@ impl LocalAuthority {
             lifetime: Duration::from_secs(60),
             send_expires_in: true,
             rotate: true,
+            reuse_interval: Duration::ZERO,
             clock: None,
         }
     }
@@ -378,7 +416,8 @@ struct RefreshRecord {
     client_id: String,
     family: u64,
     scope: Option<String>,
-    used: bool,
+    /// When it was first used, once rotated away.
+    used_at: Option<Timestamp>,
 }
 
 struct State {
@@ -395,6 +434,7 @@ struct Shared {
     clients: HashMap<String, Option<String>>,
     send_expires_in: bool,
     rotate: bool,
+    reuse_interval: Duration,
     clock: Arc<dyn ClockDebug>,
     stopping: AtomicBool,
     /// Makes tokens differ between authorities started in one process.
@@ -500,6 +540,7 @@ impl Shared {
             audience: params.get("audience").map(str::to_owned),
             resources: params.all("resource"),
             fault: None,
+            reused_refresh_token: false,
             outcome: Outcome::Faulted,
         };
 
@@ -647,21 +688,24 @@ impl Shared {
                 let Some(presented) = params.get("refresh_token") else {
                     return Answer::error(400, "invalid_request", "refresh_token is missing");
                 };
+                let now = self.clock.now();
                 let mut state = self.lock();
                 let (family, scope) = match state.refresh.get_mut(presented) {
                     Some(r) if r.client_id == client_id => {
-                        if r.used {
-                            // Reuse of a rotated token: someone has a copy.
-                            let family = r.family;
-                            state.revoked_families.insert(family);
-                            return Answer::error(
-                                400,
-                                "invalid_grant",
-                                "refresh token was already used",
-                            );
-                        }
-                        if self.rotate {
-                            r.used = true;
+                        if let Some(used_at) = r.used_at {
+                            if now >= used_at + self.reuse_interval {
+                                // Reuse of a rotated token: someone has a copy.
+                                let family = r.family;
+                                state.revoked_families.insert(family);
+                                return Answer::error(
+                                    400,
+                                    "invalid_grant",
+                                    "refresh token was already used",
+                                );
+                            }
+                            entry.reused_refresh_token = true;
+                        } else if self.rotate {
+                            r.used_at = Some(now);
                         }
                         (r.family, r.scope.clone())
                     }
@@ -766,7 +810,7 @@ impl Shared {
                 client_id: client_id.to_owned(),
                 family,
                 scope,
-                used: false,
+                used_at: None,
             },
         );
         token

@@ -1,0 +1,283 @@
+//! A fleet member for the multi-process tests (`tests/fleet_processes.rs`,
+//! `tests/fleet_kill.rs`): one process running a real blocking driver
+//! against the test's `LocalAuthority`, sharing a cache with its siblings.
+//!
+//! The client secret and, for the refresh-token flow, the initial refresh
+//! token come through the environment (`FLEET_CLIENT_SECRET`,
+//! `FLEET_REFRESH_TOKEN`), never the command line, where `ps` shows them.
+//!
+//! * `fleet_worker cc <file|redis> <cache location> <token url> <client id> <run ms> <read every ms>`:
+//!   client credentials; reads the handle every few ms for `run ms`, then
+//!   prints one JSON line:
+//!   `{"reads":R,"invalid_after_first":I,"first_token_ms":F,"cache_probes":P,"torn":T,"fetched":N,"tokens_seen":S}`.
+//!   `invalid_after_first` counts reads that found no valid token (none, or
+//!   expired) after the first valid one; `cache_probes`/`torn` count direct
+//!   reads of the shared cache entry and those that did not decode.
+//! * `fleet_worker refresh <cache file> <token url> <client id>`: the
+//!   refresh-token flow on a file cache. Prints `ready` once it has a valid
+//!   token, then reports that token as rejected (forcing a refresh with the
+//!   newest refresh token it knows), prints `refreshed` once a new token is
+//!   published, and exits 0. On a permanent failure it prints `failed` and
+//!   exits 1. The test kills it with SIGKILL at random points of this.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use freshtoken::cache::{record, FileCache, RedisCache, TokenCache};
+use freshtoken::driver::Builder;
+use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
+use freshtoken::{Clock, MachineConfig, RefreshToken, SystemClock};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let secret = std::env::var("FLEET_CLIENT_SECRET").expect("FLEET_CLIENT_SECRET");
+    match args.first().map(String::as_str) {
+        Some("cc") if args.len() == 7 => client_credentials(
+            &args[1],
+            &args[2],
+            &args[3],
+            &args[4],
+            &secret,
+            Duration::from_millis(args[5].parse().expect("run ms")),
+            Duration::from_millis(args[6].parse().expect("read every ms")),
+        ),
+        Some("refresh") if args.len() == 4 => {
+            let refresh = std::env::var("FLEET_REFRESH_TOKEN").expect("FLEET_REFRESH_TOKEN");
+            refresh_flow(
+                PathBuf::from(&args[1]),
+                &args[2],
+                &args[3],
+                &secret,
+                refresh,
+            )
+        }
+        _ => {
+            eprintln!(
+                "usage: fleet_worker cc <file|redis> <cache> <token url> <client id> <run ms> <read every ms>\n\
+                 \x20      fleet_worker refresh <cache file> <token url> <client id>"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Settings for 2 s tokens. With the default lifetime policy such a token
+/// goes stale at 1 s (the 30 s minimum stale window is capped at half the
+/// lifetime), and the 10 % jitter moves refreshes up to 100 ms earlier, so
+/// the whole refresh, peers included, has to fit in the last second.
+fn short_token_builder() -> Builder {
+    let mut config = MachineConfig::default();
+    // The default 500 ms (250-750 ms jittered) would be most of the 1 s stale
+    // window: a peer that found the lease busy could sleep straight into its
+    // give-up point (the middle of the stale window) and then fetch without
+    // re-reading the cache. 100 ms (50-150 ms) re-reads a few times instead;
+    // a re-read is one small file or Redis read.
+    config.peer_wait = Duration::from_millis(100);
+    // For experiments only: FLEET_PEER_WAIT_MS=500 shows the default's cost.
+    if let Some(ms) = std::env::var("FLEET_PEER_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.peer_wait = Duration::from_millis(ms);
+    }
+    Builder::new()
+        .config(config)
+        // A loopback fetch takes milliseconds; 600 ms is far beyond it yet
+        // leaves a timed-out attempt time for a retry inside the 1 s window.
+        .fetch_timeout(Duration::from_millis(600))
+        // The lease must outlive a fetch and its store (the driver raises it
+        // to 1.5 x the fetch timeout = 900 ms anyway) and should not block the
+        // others much past a crashed holder: 1 s, the length of the stale
+        // window. Peers holding a valid token stop waiting at the middle of
+        // the window regardless, so a dead holder costs at most one extra
+        // request, never an expired token.
+        .lease_ttl(Duration::from_secs(1))
+        // The driver sleeps until the machine's next deadline anyway; a
+        // short heartbeat only bounds how late a clock jump is noticed.
+        .heartbeat(Duration::from_millis(250))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn client_credentials(
+    kind: &str,
+    location: &str,
+    token_url: &str,
+    client_id: &str,
+    secret: &str,
+    run: Duration,
+    every: Duration,
+) {
+    let source = ClientCredentials::builder(token_url, client_id, secret)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("a loopback token URL");
+    // A second cache value reads the shared entry directly, to see what
+    // the driver's reads would see (a torn or undecodable entry).
+    let (builder, probe): (Builder, Box<dyn Fn() -> Probe>) = match kind {
+        "file" => {
+            let path = PathBuf::from(location);
+            let probe_path = path.clone();
+            (
+                short_token_builder().cache(FileCache::new(path)),
+                Box::new(move || probe_file(&probe_path)),
+            )
+        }
+        "redis" => {
+            let cache = || {
+                RedisCache::new(location, "fleet:token")
+                    .expect("a redis URL")
+                    .with_command_timeout(Duration::from_millis(300))
+                    .with_connect_timeout(Duration::from_millis(300))
+            };
+            let probe_cache = cache();
+            (
+                short_token_builder().cache(cache()),
+                Box::new(move || match probe_cache.load() {
+                    Ok(Some(_)) => Probe::Good,
+                    Ok(None) => Probe::Missing,
+                    Err(e) if e.kind() == freshtoken::CacheErrorKind::Corrupt => Probe::Torn,
+                    Err(_) => Probe::Missing,
+                }),
+            )
+        }
+        other => panic!("unknown cache kind {other}"),
+    };
+    let (tokens, driver) = builder.spawn_thread(source).expect("a driver thread");
+
+    let clock = SystemClock;
+    let started = Instant::now();
+    let mut stats = Stats::default();
+    let mut last_id = None;
+    while started.elapsed() < run {
+        stats.reads += 1;
+        // Valid by the system clock, checked here rather than trusting the
+        // handle's own verdict.
+        let valid = tokens
+            .token()
+            .filter(|t| t.is_valid_at(clock.now()))
+            .map(|t| t.id());
+        match valid {
+            Some(id) => {
+                if stats.first_token_ms.is_none() {
+                    stats.first_token_ms = Some(started.elapsed().as_millis() as u64);
+                }
+                if last_id != Some(id) {
+                    stats.tokens_seen += 1;
+                    last_id = Some(id);
+                }
+            }
+            None if stats.first_token_ms.is_some() => stats.invalid_after_first += 1,
+            None => {}
+        }
+        if stats.reads % 4 == 0 {
+            stats.cache_probes += 1;
+            if probe() == Probe::Torn {
+                stats.torn += 1;
+            }
+        }
+        std::thread::sleep(every);
+    }
+    let fetched = tokens.snapshot().fetches;
+    drop(tokens);
+    driver.shutdown_blocking();
+    println!(
+        "{{\"reads\":{},\"invalid_after_first\":{},\"first_token_ms\":{},\"cache_probes\":{},\"torn\":{},\"fetched\":{},\"tokens_seen\":{}}}",
+        stats.reads,
+        stats.invalid_after_first,
+        stats.first_token_ms.map_or("null".to_owned(), |ms| ms.to_string()),
+        stats.cache_probes,
+        stats.torn,
+        fetched,
+        stats.tokens_seen,
+    );
+}
+
+#[derive(Default)]
+struct Stats {
+    reads: u64,
+    invalid_after_first: u64,
+    first_token_ms: Option<u64>,
+    cache_probes: u64,
+    torn: u64,
+    tokens_seen: u64,
+}
+
+#[derive(PartialEq, Eq)]
+enum Probe {
+    Good,
+    Missing,
+    Torn,
+}
+
+/// Reads the cache file's bytes and decodes them, without the cache's own
+/// recovery (which would move a bad file aside): a decode failure here is
+/// a torn or corrupt file that a driver could have read.
+fn probe_file(path: &std::path::Path) -> Probe {
+    match std::fs::read(path) {
+        Ok(bytes) => match record::decode(&bytes) {
+            Ok(_) => Probe::Good,
+            Err(_) => Probe::Torn,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Probe::Missing,
+        // Unreadable counts with torn: a driver would have seen no token.
+        Err(_) => Probe::Torn,
+    }
+}
+
+fn refresh_flow(cache: PathBuf, token_url: &str, client_id: &str, secret: &str, refresh: String) {
+    let source = RefreshTokenSource::builder(token_url, client_id)
+        .client_secret(secret)
+        .timeout(Duration::from_millis(1_000))
+        .build()
+        .expect("a loopback token URL");
+    let mut config = MachineConfig::default();
+    // A killed predecessor may have left its lease behind: look again soon.
+    config.peer_wait = Duration::from_millis(30);
+    let (tokens, driver) = Builder::new()
+        .config(config)
+        .refresh_token(RefreshToken::new(refresh))
+        .cache(FileCache::new(cache))
+        // The test's authority hangs each answer for 100 ms; a fetch that
+        // takes longer is a failure. The lease (>= 1.5 x this) then lapses
+        // 300 ms after a killed holder took it.
+        .fetch_timeout(Duration::from_millis(200))
+        .lease_ttl(Duration::from_millis(300))
+        .spawn_thread(source)
+        .expect("a driver thread");
+    let say = |what: &str| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{what}");
+        let _ = out.flush();
+    };
+    let first = match tokens.wait_ready(Duration::from_secs(10)) {
+        Ok(token) => token,
+        Err(e) => {
+            say(&format!("failed {e}"));
+            std::process::exit(1);
+        }
+    };
+    say("ready");
+    let first_id = first.id();
+    tokens.invalidate(&first);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokens.valid_token() {
+            Ok(t) if t.id() != first_id => break,
+            Err(e @ freshtoken::NoValidToken::Failed { .. }) => {
+                say(&format!("failed {e}"));
+                std::process::exit(1);
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            say("failed no refresh within 10 s");
+            std::process::exit(1);
+        }
+        let _ = tokens.wait_changed(Duration::from_millis(50));
+    }
+    say("refreshed");
+    drop(tokens);
+    driver.shutdown_blocking();
+}
