@@ -124,6 +124,9 @@ enum CacheRead {
     /// With the lease held: a peer may have stored between our first read
     /// and our lease, so look once more before asking the authority.
     UnderLease,
+    /// Done waiting for a peer: one last look (the holder has usually just
+    /// stored), then fetch without the lease.
+    LastLook,
 }
 
 /// Where the machine is. Exactly one action is in flight in the phases that
@@ -365,8 +368,9 @@ impl RefreshMachine {
             } if now >= recheck_at => {
                 if now >= give_up_at {
                     // The holder is taking too long; our token is about to
-                    // expire. Availability beats load: fetch without the lease.
-                    self.fetch();
+                    // expire. Availability beats load: unless the holder has
+                    // stored meanwhile, fetch without the lease.
+                    self.read_cache(CacheRead::LastLook);
                 } else {
                     self.read_cache(CacheRead::BeforeLease);
                 }
@@ -420,7 +424,7 @@ impl RefreshMachine {
                 });
                 self.phase = Phase::Leasing;
             }
-            CacheRead::UnderLease => self.fetch(),
+            CacheRead::UnderLease | CacheRead::LastLook => self.fetch(),
         }
     }
 

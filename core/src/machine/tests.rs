@@ -274,36 +274,53 @@ fn newer_refresh_token_in_the_cache_replaces_the_configured_one() {
     }
 }
 
+/// Feeds Busy leases and re-reads of `cached` until the wait gives up;
+/// returns the actions of the give-up tick.
+fn wait_for_busy_peer(h: &mut Harness, cached: &Token) -> Vec<Action> {
+    for _ in 0..100 {
+        let (a, next) = h.feed(Input::Lease(Ok(LeaseOutcome::Busy)));
+        assert!(a.is_empty());
+        assert!(next > h.now && next < cached.expires_at());
+        let (a, _) = h.at(next).feed(Input::Tick);
+        let give_up = {
+            let window = cached.expires_at().saturating_duration_since(cached.stale_at());
+            cached.expires_at() - window / 2
+        };
+        if h.now >= give_up {
+            return a;
+        }
+        assert_eq!(kinds(&a), ["load"]);
+        let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(cached.clone()))));
+        assert_eq!(kinds(&a), ["lease"]);
+    }
+    panic!("waited forever");
+}
+
 #[test]
 fn busy_lease_waits_for_the_peer_then_fetches_anyway_before_expiry() {
     let mut h = Harness::cached();
     h.feed(Input::Start);
     let stale = token("s", T0 - Duration::from_secs(50), Duration::from_secs(60));
     h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
-    let mut recheck = T0;
-    let mut rounds = 0;
-    loop {
-        let (a, next) = h.feed(Input::Lease(Ok(LeaseOutcome::Busy)));
-        if kinds(&a) == ["fetch"] {
-            break;
-        }
-        assert!(a.is_empty());
-        assert!(next > recheck && next < stale.expires_at());
-        recheck = next;
-        let (a, _) = h.at(next).feed(Input::Tick);
-        if kinds(&a) == ["fetch"] {
-            break;
-        }
-        assert_eq!(kinds(&a), ["load"]);
-        h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
-        rounds += 1;
-        assert!(rounds < 100, "waited forever");
-    }
-    // Gave up in the middle of the stale window, before expiry.
-    let window = stale
-        .expires_at()
-        .saturating_duration_since(stale.stale_at());
-    assert!(h.now >= stale.expires_at() - window / 2 && h.now < stale.expires_at());
+    // Giving up: one last look at the cache, then a fetch without the lease.
+    let a = wait_for_busy_peer(&mut h, &stale);
+    assert_eq!(kinds(&a), ["load"]);
+    assert!(h.now < stale.expires_at());
+    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
+    assert_eq!(kinds(&a), ["fetch"]);
+}
+
+#[test]
+fn the_last_look_adopts_what_the_peer_stored() {
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    let stale = token("s", T0 - Duration::from_secs(50), Duration::from_secs(60));
+    h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
+    wait_for_busy_peer(&mut h, &stale);
+    let stored = token("peer", h.now, Duration::from_secs(60));
+    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(stored))));
+    assert_eq!(kinds(&a), ["publish"]);
+    assert_eq!(h.m.stats().fetches, 0);
 }
 
 #[test]
