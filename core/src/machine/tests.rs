@@ -283,7 +283,9 @@ fn wait_for_busy_peer(h: &mut Harness, cached: &Token) -> Vec<Action> {
         assert!(next > h.now && next < cached.expires_at());
         let (a, _) = h.at(next).feed(Input::Tick);
         let give_up = {
-            let window = cached.expires_at().saturating_duration_since(cached.stale_at());
+            let window = cached
+                .expires_at()
+                .saturating_duration_since(cached.stale_at());
             cached.expires_at() - window / 2
         };
         if h.now >= give_up {
@@ -300,7 +302,8 @@ fn wait_for_busy_peer(h: &mut Harness, cached: &Token) -> Vec<Action> {
 fn busy_lease_waits_for_the_peer_then_fetches_anyway_before_expiry() {
     let mut h = Harness::cached();
     h.feed(Input::Start);
-    let stale = token("s", T0 - Duration::from_secs(50), Duration::from_secs(60));
+    // Stale since T0-10 s, expires at T0+20 s: give up at T0+5 s.
+    let stale = token("s", T0 - Duration::from_secs(100), Duration::from_secs(120));
     h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
     // Giving up: one last look at the cache, then a fetch without the lease.
     let a = wait_for_busy_peer(&mut h, &stale);
@@ -314,7 +317,8 @@ fn busy_lease_waits_for_the_peer_then_fetches_anyway_before_expiry() {
 fn the_last_look_adopts_what_the_peer_stored() {
     let mut h = Harness::cached();
     h.feed(Input::Start);
-    let stale = token("s", T0 - Duration::from_secs(50), Duration::from_secs(60));
+    // Stale since T0-10 s, expires at T0+20 s: give up at T0+5 s.
+    let stale = token("s", T0 - Duration::from_secs(100), Duration::from_secs(120));
     h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
     wait_for_busy_peer(&mut h, &stale);
     let stored = token("peer", h.now, Duration::from_secs(60));
