@@ -275,8 +275,19 @@ impl RefreshMachine {
             (Input::Shutdown, _) => self.shutdown(),
             (Input::Start, Phase::Created) => self.begin_refresh(),
             (Input::Tick, _) => self.tick(),
+            (Input::CacheLoaded(Err(error)), Phase::Reading(_)) if self.refresh_token.is_some() => {
+                // A refresh token is single-use: without the cache we cannot
+                // know whether a peer has already rotated ours, and
+                // presenting a spent one makes the authority revoke the
+                // whole grant. Waiting for the cache is the lesser harm.
+                self.retry_later(FetchError::transient(format!(
+                    "not refreshing while the shared cache is unreadable ({error}): \
+                     a peer may have rotated the refresh token"
+                )));
+            }
             (Input::CacheLoaded(result), Phase::Reading(read)) => {
-                // A broken cache is a miss: availability beats load.
+                // For other flows a broken cache is a miss: availability
+                // beats load.
                 let cached = result.ok().flatten();
                 self.on_cache_loaded(cached, read);
             }
@@ -524,6 +535,12 @@ impl RefreshMachine {
 
     fn on_fetch_failed(&mut self, error: FetchError) {
         self.stats.fetch_failures += 1;
+        self.retry_later(error);
+    }
+
+    /// Publishes the failure and schedules the next attempt by the backoff
+    /// (or stops for good when the grant is gone).
+    fn retry_later(&mut self, error: FetchError) {
         self.failures = self.failures.saturating_add(1);
         if error.kind() == FetchErrorKind::GrantRevoked {
             self.release_lease();

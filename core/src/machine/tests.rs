@@ -438,3 +438,44 @@ fn readers_are_told_when_the_token_expires() {
     let (a, _) = h.at(next).feed(Input::Tick);
     assert_eq!(kinds(&a), ["publish"]);
 }
+
+#[test]
+fn a_refresh_token_is_not_presented_while_the_cache_is_unreadable() {
+    let mut h = Harness::new(MachineConfig {
+        cache: true,
+        refresh_token: Some(RefreshToken::new("maybe-spent")),
+        ..MachineConfig::default()
+    });
+    h.feed(Input::Start);
+    let down = || {
+        Input::CacheLoaded(Err(CacheError::new(
+            crate::CacheErrorKind::Unavailable,
+            "redis down",
+        )))
+    };
+    let (a, retry_at) = h.feed(down());
+    assert_eq!(kinds(&a), ["publish"]);
+    assert!(matches!(
+        published(&a)[0].state,
+        RefreshState::Retrying { attempt: 1, .. }
+    ));
+    let (a, _) = h.at(retry_at).feed(Input::Tick);
+    assert_eq!(
+        kinds(&a),
+        ["load"],
+        "tries the cache again, not the authority"
+    );
+    let (a, _) = h.feed(Input::CacheLoaded(Ok(None)));
+    assert_eq!(
+        kinds(&a),
+        ["lease"],
+        "a readable cache lets the refresh go on"
+    );
+    assert_eq!(h.m.stats().fetches, 0);
+
+    // Client credentials have no such risk: an unreadable cache is a miss.
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    let (a, _) = h.feed(down());
+    assert_eq!(kinds(&a), ["lease"]);
+}
