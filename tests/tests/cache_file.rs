@@ -343,3 +343,30 @@ fn eight_processes_never_see_a_torn_file() {
     assert_eq!(misses, 0, "the file always exists, so no read may miss");
     assert!(corrupt_copies(dir.path()).is_empty());
 }
+
+#[test]
+fn temporary_files_of_killed_writers_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = FileCache::new(dir.path().join("token.json"));
+    // What a writer killed between create and rename leaves behind.
+    let orphan = dir.path().join(".token.json.abc123.tmp");
+    let fresh = dir.path().join(".token.json.def456.tmp");
+    let unrelated = dir.path().join("other.tmp");
+    for p in [&orphan, &fresh, &unrelated] {
+        std::fs::write(p, b"half a rec").unwrap();
+    }
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for p in [&orphan, &unrelated] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    cache.store(&token()).unwrap();
+    assert!(!orphan.exists(), "an old orphan is removed");
+    assert!(fresh.exists(), "a recent one may belong to a live writer");
+    assert!(unrelated.exists(), "other files are not ours");
+    assert!(cache.load().unwrap().is_some());
+}

@@ -228,7 +228,9 @@ impl TokenCache for FileCache {
             .map_err(|e| self.io_error(tmp.path(), "cannot write", e))?;
         tmp.persist(&self.path)
             .map_err(|e| self.io_error(&self.path, "cannot replace", e.error))?;
-        sync_dir(dir).map_err(|e| self.io_error(dir, "cannot sync directory", e))
+        sync_dir(dir).map_err(|e| self.io_error(dir, "cannot sync directory", e))?;
+        sweep_orphans(dir, &prefix);
+        Ok(())
     }
 
     fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
@@ -299,6 +301,34 @@ fn same_file(opened: &File, path: &Path) -> bool {
 #[cfg(not(unix))]
 fn same_file(_opened: &File, path: &Path) -> bool {
     path.exists()
+}
+
+/// Removes temporary files left by writers that were killed between
+/// creating and renaming them. Only files old enough that no live writer
+/// can still own them (a write takes milliseconds) are touched; failures
+/// are ignored, since the sweep is housekeeping, not the store.
+fn sweep_orphans(dir: &Path, prefix: &std::ffi::OsStr) {
+    const ORPHAN_AGE: Duration = Duration::from_secs(600);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = prefix.as_encoded_bytes();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.as_encoded_bytes();
+        if !(name.starts_with(prefix) && name.ends_with(b".tmp")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ORPHAN_AGE);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), "removed a temporary file left by a killed writer");
+        }
+    }
 }
 
 /// Makes a rename in `dir` durable.
