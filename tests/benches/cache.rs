@@ -44,11 +44,7 @@ fn file(c: &mut Criterion) {
 }
 
 fn redis(c: &mut Criterion) {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !RedisServer::available() {
         eprintln!("note: redis-server not on PATH; skipping the Redis benchmarks (run .ci/setup-redis.sh)");
         return;
     }

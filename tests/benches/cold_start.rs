@@ -77,11 +77,7 @@ fn file(c: &mut Criterion) {
 }
 
 fn redis(c: &mut Criterion) {
-    if std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !RedisServer::available() {
         eprintln!("note: redis-server not on PATH; skipping the Redis cold start (run .ci/setup-redis.sh)");
         return;
     }

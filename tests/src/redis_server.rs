@@ -24,7 +24,25 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
+/// Whether `redis-server` can be run here (benchmarks skip Redis
+/// without it; tests fail with a clear message instead).
+pub fn available() -> bool {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
 impl RedisServer {
+    /// Whether `redis-server` can be run here (benchmarks skip Redis
+    /// without it; tests fail with a clear message instead).
+    pub fn available() -> bool {
+        std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok()
+    }
+
     /// Starts a server on a free port of 127.0.0.1.
     ///
     /// Panics with instructions when `redis-server` is not installed.
