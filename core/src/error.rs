@@ -138,6 +138,12 @@ pub enum CacheErrorKind {
     Corrupt,
     /// Any other I/O failure.
     Io,
+    /// An entry exists but this instance cannot read it (a newer format
+    /// version, a key it does not hold). Unlike [`Corrupt`](Self::Corrupt)
+    /// it is not a miss: a cache never overwrites such an entry, and a
+    /// refresh-token flow never fetches because of it (the entry may hold
+    /// the newest refresh token, written by a newer peer).
+    Unreadable,
 }
 
 /// A failed cache operation. The machine treats a failed load as a miss and
@@ -153,6 +159,7 @@ pub enum CacheErrorKind {
     CacheErrorKind::Unavailable => "cache unavailable",
     CacheErrorKind::Corrupt => "cache entry corrupt",
     CacheErrorKind::Io => "cache I/O error",
+    CacheErrorKind::Unreadable => "cache entry unreadable by this instance",
 })]
 pub struct CacheError {
     kind: CacheErrorKind,
