@@ -117,7 +117,12 @@ impl TokenCache for CacheStack {
         let mut best: Option<usize> = None;
         let mut last_error = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            match layer.load_newer(newer_than) {
+            let result = layer.load_newer(newer_than);
+            if result.is_ok() {
+                // A more shared layer answered: a failure above it is moot.
+                last_error = None;
+            }
+            match result {
                 Ok(Some(token)) => {
                     let satisfies = token.satisfies(now, newer_than);
                     if best
@@ -139,9 +144,10 @@ impl TokenCache for CacheStack {
                 }
             }
         }
-        // A layer below failed and none above could answer: report it, so
-        // that a refresh-token flow does not take a local layer's token for
-        // the shared state (the shared layer may hold a newer refresh token).
+        // The most shared layer asked failed (none below it answered) and no
+        // layer above could answer: report it, so that a refresh-token flow
+        // does not take a local layer's token for the shared state (the
+        // shared layer may hold a newer refresh token).
         if let Some(e) = last_error {
             let satisfied = best
                 .and_then(|b| held[b].as_ref())
@@ -341,6 +347,74 @@ mod tests {
         let only_down = CacheStack::new().with(down);
         assert!(only_down.load().is_err());
         assert_eq!(CacheStack::new().load().unwrap(), None);
+    }
+
+    #[test]
+    fn a_local_layer_holding_our_token_does_not_hide_the_shared_one() {
+        let local = MemoryCache::new();
+        let shared = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(local.clone())
+            .with(shared.clone())
+            .with_clock(clock_at(10));
+        // Ours, fresh, in the local layer; a peer rotated the refresh token
+        // in the shared one (its access token expires later too).
+        let ours = token("ours", 0, 45, 60)
+            .with_refresh_token(Some(RefreshToken::new("rt-1")))
+            .with_generation(1);
+        let peers = token("peers", 5, 50, 65)
+            .with_refresh_token(Some(RefreshToken::new("rt-2")))
+            .with_generation(2);
+        local.store(&ours).unwrap();
+        shared.store(&peers).unwrap();
+        // A plain load stops at the fresh local token...
+        assert_eq!(stack.load().unwrap(), Some(ours.clone()));
+        // ...but the machine, holding `ours`, asks for something newer.
+        assert_eq!(
+            stack.load_newer(Some(ours.expires_at())).unwrap(),
+            Some(peers.clone())
+        );
+        assert_eq!(local.load().unwrap(), Some(peers), "written back");
+    }
+
+    #[test]
+    fn a_newer_refresh_token_below_wins_over_a_longer_lived_token_above() {
+        let local = MemoryCache::new();
+        let shared = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(local.clone())
+            .with(shared.clone())
+            .with_clock(clock_at(50));
+        let stale_local = token("a", 0, 45, 90).with_generation(1);
+        let rotated = token("b", 0, 40, 60).with_generation(2);
+        local.store(&stale_local).unwrap();
+        shared.store(&rotated).unwrap();
+        assert_eq!(stack.load().unwrap().map(|t| t.generation()), Some(2));
+    }
+
+    #[test]
+    fn a_failed_shared_layer_fails_the_load_unless_a_local_one_answers() {
+        let local = MemoryCache::new();
+        let down = Arc::new(Probe {
+            down: true,
+            ..Probe::default()
+        });
+        let stack = CacheStack::new()
+            .with(local.clone())
+            .with(down)
+            .with_clock(clock_at(10));
+        let ours = token("ours", 0, 45, 60);
+        local.store(&ours).unwrap();
+        // Fresh and nothing newer wanted: the local layer answers.
+        assert_eq!(stack.load().unwrap(), Some(ours.clone()));
+        // Wanting newer, the shared layer must answer, and it is down.
+        assert_eq!(
+            stack
+                .load_newer(Some(ours.expires_at()))
+                .unwrap_err()
+                .kind(),
+            CacheErrorKind::Unavailable
+        );
     }
 
     #[test]

@@ -204,7 +204,26 @@ enum RequestKind {
         /// Publish `token` once it is stored (it carries a rotated refresh
         /// token, which must be durable before anyone acts on it).
         publish_after: bool,
+        /// The token was dead on arrival (it expired in transit, or by our
+        /// clock): it is stored only for its rotated refresh token, and the
+        /// fetch counts as failed with this error once it is.
+        failed: Option<FetchError>,
     },
+}
+
+/// Why a token is stored, which decides what follows the store.
+#[derive(Debug, Clone)]
+enum StoreFor {
+    /// To share it: it carries no new refresh token.
+    Sharing,
+    /// To make its rotated refresh token durable (it is already published,
+    /// or is not to be).
+    Rotated,
+    /// To make its rotated refresh token durable, then publish it.
+    RotatedThenPublish,
+    /// To make the rotated refresh token of a dead-on-arrival answer
+    /// durable; then the fetch counts as failed.
+    Failed(FetchError),
 }
 
 /// What a backoff waits to do again.
@@ -489,7 +508,7 @@ impl RefreshMachine {
                 then,
             } if mono >= retry_at => match then {
                 Retry::Refresh => self.begin_refresh(),
-                Retry::StoreRotated(token) => self.send_store(token, true, false, false),
+                Retry::StoreRotated(token) => self.send_store(token, StoreFor::Rotated, false),
             },
             Phase::PeerWait {
                 recheck_at,
@@ -511,7 +530,7 @@ impl RefreshMachine {
                 self.stats.timeouts += 1;
                 match request.kind {
                     RequestKind::Store { token, rotated, .. } if rotated && mono < until => {
-                        self.send_store(token, true, false, true)
+                        self.send_store(token, StoreFor::Rotated, true)
                     }
                     _ => self.stop(),
                 }
@@ -544,9 +563,10 @@ impl RefreshMachine {
                 token,
                 rotated,
                 publish_after,
+                failed,
             } => {
                 let error = cache_error(self.config.cache_timeout);
-                self.on_stored(Err(error), token, rotated, publish_after)
+                self.on_stored(Err(error), token, rotated, publish_after, failed)
             }
         }
     }
@@ -608,8 +628,20 @@ impl RefreshMachine {
                     generation,
                 },
                 Input::Fetched(_, result),
-            ) => match result.and_then(|r| self.accept_fetched(r, sent_at, generation)) {
-                Ok((token, rotated)) => self.on_fetched(token, rotated),
+            ) => match result {
+                Ok(response) => {
+                    let (token, rotated) = self.accept_fetched(response, sent_at, generation);
+                    match Self::dead_on_arrival(&token, self.now.wall) {
+                        None => self.on_fetched(token, rotated),
+                        // The rotated refresh token is the grant now, dead
+                        // access token or not: make it durable, then back off.
+                        Some(error) if rotated && self.config.cache => {
+                            self.stats.fetch_failures += 1;
+                            self.send_store(token, StoreFor::Failed(error), false);
+                        }
+                        Some(error) => self.on_fetch_failed(error),
+                    }
+                }
                 Err(error) => self.on_fetch_failed(error),
             },
             (
@@ -617,9 +649,10 @@ impl RefreshMachine {
                     token,
                     rotated,
                     publish_after,
+                    failed,
                 },
                 Input::Stored(_, result),
-            ) => self.on_stored(result, token, rotated, publish_after),
+            ) => self.on_stored(result, token, rotated, publish_after, failed),
             // The right id with the wrong kind of answer: a driver bug.
             // Keep waiting for the real answer (or the deadline).
             (kind, _) => {
@@ -643,13 +676,20 @@ impl RefreshMachine {
                 },
                 Input::Fetched(_, Ok(response)),
             ) => {
-                if let Ok((token, rotated)) = self.accept_fetched(response, sent_at, generation) {
+                let (token, rotated) = self.accept_fetched(response, sent_at, generation);
+                let alive = Self::dead_on_arrival(&token, self.now.wall).is_none();
+                if alive {
                     self.make_current(token.clone());
                     self.state = RefreshState::Healthy;
                     self.publish();
-                    if self.config.cache {
-                        return self.send_store(token, rotated, false, true);
-                    }
+                }
+                if self.config.cache && (alive || rotated) {
+                    let store_for = if rotated {
+                        StoreFor::Rotated
+                    } else {
+                        StoreFor::Sharing
+                    };
+                    return self.send_store(token, store_for, true);
                 }
             }
             (RequestKind::Lease, Input::Lease(_, Ok(LeaseOutcome::Granted))) => {
@@ -660,7 +700,7 @@ impl RefreshMachine {
             (RequestKind::Store { token, rotated, .. }, Input::Stored(_, Err(_)))
                 if rotated && self.now.mono < until =>
             {
-                return self.send_store(token, true, false, true);
+                return self.send_store(token, StoreFor::Rotated, true);
             }
             _ => {}
         }
@@ -693,9 +733,7 @@ impl RefreshMachine {
     /// Its access token replaces ours only if it lives longer.
     fn on_late_fetch(&mut self, response: TokenResponse, generation: u64) {
         let sent_at = self.now.wall; // not kept; count its life from now
-        let Ok((token, rotated)) = self.accept_fetched(response, sent_at, generation) else {
-            return self.ignore();
-        };
+        let (token, rotated) = self.accept_fetched(response, sent_at, generation);
         let newer = self.is_better(&token);
         if !(rotated || newer) {
             return self.ignore();
@@ -723,11 +761,16 @@ impl RefreshMachine {
             return;
         }
         // Durable first when it rotated; then readers see it.
-        let publish_after = newer && rotated && !draining;
-        if newer && !publish_after && !draining {
-            self.publish();
-        }
-        self.send_store(token, rotated, publish_after, draining);
+        let store_for = match (newer && !draining, rotated) {
+            (true, true) => StoreFor::RotatedThenPublish,
+            (true, false) => {
+                self.publish();
+                StoreFor::Sharing
+            }
+            (false, true) => StoreFor::Rotated,
+            (false, false) => StoreFor::Sharing,
+        };
+        self.send_store(token, store_for, draining);
     }
 
     /// Starts a refresh: from the cache when there is one, else a fetch.
@@ -901,15 +944,15 @@ impl RefreshMachine {
         self.outbox.push_back(Action::Fetch(request));
     }
 
-    /// Turns an answer into the token it stands for, learning a rotated
-    /// refresh token first, whatever else happens: the old one is already
-    /// spent at the authority. Fails when the token expired in transit.
+    /// Turns an answer into the token it stands for (and whether it rotated
+    /// the refresh token), learning a rotated refresh token first, whatever
+    /// else happens: the old one is already spent at the authority.
     fn accept_fetched(
         &mut self,
         response: TokenResponse,
         sent_at: Timestamp,
         generation: u64,
-    ) -> Result<(Arc<Token>, bool), FetchError> {
+    ) -> (Arc<Token>, bool) {
         let rotated = response.refresh_token.is_some();
         let resolved = self
             .config
@@ -939,21 +982,25 @@ impl RefreshMachine {
             };
             token = token.with_refresh_token(rt).with_generation(generation);
         }
-        if !token.is_valid_at(self.now.wall) {
-            // Possible only when the answer took longer than the token's
-            // whole life: publishing it would serve a dead token.
-            return Err(FetchError::transient(format!(
-                "the token expired before its answer arrived (lifetime {:?})",
-                token.lifetime()
-            )));
-        }
         self.skew_ms = resolved.skew_ms;
         self.lifetime_note = resolved.note;
-        self.stats.tokens_fetched += 1;
-        Ok((Arc::new(token), rotated))
+        (Arc::new(token), rotated)
+    }
+
+    /// Why a fetched token cannot be served: it expired before its answer
+    /// arrived (an answer slower than the token's life, or a clock far
+    /// ahead of the authority's). Publishing it would serve a dead token.
+    fn dead_on_arrival(token: &Token, now: Timestamp) -> Option<FetchError> {
+        (!token.is_valid_at(now)).then(|| {
+            FetchError::transient(format!(
+                "the token expired before its answer arrived (lifetime {:?})",
+                token.lifetime()
+            ))
+        })
     }
 
     fn on_fetched(&mut self, token: Arc<Token>, rotated: bool) {
+        self.stats.tokens_fetched += 1;
         self.make_current(token.clone());
         self.failures = 0;
         self.state = RefreshState::Healthy;
@@ -964,23 +1011,27 @@ impl RefreshMachine {
         }
         // A rotated refresh token that is lost is a lost grant: make it
         // durable before anyone can act on the new access token.
-        if !rotated {
+        let store_for = if rotated {
+            StoreFor::RotatedThenPublish
+        } else {
             self.publish();
-        }
-        self.send_store(token, rotated, rotated, false);
+            StoreFor::Sharing
+        };
+        self.send_store(token, store_for, false);
     }
 
-    fn send_store(
-        &mut self,
-        token: Arc<Token>,
-        rotated: bool,
-        publish_after: bool,
-        draining: bool,
-    ) {
+    fn send_store(&mut self, token: Arc<Token>, store_for: StoreFor, draining: bool) {
+        let (rotated, publish_after, failed) = match store_for {
+            StoreFor::Sharing => (false, false, None),
+            StoreFor::Rotated => (true, false, None),
+            StoreFor::RotatedThenPublish => (true, true, None),
+            StoreFor::Failed(error) => (true, false, Some(error)),
+        };
         let kind = RequestKind::Store {
             token: token.clone(),
             rotated,
             publish_after,
+            failed,
         };
         let until = match &self.phase {
             Phase::Draining { until, .. } => *until,
@@ -1003,20 +1054,23 @@ impl RefreshMachine {
         token: Arc<Token>,
         rotated: bool,
         publish_after: bool,
+        failed: Option<FetchError>,
     ) {
-        match result {
-            Ok(()) => {
+        match (result, failed) {
+            // Durable now; the fetch itself failed: back off (under the lease).
+            (Ok(()), Some(error)) => self.retry_later(error),
+            (Ok(()), None) => {
                 if publish_after {
                     self.publish();
                 }
                 self.release_lease();
                 self.settle();
             }
-            Err(error) if rotated => {
+            (Err(error), _) if rotated => {
                 // The cache still holds the spent refresh token: a peer that
                 // takes the lease now would present it. Keep the lease and
                 // store again before anything else. The token itself is
-                // good, so readers get it now.
+                // good (unless it was dead on arrival), so readers get it now.
                 if publish_after {
                     self.publish();
                 }
@@ -1027,7 +1081,7 @@ impl RefreshMachine {
             }
             // A failed store of a token without a new refresh token is a
             // warning (the driver logs it): only sharing it failed.
-            Err(_) => {
+            (Err(_), _) => {
                 if publish_after {
                     self.publish();
                 }
@@ -1140,7 +1194,7 @@ impl RefreshMachine {
             Phase::Backoff {
                 then: Retry::StoreRotated(token),
                 ..
-            } => self.send_store(token, true, false, true),
+            } => self.send_store(token, StoreFor::Rotated, true),
             Phase::Backoff {
                 extend: Some((id, deadline)),
                 ..

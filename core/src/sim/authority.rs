@@ -259,8 +259,10 @@ impl Authority {
                     && !self.reuse_interval.is_zero() =>
             {
                 // Within the reuse interval: the authority answers with the
-                // current token again, as Okta and others do.
+                // current token again, as Okta and others do (which makes a
+                // lost one known again).
                 self.reuses.grace += 1;
+                family.lost = None;
                 Ok(Some(RefreshToken::new(family.current.clone())))
             }
             Some(_) => {

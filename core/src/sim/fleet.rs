@@ -119,8 +119,11 @@ pub(super) struct Fleet<'a> {
     authority: Authority,
     cached: Option<Arc<Token>>,
     lease: Option<((usize, u64), Timestamp)>,
-    /// Refresh tokens in answers still travelling, by value.
-    in_flight: HashMap<String, u32>,
+    /// Refresh tokens in answers still travelling, by value: how many
+    /// answers carry each, and when the first of them was sent.
+    in_flight: HashMap<String, (u32, Timestamp)>,
+    /// Refresh tokens whose acknowledged write the cache lost.
+    lost_writes: std::collections::HashSet<String>,
     report: Report,
 }
 
@@ -151,6 +154,7 @@ impl<'a> Fleet<'a> {
             cached: None,
             lease: None,
             in_flight: HashMap::new(),
+            lost_writes: std::collections::HashSet::new(),
             report: Report {
                 instances: scenario.instances,
                 duration: scenario.duration,
@@ -306,7 +310,16 @@ impl<'a> Fleet<'a> {
                         .is_some_and(|c| Arc::ptr_eq(c, &written))
                     {
                         self.cached = previous;
-                        self.check_loss(Loss::CacheLost);
+                        if let Some(rt) = written.refresh_token() {
+                            let rt = rt.expose_secret();
+                            // Peers now read the older record, whatever the
+                            // writer still knows: the inherent loss (c).
+                            if self.authority.live_refresh_token() == Some(rt) {
+                                self.report.inherent_losses += 1;
+                                self.authority.lose_current(Loss::CacheLost);
+                            }
+                            self.lost_writes.insert(rt.to_owned());
+                        }
                     }
                     continue;
                 }
@@ -358,7 +371,7 @@ impl<'a> Fleet<'a> {
             _ => None,
         };
         if let Some(rt) = &rotated {
-            if let Some(n) = self.in_flight.get_mut(rt) {
+            if let Some((n, _)) = self.in_flight.get_mut(rt) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     self.in_flight.remove(rt);
@@ -548,6 +561,7 @@ impl<'a> Fleet<'a> {
             }
             Action::Fetch(request) => {
                 self.report.authority_requests += 1;
+                self.check_overdue(&request, now);
                 let (result, latency) = self.authority.answer(now, &request);
                 if result.is_err() {
                     self.report.failed_requests += 1;
@@ -567,7 +581,7 @@ impl<'a> Fleet<'a> {
                     return;
                 }
                 if let Some(rt) = rotated {
-                    *self.in_flight.entry(rt).or_default() += 1;
+                    self.in_flight.entry(rt).or_insert((0, now)).0 += 1;
                 }
                 let input = Input::Fetched(request.id, result);
                 let sent = Some(now);
@@ -614,6 +628,29 @@ impl<'a> Fleet<'a> {
         }
     }
 
+    /// A spent refresh token presented while the answer that carried its
+    /// successor is still travelling past its deadline: the presenting
+    /// instance gave up on that answer (after a timeout, under the lease),
+    /// the inherent loss (b).
+    fn check_overdue(&mut self, request: &crate::machine::FetchRequest, now: Timestamp) {
+        let Some(current) = self.authority.live_refresh_token() else {
+            return;
+        };
+        let presented = request.refresh_token.as_ref().map(|t| t.expose_secret());
+        if presented.is_none() || presented == Some(current) {
+            return;
+        }
+        let timeout = self.scenario.config.fetch_timeout;
+        if self
+            .in_flight
+            .get(current)
+            .is_some_and(|(_, sent)| now >= *sent + timeout)
+        {
+            self.report.inherent_losses += 1;
+            self.authority.lose_current(Loss::LostAnswer);
+        }
+    }
+
     fn kill(&mut self, i: usize, now: Timestamp) {
         self.report.kills += 1;
         self.stopped(i, now, true);
@@ -638,10 +675,16 @@ impl<'a> Fleet<'a> {
             .map(|(rt, _)| rt.expose_secret().to_owned());
         let store_failed = inst.last_store_failed;
         inst.memory = None;
-        if !killed && store_failed && knew.as_deref() == self.authority.live_refresh_token() {
-            // A graceful stop whose drain the cache defeated: every store
-            // of the rotated token failed until the bound. Counted with the
-            // cache's losses.
+        let lost_write = knew
+            .as_ref()
+            .is_some_and(|rt| self.lost_writes.contains(rt));
+        if !killed
+            && (store_failed || lost_write)
+            && knew.as_deref() == self.authority.live_refresh_token()
+        {
+            // A graceful stop of the only instance that knew the newest
+            // refresh token, which the cache lost after acknowledging it,
+            // or refused to take until the drain bound: the cache's loss.
             self.check_loss(Loss::CacheLost);
         }
         if self.scenario.churn.is_active() {
