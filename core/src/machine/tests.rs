@@ -538,3 +538,165 @@ fn a_refresh_token_is_not_presented_while_the_cache_is_unreadable() {
     let (a, _) = h.feed(down());
     assert_eq!(kinds(&a), ["lease"]);
 }
+
+fn rt_config() -> MachineConfig {
+    MachineConfig {
+        cache: true,
+        refresh_token: Some(RefreshToken::new("rt-0")),
+        ..MachineConfig::default()
+    }
+}
+
+fn rotated(name: &str, rt: &str) -> TokenResponse {
+    TokenResponse::new(AccessToken::new(name))
+        .with_expires_in(Some(600))
+        .with_refresh_token(Some(RefreshToken::new(rt)))
+}
+
+/// Start, cache miss, lease granted, re-read: the machine is fetching.
+fn fetching(h: &mut Harness) {
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["fetch"]);
+}
+
+#[test]
+fn an_invalidation_during_a_store_refreshes_once_the_store_is_done() {
+    let mut h = Harness::new(MachineConfig {
+        cache: true,
+        ..MachineConfig::default()
+    });
+    fetching(&mut h);
+    let (a, _) = h.answer(600, "fresh");
+    assert_eq!(kinds(&a), ["publish", "store"]);
+    let id = h.m.current().unwrap().id();
+    // A consumer got a 401 with the new token while its store is out.
+    h.feed(Input::Invalidate(id));
+    let (a, _) = h.feed(Input::Stored(ID, Ok(())));
+    assert_eq!(kinds(&a), ["release", "load"], "refreshes now: {a:?}");
+}
+
+#[test]
+fn failed_rereads_the_cache_and_recovers_with_a_live_grant() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    let (a, next) = h.feed(Input::Fetched(ID, Err(FetchError::grant_revoked("invalid_grant"))));
+    assert!(matches!(published(&a)[0].state, RefreshState::Failed { .. }));
+    let interval = MachineConfig::default().backoff.permanent_interval();
+    assert!(next >= T0 + interval / 2 && next <= T0 + interval * 2, "{next:?}");
+    // Still the revoked token in the cache: stay failed, never present it.
+    let (a, _) = h.at(next).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["load"]);
+    let revoked = token("old", next, Duration::from_secs(600))
+        .with_refresh_token(Some(RefreshToken::new("rt-0")));
+    let (a, later) = h.feed(Input::CacheLoaded(ID, Ok(Some(revoked))));
+    assert!(a.is_empty(), "{a:?}");
+    assert!(matches!(h.m.state(), RefreshState::Failed { .. }));
+    // A peer stored a token of a new grant: adopted, healthy again, and
+    // the next refresh presents the new grant's token.
+    let (a, _) = h.at(later).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["load"]);
+    let live = token("new", later, Duration::from_secs(600))
+        .with_refresh_token(Some(RefreshToken::new("grant-2-rt-1")))
+        .with_generation(1);
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(live))));
+    assert_eq!(published(&a)[0].state, RefreshState::Healthy);
+    assert_eq!(
+        h.m.refresh_token().map(|(rt, g)| (rt.expose_secret().to_owned(), g)),
+        Some(("grant-2-rt-1".to_owned(), 1))
+    );
+}
+
+#[test]
+fn shutdown_mid_fetch_stores_the_rotated_token_before_stopping() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    let (a, _) = h.feed(Input::Shutdown);
+    assert!(a.is_empty(), "waits for the answer: {a:?}");
+    let (a, _) = h.feed(Input::Fetched(ID, Ok(rotated("at", "rt-1"))));
+    assert_eq!(kinds(&a), ["publish", "store"]);
+    let Action::Store { token, .. } = &a[1] else {
+        unreachable!()
+    };
+    assert_eq!(token.refresh_token(), Some(&RefreshToken::new("rt-1")));
+    assert_eq!(token.generation(), 1);
+    let (a, _) = h.feed(Input::Stored(ID, Ok(())));
+    assert_eq!(kinds(&a), ["release", "publish", "stop"]);
+}
+
+#[test]
+fn shutdown_mid_lease_releases_a_lease_granted_afterwards() {
+    let mut h = Harness::new(rt_config());
+    h.feed(Input::Start);
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["lease"]);
+    assert!(h.feed(Input::Shutdown).0.is_empty());
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["release", "publish", "stop"]);
+}
+
+#[test]
+fn a_late_answer_with_a_rotated_token_is_learned_and_stored() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    let fetch_id = h.last_id.unwrap();
+    // The deadline passes: a transient failure, the lease kept (extended).
+    let deadline = T0 + MachineConfig::default().fetch_timeout;
+    let (a, _) = h.at(deadline).feed(Input::Tick);
+    assert!(kinds(&a).contains(&"publish"));
+    assert!(matches!(h.m.state(), RefreshState::Retrying { .. }));
+    // Then the answer comes after all: its refresh token is the grant now.
+    let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Ok(rotated("late", "rt-1"))));
+    assert_eq!(kinds(&a), ["store"], "durable before published: {a:?}");
+    assert_eq!(
+        h.m.refresh_token().map(|(rt, g)| (rt.expose_secret().to_owned(), g)),
+        Some(("rt-1".to_owned(), 1))
+    );
+    assert_eq!(h.m.stats().late_answers_used, 1);
+}
+
+#[test]
+fn our_own_answer_wins_over_a_cached_token_stamped_later() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    h.feed(Input::Fetched(ID, Ok(rotated("ours", "rt-1"))));
+    h.feed(Input::Stored(ID, Ok(())));
+    // A peer whose clock runs ahead stored a token of the old generation
+    // with a later issued_at: we keep our rotated refresh token.
+    let ahead = token("peer", T0 + Duration::from_secs(300), Duration::from_secs(600))
+        .with_refresh_token(Some(RefreshToken::new("rt-0")));
+    let refresh_at = match h.m.poll_output() {
+        Output::Timeout(at) => at,
+        other => panic!("{other:?}"),
+    };
+    h.at(refresh_at).feed(Input::Tick);
+    h.feed(Input::CacheLoaded(ID, Ok(Some(ahead))));
+    assert_eq!(
+        h.m.refresh_token().map(|(rt, _)| rt.expose_secret().to_owned()),
+        Some("rt-1".to_owned())
+    );
+}
+
+#[test]
+fn a_refresh_token_flow_never_fetches_without_a_lease_the_cache_offers() {
+    let mut h = Harness::new(rt_config());
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    // Busy for longer than any give-up time: keep waiting, never fetch.
+    let mut now = T0;
+    for _ in 0..200 {
+        let (a, next) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Busy)));
+        assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
+        now = next;
+        let (a, _) = h.at(now).feed(Input::Tick);
+        assert_eq!(kinds(&a), ["load"]);
+        let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+        assert_eq!(kinds(&a), ["lease"]);
+    }
+    assert!(now > T0 + Duration::from_secs(60), "waited past the lease TTL");
+    // And a broken lease is not a reason to fetch either.
+    let (a, _) = h.feed(Input::Lease(ID, Err(CacheError::new(crate::CacheErrorKind::Unavailable, "down"))));
+    assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
+}
