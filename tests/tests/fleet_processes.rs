@@ -181,3 +181,23 @@ fn eight_processes_share_redis() {
     let fleet = run_fleet("redis", &server.url());
     check("redis", &fleet);
 }
+
+#[test]
+fn eight_processes_share_postgres() {
+    let server = freshtoken_tests::postgres_server::PostgresServer::start();
+    let fleet = run_fleet("postgres", &server.conn_str());
+    check("postgres", &fleet);
+    // The bound for the PostgreSQL cache: one request per refresh
+    // period, give or take a tenth (counts, not times).
+    assert!(
+        fleet.requests as f64 <= 1.1 * fleet.periods,
+        "postgres: {} requests for {:.1} refresh periods",
+        fleet.requests,
+        fleet.periods
+    );
+    assert!(
+        fleet.periods >= 20.0,
+        "only {:.1} refresh periods",
+        fleet.periods
+    );
+}

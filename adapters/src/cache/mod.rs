@@ -16,6 +16,9 @@
 //!   machine; atomic writes, a lease in a sidecar lock file.
 //! * `RedisCache` (feature `redis`, `rediss://` with `redis-tls`): shared by
 //!   a fleet; `SET NX PX` lease with a compare-and-delete release.
+//! * `PostgresCache` (feature `postgres`): a row in a PostgreSQL table,
+//!   shared by a fleet that has a database and no Redis; the lease is a row
+//!   with a holder and a server-side deadline, taken in one statement.
 //! * [`CacheStack`]: several of them checked in order, with write-back.
 //!
 //! The file and Redis caches share one versioned JSON format, `record`,
@@ -28,10 +31,12 @@
 
 #[cfg(feature = "file")]
 mod file;
-#[cfg(any(feature = "file", feature = "redis"))]
+#[cfg(any(feature = "file", feature = "redis", feature = "postgres"))]
 mod holder;
 mod memory;
-#[cfg(any(feature = "file", feature = "redis"))]
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "file", feature = "redis", feature = "postgres"))]
 pub mod record;
 #[cfg(feature = "redis")]
 mod redis;
@@ -42,6 +47,8 @@ pub use self::redis::RedisCache;
 #[cfg(feature = "file")]
 pub use file::FileCache;
 pub use memory::MemoryCache;
+#[cfg(feature = "postgres")]
+pub use postgres::{AsyncPostgresCache, PostgresCache};
 pub use stack::CacheStack;
 
 use std::future::Future;

@@ -6,7 +6,7 @@
 //! token come through the environment (`FLEET_CLIENT_SECRET`,
 //! `FLEET_REFRESH_TOKEN`), never the command line, where `ps` shows them.
 //!
-//! * `fleet_worker cc <file|redis> <cache location> <token url> <client id> <run ms> <read every ms>`:
+//! * `fleet_worker cc <file|redis|postgres> <cache location> <token url> <client id> <run ms> <read every ms>`:
 //!   client credentials; reads the handle every few ms for `run ms`, then
 //!   prints one JSON line:
 //!   `{"reads":R,"invalid_after_first":I,"first_token_ms":F,"cache_probes":P,"torn":T,"fetched":N,"tokens_seen":S}`.
@@ -24,7 +24,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use freshtoken::cache::{record, FileCache, RedisCache, TokenCache};
+use freshtoken::cache::{record, FileCache, PostgresCache, RedisCache, TokenCache};
 use freshtoken::driver::Builder;
 use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
 use freshtoken::{Clock, MachineConfig, RefreshToken, SystemClock};
@@ -54,7 +54,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: fleet_worker cc <file|redis> <cache> <token url> <client id> <run ms> <read every ms>\n\
+                "usage: fleet_worker cc <file|redis|postgres> <cache> <token url> <client id> <run ms> <read every ms>\n\
                  \x20      fleet_worker refresh <cache file> <token url> <client id>"
             );
             std::process::exit(2);
@@ -127,6 +127,24 @@ fn client_credentials(
             let cache = || {
                 RedisCache::new(location, "fleet:token")
                     .expect("a redis URL")
+                    .with_command_timeout(Duration::from_millis(300))
+                    .with_connect_timeout(Duration::from_millis(300))
+            };
+            let probe_cache = cache();
+            (
+                short_token_builder().cache(cache()),
+                Box::new(move || match probe_cache.load() {
+                    Ok(Some(_)) => Probe::Good,
+                    Ok(None) => Probe::Missing,
+                    Err(e) if e.kind() == freshtoken::CacheErrorKind::Corrupt => Probe::Torn,
+                    Err(_) => Probe::Missing,
+                }),
+            )
+        }
+        "postgres" => {
+            let cache = || {
+                PostgresCache::new(location, "fleet:token")
+                    .expect("a PostgreSQL connection string")
                     .with_command_timeout(Duration::from_millis(300))
                     .with_connect_timeout(Duration::from_millis(300))
             };
