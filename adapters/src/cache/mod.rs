@@ -24,6 +24,13 @@
 //! The file and Redis caches share one versioned JSON format, `record`,
 //! which also reads aliri_tokens 0.3's cache file.
 //!
+//! With the `encryption` feature, the file, Redis and PostgreSQL caches can
+//! seal their records at rest (`EncryptionKeys`, XChaCha20-Poly1305, each
+//! record bound to its cache key). An entry that exists but that this
+//! instance cannot read (a key it does not hold, a newer format, a tampered
+//! record) is a `CacheErrorKind::Unreadable` error: never a miss, and never
+//! overwritten by a store.
+//!
 //! These are blocking caches ([`TokenCache`]); async drivers run them on
 //! their blocking pool. A cache with an async client implements
 //! [`AsyncTokenCache`] instead, and the tokio and async-std drivers poll it
@@ -36,10 +43,22 @@ mod holder;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
-#[cfg(any(feature = "file", feature = "redis", feature = "postgres"))]
+#[cfg(any(
+    feature = "file",
+    feature = "redis",
+    feature = "postgres",
+    feature = "encryption"
+))]
 pub mod record;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(
+    feature = "file",
+    feature = "redis",
+    feature = "postgres",
+    feature = "encryption"
+))]
+mod sealed;
 mod stack;
 
 #[cfg(feature = "redis")]
@@ -49,6 +68,8 @@ pub use file::FileCache;
 pub use memory::MemoryCache;
 #[cfg(feature = "postgres")]
 pub use postgres::{AsyncPostgresCache, PostgresCache};
+#[cfg(feature = "encryption")]
+pub use sealed::EncryptionKeys;
 pub use stack::CacheStack;
 
 use std::future::Future;

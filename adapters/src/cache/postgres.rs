@@ -14,7 +14,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::holder::holder_id;
-use super::record;
+use super::sealed::{binding, Codec, Decoded};
 use super::{AsyncTokenCache, TokenCache};
 
 /// The default table name.
@@ -50,7 +50,7 @@ const MAX_IDLE: usize = 4;
 /// ```
 ///
 /// `record` holds the same versioned JSON record as the file and Redis
-/// caches ([`record`]), or its encrypted envelope when encryption is on;
+/// caches ([`record`](super::record)), or its encrypted envelope when encryption is on;
 /// the other columns are metadata the statements below compare, so no
 /// statement has to parse the record.
 ///
@@ -156,8 +156,7 @@ struct Inner {
     create_table: bool,
     schema_ready: AtomicBool,
     pool: Mutex<Pool>,
-    #[cfg(feature = "encryption")]
-    encryption: Option<Arc<super::sealed::Keys>>,
+    codec: Codec,
 }
 
 #[derive(Default)]
@@ -220,8 +219,7 @@ impl PostgresCache {
                 create_table: true,
                 schema_ready: AtomicBool::new(false),
                 pool: Mutex::new(Pool::default()),
-                #[cfg(feature = "encryption")]
-                encryption: None,
+                codec: Codec::default(),
             }),
         })
     }
@@ -297,9 +295,10 @@ impl PostgresCache {
     /// Encrypts records at rest with `keys` (see
     /// [`EncryptionKeys`](super::EncryptionKeys)); the row's cache key is
     /// bound to each record, so a record copied to another row is refused.
+    /// `record_format` is then `sealed1:<key id>:json-v1`.
     #[cfg(feature = "encryption")]
     pub fn encryption(mut self, keys: super::EncryptionKeys) -> Self {
-        self.inner_mut().encryption = Some(keys.into_shared());
+        self.inner_mut().codec = Codec::with_keys(keys);
         self
     }
 
@@ -337,8 +336,7 @@ impl PostgresCache {
                 create_table: old.create_table,
                 schema_ready: AtomicBool::new(false),
                 pool: Mutex::new(Pool::default()),
-                #[cfg(feature = "encryption")]
-                encryption: old.encryption.clone(),
+                codec: old.codec.clone(),
             });
         }
         Arc::get_mut(&mut self.inner).expect("just made unique")
@@ -638,21 +636,16 @@ impl Inner {
 
     /// The record formats this instance can read, hence may overwrite.
     fn readable_formats(&self) -> Vec<String> {
-        #[cfg(feature = "encryption")]
-        if let Some(keys) = &self.encryption {
-            return keys.readable_formats();
-        }
-        vec![plain_format()]
+        self.codec.readable_tags()
     }
 
     fn encode(&self, token: &Token) -> Result<(Vec<u8>, String), CacheError> {
-        let bytes = record::encode(token);
-        #[cfg(feature = "encryption")]
-        if let Some(keys) = &self.encryption {
-            let sealed = keys.seal(&bytes, &self.aad())?;
-            return Ok((sealed, keys.format()));
-        }
-        Ok((bytes, plain_format()))
+        let bytes = self.codec.encode(token, &binding(self.key.as_bytes()))?;
+        Ok((bytes, self.codec.format_tag()))
+    }
+
+    fn what(&self) -> String {
+        format!("PostgreSQL row {:?} in {}", self.key, self.table)
     }
 
     /// Decodes a row's record: `Ok(None)` for a corrupt one (a miss, with
@@ -663,54 +656,23 @@ impl Inner {
             return Err(CacheError::new(
                 CacheErrorKind::Unreadable,
                 format!(
-                    "PostgreSQL row {:?} in {} holds a record of format {:?}, which this instance cannot read; it is left in place",
-                    self.key,
-                    self.table,
+                    "{} holds a record of format {:?}, which this instance cannot read; it is left in place",
+                    self.what(),
                     format.chars().take(64).collect::<String>()
                 ),
             ));
         }
-        #[cfg(feature = "encryption")]
-        let opened;
-        #[cfg(feature = "encryption")]
-        let bytes: &[u8] = match &self.encryption {
-            Some(keys) if format != plain_format() => {
-                opened = keys.open(bytes, &self.aad()).map_err(|e| {
-                    CacheError::new(
-                        CacheErrorKind::Unreadable,
-                        format!("PostgreSQL row {:?} in {}: {e}", self.key, self.table),
-                    )
-                })?;
-                &opened
-            }
-            _ => bytes,
-        };
-        match record::decode(bytes) {
-            Ok(token) => Ok(Some(token)),
-            Err(record::DecodeError::UnsupportedVersion(v)) => Err(CacheError::new(
-                CacheErrorKind::Unreadable,
-                format!(
-                    "PostgreSQL row {:?} in {} holds a record of version {v}, newer than this build reads; it is left in place",
-                    self.key, self.table
-                ),
-            )),
-            Err(e) => {
+        match self
+            .codec
+            .decode(bytes, &binding(self.key.as_bytes()), &self.what())?
+        {
+            Decoded::Token(token) => Ok(Some(token)),
+            Decoded::Corrupt(e) => {
                 tracing::warn!(key = %self.key, table = %self.table, error = %e, "PostgreSQL token row is not a usable record; treating it as a miss");
                 Ok(None)
             }
         }
     }
-
-    /// What a sealed record is bound to: the table and the row.
-    #[cfg(feature = "encryption")]
-    fn aad(&self) -> Vec<u8> {
-        format!("freshtoken postgres {} {}", self.table, self.key).into_bytes()
-    }
-}
-
-/// The format tag of a plaintext record of this build's version.
-fn plain_format() -> String {
-    format!("json-v{}", record::VERSION)
 }
 
 /// Whether an error means the connection is gone (not a server's answer).
@@ -734,8 +696,7 @@ impl fmt::Debug for PostgresCache {
             .field("connect_timeout", &inner.connect_timeout)
             .field("command_timeout", &inner.command_timeout)
             .field("idle_connections", &idle);
-        #[cfg(feature = "encryption")]
-        d.field("encrypted", &inner.encryption.is_some());
+        d.field("records", &inner.codec);
         d.finish_non_exhaustive()
     }
 }
