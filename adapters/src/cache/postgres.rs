@@ -14,7 +14,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::holder::holder_id;
-use super::sealed::{binding, Codec, Decoded};
+use super::sealed::{binding, known_tag, Codec, Decoded};
 use super::{AsyncTokenCache, TokenCache};
 
 /// The default table name.
@@ -77,18 +77,21 @@ const MAX_IDLE: usize = 4;
 ///
 /// # Stores never go backwards, and never destroy what they cannot read
 ///
-/// A store is one upsert whose `WHERE` lets it replace the row only when
+/// A store reads the row, refuses to replace a record this instance cannot
+/// read (a `record_format` it does not know, such as a newer version's, or
+/// a sealed record that does not open: a key it does not hold, tampered
+/// with, moved from another row) with a [`CacheErrorKind::Unreadable`]
+/// error, and then writes with one upsert whose `WHERE` lets it replace the
+/// row only when
 ///
-/// * the row has no record yet, or
-/// * the row's `record_format` is one this instance can read (so a record
-///   written by a newer version, or encrypted with a key this instance does
-///   not hold, is never overwritten: the store returns a
-///   [`CacheErrorKind::Unreadable`] error instead), **and**
-/// * the new token carries a refresh token (a rotated refresh token is
-///   always written: peers order refresh tokens by the lease, never by wall
-///   clocks that other machines stamped), or its expiry is not earlier than
-///   the stored one's (a late answer never replaces a newer token of a
-///   client-credentials flow).
+/// * the record is still the one it looked at (`IS NOT DISTINCT FROM`:
+///   another instance writing in between makes it look again), and
+/// * the row has no record yet, or the new token carries a refresh token
+///   (a rotated refresh token is always written: peers order refresh
+///   tokens by the lease, never by wall clocks that other machines
+///   stamped; the refresh-token generation will take this place), or its
+///   expiry is not earlier than the stored one's (a late answer never
+///   replaces a newer token of a client-credentials flow).
 ///
 /// A store refused because the stored token is newer returns `Ok`: the
 /// cache holds something at least as good.
@@ -172,7 +175,6 @@ struct Conn {
     client: Client,
     load: Statement,
     store: Statement,
-    probe: Statement,
     acquire: Statement,
     release: Statement,
 }
@@ -529,14 +531,12 @@ impl Inner {
                  ON CONFLICT (cache_key) DO UPDATE SET record = EXCLUDED.record, \
                    record_format = EXCLUDED.record_format, expires_at_ms = EXCLUDED.expires_at_ms, \
                    has_refresh = EXCLUDED.has_refresh, updated_at = now() \
-                 WHERE t.record IS NULL \
-                    OR (t.record_format = ANY($6::text[]) \
-                        AND (EXCLUDED.has_refresh OR t.expires_at_ms IS NULL \
-                             OR t.expires_at_ms <= EXCLUDED.expires_at_ms)) \
+                 WHERE t.record IS NOT DISTINCT FROM $7::bytea \
+                   AND t.record_format IS NOT DISTINCT FROM $6::text \
+                   AND (t.record IS NULL OR EXCLUDED.has_refresh OR t.expires_at_ms IS NULL \
+                        OR t.expires_at_ms <= EXCLUDED.expires_at_ms) \
                  RETURNING 1"
         );
-        let probe_sql =
-            format!("SELECT record_format FROM {t} WHERE cache_key = $1 AND record IS NOT NULL");
         let acquire_sql = format!(
             "INSERT INTO {t} AS t (cache_key, lease_holder, lease_until) \
                  VALUES ($1, $2, now() + $3::float8 * interval '1 millisecond') \
@@ -550,10 +550,9 @@ impl Inner {
             "UPDATE {t} SET lease_holder = NULL, lease_until = NULL \
                  WHERE cache_key = $1 AND lease_holder = $2"
         );
-        let (load, store, probe, acquire, release) = futures::try_join!(
+        let (load, store, acquire, release) = futures::try_join!(
             client.prepare(&load_sql),
             client.prepare(&store_sql),
-            client.prepare(&probe_sql),
             client.prepare(&acquire_sql),
             client.prepare(&release_sql),
         )?;
@@ -561,7 +560,6 @@ impl Inner {
             client,
             load,
             store,
-            probe,
             acquire,
             release,
         })
@@ -634,11 +632,6 @@ impl Inner {
         }
     }
 
-    /// The record formats this instance can read, hence may overwrite.
-    fn readable_formats(&self) -> Vec<String> {
-        self.codec.readable_tags()
-    }
-
     fn encode(&self, token: &Token) -> Result<(Vec<u8>, String), CacheError> {
         let bytes = self.codec.encode(token, &binding(self.key.as_bytes()))?;
         Ok((bytes, self.codec.format_tag()))
@@ -652,7 +645,7 @@ impl Inner {
     /// a warning), an Unreadable error for one this instance cannot read.
     fn decode(&self, bytes: &[u8], format: Option<&str>) -> Result<Option<Token>, CacheError> {
         let format = format.unwrap_or("");
-        if !self.readable_formats().iter().any(|f| f == format) {
+        if !known_tag(format) {
             return Err(CacheError::new(
                 CacheErrorKind::Unreadable,
                 format!(
@@ -719,10 +712,15 @@ fn load_op(inner: Arc<Inner>) -> BoxFuture<Option<(Vec<u8>, Option<String>)>> {
     })
 }
 
-/// A store's outcome: written, or refused with the stored format.
+/// A store's outcome.
 enum Stored {
     Written,
-    Kept(Option<String>),
+    /// The row holds a newer token (of a client-credentials flow).
+    Older,
+    /// The row holds a record this instance cannot read.
+    Refused(CacheError),
+    /// The row kept changing between our look and our write.
+    Raced,
 }
 
 fn store_op(
@@ -733,27 +731,52 @@ fn store_op(
     has_refresh: bool,
 ) -> BoxFuture<Stored> {
     Box::pin(async move {
-        let key = inner.key.clone();
-        let readable = inner.readable_formats();
         let bytes = Arc::new(bytes);
+        let this = inner.clone();
         inner
             .with_conn(|c| {
-                let (key, readable, bytes, format) =
-                    (key.clone(), readable.clone(), bytes.clone(), format.clone());
+                let (inner, bytes, format) = (this.clone(), bytes.clone(), format.clone());
                 async move {
-                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-                        &key,
-                        &bytes.as_slice(),
-                        &format,
-                        &expires_at_ms,
-                        &has_refresh,
-                        &readable,
-                    ];
-                    if c.client.query_opt(&c.store, &params).await?.is_some() {
-                        return Ok(Stored::Written);
+                    let key = &inner.key;
+                    for _ in 0..3 {
+                        // Look first: a record this instance cannot read is
+                        // never replaced (its format, then its bytes, which
+                        // may be tampered with or moved from another row).
+                        let row = c.client.query_opt(&c.load, &[key]).await?;
+                        let (current, current_format): (Option<Vec<u8>>, Option<String>) =
+                            row.map_or((None, None), |r| (r.get(0), r.get(1)));
+                        if let Some(record) = &current {
+                            if let Err(e) = inner.decode(record, current_format.as_deref()) {
+                                return Ok(Stored::Refused(CacheError::new(
+                                    CacheErrorKind::Unreadable,
+                                    format!("not overwriting it: {}", e.message()),
+                                )));
+                            }
+                        }
+                        // Then write, if the row is still what we looked at.
+                        let seen = current.as_deref();
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                            key,
+                            &bytes.as_slice(),
+                            &format,
+                            &expires_at_ms,
+                            &has_refresh,
+                            &current_format,
+                            &seen,
+                        ];
+                        if c.client.query_opt(&c.store, &params).await?.is_some() {
+                            return Ok(Stored::Written);
+                        }
+                        let now: Option<Vec<u8>> = c
+                            .client
+                            .query_opt(&c.load, &[key])
+                            .await?
+                            .and_then(|r| r.get(0));
+                        if now == current {
+                            return Ok(Stored::Older);
+                        }
                     }
-                    let row = c.client.query_opt(&c.probe, &[&key]).await?;
-                    Ok(Stored::Kept(row.and_then(|r| r.get(0))))
+                    Ok(Stored::Raced)
                 }
             })
             .await
@@ -778,23 +801,15 @@ impl PostgresCache {
     fn stored(&self, outcome: Stored) -> Result<(), CacheError> {
         match outcome {
             Stored::Written => Ok(()),
-            Stored::Kept(format) => {
-                let readable = format
-                    .as_deref()
-                    .is_some_and(|f| self.inner.readable_formats().iter().any(|r| r == f));
-                if readable {
-                    tracing::debug!(key = %self.inner.key, "PostgreSQL token row holds a newer token; store skipped");
-                    Ok(())
-                } else {
-                    Err(CacheError::new(
-                        CacheErrorKind::Unreadable,
-                        format!(
-                            "PostgreSQL row {:?} in {} holds a record this instance cannot read; not overwriting it",
-                            self.inner.key, self.inner.table
-                        ),
-                    ))
-                }
+            Stored::Older => {
+                tracing::debug!(key = %self.inner.key, "PostgreSQL token row holds a newer token; store skipped");
+                Ok(())
             }
+            Stored::Refused(e) => Err(e),
+            Stored::Raced => Err(CacheError::new(
+                CacheErrorKind::Unavailable,
+                format!("{} kept changing during the store", self.inner.what()),
+            )),
         }
     }
 }

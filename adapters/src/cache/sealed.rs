@@ -40,6 +40,12 @@
 //! next store. Messages name the cache key, the key id and the reason,
 //! never a key or a token.
 
+// With `encryption` alone (no cache to use it yet) only the keys are used.
+#![cfg_attr(
+    not(any(feature = "file", feature = "redis", feature = "postgres")),
+    allow(dead_code)
+)]
+
 use freshtoken_core::{CacheError, CacheErrorKind, Token};
 
 use super::record::{self, DecodeError};
@@ -140,6 +146,7 @@ impl Codec {
 
     /// Whether a store may replace the entry `existing`: an error of kind
     /// Unreadable if this instance cannot read it (see the module docs).
+    #[cfg(any(feature = "file", feature = "redis", test))]
     pub(crate) fn check_overwrite(
         &self,
         existing: &[u8],
@@ -166,20 +173,19 @@ impl Codec {
         }
         plain_tag()
     }
+}
 
-    /// The `record_format`s this instance can read (and so may overwrite).
-    #[cfg(feature = "postgres")]
-    pub(crate) fn readable_tags(&self) -> Vec<String> {
-        #[cfg(feature = "encryption")]
-        if let Some(keys) = &self.keys {
-            let mut tags: Vec<String> = keys.0.entries.iter().map(|e| sealed_tag(&e.id)).collect();
-            if keys.0.accept_plaintext {
-                tags.push(plain_tag());
-            }
-            return tags;
-        }
-        vec![plain_tag()]
-    }
+/// Whether a PostgreSQL `record_format` is one this build knows (the bytes
+/// then say whether this instance can read them): the plain record of this
+/// version, or one sealed in envelope version 1 with any key id.
+#[cfg(feature = "postgres")]
+pub(crate) fn known_tag(tag: &str) -> bool {
+    let plain = plain_tag();
+    tag == plain
+        || tag
+            .strip_prefix("sealed1:")
+            .and_then(|rest| rest.strip_suffix(plain.as_str()))
+            .is_some_and(|id| id.ends_with(':') && id.len() > 1)
 }
 
 #[cfg(feature = "postgres")]

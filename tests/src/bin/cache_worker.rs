@@ -14,6 +14,8 @@
 //!   holds it 5 ms, removes it, and releases the lease. Prints
 //!   `grants=G busy=B overlaps=O errors=E`: an overlap is finding the marker
 //!   already there, i.e. two holders at once.
+//! * `cache_worker keys-env <var>`: reads cache encryption keys from the
+//!   environment variable and prints their ids, comma-separated.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,6 +42,10 @@ fn main() {
             PathBuf::from(&args[3]),
             Duration::from_millis(args[4].parse().expect("run ms")),
         ),
+        Some("keys-env") if args.len() == 2 => {
+            let keys = freshtoken::cache::EncryptionKeys::from_env(&args[1]).expect("keys");
+            println!("{}", keys.ids().join(","));
+        }
         _ => {
             eprintln!("usage: cache_worker stress <path> <ops> <seed> <write_percent> | lease <path> <ttl_ms> | pg-lease <conn> <key> <marker dir> <run ms>");
             std::process::exit(2);
