@@ -53,6 +53,15 @@ fn round_trip_through_the_table() {
         .store(&token("at-2", None, Duration::from_secs(60)))
         .unwrap();
     assert_eq!(server.psql("SELECT count(*) FROM freshtoken_cache"), "2");
+    assert_eq!(a.load().unwrap(), Some(t.clone()));
+
+    // The table dropped under a running cache: one call fails, the next
+    // makes it again.
+    server.psql("DROP TABLE freshtoken_cache");
+    let e = a.load().unwrap_err();
+    assert_eq!(e.kind(), CacheErrorKind::Io, "{e}");
+    assert_eq!(a.load().unwrap(), None);
+    a.store(&t).unwrap();
     assert_eq!(a.load().unwrap(), Some(t));
 
     // A table of one's own, schema-qualified, created on first use.
@@ -473,4 +482,56 @@ fn the_async_face_works_under_tokio_and_without_it() {
         LeaseOutcome::Granted
     );
     let _ = Timestamp::EPOCH;
+}
+
+/// Real drivers on the cache: a tokio driver with the async face, and a
+/// thread driver with the blocking one (both sealing the record); the
+/// second instance takes the first one's token from the table, so the
+/// authority sees one request.
+#[test]
+fn drivers_share_a_token_through_the_table() {
+    use freshtoken::driver::Builder;
+    use freshtoken::testing::LocalAuthority;
+
+    let server = PostgresServer::start();
+    let authority = LocalAuthority::builder()
+        .client("pg-client", "pg-secret-value")
+        .token_lifetime(Duration::from_secs(600))
+        .start()
+        .unwrap();
+    let keys = || freshtoken::cache::EncryptionKeys::new("k", [9; 32]).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let first_id = rt.block_on(async {
+        let cache = cache(&server, "driver:token")
+            .encryption(keys())
+            .into_async();
+        let source = authority.client_credentials("pg-client").build().unwrap();
+        let (tokens, driver) = Builder::new().async_cache(cache).spawn_tokio(source);
+        let token = tokens.ready().await.unwrap();
+        let id = token.id();
+        drop(token);
+        drop(tokens);
+        driver.shutdown().await;
+        id
+    });
+    assert_eq!(authority.requests().len(), 1);
+    assert!(server
+        .psql("SELECT record_format FROM freshtoken_cache WHERE cache_key = 'driver:token'")
+        .starts_with("sealed1:k:"));
+
+    let source = authority.client_credentials("pg-client").build().unwrap();
+    let (tokens, driver) = Builder::new()
+        .cache(cache(&server, "driver:token").encryption(keys()))
+        .spawn_thread(source)
+        .unwrap();
+    let token = tokens.wait_ready(Duration::from_secs(10)).unwrap();
+    assert_eq!(token.id(), first_id, "the second instance fetched its own");
+    assert_eq!(authority.requests().len(), 1);
+    drop(token);
+    drop(tokens);
+    driver.shutdown_blocking();
 }

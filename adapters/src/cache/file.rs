@@ -115,6 +115,11 @@ impl FileCache {
     /// newest refresh token. A missing, unreadable or corrupt file may be
     /// replaced.
     fn check_existing(&self) -> Result<(), CacheError> {
+        // Only a regular file can hold a record; anything else (a FIFO, a
+        // device, a symlink) is not opened here, so it cannot hang the store.
+        if !fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file()) {
+            return Ok(());
+        }
         let Ok(file) = File::open(&self.path) else {
             return Ok(());
         };

@@ -118,13 +118,17 @@ const MAX_IDLE: usize = 4;
 ///   treats as a miss, and the first call after it comes back reconnects.
 ///   One warning is logged per outage, and the recovery too.
 /// * TLS: `sslmode=require` in the connection string makes the connection
-///   TLS-only, with rustls (ring), verifying the server against the webpki
-///   roots, or only your CA with
-///   [`with_root_certificate`](Self::with_root_certificate). The process-wide
+///   TLS-only, with rustls (ring), verifying the server's certificate chain
+///   and name (what libpq calls `verify-full`) against the webpki roots, or
+///   only your CA with [`with_root_certificate`](Self::with_root_certificate).
+///   Any other `sslmode` is plaintext. The process-wide
 ///   rustls crypto provider is never read or installed. Refresh tokens
 ///   travel in this connection, so a plaintext connection (`sslmode`
 ///   `disable` or `prefer`) to a host that is not loopback or a unix socket
 ///   is refused unless [`allow_plaintext`](Self::allow_plaintext) says so.
+///
+/// Each `PostgresCache` value is one lease holder; its clones share the
+/// holder and the connections.
 ///
 /// Neither `Debug` nor any error shows the connection string (it may hold
 /// a password) or a token.
@@ -445,6 +449,14 @@ async fn run<T: Send + 'static>(
         )),
     };
     let mut pool = inner.pool();
+    if let Err(e) = &result {
+        if e.message().contains(SqlState::UNDEFINED_TABLE.code()) {
+            // The table was dropped (or never made): make it again on the
+            // next connection, whose statements are prepared against it.
+            inner.schema_ready.store(false, Ordering::Release);
+            pool.idle.clear();
+        }
+    }
     match &result {
         Ok(_) => {
             if std::mem::take(&mut pool.down) {
@@ -495,8 +507,13 @@ impl Inner {
     async fn connect(self: &Arc<Self>) -> Result<Conn, tokio_postgres::Error> {
         let mut config = self.config.clone();
         config.connect_timeout(self.connect_timeout);
+        // TLS (verified) only with sslmode=require; `prefer` is plaintext,
+        // which `check_plaintext` allows only to loopback, unix sockets or
+        // with `allow_plaintext` (libpq's `prefer` would not verify the
+        // server either, and a local server's snakeoil certificate would
+        // fail verification).
         let client = match (&self.tls, config.get_ssl_mode()) {
-            (Some(tls), mode) if mode != SslMode::Disable => {
+            (Some(tls), SslMode::Require) => {
                 let (client, connection) = config.connect(tls.clone()).await?;
                 tokio::spawn(async move {
                     let _ = connection.await;
