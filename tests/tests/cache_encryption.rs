@@ -332,6 +332,18 @@ fn keys_from_the_environment_and_a_file() {
     let same = FileCache::new(dir.path().join("t"))
         .encryption(EncryptionKeys::parse(&format!("{K1} {K2}")).unwrap());
     assert_eq!(same.load().unwrap(), Some(t3));
+    // The caches' Debug names the key ids, never the keys.
+    let shown = format!(
+        "{same:?} {:?} {:?}",
+        RedisCache::new("redis://127.0.0.1:1/", "k")
+            .unwrap()
+            .encryption(EncryptionKeys::parse(K1).unwrap()),
+        PostgresCache::new("host=127.0.0.1 port=1", "k")
+            .unwrap()
+            .encryption(EncryptionKeys::parse(K2).unwrap()),
+    );
+    clean(&shown);
+    assert!(shown.contains("k1") && shown.contains("k2"), "{shown}");
     // Bad files: missing, too large, not keys; no material in the messages.
     assert!(EncryptionKeys::from_file(dir.path().join("missing")).is_err());
     std::fs::write(&path, vec![b'a'; 70_000]).unwrap();

@@ -692,6 +692,40 @@ mod tests {
     }
 
     #[test]
+    fn mangled_envelopes_never_panic() {
+        let codec = Codec::with_keys(keys(&format!("{K1},{K2}")));
+        let sealed = codec.encode(&token(), &binding(b"a")).unwrap();
+        let b = binding(b"a");
+        // Every prefix, and every single-byte change and removal.
+        for n in 0..=sealed.len() {
+            let _ = codec.decode(&sealed[..n], &b, "a");
+        }
+        for i in 0..sealed.len() {
+            for x in [b':', b'0', b'=', b' ', 0xff, b'\n', b'-'] {
+                let mut m = sealed.clone();
+                m[i] = x;
+                let _ = codec.decode(&m, &b, "a");
+                m.remove(i);
+                let _ = codec.decode(&m, &b, "a");
+            }
+        }
+        for odd in [
+            &b"FTSEAL"[..],
+            b"FTSEAL1",
+            b"FTSEAL1:",
+            b"FTSEAL1::",
+            b"FTSEAL1:k1:",
+            b"FTSEAL1:k1",
+            b"  FTSEAL1:k1:AAAA  \n",
+            b"FTSEAL99999999999999999999:k1:",
+            b"FTSEALx",
+        ] {
+            let e = codec.decode(odd, &b, "a").err().expect("refused");
+            assert_eq!(e.kind(), CacheErrorKind::Unreadable);
+        }
+    }
+
+    #[test]
     fn rotation_reads_old_records() {
         let old = Codec::with_keys(keys(K1));
         let sealed_old = old.encode(&token(), &binding(b"a")).unwrap();
