@@ -128,14 +128,25 @@ fn the_lease_is_exclusive_extendable_and_lapses() {
     assert_eq!(b.load().unwrap(), Some(t));
     b.release_lease().unwrap();
 
-    // A dead holder's lease lapses by its TTL, on the server's clock.
+    // A dead holder's lease lapses by its TTL, on the server's clock: the
+    // deadline is now() + ttl there, and once the server's clock passes it
+    // (moved there by hand, rather than sleeping), another instance gets in.
     assert_eq!(
-        a.acquire_lease(Duration::from_millis(150)).unwrap(),
+        a.acquire_lease(Duration::from_secs(30)).unwrap(),
         LeaseOutcome::Granted
     );
+    let left: f64 = server
+        .psql("SELECT extract(epoch FROM lease_until - now()) FROM freshtoken_cache WHERE cache_key = 'lease'")
+        .parse()
+        .unwrap();
+    assert!(
+        (25.0..=30.0).contains(&left),
+        "lease deadline {left} s away"
+    );
     assert_eq!(b.acquire_lease(ttl).unwrap(), LeaseOutcome::Busy);
-    std::thread::sleep(Duration::from_millis(250));
+    server.psql("UPDATE freshtoken_cache SET lease_until = now() - interval '1 millisecond'");
     assert_eq!(b.acquire_lease(ttl).unwrap(), LeaseOutcome::Granted);
+    assert_eq!(a.acquire_lease(ttl).unwrap(), LeaseOutcome::Busy);
 }
 
 #[test]

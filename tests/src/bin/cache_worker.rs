@@ -162,6 +162,8 @@ fn pg_lease(conn: &str, key: &str, dir: PathBuf, run: Duration) {
                     Err(_) => overlaps += 1,
                 }
                 cache.release_lease().expect("release");
+                // Give the others a chance before trying again.
+                std::thread::sleep(Duration::from_millis(2));
             }
             Ok(_) => {
                 busy += 1;
