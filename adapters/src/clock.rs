@@ -1,18 +1,21 @@
 //! The system's wall clock.
 
-use std::time::SystemTime;
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime};
 
-use freshtoken_core::{Clock, Timestamp};
+use freshtoken_core::{Clock, MonoTime, Timestamp};
 
-/// The operating system's wall clock (`SystemTime::now`).
-///
-/// Wall-clock time, not a monotonic one, because token times are shared
-/// between processes and machines; drivers re-read it at every heartbeat so
-/// that jumps and suspends are noticed.
+/// The operating system's clocks: the wall clock (`SystemTime::now`) for
+/// token times, which are shared between processes and machines, and the
+/// monotonic clock (`Instant::now`) for durations, so a wall clock stepped
+/// back never stretches a backoff. Drivers re-read both at every heartbeat
+/// so that jumps and suspends are noticed.
 ///
 /// ```
 /// use freshtoken::{Clock, SystemClock};
 /// assert!(SystemClock.now().as_secs() > 1_600_000_000);
+/// let (a, b) = (SystemClock.monotonic(), SystemClock.monotonic());
+/// assert!(b >= a);
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
@@ -20,5 +23,11 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::from_system_time(SystemTime::now())
+    }
+
+    fn monotonic(&self) -> MonoTime {
+        // Milliseconds since the first reading in this process.
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        MonoTime::from_duration(ORIGIN.get_or_init(Instant::now).elapsed())
     }
 }

@@ -16,13 +16,16 @@ use freshtoken_core::*;
 
 const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
 
-fn drain(m: &mut RefreshMachine) -> Timestamp {
+/// Drains the outputs: the timeout, and the id of the last request sent.
+fn drain(m: &mut RefreshMachine) -> (Timestamp, Option<RequestId>) {
+    let mut id = None;
     loop {
         match m.poll_output() {
             Output::Action(a) => {
+                id = a.request_id().or(id);
                 black_box(a);
             }
-            Output::Timeout(at) => return at,
+            Output::Timeout(at) => return (at, id),
         }
     }
 }
@@ -30,9 +33,9 @@ fn drain(m: &mut RefreshMachine) -> Timestamp {
 fn tick_steady(c: &mut Criterion) {
     let mut m = RefreshMachine::new(MachineConfig::default());
     m.handle_input(Input::Start, T0);
-    drain(&mut m);
+    let (_, id) = drain(&mut m);
     let answer = TokenResponse::new(AccessToken::new("t")).with_expires_in(Some(3600));
-    m.handle_input(Input::Fetched(Ok(answer)), T0);
+    m.handle_input(Input::Fetched(id.expect("a fetch"), Ok(answer)), T0);
     drain(&mut m);
     let now = T0 + Duration::from_secs(30);
     c.bench_function("tick_steady", |b| {
@@ -49,7 +52,7 @@ fn refresh_cycle(c: &mut Criterion) {
     let mut m = RefreshMachine::new(config);
     let mut now = T0;
     m.handle_input(Input::Start, now);
-    drain(&mut m);
+    let (_, mut id) = drain(&mut m);
     // Start is waiting for the cache read, like every refresh below.
     let mut refresh_at = now;
     let mut n = 0u64;
@@ -59,21 +62,22 @@ fn refresh_cycle(c: &mut Criterion) {
             now = now.max(refresh_at);
             if n > 0 {
                 m.handle_input(Input::Tick, now);
-                drain(&mut m);
+                id = drain(&mut m).1;
             }
-            m.handle_input(Input::CacheLoaded(Ok(None)), now);
-            drain(&mut m);
-            m.handle_input(Input::Lease(Ok(LeaseOutcome::Granted)), now);
-            drain(&mut m);
-            m.handle_input(Input::CacheLoaded(Ok(None)), now);
-            drain(&mut m);
+            let mut answer = |m: &mut RefreshMachine, input: fn(RequestId) -> Input| {
+                m.handle_input(input(id.expect("a request")), now);
+                id = drain(m).1;
+            };
+            answer(&mut m, |id| Input::CacheLoaded(id, Ok(None)));
+            answer(&mut m, |id| Input::Lease(id, Ok(LeaseOutcome::Granted)));
+            answer(&mut m, |id| Input::CacheLoaded(id, Ok(None)));
             n += 1;
-            let answer =
+            let token =
                 TokenResponse::new(AccessToken::new(format!("t{n}"))).with_expires_in(Some(3600));
-            m.handle_input(Input::Fetched(Ok(answer)), now);
-            drain(&mut m);
-            m.handle_input(Input::Stored(Ok(())), now);
-            refresh_at = drain(&mut m);
+            m.handle_input(Input::Fetched(id.expect("a fetch"), Ok(token)), now);
+            id = drain(&mut m).1;
+            m.handle_input(Input::Stored(id.expect("a store"), Ok(())), now);
+            (refresh_at, id) = drain(&mut m);
         })
     });
     // The loop must really have refreshed every time.

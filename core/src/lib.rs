@@ -71,10 +71,10 @@ pub use jitter::Jitter;
 pub use lifetime::{LifetimeNote, LifetimePolicy};
 pub use machine::{
     Action, FetchRequest, Input, LeaseOutcome, MachineConfig, MachineStats, Output, RefreshMachine,
-    RefreshState, Snapshot,
+    RefreshState, RequestId, Snapshot,
 };
 pub use secret::{AccessToken, ClientSecret, IdToken, RefreshToken};
-pub use time::{Clock, ManualClock, Timestamp};
+pub use time::{Clock, ManualClock, MonoTime, Now, Timestamp};
 pub use token::{Token, TokenId, TokenResponse, TokenStatus};
 
 #[cfg(feature = "sim")]

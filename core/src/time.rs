@@ -137,14 +137,125 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// A source of wall-clock time for drivers.
+/// A monotonic instant: milliseconds since an arbitrary origin (a driver's
+/// start, a simulation's). It never goes back, whatever the wall clock does,
+/// so the machine measures durations (backoff, peer waits, lease holds,
+/// request deadlines) on it; token times stay [`Timestamp`]s.
 ///
-/// The core never calls it; drivers read it and pass `now` into the machine.
-/// The system implementation lives in the `freshtoken` crate (`SystemClock`);
-/// [`ManualClock`] is for tests and simulations.
+/// ```
+/// use freshtoken_core::MonoTime;
+/// use std::time::Duration;
+///
+/// let t = MonoTime::from_millis(500);
+/// assert_eq!((t + Duration::from_millis(250)).as_millis(), 750);
+/// assert_eq!((t + Duration::MAX), MonoTime::MAX); // saturates
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MonoTime(u64);
+
+impl MonoTime {
+    /// The origin.
+    pub const ZERO: MonoTime = MonoTime(0);
+    /// The largest representable instant; used as "never".
+    pub const MAX: MonoTime = MonoTime(u64::MAX);
+
+    /// An instant `ms` milliseconds after the origin.
+    pub const fn from_millis(ms: u64) -> Self {
+        MonoTime(ms)
+    }
+
+    /// An instant `d` after the origin (saturating).
+    pub fn from_duration(d: Duration) -> Self {
+        MonoTime(duration_millis(d))
+    }
+
+    /// Milliseconds since the origin.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// How long after `earlier` this instant is; zero if it is not after it.
+    pub fn saturating_duration_since(self, earlier: MonoTime) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for MonoTime {
+    type Output = MonoTime;
+    fn add(self, d: Duration) -> MonoTime {
+        MonoTime(self.0.saturating_add(duration_millis(d)))
+    }
+}
+
+/// Both clocks at one moment, as every machine input gets them: the wall
+/// clock for token times (shared between processes) and the monotonic
+/// clock for durations.
+///
+/// A plain [`Timestamp`] converts into a `Now` whose monotonic reading is
+/// the wall-clock one, which is what tests and single-clock callers want;
+/// drivers pass both.
+///
+/// ```
+/// use freshtoken_core::{MonoTime, Now, Timestamp};
+///
+/// let now: Now = Timestamp::from_millis(7).into();
+/// assert_eq!(now.mono, MonoTime::from_millis(7));
+/// let stepped = Now::new(Timestamp::EPOCH, MonoTime::from_millis(9));
+/// assert_eq!(stepped.wall, Timestamp::EPOCH);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// The wall-clock time.
+    pub wall: Timestamp,
+    /// The monotonic time.
+    pub mono: MonoTime,
+}
+
+impl Now {
+    /// Both readings.
+    pub const fn new(wall: Timestamp, mono: MonoTime) -> Self {
+        Now { wall, mono }
+    }
+
+    /// The wall-clock instant at which the monotonic instant `at` falls,
+    /// seen from now (for `Timeout`s, which drivers sleep towards).
+    pub fn wall_at(self, at: MonoTime) -> Timestamp {
+        if at == MonoTime::MAX {
+            return Timestamp::MAX;
+        }
+        self.wall + at.saturating_duration_since(self.mono)
+    }
+}
+
+impl From<Timestamp> for Now {
+    fn from(wall: Timestamp) -> Self {
+        Now {
+            wall,
+            mono: MonoTime(wall.0),
+        }
+    }
+}
+
+/// A source of time for drivers.
+///
+/// The core never calls it; drivers read it and pass both readings into the
+/// machine. The system implementation lives in the `freshtoken` crate
+/// (`SystemClock`); [`ManualClock`] is for tests and simulations.
 pub trait Clock: Send + Sync + 'static {
     /// The current wall-clock time.
     fn now(&self) -> Timestamp;
+
+    /// The current monotonic time. The default reads the wall clock, which
+    /// is only right for a clock that never steps back; real clocks
+    /// override it.
+    fn monotonic(&self) -> MonoTime {
+        MonoTime(self.now().0)
+    }
+
+    /// Both readings.
+    fn read(&self) -> Now {
+        Now::new(self.now(), self.monotonic())
+    }
 }
 
 /// A clock that moves only when told to; clones share one time.
@@ -158,9 +269,14 @@ pub trait Clock: Send + Sync + 'static {
 /// clock.advance(Duration::from_secs(5));
 /// assert_eq!(view.now(), Timestamp::from_secs(105));
 /// ```
+///
+/// Its monotonic reading moves with [`advance`](Self::advance) only:
+/// [`set`](Self::set) steps the wall clock (backwards too) as an operator or
+/// NTP would, and leaves the monotonic clock where it was.
 #[derive(Clone, Debug, Default)]
 pub struct ManualClock {
     millis: Arc<AtomicU64>,
+    mono: Arc<AtomicU64>,
 }
 
 impl ManualClock {
@@ -168,28 +284,34 @@ impl ManualClock {
     pub fn new(start: Timestamp) -> Self {
         ManualClock {
             millis: Arc::new(AtomicU64::new(start.as_millis())),
+            mono: Arc::new(AtomicU64::new(start.as_millis())),
         }
     }
 
-    /// Sets the time (it may go backwards, like a real wall clock can).
+    /// Steps the wall clock to `t` (it may go backwards, like a real wall
+    /// clock can); the monotonic clock does not move.
     pub fn set(&self, t: Timestamp) {
         self.millis.store(t.as_millis(), Ordering::SeqCst);
     }
 
-    /// Moves the time forward by `d`.
+    /// Moves both clocks forward by `d`.
     pub fn advance(&self, d: Duration) {
         let ms = duration_millis(d);
-        let _ = self
-            .millis
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
+        for clock in [&self.millis, &self.mono] {
+            let _ = clock.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| {
                 Some(m.saturating_add(ms))
             });
+        }
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.millis.load(Ordering::SeqCst))
+    }
+
+    fn monotonic(&self) -> MonoTime {
+        MonoTime(self.mono.load(Ordering::SeqCst))
     }
 }
 

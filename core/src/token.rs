@@ -108,6 +108,7 @@ pub struct Token {
     issued_at: Timestamp,
     stale_at: Timestamp,
     expires_at: Timestamp,
+    generation: u64,
 }
 
 impl Token {
@@ -130,7 +131,48 @@ impl Token {
             issued_at,
             stale_at,
             expires_at,
+            generation: 0,
         }
+    }
+
+    /// Sets the refresh-token generation (see [`generation`](Self::generation)).
+    pub fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// How many rotations the refresh token carried by this token is from
+    /// the one the grant started with (0: the configured one, or unknown).
+    ///
+    /// Instances sharing a cache order refresh tokens by it, never by the
+    /// wall-clock times another machine stamped: a peer whose clock runs
+    /// ahead must not make a spent refresh token look newer than ours.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether this token, found in one cache layer, should win over
+    /// `other`, found in another: a later refresh-token
+    /// [`generation`](Self::generation) first (it carries the grant), then
+    /// a later expiry. The one rule for every layered cache, so that a
+    /// local layer can never hide a newer refresh token held below it.
+    ///
+    /// ```
+    /// use freshtoken_core::{AccessToken, Timestamp, Token};
+    /// let t = |exp, gen| Token::new(AccessToken::new("at"), Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::from_secs(exp)).with_generation(gen);
+    /// assert!(t(10, 1).supersedes(&t(99, 0)));
+    /// assert!(t(99, 1).supersedes(&t(10, 1)));
+    /// assert!(!t(10, 1).supersedes(&t(10, 1)));
+    /// ```
+    pub fn supersedes(&self, other: &Token) -> bool {
+        (self.generation, self.expires_at) > (other.generation, other.expires_at)
+    }
+
+    /// Whether a layered cache may answer with this token without asking
+    /// the layers below: it is fresh at `now` and, when the machine holds a
+    /// token that expires at `newer_than`, it expires later than that.
+    pub fn satisfies(&self, now: Timestamp, newer_than: Option<Timestamp>) -> bool {
+        self.status(now) == TokenStatus::Fresh && newer_than.is_none_or(|t| self.expires_at > t)
     }
 
     /// Sets the token type (kept as the authority spelled it).

@@ -27,6 +27,8 @@ enum Step {
     FetchFailed(u8, Option<u64>),
     Stored(bool),
     Lease(u8),
+    /// An answer to a request the machine may have given up on.
+    Stale,
     InvalidateCurrent,
     InvalidateOther(u64),
     Shutdown,
@@ -42,6 +44,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0u8..4, proptest::option::of(0u64..600)).prop_map(|(k, r)| Step::FetchFailed(k, r)),
         2 => any::<bool>().prop_map(Step::Stored),
         2 => (0u8..4).prop_map(Step::Lease),
+        1 => Just(Step::Stale),
         1 => Just(Step::InvalidateCurrent),
         1 => any::<u64>().prop_map(Step::InvalidateOther),
         1 => Just(Step::Shutdown),
@@ -69,63 +72,144 @@ fn config(cache: bool, seed: u64) -> MachineConfig {
 
 const T0: u64 = 1_700_000_000_000;
 
-fn to_input(step: &Step, m: &RefreshMachine, now: Timestamp) -> Input {
-    match step {
-        Step::Start => Input::Start,
-        Step::Tick => Input::Tick,
-        Step::CacheLoaded(None) => Input::CacheLoaded(Ok(None)),
-        Step::CacheLoaded(Some((age, life, n))) => {
-            let issued = now - Duration::from_secs(*age);
-            let (stale, exp) = LifetimePolicy::default().times(issued, Duration::from_secs(*life));
-            let t = Token::new(AccessToken::new(format!("cached-{n}")), issued, stale, exp)
-                .with_refresh_token(Some(RefreshToken::new(format!("rt-{n}"))));
-            Input::CacheLoaded(Ok(Some(t)))
-        }
-        Step::CacheFailed => {
-            Input::CacheLoaded(Err(CacheError::new(CacheErrorKind::Unavailable, "down")))
-        }
-        Step::Fetched(life) => Input::Fetched(Ok(TokenResponse::new(AccessToken::new(format!(
-            "fetched-{}",
-            now.as_millis()
-        )))
-        .with_expires_in(Some(*life)))),
-        Step::FetchFailed(kind, retry_after) => {
-            let kind = [
-                FetchErrorKind::Transient,
-                FetchErrorKind::RateLimited,
-                FetchErrorKind::Permanent,
-                FetchErrorKind::GrantRevoked,
-            ][*kind as usize];
-            Input::Fetched(Err(FetchError::new(kind, "boom")
-                .with_retry_after(retry_after.map(Duration::from_secs))))
-        }
-        Step::Stored(true) => Input::Stored(Ok(())),
-        Step::Stored(false) => Input::Stored(Err(CacheError::new(CacheErrorKind::Io, "full"))),
-        Step::Lease(0) => Input::Lease(Ok(LeaseOutcome::Granted)),
-        Step::Lease(1) => Input::Lease(Ok(LeaseOutcome::Busy)),
-        Step::Lease(2) => Input::Lease(Ok(LeaseOutcome::Unsupported)),
-        Step::Lease(_) => Input::Lease(Err(CacheError::new(CacheErrorKind::Unavailable, "down"))),
-        Step::InvalidateCurrent => match m.current() {
-            Some(t) => Input::Invalidate(t.id()),
-            None => Input::Tick,
-        },
-        Step::InvalidateOther(n) => Input::Invalidate(TokenId::of(&n.to_le_bytes())),
-        Step::Shutdown => Input::Shutdown,
-    }
+/// Feeds steps to a machine, answering with the ids of the requests it
+/// sent, on a wall clock that may step back and a monotonic one that never does.
+struct Feeder {
+    m: RefreshMachine,
+    now: Now,
+    /// The last request of each kind: load, lease, fetch, store.
+    ids: [Option<RequestId>; 4],
+    /// An id the machine used some time ago (for stale answers).
+    old: Option<RequestId>,
 }
 
-/// Runs a sequence, returning every (now, outputs) per input.
-fn drive(cache: bool, seed: u64, seq: &[(i64, Step)]) -> Vec<(Timestamp, Vec<Output>)> {
-    let mut m = RefreshMachine::new(config(cache, seed));
-    let mut now = Timestamp::from_millis(T0);
-    let mut trace = Vec::new();
-    for (dt, step) in seq {
-        now = now.offset_millis(*dt);
-        let input = to_input(step, &m, now);
-        m.handle_input(input, now);
+impl Feeder {
+    fn new(config: MachineConfig) -> Self {
+        Feeder {
+            m: RefreshMachine::new(config),
+            now: Now::new(Timestamp::from_millis(T0), MonoTime::from_millis(T0)),
+            ids: [None; 4],
+            old: None,
+        }
+    }
+
+    fn advance(&mut self, dt: i64) {
+        let mono = if dt > 0 {
+            self.now.mono + Duration::from_millis(dt as u64)
+        } else {
+            self.now.mono
+        };
+        self.now = Now::new(self.now.wall.offset_millis(dt), mono);
+    }
+
+    fn id(&self, kind: usize) -> RequestId {
+        self.ids[kind].or(self.old).unwrap_or_else(|| {
+            // Nothing asked yet: any id is as good as another.
+            self.ids
+                .iter()
+                .flatten()
+                .next()
+                .copied()
+                .unwrap_or(first_id())
+        })
+    }
+
+    fn input(&self, step: &Step) -> Input {
+        let now = self.now.wall;
+        match step {
+            Step::Start => Input::Start,
+            Step::Tick => Input::Tick,
+            Step::CacheLoaded(None) => Input::CacheLoaded(self.id(0), Ok(None)),
+            Step::CacheLoaded(Some((age, life, n))) => {
+                let issued = now - Duration::from_secs(*age);
+                let (stale, exp) =
+                    LifetimePolicy::default().times(issued, Duration::from_secs(*life));
+                let t = Token::new(AccessToken::new(format!("cached-{n}")), issued, stale, exp)
+                    .with_refresh_token(Some(RefreshToken::new(format!("rt-{n}"))))
+                    .with_generation(n % 7);
+                Input::CacheLoaded(self.id(0), Ok(Some(t)))
+            }
+            Step::CacheFailed => Input::CacheLoaded(
+                self.id(0),
+                Err(CacheError::new(CacheErrorKind::Unavailable, "down")),
+            ),
+            Step::Fetched(life) => Input::Fetched(
+                self.id(2),
+                Ok(
+                    TokenResponse::new(AccessToken::new(format!("fetched-{}", now.as_millis())))
+                        .with_expires_in(Some(*life))
+                        .with_refresh_token(Some(RefreshToken::new(format!(
+                            "rt-f{}",
+                            now.as_millis()
+                        )))),
+                ),
+            ),
+            Step::FetchFailed(kind, retry_after) => {
+                let kind = [
+                    FetchErrorKind::Transient,
+                    FetchErrorKind::RateLimited,
+                    FetchErrorKind::Permanent,
+                    FetchErrorKind::GrantRevoked,
+                ][*kind as usize];
+                Input::Fetched(
+                    self.id(2),
+                    Err(FetchError::new(kind, "boom")
+                        .with_retry_after(retry_after.map(Duration::from_secs))),
+                )
+            }
+            Step::Stored(true) => Input::Stored(self.id(3), Ok(())),
+            Step::Stored(false) => {
+                Input::Stored(self.id(3), Err(CacheError::new(CacheErrorKind::Io, "full")))
+            }
+            Step::Lease(0) => Input::Lease(self.id(1), Ok(LeaseOutcome::Granted)),
+            Step::Lease(1) => Input::Lease(self.id(1), Ok(LeaseOutcome::Busy)),
+            Step::Lease(2) => Input::Lease(self.id(1), Ok(LeaseOutcome::Unsupported)),
+            Step::Lease(_) => Input::Lease(
+                self.id(1),
+                Err(CacheError::new(CacheErrorKind::Unavailable, "down")),
+            ),
+            Step::Stale => Input::Fetched(
+                self.old.unwrap_or(first_id()),
+                Ok(
+                    TokenResponse::new(AccessToken::new(format!("late-{}", now.as_millis())))
+                        .with_expires_in(Some(600))
+                        .with_refresh_token(Some(RefreshToken::new(format!(
+                            "rt-l{}",
+                            now.as_millis()
+                        )))),
+                ),
+            ),
+            Step::InvalidateCurrent => match self.m.current() {
+                Some(t) => Input::Invalidate(t.id()),
+                None => Input::Tick,
+            },
+            Step::InvalidateOther(n) => Input::Invalidate(TokenId::of(&n.to_le_bytes())),
+            Step::Shutdown => Input::Shutdown,
+        }
+    }
+
+    /// Feeds `step` after `dt` ms; returns the input's `now` and the outputs.
+    fn step(&mut self, dt: i64, step: &Step) -> (Timestamp, Vec<Output>) {
+        self.advance(dt);
+        let input = self.input(step);
+        self.m.handle_input(input, self.now);
         let mut outs = Vec::new();
         loop {
-            let o = m.poll_output();
+            let o = self.m.poll_output();
+            if let Output::Action(a) = &o {
+                let kind = match a {
+                    Action::LoadCache { .. } => Some(0),
+                    Action::AcquireLease { .. } => Some(1),
+                    Action::Fetch(_) => Some(2),
+                    Action::Store { .. } => Some(3),
+                    _ => None,
+                };
+                if let (Some(k), Some(id)) = (kind, a.request_id()) {
+                    if let Some(prev) = self.ids[k].replace(id) {
+                        self.old = Some(prev);
+                    }
+                }
+            }
             let done = matches!(o, Output::Timeout(_));
             outs.push(o);
             // Bounded outputs per input: a busy loop would trip this.
@@ -134,9 +218,24 @@ fn drive(cache: bool, seed: u64, seq: &[(i64, Step)]) -> Vec<(Timestamp, Vec<Out
                 break;
             }
         }
-        trace.push((now, outs));
+        (self.now.wall, outs)
     }
-    trace
+}
+
+/// The id of the first request a machine sends (for answers to nothing).
+fn first_id() -> RequestId {
+    let mut m = RefreshMachine::new(MachineConfig::default());
+    m.handle_input(Input::Start, Timestamp::EPOCH);
+    match m.poll_output() {
+        Output::Action(a) => a.request_id().expect("a request"),
+        Output::Timeout(_) => unreachable!(),
+    }
+}
+
+/// Runs a sequence, returning every (now, outputs) per input.
+fn drive(cache: bool, seed: u64, seq: &[(i64, Step)]) -> Vec<(Timestamp, Vec<Output>)> {
+    let mut f = Feeder::new(config(cache, seed));
+    seq.iter().map(|(dt, step)| f.step(*dt, step)).collect()
 }
 
 proptest! {
@@ -149,26 +248,42 @@ proptest! {
 
     #[test]
     fn at_most_one_fetch_and_one_lease_in_flight_and_nothing_after_stop(cache: bool, seed: u64, seq in sequence()) {
-        let mut m = RefreshMachine::new(config(cache, seed));
-        let mut now = Timestamp::from_millis(T0);
-        let (mut fetching, mut leasing, mut stopped) = (false, false, false);
+        let config = config(cache, seed);
+        let (fetch_timeout, cache_timeout) = (config.fetch_timeout, config.cache_timeout);
+        let mut f = Feeder::new(config);
+        // The flight of each kind: the request's id and its deadline. An
+        // answer with that id ends it, and so does its deadline passing
+        // (the machine gives up on it); what matters is that the machine
+        // never asks twice while a request is still out.
+        let (mut fetching, mut leasing): (Option<(RequestId, MonoTime)>, Option<(RequestId, MonoTime)>) = (None, None);
+        let mut stopped = false;
         for (dt, step) in &seq {
-            now = now.offset_millis(*dt);
-            let input = to_input(step, &m, now);
-            // An answer of the right kind ends the flight whether or not the
-            // machine was waiting for it; what matters is that the machine
-            // never asks twice before an answer came.
+            f.advance(*dt);
+            let input = f.input(step);
             match &input {
-                Input::Fetched(_) => fetching = false,
-                Input::Lease(_) => leasing = false,
+                Input::Fetched(id, _) if fetching.is_some_and(|(f, _)| f == *id) => fetching = None,
+                Input::Lease(id, _) if leasing.is_some_and(|(l, _)| l == *id) => leasing = None,
                 _ => {}
             }
-            m.handle_input(input, now);
-            while let Output::Action(a) = m.poll_output() {
+            let mono = f.now.mono;
+            if fetching.is_some_and(|(_, d)| mono >= d) { fetching = None; }
+            if leasing.is_some_and(|(_, d)| mono >= d) { leasing = None; }
+            f.m.handle_input(input, f.now);
+            while let Output::Action(a) = f.m.poll_output() {
                 prop_assert!(!stopped, "action after Stop: {:?}", a);
                 match a {
-                    Action::Fetch(_) => { prop_assert!(!fetching, "second Fetch in flight"); fetching = true; }
-                    Action::AcquireLease { .. } => { prop_assert!(!leasing, "second AcquireLease in flight"); leasing = true; }
+                    Action::Fetch(r) => {
+                        prop_assert!(fetching.is_none(), "second Fetch in flight");
+                        fetching = Some((r.id, mono + fetch_timeout));
+                        f.ids[2] = Some(r.id);
+                    }
+                    Action::AcquireLease { id, .. } => {
+                        prop_assert!(leasing.is_none(), "second AcquireLease in flight");
+                        leasing = Some((id, mono + cache_timeout));
+                        f.ids[1] = Some(id);
+                    }
+                    Action::LoadCache { id, .. } => f.ids[0] = Some(id),
+                    Action::Store { id, .. } => f.ids[3] = Some(id),
                     Action::Stop => stopped = true,
                     _ => {}
                 }
@@ -189,23 +304,23 @@ proptest! {
 
     #[test]
     fn arbitrary_inputs_never_panic_and_nonsense_is_counted(seed: u64, seq in sequence()) {
-        let mut m = RefreshMachine::new(config(true, seed));
-        let mut now = Timestamp::from_millis(T0);
+        let mut f = Feeder::new(config(true, seed));
+        let id = first_id();
         // Results nobody asked for, before anything was asked.
-        m.handle_input(Input::Stored(Ok(())), now);
-        m.handle_input(Input::Fetched(Err(FetchError::transient("late"))), now);
-        prop_assert_eq!(m.stats().ignored_inputs, 2);
-        prop_assert!(matches!(m.poll_output(), Output::Timeout(_)));
+        f.m.handle_input(Input::Stored(id, Ok(())), f.now);
+        f.m.handle_input(Input::Fetched(id, Err(FetchError::transient("late"))), f.now);
+        prop_assert_eq!(f.m.stats().ignored_inputs, 2);
+        prop_assert!(matches!(f.m.poll_output(), Output::Timeout(_)));
         for (dt, step) in &seq {
-            now = now.offset_millis(*dt);
-            let input = to_input(step, &m, now);
-            m.handle_input(input, now);
-            while let Output::Action(_) = m.poll_output() {}
+            f.step(*dt, step);
         }
-        m.handle_input(Input::Shutdown, now);
-        let before = m.stats().ignored_inputs;
-        m.handle_input(Input::Fetched(Err(FetchError::transient("after stop"))), now);
-        prop_assert_eq!(m.stats().ignored_inputs, before + 1);
+        // Shut down, and let any drain run out its deadline.
+        f.step(0, &Step::Shutdown);
+        f.step(i64::from(u32::MAX), &Step::Tick);
+        prop_assert!(f.m.is_stopped());
+        let before = f.m.stats().ignored_inputs;
+        f.m.handle_input(Input::Fetched(id, Err(FetchError::transient("after stop"))), f.now);
+        prop_assert_eq!(f.m.stats().ignored_inputs, before + 1);
     }
 }
 
@@ -241,7 +356,7 @@ impl Checker {
 
 impl Observer for Checker {
     fn input(&mut self, i: usize, now: Timestamp, input: &Input) {
-        self.after_failure = matches!(input, Input::Fetched(Err(_)));
+        self.after_failure = matches!(input, Input::Fetched(_, Err(_)));
         if let Some(exp) = self.last_expiry.get(&i) {
             if now >= *exp {
                 self.uncovered.push((i, now));

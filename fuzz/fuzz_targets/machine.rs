@@ -21,33 +21,66 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut m = RefreshMachine::new(config);
     let mut now = Timestamp::from_secs(1_700_000_000);
-    let (mut fetching, mut leasing, mut stopped) = (false, false, false);
+    let mut mono = MonoTime::from_millis(0);
+    let (fetch_timeout, cache_timeout) = (m.config().fetch_timeout, m.config().cache_timeout);
+    // Each kind's request in flight: its id and deadline (on the monotonic clock).
+    let mut fetching: Option<(RequestId, MonoTime)> = None;
+    let mut leasing: Option<(RequestId, MonoTime)> = None;
+    let mut stopped = false;
+    // The last id of each kind of request, and an older one, to answer with.
+    let mut ids: [Option<RequestId>; 4] = [None; 4];
+    let mut old: Option<RequestId> = None;
     let mut n = 0u64;
     while let (Some(op), Some(arg)) = (next(), next()) {
         n += 1;
         // Time: mostly small steps, sometimes large ones, sometimes back.
-        now = match op >> 5 {
-            0..=4 => now + Duration::from_millis(u64::from(arg) * 37),
-            5 | 6 => now + Duration::from_secs(u64::from(arg) * 97),
-            _ => now - Duration::from_secs(u64::from(arg)),
+        let (wall, step) = match op >> 5 {
+            0..=4 => (
+                now + Duration::from_millis(u64::from(arg) * 37),
+                Duration::from_millis(u64::from(arg) * 37),
+            ),
+            5 | 6 => (
+                now + Duration::from_secs(u64::from(arg) * 97),
+                Duration::from_secs(u64::from(arg) * 97),
+            ),
+            _ => (now - Duration::from_secs(u64::from(arg)), Duration::ZERO),
+        };
+        now = wall;
+        mono = mono + step;
+        let id = |k: usize| {
+            ids[k].or(old).unwrap_or_else(|| {
+                ids.iter()
+                    .flatten()
+                    .next()
+                    .copied()
+                    .unwrap_or(RequestId::default())
+            })
         };
         let input = match op & 0x1f {
             0 => Input::Start,
             1..=6 => Input::Tick,
-            7 => Input::CacheLoaded(Ok(None)),
+            7 => Input::CacheLoaded(id(0), Ok(None)),
             8 => {
                 let issued = now - Duration::from_secs(u64::from(arg) * 20);
                 let life = Duration::from_secs(u64::from(arg % 64) * 60 + 1);
                 let (stale, exp) = LifetimePolicy::default().times(issued, life);
-                Input::CacheLoaded(Ok(Some(
-                    Token::new(AccessToken::new(format!("c{n}")), issued, stale, exp)
-                        .with_refresh_token(Some(RefreshToken::new(format!("rt{n}")))),
-                )))
+                Input::CacheLoaded(
+                    id(0),
+                    Ok(Some(
+                        Token::new(AccessToken::new(format!("c{n}")), issued, stale, exp)
+                            .with_refresh_token(Some(RefreshToken::new(format!("rt{n}")))),
+                    )),
+                )
             }
-            9 => Input::CacheLoaded(Err(CacheError::new(CacheErrorKind::Corrupt, "x"))),
-            10..=12 => Input::Fetched(Ok(TokenResponse::new(AccessToken::new(format!("f{n}")))
-                .with_expires_in(Some(i64::from(arg as i8) * 60))
-                .with_refresh_token((arg & 1 == 1).then(|| RefreshToken::new(format!("r{n}")))))),
+            9 => Input::CacheLoaded(id(0), Err(CacheError::new(CacheErrorKind::Corrupt, "x"))),
+            10..=12 => Input::Fetched(
+                id(2),
+                Ok(TokenResponse::new(AccessToken::new(format!("f{n}")))
+                    .with_expires_in(Some(i64::from(arg as i8) * 60))
+                    .with_refresh_token(
+                        (arg & 1 == 1).then(|| RefreshToken::new(format!("r{n}"))),
+                    )),
+            ),
             13..=15 => {
                 let kind = [
                     FetchErrorKind::Transient,
@@ -55,30 +88,56 @@ fuzz_target!(|data: &[u8]| {
                     FetchErrorKind::Permanent,
                     FetchErrorKind::GrantRevoked,
                 ][usize::from(arg & 3)];
-                Input::Fetched(Err(FetchError::new(kind, "e")
-                    .with_retry_after((arg & 4 == 4).then(|| Duration::from_secs(u64::from(arg))))))
+                Input::Fetched(
+                    id(2),
+                    Err(FetchError::new(kind, "e").with_retry_after(
+                        (arg & 4 == 4).then(|| Duration::from_secs(u64::from(arg))),
+                    )),
+                )
             }
-            16 | 17 => Input::Stored(if arg & 1 == 0 { Ok(()) } else { Err(CacheError::new(CacheErrorKind::Io, "x")) }),
-            18..=20 => Input::Lease(match arg & 3 {
-                0 => Ok(LeaseOutcome::Granted),
-                1 => Ok(LeaseOutcome::Busy),
-                2 => Ok(LeaseOutcome::Unsupported),
-                _ => Err(CacheError::new(CacheErrorKind::Unavailable, "x")),
-            }),
+            16 | 17 => Input::Stored(
+                id(3),
+                if arg & 1 == 0 {
+                    Ok(())
+                } else {
+                    Err(CacheError::new(CacheErrorKind::Io, "x"))
+                },
+            ),
+            18..=20 => Input::Lease(
+                id(1),
+                match arg & 3 {
+                    0 => Ok(LeaseOutcome::Granted),
+                    1 => Ok(LeaseOutcome::Busy),
+                    2 => Ok(LeaseOutcome::Unsupported),
+                    _ => Err(CacheError::new(CacheErrorKind::Unavailable, "x")),
+                },
+            ),
             21 | 22 => match m.current() {
                 Some(t) => Input::Invalidate(t.id()),
                 None => Input::Tick,
             },
             23 => Input::Invalidate(TokenId::of(&[arg])),
+            25 => Input::Fetched(
+                old.unwrap_or_default(),
+                Ok(TokenResponse::new(AccessToken::new(format!("l{n}")))
+                    .with_expires_in(Some(600))
+                    .with_refresh_token(Some(RefreshToken::new(format!("rl{n}"))))),
+            ),
             24 => Input::Shutdown,
             _ => Input::Tick,
         };
         match &input {
-            Input::Fetched(_) => fetching = false,
-            Input::Lease(_) => leasing = false,
+            Input::Fetched(i, _) if fetching.is_some_and(|(f, _)| f == *i) => fetching = None,
+            Input::Lease(i, _) if leasing.is_some_and(|(l, _)| l == *i) => leasing = None,
             _ => {}
         }
-        m.handle_input(input, now);
+        if fetching.is_some_and(|(_, d)| mono >= d) {
+            fetching = None;
+        }
+        if leasing.is_some_and(|(_, d)| mono >= d) {
+            leasing = None;
+        }
+        m.handle_input(input, Now::new(now, mono));
         let mut outputs = 0;
         loop {
             outputs += 1;
@@ -90,18 +149,30 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Output::Action(a) => {
                     assert!(!stopped, "action after Stop");
+                    let kind = match &a {
+                        Action::LoadCache { .. } => Some(0),
+                        Action::AcquireLease { .. } => Some(1),
+                        Action::Fetch(_) => Some(2),
+                        Action::Store { .. } => Some(3),
+                        _ => None,
+                    };
+                    if let (Some(k), Some(i)) = (kind, a.request_id()) {
+                        old = ids[k].replace(i).or(old);
+                    }
                     match a {
-                        Action::Fetch(_) => {
-                            assert!(!fetching, "two fetches in flight");
-                            fetching = true;
+                        Action::Fetch(r) => {
+                            assert!(fetching.is_none(), "two fetches in flight");
+                            fetching = Some((r.id, mono + fetch_timeout));
                         }
-                        Action::AcquireLease { .. } => {
-                            assert!(!leasing, "two leases in flight");
-                            leasing = true;
+                        Action::AcquireLease { id, .. } => {
+                            assert!(leasing.is_none(), "two leases in flight");
+                            leasing = Some((id, mono + cache_timeout));
                         }
                         Action::Publish(s) => {
                             if let Some(t) = &s.token {
-                                assert!(t.issued_at() <= t.stale_at() && t.stale_at() <= t.expires_at());
+                                assert!(
+                                    t.issued_at() <= t.stale_at() && t.stale_at() <= t.expires_at()
+                                );
                             }
                         }
                         Action::Stop => stopped = true,

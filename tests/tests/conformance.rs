@@ -440,6 +440,23 @@ impl Env {
         }
     }
 
+    /// [`until`](Self::until), moving the clock on by `step_ms` before each
+    /// look: the machine's deadlines run on the driver's clock, so a hung
+    /// call is given up on only when that clock passes its deadline.
+    async fn until_ticking(&self, what: &str, step_ms: u64, cond: impl Fn(&Snapshot) -> bool) {
+        let give_up = Instant::now() + HUNG;
+        while !cond(&self.tokens.snapshot()) {
+            assert!(
+                Instant::now() < give_up,
+                "timed out waiting for {what}; last snapshot: {:?}",
+                self.tokens.snapshot()
+            );
+            self.clock.advance(Duration::from_millis(step_ms));
+            self.driver.wake();
+            let _ = within(Duration::from_millis(20), self.tokens.changed()).await;
+        }
+    }
+
     async fn until_token(&self, expected: &str) {
         self.until(&format!("token {expected}"), |s| {
             s.token
@@ -681,7 +698,11 @@ async fn contained(driver: impl Driver, fault: Fault, message: &str) {
     env.ready().await;
     env.authority.set(fault);
     env.advance(31);
-    env.until_retrying(message).await;
+    // A hung source is given up on when the clock passes its deadline.
+    env.until_ticking(&format!("a retry after '{message}'"), 50, |s| {
+        matches!(&s.state, RefreshState::Retrying { error, .. } if error.to_string().contains(message))
+    })
+    .await;
     assert_eq!(env.served(), "tok-1");
     env.authority.set(Fault::None);
     env.advance(5);
@@ -893,10 +914,18 @@ async fn cache_contained(driver: impl Driver, fault: CacheFault) {
     ));
     cache.set(fault);
     let env = Env::start_cached(driver, &cache, |b| b.fetch_timeout(timeout));
-    // tok-1, not peer-tok: the broken load was a miss.
-    env.ready().await;
+    // tok-1, not peer-tok: the broken load was a miss (a hung one once the
+    // clock passes its deadline).
+    env.until_ticking("the first token", 50, |s| s.token.is_some())
+        .await;
+    assert_eq!(env.served(), "tok-1");
     env.advance(31);
-    env.until_token("tok-2").await;
+    env.until_ticking("tok-2", 50, |s| {
+        s.token
+            .as_ref()
+            .is_some_and(|t| t.access_token().expose_secret() == "tok-2")
+    })
+    .await;
     assert_eq!(cache.stores(), 0);
 
     cache.set(CacheFault::None);

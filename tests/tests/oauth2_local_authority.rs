@@ -154,7 +154,10 @@ fn run_machine(
             Output::Action(Action::Fetch(req)) => {
                 on_fetch(&req, now);
                 let result = source.fetch(&req);
-                machine.handle_input(Input::Fetched(result), freshtoken::Clock::now(&clock));
+                machine.handle_input(
+                    Input::Fetched(req.id, result),
+                    freshtoken::Clock::now(&clock),
+                );
             }
             Output::Action(Action::Publish(snapshot)) => {
                 published += 1;

@@ -286,7 +286,7 @@ fn wrong_secret_is_permanent_with_no_retry_storm() {
                 fetches += 1;
                 let result = source.fetch(&req);
                 let err = result.clone().unwrap_err();
-                machine.handle_input(Input::Fetched(result), now);
+                machine.handle_input(Input::Fetched(req.id, result), now);
                 let (lo, hi) = backoff.bounds(&err, req.attempt);
                 assert!(
                     lo >= Duration::from_secs(60),
@@ -352,7 +352,7 @@ fn refresh_tokens_rotate_across_refreshes_and_a_replay_is_invalid_grant() {
                     "oidc-provider rotates on every use"
                 );
                 access_tokens.push(answer.access_token.expose_secret().to_owned());
-                machine.handle_input(Input::Fetched(Ok(answer)), now);
+                machine.handle_input(Input::Fetched(req.id, Ok(answer)), now);
             }
             Output::Action(Action::Publish(s)) => assert_eq!(s.state, RefreshState::Healthy),
             Output::Action(other) => panic!("unexpected {other:?}"),

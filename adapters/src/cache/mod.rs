@@ -76,7 +76,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshtoken_core::{CacheError, LeaseOutcome, Token};
+use freshtoken_core::{CacheError, LeaseOutcome, Timestamp, Token};
 
 /// A blocking token cache. Async drivers run it on their blocking pool.
 pub trait TokenCache: Send + Sync + 'static {
@@ -84,6 +84,15 @@ pub trait TokenCache: Send + Sync + 'static {
     /// (with a warning) or a [`CacheErrorKind::Corrupt`](freshtoken_core::CacheErrorKind::Corrupt)
     /// error; either way the machine carries on.
     fn load(&self) -> Result<Option<Token>, CacheError>;
+
+    /// The stored token, when the machine holds one that expires at
+    /// `newer_than` and wants a better one. A single cache just loads (the
+    /// default); a layered one ([`CacheStack`]) asks its shared layers
+    /// rather than stop at a local layer that holds the machine's own token.
+    fn load_newer(&self, newer_than: Option<Timestamp>) -> Result<Option<Token>, CacheError> {
+        let _ = newer_than;
+        self.load()
+    }
 
     /// Stores `token` (with its refresh token, when it has one).
     fn store(&self, token: &Token) -> Result<(), CacheError>;
@@ -105,6 +114,9 @@ macro_rules! forward_cache {
         impl<T: TokenCache + ?Sized> TokenCache for $ptr<T> {
             fn load(&self) -> Result<Option<Token>, CacheError> {
                 (**self).load()
+            }
+            fn load_newer(&self, newer_than: Option<Timestamp>) -> Result<Option<Token>, CacheError> {
+                (**self).load_newer(newer_than)
             }
             fn store(&self, token: &Token) -> Result<(), CacheError> {
                 (**self).store(token)
@@ -162,6 +174,16 @@ pub trait AsyncTokenCache: Send + Sync + 'static {
     /// The stored token, if any; see [`TokenCache::load`].
     fn load(&self) -> impl Future<Output = Result<Option<Token>, CacheError>> + Send;
 
+    /// The stored token when the machine wants one newer than `newer_than`;
+    /// see [`TokenCache::load_newer`]. The default loads.
+    fn load_newer(
+        &self,
+        newer_than: Option<Timestamp>,
+    ) -> impl Future<Output = Result<Option<Token>, CacheError>> + Send {
+        let _ = newer_than;
+        self.load()
+    }
+
     /// Stores `token` (with its refresh token, when it has one).
     fn store(&self, token: &Token) -> impl Future<Output = Result<(), CacheError>> + Send;
 
@@ -185,6 +207,12 @@ macro_rules! forward_async_cache {
         impl<T: AsyncTokenCache> AsyncTokenCache for $ptr<T> {
             fn load(&self) -> impl Future<Output = Result<Option<Token>, CacheError>> + Send {
                 (**self).load()
+            }
+            fn load_newer(
+                &self,
+                newer_than: Option<Timestamp>,
+            ) -> impl Future<Output = Result<Option<Token>, CacheError>> + Send {
+                (**self).load_newer(newer_than)
             }
             fn store(&self, token: &Token) -> impl Future<Output = Result<(), CacheError>> + Send {
                 (**self).store(token)

@@ -14,7 +14,11 @@
 //! * Times are wall-clock milliseconds since the Unix epoch (the precision of
 //!   [`Timestamp`]), because records are shared between processes.
 //! * The refresh token is stored when there is one, so a rotated refresh
-//!   token survives a restart.
+//!   token survives a restart, with its `refresh_generation` (how many
+//!   rotations from the grant's first token; left out when 0): instances
+//!   order refresh tokens by it, never by another machine's clock. It was
+//!   added within version 1, which ignores unknown fields, so older readers
+//!   still read these records.
 //!
 //! [`decode`] also reads the file that aliri_tokens 0.3 writes (its
 //! `TokenWithLifetime`: `access_token`, `id_token`, `lifetime`, `issued`,
@@ -99,6 +103,12 @@ struct RecordOut<'a> {
     issued_at_ms: u64,
     stale_at_ms: u64,
     expires_at_ms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    refresh_generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Version 1 as read. Unknown fields are ignored so that a later 1.x writer
@@ -113,6 +123,9 @@ struct RecordV1 {
     issued_at_ms: u64,
     stale_at_ms: u64,
     expires_at_ms: u64,
+    /// Added within version 1 (older writers leave it out: generation 0).
+    #[serde(default)]
+    refresh_generation: u64,
 }
 
 /// aliri_tokens 0.3's `TokenWithLifetime` (times in whole Unix seconds).
@@ -146,7 +159,8 @@ struct Probe {
 ///     Timestamp::from_millis(46_000),
 ///     Timestamp::from_millis(61_000),
 /// )
-/// .with_refresh_token(Some(RefreshToken::new("rt")));
+/// .with_refresh_token(Some(RefreshToken::new("rt")))
+/// .with_generation(3);
 /// assert_eq!(decode(&encode(&token)).unwrap(), token);
 /// ```
 pub fn encode(token: &Token) -> Vec<u8> {
@@ -160,6 +174,7 @@ pub fn encode(token: &Token) -> Vec<u8> {
         issued_at_ms: token.issued_at().as_millis(),
         stale_at_ms: token.stale_at().as_millis(),
         expires_at_ms: token.expires_at().as_millis(),
+        refresh_generation: token.generation(),
     };
     // Strings and integers always serialize; the fallback (an empty record,
     // which reads back as a miss) is unreachable but keeps this panic-free.
@@ -218,7 +233,8 @@ fn decode_v1(bytes: &[u8]) -> Result<Token, DecodeError> {
     )
     .with_refresh_token(r.refresh_token.map(RefreshToken::new))
     .with_id_token(r.id_token.map(IdToken::new))
-    .with_scope(r.scope);
+    .with_scope(r.scope)
+    .with_generation(r.refresh_generation);
     Ok(match r.token_type {
         Some(t) => token.with_token_type(t),
         None => token,

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use freshtoken_core::{CacheError, Clock, LeaseOutcome, Token, TokenStatus};
+use freshtoken_core::{CacheError, Clock, LeaseOutcome, Timestamp, Token};
 
 use super::TokenCache;
 use crate::clock::SystemClock;
@@ -13,12 +13,18 @@ use crate::clock::SystemClock;
 ///
 /// * **load** asks the layers in order and stops at the first fresh token
 ///   (so a fresh token in memory costs no file read and no round trip to
-///   Redis). Otherwise the token that lives longest among those found wins,
-///   by the machine's own rule (a later `expires_at` is better); expired
-///   tokens still count, because they may carry the newest refresh token.
-///   The winner is written back to the layers above it that held nothing
-///   or something worse. A failing layer is skipped with a warning; the load
-///   fails only when every layer failed.
+///   Redis). When the machine already holds a token and wants a newer one
+///   ([`TokenCache::load_newer`]), a layer's token stops the search only if
+///   it also expires later than the machine's: otherwise the shared layers
+///   are asked, because a peer may have refreshed (or rotated the refresh
+///   token) there. Among the tokens found, the winner is the one that
+///   [supersedes](Token::supersedes) the others: a later refresh-token
+///   generation first, then a later expiry; expired tokens still count,
+///   because they may carry the newest refresh token. The winner is written
+///   back to the layers above it that held nothing or something older. A
+///   failing layer is skipped with a warning, but when no layer above it
+///   could answer, the load fails: a refresh-token flow must not mistake a
+///   local layer's token for the shared state.
 /// * **store** writes to every layer, even when one fails, and reports the
 ///   first failure.
 /// * **the lease** is taken from the *last* layer that supports leases: the
@@ -101,45 +107,61 @@ impl fmt::Debug for CacheStack {
 
 impl TokenCache for CacheStack {
     fn load(&self) -> Result<Option<Token>, CacheError> {
+        self.load_newer(None)
+    }
+
+    fn load_newer(&self, newer_than: Option<Timestamp>) -> Result<Option<Token>, CacheError> {
         let now = self.clock.now();
-        // What each layer asked so far held, by expiry; None: nothing or failed.
-        let mut held = Vec::with_capacity(self.layers.len());
-        let mut best: Option<(usize, Token)> = None;
-        let mut failures = 0;
+        // What each layer asked so far held; None: nothing or failed.
+        let mut held: Vec<Option<Token>> = Vec::with_capacity(self.layers.len());
+        let mut best: Option<usize> = None;
         let mut last_error = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            match layer.load() {
+            let result = layer.load_newer(newer_than);
+            if result.is_ok() {
+                // A more shared layer answered: a failure above it is moot.
+                last_error = None;
+            }
+            match result {
                 Ok(Some(token)) => {
-                    held.push(Some(token.expires_at()));
-                    let fresh = token.status(now) == TokenStatus::Fresh;
+                    let satisfies = token.satisfies(now, newer_than);
                     if best
-                        .as_ref()
-                        .is_none_or(|(_, b)| token.expires_at() > b.expires_at())
+                        .and_then(|b| held[b].as_ref())
+                        .is_none_or(|b| token.supersedes(b))
                     {
-                        best = Some((i, token));
+                        best = Some(i);
                     }
-                    if fresh {
+                    held.push(Some(token));
+                    if satisfies {
                         break;
                     }
                 }
                 Ok(None) => held.push(None),
                 Err(e) => {
-                    tracing::warn!(layer = i, error = %e, "cache layer failed to load; skipping it");
+                    tracing::warn!(layer = i, error = %e, "cache layer failed to load");
                     held.push(None);
-                    failures += 1;
                     last_error = Some(e);
                 }
             }
         }
-        let Some((from, token)) = best else {
-            // A miss unless no layer could answer at all.
-            return match last_error {
-                Some(e) if failures == self.layers.len() => Err(e),
-                _ => Ok(None),
-            };
+        // The most shared layer asked failed (none below it answered) and no
+        // layer above could answer: report it, so that a refresh-token flow
+        // does not take a local layer's token for the shared state (the
+        // shared layer may hold a newer refresh token).
+        if let Some(e) = last_error {
+            let satisfied = best
+                .and_then(|b| held[b].as_ref())
+                .is_some_and(|t| t.satisfies(now, newer_than));
+            if !satisfied {
+                return Err(e);
+            }
+        }
+        let Some(from) = best else {
+            return Ok(None);
         };
+        let token = held[from].clone().expect("best points at a held token");
         for (i, layer) in self.layers[..from].iter().enumerate() {
-            if held[i].is_none_or(|expires| expires < token.expires_at()) {
+            if held[i].as_ref().is_none_or(|h| token.supersedes(h)) {
                 if let Err(e) = layer.store(&token) {
                     tracing::warn!(layer = i, error = %e, "cache layer failed to take a write-back");
                 }
@@ -325,6 +347,74 @@ mod tests {
         let only_down = CacheStack::new().with(down);
         assert!(only_down.load().is_err());
         assert_eq!(CacheStack::new().load().unwrap(), None);
+    }
+
+    #[test]
+    fn a_local_layer_holding_our_token_does_not_hide_the_shared_one() {
+        let local = MemoryCache::new();
+        let shared = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(local.clone())
+            .with(shared.clone())
+            .with_clock(clock_at(10));
+        // Ours, fresh, in the local layer; a peer rotated the refresh token
+        // in the shared one (its access token expires later too).
+        let ours = token("ours", 0, 45, 60)
+            .with_refresh_token(Some(RefreshToken::new("rt-1")))
+            .with_generation(1);
+        let peers = token("peers", 5, 50, 65)
+            .with_refresh_token(Some(RefreshToken::new("rt-2")))
+            .with_generation(2);
+        local.store(&ours).unwrap();
+        shared.store(&peers).unwrap();
+        // A plain load stops at the fresh local token...
+        assert_eq!(stack.load().unwrap(), Some(ours.clone()));
+        // ...but the machine, holding `ours`, asks for something newer.
+        assert_eq!(
+            stack.load_newer(Some(ours.expires_at())).unwrap(),
+            Some(peers.clone())
+        );
+        assert_eq!(local.load().unwrap(), Some(peers), "written back");
+    }
+
+    #[test]
+    fn a_newer_refresh_token_below_wins_over_a_longer_lived_token_above() {
+        let local = MemoryCache::new();
+        let shared = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(local.clone())
+            .with(shared.clone())
+            .with_clock(clock_at(50));
+        let stale_local = token("a", 0, 45, 90).with_generation(1);
+        let rotated = token("b", 0, 40, 60).with_generation(2);
+        local.store(&stale_local).unwrap();
+        shared.store(&rotated).unwrap();
+        assert_eq!(stack.load().unwrap().map(|t| t.generation()), Some(2));
+    }
+
+    #[test]
+    fn a_failed_shared_layer_fails_the_load_unless_a_local_one_answers() {
+        let local = MemoryCache::new();
+        let down = Arc::new(Probe {
+            down: true,
+            ..Probe::default()
+        });
+        let stack = CacheStack::new()
+            .with(local.clone())
+            .with(down)
+            .with_clock(clock_at(10));
+        let ours = token("ours", 0, 45, 60);
+        local.store(&ours).unwrap();
+        // Fresh and nothing newer wanted: the local layer answers.
+        assert_eq!(stack.load().unwrap(), Some(ours.clone()));
+        // Wanting newer, the shared layer must answer, and it is down.
+        assert_eq!(
+            stack
+                .load_newer(Some(ours.expires_at()))
+                .unwrap_err()
+                .kind(),
+            CacheErrorKind::Unavailable
+        );
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! What every driver does with the machine, whatever it waits with: feed
-//! inputs with the clock's `now`, carry out `Publish` at once, hand out the
-//! jobs that take time, and say how long to sleep.
+//! inputs with the clock's readings, carry out `Publish` at once, hand out
+//! the jobs that take time, and say how long to sleep.
+//!
+//! Drivers keep no timeouts of their own: the machine keeps a deadline for
+//! every request and includes the earliest in its `Timeout`, so a driver
+//! only sleeps until then, ticks, and feeds every answer whenever it comes
+//! (a late one included: the machine recognises it by its request id).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -9,7 +14,7 @@ use std::time::Duration;
 use freshtoken_core::handle::{Command, Publisher};
 use freshtoken_core::{
     Action, CacheError, CacheErrorKind, Clock, FetchError, FetchRequest, Input, LeaseOutcome,
-    Output, RefreshMachine, Token, TokenResponse,
+    Output, RefreshMachine, RequestId, Timestamp, Token, TokenResponse,
 };
 
 #[cfg(any(feature = "tokio", feature = "async-std"))]
@@ -23,7 +28,6 @@ pub(crate) struct Engine {
     clock: Arc<dyn Clock>,
     cache: Arc<dyn TokenCache>,
     heartbeat: Duration,
-    job_timeout: Duration,
 }
 
 /// What the driver should do next.
@@ -46,26 +50,28 @@ pub(crate) enum Job {
 /// An action carried out on the cache.
 #[derive(Debug)]
 pub(crate) enum CacheJob {
-    Load,
-    Store(Arc<Token>),
-    Lease(Duration),
+    Load(RequestId, Option<Timestamp>),
+    Store(RequestId, Arc<Token>),
+    Lease(RequestId, Duration),
     Release,
 }
 
-/// The kind of a job, kept to answer for it when it does not finish.
+/// The kind of a job and the request it answers, kept to answer for it
+/// when it does not finish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum JobKind {
-    Fetch,
-    Load,
-    Store,
-    Lease,
+    Fetch(RequestId),
+    Load(RequestId),
+    Store(RequestId),
+    Lease(RequestId),
     Release,
 }
 
 impl Job {
+    /// What the job is, and the request it answers (if it expects an answer).
     pub(crate) fn kind(&self) -> JobKind {
         match self {
-            Job::Fetch(_) => JobKind::Fetch,
+            Job::Fetch(request) => JobKind::Fetch(request.id),
             Job::Cache(c) => c.kind(),
         }
     }
@@ -74,9 +80,9 @@ impl Job {
 impl CacheJob {
     pub(crate) fn kind(&self) -> JobKind {
         match self {
-            CacheJob::Load => JobKind::Load,
-            CacheJob::Store(_) => JobKind::Store,
-            CacheJob::Lease(_) => JobKind::Lease,
+            CacheJob::Load(id, _) => JobKind::Load(*id),
+            CacheJob::Store(id, _) => JobKind::Store(*id),
+            CacheJob::Lease(id, _) => JobKind::Lease(*id),
             CacheJob::Release => JobKind::Release,
         }
     }
@@ -86,21 +92,25 @@ impl CacheJob {
     pub(crate) fn run(self, cache: &dyn TokenCache) -> Option<Input> {
         let kind = self.kind();
         contain(kind, move || match self {
-            CacheJob::Load => Some(Input::CacheLoaded(cache.load())),
-            CacheJob::Store(token) => Some(Input::Stored(cache.store(&token))),
-            CacheJob::Lease(ttl) => Some(Input::Lease(cache.acquire_lease(ttl))),
+            CacheJob::Load(id, newer_than) => {
+                Some(Input::CacheLoaded(id, cache.load_newer(newer_than)))
+            }
+            CacheJob::Store(id, token) => Some(Input::Stored(id, cache.store(&token))),
+            CacheJob::Lease(id, ttl) => Some(Input::Lease(id, cache.acquire_lease(ttl))),
             CacheJob::Release => released(cache.release_lease()),
         })
     }
 
     /// Carries the job out on an async cache, the twin of [`run`](Self::run);
-    /// the caller contains panics and bounds the time.
+    /// the caller contains panics.
     #[cfg(any(feature = "tokio", feature = "async-std"))]
     pub(crate) async fn run_async<C: AsyncTokenCache>(self, cache: &C) -> Option<Input> {
         match self {
-            CacheJob::Load => Some(Input::CacheLoaded(cache.load().await)),
-            CacheJob::Store(token) => Some(Input::Stored(cache.store(&token).await)),
-            CacheJob::Lease(ttl) => Some(Input::Lease(cache.acquire_lease(ttl).await)),
+            CacheJob::Load(id, newer_than) => {
+                Some(Input::CacheLoaded(id, cache.load_newer(newer_than).await))
+            }
+            CacheJob::Store(id, token) => Some(Input::Stored(id, cache.store(&token).await)),
+            CacheJob::Lease(id, ttl) => Some(Input::Lease(id, cache.acquire_lease(ttl).await)),
             CacheJob::Release => released(cache.release_lease().await),
         }
     }
@@ -115,23 +125,19 @@ fn released(result: Result<(), CacheError>) -> Option<Input> {
 }
 
 impl JobKind {
-    /// Whether the machine waits for this job's result (all but releasing
-    /// the lease).
-    pub(crate) fn expects_answer(self) -> bool {
-        self != JobKind::Release
-    }
-
-    /// The answer for a job that did not finish (it hung or panicked).
+    /// The answer for a job that did not finish (it panicked, or its
+    /// runtime is going away).
     pub(crate) fn failed(self, why: &str) -> Option<Input> {
         tracing::warn!(job = ?self, why, "a driver job did not finish");
         let cache_error = || CacheError::new(CacheErrorKind::Unavailable, format!("cache {why}"));
         match self {
-            JobKind::Fetch => Some(Input::Fetched(Err(FetchError::transient(format!(
-                "token source {why}"
-            ))))),
-            JobKind::Load => Some(Input::CacheLoaded(Err(cache_error()))),
-            JobKind::Store => Some(Input::Stored(Err(cache_error()))),
-            JobKind::Lease => Some(Input::Lease(Err(cache_error()))),
+            JobKind::Fetch(id) => Some(Input::Fetched(
+                id,
+                Err(FetchError::transient(format!("token source {why}"))),
+            )),
+            JobKind::Load(id) => Some(Input::CacheLoaded(id, Err(cache_error()))),
+            JobKind::Store(id) => Some(Input::Stored(id, Err(cache_error()))),
+            JobKind::Lease(id) => Some(Input::Lease(id, Err(cache_error()))),
             JobKind::Release => None,
         }
     }
@@ -148,7 +154,9 @@ pub(crate) fn fetch_blocking(
     source: &dyn crate::source::TokenSource,
     request: &FetchRequest,
 ) -> Option<Input> {
-    contain(JobKind::Fetch, || Some(fetched(source.fetch(request))))
+    contain(JobKind::Fetch(request.id), || {
+        Some(fetched(request.id, source.fetch(request)))
+    })
 }
 
 /// The input for a source's answer, after checking that the token can be
@@ -156,17 +164,20 @@ pub(crate) fn fetch_blocking(
 /// header (empty, or with spaces or control characters; RFC 6750's
 /// b64token is printable ASCII) is garbage, and serving it would only turn
 /// into failed calls.
-pub(crate) fn fetched(result: Result<TokenResponse, FetchError>) -> Input {
-    Input::Fetched(result.and_then(|response| {
-        let token = response.access_token.expose_secret();
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            Err(FetchError::transient(
-                "the source returned an unusable access token (empty or not printable ASCII)",
-            ))
-        } else {
-            Ok(response)
-        }
-    }))
+pub(crate) fn fetched(id: RequestId, result: Result<TokenResponse, FetchError>) -> Input {
+    Input::Fetched(
+        id,
+        result.and_then(|response| {
+            let token = response.access_token.expose_secret();
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                Err(FetchError::transient(
+                    "the source returned an unusable access token (empty or not printable ASCII)",
+                ))
+            } else {
+                Ok(response)
+            }
+        }),
+    )
 }
 
 impl Engine {
@@ -176,7 +187,6 @@ impl Engine {
         clock: Arc<dyn Clock>,
         cache: Arc<dyn TokenCache>,
         heartbeat: Duration,
-        job_timeout: Duration,
     ) -> Self {
         Engine {
             machine,
@@ -184,7 +194,6 @@ impl Engine {
             clock,
             cache,
             heartbeat,
-            job_timeout,
         }
     }
 
@@ -196,11 +205,6 @@ impl Engine {
         self.cache.clone()
     }
 
-    /// How long a job may take before it counts as hung.
-    pub(crate) fn job_timeout(&self) -> Duration {
-        self.job_timeout
-    }
-
     pub(crate) fn start(&mut self) {
         tracing::debug!("refresher starting");
         self.feed(Input::Start);
@@ -209,8 +213,8 @@ impl Engine {
     /// Feeds the result of a job (or a tick, a command) at the clock's now.
     pub(crate) fn feed(&mut self, input: Input) {
         log_input(&input);
-        let fetched_ok = matches!(input, Input::Fetched(Ok(_)));
-        self.machine.handle_input(input, self.clock.now());
+        let fetched_ok = matches!(input, Input::Fetched(_, Ok(_)));
+        self.machine.handle_input(input, self.clock.read());
         if fetched_ok {
             if let Some(t) = self.machine.current() {
                 tracing::info!(
@@ -270,9 +274,15 @@ impl Engine {
                     tracing::debug!(attempt = request.attempt, "fetching a token");
                     Job::Fetch(request)
                 }
-                Output::Action(Action::LoadCache) => Job::Cache(CacheJob::Load),
-                Output::Action(Action::Store(token)) => Job::Cache(CacheJob::Store(token)),
-                Output::Action(Action::AcquireLease { ttl }) => Job::Cache(CacheJob::Lease(ttl)),
+                Output::Action(Action::LoadCache { id, newer_than }) => {
+                    Job::Cache(CacheJob::Load(id, newer_than))
+                }
+                Output::Action(Action::Store { id, token }) => {
+                    Job::Cache(CacheJob::Store(id, token))
+                }
+                Output::Action(Action::AcquireLease { id, ttl }) => {
+                    Job::Cache(CacheJob::Lease(id, ttl))
+                }
                 Output::Action(Action::ReleaseLease) => Job::Cache(CacheJob::Release),
             };
             return Next::Job(job);
@@ -283,16 +293,16 @@ impl Engine {
 /// Logs what happened (never a secret: errors carry none by contract).
 fn log_input(input: &Input) {
     match input {
-        Input::Fetched(Err(e)) => tracing::warn!(error = %e, "token refresh failed"),
-        Input::CacheLoaded(Err(e)) => tracing::warn!(error = %e, "reading the cache failed"),
-        Input::Stored(Err(e)) => {
+        Input::Fetched(_, Err(e)) => tracing::warn!(error = %e, "token refresh failed"),
+        Input::CacheLoaded(_, Err(e)) => tracing::warn!(error = %e, "reading the cache failed"),
+        Input::Stored(_, Err(e)) => {
             tracing::warn!(error = %e, "storing the token in the cache failed")
         }
-        Input::Lease(Err(e)) => tracing::warn!(error = %e, "taking the cache lease failed"),
-        Input::Lease(Ok(LeaseOutcome::Busy)) => {
+        Input::Lease(_, Err(e)) => tracing::warn!(error = %e, "taking the cache lease failed"),
+        Input::Lease(_, Ok(LeaseOutcome::Busy)) => {
             tracing::debug!("another instance holds the lease")
         }
-        Input::CacheLoaded(Ok(Some(t))) => tracing::debug!(token = %t.id(), "cache read"),
+        Input::CacheLoaded(_, Ok(Some(t))) => tracing::debug!(token = %t.id(), "cache read"),
         _ => {}
     }
 }

@@ -43,10 +43,15 @@
 //! * A source or cache call that panics, or takes longer than the fetch
 //!   timeout, becomes a transient error (a cache miss, for the cache): the
 //!   driver keeps running and the previous token stays served. So does a
-//!   token that cannot be sent in an `Authorization` header.
+//!   token that cannot be sent in an `Authorization` header. The deadlines
+//!   are the machine's; an answer that comes after one is still fed to it.
 //! * It stops when [`DriverHandle::shutdown`] is called or when the last
 //!   [`TokenHandle`] is dropped. Dropping the [`DriverHandle`] does not stop
-//!   it.
+//!   it. Either way a fetch or store in flight is finished first (within
+//!   the fetch timeout and a cache call), so a rotated refresh token is
+//!   never lost to a shutdown; `shutdown` returns after that. Dropping the
+//!   handles starts the same drain in the background, which completes only
+//!   if the process lives on: a process about to exit calls `shutdown`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,16 +187,18 @@ impl Builder {
     }
 
     /// How long a fetch (or a cache call) may take before it counts as a
-    /// transient failure (default 30 s). The cache lease TTL is raised to
-    /// at least 1.5 times this, so a live holder never loses its lease in
-    /// the middle of a fetch.
+    /// transient failure (default 30 s): the machine's deadline for the
+    /// request. An answer that comes later is still used when it carries a
+    /// rotated refresh token. The cache lease TTL is raised to at least 1.5
+    /// times this, so a live holder never loses its lease in the middle of
+    /// a fetch.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
-    /// How long a cache lease may be held (default 30 s; see
-    /// [`fetch_timeout`](Self::fetch_timeout)).
+    /// How long a cache lease may be held (default 45 s, and never less
+    /// than 1.5 times the [`fetch_timeout`](Self::fetch_timeout)).
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.config.lease_ttl = ttl;
         self
@@ -240,7 +247,11 @@ impl Builder {
         let mut config = self.config;
         config.seed = self.seed.unwrap_or_else(|| fastrand::u64(..));
         config.cache = shared;
-        config.lease_ttl = config.lease_ttl.max(self.fetch_timeout * 3 / 2);
+        config.fetch_timeout = self.fetch_timeout;
+        config.cache_timeout = self.fetch_timeout;
+        config.lease_ttl = config
+            .lease_ttl
+            .max(self.fetch_timeout.saturating_mul(3) / 2);
         let (publisher, handle) = Publisher::new(self.clock.clone());
         let control = publisher.control();
         let cache = self.cache.unwrap_or_else(|| Arc::new(NoCache));
@@ -250,7 +261,6 @@ impl Builder {
             self.clock,
             cache,
             self.heartbeat,
-            self.fetch_timeout,
         );
         (engine, handle, control)
     }

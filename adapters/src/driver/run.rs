@@ -3,12 +3,13 @@
 //! Sources and caches come in two kinds, blocking and async; a [`Fetcher`]
 //! and a [`CacheRunner`] hide which, so there is one loop: blocking calls go
 //! to the runtime's blocking pool, async ones are polled in the loop's own
-//! task. Either way a panic or a call past the job timeout is the job's
-//! failure.
+//! task. Either way a panic is the job's failure.
 //!
 //! One task owns the machine. It waits, with `futures`-style polling, for
-//! whichever comes first: the job in flight, a command from the handles,
-//! or the timer (the machine's deadline, capped by the heartbeat).
+//! whichever comes first: an answer of a job (several may be out: one the
+//! machine has given up on at its deadline is still polled, because its
+//! answer may carry a rotated refresh token), a command from the handles,
+//! or the timer (the machine's next deadline, capped by the heartbeat).
 
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 use freshtoken_core::handle::Command;
 use freshtoken_core::{FetchRequest, Input};
-use futures::future::{self, Either, FutureExt};
+use futures::future::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::engine::{fetch_blocking, fetched, CacheJob, Engine, Job, JobKind, Next};
 use crate::cache::{AsyncTokenCache, TokenCache};
@@ -63,7 +65,7 @@ pub(crate) struct BlockingSource<S>(pub(crate) Arc<S>);
 impl<R: Runtime, S: TokenSource> Fetcher<R> for BlockingSource<S> {
     fn fetch(&self, rt: &R, request: FetchRequest) -> Answer {
         let source = self.0.clone();
-        on_pool(rt, JobKind::Fetch, move || {
+        on_pool(rt, JobKind::Fetch(request.id), move || {
             fetch_blocking(&*source, &request)
         })
     }
@@ -75,8 +77,8 @@ pub(crate) struct AsyncSource<S>(pub(crate) Arc<S>);
 impl<R: Runtime, S: AsyncTokenSource> Fetcher<R> for AsyncSource<S> {
     fn fetch(&self, _rt: &R, request: FetchRequest) -> Answer {
         let source = self.0.clone();
-        in_task(JobKind::Fetch, async move {
-            Some(fetched(source.fetch(&request).await))
+        in_task(JobKind::Fetch(request.id), async move {
+            Some(fetched(request.id, source.fetch(&request).await))
         })
     }
 }
@@ -151,25 +153,16 @@ async fn run<R: Runtime>(
     caches: impl CacheRunner<R>,
 ) {
     engine.start();
-    let mut in_flight: Option<Answer> = None;
+    let mut answers: FuturesUnordered<Answer> = FuturesUnordered::new();
     loop {
         let sleep = match engine.next() {
             Next::Stop => return,
             Next::Sleep(d) => d,
             Next::Job(job) => {
-                let kind = job.kind();
-                let answer = match job {
+                answers.push(match job {
                     Job::Fetch(request) => fetcher.fetch(&rt, request),
                     Job::Cache(job) => caches.run(&rt, job),
-                };
-                let answer = timed(&rt, answer, kind, engine.job_timeout());
-                if kind.expects_answer() {
-                    in_flight = Some(answer);
-                } else {
-                    // Releasing the lease: quick, bounded by the timeout,
-                    // and the machine waits for nothing.
-                    answer.await;
-                }
+                });
                 continue;
             }
         };
@@ -177,11 +170,8 @@ async fn run<R: Runtime>(
             let mut timer = pin!(rt.sleep(sleep));
             let mut command = pin!(engine.publisher().recv());
             poll_fn(|cx| {
-                if let Some(answer) = in_flight.as_mut() {
-                    if let Poll::Ready(input) = answer.as_mut().poll(cx) {
-                        in_flight = None;
-                        return Poll::Ready(Wake::Answered(input));
-                    }
+                if let Poll::Ready(Some(input)) = answers.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Answered(input));
                 }
                 if let Poll::Ready(c) = command.as_mut().poll(cx) {
                     return Poll::Ready(Wake::Command(c));
@@ -197,16 +187,4 @@ async fn run<R: Runtime>(
             Wake::Timer => engine.tick(),
         }
     }
-}
-
-/// `answer`, or the job's failure once `timeout` has passed. A hung
-/// blocking call keeps its pool thread, but the driver moves on.
-fn timed<R: Runtime>(rt: &R, answer: Answer, kind: JobKind, timeout: Duration) -> Answer {
-    let timer = rt.sleep(timeout);
-    Box::pin(async move {
-        match future::select(answer, pin!(timer)).await {
-            Either::Left((input, _)) => input,
-            Either::Right(((), _)) => kind.failed(&format!("timed out after {timeout:?}")),
-        }
-    })
 }

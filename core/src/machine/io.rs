@@ -9,30 +9,85 @@ use crate::secret::RefreshToken;
 use crate::time::Timestamp;
 use crate::token::{Token, TokenId, TokenResponse, TokenStatus};
 
+/// Which request an answer belongs to.
+///
+/// Every action that expects an answer carries one, and the answer carries
+/// it back, so the machine recognises an answer that arrives after it gave
+/// up on the request (a fetch past its deadline, a lease after shutdown).
+/// Ids are unique per machine and increase.
+///
+/// ```
+/// use freshtoken_core::*;
+///
+/// let mut m = RefreshMachine::new(MachineConfig::default());
+/// m.handle_input(Input::Start, Timestamp::from_secs(1));
+/// let Output::Action(Action::Fetch(request)) = m.poll_output() else { panic!() };
+/// // The answer names the request it answers.
+/// let answer = TokenResponse::new(AccessToken::new("at")).with_expires_in(Some(60));
+/// m.handle_input(Input::Fetched(request.id, Ok(answer)), Timestamp::from_secs(1));
+/// assert!(m.current().is_some());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// (The default, 0, is never issued: an answer with it is always stray.)
+pub struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    /// The id as a number (for logs).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// Something that happened, fed to [`RefreshMachine::handle_input`](super::RefreshMachine::handle_input).
 ///
-/// Every order is legal: a result for an action that was never asked for
-/// (a late `Fetched` after `Shutdown`, a second `Stored`) is ignored and
-/// counted in [`MachineStats::ignored_inputs`](super::MachineStats), never a panic.
+/// Every order is legal: a result for an action that was never asked for,
+/// or that the machine has given up on (a late `Fetched` after its
+/// deadline, a second `Stored`), is recognised by its [`RequestId`] and
+/// handled or ignored (and counted in
+/// [`MachineStats::ignored_inputs`](super::MachineStats)), never a panic.
+/// A late fetch answer that carries a rotated refresh token is still
+/// learned and stored: that token is the grant now.
 #[derive(Debug)]
 pub enum Input {
     /// Begin: load the cache or fetch the first token.
     Start,
-    /// Time has passed; act on any deadline that is due.
+    /// Time has passed; act on any deadline that is due. A request whose
+    /// deadline has passed counts as failed (timed out).
     Tick,
     /// The result of [`Action::LoadCache`].
-    CacheLoaded(Result<Option<Token>, CacheError>),
+    CacheLoaded(RequestId, Result<Option<Token>, CacheError>),
     /// The result of [`Action::Fetch`].
-    Fetched(Result<TokenResponse, FetchError>),
+    Fetched(RequestId, Result<TokenResponse, FetchError>),
     /// The result of [`Action::Store`].
-    Stored(Result<(), CacheError>),
-    /// The result of [`Action::AcquireLease`]. An error counts as
-    /// [`LeaseOutcome::Unsupported`]: a broken lease must not stop refreshing.
-    Lease(Result<LeaseOutcome, CacheError>),
+    Stored(RequestId, Result<(), CacheError>),
+    /// The result of [`Action::AcquireLease`]. An error means the lease's
+    /// state is unknown: a client-credentials flow fetches anyway (a broken
+    /// lease must not stop refreshing), a refresh-token flow retries later.
+    Lease(RequestId, Result<LeaseOutcome, CacheError>),
     /// A consumer got a 401 with the token of this id.
     Invalidate(TokenId),
-    /// Stop: emit [`Action::Stop`] and nothing after it.
+    /// Stop: finish the fetch or store in flight (bounded by its deadline),
+    /// then emit [`Action::Stop`] and nothing after it.
     Shutdown,
+}
+
+impl Input {
+    /// The request this input answers, if it is an answer.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Input::CacheLoaded(id, _)
+            | Input::Fetched(id, _)
+            | Input::Stored(id, _)
+            | Input::Lease(id, _) => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to a lease request.
@@ -58,25 +113,59 @@ pub enum Output {
 }
 
 /// A side effect for the driver to carry out.
+///
+/// The ones that expect an answer carry a [`RequestId`]; the driver feeds
+/// the answer back with it. The machine keeps a deadline for each (the
+/// fetch or cache timeout of its [`MachineConfig`](super::MachineConfig)),
+/// so a driver needs no timeouts of its own: it keeps waiting for the
+/// answer, and feeds it whenever it comes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Read the shared cache; answer with [`Input::CacheLoaded`].
-    LoadCache,
+    LoadCache {
+        /// Answer with this id.
+        id: RequestId,
+        /// The machine holds a token that expires then and wants a better
+        /// one: a layered cache asks its shared layers rather than stop at
+        /// a local layer that holds the machine's own token.
+        newer_than: Option<Timestamp>,
+    },
     /// Take the cache's lease for `ttl`; answer with [`Input::Lease`].
+    /// The holder may ask again to extend it.
     AcquireLease {
+        /// Answer with this id.
+        id: RequestId,
         /// How long the lease may be held before others may take it.
         ttl: Duration,
     },
-    /// Ask the source for a token; answer with [`Input::Fetched`].
+    /// Ask the source for a token; answer with [`Input::Fetched`] and the
+    /// request's id.
     Fetch(FetchRequest),
     /// Write the token to the cache; answer with [`Input::Stored`].
-    Store(Arc<Token>),
+    Store {
+        /// Answer with this id.
+        id: RequestId,
+        /// What to write.
+        token: Arc<Token>,
+    },
     /// Give the lease back. No answer is expected.
     ReleaseLease,
     /// Make this snapshot what readers see. No answer is expected.
     Publish(Snapshot),
     /// The machine has stopped; the driver should exit.
     Stop,
+}
+
+impl Action {
+    /// The id the answer must carry, for the actions that expect one.
+    pub fn request_id(&self) -> Option<RequestId> {
+        match self {
+            Action::LoadCache { id, .. } | Action::AcquireLease { id, .. } => Some(*id),
+            Action::Store { id, .. } => Some(*id),
+            Action::Fetch(request) => Some(request.id),
+            Action::ReleaseLease | Action::Publish(_) | Action::Stop => None,
+        }
+    }
 }
 
 /// What a source needs to know to fetch.
@@ -89,6 +178,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FetchRequest {
+    /// Answer with this id.
+    pub id: RequestId,
     /// 1 for the first try after a success, counting up while fetches fail.
     pub attempt: u32,
     /// The newest refresh token known (from the last answer, the cache or
@@ -97,17 +188,20 @@ pub struct FetchRequest {
 }
 
 impl FetchRequest {
-    /// The first attempt, without a refresh token.
+    /// The first attempt, without a refresh token (for sources' tests).
     pub fn first() -> Self {
         FetchRequest {
+            id: RequestId(0),
             attempt: 1,
             refresh_token: None,
         }
     }
 
-    /// A request for attempt `attempt` with `refresh_token`.
+    /// A request for attempt `attempt` with `refresh_token` (for sources'
+    /// tests; the machine numbers its own).
     pub fn new(attempt: u32, refresh_token: Option<RefreshToken>) -> Self {
         FetchRequest {
+            id: RequestId(0),
             attempt,
             refresh_token,
         }
@@ -131,8 +225,10 @@ pub enum RefreshState {
         /// When the next attempt is due.
         next_attempt: Timestamp,
     },
-    /// Renewal cannot succeed (the grant was revoked); the machine no longer
-    /// refreshes. The last token is served until it expires.
+    /// Renewal cannot succeed (the grant was revoked). The machine never
+    /// presents the revoked refresh token again; it re-reads the shared
+    /// cache at the permanent-error interval and recovers when a token of a
+    /// live grant appears there. The last token is served until it expires.
     Failed {
         /// Why.
         error: FetchError,

@@ -2,9 +2,10 @@
 //!
 //! [`RefreshMachine`] decides *when* to load the cache, take the lease,
 //! fetch, store and publish; a driver decides *how*. It never reads a clock
-//! and never performs I/O: every input carries `now`, and every side effect
-//! leaves as an [`Action`]. That makes it runnable under any executor, in a
-//! plain thread, and in deterministic tests and simulations.
+//! and never performs I/O: every input carries `now` (a wall-clock reading
+//! for token times and a monotonic one for durations), and every side
+//! effect leaves as an [`Action`]. That makes it runnable under any
+//! executor, in a plain thread, and in deterministic tests and simulations.
 //!
 //! ```
 //! use freshtoken_core::*;
@@ -13,11 +14,12 @@
 //! let t0 = Timestamp::from_secs(1_000);
 //! m.handle_input(Input::Start, t0);
 //! // No cache is configured, so the machine asks for a token straight away.
-//! assert!(matches!(m.poll_output(), Output::Action(Action::Fetch(_))));
+//! let Output::Action(Action::Fetch(request)) = m.poll_output() else { panic!() };
+//! // It waits for the answer until the fetch's deadline.
 //! assert!(matches!(m.poll_output(), Output::Timeout(_)));
 //!
 //! let answer = TokenResponse::new(AccessToken::new("at")).with_expires_in(Some(3600));
-//! m.handle_input(Input::Fetched(Ok(answer)), t0);
+//! m.handle_input(Input::Fetched(request.id, Ok(answer)), t0);
 //! let Output::Action(Action::Publish(snapshot)) = m.poll_output() else { panic!() };
 //! assert_eq!(snapshot.state, RefreshState::Healthy);
 //!
@@ -25,21 +27,54 @@
 //! let Output::Timeout(at) = m.poll_output() else { panic!() };
 //! assert!(at > t0 && at < Timestamp::from_secs(1_000 + 3600));
 //! ```
+//!
+//! # Requests, deadlines and late answers
+//!
+//! Every action that expects an answer carries a [`RequestId`] and gets a
+//! deadline (the fetch or cache timeout), kept by the machine like
+//! quinn-proto's timer table: the earliest deadline is part of the
+//! [`Output::Timeout`], and a [`Input::Tick`] past it counts as that
+//! request failing. An answer that comes after its deadline is recognised
+//! by its id. A late fetch answer that carries a rotated refresh token is
+//! still learned and stored: the authority has spent the old one.
+//!
+//! # Refresh tokens
+//!
+//! The refresh token is machine state. [`Action::Fetch`] carries the newest
+//! one known, so sources keep no memory of their own. Each carries a
+//! *generation* ([`Token::generation`]): the answer to our own request is
+//! one generation past the token we presented and always wins; a cached
+//! token's refresh token replaces ours only when its generation is higher,
+//! never because of wall-clock times another machine stamped. In a
+//! refresh-token flow the cache is read, and the lease taken, before every
+//! fetch; when the cache offers a lease the machine never fetches without
+//! it, and a rotated refresh token is stored before the new access token is
+//! published (a failed store keeps the lease and is retried first).
+//! `invalid_grant` puts the machine in [`RefreshState::Failed`], from which
+//! it re-reads the cache and recovers when a token of a live grant appears.
+//!
+//! # Shutdown
+//!
+//! [`Input::Shutdown`] with a fetch, store or lease request in flight
+//! drains: the answer is awaited (until its deadline), a fetched token is
+//! stored, a granted lease released, and only then [`Action::Stop`].
 
 mod io;
 
-pub use io::{Action, FetchRequest, Input, LeaseOutcome, Output, RefreshState, Snapshot};
+pub use io::{
+    Action, FetchRequest, Input, LeaseOutcome, Output, RefreshState, RequestId, Snapshot,
+};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::error::{FetchError, FetchErrorKind};
+use crate::error::{CacheError, CacheErrorKind, FetchError, FetchErrorKind};
 use crate::jitter::Jitter;
 use crate::lifetime::{LifetimeNote, LifetimePolicy};
 use crate::secret::RefreshToken;
-use crate::time::Timestamp;
+use crate::time::{MonoTime, Now, Timestamp};
 use crate::token::{Token, TokenId, TokenResponse};
 
 /// How a [`RefreshMachine`] behaves. Every field has a documented default.
@@ -68,9 +103,9 @@ pub struct MachineConfig {
     /// Whether a shared cache is attached (the driver answers `LoadCache`,
     /// `Store` and the lease). Without one the machine only fetches.
     pub cache: bool,
-    /// How long a lease may be held (default 30 s). It should exceed the
-    /// driver's fetch timeout, so a live holder never loses it mid-fetch,
-    /// and bounds how long a crashed holder blocks the others.
+    /// How long a lease may be held (default 45 s). It should exceed the
+    /// fetch timeout, so a live holder never loses it mid-fetch, and bounds
+    /// how long a crashed holder blocks the others.
     pub lease_ttl: Duration,
     /// How long to wait for a peer that holds the lease before re-reading
     /// the cache (default 500 ms, jittered ±50 %).
@@ -78,6 +113,11 @@ pub struct MachineConfig {
     /// Minimum time between refreshes caused by invalidations (default 5 s),
     /// so a burst of 401s cannot turn into a burst of fetches.
     pub invalidate_interval: Duration,
+    /// The deadline of a fetch (default 30 s): past it the fetch counts as
+    /// a transient failure, and its answer, if it still comes, as late.
+    pub fetch_timeout: Duration,
+    /// The deadline of a cache request (default 30 s).
+    pub cache_timeout: Duration,
     /// The refresh token to start from, for refresh-token flows. A newer one
     /// found in the cache replaces it.
     pub refresh_token: Option<RefreshToken>,
@@ -91,9 +131,11 @@ impl Default for MachineConfig {
             backoff: Backoff::default(),
             seed: 0x5eed_f00d,
             cache: false,
-            lease_ttl: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(45),
             peer_wait: Duration::from_millis(500),
             invalidate_interval: Duration::from_secs(5),
+            fetch_timeout: Duration::from_secs(30),
+            cache_timeout: Duration::from_secs(30),
             refresh_token: None,
         }
     }
@@ -106,7 +148,7 @@ pub struct MachineStats {
     pub ignored_inputs: u64,
     /// `Fetch` actions emitted.
     pub fetches: u64,
-    /// Failed fetches.
+    /// Failed fetches (timeouts included).
     pub fetch_failures: u64,
     /// Cached tokens adopted instead of fetching.
     pub adoptions: u64,
@@ -114,6 +156,11 @@ pub struct MachineStats {
     pub tokens_fetched: u64,
     /// Invalidations that started a refresh.
     pub invalidations: u64,
+    /// Requests whose deadline passed before their answer came.
+    pub timeouts: u64,
+    /// Fetch answers that came after their deadline and were still used
+    /// (they carried a token newer than ours, or a rotated refresh token).
+    pub late_answers_used: u64,
 }
 
 /// Why a cache read was made, which decides what comes after it.
@@ -124,44 +171,128 @@ enum CacheRead {
     /// With the lease held: a peer may have stored between our first read
     /// and our lease, so look once more before asking the authority.
     UnderLease,
-    /// Done waiting for a peer: one last look (the holder has usually just
-    /// stored), then fetch without the lease.
+    /// Done waiting for a peer (client-credentials flows only): one last
+    /// look (the holder has usually just stored), then fetch without the lease.
     LastLook,
+    /// The grant was revoked: has a peer stored a token of a live grant?
+    AfterRevocation,
 }
 
-/// Where the machine is. Exactly one action is in flight in the phases that
-/// wait for a result, and none in the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A request in flight: what it is for, and until when we wait for it.
+#[derive(Debug, Clone)]
+struct Request {
+    id: RequestId,
+    deadline: MonoTime,
+    kind: RequestKind,
+}
+
+#[derive(Debug, Clone)]
+enum RequestKind {
+    Load(CacheRead),
+    Lease,
+    Fetch {
+        /// When it was sent (token lifetimes count from here).
+        sent_at: Timestamp,
+        /// The generation of the refresh token it presented.
+        generation: u64,
+    },
+    Store {
+        token: Arc<Token>,
+        /// `token` carries a refresh token that the authority rotated and
+        /// no cache holds yet.
+        rotated: bool,
+        /// Publish `token` once it is stored (it carries a rotated refresh
+        /// token, which must be durable before anyone acts on it).
+        publish_after: bool,
+        /// The token was dead on arrival (it expired in transit, or by our
+        /// clock): it is stored only for its rotated refresh token, and the
+        /// fetch counts as failed with this error once it is.
+        failed: Option<FetchError>,
+    },
+}
+
+/// Why a token is stored, which decides what follows the store.
+#[derive(Debug, Clone)]
+enum StoreFor {
+    /// To share it: it carries no new refresh token.
+    Sharing,
+    /// To make its rotated refresh token durable (it is already published,
+    /// or is not to be).
+    Rotated,
+    /// To make its rotated refresh token durable, then publish it.
+    RotatedThenPublish,
+    /// To make the rotated refresh token of a dead-on-arrival answer
+    /// durable; then the fetch counts as failed.
+    Failed(FetchError),
+}
+
+/// What a backoff waits to do again.
+#[derive(Debug, Clone)]
+enum Retry {
+    /// Refresh (read the cache, take the lease, fetch).
+    Refresh,
+    /// Store this token, which carries a rotated refresh token that is not
+    /// yet durable; nothing else happens before it is.
+    StoreRotated(Arc<Token>),
+}
+
+/// Where the machine is. Exactly one request is in flight in
+/// [`Waiting`](Phase::Waiting) and [`Draining`](Phase::Draining) (and
+/// possibly a lease extension in [`Backoff`](Phase::Backoff)); none in the
+/// others.
+#[derive(Debug, Clone)]
 enum Phase {
     /// Before `Start`.
     Created,
-    /// The current token is good; refresh at `refresh_at`.
-    Idle { refresh_at: Timestamp },
-    /// `LoadCache` in flight.
-    Reading(CacheRead),
-    /// `AcquireLease` in flight.
-    Leasing,
-    /// A peer holds the lease: re-read the cache at `recheck_at`, and fetch
-    /// anyway once `give_up_at` passes.
+    /// The current token is good; refresh at `refresh_at`, or at `early`
+    /// (monotonic) when a consumer reported it rejected.
+    Idle {
+        refresh_at: Timestamp,
+        early: MonoTime,
+    },
+    /// A request is in flight.
+    Waiting(Request),
+    /// A peer holds the lease: re-read the cache at `recheck_at`; a
+    /// client-credentials flow fetches anyway once `give_up_at` passes.
     PeerWait {
-        recheck_at: Timestamp,
+        recheck_at: MonoTime,
         give_up_at: Timestamp,
     },
-    /// `Fetch` in flight, sent at `sent_at`.
-    Fetching { sent_at: Timestamp },
-    /// `Store` in flight; publish when it completes if `publish_after`.
-    Storing { publish_after: bool },
-    /// The last fetch failed; try again at `retry_at`. `extending`: an
+    /// The last attempt failed; try again at `retry_at`. `extend`: an
     /// `AcquireLease` that stretches our lease over the wait is in flight.
     Backoff {
-        retry_at: Timestamp,
-        extending: bool,
+        retry_at: MonoTime,
+        extend: Option<(RequestId, MonoTime)>,
+        then: Retry,
     },
-    /// The grant is gone; nothing more to do but serve the last token.
-    Failed,
+    /// The grant is gone; re-read the cache at `recheck_at` for a live one.
+    Failed { recheck_at: MonoTime },
+    /// Shutting down: waiting for the answer to this request, then `Stop`;
+    /// a failed store of a rotated refresh token is retried until `until`.
+    Draining { request: Request, until: MonoTime },
     /// `Stop` was emitted.
     Stopped,
 }
+
+/// Where the refresh token we would present came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Configured,
+    Cache,
+    Answer,
+}
+
+/// The newest refresh token known.
+#[derive(Debug, Clone)]
+struct Grant {
+    token: RefreshToken,
+    generation: u64,
+    origin: Origin,
+}
+
+/// How many fetches given up on are remembered, so that their late answers
+/// are still recognised (and their rotated refresh tokens learned).
+const ABANDONED_FETCHES: usize = 8;
 
 /// The refresh state machine. See the [module docs](self) for the model
 /// and a whole refresh; a driver's loop looks like this:
@@ -170,43 +301,48 @@ enum Phase {
 /// use freshtoken_core::*;
 ///
 /// let mut machine = RefreshMachine::new(MachineConfig::default());
-/// let now = Timestamp::from_secs(1_700_000_000); // a driver reads its clock
+/// let now = Timestamp::from_secs(1_700_000_000); // a driver reads its clocks
 /// machine.handle_input(Input::Start, now);
 /// let wake_at = loop {
 ///     match machine.poll_output() {
-///         // Carry the action out; feed its result back later.
+///         // Carry the action out; feed its result back later, with its id.
 ///         Output::Action(Action::Fetch(request)) => assert_eq!(request.attempt, 1),
 ///         Output::Action(other) => unreachable!("no cache, so only a fetch: {other:?}"),
 ///         Output::Timeout(at) => break at,
 ///     }
 /// };
-/// // Waiting for the fetch's answer: no deadline of the machine's own.
-/// assert_eq!(wake_at, Timestamp::MAX);
+/// // Waiting for the fetch's answer: until its deadline, the fetch timeout.
+/// assert_eq!(wake_at, now + MachineConfig::default().fetch_timeout);
 /// ```
 #[derive(Debug)]
 pub struct RefreshMachine {
     config: MachineConfig,
     phase: Phase,
-    now: Timestamp,
+    now: Now,
     rng: fastrand::Rng,
     outbox: VecDeque<Action>,
+    next_id: u64,
 
     /// The token readers are served.
     current: Option<Arc<Token>>,
     /// Whether readers have been told that `current` expired.
     expiry_published: bool,
-    /// The newest refresh token known, and when the token that carried it
-    /// was issued (the epoch for the configured one).
-    refresh_token: Option<(RefreshToken, Timestamp)>,
+    /// The newest refresh token known.
+    grant: Option<Grant>,
+    /// The refresh token the authority said is revoked; never presented again.
+    revoked: Option<RefreshToken>,
+    /// Fetches given up on (their id and the generation they presented).
+    abandoned: VecDeque<(RequestId, u64)>,
     /// The token a consumer reported as rejected; never re-adopted.
     rejected: Option<TokenId>,
-    last_invalidation: Option<Timestamp>,
+    last_invalidation: Option<MonoTime>,
     /// Until when we hold the cache's lease, if we do.
-    lease_until: Option<Timestamp>,
-    /// When to stop waiting for a peer that holds the lease (kept across
-    /// re-reads, so a lease that stays busy cannot keep us waiting forever).
+    lease_until: Option<MonoTime>,
+    /// When a client-credentials flow stops waiting for a peer that holds
+    /// the lease (kept across re-reads, so a lease that stays busy cannot
+    /// keep us waiting forever).
     peer_give_up: Option<Timestamp>,
-    /// Consecutive failed fetches.
+    /// Consecutive failed attempts (fetches, or stores of a rotated token).
     failures: u32,
     state: RefreshState,
     skew_ms: Option<i64>,
@@ -217,19 +353,23 @@ pub struct RefreshMachine {
 impl RefreshMachine {
     /// A machine with this configuration, waiting for [`Input::Start`].
     pub fn new(config: MachineConfig) -> Self {
-        let refresh_token = config
-            .refresh_token
-            .clone()
-            .map(|rt| (rt, Timestamp::EPOCH));
+        let grant = config.refresh_token.clone().map(|token| Grant {
+            token,
+            generation: 0,
+            origin: Origin::Configured,
+        });
         RefreshMachine {
             rng: fastrand::Rng::with_seed(config.seed),
             config,
             phase: Phase::Created,
-            now: Timestamp::EPOCH,
+            now: Now::new(Timestamp::EPOCH, MonoTime::ZERO),
             outbox: VecDeque::new(),
+            next_id: 0,
             current: None,
             expiry_published: false,
-            refresh_token,
+            grant,
+            revoked: None,
+            abandoned: VecDeque::new(),
             rejected: None,
             last_invalidation: None,
             lease_until: None,
@@ -257,6 +397,11 @@ impl RefreshMachine {
         self.current.as_ref()
     }
 
+    /// The refresh token the next fetch would present, and its generation.
+    pub fn refresh_token(&self) -> Option<(&RefreshToken, u64)> {
+        self.grant.as_ref().map(|g| (&g.token, g.generation))
+    }
+
     /// How renewal is going.
     pub fn state(&self) -> &RefreshState {
         &self.state
@@ -264,70 +409,23 @@ impl RefreshMachine {
 
     /// Whether `Stop` has been emitted.
     pub fn is_stopped(&self) -> bool {
-        self.phase == Phase::Stopped
+        matches!(self.phase, Phase::Stopped)
     }
 
-    /// Feeds what happened at `now`.
-    pub fn handle_input(&mut self, input: Input, now: Timestamp) {
-        self.now = now;
-        match (input, self.phase) {
-            (_, Phase::Stopped) => self.ignore(),
-            (Input::Shutdown, _) => self.shutdown(),
-            (Input::Start, Phase::Created) => self.begin_refresh(),
-            (Input::Tick, _) => self.tick(),
-            (Input::CacheLoaded(Err(error)), Phase::Reading(_)) if self.refresh_token.is_some() => {
-                // A refresh token is single-use: without the cache we cannot
-                // know whether a peer has already rotated ours, and
-                // presenting a spent one makes the authority revoke the
-                // whole grant. Waiting for the cache is the lesser harm.
-                self.retry_later(FetchError::transient(format!(
-                    "not refreshing while the shared cache is unreadable ({error}): \
-                     a peer may have rotated the refresh token"
-                )));
-            }
-            (Input::CacheLoaded(result), Phase::Reading(read)) => {
-                // For other flows a broken cache is a miss: availability
-                // beats load.
-                let cached = result.ok().flatten();
-                self.on_cache_loaded(cached, read);
-            }
-            (Input::Lease(result), Phase::Leasing) => {
-                self.on_lease(result.unwrap_or(LeaseOutcome::Unsupported))
-            }
-            (
-                Input::Lease(result),
-                Phase::Backoff {
-                    retry_at,
-                    extending: true,
-                },
-            ) => {
-                self.lease_until = match result {
-                    Ok(LeaseOutcome::Granted) => Some(retry_at + self.config.lease_ttl),
-                    // Lost it (it lapsed and a peer took it) or the cache
-                    // failed: we no longer hold it, so there is nothing to release.
-                    _ => None,
-                };
-                self.phase = Phase::Backoff {
-                    retry_at,
-                    extending: false,
-                };
-                self.tick();
-            }
-            (Input::Fetched(result), Phase::Fetching { sent_at }) => match result {
-                Ok(response) => self.on_fetched(response, sent_at),
-                Err(error) => self.on_fetch_failed(error),
-            },
-            (Input::Stored(_), Phase::Storing { publish_after }) => {
-                // A failed store is a warning (the driver logs it): the token
-                // is good, only sharing it failed.
-                if publish_after {
-                    self.publish();
-                }
-                self.release_lease();
-                self.settle();
-            }
-            (Input::Invalidate(id), _) => self.invalidate(id),
-            _ => self.ignore(),
+    /// Feeds what happened at `now`: a [`Timestamp`] (both clocks read the
+    /// same) or a [`Now`] with a separate monotonic reading. A monotonic
+    /// reading that goes back is taken as standing still.
+    pub fn handle_input(&mut self, input: Input, now: impl Into<Now>) {
+        let now = now.into();
+        self.now = Now::new(now.wall, now.mono.max(self.now.mono));
+        match input {
+            _ if self.is_stopped() => self.ignore(),
+            Input::Shutdown => self.shutdown(),
+            Input::Start if matches!(self.phase, Phase::Created) => self.begin_refresh(),
+            Input::Start => self.ignore(),
+            Input::Tick => self.tick(),
+            Input::Invalidate(id) => self.invalidate(id),
+            answer => self.on_answer(answer),
         }
         self.check_expiry();
     }
@@ -341,53 +439,338 @@ impl RefreshMachine {
     }
 
     fn next_deadline(&self) -> Timestamp {
-        let phase_deadline = match self.phase {
-            Phase::Idle { refresh_at } => refresh_at,
+        let at = |mono: MonoTime| self.now.wall_at(mono);
+        let phase_deadline = match &self.phase {
+            Phase::Idle { refresh_at, early } => (*refresh_at).min(at(*early)),
+            Phase::Waiting(r) | Phase::Draining { request: r, .. } => at(r.deadline),
+            Phase::PeerWait { recheck_at, .. } => at(*recheck_at),
             Phase::Backoff {
-                retry_at,
-                extending: false,
-            } => retry_at,
-            Phase::PeerWait { recheck_at, .. } => recheck_at,
-            _ => Timestamp::MAX,
+                extend: Some((_, deadline)),
+                ..
+            } => at(*deadline),
+            Phase::Backoff { retry_at, .. } => at(*retry_at),
+            Phase::Failed { recheck_at } => at(*recheck_at),
+            Phase::Created | Phase::Stopped => Timestamp::MAX,
         };
         // Also wake at expiry, so readers waiting on changes learn of it.
         let expiry = match &self.current {
-            Some(t) if !self.expiry_published && self.phase != Phase::Stopped => t.expires_at(),
+            Some(t) if !self.expiry_published && !self.is_stopped() => t.expires_at(),
             _ => Timestamp::MAX,
         };
         // A deadline already due (the driver was late) is due right after now.
         phase_deadline
             .min(expiry)
-            .max(self.now + Duration::from_millis(1))
+            .max(self.now.wall + Duration::from_millis(1))
     }
 
     fn ignore(&mut self) {
         self.stats.ignored_inputs += 1;
     }
 
+    fn new_id(&mut self) -> RequestId {
+        self.next_id += 1;
+        RequestId(self.next_id)
+    }
+
+    fn is_refresh_flow(&self) -> bool {
+        self.grant.is_some() || self.revoked.is_some()
+    }
+
     fn tick(&mut self) {
-        let now = self.now;
-        match self.phase {
-            Phase::Idle { refresh_at } if now >= refresh_at => self.begin_refresh(),
+        let Now { wall, mono } = self.now;
+        match std::mem::replace(&mut self.phase, Phase::Stopped) {
+            Phase::Idle { refresh_at, early } if wall >= refresh_at || mono >= early => {
+                if mono >= early {
+                    self.stats.invalidations += 1;
+                    self.last_invalidation = Some(mono);
+                }
+                self.begin_refresh();
+            }
+            Phase::Backoff {
+                extend: Some((_, deadline)),
+                retry_at,
+                then,
+            } if mono >= deadline => {
+                // The extension got no answer: whether we hold the lease is
+                // unknown, so count it as lost (its TTL will free it).
+                self.stats.timeouts += 1;
+                self.lease_until = None;
+                self.phase = Phase::Backoff {
+                    retry_at,
+                    extend: None,
+                    then,
+                };
+                self.tick();
+            }
             Phase::Backoff {
                 retry_at,
-                extending: false,
-            } if now >= retry_at => self.begin_refresh(),
+                extend: None,
+                then,
+            } if mono >= retry_at => match then {
+                Retry::Refresh => self.begin_refresh(),
+                Retry::StoreRotated(token) => self.send_store(token, StoreFor::Rotated, false),
+            },
             Phase::PeerWait {
                 recheck_at,
                 give_up_at,
-            } if now >= recheck_at => {
-                if now >= give_up_at {
+            } if mono >= recheck_at => {
+                if wall >= give_up_at && !self.is_refresh_flow() {
                     // The holder is taking too long; our token is about to
                     // expire. Availability beats load: unless the holder has
-                    // stored meanwhile, fetch without the lease.
+                    // stored meanwhile, fetch without the lease. (Never in a
+                    // refresh-token flow: the holder may be rotating the
+                    // very token we would present.)
                     self.read_cache(CacheRead::LastLook);
                 } else {
                     self.read_cache(CacheRead::BeforeLease);
                 }
             }
+            Phase::Waiting(request) if mono >= request.deadline => self.timed_out(request),
+            Phase::Draining { request, until } if mono >= request.deadline => {
+                self.stats.timeouts += 1;
+                match request.kind {
+                    RequestKind::Store { token, rotated, .. } if rotated && mono < until => {
+                        self.send_store(token, StoreFor::Rotated, true)
+                    }
+                    _ => self.stop(),
+                }
+            }
+            Phase::Failed { recheck_at } if mono >= recheck_at => {
+                self.read_cache(CacheRead::AfterRevocation)
+            }
+            phase => self.phase = phase,
+        }
+    }
+
+    /// A request's deadline passed: it failed, and a late answer is still
+    /// recognised.
+    fn timed_out(&mut self, request: Request) {
+        self.stats.timeouts += 1;
+        let why = |timeout: Duration| format!("timed out: no answer within {timeout:?}");
+        let cache_error = |timeout| CacheError::new(CacheErrorKind::Unavailable, why(timeout));
+        match request.kind {
+            RequestKind::Load(read) => {
+                let error = cache_error(self.config.cache_timeout);
+                self.on_cache_loaded(Err(error), read)
+            }
+            RequestKind::Lease => self.on_lease(Err(cache_error(self.config.cache_timeout))),
+            RequestKind::Fetch { generation, .. } => {
+                self.abandon(request.id, generation);
+                let error = FetchError::transient(why(self.config.fetch_timeout));
+                self.on_fetch_failed(error);
+            }
+            RequestKind::Store {
+                token,
+                rotated,
+                publish_after,
+                failed,
+            } => {
+                let error = cache_error(self.config.cache_timeout);
+                self.on_stored(Err(error), token, rotated, publish_after, failed)
+            }
+        }
+    }
+
+    fn abandon(&mut self, id: RequestId, generation: u64) {
+        if self.abandoned.len() == ABANDONED_FETCHES {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back((id, generation));
+    }
+
+    /// An answer: to the request in flight, to a lease extension, or late.
+    fn on_answer(&mut self, input: Input) {
+        let Some(id) = input.request_id() else {
+            return self.ignore();
+        };
+        match std::mem::replace(&mut self.phase, Phase::Stopped) {
+            Phase::Waiting(request) if request.id == id => self.answered(request, input),
+            Phase::Draining { request, until } if request.id == id => {
+                self.drained(request, until, input)
+            }
+            Phase::Backoff {
+                retry_at,
+                extend: Some((ext, _)),
+                then,
+            } if ext == id => {
+                self.lease_until = match input {
+                    Input::Lease(_, Ok(LeaseOutcome::Granted)) => {
+                        Some(retry_at + self.config.lease_ttl)
+                    }
+                    // Lost it (it lapsed and a peer took it) or the cache
+                    // failed: we no longer hold it, so there is nothing to release.
+                    _ => None,
+                };
+                self.phase = Phase::Backoff {
+                    retry_at,
+                    extend: None,
+                    then,
+                };
+                self.tick();
+            }
+            phase => {
+                self.phase = phase;
+                self.late(input);
+            }
+        }
+    }
+
+    /// The answer to the request in flight.
+    fn answered(&mut self, request: Request, input: Input) {
+        match (request.kind, input) {
+            (RequestKind::Load(read), Input::CacheLoaded(_, result)) => {
+                self.on_cache_loaded(result, read)
+            }
+            (RequestKind::Lease, Input::Lease(_, result)) => self.on_lease(result),
+            (
+                RequestKind::Fetch {
+                    sent_at,
+                    generation,
+                },
+                Input::Fetched(_, result),
+            ) => match result {
+                Ok(response) => {
+                    let (token, rotated) = self.accept_fetched(response, sent_at, generation);
+                    match Self::dead_on_arrival(&token, self.now.wall) {
+                        None => self.on_fetched(token, rotated),
+                        // The rotated refresh token is the grant now, dead
+                        // access token or not: make it durable, then back off.
+                        Some(error) if rotated && self.config.cache => {
+                            self.stats.fetch_failures += 1;
+                            self.send_store(token, StoreFor::Failed(error), false);
+                        }
+                        Some(error) => self.on_fetch_failed(error),
+                    }
+                }
+                Err(error) => self.on_fetch_failed(error),
+            },
+            (
+                RequestKind::Store {
+                    token,
+                    rotated,
+                    publish_after,
+                    failed,
+                },
+                Input::Stored(_, result),
+            ) => self.on_stored(result, token, rotated, publish_after, failed),
+            // The right id with the wrong kind of answer: a driver bug.
+            // Keep waiting for the real answer (or the deadline).
+            (kind, _) => {
+                self.ignore();
+                self.phase = Phase::Waiting(Request {
+                    id: request.id,
+                    deadline: request.deadline,
+                    kind,
+                });
+            }
+        }
+    }
+
+    /// The answer to the request a shutdown is waiting for.
+    fn drained(&mut self, request: Request, until: MonoTime, input: Input) {
+        match (request.kind, input) {
+            (
+                RequestKind::Fetch {
+                    sent_at,
+                    generation,
+                },
+                Input::Fetched(_, Ok(response)),
+            ) => {
+                let (token, rotated) = self.accept_fetched(response, sent_at, generation);
+                let alive = Self::dead_on_arrival(&token, self.now.wall).is_none();
+                if alive {
+                    self.make_current(token.clone());
+                    self.state = RefreshState::Healthy;
+                    self.publish();
+                }
+                if self.config.cache && (alive || rotated) {
+                    let store_for = if rotated {
+                        StoreFor::Rotated
+                    } else {
+                        StoreFor::Sharing
+                    };
+                    return self.send_store(token, store_for, true);
+                }
+            }
+            (RequestKind::Lease, Input::Lease(_, Ok(LeaseOutcome::Granted))) => {
+                self.lease_until = Some(self.now.mono + self.config.lease_ttl);
+            }
+            // The rotated refresh token is not durable yet: try again while
+            // the drain bound allows (a flaky cache must not cost the grant).
+            (RequestKind::Store { token, rotated, .. }, Input::Stored(_, Err(_)))
+                if rotated && self.now.mono < until =>
+            {
+                return self.send_store(token, StoreFor::Rotated, true);
+            }
             _ => {}
         }
+        self.stop();
+    }
+
+    /// An answer to a request the machine no longer waits for.
+    fn late(&mut self, input: Input) {
+        match input {
+            Input::Fetched(id, Ok(response)) => {
+                let Some(&(_, generation)) = self.abandoned.iter().find(|(a, _)| *a == id) else {
+                    return self.ignore();
+                };
+                self.abandoned.retain(|(a, _)| *a != id);
+                self.on_late_fetch(response, generation);
+            }
+            // A lease granted after we stopped waiting for it: give it
+            // back, or peers wait for a holder that is not fetching.
+            Input::Lease(_, Ok(LeaseOutcome::Granted)) if !self.holds_lease() => {
+                self.ignore();
+                self.outbox.push_back(Action::ReleaseLease);
+            }
+            _ => self.ignore(),
+        }
+    }
+
+    /// A fetch we gave up on answered after all. If it rotated the refresh
+    /// token, that token is the grant now: it is learned and stored,
+    /// whatever we are doing (the request in flight becomes late itself).
+    /// Its access token replaces ours only if it lives longer.
+    fn on_late_fetch(&mut self, response: TokenResponse, generation: u64) {
+        let sent_at = self.now.wall; // not kept; count its life from now
+        let (token, rotated) = self.accept_fetched(response, sent_at, generation);
+        let newer = self.is_better(&token);
+        if !(rotated || newer) {
+            return self.ignore();
+        }
+        self.stats.late_answers_used += 1;
+        let draining = matches!(self.phase, Phase::Draining { .. });
+        if let Phase::Waiting(request) | Phase::Draining { request, .. } = &self.phase {
+            if let RequestKind::Fetch { generation, .. } = request.kind {
+                let id = request.id;
+                self.abandon(id, generation);
+            }
+        }
+        if newer {
+            self.make_current(token.clone());
+            self.failures = 0;
+            self.state = RefreshState::Healthy;
+            if draining || !self.config.cache {
+                self.publish();
+            }
+        }
+        if !self.config.cache {
+            if !draining {
+                self.settle();
+            }
+            return;
+        }
+        // Durable first when it rotated; then readers see it.
+        let store_for = match (newer && !draining, rotated) {
+            (true, true) => StoreFor::RotatedThenPublish,
+            (true, false) => {
+                self.publish();
+                StoreFor::Sharing
+            }
+            (false, true) => StoreFor::Rotated,
+            (false, false) => StoreFor::Sharing,
+        };
+        self.send_store(token, store_for, draining);
     }
 
     /// Starts a refresh: from the cache when there is one, else a fetch.
@@ -402,12 +785,56 @@ impl RefreshMachine {
         }
     }
 
-    fn read_cache(&mut self, read: CacheRead) {
-        self.outbox.push_back(Action::LoadCache);
-        self.phase = Phase::Reading(read);
+    fn send(&mut self, kind: RequestKind, timeout: Duration) -> RequestId {
+        let id = self.new_id();
+        self.phase = Phase::Waiting(Request {
+            id,
+            deadline: self.now.mono + timeout,
+            kind,
+        });
+        id
     }
 
-    fn on_cache_loaded(&mut self, cached: Option<Token>, read: CacheRead) {
+    fn read_cache(&mut self, read: CacheRead) {
+        let id = self.send(RequestKind::Load(read), self.config.cache_timeout);
+        let newer_than = self.current.as_ref().map(|t| t.expires_at());
+        self.outbox.push_back(Action::LoadCache { id, newer_than });
+    }
+
+    fn acquire_lease(&mut self) {
+        let id = self.send(RequestKind::Lease, self.config.cache_timeout);
+        let ttl = self.config.lease_ttl;
+        self.outbox.push_back(Action::AcquireLease { id, ttl });
+    }
+
+    fn on_cache_loaded(&mut self, result: Result<Option<Token>, CacheError>, read: CacheRead) {
+        let cached = match result {
+            Ok(cached) => cached,
+            Err(error) if read == CacheRead::AfterRevocation => {
+                let _ = error;
+                return self.stay_failed();
+            }
+            // A refresh token is single-use: without the cache we cannot
+            // know whether a peer has already rotated ours, and presenting
+            // a spent one makes the authority revoke the whole grant.
+            // Waiting for the cache is the lesser harm.
+            Err(error) if self.is_refresh_flow() => {
+                return self.retry_later(FetchError::transient(format!(
+                    "not refreshing while the shared cache is unreadable ({error}): \
+                     a peer may have rotated the refresh token"
+                )));
+            }
+            // For other flows a broken cache is a miss: availability beats load.
+            Err(_) => None,
+        };
+        if read == CacheRead::AfterRevocation {
+            let recovered = cached.as_ref().is_some_and(|t| self.learn_live_grant(t));
+            if !recovered {
+                return self.stay_failed();
+            }
+            self.failures = 0;
+            self.state = RefreshState::Starting;
+        }
         if let Some(token) = cached {
             self.learn_refresh_token(&token);
             if self.is_better(&token) {
@@ -421,41 +848,62 @@ impl RefreshMachine {
                 // Done, unless the adopted token is itself due for renewal
                 // (a stale one adopted at start-up is served while we fetch).
                 let refresh_at = self.config.jitter.refresh_at(&token, &mut self.rng);
-                if refresh_at > self.now {
+                if refresh_at > self.now.wall {
                     self.release_lease();
                     self.idle_until(refresh_at);
                     return;
                 }
+            } else if read == CacheRead::AfterRevocation {
+                self.publish();
             }
         }
         match read {
-            CacheRead::BeforeLease => {
-                self.outbox.push_back(Action::AcquireLease {
-                    ttl: self.config.lease_ttl,
-                });
-                self.phase = Phase::Leasing;
-            }
+            CacheRead::BeforeLease | CacheRead::AfterRevocation => self.acquire_lease(),
             CacheRead::UnderLease | CacheRead::LastLook => self.fetch(),
         }
     }
 
-    fn on_lease(&mut self, outcome: LeaseOutcome) {
+    /// Still no live grant: look again at the permanent-error interval.
+    fn stay_failed(&mut self) {
+        let interval = self.config.backoff.permanent_interval();
+        self.phase = Phase::Failed {
+            recheck_at: self.now.mono + self.jittered(interval),
+        };
+    }
+
+    fn on_lease(&mut self, result: Result<LeaseOutcome, CacheError>) {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            // Whether a peer holds the lease is unknown: a refresh-token
+            // flow must not risk presenting a token the holder is rotating.
+            Err(error) if self.is_refresh_flow() => {
+                return self.retry_later(FetchError::transient(format!(
+                    "not refreshing without the lease ({error})"
+                )));
+            }
+            // A broken lease must not stop a client-credentials refresh.
+            Err(_) => LeaseOutcome::Unsupported,
+        };
         match outcome {
             LeaseOutcome::Granted => {
-                self.lease_until = Some(self.now + self.config.lease_ttl);
+                self.lease_until = Some(self.now.mono + self.config.lease_ttl);
                 self.read_cache(CacheRead::UnderLease);
             }
             LeaseOutcome::Unsupported => self.fetch(),
             LeaseOutcome::Busy => {
                 let give_up_at = *self.peer_give_up.get_or_insert_with(|| {
-                    Self::give_up_at(self.current.as_deref(), self.now, self.config.lease_ttl)
+                    Self::give_up_at(
+                        self.current.as_deref(),
+                        self.now.wall,
+                        self.config.lease_ttl,
+                    )
                 });
-                if self.now >= give_up_at {
+                if self.now.wall >= give_up_at && !self.is_refresh_flow() {
                     self.fetch();
                 } else {
                     let wait = self.jittered(self.config.peer_wait);
                     self.phase = Phase::PeerWait {
-                        recheck_at: (self.now + wait).min(give_up_at),
+                        recheck_at: self.now.mono + wait,
                         give_up_at,
                     };
                 }
@@ -463,10 +911,11 @@ impl RefreshMachine {
         }
     }
 
-    /// How long to wait for a peer: until the middle of our token's stale
-    /// window (leaving the rest for our own fetch and its retries), or one
-    /// lease TTL when we have no valid token (a live holder will have stored
-    /// by then, and a crashed one's lease will have expired).
+    /// How long a client-credentials flow waits for a peer: until the
+    /// middle of our token's stale window (leaving the rest for our own
+    /// fetch and its retries), or one lease TTL when we have no valid token
+    /// (a live holder will have stored by then, and a crashed one's lease
+    /// will have expired).
     fn give_up_at(current: Option<&Token>, now: Timestamp, lease_ttl: Duration) -> Timestamp {
         match current {
             Some(t) if t.is_valid_at(now) => {
@@ -480,44 +929,81 @@ impl RefreshMachine {
     fn fetch(&mut self) {
         self.stats.fetches += 1;
         self.peer_give_up = None;
-        let request = FetchRequest::new(
+        let generation = self.grant.as_ref().map_or(0, |g| g.generation);
+        let sent_at = self.now.wall;
+        let kind = RequestKind::Fetch {
+            sent_at,
+            generation,
+        };
+        let id = self.send(kind, self.config.fetch_timeout);
+        let mut request = FetchRequest::new(
             self.failures.saturating_add(1),
-            self.refresh_token.as_ref().map(|(rt, _)| rt.clone()),
+            self.grant.as_ref().map(|g| g.token.clone()),
         );
+        request.id = id;
         self.outbox.push_back(Action::Fetch(request));
-        self.phase = Phase::Fetching { sent_at: self.now };
     }
 
-    fn on_fetched(&mut self, response: TokenResponse, sent_at: Timestamp) {
+    /// Turns an answer into the token it stands for (and whether it rotated
+    /// the refresh token), learning a rotated refresh token first, whatever
+    /// else happens: the old one is already spent at the authority.
+    fn accept_fetched(
+        &mut self,
+        response: TokenResponse,
+        sent_at: Timestamp,
+        generation: u64,
+    ) -> (Arc<Token>, bool) {
         let rotated = response.refresh_token.is_some();
-        let resolved = self.config.lifetime.resolve(response, sent_at, self.now);
+        let resolved = self
+            .config
+            .lifetime
+            .resolve(response, sent_at, self.now.wall);
         let mut token = resolved.token;
-        // Learn a rotated refresh token first, whatever else happens: the
-        // old one is already spent at the authority.
-        self.learn_refresh_token(&token);
-        if !token.is_valid_at(self.now) {
-            // Possible only when the answer took longer than the token's
-            // whole life: publishing it would serve a dead token.
-            let error = FetchError::transient(format!(
-                "the token expired before its answer arrived (lifetime {:?})",
-                token.lifetime()
-            ));
-            self.on_fetch_failed(error);
-            return;
-        }
-        if token.refresh_token().is_none() {
-            // The authority kept the grant as it was: carry our refresh token
-            // along so the cache stores the full state.
-            token = token.with_refresh_token(self.refresh_token.as_ref().map(|(rt, _)| rt.clone()));
+        if rotated {
+            let next = generation.saturating_add(1);
+            token = token.with_generation(next);
+            if let Some(rt) = token.refresh_token() {
+                // Our own answer wins, unless we have since learned of a
+                // later generation (an abandoned fetch answering late).
+                if self.grant.as_ref().is_none_or(|g| next >= g.generation) {
+                    self.grant = Some(Grant {
+                        token: rt.clone(),
+                        generation: next,
+                        origin: Origin::Answer,
+                    });
+                }
+            }
+        } else {
+            // The authority kept the grant as it was: carry our refresh
+            // token along so the cache stores the full state.
+            let (rt, generation) = match &self.grant {
+                Some(g) => (Some(g.token.clone()), g.generation),
+                None => (None, 0),
+            };
+            token = token.with_refresh_token(rt).with_generation(generation);
         }
         self.skew_ms = resolved.skew_ms;
         self.lifetime_note = resolved.note;
-        self.failures = 0;
-        self.stats.tokens_fetched += 1;
-        self.state = RefreshState::Healthy;
-        let token = Arc::new(token);
-        self.make_current(token.clone());
+        (Arc::new(token), rotated)
+    }
 
+    /// Why a fetched token cannot be served: it expired before its answer
+    /// arrived (an answer slower than the token's life, or a clock far
+    /// ahead of the authority's). Publishing it would serve a dead token.
+    fn dead_on_arrival(token: &Token, now: Timestamp) -> Option<FetchError> {
+        (!token.is_valid_at(now)).then(|| {
+            FetchError::transient(format!(
+                "the token expired before its answer arrived (lifetime {:?})",
+                token.lifetime()
+            ))
+        })
+    }
+
+    fn on_fetched(&mut self, token: Arc<Token>, rotated: bool) {
+        self.stats.tokens_fetched += 1;
+        self.make_current(token.clone());
+        self.failures = 0;
+        self.state = RefreshState::Healthy;
         if !self.config.cache {
             self.publish();
             self.settle();
@@ -525,12 +1011,84 @@ impl RefreshMachine {
         }
         // A rotated refresh token that is lost is a lost grant: make it
         // durable before anyone can act on the new access token.
-        let publish_after = rotated;
-        if !publish_after {
+        let store_for = if rotated {
+            StoreFor::RotatedThenPublish
+        } else {
             self.publish();
+            StoreFor::Sharing
+        };
+        self.send_store(token, store_for, false);
+    }
+
+    fn send_store(&mut self, token: Arc<Token>, store_for: StoreFor, draining: bool) {
+        let (rotated, publish_after, failed) = match store_for {
+            StoreFor::Sharing => (false, false, None),
+            StoreFor::Rotated => (true, false, None),
+            StoreFor::RotatedThenPublish => (true, true, None),
+            StoreFor::Failed(error) => (true, false, Some(error)),
+        };
+        let kind = RequestKind::Store {
+            token: token.clone(),
+            rotated,
+            publish_after,
+            failed,
+        };
+        let until = match &self.phase {
+            Phase::Draining { until, .. } => *until,
+            _ => self.drain_bound(),
+        };
+        let id = self.send(kind, self.config.cache_timeout);
+        if draining {
+            if let Phase::Waiting(mut request) = std::mem::replace(&mut self.phase, Phase::Stopped)
+            {
+                request.deadline = request.deadline.min(until.max(self.now.mono));
+                self.phase = Phase::Draining { request, until };
+            }
         }
-        self.outbox.push_back(Action::Store(token));
-        self.phase = Phase::Storing { publish_after };
+        self.outbox.push_back(Action::Store { id, token });
+    }
+
+    fn on_stored(
+        &mut self,
+        result: Result<(), CacheError>,
+        token: Arc<Token>,
+        rotated: bool,
+        publish_after: bool,
+        failed: Option<FetchError>,
+    ) {
+        match (result, failed) {
+            // Durable now; the fetch itself failed: back off (under the lease).
+            (Ok(()), Some(error)) => self.retry_later(error),
+            (Ok(()), None) => {
+                if publish_after {
+                    self.publish();
+                }
+                self.release_lease();
+                self.settle();
+            }
+            (Err(error), _) if rotated => {
+                // The cache still holds the spent refresh token: a peer that
+                // takes the lease now would present it. Keep the lease and
+                // store again before anything else. The token itself is
+                // good (unless it was dead on arrival), so readers get it now.
+                if publish_after {
+                    self.publish();
+                }
+                let error = FetchError::transient(format!(
+                    "could not store the rotated refresh token ({error})"
+                ));
+                self.backoff(error, Retry::StoreRotated(token));
+            }
+            // A failed store of a token without a new refresh token is a
+            // warning (the driver logs it): only sharing it failed.
+            (Err(_), _) => {
+                if publish_after {
+                    self.publish();
+                }
+                self.release_lease();
+                self.settle();
+            }
+        }
     }
 
     fn on_fetch_failed(&mut self, error: FetchError) {
@@ -539,70 +1097,130 @@ impl RefreshMachine {
     }
 
     /// Publishes the failure and schedules the next attempt by the backoff
-    /// (or stops for good when the grant is gone).
+    /// (or, when the grant is gone, waits for a live one).
     fn retry_later(&mut self, error: FetchError) {
-        self.failures = self.failures.saturating_add(1);
         if error.kind() == FetchErrorKind::GrantRevoked {
+            self.failures = self.failures.saturating_add(1);
             self.release_lease();
+            self.revoked = self.grant.take().map(|g| g.token);
             self.state = RefreshState::Failed { error };
-            self.phase = Phase::Failed;
             self.publish();
+            if self.config.cache {
+                self.stay_failed();
+            } else {
+                self.phase = Phase::Failed {
+                    recheck_at: MonoTime::MAX,
+                };
+            }
             return;
         }
+        self.backoff(error, Retry::Refresh);
+    }
+
+    fn backoff(&mut self, error: FetchError, then: Retry) {
+        self.failures = self.failures.saturating_add(1);
         let delay = self
             .config
             .backoff
             .delay(&error, self.failures, &mut self.rng);
-        let retry_at = self.now + delay;
+        let retry_at = self.now.mono + delay;
         // Keep the lease through the wait, so peers keep waiting for us
         // rather than each hitting a failing authority: a fleet then sends
         // one request per retry, not one per instance. When the lease would
         // lapse first, stretch it over the wait (its holder may renew it).
-        let extending = self.lease_until.is_some_and(|until| until <= retry_at);
-        if extending {
-            self.outbox.push_back(Action::AcquireLease {
-                ttl: delay + self.config.lease_ttl,
-            });
-        }
+        let extend = match self.lease_until {
+            Some(until) if until <= retry_at + self.config.fetch_timeout => {
+                let id = self.new_id();
+                let ttl = delay.saturating_add(self.config.lease_ttl);
+                self.outbox.push_back(Action::AcquireLease { id, ttl });
+                Some((id, self.now.mono + self.config.cache_timeout))
+            }
+            _ => None,
+        };
         self.state = RefreshState::Retrying {
             error,
             attempt: self.failures,
-            next_attempt: retry_at,
+            next_attempt: self.now.wall_at(retry_at),
         };
         self.phase = Phase::Backoff {
             retry_at,
-            extending,
+            extend,
+            then,
         };
         self.publish();
     }
 
     fn invalidate(&mut self, id: TokenId) {
         let is_current = self.current.as_ref().is_some_and(|t| t.id() == id);
-        if !is_current || matches!(self.phase, Phase::Created | Phase::Failed) {
-            self.ignore();
-            return;
+        if !is_current
+            || matches!(
+                self.phase,
+                Phase::Created | Phase::Failed { .. } | Phase::Draining { .. }
+            )
+        {
+            return self.ignore();
         }
         self.rejected = Some(id);
-        let Phase::Idle { refresh_at } = self.phase else {
-            // A refresh is already under way or scheduled by the backoff; it
-            // will replace the token, and it must not adopt this one again.
-            return;
-        };
-        let allowed_at = self
-            .last_invalidation
-            .map_or(self.now, |last| last + self.config.invalidate_interval);
-        if self.now >= allowed_at {
-            self.stats.invalidations += 1;
-            self.last_invalidation = Some(self.now);
-            self.begin_refresh();
-        } else {
+        if let Phase::Idle { refresh_at, .. } = self.phase {
+            // Rate limited: at the earliest one interval after the last one.
             self.phase = Phase::Idle {
-                refresh_at: refresh_at.min(allowed_at),
+                refresh_at,
+                early: self.invalidation_allowed_at(),
             };
+            self.tick();
         }
+        // Otherwise a refresh is under way or scheduled by the backoff; it
+        // will replace the token and must not adopt this one again. If it
+        // ends with this token still current (a store in flight when the
+        // 401 came), `settle` refreshes early.
+    }
+
+    fn invalidation_allowed_at(&self) -> MonoTime {
+        self.last_invalidation
+            .map_or(self.now.mono, |last| last + self.config.invalidate_interval)
     }
 
     fn shutdown(&mut self) {
+        match std::mem::replace(&mut self.phase, Phase::Stopped) {
+            // Wait for the answer: a fetch may rotate the refresh token, a
+            // store makes it durable, a lease granted later would block
+            // peers for its TTL.
+            Phase::Waiting(request) if !matches!(request.kind, RequestKind::Load(_)) => {
+                let until = self.drain_bound();
+                self.phase = Phase::Draining { request, until };
+            }
+            phase @ Phase::Draining { .. } => self.phase = phase,
+            // A rotated refresh token not yet stored: one last try.
+            Phase::Backoff {
+                then: Retry::StoreRotated(token),
+                ..
+            } => self.send_store(token, StoreFor::Rotated, true),
+            Phase::Backoff {
+                extend: Some((id, deadline)),
+                ..
+            } => {
+                let request = Request {
+                    id,
+                    deadline,
+                    kind: RequestKind::Lease,
+                };
+                let until = self.drain_bound();
+                self.phase = Phase::Draining { request, until };
+            }
+            _ => self.stop(),
+        }
+    }
+
+    /// How long a shutdown may wait: a fetch's answer, then its store.
+    fn drain_bound(&self) -> MonoTime {
+        self.now.mono
+            + self
+                .config
+                .fetch_timeout
+                .saturating_add(self.config.cache_timeout)
+    }
+
+    fn stop(&mut self) {
         self.release_lease();
         self.state = RefreshState::Stopped;
         self.publish();
@@ -611,20 +1229,32 @@ impl RefreshMachine {
     }
 
     /// Back to idle after a refresh, until the current token's (jittered)
-    /// refresh time.
+    /// refresh time, or sooner if a consumer rejected it meanwhile.
     fn settle(&mut self) {
         let refresh_at = match &self.current {
             Some(token) => self.config.jitter.refresh_at(token, &mut self.rng),
             // Unreachable in practice (settling follows a fetch or an
             // adoption); retry after a pause rather than spin.
-            None => self.now + self.config.peer_wait,
+            None => self.now.wall + self.config.peer_wait,
         };
         self.idle_until(refresh_at);
+        let rejected = self.current.as_ref().map(|t| t.id()) == self.rejected;
+                if rejected && self.rejected.is_some() {
+            self.phase = Phase::Idle {
+                refresh_at,
+                early: self.invalidation_allowed_at(),
+            };
+            // Due already (the rate limit allows it): refresh now.
+            self.tick();
+        }
     }
 
     fn idle_until(&mut self, refresh_at: Timestamp) {
         self.peer_give_up = None;
-        self.phase = Phase::Idle { refresh_at };
+        self.phase = Phase::Idle {
+            refresh_at,
+            early: MonoTime::MAX,
+        };
     }
 
     fn make_current(&mut self, token: Arc<Token>) {
@@ -638,7 +1268,7 @@ impl RefreshMachine {
     /// Whether a token from the cache should replace ours: it is valid, not
     /// the one a consumer rejected, and lives longer than ours.
     fn is_better(&self, token: &Token) -> bool {
-        token.is_valid_at(self.now)
+        token.is_valid_at(self.now.wall)
             && Some(token.id()) != self.rejected
             && self
                 .current
@@ -646,23 +1276,53 @@ impl RefreshMachine {
                 .is_none_or(|ours| token.expires_at() > ours.expires_at())
     }
 
-    /// Takes the cached token's refresh token when it is newer than ours, so
-    /// this instance never presents one that a peer has already rotated.
+    /// Takes the cached token's refresh token when it is of a later
+    /// generation than ours, so this instance never presents one that a
+    /// peer has already rotated.
     fn learn_refresh_token(&mut self, token: &Token) {
         let Some(rt) = token.refresh_token() else {
             return;
         };
-        let newer = self
-            .refresh_token
-            .as_ref()
-            .is_none_or(|(_, issued)| token.issued_at() >= *issued);
+        if self.revoked.as_ref() == Some(rt) {
+            return;
+        }
+        let newer = match &self.grant {
+            None => !self.is_refresh_flow(),
+            Some(g) if g.token == *rt => false,
+            Some(g) => {
+                token.generation() > g.generation
+                    || (g.origin == Origin::Configured && token.generation() >= g.generation)
+            }
+        };
         if newer {
-            self.refresh_token = Some((rt.clone(), token.issued_at()));
+            self.grant = Some(Grant {
+                token: rt.clone(),
+                generation: token.generation(),
+                origin: Origin::Cache,
+            });
+        }
+    }
+
+    /// After a revocation: takes the cached token's refresh token if it is
+    /// not the revoked one, whatever its generation (a new grant starts
+    /// again from its own first generation).
+    fn learn_live_grant(&mut self, token: &Token) -> bool {
+        match token.refresh_token() {
+            Some(rt) if self.revoked.as_ref() != Some(rt) => {
+                self.revoked = None;
+                self.grant = Some(Grant {
+                    token: rt.clone(),
+                    generation: token.generation(),
+                    origin: Origin::Cache,
+                });
+                true
+            }
+            _ => false,
         }
     }
 
     fn holds_lease(&self) -> bool {
-        self.lease_until.is_some_and(|until| self.now < until)
+        self.lease_until.is_some_and(|until| self.now.mono < until)
     }
 
     fn release_lease(&mut self) {
@@ -676,8 +1336,8 @@ impl RefreshMachine {
         let expired = self
             .current
             .as_ref()
-            .is_some_and(|t| !t.is_valid_at(self.now));
-        if expired && !self.expiry_published && self.phase != Phase::Stopped {
+            .is_some_and(|t| !t.is_valid_at(self.now.wall));
+        if expired && !self.expiry_published && !self.is_stopped() {
             self.expiry_published = true;
             self.publish();
         }
@@ -687,7 +1347,7 @@ impl RefreshMachine {
         self.outbox.push_back(Action::Publish(Snapshot {
             token: self.current.clone(),
             state: self.state.clone(),
-            published_at: self.now,
+            published_at: self.now.wall,
             fetches: self.stats.tokens_fetched,
             skew_ms: self.skew_ms,
             lifetime_note: self.lifetime_note,
@@ -697,7 +1357,7 @@ impl RefreshMachine {
     /// `base` jittered uniformly within ±50 %.
     fn jittered(&mut self, base: Duration) -> Duration {
         let ms = crate::time::duration_millis(base).max(2);
-        Duration::from_millis(self.rng.u64(ms / 2..=ms + ms / 2))
+        Duration::from_millis(self.rng.u64(ms / 2..=ms.saturating_add(ms / 2)))
     }
 }
 

@@ -8,9 +8,14 @@ use std::time::Duration;
 
 const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
 
+/// The id tests write in answers; the harness replaces it with the id of
+/// the last request the machine sent (use `feed_raw` to send another).
+const ID: RequestId = RequestId(0);
+
 struct Harness {
     m: RefreshMachine,
     now: Timestamp,
+    last_id: Option<RequestId>,
 }
 
 impl Harness {
@@ -18,6 +23,7 @@ impl Harness {
         Harness {
             m: RefreshMachine::new(config),
             now: T0,
+            last_id: None,
         }
     }
 
@@ -28,13 +34,32 @@ impl Harness {
         })
     }
 
-    /// Feeds `input` and returns the actions and the final timeout.
+    /// Feeds `input` (an answer is made to answer the last request) and
+    /// returns the actions and the final timeout.
     fn feed(&mut self, input: Input) -> (Vec<Action>, Timestamp) {
+        let id = self.last_id.unwrap_or(ID);
+        let input = match input {
+            Input::Fetched(ID, r) => Input::Fetched(id, r),
+            Input::CacheLoaded(ID, r) => Input::CacheLoaded(id, r),
+            Input::Stored(ID, r) => Input::Stored(id, r),
+            Input::Lease(ID, r) => Input::Lease(id, r),
+            other => other,
+        };
+        self.feed_raw(input)
+    }
+
+    /// Feeds `input` as it is.
+    fn feed_raw(&mut self, input: Input) -> (Vec<Action>, Timestamp) {
         self.m.handle_input(input, self.now);
         let mut actions = Vec::new();
         loop {
             match self.m.poll_output() {
-                Output::Action(a) => actions.push(a),
+                Output::Action(a) => {
+                    if let Some(id) = a.request_id() {
+                        self.last_id = Some(id);
+                    }
+                    actions.push(a)
+                }
                 Output::Timeout(at) => return (actions, at),
             }
         }
@@ -47,7 +72,7 @@ impl Harness {
 
     fn answer(&mut self, lifetime_secs: i64, name: &str) -> (Vec<Action>, Timestamp) {
         let r = TokenResponse::new(AccessToken::new(name)).with_expires_in(Some(lifetime_secs));
-        self.feed(Input::Fetched(Ok(r)))
+        self.feed(Input::Fetched(ID, Ok(r)))
     }
 }
 
@@ -70,10 +95,10 @@ fn kinds(actions: &[Action]) -> Vec<&'static str> {
     actions
         .iter()
         .map(|a| match a {
-            Action::LoadCache => "load",
+            Action::LoadCache { .. } => "load",
             Action::AcquireLease { .. } => "lease",
             Action::Fetch(_) => "fetch",
-            Action::Store(_) => "store",
+            Action::Store { .. } => "store",
             Action::ReleaseLease => "release",
             Action::Publish(_) => "publish",
             Action::Stop => "stop",
@@ -110,7 +135,7 @@ fn failures_back_off_and_keep_serving_the_token() {
     h.at(refresh_at).feed(Input::Tick);
     let mut last = refresh_at;
     for attempt in 1..=5u32 {
-        let (a, retry_at) = h.feed(Input::Fetched(Err(FetchError::transient("503"))));
+        let (a, retry_at) = h.feed(Input::Fetched(ID, Err(FetchError::transient("503"))));
         let snap = published(&a)[0];
         assert_eq!(
             snap.token.as_ref().unwrap().id(),
@@ -146,17 +171,21 @@ fn retry_after_is_a_floor() {
     let mut h = Harness::new(MachineConfig::default());
     h.feed(Input::Start);
     let e = FetchError::rate_limited("429").with_retry_after(Some(Duration::from_secs(42)));
-    let (_, retry_at) = h.feed(Input::Fetched(Err(e)));
+    let (_, retry_at) = h.feed(Input::Fetched(ID, Err(e)));
     assert!(retry_at >= T0 + Duration::from_secs(42));
 }
 
 #[test]
 fn revoked_grant_ends_refreshing() {
-    let mut h = Harness::new(MachineConfig::default());
+    let mut h = Harness::new(MachineConfig {
+        refresh_token: Some(RefreshToken::new("rt-0")),
+        ..MachineConfig::default()
+    });
     h.feed(Input::Start);
-    let (a, next) = h.feed(Input::Fetched(Err(FetchError::grant_revoked(
-        "invalid_grant",
-    ))));
+    let (a, next) = h.feed(Input::Fetched(
+        ID,
+        Err(FetchError::grant_revoked("invalid_grant")),
+    ));
     assert!(matches!(
         published(&a)[0].state,
         RefreshState::Failed { .. }
@@ -170,7 +199,10 @@ fn revoked_grant_ends_refreshing() {
 fn permanent_errors_wait_long() {
     let mut h = Harness::new(MachineConfig::default());
     h.feed(Input::Start);
-    let (_, retry_at) = h.feed(Input::Fetched(Err(FetchError::permanent("invalid_client"))));
+    let (_, retry_at) = h.feed(Input::Fetched(
+        ID,
+        Err(FetchError::permanent("invalid_client")),
+    ));
     assert!(retry_at >= T0 + Duration::from_secs(150));
 }
 
@@ -180,7 +212,7 @@ fn fresh_cached_token_is_adopted_without_a_request() {
     let (a, _) = h.feed(Input::Start);
     assert_eq!(kinds(&a), ["load"]);
     let cached = token("c", T0 - Duration::from_secs(60), Duration::from_secs(3600));
-    let (a, next) = h.feed(Input::CacheLoaded(Ok(Some(cached))));
+    let (a, next) = h.feed(Input::CacheLoaded(ID, Ok(Some(cached))));
     assert_eq!(kinds(&a), ["publish"]);
     assert!(next > T0);
     assert_eq!(h.m.stats().fetches, 0);
@@ -195,15 +227,15 @@ fn stale_cached_token_is_served_while_refreshing_under_the_lease() {
         T0 - Duration::from_secs(3000),
         Duration::from_secs(3600),
     );
-    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(cached))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(cached))));
     assert_eq!(kinds(&a), ["publish", "lease"]);
-    let (a, _) = h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     assert_eq!(kinds(&a), ["load"], "re-read under the lease");
-    let (a, _) = h.feed(Input::CacheLoaded(Ok(None)));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
     assert_eq!(kinds(&a), ["fetch"]);
     let (a, _) = h.answer(3600, "new");
     assert_eq!(kinds(&a), ["publish", "store"]);
-    let (a, _) = h.feed(Input::Stored(Ok(())));
+    let (a, _) = h.feed(Input::Stored(ID, Ok(())));
     assert_eq!(kinds(&a), ["release"]);
 }
 
@@ -211,10 +243,10 @@ fn stale_cached_token_is_served_while_refreshing_under_the_lease() {
 fn a_peer_that_stored_under_our_nose_is_adopted() {
     let mut h = Harness::cached();
     h.feed(Input::Start);
-    h.feed(Input::CacheLoaded(Ok(None)));
-    h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     let peer = token("peer", T0, Duration::from_secs(3600));
-    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(peer))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(peer))));
     assert_eq!(kinds(&a), ["publish", "release"]);
 }
 
@@ -226,8 +258,8 @@ fn rotated_refresh_token_is_stored_before_it_is_published() {
         ..MachineConfig::default()
     });
     h.feed(Input::Start);
-    h.feed(Input::CacheLoaded(Ok(None)));
-    let (a, _) = h.feed(Input::Lease(Ok(LeaseOutcome::Unsupported)));
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Unsupported)));
     match &a[..] {
         [Action::Fetch(req)] => assert_eq!(req.refresh_token, Some(RefreshToken::new("rt-0"))),
         other => panic!("{other:?}"),
@@ -235,20 +267,36 @@ fn rotated_refresh_token_is_stored_before_it_is_published() {
     let r = TokenResponse::new(AccessToken::new("a"))
         .with_expires_in(Some(60))
         .with_refresh_token(Some(RefreshToken::new("rt-1")));
-    let (a, _) = h.feed(Input::Fetched(Ok(r)));
+    let (a, _) = h.feed(Input::Fetched(ID, Ok(r)));
     assert_eq!(kinds(&a), ["store"]);
-    let Action::Store(stored) = &a[0] else {
+    let Action::Store { token: stored, .. } = &a[0] else {
         unreachable!()
     };
     assert_eq!(stored.refresh_token(), Some(&RefreshToken::new("rt-1")));
-    let (a, _) = h.feed(Input::Stored(Err(CacheError::new(
-        crate::CacheErrorKind::Io,
-        "disk full",
-    ))));
-    assert_eq!(
-        kinds(&a),
-        ["publish"],
-        "published even when the store failed"
+    let (a, _) = h.feed(Input::Stored(
+        ID,
+        Err(CacheError::new(crate::CacheErrorKind::Io, "disk full")),
+    ));
+    // The token is good, so readers get it; the spent refresh token is
+    // still in the cache, so the store is retried before anything else,
+    // under the lease.
+    assert_eq!(kinds(&a), ["publish", "publish"]);
+    assert!(published(&a)[0].token.is_some());
+    assert!(matches!(
+        published(&a)[1].state,
+        RefreshState::Retrying { .. }
+    ));
+    let (_, retry_at) = (a, h.m.poll_output());
+    let Output::Timeout(retry_at) = retry_at else {
+        unreachable!()
+    };
+    let (a, _) = h.at(retry_at).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["store"], "the store again, nothing else");
+    let (a, next) = h.feed(Input::Stored(ID, Ok(())));
+    assert!(a.is_empty(), "already published: {a:?}");
+    assert!(
+        next > retry_at + Duration::from_secs(20),
+        "idle until the refresh time"
     );
 }
 
@@ -266,8 +314,8 @@ fn newer_refresh_token_in_the_cache_replaces_the_configured_one() {
         Duration::from_secs(3600),
     )
     .with_refresh_token(Some(RefreshToken::new("rotated")));
-    h.feed(Input::CacheLoaded(Ok(Some(old))));
-    let (a, _) = h.feed(Input::Lease(Ok(LeaseOutcome::Unsupported)));
+    h.feed(Input::CacheLoaded(ID, Ok(Some(old))));
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Unsupported)));
     match &a[..] {
         [Action::Fetch(req)] => assert_eq!(req.refresh_token, Some(RefreshToken::new("rotated"))),
         other => panic!("{other:?}"),
@@ -278,7 +326,7 @@ fn newer_refresh_token_in_the_cache_replaces_the_configured_one() {
 /// returns the actions of the give-up tick.
 fn wait_for_busy_peer(h: &mut Harness, cached: &Token) -> Vec<Action> {
     for _ in 0..100 {
-        let (a, next) = h.feed(Input::Lease(Ok(LeaseOutcome::Busy)));
+        let (a, next) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Busy)));
         assert!(a.is_empty());
         assert!(next > h.now && next < cached.expires_at());
         let (a, _) = h.at(next).feed(Input::Tick);
@@ -292,7 +340,7 @@ fn wait_for_busy_peer(h: &mut Harness, cached: &Token) -> Vec<Action> {
             return a;
         }
         assert_eq!(kinds(&a), ["load"]);
-        let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(cached.clone()))));
+        let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(cached.clone()))));
         assert_eq!(kinds(&a), ["lease"]);
     }
     panic!("waited forever");
@@ -304,12 +352,12 @@ fn busy_lease_waits_for_the_peer_then_fetches_anyway_before_expiry() {
     h.feed(Input::Start);
     // Stale since T0-10 s, expires at T0+20 s: give up at T0+5 s.
     let stale = token("s", T0 - Duration::from_secs(100), Duration::from_secs(120));
-    h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
+    h.feed(Input::CacheLoaded(ID, Ok(Some(stale.clone()))));
     // Giving up: one last look at the cache, then a fetch without the lease.
     let a = wait_for_busy_peer(&mut h, &stale);
     assert_eq!(kinds(&a), ["load"]);
     assert!(h.now < stale.expires_at());
-    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(stale.clone()))));
     assert_eq!(kinds(&a), ["fetch"]);
 }
 
@@ -319,10 +367,10 @@ fn the_last_look_adopts_what_the_peer_stored() {
     h.feed(Input::Start);
     // Stale since T0-10 s, expires at T0+20 s: give up at T0+5 s.
     let stale = token("s", T0 - Duration::from_secs(100), Duration::from_secs(120));
-    h.feed(Input::CacheLoaded(Ok(Some(stale.clone()))));
+    h.feed(Input::CacheLoaded(ID, Ok(Some(stale.clone()))));
     wait_for_busy_peer(&mut h, &stale);
     let stored = token("peer", h.now, Duration::from_secs(60));
-    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(stored))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(stored))));
     assert_eq!(kinds(&a), ["publish"]);
     assert_eq!(h.m.stats().fetches, 0);
 }
@@ -333,7 +381,7 @@ fn ten_invalidations_cause_one_fetch_and_skip_the_same_cached_token() {
     h.feed(Input::Start);
     let current = token("bad", T0, Duration::from_secs(3600));
     let id = current.id();
-    h.feed(Input::CacheLoaded(Ok(Some(current.clone()))));
+    h.feed(Input::CacheLoaded(ID, Ok(Some(current.clone()))));
     h.at(T0 + Duration::from_secs(1));
     let mut actions = Vec::new();
     for _ in 0..10 {
@@ -341,9 +389,9 @@ fn ten_invalidations_cause_one_fetch_and_skip_the_same_cached_token() {
     }
     assert_eq!(kinds(&actions), ["load"]);
     // The cache still has the rejected token: it is not adopted.
-    let (a, _) = h.feed(Input::CacheLoaded(Ok(Some(current))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(current))));
     assert_eq!(kinds(&a), ["lease"]);
-    h.feed(Input::Lease(Ok(LeaseOutcome::Unsupported)));
+    h.feed(Input::Lease(ID, Ok(LeaseOutcome::Unsupported)));
     let (a, _) = h.answer(3600, "good");
     assert_eq!(kinds(&a), ["publish", "store"]);
     assert_eq!(h.m.stats().fetches, 1);
@@ -372,15 +420,15 @@ fn invalidations_are_rate_limited() {
 fn shutdown_stops_everything() {
     let mut h = Harness::cached();
     h.feed(Input::Start);
-    h.feed(Input::CacheLoaded(Ok(None)));
-    h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     let (a, _) = h.feed(Input::Shutdown);
     assert_eq!(kinds(&a), ["release", "publish", "stop"]);
     assert_eq!(published(&a)[0].state, RefreshState::Stopped);
     for input in [
         Input::Tick,
         Input::Start,
-        Input::CacheLoaded(Ok(None)),
+        Input::CacheLoaded(ID, Ok(None)),
         Input::Shutdown,
     ] {
         assert!(h.feed(input).0.is_empty());
@@ -391,12 +439,16 @@ fn shutdown_stops_everything() {
 #[test]
 fn unexpected_results_are_ignored_and_counted() {
     let mut h = Harness::new(MachineConfig::default());
-    assert!(h.feed(Input::Stored(Ok(()))).0.is_empty());
+    assert!(h.feed(Input::Stored(ID, Ok(()))).0.is_empty());
     assert!(h
-        .feed(Input::Fetched(Err(FetchError::transient("late"))))
+        .feed(Input::Fetched(ID, Err(FetchError::transient("late"))))
         .0
         .is_empty());
-    assert!(h.feed(Input::Lease(Ok(LeaseOutcome::Granted))).0.is_empty());
+    // A lease nobody asked for is given back, so peers are not blocked.
+    assert_eq!(
+        kinds(&h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted))).0),
+        ["release"]
+    );
     h.feed(Input::Start);
     assert!(h.feed(Input::Start).0.is_empty());
     assert_eq!(h.m.stats().ignored_inputs, 4);
@@ -406,21 +458,25 @@ fn unexpected_results_are_ignored_and_counted() {
 fn lease_is_stretched_over_a_long_backoff() {
     let mut h = Harness::cached();
     h.feed(Input::Start);
-    h.feed(Input::CacheLoaded(Ok(None)));
-    h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
-    h.feed(Input::CacheLoaded(Ok(None)));
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
     let e = FetchError::rate_limited("429").with_retry_after(Some(Duration::from_secs(60)));
-    let (a, next) = h.feed(Input::Fetched(Err(e)));
+    let (a, next) = h.feed(Input::Fetched(ID, Err(e)));
     assert_eq!(kinds(&a), ["lease", "publish"]);
-    assert!(matches!(a[0], Action::AcquireLease { ttl } if ttl >= Duration::from_secs(90)));
-    assert_eq!(next, Timestamp::MAX, "waits for the lease answer");
-    let (a, retry_at) = h.feed(Input::Lease(Ok(LeaseOutcome::Granted)));
+    assert!(matches!(a[0], Action::AcquireLease { ttl, .. } if ttl >= Duration::from_secs(90)));
+    assert_eq!(
+        next,
+        T0 + MachineConfig::default().cache_timeout,
+        "waits for the lease answer until its deadline"
+    );
+    let (a, retry_at) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     assert!(a.is_empty());
     assert!(retry_at >= T0 + Duration::from_secs(60));
     // Still holding it at the retry: straight to the re-read under the lease.
     let (a, _) = h.at(retry_at).feed(Input::Tick);
     assert_eq!(kinds(&a), ["load"]);
-    let (a, _) = h.feed(Input::CacheLoaded(Ok(None)));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
     assert_eq!(kinds(&a), ["fetch"]);
 }
 
@@ -433,7 +489,7 @@ fn readers_are_told_when_the_token_expires() {
     h.feed(Input::Start);
     let (_, refresh_at) = h.answer(20, "a");
     h.at(refresh_at).feed(Input::Tick);
-    let (_, next) = h.feed(Input::Fetched(Err(FetchError::transient("down"))));
+    let (_, next) = h.feed(Input::Fetched(ID, Err(FetchError::transient("down"))));
     assert_eq!(next, T0 + Duration::from_secs(20), "wakes at expiry");
     let (a, _) = h.at(next).feed(Input::Tick);
     assert_eq!(kinds(&a), ["publish"]);
@@ -448,10 +504,13 @@ fn a_refresh_token_is_not_presented_while_the_cache_is_unreadable() {
     });
     h.feed(Input::Start);
     let down = || {
-        Input::CacheLoaded(Err(CacheError::new(
-            crate::CacheErrorKind::Unavailable,
-            "redis down",
-        )))
+        Input::CacheLoaded(
+            ID,
+            Err(CacheError::new(
+                crate::CacheErrorKind::Unavailable,
+                "redis down",
+            )),
+        )
     };
     let (a, retry_at) = h.feed(down());
     assert_eq!(kinds(&a), ["publish"]);
@@ -465,7 +524,7 @@ fn a_refresh_token_is_not_presented_while_the_cache_is_unreadable() {
         ["load"],
         "tries the cache again, not the authority"
     );
-    let (a, _) = h.feed(Input::CacheLoaded(Ok(None)));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
     assert_eq!(
         kinds(&a),
         ["lease"],
@@ -478,4 +537,166 @@ fn a_refresh_token_is_not_presented_while_the_cache_is_unreadable() {
     h.feed(Input::Start);
     let (a, _) = h.feed(down());
     assert_eq!(kinds(&a), ["lease"]);
+}
+
+fn rt_config() -> MachineConfig {
+    MachineConfig {
+        cache: true,
+        refresh_token: Some(RefreshToken::new("rt-0")),
+        ..MachineConfig::default()
+    }
+}
+
+fn rotated(name: &str, rt: &str) -> TokenResponse {
+    TokenResponse::new(AccessToken::new(name))
+        .with_expires_in(Some(600))
+        .with_refresh_token(Some(RefreshToken::new(rt)))
+}
+
+/// Start, cache miss, lease granted, re-read: the machine is fetching.
+fn fetching(h: &mut Harness) {
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["fetch"]);
+}
+
+#[test]
+fn an_invalidation_during_a_store_refreshes_once_the_store_is_done() {
+    let mut h = Harness::new(MachineConfig {
+        cache: true,
+        ..MachineConfig::default()
+    });
+    fetching(&mut h);
+    let (a, _) = h.answer(600, "fresh");
+    assert_eq!(kinds(&a), ["publish", "store"]);
+    let id = h.m.current().unwrap().id();
+    // A consumer got a 401 with the new token while its store is out.
+    h.feed(Input::Invalidate(id));
+    let (a, _) = h.feed(Input::Stored(ID, Ok(())));
+    assert_eq!(kinds(&a), ["release", "load"], "refreshes now: {a:?}");
+}
+
+#[test]
+fn failed_rereads_the_cache_and_recovers_with_a_live_grant() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    let (a, next) = h.feed(Input::Fetched(ID, Err(FetchError::grant_revoked("invalid_grant"))));
+    assert!(matches!(published(&a)[0].state, RefreshState::Failed { .. }));
+    let interval = MachineConfig::default().backoff.permanent_interval();
+    assert!(next >= T0 + interval / 2 && next <= T0 + interval * 2, "{next:?}");
+    // Still the revoked token in the cache: stay failed, never present it.
+    let (a, _) = h.at(next).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["load"]);
+    let revoked = token("old", next, Duration::from_secs(600))
+        .with_refresh_token(Some(RefreshToken::new("rt-0")));
+    let (a, later) = h.feed(Input::CacheLoaded(ID, Ok(Some(revoked))));
+    assert!(a.is_empty(), "{a:?}");
+    assert!(matches!(h.m.state(), RefreshState::Failed { .. }));
+    // A peer stored a token of a new grant: adopted, healthy again, and
+    // the next refresh presents the new grant's token.
+    let (a, _) = h.at(later).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["load"]);
+    let live = token("new", later, Duration::from_secs(600))
+        .with_refresh_token(Some(RefreshToken::new("grant-2-rt-1")))
+        .with_generation(1);
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(live))));
+    assert_eq!(published(&a)[0].state, RefreshState::Healthy);
+    assert_eq!(
+        h.m.refresh_token().map(|(rt, g)| (rt.expose_secret().to_owned(), g)),
+        Some(("grant-2-rt-1".to_owned(), 1))
+    );
+}
+
+#[test]
+fn shutdown_mid_fetch_stores_the_rotated_token_before_stopping() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    let (a, _) = h.feed(Input::Shutdown);
+    assert!(a.is_empty(), "waits for the answer: {a:?}");
+    let (a, _) = h.feed(Input::Fetched(ID, Ok(rotated("at", "rt-1"))));
+    assert_eq!(kinds(&a), ["publish", "store"]);
+    let Action::Store { token, .. } = &a[1] else {
+        unreachable!()
+    };
+    assert_eq!(token.refresh_token(), Some(&RefreshToken::new("rt-1")));
+    assert_eq!(token.generation(), 1);
+    let (a, _) = h.feed(Input::Stored(ID, Ok(())));
+    assert_eq!(kinds(&a), ["release", "publish", "stop"]);
+}
+
+#[test]
+fn shutdown_mid_lease_releases_a_lease_granted_afterwards() {
+    let mut h = Harness::new(rt_config());
+    h.feed(Input::Start);
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["lease"]);
+    assert!(h.feed(Input::Shutdown).0.is_empty());
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["release", "publish", "stop"]);
+}
+
+#[test]
+fn a_late_answer_with_a_rotated_token_is_learned_and_stored() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    let fetch_id = h.last_id.unwrap();
+    // The deadline passes: a transient failure, the lease kept (extended).
+    let deadline = T0 + MachineConfig::default().fetch_timeout;
+    let (a, _) = h.at(deadline).feed(Input::Tick);
+    assert!(kinds(&a).contains(&"publish"));
+    assert!(matches!(h.m.state(), RefreshState::Retrying { .. }));
+    // Then the answer comes after all: its refresh token is the grant now.
+    let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Ok(rotated("late", "rt-1"))));
+    assert_eq!(kinds(&a), ["store"], "durable before published: {a:?}");
+    assert_eq!(
+        h.m.refresh_token().map(|(rt, g)| (rt.expose_secret().to_owned(), g)),
+        Some(("rt-1".to_owned(), 1))
+    );
+    assert_eq!(h.m.stats().late_answers_used, 1);
+}
+
+#[test]
+fn our_own_answer_wins_over_a_cached_token_stamped_later() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    h.feed(Input::Fetched(ID, Ok(rotated("ours", "rt-1"))));
+    h.feed(Input::Stored(ID, Ok(())));
+    // A peer whose clock runs ahead stored a token of the old generation
+    // with a later issued_at: we keep our rotated refresh token.
+    let ahead = token("peer", T0 + Duration::from_secs(300), Duration::from_secs(600))
+        .with_refresh_token(Some(RefreshToken::new("rt-0")));
+    let refresh_at = match h.m.poll_output() {
+        Output::Timeout(at) => at,
+        other => panic!("{other:?}"),
+    };
+    h.at(refresh_at).feed(Input::Tick);
+    h.feed(Input::CacheLoaded(ID, Ok(Some(ahead))));
+    assert_eq!(
+        h.m.refresh_token().map(|(rt, _)| rt.expose_secret().to_owned()),
+        Some("rt-1".to_owned())
+    );
+}
+
+#[test]
+fn a_refresh_token_flow_never_fetches_without_a_lease_the_cache_offers() {
+    let mut h = Harness::new(rt_config());
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    // Busy for longer than any give-up time: keep waiting, never fetch.
+    let mut now = T0;
+    for _ in 0..200 {
+        let (a, next) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Busy)));
+        assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
+        now = next;
+        let (a, _) = h.at(now).feed(Input::Tick);
+        assert_eq!(kinds(&a), ["load"]);
+        let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+        assert_eq!(kinds(&a), ["lease"]);
+    }
+    assert!(now > T0 + Duration::from_secs(60), "waited past the lease TTL");
+    // And a broken lease is not a reason to fetch either.
+    let (a, _) = h.feed(Input::Lease(ID, Err(CacheError::new(crate::CacheErrorKind::Unavailable, "down"))));
+    assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
 }

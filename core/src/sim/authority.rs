@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use crate::error::FetchError;
-use crate::secret::AccessToken;
+use crate::machine::FetchRequest;
+use crate::secret::{AccessToken, RefreshToken};
 use crate::time::Timestamp;
-use crate::token::TokenResponse;
+use crate::token::{TokenId, TokenResponse};
 
 /// How the authority misbehaves during a [`Fault`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,13 +67,59 @@ impl Fault {
     }
 }
 
+/// Why a rotated refresh token can no longer be known by any instance:
+/// the losses no client can prevent (see [`Report::inherent_reuses`](super::Report)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Loss {
+    /// (a) The only instance that knew it was killed before storing it.
+    Killed,
+    /// (b) The answer that carried it was lost, or arrived after the
+    /// instance's deadline for it had passed at shutdown.
+    LostAnswer,
+    /// (c) A cache acknowledged a store (or a lease) and then lost it.
+    CacheLost,
+}
+
+/// A refresh-token family at the authority: rotation on every use, and
+/// reuse detection that revokes the whole family (OAuth 2.1's rule).
+#[derive(Debug)]
+struct Family {
+    /// The one refresh token that may be presented now.
+    current: String,
+    /// Spent tokens, with when they were rotated away.
+    spent: std::collections::HashMap<String, Timestamp>,
+    revoked: bool,
+    /// The current token became unknowable, and why.
+    lost: Option<Loss>,
+    next: u64,
+}
+
+/// What the authority saw of refresh tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct ReuseCounts {
+    /// Spent tokens presented with no inherent loss to explain it: defects.
+    pub defects: u64,
+    pub killed: u64,
+    pub lost_answer: u64,
+    pub cache_lost: u64,
+    /// Spent tokens presented within the reuse interval (accepted).
+    pub grace: u64,
+}
+
 pub(super) struct Authority {
     lifetime_secs: i64,
     latency: Duration,
+    /// Probability of a slow answer, and its latency factor range.
+    tail: f64,
     faults: Vec<Fault>,
     start: Timestamp,
     rng: fastrand::Rng,
     issued: u64,
+    /// True expiry of every access token issued, for availability.
+    expiries: std::collections::HashMap<TokenId, Timestamp>,
+    family: Option<Family>,
+    reuse_interval: Duration,
+    pub(super) reuses: ReuseCounts,
 }
 
 impl Authority {
@@ -88,28 +135,147 @@ impl Authority {
             rng: fastrand::Rng::with_seed(seed),
             lifetime_secs: i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX).max(1),
             latency,
+            tail: 0.0,
             faults,
             issued: 0,
+            expiries: std::collections::HashMap::new(),
+            family: None,
+            reuse_interval: Duration::ZERO,
+            reuses: ReuseCounts::default(),
         }
     }
 
-    /// The answer to a request sent at `now`, and when it arrives.
+    /// Answers slower than usual with probability `p` (5 to 100 times the
+    /// latency): the long tail that outlasts peer waits and timeouts.
+    pub(super) fn with_tail(mut self, p: f64) -> Self {
+        self.tail = p;
+        self
+    }
+
+    /// Starts a refresh-token family; returns its first token.
+    pub(super) fn with_family(mut self, reuse_interval: Duration) -> Self {
+        self.reuse_interval = reuse_interval;
+        self.family = Some(Family {
+            current: "rt-0".to_owned(),
+            spent: std::collections::HashMap::new(),
+            revoked: false,
+            lost: None,
+            next: 1,
+        });
+        self
+    }
+
+    /// The refresh token the family started with.
+    pub(super) fn first_refresh_token(&self) -> Option<RefreshToken> {
+        self.family.as_ref().map(|_| RefreshToken::new("rt-0"))
+    }
+
+    /// The refresh token that may be presented now, unless the family is
+    /// revoked or its current token was already lost.
+    pub(super) fn live_refresh_token(&self) -> Option<&str> {
+        self.family
+            .as_ref()
+            .filter(|f| !f.revoked && f.lost.is_none())
+            .map(|f| f.current.as_str())
+    }
+
+    /// Records that the current refresh token can no longer be known.
+    pub(super) fn lose_current(&mut self, why: Loss) {
+        if let Some(f) = self.family.as_mut().filter(|f| !f.revoked) {
+            f.lost.get_or_insert(why);
+        }
+    }
+
+    pub(super) fn is_revoked(&self) -> bool {
+        self.family.as_ref().is_some_and(|f| f.revoked)
+    }
+
+    /// The true expiry of an access token it issued.
+    pub(super) fn expiry_of(&self, id: TokenId) -> Option<Timestamp> {
+        self.expiries.get(&id).copied()
+    }
+
+    /// The answer to `request` sent at true time `now`, and how long it
+    /// takes to arrive.
     pub(super) fn answer(
         &mut self,
         now: Timestamp,
-    ) -> (Result<TokenResponse, FetchError>, Timestamp) {
+        request: &FetchRequest,
+    ) -> (Result<TokenResponse, FetchError>, Duration) {
         let offset = now.saturating_duration_since(self.start);
         // Latency varies by ±50 %, so answers can overtake each other.
         let ms = crate::time::duration_millis(self.latency);
-        let at = now + Duration::from_millis(self.rng.u64(ms / 2..=ms + ms / 2));
-        if let Some(fault) = self.faults.iter().find(|f| f.active_at(offset)) {
-            return (Err(fault.error()), at);
+        let mut latency = self.rng.u64(ms / 2..=ms + ms / 2);
+        if self.tail > 0.0 && self.rng.f64() < self.tail {
+            latency = latency.saturating_mul(self.rng.u64(5..=100));
         }
+        let latency = Duration::from_millis(latency);
+        if let Some(fault) = self.faults.iter().find(|f| f.active_at(offset)) {
+            return (Err(fault.error()), latency);
+        }
+        let refresh_token = match self.refresh(now, request) {
+            Ok(rt) => rt,
+            Err(e) => return (Err(e), latency),
+        };
         self.issued += 1;
         let token = AccessToken::new(format!("sim-token-{}", self.issued));
-        (
-            Ok(TokenResponse::new(token).with_expires_in(Some(self.lifetime_secs))),
-            at,
-        )
+        self.expiries.insert(
+            token.fingerprint(),
+            now + Duration::from_secs(self.lifetime_secs as u64),
+        );
+        let response = TokenResponse::new(token)
+            .with_expires_in(Some(self.lifetime_secs))
+            .with_refresh_token(refresh_token);
+        (Ok(response), latency)
+    }
+
+    /// Checks and rotates the presented refresh token.
+    fn refresh(
+        &mut self,
+        now: Timestamp,
+        request: &FetchRequest,
+    ) -> Result<Option<RefreshToken>, FetchError> {
+        let Some(family) = self.family.as_mut() else {
+            return Ok(None);
+        };
+        let revoked = || FetchError::grant_revoked("invalid_grant").with_status(400);
+        let Some(presented) = request.refresh_token.as_ref().map(|t| t.expose_secret()) else {
+            return Err(FetchError::permanent("invalid_request: no refresh token"));
+        };
+        if family.revoked {
+            return Err(revoked());
+        }
+        if presented == family.current {
+            let next = format!("rt-{}", family.next);
+            family.next += 1;
+            family
+                .spent
+                .insert(std::mem::replace(&mut family.current, next), now);
+            return Ok(Some(RefreshToken::new(family.current.clone())));
+        }
+        match family.spent.get(presented) {
+            Some(rotated_at)
+                if now.saturating_duration_since(*rotated_at) <= self.reuse_interval
+                    && !self.reuse_interval.is_zero() =>
+            {
+                // Within the reuse interval: the authority answers with the
+                // current token again, as Okta and others do (which makes a
+                // lost one known again).
+                self.reuses.grace += 1;
+                family.lost = None;
+                Ok(Some(RefreshToken::new(family.current.clone())))
+            }
+            Some(_) => {
+                match family.lost {
+                    None => self.reuses.defects += 1,
+                    Some(Loss::Killed) => self.reuses.killed += 1,
+                    Some(Loss::LostAnswer) => self.reuses.lost_answer += 1,
+                    Some(Loss::CacheLost) => self.reuses.cache_lost += 1,
+                }
+                family.revoked = true;
+                Err(revoked())
+            }
+            None => Err(revoked()),
+        }
     }
 }

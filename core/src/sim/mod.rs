@@ -29,19 +29,14 @@
 //! unavailable time).
 
 mod authority;
+mod fleet;
 
-pub use authority::{Fault, FaultKind};
+pub use authority::{Fault, FaultKind, Loss};
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::machine::{Action, Input, LeaseOutcome, MachineConfig, Output, RefreshMachine};
+use crate::machine::{Input, MachineConfig, Output};
 use crate::time::Timestamp;
-use crate::token::Token;
-
-use authority::Authority;
 
 /// Whether the simulated instances share a cache, and whether it has a lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +84,79 @@ pub struct Scenario {
     config: MachineConfig,
     seed: u64,
     start: Timestamp,
+    refresh_tokens: Option<Duration>,
+    skew: Duration,
+    clock_steps: u32,
+    stacks: bool,
+    cache_faults: CacheFaults,
+    latency_tail: f64,
+    lost_answers: f64,
+    churn: Churn,
+    heartbeat: Duration,
+}
+
+/// How the simulated shared cache misbehaves: each operation fails, hangs
+/// or is lost after the fact with the given probability.
+///
+/// ```
+/// use freshtoken_core::sim::CacheFaults;
+/// let flaky = CacheFaults { load_failure: 0.05, store_failure: 0.05, ..CacheFaults::default() };
+/// assert_eq!(flaky.hang, 0.0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CacheFaults {
+    /// A load answers with an error (the cache is unavailable).
+    pub load_failure: f64,
+    /// A store answers with an error and writes nothing.
+    pub store_failure: f64,
+    /// An operation takes a minute to answer (past any sane deadline).
+    pub hang: f64,
+    /// An acknowledged store is lost a moment later (a failover to a
+    /// replica that had not caught up): the refresh-token issue's inherent
+    /// loss (c).
+    pub lost_write: f64,
+}
+
+/// Instances that stop and come back: each instance lives for a random
+/// time (exponential, with this mean), then is shut down gracefully or, for
+/// `kill_fraction` of the stops, killed without warning, and restarts after
+/// `downtime` from the shared cache with its configured settings.
+///
+/// ```
+/// use freshtoken_core::sim::Churn;
+/// use std::time::Duration;
+/// let churn = Churn::new(Duration::from_secs(600), 0.0, Duration::from_secs(5));
+/// assert!(churn.is_active());
+/// assert!(!Churn::NONE.is_active());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Churn {
+    mean_uptime: Duration,
+    kill_fraction: f64,
+    downtime: Duration,
+}
+
+impl Churn {
+    /// No instance ever stops.
+    pub const NONE: Churn = Churn {
+        mean_uptime: Duration::ZERO,
+        kill_fraction: 0.0,
+        downtime: Duration::ZERO,
+    };
+
+    /// Stops every `mean_uptime` on average, `kill_fraction` of them kills.
+    pub fn new(mean_uptime: Duration, kill_fraction: f64, downtime: Duration) -> Self {
+        Churn {
+            mean_uptime,
+            kill_fraction: kill_fraction.clamp(0.0, 1.0),
+            downtime,
+        }
+    }
+
+    /// Whether instances stop at all.
+    pub fn is_active(&self) -> bool {
+        !self.mean_uptime.is_zero()
+    }
 }
 
 impl Scenario {
@@ -108,7 +176,78 @@ impl Scenario {
             config: MachineConfig::default(),
             seed: 1,
             start: Timestamp::from_secs(1_700_000_000),
+            refresh_tokens: None,
+            skew: Duration::ZERO,
+            clock_steps: 0,
+            stacks: false,
+            cache_faults: CacheFaults::default(),
+            latency_tail: 0.0,
+            lost_answers: 0.0,
+            churn: Churn::NONE,
+            heartbeat: Duration::from_secs(30),
         }
+    }
+
+    /// A refresh-token flow: every instance starts from the grant's first
+    /// refresh token, which the authority rotates on every use and revokes
+    /// (the whole family) when a spent one is presented, except within
+    /// `reuse_interval` of its rotation (zero: never; many authorities
+    /// offer such a grace period for the inherent losses).
+    pub fn refresh_tokens(mut self, reuse_interval: Duration) -> Self {
+        self.refresh_tokens = Some(reuse_interval);
+        self
+    }
+
+    /// Gives each instance's wall clock a fixed offset drawn uniformly from
+    /// `±max` (the monotonic clock, and the authority, run true).
+    pub fn skew(mut self, max: Duration) -> Self {
+        self.skew = max;
+        self
+    }
+
+    /// Steps each instance's wall clock `count` times during the run, at
+    /// random moments, by up to `±max` each (the skew bound stays the same).
+    pub fn clock_steps(mut self, count: u32) -> Self {
+        self.clock_steps = count;
+        self
+    }
+
+    /// Puts a per-instance memory layer above the shared cache, as a
+    /// `CacheStack` of a `MemoryCache` and a shared cache does.
+    pub fn stacks(mut self, on: bool) -> Self {
+        self.stacks = on;
+        self
+    }
+
+    /// How the shared cache misbehaves.
+    pub fn cache_faults(mut self, faults: CacheFaults) -> Self {
+        self.cache_faults = faults;
+        self
+    }
+
+    /// With probability `p` an answer takes 5 to 100 times the latency.
+    pub fn latency_tail(mut self, p: f64) -> Self {
+        self.latency_tail = p;
+        self
+    }
+
+    /// With probability `p` the authority acts on a request but its answer
+    /// never arrives: the refresh-token issue's inherent loss (b).
+    pub fn lost_answers(mut self, p: f64) -> Self {
+        self.lost_answers = p;
+        self
+    }
+
+    /// Instances that stop (gracefully or killed) and restart.
+    pub fn churn(mut self, churn: Churn) -> Self {
+        self.churn = churn;
+        self
+    }
+
+    /// The drivers' heartbeat: how late an instance notices a clock step.
+    pub fn heartbeat(mut self, d: Duration) -> Self {
+        self.heartbeat = d.max(Duration::from_millis(1));
+        self
     }
 
     /// How long to simulate.
@@ -177,7 +316,7 @@ impl Scenario {
 
     /// Runs the scenario, showing every machine input and output to `observer`.
     pub fn run_observed(&self, observer: &mut impl Observer) -> Report {
-        Fleet::new(self).run(observer)
+        fleet::Fleet::new(self).run(observer)
     }
 
     /// The refresh period used in [`Report::requests_per_period`]: the time
@@ -257,265 +396,40 @@ pub struct Report {
     pub leases_busy: u64,
     /// Events processed (a measure of the simulator's own work).
     pub events: u64,
+    /// Spent refresh tokens presented to the authority that no inherent
+    /// loss explains: a defect of the machine. Must be zero.
+    pub refresh_token_reuses: u64,
+    /// Spent refresh tokens presented after an inherent loss, by cause:
+    /// killed, lost answer, cache lost a write. No client can avoid these;
+    /// an authority-side reuse interval covers them.
+    pub inherent_reuses: [u64; 3],
+    /// Spent refresh tokens accepted within the reuse interval.
+    pub grace_reuses: u64,
+    /// Inherent losses that happened (whether or not a reuse followed).
+    pub inherent_losses: u64,
+    /// Whether the authority revoked the grant.
+    pub grant_revoked: bool,
+    /// Instances running at the end.
+    pub alive_at_end: usize,
+    /// Of those, how many held a token that was truly (by the authority's
+    /// clock) valid.
+    pub valid_at_end: usize,
+    /// Of those running at the end, how many were in `Failed`.
+    pub failed_at_end: usize,
+    /// Graceful shutdowns, kills and restarts.
+    pub shutdowns: u64,
+    /// Kills without warning.
+    pub kills: u64,
+    /// Restarts after a stop.
+    pub restarts: u64,
+    /// Fetch answers that arrived after the machine's deadline.
+    pub late_answers: u64,
 }
 
-#[derive(Debug)]
-enum EventKind {
-    Wake { generation: u64 },
-    Deliver(Input),
-    ReadCache,
-    TryLease { ttl: Duration },
-    WriteCache(Arc<Token>),
-}
-
-#[derive(Debug)]
-struct Event {
-    at: Timestamp,
-    seq: u64,
-    instance: usize,
-    kind: EventKind,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Event {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest event.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-struct Instance {
-    machine: RefreshMachine,
-    generation: u64,
-    started_at: Timestamp,
-    /// Expiry of the published token (the epoch before the first).
-    covered_until: Timestamp,
-    /// Up to when availability has been accounted for.
-    accounted_until: Timestamp,
-    unavailable: Duration,
-}
-
-struct Fleet<'a> {
-    scenario: &'a Scenario,
-    end: Timestamp,
-    queue: BinaryHeap<Event>,
-    seq: u64,
-    instances: Vec<Instance>,
-    authority: Authority,
-    cached: Option<Arc<Token>>,
-    lease: Option<(usize, Timestamp)>,
-    report: Report,
-}
-
-impl<'a> Fleet<'a> {
-    fn new(scenario: &'a Scenario) -> Self {
-        let mut rng = fastrand::Rng::with_seed(scenario.seed);
-        let start = scenario.start;
-        let spread = crate::time::duration_millis(scenario.start_spread);
-        let mut fleet = Fleet {
-            scenario,
-            end: start + scenario.duration,
-            queue: BinaryHeap::with_capacity(scenario.instances * 2),
-            seq: 0,
-            instances: Vec::with_capacity(scenario.instances),
-            authority: Authority::new(
-                start,
-                scenario.lifetime,
-                scenario.latency,
-                scenario.faults.clone(),
-                scenario.seed,
-            ),
-            cached: None,
-            lease: None,
-            report: Report {
-                instances: scenario.instances,
-                duration: scenario.duration,
-                authority_requests: 0,
-                failed_requests: 0,
-                refresh_period: scenario.refresh_period(),
-                requests_per_period: 0.0,
-                availability: 0.0,
-                longest_gap: Duration::ZERO,
-                cache_reads: 0,
-                cache_writes: 0,
-                leases_granted: 0,
-                leases_busy: 0,
-                events: 0,
-            },
-        };
-        for i in 0..scenario.instances {
-            let mut config = scenario.config.clone();
-            config.seed = rng.u64(..);
-            config.cache = scenario.cache != CacheMode::None;
-            let started_at = start + Duration::from_millis(rng.u64(0..=spread));
-            fleet.instances.push(Instance {
-                machine: RefreshMachine::new(config),
-                generation: 0,
-                started_at,
-                covered_until: Timestamp::EPOCH,
-                accounted_until: started_at,
-                unavailable: Duration::ZERO,
-            });
-            fleet.push(started_at, i, EventKind::Deliver(Input::Start));
-        }
-        fleet
-    }
-
-    fn push(&mut self, at: Timestamp, instance: usize, kind: EventKind) {
-        self.seq += 1;
-        self.queue.push(Event {
-            at,
-            seq: self.seq,
-            instance,
-            kind,
-        });
-    }
-
-    fn run(mut self, observer: &mut impl Observer) -> Report {
-        while let Some(event) = self.queue.pop() {
-            if event.at > self.end {
-                break;
-            }
-            self.report.events += 1;
-            let (now, i) = (event.at, event.instance);
-            let input = match event.kind {
-                EventKind::Wake { generation } if generation == self.instances[i].generation => {
-                    Input::Tick
-                }
-                EventKind::Wake { .. } => continue,
-                EventKind::Deliver(input) => input,
-                EventKind::ReadCache => {
-                    self.report.cache_reads += 1;
-                    Input::CacheLoaded(Ok(self.cached.as_deref().cloned()))
-                }
-                EventKind::TryLease { ttl } => Input::Lease(Ok(self.try_lease(i, now, ttl))),
-                EventKind::WriteCache(token) => {
-                    self.report.cache_writes += 1;
-                    // Last writer wins, as with a file rename or a Redis SET:
-                    // a slow writer can replace a newer token with an older one.
-                    self.cached = Some(token);
-                    Input::Stored(Ok(()))
-                }
-            };
-            self.feed(i, input, now, observer);
-        }
-        self.finish()
-    }
-
-    fn try_lease(&mut self, i: usize, now: Timestamp, ttl: Duration) -> LeaseOutcome {
-        if self.scenario.cache != CacheMode::SharedWithLease {
-            return LeaseOutcome::Unsupported;
-        }
-        match self.lease {
-            Some((holder, until)) if holder != i && now < until => {
-                self.report.leases_busy += 1;
-                LeaseOutcome::Busy
-            }
-            _ => {
-                self.report.leases_granted += 1;
-                self.lease = Some((i, now + ttl));
-                LeaseOutcome::Granted
-            }
-        }
-    }
-
-    fn feed(&mut self, i: usize, input: Input, now: Timestamp, observer: &mut impl Observer) {
-        observer.input(i, now, &input);
-        self.instances[i].machine.handle_input(input, now);
-        loop {
-            let output = self.instances[i].machine.poll_output();
-            observer.output(i, now, &output);
-            match output {
-                Output::Timeout(at) => {
-                    let inst = &mut self.instances[i];
-                    inst.generation += 1;
-                    if at != Timestamp::MAX {
-                        let generation = inst.generation;
-                        self.push(at, i, EventKind::Wake { generation });
-                    }
-                    break;
-                }
-                Output::Action(action) => self.perform(i, action, now),
-            }
-        }
-    }
-
-    fn perform(&mut self, i: usize, action: Action, now: Timestamp) {
-        let cache_at = now + self.scenario.cache_latency;
-        match action {
-            Action::LoadCache => self.push(cache_at, i, EventKind::ReadCache),
-            Action::AcquireLease { ttl } => self.push(cache_at, i, EventKind::TryLease { ttl }),
-            Action::Store(token) => self.push(cache_at, i, EventKind::WriteCache(token)),
-            Action::ReleaseLease => {
-                if self.lease.is_some_and(|(holder, _)| holder == i) {
-                    self.lease = None;
-                }
-            }
-            Action::Fetch(_) => {
-                self.report.authority_requests += 1;
-                let (result, at) = self.authority.answer(now);
-                if result.is_err() {
-                    self.report.failed_requests += 1;
-                }
-                self.push(at, i, EventKind::Deliver(Input::Fetched(result)));
-            }
-            Action::Publish(snapshot) => {
-                self.account(i, now);
-                let inst = &mut self.instances[i];
-                if let Some(token) = snapshot.token {
-                    inst.covered_until = inst.covered_until.max(token.expires_at());
-                }
-            }
-            Action::Stop => {}
-        }
-    }
-
-    /// Adds the time since the last accounting during which instance `i`
-    /// had no unexpired token.
-    fn account(&mut self, i: usize, now: Timestamp) {
-        let inst = &mut self.instances[i];
-        let from = inst.accounted_until.max(inst.covered_until);
-        if now > from {
-            let gap = now.saturating_duration_since(from);
-            inst.unavailable += gap;
-            // A gap can span several accountings only if nothing was
-            // published in between, so each call sees a whole gap's tail;
-            // measure gaps from where coverage ended.
-            let whole = now.saturating_duration_since(inst.covered_until.max(inst.started_at));
-            self.report.longest_gap = self.report.longest_gap.max(whole);
-        }
-        inst.accounted_until = inst.accounted_until.max(now);
-    }
-
-    fn finish(mut self) -> Report {
-        let end = self.end;
-        let mut lived = Duration::ZERO;
-        let mut unavailable = Duration::ZERO;
-        for i in 0..self.instances.len() {
-            self.account(i, end);
-            let inst = &self.instances[i];
-            lived += end.saturating_duration_since(inst.started_at);
-            unavailable += inst.unavailable;
-        }
-        self.report.availability = if lived.is_zero() {
-            1.0
-        } else {
-            1.0 - unavailable.as_secs_f64() / lived.as_secs_f64()
-        };
-        let periods = self.scenario.duration.as_secs_f64()
-            / self.report.refresh_period.as_secs_f64().max(1e-3);
-        self.report.requests_per_period = self.report.authority_requests as f64 / periods.max(1.0);
-        self.report
+impl Report {
+    /// All reuses of spent refresh tokens, defects and inherent ones.
+    pub fn all_reuses(&self) -> u64 {
+        self.refresh_token_reuses + self.inherent_reuses.iter().sum::<u64>()
     }
 }
 

@@ -1,0 +1,772 @@
+//! The simulator's event loop: instances, their clocks and cache layers,
+//! the shared cache, and the bookkeeping of refresh tokens in flight.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::authority::{Authority, Loss};
+use super::{CacheMode, Observer, Report, Scenario};
+use crate::error::{CacheError, CacheErrorKind};
+use crate::machine::{
+    Action, Input, LeaseOutcome, Output, RefreshMachine, RefreshState, RequestId,
+};
+use crate::time::{MonoTime, Now, Timestamp};
+use crate::token::Token;
+
+/// How long a hung cache operation takes to answer.
+const HANG: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+enum EventKind {
+    Wake {
+        generation: u64,
+    },
+    /// An answer for incarnation `life`; `sent` is when a fetch was sent.
+    Deliver {
+        life: u64,
+        input: Input,
+        sent: Option<Timestamp>,
+    },
+    ReadCache {
+        life: u64,
+        id: RequestId,
+        newer_than: Option<Timestamp>,
+    },
+    TryLease {
+        life: u64,
+        id: RequestId,
+        ttl: Duration,
+    },
+    WriteCache {
+        life: u64,
+        id: RequestId,
+        token: Arc<Token>,
+    },
+    /// A failover lost this acknowledged write: the record goes back.
+    RevertWrite {
+        written: Arc<Token>,
+        previous: Option<Arc<Token>>,
+    },
+    ClockStep {
+        delta_ms: i64,
+    },
+    Stop {
+        kill: bool,
+    },
+    Restart,
+}
+
+#[derive(Debug)]
+struct Event {
+    at: Timestamp,
+    seq: u64,
+    instance: usize,
+    kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest event.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Instance {
+    machine: RefreshMachine,
+    /// Which incarnation this is; answers to earlier ones are dropped.
+    life: u64,
+    alive: bool,
+    generation: u64,
+    /// This instance's wall clock minus the true time.
+    offset_ms: i64,
+    /// The memory layer of its cache stack, when stacks are simulated.
+    memory: Option<Arc<Token>>,
+    /// Whether its last store of a token failed (for telling a drain that
+    /// the cache defeated from one the machine cut short).
+    last_store_failed: bool,
+    /// Whether its last stop was a kill.
+    last_stop_killed: bool,
+    /// True expiry of the published token (the epoch before the first).
+    covered_until: Timestamp,
+    /// Up to when availability has been accounted for.
+    accounted_until: Timestamp,
+    /// When this incarnation started.
+    up_since: Timestamp,
+    lived: Duration,
+    unavailable: Duration,
+}
+
+pub(super) struct Fleet<'a> {
+    scenario: &'a Scenario,
+    end: Timestamp,
+    queue: BinaryHeap<Event>,
+    seq: u64,
+    rng: fastrand::Rng,
+    instances: Vec<Instance>,
+    authority: Authority,
+    cached: Option<Arc<Token>>,
+    lease: Option<((usize, u64), Timestamp)>,
+    /// Refresh tokens in answers still travelling, by value: how many
+    /// answers carry each, and when the first of them was sent.
+    in_flight: HashMap<String, (u32, Timestamp)>,
+    /// Refresh tokens whose acknowledged write the cache lost.
+    lost_writes: std::collections::HashSet<String>,
+    report: Report,
+}
+
+impl<'a> Fleet<'a> {
+    pub(super) fn new(scenario: &'a Scenario) -> Self {
+        let mut rng = fastrand::Rng::with_seed(scenario.seed);
+        let start = scenario.start;
+        let spread = crate::time::duration_millis(scenario.start_spread);
+        let mut authority = Authority::new(
+            start,
+            scenario.lifetime,
+            scenario.latency,
+            scenario.faults.clone(),
+            scenario.seed,
+        )
+        .with_tail(scenario.latency_tail);
+        if let Some(interval) = scenario.refresh_tokens {
+            authority = authority.with_family(interval);
+        }
+        let mut fleet = Fleet {
+            scenario,
+            end: start + scenario.duration,
+            queue: BinaryHeap::with_capacity(scenario.instances * 2),
+            seq: 0,
+            rng: fastrand::Rng::with_seed(scenario.seed ^ 0x5151),
+            instances: Vec::with_capacity(scenario.instances),
+            authority,
+            cached: None,
+            lease: None,
+            in_flight: HashMap::new(),
+            lost_writes: std::collections::HashSet::new(),
+            report: Report {
+                instances: scenario.instances,
+                duration: scenario.duration,
+                authority_requests: 0,
+                failed_requests: 0,
+                refresh_period: scenario.refresh_period(),
+                requests_per_period: 0.0,
+                availability: 0.0,
+                longest_gap: Duration::ZERO,
+                cache_reads: 0,
+                cache_writes: 0,
+                leases_granted: 0,
+                leases_busy: 0,
+                events: 0,
+                refresh_token_reuses: 0,
+                inherent_reuses: [0; 3],
+                grace_reuses: 0,
+                inherent_losses: 0,
+                grant_revoked: false,
+                alive_at_end: 0,
+                valid_at_end: 0,
+                failed_at_end: 0,
+                shutdowns: 0,
+                kills: 0,
+                restarts: 0,
+                late_answers: 0,
+            },
+        };
+        let skew = crate::time::duration_millis(scenario.skew) as i64;
+        for i in 0..scenario.instances {
+            let started_at = start + Duration::from_millis(rng.u64(0..=spread));
+            let offset_ms = if skew > 0 { rng.i64(-skew..=skew) } else { 0 };
+            let machine = fleet.new_machine(i, 0, &mut rng);
+            fleet.instances.push(Instance {
+                machine,
+                life: 0,
+                alive: true,
+                generation: 0,
+                offset_ms,
+                memory: None,
+                last_store_failed: false,
+                last_stop_killed: false,
+                covered_until: Timestamp::EPOCH,
+                accounted_until: started_at,
+                up_since: started_at,
+                lived: Duration::ZERO,
+                unavailable: Duration::ZERO,
+            });
+            fleet.push(started_at, i, fleet_start(0));
+            for _ in 0..scenario.clock_steps {
+                let at = start + fleet.random_within(scenario.duration);
+                let delta_ms = if skew > 0 { rng.i64(-skew..=skew) } else { 0 };
+                fleet.push(at, i, EventKind::ClockStep { delta_ms });
+            }
+            fleet.schedule_stop(i, started_at);
+        }
+        fleet
+    }
+
+    fn new_machine(&self, i: usize, life: u64, rng: &mut fastrand::Rng) -> RefreshMachine {
+        let mut config = self.scenario.config.clone();
+        config.seed = rng.u64(..) ^ (i as u64) ^ life.rotate_left(17);
+        config.cache = self.scenario.cache != CacheMode::None;
+        if let Some(rt) = self.authority.first_refresh_token() {
+            config.refresh_token = Some(rt);
+        }
+        RefreshMachine::new(config)
+    }
+
+    fn random_within(&mut self, d: Duration) -> Duration {
+        Duration::from_millis(self.rng.u64(0..=crate::time::duration_millis(d).max(1)))
+    }
+
+    fn schedule_stop(&mut self, i: usize, from: Timestamp) {
+        let churn = self.scenario.churn;
+        if !churn.is_active() {
+            return;
+        }
+        // Exponential uptime with the given mean.
+        let mean = churn.mean_uptime.as_secs_f64();
+        let uptime = -mean * (1.0 - self.rng.f64()).ln();
+        let at = from + Duration::from_secs_f64(uptime.min(1e9));
+        let kill = self.rng.f64() < churn.kill_fraction;
+        self.push(at, i, EventKind::Stop { kill });
+    }
+
+    fn push(&mut self, at: Timestamp, instance: usize, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Event {
+            at,
+            seq: self.seq,
+            instance,
+            kind,
+        });
+    }
+
+    /// Both clocks of instance `i` at true time `t`.
+    fn now_of(&self, i: usize, t: Timestamp) -> Now {
+        let wall = t.offset_millis(self.instances[i].offset_ms);
+        Now::new(wall, MonoTime::from_millis(t.as_millis()))
+    }
+
+    pub(super) fn run(mut self, observer: &mut impl Observer) -> Report {
+        while let Some(event) = self.queue.pop() {
+            if event.at > self.end {
+                break;
+            }
+            self.report.events += 1;
+            let (now, i) = (event.at, event.instance);
+            let input = match event.kind {
+                EventKind::Wake { generation } => {
+                    let inst = &self.instances[i];
+                    if generation != inst.generation || !inst.alive {
+                        continue;
+                    }
+                    Input::Tick
+                }
+                EventKind::Deliver { life, input, sent } => {
+                    match self.deliverable(i, life, input, sent, now) {
+                        Some(input) => input,
+                        None => continue,
+                    }
+                }
+                EventKind::ReadCache {
+                    life,
+                    id,
+                    newer_than,
+                } => {
+                    self.report.cache_reads += 1;
+                    let _ = newer_than; // answered from memory in `perform` when it could be
+                    let result = self.read_shared(i);
+                    self.answer_cache(i, life, now, Input::CacheLoaded(id, result));
+                    continue;
+                }
+                EventKind::TryLease { life, id, ttl } => {
+                    let result = if self.fails(self.scenario.cache_faults.load_failure) {
+                        Err(CacheError::new(CacheErrorKind::Unavailable, "down"))
+                    } else {
+                        Ok(self.try_lease((i, life), now, ttl))
+                    };
+                    self.answer_cache(i, life, now, Input::Lease(id, result));
+                    continue;
+                }
+                EventKind::WriteCache { life, id, token } => {
+                    let result = self.write_shared(i, now, token);
+                    self.answer_cache(i, life, now, Input::Stored(id, result));
+                    continue;
+                }
+                EventKind::RevertWrite { written, previous } => {
+                    if self
+                        .cached
+                        .as_ref()
+                        .is_some_and(|c| Arc::ptr_eq(c, &written))
+                    {
+                        self.cached = previous;
+                        if let Some(rt) = written.refresh_token() {
+                            let rt = rt.expose_secret();
+                            // Peers now read the older record, whatever the
+                            // writer still knows: the inherent loss (c).
+                            if self.authority.live_refresh_token() == Some(rt) {
+                                self.report.inherent_losses += 1;
+                                self.authority.lose_current(Loss::CacheLost);
+                            }
+                            self.lost_writes.insert(rt.to_owned());
+                        }
+                    }
+                    continue;
+                }
+                EventKind::ClockStep { delta_ms } => {
+                    self.instances[i].offset_ms = delta_ms;
+                    // The driver notices within a heartbeat.
+                    let heartbeat = self.scenario.heartbeat;
+                    let at = now + self.random_within(heartbeat);
+                    let generation = self.instances[i].generation;
+                    self.push(at, i, EventKind::Wake { generation });
+                    continue;
+                }
+                EventKind::Stop { kill } => {
+                    if !self.instances[i].alive {
+                        continue;
+                    }
+                    if kill {
+                        self.kill(i, now);
+                        continue;
+                    }
+                    self.report.shutdowns += 1;
+                    Input::Shutdown
+                }
+                EventKind::Restart => {
+                    self.restart(i, now);
+                    Input::Start
+                }
+            };
+            self.feed(i, input, now, observer);
+        }
+        self.finish()
+    }
+
+    /// Whether an answer reaches the instance; when it does not, whether
+    /// that lost the grant's newest refresh token, and why.
+    fn deliverable(
+        &mut self,
+        i: usize,
+        life: u64,
+        input: Input,
+        sent: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Option<Input> {
+        let rotated = match &input {
+            Input::Fetched(_, Ok(r)) => r
+                .refresh_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned()),
+            _ => None,
+        };
+        if let Some(rt) = &rotated {
+            if let Some((n, _)) = self.in_flight.get_mut(rt) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.in_flight.remove(rt);
+                }
+            }
+        }
+        let inst = &self.instances[i];
+        let dead = life != inst.life || !inst.alive;
+        if let (Some(sent), Input::Fetched(..)) = (sent, &input) {
+            if now > sent + self.scenario.config.fetch_timeout && !dead {
+                self.report.late_answers += 1;
+            }
+        }
+        if !dead {
+            return Some(input);
+        }
+        if rotated.is_some() {
+            // A stopped machine waited for its fetch until the deadline; an
+            // answer after that is the inherent loss (b). A killed one is (a).
+            let killed = life + 1 == inst.life && inst.last_stop_killed;
+            let late = sent.is_some_and(|s| now > s + self.scenario.config.fetch_timeout);
+            if killed {
+                self.check_loss(Loss::Killed);
+            } else if late {
+                self.check_loss(Loss::LostAnswer);
+            }
+        }
+        None
+    }
+
+    fn fails(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.f64() < p
+    }
+
+    /// Delivers a cache answer now, or after a hang.
+    fn answer_cache(&mut self, i: usize, life: u64, now: Timestamp, input: Input) {
+        let at = if self.fails(self.scenario.cache_faults.hang) {
+            now + HANG
+        } else {
+            now
+        };
+        self.push(
+            at,
+            i,
+            EventKind::Deliver {
+                life,
+                input,
+                sent: None,
+            },
+        );
+    }
+
+    /// A load through the instance's stack: the memory layer answers when
+    /// it satisfies the query, else the shared layer is read (a failure of
+    /// the shared layer fails the load), the better of the two wins and is
+    /// written back to memory. The same rule as `CacheStack`.
+    fn read_shared(&mut self, i: usize) -> Result<Option<Token>, CacheError> {
+        if self.fails(self.scenario.cache_faults.load_failure) {
+            return Err(CacheError::new(CacheErrorKind::Unavailable, "down"));
+        }
+        let shared = self.cached.clone();
+        if !self.scenario.stacks {
+            return Ok(shared.as_deref().cloned());
+        }
+        let inst = &mut self.instances[i];
+        let best = match (&inst.memory, shared) {
+            (Some(m), Some(s)) if !s.supersedes(m) => Some(m.clone()),
+            (_, Some(s)) => Some(s),
+            (m, None) => m.clone(),
+        };
+        inst.memory = best.clone();
+        Ok(best.as_deref().cloned())
+    }
+
+    fn write_shared(
+        &mut self,
+        i: usize,
+        now: Timestamp,
+        token: Arc<Token>,
+    ) -> Result<(), CacheError> {
+        if self.scenario.stacks {
+            self.instances[i].memory = Some(token.clone());
+        }
+        if self.fails(self.scenario.cache_faults.store_failure) {
+            self.instances[i].last_store_failed = true;
+            return Err(CacheError::new(CacheErrorKind::Unavailable, "down"));
+        }
+        self.instances[i].last_store_failed = false;
+        self.report.cache_writes += 1;
+        // Last writer wins, as with a file rename or a Redis SET: a slow
+        // writer can replace a newer token with an older one.
+        let previous = self.cached.replace(token.clone());
+        if self.fails(self.scenario.cache_faults.lost_write) {
+            let at = now + Duration::from_millis(self.rng.u64(1..=500));
+            self.push(
+                at,
+                i,
+                EventKind::RevertWrite {
+                    written: token,
+                    previous,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn try_lease(&mut self, holder: (usize, u64), now: Timestamp, ttl: Duration) -> LeaseOutcome {
+        if self.scenario.cache != CacheMode::SharedWithLease {
+            return LeaseOutcome::Unsupported;
+        }
+        match self.lease {
+            Some((h, until)) if h != holder && now < until => {
+                self.report.leases_busy += 1;
+                LeaseOutcome::Busy
+            }
+            _ => {
+                self.report.leases_granted += 1;
+                self.lease = Some((holder, now + ttl));
+                LeaseOutcome::Granted
+            }
+        }
+    }
+
+    fn feed(&mut self, i: usize, input: Input, now: Timestamp, observer: &mut impl Observer) {
+        let local = self.now_of(i, now);
+        observer.input(i, local.wall, &input);
+        self.instances[i].machine.handle_input(input, local);
+        loop {
+            let output = self.instances[i].machine.poll_output();
+            observer.output(i, local.wall, &output);
+            match output {
+                Output::Timeout(at) => {
+                    let inst = &mut self.instances[i];
+                    inst.generation += 1;
+                    if at != Timestamp::MAX && inst.alive {
+                        let generation = inst.generation;
+                        let true_at = at.offset_millis(-inst.offset_ms).max(now);
+                        self.push(true_at, i, EventKind::Wake { generation });
+                    }
+                    break;
+                }
+                Output::Action(action) => self.perform(i, action, now, local),
+            }
+        }
+    }
+
+    fn perform(&mut self, i: usize, action: Action, now: Timestamp, local: Now) {
+        let cache_at = now + self.scenario.cache_latency;
+        let life = self.instances[i].life;
+        match action {
+            Action::LoadCache { id, newer_than } => {
+                let memory = self.instances[i].memory.clone();
+                match memory {
+                    Some(m) if self.scenario.stacks && m.satisfies(local.wall, newer_than) => {
+                        let input = Input::CacheLoaded(id, Ok(Some((*m).clone())));
+                        self.push(
+                            now,
+                            i,
+                            EventKind::Deliver {
+                                life,
+                                input,
+                                sent: None,
+                            },
+                        );
+                    }
+                    _ => self.push(
+                        cache_at,
+                        i,
+                        EventKind::ReadCache {
+                            life,
+                            id,
+                            newer_than,
+                        },
+                    ),
+                }
+            }
+            Action::AcquireLease { id, ttl } => {
+                self.push(cache_at, i, EventKind::TryLease { life, id, ttl })
+            }
+            Action::Store { id, token } => {
+                self.push(cache_at, i, EventKind::WriteCache { life, id, token })
+            }
+            Action::ReleaseLease => {
+                if self.lease.is_some_and(|(holder, _)| holder == (i, life)) {
+                    self.lease = None;
+                }
+            }
+            Action::Fetch(request) => {
+                self.report.authority_requests += 1;
+                self.check_overdue(&request, now);
+                let (result, latency) = self.authority.answer(now, &request);
+                if result.is_err() {
+                    self.report.failed_requests += 1;
+                }
+                let rotated = match &result {
+                    Ok(r) => r
+                        .refresh_token
+                        .as_ref()
+                        .map(|t| t.expose_secret().to_owned()),
+                    Err(_) => None,
+                };
+                if self.fails(self.scenario.lost_answers) {
+                    // The authority acted; the answer never arrives.
+                    if rotated.is_some() {
+                        self.check_loss(Loss::LostAnswer);
+                    }
+                    return;
+                }
+                if let Some(rt) = rotated {
+                    self.in_flight.entry(rt).or_insert((0, now)).0 += 1;
+                }
+                let input = Input::Fetched(request.id, result);
+                let sent = Some(now);
+                self.push(now + latency, i, EventKind::Deliver { life, input, sent });
+            }
+            Action::Publish(snapshot) => {
+                self.account(i, now);
+                if let Some(token) = snapshot.token {
+                    let expiry = self
+                        .authority
+                        .expiry_of(token.id())
+                        .unwrap_or(Timestamp::EPOCH);
+                    let inst = &mut self.instances[i];
+                    inst.covered_until = inst.covered_until.max(expiry);
+                }
+            }
+            Action::Stop => self.stopped(i, now, false),
+        }
+    }
+
+    /// Records an inherent loss if the grant's newest refresh token is now
+    /// known nowhere: no cache record, no running machine, no answer in flight.
+    fn check_loss(&mut self, why: Loss) {
+        let Some(current) = self.authority.live_refresh_token() else {
+            return;
+        };
+        let known = |t: &Token| {
+            t.refresh_token()
+                .is_some_and(|rt| rt.expose_secret() == current)
+        };
+        let reachable = self.cached.as_deref().is_some_and(known)
+            || self.in_flight.contains_key(current)
+            || self.instances.iter().any(|inst| {
+                inst.alive
+                    && (inst
+                        .machine
+                        .refresh_token()
+                        .is_some_and(|(rt, _)| rt.expose_secret() == current)
+                        || inst.memory.as_deref().is_some_and(known))
+            });
+        if !reachable {
+            self.report.inherent_losses += 1;
+            self.authority.lose_current(why);
+        }
+    }
+
+    /// A spent refresh token presented while the answer that carried its
+    /// successor is still travelling past its deadline: the presenting
+    /// instance gave up on that answer (after a timeout, under the lease),
+    /// the inherent loss (b).
+    fn check_overdue(&mut self, request: &crate::machine::FetchRequest, now: Timestamp) {
+        let Some(current) = self.authority.live_refresh_token() else {
+            return;
+        };
+        let presented = request.refresh_token.as_ref().map(|t| t.expose_secret());
+        if presented.is_none() || presented == Some(current) {
+            return;
+        }
+        let timeout = self.scenario.config.fetch_timeout;
+        if self
+            .in_flight
+            .get(current)
+            .is_some_and(|(_, sent)| now >= *sent + timeout)
+        {
+            self.report.inherent_losses += 1;
+            self.authority.lose_current(Loss::LostAnswer);
+        }
+    }
+
+    fn kill(&mut self, i: usize, now: Timestamp) {
+        self.report.kills += 1;
+        self.stopped(i, now, true);
+        self.check_loss(Loss::Killed);
+    }
+
+    /// Instance `i` is down (it emitted `Stop`, or was killed).
+    fn stopped(&mut self, i: usize, now: Timestamp, killed: bool) {
+        self.account(i, now);
+        let inst = &mut self.instances[i];
+        if !inst.alive {
+            return;
+        }
+        inst.lived += now.saturating_duration_since(inst.up_since);
+        inst.alive = false;
+        inst.last_stop_killed = killed;
+        inst.life += 1;
+        inst.generation += 1;
+        let knew = inst
+            .machine
+            .refresh_token()
+            .map(|(rt, _)| rt.expose_secret().to_owned());
+        let store_failed = inst.last_store_failed;
+        inst.memory = None;
+        let lost_write = knew
+            .as_ref()
+            .is_some_and(|rt| self.lost_writes.contains(rt));
+        if !killed
+            && (store_failed || lost_write)
+            && knew.as_deref() == self.authority.live_refresh_token()
+        {
+            // A graceful stop of the only instance that knew the newest
+            // refresh token, which the cache lost after acknowledging it,
+            // or refused to take until the drain bound: the cache's loss.
+            self.check_loss(Loss::CacheLost);
+        }
+        if self.scenario.churn.is_active() {
+            let at = now + self.scenario.churn.downtime;
+            self.push(at, i, EventKind::Restart);
+        }
+    }
+
+    fn restart(&mut self, i: usize, now: Timestamp) {
+        self.report.restarts += 1;
+        let life = self.instances[i].life;
+        let mut rng = fastrand::Rng::with_seed(self.rng.u64(..));
+        let machine = self.new_machine(i, life, &mut rng);
+        let inst = &mut self.instances[i];
+        inst.machine = machine;
+        inst.alive = true;
+        inst.up_since = now;
+        inst.accounted_until = now;
+        inst.covered_until = Timestamp::EPOCH;
+        inst.last_store_failed = false;
+        self.schedule_stop(i, now);
+    }
+
+    /// Adds the time since the last accounting during which instance `i`
+    /// had no truly valid token.
+    fn account(&mut self, i: usize, now: Timestamp) {
+        let inst = &mut self.instances[i];
+        if !inst.alive {
+            return;
+        }
+        let from = inst.accounted_until.max(inst.covered_until);
+        if now > from {
+            let gap = now.saturating_duration_since(from);
+            inst.unavailable += gap;
+            let whole = now.saturating_duration_since(inst.covered_until.max(inst.up_since));
+            self.report.longest_gap = self.report.longest_gap.max(whole);
+        }
+        inst.accounted_until = inst.accounted_until.max(now);
+    }
+
+    fn finish(mut self) -> Report {
+        let end = self.end;
+        let mut lived = Duration::ZERO;
+        let mut unavailable = Duration::ZERO;
+        for i in 0..self.instances.len() {
+            self.account(i, end);
+            let inst = &self.instances[i];
+            lived += inst.lived;
+            if inst.alive {
+                lived += end.saturating_duration_since(inst.up_since);
+                self.report.alive_at_end += 1;
+                if inst.covered_until > end {
+                    self.report.valid_at_end += 1;
+                }
+                if matches!(inst.machine.state(), RefreshState::Failed { .. }) {
+                    self.report.failed_at_end += 1;
+                }
+            }
+            unavailable += inst.unavailable;
+        }
+        self.report.availability = if lived.is_zero() {
+            1.0
+        } else {
+            1.0 - unavailable.as_secs_f64() / lived.as_secs_f64()
+        };
+        let periods = self.scenario.duration.as_secs_f64()
+            / self.report.refresh_period.as_secs_f64().max(1e-3);
+        self.report.requests_per_period = self.report.authority_requests as f64 / periods.max(1.0);
+        let reuses = self.authority.reuses;
+        self.report.refresh_token_reuses = reuses.defects;
+        self.report.inherent_reuses = [reuses.killed, reuses.lost_answer, reuses.cache_lost];
+        self.report.grace_reuses = reuses.grace;
+        self.report.grant_revoked = self.authority.is_revoked();
+        self.report
+    }
+}
+
+/// The event that starts an instance.
+fn fleet_start(life: u64) -> EventKind {
+    EventKind::Deliver {
+        life,
+        input: Input::Start,
+        sent: None,
+    }
+}
