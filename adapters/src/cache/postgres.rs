@@ -20,6 +20,10 @@ use super::{AsyncTokenCache, TokenCache};
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "freshtoken_cache";
 
+/// The first key of the advisory lock that serializes table creation
+/// (with the table name's hash as the second): "ftok" in ASCII.
+const SCHEMA_LOCK: i32 = 0x6674_6f6b;
+
 /// How many idle connections a cache keeps for later calls.
 const MAX_IDLE: usize = 4;
 
@@ -583,8 +587,16 @@ impl Inner {
     }
 
     async fn ensure_table(&self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        // `CREATE TABLE IF NOT EXISTS` is not safe against itself: two
+        // sessions creating one table at once can fail on the catalog's
+        // unique indexes (23505, or 42710 for the row type). A transaction
+        // advisory lock on the table's name serializes the creators; the
+        // quoted name holds only identifier characters and double quotes,
+        // so it is a safe string literal.
         let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} (\
+            "BEGIN; \
+             SELECT pg_advisory_xact_lock({SCHEMA_LOCK}, hashtext('{t}')); \
+             CREATE TABLE IF NOT EXISTS {t} (\
                 cache_key text PRIMARY KEY, \
                 record bytea, \
                 record_format text, \
@@ -592,16 +604,25 @@ impl Inner {
                 has_refresh boolean, \
                 lease_holder text, \
                 lease_until timestamptz, \
-                updated_at timestamptz NOT NULL DEFAULT now())",
-            self.quoted_table
+                updated_at timestamptz NOT NULL DEFAULT now()); \
+             COMMIT",
+            t = self.quoted_table
         );
-        match client.batch_execute(&sql).await {
-            // Two sessions creating the same table at once: one of them
-            // loses on the catalog's unique index, and the table exists.
+        let out = client.batch_execute(&sql).await;
+        if out.is_err() {
+            // Leave the session clean for the pool (the error may have
+            // left the transaction open).
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        match out {
+            // Belt and braces: a creator that did not take the lock (an
+            // older build) lost the race, and the table exists.
             Err(e)
                 if matches!(
                     e.code(),
-                    Some(&SqlState::UNIQUE_VIOLATION) | Some(&SqlState::DUPLICATE_TABLE)
+                    Some(&SqlState::UNIQUE_VIOLATION)
+                        | Some(&SqlState::DUPLICATE_TABLE)
+                        | Some(&SqlState::DUPLICATE_OBJECT)
                 ) =>
             {
                 Ok(())
