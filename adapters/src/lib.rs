@@ -54,6 +54,8 @@
 //! | `oauth2` | client-credentials and refresh-token sources over ureq and rustls |
 //! | `file` | `cache::FileCache`: atomic writes, a cross-process lease |
 //! | `redis` / `redis-tls` | `cache::RedisCache`: `SET NX PX` lease; `rediss://` |
+//! | `postgres` | `cache::PostgresCache`: a row per key, a lease row, TLS with rustls |
+//! | `encryption` | XChaCha20-Poly1305 at rest for the file, Redis and PostgreSQL caches |
 //! | `testing` | `testing::LocalAuthority`, a real OAuth2 server on loopback with a fault plan |
 //! | `sim` | the deterministic fleet simulator, `sim` |
 #![warn(missing_docs)]

@@ -1,3 +1,4 @@
 //! End-to-end and cross-adapter tests for freshtoken; the tests live in `tests/`.
 
+pub mod postgres_server;
 pub mod redis_server;

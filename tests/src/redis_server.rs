@@ -200,7 +200,7 @@ impl Drop for RedisServer {
 
 /// A CA and a server certificate signed by it, valid for 127.0.0.1 and
 /// localhost, written to `dir` as ca.crt, server.crt and server.key.
-fn make_certificates(dir: &std::path::Path) {
+pub(crate) fn make_certificates(dir: &std::path::Path) {
     let ext = dir.join("server.ext");
     std::fs::write(
         &ext,

@@ -93,10 +93,8 @@ fn bad_files_are_misses_with_a_warning_and_are_kept_aside() {
         ("empty", Vec::new()),
         ("truncated", full[..full.len() - 20].to_vec()),
         ("corrupt", b"\x00\x13 not json at all \xff".to_vec()),
-        (
-            "foreign version",
-            br#"{"version":99,"access_token":"TOPSECRET-x","future":true}"#.to_vec(),
-        ),
+        // A newer version is not corrupt but Unreadable, and left in
+        // place: see cache_encryption.rs.
         ("unknown json", br#"{"hello":"world"}"#.to_vec()),
         (
             "ill-typed",

@@ -21,6 +21,8 @@ const READ_EVERY_MS: u64 = 15;
 /// The goal is one request per refresh period; this is the bound.
 const MAX_RATIO: f64 = 1.5;
 const SECRET: &str = "fleet-secret-value";
+/// The `+sealed` kinds' encryption keys (a current and an older one).
+const CACHE_KEYS: &str = "fleet2:ZmxlZXQta2V5LXR3by0tLS0tLS0tLS0tLS0tLS0tLS0, fleet1:ZmxlZXQta2V5LW9uZS0tLS0tLS0tLS0tLS0tLS0tLS0";
 
 /// The machine settings the workers use (see `short_token_builder` in the
 /// worker), for the simulator's comparison.
@@ -63,6 +65,7 @@ fn run_fleet(kind: &str, location: &str) -> Fleet {
                     &READ_EVERY_MS.to_string(),
                 ])
                 .env("FLEET_CLIENT_SECRET", SECRET)
+                .env("FLEET_CACHE_KEYS", CACHE_KEYS)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -180,4 +183,41 @@ fn eight_processes_share_redis() {
     let server = RedisServer::start_tcp();
     let fleet = run_fleet("redis", &server.url());
     check("redis", &fleet);
+}
+
+#[test]
+fn eight_processes_share_postgres() {
+    let server = freshtoken_tests::postgres_server::PostgresServer::start();
+    let fleet = run_fleet("postgres", &server.conn_str());
+    check("postgres", &fleet);
+    // The bound for the PostgreSQL cache: one request per refresh
+    // period, give or take a tenth (counts, not times).
+    assert!(
+        fleet.requests as f64 <= 1.1 * fleet.periods,
+        "postgres: {} requests for {:.1} refresh periods",
+        fleet.requests,
+        fleet.periods
+    );
+    assert!(
+        fleet.periods >= 20.0,
+        "only {:.1} refresh periods",
+        fleet.periods
+    );
+}
+
+#[test]
+fn eight_processes_share_an_encrypted_file_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token.json");
+    let fleet = run_fleet("file+sealed", path.to_str().unwrap());
+    check("file+sealed", &fleet);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"FTSEAL1:fleet2:"), "not sealed");
+}
+
+#[test]
+fn eight_processes_share_an_encrypted_redis() {
+    let server = RedisServer::start_tcp();
+    let fleet = run_fleet("redis+sealed", &server.url());
+    check("redis+sealed", &fleet);
 }

@@ -10,7 +10,7 @@ use fs4::fs_std::FileExt;
 use serde::{Deserialize, Serialize};
 
 use super::holder::holder_id;
-use super::record;
+use super::sealed::{self, Codec, Decoded};
 use super::TokenCache;
 
 /// How long to retry the sidecar's kernel lock before answering
@@ -31,8 +31,12 @@ const LOCK_PATIENCE: Duration = Duration::from_millis(25);
 ///   that was read but could not be decoded is renamed to
 ///   `<name>.corrupt-<unix ms>-<pid>` for inspection instead of being
 ///   overwritten by the next store.
-/// * **The format** is the versioned JSON record of [`record`]; a file
-///   written by aliri_tokens 0.3 is read too.
+/// * **The format** is the versioned JSON record of [`record`](super::record); a file
+///   written by aliri_tokens 0.3 is read too. With the `encryption` feature,
+///   [`encryption`](Self::encryption) seals it at rest. A record this
+///   instance cannot read (a newer version, sealed with a key it does not
+///   hold) is a [`CacheErrorKind::Unreadable`] error, left in place: a store
+///   does not replace it.
 /// * **The lease** lives in a sidecar file, `<name>.lock`, holding the
 ///   holder's id and the lease's deadline (wall-clock ms). Taking it locks
 ///   the sidecar with an advisory lock ([`fs4`]) just long enough to read
@@ -65,6 +69,7 @@ pub struct FileCache {
     path: PathBuf,
     lock_path: PathBuf,
     holder: String,
+    codec: Codec,
 }
 
 /// The sidecar's content.
@@ -86,7 +91,44 @@ impl FileCache {
             path,
             lock_path,
             holder: holder_id(),
+            codec: Codec::default(),
         }
+    }
+
+    /// Encrypts the record at rest with `keys` (see
+    /// [`EncryptionKeys`](super::EncryptionKeys)). The file's name is bound
+    /// to the record, so a record copied to another cache file is refused
+    /// (the directory may move: only the name counts).
+    #[cfg(feature = "encryption")]
+    pub fn encryption(mut self, keys: super::EncryptionKeys) -> Self {
+        self.codec = Codec::with_keys(keys);
+        self
+    }
+
+    /// What a record in this file is bound to: the file's name.
+    fn binding(&self) -> Vec<u8> {
+        sealed::binding(self.path.file_name().unwrap_or_default().as_encoded_bytes())
+    }
+
+    /// Refuses to replace a record this instance cannot read (sealed with
+    /// a key it does not hold, a newer version): it may hold a peer's
+    /// newest refresh token. A missing, unreadable or corrupt file may be
+    /// replaced.
+    fn check_existing(&self) -> Result<(), CacheError> {
+        // Only a regular file can hold a record; anything else (a FIFO, a
+        // device, a symlink) is not opened here, so it cannot hang the store.
+        if !fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file()) {
+            return Ok(());
+        }
+        let Ok(file) = File::open(&self.path) else {
+            return Ok(());
+        };
+        let mut bytes = Vec::new();
+        if file.take(1 << 20).read_to_end(&mut bytes).is_err() {
+            return Ok(());
+        }
+        self.codec
+            .check_overwrite(&bytes, &self.binding(), &self.path.display().to_string())
     }
 
     /// The cache file.
@@ -192,9 +234,10 @@ impl TokenCache for FileCache {
             tracing::warn!(path = %self.path.display(), error = %e, "token cache file unreadable; treating it as a miss");
             return Ok(None);
         }
-        match record::decode(&bytes) {
-            Ok(token) => Ok(Some(token)),
-            Err(e) => {
+        let what = self.path.display().to_string();
+        match self.codec.decode(&bytes, &self.binding(), &what)? {
+            Decoded::Token(token) => Ok(Some(token)),
+            Decoded::Corrupt(e) => {
                 let kept = self.quarantine(&file);
                 tracing::warn!(
                     path = %self.path.display(),
@@ -208,6 +251,8 @@ impl TokenCache for FileCache {
     }
 
     fn store(&self, token: &Token) -> Result<(), CacheError> {
+        self.check_existing()?;
+        let record = self.codec.encode(token, &self.binding())?;
         let dir = self.dir();
         let mut prefix = std::ffi::OsString::from(".");
         prefix.push(self.path.file_name().unwrap_or_default());
@@ -223,7 +268,7 @@ impl TokenCache for FileCache {
             other => other,
         }
         .map_err(|e| self.io_error(dir, "cannot create a temporary file in", e))?;
-        tmp.write_all(&record::encode(token))
+        tmp.write_all(&record)
             .and_then(|()| tmp.as_file().sync_all())
             .map_err(|e| self.io_error(tmp.path(), "cannot write", e))?;
         tmp.persist(&self.path)

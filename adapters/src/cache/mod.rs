@@ -16,10 +16,20 @@
 //!   machine; atomic writes, a lease in a sidecar lock file.
 //! * `RedisCache` (feature `redis`, `rediss://` with `redis-tls`): shared by
 //!   a fleet; `SET NX PX` lease with a compare-and-delete release.
+//! * `PostgresCache` (feature `postgres`): a row in a PostgreSQL table,
+//!   shared by a fleet that has a database and no Redis; the lease is a row
+//!   with a holder and a server-side deadline, taken in one statement.
 //! * [`CacheStack`]: several of them checked in order, with write-back.
 //!
 //! The file and Redis caches share one versioned JSON format, `record`,
 //! which also reads aliri_tokens 0.3's cache file.
+//!
+//! With the `encryption` feature, the file, Redis and PostgreSQL caches can
+//! seal their records at rest (`EncryptionKeys`, XChaCha20-Poly1305, each
+//! record bound to its cache key). An entry that exists but that this
+//! instance cannot read (a key it does not hold, a newer format, a tampered
+//! record) is a `CacheErrorKind::Unreadable` error: never a miss, and never
+//! overwritten by a store.
 //!
 //! These are blocking caches ([`TokenCache`]); async drivers run them on
 //! their blocking pool. A cache with an async client implements
@@ -28,13 +38,27 @@
 
 #[cfg(feature = "file")]
 mod file;
-#[cfg(any(feature = "file", feature = "redis"))]
+#[cfg(any(feature = "file", feature = "redis", feature = "postgres"))]
 mod holder;
 mod memory;
-#[cfg(any(feature = "file", feature = "redis"))]
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(
+    feature = "file",
+    feature = "redis",
+    feature = "postgres",
+    feature = "encryption"
+))]
 pub mod record;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(
+    feature = "file",
+    feature = "redis",
+    feature = "postgres",
+    feature = "encryption"
+))]
+mod sealed;
 mod stack;
 
 #[cfg(feature = "redis")]
@@ -42,6 +66,10 @@ pub use self::redis::RedisCache;
 #[cfg(feature = "file")]
 pub use file::FileCache;
 pub use memory::MemoryCache;
+#[cfg(feature = "postgres")]
+pub use postgres::{AsyncPostgresCache, PostgresCache};
+#[cfg(feature = "encryption")]
+pub use sealed::EncryptionKeys;
 pub use stack::CacheStack;
 
 use std::future::Future;

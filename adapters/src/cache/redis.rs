@@ -7,7 +7,7 @@ use std::time::Duration;
 use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Token};
 
 use super::holder::holder_id;
-use super::record;
+use super::sealed::{self, Codec, Decoded};
 use super::TokenCache;
 use crate::clock::SystemClock;
 
@@ -33,9 +33,28 @@ end
 return 0
 ";
 
+/// Writes the token only if the entry is still what the store checked
+/// (ARGV[1] '1' and ARGV[2] its bytes, or '0' for no entry): a store never
+/// replaces an entry this instance cannot read. ARGV[3] is the record,
+/// ARGV[4] the TTL in ms ('' for none).
+const STORE_IF_UNCHANGED: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+    if cur ~= ARGV[2] then return 0 end
+elseif cur then
+    return 0
+end
+if ARGV[4] == '' then
+    redis.call('SET', KEYS[1], ARGV[3])
+else
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+return 1
+";
+
 /// A token cache in Redis, with a lease.
 ///
-/// * The token is stored under a key of your choice as a [`record`] (the
+/// * The token is stored under a key of your choice as a [`record`](super::record) (the
 ///   same JSON as the file cache), with a TTL that ends when the token
 ///   expires, so Redis drops dead tokens by itself. A token that carries a
 ///   refresh token is stored without a TTL: the refresh token outlives the
@@ -51,6 +70,11 @@ return 0
 ///   CA with [`with_root_certificate`](Self::with_root_certificate)).
 ///   Connections have a connect timeout and
 ///   a per-command timeout (1 s each by default).
+/// * A store never replaces an entry this instance cannot read (a newer
+///   record version, or one sealed with a key it does not hold): it reads
+///   the entry, and writes only if it is still the same, in one script. It
+///   fails with [`CacheErrorKind::Unreadable`] instead. With the
+///   `encryption` feature, [`encryption`](Self::encryption) seals records.
 /// * Redis down is a [`CacheErrorKind::Unavailable`] error, which the machine
 ///   treats as a miss (availability beats load). One warning is logged when
 ///   Redis becomes unreachable; each later call tries to reconnect, and the
@@ -80,6 +104,8 @@ pub struct RedisCache {
     command_timeout: Duration,
     acquire: redis::Script,
     release: redis::Script,
+    store_if_unchanged: redis::Script,
+    codec: Codec,
     state: Mutex<ConnState>,
 }
 
@@ -131,8 +157,27 @@ impl RedisCache {
             command_timeout: Duration::from_secs(1),
             acquire: redis::Script::new(ACQUIRE),
             release: redis::Script::new(RELEASE),
+            store_if_unchanged: redis::Script::new(STORE_IF_UNCHANGED),
+            codec: Codec::default(),
             state: Mutex::new(ConnState::default()),
         }
+    }
+
+    /// Encrypts the record at rest with `keys` (see
+    /// [`EncryptionKeys`](super::EncryptionKeys)). The Redis key is bound
+    /// to the record, so a record copied to another key is refused.
+    #[cfg(feature = "encryption")]
+    pub fn encryption(mut self, keys: super::EncryptionKeys) -> Self {
+        self.codec = Codec::with_keys(keys);
+        self
+    }
+
+    fn binding(&self) -> Vec<u8> {
+        sealed::binding(self.key.as_bytes())
+    }
+
+    fn what(&self) -> String {
+        format!("Redis key {:?}", self.key)
     }
 
     /// Uses `key` for the lease instead of `<key>:lease`.
@@ -235,9 +280,9 @@ impl TokenCache for RedisCache {
         let Some(bytes) = bytes else {
             return Ok(None);
         };
-        match record::decode(&bytes) {
-            Ok(token) => Ok(Some(token)),
-            Err(e) => {
+        match self.codec.decode(&bytes, &self.binding(), &self.what())? {
+            Decoded::Token(token) => Ok(Some(token)),
+            Decoded::Corrupt(e) => {
                 // Left in place for inspection; the next store replaces it.
                 tracing::warn!(key = %self.key, error = %e, "Redis token entry is not a usable record; treating it as a miss");
                 Ok(None)
@@ -246,9 +291,8 @@ impl TokenCache for RedisCache {
     }
 
     fn store(&self, token: &Token) -> Result<(), CacheError> {
-        let bytes = record::encode(token);
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(&self.key).arg(bytes);
+        let bytes = self.codec.encode(token, &self.binding())?;
+        let mut ttl_ms = String::new();
         if token.refresh_token().is_none() {
             let ttl = token
                 .expires_at()
@@ -257,9 +301,35 @@ impl TokenCache for RedisCache {
                 // Already expired: nothing worth sharing.
                 return Ok(());
             }
-            cmd.arg("PX").arg(millis(ttl));
+            ttl_ms = millis(ttl).to_string();
         }
-        self.run(|c| cmd.query::<()>(c))
+        // Look at what is there, refuse to replace what this instance cannot
+        // read, and write only if it is still the same (a peer may write in
+        // between: then look again).
+        for _ in 0..3 {
+            let current: Option<Vec<u8>> =
+                self.run(|c| redis::cmd("GET").arg(&self.key).query(c))?;
+            if let Some(current) = &current {
+                self.codec
+                    .check_overwrite(current, &self.binding(), &self.what())?;
+            }
+            let written: i64 = self.run(|c| {
+                self.store_if_unchanged
+                    .key(&self.key)
+                    .arg(if current.is_some() { "1" } else { "0" })
+                    .arg(current.as_deref().unwrap_or_default())
+                    .arg(&bytes)
+                    .arg(&ttl_ms)
+                    .invoke(c)
+            })?;
+            if written == 1 {
+                return Ok(());
+            }
+        }
+        Err(CacheError::new(
+            CacheErrorKind::Unavailable,
+            format!("{} kept changing during the store", self.what()),
+        ))
     }
 
     fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {

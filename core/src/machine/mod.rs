@@ -1239,7 +1239,7 @@ impl RefreshMachine {
         };
         self.idle_until(refresh_at);
         let rejected = self.current.as_ref().map(|t| t.id()) == self.rejected;
-                if rejected && self.rejected.is_some() {
+        if rejected && self.rejected.is_some() {
             self.phase = Phase::Idle {
                 refresh_at,
                 early: self.invalidation_allowed_at(),

@@ -582,10 +582,19 @@ fn an_invalidation_during_a_store_refreshes_once_the_store_is_done() {
 fn failed_rereads_the_cache_and_recovers_with_a_live_grant() {
     let mut h = Harness::new(rt_config());
     fetching(&mut h);
-    let (a, next) = h.feed(Input::Fetched(ID, Err(FetchError::grant_revoked("invalid_grant"))));
-    assert!(matches!(published(&a)[0].state, RefreshState::Failed { .. }));
+    let (a, next) = h.feed(Input::Fetched(
+        ID,
+        Err(FetchError::grant_revoked("invalid_grant")),
+    ));
+    assert!(matches!(
+        published(&a)[0].state,
+        RefreshState::Failed { .. }
+    ));
     let interval = MachineConfig::default().backoff.permanent_interval();
-    assert!(next >= T0 + interval / 2 && next <= T0 + interval * 2, "{next:?}");
+    assert!(
+        next >= T0 + interval / 2 && next <= T0 + interval * 2,
+        "{next:?}"
+    );
     // Still the revoked token in the cache: stay failed, never present it.
     let (a, _) = h.at(next).feed(Input::Tick);
     assert_eq!(kinds(&a), ["load"]);
@@ -604,7 +613,8 @@ fn failed_rereads_the_cache_and_recovers_with_a_live_grant() {
     let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(live))));
     assert_eq!(published(&a)[0].state, RefreshState::Healthy);
     assert_eq!(
-        h.m.refresh_token().map(|(rt, g)| (rt.expose_secret().to_owned(), g)),
+        h.m.refresh_token()
+            .map(|(rt, g)| (rt.expose_secret().to_owned(), g)),
         Some(("grant-2-rt-1".to_owned(), 1))
     );
 }
@@ -651,7 +661,8 @@ fn a_late_answer_with_a_rotated_token_is_learned_and_stored() {
     let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Ok(rotated("late", "rt-1"))));
     assert_eq!(kinds(&a), ["store"], "durable before published: {a:?}");
     assert_eq!(
-        h.m.refresh_token().map(|(rt, g)| (rt.expose_secret().to_owned(), g)),
+        h.m.refresh_token()
+            .map(|(rt, g)| (rt.expose_secret().to_owned(), g)),
         Some(("rt-1".to_owned(), 1))
     );
     assert_eq!(h.m.stats().late_answers_used, 1);
@@ -665,8 +676,12 @@ fn our_own_answer_wins_over_a_cached_token_stamped_later() {
     h.feed(Input::Stored(ID, Ok(())));
     // A peer whose clock runs ahead stored a token of the old generation
     // with a later issued_at: we keep our rotated refresh token.
-    let ahead = token("peer", T0 + Duration::from_secs(300), Duration::from_secs(600))
-        .with_refresh_token(Some(RefreshToken::new("rt-0")));
+    let ahead = token(
+        "peer",
+        T0 + Duration::from_secs(300),
+        Duration::from_secs(600),
+    )
+    .with_refresh_token(Some(RefreshToken::new("rt-0")));
     let refresh_at = match h.m.poll_output() {
         Output::Timeout(at) => at,
         other => panic!("{other:?}"),
@@ -674,7 +689,8 @@ fn our_own_answer_wins_over_a_cached_token_stamped_later() {
     h.at(refresh_at).feed(Input::Tick);
     h.feed(Input::CacheLoaded(ID, Ok(Some(ahead))));
     assert_eq!(
-        h.m.refresh_token().map(|(rt, _)| rt.expose_secret().to_owned()),
+        h.m.refresh_token()
+            .map(|(rt, _)| rt.expose_secret().to_owned()),
         Some("rt-1".to_owned())
     );
 }
@@ -695,8 +711,14 @@ fn a_refresh_token_flow_never_fetches_without_a_lease_the_cache_offers() {
         let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
         assert_eq!(kinds(&a), ["lease"]);
     }
-    assert!(now > T0 + Duration::from_secs(60), "waited past the lease TTL");
+    assert!(
+        now > T0 + Duration::from_secs(60),
+        "waited past the lease TTL"
+    );
     // And a broken lease is not a reason to fetch either.
-    let (a, _) = h.feed(Input::Lease(ID, Err(CacheError::new(crate::CacheErrorKind::Unavailable, "down"))));
+    let (a, _) = h.feed(Input::Lease(
+        ID,
+        Err(CacheError::new(crate::CacheErrorKind::Unavailable, "down")),
+    ));
     assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
 }

@@ -8,11 +8,19 @@
 //!   file; a miss is `FileCache::load` finding nothing.
 //! * `cache_worker lease <path> <ttl_ms>`: takes the lease, prints `granted`
 //!   or `busy`, and then sleeps, holding it until killed.
+//! * `cache_worker pg-lease <conn> <key> <marker dir> <run ms>`: for
+//!   `run ms`, takes a PostgreSQL cache's lease (TTL 10 s) as often as it
+//!   can, and while holding it creates `<marker dir>/inside` exclusively,
+//!   holds it 5 ms, removes it, and releases the lease. Prints
+//!   `grants=G busy=B overlaps=O errors=E`: an overlap is finding the marker
+//!   already there, i.e. two holders at once.
+//! * `cache_worker keys-env <var>`: reads cache encryption keys from the
+//!   environment variable and prints their ids, comma-separated.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use freshtoken::cache::{record, FileCache, TokenCache};
+use freshtoken::cache::{record, FileCache, PostgresCache, TokenCache};
 use freshtoken::{AccessToken, LeaseOutcome, RefreshToken, Timestamp, Token, TokenId};
 
 fn main() {
@@ -28,8 +36,18 @@ fn main() {
             PathBuf::from(&args[1]),
             Duration::from_millis(args[2].parse().expect("ttl ms")),
         ),
+        Some("pg-lease") if args.len() == 5 => pg_lease(
+            &args[1],
+            &args[2],
+            PathBuf::from(&args[3]),
+            Duration::from_millis(args[4].parse().expect("run ms")),
+        ),
+        Some("keys-env") if args.len() == 2 => {
+            let keys = freshtoken::cache::EncryptionKeys::from_env(&args[1]).expect("keys");
+            println!("{}", keys.ids().join(","));
+        }
         _ => {
-            eprintln!("usage: cache_worker stress <path> <ops> <seed> <write_percent> | lease <path> <ttl_ms>");
+            eprintln!("usage: cache_worker stress <path> <ops> <seed> <write_percent> | lease <path> <ttl_ms> | pg-lease <conn> <key> <marker dir> <run ms>");
             std::process::exit(2);
         }
     }
@@ -121,4 +139,41 @@ fn lease(path: PathBuf, ttl: Duration) {
     }
     // Hold it (never release) until the test kills us.
     std::thread::sleep(Duration::from_secs(120));
+}
+
+fn pg_lease(conn: &str, key: &str, dir: PathBuf, run: Duration) {
+    let cache = PostgresCache::new(conn, key).expect("a connection string");
+    let marker = dir.join("inside");
+    let started = std::time::Instant::now();
+    let (mut grants, mut busy, mut overlaps, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    while started.elapsed() < run {
+        match cache.acquire_lease(Duration::from_secs(10)) {
+            Ok(LeaseOutcome::Granted) => {
+                grants += 1;
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&marker)
+                {
+                    Ok(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        std::fs::remove_file(&marker).expect("remove the marker");
+                    }
+                    Err(_) => overlaps += 1,
+                }
+                cache.release_lease().expect("release");
+                // Give the others a chance before trying again.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(_) => {
+                busy += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                eprintln!("pg-lease: {e}");
+                errors += 1;
+            }
+        }
+    }
+    println!("grants={grants} busy={busy} overlaps={overlaps} errors={errors}");
 }

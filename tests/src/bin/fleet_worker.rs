@@ -6,13 +6,16 @@
 //! token come through the environment (`FLEET_CLIENT_SECRET`,
 //! `FLEET_REFRESH_TOKEN`), never the command line, where `ps` shows them.
 //!
-//! * `fleet_worker cc <file|redis> <cache location> <token url> <client id> <run ms> <read every ms>`:
+//! * `fleet_worker cc <file|redis|postgres> <cache location> <token url> <client id> <run ms> <read every ms>`:
 //!   client credentials; reads the handle every few ms for `run ms`, then
 //!   prints one JSON line:
 //!   `{"reads":R,"invalid_after_first":I,"first_token_ms":F,"cache_probes":P,"torn":T,"fetched":N,"tokens_seen":S}`.
 //!   `invalid_after_first` counts reads that found no valid token (none, or
 //!   expired) after the first valid one; `cache_probes`/`torn` count direct
 //!   reads of the shared cache entry and those that did not decode.
+//!   `file+sealed`, `redis+sealed` and `postgres+sealed` are the same caches
+//!   with encryption at rest, keys from `FLEET_CACHE_KEYS`; for them an
+//!   entry the probe cannot read (Unreadable) counts as torn.
 //! * `fleet_worker refresh <cache file> <token url> <client id>`: the
 //!   refresh-token flow on a file cache. Prints `ready` once it has a valid
 //!   token, then reports that token as rejected (forcing a refresh with the
@@ -24,7 +27,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use freshtoken::cache::{record, FileCache, RedisCache, TokenCache};
+use freshtoken::cache::{record, EncryptionKeys, FileCache, PostgresCache, RedisCache, TokenCache};
 use freshtoken::driver::Builder;
 use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
 use freshtoken::{Clock, MachineConfig, RefreshToken, SystemClock};
@@ -54,7 +57,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: fleet_worker cc <file|redis> <cache> <token url> <client id> <run ms> <read every ms>\n\
+                "usage: fleet_worker cc <file|redis|postgres> <cache> <token url> <client id> <run ms> <read every ms>\n\
                  \x20      fleet_worker refresh <cache file> <token url> <client id>"
             );
             std::process::exit(2);
@@ -141,6 +144,26 @@ fn client_credentials(
                 }),
             )
         }
+        "postgres" => {
+            let cache = || {
+                PostgresCache::new(location, "fleet:token")
+                    .expect("a PostgreSQL connection string")
+                    .with_command_timeout(Duration::from_millis(300))
+                    .with_connect_timeout(Duration::from_millis(300))
+            };
+            let probe_cache = cache();
+            (
+                short_token_builder().cache(cache()),
+                Box::new(move || match probe_cache.load() {
+                    Ok(Some(_)) => Probe::Good,
+                    Ok(None) => Probe::Missing,
+                    Err(e) if e.kind() == freshtoken::CacheErrorKind::Corrupt => Probe::Torn,
+                    Err(_) => Probe::Missing,
+                }),
+            )
+        }
+        // The same caches with encryption at rest, keys from FLEET_CACHE_KEYS.
+        "file+sealed" | "redis+sealed" | "postgres+sealed" => sealed_cache(kind, location),
         other => panic!("unknown cache kind {other}"),
     };
     let (tokens, driver) = builder.spawn_thread(source).expect("a driver thread");
@@ -191,6 +214,63 @@ fn client_credentials(
         fetched,
         stats.tokens_seen,
     );
+}
+
+/// An encrypted cache and its probe (see the module docs).
+fn sealed_cache(kind: &str, location: &str) -> (Builder, Box<dyn Fn() -> Probe>) {
+    let keys = EncryptionKeys::from_env("FLEET_CACHE_KEYS").expect("FLEET_CACHE_KEYS");
+    let classify = |r: Result<Option<freshtoken::Token>, freshtoken::CacheError>| match r {
+        Ok(Some(_)) => Probe::Good,
+        Ok(None) => Probe::Missing,
+        Err(e)
+            if matches!(
+                e.kind(),
+                freshtoken::CacheErrorKind::Corrupt | freshtoken::CacheErrorKind::Unreadable
+            ) =>
+        {
+            Probe::Torn
+        }
+        Err(_) => Probe::Missing,
+    };
+    let timeouts = Duration::from_millis(300);
+    match kind {
+        "file+sealed" => {
+            let cache = || FileCache::new(location).encryption(keys.clone());
+            let probe = cache();
+            (
+                short_token_builder().cache(cache()),
+                Box::new(move || classify(probe.load())),
+            )
+        }
+        "redis+sealed" => {
+            let cache = || {
+                RedisCache::new(location, "fleet:token")
+                    .expect("a redis URL")
+                    .with_command_timeout(timeouts)
+                    .with_connect_timeout(timeouts)
+                    .encryption(keys.clone())
+            };
+            let probe = cache();
+            (
+                short_token_builder().cache(cache()),
+                Box::new(move || classify(probe.load())),
+            )
+        }
+        _ => {
+            let cache = || {
+                PostgresCache::new(location, "fleet:token")
+                    .expect("a PostgreSQL connection string")
+                    .with_command_timeout(timeouts)
+                    .with_connect_timeout(timeouts)
+                    .encryption(keys.clone())
+            };
+            let probe = cache();
+            (
+                short_token_builder().cache(cache()),
+                Box::new(move || classify(probe.load())),
+            )
+        }
+    }
 }
 
 #[derive(Default)]
