@@ -68,7 +68,7 @@ fn main() {
                 10 * MINUTE,
             )),
         ),
-                (
+        (
             "5,000 refresh-token instances: stacks, skew ±5 min, 20-min outage",
             refresh_token_fleet(),
         ),
@@ -86,7 +86,7 @@ fn main() {
         ),
     ];
 
-        println!(
+    println!(
         "{:<62} {:>9} {:>9} {:>10} {:>12} {:>11} {:>13} {:>9}",
         "scenario",
         "requests",
@@ -124,7 +124,7 @@ fn refresh_token_fleet() -> Scenario {
         .latency_tail(0.05)
         .churn(Churn::new(2 * 60 * MINUTE, 0.0, Duration::from_secs(5)))
         .start_spread(MINUTE)
-                .fault(Fault::new(FaultKind::Outage, 30 * MINUTE, 20 * MINUTE))
+        .fault(Fault::new(FaultKind::Outage, 30 * MINUTE, 20 * MINUTE))
 }
 
 fn print_row(name: &str, r: &Report, wall: Duration) {

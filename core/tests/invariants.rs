@@ -255,7 +255,8 @@ proptest! {
         // answer with that id ends it, and so does its deadline passing
         // (the machine gives up on it); what matters is that the machine
         // never asks twice while a request is still out.
-        let (mut fetching, mut leasing): (Option<(RequestId, MonoTime)>, Option<(RequestId, MonoTime)>) = (None, None);
+                let mut fetching: Option<(RequestId, MonoTime)> = None;
+        let mut leasing: Option<(RequestId, MonoTime)> = None;
         let mut stopped = false;
         for (dt, step) in &seq {
             f.advance(*dt);
