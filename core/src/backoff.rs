@@ -18,9 +18,19 @@ use crate::time::duration_millis;
 /// `permanent_interval` (default 5 minutes) and an operator's fix is picked
 /// up without a restart.
 ///
-/// A Retry-After from the authority is a floor: the delay is never shorter.
-/// It is itself capped at `max_retry_after` (default one hour) so a hostile
-/// or mistaken header cannot park the refresher for days.
+/// A Retry-After from the authority is a floor: the delay is never shorter,
+/// and it is jittered above (by up to a tenth, at least 100 ms), so
+/// instances told the same Retry-After do not come back in the same
+/// millisecond. It is itself capped at `max_retry_after` (default one hour)
+/// so a hostile or mistaken header cannot park the refresher for days.
+///
+/// While the current token has expired (the application has nothing to
+/// send), transient failures are retried on a short cap instead
+/// (`expired_cap`, default 1 s; delays on it lie between the cap and a
+/// fifth more), so the instance that probes sends at most one request a
+/// second and is back within 1.2 s of the authority's recovery, and a Retry-After is obeyed
+/// only up to `expired_retry_after` (default 30 s) past expiry. Permanent
+/// errors keep their long interval either way.
 ///
 /// ```
 /// use freshtoken_core::{Backoff, FetchError};
@@ -42,6 +52,8 @@ pub struct Backoff {
     max: Duration,
     permanent_interval: Duration,
     max_retry_after: Duration,
+    expired_cap: Duration,
+    expired_retry_after: Duration,
 }
 
 impl Default for Backoff {
@@ -52,6 +64,8 @@ impl Default for Backoff {
             max: Duration::from_secs(15),
             permanent_interval: Duration::from_secs(300),
             max_retry_after: Duration::from_secs(3600),
+            expired_cap: Duration::from_secs(1),
+            expired_retry_after: Duration::from_secs(30),
         }
     }
 }
@@ -80,9 +94,47 @@ impl Backoff {
         self
     }
 
+    /// Sets the cap used while the current token has expired, and the
+    /// longest Retry-After obeyed then.
+    pub fn with_expired_caps(mut self, cap: Duration, retry_after: Duration) -> Self {
+        self.expired_cap = cap.max(Duration::from_millis(1));
+        self.expired_retry_after = retry_after;
+        self
+    }
+
     /// The cap on the exponential curve.
     pub fn max(&self) -> Duration {
         self.max
+    }
+
+    /// The cap while the current token has expired.
+    pub fn expired_cap(&self) -> Duration {
+        self.expired_cap
+    }
+
+    /// How many attempts of the curve fit, one after the other, into
+    /// `elapsed`: an instance that takes over a lease after waiting that
+    /// long for a failing holder continues the fleet's curve from there
+    /// instead of starting it again.
+    ///
+    /// ```
+    /// use freshtoken_core::Backoff;
+    /// use std::time::Duration;
+    /// let b = Backoff::default(); // 100 ms, 200 ms, 400 ms, ...
+    /// assert_eq!(b.steps_within(Duration::from_millis(50)), 0);
+    /// assert_eq!(b.steps_within(Duration::from_millis(700)), 3);
+    /// ```
+    pub fn steps_within(&self, elapsed: Duration) -> u32 {
+        let mut total = Duration::ZERO;
+        let mut steps = 0u32;
+        while steps < 64 {
+            total = total.saturating_add(self.nominal(steps + 1));
+            if total > elapsed {
+                break;
+            }
+            steps += 1;
+        }
+        steps
     }
 
     /// The interval used for permanent errors.
@@ -98,22 +150,65 @@ impl Backoff {
         Duration::from_millis(initial.saturating_mul(factor).min(cap))
     }
 
-    /// The range a retry delay after `error` on attempt `attempt` lies in.
+    /// The range a retry delay after `error` on attempt `attempt` lies in,
+    /// while the current token is valid.
     pub fn bounds(&self, error: &FetchError, attempt: u32) -> (Duration, Duration) {
-        let nominal = match error.kind() {
-            FetchErrorKind::Permanent | FetchErrorKind::GrantRevoked => self.permanent_interval,
-            FetchErrorKind::Transient | FetchErrorKind::RateLimited => self.nominal(attempt),
+        self.bounds_for(error, attempt, false)
+    }
+
+    /// The range a retry delay lies in; `expired`: the current token has
+    /// expired (or there is none yet).
+    pub fn bounds_for(
+        &self,
+        error: &FetchError,
+        attempt: u32,
+        expired: bool,
+    ) -> (Duration, Duration) {
+        let (nominal, ra_cap) = match (error.kind(), expired) {
+            (FetchErrorKind::Permanent | FetchErrorKind::GrantRevoked, _) => {
+                (self.permanent_interval, self.max_retry_after)
+            }
+            (_, false) => (self.nominal(attempt), self.max_retry_after),
+            (_, true) => (
+                self.nominal(attempt).min(self.expired_cap),
+                self.expired_retry_after.min(self.max_retry_after),
+            ),
         };
         let floor = error
             .retry_after()
-            .map(|r| r.min(self.max_retry_after))
+            .map(|r| r.min(ra_cap))
             .unwrap_or_default();
-        ((nominal / 2).max(floor), nominal.max(floor))
+        if floor.is_zero() {
+            // On the expired cap, wait between the cap and a fifth more:
+            // at most one request a second from the probing holder, and
+            // back within 1.2 s of the authority's recovery.
+            return if expired && nominal == self.expired_cap {
+                (nominal, nominal + nominal / 5)
+            } else {
+                (nominal / 2, nominal)
+            };
+        }
+        let above = (floor / 10).max(Duration::from_millis(100));
+        (
+            (nominal / 2).max(floor),
+            nominal.max(floor.saturating_add(above)),
+        )
     }
 
     /// A random delay within [`bounds`](Self::bounds).
     pub fn delay(&self, error: &FetchError, attempt: u32, rng: &mut fastrand::Rng) -> Duration {
-        let (lo, hi) = self.bounds(error, attempt);
+        self.delay_for(error, attempt, false, rng)
+    }
+
+    /// A random delay within [`bounds_for`](Self::bounds_for).
+    pub fn delay_for(
+        &self,
+        error: &FetchError,
+        attempt: u32,
+        expired: bool,
+        rng: &mut fastrand::Rng,
+    ) -> Duration {
+        let (lo, hi) = self.bounds_for(error, attempt, expired);
         Duration::from_millis(rng.u64(duration_millis(lo)..=duration_millis(hi)))
     }
 }
@@ -145,7 +240,32 @@ mod tests {
             FetchError::rate_limited("x").with_retry_after(Some(Duration::from_secs(86_400 * 30)));
         assert_eq!(
             b.bounds(&e, 1),
-            (Duration::from_secs(3600), Duration::from_secs(3600))
+            (Duration::from_secs(3600), Duration::from_secs(3960))
         );
+        // With the token expired, a Retry-After is obeyed up to 30 s only,
+        // and transient failures retry within a second.
+        assert_eq!(b.bounds_for(&e, 1, true).0, Duration::from_secs(30));
+        let t = FetchError::transient("503");
+        assert_eq!(
+            b.bounds_for(&t, 20, true),
+            (Duration::from_secs(1), Duration::from_millis(1200))
+        );
+        assert_eq!(
+            b.bounds_for(&FetchError::permanent("x"), 1, true).0,
+            Duration::from_secs(150)
+        );
+    }
+
+    #[test]
+    fn retry_after_is_jittered_above_its_floor() {
+        let b = Backoff::default();
+        let e = FetchError::rate_limited("x").with_retry_after(Some(Duration::from_secs(30)));
+        let mut rng = fastrand::Rng::with_seed(9);
+        let delays: std::collections::BTreeSet<_> =
+            (0..20).map(|_| b.delay(&e, 1, &mut rng)).collect();
+        assert!(delays.len() > 10, "spread out: {delays:?}");
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_secs(30) && *d <= Duration::from_secs(33)));
     }
 }

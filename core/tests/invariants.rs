@@ -396,14 +396,23 @@ impl Observer for Checker {
                     },
                 ) = (self.after_failure, &s.state)
                 {
-                    let (lo, hi) = self.backoff.bounds(error, *attempt);
+                    // While the token has expired (or before the first),
+                    // retries follow the short cap, and Retry-After is
+                    // obeyed up to its bound past expiry.
+                    let expired = s.token.as_ref().is_none_or(|t| !t.is_valid_at(now));
+                    let (lo, hi) = self.backoff.bounds_for(error, *attempt, expired);
                     let delay = next_attempt.saturating_duration_since(now);
                     if delay < lo || delay > hi {
                         self.violations.push(format!(
                             "{i}: retry delay {delay:?} outside {lo:?}..={hi:?}"
                         ));
                     }
-                    if let Some(ra) = error.retry_after() {
+                    let ra_bound = if expired {
+                        Duration::from_secs(30)
+                    } else {
+                        Duration::from_secs(3600)
+                    };
+                    if let Some(ra) = error.retry_after().map(|ra| ra.min(ra_bound)) {
                         if delay < ra {
                             self.violations.push(format!(
                                 "{i}: retry {delay:?} sooner than Retry-After {ra:?}"

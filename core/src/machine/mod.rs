@@ -171,9 +171,7 @@ enum CacheRead {
     /// With the lease held: a peer may have stored between our first read
     /// and our lease, so look once more before asking the authority.
     UnderLease,
-    /// Done waiting for a peer (client-credentials flows only): one last
-    /// look (the holder has usually just stored), then fetch without the lease.
-    LastLook,
+
     /// The grant was revoked: has a peer stored a token of a live grant?
     AfterRevocation,
 }
@@ -252,12 +250,11 @@ enum Phase {
     },
     /// A request is in flight.
     Waiting(Request),
-    /// A peer holds the lease: re-read the cache at `recheck_at`; a
-    /// client-credentials flow fetches anyway once `give_up_at` passes.
-    PeerWait {
-        recheck_at: MonoTime,
-        give_up_at: Timestamp,
-    },
+    /// A peer holds the lease: re-read the cache (and ask for the lease
+    /// again) at `recheck_at`. Peers never fetch past a lease the cache
+    /// offers: a live holder keeps it through its retries and hands it on
+    /// after a few failures, and a dead holder's lease lapses by its TTL.
+    PeerWait { recheck_at: MonoTime },
     /// The last attempt failed; try again at `retry_at`. `extend`: an
     /// `AcquireLease` that stretches our lease over the wait is in flight.
     Backoff {
@@ -293,6 +290,25 @@ struct Grant {
 /// How many fetches given up on are remembered, so that their late answers
 /// are still recognised (and their rotated refresh tokens learned).
 const ABANDONED_FETCHES: usize = 8;
+
+/// After this many consecutive failures that reached no answering
+/// authority, a lease holder hands the lease on.
+const HAND_ON_AFTER: u32 = 3;
+
+/// How often a follower without a valid token looks for the holder's token
+/// while the holder's lease is young (jittered ±50 %, so at most 37.5 ms
+/// pass between looks: the holder usually stores within tens of
+/// milliseconds of taking the lease). After [`FOLLOWER_FAST_FOR`] the wait
+/// doubles each second, up to [`FOLLOWER_MAX_WAIT`]. A cold start thus
+/// costs a follower at most about 40 reads (and as many lease requests),
+/// usually a handful; through a long outage, while it has no valid token,
+/// at most about 4 a second (so it sees the holder's token within 375 ms of
+/// the store); a follower with a valid token waits the peer wait.
+const FOLLOWER_WAIT: Duration = Duration::from_millis(25);
+/// How long followers without a token look at the fast rate.
+const FOLLOWER_FAST_FOR: Duration = Duration::from_secs(1);
+/// The longest a follower without a valid token waits between looks.
+const FOLLOWER_MAX_WAIT: Duration = Duration::from_millis(250);
 
 /// The refresh state machine. See the [module docs](self) for the model
 /// and a whole refresh; a driver's loop looks like this:
@@ -338,12 +354,13 @@ pub struct RefreshMachine {
     last_invalidation: Option<MonoTime>,
     /// Until when we hold the cache's lease, if we do.
     lease_until: Option<MonoTime>,
-    /// When a client-credentials flow stops waiting for a peer that holds
-    /// the lease (kept across re-reads, so a lease that stays busy cannot
-    /// keep us waiting forever).
-    peer_give_up: Option<Timestamp>,
+    /// Since when, and how many times, we have found the lease busy in this
+    /// refresh (kept across re-reads).
+    peer_wait: Option<(MonoTime, u32)>,
     /// Consecutive failed attempts (fetches, or stores of a rotated token).
     failures: u32,
+    /// Consecutive failed fetches that reached no answering authority.
+    unreached: u32,
     state: RefreshState,
     skew_ms: Option<i64>,
     lifetime_note: Option<LifetimeNote>,
@@ -373,8 +390,9 @@ impl RefreshMachine {
             rejected: None,
             last_invalidation: None,
             lease_until: None,
-            peer_give_up: None,
+            peer_wait: None,
             failures: 0,
+            unreached: 0,
             state: RefreshState::Starting,
             skew_ms: None,
             lifetime_note: None,
@@ -443,7 +461,7 @@ impl RefreshMachine {
         let phase_deadline = match &self.phase {
             Phase::Idle { refresh_at, early } => (*refresh_at).min(at(*early)),
             Phase::Waiting(r) | Phase::Draining { request: r, .. } => at(r.deadline),
-            Phase::PeerWait { recheck_at, .. } => at(*recheck_at),
+            Phase::PeerWait { recheck_at } => at(*recheck_at),
             Phase::Backoff {
                 extend: Some((_, deadline)),
                 ..
@@ -510,20 +528,8 @@ impl RefreshMachine {
                 Retry::Refresh => self.begin_refresh(),
                 Retry::StoreRotated(token) => self.send_store(token, StoreFor::Rotated, false),
             },
-            Phase::PeerWait {
-                recheck_at,
-                give_up_at,
-            } if mono >= recheck_at => {
-                if wall >= give_up_at && !self.is_refresh_flow() {
-                    // The holder is taking too long; our token is about to
-                    // expire. Availability beats load: unless the holder has
-                    // stored meanwhile, fetch without the lease. (Never in a
-                    // refresh-token flow: the holder may be rotating the
-                    // very token we would present.)
-                    self.read_cache(CacheRead::LastLook);
-                } else {
-                    self.read_cache(CacheRead::BeforeLease);
-                }
+            Phase::PeerWait { recheck_at } if mono >= recheck_at => {
+                self.read_cache(CacheRead::BeforeLease)
             }
             Phase::Waiting(request) if mono >= request.deadline => self.timed_out(request),
             Phase::Draining { request, until } if mono >= request.deadline => {
@@ -557,7 +563,7 @@ impl RefreshMachine {
             RequestKind::Fetch { generation, .. } => {
                 self.abandon(request.id, generation);
                 let error = FetchError::transient(why(self.config.fetch_timeout));
-                self.on_fetch_failed(error);
+                self.on_fetch_failed(error, false);
             }
             RequestKind::Store {
                 token,
@@ -639,10 +645,10 @@ impl RefreshMachine {
                             self.stats.fetch_failures += 1;
                             self.send_store(token, StoreFor::Failed(error), false);
                         }
-                        Some(error) => self.on_fetch_failed(error),
+                        Some(error) => self.on_fetch_failed(error, true),
                     }
                 }
-                Err(error) => self.on_fetch_failed(error),
+                Err(error) => self.on_fetch_failed(error, true),
             },
             (
                 RequestKind::Store {
@@ -859,7 +865,7 @@ impl RefreshMachine {
         }
         match read {
             CacheRead::BeforeLease | CacheRead::AfterRevocation => self.acquire_lease(),
-            CacheRead::UnderLease | CacheRead::LastLook => self.fetch(),
+            CacheRead::UnderLease => self.fetch(),
         }
     }
 
@@ -887,48 +893,50 @@ impl RefreshMachine {
         match outcome {
             LeaseOutcome::Granted => {
                 self.lease_until = Some(self.now.mono + self.config.lease_ttl);
+                if let Some((since, _)) = self.peer_wait.take() {
+                    // Taking over from a holder that kept failing: carry on
+                    // the fleet's backoff curve rather than start it again.
+                    let waited = self.now.mono.saturating_duration_since(since);
+                    self.failures = self.failures.max(self.config.backoff.steps_within(waited));
+                }
                 self.read_cache(CacheRead::UnderLease);
             }
             LeaseOutcome::Unsupported => self.fetch(),
             LeaseOutcome::Busy => {
-                let give_up_at = *self.peer_give_up.get_or_insert_with(|| {
-                    Self::give_up_at(
-                        self.current.as_deref(),
-                        self.now.wall,
-                        self.config.lease_ttl,
-                    )
-                });
-                if self.now.wall >= give_up_at && !self.is_refresh_flow() {
-                    self.fetch();
+                let (since, waits) = self.peer_wait.unwrap_or((self.now.mono, 0));
+                self.peer_wait = Some((since, waits.saturating_add(1)));
+                // Without a valid token, look again soon: the holder usually
+                // stores within tens of milliseconds (a cold start). With
+                // one, there is time: wait the configured peer wait.
+                let valid = self
+                    .current
+                    .as_ref()
+                    .is_some_and(|t| t.is_valid_at(self.now.wall));
+                let waited = self.now.mono.saturating_duration_since(since);
+                let base = if valid {
+                    self.config.peer_wait
+                } else if waited < FOLLOWER_FAST_FOR {
+                    FOLLOWER_WAIT.min(self.config.peer_wait)
                 } else {
-                    let wait = self.jittered(self.config.peer_wait);
-                    self.phase = Phase::PeerWait {
-                        recheck_at: self.now.mono + wait,
-                        give_up_at,
-                    };
-                }
+                    let doublings =
+                        (waited.as_millis() / FOLLOWER_FAST_FOR.as_millis()).min(16) as u32;
+                    FOLLOWER_WAIT.saturating_mul(1 << doublings).min(
+                        FOLLOWER_MAX_WAIT
+                            .min(self.config.peer_wait)
+                            .max(FOLLOWER_WAIT),
+                    )
+                };
+                let wait = self.jittered(base);
+                self.phase = Phase::PeerWait {
+                    recheck_at: self.now.mono + wait,
+                };
             }
-        }
-    }
-
-    /// How long a client-credentials flow waits for a peer: until the
-    /// middle of our token's stale window (leaving the rest for our own
-    /// fetch and its retries), or one lease TTL when we have no valid token
-    /// (a live holder will have stored by then, and a crashed one's lease
-    /// will have expired).
-    fn give_up_at(current: Option<&Token>, now: Timestamp, lease_ttl: Duration) -> Timestamp {
-        match current {
-            Some(t) if t.is_valid_at(now) => {
-                let window = t.expires_at().saturating_duration_since(t.stale_at());
-                t.expires_at() - window / 2
-            }
-            _ => now + lease_ttl,
         }
     }
 
     fn fetch(&mut self) {
         self.stats.fetches += 1;
-        self.peer_give_up = None;
+        self.peer_wait = None;
         let generation = self.grant.as_ref().map_or(0, |g| g.generation);
         let sent_at = self.now.wall;
         let kind = RequestKind::Fetch {
@@ -1003,6 +1011,7 @@ impl RefreshMachine {
         self.stats.tokens_fetched += 1;
         self.make_current(token.clone());
         self.failures = 0;
+        self.unreached = 0;
         self.state = RefreshState::Healthy;
         if !self.config.cache {
             self.publish();
@@ -1091,14 +1100,38 @@ impl RefreshMachine {
         }
     }
 
-    fn on_fetch_failed(&mut self, error: FetchError) {
+    /// `answered`: the source answered with the error (so the authority
+    /// rotated nothing), as opposed to a fetch given up on at its deadline.
+    fn on_fetch_failed(&mut self, error: FetchError, answered: bool) {
         self.stats.fetch_failures += 1;
-        self.retry_later(error);
+        // A holder whose requests keep failing without reaching an
+        // answering authority (no HTTP status: its network, DNS or TLS is
+        // broken, or its fetches hang) hands the lease on, so another
+        // instance probes next: a holder with a broken network must not
+        // starve a healthy one. An HTTP error is the authority's own
+        // answer, which another instance would get too: the holder keeps
+        // the lease and the fleet sends one retry stream. Never after a
+        // timeout in a refresh-token flow, where the authority may have
+        // rotated the token we presented.
+        let unreached = error.status().is_none() && (answered || !self.is_refresh_flow());
+        self.unreached = if unreached {
+            self.unreached.saturating_add(1)
+        } else {
+            0
+        };
+        let hand_on = unreached && self.unreached % HAND_ON_AFTER == 0;
+        self.retry_later_keeping(error, !hand_on);
     }
 
     /// Publishes the failure and schedules the next attempt by the backoff
     /// (or, when the grant is gone, waits for a live one).
     fn retry_later(&mut self, error: FetchError) {
+        self.retry_later_keeping(error, true);
+    }
+
+    /// [`retry_later`](Self::retry_later); `keep_lease`: hold the lease (if
+    /// we have it) through the wait, else hand it on now.
+    fn retry_later_keeping(&mut self, error: FetchError, keep_lease: bool) {
         if error.kind() == FetchErrorKind::GrantRevoked {
             self.failures = self.failures.saturating_add(1);
             self.release_lease();
@@ -1114,15 +1147,22 @@ impl RefreshMachine {
             }
             return;
         }
+        if !keep_lease {
+            self.release_lease();
+        }
         self.backoff(error, Retry::Refresh);
     }
 
     fn backoff(&mut self, error: FetchError, then: Retry) {
         self.failures = self.failures.saturating_add(1);
+        let expired = self
+            .current
+            .as_ref()
+            .is_none_or(|t| !t.is_valid_at(self.now.wall));
         let delay = self
             .config
             .backoff
-            .delay(&error, self.failures, &mut self.rng);
+            .delay_for(&error, self.failures, expired, &mut self.rng);
         let retry_at = self.now.mono + delay;
         // Keep the lease through the wait, so peers keep waiting for us
         // rather than each hitting a failing authority: a fleet then sends
@@ -1250,7 +1290,7 @@ impl RefreshMachine {
     }
 
     fn idle_until(&mut self, refresh_at: Timestamp) {
-        self.peer_give_up = None;
+        self.peer_wait = None;
         self.phase = Phase::Idle {
             refresh_at,
             early: MonoTime::MAX,

@@ -170,9 +170,26 @@ fn failures_back_off_and_keep_serving_the_token() {
 fn retry_after_is_a_floor() {
     let mut h = Harness::new(MachineConfig::default());
     h.feed(Input::Start);
+    // While a valid token is held, Retry-After is a floor, jittered above.
+    h.answer(3600, "valid");
+    let refresh_at = match h.m.poll_output() {
+        Output::Timeout(at) => at,
+        other => panic!("{other:?}"),
+    };
+    h.at(refresh_at).feed(Input::Tick);
     let e = FetchError::rate_limited("429").with_retry_after(Some(Duration::from_secs(42)));
-    let (_, retry_at) = h.feed(Input::Fetched(ID, Err(e)));
-    assert!(retry_at >= T0 + Duration::from_secs(42));
+    let (_, retry_at) = h.feed(Input::Fetched(ID, Err(e.clone())));
+    assert!(retry_at >= refresh_at + Duration::from_secs(42));
+    assert!(retry_at <= refresh_at + Duration::from_secs(47));
+    // Without one (a cold start), it is obeyed up to 30 s only.
+    let mut cold = Harness::new(MachineConfig::default());
+    cold.feed(Input::Start);
+    let huge = FetchError::rate_limited("429").with_retry_after(Some(Duration::from_secs(999_999)));
+    let (_, retry_at) = cold.feed(Input::Fetched(ID, Err(huge)));
+    assert!(
+        retry_at >= T0 + Duration::from_secs(30) && retry_at <= T0 + Duration::from_secs(34),
+        "{retry_at:?}"
+    );
 }
 
 #[test]
@@ -324,55 +341,166 @@ fn newer_refresh_token_in_the_cache_replaces_the_configured_one() {
 
 /// Feeds Busy leases and re-reads of `cached` until the wait gives up;
 /// returns the actions of the give-up tick.
-fn wait_for_busy_peer(h: &mut Harness, cached: &Token) -> Vec<Action> {
-    for _ in 0..100 {
+/// Answers "busy" to every lease request until `until`, checking that the
+/// machine only ever re-reads and asks again; returns the waits it chose.
+fn wait_for_busy_peer(h: &mut Harness, cached: Option<&Token>, until: Timestamp) -> Vec<Duration> {
+    let mut waits = Vec::new();
+    while h.now < until {
         let (a, next) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Busy)));
-        assert!(a.is_empty());
-        assert!(next > h.now && next < cached.expires_at());
-        let (a, _) = h.at(next).feed(Input::Tick);
-        let give_up = {
-            let window = cached
-                .expires_at()
-                .saturating_duration_since(cached.stale_at());
-            cached.expires_at() - window / 2
-        };
-        if h.now >= give_up {
-            return a;
+        assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
+        assert!(next > h.now);
+        waits.push(next.saturating_duration_since(h.now));
+        let (mut a, mut next) = h.at(next).feed(Input::Tick);
+        if kinds(&a) == ["publish"] {
+            // The token expired on the way: readers are told, then the look.
+            (a, next) = h.at(next).feed(Input::Tick);
         }
+        let _ = next;
         assert_eq!(kinds(&a), ["load"]);
-        let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(cached.clone()))));
-        assert_eq!(kinds(&a), ["lease"]);
+        let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(cached.cloned())));
+        assert_eq!(kinds(&a), ["lease"], "{a:?}");
     }
-    panic!("waited forever");
+    waits
 }
 
 #[test]
-fn busy_lease_waits_for_the_peer_then_fetches_anyway_before_expiry() {
+fn a_busy_lease_is_waited_for_and_never_fetched_past() {
     let mut h = Harness::cached();
     h.feed(Input::Start);
-    // Stale since T0-10 s, expires at T0+20 s: give up at T0+5 s.
+    // Stale since T0-10 s, expires at T0+20 s; the holder takes a minute.
     let stale = token("s", T0 - Duration::from_secs(100), Duration::from_secs(120));
     h.feed(Input::CacheLoaded(ID, Ok(Some(stale.clone()))));
-    // Giving up: one last look at the cache, then a fetch without the lease.
-    let a = wait_for_busy_peer(&mut h, &stale);
-    assert_eq!(kinds(&a), ["load"]);
-    assert!(h.now < stale.expires_at());
-    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(stale.clone()))));
-    assert_eq!(kinds(&a), ["fetch"]);
+    let before = wait_for_busy_peer(&mut h, Some(&stale), stale.expires_at());
+    // With a valid token: the configured peer wait (500 ms ± 50 %).
+    assert!(
+        before
+            .iter()
+            .all(|w| *w >= Duration::from_millis(250) && *w <= Duration::from_millis(750)),
+        "{before:?}"
+    );
+    let after = wait_for_busy_peer(
+        &mut h,
+        Some(&stale),
+        stale.expires_at() + Duration::from_secs(40),
+    );
+    // Without one: soon at first, never longer than the peer wait.
+    assert!(
+        after.iter().all(|w| *w <= Duration::from_millis(750)),
+        "{after:?}"
+    );
+    assert_eq!(h.m.stats().fetches, 0);
 }
 
 #[test]
-fn the_last_look_adopts_what_the_peer_stored() {
+fn a_follower_without_a_token_looks_again_within_tens_of_ms() {
     let mut h = Harness::cached();
     h.feed(Input::Start);
-    // Stale since T0-10 s, expires at T0+20 s: give up at T0+5 s.
-    let stale = token("s", T0 - Duration::from_secs(100), Duration::from_secs(120));
-    h.feed(Input::CacheLoaded(ID, Ok(Some(stale.clone()))));
-    wait_for_busy_peer(&mut h, &stale);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    let waits = wait_for_busy_peer(&mut h, None, T0 + Duration::from_millis(300));
+    assert!(
+        waits.iter().all(|w| *w <= Duration::from_millis(38)),
+        "fast while the lease is young: {waits:?}"
+    );
+    assert!(
+        waits.windows(2).all(|w| w[1] <= Duration::from_millis(750)),
+        "{waits:?}"
+    );
+    // Then the holder's token is there: adopted at the next look.
+    let (_, next) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Busy)));
+    h.at(next).feed(Input::Tick);
     let stored = token("peer", h.now, Duration::from_secs(60));
     let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(stored))));
     assert_eq!(kinds(&a), ["publish"]);
     assert_eq!(h.m.stats().fetches, 0);
+}
+
+#[test]
+fn taking_over_a_lease_continues_the_fleets_backoff_curve() {
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    // The holder failed for 10 s, then handed the lease on.
+    wait_for_busy_peer(&mut h, None, T0 + Duration::from_secs(10));
+    h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["fetch"]);
+    let Action::Fetch(request) = &a[0] else {
+        unreachable!()
+    };
+    let steps = Backoff::default().steps_within(Duration::from_secs(10));
+    assert!(steps >= 6, "{steps}");
+    assert_eq!(
+        request.attempt,
+        steps + 1,
+        "the fleet's attempt, not the first"
+    );
+}
+
+#[test]
+fn a_holder_hands_the_lease_on_after_three_answered_failures() {
+    let mut h = Harness::new(MachineConfig {
+        cache: true,
+        ..MachineConfig::default()
+    });
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    let mut released = Vec::new();
+    for attempt in 1..=6 {
+        let (a, next) = h.feed(Input::Fetched(ID, Err(FetchError::transient("503"))));
+        released.push(kinds(&a).contains(&"release"));
+        let (a, _) = h.at(next).feed(Input::Tick);
+        // Holding the lease: straight to the re-read; handed on: ask again.
+        let (a, _) = match kinds(&a)[..] {
+            ["load"] => h.feed(Input::CacheLoaded(ID, Ok(None))),
+            ["lease"] => (a, next),
+            ref other => panic!("attempt {attempt}: {other:?}"),
+        };
+        let a = if kinds(&a) == ["lease"] {
+            h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+            h.feed(Input::CacheLoaded(ID, Ok(None))).0
+        } else {
+            a
+        };
+        assert_eq!(kinds(&a), ["fetch"], "attempt {attempt}");
+    }
+    assert_eq!(released, [false, false, true, false, false, true]);
+}
+
+#[test]
+fn a_refresh_token_holder_keeps_the_lease_after_timeouts() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    for _ in 0..6 {
+        // Each fetch times out: the authority may have rotated the token.
+        let deadline = h.now + MachineConfig::default().fetch_timeout;
+        let (a, next) = h.at(deadline).feed(Input::Tick);
+        assert!(!kinds(&a).contains(&"release"), "{a:?}");
+        // The lease is extended over the wait, and granted.
+        if kinds(&a).contains(&"lease") {
+            h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+        }
+        let (a, _) = h.at(next.max(h.now)).feed(Input::Tick);
+        let a = if kinds(&a) == ["load"] {
+            h.feed(Input::CacheLoaded(ID, Ok(None))).0
+        } else {
+            a
+        };
+        if kinds(&a) != ["fetch"] {
+            // Waiting for the extension, then the retry.
+            let Output::Timeout(at) = h.m.poll_output() else {
+                unreachable!()
+            };
+            let (a, _) = h.at(at).feed(Input::Tick);
+            let (a, _) = if kinds(&a) == ["load"] {
+                h.feed(Input::CacheLoaded(ID, Ok(None)))
+            } else {
+                (a, at)
+            };
+            assert_eq!(kinds(&a), ["fetch"]);
+        }
+    }
 }
 
 #[test]
@@ -464,7 +592,9 @@ fn lease_is_stretched_over_a_long_backoff() {
     let e = FetchError::rate_limited("429").with_retry_after(Some(Duration::from_secs(60)));
     let (a, next) = h.feed(Input::Fetched(ID, Err(e)));
     assert_eq!(kinds(&a), ["lease", "publish"]);
-    assert!(matches!(a[0], Action::AcquireLease { ttl, .. } if ttl >= Duration::from_secs(90)));
+    // No token yet: the Retry-After of 60 s is obeyed up to 30 s; the lease
+    // is stretched over that wait and the lease TTL.
+    assert!(matches!(a[0], Action::AcquireLease { ttl, .. } if ttl >= Duration::from_secs(75)));
     assert_eq!(
         next,
         T0 + MachineConfig::default().cache_timeout,
@@ -472,7 +602,7 @@ fn lease_is_stretched_over_a_long_backoff() {
     );
     let (a, retry_at) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     assert!(a.is_empty());
-    assert!(retry_at >= T0 + Duration::from_secs(60));
+    assert!(retry_at >= T0 + Duration::from_secs(30));
     // Still holding it at the retry: straight to the re-read under the lease.
     let (a, _) = h.at(retry_at).feed(Input::Tick);
     assert_eq!(kinds(&a), ["load"]);
@@ -702,7 +832,7 @@ fn a_refresh_token_flow_never_fetches_without_a_lease_the_cache_offers() {
     h.feed(Input::CacheLoaded(ID, Ok(None)));
     // Busy for longer than any give-up time: keep waiting, never fetch.
     let mut now = T0;
-    for _ in 0..200 {
+    while now < T0 + Duration::from_secs(90) {
         let (a, next) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Busy)));
         assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
         now = next;
