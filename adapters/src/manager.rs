@@ -216,7 +216,10 @@ impl TokenKey {
     /// Sets this key's audience, scope and resources on an OAuth2 source
     /// builder (the client id is the builder's own).
     #[cfg(feature = "oauth2")]
-    pub fn apply<S>(&self, builder: crate::oauth2::SourceBuilder<S>) -> crate::oauth2::SourceBuilder<S> {
+    pub fn apply<S>(
+        &self,
+        builder: crate::oauth2::SourceBuilder<S>,
+    ) -> crate::oauth2::SourceBuilder<S> {
         let mut builder = builder;
         if let Some(a) = &self.audience {
             builder = builder.audience(a.clone());
@@ -234,9 +237,8 @@ impl TokenKey {
 /// The error a spawn closure returns.
 pub type SpawnError = Box<dyn std::error::Error + Send + Sync>;
 
-type SpawnFn = dyn Fn(&TokenKey, Builder) -> Result<(TokenHandle, DriverHandle), SpawnError>
-    + Send
-    + Sync;
+type SpawnFn =
+    dyn Fn(&TokenKey, Builder) -> Result<(TokenHandle, DriverHandle), SpawnError> + Send + Sync;
 type CacheFn = dyn Fn(&TokenKey) -> Option<Box<dyn TokenCache>> + Send + Sync;
 
 /// Configures a [`TokenManager`].
@@ -304,7 +306,8 @@ impl TokenManagerBuilder {
             tokio: self.tokio,
         });
         let weak = Arc::downgrade(&inner);
-        let period = (self.idle_timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(60));
+        let period =
+            (self.idle_timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(60));
         let spawned = std::thread::Builder::new()
             .name("freshtoken-manager".to_owned())
             .spawn(move || sweep_loop(weak, wake, period));
@@ -352,7 +355,11 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let mut stop = self.wake.stop.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut stop = self
+            .wake
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         *stop = true;
         self.wake.condvar.notify_all();
     }
@@ -688,7 +695,10 @@ impl ManagedHandle {
     /// refresher if it was stopped.
     pub fn wait_ready(&self, timeout: Duration) -> Result<TokenRef, NoValidToken> {
         self.entry.count_read();
-        self.entry.running(&self.manager)?.handle.wait_ready(timeout)
+        self.entry
+            .running(&self.manager)?
+            .handle
+            .wait_ready(timeout)
     }
 
     /// Resolves with the first valid token, or why there will be none.

@@ -37,11 +37,21 @@ fn client(auth: Authorizer) -> ClientWithMiddleware {
 async fn a_revoked_token_is_replaced_and_the_request_replayed_once() {
     let (api, tokens, driver) = setup(Duration::from_secs(5)).await;
     let client = client(Authorizer::new(tokens.clone()));
-    let r = client.post(api.url("/orders")).body("one").send().await.unwrap();
+    let r = client
+        .post(api.url("/orders"))
+        .body("one")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     api.authority.revoke_access_tokens();
-    let r = client.post(api.url("/orders")).body("two").send().await.unwrap();
+    let r = client
+        .post(api.url("/orders"))
+        .body("two")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), "two");
     let seen = api.seen();

@@ -80,14 +80,25 @@ async fn a_revoked_token_is_replaced_and_the_request_replayed_once() {
 
     assert_eq!(api.authority.revoke_access_tokens(), 1);
     let (status, body) = status_and_body(&mut client, post(&api, "/orders", full("two"))).await;
-    assert_eq!((status, body.as_slice()), (200, &b"two"[..]), "replayed, body intact");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"two"[..]),
+        "replayed, body intact"
+    );
 
     let seen = api.seen();
-    assert_eq!(seen.len(), 3, "one request, then one rejected and one replay");
+    assert_eq!(
+        seen.len(),
+        3,
+        "one request, then one rejected and one replay"
+    );
     assert_eq!(seen[1].status, 401);
     assert_eq!(seen[2].status, 200);
     assert_eq!(seen[2].body, b"two");
-    assert_ne!(seen[1].token, seen[2].token, "the replay carried a new token");
+    assert_ne!(
+        seen[1].token, seen[2].token,
+        "the replay carried a new token"
+    );
     assert_eq!(seen[0].token, seen[1].token);
     assert_eq!(api.authority.request_count(), 2, "one refresh");
     assert_logs_clean(&api);
@@ -119,7 +130,11 @@ async fn fifty_concurrent_requests_on_a_revoked_token_cause_one_refresh() {
     let mut tasks = Vec::new();
     for i in 0..50 {
         let mut client = client.clone();
-        let request = post(&api, "/orders", full(if i % 2 == 0 { "even" } else { "odd" }));
+        let request = post(
+            &api,
+            "/orders",
+            full(if i % 2 == 0 { "even" } else { "odd" }),
+        );
         tasks.push(tokio::spawn(async move {
             status_and_body(&mut client, request).await.0
         }));

@@ -206,7 +206,9 @@ impl Credential {
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential").field("token", &self.id).finish()
+        f.debug_struct("Credential")
+            .field("token", &self.id)
+            .finish()
     }
 }
 
@@ -387,9 +389,8 @@ impl Authorizer {
             Scheme::Fixed(s) => format!("{s} {secret}"),
             Scheme::Raw => secret.to_owned(),
         };
-        let mut value = HeaderValue::try_from(text).map_err(|_| AuthError::InvalidHeaderValue {
-            token: token.id(),
-        })?;
+        let mut value = HeaderValue::try_from(text)
+            .map_err(|_| AuthError::InvalidHeaderValue { token: token.id() })?;
         value.set_sensitive(true);
         Ok(Credential {
             id: token.id(),
@@ -573,7 +574,6 @@ async fn wait_for_change(
     .await
 }
 
-
 /// The blocking twin of [`wait_async`].
 fn wait_blocking<T>(
     tokens: &Tokens,
@@ -656,7 +656,7 @@ pub fn bearer_error(value: &[u8]) -> Option<String> {
         }
         // A challenge starts with a scheme: a token followed by a space (or
         // nothing), not by `=`.
-        let (first, rest) = match item.find(|c: char| c == ' ' || c == '\t' || c == '=') {
+        let (first, rest) = match item.find([' ', '\t', '=']) {
             Some(i) if item[i..].trim_start().starts_with('=') => ("", item),
             Some(i) => (&item[..i], item[i..].trim_start()),
             None => (item, ""),

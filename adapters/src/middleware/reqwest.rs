@@ -10,7 +10,7 @@
 //!
 //! When no valid token comes within the wait, the request fails with
 //! `reqwest_middleware::Error::Middleware` holding an
-//! [`AuthError`]; `err.downcast_ref::<AuthError>()` on the inner
+//! [`AuthError`](super::AuthError); `err.downcast_ref::<AuthError>()` on the inner
 //! `anyhow::Error` finds it.
 //!
 //! ```no_run

@@ -300,7 +300,11 @@ struct First<S, B> {
 
 fn rejected<RB>(response: &Response<RB>, grpc: bool) -> bool {
     is_token_rejected(response.status(), response.headers())
-        || (grpc && response.headers().get("grpc-status").is_some_and(|s| s == "16"))
+        || (grpc
+            && response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|s| s == "16"))
 }
 
 async fn send_after_wait<S, B, RB>(

@@ -168,7 +168,9 @@ async fn answer(
             .insert("www-authenticate", c.parse().unwrap());
     }
     if let Some(a) = audience {
-        response.headers_mut().insert("x-audience", a.parse().unwrap());
+        response
+            .headers_mut()
+            .insert("x-audience", a.parse().unwrap());
     }
     response
 }
@@ -227,7 +229,12 @@ impl Subscriber for Capture {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, event: &Event<'_>) {
         let mut out = self.0.lock().unwrap();
-        let _ = write!(out, "\n{} {}", event.metadata().level(), event.metadata().target());
+        let _ = write!(
+            out,
+            "\n{} {}",
+            event.metadata().level(),
+            event.metadata().target()
+        );
         event.record(&mut Fields(&mut out));
     }
     fn enter(&self, _: &Id) {}
@@ -248,7 +255,10 @@ pub fn logs() -> Arc<Mutex<String>> {
 
 /// Fails if any token the API saw, or the client secret, is in `text`.
 pub fn assert_no_secret(api: &Api, what: &str, text: &str) {
-    assert!(!text.contains(CLIENT_SECRET), "{what} shows the client secret");
+    assert!(
+        !text.contains(CLIENT_SECRET),
+        "{what} shows the client secret"
+    );
     for token in api.tokens() {
         assert!(!text.contains(&token), "{what} shows an access token");
         // A JWT's payload alone is a secret too.
