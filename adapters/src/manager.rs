@@ -670,9 +670,20 @@ impl ManagedHandle {
         }
     }
 
+    /// [`version`](Self::version), counted as a read (the middleware's hot
+    /// path: it re-reads the token only when this changes). A stopped
+    /// refresher is restarted, as by any read.
+    pub(crate) fn read_version(&self) -> u64 {
+        self.entry.count_read();
+        if self.entry.running.load().is_none() {
+            let _ = self.entry.running(&self.manager);
+        }
+        self.version()
+    }
+
     /// A number that grows with every publication, across restarts.
     pub fn version(&self) -> u64 {
-        match self.entry.running.load_full() {
+        match &*self.entry.running.load() {
             Some(r) => (r.generation << 40) | (r.handle.version() & ((1 << 40) - 1)),
             None => self.entry.generation.load(Ordering::SeqCst) << 40,
         }

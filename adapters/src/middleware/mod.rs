@@ -156,6 +156,15 @@ impl Tokens {
         }
     }
 
+    /// [`version`](Self::version), counted as a read for a managed key.
+    fn read_version(&self) -> u64 {
+        match &self.0 {
+            Source::Handle(h) => h.version(),
+            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            Source::Managed(m) => m.read_version(),
+        }
+    }
+
     /// A number that grows with every publication.
     pub fn version(&self) -> u64 {
         match &self.0 {
@@ -274,7 +283,13 @@ struct AuthInner {
     scheme: Scheme,
     token_wait: Duration,
     refresh_wait: Duration,
-    cache: ArcSwapOption<Credential>,
+    cache: ArcSwapOption<Cached>,
+}
+
+/// A credential, and the publication it was checked at.
+struct Cached {
+    version: u64,
+    credential: Credential,
 }
 
 impl fmt::Debug for Authorizer {
@@ -358,24 +373,41 @@ impl Authorizer {
     }
 
     /// The credential for the current valid token, without waiting: the
-    /// hot path (one lock-free read of the token, one of the cached value).
+    /// hot path.
+    ///
+    /// While nothing was published since the cached credential was checked
+    /// against the clock, it is returned as it is: one atomic load of the
+    /// publication counter and one of the cache, no clock read. That is
+    /// sound because the driver publishes when the current token expires
+    /// (it wakes for it), so an expiry always changes the counter. After
+    /// any publication the token is read and checked against the clock
+    /// again, and its header value is rebuilt only if it is a new token.
+    /// (A driver that could not run on time, on a machine that was
+    /// suspended, publishes the expiry up to one heartbeat late; an API
+    /// that rejects the token in that window gets the usual replay.)
     pub fn current(&self) -> Result<Credential, AuthError> {
-        let token = self
-            .inner
-            .tokens
+        let tokens = &self.inner.tokens;
+        let version = tokens.read_version();
+        if let Some(cached) = &*self.inner.cache.load() {
+            if cached.version == version {
+                return Ok(cached.credential.clone());
+            }
+        }
+        let token = tokens
             .valid_token()
             .map_err(|reason| AuthError::NoValidToken {
                 waited: Duration::ZERO,
                 reason,
             })?;
         let id = token.id();
-        if let Some(cached) = &*self.inner.cache.load() {
-            if cached.id == id {
-                return Ok(Credential::clone(cached));
-            }
-        }
-        let credential = self.build(&token)?;
-        self.inner.cache.store(Some(Arc::new(credential.clone())));
+        let credential = match &*self.inner.cache.load() {
+            Some(cached) if cached.credential.id == id => cached.credential.clone(),
+            _ => self.build(&token)?,
+        };
+        self.inner.cache.store(Some(Arc::new(Cached {
+            version,
+            credential: credential.clone(),
+        })));
         Ok(credential)
     }
 
@@ -446,15 +478,24 @@ impl Authorizer {
     /// Reports that the API rejected `credential`: the driver refreshes at
     /// once if that token is still the current one.
     pub fn rejected(&self, credential: &Credential) {
-        tracing::debug!(token = %credential.id, "the API rejected the token; invalidating it");
-        self.inner.tokens.invalidate_id(credential.id);
+        self.rejected_id(credential.id);
+    }
+
+    fn rejected_id(&self, id: TokenId) {
+        tracing::debug!(token = %id, "the API rejected the token; invalidating it");
+        self.inner.tokens.invalidate_id(id);
     }
 
     /// A credential for a valid token other than `rejected`, waiting up to
     /// the [`refresh_wait`](Self::refresh_wait); `None` if none came.
     #[cfg(any(feature = "tower", feature = "reqwest-middleware"))]
     pub async fn replacement(&self, rejected: &Credential) -> Option<Credential> {
-        let check = || self.current().ok().filter(|c| c.id != rejected.id);
+        self.replacement_for(rejected.id).await
+    }
+
+    #[cfg(any(feature = "tower", feature = "reqwest-middleware"))]
+    async fn replacement_for(&self, rejected: TokenId) -> Option<Credential> {
+        let check = || self.current().ok().filter(|c| c.id != rejected);
         wait_async(&self.inner.tokens, self.inner.refresh_wait, check).await
     }
 

@@ -74,7 +74,9 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{is_token_rejected, AuthError, Authorizer, Credential, Tokens};
+use freshtoken_core::TokenId;
+
+use super::{is_token_rejected, AuthError, Authorizer, Tokens};
 
 /// A request body that may be copied for a replay.
 ///
@@ -272,9 +274,10 @@ where
             parts: parts.clone(),
             body,
         });
+        let token = credential.id;
         parts
             .headers
-            .insert(self.auth.header_name().clone(), credential.value.clone());
+            .insert(self.auth.header_name().clone(), credential.value);
         let fut = self.inner.call(Request::from_parts(parts, body));
         ResponseFuture {
             state: State::First {
@@ -282,7 +285,7 @@ where
                 retry: Some(First {
                     auth: self.auth.clone(),
                     grpc: self.grpc,
-                    credential,
+                    token,
                     replay,
                 }),
             },
@@ -294,7 +297,7 @@ where
 struct First<S, B> {
     auth: Authorizer,
     grpc: bool,
-    credential: Credential,
+    token: TokenId,
     replay: Option<Replay<S, B>>,
 }
 
@@ -339,7 +342,7 @@ where
     }
     auth.rejected(&credential);
     match replay {
-        Some(replay) => replay_once(auth, credential, replay, response).await,
+        Some(replay) => replay_once(auth, grpc, credential.id, replay, response).await,
         None => Ok(response),
     }
 }
@@ -348,7 +351,8 @@ where
 /// returned if no newer token comes.
 async fn replay_once<S, B, RB>(
     auth: Authorizer,
-    rejected_with: Credential,
+    grpc: bool,
+    rejected_with: TokenId,
     replay: Replay<S, B>,
     first: Response<RB>,
 ) -> Result<Response<RB>, Error<S::Error>>
@@ -357,8 +361,8 @@ where
     S::Future: Send + 'static,
     B: Send + 'static,
 {
-    let Some(credential) = auth.replacement(&rejected_with).await else {
-        tracing::debug!(token = %rejected_with.token_id(), "no newer token came in time; returning the rejection");
+    let Some(credential) = auth.replacement_for(rejected_with).await else {
+        tracing::debug!(token = %rejected_with, "no newer token came in time; returning the rejection");
         return Ok(first);
     };
     drop(first);
@@ -373,12 +377,12 @@ where
     std::future::poll_fn(|cx| inner.poll_ready(cx))
         .await
         .map_err(Error::Inner)?;
-    tracing::debug!(rejected = %rejected_with.token_id(), token = %credential.token_id(), "replaying the request once with a newer token");
+    tracing::debug!(rejected = %rejected_with, token = %credential.token_id(), "replaying the request once with a newer token");
     let response = inner
         .call(Request::from_parts(parts, body))
         .await
         .map_err(Error::Inner)?;
-    if is_token_rejected(response.status(), response.headers()) {
+    if rejected(&response, grpc) {
         // Reported, so the next request finds a new token; never replayed
         // again.
         auth.rejected(&credential);
@@ -434,12 +438,18 @@ where
                     if !rejected(&response, first.grpc) {
                         return Poll::Ready(Ok(response));
                     }
-                    first.auth.rejected(&first.credential);
+                    first.auth.rejected_id(first.token);
                     let Some(replay) = first.replay else {
-                        tracing::debug!(token = %first.credential.token_id(), "rejected; the body cannot be replayed");
+                        tracing::debug!(token = %first.token, "rejected; the body cannot be replayed");
                         return Poll::Ready(Ok(response));
                     };
-                    let fut = Box::pin(replay_once(first.auth, first.credential, replay, response));
+                    let fut = Box::pin(replay_once(
+                        first.auth,
+                        first.grpc,
+                        first.token,
+                        replay,
+                        response,
+                    ));
                     this.state.set(State::Slow { fut });
                 }
                 StateProj::Slow { fut } => return fut.as_mut().poll(cx),
