@@ -51,7 +51,10 @@ async fn main() {
             Ok(r) => println!(
                 "request {round}: {} (token {})",
                 r.status(),
-                tokens.token().map(|t| t.id().to_string()).unwrap_or_default()
+                tokens
+                    .token()
+                    .map(|t| t.id().to_string())
+                    .unwrap_or_default()
             ),
             Err(e) => {
                 eprintln!("error: request {round} failed: {e}");

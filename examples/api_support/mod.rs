@@ -36,37 +36,49 @@ impl Api {
             while let Ok((stream, _)) = listener.accept().await {
                 let (authority, ok, no) = (authority.clone(), ok.clone(), no.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (authority, ok, no) = (authority.clone(), ok.clone(), no.clone());
-                        async move {
-                            let valid = req
-                                .headers()
-                                .get("authorization")
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| v.strip_prefix("Bearer "))
-                                .is_some_and(|t| authority.validate_access_token(t).is_ok());
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let mut response = Response::new(Full::new(body));
-                            if valid {
-                                ok.fetch_add(1, Ordering::SeqCst);
-                            } else {
-                                no.fetch_add(1, Ordering::SeqCst);
-                                *response.status_mut() = hyper::StatusCode::UNAUTHORIZED;
-                                response.headers_mut().insert(
-                                    "www-authenticate",
-                                    http::HeaderValue::from_static("Bearer realm=\"api\", error=\"invalid_token\""),
-                                );
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (authority, ok, no) = (authority.clone(), ok.clone(), no.clone());
+                            async move {
+                                let valid = req
+                                    .headers()
+                                    .get("authorization")
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(|v| v.strip_prefix("Bearer "))
+                                    .is_some_and(|t| authority.validate_access_token(t).is_ok());
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let mut response = Response::new(Full::new(body));
+                                if valid {
+                                    ok.fetch_add(1, Ordering::SeqCst);
+                                } else {
+                                    no.fetch_add(1, Ordering::SeqCst);
+                                    *response.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+                                    response.headers_mut().insert(
+                                        "www-authenticate",
+                                        http::HeaderValue::from_static(
+                                            "Bearer realm=\"api\", error=\"invalid_token\"",
+                                        ),
+                                    );
+                                }
+                                Ok::<_, Infallible>(response)
                             }
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        Api { addr, accepted, rejected }
+        Api {
+            addr,
+            accepted,
+            rejected,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -74,7 +86,10 @@ impl Api {
     }
 
     pub fn counts(&self) -> (usize, usize) {
-        (self.accepted.load(Ordering::SeqCst), self.rejected.load(Ordering::SeqCst))
+        (
+            self.accepted.load(Ordering::SeqCst),
+            self.rejected.load(Ordering::SeqCst),
+        )
     }
 }
 
