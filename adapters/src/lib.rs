@@ -59,6 +59,7 @@
 //! | `tower` | `middleware::tower::AuthLayer`: the token on every request, one replay after a 401 |
 //! | `reqwest-middleware` | `middleware::reqwest::AuthMiddleware`, the same for reqwest |
 //! | `ureq-middleware` | `middleware::ureq::{AuthHeader, AuthAgent}`, the same for ureq 3 |
+//! | `tonic` | `middleware::tonic::AuthInterceptor`: `authorization` metadata, one replay on UNAUTHENTICATED |
 //!
 //! Always there: `manager::TokenManager`, one refresher per audience, scope
 //! or resource, stopped when idle (with any driver feature).
@@ -75,7 +76,8 @@ pub mod manager;
 #[cfg(any(
     feature = "tower",
     feature = "reqwest-middleware",
-    feature = "ureq-middleware"
+    feature = "ureq-middleware",
+    feature = "tonic"
 ))]
 pub mod middleware;
 #[cfg(feature = "oauth2")]

@@ -7,6 +7,7 @@
 //! | `tower` | anything tower-based (hyper-util's client, tonic channels) | [`tower::AuthLayer`] |
 //! | `reqwest-middleware` | reqwest through reqwest-middleware | [`reqwest::AuthMiddleware`] |
 //! | `ureq-middleware` | ureq 3 | [`ureq::AuthHeader`] and [`ureq::AuthAgent`] |
+//! | `tonic` | tonic (gRPC) | [`tonic::AuthInterceptor`], and the tower layer |
 //!
 //! They share one [`Authorizer`], which is also the piece to build on for a
 //! client that is not listed. What every one of them does:
@@ -81,6 +82,8 @@ use crate::manager::ManagedHandle;
 
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 #[cfg(feature = "tower")]
 pub mod tower;
 #[cfg(feature = "ureq-middleware")]
@@ -433,7 +436,7 @@ impl Authorizer {
     /// The credential for a valid token, waiting up to the
     /// [`token_wait`](Self::token_wait) when there is none yet. Works under
     /// any executor.
-    #[cfg(any(feature = "tower", feature = "reqwest-middleware"))]
+    #[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
     pub async fn credential(&self) -> Result<Credential, AuthError> {
         if let Ok(c) = self.current() {
             return Ok(c);
@@ -488,12 +491,12 @@ impl Authorizer {
 
     /// A credential for a valid token other than `rejected`, waiting up to
     /// the [`refresh_wait`](Self::refresh_wait); `None` if none came.
-    #[cfg(any(feature = "tower", feature = "reqwest-middleware"))]
+    #[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
     pub async fn replacement(&self, rejected: &Credential) -> Option<Credential> {
         self.replacement_for(rejected.id).await
     }
 
-    #[cfg(any(feature = "tower", feature = "reqwest-middleware"))]
+    #[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
     async fn replacement_for(&self, rejected: TokenId) -> Option<Credential> {
         let check = || self.current().ok().filter(|c| c.id != rejected);
         wait_async(&self.inner.tokens, self.inner.refresh_wait, check).await
@@ -537,7 +540,7 @@ impl MakeMutOrRebuild for Arc<AuthInner> {
 /// Waits until `check` gives `Some`, for at most `timeout`, waking on every
 /// publication. Works under any executor: the timer is async-io's, which
 /// runs its own timer thread when the executor is not async-io's.
-#[cfg(any(feature = "tower", feature = "reqwest-middleware"))]
+#[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
 async fn wait_async<T>(
     tokens: &Tokens,
     timeout: Duration,
@@ -571,7 +574,7 @@ async fn wait_async<T>(
     }
 }
 
-#[cfg(any(feature = "tower", feature = "reqwest-middleware"))]
+#[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
 #[derive(PartialEq, Eq)]
 enum Change {
     Changed,
@@ -580,7 +583,7 @@ enum Change {
 }
 
 /// Waits for a publication after `seen`, or the timer.
-#[cfg(any(feature = "tower", feature = "reqwest-middleware"))]
+#[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
 async fn wait_for_change(
     tokens: &Tokens,
     seen: u64,
