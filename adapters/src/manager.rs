@@ -414,10 +414,44 @@ impl TokenManager {
     }
 
     /// Stops every refresher now (handles restart theirs on their next
-    /// read). Returns how many were running.
+    /// read). Returns how many were running. The drivers stop in the
+    /// background; [`shutdown_blocking`](Self::shutdown_blocking) waits.
     pub fn stop_all(&self) -> usize {
         let entries: Vec<Arc<Entry>> = self.inner.lock().values().cloned().collect();
-        entries.iter().filter(|e| e.stop()).count()
+        entries.iter().filter(|e| e.stop().is_some()).count()
+    }
+
+    /// Stops every refresher and blocks until each driver has stopped (a
+    /// fetch or store in flight is drained, so a token just fetched is in
+    /// the cache): call it before a process exits. A later read starts
+    /// the key's refresher again. Do not call it from a task of the
+    /// runtime the drivers run on: use [`shutdown`](Self::shutdown) there.
+    pub fn shutdown_blocking(&self) {
+        for driver in self.take_drivers() {
+            driver.shutdown_blocking();
+        }
+    }
+
+    /// [`shutdown_blocking`](Self::shutdown_blocking) for async code (any
+    /// executor).
+    pub async fn shutdown(&self) {
+        for driver in self.take_drivers() {
+            driver.shutdown().await;
+        }
+    }
+
+    fn take_drivers(&self) -> Vec<DriverHandle> {
+        let entries: Vec<Arc<Entry>> = self.inner.lock().values().cloned().collect();
+        entries
+            .iter()
+            .filter_map(|e| e.stop())
+            .filter_map(|r| {
+                r.driver
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+            })
+            .collect()
     }
 }
 
@@ -436,9 +470,9 @@ thread_local! {
 
 struct Running {
     handle: TokenHandle,
-    // Kept so that the driver is not told anything by its drop; dropping
-    // it leaves the driver running until the handle goes.
-    _driver: DriverHandle,
+    /// Taken by a shutdown; dropping it leaves the driver running until
+    /// the handle goes (which is how an idle stop works).
+    driver: Mutex<Option<DriverHandle>>,
     generation: u64,
 }
 
@@ -494,11 +528,11 @@ impl Entry {
         self.reads.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
     }
 
-    /// Stops the refresher; whether one was running.
-    fn stop(&self) -> bool {
+    /// Stops the refresher; the one that was running.
+    fn stop(&self) -> Option<Arc<Running>> {
         let _guard = self.restart.lock().unwrap_or_else(PoisonError::into_inner);
-        let was = self.running.swap(None).is_some();
-        if was {
+        let was = self.running.swap(None);
+        if was.is_some() {
             self.stops.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(key = %self.key.cache_name(), "token manager: refresher stopped");
         }
@@ -537,7 +571,7 @@ impl Entry {
                 let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                 let running = Arc::new(Running {
                     handle,
-                    _driver: driver,
+                    driver: Mutex::new(Some(driver)),
                     generation,
                 });
                 self.running.store(Some(running.clone()));
@@ -591,7 +625,7 @@ fn sweep_loop(manager: Weak<Inner>, wake: Arc<Wake>, period: Duration) {
             let mut sweep = entry.sweep.lock().unwrap_or_else(PoisonError::into_inner);
             if reads != sweep.0 {
                 *sweep = (reads, now);
-            } else if now.duration_since(sweep.1) >= manager.idle && entry.stop() {
+            } else if now.duration_since(sweep.1) >= manager.idle && entry.stop().is_some() {
                 entry.stopped_by_sweeper.store(true, Ordering::Relaxed);
             }
         }
@@ -673,6 +707,12 @@ impl ManagedHandle {
     /// [`version`](Self::version), counted as a read (the middleware's hot
     /// path: it re-reads the token only when this changes). A stopped
     /// refresher is restarted, as by any read.
+    #[cfg(any(
+        feature = "tower",
+        feature = "reqwest-middleware",
+        feature = "ureq-middleware",
+        feature = "tonic"
+    ))]
     pub(crate) fn read_version(&self) -> u64 {
         self.entry.count_read();
         if self.entry.running.load().is_none() {

@@ -224,3 +224,61 @@ fn a_failing_spawn_is_a_clear_error_not_a_panic() {
     );
     assert!(!handle.is_running());
 }
+
+#[test]
+fn two_processes_sharing_a_cache_directory_share_each_keys_token() {
+    let authority = authority();
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_manager_worker"))
+            .args([
+                authority.token_url().as_str(),
+                CLIENT,
+                dir.path().to_str().unwrap(),
+            ])
+            .env("FRESHTOKEN_TEST_SECRET", CLIENT_SECRET)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the worker starts")
+    };
+    // One process fetches each key's token and stores it; then two more at
+    // once take every key's token from the files, with no request.
+    // (Processes started together share through each key's lease too,
+    // except when one reads the file just before another stores into it
+    // and takes the lease just after that one released it: then both
+    // fetch; that race is the refresh machine's, not the manager's.)
+    let output = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a worker failed");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lines = |s: &str| {
+        let mut l: Vec<String> = s
+            .lines()
+            .filter(|l| l.starts_with("KEY "))
+            .map(str::to_owned)
+            .collect();
+        l.sort();
+        l
+    };
+    let first = output(run());
+    assert_eq!(lines(&first).len(), 3, "{first}");
+    assert_eq!(authority.issued_count(), 3);
+    let (a, b) = (run(), run());
+    let outputs = [first, output(a), output(b)];
+    for o in &outputs[1..] {
+        assert_eq!(
+            lines(o),
+            lines(&outputs[0]),
+            "every process has each key's same token"
+        );
+    }
+    assert_eq!(
+        authority.issued_count(),
+        3,
+        "no request from the later processes"
+    );
+    for o in &outputs {
+        assert!(!o.contains(CLIENT_SECRET));
+    }
+}
