@@ -4,7 +4,7 @@
 //! prints one line per key, `KEY <cache name> <token id>`, shuts the
 //! manager down (so every token is stored) and exits.
 //!
-//! Usage: manager_worker <token url> <client id> <cache dir>; the client
+//! Usage: `manager_worker TOKEN_URL CLIENT_ID CACHE_DIR`; the client
 //! secret comes from `FRESHTOKEN_TEST_SECRET`.
 
 use std::time::Duration;
