@@ -251,8 +251,16 @@ async fn fifty_concurrent_calls_on_a_revoked_token_cause_one_refresh() {
     let rejected = seen.iter().filter(|c| c.2 == 16).count();
     let replayed = seen.iter().filter(|c| c.2 == 0).count();
     println!("tonic: 50 concurrent calls on a revoked token: {rejected} rejected, {replayed} replayed, {authority_requests} authority request(s)");
-    assert_eq!(authority_requests, 1);
-    assert_eq!((rejected, replayed), (50, 50));
+    assert_eq!(authority_requests, 1, "one refresh for all the rejections");
+    // Every request succeeded once; each rejected one was replayed once (a
+    // request that started after the new token arrived needed no replay).
+    assert_eq!(replayed, 50);
+    assert!((1..=50).contains(&rejected));
+    assert_eq!(
+        seen.len(),
+        50 + rejected,
+        "no request was sent more than twice"
+    );
     driver.shutdown().await;
 }
 

@@ -46,7 +46,36 @@ pub struct Api {
     pub authority: Arc<LocalAuthority>,
     seen: Arc<Mutex<Vec<Seen>>>,
     tokens: Arc<Mutex<HashSet<String>>>,
+    gate: Arc<Gate>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Holds rejections back until a number of them have arrived, so that a
+/// concurrency test sees every request rejected before any refresh.
+#[derive(Default)]
+pub struct Gate {
+    /// How many rejections to gather; 0: none held.
+    target: std::sync::atomic::AtomicUsize,
+    arrived: std::sync::atomic::AtomicUsize,
+    open: tokio::sync::Notify,
+}
+
+impl Gate {
+    async fn pass(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let target = self.target.load(SeqCst);
+        if target == 0 {
+            return;
+        }
+        let notified = self.open.notified();
+        if self.arrived.fetch_add(1, SeqCst) + 1 >= target {
+            self.target.store(0, SeqCst);
+            self.open.notify_waiters();
+            return;
+        }
+        // Bounded: a broken test must not hang.
+        let _ = tokio::time::timeout(Duration::from_secs(10), notified).await;
+    }
 }
 
 impl Api {
@@ -56,17 +85,23 @@ impl Api {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let tokens = Arc::new(Mutex::new(HashSet::new()));
-        let (a, s, t) = (authority.clone(), seen.clone(), tokens.clone());
+        let gate = Arc::new(Gate::default());
+        let (a, s, t, g) = (
+            authority.clone(),
+            seen.clone(),
+            tokens.clone(),
+            gate.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (a, s, t) = (a.clone(), s.clone(), t.clone());
+                let (a, s, t, g) = (a.clone(), s.clone(), t.clone(), g.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let (a, s, t) = (a.clone(), s.clone(), t.clone());
-                        async move { Ok::<_, Infallible>(answer(&a, &s, &t, req).await) }
+                        let (a, s, t, g) = (a.clone(), s.clone(), t.clone(), g.clone());
+                        async move { Ok::<_, Infallible>(answer(&a, &s, &t, &g, req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -79,8 +114,17 @@ impl Api {
             authority,
             seen,
             tokens,
+            gate,
             task,
         }
+    }
+
+    /// Holds the next rejections until `n` of them have arrived (at most
+    /// 10 s), then answers them all.
+    pub fn hold_rejections(&self, n: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.gate.arrived.store(0, SeqCst);
+        self.gate.target.store(n, SeqCst);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -116,6 +160,7 @@ async fn answer(
     authority: &LocalAuthority,
     seen: &Mutex<Vec<Seen>>,
     tokens: &Mutex<HashSet<String>>,
+    gate: &Gate,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
@@ -154,6 +199,9 @@ async fn answer(
             }
         }
     };
+    if status == 401 {
+        gate.pass().await;
+    }
     seen.lock().unwrap().push(Seen {
         path,
         token: bearer.as_deref().map(|t| TokenId::of(t.as_bytes())),
