@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use freshtoken::driver::Builder;
 use freshtoken::manager::{TokenKey, TokenManager};
 use freshtoken::middleware::tower::{AuthLayer, ReplayBody};
@@ -128,4 +128,48 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `MIDDLEWARE_LOOP=<variant>:<n>` runs one variant `n` times and exits,
+/// for counting instructions with `perf stat` when a loaded machine makes
+/// times unreliable (variants: inner, oneshot, replayable).
+fn main() {
+    if let Ok(spec) = std::env::var("MIDDLEWARE_LOOP") {
+        let (variant, n) = spec.split_once(':').unwrap_or((&spec, "1000000"));
+        let n: u64 = n.parse().unwrap_or(1_000_000);
+        let (tokens, driver) = Builder::new()
+            .spawn_thread(ConstTokenSource::new(
+                format!("eyJ{}", "x".repeat(1021)),
+                Some(3600),
+            ))
+            .unwrap();
+        tokens.wait_ready(Duration::from_secs(10)).unwrap();
+        let body = Bytes::from_static(b"{\"n\":1}");
+        let mut sum = 0u64;
+        match variant {
+            "inner" => {
+                let mut s = Noop;
+                for _ in 0..n {
+                    sum += u64::from(once(&mut s, Full::new(body.clone())));
+                }
+            }
+            "oneshot" => {
+                let mut s = AuthLayer::new(tokens.clone()).layer(Noop);
+                for _ in 0..n {
+                    sum += u64::from(once(&mut s, OneShot(body.clone())));
+                }
+            }
+            _ => {
+                let mut s = AuthLayer::new(tokens.clone()).layer(Noop);
+                for _ in 0..n {
+                    sum += u64::from(once(&mut s, Full::new(body.clone())));
+                }
+            }
+        }
+        println!("{variant}: {n} requests, checksum {sum}");
+        drop(tokens);
+        driver.shutdown_blocking();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -229,11 +229,23 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// What a replay needs: the service, the request head and body copies.
+/// What a replay needs: the service and a copy of the request (head and
+/// body), without the credential.
 struct Replay<S, B> {
     inner: S,
-    parts: http::request::Parts,
-    body: B,
+    request: Request<B>,
+}
+
+/// A copy of `request`'s head with `body`. Built field by field, so the
+/// original request is not moved (a request head is a few hundred bytes).
+fn copy_with<B, C>(request: &Request<B>, body: C) -> Request<C> {
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
 }
 
 impl<S, B, RB> Service<Request<B>> for AuthService<S>
@@ -252,7 +264,7 @@ where
         self.inner.poll_ready(cx).map_err(Error::Inner)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let credential = match self.auth.current() {
             Ok(c) => c,
             Err(_) => {
@@ -268,17 +280,19 @@ where
                 };
             }
         };
-        let (mut parts, body) = request.into_parts();
-        let replay = body.try_clone().map(|body| Replay {
-            inner: self.inner.clone(),
-            parts: parts.clone(),
-            body,
+        // Boxed: a one-shot body keeps the future small (nothing to copy),
+        // and a replayable one allocates for its copy anyway.
+        let replay = request.body().try_clone().map(|body| {
+            Box::new(Replay {
+                inner: self.inner.clone(),
+                request: copy_with(&request, body),
+            })
         });
         let token = credential.id;
-        parts
-            .headers
+        request
+            .headers_mut()
             .insert(self.auth.header_name().clone(), credential.value);
-        let fut = self.inner.call(Request::from_parts(parts, body));
+        let fut = self.inner.call(request);
         ResponseFuture {
             state: State::First {
                 fut,
@@ -298,7 +312,7 @@ struct First<S, B> {
     auth: Authorizer,
     grpc: bool,
     token: TokenId,
-    replay: Option<Replay<S, B>>,
+    replay: Option<Box<Replay<S, B>>>,
 }
 
 fn rejected<RB>(response: &Response<RB>, grpc: bool) -> bool {
@@ -324,19 +338,17 @@ where
     RB: Send + 'static,
 {
     let credential = auth.credential().await.map_err(Error::Auth)?;
-    let (mut parts, body) = request.into_parts();
-    let replay = body.try_clone().map(|body| Replay {
-        inner: inner.clone(),
-        parts: parts.clone(),
-        body,
+    let mut request = request;
+    let replay = request.body().try_clone().map(|body| {
+        Box::new(Replay {
+            inner: inner.clone(),
+            request: copy_with(&request, body),
+        })
     });
-    parts
-        .headers
+    request
+        .headers_mut()
         .insert(auth.header_name().clone(), credential.value.clone());
-    let response = inner
-        .call(Request::from_parts(parts, body))
-        .await
-        .map_err(Error::Inner)?;
+    let response = inner.call(request).await.map_err(Error::Inner)?;
     if !rejected(&response, grpc) {
         return Ok(response);
     }
@@ -353,7 +365,7 @@ async fn replay_once<S, B, RB>(
     auth: Authorizer,
     grpc: bool,
     rejected_with: TokenId,
-    replay: Replay<S, B>,
+    replay: Box<Replay<S, B>>,
     first: Response<RB>,
 ) -> Result<Response<RB>, Error<S::Error>>
 where
@@ -368,20 +380,16 @@ where
     drop(first);
     let Replay {
         mut inner,
-        mut parts,
-        body,
-    } = replay;
-    parts
-        .headers
+        mut request,
+    } = *replay;
+    request
+        .headers_mut()
         .insert(auth.header_name().clone(), credential.value.clone());
     std::future::poll_fn(|cx| inner.poll_ready(cx))
         .await
         .map_err(Error::Inner)?;
     tracing::debug!(rejected = %rejected_with, token = %credential.token_id(), "replaying the request once with a newer token");
-    let response = inner
-        .call(Request::from_parts(parts, body))
-        .await
-        .map_err(Error::Inner)?;
+    let response = inner.call(request).await.map_err(Error::Inner)?;
     if rejected(&response, grpc) {
         // Reported, so the next request finds a new token; never replayed
         // again.
