@@ -131,7 +131,7 @@ criterion_group!(benches, bench);
 
 /// `MIDDLEWARE_LOOP=<variant>:<n>` runs one variant `n` times and exits,
 /// for counting instructions with `perf stat` when a loaded machine makes
-/// times unreliable (variants: inner, oneshot, replayable).
+/// times unreliable (variants: inner, oneshot, replayable, managed).
 fn main() {
     if let Ok(spec) = std::env::var("MIDDLEWARE_LOOP") {
         let (variant, n) = spec.split_once(':').unwrap_or((&spec, "1000000"));
@@ -157,6 +157,19 @@ fn main() {
                 for _ in 0..n {
                     sum += u64::from(once(&mut s, OneShot(body.clone())));
                 }
+            }
+            "managed" => {
+                let manager = TokenManager::builder().build(|_key: &TokenKey, builder| {
+                    let token = format!("eyJ{}", "x".repeat(1021));
+                    Ok(builder.spawn_thread(ConstTokenSource::new(token, Some(3600)))?)
+                });
+                let managed = manager.handle(TokenKey::new("bench"));
+                managed.wait_ready(Duration::from_secs(10)).unwrap();
+                let mut s = AuthLayer::new(managed).layer(Noop);
+                for _ in 0..n {
+                    sum += u64::from(once(&mut s, OneShot(body.clone())));
+                }
+                manager.shutdown_blocking();
             }
             _ => {
                 let mut s = AuthLayer::new(tokens.clone()).layer(Noop);

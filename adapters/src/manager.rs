@@ -595,6 +595,12 @@ impl Entry {
     }
 }
 
+/// A refresher's publication count, above the generations before it (40
+/// bits of publications per generation).
+fn version_of(r: &Running) -> u64 {
+    (r.generation << 40) | (r.handle.version() & ((1 << 40) - 1))
+}
+
 fn spawn_failed(message: &str) -> NoValidToken {
     NoValidToken::NotYetFetched {
         last_error: Some(FetchError::transient(format!(
@@ -715,16 +721,17 @@ impl ManagedHandle {
     ))]
     pub(crate) fn read_version(&self) -> u64 {
         self.entry.count_read();
-        if self.entry.running.load().is_none() {
-            let _ = self.entry.running(&self.manager);
+        if let Some(r) = &*self.entry.running.load() {
+            return version_of(r);
         }
+        let _ = self.entry.running(&self.manager);
         self.version()
     }
 
     /// A number that grows with every publication, across restarts.
     pub fn version(&self) -> u64 {
         match &*self.entry.running.load() {
-            Some(r) => (r.generation << 40) | (r.handle.version() & ((1 << 40) - 1)),
+            Some(r) => version_of(r),
             None => self.entry.generation.load(Ordering::SeqCst) << 40,
         }
     }
