@@ -54,6 +54,14 @@
 //! the original is gone once sent. Only the slow paths (no token yet, a
 //! rejection) allocate a boxed future.
 //!
+//! Measured (`cargo bench -p freshtoken --features tower --bench
+//! middleware`, around a no-op service): with a one-shot body the layer
+//! adds about 570 instructions per request (callgrind) to the 870 of
+//! building the request and calling the service, with no allocation; the
+//! header insert itself is a fifth of them. A replayable body adds about
+//! 1,700 (the copy of the head is most of it). With a token from a
+//! `TokenManager` key, the counted read adds about 100 more.
+//!
 //! # gRPC
 //!
 //! With [`AuthLayer::grpc`] a response whose headers carry `grpc-status:
