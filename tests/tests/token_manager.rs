@@ -282,3 +282,33 @@ fn two_processes_sharing_a_cache_directory_share_each_keys_token() {
         assert!(!o.contains(CLIENT_SECRET));
     }
 }
+
+#[test]
+fn a_manager_on_tokio_starts_and_restarts_refreshers_from_any_thread() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let authority = authority();
+    let source_authority = authority.clone();
+    let manager = TokenManager::builder()
+        .idle_timeout(Duration::from_millis(100))
+        .tokio(runtime.handle().clone())
+        .build(move |key: &TokenKey, builder| {
+            let source = key
+                .apply(source_authority.client_credentials(key.client()))
+                .build()?;
+            // Inside the manager's runtime, whichever thread reads first.
+            Ok(builder.spawn_tokio(source))
+        });
+    let handle = manager.handle(keys()[1].clone());
+    // This thread is not one of the runtime's.
+    let first = handle.wait_ready(Duration::from_secs(10)).unwrap().id();
+    eventually("stopped when idle", || !handle.is_running());
+    let again = handle.wait_ready(Duration::from_secs(10)).unwrap().id();
+    assert_eq!(again, first, "restarted from the key's cache");
+    assert_eq!(handle.starts(), 2);
+    assert_eq!(authority.request_count(), 1);
+    manager.shutdown_blocking();
+}
