@@ -375,6 +375,13 @@ impl Authorizer {
         &self.inner.tokens
     }
 
+    /// The publication counter [`current`](Self::current) keys its cache
+    /// by (a read, for a managed key).
+    #[cfg(feature = "tower")]
+    pub(crate) fn read_version(&self) -> u64 {
+        self.inner.tokens.read_version()
+    }
+
     /// The credential for the current valid token, without waiting: the
     /// hot path.
     ///
