@@ -13,7 +13,7 @@ use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::middleware::tower::{AuthLayer, Error};
 use freshtoken::middleware::{AuthError, Authorizer};
 use freshtoken::testing::{Fault, FaultWindow};
-use freshtoken::TokenHandle;
+use freshtoken::{Clock, TokenHandle};
 use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -263,6 +263,60 @@ async fn debug_of_layer_service_and_errors_shows_no_token() {
     );
     assert_no_secret(&api, "Debug", &text);
     let _ = Arc::new(());
+    drop(client);
+    driver.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_never_sent_even_from_the_layers_cache() {
+    logs();
+    let authority = Arc::new(
+        freshtoken::testing::LocalAuthority::builder()
+            .client(CLIENT, CLIENT_SECRET)
+            .token_lifetime(Duration::from_millis(1200))
+            .start()
+            .unwrap(),
+    );
+    let api = Api::start(authority.clone()).await;
+    let source = authority.client_credentials(CLIENT).build().unwrap();
+    let (tokens, driver) = Builder::new().spawn_tokio(source);
+    let first = tokens.ready().await.unwrap();
+    let expires_at = first.expires_at();
+    drop(first);
+    // From now on the authority is down: no token will replace this one.
+    authority.add_fault(
+        Fault::Unavailable { retry_after: None },
+        FaultWindow::NextRequests(u32::MAX),
+    );
+    let auth = Authorizer::new(tokens.clone()).token_wait(Duration::ZERO);
+    let mut client = AuthLayer::with_authorizer(auth).layer(http());
+    let (status, _) = status_and_body(&mut client, post(&api, "/orders", full("x"))).await;
+    assert_eq!(
+        status, 200,
+        "the cached credential while the token is valid"
+    );
+
+    // Past expiry (the driver publishes it, which clears the cache).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tokens.valid_token().is_ok() {
+            tokens.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the token expires");
+    assert!(freshtoken::SystemClock.now() >= expires_at);
+    let err = client
+        .ready()
+        .await
+        .unwrap()
+        .call(post(&api, "/orders", full("y")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Auth(AuthError::NoValidToken { .. })),
+        "{err:?}"
+    );
+    assert_eq!(api.seen_count(), 1, "the expired token was not sent");
     drop(client);
     driver.shutdown().await;
 }
