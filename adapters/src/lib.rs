@@ -58,6 +58,13 @@
 //! | `encryption` | XChaCha20-Poly1305 at rest for the file, Redis and PostgreSQL caches |
 //! | `testing` | `testing::LocalAuthority`, a real OAuth2 server on loopback with a fault plan |
 //! | `sim` | the deterministic fleet simulator, `sim` |
+//! | `tower` | `middleware::tower::AuthLayer`: the token on every request, one replay after a 401 |
+//! | `reqwest-middleware` | `middleware::reqwest::AuthMiddleware`, the same for reqwest |
+//! | `ureq-middleware` | `middleware::ureq::{AuthHeader, AuthAgent}`, the same for ureq 3 |
+//! | `tonic` | `middleware::tonic::AuthInterceptor`: `authorization` metadata, one replay on UNAUTHENTICATED |
+//!
+//! Always there: `manager::TokenManager`, one refresher per audience, scope
+//! or resource, stopped when idle (with any driver feature).
 #![warn(missing_docs)]
 
 pub use freshtoken_core::*;
@@ -66,6 +73,15 @@ pub mod cache;
 pub mod clock;
 #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
 pub mod driver;
+#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+pub mod manager;
+#[cfg(any(
+    feature = "tower",
+    feature = "reqwest-middleware",
+    feature = "ureq-middleware",
+    feature = "tonic"
+))]
+pub mod middleware;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod source;

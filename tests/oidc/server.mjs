@@ -16,6 +16,8 @@ import { generateKeyPairSync } from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
 
 const RESOURCE = 'https://api.freshtoken.test/';
+// More APIs, for the TokenManager test (one token per resource).
+const MORE_RESOURCES = ['https://billing.freshtoken.test/', 'https://search.freshtoken.test/'];
 const RESOURCE_SCOPES = 'api:read api:write';
 
 // The secrets are test fixtures, known to the Rust tests. One has the
@@ -71,12 +73,12 @@ const configuration = {
       defaultResource: async (_ctx, _client, oneOf) => oneOf,
       useGrantedResource: async () => true,
       getResourceServerInfo: async (_ctx, resourceIndicator) => {
-        if (resourceIndicator !== RESOURCE) {
+        if (resourceIndicator !== RESOURCE && !MORE_RESOURCES.includes(resourceIndicator)) {
           throw new errors.InvalidTarget();
         }
         return {
           scope: RESOURCE_SCOPES,
-          audience: RESOURCE,
+          audience: resourceIndicator,
           accessTokenTTL: 30,
           accessTokenFormat: 'jwt',
           jwt: { sign: { alg: 'RS256' } },

@@ -5,13 +5,10 @@
 //! Needs Node.js and `tests/oidc/node_modules`: run `.ci/setup-oidc.sh`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 mod oauth2_common;
+mod oidc_support;
 
 use freshtoken::oauth2::{ClientAuth, ClientCredentials, RefreshTokenSource};
 use freshtoken::source::TokenSource;
@@ -20,6 +17,7 @@ use freshtoken::{
     RefreshMachine, RefreshState, RefreshToken, Timestamp,
 };
 use oauth2_common::claims;
+use oidc_support::OidcProvider;
 
 const RESOURCE: &str = "https://api.freshtoken.test/";
 const BASIC_ID: &str = "svc-basic";
@@ -30,63 +28,7 @@ const APP_ID: &str = "app";
 const APP_SECRET: &str = "app-secret-9a8b7c";
 const REDIRECT_URI: &str = "http://127.0.0.1:9/callback";
 
-/// A running oidc-provider; killed on drop.
-struct OidcProvider {
-    child: Child,
-    // Held open: the server exits when its stdin closes, so it cannot
-    // outlive a test process that dies without running Drop.
-    _stdin: ChildStdin,
-    issuer: String,
-}
-
 impl OidcProvider {
-    fn start() -> OidcProvider {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oidc");
-        assert!(
-            dir.join("node_modules/oidc-provider/package.json").exists(),
-            "oidc-provider is not installed in {}: run .ci/setup-oidc.sh (npm ci) first",
-            dir.display()
-        );
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `node` (is Node.js installed?): {e}"));
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(issuer) = line.strip_prefix("READY ") {
-                    let _ = tx.send(issuer.to_owned());
-                } else {
-                    eprintln!("oidc-provider: {line}");
-                }
-            }
-        });
-        // A deadline for a broken setup, not a timing assertion.
-        let issuer = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(issuer) => issuer,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("oidc-provider did not become ready (see its output above)");
-            }
-        };
-        OidcProvider {
-            child,
-            _stdin: stdin,
-            issuer,
-        }
-    }
-
-    fn token_url(&self) -> String {
-        format!("{}/token", self.issuer)
-    }
-
     /// Runs the authorization-code flow as a browser would (following
     /// redirects, keeping cookies; the server completes login and consent by
     /// itself) and redeems the code: the first refresh token of a grant.
@@ -153,13 +95,6 @@ impl OidcProvider {
             .as_str()
             .unwrap_or_else(|| panic!("no refresh token in the code exchange: {body}"));
         RefreshToken::new(rt)
-    }
-}
-
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -76,6 +76,33 @@ pub struct LoggedRequest {
     pub outcome: Outcome,
 }
 
+/// What [`LocalAuthority::validate_access_token`] knows of a valid token.
+/// It holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AccessTokenInfo {
+    /// The client it was issued to.
+    pub client_id: String,
+    /// Its audiences: the `audience` parameter, else the `resource`s.
+    pub audiences: Vec<String>,
+    /// The scope it was issued with.
+    pub scope: Option<String>,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// Why [`LocalAuthority::validate_access_token`] refused a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenRejection {
+    /// This authority did not issue it.
+    Unknown,
+    /// It has expired.
+    Expired,
+    /// It was revoked.
+    Revoked,
+}
+
 /// Builds a [`LocalAuthority`].
 #[derive(Debug, Clone)]
 #[must_use]
@@ -194,6 +221,7 @@ impl LocalAuthorityBuilder {
                 faults: FaultPlan::new(),
                 refresh: HashMap::new(),
                 revoked_families: HashSet::new(),
+                access: HashMap::new(),
                 next_id: 1,
                 log: Vec::new(),
             }),
@@ -344,6 +372,63 @@ impl LocalAuthority {
         state.revoked_families.extend(families);
     }
 
+    /// Checks an access token as a resource server would: it must have been
+    /// issued by this authority, not be expired (by the authority's clock)
+    /// and not be revoked. An API in a test calls this for every request's
+    /// bearer token (the tokens are unsigned, so this registry is what
+    /// makes them checkable).
+    ///
+    /// ```
+    /// use freshtoken::testing::{LocalAuthority, TokenRejection};
+    /// use freshtoken::source::TokenSource;
+    /// use freshtoken::FetchRequest;
+    ///
+    /// let authority = LocalAuthority::builder().client("svc", "s3cret").start()?;
+    /// let source = authority.client_credentials("svc").audience("https://api").build()?;
+    /// let answer = source.fetch(&FetchRequest::first())?;
+    /// let token = answer.access_token.expose_secret();
+    /// let info = authority.validate_access_token(token).expect("valid");
+    /// assert_eq!(info.audiences, ["https://api"]);
+    /// assert_eq!(authority.revoke_access_tokens(), 1);
+    /// assert_eq!(authority.validate_access_token(token).unwrap_err(), TokenRejection::Revoked);
+    /// assert_eq!(authority.validate_access_token("forged").unwrap_err(), TokenRejection::Unknown);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn validate_access_token(&self, token: &str) -> Result<AccessTokenInfo, TokenRejection> {
+        let now = self.shared.clock.now();
+        let state = self.shared.lock();
+        match state.access.get(token) {
+            None => Err(TokenRejection::Unknown),
+            Some(r) if r.revoked => Err(TokenRejection::Revoked),
+            Some(r) if now >= r.info.expires_at => Err(TokenRejection::Expired),
+            Some(r) => Ok(r.info.clone()),
+        }
+    }
+
+    /// Revokes one access token (server-side, as an administrator or a
+    /// security event would); whether it was known and not yet revoked.
+    pub fn revoke_access_token(&self, token: &str) -> bool {
+        match self.shared.lock().access.get_mut(token) {
+            Some(r) if !r.revoked => {
+                r.revoked = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Revokes every access token issued so far; returns how many were
+    /// still unrevoked. Tokens issued afterwards are valid.
+    pub fn revoke_access_tokens(&self) -> usize {
+        let mut state = self.shared.lock();
+        let mut n = 0;
+        for r in state.access.values_mut().filter(|r| !r.revoked) {
+            r.revoked = true;
+            n += 1;
+        }
+        n
+    }
+
     /// Replaces the fault plan.
     pub fn set_faults(&self, plan: FaultPlan) {
         self.shared.lock().faults = plan;
@@ -412,6 +497,11 @@ impl Drop for LocalAuthority {
     }
 }
 
+struct AccessRecord {
+    info: AccessTokenInfo,
+    revoked: bool,
+}
+
 struct RefreshRecord {
     client_id: String,
     family: u64,
@@ -425,6 +515,8 @@ struct State {
     faults: FaultPlan,
     refresh: HashMap<String, RefreshRecord>,
     revoked_families: HashSet<u64>,
+    /// Every access token issued, for [`LocalAuthority::validate_access_token`].
+    access: HashMap<String, AccessRecord>,
     next_id: u64,
     log: Vec<LoggedRequest>,
 }
@@ -773,6 +865,26 @@ impl Shared {
             "{}.{}.",
             b64.encode(br#"{"alg":"none","typ":"at+jwt"}"#),
             b64.encode(serde_json::to_vec(&claims).unwrap_or_default())
+        );
+        let audiences = match &aud {
+            Value::String(a) => vec![a.clone()],
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        state.access.insert(
+            access_token.clone(),
+            AccessRecord {
+                info: AccessTokenInfo {
+                    client_id: client_id.to_owned(),
+                    audiences,
+                    scope: scope.clone(),
+                    expires_at: exp,
+                },
+                revoked: false,
+            },
         );
         let mut body = json!({ "access_token": access_token, "token_type": "Bearer" });
         if self.send_expires_in {

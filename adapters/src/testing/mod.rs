@@ -40,5 +40,7 @@
 mod authority;
 mod faults;
 
-pub use authority::{LocalAuthority, LocalAuthorityBuilder, LoggedRequest, Outcome};
+pub use authority::{
+    AccessTokenInfo, LocalAuthority, LocalAuthorityBuilder, LoggedRequest, Outcome, TokenRejection,
+};
 pub use faults::{Fault, FaultPlan, FaultRule, FaultWindow, RetryAfter};

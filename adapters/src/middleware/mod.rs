@@ -1,0 +1,819 @@
+//! Middleware for the HTTP clients services use: each one attaches the
+//! current token to every request and, when the API rejects it, replays the
+//! request once with a newer one.
+//!
+//! | feature | client | what it is |
+//! | --- | --- | --- |
+//! | `tower` | anything tower-based (hyper-util's client, tonic channels) | [`tower::AuthLayer`] |
+//! | `reqwest-middleware` | reqwest through reqwest-middleware | [`reqwest::AuthMiddleware`] |
+//! | `ureq-middleware` | ureq 3 | [`ureq::AuthHeader`] and [`ureq::AuthAgent`] |
+//! | `tonic` | tonic (gRPC) | [`tonic::AuthInterceptor`], and the tower layer |
+//!
+//! They share one [`Authorizer`], which is also the piece to build on for a
+//! client that is not listed. What every one of them does:
+//!
+//! * **Attach.** Each request gets `Authorization: <token_type> <token>`
+//!   (or a configured header and scheme) from the current valid token. The
+//!   read is the handle's lock-free load; the header value is built once per
+//!   token and cached by [`TokenId`], so a 1 KB JWT is not re-validated as a
+//!   header value on every request. No request ever waits for a refresh it
+//!   does not need.
+//! * **No token yet.** When there is no valid token (a cold start, an
+//!   authority that has been down past expiry), the request waits up to
+//!   [`Authorizer::token_wait`] (default 10 s) for one, then fails with
+//!   [`AuthError::NoValidToken`], which says why. A request is never sent
+//!   without credentials by accident.
+//! * **Rejected.** On a `401` (whatever its `WWW-Authenticate` says, except
+//!   a Bearer `error="insufficient_scope"` or `"invalid_request"`, which a
+//!   new token does not fix), or a `403` whose Bearer challenge says
+//!   `error="invalid_token"`, it invalidates exactly the token that was
+//!   sent ([`TokenHandle::invalidate`]), waits up to
+//!   [`Authorizer::refresh_wait`] (default 10 s) for a different valid
+//!   token, and replays the request **once** with it, if its body can be
+//!   replayed. The answer to the replay goes to the caller whatever it is
+//!   (a second `401` included); there is no loop. A `403`
+//!   `insufficient_scope` is never retried. See [`is_token_rejected`].
+//! * **Which bodies replay.** Bodies that are already in memory: for tower,
+//!   body types that implement [`tower::ReplayBody`] (`Full`, `Empty`,
+//!   `String`, `Vec<u8>`, `Bytes`, `()`, and the buffered side of an
+//!   `Either`); for reqwest, what `reqwest::Request::try_clone` can copy
+//!   (everything but streams); for ureq, whatever the request-building
+//!   closure builds again. Streaming bodies are sent once and never replayed:
+//!   the caller gets the `401` (and the token is still invalidated, so the
+//!   caller's own retry finds a new one).
+//!
+//! # Many 401s, one refresh
+//!
+//! Concurrent requests that were rejected with the same token each report
+//! it, but the driver collapses them: reports of a token that is no longer
+//! the current one are ignored, and a report while a refresh is under way
+//! joins it. So fifty requests hitting a revoked token cause one request to
+//! the authority, and all fifty are replayed with the one new token.
+//!
+//! A second revocation (of the new token, after it arrived) causes a second
+//! refresh, shaped by the driver's invalidation interval
+//! ([`Builder::invalidate_interval`](crate::driver::Builder::invalidate_interval),
+//! default 5 s): reports are honoured at most once per interval, and one
+//! that comes sooner is deferred to the end of the interval, not dropped. A
+//! request waits for it only as long as its `refresh_wait`: with the
+//! defaults (5 s interval, 10 s wait) a request rejected 1 s after the
+//! previous refresh is replayed about 4 s later; with a `refresh_wait`
+//! shorter than what is left of the interval, it gets its `401` back.
+//!
+//! # Secrets
+//!
+//! The header values are marked sensitive (`HeaderValue::set_sensitive`),
+//! so HTTP/2 never indexes them and their `Debug` prints nothing.
+//! [`Credential`], [`Authorizer`] and every error here print token ids at
+//! most, never a token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use freshtoken_core::handle::{Closed, NoValidToken, TokenRef};
+use freshtoken_core::{TokenHandle, TokenId};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use http::StatusCode;
+
+#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+use crate::manager::ManagedHandle;
+
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest;
+#[cfg(feature = "tonic")]
+pub mod tonic;
+#[cfg(feature = "tower")]
+pub mod tower;
+#[cfg(feature = "ureq-middleware")]
+pub mod ureq;
+
+/// Where a middleware takes its tokens from: a [`TokenHandle`], or a
+/// [`TokenManager`](crate::manager::TokenManager) key
+/// ([`ManagedHandle`]). Both convert into it with `From`.
+///
+/// ```
+/// use freshtoken::driver::Builder;
+/// use freshtoken::middleware::Tokens;
+/// use freshtoken::source::ConstTokenSource;
+///
+/// let (handle, driver) = Builder::new().spawn_thread(ConstTokenSource::new("key", Some(3600)))?;
+/// let tokens = Tokens::from(handle);
+/// # drop(tokens); driver.shutdown_blocking();
+/// # Ok::<_, std::io::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Tokens(Source);
+
+#[derive(Clone, Debug)]
+enum Source {
+    Handle(TokenHandle),
+    #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+    Managed(ManagedHandle),
+}
+
+impl From<TokenHandle> for Tokens {
+    fn from(handle: TokenHandle) -> Self {
+        Tokens(Source::Handle(handle))
+    }
+}
+
+#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+impl From<ManagedHandle> for Tokens {
+    fn from(handle: ManagedHandle) -> Self {
+        Tokens(Source::Managed(handle))
+    }
+}
+
+impl Tokens {
+    /// The current token if it is valid now.
+    pub fn valid_token(&self) -> Result<TokenRef, NoValidToken> {
+        match &self.0 {
+            Source::Handle(h) => h.valid_token(),
+            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            Source::Managed(m) => m.valid_token(),
+        }
+    }
+
+    /// The current token, valid or not.
+    pub fn token(&self) -> Option<TokenRef> {
+        match &self.0 {
+            Source::Handle(h) => h.token(),
+            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            Source::Managed(m) => m.token(),
+        }
+    }
+
+    /// Reports that the token with this id was rejected, if it is still the
+    /// current one (a token that was already replaced needs no report).
+    pub fn invalidate_id(&self, id: TokenId) {
+        if let Some(current) = self.token() {
+            if current.id() == id {
+                match &self.0 {
+                    Source::Handle(h) => h.invalidate(&current),
+                    #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+                    Source::Managed(m) => m.invalidate(&current),
+                }
+            }
+        }
+    }
+
+    /// [`version`](Self::version), counted as a read for a managed key.
+    fn read_version(&self) -> u64 {
+        match &self.0 {
+            Source::Handle(h) => h.version(),
+            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            Source::Managed(m) => m.read_version(),
+        }
+    }
+
+    /// A number that grows with every publication.
+    pub fn version(&self) -> u64 {
+        match &self.0 {
+            Source::Handle(h) => h.version(),
+            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            Source::Managed(m) => m.version(),
+        }
+    }
+
+    /// Resolves on the next publication (or when the refresher stopped).
+    pub async fn changed(&self) -> Result<(), Closed> {
+        match &self.0 {
+            Source::Handle(h) => h.changed().await,
+            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            Source::Managed(m) => m.changed().await,
+        }
+    }
+
+    /// Blocks until the next publication or `timeout`.
+    pub fn wait_changed(&self, timeout: Duration) -> Result<bool, Closed> {
+        match &self.0 {
+            Source::Handle(h) => h.wait_changed(timeout),
+            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            Source::Managed(m) => m.wait_changed(timeout),
+        }
+    }
+}
+
+/// The header value built from one token, with the token's id. Cheap to
+/// clone; its `Debug` shows the id only.
+#[derive(Clone)]
+pub struct Credential {
+    id: TokenId,
+    value: HeaderValue,
+}
+
+impl Credential {
+    /// The id of the token inside.
+    pub fn token_id(&self) -> TokenId {
+        self.id
+    }
+
+    /// The header value (sensitive: it holds the token).
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.value
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("token", &self.id)
+            .finish()
+    }
+}
+
+/// Why a middleware did not send a request.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// There was no valid token, and none came within the wait.
+    #[error("no valid token after waiting {waited:?}: {reason}")]
+    NoValidToken {
+        /// How long the request waited.
+        waited: Duration,
+        /// Why there is none (the last refresh error, if any).
+        reason: NoValidToken,
+    },
+    /// The token cannot be sent as a header value (the driver refuses such
+    /// tokens, so this points at a custom scheme with bad characters).
+    #[error("token {token} cannot be sent in a header")]
+    InvalidHeaderValue {
+        /// The token's id.
+        token: TokenId,
+    },
+}
+
+/// How the header value is formed.
+#[derive(Clone, Debug)]
+enum Scheme {
+    /// `<token_type> <token>`, with `bearer` in any case sent as `Bearer`.
+    TokenType,
+    /// `<scheme> <token>`.
+    Fixed(String),
+    /// The token alone (an `X-Api-Token`-style header).
+    Raw,
+}
+
+/// What every middleware here is built on: the token source, the header to
+/// set, the waits, and the per-token cache of header values.
+///
+/// Cheap to clone (one `Arc`); clones share the cache.
+///
+/// ```
+/// use freshtoken::driver::Builder;
+/// use freshtoken::middleware::Authorizer;
+/// use freshtoken::source::ConstTokenSource;
+/// use std::time::Duration;
+///
+/// let (handle, driver) = Builder::new().spawn_thread(ConstTokenSource::new("key", Some(3600)))?;
+/// let auth = Authorizer::new(handle).token_wait(Duration::from_secs(5));
+/// let credential = auth.credential_blocking()?;
+/// assert_eq!(credential.header_value(), "Bearer key");
+/// assert_eq!(auth.header_name(), "authorization");
+/// # drop(auth); driver.shutdown_blocking();
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Authorizer {
+    inner: Arc<AuthInner>,
+}
+
+struct AuthInner {
+    tokens: Tokens,
+    header: HeaderName,
+    scheme: Scheme,
+    token_wait: Duration,
+    refresh_wait: Duration,
+    cache: ArcSwapOption<Cached>,
+}
+
+/// A credential, and the publication it was checked at.
+struct Cached {
+    version: u64,
+    credential: Credential,
+}
+
+impl fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("tokens", &self.inner.tokens)
+            .field("header", &self.inner.header)
+            .field("scheme", &self.inner.scheme)
+            .field("token_wait", &self.inner.token_wait)
+            .field("refresh_wait", &self.inner.refresh_wait)
+            .finish()
+    }
+}
+
+/// Default for both waits.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+/// The longest a blocking wait sleeps before looking again (it cannot
+/// register interest before it reads, so a publication in between would
+/// otherwise be seen only at the end of the wait).
+const BLOCKING_SLICE: Duration = Duration::from_millis(50);
+
+impl Authorizer {
+    /// Sets `Authorization: <token_type> <token>` from `tokens`, waiting up
+    /// to 10 s for a first token and 10 s for a replacement.
+    pub fn new(tokens: impl Into<Tokens>) -> Self {
+        Authorizer {
+            inner: Arc::new(AuthInner {
+                tokens: tokens.into(),
+                header: AUTHORIZATION,
+                scheme: Scheme::TokenType,
+                token_wait: DEFAULT_WAIT,
+                refresh_wait: DEFAULT_WAIT,
+                cache: ArcSwapOption::empty(),
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut AuthInner)) -> Self {
+        let inner = Arc::make_mut_or_rebuild(&mut self.inner);
+        f(inner);
+        self
+    }
+
+    /// Sends the token in this header instead of `Authorization`.
+    pub fn header(self, name: HeaderName) -> Self {
+        self.with(|i| i.header = name)
+    }
+
+    /// Uses this scheme instead of the token's type (`DPoP`, `token`...).
+    pub fn scheme(self, scheme: impl Into<String>) -> Self {
+        let scheme = scheme.into();
+        self.with(|i| i.scheme = Scheme::Fixed(scheme))
+    }
+
+    /// Sends the token alone, without a scheme (for `X-Api-Key`-style
+    /// headers set with [`header`](Self::header)).
+    pub fn raw(self) -> Self {
+        self.with(|i| i.scheme = Scheme::Raw)
+    }
+
+    /// How long a request waits for a valid token when there is none
+    /// (default 10 s). Zero fails at once.
+    pub fn token_wait(self, wait: Duration) -> Self {
+        self.with(|i| i.token_wait = wait)
+    }
+
+    /// How long a rejected request waits for a newer token before it gives
+    /// up on the replay and returns the rejection (default 10 s).
+    pub fn refresh_wait(self, wait: Duration) -> Self {
+        self.with(|i| i.refresh_wait = wait)
+    }
+
+    /// The header this sets.
+    pub fn header_name(&self) -> &HeaderName {
+        &self.inner.header
+    }
+
+    /// Where the tokens come from.
+    pub fn tokens(&self) -> &Tokens {
+        &self.inner.tokens
+    }
+
+    /// The publication counter [`current`](Self::current) keys its cache
+    /// by (a read, for a managed key).
+    #[cfg(feature = "tower")]
+    pub(crate) fn read_version(&self) -> u64 {
+        self.inner.tokens.read_version()
+    }
+
+    /// The credential for the current valid token, without waiting: the
+    /// hot path.
+    ///
+    /// While nothing was published since the cached credential was checked
+    /// against the clock, it is returned as it is: one atomic load of the
+    /// publication counter and one of the cache, no clock read. That is
+    /// sound because the driver publishes when the current token expires
+    /// (it wakes for it), so an expiry always changes the counter. After
+    /// any publication the token is read and checked against the clock
+    /// again, and its header value is rebuilt only if it is a new token.
+    /// (A driver that could not run on time, on a machine that was
+    /// suspended, publishes the expiry up to one heartbeat late; an API
+    /// that rejects the token in that window gets the usual replay.)
+    pub fn current(&self) -> Result<Credential, AuthError> {
+        let tokens = &self.inner.tokens;
+        let version = tokens.read_version();
+        if let Some(cached) = &*self.inner.cache.load() {
+            if cached.version == version {
+                return Ok(cached.credential.clone());
+            }
+        }
+        let token = tokens
+            .valid_token()
+            .map_err(|reason| AuthError::NoValidToken {
+                waited: Duration::ZERO,
+                reason,
+            })?;
+        let id = token.id();
+        let credential = match &*self.inner.cache.load() {
+            Some(cached) if cached.credential.id == id => cached.credential.clone(),
+            _ => self.build(&token)?,
+        };
+        self.inner.cache.store(Some(Arc::new(Cached {
+            version,
+            credential: credential.clone(),
+        })));
+        Ok(credential)
+    }
+
+    fn build(&self, token: &TokenRef) -> Result<Credential, AuthError> {
+        let secret = token.access_token().expose_secret();
+        let text = match &self.inner.scheme {
+            Scheme::TokenType if token.token_type().eq_ignore_ascii_case("bearer") => {
+                format!("Bearer {secret}")
+            }
+            Scheme::TokenType => format!("{} {secret}", token.token_type()),
+            Scheme::Fixed(s) => format!("{s} {secret}"),
+            Scheme::Raw => secret.to_owned(),
+        };
+        let mut value = HeaderValue::try_from(text)
+            .map_err(|_| AuthError::InvalidHeaderValue { token: token.id() })?;
+        value.set_sensitive(true);
+        Ok(Credential {
+            id: token.id(),
+            value,
+        })
+    }
+
+    /// The credential for a valid token, waiting up to the
+    /// [`token_wait`](Self::token_wait) when there is none yet. Works under
+    /// any executor.
+    #[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
+    pub async fn credential(&self) -> Result<Credential, AuthError> {
+        if let Ok(c) = self.current() {
+            return Ok(c);
+        }
+        let wait = self.inner.token_wait;
+        let start = Instant::now();
+        match wait_async(&self.inner.tokens, wait, || self.current().ok()).await {
+            Some(c) => Ok(c),
+            None => Err(self.timed_out(start)),
+        }
+    }
+
+    /// [`credential`](Self::credential), blocking the calling thread.
+    pub fn credential_blocking(&self) -> Result<Credential, AuthError> {
+        if let Ok(c) = self.current() {
+            return Ok(c);
+        }
+        let start = Instant::now();
+        match wait_blocking(&self.inner.tokens, self.inner.token_wait, || {
+            self.current().ok()
+        }) {
+            Some(c) => Ok(c),
+            None => Err(self.timed_out(start)),
+        }
+    }
+
+    fn timed_out(&self, start: Instant) -> AuthError {
+        match self.current() {
+            Err(AuthError::NoValidToken { reason, .. }) => AuthError::NoValidToken {
+                waited: start.elapsed(),
+                reason,
+            },
+            Err(e) => e,
+            // A token arrived just now; the caller gave up all the same.
+            Ok(_) => AuthError::NoValidToken {
+                waited: start.elapsed(),
+                reason: NoValidToken::NotYetFetched { last_error: None },
+            },
+        }
+    }
+
+    /// Reports that the API rejected `credential`: the driver refreshes at
+    /// once if that token is still the current one.
+    pub fn rejected(&self, credential: &Credential) {
+        self.rejected_id(credential.id);
+    }
+
+    fn rejected_id(&self, id: TokenId) {
+        tracing::debug!(token = %id, "the API rejected the token; invalidating it");
+        self.inner.tokens.invalidate_id(id);
+    }
+
+    /// A credential for a valid token other than `rejected`, waiting up to
+    /// the [`refresh_wait`](Self::refresh_wait); `None` if none came.
+    #[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
+    pub async fn replacement(&self, rejected: &Credential) -> Option<Credential> {
+        self.replacement_for(rejected.id).await
+    }
+
+    #[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
+    async fn replacement_for(&self, rejected: TokenId) -> Option<Credential> {
+        let check = || self.current().ok().filter(|c| c.id != rejected);
+        wait_async(&self.inner.tokens, self.inner.refresh_wait, check).await
+    }
+
+    /// [`replacement`](Self::replacement), blocking the calling thread.
+    pub fn replacement_blocking(&self, rejected: &Credential) -> Option<Credential> {
+        let check = || self.current().ok().filter(|c| c.id != rejected.id);
+        wait_blocking(&self.inner.tokens, self.inner.refresh_wait, check)
+    }
+}
+
+/// `Arc::make_mut` without requiring `Clone` on the inside: the builder
+/// methods are called before the authorizer is shared, so the `Arc` is
+/// unique and this never rebuilds in practice; if it is shared, the
+/// settings are copied into a fresh one (with an empty header cache).
+trait MakeMutOrRebuild {
+    fn make_mut_or_rebuild(this: &mut Self) -> &mut AuthInner;
+}
+
+impl MakeMutOrRebuild for Arc<AuthInner> {
+    fn make_mut_or_rebuild(this: &mut Self) -> &mut AuthInner {
+        if Arc::get_mut(this).is_none() {
+            let i = &**this;
+            *this = Arc::new(AuthInner {
+                tokens: i.tokens.clone(),
+                header: i.header.clone(),
+                scheme: i.scheme.clone(),
+                token_wait: i.token_wait,
+                refresh_wait: i.refresh_wait,
+                cache: ArcSwapOption::empty(),
+            });
+        }
+        match Arc::get_mut(this) {
+            Some(inner) => inner,
+            None => unreachable!("a freshly built Arc is unique"),
+        }
+    }
+}
+
+/// Waits until `check` gives `Some`, for at most `timeout`, waking on every
+/// publication. Works under any executor: the timer is async-io's, which
+/// runs its own timer thread when the executor is not async-io's.
+#[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
+async fn wait_async<T>(
+    tokens: &Tokens,
+    timeout: Duration,
+    check: impl Fn() -> Option<T>,
+) -> Option<T> {
+    let Some(deadline) = Instant::now().checked_add(timeout) else {
+        // "Forever": wait without a timer.
+        loop {
+            let seen = tokens.version();
+            if let Some(v) = check() {
+                return Some(v);
+            }
+            if wait_for_change(tokens, seen, None).await == Change::Closed {
+                return check();
+            }
+        }
+    };
+    let mut timer = async_io::Timer::at(deadline);
+    loop {
+        let seen = tokens.version();
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        match wait_for_change(tokens, seen, Some(&mut timer)).await {
+            Change::Changed => {}
+            Change::Closed | Change::TimedOut => return check(),
+        }
+    }
+}
+
+#[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
+#[derive(PartialEq, Eq)]
+enum Change {
+    Changed,
+    Closed,
+    TimedOut,
+}
+
+/// Waits for a publication after `seen`, or the timer.
+#[cfg(any(feature = "tower", feature = "reqwest-middleware", feature = "tonic"))]
+async fn wait_for_change(
+    tokens: &Tokens,
+    seen: u64,
+    mut timer: Option<&mut async_io::Timer>,
+) -> Change {
+    use std::future::Future;
+    use std::pin::{pin, Pin};
+    use std::task::Poll;
+
+    let mut changed = pin!(tokens.changed());
+    let mut first = true;
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(r) = changed.as_mut().poll(cx) {
+            return Poll::Ready(match r {
+                Ok(()) => Change::Changed,
+                Err(Closed) => Change::Closed,
+            });
+        }
+        // `changed()` compares against the version at its first poll; a
+        // publication between our read of `seen` and that poll is caught
+        // here.
+        if std::mem::take(&mut first) && tokens.version() != seen {
+            return Poll::Ready(Change::Changed);
+        }
+        if let Some(timer) = timer.as_deref_mut() {
+            if Pin::new(timer).poll(cx).is_ready() {
+                return Poll::Ready(Change::TimedOut);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The blocking twin of [`wait_async`].
+fn wait_blocking<T>(
+    tokens: &Tokens,
+    timeout: Duration,
+    check: impl Fn() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let seen = tokens.version();
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => BLOCKING_SLICE,
+        };
+        if left.is_zero() {
+            return None;
+        }
+        if tokens.version() != seen {
+            continue;
+        }
+        match tokens.wait_changed(left.min(BLOCKING_SLICE)) {
+            Ok(_) => {}
+            Err(Closed) => return check(),
+        }
+    }
+}
+
+/// Whether a response says that the token it carried was not accepted, so
+/// that a new token may fix it:
+///
+/// * `401`, unless its Bearer challenge says `error="insufficient_scope"` or
+///   `error="invalid_request"` (a new token of the same kind fixes neither);
+/// * `403` whose Bearer challenge says `error="invalid_token"` (RFC 6750
+///   wants a 401 there, but some APIs answer 403).
+///
+/// A plain `403` (and `insufficient_scope` above all) is not a token
+/// problem: never retried.
+///
+/// ```
+/// use freshtoken::middleware::is_token_rejected;
+/// use http::{HeaderMap, HeaderValue, StatusCode};
+///
+/// let mut headers = HeaderMap::new();
+/// assert!(is_token_rejected(StatusCode::UNAUTHORIZED, &headers));
+/// headers.insert("www-authenticate", HeaderValue::from_static(r#"Bearer realm="api", error="insufficient_scope""#));
+/// assert!(!is_token_rejected(StatusCode::FORBIDDEN, &headers));
+/// assert!(!is_token_rejected(StatusCode::UNAUTHORIZED, &headers));
+/// headers.insert("www-authenticate", HeaderValue::from_static(r#"Bearer error="invalid_token""#));
+/// assert!(is_token_rejected(StatusCode::FORBIDDEN, &headers));
+/// assert!(!is_token_rejected(StatusCode::OK, &headers));
+/// ```
+pub fn is_token_rejected(status: StatusCode, headers: &HeaderMap) -> bool {
+    match status.as_u16() {
+        401 => !headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| bearer_error(v.as_bytes()))
+            .any(|e| e == "insufficient_scope" || e == "invalid_request"),
+        403 => headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| bearer_error(v.as_bytes()))
+            .any(|e| e == "invalid_token"),
+        _ => false,
+    }
+}
+
+/// The `error` parameter of the first Bearer challenge in a
+/// `WWW-Authenticate` value (RFC 9110 11.6.1 syntax, leniently parsed; any
+/// input is fine).
+pub fn bearer_error(value: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut in_bearer = false;
+    for item in split_unquoted(text, ',') {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        // A challenge starts with a scheme: a token followed by a space (or
+        // nothing), not by `=`.
+        let (first, rest) = match item.find([' ', '\t', '=']) {
+            Some(i) if item[i..].trim_start().starts_with('=') => ("", item),
+            Some(i) => (&item[..i], item[i..].trim_start()),
+            None => (item, ""),
+        };
+        if !first.is_empty() {
+            in_bearer = first.eq_ignore_ascii_case("bearer");
+        }
+        if !in_bearer || rest.is_empty() {
+            continue;
+        }
+        if let Some((name, value)) = rest.split_once('=') {
+            if name.trim().eq_ignore_ascii_case("error") {
+                let v = value.trim();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                return Some(v.replace("\\\"", "\"").replace("\\\\", "\\"));
+            }
+        }
+    }
+    None
+}
+
+/// Splits at `sep` outside double quotes (with backslash escapes).
+fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_errors_are_found_in_any_challenge_list() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"Bearer error="invalid_token""#, Some("invalid_token")),
+            (
+                r#"Bearer realm="a, b", error="invalid_token", error_description="expired""#,
+                Some("invalid_token"),
+            ),
+            (
+                r#"Basic realm="x", Bearer realm="y", error=insufficient_scope"#,
+                Some("insufficient_scope"),
+            ),
+            (r#"Basic realm="x", error="invalid_token""#, None),
+            (r#"Bearer realm="x""#, None),
+            ("Bearer", None),
+            ("", None),
+            ("=,=,\"", None),
+            (r#"bearer ERROR = "a\"b""#, Some("a\"b")),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                bearer_error(value.as_bytes()).as_deref(),
+                *expected,
+                "{value}"
+            );
+        }
+        // Arbitrary bytes never panic.
+        for bytes in [&b"\xff\xfe"[..], b"Bearer \"", b"\\", b", , ,", b"Bearer ="] {
+            let _ = bearer_error(bytes);
+        }
+    }
+
+    #[test]
+    fn rejections_are_told_from_other_failures() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.append(WWW_AUTHENTICATE, HeaderValue::from_static(v));
+            h
+        };
+        let none = HeaderMap::new();
+        assert!(is_token_rejected(StatusCode::UNAUTHORIZED, &none));
+        assert!(is_token_rejected(
+            StatusCode::UNAUTHORIZED,
+            &with(r#"Bearer error="invalid_token""#)
+        ));
+        assert!(!is_token_rejected(
+            StatusCode::UNAUTHORIZED,
+            &with(r#"Bearer error="invalid_request""#)
+        ));
+        assert!(!is_token_rejected(
+            StatusCode::FORBIDDEN,
+            &with(r#"Bearer error="insufficient_scope""#)
+        ));
+        assert!(!is_token_rejected(StatusCode::FORBIDDEN, &none));
+        assert!(is_token_rejected(
+            StatusCode::FORBIDDEN,
+            &with(r#"Bearer error="invalid_token""#)
+        ));
+        assert!(!is_token_rejected(StatusCode::INTERNAL_SERVER_ERROR, &none));
+    }
+}

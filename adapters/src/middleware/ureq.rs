@@ -1,0 +1,163 @@
+//! ureq 3 (feature `ureq-middleware`): a [`Middleware`] that attaches the
+//! token, and an [`AuthAgent`] that replays a rejected request once.
+//!
+//! A ureq middleware gets the request with a one-shot body
+//! ([`SendBody`]), which it cannot send twice. So the work is split:
+//!
+//! * [`AuthHeader`] (the middleware) sets the header from the current token
+//!   (waiting up to the [`Authorizer::token_wait`] on the calling thread
+//!   when there is none, then failing with `ureq::Error::Other` holding an
+//!   [`AuthError`](super::AuthError)), and reports a rejection by
+//!   invalidating the token it attached. Alone, it gives the caller the
+//!   `401` and makes the caller's own retry find a new token.
+//! * [`AuthAgent`] wraps an [`Agent`] with that middleware and runs a
+//!   closure that builds and sends the request: on a rejection it waits up
+//!   to the [`Authorizer::refresh_wait`] for a newer token and calls the
+//!   closure **once** more, so any body the closure can build again is
+//!   replayed. Send one request per closure.
+//!
+//! With ureq's default `http_status_as_error(true)` a `401` arrives as
+//! `Error::StatusCode(401)`, without its `WWW-Authenticate`; it counts as a
+//! rejection. With `http_status_as_error(false)` the challenge is read, and
+//! a `401` `insufficient_scope` is not retried (see
+//! [`is_token_rejected`]).
+//!
+//! ```no_run
+//! use freshtoken::driver::Builder;
+//! use freshtoken::middleware::ureq::AuthAgent;
+//! use freshtoken::source::ConstTokenSource;
+//!
+//! let (tokens, _driver) = Builder::new().spawn_thread(ConstTokenSource::new("key", Some(3600)))?;
+//! let api = AuthAgent::new(tokens, ureq::Agent::config_builder());
+//! let answer = api.run(|agent| agent.post("http://127.0.0.1:8080/orders").send("{\"n\":1}"))?;
+//! println!("{}", answer.status());
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+
+use std::cell::Cell;
+
+use freshtoken_core::TokenId;
+use ureq::config::ConfigBuilder;
+use ureq::http;
+use ureq::middleware::{Middleware, MiddlewareNext};
+use ureq::typestate::AgentScope;
+use ureq::{Agent, Body, SendBody};
+
+use super::{is_token_rejected, Authorizer, Tokens};
+
+thread_local! {
+    /// The token the last request on this thread was sent with, and
+    /// whether it was rejected: how [`AuthAgent`] learns what its
+    /// middleware did (ureq runs the middleware on the calling thread).
+    static LAST: Cell<Option<(TokenId, bool)>> = const { Cell::new(None) };
+}
+
+/// A ureq [`Middleware`] that attaches the current token and invalidates
+/// it when the API rejects it (see the [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct AuthHeader {
+    auth: Authorizer,
+}
+
+impl AuthHeader {
+    /// With the [`Authorizer`] defaults.
+    pub fn new(tokens: impl Into<Tokens>) -> Self {
+        Self::with_authorizer(Authorizer::new(tokens))
+    }
+
+    /// With a configured [`Authorizer`].
+    pub fn with_authorizer(auth: Authorizer) -> Self {
+        AuthHeader { auth }
+    }
+}
+
+fn rejected(result: &Result<http::Response<Body>, ureq::Error>) -> bool {
+    match result {
+        Ok(response) => is_token_rejected(response.status(), response.headers()),
+        Err(ureq::Error::StatusCode(401)) => true,
+        Err(_) => false,
+    }
+}
+
+impl Middleware for AuthHeader {
+    fn handle(
+        &self,
+        mut request: http::Request<SendBody>,
+        next: MiddlewareNext,
+    ) -> Result<http::Response<Body>, ureq::Error> {
+        let credential = self
+            .auth
+            .credential_blocking()
+            .map_err(|e| ureq::Error::Other(Box::new(e)))?;
+        request
+            .headers_mut()
+            .insert(self.auth.header_name().clone(), credential.value.clone());
+        let result = next.handle(request);
+        let was_rejected = rejected(&result);
+        if was_rejected {
+            self.auth.rejected(&credential);
+        }
+        LAST.with(|l| l.set(Some((credential.id, was_rejected))));
+        result
+    }
+}
+
+/// An [`Agent`] with [`AuthHeader`] that replays a rejected request once
+/// (see the [module docs](self)). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuthAgent {
+    agent: Agent,
+    auth: Authorizer,
+}
+
+impl AuthAgent {
+    /// An agent from `config` (e.g. `Agent::config_builder()` with your
+    /// timeouts) with the middleware added last, and the [`Authorizer`]
+    /// defaults.
+    pub fn new(tokens: impl Into<Tokens>, config: ConfigBuilder<AgentScope>) -> Self {
+        Self::with_authorizer(Authorizer::new(tokens), config)
+    }
+
+    /// With a configured [`Authorizer`].
+    pub fn with_authorizer(auth: Authorizer, config: ConfigBuilder<AgentScope>) -> Self {
+        let agent = config
+            .middleware(AuthHeader::with_authorizer(auth.clone()))
+            .build()
+            .new_agent();
+        AuthAgent { agent, auth }
+    }
+
+    /// The agent (its requests carry the token, without the replay).
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// Runs `send` (which builds and sends one request with the agent it
+    /// is given); if the API rejected the token, waits for a newer one and
+    /// runs it once more. The second answer is returned whatever it is.
+    pub fn run<F>(&self, send: F) -> Result<http::Response<Body>, ureq::Error>
+    where
+        F: Fn(&Agent) -> Result<http::Response<Body>, ureq::Error>,
+    {
+        LAST.with(|l| l.set(None));
+        let first = send(&self.agent);
+        let Some((used, true)) = LAST.with(|l| l.take()) else {
+            return first;
+        };
+        let Some(newer) = self.auth.replacement_blocking_for(used) else {
+            tracing::debug!(token = %used, "no newer token came in time; returning the rejection");
+            return first;
+        };
+        drop(first);
+        tracing::debug!(rejected = %used, token = %newer, "replaying the request once with a newer token");
+        send(&self.agent)
+    }
+}
+
+impl Authorizer {
+    /// [`replacement_blocking`](Authorizer::replacement_blocking) by id.
+    fn replacement_blocking_for(&self, rejected: TokenId) -> Option<TokenId> {
+        let check = || self.current().ok().filter(|c| c.id != rejected);
+        super::wait_blocking(&self.inner.tokens, self.inner.refresh_wait, check).map(|c| c.id)
+    }
+}

@@ -1,0 +1,76 @@
+//! Calling an API through hyper-util's client with freshtoken's tower
+//! layer: every request carries the current token; when the API revokes
+//! it mid-run, the layer invalidates it, waits for the new one and replays
+//! the request once, so the application only ever sees `200`.
+//!
+//! ```text
+//! cargo run -p freshtoken-examples --example middleware_tower
+//! ```
+
+#[path = "api_support/mod.rs"]
+mod api_support;
+
+use bytes::Bytes;
+use freshtoken::driver::Builder;
+use freshtoken::middleware::tower::AuthLayer;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Layer, Service, ServiceExt};
+
+#[tokio::main]
+async fn main() {
+    let authority = api_support::authority();
+    let api = api_support::Api::start(authority.clone()).await;
+    let source = match authority.client_credentials("example-service").build() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let (tokens, driver) = Builder::new().spawn_tokio(source);
+
+    // The client: hyper-util's, wrapped in the layer.
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut client = AuthLayer::new(tokens.clone()).layer(http);
+
+    for round in 1..=4 {
+        if round == 3 {
+            let n = authority.revoke_access_tokens();
+            println!("the API revoked {n} token(s)");
+        }
+        let request = http::Request::post(api.url("/orders"))
+            .body(Full::new(api_support::payload()))
+            .expect("a request");
+        let response = match client.ready().await {
+            Ok(c) => c.call(request).await,
+            Err(e) => Err(e),
+        };
+        match response {
+            Ok(r) => println!(
+                "request {round}: {} (token {})",
+                r.status(),
+                tokens
+                    .token()
+                    .map(|t| t.id().to_string())
+                    .unwrap_or_default()
+            ),
+            Err(e) => {
+                eprintln!("error: request {round} failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let (accepted, rejected) = api.counts();
+    println!(
+        "the API accepted {accepted} and rejected {rejected} request(s); the authority issued {} token(s)",
+        authority.issued_count()
+    );
+    drop(client);
+    driver.shutdown().await;
+    if (accepted, rejected) != (4, 1) {
+        eprintln!("error: expected 4 accepted and 1 rejected (replayed once)");
+        std::process::exit(1);
+    }
+}
