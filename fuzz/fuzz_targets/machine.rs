@@ -126,8 +126,12 @@ fuzz_target!(|data: &[u8]| {
             24 => Input::Shutdown,
             _ => Input::Tick,
         };
-        match &input {
+                match &input {
             Input::Fetched(i, _) if fetching.is_some_and(|(f, _)| f == *i) => fetching = None,
+            // A late answer that rotated the refresh token makes the fetch in
+            // flight moot (it presented the now spent one): the machine may
+            // ask again at once, with the new token.
+            Input::Fetched(_, Ok(r)) if r.refresh_token.is_some() => fetching = None,
             Input::Lease(i, _) if leasing.is_some_and(|(l, _)| l == *i) => leasing = None,
             _ => {}
         }

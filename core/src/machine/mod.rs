@@ -287,6 +287,14 @@ struct Grant {
     origin: Origin,
 }
 
+/// A fetch given up on: its answer, if it comes, is still used.
+#[derive(Debug, Clone, Copy)]
+struct Abandoned {
+    id: RequestId,
+    sent_at: Timestamp,
+    generation: u64,
+}
+
 /// How many fetches given up on are remembered, so that their late answers
 /// are still recognised (and their rotated refresh tokens learned).
 const ABANDONED_FETCHES: usize = 8;
@@ -348,7 +356,7 @@ pub struct RefreshMachine {
     /// The refresh token the authority said is revoked; never presented again.
     revoked: Option<RefreshToken>,
     /// Fetches given up on (their id and the generation they presented).
-    abandoned: VecDeque<(RequestId, u64)>,
+    abandoned: VecDeque<Abandoned>,
     /// The token a consumer reported as rejected; never re-adopted.
     rejected: Option<TokenId>,
     last_invalidation: Option<MonoTime>,
@@ -560,8 +568,11 @@ impl RefreshMachine {
                 self.on_cache_loaded(Err(error), read)
             }
             RequestKind::Lease => self.on_lease(Err(cache_error(self.config.cache_timeout))),
-            RequestKind::Fetch { generation, .. } => {
-                self.abandon(request.id, generation);
+            RequestKind::Fetch {
+                generation,
+                sent_at,
+            } => {
+                self.abandon(request.id, sent_at, generation);
                 let error = FetchError::transient(why(self.config.fetch_timeout));
                 self.on_fetch_failed(error, false);
             }
@@ -577,11 +588,15 @@ impl RefreshMachine {
         }
     }
 
-    fn abandon(&mut self, id: RequestId, generation: u64) {
+    fn abandon(&mut self, id: RequestId, sent_at: Timestamp, generation: u64) {
         if self.abandoned.len() == ABANDONED_FETCHES {
             self.abandoned.pop_front();
         }
-        self.abandoned.push_back((id, generation));
+        self.abandoned.push_back(Abandoned {
+            id,
+            sent_at,
+            generation,
+        });
     }
 
     /// An answer: to the request in flight, to a lease extension, or late.
@@ -717,11 +732,11 @@ impl RefreshMachine {
     fn late(&mut self, input: Input) {
         match input {
             Input::Fetched(id, Ok(response)) => {
-                let Some(&(_, generation)) = self.abandoned.iter().find(|(a, _)| *a == id) else {
+                let Some(&fetch) = self.abandoned.iter().find(|a| a.id == id) else {
                     return self.ignore();
                 };
-                self.abandoned.retain(|(a, _)| *a != id);
-                self.on_late_fetch(response, generation);
+                self.abandoned.retain(|a| a.id != id);
+                self.on_late_fetch(response, fetch);
             }
             // A lease granted after we stopped waiting for it: give it
             // back, or peers wait for a holder that is not fetching.
@@ -737,19 +752,46 @@ impl RefreshMachine {
     /// token, that token is the grant now: it is learned and stored,
     /// whatever we are doing (the request in flight becomes late itself).
     /// Its access token replaces ours only if it lives longer.
-    fn on_late_fetch(&mut self, response: TokenResponse, generation: u64) {
-        let sent_at = self.now.wall; // not kept; count its life from now
-        let (token, rotated) = self.accept_fetched(response, sent_at, generation);
+    fn on_late_fetch(&mut self, response: TokenResponse, fetch: Abandoned) {
+        // Its life counts from when it was sent, like any answer's.
+        let (token, rotated) = self.accept_fetched(response, fetch.sent_at, fetch.generation);
         let newer = self.is_better(&token);
         if !(rotated || newer) {
             return self.ignore();
         }
         self.stats.late_answers_used += 1;
         let draining = matches!(self.phase, Phase::Draining { .. });
+        let fetching = matches!(
+            &self.phase,
+            Phase::Waiting(Request {
+                kind: RequestKind::Fetch { .. },
+                ..
+            }) | Phase::Draining {
+                request: Request {
+                    kind: RequestKind::Fetch { .. },
+                    ..
+                },
+                ..
+            }
+        );
+        if fetching && !rotated {
+            // A newer token, nothing rotated: serve it, and keep waiting for
+            // the fetch in flight (never two fetches out before a deadline).
+            self.make_current(token);
+            self.publish();
+            return;
+        }
+        // It rotated the refresh token: the fetch in flight presented the
+        // one now spent, so it is moot; making the new one durable is what
+        // matters.
         if let Phase::Waiting(request) | Phase::Draining { request, .. } = &self.phase {
-            if let RequestKind::Fetch { generation, .. } = request.kind {
+            if let RequestKind::Fetch {
+                generation,
+                sent_at,
+            } = request.kind
+            {
                 let id = request.id;
-                self.abandon(id, generation);
+                self.abandon(id, sent_at, generation);
             }
         }
         if newer {
