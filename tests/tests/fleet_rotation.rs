@@ -57,13 +57,18 @@ const RESTART_WINDOW_MS: std::ops::Range<u64> = 1_000..15_000;
 const BOUND: Duration = Duration::from_secs(20);
 
 /// One process's life in a slot.
+///
+/// The worker's stdin is a pipe the test never writes: the worker takes its
+/// end (EOF) as a SIGTERM, so no worker outlives a test process that
+/// died; a `Life` dropped before its exit (a failed assertion) kills it.
 struct Life {
     slot: usize,
     name: String,
     child: Child,
     spawned_ms: u64,
     lines: Arc<Mutex<Vec<String>>>,
-    reader: JoinHandle<()>,
+    reader: Option<JoinHandle<()>>,
+    exited: bool,
 }
 
 /// A life after its exit.
@@ -104,6 +109,7 @@ fn spawn(
                 OnSigterm::Exit => "exit",
             },
         )
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -123,7 +129,17 @@ fn spawn(
         child,
         spawned_ms,
         lines,
-        reader,
+        reader: Some(reader),
+        exited: false,
+    }
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        if !self.exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -154,8 +170,6 @@ impl Life {
                 break status;
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
                 panic!(
                     "{} did not exit within {BOUND:?} of SIGTERM; it said {:?}",
                     self.name,
@@ -164,15 +178,18 @@ impl Life {
             }
             std::thread::sleep(Duration::from_millis(2));
         };
+        self.exited = true;
         let stop_ms = signalled.elapsed().as_millis() as u64;
-        self.reader.join().expect("the reader thread");
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the reader thread");
+        }
         let lines = self.lines.lock().unwrap().clone();
         let summary = lines
             .iter()
             .find_map(|l| l.strip_prefix("summary "))
             .map(|json| serde_json::from_str(json).expect("a JSON summary"));
         Ended {
-            name: self.name,
+            name: self.name.clone(),
             spawned_ms: self.spawned_ms,
             status,
             lines,
@@ -328,7 +345,9 @@ fn run_rotation_fleet(kind: &str, location: &str, on_sigterm: OnSigterm) -> Run 
                 .iter()
                 .map(|l| l.as_ref().unwrap().lines().len())
                 .collect();
-            let deadline = Instant::now() + BOUND;
+            // A fleet that stopped fetching (a lost grant) gets a random
+            // victim after a while; the checks at the end say why.
+            let deadline = Instant::now() + Duration::from_secs(4);
             let slot = loop {
                 let found = slots.iter().enumerate().find(|(i, l)| {
                     l.as_ref().unwrap().lines()[marks[*i]..]
@@ -336,16 +355,15 @@ fn run_rotation_fleet(kind: &str, location: &str, on_sigterm: OnSigterm) -> Run 
                         .any(|l| l.starts_with("fetching "))
                 });
                 if let Some((i, _)) = found {
-                    break i;
+                    break Some(i);
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "no process fetched for {BOUND:?}"
-                );
+                if Instant::now() > deadline {
+                    break None;
+                }
                 std::thread::sleep(Duration::from_millis(1));
             };
             std::thread::sleep(Duration::from_millis(rng.u64(0..=250)));
-            slot
+            slot.unwrap_or_else(|| rng.usize(0..WORKERS))
         } else {
             rng.usize(0..WORKERS)
         };

@@ -28,7 +28,7 @@
 //!   `invalid <unix ms>` when it stops holding one;
 //! * `failed <unix ms> <error>` the first time the handle reports
 //!   `Failed` (the grant was lost);
-//! * on SIGTERM it calls `DriverHandle::shutdown_blocking()` (which
+//! * on SIGTERM (or the end of its stdin: the test is gone) it calls `DriverHandle::shutdown_blocking()` (which
 //!   finishes a fetch or store in flight first), then prints
 //!   `summary {json}` (counters, and whether a request was out at the
 //!   SIGTERM: `in_flight_at_term`) and exits 0.
@@ -56,6 +56,13 @@ fn main() {
     let term = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&term))
         .expect("a SIGTERM handler");
+    // The test holds our stdin open and never writes: its end means the
+    // test is gone, and we shut down as on SIGTERM instead of running on.
+    let orphaned = Arc::clone(&term);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        orphaned.store(true, Ordering::SeqCst);
+    });
     say("up");
 
     let args: Vec<String> = std::env::args().skip(1).collect();
