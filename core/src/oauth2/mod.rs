@@ -28,13 +28,18 @@
 //! assert_eq!(token.expires_in, Some(300));
 //! ```
 
+pub mod assertion;
+pub mod discovery;
 pub mod form;
 mod redact;
 mod request;
 mod response;
+mod url;
 
 pub use redact::redacted_excerpt;
 pub use request::{
-    BodyFormat, ClientAuth, GrantKind, HttpRequest, TokenRequest, DEFAULT_MAX_RESPONSE_BYTES,
+    BodyFormat, ClientAuth, FetchCredentials, GrantKind, HttpRequest, TokenRequest,
+    CLIENT_ASSERTION_TYPE_JWT_BEARER, DEFAULT_MAX_RESPONSE_BYTES,
 };
 pub use response::{classify, parse_http_date, parse_response, parse_retry_after, HttpResponse};
+pub use url::{check_token_url, has_loopback_host, UrlError};

@@ -199,6 +199,7 @@ pub fn parse_response(
     }
 
     let kind = classify(grant, status, code.as_deref());
+    let error_code = code.clone();
     let message = match &code {
         Some(code) => match raw.error_description.as_ref().and_then(Value::as_str) {
             Some(d) => format!("{code}: {}", redacted_excerpt(d.as_bytes(), EXCERPT_CHARS)),
@@ -210,7 +211,7 @@ pub fn parse_response(
             redacted_excerpt(body, EXCERPT_CHARS)
         ),
     };
-    Err(fail(kind, message))
+    Err(fail(kind, message).with_error_code(error_code))
 }
 
 /// The error kind for an answer with this status and RFC 6749 error code.
