@@ -13,10 +13,32 @@
 
 import { createServer } from 'node:http';
 import { generateKeyPairSync } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import Provider, { errors } from 'oidc-provider';
 
 const RESOURCE = 'https://api.freshtoken.test/';
 const RESOURCE_SCOPES = 'api:read api:write';
+
+// Client keys for private_key_jwt, made at start. With
+// FRESHTOKEN_OIDC_KEYS_DIR set, their private halves are written there for
+// the Rust tests (PKCS#8 PEM and private JWK), together with a key that no
+// client has registered (`stranger`), to show that a wrong key is refused.
+const clientKeys = {
+  rsa: generateKeyPairSync('rsa', { modulusLength: 2048 }),
+  ec: generateKeyPairSync('ec', { namedCurve: 'P-256' }),
+  // The "kubelet": signs the federated assertions the tests write to files.
+  kubelet: generateKeyPairSync('rsa', { modulusLength: 2048 }),
+  stranger: generateKeyPairSync('rsa', { modulusLength: 2048 }),
+};
+const publicJwk = (name, kid) => ({ ...clientKeys[name].publicKey.export({ format: 'jwk' }), kid, use: 'sig' });
+if (process.env.FRESHTOKEN_OIDC_KEYS_DIR) {
+  for (const [name, { privateKey }] of Object.entries(clientKeys)) {
+    const dir = process.env.FRESHTOKEN_OIDC_KEYS_DIR;
+    writeFileSync(join(dir, `${name}.pem`), privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+    writeFileSync(join(dir, `${name}.jwk`), JSON.stringify({ ...privateKey.export({ format: 'jwk' }), kid: `${name}-1` }), { mode: 0o600 });
+  }
+}
 
 // The secrets are test fixtures, known to the Rust tests. One has the
 // characters that RFC 6749 2.3.1 requires to be form-encoded in the Basic
@@ -48,6 +70,47 @@ const clients = [
     response_types: ['code'],
     redirect_uris: ['http://127.0.0.1:9/callback'],
     scope: 'openid offline_access',
+  },
+  // private_key_jwt with an RSA key (RS256 and PS256) and a P-256 key.
+  {
+    client_id: 'svc-rsa-jwt',
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: { keys: [publicJwk('rsa', 'rsa-1')] },
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
+  },
+  {
+    client_id: 'svc-ec-jwt',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256',
+    jwks: { keys: [publicJwk('ec', 'ec-1')] },
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
+  },
+  // client_secret_jwt: HS256 keyed with this secret (at least 32 bytes).
+  {
+    client_id: 'svc-secret-jwt',
+    client_secret: 'secret-jwt-0123456789abcdef0123456789abcdef',
+    token_endpoint_auth_method: 'client_secret_jwt',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
+  },
+  // A workload whose client assertions are federated tokens that the
+  // "kubelet" key signs and the tests write to a file.
+  {
+    client_id: 'workload',
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: { keys: [publicJwk('kubelet', 'kubelet-1')] },
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
   },
 ];
 

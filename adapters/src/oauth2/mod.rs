@@ -19,13 +19,23 @@
 //! grant. Messages name the status, the RFC 6749 error code and description,
 //! or a short excerpt of the answer with every secret redacted.
 
+mod assertion;
+mod discovery;
+mod signing;
 mod source;
 mod transport;
 mod url;
 
+pub use assertion::{
+    AssertionContext, AssertionFile, AssertionFileError, AssertionFn, Audience, JtiGenerator,
+    DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_FILE_BYTES,
+};
+pub use discovery::{Discovery, DEFAULT_METADATA_MAX_AGE, DEFAULT_METADATA_RETRY};
 /// The pure protocol types from `freshtoken-core`.
 pub use freshtoken_core::oauth2 as core;
+pub use freshtoken_core::oauth2::discovery::{AuthorityMetadata, DiscoveryError};
 pub use freshtoken_core::oauth2::{BodyFormat, ClientAuth, GrantKind, TokenRequest};
+pub use signing::{KeyError, SigningKey};
 pub use source::{ClientCredentials, RefreshTokenSource, SourceBuilder};
 pub use transport::{HttpTransport, UreqTransport};
 pub use url::{check_token_url, UrlError};

@@ -15,7 +15,8 @@ use super::url::{check_token_url, has_loopback_host};
 /// another client (one your application already configures for proxies or
 /// mTLS, say). An implementation must:
 ///
-/// * send `request` as is, and not follow redirects (a redirect is
+/// * send `request` as is (a `POST` for token requests, a `GET` for
+///   discovery documents), and not follow redirects (a redirect is
 ///   returned as an answer like any other);
 /// * read at most `max_body + 1` bytes of the body (the parser refuses an
 ///   answer longer than `max_body`), and apply its own timeouts;
@@ -125,16 +126,29 @@ impl UreqTransport {
 impl HttpTransport for UreqTransport {
     fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
         check_token_url(request.url()).map_err(|e| FetchError::permanent(e.to_string()))?;
-        let mut builder = self.agent.post(request.url()).header("Connection", "close");
-        if has_loopback_host(request.url()) {
-            // An HTTP(S)_PROXY from the environment cannot reach this
-            // machine's loopback.
-            builder = builder.config().proxy(None).build();
+        let loopback = has_loopback_host(request.url());
+        let response = if request.method() == "GET" {
+            let mut builder = self.agent.get(request.url()).header("Connection", "close");
+            if loopback {
+                builder = builder.config().proxy(None).build();
+            }
+            for (name, value) in request.headers() {
+                builder = builder.header(name, value);
+            }
+            builder.call()
+        } else {
+            let mut builder = self.agent.post(request.url()).header("Connection", "close");
+            if loopback {
+                // An HTTP(S)_PROXY from the environment cannot reach this
+                // machine's loopback.
+                builder = builder.config().proxy(None).build();
+            }
+            for (name, value) in request.headers() {
+                builder = builder.header(name, value);
+            }
+            builder.send(request.body())
         }
-        for (name, value) in request.headers() {
-            builder = builder.header(name, value);
-        }
-        let response = builder.send(request.body()).map_err(transport_error)?;
+        .map_err(transport_error)?;
         let (parts, body) = response.into_parts();
         let headers = parts
             .headers

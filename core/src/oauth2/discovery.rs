@@ -75,6 +75,9 @@ pub enum DiscoveryError {
         /// The HTTP status.
         status: u16,
     },
+    /// The document could not be fetched (network, TLS, timeout).
+    #[error("the metadata document could not be fetched: {0}")]
+    Unreachable(String),
     /// Larger than the cap.
     #[error("the metadata document is larger than {limit} bytes")]
     TooLarge {
@@ -137,6 +140,7 @@ impl DiscoveryError {
             DiscoveryError::Status {
                 status: 408 | 500..=599,
             } => FetchErrorKind::Transient,
+            DiscoveryError::Unreachable(_) => FetchErrorKind::Transient,
             _ => FetchErrorKind::Permanent,
         }
     }
