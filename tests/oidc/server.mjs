@@ -16,9 +16,17 @@ import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Provider, { errors } from 'oidc-provider';
+import { decodeJwt, jwtVerify } from 'jose';
 
 const RESOURCE = 'https://api.freshtoken.test/';
 const RESOURCE_SCOPES = 'api:read api:write';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+// The audience token exchange issues tokens for.
+const EXCHANGE_AUDIENCE = 'https://backend.freshtoken.test';
+// The service accounts whose JWT-bearer assertions are trusted.
+const SERVICE_ACCOUNT = 'robot@freshtoken.test';
 
 // Client keys for private_key_jwt, made at start. With
 // FRESHTOKEN_OIDC_KEYS_DIR set, their private halves are written there for
@@ -30,6 +38,8 @@ const clientKeys = {
   // The "kubelet": signs the federated assertions the tests write to files.
   kubelet: generateKeyPairSync('rsa', { modulusLength: 2048 }),
   stranger: generateKeyPairSync('rsa', { modulusLength: 2048 }),
+  // A service account's key: signs JWT-bearer grant assertions.
+  robot: generateKeyPairSync('rsa', { modulusLength: 2048 }),
 };
 const publicJwk = (name, kid) => ({ ...clientKeys[name].publicKey.export({ format: 'jwk' }), kid, use: 'sig' });
 if (process.env.FRESHTOKEN_OIDC_KEYS_DIR) {
@@ -112,6 +122,36 @@ const clients = [
     redirect_uris: [],
     scope: RESOURCE_SCOPES,
   },
+  // The JWT-bearer grant (registered below): a public client whose
+  // assertions a trusted service-account key signs.
+  {
+    client_id: 'sa-bearer',
+    token_endpoint_auth_method: 'none',
+    grant_types: [JWT_BEARER],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
+  },
+  // Token exchange (registered below), and a client whose tokens live 2 s
+  // (subjects that expire during a test).
+  {
+    client_id: 'exchanger',
+    client_secret: 'exchanger-secret-5e4d3c',
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: [TOKEN_EXCHANGE],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
+  },
+  {
+    client_id: 'svc-short',
+    client_secret: 'short-secret-7a6b5c',
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
+  },
 ];
 
 // A signing key made at start, so that JWT access tokens (with iat/exp)
@@ -151,7 +191,7 @@ const configuration = {
   // revokes the grant).
   ttl: {
     AccessToken: 30,
-    ClientCredentials: 30,
+    ClientCredentials: (_ctx, _token, client) => (client.clientId === 'svc-short' ? 2 : 30),
     RefreshToken: 3600,
     IdToken: 3600,
     Grant: 3600,
@@ -161,6 +201,81 @@ const configuration = {
   rotateRefreshToken: true,
   pkce: { required: () => false },
 };
+
+// An invalid_grant whose description says why (oidc-provider's own hides
+// it), so that the tests can tell the refusals apart.
+function refuse(why) {
+  const err = new errors.InvalidGrant(why);
+  err.error_description = why;
+  return err;
+}
+
+// Issues an opaque client-credentials-style token for the grant handlers.
+async function issue(ctx, provider, scope) {
+  const token = new provider.ClientCredentials({ client: ctx.oidc.client, scope });
+  const value = await token.save();
+  ctx.body = {
+    access_token: value,
+    expires_in: token.expiration,
+    token_type: 'Bearer',
+    scope: token.scope,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+  };
+}
+
+// The two grants oidc-provider does not have, with real checks: the
+// assertion's signature, issuer, audience, expiry and jti; the subject
+// token looked up in the provider's own store (unknown or expired:
+// refused).
+function registerGrants(provider, issuer) {
+  const tokenEndpoint = `${issuer}/token`;
+  const trusted = { [SERVICE_ACCOUNT]: clientKeys.robot.publicKey };
+
+  provider.registerGrantType(JWT_BEARER, async (ctx) => {
+    const { assertion, scope } = ctx.oidc.params;
+    let payload;
+    try {
+      const key = trusted[decodeJwt(assertion).iss];
+      if (!key) throw refuse('the assertion issuer is not trusted');
+      ({ payload } = await jwtVerify(assertion, key, {
+        audience: [issuer, tokenEndpoint],
+        algorithms: ['RS256', 'PS256'],
+        requiredClaims: ['exp', 'iat', 'jti', 'sub'],
+      }));
+    } catch (err) {
+      if (err instanceof errors.InvalidGrant) throw err;
+      throw refuse(`the assertion is refused (${err.code ?? 'malformed'})`);
+    }
+    if (!(await provider.ReplayDetection.unique(payload.iss, payload.jti, payload.exp))) {
+      throw refuse('the assertion was already used');
+    }
+    await issue(ctx, provider, payload.scope ?? scope);
+  }, ['assertion', 'scope']);
+
+  provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    const p = ctx.oidc.params;
+    if (p.subject_token_type !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest('subject_token_type must be an access token');
+    }
+    if (p.requested_token_type && p.requested_token_type !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest('only access tokens are issued');
+    }
+    if (p.audience !== EXCHANGE_AUDIENCE) {
+      throw new errors.InvalidTarget('unknown audience');
+    }
+    // find() returns nothing for an unknown or revoked token (and for one
+    // expired beyond the clock tolerance); an expired one is refused too.
+    const subject = await provider.ClientCredentials.find(p.subject_token);
+    if (!subject || subject.isExpired) throw refuse('the subject token is invalid or expired');
+    if (p.actor_token !== undefined) {
+      const actor = await provider.ClientCredentials.find(p.actor_token);
+      if (!actor || actor.isExpired || p.actor_token_type !== ACCESS_TOKEN_TYPE) {
+        throw refuse('the actor token is invalid or expired');
+      }
+    }
+    await issue(ctx, provider, p.scope ?? subject.scope);
+  }, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'scope', 'actor_token', 'actor_token_type']);
+}
 
 const server = createServer();
 server.listen(0, '127.0.0.1', () => {
@@ -196,6 +311,7 @@ server.listen(0, '127.0.0.1', () => {
     return undefined;
   });
 
+  registerGrants(provider, issuer);
   provider.on('server_error', (_ctx, err) => console.error('server_error', err));
   server.on('request', provider.callback());
   console.log(`READY ${issuer}`);

@@ -21,6 +21,7 @@
 
 mod assertion;
 mod discovery;
+mod grants;
 mod signing;
 mod source;
 mod transport;
@@ -35,6 +36,9 @@ pub use discovery::{Discovery, DEFAULT_METADATA_MAX_AGE, DEFAULT_METADATA_RETRY}
 pub use freshtoken_core::oauth2 as core;
 pub use freshtoken_core::oauth2::discovery::{AuthorityMetadata, DiscoveryError};
 pub use freshtoken_core::oauth2::{BodyFormat, ClientAuth, GrantKind, TokenRequest};
+pub use grants::{
+    JwtBearer, TokenExchange, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT,
+};
 pub use signing::{KeyError, SigningKey};
 pub use source::{ClientCredentials, RefreshTokenSource, SourceBuilder};
 pub use transport::{HttpTransport, UreqTransport};

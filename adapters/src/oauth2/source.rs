@@ -17,6 +17,7 @@ use super::assertion::{
     AssertionContext, AssertionFile, AssertionProvider, AssertionSigner, Audience, JtiGenerator,
 };
 use super::discovery::Discovery;
+use super::grants::GrantSetup;
 use super::signing::SigningKey;
 use super::transport::{HttpTransport, UreqTransport};
 use super::url::{check_token_url, UrlError};
@@ -41,9 +42,32 @@ pub(crate) struct Endpoint {
     issuer: Option<String>,
     assertion: Option<AssertionProvider>,
     auth_explicit: bool,
+    signer: SignerSettings,
+}
+
+/// The builder's settings for assertions signed here.
+#[derive(Clone)]
+struct SignerSettings {
+    audience: Audience,
+    lifetime: Option<Duration>,
+    jti: Option<JtiGenerator>,
 }
 
 impl Endpoint {
+    /// Applies the builder's assertion settings to a signer.
+    pub(crate) fn apply_signer_settings(&self, signer: &mut AssertionSigner) {
+        signer.audience = self.signer.audience.clone();
+        if let Some(lifetime) = self.signer.lifetime {
+            signer.lifetime = lifetime;
+        }
+        signer.jti = self.signer.jti.clone();
+    }
+
+    /// The request for this fetch (see `current_request`), owned.
+    pub(crate) fn request_for_fetch(&self) -> Result<TokenRequest, FetchError> {
+        Ok(self.current_request()?.into_owned())
+    }
+
     fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
         self.fetch_with(fetch, FetchCredentials::new(), None)
     }
@@ -78,7 +102,7 @@ impl Endpoint {
         ))
     }
 
-    fn issuer(&self) -> Option<&str> {
+    pub(crate) fn issuer(&self) -> Option<&str> {
         self.issuer
             .as_deref()
             .or(self.discovery.as_ref().map(Discovery::issuer))
@@ -384,6 +408,7 @@ pub struct SourceBuilder<S> {
     assertion_lifetime: Option<Duration>,
     jti: Option<JtiGenerator>,
     auth_explicit: bool,
+    grant: Option<GrantSetup>,
     source: PhantomData<fn() -> S>,
 }
 
@@ -416,8 +441,33 @@ impl<S> SourceBuilder<S> {
             assertion_lifetime: None,
             jti: None,
             auth_explicit: false,
+            grant: None,
             source: PhantomData,
         }
+    }
+
+    pub(crate) fn with_grant(request: TokenRequest, grant: GrantSetup) -> Self {
+        let mut b = Self::new(request);
+        b.grant = Some(grant);
+        b
+    }
+
+    pub(crate) fn map_grant(mut self, f: impl FnOnce(&mut GrantSetup)) -> Self {
+        if let Some(g) = &mut self.grant {
+            f(g);
+        }
+        self
+    }
+
+    pub(crate) fn into_parts(mut self) -> Result<(Endpoint, Option<GrantSetup>), UrlError> {
+        let grant = self.grant.take();
+        Ok((self.endpoint()?, grant))
+    }
+
+    /// Sets the client id sent in the body (JWT-bearer sources send none
+    /// unless set).
+    pub fn client_id(self, client_id: impl Into<String>) -> Self {
+        self.map(|r| r.with_client_id(client_id))
     }
 
     fn map(mut self, f: impl FnOnce(TokenRequest) -> TokenRequest) -> Self {
@@ -585,12 +635,17 @@ impl<S> SourceBuilder<S> {
                 Arc::new(t)
             }
         };
+        let settings = SignerSettings {
+            audience: self.audience,
+            lifetime: self.assertion_lifetime,
+            jti: self.jti,
+        };
         let signer_settings = |mut signer: AssertionSigner| {
-            signer.audience = self.audience.clone();
-            if let Some(lifetime) = self.assertion_lifetime {
+            signer.audience = settings.audience.clone();
+            if let Some(lifetime) = settings.lifetime {
                 signer.lifetime = lifetime;
             }
-            signer.jti = self.jti.clone();
+            signer.jti = settings.jti.clone();
             signer
         };
         let assertion = match self.assertion {
@@ -610,6 +665,7 @@ impl<S> SourceBuilder<S> {
             issuer: self.issuer,
             assertion,
             auth_explicit: self.auth_explicit,
+            signer: settings,
         })
     }
 }

@@ -390,6 +390,12 @@ impl TokenRequest {
         r
     }
 
+    /// Sets the client id (empty: none is sent by a public client).
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
     /// The same request to another token endpoint (one that discovery
     /// found).
     pub fn with_url(mut self, url: impl Into<String>) -> Self {
@@ -601,6 +607,9 @@ impl TokenRequest {
             }
             // A public client, or an auth method that needs a secret we do
             // not have: identify the client in the body.
+            // (An empty client id is not sent: a JWT-bearer grant such as
+            // Google's names the client in the assertion alone.)
+            _ if self.client_id.is_empty() => {}
             _ => params.push(("client_id", &self.client_id)),
         }
 
