@@ -12,8 +12,9 @@
 // scope and resource is consented to.
 
 import { createServer } from 'node:http';
-import { generateKeyPairSync } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { createServer as createTlsServer } from 'node:https';
+import { X509Certificate, generateKeyPairSync } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Provider, { errors } from 'oidc-provider';
 import { decodeJwt, jwtVerify } from 'jose';
@@ -159,8 +160,61 @@ const clients = [
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'test', use: 'sig', alg: 'RS256' };
 
+// With FRESHTOKEN_OIDC_TLS_DIR set (ca.pem, server.pem, server-key.pem,
+// selfsigned.pem, made by the test), the server speaks https, asks for a
+// client certificate (verified against ca.pem, but not required at the TLS
+// layer, so that a request without one gets an OAuth2 invalid_client), and
+// registers two RFC 8705 clients: `mtls-client` (tls_client_auth, subject
+// DN CN=mtls-client, from the CA) and `mtls-self`
+// (self_signed_tls_client_auth, the self-signed certificate's key and x5c).
+const tlsDir = process.env.FRESHTOKEN_OIDC_TLS_DIR;
+const tls = tlsDir && {
+  ca: readFileSync(join(tlsDir, 'ca.pem')),
+  cert: readFileSync(join(tlsDir, 'server.pem')),
+  key: readFileSync(join(tlsDir, 'server-key.pem')),
+  selfSigned: new X509Certificate(readFileSync(join(tlsDir, 'selfsigned.pem'))),
+};
+if (tls) {
+  clients.push(
+    {
+      client_id: 'mtls-client',
+      token_endpoint_auth_method: 'tls_client_auth',
+      tls_client_auth_subject_dn: 'CN=mtls-client',
+      tls_client_certificate_bound_access_tokens: true,
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      scope: RESOURCE_SCOPES,
+    },
+    {
+      client_id: 'mtls-self',
+      token_endpoint_auth_method: 'self_signed_tls_client_auth',
+      jwks: {
+        keys: [{
+          ...tls.selfSigned.publicKey.export({ format: 'jwk' }),
+          x5c: [tls.selfSigned.raw.toString('base64')],
+        }],
+      },
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      scope: RESOURCE_SCOPES,
+    },
+  );
+}
+
+// The client certificate of the TLS connection, as node verified it.
+const peerCertificate = (ctx) => {
+  const peer = ctx.socket.getPeerCertificate?.();
+  return peer && peer.raw ? new X509Certificate(peer.raw) : undefined;
+};
+
 const configuration = {
   clients,
+  clientAuthMethods: [
+    'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none',
+    ...(tls ? ['tls_client_auth', 'self_signed_tls_client_auth'] : []),
+  ],
   jwks: { keys: [jwk] },
   cookies: { keys: ['freshtoken-oidc-test-cookie-key'] },
   scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
@@ -168,6 +222,19 @@ const configuration = {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    mTLS: {
+      enabled: Boolean(tls),
+      certificateBoundAccessTokens: Boolean(tls),
+      tlsClientAuth: Boolean(tls),
+      selfSignedTlsClientAuth: Boolean(tls),
+      getCertificate: peerCertificate,
+      // Only a chain to ca.pem counts (node's own verification).
+      certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+      certificateSubjectMatches: (ctx, property, expected) => {
+        const cert = peerCertificate(ctx);
+        return property === 'tls_client_auth_subject_dn' && cert !== undefined && cert.subject === expected;
+      },
+    },
     revocation: { enabled: true },
     resourceIndicators: {
       enabled: true,
@@ -277,10 +344,12 @@ function registerGrants(provider, issuer) {
   }, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'scope', 'actor_token', 'actor_token_type']);
 }
 
-const server = createServer();
+const server = tls
+  ? createTlsServer({ ca: tls.ca, cert: tls.cert, key: tls.key, requestCert: true, rejectUnauthorized: false })
+  : createServer();
 server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
+  const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   const provider = new Provider(issuer, configuration);
 
   // Complete every interaction at once, without a page.

@@ -18,7 +18,19 @@ pub struct OidcProvider {
 }
 
 impl OidcProvider {
+    #[allow(dead_code)]
     pub fn start() -> OidcProvider {
+        Self::start_with(None)
+    }
+
+    /// Starts it over https with the certificates in `tls_dir` (see
+    /// server.mjs) and its two mTLS clients.
+    #[allow(dead_code)]
+    pub fn start_tls(tls_dir: &std::path::Path) -> OidcProvider {
+        Self::start_with(Some(tls_dir))
+    }
+
+    fn start_with(tls_dir: Option<&std::path::Path>) -> OidcProvider {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oidc");
         assert!(
             dir.join("node_modules/oidc-provider/package.json").exists(),
@@ -26,7 +38,11 @@ impl OidcProvider {
             dir.display()
         );
         let keys = tempfile::tempdir().unwrap();
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        if let Some(tls) = tls_dir {
+            command.env("FRESHTOKEN_OIDC_TLS_DIR", tls);
+        }
+        let mut child = command
             .arg("server.mjs")
             .current_dir(&dir)
             .env("FRESHTOKEN_OIDC_KEYS_DIR", keys.path())
@@ -69,6 +85,7 @@ impl OidcProvider {
     }
 
     /// A client key file the server wrote (`rsa.pem`, `ec.jwk`, ...).
+    #[allow(dead_code)]
     pub fn key(&self, name: &str) -> PathBuf {
         self.keys.path().join(name)
     }
