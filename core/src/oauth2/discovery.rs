@@ -12,7 +12,7 @@
 //! and returns typed [`DiscoveryError`]s: too large, not JSON, a field of
 //! the wrong type or given twice, a missing field, an issuer mismatch, an
 //! insecure endpoint. It never panics, and its messages quote the network
-//! only through [`redacted_excerpt`](super::redacted_excerpt).
+//! only through [`redacted_excerpt`].
 //!
 //! ```
 //! use freshtoken_core::oauth2::discovery::{parse_metadata, well_known_urls, DiscoveryError};

@@ -16,6 +16,14 @@
 //! `client_secret_post` and `none`; form or JSON bodies; answers per RFC
 //! 6749 5.1/5.2, `Retry-After` and `Date`.
 //!
+//! Beyond client secrets: `private_key_jwt` and `client_secret_jwt` client
+//! assertions (RFC 7523 2.2; the JOSE header, claims and compact form in
+//! [`assertion`], the signature in the `freshtoken` crate), mTLS client
+//! authentication (RFC 8705), the JWT-bearer grant (RFC 7523 2.1) and token
+//! exchange (RFC 8693), with the per-fetch credentials in
+//! [`FetchCredentials`]; authorization server metadata (RFC 8414, OpenID
+//! Connect Discovery) in [`discovery`].
+//!
 //! ```
 //! use freshtoken_core::oauth2::{HttpResponse, TokenRequest};
 //! use freshtoken_core::{ClientSecret, FetchRequest, Timestamp};
