@@ -350,3 +350,107 @@ impl AssertionProvider {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn jwt(exp: u64) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(&format!(r#"{{"exp":{exp}}}"#))
+        )
+    }
+
+    #[test]
+    fn assertion_files_read_and_refuse_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let file = AssertionFile::new(&path);
+        let now = Timestamp::from_secs(1_000);
+        let path_s = path.display().to_string();
+        assert_eq!(
+            file.read(now).unwrap_err(),
+            AssertionFileError::Missing {
+                path: path_s.clone()
+            }
+        );
+        std::fs::write(&path, " \n").unwrap();
+        assert_eq!(
+            file.read(now).unwrap_err(),
+            AssertionFileError::Empty {
+                path: path_s.clone()
+            }
+        );
+        std::fs::write(&path, format!("\n{}\n", jwt(2_000))).unwrap();
+        assert_eq!(file.read(now).unwrap().expose_secret(), jwt(2_000));
+        // Within the 30 s margin, or past: expired.
+        std::fs::write(&path, jwt(1_020)).unwrap();
+        assert_eq!(
+            file.read(now).unwrap_err(),
+            AssertionFileError::Expired {
+                path: path_s.clone(),
+                exp: Timestamp::from_secs(1_020)
+            }
+        );
+        // Opaque tokens have no exp to check: sent as they are.
+        std::fs::write(&path, "opaque-token").unwrap();
+        assert_eq!(file.read(now).unwrap().expose_secret(), "opaque-token");
+        std::fs::write(&path, vec![b'a'; MAX_ASSERTION_FILE_BYTES as usize + 1]).unwrap();
+        assert_eq!(
+            file.read(now).unwrap_err(),
+            AssertionFileError::TooLarge {
+                path: path_s.clone()
+            }
+        );
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert!(matches!(file.read(now), Err(AssertionFileError::Io { .. })));
+        let e: FetchError = AssertionFileError::Missing { path: path_s }.into();
+        assert_eq!(e.kind(), freshtoken_core::FetchErrorKind::Transient);
+        // A directory is an I/O error, not a panic.
+        assert!(matches!(
+            AssertionFile::new(dir.path()).read(now),
+            Err(AssertionFileError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn signer_claims_follow_the_audience_choice() {
+        let signer = AssertionSigner::new(SigningKey::hs256(&[1; 32]).unwrap());
+        let ctx = AssertionContext {
+            client_id: "app",
+            token_endpoint: "https://a.example/token",
+            issuer: None,
+            now: Timestamp::from_secs(100),
+        };
+        let c = signer.claims(&ctx, None).unwrap();
+        assert_eq!(
+            (c.issuer.as_str(), c.subject.as_str(), c.audience.as_str()),
+            ("app", "app", "https://a.example/token")
+        );
+        assert_eq!(c.expires_at, Timestamp::from_secs(160));
+        assert_ne!(c.jwt_id, signer.claims(&ctx, None).unwrap().jwt_id);
+        let mut issuer = signer.clone();
+        issuer.audience = Audience::Issuer;
+        assert_eq!(
+            issuer.claims(&ctx, None).unwrap_err().kind(),
+            freshtoken_core::FetchErrorKind::Permanent
+        );
+        let ctx = AssertionContext {
+            issuer: Some("https://a.example"),
+            ..ctx
+        };
+        assert_eq!(
+            issuer.claims(&ctx, None).unwrap().audience,
+            "https://a.example"
+        );
+        // client_secret_jwt without a secret: permanent.
+        let s = AssertionSigner::with_client_secret();
+        let c = s.claims(&ctx, None).unwrap();
+        assert!(s.sign(&c, None).is_err());
+        assert!(s.sign(&c, Some(&ClientSecret::new("x".repeat(32)))).is_ok());
+    }
+}

@@ -214,3 +214,127 @@ impl Discovery {
 fn transport_error(e: FetchError) -> DiscoveryError {
     DiscoveryError::Unreachable(e.message().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freshtoken_core::oauth2::HttpResponse;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const ISS: &str = "https://auth.example.com/tenant";
+
+    /// Serves the document at one location; fails (503 or a network
+    /// error) while `down` says so; counts requests.
+    struct Fake {
+        at: &'static str,
+        token_endpoint: Mutex<&'static str>,
+        down: Mutex<Option<Result<u16, ()>>>,
+        requests: Arc<AtomicUsize>,
+    }
+
+    impl HttpTransport for Fake {
+        fn send(&self, r: &HttpRequest, _max: usize) -> Result<HttpResponse, FetchError> {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(r.method(), "GET");
+            match *self.down.lock().unwrap() {
+                Some(Ok(status)) => return Ok(HttpResponse::new(status, vec![], vec![])),
+                Some(Err(())) => return Err(FetchError::transient("connection refused")),
+                None => {}
+            }
+            if r.url() != self.at {
+                return Ok(HttpResponse::new(404, vec![], b"not here".to_vec()));
+            }
+            let doc = format!(
+                r#"{{"issuer":"{ISS}","token_endpoint":"{}"}}"#,
+                self.token_endpoint.lock().unwrap()
+            );
+            Ok(HttpResponse::new(200, vec![], doc.into_bytes()))
+        }
+    }
+
+    fn fake(at: &'static str) -> (Arc<Fake>, Arc<AtomicUsize>) {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let f = Arc::new(Fake {
+            at,
+            token_endpoint: Mutex::new("https://auth.example.com/tenant/token"),
+            down: Mutex::new(None),
+            requests: requests.clone(),
+        });
+        (f, requests)
+    }
+
+    struct Shared(Arc<Fake>);
+    impl HttpTransport for Shared {
+        fn send(&self, r: &HttpRequest, max: usize) -> Result<HttpResponse, FetchError> {
+            self.0.send(r, max)
+        }
+    }
+
+    #[test]
+    fn cached_then_reread_and_the_last_good_kept_through_failures() {
+        let (f, requests) =
+            fake("https://auth.example.com/tenant/.well-known/openid-configuration");
+        let d = Discovery::with_transport(ISS, Shared(f.clone())).unwrap();
+        assert_eq!(
+            d.metadata().unwrap().token_endpoint(),
+            "https://auth.example.com/tenant/token"
+        );
+        d.metadata().unwrap();
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "cached");
+
+        // Max age zero: every call re-reads.
+        let d = d.max_age(Duration::ZERO, Duration::ZERO);
+        d.metadata().unwrap();
+        *f.token_endpoint.lock().unwrap() = "https://auth.example.com/tenant/token2";
+        assert_eq!(
+            d.metadata().unwrap().token_endpoint(),
+            "https://auth.example.com/tenant/token2"
+        );
+        // Down (503, then a network error): the last good one is kept.
+        for down in [Ok(503), Err(())] {
+            *f.down.lock().unwrap() = Some(down);
+            assert_eq!(
+                d.metadata().unwrap().token_endpoint(),
+                "https://auth.example.com/tenant/token2"
+            );
+        }
+        // A fresh discovery with no good document: the typed error.
+        let fresh = Discovery::with_transport(ISS, Shared(f.clone())).unwrap();
+        assert!(matches!(
+            fresh.metadata(),
+            Err(DiscoveryError::Unreachable(_))
+        ));
+        *f.down.lock().unwrap() = Some(Ok(503));
+        let e = fresh.metadata().unwrap_err();
+        assert_eq!(
+            e.fetch_error_kind(),
+            freshtoken_core::FetchErrorKind::Transient
+        );
+        // An insecure endpoint is never used, and is not "last good".
+        *f.down.lock().unwrap() = None;
+        *f.token_endpoint.lock().unwrap() = "http://auth.example.com/token";
+        assert!(matches!(
+            fresh.metadata(),
+            Err(DiscoveryError::Endpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn the_rfc_8414_location_is_tried_after_a_404() {
+        let (f, requests) =
+            fake("https://auth.example.com/.well-known/oauth-authorization-server/tenant");
+        let d = Discovery::with_transport(ISS, Shared(f)).unwrap();
+        assert_eq!(d.metadata().unwrap().issuer(), ISS);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        let (f, _) = fake("https://nowhere.example/");
+        let d = Discovery::with_transport(ISS, Shared(f)).unwrap();
+        assert_eq!(
+            d.metadata().unwrap_err(),
+            DiscoveryError::Status { status: 404 }
+        );
+        assert!(matches!(
+            Discovery::new("http://auth.example.com"),
+            Err(DiscoveryError::InvalidIssuer(_))
+        ));
+    }
+}

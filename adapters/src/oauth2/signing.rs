@@ -34,7 +34,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// Why a key could not be loaded or used. Messages never hold key
 /// material; they name the file, the format and ring's reason.
@@ -161,7 +161,7 @@ impl SigningKey {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_pem(alg: JwsAlgorithm, pem: &[u8]) -> Result<Self, KeyError> {
-        let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        let mut der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
             KeyError::Pem(match e {
                 rustls_pki_types::pem::Error::NoItemsFound => "no PRIVATE KEY section",
                 rustls_pki_types::pem::Error::MissingSectionEnd { .. } => "a section is not closed",
@@ -169,7 +169,7 @@ impl SigningKey {
                 _ => "unreadable PEM",
             })
         })?;
-        match der {
+        let key = match &der {
             PrivateKeyDer::Pkcs8(k) => Self::from_pkcs8_der(alg, k.secret_pkcs8_der()),
             PrivateKeyDer::Pkcs1(k) => {
                 let bytes = Zeroizing::new(k.secret_pkcs1_der().to_vec());
@@ -180,7 +180,10 @@ impl SigningKey {
                  `openssl pkcs8 -topk8 -nocrypt`",
             )),
             _ => Err(KeyError::Unsupported("an unknown private key type")),
-        }
+        };
+        // pki-types does not wipe on drop: the decoded copy is wiped here.
+        der.zeroize();
+        key
     }
 
     /// Loads a PEM private key file (see [`from_pem`](Self::from_pem)).

@@ -43,6 +43,8 @@ pub(crate) struct Endpoint {
     assertion: Option<AssertionProvider>,
     auth_explicit: bool,
     signer: SignerSettings,
+    /// Whether the unlisted-method warning was given (once per source).
+    warned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The builder's settings for assertions signed here.
@@ -88,7 +90,9 @@ impl Endpoint {
         {
             auth = ClientAuth::Post;
         }
-        if !metadata.supports_auth_method(auth) {
+        if !metadata.supports_auth_method(auth)
+            && !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::warn!(
                 issuer = discovery.issuer(),
                 client_auth = auth.as_str(),
@@ -666,6 +670,7 @@ impl<S> SourceBuilder<S> {
             assertion,
             auth_explicit: self.auth_explicit,
             signer: settings,
+            warned: Arc::default(),
         })
     }
 }

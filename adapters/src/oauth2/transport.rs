@@ -140,8 +140,9 @@ impl UreqTransport {
     /// [`certificate_thumbprint`](Self::certificate_thumbprint) is what
     /// the resource server will compare them with.
     ///
-    /// The key is kept in rustls' zeroized DER type; rustls holds its
-    /// parsed form for the transport's life.
+    /// ureq and rustls keep the key (its DER and rustls' parsed signing
+    /// key) for the transport's life, as a TLS client must; neither wipes
+    /// it when the transport is dropped. The PEM read from files is wiped.
     pub fn client_certificate_pem(
         mut self,
         chain_pem: &[u8],
