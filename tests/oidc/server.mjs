@@ -92,6 +92,16 @@ const clients = [
     redirect_uris: [],
     scope: RESOURCE_SCOPES,
   },
+  // The refresh-token flow with private_key_jwt (the RSA key above).
+  {
+    client_id: 'app-jwt',
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: { keys: [publicJwk('rsa', 'rsa-1')] },
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1:9/callback'],
+    scope: 'openid offline_access',
+  },
   {
     client_id: 'svc-ec-jwt',
     token_endpoint_auth_method: 'private_key_jwt',

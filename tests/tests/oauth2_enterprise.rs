@@ -19,11 +19,13 @@ use freshtoken::oauth2::core::assertion::{
 };
 use freshtoken::oauth2::core::{HttpRequest, HttpResponse};
 use freshtoken::oauth2::{
-    Audience, ClientAuth, ClientCredentials, Discovery, DiscoveryError, HttpTransport, SigningKey,
-    UreqTransport,
+    Audience, ClientAuth, ClientCredentials, Discovery, DiscoveryError, HttpTransport,
+    RefreshTokenSource, SigningKey, UreqTransport,
 };
 use freshtoken::source::TokenSource;
-use freshtoken::{FetchError, FetchErrorKind, FetchRequest, MachineConfig, Timestamp};
+use freshtoken::{
+    FetchError, FetchErrorKind, FetchRequest, MachineConfig, RefreshToken, Timestamp,
+};
 use oauth2_common::claims;
 use oidc_support::OidcProvider;
 
@@ -414,4 +416,66 @@ fn a_refusal_of_an_assertion_renewed_in_flight_is_retried_not_permanent() {
     );
     assert_token_for(&source.fetch(&FetchRequest::first()).unwrap(), "workload");
     assert_eq!(sent.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn the_refresh_token_flow_with_private_key_jwt_rotates() {
+    let op = OidcProvider::start();
+    let redirect = "http://127.0.0.1:9/callback";
+    let code = op.authorization_code("app-jwt", redirect);
+    // Redeem the code with a private_key_jwt assertion made by hand.
+    let key = SigningKey::from_pem_file(JwsAlgorithm::Rs256, op.key("rsa.pem")).unwrap();
+    let claims = AssertionClaims::client_assertion(
+        "app-jwt",
+        op.token_url(),
+        "redeem-1",
+        now(),
+        Duration::from_secs(60),
+    );
+    let input = signing_input(
+        &JwsHeader::new(JwsAlgorithm::Rs256).with_kid("rsa-1"),
+        &claims,
+    )
+    .unwrap();
+    let assertion = assemble(&input, &key.sign(input.as_bytes()).unwrap());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into();
+    let mut response = agent
+        .post(op.token_url())
+        .content_type("application/x-www-form-urlencoded")
+        .send(format!(
+            "grant_type=authorization_code&code={code}&redirect_uri={redirect}&client_id=app-jwt\
+             &client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer\
+             &client_assertion={}",
+            assertion.expose_secret()
+        ))
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let mut refresh = RefreshToken::new(body["refresh_token"].as_str().expect("a refresh token"));
+
+    let source = RefreshTokenSource::from_issuer(Discovery::new(&op.issuer).unwrap(), "app-jwt")
+        .private_key_jwt(key.with_kid("rsa-1"))
+        .build()
+        .unwrap();
+    for attempt in 1..=2 {
+        let answer = source
+            .fetch(&FetchRequest::new(attempt, Some(refresh.clone())))
+            .unwrap();
+        let rotated = answer.refresh_token.expect("rotated");
+        assert_ne!(rotated, refresh);
+        refresh = rotated;
+    }
+    // The refresh token, not the assertion, is what invalid_grant is
+    // about here: a revoked grant, as for any refresh-token source.
+    let e = source
+        .fetch(&FetchRequest::new(
+            3,
+            Some(RefreshToken::new("not-a-refresh-token")),
+        ))
+        .unwrap_err();
+    assert_eq!(e.kind(), FetchErrorKind::GrantRevoked);
 }

@@ -91,6 +91,62 @@ impl OidcProvider {
     }
 }
 
+impl OidcProvider {
+    /// Runs the authorization-code flow for `client_id` as a browser would
+    /// (following redirects, keeping cookies; the server completes login
+    /// and consent by itself) up to the redirect: the code, for the caller
+    /// to redeem with the client's own authentication.
+    #[allow(dead_code)]
+    pub fn authorization_code(&self, client_id: &str, redirect_uri: &str) -> String {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .proxy(None)
+            .build()
+            .into();
+        let mut cookies: std::collections::BTreeMap<String, String> = Default::default();
+        let mut url = format!(
+            "{}/auth?client_id={client_id}&response_type=code&scope=openid%20offline_access\
+             &prompt=consent&state=s1&redirect_uri={redirect_uri}",
+            self.issuer
+        );
+        for _ in 0..10 {
+            let cookie = cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let response = agent.get(&url).header("Cookie", &cookie).call().unwrap();
+            for value in response.headers().get_all("set-cookie") {
+                let pair = value.to_str().unwrap().split(';').next().unwrap();
+                if let Some((k, v)) = pair.split_once('=') {
+                    cookies.insert(k.trim().to_owned(), v.trim().to_owned());
+                }
+            }
+            let location = response
+                .headers()
+                .get("location")
+                .unwrap_or_else(|| panic!("no redirect from {url}: {}", response.status()))
+                .to_str()
+                .unwrap()
+                .to_owned();
+            if let Some(query) = location.strip_prefix(&format!("{redirect_uri}?")) {
+                return query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("code="))
+                    .unwrap_or_else(|| panic!("no code in {location}"))
+                    .to_owned();
+            }
+            url = if location.starts_with('/') {
+                format!("{}{location}", self.issuer)
+            } else {
+                location
+            };
+        }
+        panic!("the authorization flow did not reach the redirect URI");
+    }
+}
+
 impl Drop for OidcProvider {
     fn drop(&mut self) {
         let _ = self.child.kill();
