@@ -16,7 +16,8 @@ use std::process::Command;
 mod oauth2_common;
 mod oidc_support;
 
-use freshtoken::oauth2::{ClientAuth, ClientCredentials, Discovery, UreqTransport};
+use freshtoken::oauth2::core::assertion::JwsAlgorithm;
+use freshtoken::oauth2::{ClientAuth, ClientCredentials, Discovery, SigningKey, UreqTransport};
 use freshtoken::source::TokenSource;
 use freshtoken::{FetchErrorKind, FetchRequest};
 use oauth2_common::claims;
@@ -160,6 +161,12 @@ fn mtls_client_auth_with_a_ca_certificate_and_a_self_signed_one() {
     // tls_client_auth with the CA's certificate: a token bound to it.
     let t = transport(dir.path(), Some("client"));
     let thumbprint = t.certificate_thumbprint().unwrap().to_owned();
+    // The same thumbprint as a signing key's x5t#S256 header would carry.
+    let key = SigningKey::from_pem_file(JwsAlgorithm::Es256, dir.path().join("client-key.pem"))
+        .unwrap()
+        .with_certificate_pem(&std::fs::read(dir.path().join("client.pem")).unwrap())
+        .unwrap();
+    assert_eq!(key.x5t_s256(), Some(thumbprint.as_str()));
     assert!(format!("{t:?}").contains(&thumbprint));
     let answer = source(&op, "mtls-client", t)
         .fetch(&FetchRequest::first())

@@ -48,6 +48,7 @@ pub type JtiGenerator = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What the source knows when it needs a client assertion.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct AssertionContext<'a> {
     /// The client id (`iss` and `sub` of a client assertion).
     pub client_id: &'a str,
