@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use freshtoken::oauth2::check_token_url;
+use freshtoken_core::oauth2::check_token_url;
 use freshtoken_core::oauth2::assertion::{signing_input, AssertionClaims, JwsAlgorithm, JwsHeader};
 use freshtoken_core::oauth2::discovery::{parse_metadata, well_known_urls, MAX_LIST_ENTRIES};
 use freshtoken_core::Timestamp;
