@@ -419,6 +419,44 @@ fn a_refusal_of_an_assertion_renewed_in_flight_is_retried_not_permanent() {
 }
 
 #[test]
+fn client_assertions_from_a_closure() {
+    let op = OidcProvider::start();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let calls = seen.clone();
+    let token_url = op.token_url();
+    let kubelet = SigningKey::from_pem_file(JwsAlgorithm::Rs256, op.key("kubelet.pem")).unwrap();
+    let source = ClientCredentials::builder_without_secret(op.token_url(), "workload")
+        .client_assertion_fn(move |ctx| {
+            // What the source tells the closure.
+            assert_eq!(
+                (ctx.client_id, ctx.token_endpoint),
+                ("workload", token_url.as_str())
+            );
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let claims = AssertionClaims::client_assertion(
+                ctx.client_id,
+                ctx.token_endpoint,
+                format!("from-closure-{n}"),
+                ctx.now,
+                Duration::from_secs(300),
+            );
+            let input = signing_input(&JwsHeader::new(JwsAlgorithm::Rs256), &claims)?;
+            let signature = kubelet
+                .sign(input.as_bytes())
+                .map_err(|e| FetchError::permanent(e.to_string()))?;
+            Ok(assemble(&input, &signature))
+        })
+        .scope("api:read")
+        .resource(RESOURCE)
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert_token_for(&source.fetch(&FetchRequest::first()).unwrap(), "workload");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn the_refresh_token_flow_with_private_key_jwt_rotates() {
     let op = OidcProvider::start();
     let redirect = "http://127.0.0.1:9/callback";

@@ -217,12 +217,30 @@ fn token_exchange_refuses_an_expired_subject_and_a_wrong_audience() {
     assert_ne!(e.kind(), FetchErrorKind::GrantRevoked);
     assert!(!e.to_string().contains(&value));
 
-    // With an actor token that is not a valid token: refused.
+    // With an actor token (delegation) from a file: a valid one is
+    // accepted, one that is not a token is refused.
     let fresh = short_lived_subject(&op)
         .fetch(&FetchRequest::first())
         .unwrap()
         .access_token;
+    let actor = short_lived_subject(&op)
+        .fetch(&FetchRequest::first())
+        .unwrap()
+        .access_token;
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("actor"), actor.expose_secret()).unwrap();
+    let fresh_value = fresh.expose_secret().to_owned();
+    TokenExchange::from_fn(op.token_url(), "exchanger", move |_ctx| {
+        Ok(Assertion::new(fresh_value.clone()))
+    })
+    .client_secret("exchanger-secret-5e4d3c")
+    .client_auth(ClientAuth::Post)
+    .audience(EXCHANGE_AUDIENCE)
+    .actor_token_file(dir.path().join("actor"), TOKEN_TYPE_ACCESS_TOKEN)
+    .build()
+    .unwrap()
+    .fetch(&FetchRequest::first())
+    .unwrap();
     std::fs::write(dir.path().join("actor"), "not-a-token").unwrap();
     let fresh_value = fresh.expose_secret().to_owned();
     let e = TokenExchange::from_fn(op.token_url(), "exchanger", move |_ctx| {
