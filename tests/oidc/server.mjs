@@ -13,7 +13,9 @@
 
 import { createServer } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
-import { X509Certificate, generateKeyPairSync } from 'node:crypto';
+import {
+  X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync,
+} from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Provider, { errors } from 'oidc-provider';
@@ -29,18 +31,32 @@ const EXCHANGE_AUDIENCE = 'https://backend.freshtoken.test';
 // The service accounts whose JWT-bearer assertions are trusted.
 const SERVICE_ACCOUNT = 'robot@freshtoken.test';
 
+// Makes a key pair as PEM and loads it again. Node 20 can deadlock when
+// the garbage collector frees a key-generation job while a JWK export of
+// the KeyObject that job returned holds its lock (seen here: the main
+// thread stuck in ~KeyGenJob under ExportJWK); keys loaded from PEM share
+// nothing with the job, so exporting them as JWKs is safe.
+function keyPair(type, options) {
+  const pem = generateKeyPairSync(type, {
+    ...options,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  return { privateKey: createPrivateKey(pem.privateKey), publicKey: createPublicKey(pem.publicKey) };
+}
+
 // Client keys for private_key_jwt, made at start. With
 // FRESHTOKEN_OIDC_KEYS_DIR set, their private halves are written there for
 // the Rust tests (PKCS#8 PEM and private JWK), together with a key that no
 // client has registered (`stranger`), to show that a wrong key is refused.
 const clientKeys = {
-  rsa: generateKeyPairSync('rsa', { modulusLength: 2048 }),
-  ec: generateKeyPairSync('ec', { namedCurve: 'P-256' }),
+  rsa: keyPair('rsa', { modulusLength: 2048 }),
+  ec: keyPair('ec', { namedCurve: 'P-256' }),
   // The "kubelet": signs the federated assertions the tests write to files.
-  kubelet: generateKeyPairSync('rsa', { modulusLength: 2048 }),
-  stranger: generateKeyPairSync('rsa', { modulusLength: 2048 }),
+  kubelet: keyPair('rsa', { modulusLength: 2048 }),
+  stranger: keyPair('rsa', { modulusLength: 2048 }),
   // A service account's key: signs JWT-bearer grant assertions.
-  robot: generateKeyPairSync('rsa', { modulusLength: 2048 }),
+  robot: keyPair('rsa', { modulusLength: 2048 }),
 };
 const publicJwk = (name, kid) => ({ ...clientKeys[name].publicKey.export({ format: 'jwk' }), kid, use: 'sig' });
 if (process.env.FRESHTOKEN_OIDC_KEYS_DIR) {
@@ -167,7 +183,7 @@ const clients = [
 
 // A signing key made at start, so that JWT access tokens (with iat/exp)
 // can be issued for the resource without keys in the repository.
-const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const { privateKey } = keyPair('rsa', { modulusLength: 2048 });
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'test', use: 'sig', alg: 'RS256' };
 
 // With FRESHTOKEN_OIDC_TLS_DIR set (ca.pem, server.pem, server-key.pem,
