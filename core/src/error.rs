@@ -53,6 +53,7 @@ pub struct FetchError {
     message: String,
     status: Option<u16>,
     retry_after: Option<Duration>,
+    error_code: Option<String>,
 }
 
 impl fmt::Display for FetchError {
@@ -73,6 +74,7 @@ impl FetchError {
             message: message.into(),
             status: None,
             retry_after: None,
+            error_code: None,
         }
     }
 
@@ -108,9 +110,35 @@ impl FetchError {
         self
     }
 
+    /// Records the authority's RFC 6749 error code (`invalid_grant`, ...),
+    /// already sanitized by the parser.
+    pub fn with_error_code(mut self, code: Option<String>) -> Self {
+        self.error_code = code;
+        self
+    }
+
+    /// Changes the kind, keeping everything else: for a source that knows
+    /// more than the parser (an `invalid_client` caused by an assertion that
+    /// has since been renewed is worth a quick retry).
+    pub fn with_kind(mut self, kind: FetchErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
     /// The kind.
     pub fn kind(&self) -> FetchErrorKind {
         self.kind
+    }
+
+    /// The authority's RFC 6749 error code, when its answer had one.
+    ///
+    /// ```
+    /// use freshtoken_core::FetchError;
+    /// let e = FetchError::permanent("invalid_client").with_error_code(Some("invalid_client".into()));
+    /// assert_eq!(e.error_code(), Some("invalid_client"));
+    /// ```
+    pub fn error_code(&self) -> Option<&str> {
+        self.error_code.as_deref()
     }
 
     /// The message (free of secrets).

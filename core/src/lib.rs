@@ -73,7 +73,7 @@ pub use machine::{
     Action, FetchRequest, Input, LeaseOutcome, MachineConfig, MachineStats, Output, RefreshMachine,
     RefreshState, RequestId, Snapshot,
 };
-pub use secret::{AccessToken, ClientSecret, IdToken, RefreshToken};
+pub use secret::{AccessToken, Assertion, ClientSecret, IdToken, RefreshToken};
 pub use time::{Clock, ManualClock, MonoTime, Now, Timestamp};
 pub use token::{Token, TokenId, TokenResponse, TokenStatus};
 

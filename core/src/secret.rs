@@ -107,6 +107,20 @@ secret_type!(
     /// ```
     ClientSecret
 );
+secret_type!(
+    /// A signed JWT presented as a credential: an RFC 7523 client assertion
+    /// (`private_key_jwt`, `client_secret_jwt`, a federated workload
+    /// identity token), a JWT-bearer grant's assertion, or an RFC 8693
+    /// subject or actor token. Whoever holds one can replay it until it
+    /// expires, so it is a secret like the others.
+    ///
+    /// ```
+    /// use freshtoken_core::Assertion;
+    /// let a = Assertion::new("eyJhbGciOiJSUzI1NiJ9.e30.c2ln");
+    /// assert_eq!(format!("{a:?}"), "Assertion(<redacted>)");
+    /// ```
+    Assertion
+);
 
 #[cfg(test)]
 mod tests {
@@ -128,6 +142,7 @@ mod tests {
                 ClientSecret::new(value),
                 ClientSecret::new(value)
             ),
+            format!("{:?} {}", Assertion::new(value), Assertion::new(value)),
             format!("{:#?}", Some(AccessToken::new(value))),
         ];
         for r in reprs {

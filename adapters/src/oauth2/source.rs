@@ -1,48 +1,193 @@
-//! The OAuth2 token sources: client credentials and refresh token.
+//! The OAuth2 token sources: client credentials and refresh token, with
+//! every client authentication method, optionally from discovery.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshtoken_core::oauth2::{BodyFormat, ClientAuth, TokenRequest};
-use freshtoken_core::{ClientSecret, Clock, FetchError, FetchRequest, TokenResponse};
+use std::borrow::Cow;
+use std::path::PathBuf;
 
+use freshtoken_core::oauth2::assertion::{expiry, reclassify_supplied_assertion_error};
+use freshtoken_core::oauth2::{BodyFormat, ClientAuth, FetchCredentials, TokenRequest};
+use freshtoken_core::{ClientSecret, Clock, FetchError, FetchRequest, Timestamp, TokenResponse};
+
+use super::assertion::{
+    AssertionContext, AssertionFile, AssertionProvider, AssertionSigner, Audience, JtiGenerator,
+};
+use super::discovery::Discovery;
+use super::grants::GrantSetup;
+use super::signing::SigningKey;
 use super::transport::{HttpTransport, UreqTransport};
 use super::url::{check_token_url, UrlError};
 use crate::clock::SystemClock;
 use crate::source::TokenSource;
 
-/// A token request and the transport that sends it.
+/// A grant credential made by someone else (a supplied JWT-bearer
+/// assertion, a subject token): its `exp`, and whether it has been renewed
+/// since it was sent.
+pub(crate) struct SuppliedGrant<'a> {
+    pub(crate) sent_exp: Option<Timestamp>,
+    pub(crate) renewed: &'a dyn Fn(Timestamp) -> bool,
+}
+
+/// A token request, the transport that sends it, and what makes the
+/// per-request credentials.
 #[derive(Clone)]
-struct Endpoint {
+pub(crate) struct Endpoint {
     request: TokenRequest,
     transport: Arc<dyn HttpTransport>,
+    discovery: Option<Discovery>,
+    issuer: Option<String>,
+    assertion: Option<AssertionProvider>,
+    auth_explicit: bool,
+    signer: SignerSettings,
+    /// Whether the unlisted-method warning was given (once per source).
+    warned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The builder's settings for assertions signed here.
+#[derive(Clone)]
+struct SignerSettings {
+    audience: Audience,
+    lifetime: Option<Duration>,
+    jti: Option<JtiGenerator>,
 }
 
 impl Endpoint {
+    /// Applies the builder's assertion settings to a signer.
+    pub(crate) fn apply_signer_settings(&self, signer: &mut AssertionSigner) {
+        signer.audience = self.signer.audience.clone();
+        if let Some(lifetime) = self.signer.lifetime {
+            signer.lifetime = lifetime;
+        }
+        signer.jti = self.signer.jti.clone();
+    }
+
+    /// The request for this fetch (see `current_request`), owned.
+    pub(crate) fn request_for_fetch(&self) -> Result<TokenRequest, FetchError> {
+        Ok(self.current_request()?.into_owned())
+    }
+
     fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        let grant = self.request.grant();
-        let http = self.request.build(fetch)?;
+        self.fetch_with(fetch, FetchCredentials::new(), None)
+    }
+
+    /// The request for this fetch: the template, or, with discovery, the
+    /// template sent to the discovered token endpoint (and, when no method
+    /// was chosen, with the secret method the authority supports).
+    fn current_request(&self) -> Result<Cow<'_, TokenRequest>, FetchError> {
+        let Some(discovery) = &self.discovery else {
+            return Ok(Cow::Borrowed(&self.request));
+        };
+        let metadata = discovery.metadata()?;
+        let mut auth = self.request.auth_method();
+        if !self.auth_explicit
+            && auth == ClientAuth::Basic
+            && !metadata.supports_auth_method(ClientAuth::Basic)
+            && metadata.supports_auth_method(ClientAuth::Post)
+        {
+            auth = ClientAuth::Post;
+        }
+        if !metadata.supports_auth_method(auth)
+            && !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                issuer = discovery.issuer(),
+                client_auth = auth.as_str(),
+                "the authority's metadata does not list this client authentication method; \
+                 trying it anyway"
+            );
+        }
+        let url = metadata.token_endpoint_for(auth).to_owned();
+        Ok(Cow::Owned(
+            self.request.clone().with_url(url).client_auth(auth),
+        ))
+    }
+
+    pub(crate) fn issuer(&self) -> Option<&str> {
+        self.issuer
+            .as_deref()
+            .or(self.discovery.as_ref().map(Discovery::issuer))
+    }
+
+    /// Sends one request. `grant` holds the grant's own credentials, and
+    /// `supplied` the expiry of a grant assertion made by someone else
+    /// (whose refusal may mean it went stale).
+    pub(crate) fn fetch_with(
+        &self,
+        fetch: &FetchRequest,
+        grant: FetchCredentials<'_>,
+        supplied: Option<SuppliedGrant<'_>>,
+    ) -> Result<TokenResponse, FetchError> {
+        let request = self.current_request()?;
+        let auth = request.auth_method();
+        let now = SystemClock.now();
+        let client_assertion = if auth.uses_client_assertion() {
+            let ctx = AssertionContext {
+                client_id: request.client_id(),
+                token_endpoint: request.url(),
+                issuer: self.issuer(),
+                now,
+            };
+            Some(match &self.assertion {
+                Some(provider) => provider.assertion(&ctx, request.secret())?,
+                None => {
+                    return Err(FetchError::permanent(format!(
+                        "{} needs a signing key or an assertion file",
+                        auth.as_str()
+                    )))
+                }
+            })
+        } else {
+            None
+        };
+        let mut credentials = grant;
+        if let Some(a) = &client_assertion {
+            credentials = credentials.client_assertion(a);
+        }
+        let grant_kind = request.grant();
+        let http = request.build_with(fetch, &credentials)?;
         tracing::debug!(
-            grant = grant.as_str(),
-            client_id = self.request.client_id(),
+            grant = grant_kind.as_str(),
+            client_id = request.client_id(),
+            client_auth = auth.as_str(),
             attempt = fetch.attempt,
             "requesting a token"
         );
         let result = self
             .transport
-            .send(&http, self.request.response_size_cap())
-            .and_then(|response| self.request.parse(&response, SystemClock.now()));
+            .send(&http, request.response_size_cap())
+            .and_then(|response| request.parse(&response, SystemClock.now()));
+        drop(http);
+        let result = result.map_err(|e| {
+            let now = SystemClock.now();
+            match (&self.assertion, &client_assertion) {
+                (Some(provider), Some(sent)) if provider.is_supplied() => {
+                    let renewed = provider.renewed_since(sent, now);
+                    reclassify_supplied_assertion_error(e, expiry(sent), now, renewed)
+                }
+                // The grant's own assertion, made by someone else: stale
+                // if it expired or was renewed since.
+                _ => match supplied {
+                    Some(grant) => {
+                        let renewed = (grant.renewed)(now);
+                        reclassify_supplied_assertion_error(e, grant.sent_exp, now, renewed)
+                    }
+                    None => e,
+                },
+            }
+        });
         match &result {
             Ok(answer) => tracing::debug!(
-                grant = grant.as_str(),
+                grant = grant_kind.as_str(),
                 expires_in = answer.expires_in,
                 rotated = answer.refresh_token.is_some(),
                 "token received"
             ),
             Err(e) => tracing::debug!(
-                grant = grant.as_str(),
+                grant = grant_kind.as_str(),
                 kind = %e.kind(),
                 status = e.status(),
                 error = %e,
@@ -55,9 +200,13 @@ impl Endpoint {
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // TokenRequest's Debug already hides the secret and extra values.
+        // TokenRequest's Debug already hides the secret and extra values;
+        // the assertion provider shows the key's algorithm and id only.
         f.debug_struct("Endpoint")
             .field("request", &self.request)
+            .field("discovery", &self.discovery)
+            .field("issuer", &self.issuer)
+            .field("assertion", &self.assertion)
             .finish_non_exhaustive()
     }
 }
@@ -115,6 +264,54 @@ impl ClientCredentials {
         ))
     }
 
+    /// Starts a builder for a client that does not authenticate with a
+    /// secret: add a method with [`SourceBuilder::private_key_jwt`],
+    /// [`SourceBuilder::client_assertion_file`] or an mTLS transport and
+    /// [`ClientAuth::TlsClientAuth`].
+    ///
+    /// ```
+    /// use freshtoken::oauth2::{ClientCredentials, SigningKey};
+    ///
+    /// let key = SigningKey::hs256(&[7; 32])?; // in real use: SigningKey::from_pem_file(..)
+    /// let source = ClientCredentials::builder_without_secret("https://auth.example.com/token", "svc")
+    ///     .private_key_jwt(key)
+    ///     .build()?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn builder_without_secret(
+        url: impl Into<String>,
+        client_id: impl Into<String>,
+    ) -> SourceBuilder<ClientCredentials> {
+        SourceBuilder::new(
+            TokenRequest::client_credentials(url, client_id, ClientSecret::new(""))
+                .client_secret(None),
+        )
+    }
+
+    /// Starts a builder whose token endpoint comes from the issuer's
+    /// metadata (RFC 8414 / OpenID Connect Discovery), read at the first
+    /// fetch and then about daily. Add the client's credentials (a secret,
+    /// a key, an assertion file) to the builder. With a secret and no
+    /// method set, `client_secret_basic` is used unless the metadata lists
+    /// only `client_secret_post`.
+    ///
+    /// ```
+    /// use freshtoken::oauth2::{ClientCredentials, Discovery};
+    ///
+    /// let discovery = Discovery::new("https://login.example.com/tenant-1")?;
+    /// let source = ClientCredentials::from_issuer(discovery, "svc")
+    ///     .client_secret("s3cret")
+    ///     .scope("api://orders/.default")
+    ///     .build()?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_issuer(
+        discovery: Discovery,
+        client_id: impl Into<String>,
+    ) -> SourceBuilder<ClientCredentials> {
+        Self::builder_without_secret(discovery.issuer().to_owned(), client_id).discovery(discovery)
+    }
+
     /// The request template this source sends.
     pub fn request(&self) -> &TokenRequest {
         &self.endpoint.request
@@ -166,6 +363,15 @@ impl RefreshTokenSource {
         SourceBuilder::new(TokenRequest::refresh_token(url, client_id, None))
     }
 
+    /// Starts a builder whose token endpoint comes from the issuer's
+    /// metadata (see [`ClientCredentials::from_issuer`]).
+    pub fn from_issuer(
+        discovery: Discovery,
+        client_id: impl Into<String>,
+    ) -> SourceBuilder<RefreshTokenSource> {
+        Self::builder(discovery.issuer().to_owned(), client_id).discovery(discovery)
+    }
+
     /// The request template this source sends.
     pub fn request(&self) -> &TokenRequest {
         &self.endpoint.request
@@ -199,6 +405,14 @@ pub struct SourceBuilder<S> {
     transport: Option<Arc<dyn HttpTransport>>,
     connect_timeout: Option<Duration>,
     timeout: Option<Duration>,
+    discovery: Option<Discovery>,
+    issuer: Option<String>,
+    assertion: Option<AssertionProvider>,
+    audience: Audience,
+    assertion_lifetime: Option<Duration>,
+    jti: Option<JtiGenerator>,
+    auth_explicit: bool,
+    grant: Option<GrantSetup>,
     source: PhantomData<fn() -> S>,
 }
 
@@ -209,7 +423,11 @@ impl<S> fmt::Debug for SourceBuilder<S> {
             .field("custom_transport", &self.transport.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
-            .finish()
+            .field("discovery", &self.discovery)
+            .field("issuer", &self.issuer)
+            .field("assertion", &self.assertion)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
     }
 }
 
@@ -220,8 +438,40 @@ impl<S> SourceBuilder<S> {
             transport: None,
             connect_timeout: None,
             timeout: None,
+            discovery: None,
+            issuer: None,
+            assertion: None,
+            audience: Audience::TokenEndpoint,
+            assertion_lifetime: None,
+            jti: None,
+            auth_explicit: false,
+            grant: None,
             source: PhantomData,
         }
+    }
+
+    pub(crate) fn with_grant(request: TokenRequest, grant: GrantSetup) -> Self {
+        let mut b = Self::new(request);
+        b.grant = Some(grant);
+        b
+    }
+
+    pub(crate) fn map_grant(mut self, f: impl FnOnce(&mut GrantSetup)) -> Self {
+        if let Some(g) = &mut self.grant {
+            f(g);
+        }
+        self
+    }
+
+    pub(crate) fn into_parts(mut self) -> Result<(Endpoint, Option<GrantSetup>), UrlError> {
+        let grant = self.grant.take();
+        Ok((self.endpoint()?, grant))
+    }
+
+    /// Sets the client id sent in the body (JWT-bearer sources send none
+    /// unless set).
+    pub fn client_id(self, client_id: impl Into<String>) -> Self {
+        self.map(|r| r.with_client_id(client_id))
     }
 
     fn map(mut self, f: impl FnOnce(TokenRequest) -> TokenRequest) -> Self {
@@ -236,8 +486,93 @@ impl<S> SourceBuilder<S> {
 
     /// Sets the client authentication method (default `client_secret_basic`
     /// when there is a secret).
-    pub fn client_auth(self, auth: ClientAuth) -> Self {
+    pub fn client_auth(mut self, auth: ClientAuth) -> Self {
+        self.auth_explicit = true;
         self.map(|r| r.client_auth(auth))
+    }
+
+    /// Authenticates with `private_key_jwt` (RFC 7523 2.2, OpenID Connect
+    /// Core 9): each request carries a client assertion signed with `key`,
+    /// with a fresh random `jti`, `iat` now, `exp` 60 s later (see
+    /// [`assertion_lifetime`](Self::assertion_lifetime)), `iss` = `sub` =
+    /// the client id and `aud` = the token endpoint (see
+    /// [`assertion_audience`](Self::assertion_audience)). Any client
+    /// secret is dropped.
+    pub fn private_key_jwt(mut self, key: SigningKey) -> Self {
+        self.assertion = Some(AssertionProvider::Signed(AssertionSigner::new(key)));
+        self.map(|r| r.client_secret(None))
+            .client_auth(ClientAuth::PrivateKeyJwt)
+    }
+
+    /// Authenticates with `client_secret_jwt` (OpenID Connect Core 9): an
+    /// HS256 client assertion keyed with the client secret (set with
+    /// [`client_secret`](Self::client_secret); RFC 7518 wants at least 32
+    /// bytes, and a shorter one fails every fetch with a permanent error).
+    /// The secret itself is never sent.
+    pub fn client_secret_jwt(mut self) -> Self {
+        self.assertion = None;
+        self.client_auth(ClientAuth::ClientSecretJwt)
+    }
+
+    /// Authenticates with a client assertion read from `path` for every
+    /// request (federated workload identity: a Kubernetes projected
+    /// service-account token, `AZURE_FEDERATED_TOKEN_FILE`); see
+    /// [`AssertionFile`]. It is sent as `private_key_jwt` is. When the
+    /// authority refuses it (`invalid_client`, `invalid_grant`) and the file
+    /// has been renewed since, or the refused one was about to expire, the
+    /// error is transient and the next try uses the new file.
+    pub fn client_assertion_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.assertion = Some(AssertionProvider::File(AssertionFile::new(path)));
+        self.map(|r| r.client_secret(None))
+            .client_auth(ClientAuth::PrivateKeyJwt)
+    }
+
+    /// Authenticates with client assertions made by `f` for each request
+    /// (from a platform SDK, a sidecar); refusals are treated as for
+    /// [`client_assertion_file`](Self::client_assertion_file).
+    pub fn client_assertion_fn(
+        mut self,
+        f: impl Fn(&AssertionContext<'_>) -> Result<freshtoken_core::Assertion, FetchError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.assertion = Some(AssertionProvider::Fn(Arc::new(f)));
+        self.map(|r| r.client_secret(None))
+            .client_auth(ClientAuth::PrivateKeyJwt)
+    }
+
+    /// Sets the `aud` of signed client assertions (default: the token
+    /// endpoint).
+    pub fn assertion_audience(mut self, audience: Audience) -> Self {
+        self.audience = audience;
+        self
+    }
+
+    /// Sets the lifetime of signed client assertions (default 60 s).
+    pub fn assertion_lifetime(mut self, lifetime: Duration) -> Self {
+        self.assertion_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Replaces the random `jti` of signed assertions with `f`'s (which
+    /// must be unique per call: authorities refuse a replayed `jti`).
+    pub fn assertion_jti(mut self, f: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.jti = Some(Arc::new(f));
+        self
+    }
+
+    /// Sets the issuer identifier (for [`Audience::Issuer`] without
+    /// discovery).
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// Takes the token endpoint from `discovery` at each fetch (cached).
+    pub fn discovery(mut self, discovery: Discovery) -> Self {
+        self.discovery = Some(discovery);
+        self
     }
 
     /// Sets the `scope` (space-separated).
@@ -304,9 +639,38 @@ impl<S> SourceBuilder<S> {
                 Arc::new(t)
             }
         };
+        let settings = SignerSettings {
+            audience: self.audience,
+            lifetime: self.assertion_lifetime,
+            jti: self.jti,
+        };
+        let signer_settings = |mut signer: AssertionSigner| {
+            signer.audience = settings.audience.clone();
+            if let Some(lifetime) = settings.lifetime {
+                signer.lifetime = lifetime;
+            }
+            signer.jti = settings.jti.clone();
+            signer
+        };
+        let assertion = match self.assertion {
+            Some(AssertionProvider::Signed(signer)) => {
+                Some(AssertionProvider::Signed(signer_settings(signer)))
+            }
+            // client_secret_jwt: HS256 keyed with the secret, per request.
+            None if self.request.auth_method() == ClientAuth::ClientSecretJwt => Some(
+                AssertionProvider::Signed(signer_settings(AssertionSigner::with_client_secret())),
+            ),
+            other => other,
+        };
         Ok(Endpoint {
             request: self.request,
             transport,
+            discovery: self.discovery,
+            issuer: self.issuer,
+            assertion,
+            auth_explicit: self.auth_explicit,
+            signer: settings,
+            warned: Arc::default(),
         })
     }
 }

@@ -2,11 +2,17 @@
 
 use std::fmt;
 use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
+
+use base64::Engine as _;
+use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig};
+use zeroize::Zeroizing;
 
 use freshtoken_core::oauth2::{HttpRequest, HttpResponse};
 use freshtoken_core::FetchError;
 
+use super::signing::KeyError;
 use super::url::{check_token_url, has_loopback_host};
 
 /// An HTTP client that can send a token request.
@@ -15,7 +21,8 @@ use super::url::{check_token_url, has_loopback_host};
 /// another client (one your application already configures for proxies or
 /// mTLS, say). An implementation must:
 ///
-/// * send `request` as is, and not follow redirects (a redirect is
+/// * send `request` as is (a `POST` for token requests, a `GET` for
+///   discovery documents), and not follow redirects (a redirect is
 ///   returned as an answer like any other);
 /// * read at most `max_body + 1` bytes of the body (the parser refuses an
 ///   answer longer than `max_body`), and apply its own timeouts;
@@ -67,13 +74,21 @@ pub struct UreqTransport {
     agent: ureq::Agent,
     connect_timeout: Duration,
     timeout: Duration,
+    client_cert: Option<ClientCert>,
+    roots: Option<RootCerts>,
+    /// The client certificate's `x5t#S256`, for `Debug` and for checking a
+    /// certificate-bound token's `cnf`.
+    cert_thumbprint: Option<String>,
 }
 
 impl fmt::Debug for UreqTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The client key never shows; the certificate by its thumbprint.
         f.debug_struct("UreqTransport")
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
+            .field("client_certificate", &self.cert_thumbprint)
+            .field("custom_roots", &self.roots.is_some())
             .finish()
     }
 }
@@ -89,52 +104,157 @@ impl UreqTransport {
     /// machine's default lease TTL, so a lease holder never loses its lease
     /// mid-request).
     pub fn new() -> Self {
-        Self::with_timeouts(Duration::from_secs(10), Duration::from_secs(30))
+        UreqTransport {
+            agent: ureq::Agent::new_with_defaults(),
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+            client_cert: None,
+            roots: None,
+            cert_thumbprint: None,
+        }
+        .rebuilt()
     }
 
     /// Sets the timeout for establishing the connection (TCP and TLS).
-    pub fn connect_timeout(self, timeout: Duration) -> Self {
-        Self::with_timeouts(timeout, self.timeout)
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self.rebuilt()
     }
 
     /// Sets the timeout for the whole request, from connecting to the last
     /// byte of the answer.
-    pub fn timeout(self, timeout: Duration) -> Self {
-        Self::with_timeouts(self.connect_timeout, timeout)
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self.rebuilt()
     }
 
-    fn with_timeouts(connect_timeout: Duration, timeout: Duration) -> Self {
+    /// Presents a client certificate in the TLS handshake: mutual TLS for
+    /// RFC 8705 `tls_client_auth` (a certificate from a CA the authority
+    /// trusts) and `self_signed_tls_client_auth` (a registered self-signed
+    /// certificate). `chain_pem` holds the certificate, then any
+    /// intermediates; `key_pem` its private key (PKCS#8, PKCS#1 or SEC1).
+    /// Set the source's method with
+    /// [`ClientAuth::TlsClientAuth`](freshtoken_core::oauth2::ClientAuth::TlsClientAuth)
+    /// so that only `client_id` goes in the body. Tokens the authority
+    /// binds to the certificate (`cnf.x5t#S256`) come back unchanged;
+    /// [`certificate_thumbprint`](Self::certificate_thumbprint) is what
+    /// the resource server will compare them with.
+    ///
+    /// ureq and rustls keep the key (its DER and rustls' parsed signing
+    /// key) for the transport's life, as a TLS client must; neither wipes
+    /// it when the transport is dropped. The PEM read from files is wiped.
+    pub fn client_certificate_pem(
+        mut self,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Self, KeyError> {
+        let chain = ureq::tls::parse_pem(chain_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(_) => Some(Err(KeyError::Certificate)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = chain.first().ok_or(KeyError::Certificate)?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, first.der());
+        let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+        let key = PrivateKey::from_pem(key_pem)
+            .map_err(|_| KeyError::Pem("no private key for the client certificate"))?;
+        self.client_cert = Some(ClientCert::new_with_certs(&chain, key));
+        self.cert_thumbprint = Some(thumbprint);
+        Ok(self.rebuilt())
+    }
+
+    /// Reads the client certificate chain and key from PEM files (see
+    /// [`client_certificate_pem`](Self::client_certificate_pem)).
+    pub fn client_certificate_files(
+        self,
+        chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, KeyError> {
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map(Zeroizing::new)
+                .map_err(|e| KeyError::Io {
+                    path: p.display().to_string(),
+                    kind: e.kind(),
+                })
+        };
+        let chain = read(chain.as_ref())?;
+        let key = read(key.as_ref())?;
+        self.client_certificate_pem(&chain, &key)
+    }
+
+    /// Trusts these CA certificates (PEM) instead of the Mozilla roots: for
+    /// an authority with a private CA.
+    pub fn root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, KeyError> {
+        let certs = ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(_) => Some(Err(KeyError::Certificate)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if certs.is_empty() {
+            return Err(KeyError::Certificate);
+        }
+        self.roots = Some(RootCerts::new_with_certs(&certs));
+        Ok(self.rebuilt())
+    }
+
+    /// The client certificate's SHA-256 thumbprint (base64url), as in a
+    /// certificate-bound token's `cnf.x5t#S256`.
+    pub fn certificate_thumbprint(&self) -> Option<&str> {
+        self.cert_thumbprint.as_deref()
+    }
+
+    fn rebuilt(mut self) -> Self {
+        let mut tls = TlsConfig::builder().client_cert(self.client_cert.clone());
+        if let Some(roots) = &self.roots {
+            tls = tls.root_certs(roots.clone());
+        }
         let config = ureq::Agent::config_builder()
             // Every status is an answer for the OAuth2 parser to classify.
             .http_status_as_error(false)
             // A redirect of a POST carrying a client secret is not followed;
             // the parser reports it.
             .max_redirects(0)
-            .timeout_connect(Some(connect_timeout))
-            .timeout_global(Some(timeout))
+            .timeout_connect(Some(self.connect_timeout))
+            .timeout_global(Some(self.timeout))
             .user_agent(concat!("freshtoken/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls.build())
             .build();
-        UreqTransport {
-            agent: config.new_agent(),
-            connect_timeout,
-            timeout,
-        }
+        self.agent = config.new_agent();
+        self
     }
 }
 
 impl HttpTransport for UreqTransport {
     fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
         check_token_url(request.url()).map_err(|e| FetchError::permanent(e.to_string()))?;
-        let mut builder = self.agent.post(request.url()).header("Connection", "close");
-        if has_loopback_host(request.url()) {
-            // An HTTP(S)_PROXY from the environment cannot reach this
-            // machine's loopback.
-            builder = builder.config().proxy(None).build();
+        let loopback = has_loopback_host(request.url());
+        let response = if request.method() == "GET" {
+            let mut builder = self.agent.get(request.url()).header("Connection", "close");
+            if loopback {
+                builder = builder.config().proxy(None).build();
+            }
+            for (name, value) in request.headers() {
+                builder = builder.header(name, value);
+            }
+            builder.call()
+        } else {
+            let mut builder = self.agent.post(request.url()).header("Connection", "close");
+            if loopback {
+                // An HTTP(S)_PROXY from the environment cannot reach this
+                // machine's loopback.
+                builder = builder.config().proxy(None).build();
+            }
+            for (name, value) in request.headers() {
+                builder = builder.header(name, value);
+            }
+            builder.send(request.body())
         }
-        for (name, value) in request.headers() {
-            builder = builder.header(name, value);
-        }
-        let response = builder.send(request.body()).map_err(transport_error)?;
+        .map_err(transport_error)?;
         let (parts, body) = response.into_parts();
         let headers = parts
             .headers

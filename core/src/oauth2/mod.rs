@@ -16,6 +16,14 @@
 //! `client_secret_post` and `none`; form or JSON bodies; answers per RFC
 //! 6749 5.1/5.2, `Retry-After` and `Date`.
 //!
+//! Beyond client secrets: `private_key_jwt` and `client_secret_jwt` client
+//! assertions (RFC 7523 2.2; the JOSE header, claims and compact form in
+//! [`assertion`], the signature in the `freshtoken` crate), mTLS client
+//! authentication (RFC 8705), the JWT-bearer grant (RFC 7523 2.1) and token
+//! exchange (RFC 8693), with the per-fetch credentials in
+//! [`FetchCredentials`]; authorization server metadata (RFC 8414, OpenID
+//! Connect Discovery) in [`discovery`].
+//!
 //! ```
 //! use freshtoken_core::oauth2::{HttpResponse, TokenRequest};
 //! use freshtoken_core::{ClientSecret, FetchRequest, Timestamp};
@@ -28,13 +36,18 @@
 //! assert_eq!(token.expires_in, Some(300));
 //! ```
 
+pub mod assertion;
+pub mod discovery;
 pub mod form;
 mod redact;
 mod request;
 mod response;
+mod url;
 
 pub use redact::redacted_excerpt;
 pub use request::{
-    BodyFormat, ClientAuth, GrantKind, HttpRequest, TokenRequest, DEFAULT_MAX_RESPONSE_BYTES,
+    BodyFormat, ClientAuth, FetchCredentials, GrantKind, HttpRequest, TokenRequest,
+    CLIENT_ASSERTION_TYPE_JWT_BEARER, DEFAULT_MAX_RESPONSE_BYTES,
 };
 pub use response::{classify, parse_http_date, parse_response, parse_retry_after, HttpResponse};
+pub use url::{check_token_url, has_loopback_host, UrlError};

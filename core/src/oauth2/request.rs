@@ -9,7 +9,7 @@ use super::form;
 use super::response::{parse_response, HttpResponse};
 use crate::error::FetchError;
 use crate::machine::FetchRequest;
-use crate::secret::ClientSecret;
+use crate::secret::{Assertion, ClientSecret};
 use crate::time::Timestamp;
 use crate::token::TokenResponse;
 
@@ -31,6 +31,127 @@ pub enum ClientAuth {
     Post,
     /// `none`: a public client; only `client_id` is sent, in the body.
     None,
+    /// `private_key_jwt` (RFC 7523 2.2, OpenID Connect Core 9): a JWT
+    /// signed with the client's private key, sent as `client_assertion`
+    /// with `client_assertion_type`
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`, plus
+    /// `client_id`. A federated workload identity token (a Kubernetes
+    /// service-account token, the Azure workload-identity file) is sent the
+    /// same way. The assertion comes with each build
+    /// ([`FetchCredentials::client_assertion`]).
+    PrivateKeyJwt,
+    /// `client_secret_jwt` (OpenID Connect Core 9): like
+    /// [`PrivateKeyJwt`](Self::PrivateKeyJwt), with a JWT signed with the
+    /// client secret (HMAC).
+    ClientSecretJwt,
+    /// `tls_client_auth` (RFC 8705 2.1): the client authenticates with a
+    /// certificate from a CA the authority trusts, at the TLS layer; only
+    /// `client_id` is sent, in the body.
+    TlsClientAuth,
+    /// `self_signed_tls_client_auth` (RFC 8705 2.2): a self-signed client
+    /// certificate registered with the authority; only `client_id` in the
+    /// body.
+    SelfSignedTlsClientAuth,
+}
+
+impl ClientAuth {
+    /// The method's registered name, as in `token_endpoint_auth_method`
+    /// and a discovery document's `token_endpoint_auth_methods_supported`.
+    ///
+    /// ```
+    /// use freshtoken_core::oauth2::ClientAuth;
+    /// assert_eq!(ClientAuth::PrivateKeyJwt.as_str(), "private_key_jwt");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "client_secret_basic",
+            ClientAuth::Post => "client_secret_post",
+            ClientAuth::None => "none",
+            ClientAuth::PrivateKeyJwt => "private_key_jwt",
+            ClientAuth::ClientSecretJwt => "client_secret_jwt",
+            ClientAuth::TlsClientAuth => "tls_client_auth",
+            ClientAuth::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+        }
+    }
+
+    /// Whether the method sends a `client_assertion` JWT.
+    pub fn uses_client_assertion(self) -> bool {
+        matches!(
+            self,
+            ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt
+        )
+    }
+
+    /// Whether the method authenticates at the TLS layer (RFC 8705).
+    pub fn uses_mtls(self) -> bool {
+        matches!(
+            self,
+            ClientAuth::TlsClientAuth | ClientAuth::SelfSignedTlsClientAuth
+        )
+    }
+}
+
+/// The `client_assertion_type` of RFC 7523 2.2 client assertions.
+pub const CLIENT_ASSERTION_TYPE_JWT_BEARER: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The credentials that change with every fetch and that a
+/// [`TokenRequest`] cannot make itself, because making them needs a key, a
+/// file or another token: a client assertion, a JWT-bearer grant's
+/// assertion, a token exchange's subject and actor tokens.
+///
+/// ```
+/// use freshtoken_core::oauth2::FetchCredentials;
+/// use freshtoken_core::Assertion;
+///
+/// let jwt = Assertion::new("eyJ...");
+/// let creds = FetchCredentials::new().client_assertion(&jwt);
+/// assert!(!format!("{creds:?}").contains("eyJ"));
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct FetchCredentials<'a> {
+    /// The client assertion for [`ClientAuth::PrivateKeyJwt`] and
+    /// [`ClientAuth::ClientSecretJwt`].
+    pub client_assertion: Option<&'a Assertion>,
+    /// The `assertion` of a [`GrantKind::JwtBearer`] request.
+    pub assertion: Option<&'a Assertion>,
+    /// The `subject_token` and its `subject_token_type` of a
+    /// [`GrantKind::TokenExchange`] request.
+    pub subject_token: Option<(&'a Assertion, &'a str)>,
+    /// The optional `actor_token` and its `actor_token_type`.
+    pub actor_token: Option<(&'a Assertion, &'a str)>,
+}
+
+impl<'a> FetchCredentials<'a> {
+    /// No credentials.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With a client assertion.
+    pub fn client_assertion(mut self, assertion: &'a Assertion) -> Self {
+        self.client_assertion = Some(assertion);
+        self
+    }
+
+    /// With a JWT-bearer grant assertion.
+    pub fn assertion(mut self, assertion: &'a Assertion) -> Self {
+        self.assertion = Some(assertion);
+        self
+    }
+
+    /// With a token exchange's subject token and its type URI.
+    pub fn subject_token(mut self, token: &'a Assertion, token_type: &'a str) -> Self {
+        self.subject_token = Some((token, token_type));
+        self
+    }
+
+    /// With a token exchange's actor token and its type URI.
+    pub fn actor_token(mut self, token: &'a Assertion, token_type: &'a str) -> Self {
+        self.actor_token = Some((token, token_type));
+        self
+    }
 }
 
 /// The grant the request asks for.
@@ -42,6 +163,14 @@ pub enum GrantKind {
     /// `refresh_token` (RFC 6749 6): renews a user's grant; the refresh
     /// token comes from the [`FetchRequest`].
     RefreshToken,
+    /// `urn:ietf:params:oauth:grant-type:jwt-bearer` (RFC 7523 2.1): a
+    /// signed JWT is the grant (Google service accounts); the assertion
+    /// comes with each build ([`FetchCredentials::assertion`]).
+    JwtBearer,
+    /// `urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693): a
+    /// subject token (and maybe an actor token) traded for another token;
+    /// they come with each build ([`FetchCredentials::subject_token`]).
+    TokenExchange,
 }
 
 impl GrantKind {
@@ -50,6 +179,8 @@ impl GrantKind {
         match self {
             GrantKind::ClientCredentials => "client_credentials",
             GrantKind::RefreshToken => "refresh_token",
+            GrantKind::JwtBearer => "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            GrantKind::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
         }
     }
 }
@@ -80,7 +211,24 @@ pub struct HttpRequest {
 }
 
 impl HttpRequest {
-    /// The method (always `POST` for token requests).
+    /// A `GET` of `url` that accepts JSON, without a body: how a discovery
+    /// document is read.
+    ///
+    /// ```
+    /// use freshtoken_core::oauth2::HttpRequest;
+    /// let r = HttpRequest::get("https://a.example/.well-known/openid-configuration");
+    /// assert_eq!((r.method(), r.body().len()), ("GET", 0));
+    /// ```
+    pub fn get(url: impl Into<String>) -> Self {
+        HttpRequest {
+            method: "GET",
+            url: url.into(),
+            headers: vec![("Accept", Zeroizing::new("application/json".to_owned()))],
+            body: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    /// The method: `POST` for token requests, `GET` for discovery.
     pub fn method(&self) -> &'static str {
         self.method
     }
@@ -222,6 +370,50 @@ impl TokenRequest {
         r
     }
 
+    /// A JWT-bearer grant request (RFC 7523 2.1) to `url`. The assertion
+    /// comes with each build; client authentication is
+    /// [`ClientAuth::None`] (only `client_id` is sent, as Google's
+    /// service-account flow wants) unless changed.
+    pub fn jwt_bearer(url: impl Into<String>, client_id: impl Into<String>) -> Self {
+        let mut r = Self::new(url, GrantKind::JwtBearer, client_id);
+        r.client_auth = ClientAuth::None;
+        r
+    }
+
+    /// A token exchange request (RFC 8693) to `url`. The subject token
+    /// comes with each build; add `requested_token_type` with
+    /// [`param`](Self::param), and `audience`, `resource` and `scope` with
+    /// their setters. Public client ([`ClientAuth::None`]) unless changed.
+    pub fn token_exchange(url: impl Into<String>, client_id: impl Into<String>) -> Self {
+        let mut r = Self::new(url, GrantKind::TokenExchange, client_id);
+        r.client_auth = ClientAuth::None;
+        r
+    }
+
+    /// Sets the client id (empty: none is sent by a public client).
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// The same request to another token endpoint (one that discovery
+    /// found).
+    pub fn with_url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// The client authentication method.
+    pub fn auth_method(&self) -> ClientAuth {
+        self.client_auth
+    }
+
+    /// The client secret, for a source that signs `client_secret_jwt`
+    /// assertions with it.
+    pub fn secret(&self) -> Option<&ClientSecret> {
+        self.client_secret.as_ref()
+    }
+
     /// Sets (or, with `None`, removes) the client secret. Setting one on a
     /// public client switches it to [`ClientAuth::Basic`]; removing it
     /// makes it public ([`ClientAuth::None`]).
@@ -306,12 +498,64 @@ impl TokenRequest {
     /// permanent error: nothing can be sent until one is known (the machine
     /// may still find one in a shared cache later).
     pub fn build(&self, fetch: &FetchRequest) -> Result<HttpRequest, FetchError> {
+        self.build_with(fetch, &FetchCredentials::new())
+    }
+
+    /// Builds the HTTP request for one fetch with the credentials that
+    /// change per fetch: a client assertion for [`ClientAuth::PrivateKeyJwt`]
+    /// and [`ClientAuth::ClientSecretJwt`], the grant's assertion or subject
+    /// token. A credential the request needs and `credentials` lacks is a
+    /// permanent error (a configuration mistake, never sent half-made).
+    ///
+    /// ```
+    /// use freshtoken_core::oauth2::{ClientAuth, FetchCredentials, TokenRequest};
+    /// use freshtoken_core::{Assertion, ClientSecret, FetchRequest};
+    ///
+    /// let request = TokenRequest::client_credentials("https://a.example/token", "app", ClientSecret::new(""))
+    ///     .client_secret(None)
+    ///     .client_auth(ClientAuth::PrivateKeyJwt);
+    /// assert!(request.build(&FetchRequest::first()).is_err());
+    /// let jwt = Assertion::new("h.p.s");
+    /// let http = request
+    ///     .build_with(&FetchRequest::first(), &FetchCredentials::new().client_assertion(&jwt))
+    ///     .unwrap();
+    /// assert_eq!(
+    ///     std::str::from_utf8(http.body()).unwrap(),
+    ///     "grant_type=client_credentials&client_id=app&client_assertion_type=\
+    ///      urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=h.p.s",
+    /// );
+    /// ```
+    pub fn build_with(
+        &self,
+        fetch: &FetchRequest,
+        credentials: &FetchCredentials<'_>,
+    ) -> Result<HttpRequest, FetchError> {
         let mut params: Vec<(&str, &str)> = vec![("grant_type", self.grant.as_str())];
-        if self.grant == GrantKind::RefreshToken {
-            let rt = fetch.refresh_token.as_ref().ok_or_else(|| {
-                FetchError::permanent("no refresh token is known for the refresh-token grant")
-            })?;
-            params.push(("refresh_token", rt.expose_secret()));
+        match self.grant {
+            GrantKind::ClientCredentials => {}
+            GrantKind::RefreshToken => {
+                let rt = fetch.refresh_token.as_ref().ok_or_else(|| {
+                    FetchError::permanent("no refresh token is known for the refresh-token grant")
+                })?;
+                params.push(("refresh_token", rt.expose_secret()));
+            }
+            GrantKind::JwtBearer => {
+                let assertion = credentials.assertion.ok_or_else(|| {
+                    FetchError::permanent("the JWT-bearer grant needs an assertion")
+                })?;
+                params.push(("assertion", assertion.expose_secret()));
+            }
+            GrantKind::TokenExchange => {
+                let (token, kind) = credentials.subject_token.ok_or_else(|| {
+                    FetchError::permanent("the token exchange grant needs a subject token")
+                })?;
+                params.push(("subject_token", token.expose_secret()));
+                params.push(("subject_token_type", kind));
+                if let Some((token, kind)) = credentials.actor_token {
+                    params.push(("actor_token", token.expose_secret()));
+                    params.push(("actor_token_type", kind));
+                }
+            }
         }
         if let Some(scope) = &self.scope {
             params.push(("scope", scope));
@@ -348,8 +592,24 @@ impl TokenRequest {
                 params.push(("client_id", &self.client_id));
                 params.push(("client_secret", secret.expose_secret()));
             }
+            (ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt, _) => {
+                let assertion = credentials.client_assertion.ok_or_else(|| {
+                    FetchError::permanent(format!(
+                        "{} client authentication needs a client assertion",
+                        self.client_auth.as_str()
+                    ))
+                })?;
+                // RFC 7521 4.2 makes client_id optional; Entra ID and
+                // oidc-provider accept it, and some authorities require it.
+                params.push(("client_id", &self.client_id));
+                params.push(("client_assertion_type", CLIENT_ASSERTION_TYPE_JWT_BEARER));
+                params.push(("client_assertion", assertion.expose_secret()));
+            }
             // A public client, or an auth method that needs a secret we do
             // not have: identify the client in the body.
+            // (An empty client id is not sent: a JWT-bearer grant such as
+            // Google's names the client in the assertion alone.)
+            _ if self.client_id.is_empty() => {}
             _ => params.push(("client_id", &self.client_id)),
         }
 

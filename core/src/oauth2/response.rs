@@ -199,6 +199,7 @@ pub fn parse_response(
     }
 
     let kind = classify(grant, status, code.as_deref());
+    let error_code = code.clone();
     let message = match &code {
         Some(code) => match raw.error_description.as_ref().and_then(Value::as_str) {
             Some(d) => format!("{code}: {}", redacted_excerpt(d.as_bytes(), EXCERPT_CHARS)),
@@ -210,7 +211,7 @@ pub fn parse_response(
             redacted_excerpt(body, EXCERPT_CHARS)
         ),
     };
-    Err(fail(kind, message))
+    Err(fail(kind, message).with_error_code(error_code))
 }
 
 /// The error kind for an answer with this status and RFC 6749 error code.
@@ -221,7 +222,12 @@ pub fn parse_response(
 ///   [`Transient`](FetchErrorKind::Transient).
 /// * `invalid_grant`: [`GrantRevoked`](FetchErrorKind::GrantRevoked) for
 ///   the refresh-token grant (the token was revoked or rotated away), else
-///   [`Permanent`](FetchErrorKind::Permanent).
+///   [`Permanent`](FetchErrorKind::Permanent). For the assertion grants
+///   (JWT-bearer, token exchange) there is no grant to lose: the next
+///   assertion starts afresh. A source whose assertion or subject token
+///   comes from elsewhere turns the refusal of a stale one into a
+///   transient error with
+///   [`reclassify_supplied_assertion_error`](super::assertion::reclassify_supplied_assertion_error).
 /// * Any other code (`invalid_client`, `unauthorized_client`,
 ///   `invalid_scope`, `unsupported_grant_type`, `invalid_target`,
 ///   `invalid_request`, ...), and other 3xx/4xx statuses: `Permanent`.
@@ -516,6 +522,8 @@ mod tests {
             (cc, 400, "invalid_target", Permanent),
             (cc, 400, "invalid_grant", Permanent),
             (rt, 400, "invalid_grant", GrantRevoked),
+            (GrantKind::JwtBearer, 400, "invalid_grant", Permanent),
+            (GrantKind::TokenExchange, 400, "invalid_grant", Permanent),
             (rt, 503, "temporarily_unavailable", Transient),
             (rt, 400, "temporarily_unavailable", Transient),
             (rt, 400, "slow_down", RateLimited),
