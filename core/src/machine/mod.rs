@@ -1161,7 +1161,7 @@ impl RefreshMachine {
         } else {
             0
         };
-        let hand_on = unreached && self.unreached % HAND_ON_AFTER == 0;
+        let hand_on = unreached && self.unreached.is_multiple_of(HAND_ON_AFTER);
         self.retry_later_keeping(error, !hand_on);
     }
 
