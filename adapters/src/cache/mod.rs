@@ -39,6 +39,8 @@ mod stack;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisCache;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisCacheBuilder;
 #[cfg(feature = "file")]
 pub use file::FileCache;
 pub use memory::MemoryCache;
