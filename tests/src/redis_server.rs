@@ -412,6 +412,11 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The live nodes' ports.
+    pub fn urls_ports(&self) -> Vec<u16> {
+        self.live_ports().collect()
+    }
+
     fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.nodes
             .iter()
@@ -459,8 +464,8 @@ impl RedisCluster {
     }
 
     /// Waits until every live node says `cluster_state:ok`, every slot
-    /// range has a live primary, and each of those primaries has a replica
-    /// attached (so that `WAIT 1` can succeed).
+    /// range has a live primary, and each of those primaries has an online
+    /// replica (so that `WAIT 1` can succeed).
     pub fn wait_healthy(&self, within: Duration) {
         wait_for("the cluster to be healthy", within, || {
             let ok = self.live_ports().all(|p| {
@@ -471,8 +476,11 @@ impl RedisCluster {
                 .iter()
                 .filter(|(_, primary, failed, slots)| *primary && !*failed && !slots.is_empty())
                 .all(|(port, ..)| {
-                    query(*port, &["INFO", "replication"])
-                        .is_some_and(|i| !i.contains("connected_slaves:0"))
+                    // Online: past the initial sync, so it acknowledges.
+                    query(*port, &["INFO", "replication"]).is_some_and(|i| {
+                        i.lines()
+                            .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+                    })
                 })
         });
     }
