@@ -345,6 +345,17 @@ fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Cluster mode, its state file in the node's directory, and a 1 s node
+/// timeout (failure detection and failover within seconds).
+const CLUSTER_NODE_ARGS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+];
+
 /// A real Redis Cluster on loopback: `primaries` primaries with one replica
 /// each (`redis-cli --cluster create --cluster-replicas 1`), node timeout
 /// 1 s so a killed primary's replica takes over within seconds. Every node
@@ -370,18 +381,7 @@ impl RedisCluster {
             .iter()
             .map(|&port| {
                 let node_dir = dir.path().join(port.to_string());
-                let child = spawn_node(
-                    &node_dir,
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "1000",
-                    ],
-                );
+                let child = spawn_node(&node_dir, port, &CLUSTER_NODE_ARGS);
                 (port, Some(child))
             })
             .collect();
@@ -508,6 +508,17 @@ impl RedisCluster {
                     let _ = c.kill();
                     let _ = c.wait();
                 }
+            }
+        }
+    }
+
+    /// Restarts a killed node with its old identity (`nodes.conf`): a
+    /// killed primary rejoins as a replica of the node that replaced it.
+    pub fn restart(&mut self, port: u16) {
+        let dir = self.dir.path().join(port.to_string());
+        for (p, child) in &mut self.nodes {
+            if *p == port && child.is_none() {
+                *child = Some(spawn_node(&dir, port, &CLUSTER_NODE_ARGS));
             }
         }
     }
@@ -651,6 +662,21 @@ impl RedisSentinel {
             }
         }
         port
+    }
+
+    /// Restarts a killed server (as a primary, with an empty dataset); the
+    /// Sentinels then turn it into a replica of the current primary.
+    pub fn restart(&mut self, port: u16) {
+        let primary = port == self.servers[0].0;
+        let dir = self
+            .dir
+            .path()
+            .join(if primary { "primary" } else { "replica" });
+        for (p, child) in &mut self.servers {
+            if *p == port && child.is_none() {
+                *child = Some(spawn_node(&dir, port, &[]));
+            }
+        }
     }
 
     /// Waits until the Sentinels report a primary other than `old` and it

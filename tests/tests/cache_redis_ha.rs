@@ -136,6 +136,22 @@ fn a_cluster_round_trips_shares_a_lease_and_survives_a_killed_primary() {
         LeaseOutcome::Busy,
         "an unacknowledged lease is given back"
     );
+    // The killed node comes back as a replica of its successor: leases and
+    // stores are acknowledged again.
+    cluster.restart(primary);
+    let (_, busy, took) = eventually("a lease once the old primary is back", || {
+        match cache.acquire_lease(Duration::from_secs(5))? {
+            LeaseOutcome::Granted => Ok(()),
+            other => Err(CacheError::new(
+                freshtoken::CacheErrorKind::Unavailable,
+                format!("{other:?}"),
+            )),
+        }
+    });
+    println!(
+        "cluster: node {primary} restarted; leases acknowledged again after {took:?} ({busy} busy)"
+    );
+    cache.store(&token(103)).unwrap();
 }
 
 #[test]
@@ -172,4 +188,20 @@ fn a_sentinel_primary_round_trips_shares_a_lease_and_fails_over() {
         a.acquire_lease(Duration::from_secs(5)).unwrap(),
         LeaseOutcome::Busy
     );
+    // The old primary comes back; the Sentinels make it a replica of the
+    // new one, and acknowledgements resume.
+    set.restart(old);
+    let (_, busy, took) = eventually("a lease once the old primary is back", || {
+        match a.acquire_lease(Duration::from_secs(5))? {
+            LeaseOutcome::Granted => Ok(()),
+            other => Err(CacheError::new(
+                freshtoken::CacheErrorKind::Unavailable,
+                format!("{other:?}"),
+            )),
+        }
+    });
+    println!(
+        "sentinel: server {old} restarted; leases acknowledged again after {took:?} ({busy} busy)"
+    );
+    a.store(&token(3)).unwrap();
 }
