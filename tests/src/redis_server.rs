@@ -345,6 +345,9 @@ fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A node as `CLUSTER NODES` shows it: port, primary, failed, slot ranges.
+type NodeLine = (u16, bool, bool, Vec<(u16, u16)>);
+
 /// Cluster mode, its state file in the node's directory, and a 1 s node
 /// timeout (failure detection and failover within seconds).
 const CLUSTER_NODE_ARGS: [&str; 6] = [
@@ -426,7 +429,7 @@ impl RedisCluster {
 
     /// `CLUSTER NODES` as (port, is primary, is failed, slot ranges), from
     /// any live node.
-    fn topology(&self) -> Vec<(u16, bool, bool, Vec<(u16, u16)>)> {
+    fn topology(&self) -> Vec<NodeLine> {
         let Some(text) = self
             .live_ports()
             .find_map(|p| query(p, &["CLUSTER", "NODES"]))
