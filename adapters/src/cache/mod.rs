@@ -17,6 +17,11 @@
 //! * `RedisCache` (feature `redis`, `rediss://` with `redis-tls`): shared by
 //!   a fleet; `SET NX PX` lease with a compare-and-delete release.
 //! * [`CacheStack`]: several of them checked in order, with write-back.
+//! * `RedisCache` on a Redis Cluster (feature `redis-cluster`) or the
+//!   primary that Redis Sentinel names (feature `redis-sentinel`), with
+//!   leases and rotated refresh tokens acknowledged by a replica.
+//! * `AsyncRedisCache` (features `redis-tokio`, `redis-smol`): the Redis
+//!   cache on the redis crate's async connection, for the async drivers.
 //!
 //! The file and Redis caches share one versioned JSON format, `record`,
 //! which also reads aliri_tokens 0.3's cache file.
@@ -35,12 +40,16 @@ mod memory;
 pub mod record;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(feature = "redis-tokio", feature = "redis-smol"))]
+mod redis_async;
 mod stack;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisCache;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisCacheBuilder;
+#[cfg(any(feature = "redis-tokio", feature = "redis-smol"))]
+pub use self::redis_async::AsyncRedisCache;
 #[cfg(feature = "file")]
 pub use file::FileCache;
 pub use memory::MemoryCache;

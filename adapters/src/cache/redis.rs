@@ -17,7 +17,7 @@ use crate::clock::SystemClock;
 
 /// Takes the lease if it is free, or extends it if it is already ours (a
 /// retry under the lease must not find itself locked out).
-const ACQUIRE: &str = r"
+pub(super) const ACQUIRE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return 1
@@ -30,7 +30,7 @@ return 0
 
 /// Deletes the lease only if it is still ours: after our TTL ran out,
 /// another instance may hold it, and deleting theirs would let a third in.
-const RELEASE: &str = r"
+pub(super) const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
@@ -43,7 +43,7 @@ return 0
 /// replaces a record it cannot read (a newer format), and this makes that
 /// check and the `SET` one atomic step. ARGV: cap, expected, new record,
 /// TTL in ms (0: none). Returns 1 when written, 0 when the key changed.
-const STORE: &str = r"
+pub(super) const STORE: &str = r"
 if redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[1])) ~= ARGV[2] then
     return 0
 end
@@ -57,7 +57,7 @@ return 1
 
 /// How often a store re-reads and retries when the record changed between
 /// its read and its write (another instance stored at the same moment).
-const STORE_ATTEMPTS: usize = 4;
+pub(super) const STORE_ATTEMPTS: usize = 4;
 
 /// A token cache in Redis, with a lease.
 ///
@@ -491,7 +491,7 @@ fn cluster_lease_key(key: &str) -> String {
 
 /// Refuses a URL with a fragment, and plain text to a host that is not
 /// loopback unless `allow_plain_text`. Messages never quote the URL.
-fn check_url(url: &str, allow_plain_text: bool) -> Result<(), CacheError> {
+pub(super) fn check_url(url: &str, allow_plain_text: bool) -> Result<(), CacheError> {
     if url.contains('#') {
         return Err(CacheError::new(
             CacheErrorKind::Io,
@@ -507,7 +507,7 @@ fn check_url(url: &str, allow_plain_text: bool) -> Result<(), CacheError> {
     Ok(())
 }
 
-fn plain_text_refused(host: &str) -> CacheError {
+pub(super) fn plain_text_refused(host: &str) -> CacheError {
     CacheError::new(
         CacheErrorKind::Io,
         format!(
@@ -517,7 +517,7 @@ fn plain_text_refused(host: &str) -> CacheError {
 }
 
 /// `localhost` or a loopback IP (`127.0.0.0/8`, `::1`).
-fn is_loopback(host: &str) -> bool {
+pub(super) fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -970,18 +970,18 @@ impl TokenCache for RedisCache {
 }
 
 /// The record bytes for `token`.
-fn encode(token: &Token) -> Vec<u8> {
+pub(super) fn encode(token: &Token) -> Vec<u8> {
     record::encode(token)
 }
 
 /// A token from record bytes.
-fn decode(bytes: &[u8]) -> Result<Token, record::DecodeError> {
+pub(super) fn decode(bytes: &[u8]) -> Result<Token, record::DecodeError> {
     record::decode(bytes)
 }
 
 /// Why a record that failed to decode must be kept rather than treated as
 /// garbage, if it must: it is a record this build cannot read.
-fn unreadable(e: &record::DecodeError) -> Option<String> {
+pub(super) fn unreadable(e: &record::DecodeError) -> Option<String> {
     match e {
         record::DecodeError::UnsupportedVersion(v) => Some(format!(
             "holds a record of format version {v}, newer than this build reads ({})",
@@ -991,17 +991,17 @@ fn unreadable(e: &record::DecodeError) -> Option<String> {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn is_server_answer(e: &redis::RedisError) -> bool {
+pub(super) fn is_server_answer(e: &redis::RedisError) -> bool {
     matches!(e.kind(), redis::ErrorKind::Server(_)) || e.code().is_some()
 }
 
 /// The error's category and code, never its detail (which may quote a URL
 /// or a value).
-fn describe(e: &redis::RedisError) -> String {
+pub(super) fn describe(e: &redis::RedisError) -> String {
     let mut s = e.category().to_owned();
     if s.is_empty() {
         s.push_str("error");
@@ -1026,14 +1026,14 @@ fn describe(e: &redis::RedisError) -> String {
     s
 }
 
-fn invalid_url(e: &redis::RedisError) -> CacheError {
+pub(super) fn invalid_url(e: &redis::RedisError) -> CacheError {
     CacheError::new(
         CacheErrorKind::Io,
         format!("invalid Redis URL or TLS settings ({})", describe(e)),
     )
 }
 
-fn to_cache_error(e: &redis::RedisError) -> CacheError {
+pub(super) fn to_cache_error(e: &redis::RedisError) -> CacheError {
     use redis::ServerErrorKind as S;
     let unavailable = e.is_io_error()
         || e.is_timeout()
@@ -1058,7 +1058,7 @@ fn to_cache_error(e: &redis::RedisError) -> CacheError {
 /// provider is never replaced: `install_default` only succeeds when none is
 /// installed, and losing that race to the application is fine.
 #[cfg(feature = "redis-tls")]
-fn install_crypto_provider() {
+pub(super) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
