@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use freshtoken_core::{CacheError, Clock, LeaseOutcome, Token, TokenStatus};
+use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Token, TokenStatus};
 
 use super::TokenCache;
 use crate::clock::SystemClock;
@@ -18,7 +18,11 @@ use crate::clock::SystemClock;
 ///   tokens still count, because they may carry the newest refresh token.
 ///   The winner is written back to the layers above it that held nothing
 ///   or something worse. A failing layer is skipped with a warning; the load
-///   fails only when every layer failed.
+///   fails only when every layer failed, or when a layer holds a record this
+///   instance cannot read ([`Unreadable`](freshtoken_core::CacheErrorKind::Unreadable):
+///   a newer format, a key it lacks) and no layer had a fresh token. Such a
+///   record may hold the newest refresh token, so it is reported rather than
+///   hidden as a miss.
 /// * **store** writes to every layer, even when one fails, and reports the
 ///   first failure.
 /// * **the lease** is taken from the *last* layer that supports leases: the
@@ -107,6 +111,7 @@ impl TokenCache for CacheStack {
         let mut best: Option<(usize, Token)> = None;
         let mut failures = 0;
         let mut last_error = None;
+        let mut unreadable = None;
         for (i, layer) in self.layers.iter().enumerate() {
             match layer.load() {
                 Ok(Some(token)) => {
@@ -127,8 +132,22 @@ impl TokenCache for CacheStack {
                     tracing::warn!(layer = i, error = %e, "cache layer failed to load; skipping it");
                     held.push(None);
                     failures += 1;
+                    if e.kind() == CacheErrorKind::Unreadable {
+                        unreadable.get_or_insert_with(|| e.clone());
+                    }
                     last_error = Some(e);
                 }
+            }
+        }
+        // A layer holding a record this instance cannot read (a newer
+        // format, a key it lacks) may hold the newest refresh token: unless
+        // another layer had a fresh token, that is the answer, not a miss.
+        if let Some(e) = unreadable {
+            let fresh = best
+                .as_ref()
+                .is_some_and(|(_, t)| t.status(now) == TokenStatus::Fresh);
+            if !fresh {
+                return Err(e);
             }
         }
         let Some((from, token)) = best else {
@@ -194,7 +213,7 @@ impl TokenCache for CacheStack {
 mod tests {
     use super::*;
     use crate::cache::MemoryCache;
-    use freshtoken_core::{AccessToken, CacheErrorKind, ManualClock, RefreshToken, Timestamp};
+    use freshtoken_core::{AccessToken, ManualClock, RefreshToken, Timestamp};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A layer that counts its loads and can be made to fail.
@@ -243,6 +262,44 @@ mod tests {
 
     fn clock_at(secs: u64) -> ManualClock {
         ManualClock::new(Timestamp::from_secs(secs))
+    }
+
+    /// A layer holding a record this instance cannot read.
+    struct Unreadable;
+
+    impl TokenCache for Unreadable {
+        fn load(&self) -> Result<Option<Token>, CacheError> {
+            Err(CacheError::new(CacheErrorKind::Unreadable, "newer format"))
+        }
+        fn store(&self, _: &Token) -> Result<(), CacheError> {
+            Err(CacheError::new(CacheErrorKind::Unreadable, "newer format"))
+        }
+    }
+
+    #[test]
+    fn an_unreadable_layer_is_not_a_miss() {
+        let top = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(top.clone())
+            .with(Unreadable)
+            .with_clock(clock_at(50));
+        // Nothing above it: the error, not a miss.
+        let err = stack.load().unwrap_err();
+        assert_eq!(err.kind(), CacheErrorKind::Unreadable);
+        // A stale token above it does not hide it either...
+        top.store(&token("stale", 0, 45, 60)).unwrap();
+        assert_eq!(stack.load().unwrap_err().kind(), CacheErrorKind::Unreadable);
+        // ...but a fresh one is used without asking the layer below.
+        top.store(&token("fresh", 40, 90, 120)).unwrap();
+        assert_eq!(
+            stack
+                .load()
+                .unwrap()
+                .unwrap()
+                .access_token()
+                .expose_secret(),
+            "fresh"
+        );
     }
 
     #[test]
