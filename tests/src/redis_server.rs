@@ -288,6 +288,13 @@ fn free_port() -> u16 {
 /// Starts `redis-server` with `args` (no persistence, loopback only, its
 /// files in `dir`) and waits until it answers `PING` on `port`.
 fn spawn_node(dir: &std::path::Path, port: u16, args: &[&str]) -> Child {
+    // The helpers talk to the nodes through redis-cli: say so if it is missing.
+    if let Err(e) = Command::new("redis-cli").arg("--version").output() {
+        panic!(
+            "cannot run redis-cli ({e}); install it with .ci/setup-redis-ha.sh \
+             (apt-get install redis-tools) so that it is on PATH"
+        );
+    }
     std::fs::create_dir_all(dir).expect("a node directory");
     let mut cmd = Command::new("redis-server");
     cmd.args(["--save", "", "--appendonly", "no", "--daemonize", "no"])

@@ -235,11 +235,15 @@ impl FileCache {
     fn lock(&self, patience: Duration) -> Result<Option<Locked>, CacheError> {
         let file = self.open_lock()?;
         let deadline = Instant::now() + patience;
+        // Holders keep the lock for microseconds to a few milliseconds (an
+        // fsync): start with short naps and grow them to 1 ms.
+        let mut nap = Duration::from_micros(20);
         loop {
             match file.try_lock_exclusive() {
                 Ok(true) => return Ok(Some(Locked(file))),
                 Ok(false) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
+                    std::thread::sleep(nap);
+                    nap = (nap * 2).min(Duration::from_millis(1));
                 }
                 Ok(false) => return Ok(None),
                 Err(e) => return Err(self.io_error(&self.lock_path, "cannot lock lease file", e)),
