@@ -66,6 +66,10 @@ pub trait TokenCache: Send + Sync + 'static {
     /// The stored token, if any. A corrupt or foreign entry is `Ok(None)`
     /// (with a warning) or a [`CacheErrorKind::Corrupt`](freshtoken_core::CacheErrorKind::Corrupt)
     /// error; either way the machine carries on.
+    /// An entry that this instance cannot read but must not lose (a newer
+    /// format version, written by a newer release) is a
+    /// [`CacheErrorKind::Unreadable`](freshtoken_core::CacheErrorKind::Unreadable)
+    /// error, and `store` refuses to replace it with the same error.
     fn load(&self) -> Result<Option<Token>, CacheError>;
 
     /// Stores `token` (with its refresh token, when it has one).
