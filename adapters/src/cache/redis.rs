@@ -122,6 +122,16 @@ pub(super) const STORE_ATTEMPTS: usize = 4;
 /// the cache again soon); a store that is not acknowledged is a failed store,
 /// which the machine retries before anything else.
 ///
+/// While a primary has no replica that answers (after a failover, until the
+/// old primary rejoins as a replica), no lease is acknowledged: a
+/// client-credentials fleet then fetches per instance (more requests, no
+/// gap in tokens; measured in `tests/tests/fleet_redis_ha.rs`), but a
+/// refresh-token fleet, which never fetches without the lease, waits until
+/// a replica is back. Run two replicas per primary where that wait matters,
+/// or turn the acknowledgements off with
+/// [`replica_acks(0, ..)`](RedisCacheBuilder::replica_acks) and accept the
+/// larger loss window.
+///
 /// What Redis still does not promise: replication is asynchronous and `WAIT`
 /// does not make it synchronous. A write acknowledged by a replica can still
 /// be lost in a failover (the primary fails, and a replica that had not
