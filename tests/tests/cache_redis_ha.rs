@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use freshtoken::cache::{RedisCache, TokenCache};
-use freshtoken::{AccessToken, CacheError, Clock, LeaseOutcome, RefreshToken, SystemClock, Token};
+use freshtoken::{
+    AccessToken, CacheError, CacheErrorKind, Clock, LeaseOutcome, RefreshToken, SystemClock, Token,
+};
 use freshtoken_tests::redis_server::{query, RedisCluster, RedisSentinel, SENTINEL_SERVICE};
 
 const SECRET: &str = "TOPSECRET-access-ha";
@@ -124,17 +126,19 @@ fn a_cluster_round_trips_shares_a_lease_and_survives_a_killed_primary() {
         eventually("a store in another slot", || other.store(&token(101)));
     }
     // The promoted replica has no replica of its own: rotated stores are
-    // not acknowledged (a failed store) and leases are given back (busy).
+    // not acknowledged (a failed store) and leases are given back (an
+    // Unavailable error).
     let t2 = token(102);
     let err = cache.store(&t2).unwrap_err();
     assert!(err.to_string().contains("acknowledged"), "{err}");
     no_secret(&format!("{err} {err:?}"));
     // The write did reach the new primary; only its durability is unknown.
     assert_eq!(cache.load().unwrap(), Some(t2));
+    let err = cache.acquire_lease(Duration::from_secs(5)).unwrap_err();
     assert_eq!(
-        cache.acquire_lease(Duration::from_secs(5)).unwrap(),
-        LeaseOutcome::Busy,
-        "an unacknowledged lease is given back"
+        err.kind(),
+        CacheErrorKind::Unavailable,
+        "an unacknowledged lease is given back: {err}"
     );
     // The killed node comes back as a replica of its successor: leases and
     // stores are acknowledged again.
@@ -181,13 +185,12 @@ fn a_sentinel_primary_round_trips_shares_a_lease_and_fails_over() {
         set.primary()
     );
     // The new primary has no replica: rotated stores and leases are not
-    // acknowledged, so they fail and are busy.
+    // acknowledged, so both fail (the lease with an Unavailable error).
     let err = a.store(&token(2)).unwrap_err();
     assert!(err.to_string().contains("acknowledged"), "{err}");
-    assert_eq!(
-        a.acquire_lease(Duration::from_secs(5)).unwrap(),
-        LeaseOutcome::Busy
-    );
+    let err = a.acquire_lease(Duration::from_secs(5)).unwrap_err();
+    assert_eq!(err.kind(), CacheErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("acknowledged"), "{err}");
     // The old primary comes back; the Sentinels make it a replica of the
     // new one, and acknowledgements resume.
     set.restart(old);
@@ -201,7 +204,7 @@ fn a_sentinel_primary_round_trips_shares_a_lease_and_fails_over() {
         }
     });
     println!(
-        "sentinel: server {old} restarted; leases acknowledged again after {took:?} ({busy} busy)"
+        "sentinel: server {old} restarted; leases acknowledged again after {took:?} ({busy} refused)"
     );
     a.store(&token(3)).unwrap();
 }

@@ -122,9 +122,11 @@ pub(super) const STORE_ATTEMPTS: usize = 4;
 /// With either, lease grants and stores of tokens that carry a refresh token
 /// wait for one replica's acknowledgement (`WAIT 1 <ms>`, 250 ms by
 /// default; see [`RedisCacheBuilder::replica_acks`]). A lease that is not
-/// acknowledged in time is released and reported as busy (the machine reads
-/// the cache again soon); a store that is not acknowledged is a failed store,
-/// which the machine retries before anything else.
+/// acknowledged in time is released and reported as an
+/// [`Unavailable`](CacheErrorKind::Unavailable) error (not as busy: no peer
+/// holds it), so a client-credentials flow fetches for itself and a
+/// refresh-token flow waits and retries; a store that is not acknowledged is
+/// a failed store, which the machine retries before anything else.
 ///
 /// While a primary has no replica that answers (after a failover, until the
 /// old primary rejoins as a replica), no lease is acknowledged: a
@@ -988,8 +990,19 @@ impl TokenCache for RedisCache {
             Leased::Granted => LeaseOutcome::Granted,
             Leased::Busy => LeaseOutcome::Busy,
             Leased::NotAcknowledged(acked) => {
-                tracing::warn!(key = %self.lease_key, acknowledged = acked, "Redis lease not acknowledged by a replica in time; released it and treating it as busy");
-                LeaseOutcome::Busy
+                // Not Busy: no peer holds it, and the machine waits on a busy
+                // lease for as long as it stays busy. As an error, a
+                // client-credentials flow fetches for itself and a
+                // refresh-token flow waits and retries (it never fetches
+                // without the lease).
+                tracing::warn!(key = %self.lease_key, acknowledged = acked, "Redis lease not acknowledged by a replica in time; released it");
+                return Err(CacheError::new(
+                    CacheErrorKind::Unavailable,
+                    format!(
+                        "Redis granted the lease {} but {acked} replicas acknowledged it in time; released it",
+                        self.lease_key
+                    ),
+                ));
             }
         })
     }

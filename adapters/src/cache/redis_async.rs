@@ -138,7 +138,8 @@ impl AsyncRedisCache {
     /// Lease grants and stores of tokens with a refresh token wait until
     /// `replicas` replicas acknowledged them (`WAIT`), for at most
     /// `timeout` (kept below the command timeout); one not acknowledged in
-    /// time is a busy lease (released) or a failed store. `0` turns it off.
+    /// time is an Unavailable lease error (the lease released) or a failed
+    /// store. `0` turns it off.
     pub fn with_replica_acks(mut self, replicas: usize, timeout: Duration) -> Self {
         self.replica_acks = (replicas > 0).then_some((replicas, timeout));
         self
@@ -356,8 +357,15 @@ impl AsyncTokenCache for AsyncRedisCache {
                     .arg(&self.holder)
                     .invoke_async::<i64>(&mut conn)
                     .await;
-                tracing::warn!(key = %self.lease_key, "Redis lease not acknowledged by a replica in time; released it and treating it as busy");
-                return Ok(LeaseOutcome::Busy);
+                // An error, not Busy: see RedisCache::acquire_lease.
+                tracing::warn!(key = %self.lease_key, "Redis lease not acknowledged by a replica in time; released it");
+                return Err(CacheError::new(
+                    CacheErrorKind::Unavailable,
+                    format!(
+                        "Redis granted the lease {} but no replica acknowledged it in time; released it",
+                        self.lease_key
+                    ),
+                ));
             }
         }
         Ok(LeaseOutcome::Granted)
