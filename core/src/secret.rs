@@ -32,12 +32,6 @@ macro_rules! secret_type {
             pub fn expose_secret(&self) -> &str {
                 self.0.as_str()
             }
-
-            /// A short, stable, non-reversible fingerprint of the value, for
-            /// telling secrets apart in logs and comparisons.
-            pub fn fingerprint(&self) -> $crate::token::TokenId {
-                $crate::token::TokenId::of(self.0.as_bytes())
-            }
         }
 
         impl From<String> for $name {
@@ -64,6 +58,25 @@ macro_rules! secret_type {
             }
         }
     };
+}
+
+/// Fingerprints for the token types only. A client secret has none: it is
+/// often a short, human-chosen string, and any published function of it
+/// (even a cryptographic hash) lets whoever reads a log test guesses against
+/// it offline. Tokens are minted by the authority with far more entropy
+/// than a search could cover, so a SHA-256-based [`TokenId`](crate::TokenId)
+/// of one reveals nothing usable.
+macro_rules! token_fingerprint {
+    ($($name:ident),*) => {$(
+        impl $name {
+            /// A short, stable, non-reversible fingerprint of the value (a
+            /// [`TokenId`](crate::TokenId): truncated SHA-256), for telling
+            /// tokens apart in logs and comparisons.
+            pub fn fingerprint(&self) -> $crate::token::TokenId {
+                $crate::token::TokenId::of(self.0.as_bytes())
+            }
+        }
+    )*};
 }
 
 secret_type!(
@@ -100,10 +113,19 @@ secret_type!(
 secret_type!(
     /// An OAuth2 client secret.
     ///
+    /// Unlike the token types it has no `fingerprint()`: a client secret may
+    /// be short and guessable, and a fingerprint in a log would let anyone
+    /// check guesses offline.
+    ///
     /// ```
     /// use freshtoken_core::ClientSecret;
     /// let s = ClientSecret::new("hunter2");
     /// assert!(!format!("{s:?} {s}").contains("hunter2"));
+    /// ```
+    ///
+    /// ```compile_fail
+    /// // No fingerprint of a client secret: an offline guessing oracle.
+    /// freshtoken_core::ClientSecret::new("hunter2").fingerprint();
     /// ```
     ClientSecret
 );
@@ -121,6 +143,10 @@ secret_type!(
     /// ```
     Assertion
 );
+
+// Assertions are signed JWTs: as high in entropy as tokens, so a
+// fingerprint is no guessing oracle (unlike a client secret's).
+token_fingerprint!(AccessToken, RefreshToken, IdToken, Assertion);
 
 #[cfg(test)]
 mod tests {

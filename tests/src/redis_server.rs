@@ -284,3 +284,432 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// Starts `redis-server` with `args` (no persistence, loopback only, its
+/// files in `dir`) and waits until it answers `PING` on `port`.
+fn spawn_node(dir: &std::path::Path, port: u16, args: &[&str]) -> Child {
+    // The helpers talk to the nodes through redis-cli: say so if it is missing.
+    if let Err(e) = Command::new("redis-cli").arg("--version").output() {
+        panic!(
+            "cannot run redis-cli ({e}); install it with .ci/setup-redis-ha.sh \
+             (apt-get install redis-tools) so that it is on PATH"
+        );
+    }
+    std::fs::create_dir_all(dir).expect("a node directory");
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--loglevel", "warning"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start redis-server ({e}); install it with .ci/setup-redis.sh \
+             (apt-get install redis-server) so that it is on PATH"
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("redis-server on port {port} exited at start-up: {status}");
+        }
+        if query(port, &["PING"]).is_some_and(|r| r == "PONG") {
+            return child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on port {port} did not become ready within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One command to the server on `port` through `redis-cli`, its output
+/// trimmed; `None` if it failed.
+pub fn query(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Polls `f` every 50 ms for up to `within`; panics with `what` if it never
+/// holds.
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A node as `CLUSTER NODES` shows it: port, primary, failed, slot ranges.
+type NodeLine = (u16, bool, bool, Vec<(u16, u16)>);
+
+/// Cluster mode, its state file in the node's directory, and a 1 s node
+/// timeout (failure detection and failover within seconds).
+const CLUSTER_NODE_ARGS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+];
+
+/// A real Redis Cluster on loopback: `primaries` primaries with one replica
+/// each (`redis-cli --cluster create --cluster-replicas 1`), node timeout
+/// 1 s so a killed primary's replica takes over within seconds. Every node
+/// is killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<(u16, Option<Child>)>,
+}
+
+impl RedisCluster {
+    /// Starts 3 primaries and 3 replicas and waits until the cluster is
+    /// up and every primary has its replica attached.
+    pub fn start() -> Self {
+        Self::start_with(3)
+    }
+
+    /// Starts `primaries` primaries, each with one replica.
+    pub fn start_with(primaries: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory for the cluster");
+        let ports: Vec<u16> = (0..primaries * 2).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|&port| {
+                let node_dir = dir.path().join(port.to_string());
+                let child = spawn_node(&node_dir, port, &CLUSTER_NODE_ARGS);
+                (port, Some(child))
+            })
+            .collect();
+        let cluster = RedisCluster { dir, nodes };
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli (from redis-tools, installed with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    /// The nodes' URLs, for `RedisCache::cluster`.
+    pub fn urls(&self) -> Vec<String> {
+        self.live_ports()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect()
+    }
+
+    /// The live nodes' ports.
+    pub fn urls_ports(&self) -> Vec<u16> {
+        self.live_ports().collect()
+    }
+
+    fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes
+            .iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+    }
+
+    /// `CLUSTER NODES` as (port, is primary, is failed, slot ranges), from
+    /// any live node.
+    fn topology(&self) -> Vec<NodeLine> {
+        let Some(text) = self
+            .live_ports()
+            .find_map(|p| query(p, &["CLUSTER", "NODES"]))
+        else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let addr = fields.get(1)?;
+                let port = addr
+                    .split(['@', ','])
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let flags = fields.get(2)?;
+                let slots = fields
+                    .iter()
+                    .skip(8)
+                    .filter_map(|r| {
+                        let (a, b) = r.split_once('-').unwrap_or((r, r));
+                        Some((a.parse().ok()?, b.parse().ok()?))
+                    })
+                    .collect();
+                Some((
+                    port,
+                    flags.contains("master"),
+                    flags.contains("fail"),
+                    slots,
+                ))
+            })
+            .collect()
+    }
+
+    /// Waits until every live node says `cluster_state:ok`, every slot
+    /// range has a live primary, and each of those primaries has an online
+    /// replica (so that `WAIT 1` can succeed).
+    pub fn wait_healthy(&self, within: Duration) {
+        wait_for("the cluster to be healthy", within, || {
+            let ok = self.live_ports().all(|p| {
+                query(p, &["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+            });
+            ok && self
+                .topology()
+                .iter()
+                .filter(|(_, primary, failed, slots)| *primary && !*failed && !slots.is_empty())
+                .all(|(port, ..)| {
+                    // Online: past the initial sync, so it acknowledges.
+                    query(*port, &["INFO", "replication"]).is_some_and(|i| {
+                        i.lines()
+                            .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+                    })
+                })
+        });
+    }
+
+    /// The port of the primary serving `key`'s slot.
+    pub fn primary_of(&self, key: &str) -> u16 {
+        let port = self.live_ports().next().expect("a live node");
+        let slot: u16 = query(port, &["CLUSTER", "KEYSLOT", key])
+            .and_then(|s| s.parse().ok())
+            .expect("CLUSTER KEYSLOT");
+        self.topology()
+            .into_iter()
+            .find(|(_, primary, failed, slots)| {
+                *primary && !*failed && slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            })
+            .map(|(port, ..)| port)
+            .expect("a primary for the slot")
+    }
+
+    /// Kills the node on `port` (SIGKILL, like a crash).
+    pub fn kill(&mut self, port: u16) {
+        for (p, child) in &mut self.nodes {
+            if *p == port {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+    }
+
+    /// Restarts a killed node with its old identity (`nodes.conf`): a
+    /// killed primary rejoins as a replica of the node that replaced it.
+    pub fn restart(&mut self, port: u16) {
+        let dir = self.dir.path().join(port.to_string());
+        for (p, child) in &mut self.nodes {
+            if *p == port && child.is_none() {
+                *child = Some(spawn_node(&dir, port, &CLUSTER_NODE_ARGS));
+            }
+        }
+    }
+
+    /// The cluster's temporary directory (node files and configs).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let ports: Vec<u16> = self.nodes.iter().map(|(p, _)| *p).collect();
+        for p in ports {
+            self.kill(p);
+        }
+    }
+}
+
+/// A primary, one replica and three Sentinels (quorum 2) monitoring them as
+/// service `freshtoken`, on loopback, started with `redis-server
+/// --sentinel` (what Debian's redis-sentinel runs). Failover after 1 s of
+/// silence. Everything is killed on drop.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    dir: tempfile::TempDir,
+    servers: Vec<(u16, Option<Child>)>,
+    sentinels: Vec<(u16, Child)>,
+}
+
+/// The Sentinel service name the set-up monitors.
+pub const SENTINEL_SERVICE: &str = "freshtoken";
+
+impl RedisSentinel {
+    /// Starts the primary, its replica and the Sentinels, and waits until
+    /// the replica is in sync and every Sentinel knows both servers and
+    /// the other Sentinels.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory for sentinel");
+        let primary = free_port();
+        let replica = free_port();
+        let p = spawn_node(&dir.path().join("primary"), primary, &[]);
+        let r = spawn_node(
+            &dir.path().join("replica"),
+            replica,
+            &["--replicaof", "127.0.0.1", &primary.to_string()],
+        );
+        let mut set = RedisSentinel {
+            dir,
+            servers: vec![(primary, Some(p)), (replica, Some(r))],
+            sentinels: Vec::new(),
+        };
+        wait_for("the replica to sync", Duration::from_secs(15), || {
+            query(replica, &["INFO", "replication"])
+                .is_some_and(|i| i.contains("master_link_status:up"))
+        });
+        for i in 0..3 {
+            let port = free_port();
+            let sdir = set.dir.path().join(format!("sentinel-{i}"));
+            std::fs::create_dir_all(&sdir).unwrap();
+            let conf = sdir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                     sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
+                     sentinel failover-timeout {SENTINEL_SERVICE} 5000\n\
+                     sentinel parallel-syncs {SENTINEL_SERVICE} 1\n",
+                    dir = sdir.display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .args(["--sentinel", "--loglevel", "warning"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("redis-server --sentinel");
+            set.sentinels.push((port, child));
+        }
+        let sentinels: Vec<u16> = set.sentinels.iter().map(|(p, _)| *p).collect();
+        wait_for(
+            "the Sentinels to know the primary, its replica and each other",
+            Duration::from_secs(30),
+            || {
+                sentinels.iter().all(|&s| {
+                    query(s, &["SENTINEL", "MASTER", SENTINEL_SERVICE]).is_some_and(|m| {
+                        let lines: Vec<&str> = m.lines().collect();
+                        let field = |name: &str| {
+                            lines
+                                .iter()
+                                .position(|l| *l == name)
+                                .and_then(|i| lines.get(i + 1))
+                                .copied()
+                        };
+                        field("num-slaves") == Some("1")
+                            && field("num-other-sentinels") == Some("2")
+                            && field("flags") == Some("master")
+                    })
+                })
+            },
+        );
+        set
+    }
+
+    /// The Sentinels' URLs, for `RedisCache::sentinel`.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}/"))
+            .collect()
+    }
+
+    /// The port of the primary the Sentinels currently report.
+    pub fn primary(&self) -> u16 {
+        self.sentinels
+            .iter()
+            .find_map(|(p, _)| {
+                query(
+                    *p,
+                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE],
+                )
+            })
+            .and_then(|a| a.lines().nth(1).and_then(|p| p.trim().parse().ok()))
+            .expect("the Sentinels name a primary")
+    }
+
+    /// Kills the current primary (SIGKILL); the Sentinels then promote the
+    /// replica. Returns the killed port.
+    pub fn kill_primary(&mut self) -> u16 {
+        let port = self.primary();
+        for (p, child) in &mut self.servers {
+            if *p == port {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        port
+    }
+
+    /// Restarts a killed server (as a primary, with an empty dataset); the
+    /// Sentinels then turn it into a replica of the current primary.
+    pub fn restart(&mut self, port: u16) {
+        let primary = port == self.servers[0].0;
+        let dir = self
+            .dir
+            .path()
+            .join(if primary { "primary" } else { "replica" });
+        for (p, child) in &mut self.servers {
+            if *p == port && child.is_none() {
+                *child = Some(spawn_node(&dir, port, &[]));
+            }
+        }
+    }
+
+    /// Waits until the Sentinels report a primary other than `old` and it
+    /// answers as a primary.
+    pub fn wait_failover(&self, old: u16, within: Duration) {
+        wait_for("the Sentinels to fail over", within, || {
+            let now = self.primary();
+            now != old && query(now, &["ROLE"]).is_some_and(|r| r.starts_with("master"))
+        });
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.sentinels {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (_, child) in &mut self.servers {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

@@ -91,7 +91,16 @@ fn file_backend(dir: PathBuf) -> Backend {
             })
         }),
         get: Box::new(move |key| std::fs::read(d2.join(key)).ok()),
-        put: Box::new(move |key, bytes| std::fs::write(d3.join(key), bytes).unwrap()),
+        // Mode 0600: the file cache refuses files others can read.
+        put: Box::new(move |key, bytes| {
+            let path = d3.join(key);
+            std::fs::write(&path, bytes).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }),
     }
 }
 

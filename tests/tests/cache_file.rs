@@ -37,6 +37,17 @@ fn corrupt_copies(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Writes `bytes` to a new file of mode 0600 (the file cache refuses files
+/// that the group or others can read).
+fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).unwrap().write_all(bytes).unwrap();
+}
+
 fn no_secret(text: &str) {
     assert!(!text.contains("TOPSECRET"), "secret leaked: {text}");
 }
@@ -59,7 +70,17 @@ fn store_then_load_round_trips_in_the_versioned_format() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("token.json")]);
+    let mut names: Vec<_> = names.into_iter().collect();
+    names.sort();
+    // The cache file and the sidecar, whose lock stores hold while they
+    // check the current record and rename the new one over it.
+    assert_eq!(
+        names,
+        vec![
+            std::ffi::OsString::from("token.json"),
+            std::ffi::OsString::from("token.json.lock")
+        ]
+    );
 
     // Overwrite with a newer token.
     let newer = Token::new(
@@ -94,7 +115,7 @@ fn bad_files_are_misses_with_a_warning_and_are_kept_aside() {
         ("truncated", full[..full.len() - 20].to_vec()),
         ("corrupt", b"\x00\x13 not json at all \xff".to_vec()),
         // A newer version is not corrupt but Unreadable, and left in
-        // place: see cache_encryption.rs.
+        // place: see cache_encryption.rs and cache_file_hardening.rs.
         ("unknown json", br#"{"hello":"world"}"#.to_vec()),
         (
             "ill-typed",
@@ -104,7 +125,7 @@ fn bad_files_are_misses_with_a_warning_and_are_kept_aside() {
     for (name, bytes) in cases {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token.json");
-        fs::write(&path, &bytes).unwrap();
+        write_private(&path, &bytes);
         let cache = FileCache::new(&path);
 
         let (loaded, logs) = capture_logs(|| cache.load());
@@ -129,24 +150,21 @@ fn bad_files_are_misses_with_a_warning_and_are_kept_aside() {
 }
 
 #[test]
-fn an_unreadable_file_is_a_miss_with_a_warning() {
+fn a_directory_at_the_path_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token.json");
-    // A directory where the file should be: it opens, but cannot be read.
+    // A directory where the file should be: it opens, but is no file.
     fs::create_dir(&path).unwrap();
     let cache = FileCache::new(&path);
-    let (loaded, logs) = capture_logs(|| cache.load());
-    assert_eq!(loaded.unwrap(), None);
-    assert!(
-        logs.iter()
-            .any(|l| l.starts_with("WARN") && l.contains("unreadable")),
-        "{logs:?}"
-    );
+    let err = cache.load().unwrap_err();
+    assert_eq!(err.kind(), freshtoken::CacheErrorKind::Io);
+    assert!(err.to_string().contains("a directory"), "{err}");
     // Storing over it fails with an I/O error that names the file, no secret.
     let err = cache.store(&token()).unwrap_err();
     assert_eq!(err.kind(), freshtoken::CacheErrorKind::Io);
     assert!(err.to_string().contains("token.json"), "{err}");
     no_secret(&err.to_string());
+    assert!(path.is_dir(), "left alone");
 }
 
 #[test]
@@ -168,6 +186,15 @@ fn reads_the_file_aliri_tokens_writes() {
     )
     .unwrap();
     let cache = FileCache::new(&path);
+    #[cfg(unix)]
+    {
+        // Written with the usual umask (0644): refused until made private.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = cache.load().unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let t = cache.load().unwrap().expect("aliri file read");
     assert_eq!(t.access_token().expose_secret(), "aliri-access");
     assert_eq!(t.id_token().unwrap().expose_secret(), "aliri-id");

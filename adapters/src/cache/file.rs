@@ -10,6 +10,7 @@ use fs4::fs_std::FileExt;
 use serde::{Deserialize, Serialize};
 
 use super::holder::holder_id;
+use super::record;
 use super::sealed::{self, Codec, Decoded};
 use super::TokenCache;
 
@@ -19,6 +20,14 @@ use super::TokenCache;
 /// another process is in the middle of taking or giving up the lease.
 const LOCK_PATIENCE: Duration = Duration::from_millis(25);
 
+/// How long a store waits for the sidecar's kernel lock, under which it
+/// checks the current record and renames the new one over it. Holders keep
+/// it for a small read, a write and an fsync.
+const STORE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The most a sidecar (a holder id and a deadline) can hold.
+const MAX_LEASE_LEN: u64 = 4 * 1024;
+
 /// A token cache in one file, with a cross-process lease.
 ///
 /// * **Writes are atomic and durable**: the record goes to a temporary file
@@ -26,17 +35,37 @@ const LOCK_PATIENCE: Duration = Duration::from_millis(25);
 ///   cache file, and the directory is fsynced. A reader sees the old record
 ///   or the new one, never a mix, however many processes write at once.
 /// * **A bad file is a miss, not an error**: a missing, empty, truncated,
-///   corrupt, foreign-version or unreadable file makes [`load`](TokenCache::load)
+///   corrupt or oversized file makes [`load`](TokenCache::load)
 ///   return `Ok(None)` with a `tracing` warning, so refreshing goes on. A file
 ///   that was read but could not be decoded is renamed to
 ///   `<name>.corrupt-<unix ms>-<pid>` for inspection instead of being
-///   overwritten by the next store.
+///   overwritten by the next store; such copies are removed by later stores
+///   once they are ten minutes old, like the temporary files of killed writers.
+/// * **A record this instance cannot read is not a miss**: a record of a
+///   newer format version, written by a newer release during a rolling
+///   upgrade, or (with the `encryption` feature) one sealed with a key this
+///   instance does not hold, may hold the newest refresh token.
+///   [`load`](TokenCache::load) returns a [`CacheErrorKind::Unreadable`]
+///   error, and [`store`](TokenCache::store) refuses to replace it (the same
+///   kind); it is never quarantined. Stores
+///   check the current record and replace it while holding the sidecar's
+///   kernel lock, so the check and the rename are atomic with respect to
+///   other writers of this crate.
+/// * **The files must be private** (unix): the cache file and the sidecar are
+///   opened with `O_NOFOLLOW | O_NONBLOCK` (a symbolic link is refused, not
+///   followed, and a FIFO cannot block the open), then checked with `fstat`:
+///   a regular file, owned by the process's effective user, with no group or
+///   other permission bits (mode 0600). The directory must not be writable by
+///   group or others and must belong to the process's user or to root. Anything
+///   else is refused with a [`CacheErrorKind::Io`] error naming the path and
+///   the reason (`chmod 600 <file>` or `chmod 700 <dir>` fixes a mode). A read
+///   takes at most [`record::MAX_RECORD_LEN`] bytes, so no file can make
+///   a load hang or exhaust memory. The user id comes from `rustix` (safe
+///   wrappers; this crate has no unsafe code). A file written by aliri_tokens
+///   with the usual umask (mode 0644) is refused until it is `chmod 600`ed.
 /// * **The format** is the versioned JSON record of [`record`](super::record); a file
 ///   written by aliri_tokens 0.3 is read too. With the `encryption` feature,
-///   [`encryption`](Self::encryption) seals it at rest. A record this
-///   instance cannot read (a newer version, sealed with a key it does not
-///   hold) is a [`CacheErrorKind::Unreadable`] error, left in place: a store
-///   does not replace it.
+///   [`encryption`](Self::encryption) seals it at rest.
 /// * **The lease** lives in a sidecar file, `<name>.lock`, holding the
 ///   holder's id and the lease's deadline (wall-clock ms). Taking it locks
 ///   the sidecar with an advisory lock ([`fs4`]) just long enough to read
@@ -110,27 +139,6 @@ impl FileCache {
         sealed::binding(self.path.file_name().unwrap_or_default().as_encoded_bytes())
     }
 
-    /// Refuses to replace a record this instance cannot read (sealed with
-    /// a key it does not hold, a newer version): it may hold a peer's
-    /// newest refresh token. A missing, unreadable or corrupt file may be
-    /// replaced.
-    fn check_existing(&self) -> Result<(), CacheError> {
-        // Only a regular file can hold a record; anything else (a FIFO, a
-        // device, a symlink) is not opened here, so it cannot hang the store.
-        if !fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file()) {
-            return Ok(());
-        }
-        let Ok(file) = File::open(&self.path) else {
-            return Ok(());
-        };
-        let mut bytes = Vec::new();
-        if file.take(1 << 20).read_to_end(&mut bytes).is_err() {
-            return Ok(());
-        }
-        self.codec
-            .check_overwrite(&bytes, &self.binding(), &self.path.display().to_string())
-    }
-
     /// The cache file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -164,7 +172,7 @@ impl FileCache {
         }
         let mut name = self.path.file_name()?.to_os_string();
         name.push(format!(
-            ".corrupt-{}-{}",
+            "{CORRUPT_INFIX}{}-{}",
             Timestamp::from_system_time(SystemTime::now()).as_millis(),
             std::process::id()
         ));
@@ -178,18 +186,112 @@ impl FileCache {
         }
     }
 
+    /// Opens the cache file for reading, refusing anything but a private
+    /// regular file; `None` if there is none.
+    fn open_cache_file(&self) -> Result<Option<File>, CacheError> {
+        safe::check_dir(self.dir())?;
+        let mut options = OpenOptions::new();
+        options.read(true);
+        safe::open(&options, &self.path, "token cache file")
+    }
+
+    /// Reads the cache file's record (at most [`record::MAX_RECORD_LEN`]
+    /// bytes), or `None` if there is no file.
+    fn read_cache_file(&self) -> Result<Option<(File, Entry)>, CacheError> {
+        let Some(mut file) = self.open_cache_file()? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        (&mut file)
+            .take(record::MAX_RECORD_LEN as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.io_error(&self.path, "cannot read token cache file", e))?;
+        let read = if bytes.len() > record::MAX_RECORD_LEN {
+            Entry::Oversized
+        } else {
+            self.decode(&bytes)
+        };
+        Ok(Some((file, read)))
+    }
+
+    /// The error a store returns instead of replacing a record this
+    /// instance cannot read (`e`, from [`decode`](Self::decode)).
+    fn not_overwriting(&self, e: CacheError) -> CacheError {
+        CacheError::new(
+            CacheErrorKind::Unreadable,
+            format!("not overwriting it: {}", e.message()),
+        )
+    }
+
+    /// The record bytes for `token` (sealed with the cache's keys, if any).
+    fn encode(&self, token: &Token) -> Result<Vec<u8>, CacheError> {
+        self.codec.encode(token, &self.binding())
+    }
+
+    /// What record bytes hold: a token, a record this instance cannot read
+    /// but must not replace (see [`unreadable`](Self::unreadable)), or
+    /// garbage.
+    fn decode(&self, bytes: &[u8]) -> Entry {
+        let what = format!("token cache file {}", self.path.display());
+        match self.codec.decode(bytes, &self.binding(), &what) {
+            Ok(Decoded::Token(token)) => Entry::Token(token),
+            Ok(Decoded::Corrupt(e)) => Entry::Bad(e),
+            Err(e) => Entry::Unreadable(self.unreadable(e)),
+        }
+    }
+
+    /// A decode error that means "keep this record": the codec's
+    /// [`CacheErrorKind::Unreadable`] (a newer format version, sealed with
+    /// a key this instance does not hold, plaintext where encryption is
+    /// required). Any other kind is reported as Unreadable too: a record
+    /// that could not be judged is never replaced.
+    fn unreadable(&self, e: CacheError) -> CacheError {
+        if e.kind() == CacheErrorKind::Unreadable {
+            return e;
+        }
+        CacheError::new(CacheErrorKind::Unreadable, e.message().to_owned())
+    }
+
     fn open_lock(&self) -> Result<File, CacheError> {
+        safe::check_dir(self.dir())?;
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(&self.lock_path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                create_private_dir(self.dir()).and_then(|()| options.open(&self.lock_path))
-            }
-            other => other,
+        if let Some(file) = safe::open(&options, &self.lock_path, "lease file")? {
+            return Ok(file);
         }
-        .map_err(|e| self.io_error(&self.lock_path, "cannot open lease file", e))
+        // With `create(true)`, "not found" means the directory is missing.
+        create_private_dir(self.dir())
+            .map_err(|e| self.io_error(self.dir(), "cannot create directory", e))?;
+        safe::check_dir(self.dir())?;
+        safe::open(&options, &self.lock_path, "lease file")?.ok_or_else(|| {
+            self.io_error(
+                &self.lock_path,
+                "cannot create lease file",
+                io::ErrorKind::NotFound.into(),
+            )
+        })
+    }
+
+    /// Locks the sidecar, retrying for `patience`; `None` if it stays locked.
+    fn lock(&self, patience: Duration) -> Result<Option<Locked>, CacheError> {
+        let file = self.open_lock()?;
+        let deadline = Instant::now() + patience;
+        // Holders keep the lock for microseconds to a few milliseconds (an
+        // fsync): start with short naps and grow them to 1 ms.
+        let mut nap = Duration::from_micros(20);
+        loop {
+            match file.try_lock_exclusive() {
+                Ok(true) => return Ok(Some(Locked(file))),
+                Ok(false) if Instant::now() < deadline => {
+                    std::thread::sleep(nap);
+                    nap = (nap * 2).min(Duration::from_millis(1));
+                }
+                Ok(false) => return Ok(None),
+                Err(e) => return Err(self.io_error(&self.lock_path, "cannot lock lease file", e)),
+            }
+        }
     }
 
     /// Runs `f` with the sidecar locked, or returns `None` if it stays locked.
@@ -197,47 +299,76 @@ impl FileCache {
         &self,
         f: impl FnOnce(&mut File) -> io::Result<T>,
     ) -> Result<Option<T>, CacheError> {
-        let mut file = self.open_lock()?;
-        let deadline = Instant::now() + LOCK_PATIENCE;
-        loop {
-            match file.try_lock_exclusive() {
-                Ok(true) => break,
-                Ok(false) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                Ok(false) => return Ok(None),
-                Err(e) => return Err(self.io_error(&self.lock_path, "cannot lock lease file", e)),
-            }
-        }
-        let result = f(&mut file);
-        // Closing the file releases the lock too; unlocking first just makes
-        // the release explicit and immediate.
-        let _ = FileExt::unlock(&file);
-        result
+        let Some(mut locked) = self.lock(LOCK_PATIENCE)? else {
+            return Ok(None);
+        };
+        f(&mut locked.0)
             .map(Some)
             .map_err(|e| self.io_error(&self.lock_path, "cannot update lease file", e))
     }
+
+    /// Writes `record` to a temporary file and renames it over the cache file.
+    fn replace(&self, record: &[u8]) -> Result<(), CacheError> {
+        let dir = self.dir();
+        let prefix = self.temp_prefix();
+        // tempfile creates the file with mode 0600 and removes it if we fail
+        // before the rename.
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        let mut tmp = builder
+            .tempfile_in(dir)
+            .map_err(|e| self.io_error(dir, "cannot create a temporary file in", e))?;
+        tmp.write_all(record)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| self.io_error(tmp.path(), "cannot write", e))?;
+        tmp.persist(&self.path)
+            .map_err(|e| self.io_error(&self.path, "cannot replace", e.error))?;
+        sync_dir(dir).map_err(|e| self.io_error(dir, "cannot sync directory", e))
+    }
+
+    fn temp_prefix(&self) -> std::ffi::OsString {
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(self.path.file_name().unwrap_or_default());
+        prefix.push(".");
+        prefix
+    }
 }
+
+/// What the cache file held.
+enum Entry {
+    Token(Token),
+    /// A record this instance cannot read but must not replace (a newer
+    /// format, sealed with another key): the Unreadable error.
+    Unreadable(CacheError),
+    /// Not a record: corrupt, truncated, foreign.
+    Bad(record::DecodeError),
+    /// Longer than [`record::MAX_RECORD_LEN`].
+    Oversized,
+}
+
+/// The sidecar, locked; unlocked when dropped.
+struct Locked(File);
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // Closing the file releases the lock too; unlocking first just makes
+        // the release explicit and immediate.
+        let _ = FileExt::unlock(&self.0);
+    }
+}
+
+/// What quarantined copies are named: `<name>.corrupt-<unix ms>-<pid>`.
+const CORRUPT_INFIX: &str = ".corrupt-";
 
 impl TokenCache for FileCache {
     fn load(&self) -> Result<Option<Token>, CacheError> {
-        let mut file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "token cache file unreadable; treating it as a miss");
-                return Ok(None);
-            }
-        };
-        let mut bytes = Vec::new();
-        if let Err(e) = file.read_to_end(&mut bytes) {
-            tracing::warn!(path = %self.path.display(), error = %e, "token cache file unreadable; treating it as a miss");
+        let Some((file, read)) = self.read_cache_file()? else {
             return Ok(None);
-        }
-        let what = self.path.display().to_string();
-        match self.codec.decode(&bytes, &self.binding(), &what)? {
-            Decoded::Token(token) => Ok(Some(token)),
-            Decoded::Corrupt(e) => {
+        };
+        match read {
+            Entry::Token(token) => Ok(Some(token)),
+            Entry::Unreadable(e) => Err(e),
+            Entry::Bad(e) => {
                 let kept = self.quarantine(&file);
                 tracing::warn!(
                     path = %self.path.display(),
@@ -247,34 +378,42 @@ impl TokenCache for FileCache {
                 );
                 Ok(None)
             }
+            Entry::Oversized => {
+                let kept = self.quarantine(&file);
+                tracing::warn!(
+                    path = %self.path.display(),
+                    limit = record::MAX_RECORD_LEN,
+                    kept_as = kept.as_ref().map(|p| p.display().to_string()),
+                    "token cache file is larger than any record; treating it as a miss"
+                );
+                Ok(None)
+            }
         }
     }
 
     fn store(&self, token: &Token) -> Result<(), CacheError> {
-        self.check_existing()?;
-        let record = self.codec.encode(token, &self.binding())?;
+        let record = self.encode(token)?;
         let dir = self.dir();
-        let mut prefix = std::ffi::OsString::from(".");
-        prefix.push(self.path.file_name().unwrap_or_default());
-        prefix.push(".");
-        // tempfile creates the file with mode 0600 and removes it if we fail
-        // before the rename.
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(&prefix).suffix(".tmp");
-        let mut tmp = match builder.tempfile_in(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                create_private_dir(dir).and_then(|()| builder.tempfile_in(dir))
-            }
-            other => other,
+        if !dir.exists() {
+            create_private_dir(dir)
+                .map_err(|e| self.io_error(dir, "cannot create directory", e))?;
         }
-        .map_err(|e| self.io_error(dir, "cannot create a temporary file in", e))?;
-        tmp.write_all(&record)
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| self.io_error(tmp.path(), "cannot write", e))?;
-        tmp.persist(&self.path)
-            .map_err(|e| self.io_error(&self.path, "cannot replace", e.error))?;
-        sync_dir(dir).map_err(|e| self.io_error(dir, "cannot sync directory", e))?;
-        sweep_orphans(dir, &prefix);
+        // The check of the current record and the rename happen under the
+        // sidecar's lock, so no other writer slips a newer record in between.
+        let Some(_locked) = self.lock(STORE_PATIENCE)? else {
+            return Err(CacheError::new(
+                CacheErrorKind::Io,
+                format!(
+                    "lease file {} stayed locked for {STORE_PATIENCE:?}; token not stored",
+                    self.lock_path.display()
+                ),
+            ));
+        };
+        if let Some((_, Entry::Unreadable(e))) = self.read_cache_file()? {
+            return Err(self.not_overwriting(e));
+        }
+        self.replace(&record)?;
+        sweep_orphans(dir, &self.temp_prefix(), &self.path);
         Ok(())
     }
 
@@ -282,7 +421,7 @@ impl TokenCache for FileCache {
         let now = Timestamp::from_system_time(SystemTime::now());
         let outcome = self.with_lock(|file| {
             let mut text = Vec::new();
-            file.read_to_end(&mut text)?;
+            file.take(MAX_LEASE_LEN).read_to_end(&mut text)?;
             // An empty, garbled or foreign sidecar is no lease: a crashed
             // writer must not block everyone forever.
             let current: Option<LeaseRecord> = serde_json::from_slice(&text).ok();
@@ -306,13 +445,14 @@ impl TokenCache for FileCache {
     }
 
     fn release_lease(&self) -> Result<(), CacheError> {
-        if !self.lock_path.exists() {
+        if fs::symlink_metadata(&self.lock_path).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+        {
             return Ok(());
         }
         // If the sidecar stays locked, give up: our lease ends at its deadline.
         self.with_lock(|file| {
             let mut text = Vec::new();
-            file.read_to_end(&mut text)?;
+            file.take(MAX_LEASE_LEN).read_to_end(&mut text)?;
             let ours = serde_json::from_slice::<LeaseRecord>(&text)
                 .is_ok_and(|lease| lease.holder == self.holder);
             if ours {
@@ -321,6 +461,185 @@ impl TokenCache for FileCache {
             Ok(())
         })
         .map(|_| ())
+    }
+}
+
+/// Opening the cache's own files safely (unix): no symbolic links, no
+/// blocking opens, private regular files in a directory only its owner
+/// can change.
+#[cfg(unix)]
+mod safe {
+    use std::fs::{self, File, OpenOptions};
+    use std::io;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    use std::path::Path;
+
+    use freshtoken_core::{CacheError, CacheErrorKind};
+    use rustix::fs::OFlags;
+
+    fn refused(what: &str, path: &Path, why: impl std::fmt::Display) -> CacheError {
+        CacheError::new(
+            CacheErrorKind::Io,
+            format!("refusing {what} {}: {why}", path.display()),
+        )
+    }
+
+    fn my_uid() -> u32 {
+        rustix::process::geteuid().as_raw()
+    }
+
+    /// Opens `path` with `options` plus `O_NOFOLLOW | O_NONBLOCK`, then
+    /// checks what was opened. `None`: no such file (and not created).
+    pub(super) fn open(
+        options: &OpenOptions,
+        path: &Path,
+        what: &str,
+    ) -> Result<Option<File>, CacheError> {
+        let mut options = options.clone();
+        // NOFOLLOW: a planted link is refused instead of followed (ELOOP).
+        // NONBLOCK: opening a FIFO does not wait for a writer; the fstat
+        // below then refuses it. Regular files ignore the flag.
+        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK;
+        options.custom_flags(i32::try_from(flags.bits()).unwrap_or(0));
+        let file = match options.open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+                return Err(if link {
+                    refused(
+                        what,
+                        path,
+                        "it is a symbolic link (the cache never follows links)",
+                    )
+                } else {
+                    CacheError::new(
+                        CacheErrorKind::Io,
+                        format!("cannot open {what} {}: {e}", path.display()),
+                    )
+                });
+            }
+        };
+        let meta = file.metadata().map_err(|e| {
+            CacheError::new(
+                CacheErrorKind::Io,
+                format!("cannot stat {what} {}: {e}", path.display()),
+            )
+        })?;
+        let ty = meta.file_type();
+        if !ty.is_file() {
+            let kind = if ty.is_dir() {
+                "a directory"
+            } else if ty.is_fifo() {
+                "a FIFO"
+            } else if ty.is_char_device() {
+                "a character device"
+            } else if ty.is_block_device() {
+                "a block device"
+            } else if ty.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(refused(
+                what,
+                path,
+                format_args!("it is {kind}, not a regular file"),
+            ));
+        }
+        let me = my_uid();
+        if meta.uid() != me {
+            return Err(refused(
+                what,
+                path,
+                format_args!(
+                    "it is owned by uid {}, not by this process's user (uid {me})",
+                    meta.uid()
+                ),
+            ));
+        }
+        let mode = meta.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(refused(
+                what,
+                path,
+                format_args!("its mode {mode:o} gives the group or others access (it must be 600: chmod 600 it)"),
+            ));
+        }
+        Ok(Some(file))
+    }
+
+    /// Refuses a directory that someone other than its owner can write to,
+    /// or that belongs to another user (root excepted). A missing directory
+    /// passes: it is created private.
+    pub(super) fn check_dir(dir: &Path) -> Result<(), CacheError> {
+        let meta = match fs::metadata(dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(CacheError::new(
+                    CacheErrorKind::Io,
+                    format!(
+                        "cannot stat the token cache directory {}: {e}",
+                        dir.display()
+                    ),
+                ))
+            }
+        };
+        let what = "token cache directory";
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(refused(
+                what,
+                dir,
+                format_args!("its mode {mode:o} lets the group or others write to it (chmod 700 it, or use a private directory)"),
+            ));
+        }
+        let me = my_uid();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(refused(
+                what,
+                dir,
+                format_args!(
+                    "it is owned by uid {}, not by this process's user (uid {me}) or root",
+                    meta.uid()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Other systems: plain opens, no ownership checks.
+#[cfg(not(unix))]
+mod safe {
+    use std::fs::{File, OpenOptions};
+    use std::io;
+    use std::path::Path;
+
+    use freshtoken_core::{CacheError, CacheErrorKind};
+
+    pub(super) fn open(
+        options: &OpenOptions,
+        path: &Path,
+        what: &str,
+    ) -> Result<Option<File>, CacheError> {
+        match options.open(path) {
+            Ok(file) if file.metadata().is_ok_and(|m| m.is_file()) => Ok(Some(file)),
+            Ok(_) => Err(CacheError::new(
+                CacheErrorKind::Io,
+                format!("refusing {what} {}: not a regular file", path.display()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CacheError::new(
+                CacheErrorKind::Io,
+                format!("cannot open {what} {}: {e}", path.display()),
+            )),
+        }
+    }
+
+    pub(super) fn check_dir(_dir: &Path) -> Result<(), CacheError> {
+        Ok(())
     }
 }
 
@@ -349,29 +668,39 @@ fn same_file(_opened: &File, path: &Path) -> bool {
 }
 
 /// Removes temporary files left by writers that were killed between
-/// creating and renaming them. Only files old enough that no live writer
-/// can still own them (a write takes milliseconds) are touched; failures
+/// creating and renaming them, and quarantined `<name>.corrupt-*` copies,
+/// once they are old enough that no live writer can still own them (a write
+/// takes milliseconds) and an operator had ten minutes to look. Failures
 /// are ignored, since the sweep is housekeeping, not the store.
-fn sweep_orphans(dir: &Path, prefix: &std::ffi::OsStr) {
+fn sweep_orphans(dir: &Path, prefix: &std::ffi::OsStr, path: &Path) {
     const ORPHAN_AGE: Duration = Duration::from_secs(600);
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     let prefix = prefix.as_encoded_bytes();
+    let mut corrupt = path.file_name().unwrap_or_default().to_os_string();
+    corrupt.push(CORRUPT_INFIX);
+    let corrupt = corrupt.as_encoded_bytes();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.as_encoded_bytes();
-        if !(name.starts_with(prefix) && name.ends_with(b".tmp")) {
+        let temporary = name.starts_with(prefix) && name.ends_with(b".tmp");
+        let quarantined = name.starts_with(corrupt);
+        if !(temporary || quarantined) {
             continue;
         }
-        let old = entry
-            .metadata()
+        // symlink_metadata: a link is judged (and removed) as itself.
+        let old = fs::symlink_metadata(entry.path())
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > ORPHAN_AGE);
         if old && fs::remove_file(entry.path()).is_ok() {
-            tracing::info!(path = %entry.path().display(), "removed a temporary file left by a killed writer");
+            if temporary {
+                tracing::info!(path = %entry.path().display(), "removed a temporary file left by a killed writer");
+            } else {
+                tracing::info!(path = %entry.path().display(), "removed an old quarantined copy of a bad token cache file");
+            }
         }
     }
 }

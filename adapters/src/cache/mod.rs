@@ -20,6 +20,11 @@
 //!   shared by a fleet that has a database and no Redis; the lease is a row
 //!   with a holder and a server-side deadline, taken in one statement.
 //! * [`CacheStack`]: several of them checked in order, with write-back.
+//! * `RedisCache` on a Redis Cluster (feature `redis-cluster`) or the
+//!   primary that Redis Sentinel names (feature `redis-sentinel`), with
+//!   leases and rotated refresh tokens acknowledged by a replica.
+//! * `AsyncRedisCache` (features `redis-tokio`, `redis-smol`): the Redis
+//!   cache on the redis crate's async connection, for the async drivers.
 //!
 //! The file and Redis caches share one versioned JSON format, `record`,
 //! which also reads aliri_tokens 0.3's cache file.
@@ -52,6 +57,8 @@ mod postgres;
 pub mod record;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(feature = "redis-tokio", feature = "redis-smol"))]
+mod redis_async;
 #[cfg(any(
     feature = "file",
     feature = "redis",
@@ -63,6 +70,10 @@ mod stack;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisCache;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisCacheBuilder;
+#[cfg(any(feature = "redis-tokio", feature = "redis-smol"))]
+pub use self::redis_async::AsyncRedisCache;
 #[cfg(feature = "file")]
 pub use file::FileCache;
 pub use memory::MemoryCache;
@@ -83,6 +94,10 @@ pub trait TokenCache: Send + Sync + 'static {
     /// The stored token, if any. A corrupt or foreign entry is `Ok(None)`
     /// (with a warning) or a [`CacheErrorKind::Corrupt`](freshtoken_core::CacheErrorKind::Corrupt)
     /// error; either way the machine carries on.
+    /// An entry that this instance cannot read but must not lose (a newer
+    /// format version, written by a newer release) is a
+    /// [`CacheErrorKind::Unreadable`](freshtoken_core::CacheErrorKind::Unreadable)
+    /// error, and `store` refuses to replace it with the same error.
     fn load(&self) -> Result<Option<Token>, CacheError>;
 
     /// The stored token, when the machine holds one that expires at

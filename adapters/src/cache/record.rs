@@ -38,6 +38,12 @@ use serde::{Deserialize, Serialize};
 /// The record format version this crate writes.
 pub const VERSION: u64 = 1;
 
+/// The largest record a cache reads: 64 KiB. A token record is a few KiB
+/// at most (JWTs included); anything longer is not a record this crate
+/// wrote, and reading it whole would let a file such as `/dev/zero` or an
+/// oversized Redis value exhaust memory.
+pub const MAX_RECORD_LEN: usize = 64 * 1024;
+
 /// Why bytes could not be read as a token record.
 ///
 /// Messages name the problem and a position, never the content.

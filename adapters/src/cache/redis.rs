@@ -1,19 +1,24 @@
-//! A token cache in Redis, shared by a fleet.
+//! A token cache in Redis, shared by a fleet: one server, a Redis Cluster
+//! (feature `redis-cluster`) or a Sentinel-managed primary (feature
+//! `redis-sentinel`).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Token};
+use redis::ConnectionLike;
 
 use super::holder::holder_id;
+use super::record;
 use super::sealed::{self, Codec, Decoded};
 use super::TokenCache;
 use crate::clock::SystemClock;
 
 /// Takes the lease if it is free, or extends it if it is already ours (a
 /// retry under the lease must not find itself locked out).
-const ACQUIRE: &str = r"
+pub(super) const ACQUIRE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return 1
@@ -26,31 +31,34 @@ return 0
 
 /// Deletes the lease only if it is still ours: after our TTL ran out,
 /// another instance may hold it, and deleting theirs would let a third in.
-const RELEASE: &str = r"
+pub(super) const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
 ";
 
-/// Writes the token only if the entry is still what the store checked
-/// (ARGV[1] '1' and ARGV[2] its bytes, or '0' for no entry): a store never
-/// replaces an entry this instance cannot read. ARGV[3] is the record,
-/// ARGV[4] the TTL in ms ('' for none).
-const STORE_IF_UNCHANGED: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if ARGV[1] == '1' then
-    if cur ~= ARGV[2] then return 0 end
-elseif cur then
+/// Replaces the token record only if the key still holds what the caller
+/// read and judged replaceable (its first `ARGV[1] + 1` bytes, as
+/// `GETRANGE 0 ARGV[1]` returns them; empty for no key). The caller never
+/// replaces a record it cannot read (a newer format), and this makes that
+/// check and the `SET` one atomic step. ARGV: cap, expected, new record,
+/// TTL in ms (0: none). Returns 1 when written, 0 when the key changed.
+pub(super) const STORE: &str = r"
+if redis.call('GETRANGE', KEYS[1], 0, tonumber(ARGV[1])) ~= ARGV[2] then
     return 0
 end
-if ARGV[4] == '' then
+if ARGV[4] == '0' then
     redis.call('SET', KEYS[1], ARGV[3])
 else
     redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 end
 return 1
 ";
+
+/// How often a store re-reads and retries when the record changed between
+/// its read and its write (another instance stored at the same moment).
+pub(super) const STORE_ATTEMPTS: usize = 4;
 
 /// A token cache in Redis, with a lease.
 ///
@@ -62,24 +70,85 @@ return 1
 /// * The lease is `SET <lease key> <holder> NX PX <ttl>` (inside a script
 ///   that also lets the holder extend its own lease), and its release a
 ///   compare-and-delete script, so an instance only ever deletes its own
-///   lease. The lease key defaults to `<key>:lease`. Each `RedisCache`
-///   value is one holder.
+///   lease. The lease key defaults to `<key>:lease` (`{<key>}:lease` in a
+///   cluster, see below). Each `RedisCache` value is one holder.
+/// * **A record of a newer format version is never overwritten**: a load
+///   returns a [`CacheErrorKind::Unreadable`] error for it, and a store
+///   reads the key, refuses (the same error) if it holds such a record, and
+///   otherwise writes with a compare-and-set script that succeeds only if
+///   the key still holds what was read. During a rolling upgrade the newest
+///   refresh token, written by a newer release, survives the older ones.
+/// * **Bounded reads**: a load reads at most [`record::MAX_RECORD_LEN`]
+///   bytes (`GETRANGE`); a longer value is a miss with a warning.
 /// * Connection URLs: `redis://[user:pass@]host[:port][/db]`,
 ///   `redis+unix:///path/to/socket[?db=N]`, and `rediss://...` (TLS) when
 ///   the `redis-tls` feature is on (trusting the webpki roots, or only your
 ///   CA with [`with_root_certificate`](Self::with_root_certificate)).
 ///   Connections have a connect timeout and
 ///   a per-command timeout (1 s each by default).
-/// * A store never replaces an entry this instance cannot read (a newer
-///   record version, or one sealed with a key it does not hold): it reads
-///   the entry, and writes only if it is still the same, in one script. It
-///   fails with [`CacheErrorKind::Unreadable`] instead. With the
-///   `encryption` feature, [`encryption`](Self::encryption) seals records.
+/// * With the `encryption` feature, [`encryption`](Self::encryption) seals
+///   records at rest; a record sealed with a key this instance does not
+///   hold is Unreadable and never overwritten, like a newer version.
+/// * **URLs are checked**: the token, refresh token included, travels in the
+///   clear over `redis://`, so a plain `redis://` URL to a host that is not
+///   loopback (`localhost`, `127.0.0.0/8`, `::1`) is refused unless
+///   [`RedisCacheBuilder::allow_plain_text`] says otherwise (a private
+///   network you trust). A URL with a fragment (`#...`) is refused: the
+///   redis crate reads `rediss://...#insecure` as "skip certificate
+///   checks", which no one should get by accident. Sentinel-reported
+///   primaries are held to the same rule when a connection is made.
+/// * **rustls**: the redis crate's TLS uses rustls' process-wide crypto
+///   provider. This cache installs ring's provider only when the process has
+///   none, and never replaces one the application installed (install yours
+///   before creating the cache, or at any time if the cache has not yet
+///   installed ring's).
 /// * Redis down is a [`CacheErrorKind::Unavailable`] error, which the machine
 ///   treats as a miss (availability beats load). One warning is logged when
 ///   Redis becomes unreachable; each later call tries to reconnect, and the
 ///   recovery is logged too.
 /// * The API is blocking; async drivers run it on their blocking pool.
+///
+/// # Cluster and Sentinel
+///
+/// [`RedisCache::cluster`] (feature `redis-cluster`) takes the addresses of
+/// some cluster nodes and follows the cluster's slot map and its
+/// redirections. The token key and the lease key must share a hash slot:
+/// when the key has no `{hash tag}`, the lease key is `{<key>}:lease`, which
+/// hashes like `<key>`; an explicit lease key is checked when the cache is
+/// built. [`RedisCache::sentinel`] (feature `redis-sentinel`) asks the
+/// Sentinels for the current primary of a named service, and asks again
+/// after a connection fails or the server it reached has become a replica.
+///
+/// With either, lease grants and stores of tokens that carry a refresh token
+/// wait for one replica's acknowledgement (`WAIT 1 <ms>`, 250 ms by
+/// default; see [`RedisCacheBuilder::replica_acks`]). A lease that is not
+/// acknowledged in time is released and reported as an
+/// [`Unavailable`](CacheErrorKind::Unavailable) error (not as busy: no peer
+/// holds it), so a client-credentials flow fetches for itself and a
+/// refresh-token flow waits and retries; a store that is not acknowledged is
+/// a failed store, which the machine retries before anything else.
+///
+/// While a primary has no replica that answers (after a failover, until the
+/// old primary rejoins as a replica), no lease is acknowledged: a
+/// client-credentials fleet then fetches per instance (more requests, no
+/// gap in tokens; measured in `tests/tests/fleet_redis_ha.rs`), but a
+/// refresh-token fleet, which never fetches without the lease, waits until
+/// a replica is back. Run two replicas per primary where that wait matters,
+/// or turn the acknowledgements off with
+/// [`replica_acks(0, ..)`](RedisCacheBuilder::replica_acks) and accept the
+/// larger loss window.
+///
+/// What Redis still does not promise: replication is asynchronous and `WAIT`
+/// does not make it synchronous. A write acknowledged by a replica can still
+/// be lost in a failover (the primary fails, and a replica that had not
+/// received it, or that Sentinel or the cluster prefers, is promoted), and a
+/// partitioned primary can accept writes for a while that the rest of the
+/// cluster will drop. `WAIT` narrows the window to such failovers; it does
+/// not close it. For a refresh-token flow that loss is inherent: the
+/// authority rotated the refresh token, the cache forgot the new one, and
+/// the fleet holds only the previous one, which an authority with reuse
+/// detection refuses (and may revoke the grant for). A lease lost in a
+/// failover can likewise let two instances fetch at once.
 ///
 /// Neither `Debug` nor any error shows the URL (it may hold a password) or
 /// a token.
@@ -93,40 +162,404 @@ return 1
 ///     .with_connect_timeout(Duration::from_millis(200));
 /// let err = cache.load().unwrap_err();
 /// assert_eq!(err.kind(), freshtoken::CacheErrorKind::Unavailable);
+///
+/// // Plain text to another host is refused unless allowed.
+/// assert!(RedisCache::new("redis://cache.internal:6379/", "myapp:token").is_err());
+/// let trusted = RedisCache::builder("redis://cache.internal:6379/", "myapp:token")
+///     .allow_plain_text(true)
+///     .build()?;
+/// # drop(trusted);
 /// # Ok::<(), freshtoken::CacheError>(())
 /// ```
 pub struct RedisCache {
-    client: redis::Client,
+    backend: Backend,
     key: String,
     lease_key: String,
     holder: String,
     connect_timeout: Duration,
     command_timeout: Duration,
+    replica_acks: Option<ReplicaAcks>,
+    /// Checked again for the primaries Sentinel reports.
+    #[cfg_attr(not(feature = "redis-sentinel"), allow(dead_code))]
+    allow_plain_text: bool,
     acquire: redis::Script,
     release: redis::Script,
-    store_if_unchanged: redis::Script,
+    store: redis::Script,
     codec: Codec,
     state: Mutex<ConnState>,
 }
 
+/// The default for a cluster or Sentinel: one replica, 250 ms.
+#[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+const FLEET_ACKS: Option<ReplicaAcks> = Some(ReplicaAcks {
+    replicas: 1,
+    timeout: Duration::from_millis(250),
+});
+
+/// How many replicas must acknowledge a write, and how long to wait.
+#[derive(Clone, Copy, Debug)]
+struct ReplicaAcks {
+    replicas: usize,
+    timeout: Duration,
+}
+
+/// Where the cache connects. One per cache, made once: the variants'
+/// sizes (which vary with the redis crate's features) do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Single(redis::Client),
+    #[cfg(feature = "redis-cluster")]
+    Cluster {
+        nodes: Vec<redis::ConnectionInfo>,
+        #[cfg(feature = "redis-tls")]
+        certs: Option<redis::TlsCertificates>,
+    },
+    #[cfg(feature = "redis-sentinel")]
+    Sentinel(Mutex<redis::sentinel::SentinelClient>),
+}
+
+/// A live connection of either kind.
+enum Conn {
+    Single(redis::Connection),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    fn as_dyn(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Single(c) => c,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => &mut **c,
+        }
+    }
+
+    /// `WAIT replicas timeout` on the connection that wrote `key`: in a
+    /// cluster, the primary of the key's slot (the cluster client keeps one
+    /// connection per node, so that is the connection of the write).
+    fn wait_replicas(&mut self, key: &str, acks: ReplicaAcks) -> redis::RedisResult<usize> {
+        let _ = key;
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(acks.replicas).arg(millis(acks.timeout).max(1));
+        match self {
+            Conn::Single(c) => cmd.query(c),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key, SlotAddr::Master);
+                let value = c.route_command(
+                    &cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )?;
+                Ok(redis::from_redis_value(value)?)
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct ConnState {
-    conn: Option<redis::Connection>,
+    conn: Option<Conn>,
     /// Whether the last attempt failed, so that an outage logs one warning.
     down: bool,
+}
+
+/// Options for a [`RedisCache`]: from [`RedisCache::builder`],
+/// [`RedisCache::cluster`] or [`RedisCache::sentinel`].
+///
+/// ```
+/// use freshtoken::cache::RedisCache;
+/// use std::time::Duration;
+///
+/// let cache = RedisCache::builder("redis://127.0.0.1:6379/", "myapp:token")
+///     .lease_key("myapp:token:lease")
+///     .command_timeout(Duration::from_millis(500))
+///     // A primary with replicas: leases and rotated refresh tokens wait
+///     // for one replica's acknowledgement.
+///     .replica_acks(1, Duration::from_millis(200))
+///     .build()?;
+/// assert_eq!(cache.lease_key(), "myapp:token:lease");
+/// # Ok::<(), freshtoken::CacheError>(())
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct RedisCacheBuilder {
+    target: Target,
+    key: String,
+    lease_key: Option<String>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    replica_acks: Option<Option<ReplicaAcks>>,
+    allow_plain_text: bool,
+    #[cfg(feature = "redis-tls")]
+    root_ca_pem: Option<Vec<u8>>,
+}
+
+enum Target {
+    Single(String),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Vec<String>),
+    #[cfg(feature = "redis-sentinel")]
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+    },
+}
+
+impl fmt::Debug for RedisCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No URL: it may hold a password.
+        let target = match &self.target {
+            Target::Single(_) => "single",
+            #[cfg(feature = "redis-cluster")]
+            Target::Cluster(_) => "cluster",
+            #[cfg(feature = "redis-sentinel")]
+            Target::Sentinel { .. } => "sentinel",
+        };
+        f.debug_struct("RedisCacheBuilder")
+            .field("target", &target)
+            .field("key", &self.key)
+            .field("lease_key", &self.lease_key)
+            .field("allow_plain_text", &self.allow_plain_text)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCacheBuilder {
+    fn new(target: Target, key: String) -> Self {
+        RedisCacheBuilder {
+            target,
+            key,
+            lease_key: None,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            replica_acks: None,
+            allow_plain_text: false,
+            #[cfg(feature = "redis-tls")]
+            root_ca_pem: None,
+        }
+    }
+
+    /// Uses `key` for the lease instead of the default (see [`RedisCache`]).
+    pub fn lease_key(mut self, key: impl Into<String>) -> Self {
+        self.lease_key = Some(key.into());
+        self
+    }
+
+    /// How long to wait for a connection (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a command's answer (default 1 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Lease grants and stores of tokens with a refresh token wait until
+    /// `replicas` replicas acknowledged them (`WAIT`), for at most
+    /// `timeout`; `replicas == 0` turns this off. The default is one replica
+    /// and 250 ms for a cluster or Sentinel, off for a single server (whose
+    /// `WAIT` would time out every time if it has no replica).
+    pub fn replica_acks(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.replica_acks = Some((replicas > 0).then_some(ReplicaAcks { replicas, timeout }));
+        self
+    }
+
+    /// Allows plain `redis://` to hosts that are not loopback. The token and
+    /// its refresh token then cross the network unencrypted and
+    /// unauthenticated: only for a network you trust (prefer `rediss://`).
+    pub fn allow_plain_text(mut self, allow: bool) -> Self {
+        self.allow_plain_text = allow;
+        self
+    }
+
+    /// Trusts only the CA in `pem` (PEM) for `rediss://` servers, instead of
+    /// the webpki roots: for servers with a private CA. (Cluster and single
+    /// servers; with Sentinel, `build` refuses it: the webpki roots only.)
+    #[cfg(feature = "redis-tls")]
+    pub fn root_certificate(mut self, pem: &[u8]) -> Self {
+        self.root_ca_pem = Some(pem.to_vec());
+        self
+    }
+
+    /// The cache. Fails on a URL that cannot be parsed, a refused URL (plain
+    /// text to another host, a fragment), or (cluster) a lease key in
+    /// another hash slot than the key; the error does not repeat the URL.
+    pub fn build(self) -> Result<RedisCache, CacheError> {
+        #[cfg(feature = "redis-tls")]
+        install_crypto_provider();
+        let allow = self.allow_plain_text;
+        let (backend, default_acks, lease_key) = match self.target {
+            Target::Single(url) => {
+                check_url(&url, allow)?;
+                #[cfg(feature = "redis-tls")]
+                let client = match &self.root_ca_pem {
+                    Some(pem) => redis::Client::build_with_tls(
+                        url.as_str(),
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem.clone()),
+                        },
+                    ),
+                    None => redis::Client::open(url.as_str()),
+                };
+                #[cfg(not(feature = "redis-tls"))]
+                let client = redis::Client::open(url.as_str());
+                let client = client.map_err(|e| invalid_url(&e))?;
+                let lease_key = self
+                    .lease_key
+                    .unwrap_or_else(|| format!("{}:lease", self.key));
+                (Backend::Single(client), None, lease_key)
+            }
+            #[cfg(feature = "redis-cluster")]
+            Target::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err(CacheError::new(
+                        CacheErrorKind::Io,
+                        "a Redis Cluster needs at least one node address",
+                    ));
+                }
+                let mut nodes = Vec::with_capacity(urls.len());
+                for url in &urls {
+                    check_url(url, allow)?;
+                    nodes.push(
+                        redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                            .map_err(|e| invalid_url(&e))?,
+                    );
+                }
+                let lease_key = self
+                    .lease_key
+                    .unwrap_or_else(|| cluster_lease_key(&self.key));
+                if redis::cluster_routing::Slot::for_key(&self.key)
+                    != redis::cluster_routing::Slot::for_key(&lease_key)
+                {
+                    return Err(CacheError::new(
+                        CacheErrorKind::Io,
+                        format!(
+                            "the lease key {lease_key:?} and the token key {:?} hash to different cluster slots; give both the same {{hash tag}}",
+                            self.key
+                        ),
+                    ));
+                }
+                let backend = Backend::Cluster {
+                    nodes,
+                    #[cfg(feature = "redis-tls")]
+                    certs: self.root_ca_pem.map(|pem| redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    }),
+                };
+                (backend, FLEET_ACKS, lease_key)
+            }
+            #[cfg(feature = "redis-sentinel")]
+            Target::Sentinel { sentinels, service } => {
+                #[cfg(feature = "redis-tls")]
+                if self.root_ca_pem.is_some() {
+                    return Err(CacheError::new(
+                        CacheErrorKind::Io,
+                        "a private root certificate is not supported with Sentinel yet (the webpki roots are used); remove root_certificate",
+                    ));
+                }
+                let mut tls = false;
+                for url in &sentinels {
+                    check_url(url, allow)?;
+                    tls |= url.starts_with("rediss:");
+                }
+                let mut node = redis::sentinel::SentinelNodeConnectionInfo::default();
+                if tls {
+                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                }
+                let client = redis::sentinel::SentinelClient::build(
+                    sentinels,
+                    service,
+                    Some(node),
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(|e| invalid_url(&e))?;
+                let lease_key = self
+                    .lease_key
+                    .unwrap_or_else(|| format!("{}:lease", self.key));
+                (Backend::Sentinel(Mutex::new(client)), FLEET_ACKS, lease_key)
+            }
+        };
+        Ok(RedisCache {
+            backend,
+            lease_key,
+            key: self.key,
+            holder: holder_id(),
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+            replica_acks: self.replica_acks.unwrap_or(default_acks),
+            allow_plain_text: allow,
+            acquire: redis::Script::new(ACQUIRE),
+            release: redis::Script::new(RELEASE),
+            store: redis::Script::new(STORE),
+            codec: Codec::default(),
+            state: Mutex::new(ConnState::default()),
+        })
+    }
+}
+
+/// `{<key>}:lease`, which hashes like `<key>` when the key has no hash tag
+/// of its own; `<key>:lease`, which keeps the key's tag, when it has one.
+#[cfg(feature = "redis-cluster")]
+fn cluster_lease_key(key: &str) -> String {
+    let tagged = key
+        .find('{')
+        .is_some_and(|open| key[open + 1..].find('}').is_some_and(|len| len > 0));
+    if tagged || key.contains(['{', '}']) {
+        format!("{key}:lease")
+    } else {
+        format!("{{{key}}}:lease")
+    }
+}
+
+/// Refuses a URL with a fragment, and plain text to a host that is not
+/// loopback unless `allow_plain_text`. Messages never quote the URL.
+pub(super) fn check_url(url: &str, allow_plain_text: bool) -> Result<(), CacheError> {
+    if url.contains('#') {
+        return Err(CacheError::new(
+            CacheErrorKind::Io,
+            "refusing a Redis URL with a fragment (#...): the redis crate reads `#insecure` as \"do not verify certificates\"; remove it (percent-encode a '#' in a password as %23)",
+        ));
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| invalid_url(&e))?;
+    if let redis::ConnectionAddr::Tcp(host, _) = info.addr() {
+        if !allow_plain_text && !is_loopback(host) {
+            return Err(plain_text_refused(host));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn plain_text_refused(host: &str) -> CacheError {
+    CacheError::new(
+        CacheErrorKind::Io,
+        format!(
+            "refusing plain-text redis:// to {host}, which is not a loopback address: tokens and refresh tokens would cross the network unencrypted; use rediss:// or allow it explicitly (RedisCacheBuilder::allow_plain_text)"
+        ),
+    )
+}
+
+/// `localhost` or a loopback IP (`127.0.0.0/8`, `::1`).
+pub(super) fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl RedisCache {
     /// A cache at `url` (see the type's docs for the forms) storing the
     /// token under `key`. No connection is made until the first use.
     ///
-    /// Fails only on a URL that cannot be parsed; the error does not repeat
-    /// the URL.
+    /// Fails on a URL that cannot be parsed, or that is refused (plain text
+    /// to a host that is not loopback, a fragment: see the type's docs);
+    /// the error does not repeat the URL. [`builder`](Self::builder) has
+    /// the other options.
     pub fn new(url: &str, key: impl Into<String>) -> Result<Self, CacheError> {
-        #[cfg(feature = "redis-tls")]
-        install_crypto_provider();
-        let client = redis::Client::open(url).map_err(|e| invalid_url(&e))?;
-        Ok(Self::with_client(client, key.into()))
+        Self::builder(url, key).build()
     }
 
     /// A cache at a `rediss://` URL whose server certificate is signed by
@@ -138,29 +571,9 @@ impl RedisCache {
         key: impl Into<String>,
         root_ca_pem: &[u8],
     ) -> Result<Self, CacheError> {
-        install_crypto_provider();
-        let certs = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(root_ca_pem.to_vec()),
-        };
-        let client = redis::Client::build_with_tls(url, certs).map_err(|e| invalid_url(&e))?;
-        Ok(Self::with_client(client, key.into()))
-    }
-
-    fn with_client(client: redis::Client, key: String) -> Self {
-        RedisCache {
-            client,
-            lease_key: format!("{key}:lease"),
-            key,
-            holder: holder_id(),
-            connect_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_secs(1),
-            acquire: redis::Script::new(ACQUIRE),
-            release: redis::Script::new(RELEASE),
-            store_if_unchanged: redis::Script::new(STORE_IF_UNCHANGED),
-            codec: Codec::default(),
-            state: Mutex::new(ConnState::default()),
-        }
+        Self::builder(url, key)
+            .root_certificate(root_ca_pem)
+            .build()
     }
 
     /// Encrypts the record at rest with `keys` (see
@@ -172,15 +585,80 @@ impl RedisCache {
         self
     }
 
-    fn binding(&self) -> Vec<u8> {
-        sealed::binding(self.key.as_bytes())
+    /// Options for a cache on one server at `url`.
+    pub fn builder(url: &str, key: impl Into<String>) -> RedisCacheBuilder {
+        RedisCacheBuilder::new(Target::Single(url.to_owned()), key.into())
     }
 
-    fn what(&self) -> String {
-        format!("Redis key {:?}", self.key)
+    /// Options for a cache in a Redis Cluster, reached through any of
+    /// `nodes` (URLs of some of its nodes; the rest are discovered).
+    ///
+    /// ```
+    /// use freshtoken::cache::RedisCache;
+    ///
+    /// let cache = RedisCache::cluster(
+    ///     ["redis://127.0.0.1:7000/", "redis://127.0.0.1:7001/"],
+    ///     "{myapp}:token",
+    /// )
+    /// .build()?;
+    /// // The key's hash tag keeps the lease in the token's slot.
+    /// assert_eq!(cache.lease_key(), "{myapp}:token:lease");
+    /// let untagged = RedisCache::cluster(["redis://127.0.0.1:7000/"], "myapp:token").build()?;
+    /// assert_eq!(untagged.lease_key(), "{myapp:token}:lease");
+    /// # Ok::<(), freshtoken::CacheError>(())
+    /// ```
+    #[cfg(feature = "redis-cluster")]
+    pub fn cluster<I, S>(nodes: I, key: impl Into<String>) -> RedisCacheBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes = nodes.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        RedisCacheBuilder::new(Target::Cluster(nodes), key.into())
     }
 
-    /// Uses `key` for the lease instead of `<key>:lease`.
+    /// Options for a cache on the primary that the Sentinels at `sentinels`
+    /// (their URLs) report for `service` (the name in `sentinel monitor`).
+    /// `rediss://` Sentinel URLs make the connection to the primary TLS too.
+    ///
+    /// ```
+    /// use freshtoken::cache::RedisCache;
+    ///
+    /// let cache = RedisCache::sentinel(
+    ///     ["redis://127.0.0.1:26379/", "redis://127.0.0.1:26380/"],
+    ///     "mymaster",
+    ///     "myapp:token",
+    /// )
+    /// .build()?;
+    /// # drop(cache);
+    /// # Ok::<(), freshtoken::CacheError>(())
+    /// ```
+    #[cfg(feature = "redis-sentinel")]
+    pub fn sentinel<I, S>(
+        sentinels: I,
+        service: impl Into<String>,
+        key: impl Into<String>,
+    ) -> RedisCacheBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let sentinels = sentinels
+            .into_iter()
+            .map(|s| s.as_ref().to_owned())
+            .collect();
+        RedisCacheBuilder::new(
+            Target::Sentinel {
+                sentinels,
+                service: service.into(),
+            },
+            key.into(),
+        )
+    }
+
+    /// Uses `key` for the lease instead of the default. (In a cluster,
+    /// prefer [`RedisCacheBuilder::lease_key`], which checks that the two
+    /// keys share a hash slot.)
     pub fn with_lease_key(mut self, key: impl Into<String>) -> Self {
         self.lease_key = key.into();
         self
@@ -212,20 +690,78 @@ impl RedisCache {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)?;
-        conn.set_read_timeout(Some(self.command_timeout))?;
-        conn.set_write_timeout(Some(self.command_timeout))?;
-        Ok(conn)
+    /// The replica acknowledgement to wait for, its timeout kept below the
+    /// command timeout so that the socket does not give up first.
+    fn acks(&self) -> Option<ReplicaAcks> {
+        self.replica_acks.map(|acks| ReplicaAcks {
+            replicas: acks.replicas,
+            timeout: acks.timeout.min(self.command_timeout * 3 / 4),
+        })
+    }
+
+    fn connect(&self) -> Result<Conn, CacheError> {
+        #[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+        let io = |e: redis::RedisError| to_cache_error(&e);
+        match &self.backend {
+            Backend::Single(client) => self.connect_single(client),
+            #[cfg(feature = "redis-cluster")]
+            Backend::Cluster {
+                nodes,
+                #[cfg(feature = "redis-tls")]
+                certs,
+            } => {
+                #[allow(unused_mut)]
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.command_timeout)
+                    // A few quick retries (redirections during a failover);
+                    // the machine retries the operation itself later.
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100);
+                #[cfg(feature = "redis-tls")]
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs.clone());
+                }
+                let conn = builder.build().map_err(io)?.get_connection().map_err(io)?;
+                conn.set_read_timeout(Some(self.command_timeout))
+                    .map_err(io)?;
+                conn.set_write_timeout(Some(self.command_timeout))
+                    .map_err(io)?;
+                Ok(Conn::Cluster(Box::new(conn)))
+            }
+            #[cfg(feature = "redis-sentinel")]
+            Backend::Sentinel(sentinel) => {
+                // Asks the Sentinels for the primary and checks its role.
+                let client = sentinel
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_client()
+                    .map_err(io)?;
+                if let redis::ConnectionAddr::Tcp(host, _) = client.get_connection_info().addr() {
+                    if !self.allow_plain_text && !is_loopback(host) {
+                        return Err(plain_text_refused(host));
+                    }
+                }
+                self.connect_single(&client)
+            }
+        }
+    }
+
+    fn connect_single(&self, client: &redis::Client) -> Result<Conn, CacheError> {
+        let io = |e: redis::RedisError| to_cache_error(&e);
+        let conn = client
+            .get_connection_with_timeout(self.connect_timeout)
+            .map_err(io)?;
+        conn.set_read_timeout(Some(self.command_timeout))
+            .map_err(io)?;
+        conn.set_write_timeout(Some(self.command_timeout))
+            .map_err(io)?;
+        Ok(Conn::Single(conn))
     }
 
     /// Runs `f` on the connection, (re)connecting first if there is none.
-    fn run<T>(
-        &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, CacheError> {
+    fn run<T>(&self, f: impl FnOnce(&mut Conn) -> redis::RedisResult<T>) -> Result<T, CacheError> {
         let mut state = self.state();
         let result = match state.conn.take() {
             Some(conn) => Ok(conn),
@@ -234,11 +770,19 @@ impl RedisCache {
         .and_then(|mut conn| {
             let out = f(&mut conn);
             // A server's error answer leaves the connection usable; any
-            // other failure may leave half a reply in it.
-            if out.is_ok() || matches!(out, Err(ref e) if is_server_answer(e)) {
+            // other failure may leave half a reply in it. READONLY means the
+            // server became a replica (a Sentinel failover): ask again.
+            let keep = match &out {
+                Ok(_) => true,
+                Err(e) => {
+                    is_server_answer(e)
+                        && e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                }
+            };
+            if keep {
                 state.conn = Some(conn);
             }
-            out
+            out.map_err(|e| to_cache_error(&e))
         });
         match result {
             Ok(value) => {
@@ -247,8 +791,7 @@ impl RedisCache {
                 }
                 Ok(value)
             }
-            Err(e) => {
-                let error = to_cache_error(&e);
+            Err(error) => {
                 if error.kind() == CacheErrorKind::Unavailable
                     && !std::mem::replace(&mut state.down, true)
                 {
@@ -258,17 +801,60 @@ impl RedisCache {
             }
         }
     }
+
+    /// The key's first [`record::MAX_RECORD_LEN`] + 1 bytes (empty: no key).
+    fn read_bounded(c: &mut Conn, key: &str) -> redis::RedisResult<Vec<u8>> {
+        redis::cmd("GETRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(record::MAX_RECORD_LEN)
+            .query(c.as_dyn())
+    }
+
+    /// `why`: what [`unreadable`] says (it names the key).
+    fn unreadable_error(&self, why: &str) -> CacheError {
+        CacheError::new(
+            CacheErrorKind::Unreadable,
+            format!("{why} and never overwritten"),
+        )
+    }
+}
+
+/// What a store's compare-and-set did.
+enum Stored {
+    Written,
+    /// The key changed between the read and the write.
+    Changed,
+    /// Written, but fewer replicas than required acknowledged it in time.
+    NotAcknowledged(usize),
+}
+
+/// What a lease attempt did.
+enum Leased {
+    Granted,
+    Busy,
+    /// Granted, then released: no replica acknowledged it in time.
+    NotAcknowledged(usize),
 }
 
 impl fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.state();
+        let topology = match &self.backend {
+            Backend::Single(_) => "single",
+            #[cfg(feature = "redis-cluster")]
+            Backend::Cluster { .. } => "cluster",
+            #[cfg(feature = "redis-sentinel")]
+            Backend::Sentinel(_) => "sentinel",
+        };
         f.debug_struct("RedisCache")
+            .field("topology", &topology)
             .field("key", &self.key)
             .field("lease_key", &self.lease_key)
             .field("holder", &self.holder)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("replica_acks", &self.replica_acks)
             .field("connected", &state.conn.is_some())
             .finish_non_exhaustive()
     }
@@ -276,24 +862,33 @@ impl fmt::Debug for RedisCache {
 
 impl TokenCache for RedisCache {
     fn load(&self) -> Result<Option<Token>, CacheError> {
-        let bytes: Option<Vec<u8>> = self.run(|c| redis::cmd("GET").arg(&self.key).query(c))?;
-        let Some(bytes) = bytes else {
+        let bytes = self.run(|c| Self::read_bounded(c, &self.key))?;
+        if bytes.is_empty() {
             return Ok(None);
-        };
-        match self.codec.decode(&bytes, &self.binding(), &self.what())? {
-            Decoded::Token(token) => Ok(Some(token)),
-            Decoded::Corrupt(e) => {
-                // Left in place for inspection; the next store replaces it.
-                tracing::warn!(key = %self.key, error = %e, "Redis token entry is not a usable record; treating it as a miss");
-                Ok(None)
-            }
+        }
+        if bytes.len() > record::MAX_RECORD_LEN {
+            tracing::warn!(key = %self.key, limit = record::MAX_RECORD_LEN, "Redis token entry is larger than any record; treating it as a miss");
+            return Ok(None);
+        }
+        match decode(&self.codec, &self.key, &bytes) {
+            Ok(token) => Ok(Some(token)),
+            Err(e) => match unreadable(&e) {
+                Some(why) => Err(self.unreadable_error(&why)),
+                None => {
+                    // Left in place for inspection; the next store replaces it.
+                    tracing::warn!(key = %self.key, error = %e, "Redis token entry is not a usable record; treating it as a miss");
+                    Ok(None)
+                }
+            },
         }
     }
 
     fn store(&self, token: &Token) -> Result<(), CacheError> {
-        let bytes = self.codec.encode(token, &self.binding())?;
-        let mut ttl_ms = String::new();
-        if token.refresh_token().is_none() {
+        let bytes = encode(&self.codec, &self.key, token)?;
+        let rotated = token.refresh_token().is_some();
+        let ttl_ms = if rotated {
+            0
+        } else {
             let ttl = token
                 .expires_at()
                 .saturating_duration_since(SystemClock.now());
@@ -301,49 +896,114 @@ impl TokenCache for RedisCache {
                 // Already expired: nothing worth sharing.
                 return Ok(());
             }
-            ttl_ms = millis(ttl).to_string();
-        }
-        // Look at what is there, refuse to replace what this instance cannot
-        // read, and write only if it is still the same (a peer may write in
-        // between: then look again).
-        for _ in 0..3 {
-            let current: Option<Vec<u8>> =
-                self.run(|c| redis::cmd("GET").arg(&self.key).query(c))?;
-            if let Some(current) = &current {
-                self.codec
-                    .check_overwrite(current, &self.binding(), &self.what())?;
+            millis(ttl)
+        };
+        let acks = self.acks().filter(|_| rotated);
+        for _ in 0..STORE_ATTEMPTS {
+            let current = self.run(|c| Self::read_bounded(c, &self.key))?;
+            if !current.is_empty() && current.len() <= record::MAX_RECORD_LEN {
+                if let Some(why) = decode(&self.codec, &self.key, &current)
+                    .err()
+                    .as_ref()
+                    .and_then(unreadable)
+                {
+                    return Err(self.unreadable_error(&why));
+                }
             }
-            let written: i64 = self.run(|c| {
-                self.store_if_unchanged
+            let stored = self.run(|c| {
+                let written: i64 = self
+                    .store
                     .key(&self.key)
-                    .arg(if current.is_some() { "1" } else { "0" })
-                    .arg(current.as_deref().unwrap_or_default())
+                    .arg(record::MAX_RECORD_LEN)
+                    .arg(&current)
                     .arg(&bytes)
-                    .arg(&ttl_ms)
-                    .invoke(c)
+                    .arg(ttl_ms)
+                    .invoke(c.as_dyn())?;
+                if written != 1 {
+                    return Ok(Stored::Changed);
+                }
+                match acks {
+                    Some(acks) => {
+                        let acked = c.wait_replicas(&self.key, acks)?;
+                        Ok(if acked >= acks.replicas {
+                            Stored::Written
+                        } else {
+                            Stored::NotAcknowledged(acked)
+                        })
+                    }
+                    None => Ok(Stored::Written),
+                }
             })?;
-            if written == 1 {
-                return Ok(());
+            match stored {
+                Stored::Written => return Ok(()),
+                Stored::Changed => continue,
+                Stored::NotAcknowledged(acked) => {
+                    let acks = acks.unwrap_or(ReplicaAcks {
+                        replicas: 1,
+                        timeout: Duration::ZERO,
+                    });
+                    return Err(CacheError::new(
+                        CacheErrorKind::Unavailable,
+                        format!(
+                            "Redis stored the token but {acked} of {} replicas acknowledged it within {:?}; counted as a failed store",
+                            acks.replicas, acks.timeout
+                        ),
+                    ));
+                }
             }
         }
         Err(CacheError::new(
             CacheErrorKind::Unavailable,
-            format!("{} kept changing during the store", self.what()),
+            format!("Redis token entry {} kept changing during the store ({STORE_ATTEMPTS} attempts); not stored", self.key),
         ))
     }
 
     fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
-        let granted: i64 = self.run(|c| {
-            self.acquire
+        let acks = self.acks();
+        let leased = self.run(|c| {
+            let granted: i64 = self
+                .acquire
                 .key(&self.lease_key)
                 .arg(&self.holder)
                 .arg(millis(ttl).max(1))
-                .invoke(c)
+                .invoke(c.as_dyn())?;
+            if granted != 1 {
+                return Ok(Leased::Busy);
+            }
+            let Some(acks) = acks else {
+                return Ok(Leased::Granted);
+            };
+            let acked = c.wait_replicas(&self.lease_key, acks)?;
+            if acked >= acks.replicas {
+                return Ok(Leased::Granted);
+            }
+            // A lease only the primary knows could vanish in a failover and
+            // let a second holder in: give it back and wait like a peer.
+            let _ = self
+                .release
+                .key(&self.lease_key)
+                .arg(&self.holder)
+                .invoke::<i64>(c.as_dyn());
+            Ok(Leased::NotAcknowledged(acked))
         })?;
-        Ok(if granted == 1 {
-            LeaseOutcome::Granted
-        } else {
-            LeaseOutcome::Busy
+        Ok(match leased {
+            Leased::Granted => LeaseOutcome::Granted,
+            Leased::Busy => LeaseOutcome::Busy,
+            Leased::NotAcknowledged(acked) => {
+                // Not Busy: no peer holds it, and the machine waits on a busy
+                // lease for as long as it stays busy. As an error, a
+                // client-credentials flow fetches for itself and a
+                // refresh-token flow waits and retries (it never fetches
+                // without the lease).
+                tracing::warn!(key = %self.lease_key, acknowledged = acked, "Redis lease not acknowledged by a replica in time; released it");
+                return Err(CacheError::new(
+                    CacheErrorKind::Unavailable,
+                    format!(
+                        "Redis granted the lease {} but {acked} replicas acknowledged it in time; released it",
+                        self.lease_key
+                    ),
+                ));
+            }
         })
     }
 
@@ -352,23 +1012,66 @@ impl TokenCache for RedisCache {
             self.release
                 .key(&self.lease_key)
                 .arg(&self.holder)
-                .invoke::<i64>(c)
+                .invoke::<i64>(c.as_dyn())
         })
         .map(|_| ())
     }
 }
 
-fn millis(d: Duration) -> u64 {
+/// The bytes stored under the Redis key `key` for `token`: its record,
+/// sealed if `codec` has keys (the key is bound to a sealed record).
+pub(super) fn encode(codec: &Codec, key: &str, token: &Token) -> Result<Vec<u8>, CacheError> {
+    codec.encode(token, &sealed::binding(key.as_bytes()))
+}
+
+/// Why stored bytes hold no token.
+pub(super) enum Undecoded {
+    /// Not a record at all: a miss, which the next store may replace.
+    Corrupt(record::DecodeError),
+    /// A record this instance cannot read (a newer version, sealed with a
+    /// key it does not hold, plaintext where encryption is required).
+    Unreadable(CacheError),
+}
+
+impl fmt::Display for Undecoded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Undecoded::Corrupt(e) => e.fmt(f),
+            Undecoded::Unreadable(e) => f.write_str(e.message()),
+        }
+    }
+}
+
+/// The token in the bytes stored under the Redis key `key`.
+pub(super) fn decode(codec: &Codec, key: &str, bytes: &[u8]) -> Result<Token, Undecoded> {
+    let what = format!("Redis token entry {key}");
+    match codec.decode(bytes, &sealed::binding(key.as_bytes()), &what) {
+        Ok(Decoded::Token(token)) => Ok(token),
+        Ok(Decoded::Corrupt(e)) => Err(Undecoded::Corrupt(e)),
+        Err(e) => Err(Undecoded::Unreadable(e)),
+    }
+}
+
+/// Why a record that failed to decode must be kept rather than treated as
+/// garbage, if it must: it is a record this instance cannot read.
+pub(super) fn unreadable(e: &Undecoded) -> Option<String> {
+    match e {
+        Undecoded::Unreadable(e) => Some(e.message().to_owned()),
+        Undecoded::Corrupt(_) => None,
+    }
+}
+
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn is_server_answer(e: &redis::RedisError) -> bool {
+pub(super) fn is_server_answer(e: &redis::RedisError) -> bool {
     matches!(e.kind(), redis::ErrorKind::Server(_)) || e.code().is_some()
 }
 
 /// The error's category and code, never its detail (which may quote a URL
 /// or a value).
-fn describe(e: &redis::RedisError) -> String {
+pub(super) fn describe(e: &redis::RedisError) -> String {
     let mut s = e.category().to_owned();
     if s.is_empty() {
         s.push_str("error");
@@ -393,14 +1096,14 @@ fn describe(e: &redis::RedisError) -> String {
     s
 }
 
-fn invalid_url(e: &redis::RedisError) -> CacheError {
+pub(super) fn invalid_url(e: &redis::RedisError) -> CacheError {
     CacheError::new(
         CacheErrorKind::Io,
         format!("invalid Redis URL or TLS settings ({})", describe(e)),
     )
 }
 
-fn to_cache_error(e: &redis::RedisError) -> CacheError {
+pub(super) fn to_cache_error(e: &redis::RedisError) -> CacheError {
     use redis::ServerErrorKind as S;
     let unavailable = e.is_io_error()
         || e.is_timeout()
@@ -408,7 +1111,9 @@ fn to_cache_error(e: &redis::RedisError) -> CacheError {
         || e.is_connection_dropped()
         || matches!(
             e.kind(),
-            redis::ErrorKind::Server(S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown)
+            redis::ErrorKind::Server(
+                S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly
+            )
         );
     let kind = if unavailable {
         CacheErrorKind::Unavailable
@@ -419,10 +1124,11 @@ fn to_cache_error(e: &redis::RedisError) -> CacheError {
 }
 
 /// rustls needs a process-wide crypto provider; if the application has not
-/// installed one, install ring (which this feature brings). Installing when
-/// one exists is a no-op.
+/// installed one, install ring (which this feature brings). An installed
+/// provider is never replaced: `install_default` only succeeds when none is
+/// installed, and losing that race to the application is fine.
 #[cfg(feature = "redis-tls")]
-fn install_crypto_provider() {
+pub(super) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }

@@ -146,7 +146,9 @@ impl Codec {
 
     /// Whether a store may replace the entry `existing`: an error of kind
     /// Unreadable if this instance cannot read it (see the module docs).
-    #[cfg(any(feature = "file", feature = "redis", test))]
+    /// (The file and Redis caches judge the entry they read under their
+    /// lock or compare-and-set with [`decode`](Self::decode) instead.)
+    #[cfg(test)]
     pub(crate) fn check_overwrite(
         &self,
         existing: &[u8],

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use freshtoken_core::{CacheError, Clock, LeaseOutcome, Timestamp, Token};
+use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Timestamp, Token};
 
 use super::TokenCache;
 use crate::clock::SystemClock;
@@ -24,7 +24,12 @@ use crate::clock::SystemClock;
 ///   back to the layers above it that held nothing or something older. A
 ///   failing layer is skipped with a warning, but when no layer above it
 ///   could answer, the load fails: a refresh-token flow must not mistake a
-///   local layer's token for the shared state.
+///   local layer's token for the shared state. A layer holding a record this
+///   instance cannot read ([`Unreadable`](freshtoken_core::CacheErrorKind::Unreadable):
+///   a newer format, a key it lacks) fails the load too, unless the token
+///   found would have stopped the search (fresh, and newer than the
+///   machine's when it asks for a newer one): such a record may hold the
+///   newest refresh token, so it is reported rather than hidden as a miss.
 /// * **store** writes to every layer, even when one fails, and reports the
 ///   first failure.
 /// * **the lease** is taken from the *last* layer that supports leases: the
@@ -116,6 +121,7 @@ impl TokenCache for CacheStack {
         let mut held: Vec<Option<Token>> = Vec::with_capacity(self.layers.len());
         let mut best: Option<usize> = None;
         let mut last_error = None;
+        let mut unreadable = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let result = layer.load_newer(newer_than);
             if result.is_ok() {
@@ -140,8 +146,22 @@ impl TokenCache for CacheStack {
                 Err(e) => {
                     tracing::warn!(layer = i, error = %e, "cache layer failed to load");
                     held.push(None);
+                    if e.kind() == CacheErrorKind::Unreadable {
+                        unreadable.get_or_insert_with(|| e.clone());
+                    }
                     last_error = Some(e);
                 }
+            }
+        }
+        let satisfied = best
+            .and_then(|b| held[b].as_ref())
+            .is_some_and(|t| t.satisfies(now, newer_than));
+        // A layer holding a record this instance cannot read (a newer
+        // format, a key it lacks) may hold the newest refresh token: unless
+        // the answer satisfies the query, that is the answer, not a miss.
+        if let Some(e) = unreadable {
+            if !satisfied {
+                return Err(e);
             }
         }
         // The most shared layer asked failed (none below it answered) and no
@@ -149,9 +169,6 @@ impl TokenCache for CacheStack {
         // does not take a local layer's token for the shared state (the
         // shared layer may hold a newer refresh token).
         if let Some(e) = last_error {
-            let satisfied = best
-                .and_then(|b| held[b].as_ref())
-                .is_some_and(|t| t.satisfies(now, newer_than));
             if !satisfied {
                 return Err(e);
             }
@@ -216,7 +233,7 @@ impl TokenCache for CacheStack {
 mod tests {
     use super::*;
     use crate::cache::MemoryCache;
-    use freshtoken_core::{AccessToken, CacheErrorKind, ManualClock, RefreshToken, Timestamp};
+    use freshtoken_core::{AccessToken, ManualClock, RefreshToken, Timestamp};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A layer that counts its loads and can be made to fail.
@@ -265,6 +282,44 @@ mod tests {
 
     fn clock_at(secs: u64) -> ManualClock {
         ManualClock::new(Timestamp::from_secs(secs))
+    }
+
+    /// A layer holding a record this instance cannot read.
+    struct Unreadable;
+
+    impl TokenCache for Unreadable {
+        fn load(&self) -> Result<Option<Token>, CacheError> {
+            Err(CacheError::new(CacheErrorKind::Unreadable, "newer format"))
+        }
+        fn store(&self, _: &Token) -> Result<(), CacheError> {
+            Err(CacheError::new(CacheErrorKind::Unreadable, "newer format"))
+        }
+    }
+
+    #[test]
+    fn an_unreadable_layer_is_not_a_miss() {
+        let top = MemoryCache::new();
+        let stack = CacheStack::new()
+            .with(top.clone())
+            .with(Unreadable)
+            .with_clock(clock_at(50));
+        // Nothing above it: the error, not a miss.
+        let err = stack.load().unwrap_err();
+        assert_eq!(err.kind(), CacheErrorKind::Unreadable);
+        // A stale token above it does not hide it either...
+        top.store(&token("stale", 0, 45, 60)).unwrap();
+        assert_eq!(stack.load().unwrap_err().kind(), CacheErrorKind::Unreadable);
+        // ...but a fresh one is used without asking the layer below.
+        top.store(&token("fresh", 40, 90, 120)).unwrap();
+        assert_eq!(
+            stack
+                .load()
+                .unwrap()
+                .unwrap()
+                .access_token()
+                .expose_secret(),
+            "fresh"
+        );
     }
 
     #[test]

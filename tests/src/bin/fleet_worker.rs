@@ -6,7 +6,9 @@
 //! token come through the environment (`FLEET_CLIENT_SECRET`,
 //! `FLEET_REFRESH_TOKEN`), never the command line, where `ps` shows them.
 //!
-//! * `fleet_worker cc <file|redis|postgres> <cache location> <token url> <client id> <run ms> <read every ms>`:
+//! * `fleet_worker cc <file|redis|redis-cluster|redis-sentinel|postgres> <cache location> <token url> <client id> <run ms> <read every ms>`:
+//!   (for a cluster the location is its nodes' URLs, for Sentinel the
+//!   Sentinels' URLs, comma-separated; the Sentinel service is `freshtoken`)
 //!   client credentials; reads the handle every few ms for `run ms`, then
 //!   prints one JSON line:
 //!   `{"reads":R,"invalid_after_first":I,"first_token_ms":F,"cache_probes":P,"torn":T,"fetched":N,"tokens_seen":S}`.
@@ -150,6 +152,32 @@ fn client_credentials(
                     .expect("a PostgreSQL connection string")
                     .with_command_timeout(Duration::from_millis(300))
                     .with_connect_timeout(Duration::from_millis(300))
+            };
+            let probe_cache = cache();
+            (
+                short_token_builder().cache(cache()),
+                Box::new(move || match probe_cache.load() {
+                    Ok(Some(_)) => Probe::Good,
+                    Ok(None) => Probe::Missing,
+                    Err(e) if e.kind() == freshtoken::CacheErrorKind::Corrupt => Probe::Torn,
+                    Err(_) => Probe::Missing,
+                }),
+            )
+        }
+        "redis-cluster" | "redis-sentinel" => {
+            // The location: comma-separated node (or Sentinel) URLs.
+            let urls: Vec<&str> = location.split(',').collect();
+            let cache = || {
+                let builder = if kind == "redis-cluster" {
+                    RedisCache::cluster(&urls, "fleet:token")
+                } else {
+                    RedisCache::sentinel(&urls, "freshtoken", "fleet:token")
+                };
+                builder
+                    .command_timeout(Duration::from_millis(300))
+                    .connect_timeout(Duration::from_millis(300))
+                    .build()
+                    .expect("cluster or sentinel URLs")
             };
             let probe_cache = cache();
             (
