@@ -405,7 +405,15 @@ impl Observer for Checker {
                     let expired = s.token.as_ref().is_none_or(|t| !t.is_valid_at(now));
                     let (lo, hi) = self.backoff.bounds_for(error, *attempt, expired);
                     let delay = next_attempt.saturating_duration_since(now);
-                    if delay < lo || delay > hi {
+                    // Or, drawn while valid, cut to the expiry plus a wait
+                    // drawn as if expired.
+                    let until_expiry = s.token.as_ref().map_or(Duration::ZERO, |t| {
+                        t.expires_at().saturating_duration_since(now)
+                    });
+                    let (lo_e, hi_e) = self.backoff.bounds_for(error, *attempt, true);
+                    let cut =
+                        !expired && delay >= until_expiry + lo_e && delay <= until_expiry + hi_e;
+                    if (delay < lo || delay > hi) && !cut {
                         self.violations.push(format!(
                             "{i}: retry delay {delay:?} outside {lo:?}..={hi:?}"
                         ));
@@ -416,7 +424,8 @@ impl Observer for Checker {
                         Duration::from_secs(3600)
                     };
                     if let Some(ra) = error.retry_after().map(|ra| ra.min(ra_bound)) {
-                        if delay < ra {
+                        let past_expiry = until_expiry + ra.min(Duration::from_secs(30));
+                        if delay < ra && delay < past_expiry {
                             self.violations.push(format!(
                                 "{i}: retry {delay:?} sooner than Retry-After {ra:?}"
                             ));

@@ -1201,10 +1201,28 @@ impl RefreshMachine {
             .current
             .as_ref()
             .is_none_or(|t| !t.is_valid_at(self.now.wall));
-        let delay = self
-            .config
-            .backoff
-            .delay_for(&error, self.failures, expired, &mut self.rng);
+        let mut delay =
+            self.config
+                .backoff
+                .delay_for(&error, self.failures, expired, &mut self.rng);
+        // A wait drawn while the token is valid must not outlast it by more
+        // than a wait drawn once it has expired: the application would be
+        // without a token for the rest of a long backoff step (or of a long
+        // Retry-After).
+        let permanent = matches!(
+            error.kind(),
+            FetchErrorKind::Permanent | FetchErrorKind::GrantRevoked
+        );
+        if let (false, false, Some(t)) = (expired, permanent, &self.current) {
+            let until_expiry = t.expires_at().saturating_duration_since(self.now.wall);
+            if delay > until_expiry {
+                let after =
+                    self.config
+                        .backoff
+                        .delay_for(&error, self.failures, true, &mut self.rng);
+                delay = delay.min(until_expiry.saturating_add(after));
+            }
+        }
         let retry_at = self.now.mono + delay;
         // Keep the lease through the wait, so peers keep waiting for us
         // rather than each hitting a failing authority: a fleet then sends
