@@ -265,7 +265,12 @@ proptest! {
                                 Input::Fetched(id, _) if fetching.is_some_and(|(f, _)| f == *id) => fetching = None,
                 // A late answer that rotated the refresh token makes the
                 // fetch in flight moot (it presented the now spent one).
-                Input::Fetched(_, Ok(r)) if r.refresh_token.is_some() => fetching = None,
+                                // The same answer preempts a lease request in flight (the
+                // lease is re-entrant for its holder).
+                Input::Fetched(_, Ok(r)) if r.refresh_token.is_some() => {
+                    fetching = None;
+                    leasing = None;
+                }
                 Input::Lease(id, _) if leasing.is_some_and(|(l, _)| l == *id) => leasing = None,
                 _ => {}
             }

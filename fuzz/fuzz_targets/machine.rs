@@ -131,7 +131,12 @@ fuzz_target!(|data: &[u8]| {
             // A late answer that rotated the refresh token makes the fetch in
             // flight moot (it presented the now spent one): the machine may
             // ask again at once, with the new token.
-            Input::Fetched(_, Ok(r)) if r.refresh_token.is_some() => fetching = None,
+                        // The same answer preempts a lease request in flight (the lease
+            // is re-entrant for its holder, so asking again is harmless).
+            Input::Fetched(_, Ok(r)) if r.refresh_token.is_some() => {
+                fetching = None;
+                leasing = None;
+            }
             Input::Lease(i, _) if leasing.is_some_and(|(l, _)| l == *i) => leasing = None,
             _ => {}
         }
