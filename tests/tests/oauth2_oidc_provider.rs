@@ -4,7 +4,6 @@
 //!
 //! Needs Node.js and `tests/oidc/node_modules`: run `.ci/setup-oidc.sh`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 mod oauth2_common;
@@ -39,48 +38,7 @@ impl OidcProvider {
             .proxy(None)
             .build()
             .into();
-        let mut cookies: BTreeMap<String, String> = BTreeMap::new();
-        let mut url = format!(
-            "{}/auth?client_id={APP_ID}&response_type=code&scope=openid%20offline_access\
-             &prompt=consent&state=s1&redirect_uri={REDIRECT_URI}",
-            self.issuer
-        );
-        let code = 'follow: {
-            for _ in 0..10 {
-                let cookie = cookies
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let response = agent.get(&url).header("Cookie", &cookie).call().unwrap();
-                for value in response.headers().get_all("set-cookie") {
-                    let pair = value.to_str().unwrap().split(';').next().unwrap();
-                    if let Some((k, v)) = pair.split_once('=') {
-                        cookies.insert(k.trim().to_owned(), v.trim().to_owned());
-                    }
-                }
-                let location = response
-                    .headers()
-                    .get("location")
-                    .unwrap_or_else(|| panic!("no redirect from {url}: {}", response.status()))
-                    .to_str()
-                    .unwrap()
-                    .to_owned();
-                if let Some(query) = location.strip_prefix(&format!("{REDIRECT_URI}?")) {
-                    let code = query
-                        .split('&')
-                        .find_map(|p| p.strip_prefix("code="))
-                        .unwrap_or_else(|| panic!("no code in {location}"));
-                    break 'follow code.to_owned();
-                }
-                url = if location.starts_with('/') {
-                    format!("{}{location}", self.issuer)
-                } else {
-                    location
-                };
-            }
-            panic!("the authorization flow did not reach the redirect URI");
-        };
+        let code = self.authorization_code(APP_ID, REDIRECT_URI);
         let mut response = agent
             .post(self.token_url())
             .content_type("application/x-www-form-urlencoded")
