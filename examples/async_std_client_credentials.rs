@@ -22,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use freshtoken::runtime::AsyncStd;
 use freshtoken::driver::Builder;
 use support::{Options, Reads};
 
@@ -40,7 +41,7 @@ async fn run(executor: Executor, options: Options) {
     let cache = options.cache_dir();
     let (tokens, driver) = Builder::new()
         .cache(cache.file("token.json"))
-        .spawn_async_std(authority.client_credentials());
+        .spawn(AsyncStd, authority.client_credentials());
     let start = Instant::now();
     support::first_token(&tokens, executor.sleep(support::START_TIMEOUT)).await;
 

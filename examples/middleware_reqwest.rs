@@ -11,6 +11,7 @@
 #[path = "api_support/mod.rs"]
 mod api_support;
 
+use freshtoken::runtime::Tokio;
 use freshtoken::driver::Builder;
 use freshtoken::middleware::reqwest::AuthMiddleware;
 
@@ -25,7 +26,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let (tokens, driver) = Builder::new().spawn_tokio(source);
+    let (tokens, driver) = Builder::new().spawn(Tokio::current().expect("a tokio runtime"), source);
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(tokens.clone()))
         .build();

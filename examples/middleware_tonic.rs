@@ -14,6 +14,7 @@
 mod api_support;
 
 use bytes::{Buf, BufMut, Bytes};
+use freshtoken::runtime::Tokio;
 use freshtoken::driver::Builder;
 use freshtoken::middleware::tonic::AuthInterceptor;
 use http::uri::PathAndQuery;
@@ -80,7 +81,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let (tokens, driver) = Builder::new().spawn_tokio(source);
+    let (tokens, driver) = Builder::new().spawn(Tokio::current().expect("a tokio runtime"), source);
     // The interceptor does not wait (it is synchronous): wait for the
     // first token at start-up.
     if let Err(e) = tokens.ready().await {

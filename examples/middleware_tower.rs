@@ -11,6 +11,7 @@
 mod api_support;
 
 use bytes::Bytes;
+use freshtoken::runtime::Tokio;
 use freshtoken::driver::Builder;
 use freshtoken::middleware::tower::AuthLayer;
 use http_body_util::Full;
@@ -29,7 +30,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let (tokens, driver) = Builder::new().spawn_tokio(source);
+    let (tokens, driver) = Builder::new().spawn(Tokio::current().expect("a tokio runtime"), source);
 
     // The client: hyper-util's, wrapped in the layer.
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();

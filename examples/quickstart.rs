@@ -41,9 +41,9 @@ use freshtoken::cache::FileCache;
 use freshtoken::driver::Builder;
 use freshtoken::oauth2::ClientCredentials;
 use freshtoken::testing::{Fault, FaultWindow, LocalAuthority};
-use freshtoken::{
-    Backoff, Clock, FetchErrorKind, RefreshState, Snapshot, SystemClock, TokenHandle, TokenStatus,
-};
+use freshtoken::{Clock, FetchErrorKind, SystemClock, TokenHandle, TokenStatus};
+use freshtoken::handle::{RefreshState, Snapshot};
+use freshtoken::policy::Backoff;
 
 fn main() -> ExitCode {
     match run() {

@@ -29,7 +29,7 @@ fn main() {
     let options = Options::parse(&[], &[]);
     let authority = options.authority();
     let cache = options.cache_dir();
-    let mut builder = Builder::new().cache(cache.file("token.json"));
+    let builder = Builder::new().cache(cache.file("token.json"));
     let first = match (&authority.local, std::env::var("FRESHTOKEN_REFRESH_TOKEN")) {
         (Some(local), _) => Some(local.issue_refresh_token(&authority.client_id)),
         (None, Ok(token)) => Some(RefreshToken::new(token)),
@@ -39,12 +39,11 @@ fn main() {
     if first.is_none() && cached.is_none_or(|t| t.refresh_token().is_none()) {
         support::fail("no refresh token: set FRESHTOKEN_REFRESH_TOKEN or point --cache-dir at a cache that holds one");
     }
-    if let Some(first) = first {
+    if let Some(first) = &first {
         println!("first refresh token   {}", first.fingerprint());
-        builder = builder.refresh_token(first);
     }
     let (tokens, driver) = builder
-        .spawn_thread(authority.refresh_token_source())
+        .spawn_thread(authority.refresh_token_source(first))
         .unwrap_or_else(|e| support::fail(&format!("cannot start the driver thread: {e}")));
     let start = Instant::now();
     support::wait_first_token(&tokens);

@@ -19,6 +19,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use freshtoken::runtime::Tokio;
 use freshtoken::driver::Builder;
 use support::{Options, Reads};
 
@@ -29,7 +30,7 @@ async fn main() {
     let cache = options.cache_dir();
     let (tokens, driver) = Builder::new()
         .cache(cache.file("token.json"))
-        .spawn_tokio(authority.client_credentials());
+        .spawn(Tokio::current().expect("a tokio runtime"), authority.client_credentials());
     let start = Instant::now();
     support::first_token(&tokens, tokio::time::sleep(support::START_TIMEOUT)).await;
 

@@ -21,8 +21,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use freshtoken::handle::Publisher;
-use freshtoken::{AccessToken, ManualClock, RefreshState, Snapshot, Timestamp, Token, TokenHandle};
+use freshtoken::driver::Publisher;
+use freshtoken::{AccessToken, ManualClock, Timestamp, Token, TokenHandle};
+use freshtoken::handle::{RefreshState, Snapshot};
 
 /// A background writer that runs until dropped.
 struct Writer {

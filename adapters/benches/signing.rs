@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::process::Command;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use freshtoken::oauth2::core::assertion::JwsAlgorithm;
+use freshtoken::oauth2::JwsAlgorithm;
 use freshtoken::oauth2::SigningKey;
 
 fn pem(args: &[&str]) -> Vec<u8> {

@@ -1,9 +1,10 @@
-//! The system's wall clock.
+//! Clocks: the [`SystemClock`] drivers read by default, a [`ManualClock`]
+//! for tests, and the [`Clock`] trait behind both.
 
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 
-use freshtoken_core::{Clock, MonoTime, Timestamp};
+pub use freshtoken_core::{Clock, ManualClock, MonoTime, Now, Timestamp};
 
 /// The operating system's clocks: the wall clock (`SystemTime::now`) for
 /// token times, which are shared between processes and machines, and the

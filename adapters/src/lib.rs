@@ -2,39 +2,40 @@
 //! that calls your APIs only asks for the current token and never stalls or
 //! fails because a token expired or the authority had a bad minute.
 //!
-//! # The model in a page
+//! # Client credentials, in a service
 //!
-//! Three kinds of part meet around one state machine:
+//! A [`ClientCredentials`](oauth2::ClientCredentials) source asks the
+//! authority; a driver ([`Builder::spawn`] on a [`Runtime`](runtime::Runtime),
+//! or [`Builder::spawn_thread`]) keeps its token fresh; your code reads the
+//! current token from a [`TokenHandle`] (`features = ["tokio", "oauth2"]`):
 //!
-//! * **The machine** ([`RefreshMachine`], from [`freshtoken_core`]) decides
-//!   *when*: when a token is stale, whether a cached token is good enough,
-//!   whether to wait for a peer holding the cache's lease, how long to back
-//!   off after a failure. It performs no I/O and reads no clock; every input
-//!   carries `now` and every side effect leaves it as an [`Action`].
-//! * **A driver** ([`driver`]) decides *how*: it carries out the actions
-//!   (on a plain thread, on tokio, on async-std or smol), feeds the results
-//!   back, and sleeps until the machine's next deadline, never longer than a
-//!   heartbeat so that clock jumps and suspends are noticed.
-//! * **Sources and caches** do the I/O: a [`source::TokenSource`] asks the
-//!   authority ([`oauth2::ClientCredentials`], [`oauth2::RefreshTokenSource`],
-//!   a constant, a closure); a [`cache::TokenCache`] shares tokens between
-//!   instances ([`cache::MemoryCache`], `cache::FileCache`, `cache::RedisCache`,
-//!   [`cache::CacheStack`]) and offers a lease so one instance at a time asks
-//!   the authority. Their async twins, [`source::AsyncTokenSource`] and
-//!   [`cache::AsyncTokenCache`], are polled by the async drivers in their
-//!   own task.
+//! ```no_run
+//! # #[cfg(all(feature = "tokio", feature = "oauth2"))]
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use freshtoken::oauth2::ClientCredentials;
+//! use freshtoken::runtime::Tokio;
+//! use freshtoken::Builder;
 //!
-//! Applications read through a [`TokenHandle`]: `token()` is a lock-free load
-//! that never blocks the refresher, `valid_token()` says why there is no
-//! token when there is none, `changed()` / `wait_changed()` wake on every
-//! publication, and `invalidate()` reports a 401.
+//! let secret = std::env::var("CLIENT_SECRET")?;
+//! let source = ClientCredentials::builder("https://login.example.com/oauth2/token", "my-app", secret)
+//!     .audience("https://api.example.com")
+//!     .build()?;
+//! let (tokens, driver) = Builder::new().spawn(Tokio::current()?, source);
+//! let token = tokens.ready().await?; // the first token, or why there is none
+//! let header = token.authorization_header(); // "Bearer eyJ..."
+//! # drop(header); drop(token);
+//! driver.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A plain thread does the same for a sync application:
 //!
 //! ```
-//! use freshtoken::driver::Builder;
 //! use freshtoken::source::ConstTokenSource;
+//! use freshtoken::Builder;
 //! use std::time::Duration;
 //!
-//! // A plain thread keeps the token fresh; any thread reads it.
 //! let (tokens, driver) = Builder::new()
 //!     .spawn_thread(ConstTokenSource::new("api-key", Some(3600)))
 //!     .expect("a thread");
@@ -44,36 +45,90 @@
 //! driver.shutdown_blocking();
 //! ```
 //!
+//! # The model in a page
+//!
+//! Three kinds of part meet around one state machine:
+//!
+//! * **The machine** ([`proto::RefreshMachine`], from `freshtoken-core`,
+//!   re-exported as [`proto`]) decides *when*: when a token is stale,
+//!   whether a cached token is good enough, whether to wait for a peer
+//!   holding the cache's lease, how long to back off after a failure. It
+//!   performs no I/O and reads no clock; every input carries `now` and
+//!   every side effect leaves it as an action.
+//! * **A driver** ([`driver`]) decides *how*: it carries out the actions
+//!   (on a plain thread, or on a [`runtime`]: tokio, smol, async-std),
+//!   feeds the results back, and sleeps until the machine's next deadline,
+//!   never longer than a heartbeat so that clock jumps and suspends are
+//!   noticed.
+//! * **Sources and caches** do the I/O: a [`source::TokenSource`] asks the
+//!   authority ([`oauth2`] has client credentials, refresh tokens, JWT
+//!   assertions, token exchange); a [`cache::TokenCache`] shares tokens
+//!   between instances ([`cache`] has memory, file, Redis and PostgreSQL
+//!   caches, and stacks of them) and offers a lease so one instance at a
+//!   time asks the authority.
+//!
+//! Applications read through a [`TokenHandle`]: `token()` is a lock-free
+//! load that never blocks the refresher, `valid_token()` says why there is
+//! no token when there is none, [`TokenHandle::watch`] wakes on every
+//! publication, and `invalidate()` reports a 401 (the [`middleware`] for
+//! tower, reqwest, ureq and tonic does that for you).
+//!
+//! # Modules
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`driver`] | [`Builder`], [`DriverHandle`]; the parts a driver of your own needs |
+//! | [`runtime`] | the [`Runtime`](runtime::Runtime) trait and its tokio, smol and async-std values |
+//! | [`handle`] | [`TokenHandle`] and what it gives out: snapshots, readers, watches |
+//! | [`source`] | the source traits and simple sources |
+//! | [`oauth2`] | OAuth2 sources over ureq and rustls |
+//! | [`cache`] | the cache traits and caches |
+//! | [`policy`] | lifetime, jitter and backoff policies |
+//! | [`clock`] | the system clock and a manual one for tests |
+//! | [`manager`] | [`TokenManager`](manager::TokenManager): many tokens per process |
+//! | [`middleware`] | HTTP-client middleware: the token on every request, one replay after a 401 |
+//! | [`testing`] | a local OAuth2 authority with a fault plan |
+//! | [`sim`] | the deterministic fleet simulator |
+//! | [`proto`] | the sans-IO machine, for driver authors and tests |
+//!
 //! # Features
 //!
 //! | feature | what it adds |
 //! | --- | --- |
-//! | `blocking` (default) | the thread driver, [`driver::Builder::spawn_thread`] |
-//! | `tokio` | the tokio driver (`spawn_tokio`, `spawn_tokio_async`) |
-//! | `async-std` | the async-std driver, which also serves smol |
-//! | `oauth2` | client-credentials and refresh-token sources over ureq and rustls |
+//! | `blocking` (default) | the thread driver, [`Builder::spawn_thread`] |
+//! | `tokio` | [`runtime::Tokio`] for [`Builder::spawn`] |
+//! | `smol` | [`runtime::Smol`], on smol's own executor, timers and blocking pool |
+//! | `async-std` | [`runtime::AsyncStd`] (async-std is discontinued upstream; prefer `smol`) |
+//! | `oauth2` | client-credentials, refresh-token, JWT-bearer and token-exchange sources over ureq and rustls |
 //! | `file` | `cache::FileCache`: atomic writes, a cross-process lease |
 //! | `redis` / `redis-tls` | `cache::RedisCache`: `SET NX PX` lease; `rediss://` |
+//! | `redis-cluster` / `redis-sentinel` | `RedisCache` over a Redis Cluster or Sentinel |
+//! | `redis-tokio` / `redis-smol` | `cache::AsyncRedisCache` |
 //! | `postgres` | `cache::PostgresCache`: a row per key, a lease row, TLS with rustls |
 //! | `encryption` | XChaCha20-Poly1305 at rest for the file, Redis and PostgreSQL caches |
 //! | `testing` | `testing::LocalAuthority`, a real OAuth2 server on loopback with a fault plan |
 //! | `sim` | the deterministic fleet simulator, `sim` |
-//! | `tower` | `middleware::tower::AuthLayer`: the token on every request, one replay after a 401 |
-//! | `reqwest-middleware` | `middleware::reqwest::AuthMiddleware`, the same for reqwest |
-//! | `ureq-middleware` | `middleware::ureq::{AuthHeader, AuthAgent}`, the same for ureq 3 |
-//! | `tonic` | `middleware::tonic::AuthInterceptor`: `authorization` metadata, one replay on UNAUTHENTICATED |
+//! | `tower` | `middleware::tower::AuthLayer` |
+//! | `reqwest-middleware` | `middleware::reqwest::AuthMiddleware` |
+//! | `ureq-middleware` | `middleware::ureq::{AuthHeader, AuthAgent}` |
+//! | `tonic` | `middleware::tonic::AuthInterceptor` |
 //!
-//! Always there: `manager::TokenManager`, one refresher per audience, scope
-//! or resource, stopped when idle (with any driver feature).
+//! With docs.rs' `doc_auto_cfg`, every feature-gated item shows its
+//! feature.
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub use freshtoken_core::*;
+/// The sans-IO core (`freshtoken-core`): the [`RefreshMachine`](proto::RefreshMachine),
+/// its inputs and actions, the policies and the simulator. Applications do
+/// not need it; drivers of your own and tests do.
+pub use freshtoken_core as proto;
 
 pub mod cache;
 pub mod clock;
-#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
 pub mod driver;
-#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+pub mod handle;
+#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std", feature = "smol"))]
 pub mod manager;
 #[cfg(any(
     feature = "tower",
@@ -84,11 +139,25 @@ pub mod manager;
 pub mod middleware;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
+pub mod policy;
+#[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
+pub mod runtime;
 pub mod source;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod sync;
 
-pub use clock::SystemClock;
+/// The deterministic fleet simulator, from `freshtoken-core`.
+#[cfg(feature = "sim")]
+pub use freshtoken_core::sim;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use driver::{Builder, DriverHandle};
+pub use freshtoken_core::{
+    AccessToken, Assertion, CacheError, CacheErrorKind, ClientSecret, FetchError, FetchErrorKind,
+    IdToken, RefreshToken, Timestamp, Token, TokenId, TokenStatus,
+};
+pub use handle::{NoValidToken, TokenHandle, TokenRef};
 
 // The README's examples are compiled (and the runnable ones run) as doc tests.
 #[cfg(all(doctest, feature = "tokio", feature = "oauth2", feature = "file"))]

@@ -9,7 +9,8 @@
 //! ```
 //! use freshtoken::manager::{TokenKey, TokenManager};
 //! use freshtoken::source::FnSource;
-//! use freshtoken::{AccessToken, TokenResponse};
+//! use freshtoken::AccessToken;
+//! use freshtoken::source::TokenResponse;
 //! use std::time::Duration;
 //!
 //! let manager = TokenManager::builder()
@@ -17,7 +18,7 @@
 //!     .build(|key: &TokenKey, builder| {
 //!         // In a real service: `key.apply(ClientCredentials::builder(...)).build()?`
 //!         let audience = key.audience().unwrap_or("none").to_owned();
-//!         let source = FnSource::new(move |_: &freshtoken::FetchRequest| {
+//!         let source = FnSource::new(move |_: &freshtoken::source::FetchRequest| {
 //!             Ok(TokenResponse::new(AccessToken::new(format!("token-for-{audience}")))
 //!                 .with_expires_in(Some(3600)))
 //!         });
@@ -78,8 +79,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use freshtoken_core::handle::{Closed, NoValidToken, TokenRef};
-use freshtoken_core::{FetchError, Token, TokenHandle, TokenId};
+use crate::handle::{Closed, NoValidToken, TokenHandle, TokenRef};
+use freshtoken_core::{FetchError, Token, TokenId};
 
 use crate::cache::{CacheStack, MemoryCache, TokenCache};
 use crate::driver::{Builder, DriverHandle};

@@ -9,13 +9,15 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use freshtoken_core::{AccessToken, FetchError, FetchRequest, TokenResponse};
+pub use freshtoken_core::{FetchRequest, TokenResponse};
+use freshtoken_core::{AccessToken, FetchError, RefreshToken};
 
 /// A blocking token source. Async drivers run it on their blocking pool.
 ///
 /// ```
 /// use freshtoken::source::{FnSource, TokenSource};
-/// use freshtoken::{AccessToken, FetchRequest, TokenResponse};
+/// use freshtoken::AccessToken;
+/// use freshtoken::source::{FetchRequest, TokenResponse};
 ///
 /// let source = FnSource::new(|_req: &FetchRequest| {
 ///     Ok(TokenResponse::new(AccessToken::new("t")).with_expires_in(Some(60)))
@@ -26,13 +28,21 @@ use freshtoken_core::{AccessToken, FetchError, FetchRequest, TokenResponse};
 pub trait TokenSource: Send + Sync + 'static {
     /// Fetches a token. Must not panic on bad input from the network.
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError>;
+
+    /// The refresh token the driver starts from, for a refresh-token
+    /// grant (default: none). The driver asks once, at spawn; after that
+    /// the newest refresh token arrives in each [`FetchRequest`].
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        None
+    }
 }
 
 /// An async token source; its futures must be `Send`.
 ///
 /// ```
 /// use freshtoken::source::AsyncTokenSource;
-/// use freshtoken::{AccessToken, FetchError, FetchRequest, TokenResponse};
+/// use freshtoken::{AccessToken, FetchError};
+/// use freshtoken::source::{FetchRequest, TokenResponse};
 ///
 /// /// A source that asks a sidecar over an async client (here: a constant).
 /// struct Sidecar;
@@ -52,17 +62,31 @@ pub trait AsyncTokenSource: Send + Sync + 'static {
         &self,
         request: &FetchRequest,
     ) -> impl Future<Output = Result<TokenResponse, FetchError>> + Send;
+
+    /// The refresh token the driver starts from (default: none); see
+    /// [`TokenSource::initial_refresh_token`].
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        None
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
         (**self).fetch(request)
     }
+
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        (**self).initial_refresh_token()
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
         (**self).fetch(request)
+    }
+
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        (**self).initial_refresh_token()
     }
 }
 
@@ -71,7 +95,7 @@ impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
 ///
 /// ```
 /// use freshtoken::source::{ConstTokenSource, TokenSource};
-/// use freshtoken::FetchRequest;
+/// use freshtoken::source::FetchRequest;
 ///
 /// let s = ConstTokenSource::new("api-key", Some(86_400));
 /// assert_eq!(s.fetch(&FetchRequest::first()).unwrap().access_token.expose_secret(), "api-key");
@@ -103,7 +127,8 @@ impl TokenSource for ConstTokenSource {
 ///
 /// ```
 /// use freshtoken::source::{FnSource, TokenSource};
-/// use freshtoken::{AccessToken, FetchError, FetchRequest, TokenResponse};
+/// use freshtoken::{AccessToken, FetchError};
+/// use freshtoken::source::{FetchRequest, TokenResponse};
 ///
 /// // e.g. a token that a platform writes to a file; here, a failing one.
 /// let source = FnSource::new(|request: &FetchRequest| -> Result<TokenResponse, FetchError> {
@@ -111,7 +136,10 @@ impl TokenSource for ConstTokenSource {
 /// });
 /// assert!(source.fetch(&FetchRequest::first()).is_err());
 /// ```
-pub struct FnSource<F>(F);
+pub struct FnSource<F> {
+    f: F,
+    initial: Option<RefreshToken>,
+}
 
 impl<F> FnSource<F>
 where
@@ -119,7 +147,15 @@ where
 {
     /// Wraps `f`.
     pub fn new(f: F) -> Self {
-        FnSource(f)
+        FnSource { f, initial: None }
+    }
+
+    /// The refresh token the driver starts from, for a closure that runs
+    /// a refresh-token grant (it then finds the newest refresh token in
+    /// each request).
+    pub fn refresh_token(mut self, refresh_token: RefreshToken) -> Self {
+        self.initial = Some(refresh_token);
+        self
     }
 }
 
@@ -134,6 +170,10 @@ where
     F: Fn(&FetchRequest) -> Result<TokenResponse, FetchError> + Send + Sync + 'static,
 {
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        (self.0)(request)
+        (self.f)(request)
+    }
+
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        self.initial.clone()
     }
 }

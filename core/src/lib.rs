@@ -50,11 +50,11 @@
 //! [quinn-proto]: https://docs.rs/quinn-proto
 //! [str0m]: https://docs.rs/str0m
 //! [fleet simulator]: https://docs.rs/freshtoken-core/latest/freshtoken_core/sim/
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod backoff;
 pub mod error;
-pub mod handle;
 pub mod jitter;
 pub mod lifetime;
 pub mod machine;
@@ -66,7 +66,6 @@ pub mod token;
 
 pub use backoff::Backoff;
 pub use error::{CacheError, CacheErrorKind, FetchError, FetchErrorKind};
-pub use handle::{NoValidToken, TokenHandle, TokenRef};
 pub use jitter::Jitter;
 pub use lifetime::{LifetimeNote, LifetimePolicy};
 pub use machine::{

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use freshtoken::cache::FileCache;
 use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
 use freshtoken::testing::LocalAuthority;
-use freshtoken::{ClientSecret, FetchErrorKind, NoValidToken, TokenHandle, TokenId};
+use freshtoken::{ClientSecret, FetchErrorKind, NoValidToken, RefreshToken, TokenHandle, TokenId};
 
 /// The local authority's client and secret. A test secret, never printed.
 pub const LOCAL_CLIENT: &str = "example-client";
@@ -193,11 +193,15 @@ impl Authority {
             .unwrap_or_else(|e| fail(&format!("bad token URL: {e}")))
     }
 
-    pub fn refresh_token_source(&self) -> RefreshTokenSource {
-        RefreshTokenSource::builder(&self.url, &self.client_id)
+    pub fn refresh_token_source(&self, first: Option<RefreshToken>) -> RefreshTokenSource {
+        let builder = RefreshTokenSource::builder(&self.url, &self.client_id)
             .client_secret(self.secret.clone())
-            .timeout(Duration::from_secs(2))
-            .build()
+            .timeout(Duration::from_secs(2));
+        match first {
+            Some(first) => builder.refresh_token(first),
+            None => builder,
+        }
+        .build()
             .unwrap_or_else(|e| fail(&format!("bad token URL: {e}")))
     }
 

@@ -40,7 +40,7 @@ fn cold_starts<C: TokenCache>(iters: u64, cache: &impl Fn() -> C) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let counter = calls.clone();
-        let source = FnSource::new(move |_: &freshtoken::FetchRequest| {
+        let source = FnSource::new(move |_: &freshtoken::source::FetchRequest| {
             counter.fetch_add(1, Ordering::SeqCst);
             Err(FetchError::transient(
                 "the benchmark's instance must not fetch",

@@ -285,7 +285,7 @@ fn a_record_of_a_newer_version_is_unreadable_and_left_in_place() {
     // The lease still works: a newer peer may be using it.
     assert_eq!(
         cache.acquire_lease(Duration::from_secs(1)).unwrap(),
-        freshtoken::LeaseOutcome::Granted
+        freshtoken::cache::LeaseOutcome::Granted
     );
 }
 

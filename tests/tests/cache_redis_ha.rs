@@ -6,9 +6,8 @@
 use std::time::{Duration, Instant};
 
 use freshtoken::cache::{RedisCache, TokenCache};
-use freshtoken::{
-    AccessToken, CacheError, CacheErrorKind, Clock, LeaseOutcome, RefreshToken, SystemClock, Token,
-};
+use freshtoken::{AccessToken, CacheError, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
+use freshtoken::cache::LeaseOutcome;
 use freshtoken_tests::redis_server::{query, RedisCluster, RedisSentinel, SENTINEL_SERVICE};
 
 const SECRET: &str = "TOPSECRET-access-ha";

@@ -1,7 +1,7 @@
 //! The driver conformance suite: one set of scenarios, run against every
-//! driver (a plain thread, tokio, async-std, and the async-std driver under
-//! smol). The cache scenarios also run with an async cache on the tokio and
-//! async-std drivers (and under smol).
+//! driver (a plain thread, and the async driver on tokio, async-std and
+//! smol, each with a blocking and an async source). The cache scenarios
+//! also run with an async cache on each runtime.
 //!
 //! Time is a [`ManualClock`]: a scenario moves it and wakes the driver
 //! (`DriverHandle::wake`), so a token's whole life takes milliseconds of
@@ -14,15 +14,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use freshtoken::cache::{AsyncTokenCache, TokenCache};
-use freshtoken::driver::{Builder, DriverHandle};
+use freshtoken::driver::{AsyncSource, Builder, Caches, DriverHandle, Source};
+use freshtoken::runtime;
 use freshtoken::handle::{Closed, NoValidToken};
 use freshtoken::source::{AsyncTokenSource, FnSource, TokenSource};
 use freshtoken::testing::{self, FaultWindow, LocalAuthority};
-use freshtoken::{
-    AccessToken, Backoff, CacheError, CacheErrorKind, FetchError, FetchErrorKind, FetchRequest,
-    Jitter, LeaseOutcome, ManualClock, RefreshState, Snapshot, Timestamp, Token, TokenHandle,
-    TokenResponse,
-};
+use freshtoken::{AccessToken, CacheError, CacheErrorKind, FetchError, FetchErrorKind, ManualClock, Timestamp, Token, TokenHandle};
+use freshtoken::cache::LeaseOutcome;
+use freshtoken::handle::{RefreshState, Snapshot};
+use freshtoken::policy::{Backoff, Jitter};
+use freshtoken::source::{FetchRequest, TokenResponse};
 use futures::future::{select, Either};
 
 /// Token lifetime in the scenarios: stale after 30 s, expired after 60 s.
@@ -31,229 +32,116 @@ const T0: Timestamp = Timestamp::from_secs(1_000_000);
 /// How long a wait may take before the test is declared hung.
 const HUNG: Duration = Duration::from_secs(20);
 
+/// A cell of the suite: where the driver runs, and whether the source and
+/// the cache are async. One `spawn` of the library serves every async
+/// cell; only the runtime value and the wrappers differ.
+#[derive(Clone, Copy)]
+struct Cell {
+    runtime: Rt,
+    async_source: bool,
+    async_cache: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Rt {
+    Thread,
+    Tokio,
+    AsyncStd,
+    Smol,
+}
+
+const fn cell(runtime: Rt, async_source: bool, async_cache: bool) -> Cell {
+    Cell {
+        runtime,
+        async_source,
+        async_cache,
+    }
+}
+
 /// A way to run a driver.
 trait Driver: Copy {
     fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle);
-    /// Spawns with a blocking source (the async-source kinds too).
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle);
+    /// Spawns with a blocking source (the async-source cells too).
+    fn spawn_source(self, builder: Builder, source: impl TokenSource)
+        -> (TokenHandle, DriverHandle);
     fn block_on<T>(self, f: impl Future<Output = T>) -> T;
     /// Spawns with the authority and `cache` shared with other instances:
-    /// as a blocking cache, unless the kind is about async caches.
+    /// as a blocking cache, unless the cell is about async caches.
+    fn spawn_cached(
+        self,
+        builder: Builder,
+        authority: &Authority,
+        cache: &MemoryCache,
+    ) -> (TokenHandle, DriverHandle);
+}
+
+/// The async driver on `rt` (called inside the cell's executor).
+fn spawn_on<C: Caches>(
+    rt: Rt,
+    builder: Builder<C>,
+    source: impl Source,
+) -> (TokenHandle, DriverHandle) {
+    match rt {
+        Rt::Tokio => builder.spawn(runtime::Tokio::current().expect("in a runtime"), source),
+        Rt::AsyncStd => builder.spawn(runtime::AsyncStd, source),
+        Rt::Smol => builder.spawn(runtime::Smol, source),
+        Rt::Thread => unreachable!("the thread driver has no runtime"),
+    }
+}
+
+impl Driver for Cell {
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle) {
+        match self.runtime {
+            Rt::Thread => builder.spawn_thread(source).expect("thread"),
+            rt => spawn_on(rt, builder, source),
+        }
+    }
+
+    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
+        match (self.runtime, self.async_source) {
+            (Rt::Thread, _) => builder.spawn_thread(authority.source()).expect("thread"),
+            (rt, true) => spawn_on(rt, builder, AsyncSource(authority.clone())),
+            (rt, false) => spawn_on(rt, builder, authority.source()),
+        }
+    }
+
     fn spawn_cached(
         self,
         builder: Builder,
         authority: &Authority,
         cache: &MemoryCache,
     ) -> (TokenHandle, DriverHandle) {
-        self.spawn(builder.cache(cache.clone()), authority)
+        if !self.async_cache {
+            return self.spawn(builder.cache(cache.clone()), authority);
+        }
+        let builder = builder.async_cache(AsyncMemoryCache(cache.clone()));
+        match self.async_source {
+            true => spawn_on(self.runtime, builder, AsyncSource(authority.clone())),
+            false => spawn_on(self.runtime, builder, authority.source()),
+        }
     }
-}
 
-#[derive(Clone, Copy)]
-struct Thread;
-#[derive(Clone, Copy)]
-struct Tokio;
-#[derive(Clone, Copy)]
-struct TokioAsyncSource;
-#[derive(Clone, Copy)]
-struct AsyncStd;
-#[derive(Clone, Copy)]
-struct AsyncStdAsyncSource;
-#[derive(Clone, Copy)]
-struct Smol;
-/// Async caches: tokio with an async source.
-#[derive(Clone, Copy)]
-struct TokioAsyncCache;
-/// Async caches: async-std with a blocking source.
-#[derive(Clone, Copy)]
-struct AsyncStdAsyncCache;
-/// Async caches: the async-std driver under smol, with an async source.
-#[derive(Clone, Copy)]
-struct SmolAsyncCache;
-
-impl Driver for Thread {
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        builder.spawn_thread(source).expect("thread")
-    }
-    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
-        builder.spawn_thread(authority.source()).expect("thread")
-    }
     fn block_on<T>(self, f: impl Future<Output = T>) -> T {
-        futures::executor::block_on(f)
+        match self.runtime {
+            Rt::Thread => futures::executor::block_on(f),
+            // A single-threaded runtime: the driver and the scenario share
+            // one thread, so the driver must never block it.
+            Rt::Tokio => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(f),
+            Rt::AsyncStd => async_std::task::block_on(f),
+            Rt::Smol => smol::block_on(f),
+        }
     }
 }
 
-impl Driver for Tokio {
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        builder.spawn_tokio(source)
-    }
-    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
-        builder.spawn_tokio(authority.source())
-    }
-    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
-        // A single-threaded runtime: the driver and the scenario share one
-        // thread, so the driver must never block it.
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
-}
-
-impl Driver for TokioAsyncSource {
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        builder.spawn_tokio(source)
-    }
-    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
-        builder.spawn_tokio_async(authority.clone())
-    }
-    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
-        Tokio.block_on(f)
-    }
-}
-
-impl Driver for AsyncStd {
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        builder.spawn_async_std(source)
-    }
-    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
-        builder.spawn_async_std(authority.source())
-    }
-    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
-        async_std::task::block_on(f)
-    }
-}
-
-impl Driver for AsyncStdAsyncSource {
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        builder.spawn_async_std(source)
-    }
-    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
-        builder.spawn_async_std_async(authority.clone())
-    }
-    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
-        smol::block_on(f)
-    }
-}
-
-impl Driver for Smol {
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        builder.spawn_async_std(source)
-    }
-    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
-        builder.spawn_async_std(authority.source())
-    }
-    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
-        smol::block_on(f)
-    }
-}
-
-impl Driver for TokioAsyncCache {
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        TokioAsyncSource.spawn_source(builder, source)
-    }
-    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
-        TokioAsyncSource.spawn(builder, authority)
-    }
-    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
-        Tokio.block_on(f)
-    }
-    fn spawn_cached(
-        self,
-        builder: Builder,
-        authority: &Authority,
-        cache: &MemoryCache,
-    ) -> (TokenHandle, DriverHandle) {
-        builder
-            .async_cache(AsyncMemoryCache(cache.clone()))
-            .spawn_tokio_async(authority.clone())
-    }
-}
-
-impl Driver for AsyncStdAsyncCache {
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        AsyncStd.spawn_source(builder, source)
-    }
-    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
-        AsyncStd.spawn(builder, authority)
-    }
-    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
-        AsyncStd.block_on(f)
-    }
-    fn spawn_cached(
-        self,
-        builder: Builder,
-        authority: &Authority,
-        cache: &MemoryCache,
-    ) -> (TokenHandle, DriverHandle) {
-        builder
-            .async_cache(AsyncMemoryCache(cache.clone()))
-            .spawn_async_std(authority.source())
-    }
-}
-
-impl Driver for SmolAsyncCache {
-    fn spawn_source(
-        self,
-        builder: Builder,
-        source: impl TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        AsyncStdAsyncSource.spawn_source(builder, source)
-    }
-    fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle) {
-        AsyncStdAsyncSource.spawn(builder, authority)
-    }
-    fn block_on<T>(self, f: impl Future<Output = T>) -> T {
-        smol::block_on(f)
-    }
-    fn spawn_cached(
-        self,
-        builder: Builder,
-        authority: &Authority,
-        cache: &MemoryCache,
-    ) -> (TokenHandle, DriverHandle) {
-        builder
-            .async_cache(AsyncMemoryCache(cache.clone()))
-            .spawn_async_std_async(authority.clone())
-    }
-}
+const THREAD: Cell = cell(Rt::Thread, false, false);
 
 /// What the scripted authority does on the next fetch.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -971,12 +859,10 @@ async fn http_refresh_token_rotation(driver: impl Driver) {
     let authority = local_authority(&clock);
     let source = authority
         .refresh_token_source("app")
+        .refresh_token(authority.issue_refresh_token("app"))
         .build()
         .expect("source");
-    let (tokens, control) = driver.spawn_source(
-        builder(&clock).refresh_token(authority.issue_refresh_token("app")),
-        source,
-    );
+    let (tokens, control) = driver.spawn_source(builder(&clock), source);
     let first = within(HUNG, tokens.ready())
         .await
         .expect("hung")
@@ -1068,26 +954,27 @@ macro_rules! conformance {
 }
 
 conformance! {
-    on_thread => Thread;
-    on_tokio => Tokio;
-    on_tokio_async_source => TokioAsyncSource;
-    on_async_std => AsyncStd;
-    on_smol_async_source => AsyncStdAsyncSource;
-    on_smol => Smol;
+    on_thread => THREAD;
+    on_tokio => cell(Rt::Tokio, false, false);
+    on_tokio_async_source => cell(Rt::Tokio, true, false);
+    on_async_std => cell(Rt::AsyncStd, false, false);
+    on_async_std_async_source => cell(Rt::AsyncStd, true, false);
+    on_smol => cell(Rt::Smol, false, false);
+    on_smol_async_source => cell(Rt::Smol, true, false);
 }
 
 // Async caches change only what the cache scenarios exercise.
 conformance! {
     @caches
-    on_tokio_async_cache => TokioAsyncCache;
-    on_async_std_async_cache => AsyncStdAsyncCache;
-    on_smol_async_cache => SmolAsyncCache;
+    on_tokio_async_cache => cell(Rt::Tokio, true, true);
+    on_async_std_async_cache => cell(Rt::AsyncStd, false, true);
+    on_smol_async_cache => cell(Rt::Smol, true, true);
 }
 
 /// The blocking driver's own way to stop, from plain code.
 #[test]
 fn thread_shutdown_blocking() {
-    let env = Env::start(Thread, |b| b);
+    let env = Env::start(THREAD, |b| b);
     futures::executor::block_on(env.ready());
     env.driver.shutdown_blocking();
     assert_eq!(env.tokens.status(), RefreshState::Stopped);

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use freshtoken::driver::Builder;
 use freshtoken::source::FnSource;
-use freshtoken::{
-    AccessToken, Backoff, FetchError, FetchRequest, Jitter, ManualClock, RefreshToken, Timestamp,
-    TokenResponse,
-};
+use freshtoken::{AccessToken, FetchError, ManualClock, RefreshToken, Timestamp};
+use freshtoken::policy::{Backoff, Jitter};
+use freshtoken::source::{FetchRequest, TokenResponse};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
@@ -75,7 +74,8 @@ fn drivers_never_log_a_secret() {
                     .with_refresh_token(Some(RefreshToken::new(REFRESH_SECRET)))
                     .with_expires_in(Some(60))),
             },
-        );
+        )
+        .refresh_token(RefreshToken::new(REFRESH_SECRET));
     let (tokens, driver) = Builder::new()
         .clock(clock.clone())
         .jitter(Jitter::NONE)
@@ -84,7 +84,6 @@ fn drivers_never_log_a_secret() {
             2,
             Duration::from_secs(1),
         ))
-        .refresh_token(RefreshToken::new(REFRESH_SECRET))
         .spawn_thread(source)
         .expect("thread");
     let token = tokens.wait_ready(Duration::from_secs(20)).expect("token");

@@ -160,11 +160,10 @@ impl Life {
             assert!(Instant::now() < deadline, "{} never came up", self.name);
             std::thread::sleep(Duration::from_millis(2));
         }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) with a pid of our own child, which has not been
-        // waited for yet, so the pid cannot have been reused.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) of {}", self.name);
+        // Our own child, not waited for yet: its pid cannot have been reused.
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .unwrap_or_else(|e| panic!("kill(SIGTERM) of {}: {e}", self.name));
     }
 
     /// Waits for the exit after [`sigterm`](Self::sigterm).

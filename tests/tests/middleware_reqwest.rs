@@ -7,6 +7,7 @@ mod middleware_support;
 use std::time::Duration;
 
 use bytes::Bytes;
+use freshtoken::runtime::Tokio;
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::middleware::reqwest::AuthMiddleware;
 use freshtoken::middleware::{AuthError, Authorizer};
@@ -22,7 +23,7 @@ async fn setup(invalidate_interval: Duration) -> (Api, TokenHandle, DriverHandle
     let source = authority.client_credentials(CLIENT).build().unwrap();
     let (tokens, driver) = Builder::new()
         .invalidate_interval(invalidate_interval)
-        .spawn_tokio(source);
+        .spawn(Tokio::current().expect("a tokio runtime"), source);
     tokens.ready().await.unwrap();
     (api, tokens, driver)
 }
@@ -142,7 +143,7 @@ async fn no_valid_token_is_a_typed_error_and_nothing_is_sent() {
     );
     let api = Api::start(authority.clone()).await;
     let source = authority.client_credentials(CLIENT).build().unwrap();
-    let (tokens, driver) = Builder::new().spawn_tokio(source);
+    let (tokens, driver) = Builder::new().spawn(Tokio::current().expect("a tokio runtime"), source);
     let client = client(Authorizer::new(tokens).token_wait(Duration::from_millis(200)));
     let err = client.get(api.url("/orders")).send().await.unwrap_err();
     let reqwest_middleware::Error::Middleware(inner) = &err else {

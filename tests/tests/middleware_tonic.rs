@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
+use freshtoken::runtime::Tokio;
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::middleware::tonic::AuthInterceptor;
 use freshtoken::middleware::tower::AuthLayer;
@@ -160,7 +161,7 @@ async fn setup(
     let source = authority.client_credentials(CLIENT).build().unwrap();
     let (tokens, driver) = Builder::new()
         .invalidate_interval(invalidate_interval)
-        .spawn_tokio(source);
+        .spawn(Tokio::current().expect("a tokio runtime"), source);
     tokens.ready().await.unwrap();
     (authority, addr, calls, channel, tokens, driver)
 }
@@ -308,7 +309,7 @@ async fn without_a_token_the_interceptor_fails_the_call_and_sends_nothing() {
         .await
         .unwrap();
     let source = authority.client_credentials(CLIENT).build().unwrap();
-    let (tokens, driver) = Builder::new().spawn_tokio(source);
+    let (tokens, driver) = Builder::new().spawn(Tokio::current().expect("a tokio runtime"), source);
     let auth = AuthInterceptor::with_authorizer(Authorizer::new(tokens.clone()));
     let grpc = tonic::client::Grpc::new(InterceptedService::new(channel, auth));
     let err = say(&grpc, "/test.Echo/Say", "x").await.unwrap_err();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use freshtoken::runtime::Tokio;
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::middleware::tower::{AuthLayer, Error};
 use freshtoken::middleware::{AuthError, Authorizer};
@@ -50,7 +51,7 @@ async fn setup(invalidate_interval: Duration) -> (Api, TokenHandle, DriverHandle
     let source = authority.client_credentials(CLIENT).build().unwrap();
     let (tokens, driver) = Builder::new()
         .invalidate_interval(invalidate_interval)
-        .spawn_tokio(source);
+        .spawn(Tokio::current().expect("a tokio runtime"), source);
     tokens.ready().await.unwrap();
     (api, tokens, driver)
 }
@@ -225,7 +226,7 @@ async fn no_valid_token_fails_typed_after_the_wait_and_sends_nothing() {
     );
     let api = Api::start(authority.clone()).await;
     let source = authority.client_credentials(CLIENT).build().unwrap();
-    let (tokens, driver) = Builder::new().spawn_tokio(source);
+    let (tokens, driver) = Builder::new().spawn(Tokio::current().expect("a tokio runtime"), source);
     let auth = Authorizer::new(tokens.clone()).token_wait(Duration::from_millis(300));
     let mut client = AuthLayer::with_authorizer(auth).layer(http());
 
@@ -279,7 +280,7 @@ async fn an_expired_token_is_never_sent_even_from_the_layers_cache() {
     );
     let api = Api::start(authority.clone()).await;
     let source = authority.client_credentials(CLIENT).build().unwrap();
-    let (tokens, driver) = Builder::new().spawn_tokio(source);
+    let (tokens, driver) = Builder::new().spawn(Tokio::current().expect("a tokio runtime"), source);
     let first = tokens.ready().await.unwrap();
     let expires_at = first.expires_at();
     drop(first);

@@ -14,18 +14,15 @@ use std::time::Duration;
 mod oauth2_common;
 mod oidc_support;
 
-use freshtoken::oauth2::core::assertion::{
-    assemble, signing_input, AssertionClaims, JwsAlgorithm, JwsHeader,
-};
-use freshtoken::oauth2::core::{HttpRequest, HttpResponse};
-use freshtoken::oauth2::{
-    Audience, ClientAuth, ClientCredentials, Discovery, DiscoveryError, HttpTransport,
-    RefreshTokenSource, SigningKey, UreqTransport,
-};
+use freshtoken::oauth2::JwsAlgorithm;
+
+use freshtoken::proto::oauth2::assertion::{AssertionClaims, JwsHeader, assemble, signing_input};
+use freshtoken::oauth2::{HttpRequest, HttpResponse};
+use freshtoken::oauth2::{Audience, ClientAuth, ClientCredentials, Discovery, DiscoveryError, HttpTransport, RefreshTokenSource, SigningKey, UreqTransport};
 use freshtoken::source::TokenSource;
-use freshtoken::{
-    FetchError, FetchErrorKind, FetchRequest, MachineConfig, RefreshToken, Timestamp,
-};
+use freshtoken::{FetchError, FetchErrorKind, RefreshToken, Timestamp};
+use freshtoken::proto::MachineConfig;
+use freshtoken::source::FetchRequest;
 use oauth2_common::claims;
 use oidc_support::OidcProvider;
 
@@ -37,7 +34,7 @@ fn now() -> Timestamp {
 
 /// Checks a token answer: a JWT access token for the resource, issued to
 /// `client`.
-fn assert_token_for(answer: &freshtoken::TokenResponse, client: &str) {
+fn assert_token_for(answer: &freshtoken::source::TokenResponse, client: &str) {
     assert_eq!(answer.expires_in, Some(30));
     let c = claims(answer.access_token.expose_secret());
     assert_eq!(

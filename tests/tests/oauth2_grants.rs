@@ -12,14 +12,12 @@ use std::time::Duration;
 mod oidc_support;
 
 use freshtoken::driver::Builder;
-use freshtoken::oauth2::core::assertion::{
-    assemble, signing_input, AssertionClaims, JwsAlgorithm, JwsHeader,
-};
-use freshtoken::oauth2::{
-    ClientAuth, ClientCredentials, JwtBearer, SigningKey, TokenExchange, TOKEN_TYPE_ACCESS_TOKEN,
-};
+use freshtoken::oauth2::JwsAlgorithm;
+use freshtoken::proto::oauth2::assertion::{AssertionClaims, JwsHeader, assemble, signing_input};
+use freshtoken::oauth2::{ClientAuth, ClientCredentials, JwtBearer, SigningKey, TOKEN_TYPE_ACCESS_TOKEN, TokenExchange};
 use freshtoken::source::TokenSource;
-use freshtoken::{Assertion, FetchErrorKind, FetchRequest, Timestamp};
+use freshtoken::{Assertion, FetchErrorKind, Timestamp};
+use freshtoken::source::FetchRequest;
 use oidc_support::OidcProvider;
 use serde_json::json;
 

@@ -16,10 +16,11 @@ use std::process::Command;
 mod oauth2_common;
 mod oidc_support;
 
-use freshtoken::oauth2::core::assertion::JwsAlgorithm;
+use freshtoken::oauth2::JwsAlgorithm;
 use freshtoken::oauth2::{ClientAuth, ClientCredentials, Discovery, SigningKey, UreqTransport};
 use freshtoken::source::TokenSource;
-use freshtoken::{FetchErrorKind, FetchRequest};
+use freshtoken::FetchErrorKind;
+use freshtoken::source::FetchRequest;
 use oauth2_common::claims;
 use oidc_support::OidcProvider;
 

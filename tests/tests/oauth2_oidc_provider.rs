@@ -11,10 +11,11 @@ mod oidc_support;
 
 use freshtoken::oauth2::{ClientAuth, ClientCredentials, RefreshTokenSource};
 use freshtoken::source::TokenSource;
-use freshtoken::{
-    Action, FetchErrorKind, FetchRequest, Input, LifetimePolicy, MachineConfig, Output,
-    RefreshMachine, RefreshState, RefreshToken, Timestamp,
-};
+use freshtoken::{FetchErrorKind, RefreshToken, Timestamp};
+use freshtoken::handle::RefreshState;
+use freshtoken::policy::LifetimePolicy;
+use freshtoken::proto::{Action, Input, MachineConfig, Output, RefreshMachine};
+use freshtoken::source::FetchRequest;
 use oauth2_common::claims;
 use oidc_support::OidcProvider;
 

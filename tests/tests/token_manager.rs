@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use freshtoken::runtime::Tokio;
 use freshtoken::manager::{TokenKey, TokenManager};
 use freshtoken::middleware::tower::AuthLayer;
 use freshtoken::testing::LocalAuthority;
@@ -300,7 +301,7 @@ fn a_manager_on_tokio_starts_and_restarts_refreshers_from_any_thread() {
                 .apply(source_authority.client_credentials(key.client()))
                 .build()?;
             // Inside the manager's runtime, whichever thread reads first.
-            Ok(builder.spawn_tokio(source))
+            Ok(builder.spawn(Tokio::current().expect("a tokio runtime"), source))
         });
     let handle = manager.handle(keys()[1].clone());
     // This thread is not one of the runtime's.

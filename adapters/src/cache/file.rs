@@ -75,7 +75,8 @@ const MAX_LEASE_LEN: u64 = 4 * 1024;
 ///
 /// ```
 /// use freshtoken::cache::{FileCache, TokenCache};
-/// use freshtoken::{AccessToken, LeaseOutcome, Timestamp, Token};
+/// use freshtoken::{AccessToken, Timestamp, Token};
+/// use freshtoken::cache::LeaseOutcome;
 /// use std::time::Duration;
 ///
 /// let dir = tempfile::tempdir()?;

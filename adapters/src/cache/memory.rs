@@ -17,7 +17,8 @@ use super::TokenCache;
 ///
 /// ```
 /// use freshtoken::cache::{MemoryCache, TokenCache};
-/// use freshtoken::{AccessToken, LeaseOutcome, Timestamp, Token};
+/// use freshtoken::{AccessToken, Timestamp, Token};
+/// use freshtoken::cache::LeaseOutcome;
 /// use std::time::Duration;
 ///
 /// let a = MemoryCache::new();

@@ -87,7 +87,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshtoken_core::{CacheError, LeaseOutcome, Timestamp, Token};
+pub use freshtoken_core::LeaseOutcome;
+use freshtoken_core::{CacheError, Timestamp, Token};
 
 /// A blocking token cache. Async drivers run it on their blocking pool.
 pub trait TokenCache: Send + Sync + 'static {
@@ -159,7 +160,8 @@ forward_cache!(Arc, Box);
 ///
 /// ```
 /// use freshtoken::cache::{AsyncTokenCache, MemoryCache, TokenCache};
-/// use freshtoken::{AccessToken, CacheError, LeaseOutcome, Timestamp, Token};
+/// use freshtoken::{AccessToken, CacheError, Timestamp, Token};
+/// use freshtoken::cache::LeaseOutcome;
 /// use std::time::Duration;
 ///
 /// /// Stands for a cache with an async client (a database, a KV service).

@@ -49,7 +49,7 @@ pub const MAX_RECORD_LEN: usize = 64 * 1024;
 /// Messages name the problem and a position, never the content.
 ///
 /// ```
-/// use freshtoken::cache::record::{decode, DecodeError};
+/// use freshtoken::cache::record::{DecodeError, decode};
 ///
 /// assert_eq!(decode(b"").unwrap_err(), DecodeError::Empty);
 /// assert_eq!(decode(br#"{"version":1,"access"#).unwrap_err(), DecodeError::Truncated);

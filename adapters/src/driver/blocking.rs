@@ -1,92 +1,192 @@
 //! The blocking driver: one named thread owns the machine and waits on the
 //! command channel with a deadline, so an invalidation or a shutdown ends
-//! its wait at once. Each job runs on a short-lived worker thread, so a
-//! source that hangs costs that thread, never the driver: the machine gives
-//! up on the request at its deadline, and the worker's answer, if it ever
-//! comes, is still fed to the machine (which recognises it as late).
+//! its wait at once. Source and cache calls run on one long-lived worker
+//! thread, fed by a channel.
+//!
+//! A call that hangs costs that worker, never the driver: the machine
+//! gives up on the request at its deadline, and the worker's answer, if it
+//! ever comes, is still fed to the machine (which recognises it as late).
+//! The next job then finds the worker busy: the hung worker is set aside
+//! (it exits once its call returns) and a new one takes over. While a
+//! worker that was set aside is still stuck, no second one is: a job that
+//! finds the worker busy then fails at once, and the machine backs off as
+//! for any failure. So a hang costs at most one extra thread, not one per
+//! attempt.
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use freshtoken_core::handle::{Command, Control};
 use freshtoken_core::Input;
 
-use super::engine::{fetch_blocking, Engine, Job, Next};
+use super::refresher::{fetch_blocking, Job, JobKind, Next, Refresher};
 use crate::cache::TokenCache;
+use crate::handle::{Command, Control};
 use crate::source::TokenSource;
+use crate::sync::lock;
 
 pub(crate) fn spawn<S: TokenSource>(
-    engine: Engine,
+    refresher: Refresher,
     source: Arc<S>,
     name: String,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new().name(name).spawn(move || {
         let _span = tracing::info_span!("freshtoken").entered();
-        run(engine, source)
+        run(refresher, source)
     })
 }
 
 /// Where workers leave their answers for the driver thread.
 type Inbox = Arc<Mutex<VecDeque<Input>>>;
 
-fn run<S: TokenSource>(mut engine: Engine, source: Arc<S>) {
-    engine.start();
+/// A call to make on the worker.
+type Work = Box<dyn FnOnce() -> Option<Input> + Send>;
+
+/// A call and whether the machine waits for its answer.
+struct Sent {
+    work: Work,
+    answered: bool,
+}
+
+fn run<S: TokenSource>(mut refresher: Refresher, source: Arc<S>) {
+    refresher.start();
     let inbox: Inbox = Arc::default();
+    let mut workers = Workers::new(inbox.clone(), refresher.publisher().control());
     loop {
-        match engine.next() {
+        match refresher.next() {
             Next::Stop => return,
-            Next::Job(job) => start(job, &source, &engine, &inbox),
+            Next::Job(job) => workers.start(job, &source, &refresher),
             Next::Sleep(sleep) => {
-                let command = engine.publisher().recv_deadline(Instant::now() + sleep);
+                let command = refresher
+                    .publisher()
+                    .recv_until(Instant::now().checked_add(sleep));
                 let answers: Vec<Input> = lock(&inbox).drain(..).collect();
                 for input in answers {
-                    engine.feed(input);
+                    refresher.feed(input);
                 }
                 match command {
-                    Some(Command::Wake) | None => engine.tick(),
-                    Some(command) => engine.command(command),
+                    Some(Command::Wake) | None => refresher.tick(),
+                    Some(command) => refresher.command(command),
                 }
             }
         }
     }
 }
 
-/// Runs `job` on a worker thread that leaves its answer in `inbox` and
-/// wakes the driver.
-fn start<S: TokenSource>(job: Job, source: &Arc<S>, engine: &Engine, inbox: &Inbox) {
-    let kind = job.kind();
-    let work: Box<dyn FnOnce() -> Option<Input> + Send> = match job {
-        Job::Fetch(request) => {
-            let source = source.clone();
-            Box::new(move || fetch_blocking(&*source, &request))
-        }
-        Job::Cache(job) => {
-            let cache: Arc<dyn TokenCache> = engine.cache();
-            Box::new(move || job.run(&*cache))
-        }
-    };
-    let control: Control = engine.publisher().control();
-    let worker_inbox = inbox.clone();
-    let worker = thread::Builder::new()
-        .name("freshtoken-io".into())
-        .spawn(move || {
-            if let Some(answer) = work() {
-                lock(&worker_inbox).push_back(answer);
-                control.send(Command::Wake);
-            }
-        });
-    if worker.is_err() {
-        if let Some(answer) = kind.failed("could not start a worker thread") {
-            lock(inbox).push_back(answer);
-            engine.publisher().control().send(Command::Wake);
-        }
-    }
+/// The worker thread and, while one is stuck, the one set aside.
+struct Workers {
+    current: Option<Worker>,
+    /// Whether the worker set aside is still in its call.
+    stuck: Option<Arc<AtomicBool>>,
+    inbox: Inbox,
+    control: Control,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain data behind it; a panic cannot leave it half-written.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+struct Worker {
+    jobs: Sender<Sent>,
+    /// Jobs sent whose answer the machine waits for, not yet finished.
+    pending: Arc<AtomicUsize>,
+    /// Cleared when the thread exits.
+    alive: Arc<AtomicBool>,
+}
+
+impl Workers {
+    fn new(inbox: Inbox, control: Control) -> Self {
+        Workers {
+            current: None,
+            stuck: None,
+            inbox,
+            control,
+        }
+    }
+
+    /// Runs `job` on the worker; its answer lands in the inbox and wakes
+    /// the driver.
+    fn start<S: TokenSource>(&mut self, job: Job, source: &Arc<S>, refresher: &Refresher) {
+        let kind = job.kind();
+        let work: Work = match job {
+            Job::Fetch(request) => {
+                let source = source.clone();
+                Box::new(move || fetch_blocking(&*source, &request))
+            }
+            Job::Cache(job) => {
+                let cache: Arc<dyn TokenCache> = refresher.cache();
+                Box::new(move || job.run(&*cache))
+            }
+        };
+        if let Err(why) = self.send(kind, work) {
+            if let Some(answer) = kind.failed(why) {
+                lock(&self.inbox).push_back(answer);
+                self.control.send(Command::Wake);
+            }
+        }
+    }
+
+    fn send(&mut self, kind: JobKind, work: Work) -> Result<(), &'static str> {
+        // A job that expects an answer, while the worker is still in
+        // another call, means the machine gave up on that call at its
+        // deadline: the worker is stuck. (A release, which expects none,
+        // may queue behind it.)
+        let answered = kind != JobKind::Release;
+        let busy = self
+            .current
+            .as_ref()
+            .is_some_and(|w| w.pending.load(Ordering::SeqCst) > 0);
+        if busy && answered {
+            if self.stuck.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                return Err("not started: a source or cache call is still hung");
+            }
+            // Set it aside: dropping its sender ends its thread after the
+            // call it is in.
+            self.stuck = self.current.take().map(|w| w.alive);
+        }
+        if self.current.is_none() {
+            self.current = Some(self.worker().map_err(|_| "could not start a worker thread")?);
+        }
+        let Some(worker) = self.current.as_ref() else {
+            return Err("no worker thread");
+        };
+        if answered {
+            worker.pending.fetch_add(1, Ordering::SeqCst);
+        }
+        if worker.jobs.send(Sent { work, answered }).is_err() {
+            // The thread is gone (it cannot panic: calls contain their
+            // panics); start afresh at the next job.
+            self.current = None;
+            return Err("the worker thread has exited");
+        }
+        Ok(())
+    }
+
+    fn worker(&self) -> io::Result<Worker> {
+        let (jobs, queue) = mpsc::channel::<Sent>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let alive = Arc::new(AtomicBool::new(true));
+        let (inbox, control) = (self.inbox.clone(), self.control.clone());
+        let (left, running) = (pending.clone(), alive.clone());
+        thread::Builder::new()
+            .name("freshtoken-io".into())
+            .spawn(move || {
+                for Sent { work, answered } in queue {
+                    let answer = work();
+                    if answered {
+                        left.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    if let Some(answer) = answer {
+                        lock(&inbox).push_back(answer);
+                        control.send(Command::Wake);
+                    }
+                }
+                running.store(false, Ordering::SeqCst);
+            })?;
+        Ok(Worker {
+            jobs,
+            pending,
+            alive,
+        })
+    }
 }

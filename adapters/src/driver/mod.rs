@@ -1,21 +1,26 @@
-//! Drivers: what runs the [`RefreshMachine`] in the background and feeds
-//! the [`TokenHandle`]s.
+//! Drivers: what runs the [`RefreshMachine`](crate::proto::RefreshMachine)
+//! in the background and feeds the [`TokenHandle`]s.
 //!
-//! Three drivers, each behind its cargo feature, all configured by one
-//! [`Builder`] and all returning the same pair: a [`TokenHandle`] for the
-//! application and a [`DriverHandle`] to stop the driver.
+//! One [`Builder`] configures every driver, and two methods spawn one:
 //!
-//! * `blocking` (default): [`Builder::spawn_thread`], a named thread.
-//! * `tokio`: [`Builder::spawn_tokio`] (blocking sources, run on tokio's
-//!   blocking pool) and [`Builder::spawn_tokio_async`] (async sources).
-//! * `async-std`: [`Builder::spawn_async_std`] and
-//!   [`Builder::spawn_async_std_async`]; the driver also serves smol
-//!   applications (both are built on async-io).
+//! * [`Builder::spawn_thread`] (feature `blocking`, default): a named
+//!   thread owns the machine; source and cache calls run on one
+//!   long-lived worker thread.
+//! * [`Builder::spawn`] (features `tokio`, `smol`, `async-std`): one task
+//!   on the [`Runtime`](crate::runtime::Runtime) you pass
+//!   ([`Tokio`](crate::runtime::Tokio), [`Smol`](crate::runtime::Smol),
+//!   [`AsyncStd`](crate::runtime::AsyncStd) or your own). A
+//!   [`TokenSource`](crate::source::TokenSource) runs on the runtime's
+//!   blocking pool; wrap an [`AsyncTokenSource`](crate::source::AsyncTokenSource)
+//!   in [`AsyncSource`] to have it polled in the driver's task.
 //!
-//! A blocking cache ([`Builder::cache`]) works with every driver; the async
-//! drivers run it on their blocking pool. An async cache
-//! ([`Builder::async_cache`], tokio and async-std only) is polled in the
-//! async driver's own task.
+//! Both return the same pair: a [`TokenHandle`] for the application and a
+//! [`DriverHandle`] to stop the driver.
+//!
+//! A blocking cache ([`Builder::cache`]) works with every driver. An async
+//! cache ([`Builder::async_cache`]) is polled in the async driver's task;
+//! the builder keeps all its setters, and `spawn_thread` with an async
+//! cache does not compile.
 //!
 //! ```
 //! use freshtoken::driver::Builder;
@@ -40,11 +45,12 @@
 //! * It sleeps until the machine's next deadline but never longer than the
 //!   heartbeat, and reads `now` from its clock on every wake-up, so a
 //!   suspend or a wall-clock jump is noticed within one heartbeat.
-//! * A source or cache call that panics, or takes longer than the fetch
-//!   timeout, becomes a transient error (a cache miss, for the cache): the
-//!   driver keeps running and the previous token stays served. So does a
-//!   token that cannot be sent in an `Authorization` header. The deadlines
-//!   are the machine's; an answer that comes after one is still fed to it.
+//! * A source or cache call that panics, or takes longer than its
+//!   deadline (the fetch or cache timeout), becomes a transient error (a
+//!   cache miss, for the cache): the driver keeps running and the previous
+//!   token stays served. So does a token that cannot be sent in an
+//!   `Authorization` header. The deadlines are the machine's; an answer
+//!   that comes after one is still fed to it.
 //! * It stops when [`DriverHandle::shutdown`] is called or when the last
 //!   [`TokenHandle`] is dropped. Dropping the [`DriverHandle`] does not stop
 //!   it. Either way a fetch or store in flight is finished first (within
@@ -52,43 +58,53 @@
 //!   never lost to a shutdown; `shutdown` returns after that. Dropping the
 //!   handles starts the same drain in the background, which completes only
 //!   if the process lives on: a process about to exit calls `shutdown`.
+//!
+//! # Writing a driver
+//!
+//! A driver of your own (another event loop, a simulation) needs the
+//! machine, from [`proto`](crate::proto), and a [`Publisher`], which
+//! creates the [`TokenHandle`]s and receives their [`Command`]s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshtoken_core::handle::{Command, Control, Publisher};
-use freshtoken_core::{
-    Backoff, Clock, Jitter, LifetimePolicy, MachineConfig, RefreshMachine, RefreshToken,
-    TokenHandle,
-};
+use freshtoken_core::{Backoff, Clock, Jitter, LifetimePolicy, MachineConfig, RefreshMachine};
 
-#[cfg(any(feature = "tokio", feature = "async-std"))]
-use crate::cache::AsyncTokenCache;
 use crate::cache::TokenCache;
 use crate::clock::SystemClock;
+pub use crate::handle::publisher::{Command, Control, Publisher};
+use crate::handle::TokenHandle;
 
-mod engine;
+mod refresher;
 
-#[cfg(feature = "async-std")]
-mod async_std_rt;
 #[cfg(feature = "blocking")]
 mod blocking;
-#[cfg(any(feature = "tokio", feature = "async-std"))]
+#[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 mod run;
-#[cfg(feature = "tokio")]
-mod tokio_rt;
 
-use engine::{Engine, NoCache};
+#[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
+pub use run::{AsyncCache, AsyncSource, Caches, Source};
+
+use refresher::{NoCache, Refresher};
 
 /// Configures and spawns a driver.
 ///
-/// Defaults: the [`MachineConfig`] defaults (lifetime policy, jitter,
-/// backoff), a random seed, a 30 s heartbeat, a 30 s fetch timeout, the
-/// system clock, no cache.
+/// Every setting is independent of the others and of the order they are
+/// made in. Defaults: the lifetime policy, jitter and backoff of
+/// [`LifetimePolicy::default`], [`Jitter::default`] and
+/// [`Backoff::default`]; a random seed; a 30 s heartbeat; a 30 s fetch
+/// timeout and the same cache timeout; a lease TTL of 1.5 times the fetch
+/// timeout (45 s); a 500 ms peer wait; a 5 s invalidation interval; the
+/// system clock; no cache.
+///
+/// The type parameter says which kind of cache the builder holds:
+/// [`SyncCache`] (a blocking cache, or none: every driver) or
+/// [`AsyncCache`] (async drivers only).
 ///
 /// ```
 /// use freshtoken::driver::Builder;
-/// use freshtoken::{Jitter, ManualClock, Timestamp};
+/// use freshtoken::policy::Jitter;
+/// use freshtoken::{ManualClock, Timestamp};
 /// use std::time::Duration;
 ///
 /// let builder = Builder::new()
@@ -99,37 +115,57 @@ use engine::{Engine, NoCache};
 ///     .seed(7);
 /// assert_eq!(builder.heartbeat_interval(), Duration::from_secs(10));
 /// ```
-pub struct Builder {
+#[must_use]
+pub struct Builder<C = SyncCache> {
+    settings: Settings,
+    caches: C,
+}
+
+/// The settings of a [`Builder`], whatever cache it holds.
+struct Settings {
     config: MachineConfig,
     seed: Option<u64>,
+    lease_ttl: Option<Duration>,
+    cache_timeout: Option<Duration>,
     heartbeat: Duration,
-    fetch_timeout: Duration,
     clock: Arc<dyn Clock>,
-    cache: Option<Arc<dyn TokenCache>>,
     thread_name: String,
+}
+
+/// The cache of a [`Builder`] that holds a blocking cache or none; the
+/// default, which every driver can spawn.
+pub struct SyncCache(Option<Arc<dyn TokenCache>>);
+
+impl std::fmt::Debug for SyncCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SyncCache").field(&self.0.is_some()).finish()
+    }
 }
 
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            config: MachineConfig::default(),
-            seed: None,
-            heartbeat: Duration::from_secs(30),
-            fetch_timeout: Duration::from_secs(30),
-            clock: Arc::new(SystemClock),
-            cache: None,
-            thread_name: "freshtoken".to_owned(),
+            settings: Settings {
+                config: MachineConfig::default(),
+                seed: None,
+                lease_ttl: None,
+                cache_timeout: None,
+                heartbeat: Duration::from_secs(30),
+                clock: Arc::new(SystemClock),
+                thread_name: "freshtoken".to_owned(),
+            },
+            caches: SyncCache(None),
         }
     }
 }
 
-impl std::fmt::Debug for Builder {
+impl<C> std::fmt::Debug for Builder<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.settings;
         f.debug_struct("Builder")
-            .field("config", &self.config)
-            .field("heartbeat", &self.heartbeat)
-            .field("fetch_timeout", &self.fetch_timeout)
-            .field("cache", &self.cache.is_some())
+            .field("config", &s.config)
+            .field("heartbeat", &s.heartbeat)
+            .field("thread_name", &s.thread_name)
             .finish_non_exhaustive()
     }
 }
@@ -139,132 +175,150 @@ impl Builder {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
-    /// Replaces the whole machine configuration. The seed, the cache flag
-    /// and the refresh token are still taken from this builder's
-    /// [`seed`](Self::seed), [`cache`](Self::cache) and
-    /// [`refresh_token`](Self::refresh_token) when those are called.
-    pub fn config(mut self, config: MachineConfig) -> Self {
-        self.config = config;
-        self
-    }
-
+impl<C> Builder<C> {
     /// How lifetimes become stale and expiry times.
     pub fn lifetime(mut self, lifetime: LifetimePolicy) -> Self {
-        self.config.lifetime = lifetime;
+        self.settings.config.lifetime = lifetime;
         self
     }
 
     /// How much earlier than `stale_at` refreshes may happen.
     pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.config.jitter = jitter;
+        self.settings.config.jitter = jitter;
         self
     }
 
     /// How failed fetches are retried.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.config.backoff = backoff;
+        self.settings.config.backoff = backoff;
         self
     }
 
     /// The seed of the machine's random draws. Default: a random one, so
     /// that instances started together do not refresh together.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
+        self.settings.seed = Some(seed);
         self
     }
 
     /// The longest the driver sleeps before re-reading the clock (default
-    /// 30 s): the bound on how late a clock jump or a suspend is noticed.
+    /// 30 s, at least 1 ms): the bound on how late a clock jump or a
+    /// suspend is noticed. `Duration::MAX` means "only at deadlines".
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
-        self.heartbeat = heartbeat.max(Duration::from_millis(1));
+        self.settings.heartbeat = heartbeat.max(Duration::from_millis(1));
         self
     }
 
     /// The heartbeat interval set so far.
     pub fn heartbeat_interval(&self) -> Duration {
-        self.heartbeat
+        self.settings.heartbeat
     }
 
-    /// How long a fetch (or a cache call) may take before it counts as a
-    /// transient failure (default 30 s): the machine's deadline for the
+    /// How long a fetch may take before it counts as a transient failure
+    /// (default 30 s, at least 1 ms): the machine's deadline for the
     /// request. An answer that comes later is still used when it carries a
-    /// rotated refresh token. The cache lease TTL is raised to at least 1.5
-    /// times this, so a live holder never loses its lease in the middle of
-    /// a fetch.
+    /// rotated refresh token. Unless set on their own, the cache timeout
+    /// is the same and the lease TTL 1.5 times this.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
-        self.fetch_timeout = timeout.max(Duration::from_millis(1));
+        self.settings.config.fetch_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
-    /// How long a cache lease may be held (default 45 s, and never less
-    /// than 1.5 times the [`fetch_timeout`](Self::fetch_timeout)).
+    /// How long a cache call may take before it counts as failed (default:
+    /// the [`fetch_timeout`](Self::fetch_timeout)).
+    pub fn cache_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.cache_timeout = Some(timeout.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// How long a cache lease may be held (default 1.5 times the
+    /// [`fetch_timeout`](Self::fetch_timeout), so 45 s; never less than
+    /// that, so a live holder never loses its lease in the middle of a
+    /// fetch). It bounds how long a crashed holder delays the others.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.config.lease_ttl = ttl;
+        self.settings.lease_ttl = Some(ttl);
+        self
+    }
+
+    /// How long an instance waits for a peer that holds the lease and has
+    /// a valid token, before re-reading the cache (default 500 ms,
+    /// jittered ±50 %). Without a valid token it re-reads much sooner.
+    pub fn peer_wait(mut self, wait: Duration) -> Self {
+        self.settings.config.peer_wait = wait;
         self
     }
 
     /// Minimum time between refreshes caused by
     /// [`TokenHandle::invalidate`] (default 5 s).
     pub fn invalidate_interval(mut self, interval: Duration) -> Self {
-        self.config.invalidate_interval = interval;
+        self.settings.config.invalidate_interval = interval;
         self
     }
 
     /// The clock the driver (and its handles) read; default the system's.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// A cache shared with other instances.
-    pub fn cache(mut self, cache: impl TokenCache) -> Self {
-        self.cache = Some(Arc::new(cache));
-        self
-    }
-
-    /// The refresh token to start from, for refresh-token flows.
-    pub fn refresh_token(mut self, refresh_token: RefreshToken) -> Self {
-        self.config.refresh_token = Some(refresh_token);
+        self.settings.clock = Arc::new(clock);
         self
     }
 
     /// The name of the blocking driver's thread (default `freshtoken`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
-        self.thread_name = name.into();
+        self.settings.thread_name = name.into();
         self
     }
 
-    /// The engine, the application's handle and the driver's control.
-    fn build(self) -> (Engine, TokenHandle, Control) {
-        let shared = self.cache.is_some();
-        self.build_shared(shared)
+    /// Shares tokens through a blocking cache (any driver; the async ones
+    /// run it on their blocking pool). It replaces a cache set before.
+    pub fn cache(self, cache: impl TokenCache) -> Builder<SyncCache> {
+        Builder {
+            settings: self.settings,
+            caches: SyncCache(Some(Arc::new(cache))),
+        }
+    }
+}
+
+impl Settings {
+    /// The machine's configuration, with everything the settings derive.
+    fn machine_config(
+        &self,
+        shared_cache: bool,
+        refresh_token: Option<freshtoken_core::RefreshToken>,
+    ) -> MachineConfig {
+        let mut config = self.config.clone();
+        config.seed = self.seed.unwrap_or_else(|| fastrand::u64(..));
+        config.cache = shared_cache;
+        config.cache_timeout = self.cache_timeout.unwrap_or(config.fetch_timeout);
+        let floor = config.fetch_timeout.saturating_mul(3) / 2;
+        config.lease_ttl = self.lease_ttl.unwrap_or(floor).max(floor);
+        config.refresh_token = refresh_token;
+        config
     }
 
-    /// [`build`](Self::build), telling the machine whether it has a shared
-    /// cache (an async cache lives outside the engine).
-    fn build_shared(self, shared: bool) -> (Engine, TokenHandle, Control) {
-        let mut config = self.config;
-        config.seed = self.seed.unwrap_or_else(|| fastrand::u64(..));
-        config.cache = shared;
-        config.fetch_timeout = self.fetch_timeout;
-        config.cache_timeout = self.fetch_timeout;
-        config.lease_ttl = config
-            .lease_ttl
-            .max(self.fetch_timeout.saturating_mul(3) / 2);
+    /// The refresher, the application's handle and the driver's control.
+    fn build(
+        self,
+        cache: Option<Arc<dyn TokenCache>>,
+        shared_cache: bool,
+        refresh_token: Option<freshtoken_core::RefreshToken>,
+    ) -> (Refresher, TokenHandle, Control) {
+        let config = self.machine_config(shared_cache, refresh_token);
         let (publisher, handle) = Publisher::new(self.clock.clone());
         let control = publisher.control();
-        let cache = self.cache.unwrap_or_else(|| Arc::new(NoCache));
-        let engine = Engine::new(
+        let cache = cache.unwrap_or_else(|| Arc::new(NoCache));
+        let refresher = Refresher::new(
             RefreshMachine::new(config),
             publisher,
             self.clock,
             cache,
             self.heartbeat,
         );
-        (engine, handle, control)
+        (refresher, handle, control)
     }
+}
 
+impl Builder<SyncCache> {
     /// Spawns the blocking driver on a named thread. Fails only if the
     /// thread cannot be started.
     #[cfg(feature = "blocking")]
@@ -272,268 +326,12 @@ impl Builder {
         self,
         source: impl crate::source::TokenSource,
     ) -> std::io::Result<(TokenHandle, DriverHandle)> {
-        let name = self.thread_name.clone();
-        let (engine, handle, control) = self.build();
-        let thread = blocking::spawn(engine, Arc::new(source), name)?;
+        let name = self.settings.thread_name.clone();
+        let shared = self.caches.0.is_some();
+        let initial = source.initial_refresh_token();
+        let (refresher, handle, control) = self.settings.build(self.caches.0, shared, initial);
+        let thread = blocking::spawn(refresher, Arc::new(source), name)?;
         Ok((handle, DriverHandle::new(control, Some(thread))))
-    }
-
-    /// Spawns the shared async run loop on `rt`, with this builder's
-    /// blocking cache (if any) run on the blocking pool.
-    #[cfg(any(feature = "tokio", feature = "async-std"))]
-    fn spawn_run<R: run::Runtime>(
-        self,
-        rt: R,
-        fetcher: impl run::Fetcher<R>,
-    ) -> (TokenHandle, DriverHandle) {
-        let (engine, handle, control) = self.build();
-        let caches = run::BlockingCache(engine.cache());
-        run::spawn(rt, engine, fetcher, caches);
-        (handle, DriverHandle::new(control, None))
-    }
-
-    /// Spawns the driver on the current tokio runtime; `source` runs on
-    /// its blocking pool. The runtime needs its time driver
-    /// (`enable_time`).
-    ///
-    /// ```
-    /// use freshtoken::driver::Builder;
-    /// use freshtoken::source::ConstTokenSource;
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let (tokens, driver) = Builder::new().spawn_tokio(ConstTokenSource::new("key", Some(3600)));
-    /// let token = tokens.ready().await.expect("a token");
-    /// assert_eq!(token.authorization_header(), "Bearer key");
-    /// drop(token);
-    /// driver.shutdown().await;
-    /// # });
-    /// ```
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, like `tokio::spawn`.
-    #[cfg(feature = "tokio")]
-    pub fn spawn_tokio(
-        self,
-        source: impl crate::source::TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        self.spawn_run(
-            tokio_rt::Tokio::current(),
-            run::BlockingSource(Arc::new(source)),
-        )
-    }
-
-    /// Spawns the driver with an async source on the current tokio runtime.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, like `tokio::spawn`.
-    #[cfg(feature = "tokio")]
-    pub fn spawn_tokio_async(
-        self,
-        source: impl crate::source::AsyncTokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        self.spawn_run(
-            tokio_rt::Tokio::current(),
-            run::AsyncSource(Arc::new(source)),
-        )
-    }
-
-    /// Spawns the driver as an async-std task; `source` runs on async-std's
-    /// blocking pool. Works from any context, including inside
-    /// `smol::block_on`.
-    ///
-    /// ```
-    /// use freshtoken::driver::Builder;
-    /// use freshtoken::source::ConstTokenSource;
-    ///
-    /// # async_std::task::block_on(async {
-    /// let (tokens, driver) = Builder::new().spawn_async_std(ConstTokenSource::new("key", Some(3600)));
-    /// assert!(tokens.ready().await.is_ok());
-    /// driver.shutdown().await;
-    /// # });
-    /// ```
-    #[cfg(feature = "async-std")]
-    pub fn spawn_async_std(
-        self,
-        source: impl crate::source::TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        self.spawn_run(
-            async_std_rt::AsyncStd,
-            run::BlockingSource(Arc::new(source)),
-        )
-    }
-
-    /// Spawns the driver with an async source as an async-std task.
-    #[cfg(feature = "async-std")]
-    pub fn spawn_async_std_async(
-        self,
-        source: impl crate::source::AsyncTokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        self.spawn_run(async_std_rt::AsyncStd, run::AsyncSource(Arc::new(source)))
-    }
-
-    /// Shares tokens through an async cache, polled in the driver's own
-    /// task. It replaces any [`cache`](Self::cache) set before.
-    ///
-    /// Only the async drivers can poll an async cache, so this returns an
-    /// [`AsyncCacheBuilder`], which has the tokio and async-std spawns and
-    /// not [`spawn_thread`](Self::spawn_thread): a blocking driver with an
-    /// async cache does not compile. Call it last, after the other
-    /// settings.
-    ///
-    /// ```
-    /// use freshtoken::cache::{AsyncTokenCache, MemoryCache, TokenCache};
-    /// use freshtoken::driver::Builder;
-    /// use freshtoken::source::ConstTokenSource;
-    /// use freshtoken::{CacheError, Token};
-    ///
-    /// /// Stands for a cache with an async client.
-    /// struct Remote(MemoryCache);
-    ///
-    /// impl AsyncTokenCache for Remote {
-    ///     async fn load(&self) -> Result<Option<Token>, CacheError> {
-    ///         self.0.load()
-    ///     }
-    ///     async fn store(&self, token: &Token) -> Result<(), CacheError> {
-    ///         self.0.store(token)
-    ///     }
-    /// }
-    ///
-    /// # #[cfg(feature = "tokio")]
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let shared = MemoryCache::new();
-    /// let (tokens, driver) = Builder::new()
-    ///     .async_cache(Remote(shared.clone()))
-    ///     .spawn_tokio(ConstTokenSource::new("key", Some(3600)));
-    /// assert!(tokens.ready().await.is_ok());
-    /// driver.shutdown().await;
-    /// // The token was shared through the cache.
-    /// let stored = shared.load().unwrap().expect("stored");
-    /// assert_eq!(stored.access_token().expose_secret(), "key");
-    /// # });
-    /// ```
-    #[cfg(any(feature = "tokio", feature = "async-std"))]
-    pub fn async_cache<C: AsyncTokenCache>(mut self, cache: C) -> AsyncCacheBuilder<C> {
-        self.cache = None;
-        AsyncCacheBuilder {
-            builder: self,
-            cache: Arc::new(cache),
-        }
-    }
-}
-
-/// A [`Builder`] with an [`AsyncTokenCache`], from
-/// [`Builder::async_cache`]: it spawns the async drivers only, whose run
-/// loop polls the cache in its own task (with the fetch timeout and panic
-/// containment of any cache call).
-///
-/// ```
-/// use freshtoken::cache::{AsyncTokenCache, MemoryCache, TokenCache};
-/// use freshtoken::driver::Builder;
-/// use freshtoken::source::ConstTokenSource;
-/// use freshtoken::{CacheError, Token};
-///
-/// struct Remote(MemoryCache);
-///
-/// impl AsyncTokenCache for Remote {
-///     async fn load(&self) -> Result<Option<Token>, CacheError> {
-///         self.0.load()
-///     }
-///     async fn store(&self, token: &Token) -> Result<(), CacheError> {
-///         self.0.store(token)
-///     }
-/// }
-///
-/// let builder = Builder::new().async_cache(Remote(MemoryCache::new()));
-/// # #[cfg(feature = "async-std")]
-/// # async_std::task::block_on(async {
-/// let (tokens, driver) = builder.spawn_async_std(ConstTokenSource::new("key", Some(3600)));
-/// assert!(tokens.ready().await.is_ok());
-/// driver.shutdown().await;
-/// # });
-/// ```
-#[cfg(any(feature = "tokio", feature = "async-std"))]
-pub struct AsyncCacheBuilder<C> {
-    builder: Builder,
-    cache: Arc<C>,
-}
-
-#[cfg(any(feature = "tokio", feature = "async-std"))]
-impl<C> std::fmt::Debug for AsyncCacheBuilder<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncCacheBuilder")
-            .field("builder", &self.builder)
-            .finish_non_exhaustive()
-    }
-}
-
-#[cfg(any(feature = "tokio", feature = "async-std"))]
-impl<C: AsyncTokenCache> AsyncCacheBuilder<C> {
-    /// Spawns the shared async run loop on `rt` with the async cache.
-    fn spawn_run<R: run::Runtime>(
-        self,
-        rt: R,
-        fetcher: impl run::Fetcher<R>,
-    ) -> (TokenHandle, DriverHandle) {
-        let (engine, handle, control) = self.builder.build_shared(true);
-        run::spawn(rt, engine, fetcher, run::AsyncCache(self.cache));
-        (handle, DriverHandle::new(control, None))
-    }
-
-    /// [`Builder::spawn_tokio`] with the async cache: a blocking source on
-    /// tokio's blocking pool.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, like `tokio::spawn`.
-    #[cfg(feature = "tokio")]
-    pub fn spawn_tokio(
-        self,
-        source: impl crate::source::TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        self.spawn_run(
-            tokio_rt::Tokio::current(),
-            run::BlockingSource(Arc::new(source)),
-        )
-    }
-
-    /// [`Builder::spawn_tokio_async`] with the async cache.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime, like `tokio::spawn`.
-    #[cfg(feature = "tokio")]
-    pub fn spawn_tokio_async(
-        self,
-        source: impl crate::source::AsyncTokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        self.spawn_run(
-            tokio_rt::Tokio::current(),
-            run::AsyncSource(Arc::new(source)),
-        )
-    }
-
-    /// [`Builder::spawn_async_std`] with the async cache: a blocking source
-    /// on async-std's blocking pool; also under smol.
-    #[cfg(feature = "async-std")]
-    pub fn spawn_async_std(
-        self,
-        source: impl crate::source::TokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        self.spawn_run(
-            async_std_rt::AsyncStd,
-            run::BlockingSource(Arc::new(source)),
-        )
-    }
-
-    /// [`Builder::spawn_async_std_async`] with the async cache.
-    #[cfg(feature = "async-std")]
-    pub fn spawn_async_std_async(
-        self,
-        source: impl crate::source::AsyncTokenSource,
-    ) -> (TokenHandle, DriverHandle) {
-        self.spawn_run(async_std_rt::AsyncStd, run::AsyncSource(Arc::new(source)))
     }
 }
 

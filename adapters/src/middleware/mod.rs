@@ -72,8 +72,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use freshtoken_core::handle::{Closed, NoValidToken, TokenRef};
-use freshtoken_core::{TokenHandle, TokenId};
+use crate::handle::{Closed, NoValidToken, TokenHandle, TokenRef};
+use freshtoken_core::TokenId;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::StatusCode;
 

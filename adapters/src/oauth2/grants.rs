@@ -8,13 +8,14 @@ use std::sync::Arc;
 use freshtoken_core::oauth2::assertion::{expiry, AssertionClaims};
 use freshtoken_core::oauth2::{FetchCredentials, TokenRequest};
 use freshtoken_core::{
-    Assertion, Clock, FetchError, FetchRequest, Timestamp, TokenHandle, TokenResponse,
+    Assertion, Clock, FetchError, FetchRequest, Timestamp, TokenResponse,
 };
 use serde_json::Value;
 
 use super::assertion::{AssertionContext, AssertionFile, AssertionFn, AssertionSigner};
 use super::signing::SigningKey;
 use super::source::{Endpoint, SourceBuilder, SuppliedGrant};
+use crate::handle::TokenHandle;
 use crate::clock::SystemClock;
 use crate::source::TokenSource;
 
@@ -276,7 +277,7 @@ impl TokenSource for JwtBearer {
 /// closure.
 ///
 /// ```
-/// use freshtoken::oauth2::{TokenExchange, TOKEN_TYPE_JWT};
+/// use freshtoken::oauth2::{TOKEN_TYPE_JWT, TokenExchange};
 ///
 /// let source = TokenExchange::from_file(
 ///     "https://sts.example.com/oauth2/token",

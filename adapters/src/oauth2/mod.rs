@@ -72,10 +72,11 @@ pub use assertion::{
     DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_FILE_BYTES,
 };
 pub use discovery::{Discovery, DEFAULT_METADATA_MAX_AGE, DEFAULT_METADATA_RETRY};
-/// The pure protocol types from `freshtoken-core`.
-pub use freshtoken_core::oauth2 as core;
+pub use freshtoken_core::oauth2::assertion::JwsAlgorithm;
 pub use freshtoken_core::oauth2::discovery::{AuthorityMetadata, DiscoveryError};
-pub use freshtoken_core::oauth2::{BodyFormat, ClientAuth, GrantKind, TokenRequest};
+pub use freshtoken_core::oauth2::{
+    BodyFormat, ClientAuth, GrantKind, HttpRequest, HttpResponse, TokenRequest,
+};
 pub use grants::{
     JwtBearer, TokenExchange, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT,
 };

@@ -154,7 +154,7 @@ impl SigningKey {
     /// 2048 to 8192 bits, PKCS#8 or PKCS#1; ES256: a P-256 key, PKCS#8).
     ///
     /// ```no_run
-    /// use freshtoken::oauth2::{SigningKey, core::assertion::JwsAlgorithm};
+    /// use freshtoken::oauth2::{JwsAlgorithm, SigningKey};
     ///
     /// let pem = std::fs::read("/etc/my-app/client-key.pem")?;
     /// let key = SigningKey::from_pem(JwsAlgorithm::Rs256, &pem)?.with_kid("2024-05");

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 
 use freshtoken_core::oauth2::assertion::{expiry, reclassify_supplied_assertion_error};
 use freshtoken_core::oauth2::{BodyFormat, ClientAuth, FetchCredentials, TokenRequest};
-use freshtoken_core::{ClientSecret, Clock, FetchError, FetchRequest, Timestamp, TokenResponse};
+use freshtoken_core::{
+    ClientSecret, Clock, FetchError, FetchRequest, RefreshToken, Timestamp, TokenResponse,
+};
 
 use super::assertion::{
     AssertionContext, AssertionFile, AssertionProvider, AssertionSigner, Audience, JtiGenerator,
@@ -217,7 +219,7 @@ impl fmt::Debug for Endpoint {
 /// ```no_run
 /// use freshtoken::oauth2::ClientCredentials;
 /// use freshtoken::source::TokenSource;
-/// use freshtoken::FetchRequest;
+/// use freshtoken::source::FetchRequest;
 ///
 /// let source = ClientCredentials::builder(
 ///     "https://auth.example.com/oauth2/token",
@@ -327,17 +329,19 @@ impl TokenSource for ClientCredentials {
 /// The OAuth2 refresh-token grant (RFC 6749 6): keeps a user's grant alive
 /// by trading the refresh token for new tokens.
 ///
-/// The source holds no refresh token: the machine hands the newest one to
-/// every fetch (from the last answer, the shared cache, or the initial one
-/// given in `MachineConfig::refresh_token`), and stores a rotated one before
-/// it publishes the new access token. A refresh token the authority no
+/// The refresh token to start from is given to the builder
+/// ([`SourceBuilder::refresh_token`]); after that the machine hands the
+/// newest one to every fetch (from the last answer or the shared cache,
+/// whichever is newer), and stores a rotated one before it publishes the
+/// new access token. A refresh token the authority no
 /// longer accepts (`invalid_grant`) ends refreshing with
 /// [`FetchErrorKind::GrantRevoked`](freshtoken_core::FetchErrorKind::GrantRevoked).
 ///
 /// ```no_run
 /// use freshtoken::oauth2::RefreshTokenSource;
 /// use freshtoken::source::TokenSource;
-/// use freshtoken::{FetchRequest, RefreshToken};
+/// use freshtoken::RefreshToken;
+/// use freshtoken::source::FetchRequest;
 ///
 /// let source = RefreshTokenSource::builder("https://auth.example.com/oauth2/token", "desktop-app")
 ///     .client_secret("s3cret") // omit for a public client
@@ -351,6 +355,7 @@ impl TokenSource for ClientCredentials {
 #[derive(Clone, Debug)]
 pub struct RefreshTokenSource {
     endpoint: Endpoint,
+    initial: Option<RefreshToken>,
 }
 
 impl RefreshTokenSource {
@@ -381,6 +386,10 @@ impl RefreshTokenSource {
 impl TokenSource for RefreshTokenSource {
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
         self.endpoint.fetch(request)
+    }
+
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        self.initial.clone()
     }
 }
 
@@ -413,6 +422,7 @@ pub struct SourceBuilder<S> {
     jti: Option<JtiGenerator>,
     auth_explicit: bool,
     grant: Option<GrantSetup>,
+    initial_refresh_token: Option<RefreshToken>,
     source: PhantomData<fn() -> S>,
 }
 
@@ -446,6 +456,7 @@ impl<S> SourceBuilder<S> {
             jti: None,
             auth_explicit: false,
             grant: None,
+            initial_refresh_token: None,
             source: PhantomData,
         }
     }
@@ -689,8 +700,19 @@ impl SourceBuilder<RefreshTokenSource> {
     /// Checks the URL (https, or http to a loopback address) and builds the
     /// source.
     pub fn build(self) -> Result<RefreshTokenSource, UrlError> {
+        let initial = self.initial_refresh_token.clone();
         Ok(RefreshTokenSource {
             endpoint: self.endpoint()?,
+            initial,
         })
+    }
+
+    /// The refresh token to start from (the one the user's consent
+    /// produced). A newer one found in the shared cache replaces it, and
+    /// each rotation replaces it again, so after a restart with a cache the
+    /// stale initial token is never presented.
+    pub fn refresh_token(mut self, refresh_token: RefreshToken) -> Self {
+        self.initial_refresh_token = Some(refresh_token);
+        self
     }
 }

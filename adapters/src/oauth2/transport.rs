@@ -32,7 +32,7 @@ use super::url::{check_token_url, has_loopback_host};
 ///
 /// ```
 /// use freshtoken::oauth2::HttpTransport;
-/// use freshtoken::oauth2::core::{HttpRequest, HttpResponse};
+/// use freshtoken::oauth2::{HttpRequest, HttpResponse};
 /// use freshtoken::FetchError;
 ///
 /// /// Answers every request with the same token; handy in unit tests.

@@ -172,7 +172,7 @@ impl LocalAuthorityBuilder {
     /// ```
     /// use freshtoken::testing::LocalAuthority;
     /// use freshtoken::source::TokenSource;
-    /// use freshtoken::FetchRequest;
+    /// use freshtoken::source::FetchRequest;
     /// use std::time::Duration;
     ///
     /// let authority = LocalAuthority::builder()
@@ -265,7 +265,8 @@ impl LocalAuthorityBuilder {
 /// ```
 /// use freshtoken::testing::{Fault, FaultWindow, LocalAuthority, Outcome};
 /// use freshtoken::source::TokenSource;
-/// use freshtoken::{FetchErrorKind, FetchRequest};
+/// use freshtoken::FetchErrorKind;
+/// use freshtoken::source::FetchRequest;
 ///
 /// let authority = LocalAuthority::builder().client("svc", "s3cret").start()?;
 /// let source = authority.client_credentials("svc").scope("read").build()?;
@@ -381,7 +382,7 @@ impl LocalAuthority {
     /// ```
     /// use freshtoken::testing::{LocalAuthority, TokenRejection};
     /// use freshtoken::source::TokenSource;
-    /// use freshtoken::FetchRequest;
+    /// use freshtoken::source::FetchRequest;
     ///
     /// let authority = LocalAuthority::builder().client("svc", "s3cret").start()?;
     /// let source = authority.client_credentials("svc").audience("https://api").build()?;

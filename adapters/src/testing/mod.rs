@@ -17,7 +17,8 @@
 //! ```
 //! use freshtoken::testing::LocalAuthority;
 //! use freshtoken::source::TokenSource;
-//! use freshtoken::{FetchErrorKind, FetchRequest};
+//! use freshtoken::FetchErrorKind;
+//! use freshtoken::source::FetchRequest;
 //! use std::time::Duration;
 //!
 //! let authority = LocalAuthority::builder()

@@ -29,10 +29,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use freshtoken::cache::{record, EncryptionKeys, FileCache, PostgresCache, RedisCache, TokenCache};
+use freshtoken::cache::{EncryptionKeys, FileCache, PostgresCache, RedisCache, TokenCache, record};
 use freshtoken::driver::Builder;
 use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
-use freshtoken::{Clock, MachineConfig, RefreshToken, SystemClock};
+use freshtoken::{Clock, RefreshToken, SystemClock};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -72,22 +72,18 @@ fn main() {
 /// lifetime), and the 10 % jitter moves refreshes up to 100 ms earlier, so
 /// the whole refresh, peers included, has to fit in the last second.
 fn short_token_builder() -> Builder {
-    let mut config = MachineConfig::default();
     // The default 500 ms (250-750 ms jittered) would be most of the 1 s stale
     // window: a peer that found the lease busy could sleep straight into its
     // give-up point (the middle of the stale window) and then fetch without
     // re-reading the cache. 100 ms (50-150 ms) re-reads a few times instead;
     // a re-read is one small file or Redis read.
-    config.peer_wait = Duration::from_millis(100);
     // For experiments only: FLEET_PEER_WAIT_MS=500 shows the default's cost.
-    if let Some(ms) = std::env::var("FLEET_PEER_WAIT_MS")
+    let peer_wait = std::env::var("FLEET_PEER_WAIT_MS")
         .ok()
         .and_then(|v| v.parse().ok())
-    {
-        config.peer_wait = Duration::from_millis(ms);
-    }
+        .unwrap_or(100);
     Builder::new()
-        .config(config)
+        .peer_wait(Duration::from_millis(peer_wait))
         // A loopback fetch takes milliseconds; 600 ms is far beyond it yet
         // leaves a timed-out attempt time for a retry inside the 1 s window.
         .fetch_timeout(Duration::from_millis(600))
@@ -337,14 +333,12 @@ fn refresh_flow(cache: PathBuf, token_url: &str, client_id: &str, secret: &str, 
     let source = RefreshTokenSource::builder(token_url, client_id)
         .client_secret(secret)
         .timeout(Duration::from_millis(1_000))
+        .refresh_token(RefreshToken::new(refresh))
         .build()
         .expect("a loopback token URL");
-    let mut config = MachineConfig::default();
-    // A killed predecessor may have left its lease behind: look again soon.
-    config.peer_wait = Duration::from_millis(30);
     let (tokens, driver) = Builder::new()
-        .config(config)
-        .refresh_token(RefreshToken::new(refresh))
+        // A killed predecessor may have left its lease behind: look again soon.
+        .peer_wait(Duration::from_millis(30))
         .cache(FileCache::new(cache))
         // The test's authority hangs each answer for 100 ms; a fetch that
         // takes longer is a failure. The lease (>= 1.5 x this) then lapses

@@ -46,10 +46,10 @@ use freshtoken::cache::{CacheStack, FileCache, MemoryCache, RedisCache};
 use freshtoken::driver::Builder;
 use freshtoken::oauth2::RefreshTokenSource;
 use freshtoken::source::TokenSource;
-use freshtoken::{
-    Backoff, Clock, FetchError, FetchRequest, MachineConfig, RefreshState, RefreshToken,
-    SystemClock, TokenResponse,
-};
+use freshtoken::{Clock, FetchError, RefreshToken, SystemClock};
+use freshtoken::handle::RefreshState;
+use freshtoken::policy::Backoff;
+use freshtoken::source::{FetchRequest, TokenResponse};
 
 fn main() {
     // First of all, so that the test's SIGTERM always means "shut down".
@@ -93,21 +93,19 @@ fn main() {
         // rotated refresh token (a late answer is never dropped).
         .timeout(Duration::from_secs(5))
         .scope(name.as_str())
+        .refresh_token(RefreshToken::new(refresh))
         .build()
         .expect("a loopback token URL");
 
     let out = Arc::new(AtomicBool::new(false));
-    let mut config = MachineConfig::default();
-    // The test's authority takes 300 ms to answer: peers that find the
-    // lease taken give up waiting (50-150 ms) long before the holder's
-    // answer, and must not fetch without the lease.
-    config.peer_wait = Duration::from_millis(100);
-    // 2 s tokens: retry an outage every second at most, so the fleet comes
-    // back within about a second of its end.
-    config.backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(1));
     let (tokens, driver) = Builder::new()
-        .config(config)
-        .refresh_token(RefreshToken::new(refresh))
+        // The test's authority takes 300 ms to answer: peers that find the
+        // lease taken give up waiting (50-150 ms) long before the holder's
+        // answer, and must not fetch without the lease.
+        .peer_wait(Duration::from_millis(100))
+        // 2 s tokens: retry an outage every second at most, so the fleet
+        // comes back within about a second of its end.
+        .backoff(Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(1)))
         .cache(stack)
         // Three times the authority's 300 ms; the lease TTL is raised to
         // 1.5 x this, so a live holder keeps it through a slow answer.
@@ -188,6 +186,10 @@ struct Announced<S> {
 }
 
 impl<S: TokenSource> TokenSource for Announced<S> {
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        self.inner.initial_refresh_token()
+    }
+
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
         self.out.store(true, Ordering::SeqCst);
         say(&format!("fetching {}", SystemClock.now().as_millis()));

@@ -8,7 +8,11 @@
 //! `CLIENT_SECRET`, as in the README. Prints the README's line,
 //! `token <id> expires at <time>`, and exits 0.
 
-use freshtoken::{cache::FileCache, driver::Builder, oauth2::ClientCredentials};
+use freshtoken::cache::FileCache;
+
+use freshtoken::driver::Builder;
+
+use freshtoken::oauth2::ClientCredentials;
 use std::time::Duration;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

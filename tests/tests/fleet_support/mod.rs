@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use freshtoken::sim::{CacheMode, Scenario};
 use freshtoken::testing::{LocalAuthority, Outcome};
-use freshtoken::MachineConfig;
+use freshtoken::proto::MachineConfig;
 use serde_json::Value;
 
 pub const WORKERS: usize = 8;

@@ -11,18 +11,18 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshtoken_core::handle::{Command, Publisher};
 use freshtoken_core::{
     Action, CacheError, CacheErrorKind, Clock, FetchError, FetchRequest, Input, LeaseOutcome,
     Output, RefreshMachine, RequestId, Timestamp, Token, TokenResponse,
 };
 
-#[cfg(any(feature = "tokio", feature = "async-std"))]
+#[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 use crate::cache::AsyncTokenCache;
 use crate::cache::TokenCache;
+use crate::handle::{Command, Publisher};
 
 /// A driver's state around the machine.
-pub(crate) struct Engine {
+pub(crate) struct Refresher {
     machine: RefreshMachine,
     publisher: Publisher,
     clock: Arc<dyn Clock>,
@@ -35,7 +35,7 @@ pub(crate) enum Next {
     /// Carry out this job (see [`JobKind::expects_answer`]).
     Job(Job),
     /// Wait for a command, the job in flight, or this long, whichever
-    /// comes first; then [`Engine::tick`].
+    /// comes first; then [`Refresher::tick`].
     Sleep(Duration),
     /// The machine has stopped: exit.
     Stop,
@@ -49,10 +49,14 @@ pub(crate) enum Job {
 
 /// An action carried out on the cache.
 #[derive(Debug)]
-pub(crate) enum CacheJob {
+pub enum CacheJob {
+    /// Read a token newer than the given expiry.
     Load(RequestId, Option<Timestamp>),
+    /// Write this token.
     Store(RequestId, Arc<Token>),
+    /// Take the lease for this long.
     Lease(RequestId, Duration),
+    /// Give the lease back.
     Release,
 }
 
@@ -91,7 +95,7 @@ impl CacheJob {
     /// job's failure.
     pub(crate) fn run(self, cache: &dyn TokenCache) -> Option<Input> {
         let kind = self.kind();
-        contain(kind, move || match self {
+        catch_panic(kind, move || match self {
             CacheJob::Load(id, newer_than) => {
                 Some(Input::CacheLoaded(id, cache.load_newer(newer_than)))
             }
@@ -103,7 +107,7 @@ impl CacheJob {
 
     /// Carries the job out on an async cache, the twin of [`run`](Self::run);
     /// the caller contains panics.
-    #[cfg(any(feature = "tokio", feature = "async-std"))]
+    #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
     pub(crate) async fn run_async<C: AsyncTokenCache>(self, cache: &C) -> Option<Input> {
         match self {
             CacheJob::Load(id, newer_than) => {
@@ -145,7 +149,7 @@ impl JobKind {
 
 /// Runs `f`, turning a panic into `kind`'s failure. The panic's message is
 /// not repeated: it may hold anything, including a secret.
-pub(crate) fn contain(kind: JobKind, f: impl FnOnce() -> Option<Input>) -> Option<Input> {
+pub(crate) fn catch_panic(kind: JobKind, f: impl FnOnce() -> Option<Input>) -> Option<Input> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| kind.failed("panicked"))
 }
 
@@ -154,8 +158,8 @@ pub(crate) fn fetch_blocking(
     source: &dyn crate::source::TokenSource,
     request: &FetchRequest,
 ) -> Option<Input> {
-    contain(JobKind::Fetch(request.id), || {
-        Some(fetched(request.id, source.fetch(request)))
+    catch_panic(JobKind::Fetch(request.id), || {
+        Some(validated(request.id, source.fetch(request)))
     })
 }
 
@@ -164,7 +168,7 @@ pub(crate) fn fetch_blocking(
 /// header (empty, or with spaces or control characters; RFC 6750's
 /// b64token is printable ASCII) is garbage, and serving it would only turn
 /// into failed calls.
-pub(crate) fn fetched(id: RequestId, result: Result<TokenResponse, FetchError>) -> Input {
+pub(crate) fn validated(id: RequestId, result: Result<TokenResponse, FetchError>) -> Input {
     Input::Fetched(
         id,
         result.and_then(|response| {
@@ -180,7 +184,7 @@ pub(crate) fn fetched(id: RequestId, result: Result<TokenResponse, FetchError>) 
     )
 }
 
-impl Engine {
+impl Refresher {
     pub(crate) fn new(
         machine: RefreshMachine,
         publisher: Publisher,
@@ -188,7 +192,7 @@ impl Engine {
         cache: Arc<dyn TokenCache>,
         heartbeat: Duration,
     ) -> Self {
-        Engine {
+        Refresher {
             machine,
             publisher,
             clock,
@@ -246,7 +250,6 @@ impl Engine {
                 tracing::info!("every token handle was dropped; refresher stopping");
                 self.feed(Input::Shutdown);
             }
-            other => tracing::debug!(command = ?other, "unknown command ignored"),
         }
     }
 
