@@ -22,8 +22,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use freshtoken::runtime::AsyncStd;
 use freshtoken::driver::Builder;
+use freshtoken::runtime::AsyncStd;
 use support::{Options, Reads};
 
 fn main() {

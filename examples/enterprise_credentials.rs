@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::oauth2::JwsAlgorithm;
-use freshtoken::oauth2::{Audience, ClientAuth, ClientCredentials, Discovery, JwtBearer, SigningKey, SourceBuilder, TokenExchange, UreqTransport};
+use freshtoken::oauth2::{
+    Audience, ClientAuth, ClientCredentials, Discovery, JwtBearer, SigningKey, SourceBuilder,
+    TokenExchange, UreqTransport,
+};
 use freshtoken::source::TokenSource;
 use freshtoken::TokenHandle;
 

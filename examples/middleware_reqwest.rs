@@ -11,9 +11,9 @@
 #[path = "api_support/mod.rs"]
 mod api_support;
 
-use freshtoken::runtime::Tokio;
 use freshtoken::driver::Builder;
 use freshtoken::middleware::reqwest::AuthMiddleware;
+use freshtoken::runtime::Tokio;
 
 #[tokio::main]
 async fn main() {

@@ -14,9 +14,9 @@
 mod api_support;
 
 use bytes::{Buf, BufMut, Bytes};
-use freshtoken::runtime::Tokio;
 use freshtoken::driver::Builder;
 use freshtoken::middleware::tonic::AuthInterceptor;
+use freshtoken::runtime::Tokio;
 use http::uri::PathAndQuery;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::service::interceptor::InterceptedService;

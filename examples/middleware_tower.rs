@@ -11,9 +11,9 @@
 mod api_support;
 
 use bytes::Bytes;
-use freshtoken::runtime::Tokio;
 use freshtoken::driver::Builder;
 use freshtoken::middleware::tower::AuthLayer;
+use freshtoken::runtime::Tokio;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;

@@ -39,11 +39,11 @@ use std::time::{Duration, Instant};
 
 use freshtoken::cache::FileCache;
 use freshtoken::driver::Builder;
+use freshtoken::handle::{RefreshState, Snapshot};
 use freshtoken::oauth2::ClientCredentials;
+use freshtoken::policy::Backoff;
 use freshtoken::testing::{Fault, FaultWindow, LocalAuthority};
 use freshtoken::{Clock, FetchErrorKind, SystemClock, TokenHandle, TokenStatus};
-use freshtoken::handle::{RefreshState, Snapshot};
-use freshtoken::policy::Backoff;
 
 fn main() -> ExitCode {
     match run() {

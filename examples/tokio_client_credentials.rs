@@ -19,8 +19,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use freshtoken::runtime::Tokio;
 use freshtoken::driver::Builder;
+use freshtoken::runtime::Tokio;
 use support::{Options, Reads};
 
 #[tokio::main]
@@ -28,9 +28,10 @@ async fn main() {
     let options = Options::parse(&[], &[]);
     let authority = options.authority();
     let cache = options.cache_dir();
-    let (tokens, driver) = Builder::new()
-        .cache(cache.file("token.json"))
-        .spawn(Tokio::current().expect("a tokio runtime"), authority.client_credentials());
+    let (tokens, driver) = Builder::new().cache(cache.file("token.json")).spawn(
+        Tokio::current().expect("a tokio runtime"),
+        authority.client_credentials(),
+    );
     let start = Instant::now();
     support::first_token(&tokens, tokio::time::sleep(support::START_TIMEOUT)).await;
 

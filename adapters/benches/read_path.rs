@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use freshtoken::driver::Publisher;
-use freshtoken::{AccessToken, ManualClock, Timestamp, Token, TokenHandle};
 use freshtoken::handle::{RefreshState, Snapshot};
+use freshtoken::{AccessToken, ManualClock, Timestamp, Token, TokenHandle};
 
 /// A background writer that runs until dropped.
 struct Writer {

@@ -128,7 +128,12 @@ pub mod cache;
 pub mod clock;
 pub mod driver;
 pub mod handle;
-#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std", feature = "smol"))]
+#[cfg(any(
+    feature = "blocking",
+    feature = "tokio",
+    feature = "async-std",
+    feature = "smol"
+))]
 pub mod manager;
 #[cfg(any(
     feature = "tower",
@@ -143,9 +148,9 @@ pub mod policy;
 #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 pub mod runtime;
 pub mod source;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod sync;
 
 /// The deterministic fleet simulator, from `freshtoken-core`.
 #[cfg(feature = "sim")]

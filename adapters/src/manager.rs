@@ -35,10 +35,12 @@
 //!
 //! The first read of a key spawns its refresher through the closure, which
 //! gets a [`Builder`] with the key's cache already set and chooses the
-//! driver (a thread, tokio, async-std: use one kind for a manager, the
-//! closure is the one place that decides). With
-//! [`TokenManagerBuilder::tokio`], the closure runs inside that runtime,
-//! so `spawn_tokio` works from any thread, the idle sweeper's included.
+//! driver (a thread, or `Builder::spawn` on a runtime: use one kind for a
+//! manager, the closure is the one place that decides). An async closure
+//! captures its runtime value (`Tokio::new(handle)`, `Smol`), which works
+//! from any thread, the idle sweeper's included; with
+//! [`TokenManagerBuilder::tokio`] the closure also runs inside that tokio
+//! runtime, so `Tokio::current()` works in it.
 //!
 //! A background thread (`freshtoken-manager`) looks at every key each
 //! quarter of the [idle timeout](TokenManagerBuilder::idle_timeout)
@@ -78,8 +80,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use crate::handle::{Closed, NoValidToken, TokenHandle, TokenRef};
+use arc_swap::ArcSwapOption;
 use freshtoken_core::{FetchError, Token, TokenId};
 
 use crate::cache::{CacheStack, MemoryCache, TokenCache};
@@ -278,8 +280,9 @@ impl TokenManagerBuilder {
         self
     }
 
-    /// Runs the spawn closure inside this tokio runtime, so it can call
-    /// `spawn_tokio` from any thread.
+    /// Runs the spawn closure inside this tokio runtime, so that
+    /// `Tokio::current()` (and anything else that needs a runtime context)
+    /// works in it from any thread.
     #[cfg(feature = "tokio")]
     pub fn tokio(mut self, runtime: tokio::runtime::Handle) -> Self {
         self.tokio = Some(runtime);

@@ -9,8 +9,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-pub use freshtoken_core::{FetchRequest, TokenResponse};
 use freshtoken_core::{AccessToken, FetchError, RefreshToken};
+pub use freshtoken_core::{FetchRequest, TokenResponse};
 
 /// A blocking token source. Async drivers run it on their blocking pool.
 ///

@@ -9,5 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 /// cannot leave it half-written, and refusing to go on would turn one
 /// panic into many.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -202,7 +202,7 @@ impl Authority {
             None => builder,
         }
         .build()
-            .unwrap_or_else(|e| fail(&format!("bad token URL: {e}")))
+        .unwrap_or_else(|e| fail(&format!("bad token URL: {e}")))
     }
 
     /// The secret, for handing to a child process through its environment.

@@ -19,7 +19,9 @@ use std::time::Duration;
 use base64::Engine;
 use cache_support::capture_logs;
 use freshtoken::cache::{EncryptionKeys, FileCache, PostgresCache, RedisCache, TokenCache};
-use freshtoken::{AccessToken, CacheError, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
+use freshtoken::{
+    AccessToken, CacheError, CacheErrorKind, Clock, RefreshToken, SystemClock, Token,
+};
 use freshtoken_tests::postgres_server::PostgresServer;
 use freshtoken_tests::redis_server::RedisServer;
 

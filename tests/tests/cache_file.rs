@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cache_support::capture_logs;
-use freshtoken::cache::{FileCache, TokenCache, record};
-use freshtoken::{AccessToken, RefreshToken, Timestamp, Token};
 use freshtoken::cache::LeaseOutcome;
+use freshtoken::cache::{record, FileCache, TokenCache};
+use freshtoken::{AccessToken, RefreshToken, Timestamp, Token};
 
 const SECRET: &str = "TOPSECRET-access-7f3a";
 const REFRESH: &str = "TOPSECRET-refresh-91c2";

@@ -5,11 +5,11 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use freshtoken::runtime::Tokio;
+use freshtoken::cache::LeaseOutcome;
 use freshtoken::cache::{AsyncTokenCache, PostgresCache, TokenCache};
+use freshtoken::runtime::Tokio;
 use freshtoken::Clock;
 use freshtoken::{AccessToken, CacheErrorKind, RefreshToken, SystemClock, Timestamp, Token};
-use freshtoken::cache::LeaseOutcome;
 use freshtoken_tests::postgres_server::PostgresServer;
 
 fn token(access: &str, refresh: Option<&str>, lifetime: Duration) -> Token {
@@ -521,7 +521,9 @@ fn drivers_share_a_token_through_the_table() {
             .encryption(keys())
             .into_async();
         let source = authority.client_credentials("pg-client").build().unwrap();
-        let (tokens, driver) = Builder::new().async_cache(cache).spawn(Tokio::current().expect("a tokio runtime"), source);
+        let (tokens, driver) = Builder::new()
+            .async_cache(cache)
+            .spawn(Tokio::current().expect("a tokio runtime"), source);
         let token = tokens.ready().await.unwrap();
         let id = token.id();
         drop(token);

@@ -6,9 +6,9 @@ mod cache_support;
 use std::time::Duration;
 
 use cache_support::capture_logs;
-use freshtoken::cache::{CacheStack, MemoryCache, RedisCache, TokenCache, record};
-use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
 use freshtoken::cache::LeaseOutcome;
+use freshtoken::cache::{record, CacheStack, MemoryCache, RedisCache, TokenCache};
+use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
 use freshtoken_tests::redis_server::RedisServer;
 
 const SECRET: &str = "TOPSECRET-access-5d1e";

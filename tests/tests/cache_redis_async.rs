@@ -6,13 +6,13 @@ mod cache_support;
 use std::time::Duration;
 
 use cache_support::capture_logs;
-use freshtoken::runtime::Tokio;
-use freshtoken::runtime::AsyncStd;
+use freshtoken::cache::LeaseOutcome;
 use freshtoken::cache::{AsyncRedisCache, AsyncTokenCache, RedisCache, TokenCache};
 use freshtoken::driver::Builder;
+use freshtoken::runtime::AsyncStd;
+use freshtoken::runtime::Tokio;
 use freshtoken::source::ConstTokenSource;
 use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
-use freshtoken::cache::LeaseOutcome;
 use freshtoken_tests::redis_server::RedisServer;
 
 const SECRET: &str = "TOPSECRET-access-async";
@@ -159,9 +159,10 @@ fn the_async_drivers_share_tokens_through_it() {
     let server = RedisServer::start_tcp();
     let blocking = RedisCache::new(&server.url(), "test:token").unwrap();
     tokio_rt().block_on(async {
-        let (tokens, driver) = Builder::new()
-            .async_cache(cache(&server))
-            .spawn(Tokio::current().expect("a tokio runtime"), ConstTokenSource::new("tokio-token", Some(3600)));
+        let (tokens, driver) = Builder::new().async_cache(cache(&server)).spawn(
+            Tokio::current().expect("a tokio runtime"),
+            ConstTokenSource::new("tokio-token", Some(3600)),
+        );
         assert!(tokens.ready().await.is_ok());
         // The driver stores after it publishes: wait (bounded) for it.
         for _ in 0..250 {
@@ -180,9 +181,10 @@ fn the_async_drivers_share_tokens_through_it() {
 
     // A second instance, under async-std, adopts the cached token.
     async_std::task::block_on(async {
-        let (tokens, driver) = Builder::new()
-            .async_cache(cache(&server))
-            .spawn(AsyncStd, ConstTokenSource::new("async-std-token", Some(3600)));
+        let (tokens, driver) = Builder::new().async_cache(cache(&server)).spawn(
+            AsyncStd,
+            ConstTokenSource::new("async-std-token", Some(3600)),
+        );
         let token = tokens.ready().await.expect("a token");
         assert_eq!(token.access_token().expose_secret(), "tokio-token");
         driver.shutdown().await;

@@ -5,9 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use freshtoken::cache::{RedisCache, TokenCache};
-use freshtoken::{AccessToken, CacheError, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
 use freshtoken::cache::LeaseOutcome;
+use freshtoken::cache::{RedisCache, TokenCache};
+use freshtoken::{
+    AccessToken, CacheError, CacheErrorKind, Clock, RefreshToken, SystemClock, Token,
+};
 use freshtoken_tests::redis_server::{query, RedisCluster, RedisSentinel, SENTINEL_SERVICE};
 
 const SECRET: &str = "TOPSECRET-access-ha";

@@ -7,9 +7,9 @@ mod cache_support;
 use std::time::Duration;
 
 use cache_support::capture_logs;
+use freshtoken::cache::LeaseOutcome;
 use freshtoken::cache::{RedisCache, TokenCache};
 use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
-use freshtoken::cache::LeaseOutcome;
 use freshtoken_tests::redis_server::RedisServer;
 
 const SECRET: &str = "TOPSECRET-access-h4rd";

@@ -13,17 +13,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use freshtoken::cache::LeaseOutcome;
 use freshtoken::cache::{AsyncTokenCache, TokenCache};
 use freshtoken::driver::{AsyncSource, Builder, Caches, DriverHandle, Source};
-use freshtoken::runtime;
 use freshtoken::handle::{Closed, NoValidToken};
-use freshtoken::source::{AsyncTokenSource, FnSource, TokenSource};
-use freshtoken::testing::{self, FaultWindow, LocalAuthority};
-use freshtoken::{AccessToken, CacheError, CacheErrorKind, FetchError, FetchErrorKind, ManualClock, Timestamp, Token, TokenHandle};
-use freshtoken::cache::LeaseOutcome;
 use freshtoken::handle::{RefreshState, Snapshot};
 use freshtoken::policy::{Backoff, Jitter};
+use freshtoken::runtime;
+use freshtoken::source::{AsyncTokenSource, FnSource, TokenSource};
 use freshtoken::source::{FetchRequest, TokenResponse};
+use freshtoken::testing::{self, FaultWindow, LocalAuthority};
+use freshtoken::{
+    AccessToken, CacheError, CacheErrorKind, FetchError, FetchErrorKind, ManualClock, Timestamp,
+    Token, TokenHandle,
+};
 use futures::future::{select, Either};
 
 /// Token lifetime in the scenarios: stale after 30 s, expired after 60 s.
@@ -62,8 +65,11 @@ const fn cell(runtime: Rt, async_source: bool, async_cache: bool) -> Cell {
 trait Driver: Copy {
     fn spawn(self, builder: Builder, authority: &Authority) -> (TokenHandle, DriverHandle);
     /// Spawns with a blocking source (the async-source cells too).
-    fn spawn_source(self, builder: Builder, source: impl TokenSource)
-        -> (TokenHandle, DriverHandle);
+    fn spawn_source(
+        self,
+        builder: Builder,
+        source: impl TokenSource,
+    ) -> (TokenHandle, DriverHandle);
     fn block_on<T>(self, f: impl Future<Output = T>) -> T;
     /// Spawns with the authority and `cache` shared with other instances:
     /// as a blocking cache, unless the cell is about async caches.
@@ -979,4 +985,81 @@ fn thread_shutdown_blocking() {
     env.driver.shutdown_blocking();
     assert_eq!(env.tokens.status(), RefreshState::Stopped);
     assert_eq!(env.tokens.wait_changed(HUNG), Err(Closed));
+}
+
+/// The blocking driver runs source calls on one long-lived worker; a
+/// source that hangs costs that worker, and while it is stuck at most one
+/// more is started, however many attempts time out meanwhile. (Cache calls
+/// have workers of their own: `cache_hangs` shows fetches going on.)
+#[test]
+fn thread_a_hang_leaks_at_most_one_worker() {
+    use std::sync::mpsc;
+    let (release, hung) = mpsc::channel::<()>();
+    let hung = Arc::new(Mutex::new(hung));
+    let calls = Arc::new(AtomicU64::new(0));
+    let seen = calls.clone();
+    let hang = Arc::new(AtomicBool::new(true));
+    let hanging = hang.clone();
+    let source = FnSource::new(move |_request: &FetchRequest| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        if hanging.load(Ordering::SeqCst) {
+            // Every call hangs until the test lets them all go.
+            let _ = hung.lock().unwrap().recv();
+        }
+        Ok(TokenResponse::new(AccessToken::new("late")).with_expires_in(Some(60)))
+    });
+    let (tokens, driver) = Builder::new()
+        .fetch_timeout(Duration::from_millis(50))
+        .backoff(Backoff::new(
+            Duration::from_millis(5),
+            2,
+            Duration::from_millis(20),
+        ))
+        .thread_name("hang")
+        .spawn_thread(source)
+        .expect("thread");
+    // Let many attempts time out.
+    let give_up = Instant::now() + HUNG;
+    while attempts(&tokens) < 8 {
+        assert!(
+            Instant::now() < give_up,
+            "no retries: {:?}",
+            tokens.snapshot()
+        );
+        let _ = tokens.wait_changed(Duration::from_millis(50));
+    }
+    let workers = threads_named("hang-io");
+    assert!(
+        (1..=2).contains(&workers),
+        "{workers} worker threads after {} attempts",
+        attempts(&tokens)
+    );
+    assert!(
+        calls.load(Ordering::SeqCst) <= 2,
+        "{} calls reached the hung source",
+        calls.load(Ordering::SeqCst)
+    );
+    // Once the source answers again, so does the driver.
+    hang.store(false, Ordering::SeqCst);
+    drop(release);
+    let token = tokens.wait_ready(HUNG).expect("a token after the hang");
+    assert_eq!(token.access_token().expose_secret(), "late");
+    drop(token);
+    driver.shutdown_blocking();
+}
+
+fn attempts(tokens: &TokenHandle) -> u32 {
+    match tokens.status() {
+        RefreshState::Retrying { attempt, .. } => attempt,
+        _ => 0,
+    }
+}
+
+/// Threads of this process with this name (Linux: /proc/self/task).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
 }

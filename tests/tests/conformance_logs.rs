@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshtoken::driver::Builder;
-use freshtoken::source::FnSource;
-use freshtoken::{AccessToken, FetchError, ManualClock, RefreshToken, Timestamp};
 use freshtoken::policy::{Backoff, Jitter};
+use freshtoken::source::FnSource;
 use freshtoken::source::{FetchRequest, TokenResponse};
+use freshtoken::{AccessToken, FetchError, ManualClock, RefreshToken, Timestamp};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};

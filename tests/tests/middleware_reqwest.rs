@@ -7,10 +7,10 @@ mod middleware_support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use freshtoken::runtime::Tokio;
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::middleware::reqwest::AuthMiddleware;
 use freshtoken::middleware::{AuthError, Authorizer};
+use freshtoken::runtime::Tokio;
 use freshtoken::testing::{Fault, FaultWindow};
 use freshtoken::TokenHandle;
 use middleware_support::*;

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use freshtoken::runtime::Tokio;
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::middleware::tonic::AuthInterceptor;
 use freshtoken::middleware::tower::AuthLayer;
 use freshtoken::middleware::Authorizer;
+use freshtoken::runtime::Tokio;
 use freshtoken::testing::{Fault, FaultWindow, LocalAuthority};
 use freshtoken::{TokenHandle, TokenId};
 use http::uri::PathAndQuery;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use freshtoken::runtime::Tokio;
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::middleware::tower::{AuthLayer, Error};
 use freshtoken::middleware::{AuthError, Authorizer};
+use freshtoken::runtime::Tokio;
 use freshtoken::testing::{Fault, FaultWindow};
 use freshtoken::{Clock, TokenHandle};
 use http_body_util::{BodyExt, Either, Full, StreamBody};

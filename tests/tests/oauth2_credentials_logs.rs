@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 mod oidc_support;
 
 use freshtoken::oauth2::JwsAlgorithm;
-use freshtoken::oauth2::{HttpRequest, HttpResponse};
 use freshtoken::oauth2::{ClientCredentials, HttpTransport, JwtBearer, SigningKey, UreqTransport};
+use freshtoken::oauth2::{HttpRequest, HttpResponse};
+use freshtoken::source::FetchRequest;
 use freshtoken::source::TokenSource;
 use freshtoken::FetchError;
-use freshtoken::source::FetchRequest;
 use oidc_support::OidcProvider;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};

@@ -16,13 +16,16 @@ mod oidc_support;
 
 use freshtoken::oauth2::JwsAlgorithm;
 
-use freshtoken::proto::oauth2::assertion::{AssertionClaims, JwsHeader, assemble, signing_input};
+use freshtoken::oauth2::{
+    Audience, ClientAuth, ClientCredentials, Discovery, DiscoveryError, HttpTransport,
+    RefreshTokenSource, SigningKey, UreqTransport,
+};
 use freshtoken::oauth2::{HttpRequest, HttpResponse};
-use freshtoken::oauth2::{Audience, ClientAuth, ClientCredentials, Discovery, DiscoveryError, HttpTransport, RefreshTokenSource, SigningKey, UreqTransport};
-use freshtoken::source::TokenSource;
-use freshtoken::{FetchError, FetchErrorKind, RefreshToken, Timestamp};
+use freshtoken::proto::oauth2::assertion::{assemble, signing_input, AssertionClaims, JwsHeader};
 use freshtoken::proto::MachineConfig;
 use freshtoken::source::FetchRequest;
+use freshtoken::source::TokenSource;
+use freshtoken::{FetchError, FetchErrorKind, RefreshToken, Timestamp};
 use oauth2_common::claims;
 use oidc_support::OidcProvider;
 

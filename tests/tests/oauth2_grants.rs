@@ -13,11 +13,13 @@ mod oidc_support;
 
 use freshtoken::driver::Builder;
 use freshtoken::oauth2::JwsAlgorithm;
-use freshtoken::proto::oauth2::assertion::{AssertionClaims, JwsHeader, assemble, signing_input};
-use freshtoken::oauth2::{ClientAuth, ClientCredentials, JwtBearer, SigningKey, TOKEN_TYPE_ACCESS_TOKEN, TokenExchange};
+use freshtoken::oauth2::{
+    ClientAuth, ClientCredentials, JwtBearer, SigningKey, TokenExchange, TOKEN_TYPE_ACCESS_TOKEN,
+};
+use freshtoken::proto::oauth2::assertion::{assemble, signing_input, AssertionClaims, JwsHeader};
+use freshtoken::source::FetchRequest;
 use freshtoken::source::TokenSource;
 use freshtoken::{Assertion, FetchErrorKind, Timestamp};
-use freshtoken::source::FetchRequest;
 use oidc_support::OidcProvider;
 use serde_json::json;
 

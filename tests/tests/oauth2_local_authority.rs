@@ -11,15 +11,18 @@ use std::time::Duration;
 
 mod oauth2_common;
 
-use freshtoken::oauth2::{HttpResponse, TokenRequest as CoreRequest};
-use freshtoken::oauth2::{BodyFormat, ClientAuth, ClientCredentials, HttpTransport, RefreshTokenSource, UreqTransport, UrlError};
-use freshtoken::source::TokenSource;
-use freshtoken::testing::{Fault, FaultWindow, LocalAuthority, Outcome, RetryAfter};
-use freshtoken::{ClientSecret, FetchErrorKind, ManualClock, RefreshToken, Timestamp};
 use freshtoken::handle::RefreshState;
+use freshtoken::oauth2::{
+    BodyFormat, ClientAuth, ClientCredentials, HttpTransport, RefreshTokenSource, UreqTransport,
+    UrlError,
+};
+use freshtoken::oauth2::{HttpResponse, TokenRequest as CoreRequest};
 use freshtoken::policy::LifetimePolicy;
 use freshtoken::proto::{Action, Input, MachineConfig, Output, RefreshMachine};
+use freshtoken::source::TokenSource;
 use freshtoken::source::{FetchRequest, TokenResponse};
+use freshtoken::testing::{Fault, FaultWindow, LocalAuthority, Outcome, RetryAfter};
+use freshtoken::{ClientSecret, FetchErrorKind, ManualClock, RefreshToken, Timestamp};
 use oauth2_common::claims;
 
 const SECRET: &str = "cs-Secret-5e7c1b9d";

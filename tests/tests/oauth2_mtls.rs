@@ -18,9 +18,9 @@ mod oidc_support;
 
 use freshtoken::oauth2::JwsAlgorithm;
 use freshtoken::oauth2::{ClientAuth, ClientCredentials, Discovery, SigningKey, UreqTransport};
+use freshtoken::source::FetchRequest;
 use freshtoken::source::TokenSource;
 use freshtoken::FetchErrorKind;
-use freshtoken::source::FetchRequest;
 use oauth2_common::claims;
 use oidc_support::OidcProvider;
 

@@ -9,13 +9,13 @@ use std::time::Duration;
 mod oauth2_common;
 mod oidc_support;
 
-use freshtoken::oauth2::{ClientAuth, ClientCredentials, RefreshTokenSource};
-use freshtoken::source::TokenSource;
-use freshtoken::{FetchErrorKind, RefreshToken, Timestamp};
 use freshtoken::handle::RefreshState;
+use freshtoken::oauth2::{ClientAuth, ClientCredentials, RefreshTokenSource};
 use freshtoken::policy::LifetimePolicy;
 use freshtoken::proto::{Action, Input, MachineConfig, Output, RefreshMachine};
 use freshtoken::source::FetchRequest;
+use freshtoken::source::TokenSource;
+use freshtoken::{FetchErrorKind, RefreshToken, Timestamp};
 use oauth2_common::claims;
 use oidc_support::OidcProvider;
 

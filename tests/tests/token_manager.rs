@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use freshtoken::runtime::Tokio;
 use freshtoken::manager::{TokenKey, TokenManager};
 use freshtoken::middleware::tower::AuthLayer;
+use freshtoken::runtime::Tokio;
 use freshtoken::testing::LocalAuthority;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;

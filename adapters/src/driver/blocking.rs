@@ -1,17 +1,18 @@
 //! The blocking driver: one named thread owns the machine and waits on the
 //! command channel with a deadline, so an invalidation or a shutdown ends
-//! its wait at once. Source and cache calls run on one long-lived worker
-//! thread, fed by a channel.
+//! its wait at once. Source calls run on one long-lived worker thread, fed
+//! by a channel, and cache calls on another (so a hung cache never stops
+//! fetches, nor a hung authority cache reads).
 //!
-//! A call that hangs costs that worker, never the driver: the machine
+//! A call that hangs costs its worker, never the driver: the machine
 //! gives up on the request at its deadline, and the worker's answer, if it
 //! ever comes, is still fed to the machine (which recognises it as late).
 //! The next job then finds the worker busy: the hung worker is set aside
 //! (it exits once its call returns) and a new one takes over. While a
 //! worker that was set aside is still stuck, no second one is: a job that
 //! finds the worker busy then fails at once, and the machine backs off as
-//! for any failure. So a hang costs at most one extra thread, not one per
-//! attempt.
+//! for any failure. So a hang costs at most one extra thread (per kind of
+//! call), not one per attempt.
 
 use std::collections::VecDeque;
 use std::io;
@@ -55,11 +56,15 @@ struct Sent {
 fn run<S: TokenSource>(mut refresher: Refresher, source: Arc<S>) {
     refresher.start();
     let inbox: Inbox = Arc::default();
-    let mut workers = Workers::new(inbox.clone(), refresher.publisher().control());
+    let name = thread::current().name().unwrap_or("freshtoken").to_owned();
+    let control = refresher.publisher().control();
+    let mut fetches = Workers::new(inbox.clone(), control.clone(), format!("{name}-io"));
+    let mut caches = Workers::new(inbox.clone(), control, format!("{name}-cache"));
     loop {
         match refresher.next() {
             Next::Stop => return,
-            Next::Job(job) => workers.start(job, &source, &refresher),
+            Next::Job(job @ Job::Fetch(_)) => fetches.start(job, &source, &refresher),
+            Next::Job(job) => caches.start(job, &source, &refresher),
             Next::Sleep(sleep) => {
                 let command = refresher
                     .publisher()
@@ -84,6 +89,8 @@ struct Workers {
     stuck: Option<Arc<AtomicBool>>,
     inbox: Inbox,
     control: Control,
+    /// The workers' thread name.
+    name: String,
 }
 
 struct Worker {
@@ -95,12 +102,13 @@ struct Worker {
 }
 
 impl Workers {
-    fn new(inbox: Inbox, control: Control) -> Self {
+    fn new(inbox: Inbox, control: Control, name: String) -> Self {
         Workers {
             current: None,
             stuck: None,
             inbox,
             control,
+            name,
         }
     }
 
@@ -137,7 +145,11 @@ impl Workers {
             .as_ref()
             .is_some_and(|w| w.pending.load(Ordering::SeqCst) > 0);
         if busy && answered {
-            if self.stuck.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            if self
+                .stuck
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::SeqCst))
+            {
                 return Err("not started: a source or cache call is still hung");
             }
             // Set it aside: dropping its sender ends its thread after the
@@ -145,7 +157,10 @@ impl Workers {
             self.stuck = self.current.take().map(|w| w.alive);
         }
         if self.current.is_none() {
-            self.current = Some(self.worker().map_err(|_| "could not start a worker thread")?);
+            self.current = Some(
+                self.worker()
+                    .map_err(|_| "could not start a worker thread")?,
+            );
         }
         let Some(worker) = self.current.as_ref() else {
             return Err("no worker thread");
@@ -169,7 +184,7 @@ impl Workers {
         let (inbox, control) = (self.inbox.clone(), self.control.clone());
         let (left, running) = (pending.clone(), alive.clone());
         thread::Builder::new()
-            .name("freshtoken-io".into())
+            .name(self.name.clone())
             .spawn(move || {
                 for Sent { work, answered } in queue {
                     let answer = work();

@@ -262,7 +262,9 @@ mod sealed {
     impl CacheKind for SyncCache {
         fn into_runner<R: Runtime>(self) -> (Box<dyn CacheRunner<R>>, bool) {
             let shared = self.0.is_some();
-            let cache = self.0.unwrap_or_else(|| Arc::new(super::super::refresher::NoCache));
+            let cache = self
+                .0
+                .unwrap_or_else(|| Arc::new(super::super::refresher::NoCache));
             (Box::new(CacheOnPool(cache)), shared)
         }
     }

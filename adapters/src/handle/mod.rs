@@ -64,8 +64,8 @@ pub(crate) mod publisher;
 mod shared;
 mod watch;
 
-pub(crate) use publisher::{Command, Control, Publisher};
 pub use freshtoken_core::{LifetimeNote, RefreshState, Snapshot};
+pub(crate) use publisher::{Command, Control, Publisher};
 pub use watch::TokenWatch;
 
 use shared::{wait_for, wait_for_blocking, Shared};

@@ -203,7 +203,10 @@ fn a_permanent_first_failure_ends_the_wait_at_once() {
         },
     ));
     let why = waiter.join().unwrap().unwrap_err();
-    assert_eq!(why.last_error().map(FetchError::kind), Some(FetchErrorKind::Permanent));
+    assert_eq!(
+        why.last_error().map(FetchError::kind),
+        Some(FetchErrorKind::Permanent)
+    );
     let ready = futures::executor::block_on(h.ready());
     assert!(matches!(ready, Err(NoValidToken::NotYetFetched { .. })));
 }

@@ -71,8 +71,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use crate::handle::{Closed, NoValidToken, TokenHandle, TokenRef};
+use arc_swap::ArcSwapOption;
 use freshtoken_core::TokenId;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::StatusCode;

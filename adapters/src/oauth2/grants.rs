@@ -7,16 +7,14 @@ use std::sync::Arc;
 
 use freshtoken_core::oauth2::assertion::{expiry, AssertionClaims};
 use freshtoken_core::oauth2::{FetchCredentials, TokenRequest};
-use freshtoken_core::{
-    Assertion, Clock, FetchError, FetchRequest, Timestamp, TokenResponse,
-};
+use freshtoken_core::{Assertion, Clock, FetchError, FetchRequest, Timestamp, TokenResponse};
 use serde_json::Value;
 
 use super::assertion::{AssertionContext, AssertionFile, AssertionFn, AssertionSigner};
 use super::signing::SigningKey;
 use super::source::{Endpoint, SourceBuilder, SuppliedGrant};
-use crate::handle::TokenHandle;
 use crate::clock::SystemClock;
+use crate::handle::TokenHandle;
 use crate::source::TokenSource;
 
 /// The RFC 8693 token type of an OAuth2 access token.

@@ -20,9 +20,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use freshtoken::cache::{FileCache, PostgresCache, TokenCache, record};
-use freshtoken::{AccessToken, RefreshToken, Timestamp, Token, TokenId};
 use freshtoken::cache::LeaseOutcome;
+use freshtoken::cache::{record, FileCache, PostgresCache, TokenCache};
+use freshtoken::{AccessToken, RefreshToken, Timestamp, Token, TokenId};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -29,7 +29,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use freshtoken::cache::{EncryptionKeys, FileCache, PostgresCache, RedisCache, TokenCache, record};
+use freshtoken::cache::{record, EncryptionKeys, FileCache, PostgresCache, RedisCache, TokenCache};
 use freshtoken::driver::Builder;
 use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
 use freshtoken::{Clock, RefreshToken, SystemClock};

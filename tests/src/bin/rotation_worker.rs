@@ -44,12 +44,12 @@ use std::time::{Duration, Instant};
 
 use freshtoken::cache::{CacheStack, FileCache, MemoryCache, RedisCache};
 use freshtoken::driver::Builder;
-use freshtoken::oauth2::RefreshTokenSource;
-use freshtoken::source::TokenSource;
-use freshtoken::{Clock, FetchError, RefreshToken, SystemClock};
 use freshtoken::handle::RefreshState;
+use freshtoken::oauth2::RefreshTokenSource;
 use freshtoken::policy::Backoff;
+use freshtoken::source::TokenSource;
 use freshtoken::source::{FetchRequest, TokenResponse};
+use freshtoken::{Clock, FetchError, RefreshToken, SystemClock};
 
 fn main() {
     // First of all, so that the test's SIGTERM always means "shut down".
@@ -105,7 +105,11 @@ fn main() {
         .peer_wait(Duration::from_millis(100))
         // 2 s tokens: retry an outage every second at most, so the fleet
         // comes back within about a second of its end.
-        .backoff(Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(1)))
+        .backoff(Backoff::new(
+            Duration::from_millis(100),
+            2,
+            Duration::from_secs(1),
+        ))
         .cache(stack)
         // Three times the authority's 300 ms; the lease TTL is raised to
         // 1.5 x this, so a live holder keeps it through a slow answer.

@@ -6,9 +6,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use freshtoken::proto::MachineConfig;
 use freshtoken::sim::{CacheMode, Scenario};
 use freshtoken::testing::{LocalAuthority, Outcome};
-use freshtoken::proto::MachineConfig;
 use serde_json::Value;
 
 pub const WORKERS: usize = 8;
