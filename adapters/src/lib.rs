@@ -100,24 +100,30 @@
 //! | `smol` | [`runtime::Smol`], on smol's own executor, timers and blocking pool |
 //! | `async-std` | [`runtime::AsyncStd`] (async-std is discontinued upstream; prefer `smol`) |
 //! | `oauth2` | client-credentials, refresh-token, JWT-bearer and token-exchange sources over ureq and rustls |
-//! | `file` | `cache::FileCache`: atomic writes, a cross-process lease |
-//! | `redis` / `redis-tls` | `cache::RedisCache`: `SET NX PX` lease; `rediss://` |
-//! | `redis-cluster` / `redis-sentinel` | `RedisCache` over a Redis Cluster or Sentinel |
-//! | `redis-tokio` / `redis-smol` | `cache::AsyncRedisCache` |
-//! | `postgres` | `cache::PostgresCache`: a row per key, a lease row, TLS with rustls |
-//! | `encryption` | XChaCha20-Poly1305 at rest for the file, Redis and PostgreSQL caches |
-//! | `testing` | `testing::LocalAuthority`, a real OAuth2 server on loopback with a fault plan |
-//! | `sim` | the deterministic fleet simulator, `sim` |
-//! | `tower` | `middleware::tower::AuthLayer` |
-//! | `reqwest-middleware` | `middleware::reqwest::AuthMiddleware` |
-//! | `ureq-middleware` | `middleware::ureq::{AuthHeader, AuthAgent}` |
-//! | `tonic` | `middleware::tonic::AuthInterceptor` |
+//! | `file` | [`cache::FileCache`]: atomic writes, a cross-process lease |
+//! | `redis` / `redis-tls` | [`cache::RedisCache`]: `SET NX PX` lease; `rediss://` |
+//! | `redis-cluster` / `redis-sentinel` | [`cache::RedisCache`] over a Redis Cluster or Sentinel |
+//! | `redis-tokio` / `redis-smol` | [`cache::AsyncRedisCache`] |
+//! | `postgres` | [`cache::PostgresCache`]: a row per key, a lease row, TLS with rustls |
+//! | `encryption` | [`cache::EncryptionKeys`]: XChaCha20-Poly1305 at rest for the file, Redis and PostgreSQL caches |
+//! | `testing` | [`testing::LocalAuthority`], a real OAuth2 server on loopback with a fault plan |
+//! | `sim` | the deterministic fleet simulator, [`sim`] |
+//! | `tower` | [`middleware::tower::AuthLayer`] |
+//! | `reqwest-middleware` | [`middleware::reqwest::AuthMiddleware`] |
+//! | `ureq-middleware` | [`middleware::ureq::AuthHeader`], [`middleware::ureq::AuthAgent`] |
+//! | `tonic` | [`middleware::tonic::AuthInterceptor`] |
 //!
-//! With docs.rs' `doc_auto_cfg`, every feature-gated item shows its
+//! On docs.rs (`--cfg docsrs`, `doc_cfg`), every feature-gated item shows its
 //! feature.
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Without a driver feature the crate still offers its sources, caches and
+// handle types, but nothing spawns a refresher.
+#![cfg_attr(
+    not(any(feature = "blocking", feature = "tokio", feature = "async-std", feature = "smol")),
+    allow(dead_code)
+)]
 
 /// The sans-IO core (`freshtoken-core`): the [`RefreshMachine`](proto::RefreshMachine),
 /// its inputs and actions, the policies and the simulator. Applications do

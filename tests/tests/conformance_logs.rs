@@ -3,7 +3,6 @@
 //! process-wide subscriber, since drivers log from their own threads) and
 //! searched for the access token.
 
-use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,49 +12,10 @@ use freshtoken::policy::{Backoff, Jitter};
 use freshtoken::source::FnSource;
 use freshtoken::source::{FetchRequest, TokenResponse};
 use freshtoken::{AccessToken, FetchError, ManualClock, RefreshToken, Timestamp};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
+use freshtoken_tests::log_capture::Capture;
 
 const SECRET: &str = "s3cret-access-token-do-not-log";
 const REFRESH_SECRET: &str = "s3cret-refresh-token-do-not-log";
-
-/// Writes every field of every span and event into one string.
-struct Capture(Arc<Mutex<String>>);
-
-struct Fields<'a>(&'a mut String);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        let _ = write!(self.0, " {}={}", field.name(), value);
-    }
-}
-
-impl Subscriber for Capture {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &Attributes<'_>) -> Id {
-        let mut out = self.0.lock().unwrap();
-        out.push_str("\nspan");
-        span.record(&mut Fields(&mut out));
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, values: &Record<'_>) {
-        values.record(&mut Fields(&mut self.0.lock().unwrap()));
-    }
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut out = self.0.lock().unwrap();
-        let _ = write!(out, "\n{}", event.metadata().level());
-        event.record(&mut Fields(&mut out));
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
 
 #[test]
 fn drivers_never_log_a_secret() {

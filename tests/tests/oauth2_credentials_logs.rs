@@ -7,7 +7,7 @@
 //!
 //! Needs Node.js and `tests/oidc/node_modules`: run `.ci/setup-oidc.sh`.
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 mod oidc_support;
@@ -18,45 +18,8 @@ use freshtoken::oauth2::{HttpRequest, HttpResponse};
 use freshtoken::source::FetchRequest;
 use freshtoken::source::TokenSource;
 use freshtoken::FetchError;
+use freshtoken_tests::log_capture::Capture;
 use oidc_support::OidcProvider;
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
-
-/// Writes every field of every span and event into one string.
-struct Capture(Arc<Mutex<String>>);
-
-struct Fields<'a>(&'a mut String);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        let _ = write!(self.0, " {}={}", field.name(), value);
-    }
-}
-
-impl Subscriber for Capture {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &Attributes<'_>) -> Id {
-        span.record(&mut Fields(&mut self.0.lock().unwrap()));
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, values: &Record<'_>) {
-        values.record(&mut Fields(&mut self.0.lock().unwrap()));
-    }
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut out = self.0.lock().unwrap();
-        let _ = write!(out, "\n{}", event.metadata().level());
-        event.record(&mut Fields(&mut out));
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
 
 /// Sends through ureq and keeps every request body (the assertions).
 struct Recording {

@@ -25,19 +25,20 @@ use std::time::Instant;
 use freshtoken_core::Input;
 
 use super::refresher::{fetch_blocking, Job, JobKind, Next, Refresher};
+use super::{Command, Control};
 use crate::cache::TokenCache;
-use crate::handle::{Command, Control};
 use crate::source::TokenSource;
 use crate::sync::lock;
 
 pub(crate) fn spawn<S: TokenSource>(
     refresher: Refresher,
     source: Arc<S>,
+    cache: Arc<dyn TokenCache>,
     name: String,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new().name(name).spawn(move || {
         let _span = tracing::info_span!("freshtoken").entered();
-        run(refresher, source)
+        run(refresher, source, cache)
     })
 }
 
@@ -53,7 +54,7 @@ struct Sent {
     answered: bool,
 }
 
-fn run<S: TokenSource>(mut refresher: Refresher, source: Arc<S>) {
+fn run<S: TokenSource>(mut refresher: Refresher, source: Arc<S>, cache: Arc<dyn TokenCache>) {
     refresher.start();
     let inbox: Inbox = Arc::default();
     let name = thread::current().name().unwrap_or("freshtoken").to_owned();
@@ -63,8 +64,8 @@ fn run<S: TokenSource>(mut refresher: Refresher, source: Arc<S>) {
     loop {
         match refresher.next() {
             Next::Stop => return,
-            Next::Job(job @ Job::Fetch(_)) => fetches.start(job, &source, &refresher),
-            Next::Job(job) => caches.start(job, &source, &refresher),
+            Next::Job(job @ Job::Fetch(_)) => fetches.start(job, &source, &cache),
+            Next::Job(job) => caches.start(job, &source, &cache),
             Next::Sleep(sleep) => {
                 let command = refresher
                     .publisher()
@@ -114,7 +115,7 @@ impl Workers {
 
     /// Runs `job` on the worker; its answer lands in the inbox and wakes
     /// the driver.
-    fn start<S: TokenSource>(&mut self, job: Job, source: &Arc<S>, refresher: &Refresher) {
+    fn start<S: TokenSource>(&mut self, job: Job, source: &Arc<S>, cache: &Arc<dyn TokenCache>) {
         let kind = job.kind();
         let work: Work = match job {
             Job::Fetch(request) => {
@@ -122,7 +123,7 @@ impl Workers {
                 Box::new(move || fetch_blocking(&*source, &request))
             }
             Job::Cache(job) => {
-                let cache: Arc<dyn TokenCache> = refresher.cache();
+                let cache = cache.clone();
                 Box::new(move || job.run(&*cache))
             }
         };

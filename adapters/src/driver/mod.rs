@@ -85,7 +85,9 @@ mod run;
 #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 pub use run::{AsyncCache, AsyncSource, Caches, Source};
 
-use refresher::{NoCache, Refresher};
+#[cfg(feature = "blocking")]
+use refresher::NoCache;
+use refresher::Refresher;
 
 /// Configures and spawns a driver.
 ///
@@ -299,19 +301,16 @@ impl Settings {
     /// The refresher, the application's handle and the driver's control.
     fn build(
         self,
-        cache: Option<Arc<dyn TokenCache>>,
         shared_cache: bool,
         refresh_token: Option<freshtoken_core::RefreshToken>,
     ) -> (Refresher, TokenHandle, Control) {
         let config = self.machine_config(shared_cache, refresh_token);
         let (publisher, handle) = Publisher::new(self.clock.clone());
         let control = publisher.control();
-        let cache = cache.unwrap_or_else(|| Arc::new(NoCache));
         let refresher = Refresher::new(
             RefreshMachine::new(config),
             publisher,
             self.clock,
-            cache,
             self.heartbeat,
         );
         (refresher, handle, control)
@@ -327,10 +326,10 @@ impl Builder<SyncCache> {
         source: impl crate::source::TokenSource,
     ) -> std::io::Result<(TokenHandle, DriverHandle)> {
         let name = self.settings.thread_name.clone();
-        let shared = self.caches.0.is_some();
         let initial = source.initial_refresh_token();
-        let (refresher, handle, control) = self.settings.build(self.caches.0, shared, initial);
-        let thread = blocking::spawn(refresher, Arc::new(source), name)?;
+        let (refresher, handle, control) = self.settings.build(self.caches.0.is_some(), initial);
+        let cache = self.caches.0.unwrap_or_else(|| Arc::new(NoCache));
+        let thread = blocking::spawn(refresher, Arc::new(source), cache, name)?;
         Ok((handle, DriverHandle::new(control, Some(thread))))
     }
 }

@@ -26,7 +26,6 @@ pub(crate) struct Refresher {
     machine: RefreshMachine,
     publisher: Publisher,
     clock: Arc<dyn Clock>,
-    cache: Arc<dyn TokenCache>,
     heartbeat: Duration,
 }
 
@@ -72,6 +71,7 @@ pub(crate) enum JobKind {
 }
 
 impl Job {
+    #[cfg(feature = "blocking")]
     /// What the job is, and the request it answers (if it expects an answer).
     pub(crate) fn kind(&self) -> JobKind {
         match self {
@@ -189,24 +189,18 @@ impl Refresher {
         machine: RefreshMachine,
         publisher: Publisher,
         clock: Arc<dyn Clock>,
-        cache: Arc<dyn TokenCache>,
         heartbeat: Duration,
     ) -> Self {
         Refresher {
             machine,
             publisher,
             clock,
-            cache,
             heartbeat,
         }
     }
 
     pub(crate) fn publisher(&self) -> &Publisher {
         &self.publisher
-    }
-
-    pub(crate) fn cache(&self) -> Arc<dyn TokenCache> {
-        self.cache.clone()
     }
 
     pub(crate) fn start(&mut self) {

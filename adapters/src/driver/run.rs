@@ -352,7 +352,7 @@ impl<C: Caches> Builder<C> {
         let (fetcher, initial) = source.into_fetcher::<R>();
         let (caches, shared) = self.caches.into_runner::<R>();
         let settings: Settings = self.settings;
-        let (refresher, handle, control) = settings.build(None, shared, initial);
+        let (refresher, handle, control) = settings.build(shared, initial);
         spawn(runtime, refresher, fetcher, caches);
         (handle, DriverHandle::new(control, None))
     }

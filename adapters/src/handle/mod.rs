@@ -65,7 +65,7 @@ mod shared;
 mod watch;
 
 pub use freshtoken_core::{LifetimeNote, RefreshState, Snapshot};
-pub(crate) use publisher::{Command, Control, Publisher};
+pub(crate) use publisher::{Command, Publisher};
 pub use watch::TokenWatch;
 
 use shared::{wait_for, wait_for_blocking, Shared};

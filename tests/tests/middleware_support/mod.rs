@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::fmt::{self, Write as _};
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -13,13 +13,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use freshtoken::testing::LocalAuthority;
 use freshtoken::TokenId;
+use freshtoken_tests::log_capture::Capture;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Metadata, Subscriber};
 
 pub const CLIENT: &str = "svc";
 pub const CLIENT_SECRET: &str = "client-s3cret-never-in-logs";
@@ -243,50 +241,6 @@ pub fn eventually(what: &str, f: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("not within 10 s: {what}");
-}
-
-// ---- log capture -----------------------------------------------------------
-
-/// Writes every field of every span and event into one string.
-struct Capture(Arc<Mutex<String>>);
-
-struct Fields<'a>(&'a mut String);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        let _ = write!(self.0, " {}={}", field.name(), value);
-    }
-}
-
-impl Subscriber for Capture {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &Attributes<'_>) -> Id {
-        let mut out = self.0.lock().unwrap();
-        out.push_str("\nspan");
-        span.record(&mut Fields(&mut out));
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, values: &Record<'_>) {
-        values.record(&mut Fields(&mut self.0.lock().unwrap()));
-    }
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut out = self.0.lock().unwrap();
-        let _ = write!(
-            out,
-            "\n{} {}",
-            event.metadata().level(),
-            event.metadata().target()
-        );
-        event.record(&mut Fields(&mut out));
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
 }
 
 /// The process-wide log (installed on first use).
