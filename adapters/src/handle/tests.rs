@@ -1,6 +1,7 @@
 //! The handle's unit tests: publisher and handle in one process, a manual
 //! clock, no driver.
 
+use super::publisher::Control;
 use super::*;
 use freshtoken_core::{AccessToken, ManualClock};
 use std::thread;
