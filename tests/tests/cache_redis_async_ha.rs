@@ -116,11 +116,10 @@ fn an_async_cluster_cache_round_trips_and_a_fleet_of_async_drivers_shares_it() {
     tokio_rt().block_on(async {
         let mut fleet = Vec::new();
         for _ in 0..8 {
-            let source =
-                ClientCredentials::builder(&authority.token_url(), "fleet", "fleet-secret")
-                    .timeout(Duration::from_millis(500))
-                    .build()
-                    .unwrap();
+            let source = ClientCredentials::builder(authority.token_url(), "fleet", "fleet-secret")
+                .timeout(Duration::from_millis(500))
+                .build()
+                .unwrap();
             let mut config = MachineConfig::default();
             config.peer_wait = Duration::from_millis(100);
             fleet.push(
