@@ -42,8 +42,18 @@
 //! replica fit in the 3 s between going stale and expiring); every process
 //! exits 0 on a graceful stop. The figures (requests per refresh period,
 //! reuses, failover times, gaps) are printed: run with `--nocapture`.
+//!
+//! Shown able to fail: before the `CacheStack` change in 4815ae4 (a failing
+//! shared lease fell back to the process-local `MemoryCache`'s lease), the
+//! Cluster run saw 2 and then 1 reuses with replication caught up: while
+//! the promoted primary had no replica, every lease went unacknowledged and
+//! each process leased from its own memory layer. And with the test
+//! servers' default 5 s diskless-sync delay, the new primary had a replica
+//! only 7 s after the kill, and all 8 processes went 2.9-3.8 s without a
+//! valid token (6 s tokens): the `invalid_after_first` check caught it.
 
-use std::io::{BufRead, BufReader};
+mod rotation_support;
+
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -52,6 +62,7 @@ use std::time::{Duration, Instant};
 use freshtoken::testing::{LocalAuthority, Outcome};
 use freshtoken::{Clock, SystemClock};
 use freshtoken_tests::redis_server::{pause_writes, RedisCluster, RedisSentinel, Replication};
+use rotation_support::{changes, collect_lines};
 use serde_json::Value;
 
 const WORKERS: usize = 8;
@@ -103,14 +114,7 @@ impl Worker {
             .spawn()
             .expect("a rotation_worker process");
         let stdout = child.stdout.take().expect("the worker's stdout");
-        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = Arc::clone(&lines);
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (lines, reader) = collect_lines(stdout);
         Worker {
             name,
             stdin: child.stdin.take(),
@@ -162,22 +166,6 @@ impl Drop for Worker {
             let _ = self.child.wait();
         }
     }
-}
-
-/// The `valid`/`invalid` changes a worker printed, as (unix ms, valid).
-fn changes(lines: &[String]) -> Vec<(u64, bool)> {
-    lines
-        .iter()
-        .filter_map(|l| {
-            let mut words = l.split(' ');
-            let valid = match words.next()? {
-                "valid" => true,
-                "invalid" => false,
-                _ => return None,
-            };
-            Some((words.next()?.parse().ok()?, valid))
-        })
-        .collect()
 }
 
 /// Time without a valid token after the first one: (gaps, total ms).
