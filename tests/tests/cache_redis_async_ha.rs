@@ -262,3 +262,26 @@ fn rediss_round_trips_with_a_private_ca_and_refuses_an_unknown_one() {
         .with_command_timeout(Duration::from_millis(500));
     assert!(tokio_rt().block_on(plain.load()).is_err());
 }
+
+/// A Sentinel address that accepts connections and never answers (a
+/// listening socket nobody reads): finding the primary must end with
+/// Unavailable within the connect timeouts, not hang. (The redis crate's
+/// async connections carry their own default timeouts, which the Sentinel
+/// discovery uses; this keeps it so.)
+#[test]
+fn a_silent_sentinel_is_unavailable_not_a_hang() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/", silent.local_addr().unwrap());
+    let cache = AsyncRedisCache::sentinel([url.as_str()], SENTINEL_SERVICE, "silent:async")
+        .connect_timeout(Duration::from_millis(200))
+        .command_timeout(Duration::from_millis(200))
+        .build_async()
+        .unwrap();
+    let bound = Duration::from_secs(10);
+    let outcome = tokio_rt().block_on(async { tokio::time::timeout(bound, cache.load()).await });
+    let err = outcome
+        .unwrap_or_else(|_| panic!("no answer within {bound:?}: a hang"))
+        .unwrap_err();
+    assert_eq!(err.kind(), CacheErrorKind::Unavailable, "{err}");
+    drop(silent);
+}
