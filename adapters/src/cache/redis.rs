@@ -760,7 +760,7 @@ impl RedisCache {
 
     fn connect(&self) -> Result<Conn, CacheError> {
         let s = &self.shared;
-        #[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+        #[cfg(feature = "redis-cluster")]
         let io = |e: redis::RedisError| to_cache_error(&e);
         match &s.backend {
             Backend::Single(client) => self.connect_single(client),
@@ -777,18 +777,79 @@ impl RedisCache {
                 Ok(Conn::Cluster(Box::new(conn)))
             }
             #[cfg(feature = "redis-sentinel")]
-            Backend::Sentinel { .. } => {
-                // Asks the Sentinels for the primary and checks its role.
-                let client = s
-                    .backend
-                    .sentinel_client()
-                    .map_err(io)?
-                    .get_client()
-                    .map_err(io)?;
-                s.check_primary(&client)?;
-                self.connect_single(&client)
-            }
+            Backend::Sentinel {
+                sentinels,
+                service,
+                tls,
+            } => self.connect_sentinel_primary(sentinels, service, *tls),
         }
+    }
+
+    /// Asks each Sentinel in turn for the service's primary and connects
+    /// to the first named primary that says it is one. Done here rather
+    /// than with the redis crate's blocking Sentinel client, which has no
+    /// timeouts: a Sentinel that accepts and never answers would block the
+    /// caller for ever. Every connection here has the cache's timeouts.
+    #[cfg(feature = "redis-sentinel")]
+    fn connect_sentinel_primary(
+        &self,
+        sentinels: &[redis::ConnectionInfo],
+        service: &str,
+        tls: bool,
+    ) -> Result<Conn, CacheError> {
+        let mut last = CacheError::new(
+            CacheErrorKind::Unavailable,
+            format!("no Sentinel named a primary for {service:?}"),
+        );
+        for info in sentinels {
+            let named = redis::Client::open(info.clone())
+                .map_err(|e| to_cache_error(&e))
+                .and_then(|client| self.connect_single(&client))
+                .and_then(|mut conn| {
+                    redis::cmd("SENTINEL")
+                        .arg("GET-MASTER-ADDR-BY-NAME")
+                        .arg(service)
+                        .query::<Option<(String, u16)>>(conn.as_dyn())
+                        .map_err(|e| to_cache_error(&e))
+                });
+            let (host, port) = match named {
+                Ok(Some(addr)) => addr,
+                Ok(None) => continue,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let scheme = if tls { "rediss" } else { "redis" };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let client = redis::Client::open(format!("{scheme}://{host}:{port}/"))
+                .map_err(|e| invalid_url(&e))?;
+            self.shared.check_primary(&client)?;
+            let mut conn = match self.connect_single(&client) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let role: Result<Vec<redis::Value>, _> = redis::cmd("ROLE").query(conn.as_dyn());
+            let primary = role
+                .ok()
+                .and_then(|r| r.into_iter().next())
+                .is_some_and(|v| redis::from_redis_value::<String>(v).is_ok_and(|r| r == "master"));
+            if primary {
+                return Ok(conn);
+            }
+            last = CacheError::new(
+                CacheErrorKind::Unavailable,
+                "the server a Sentinel named as primary is not one (a failover under way)",
+            );
+        }
+        Err(last)
     }
 
     fn connect_single(&self, client: &redis::Client) -> Result<Conn, CacheError> {
