@@ -302,6 +302,11 @@ fn spawn_node(dir: &std::path::Path, port: u16, args: &[&str]) -> Child {
         .arg("--dir")
         .arg(dir)
         .args(["--loglevel", "warning"])
+        // A replica that (re)joins is synced at once, not after the default
+        // 5 s wait for more replicas to share a diskless transfer: after a
+        // failover, the promoted primary can acknowledge `WAIT` again
+        // within a second of the old one coming back.
+        .args(["--repl-diskless-sync-delay", "0"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -340,6 +345,68 @@ pub fn query(port: u16, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// How far a primary's replicas had got when its writes were paused (see
+/// [`pause_writes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replication {
+    /// The primary's replication offset (`master_repl_offset`).
+    pub primary_offset: u64,
+    /// Each replica's port and the offset it had processed
+    /// (`slave_repl_offset`, asked of the replica itself: the primary's own
+    /// view is the replica's last acknowledgement, up to a second old).
+    pub replicas: Vec<(u16, u64)>,
+}
+
+impl Replication {
+    /// Whether every replica had everything the primary had written.
+    pub fn caught_up(&self) -> bool {
+        !self.replicas.is_empty()
+            && self
+                .replicas
+                .iter()
+                .all(|&(_, offset)| offset >= self.primary_offset)
+    }
+}
+
+/// Pauses client writes on the primary on `port` (`CLIENT PAUSE <ms>
+/// WRITE`: replication goes on, no new write comes in), then reads how far
+/// its replicas had got, once, without waiting for them: the state that a
+/// crash right now would leave. The caller kills the primary next.
+pub fn pause_writes(port: u16, pause: Duration) -> Replication {
+    let ms = pause.as_millis().to_string();
+    let paused = query(port, &["CLIENT", "PAUSE", &ms, "WRITE"]);
+    assert_eq!(paused.as_deref(), Some("OK"), "CLIENT PAUSE on port {port}");
+    let info = query(port, &["INFO", "replication"]).expect("INFO replication of the primary");
+    let field = |text: &str, name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let primary_offset = field(&info, "master_repl_offset").expect("master_repl_offset");
+    let replica_ports: Vec<u16> = info
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains("ip="))
+        .filter_map(|l| {
+            l.split([',', ':'])
+                .find_map(|kv| kv.strip_prefix("port="))
+                .and_then(|p| p.parse().ok())
+        })
+        .collect();
+    let replicas = replica_ports
+        .into_iter()
+        .map(|p| {
+            let offset = query(p, &["INFO", "replication"])
+                .and_then(|i| field(&i, "slave_repl_offset"))
+                .unwrap_or(0);
+            (p, offset)
+        })
+        .collect();
+    Replication {
+        primary_offset,
+        replicas,
+    }
 }
 
 /// Polls `f` every 50 ms for up to `within`; panics with `what` if it never
@@ -510,6 +577,31 @@ impl RedisCluster {
             .expect("a primary for the slot")
     }
 
+    /// Waits until a live primary other than `old` serves `key`'s slot, and
+    /// returns its port.
+    pub fn wait_failover(&self, key: &str, old: u16, within: Duration) -> u16 {
+        let port = self.live_ports().next().expect("a live node");
+        let slot: u16 = query(port, &["CLUSTER", "KEYSLOT", key])
+            .and_then(|s| s.parse().ok())
+            .expect("CLUSTER KEYSLOT");
+        let mut new = None;
+        wait_for("the cluster to fail over", within, || {
+            new = self
+                .topology()
+                .into_iter()
+                .find(|(port, primary, failed, slots)| {
+                    *port != old
+                        && *primary
+                        && !*failed
+                        && slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+                })
+                .map(|(port, ..)| port)
+                .filter(|&port| query(port, &["ROLE"]).is_some_and(|r| r.starts_with("master")));
+            new.is_some()
+        });
+        new.expect("a new primary")
+    }
+
     /// Kills the node on `port` (SIGKILL, like a crash).
     pub fn kill(&mut self, port: u16) {
         for (p, child) in &mut self.nodes {
@@ -567,24 +659,38 @@ impl RedisSentinel {
     /// the replica is in sync and every Sentinel knows both servers and
     /// the other Sentinels.
     pub fn start() -> Self {
+        Self::start_with_replicas(1)
+    }
+
+    /// [`start`](Self::start) with `replicas` replicas of the primary. With
+    /// two, the promoted replica has a replica of its own right after a
+    /// failover (the Sentinels point the other one at it), so `WAIT 1` can
+    /// succeed before the killed primary comes back.
+    pub fn start_with_replicas(replicas: usize) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory for sentinel");
         let primary = free_port();
-        let replica = free_port();
         let p = spawn_node(&dir.path().join("primary"), primary, &[]);
-        let r = spawn_node(
-            &dir.path().join("replica"),
-            replica,
-            &["--replicaof", "127.0.0.1", &primary.to_string()],
-        );
+        let mut servers = vec![(primary, Some(p))];
+        for i in 0..replicas {
+            let port = free_port();
+            let r = spawn_node(
+                &dir.path().join(server_dir_name(i + 1)),
+                port,
+                &["--replicaof", "127.0.0.1", &primary.to_string()],
+            );
+            servers.push((port, Some(r)));
+        }
         let mut set = RedisSentinel {
             dir,
-            servers: vec![(primary, Some(p)), (replica, Some(r))],
+            servers,
             sentinels: Vec::new(),
         };
-        wait_for("the replica to sync", Duration::from_secs(15), || {
-            query(replica, &["INFO", "replication"])
-                .is_some_and(|i| i.contains("master_link_status:up"))
-        });
+        for &(replica, _) in &set.servers[1..] {
+            wait_for("the replica to sync", Duration::from_secs(15), || {
+                query(replica, &["INFO", "replication"])
+                    .is_some_and(|i| i.contains("master_link_status:up"))
+            });
+        }
         for i in 0..3 {
             let port = free_port();
             let sdir = set.dir.path().join(format!("sentinel-{i}"));
@@ -627,7 +733,7 @@ impl RedisSentinel {
                                 .and_then(|i| lines.get(i + 1))
                                 .copied()
                         };
-                        field("num-slaves") == Some("1")
+                        field("num-slaves") == Some(replicas.to_string().as_str())
                             && field("num-other-sentinels") == Some("2")
                             && field("flags") == Some("master")
                     })
@@ -677,16 +783,24 @@ impl RedisSentinel {
     /// Restarts a killed server (as a primary, with an empty dataset); the
     /// Sentinels then turn it into a replica of the current primary.
     pub fn restart(&mut self, port: u16) {
-        let primary = port == self.servers[0].0;
-        let dir = self
-            .dir
-            .path()
-            .join(if primary { "primary" } else { "replica" });
-        for (p, child) in &mut self.servers {
-            if *p == port && child.is_none() {
-                *child = Some(spawn_node(&dir, port, &[]));
-            }
+        let Some(index) = self.servers.iter().position(|(p, _)| *p == port) else {
+            return;
+        };
+        let dir = self.dir.path().join(server_dir_name(index));
+        if self.servers[index].1.is_none() {
+            self.servers[index].1 = Some(spawn_node(&dir, port, &[]));
         }
+    }
+
+    /// Waits until the current primary has an online replica (one that
+    /// acknowledges `WAIT`).
+    pub fn wait_replicated(&self, within: Duration) {
+        wait_for("the primary to have an online replica", within, || {
+            query(self.primary(), &["INFO", "replication"]).is_some_and(|i| {
+                i.lines()
+                    .any(|l| l.starts_with("slave") && l.contains("state=online"))
+            })
+        });
     }
 
     /// Waits until the Sentinels report a primary other than `old` and it
@@ -696,6 +810,16 @@ impl RedisSentinel {
             let now = self.primary();
             now != old && query(now, &["ROLE"]).is_some_and(|r| r.starts_with("master"))
         });
+    }
+}
+
+/// A Sentinel set-up's server directories: `primary`, `replica`,
+/// `replica-2`, ... (by the server's index at the start).
+fn server_dir_name(index: usize) -> String {
+    match index {
+        0 => "primary".to_owned(),
+        1 => "replica".to_owned(),
+        n => format!("replica-{n}"),
     }
 }
 

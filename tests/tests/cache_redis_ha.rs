@@ -209,3 +209,27 @@ fn a_sentinel_primary_round_trips_shares_a_lease_and_fails_over() {
     );
     a.store(&token(3)).unwrap();
 }
+
+/// A Sentinel address that accepts connections and never answers (a
+/// listening socket nobody reads): finding the primary must end with
+/// Unavailable, not block the caller's thread for ever.
+#[test]
+fn a_silent_sentinel_is_unavailable_not_a_hang() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/", silent.local_addr().unwrap());
+    let cache = RedisCache::sentinel([url.as_str()], SENTINEL_SERVICE, "silent:sync")
+        .connect_timeout(Duration::from_millis(200))
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cache.load().map_err(|e| e.kind()));
+    });
+    let bound = Duration::from_secs(10);
+    let outcome = rx
+        .recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("no answer within {bound:?}: a hang"));
+    assert_eq!(outcome, Err(CacheErrorKind::Unavailable));
+    drop(silent);
+}

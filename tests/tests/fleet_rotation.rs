@@ -34,7 +34,8 @@
 //! Run with `--nocapture` for the figures (requests, recovery times per
 //! process, shutdown times); `FLEET_ROTATION_SEED` replays a schedule.
 
-use std::io::{BufRead, BufReader};
+mod rotation_support;
+
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant};
 use freshtoken::testing::{Fault, FaultWindow, LocalAuthority, LoggedRequest, Outcome};
 use freshtoken::{Clock, SystemClock};
 use freshtoken_tests::redis_server::RedisServer;
+use rotation_support::{changes, collect_lines};
 use serde_json::Value;
 
 const WORKERS: usize = 8;
@@ -120,14 +122,7 @@ fn spawn(
         .spawn()
         .expect("a rotation_worker process");
     let stdout = child.stdout.take().expect("the worker's stdout");
-    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = Arc::clone(&lines);
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let (lines, reader) = collect_lines(stdout);
     Life {
         slot,
         name,
@@ -206,22 +201,6 @@ impl Life {
 /// How many of `lines` start with `prefix`.
 fn count(lines: &[String], prefix: &str) -> usize {
     lines.iter().filter(|l| l.starts_with(prefix)).count()
-}
-
-/// The `valid`/`invalid` changes a life reported, as (unix ms, valid).
-fn changes(lines: &[String]) -> Vec<(u64, bool)> {
-    lines
-        .iter()
-        .filter_map(|l| {
-            let mut words = l.split(' ');
-            let valid = match words.next()? {
-                "valid" => true,
-                "invalid" => false,
-                _ => return None,
-            };
-            Some((words.next()?.parse().ok()?, valid))
-        })
-        .collect()
 }
 
 /// Whether a life holds a valid token now, having got one at or after `since`.

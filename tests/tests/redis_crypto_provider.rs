@@ -1,10 +1,10 @@
-//! The Redis cache never replaces the application's process-wide rustls
-//! crypto provider, and installs ring's only when there is none. Its own
+//! The Redis caches (blocking and async) never replace the application's process-wide rustls
+//! crypto provider, and install ring's only when there is none. Its own
 //! test binary: the provider is process-wide state.
 
 use std::sync::Arc;
 
-use freshtoken::cache::RedisCache;
+use freshtoken::cache::{AsyncRedisCache, RedisCache};
 use rustls::crypto::CryptoProvider;
 
 #[test]
@@ -21,6 +21,11 @@ fn the_applications_provider_is_kept() {
     }
     let _cluster = RedisCache::cluster(["rediss://127.0.0.1:7000/"], "k")
         .build()
+        .unwrap();
+    // The async cache follows the same rule (one shared check).
+    let _async = AsyncRedisCache::new("rediss://127.0.0.1:6380/", "k").unwrap();
+    let _async_cluster = AsyncRedisCache::cluster(["rediss://127.0.0.1:7000/"], "k")
+        .build_async()
         .unwrap();
     let after = CryptoProvider::get_default().expect("still installed");
     assert!(Arc::ptr_eq(&installed, after), "the provider was replaced");

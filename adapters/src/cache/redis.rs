@@ -172,21 +172,29 @@ pub(super) const STORE_ATTEMPTS: usize = 4;
 /// # Ok::<(), freshtoken::CacheError>(())
 /// ```
 pub struct RedisCache {
-    backend: Backend,
-    key: String,
-    lease_key: String,
-    holder: String,
-    connect_timeout: Duration,
-    command_timeout: Duration,
-    replica_acks: Option<ReplicaAcks>,
+    shared: Shared,
+    state: Mutex<ConnState>,
+}
+
+/// What [`RedisCache`] and the async cache share: where to connect, the
+/// keys, the options, the scripts and the record codec, with every step of
+/// load, store and lease that is not I/O. Each cache adds only its
+/// connection and the calls on it.
+pub(super) struct Shared {
+    pub(super) backend: Backend,
+    pub(super) key: String,
+    pub(super) lease_key: String,
+    pub(super) holder: String,
+    pub(super) connect_timeout: Duration,
+    pub(super) command_timeout: Duration,
+    pub(super) replica_acks: Option<ReplicaAcks>,
     /// Checked again for the primaries Sentinel reports.
     #[cfg_attr(not(feature = "redis-sentinel"), allow(dead_code))]
-    allow_plain_text: bool,
+    pub(super) allow_plain_text: bool,
     acquire: redis::Script,
     release: redis::Script,
     store: redis::Script,
-    codec: Codec,
-    state: Mutex<ConnState>,
+    pub(super) codec: Codec,
 }
 
 /// The default for a cluster or Sentinel: one replica, 250 ms.
@@ -198,15 +206,15 @@ const FLEET_ACKS: Option<ReplicaAcks> = Some(ReplicaAcks {
 
 /// How many replicas must acknowledge a write, and how long to wait.
 #[derive(Clone, Copy, Debug)]
-struct ReplicaAcks {
-    replicas: usize,
-    timeout: Duration,
+pub(super) struct ReplicaAcks {
+    pub(super) replicas: usize,
+    pub(super) timeout: Duration,
 }
 
 /// Where the cache connects. One per cache, made once: the variants'
 /// sizes (which vary with the redis crate's features) do not matter.
 #[allow(clippy::large_enum_variant)]
-enum Backend {
+pub(super) enum Backend {
     Single(redis::Client),
     #[cfg(feature = "redis-cluster")]
     Cluster {
@@ -214,8 +222,14 @@ enum Backend {
         #[cfg(feature = "redis-tls")]
         certs: Option<redis::TlsCertificates>,
     },
+    /// The Sentinels are asked for the primary at each connection (a new
+    /// `SentinelClient` then, which costs no I/O to make).
     #[cfg(feature = "redis-sentinel")]
-    Sentinel(Mutex<redis::sentinel::SentinelClient>),
+    Sentinel {
+        sentinels: Vec<redis::ConnectionInfo>,
+        service: String,
+        tls: bool,
+    },
 }
 
 /// A live connection of either kind.
@@ -238,23 +252,36 @@ impl Conn {
     /// cluster, the primary of the key's slot (the cluster client keeps one
     /// connection per node, so that is the connection of the write).
     fn wait_replicas(&mut self, key: &str, acks: ReplicaAcks) -> redis::RedisResult<usize> {
-        let _ = key;
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(acks.replicas).arg(millis(acks.timeout).max(1));
+        let cmd = wait_cmd(acks);
         match self {
-            Conn::Single(c) => cmd.query(c),
+            Conn::Single(c) => {
+                let _ = key;
+                cmd.query(c)
+            }
             #[cfg(feature = "redis-cluster")]
             Conn::Cluster(c) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let route = Route::with_key(key, SlotAddr::Master);
-                let value = c.route_command(
-                    &cmd,
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                )?;
+                let value = c.route_command(&cmd, primary_of(key))?;
                 Ok(redis::from_redis_value(value)?)
             }
         }
     }
+}
+
+/// `WAIT <replicas> <ms>`.
+pub(super) fn wait_cmd(acks: ReplicaAcks) -> redis::Cmd {
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(acks.replicas).arg(millis(acks.timeout).max(1));
+    cmd
+}
+
+/// Routes a command to the primary of `key`'s slot.
+#[cfg(feature = "redis-cluster")]
+pub(super) fn primary_of(key: &str) -> redis::cluster_routing::RoutingInfo {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+        key,
+        SlotAddr::Master,
+    )))
 }
 
 #[derive(Default)]
@@ -303,6 +330,20 @@ enum Target {
         sentinels: Vec<String>,
         service: String,
     },
+}
+
+impl Target {
+    /// Every URL given.
+    #[cfg_attr(feature = "redis-tls", allow(dead_code))]
+    fn urls(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            Target::Single(url) => Box::new(std::iter::once(url.as_str())),
+            #[cfg(feature = "redis-cluster")]
+            Target::Cluster(urls) => Box::new(urls.iter().map(String::as_str)),
+            #[cfg(feature = "redis-sentinel")]
+            Target::Sentinel { sentinels, .. } => Box::new(sentinels.iter().map(String::as_str)),
+        }
+    }
 }
 
 impl fmt::Debug for RedisCacheBuilder {
@@ -388,8 +429,35 @@ impl RedisCacheBuilder {
     /// text to another host, a fragment), or (cluster) a lease key in
     /// another hash slot than the key; the error does not repeat the URL.
     pub fn build(self) -> Result<RedisCache, CacheError> {
+        Ok(RedisCache {
+            shared: self.resolve()?,
+            state: Mutex::new(ConnState::default()),
+        })
+    }
+
+    /// The async cache with these options (see
+    /// [`AsyncRedisCache`](super::AsyncRedisCache)), checked as
+    /// [`build`](Self::build) checks them.
+    #[cfg(any(feature = "redis-tokio", feature = "redis-smol"))]
+    pub fn build_async(self) -> Result<super::AsyncRedisCache, CacheError> {
+        Ok(super::redis_async::AsyncRedisCache::from_shared(
+            self.resolve()?,
+        ))
+    }
+
+    /// The checks and the connection settings both caches use.
+    fn resolve(self) -> Result<Shared, CacheError> {
         #[cfg(feature = "redis-tls")]
         install_crypto_provider();
+        // The async features bring the redis crate's TLS without a rustls
+        // provider: refuse rather than fail (or panic in rustls) later.
+        #[cfg(not(feature = "redis-tls"))]
+        if self.target.urls().any(|u| u.starts_with("rediss:")) {
+            return Err(CacheError::new(
+                CacheErrorKind::Io,
+                "rediss:// needs the `redis-tls` feature of freshtoken",
+            ));
+        }
         let allow = self.allow_plain_text;
         let (backend, default_acks, lease_key) = match self.target {
             Target::Single(url) => {
@@ -463,28 +531,29 @@ impl RedisCacheBuilder {
                     ));
                 }
                 let mut tls = false;
+                let mut infos = Vec::with_capacity(sentinels.len());
                 for url in &sentinels {
                     check_url(url, allow)?;
                     tls |= url.starts_with("rediss:");
+                    infos.push(
+                        redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                            .map_err(|e| invalid_url(&e))?,
+                    );
                 }
-                let mut node = redis::sentinel::SentinelNodeConnectionInfo::default();
-                if tls {
-                    node = node.set_tls_mode(redis::TlsMode::Secure);
-                }
-                let client = redis::sentinel::SentinelClient::build(
-                    sentinels,
+                let backend = Backend::Sentinel {
+                    sentinels: infos,
                     service,
-                    Some(node),
-                    redis::sentinel::SentinelServerType::Master,
-                )
-                .map_err(|e| invalid_url(&e))?;
+                    tls,
+                };
+                // Made once here for its checks; again at each connection.
+                backend.sentinel_client().map_err(|e| invalid_url(&e))?;
                 let lease_key = self
                     .lease_key
                     .unwrap_or_else(|| format!("{}:lease", self.key));
-                (Backend::Sentinel(Mutex::new(client)), FLEET_ACKS, lease_key)
+                (backend, FLEET_ACKS, lease_key)
             }
         };
-        Ok(RedisCache {
+        Ok(Shared {
             backend,
             lease_key,
             key: self.key,
@@ -497,7 +566,6 @@ impl RedisCacheBuilder {
             release: redis::Script::new(RELEASE),
             store: redis::Script::new(STORE),
             codec: Codec::default(),
-            state: Mutex::new(ConnState::default()),
         })
     }
 }
@@ -581,7 +649,7 @@ impl RedisCache {
     /// to the record, so a record copied to another key is refused.
     #[cfg(feature = "encryption")]
     pub fn encryption(mut self, keys: super::EncryptionKeys) -> Self {
-        self.codec = Codec::with_keys(keys);
+        self.shared.codec = Codec::with_keys(keys);
         self
     }
 
@@ -660,103 +728,138 @@ impl RedisCache {
     /// prefer [`RedisCacheBuilder::lease_key`], which checks that the two
     /// keys share a hash slot.)
     pub fn with_lease_key(mut self, key: impl Into<String>) -> Self {
-        self.lease_key = key.into();
+        self.shared.lease_key = key.into();
         self
     }
 
     /// How long to wait for a connection (default 1 s).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.shared.connect_timeout = timeout;
         self
     }
 
     /// How long to wait for a command's answer (default 1 s).
     pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
+        self.shared.command_timeout = timeout;
         self
     }
 
     /// The token's key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.shared.key
     }
 
     /// The lease's key.
     pub fn lease_key(&self) -> &str {
-        &self.lease_key
+        &self.shared.lease_key
     }
 
     fn state(&self) -> MutexGuard<'_, ConnState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The replica acknowledgement to wait for, its timeout kept below the
-    /// command timeout so that the socket does not give up first.
-    fn acks(&self) -> Option<ReplicaAcks> {
-        self.replica_acks.map(|acks| ReplicaAcks {
-            replicas: acks.replicas,
-            timeout: acks.timeout.min(self.command_timeout * 3 / 4),
-        })
-    }
-
     fn connect(&self) -> Result<Conn, CacheError> {
-        #[cfg(any(feature = "redis-cluster", feature = "redis-sentinel"))]
+        let s = &self.shared;
+        #[cfg(feature = "redis-cluster")]
         let io = |e: redis::RedisError| to_cache_error(&e);
-        match &self.backend {
+        match &s.backend {
             Backend::Single(client) => self.connect_single(client),
             #[cfg(feature = "redis-cluster")]
-            Backend::Cluster {
-                nodes,
-                #[cfg(feature = "redis-tls")]
-                certs,
-            } => {
-                #[allow(unused_mut)]
-                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                    .connection_timeout(self.connect_timeout)
-                    .response_timeout(self.command_timeout)
-                    // A few quick retries (redirections during a failover);
-                    // the machine retries the operation itself later.
-                    .retries(2)
-                    .min_retry_wait(10)
-                    .max_retry_wait(100);
-                #[cfg(feature = "redis-tls")]
-                if let Some(certs) = certs {
-                    builder = builder.certs(certs.clone());
-                }
-                let conn = builder.build().map_err(io)?.get_connection().map_err(io)?;
-                conn.set_read_timeout(Some(self.command_timeout))
+            Backend::Cluster { .. } => {
+                let conn = s
+                    .cluster_client()
+                    .map_err(io)?
+                    .get_connection()
                     .map_err(io)?;
-                conn.set_write_timeout(Some(self.command_timeout))
+                conn.set_read_timeout(Some(s.command_timeout)).map_err(io)?;
+                conn.set_write_timeout(Some(s.command_timeout))
                     .map_err(io)?;
                 Ok(Conn::Cluster(Box::new(conn)))
             }
             #[cfg(feature = "redis-sentinel")]
-            Backend::Sentinel(sentinel) => {
-                // Asks the Sentinels for the primary and checks its role.
-                let client = sentinel
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get_client()
-                    .map_err(io)?;
-                if let redis::ConnectionAddr::Tcp(host, _) = client.get_connection_info().addr() {
-                    if !self.allow_plain_text && !is_loopback(host) {
-                        return Err(plain_text_refused(host));
-                    }
-                }
-                self.connect_single(&client)
-            }
+            Backend::Sentinel {
+                sentinels,
+                service,
+                tls,
+            } => self.connect_sentinel_primary(sentinels, service, *tls),
         }
+    }
+
+    /// Asks each Sentinel in turn for the service's primary and connects
+    /// to the first named primary that says it is one. Done here rather
+    /// than with the redis crate's blocking Sentinel client, which has no
+    /// timeouts: a Sentinel that accepts and never answers would block the
+    /// caller for ever. Every connection here has the cache's timeouts.
+    #[cfg(feature = "redis-sentinel")]
+    fn connect_sentinel_primary(
+        &self,
+        sentinels: &[redis::ConnectionInfo],
+        service: &str,
+        tls: bool,
+    ) -> Result<Conn, CacheError> {
+        let mut last = CacheError::new(
+            CacheErrorKind::Unavailable,
+            format!("no Sentinel named a primary for {service:?}"),
+        );
+        for info in sentinels {
+            let named = redis::Client::open(info.clone())
+                .map_err(|e| to_cache_error(&e))
+                .and_then(|client| self.connect_single(&client))
+                .and_then(|mut conn| {
+                    redis::cmd("SENTINEL")
+                        .arg("GET-MASTER-ADDR-BY-NAME")
+                        .arg(service)
+                        .query::<Option<(String, u16)>>(conn.as_dyn())
+                        .map_err(|e| to_cache_error(&e))
+                });
+            let (host, port) = match named {
+                Ok(Some(addr)) => addr,
+                Ok(None) => continue,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let scheme = if tls { "rediss" } else { "redis" };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let client = redis::Client::open(format!("{scheme}://{host}:{port}/"))
+                .map_err(|e| invalid_url(&e))?;
+            self.shared.check_primary(&client)?;
+            let mut conn = match self.connect_single(&client) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let role: Result<Vec<redis::Value>, _> = redis::cmd("ROLE").query(conn.as_dyn());
+            let primary = role
+                .ok()
+                .and_then(|r| r.into_iter().next())
+                .is_some_and(|v| redis::from_redis_value::<String>(v).is_ok_and(|r| r == "master"));
+            if primary {
+                return Ok(conn);
+            }
+            last = CacheError::new(
+                CacheErrorKind::Unavailable,
+                "the server a Sentinel named as primary is not one (a failover under way)",
+            );
+        }
+        Err(last)
     }
 
     fn connect_single(&self, client: &redis::Client) -> Result<Conn, CacheError> {
         let io = |e: redis::RedisError| to_cache_error(&e);
+        let timeout = self.shared.command_timeout;
         let conn = client
-            .get_connection_with_timeout(self.connect_timeout)
+            .get_connection_with_timeout(self.shared.connect_timeout)
             .map_err(io)?;
-        conn.set_read_timeout(Some(self.command_timeout))
-            .map_err(io)?;
-        conn.set_write_timeout(Some(self.command_timeout))
-            .map_err(io)?;
+        conn.set_read_timeout(Some(timeout)).map_err(io)?;
+        conn.set_write_timeout(Some(timeout)).map_err(io)?;
         Ok(Conn::Single(conn))
     }
 
@@ -769,17 +872,7 @@ impl RedisCache {
         }
         .and_then(|mut conn| {
             let out = f(&mut conn);
-            // A server's error answer leaves the connection usable; any
-            // other failure may leave half a reply in it. READONLY means the
-            // server became a replica (a Sentinel failover): ask again.
-            let keep = match &out {
-                Ok(_) => true,
-                Err(e) => {
-                    is_server_answer(e)
-                        && e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                }
-            };
-            if keep {
+            if out.as_ref().err().is_none_or(keeps_connection) {
                 state.conn = Some(conn);
             }
             out.map_err(|e| to_cache_error(&e))
@@ -787,7 +880,7 @@ impl RedisCache {
         match result {
             Ok(value) => {
                 if std::mem::take(&mut state.down) {
-                    tracing::info!(key = %self.key, "Redis token cache reachable again");
+                    self.shared.reachable_again();
                 }
                 Ok(value)
             }
@@ -795,20 +888,173 @@ impl RedisCache {
                 if error.kind() == CacheErrorKind::Unavailable
                     && !std::mem::replace(&mut state.down, true)
                 {
-                    tracing::warn!(key = %self.key, error = %error, "Redis token cache unavailable; carrying on without it");
+                    self.shared.unavailable(&error);
                 }
                 Err(error)
             }
         }
     }
+}
+
+/// Whether a connection that gave this error can be used again: a
+/// server's error answer leaves it usable; any other failure may leave
+/// half a reply in it. READONLY means the server became a replica (a
+/// Sentinel failover): connect again, which asks the Sentinels again.
+pub(super) fn keeps_connection(e: &redis::RedisError) -> bool {
+    is_server_answer(e) && e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+/// A record ready to store: its bytes, its TTL in ms (0: none), and the
+/// acknowledgement it needs (a token with a refresh token).
+pub(super) struct Pending {
+    bytes: Vec<u8>,
+    ttl_ms: u64,
+    pub(super) acks: Option<ReplicaAcks>,
+}
+
+impl Shared {
+    /// The replica acknowledgement to wait for, its timeout kept below the
+    /// command timeout so that the socket does not give up first.
+    pub(super) fn acks(&self) -> Option<ReplicaAcks> {
+        self.replica_acks.map(|acks| ReplicaAcks {
+            replicas: acks.replicas,
+            timeout: acks.timeout.min(self.command_timeout * 3 / 4),
+        })
+    }
 
     /// The key's first [`record::MAX_RECORD_LEN`] + 1 bytes (empty: no key).
-    fn read_bounded(c: &mut Conn, key: &str) -> redis::RedisResult<Vec<u8>> {
-        redis::cmd("GETRANGE")
-            .arg(key)
-            .arg(0)
+    pub(super) fn read_cmd(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(&self.key).arg(0).arg(record::MAX_RECORD_LEN);
+        cmd
+    }
+
+    /// What a load makes of the bytes [`read_cmd`](Self::read_cmd) read.
+    pub(super) fn loaded(&self, bytes: &[u8]) -> Result<Option<Token>, CacheError> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if bytes.len() > record::MAX_RECORD_LEN {
+            tracing::warn!(key = %self.key, limit = record::MAX_RECORD_LEN, "Redis token entry is larger than any record; treating it as a miss");
+            return Ok(None);
+        }
+        match decode(&self.codec, &self.key, bytes) {
+            Ok(token) => Ok(Some(token)),
+            Err(e) => match unreadable(&e) {
+                Some(why) => Err(self.unreadable_error(&why)),
+                None => {
+                    // Left in place for inspection; the next store replaces it.
+                    tracing::warn!(key = %self.key, error = %e, "Redis token entry is not a usable record; treating it as a miss");
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    /// The record to store for `token`; `None` when it has expired
+    /// already (nothing worth sharing).
+    pub(super) fn prepare_store(&self, token: &Token) -> Result<Option<Pending>, CacheError> {
+        let bytes = encode(&self.codec, &self.key, token)?;
+        let rotated = token.refresh_token().is_some();
+        let ttl_ms = if rotated {
+            0
+        } else {
+            let ttl = token
+                .expires_at()
+                .saturating_duration_since(SystemClock.now());
+            if ttl.as_millis() == 0 {
+                return Ok(None);
+            }
+            millis(ttl)
+        };
+        Ok(Some(Pending {
+            bytes,
+            ttl_ms,
+            acks: self.acks().filter(|_| rotated),
+        }))
+    }
+
+    /// Refuses to replace what the key holds (`current`, as read) when it
+    /// is a record this instance cannot read.
+    pub(super) fn check_replaceable(&self, current: &[u8]) -> Result<(), CacheError> {
+        if current.is_empty() || current.len() > record::MAX_RECORD_LEN {
+            return Ok(());
+        }
+        match decode(&self.codec, &self.key, current)
+            .err()
+            .as_ref()
+            .and_then(unreadable)
+        {
+            Some(why) => Err(self.unreadable_error(&why)),
+            None => Ok(()),
+        }
+    }
+
+    /// The compare-and-set of `pending` over `current` (1: written).
+    pub(super) fn store_script(
+        &self,
+        pending: &Pending,
+        current: &[u8],
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.store.key(&self.key);
+        invocation
             .arg(record::MAX_RECORD_LEN)
-            .query(c.as_dyn())
+            .arg(current)
+            .arg(&pending.bytes)
+            .arg(pending.ttl_ms);
+        invocation
+    }
+
+    /// Takes or extends our lease (1: ours).
+    pub(super) fn acquire_script(&self, ttl: Duration) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.acquire.key(&self.lease_key);
+        invocation.arg(&self.holder).arg(millis(ttl).max(1));
+        invocation
+    }
+
+    /// Deletes the lease if it is ours.
+    pub(super) fn release_script(&self) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.release.key(&self.lease_key);
+        invocation.arg(&self.holder);
+        invocation
+    }
+
+    /// A store written but acknowledged by `acked` replicas only.
+    pub(super) fn store_not_acknowledged(&self, acked: usize, acks: ReplicaAcks) -> CacheError {
+        CacheError::new(
+            CacheErrorKind::Unavailable,
+            format!(
+                "Redis stored the token but {acked} of {} replicas acknowledged it within {:?}; counted as a failed store",
+                acks.replicas, acks.timeout
+            ),
+        )
+    }
+
+    /// Every compare-and-set found the key changed since its read.
+    pub(super) fn store_kept_changing(&self) -> CacheError {
+        CacheError::new(
+            CacheErrorKind::Unavailable,
+            format!(
+                "Redis token entry {} kept changing during the store ({STORE_ATTEMPTS} attempts); not stored",
+                self.key
+            ),
+        )
+    }
+
+    /// A lease granted, then released because only `acked` replicas
+    /// acknowledged it. Not Busy: no peer holds it, and the machine waits
+    /// on a busy lease for as long as it stays busy. As an error, a
+    /// client-credentials flow fetches for itself and a refresh-token flow
+    /// waits and retries (it never fetches without the lease).
+    pub(super) fn lease_not_acknowledged(&self, acked: usize) -> CacheError {
+        tracing::warn!(key = %self.lease_key, acknowledged = acked, "Redis lease not acknowledged by a replica in time; released it");
+        CacheError::new(
+            CacheErrorKind::Unavailable,
+            format!(
+                "Redis granted the lease {} but {acked} replicas acknowledged it in time; released it",
+                self.lease_key
+            ),
+        )
     }
 
     /// `why`: what [`unreadable`] says (it names the key).
@@ -816,6 +1062,102 @@ impl RedisCache {
         CacheError::new(
             CacheErrorKind::Unreadable,
             format!("{why} and never overwritten"),
+        )
+    }
+
+    pub(super) fn reachable_again(&self) {
+        tracing::info!(key = %self.key, "Redis token cache reachable again");
+    }
+
+    pub(super) fn unavailable(&self, error: &CacheError) {
+        tracing::warn!(key = %self.key, error = %error, "Redis token cache unavailable; carrying on without it");
+    }
+
+    /// The primary a Sentinel named is held to the plain-text rule too.
+    #[cfg(feature = "redis-sentinel")]
+    pub(super) fn check_primary(&self, client: &redis::Client) -> Result<(), CacheError> {
+        if let redis::ConnectionAddr::Tcp(host, _) = client.get_connection_info().addr() {
+            if !self.allow_plain_text && !is_loopback(host) {
+                return Err(plain_text_refused(host));
+            }
+        }
+        Ok(())
+    }
+
+    /// A cluster client with the cache's timeouts (the backend must be a
+    /// cluster).
+    #[cfg(feature = "redis-cluster")]
+    pub(super) fn cluster_client(&self) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let Backend::Cluster {
+            nodes,
+            #[cfg(feature = "redis-tls")]
+            certs,
+        } = &self.backend
+        else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "not a cluster",
+            )));
+        };
+        #[allow(unused_mut)]
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.command_timeout)
+            // A few quick retries (redirections during a failover); the
+            // machine retries the operation itself later.
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(100);
+        #[cfg(feature = "redis-tls")]
+        if let Some(certs) = certs {
+            builder = builder.certs(certs.clone());
+        }
+        builder.build()
+    }
+
+    /// What `Debug` shows of both caches (no URL: it may hold a password).
+    pub(super) fn debug_fields(&self, d: &mut fmt::DebugStruct<'_, '_>) {
+        let topology = match &self.backend {
+            Backend::Single(_) => "single",
+            #[cfg(feature = "redis-cluster")]
+            Backend::Cluster { .. } => "cluster",
+            #[cfg(feature = "redis-sentinel")]
+            Backend::Sentinel { .. } => "sentinel",
+        };
+        d.field("topology", &topology)
+            .field("key", &self.key)
+            .field("lease_key", &self.lease_key)
+            .field("holder", &self.holder)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("replica_acks", &self.replica_acks);
+    }
+}
+
+#[cfg(feature = "redis-sentinel")]
+impl Backend {
+    /// A Sentinel client for the service's primary (no I/O yet).
+    pub(super) fn sentinel_client(&self) -> redis::RedisResult<redis::sentinel::SentinelClient> {
+        let Backend::Sentinel {
+            sentinels,
+            service,
+            tls,
+        } = self
+        else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "not a Sentinel set-up",
+            )));
+        };
+        let mut node = redis::sentinel::SentinelNodeConnectionInfo::default();
+        if *tls {
+            node = node.set_tls_mode(redis::TlsMode::Secure);
+        }
+        redis::sentinel::SentinelClient::build(
+            sentinels.clone(),
+            service.clone(),
+            Some(node),
+            redis::sentinel::SentinelServerType::Master,
         )
     }
 }
@@ -839,182 +1181,86 @@ enum Leased {
 
 impl fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.state();
-        let topology = match &self.backend {
-            Backend::Single(_) => "single",
-            #[cfg(feature = "redis-cluster")]
-            Backend::Cluster { .. } => "cluster",
-            #[cfg(feature = "redis-sentinel")]
-            Backend::Sentinel(_) => "sentinel",
-        };
-        f.debug_struct("RedisCache")
-            .field("topology", &topology)
-            .field("key", &self.key)
-            .field("lease_key", &self.lease_key)
-            .field("holder", &self.holder)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("command_timeout", &self.command_timeout)
-            .field("replica_acks", &self.replica_acks)
-            .field("connected", &state.conn.is_some())
-            .finish_non_exhaustive()
+        let connected = self.state().conn.is_some();
+        let mut d = f.debug_struct("RedisCache");
+        self.shared.debug_fields(&mut d);
+        d.field("connected", &connected).finish_non_exhaustive()
     }
 }
 
 impl TokenCache for RedisCache {
     fn load(&self) -> Result<Option<Token>, CacheError> {
-        let bytes = self.run(|c| Self::read_bounded(c, &self.key))?;
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        if bytes.len() > record::MAX_RECORD_LEN {
-            tracing::warn!(key = %self.key, limit = record::MAX_RECORD_LEN, "Redis token entry is larger than any record; treating it as a miss");
-            return Ok(None);
-        }
-        match decode(&self.codec, &self.key, &bytes) {
-            Ok(token) => Ok(Some(token)),
-            Err(e) => match unreadable(&e) {
-                Some(why) => Err(self.unreadable_error(&why)),
-                None => {
-                    // Left in place for inspection; the next store replaces it.
-                    tracing::warn!(key = %self.key, error = %e, "Redis token entry is not a usable record; treating it as a miss");
-                    Ok(None)
-                }
-            },
-        }
+        let read = self.shared.read_cmd();
+        let bytes: Vec<u8> = self.run(|c| read.query(c.as_dyn()))?;
+        self.shared.loaded(&bytes)
     }
 
     fn store(&self, token: &Token) -> Result<(), CacheError> {
-        let bytes = encode(&self.codec, &self.key, token)?;
-        let rotated = token.refresh_token().is_some();
-        let ttl_ms = if rotated {
-            0
-        } else {
-            let ttl = token
-                .expires_at()
-                .saturating_duration_since(SystemClock.now());
-            if ttl.as_millis() == 0 {
-                // Already expired: nothing worth sharing.
-                return Ok(());
-            }
-            millis(ttl)
+        let s = &self.shared;
+        let Some(pending) = s.prepare_store(token)? else {
+            return Ok(());
         };
-        let acks = self.acks().filter(|_| rotated);
+        let read = s.read_cmd();
         for _ in 0..STORE_ATTEMPTS {
-            let current = self.run(|c| Self::read_bounded(c, &self.key))?;
-            if !current.is_empty() && current.len() <= record::MAX_RECORD_LEN {
-                if let Some(why) = decode(&self.codec, &self.key, &current)
-                    .err()
-                    .as_ref()
-                    .and_then(unreadable)
-                {
-                    return Err(self.unreadable_error(&why));
-                }
-            }
+            let current: Vec<u8> = self.run(|c| read.query(c.as_dyn()))?;
+            s.check_replaceable(&current)?;
             let stored = self.run(|c| {
-                let written: i64 = self
-                    .store
-                    .key(&self.key)
-                    .arg(record::MAX_RECORD_LEN)
-                    .arg(&current)
-                    .arg(&bytes)
-                    .arg(ttl_ms)
-                    .invoke(c.as_dyn())?;
+                let written: i64 = s.store_script(&pending, &current).invoke(c.as_dyn())?;
                 if written != 1 {
                     return Ok(Stored::Changed);
                 }
-                match acks {
-                    Some(acks) => {
-                        let acked = c.wait_replicas(&self.key, acks)?;
-                        Ok(if acked >= acks.replicas {
-                            Stored::Written
-                        } else {
-                            Stored::NotAcknowledged(acked)
-                        })
-                    }
-                    None => Ok(Stored::Written),
-                }
+                let Some(acks) = pending.acks else {
+                    return Ok(Stored::Written);
+                };
+                let acked = c.wait_replicas(&s.key, acks)?;
+                Ok(if acked >= acks.replicas {
+                    Stored::Written
+                } else {
+                    Stored::NotAcknowledged(acked)
+                })
             })?;
-            match stored {
-                Stored::Written => return Ok(()),
-                Stored::Changed => continue,
-                Stored::NotAcknowledged(acked) => {
-                    let acks = acks.unwrap_or(ReplicaAcks {
-                        replicas: 1,
-                        timeout: Duration::ZERO,
-                    });
-                    return Err(CacheError::new(
-                        CacheErrorKind::Unavailable,
-                        format!(
-                            "Redis stored the token but {acked} of {} replicas acknowledged it within {:?}; counted as a failed store",
-                            acks.replicas, acks.timeout
-                        ),
-                    ));
+            match (stored, pending.acks) {
+                (Stored::Written, _) => return Ok(()),
+                (Stored::Changed, _) => continue,
+                (Stored::NotAcknowledged(acked), Some(acks)) => {
+                    return Err(s.store_not_acknowledged(acked, acks))
                 }
+                (Stored::NotAcknowledged(_), None) => return Ok(()),
             }
         }
-        Err(CacheError::new(
-            CacheErrorKind::Unavailable,
-            format!("Redis token entry {} kept changing during the store ({STORE_ATTEMPTS} attempts); not stored", self.key),
-        ))
+        Err(s.store_kept_changing())
     }
 
     fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
-        let acks = self.acks();
+        let s = &self.shared;
+        let acks = s.acks();
         let leased = self.run(|c| {
-            let granted: i64 = self
-                .acquire
-                .key(&self.lease_key)
-                .arg(&self.holder)
-                .arg(millis(ttl).max(1))
-                .invoke(c.as_dyn())?;
+            let granted: i64 = s.acquire_script(ttl).invoke(c.as_dyn())?;
             if granted != 1 {
                 return Ok(Leased::Busy);
             }
             let Some(acks) = acks else {
                 return Ok(Leased::Granted);
             };
-            let acked = c.wait_replicas(&self.lease_key, acks)?;
+            let acked = c.wait_replicas(&s.lease_key, acks)?;
             if acked >= acks.replicas {
                 return Ok(Leased::Granted);
             }
             // A lease only the primary knows could vanish in a failover and
             // let a second holder in: give it back and wait like a peer.
-            let _ = self
-                .release
-                .key(&self.lease_key)
-                .arg(&self.holder)
-                .invoke::<i64>(c.as_dyn());
+            let _ = s.release_script().invoke::<i64>(c.as_dyn());
             Ok(Leased::NotAcknowledged(acked))
         })?;
-        Ok(match leased {
-            Leased::Granted => LeaseOutcome::Granted,
-            Leased::Busy => LeaseOutcome::Busy,
-            Leased::NotAcknowledged(acked) => {
-                // Not Busy: no peer holds it, and the machine waits on a busy
-                // lease for as long as it stays busy. As an error, a
-                // client-credentials flow fetches for itself and a
-                // refresh-token flow waits and retries (it never fetches
-                // without the lease).
-                tracing::warn!(key = %self.lease_key, acknowledged = acked, "Redis lease not acknowledged by a replica in time; released it");
-                return Err(CacheError::new(
-                    CacheErrorKind::Unavailable,
-                    format!(
-                        "Redis granted the lease {} but {acked} replicas acknowledged it in time; released it",
-                        self.lease_key
-                    ),
-                ));
-            }
-        })
+        match leased {
+            Leased::Granted => Ok(LeaseOutcome::Granted),
+            Leased::Busy => Ok(LeaseOutcome::Busy),
+            Leased::NotAcknowledged(acked) => Err(s.lease_not_acknowledged(acked)),
+        }
     }
 
     fn release_lease(&self) -> Result<(), CacheError> {
-        self.run(|c| {
-            self.release
-                .key(&self.lease_key)
-                .arg(&self.holder)
-                .invoke::<i64>(c.as_dyn())
-        })
-        .map(|_| ())
+        let release = self.shared.release_script();
+        self.run(|c| release.invoke::<i64>(c.as_dyn())).map(|_| ())
     }
 }
 

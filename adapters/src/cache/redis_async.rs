@@ -6,42 +6,49 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Token};
+use freshtoken_core::{CacheError, CacheErrorKind, LeaseOutcome, Token};
 use redis::aio::MultiplexedConnection;
 
-use super::holder::holder_id;
-use super::record;
 use super::redis::{
-    check_url, decode, encode, invalid_url, is_server_answer, millis, to_cache_error, unreadable,
-    ACQUIRE, RELEASE, STORE, STORE_ATTEMPTS,
+    keeps_connection, to_cache_error, wait_cmd, Backend, RedisCacheBuilder, ReplicaAcks, Shared,
+    STORE_ATTEMPTS,
 };
-use super::sealed::Codec;
 use super::AsyncTokenCache;
-use crate::clock::SystemClock;
 
 /// The async twin of [`RedisCache`](super::RedisCache): the same keys,
-/// record format, lease scripts, URL checks, bounded reads and protection
-/// of newer-format records, on the redis crate's multiplexed async
-/// connection. Give it to an async driver with `Builder::async_cache`; the
-/// driver polls it in its own task instead of on the blocking pool.
+/// record format, lease scripts, URL checks, bounded reads, replica
+/// acknowledgements, encryption and protection of unreadable records (one
+/// implementation of each, shared with the blocking cache: only the I/O
+/// differs), on the redis crate's async connections. Give it to an async
+/// driver with `Builder::async_cache`; the driver polls it in its own task
+/// instead of on the blocking pool.
 ///
 /// * **Runtimes**: with the `redis-tokio` feature it runs under tokio; with
 ///   `redis-smol` under smol and async-std (both are async-io based). With
 ///   both, the redis crate picks tokio inside a tokio runtime and smol
 ///   elsewhere.
-/// * **Topology**: one server (`redis://`, `redis+unix://`; not yet
-///   `rediss://`, which is refused: use [`RedisCache`](super::RedisCache)
-///   for TLS). Cluster and Sentinel are supported by the blocking
-///   [`RedisCache`](super::RedisCache), which the async drivers run on
-///   their blocking pool.
-/// * **Connections**: one multiplexed connection per cache value, made on
-///   first use with a connect timeout, and each command with a response
+/// * **Topology**: one server (`redis://`, `redis+unix://`, and `rediss://`
+///   with the `redis-tls` feature), a Redis Cluster
+///   ([`AsyncRedisCache::cluster`], feature `redis-cluster`: the redis
+///   crate's async cluster connection) or a Sentinel-managed primary
+///   ([`AsyncRedisCache::sentinel`], feature `redis-sentinel`: the async
+///   Sentinel client). The options are [`RedisCacheBuilder`]'s, ended with
+///   [`build_async`](RedisCacheBuilder::build_async); cluster hash tags,
+///   `WAIT` defaults and what Redis does not promise are as documented on
+///   [`RedisCache`](super::RedisCache).
+/// * **TLS** (`rediss://`, feature `redis-tls`): rustls, trusting the
+///   webpki roots or only your CA
+///   ([`RedisCacheBuilder::root_certificate`]). As for the blocking cache,
+///   ring's rustls provider is installed only when the process has none;
+///   one the application installed is never replaced. Without `redis-tls`
+///   a `rediss://` URL is refused when the cache is built.
+/// * **Connections**: one multiplexed connection per cache value (for a
+///   cluster, the async cluster connection, which keeps one per node), made
+///   on first use with a connect timeout, and each command with a response
 ///   timeout (1 s each by default). A connection that fails is dropped and
-///   the next call reconnects; Redis down is
-///   [`CacheErrorKind::Unavailable`], with one warning per outage.
-/// * **Replica acknowledgements** are off by default, as for a single
-///   server; [`with_replica_acks`](Self::with_replica_acks) turns them on
-///   for a primary with replicas.
+///   the next call reconnects (for Sentinel, asking the Sentinels again);
+///   Redis down is [`CacheErrorKind::Unavailable`], with one warning per
+///   outage.
 ///
 /// Neither `Debug` nor any error shows the URL (it may hold a password) or
 /// a token.
@@ -63,18 +70,56 @@ use crate::clock::SystemClock;
 /// # }).unwrap();
 /// ```
 pub struct AsyncRedisCache {
-    client: redis::Client,
-    key: String,
-    lease_key: String,
-    holder: String,
-    connect_timeout: Duration,
-    command_timeout: Duration,
-    replica_acks: Option<(usize, Duration)>,
-    acquire: redis::Script,
-    release: redis::Script,
-    store: redis::Script,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    shared: Shared,
+    conn: Mutex<Option<Conn>>,
     down: AtomicBool,
+}
+
+/// A live async connection of either kind (both are cheap clones of a
+/// multiplexed connection).
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &mut self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => script.invoke_async(c).await,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => script.invoke_async(c).await,
+        }
+    }
+
+    /// `WAIT` on the connection that wrote `key` (in a cluster, routed to
+    /// the primary of its slot).
+    async fn wait_replicas(&mut self, key: &str, acks: ReplicaAcks) -> redis::RedisResult<usize> {
+        let cmd = wait_cmd(acks);
+        match self {
+            Conn::Single(c) => {
+                let _ = key;
+                cmd.query_async(c).await
+            }
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => {
+                let value = c.route_command(cmd, super::redis::primary_of(key)).await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+        }
+    }
 }
 
 impl AsyncRedisCache {
@@ -82,56 +127,90 @@ impl AsyncRedisCache {
     /// made until the first use. Fails on a URL that cannot be parsed or is
     /// refused (plain text to a host that is not loopback, a fragment).
     pub fn new(url: &str, key: impl Into<String>) -> Result<Self, CacheError> {
-        Self::open(url, key.into(), false)
+        Self::builder(url, key).build_async()
     }
 
     /// Like [`new`](Self::new), but allows plain `redis://` to any host:
     /// tokens then cross the network unencrypted; only for a network you
     /// trust.
     pub fn new_allowing_plain_text(url: &str, key: impl Into<String>) -> Result<Self, CacheError> {
-        Self::open(url, key.into(), true)
+        Self::builder(url, key).allow_plain_text(true).build_async()
     }
 
-    fn open(url: &str, key: String, allow_plain_text: bool) -> Result<Self, CacheError> {
-        check_url(url, allow_plain_text)?;
-        if url.starts_with("rediss:") {
-            return Err(CacheError::new(
-                CacheErrorKind::Io,
-                "the async Redis cache does not speak TLS yet; for rediss:// use RedisCache (the blocking one, which async drivers run on their blocking pool)",
-            ));
-        }
-        let client = redis::Client::open(url).map_err(|e| invalid_url(&e))?;
-        Ok(AsyncRedisCache {
-            client,
-            lease_key: format!("{key}:lease"),
-            key,
-            holder: holder_id(),
-            connect_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_secs(1),
-            replica_acks: None,
-            acquire: redis::Script::new(ACQUIRE),
-            release: redis::Script::new(RELEASE),
-            store: redis::Script::new(STORE),
+    /// Options for a cache on one server at `url`; end them with
+    /// [`build_async`](RedisCacheBuilder::build_async).
+    pub fn builder(url: &str, key: impl Into<String>) -> RedisCacheBuilder {
+        super::RedisCache::builder(url, key)
+    }
+
+    /// Options for a cache in a Redis Cluster (see
+    /// [`RedisCache::cluster`](super::RedisCache::cluster)); end them with
+    /// [`build_async`](RedisCacheBuilder::build_async).
+    ///
+    /// ```
+    /// use freshtoken::cache::AsyncRedisCache;
+    ///
+    /// let cache = AsyncRedisCache::cluster(["redis://127.0.0.1:7000/"], "myapp:token")
+    ///     .build_async()?;
+    /// assert_eq!(cache.lease_key(), "{myapp:token}:lease");
+    /// # Ok::<(), freshtoken::CacheError>(())
+    /// ```
+    #[cfg(feature = "redis-cluster")]
+    pub fn cluster<I, S>(nodes: I, key: impl Into<String>) -> RedisCacheBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        super::RedisCache::cluster(nodes, key)
+    }
+
+    /// Options for a cache on the primary that the Sentinels report for
+    /// `service` (see [`RedisCache::sentinel`](super::RedisCache::sentinel));
+    /// end them with [`build_async`](RedisCacheBuilder::build_async).
+    #[cfg(feature = "redis-sentinel")]
+    pub fn sentinel<I, S>(
+        sentinels: I,
+        service: impl Into<String>,
+        key: impl Into<String>,
+    ) -> RedisCacheBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        super::RedisCache::sentinel(sentinels, service, key)
+    }
+
+    pub(super) fn from_shared(shared: Shared) -> Self {
+        AsyncRedisCache {
+            shared,
             conn: Mutex::new(None),
             down: AtomicBool::new(false),
-        })
+        }
     }
 
-    /// Uses `key` for the lease instead of `<key>:lease`.
+    /// Encrypts the record at rest with `keys`, as
+    /// [`RedisCache::encryption`](super::RedisCache::encryption) does.
+    #[cfg(feature = "encryption")]
+    pub fn encryption(mut self, keys: super::EncryptionKeys) -> Self {
+        self.shared.codec = super::sealed::Codec::with_keys(keys);
+        self
+    }
+
+    /// Uses `key` for the lease instead of the default.
     pub fn with_lease_key(mut self, key: impl Into<String>) -> Self {
-        self.lease_key = key.into();
+        self.shared.lease_key = key.into();
         self
     }
 
     /// How long to wait for a connection (default 1 s).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.shared.connect_timeout = timeout;
         self
     }
 
     /// How long to wait for a command's answer (default 1 s).
     pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
+        self.shared.command_timeout = timeout;
         self
     }
 
@@ -141,26 +220,21 @@ impl AsyncRedisCache {
     /// time is an Unavailable lease error (the lease released) or a failed
     /// store. `0` turns it off.
     pub fn with_replica_acks(mut self, replicas: usize, timeout: Duration) -> Self {
-        self.replica_acks = (replicas > 0).then_some((replicas, timeout));
+        self.shared.replica_acks = (replicas > 0).then_some(ReplicaAcks { replicas, timeout });
         self
     }
 
     /// The token's key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.shared.key
     }
 
     /// The lease's key.
     pub fn lease_key(&self) -> &str {
-        &self.lease_key
+        &self.shared.lease_key
     }
 
-    fn acks(&self) -> Option<(usize, Duration)> {
-        self.replica_acks
-            .map(|(n, t)| (n, t.min(self.command_timeout * 3 / 4)))
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, CacheError> {
+    async fn connection(&self) -> Result<Conn, CacheError> {
         let existing = self
             .conn
             .lock()
@@ -169,216 +243,169 @@ impl AsyncRedisCache {
         if let Some(conn) = existing {
             return Ok(conn);
         }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| self.failed(&e))?;
+        let conn = self.connect().await.map_err(|e| self.failed(e))?;
         *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)
     }
 
-    /// Maps a failure, drops a connection that may be broken, and logs the
-    /// first failure of an outage.
-    fn failed(&self, e: &redis::RedisError) -> CacheError {
-        if !is_server_answer(e) {
+    async fn connect(&self) -> Result<Conn, CacheError> {
+        let s = &self.shared;
+        let io = |e: redis::RedisError| to_cache_error(&e);
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(s.connect_timeout))
+            .set_response_timeout(Some(s.command_timeout));
+        match &s.backend {
+            Backend::Single(client) => Ok(Conn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(io)?,
+            )),
+            #[cfg(feature = "redis-cluster")]
+            Backend::Cluster { .. } => Ok(Conn::Cluster(
+                s.cluster_client()
+                    .map_err(io)?
+                    .get_async_connection()
+                    .await
+                    .map_err(io)?,
+            )),
+            #[cfg(feature = "redis-sentinel")]
+            Backend::Sentinel { .. } => {
+                // Asks the Sentinels for the primary and checks its role.
+                let client = s
+                    .backend
+                    .sentinel_client()
+                    .map_err(io)?
+                    .async_get_client()
+                    .await
+                    .map_err(io)?;
+                s.check_primary(&client)?;
+                Ok(Conn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map_err(io)?,
+                ))
+            }
+        }
+    }
+
+    /// Drops a connection that may be broken, and logs the first failure
+    /// of an outage.
+    fn failed(&self, error: CacheError) -> CacheError {
+        if error.kind() == CacheErrorKind::Unavailable && !self.down.swap(true, Ordering::Relaxed) {
+            self.shared.unavailable(&error);
+        }
+        error
+    }
+
+    /// Maps a failed call on the connection (see [`failed`](Self::failed)).
+    fn call_failed(&self, e: &redis::RedisError) -> CacheError {
+        if !keeps_connection(e) {
             self.conn
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
         }
-        let error = to_cache_error(e);
-        if error.kind() == CacheErrorKind::Unavailable && !self.down.swap(true, Ordering::Relaxed) {
-            tracing::warn!(key = %self.key, error = %error, "Redis token cache unavailable; carrying on without it");
-        }
-        error
+        self.failed(to_cache_error(e))
     }
 
     fn succeeded(&self) {
         if self.down.swap(false, Ordering::Relaxed) {
-            tracing::info!(key = %self.key, "Redis token cache reachable again");
+            self.shared.reachable_again();
         }
     }
 
-    async fn read_bounded(&self, conn: &mut MultiplexedConnection) -> Result<Vec<u8>, CacheError> {
-        redis::cmd("GETRANGE")
-            .arg(&self.key)
-            .arg(0)
-            .arg(record::MAX_RECORD_LEN)
-            .query_async(conn)
+    async fn read(&self, conn: &mut Conn) -> Result<Vec<u8>, CacheError> {
+        conn.query(&self.shared.read_cmd())
             .await
-            .map_err(|e| self.failed(&e))
-    }
-
-    async fn wait_replicas(
-        &self,
-        conn: &mut MultiplexedConnection,
-        (replicas, timeout): (usize, Duration),
-    ) -> Result<bool, CacheError> {
-        let acked: usize = redis::cmd("WAIT")
-            .arg(replicas)
-            .arg(millis(timeout).max(1))
-            .query_async(conn)
-            .await
-            .map_err(|e| self.failed(&e))?;
-        Ok(acked >= replicas)
-    }
-
-    /// `why`: what [`unreadable`] says (it names the key).
-    fn unreadable_error(&self, why: &str) -> CacheError {
-        CacheError::new(
-            CacheErrorKind::Unreadable,
-            format!("{why} and never overwritten"),
-        )
+            .map_err(|e| self.call_failed(&e))
     }
 }
 
 impl fmt::Debug for AsyncRedisCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncRedisCache")
-            .field("key", &self.key)
-            .field("lease_key", &self.lease_key)
-            .field("holder", &self.holder)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("command_timeout", &self.command_timeout)
-            .field("replica_acks", &self.replica_acks)
-            .finish_non_exhaustive()
+        let connected = self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        let mut d = f.debug_struct("AsyncRedisCache");
+        self.shared.debug_fields(&mut d);
+        d.field("connected", &connected).finish_non_exhaustive()
     }
 }
 
 impl AsyncTokenCache for AsyncRedisCache {
     async fn load(&self) -> Result<Option<Token>, CacheError> {
         let mut conn = self.connection().await?;
-        let bytes = self.read_bounded(&mut conn).await?;
+        let bytes = self.read(&mut conn).await?;
         self.succeeded();
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        if bytes.len() > record::MAX_RECORD_LEN {
-            tracing::warn!(key = %self.key, limit = record::MAX_RECORD_LEN, "Redis token entry is larger than any record; treating it as a miss");
-            return Ok(None);
-        }
-        match decode(&Codec::default(), &self.key, &bytes) {
-            Ok(token) => Ok(Some(token)),
-            Err(e) => match unreadable(&e) {
-                Some(why) => Err(self.unreadable_error(&why)),
-                None => {
-                    tracing::warn!(key = %self.key, error = %e, "Redis token entry is not a usable record; treating it as a miss");
-                    Ok(None)
-                }
-            },
-        }
+        self.shared.loaded(&bytes)
     }
 
     async fn store(&self, token: &Token) -> Result<(), CacheError> {
-        let bytes = encode(&Codec::default(), &self.key, token)?;
-        let rotated = token.refresh_token().is_some();
-        let ttl_ms = if rotated {
-            0
-        } else {
-            let ttl = token
-                .expires_at()
-                .saturating_duration_since(SystemClock.now());
-            if ttl.as_millis() == 0 {
-                return Ok(());
-            }
-            millis(ttl)
+        let s = &self.shared;
+        let Some(pending) = s.prepare_store(token)? else {
+            return Ok(());
         };
         let mut conn = self.connection().await?;
         for _ in 0..STORE_ATTEMPTS {
-            let current = self.read_bounded(&mut conn).await?;
-            if !current.is_empty() && current.len() <= record::MAX_RECORD_LEN {
-                if let Some(why) = decode(&Codec::default(), &self.key, &current)
-                    .err()
-                    .as_ref()
-                    .and_then(unreadable)
-                {
-                    return Err(self.unreadable_error(&why));
-                }
-            }
-            let written: i64 = self
-                .store
-                .key(&self.key)
-                .arg(record::MAX_RECORD_LEN)
-                .arg(&current)
-                .arg(&bytes)
-                .arg(ttl_ms)
-                .invoke_async(&mut conn)
+            let current = self.read(&mut conn).await?;
+            s.check_replaceable(&current)?;
+            let written: i64 = conn
+                .invoke(&s.store_script(&pending, &current))
                 .await
-                .map_err(|e| self.failed(&e))?;
+                .map_err(|e| self.call_failed(&e))?;
             if written != 1 {
                 continue;
             }
-            if let Some(acks) = self.acks().filter(|_| rotated) {
-                if !self.wait_replicas(&mut conn, acks).await? {
-                    return Err(CacheError::new(
-                        CacheErrorKind::Unavailable,
-                        format!(
-                            "Redis stored the token but fewer than {} replicas acknowledged it within {:?}; counted as a failed store",
-                            acks.0, acks.1
-                        ),
-                    ));
+            if let Some(acks) = pending.acks {
+                let acked = conn
+                    .wait_replicas(&s.key, acks)
+                    .await
+                    .map_err(|e| self.call_failed(&e))?;
+                if acked < acks.replicas {
+                    return Err(s.store_not_acknowledged(acked, acks));
                 }
             }
             self.succeeded();
             return Ok(());
         }
-        Err(CacheError::new(
-            CacheErrorKind::Unavailable,
-            format!(
-                "Redis token entry {} kept changing during the store ({STORE_ATTEMPTS} attempts); not stored",
-                self.key
-            ),
-        ))
+        Err(s.store_kept_changing())
     }
 
     async fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
+        let s = &self.shared;
         let mut conn = self.connection().await?;
-        let granted: i64 = self
-            .acquire
-            .key(&self.lease_key)
-            .arg(&self.holder)
-            .arg(millis(ttl).max(1))
-            .invoke_async(&mut conn)
+        let granted: i64 = conn
+            .invoke(&s.acquire_script(ttl))
             .await
-            .map_err(|e| self.failed(&e))?;
+            .map_err(|e| self.call_failed(&e))?;
         self.succeeded();
         if granted != 1 {
             return Ok(LeaseOutcome::Busy);
         }
-        if let Some(acks) = self.acks() {
-            if !self.wait_replicas(&mut conn, acks).await? {
-                let _ = self
-                    .release
-                    .key(&self.lease_key)
-                    .arg(&self.holder)
-                    .invoke_async::<i64>(&mut conn)
-                    .await;
-                // An error, not Busy: see RedisCache::acquire_lease.
-                tracing::warn!(key = %self.lease_key, "Redis lease not acknowledged by a replica in time; released it");
-                return Err(CacheError::new(
-                    CacheErrorKind::Unavailable,
-                    format!(
-                        "Redis granted the lease {} but no replica acknowledged it in time; released it",
-                        self.lease_key
-                    ),
-                ));
-            }
+        let Some(acks) = s.acks() else {
+            return Ok(LeaseOutcome::Granted);
+        };
+        let acked = conn
+            .wait_replicas(&s.lease_key, acks)
+            .await
+            .map_err(|e| self.call_failed(&e))?;
+        if acked >= acks.replicas {
+            return Ok(LeaseOutcome::Granted);
         }
-        Ok(LeaseOutcome::Granted)
+        // As in RedisCache: a lease only the primary knows is given back.
+        let _ = conn.invoke::<i64>(&s.release_script()).await;
+        Err(s.lease_not_acknowledged(acked))
     }
 
     async fn release_lease(&self) -> Result<(), CacheError> {
         let mut conn = self.connection().await?;
-        self.release
-            .key(&self.lease_key)
-            .arg(&self.holder)
-            .invoke_async::<i64>(&mut conn)
+        conn.invoke::<i64>(&self.shared.release_script())
             .await
-            .map_err(|e| self.failed(&e))?;
+            .map_err(|e| self.call_failed(&e))?;
         self.succeeded();
         Ok(())
     }

@@ -35,8 +35,14 @@ use crate::clock::SystemClock;
 /// * **the lease** is taken from the *last* layer that supports leases: the
 ///   most widely shared one, since a lease on a process-local layer would
 ///   not keep other processes from fetching. When that layer fails (Redis
-///   down), the next one up is tried, so the processes on one machine still
-///   coordinate through the file. The release goes to the layer that granted.
+///   down, or a lease its replicas did not acknowledge), the lease fails
+///   with its error: a lease from a layer above would keep only this
+///   machine's processes apart, and a refresh-token flow holding one could
+///   present the refresh token a process elsewhere is rotating (found by
+///   `tests/fleet_redis_rotation.rs`: a reuse at the authority during a
+///   Redis failover). The machine then does what it does with any lease
+///   error: a refresh-token flow waits and retries, a client-credentials
+///   flow fetches for itself. The release goes to the layer that granted.
 ///
 /// ```
 /// use freshtoken::cache::{CacheStack, MemoryCache, TokenCache};
@@ -208,7 +214,10 @@ impl TokenCache for CacheStack {
                     return Ok(outcome);
                 }
                 Err(e) => {
-                    tracing::warn!(layer = i, error = %e, "cache layer failed to grant a lease; trying the next one up");
+                    // Not the next layer up: see the type's docs.
+                    tracing::warn!(layer = i, error = %e, "the shared cache layer failed to grant a lease");
+                    *leased = None;
+                    return Err(e);
                 }
             }
         }
@@ -470,6 +479,23 @@ mod tests {
                 .kind(),
             CacheErrorKind::Unavailable
         );
+    }
+
+    #[test]
+    fn a_failing_shared_lease_is_not_replaced_by_a_local_one() {
+        let local = MemoryCache::new();
+        let shared = Arc::new(Probe {
+            leases: true,
+            down: true,
+            ..Probe::default()
+        });
+        let stack = CacheStack::new().with(local.clone()).with(shared);
+        let ttl = Duration::from_secs(10);
+        let err = stack.acquire_lease(ttl).unwrap_err();
+        assert_eq!(err.kind(), CacheErrorKind::Unavailable);
+        // The process-local layer was not leased either.
+        assert_eq!(local.acquire_lease(ttl).unwrap(), LeaseOutcome::Granted);
+        stack.release_lease().unwrap();
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! interval), through a [`CacheStack`] of a process-local [`MemoryCache`]
 //! above a cache shared with its siblings (a file, or Redis).
 //!
-//! `rotation_worker <file|redis> <cache location> <token url> <client id> <name>`
+//! `rotation_worker <file|redis|redis-cluster|redis-sentinel> <cache location> <token url> <client id> <name>`
+//!
+//! For `redis-cluster` the location is some nodes' URLs, for
+//! `redis-sentinel` the Sentinels' URLs (service `freshtoken`), each
+//! comma-separated (`tests/fleet_redis_rotation.rs`).
 //!
 //! `name` (say `w3.1`, slot 3, second life) is sent as the `scope` of every
 //! token request, so that the authority's request log tells which process
@@ -68,7 +72,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [kind, location, token_url, client_id, name] = args.as_slice() else {
         eprintln!(
-            "usage: rotation_worker <file|redis> <cache location> <token url> <client id> <name>"
+            "usage: rotation_worker <file|redis|redis-cluster|redis-sentinel> <cache location> <token url> <client id> <name>"
         );
         std::process::exit(2);
     };
@@ -84,6 +88,21 @@ fn main() {
                 .with_command_timeout(Duration::from_millis(500))
                 .with_connect_timeout(Duration::from_millis(500)),
         ),
+        "redis-cluster" | "redis-sentinel" => {
+            let urls: Vec<&str> = location.split(',').collect();
+            let builder = if kind == "redis-cluster" {
+                RedisCache::cluster(&urls, "rotation:token")
+            } else {
+                RedisCache::sentinel(&urls, "freshtoken", "rotation:token")
+            };
+            stack.with(
+                builder
+                    .command_timeout(Duration::from_millis(500))
+                    .connect_timeout(Duration::from_millis(500))
+                    .build()
+                    .expect("cluster or Sentinel URLs"),
+            )
+        }
         other => panic!("unknown cache kind {other}"),
     };
     let source = RefreshTokenSource::builder(token_url.as_str(), client_id.as_str())
