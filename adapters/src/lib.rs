@@ -121,7 +121,12 @@
 // Without a driver feature the crate still offers its sources, caches and
 // handle types, but nothing spawns a refresher.
 #![cfg_attr(
-    not(any(feature = "blocking", feature = "tokio", feature = "async-std", feature = "smol")),
+    not(any(
+        feature = "blocking",
+        feature = "tokio",
+        feature = "async-std",
+        feature = "smol"
+    )),
     allow(dead_code)
 )]
 

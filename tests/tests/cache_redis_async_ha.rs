@@ -8,14 +8,13 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use freshtoken::cache::LeaseOutcome;
 use freshtoken::cache::{AsyncRedisCache, AsyncTokenCache, RedisCache, TokenCache};
 use freshtoken::driver::Builder;
 use freshtoken::oauth2::ClientCredentials;
+use freshtoken::runtime::Tokio;
 use freshtoken::testing::{LocalAuthority, Outcome};
-use freshtoken::{
-    AccessToken, CacheErrorKind, Clock, LeaseOutcome, MachineConfig, RefreshToken, SystemClock,
-    Token,
-};
+use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
 use freshtoken_tests::redis_server::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE};
 
 const SECRET: &str = "TOPSECRET-access-async-ha";
@@ -120,15 +119,13 @@ fn an_async_cluster_cache_round_trips_and_a_fleet_of_async_drivers_shares_it() {
                 .timeout(Duration::from_millis(500))
                 .build()
                 .unwrap();
-            let mut config = MachineConfig::default();
-            config.peer_wait = Duration::from_millis(100);
             fleet.push(
                 Builder::new()
-                    .config(config)
+                    .peer_wait(Duration::from_millis(100))
                     .fetch_timeout(Duration::from_millis(600))
                     .lease_ttl(Duration::from_secs(1))
                     .async_cache(make())
-                    .spawn_tokio(source),
+                    .spawn(Tokio::current().expect("a tokio runtime"), source),
             );
         }
         let started = Instant::now();
