@@ -112,6 +112,7 @@
 //! | `reqwest-middleware` | [`middleware::reqwest::AuthMiddleware`] |
 //! | `ureq-middleware` | [`middleware::ureq::AuthHeader`], [`middleware::ureq::AuthAgent`] |
 //! | `tonic` | [`middleware::tonic::AuthInterceptor`] |
+//! | `metrics` | counters, gauges and a histogram of every driver through the `metrics` facade (any exporter); see [`metrics`] |
 //!
 //! On docs.rs (`--cfg docsrs`, `doc_cfg`), every feature-gated item shows its
 //! feature.
@@ -146,6 +147,8 @@ pub mod handle;
     feature = "smol"
 ))]
 pub mod manager;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(any(
     feature = "tower",
     feature = "reqwest-middleware",
@@ -153,6 +156,11 @@ pub mod manager;
     feature = "tonic"
 ))]
 pub mod middleware;
+// Without the feature the module still gives the drivers their tracing
+// spans and warning hints; its metric parts are no-ops.
+#[cfg(not(feature = "metrics"))]
+#[allow(dead_code, unused_imports)]
+mod metrics;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod policy;

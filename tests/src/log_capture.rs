@@ -19,8 +19,10 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-/// Appends each span (`span` and its fields) and each event (its level,
-/// target and fields) to the string, one per line.
+/// Appends each span (`span`, its name and fields), each later record of
+/// span fields (`record` and the fields) and each event (its level, target
+/// and fields) to the string, one per line.
+#[derive(Clone, Default)]
 pub struct Capture(pub Arc<Mutex<String>>);
 
 impl Capture {
@@ -46,12 +48,14 @@ impl Subscriber for Capture {
     }
     fn new_span(&self, span: &Attributes<'_>) -> Id {
         let mut out = self.out();
-        out.push_str("\nspan");
+        let _ = write!(out, "\nspan {}", span.metadata().name());
         span.record(&mut Fields(&mut out));
         Id::from_u64(1)
     }
     fn record(&self, _: &Id, values: &Record<'_>) {
-        values.record(&mut Fields(&mut self.out()));
+        let mut out = self.out();
+        out.push_str("\nrecord");
+        values.record(&mut Fields(&mut out));
     }
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, event: &Event<'_>) {

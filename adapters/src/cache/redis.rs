@@ -1189,6 +1189,10 @@ impl fmt::Debug for RedisCache {
 }
 
 impl TokenCache for RedisCache {
+    fn metrics_label(&self) -> &'static str {
+        "redis"
+    }
+
     fn load(&self) -> Result<Option<Token>, CacheError> {
         let read = self.shared.read_cmd();
         let bytes: Vec<u8> = self.run(|c| read.query(c.as_dyn()))?;

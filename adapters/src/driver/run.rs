@@ -242,7 +242,7 @@ mod sealed {
     pub trait CacheKind: Send + 'static {
         /// The cache runner for the run loop, and a blocking cache for
         /// nothing (the refresher's own `NoCache` when there is none).
-        fn into_runner<R: Runtime>(self) -> (Box<dyn CacheRunner<R>>, bool);
+        fn into_runner<R: Runtime>(self, name: &Arc<str>) -> (Box<dyn CacheRunner<R>>, bool);
     }
 
     impl<S: TokenSource> SourceKind for S {
@@ -260,18 +260,21 @@ mod sealed {
     }
 
     impl CacheKind for SyncCache {
-        fn into_runner<R: Runtime>(self) -> (Box<dyn CacheRunner<R>>, bool) {
+        fn into_runner<R: Runtime>(self, name: &Arc<str>) -> (Box<dyn CacheRunner<R>>, bool) {
             let shared = self.0.is_some();
-            let cache = self
-                .0
-                .unwrap_or_else(|| Arc::new(super::super::refresher::NoCache));
+            // Each call counted (a no-op without the `metrics` feature).
+            let cache = match self.0 {
+                Some(cache) => crate::metrics::meter_cache(cache, name),
+                None => Arc::new(super::super::refresher::NoCache),
+            };
             (Box::new(CacheOnPool(cache)), shared)
         }
     }
 
     impl<C: AsyncTokenCache> CacheKind for AsyncCache<C> {
-        fn into_runner<R: Runtime>(self) -> (Box<dyn CacheRunner<R>>, bool) {
-            (Box::new(CacheInTask(self.0)), true)
+        fn into_runner<R: Runtime>(self, name: &Arc<str>) -> (Box<dyn CacheRunner<R>>, bool) {
+            let cache = crate::metrics::meter_async(self.0, name);
+            (Box::new(CacheInTask(cache)), true)
         }
     }
 }
@@ -350,7 +353,7 @@ impl<C: Caches> Builder<C> {
     /// ```
     pub fn spawn<R: Runtime>(self, runtime: R, source: impl Source) -> (TokenHandle, DriverHandle) {
         let (fetcher, initial) = source.into_fetcher::<R>();
-        let (caches, shared) = self.caches.into_runner::<R>();
+        let (caches, shared) = self.caches.into_runner::<R>(&self.settings.name);
         let settings: Settings = self.settings;
         let (refresher, handle, control) = settings.build(shared, initial);
         spawn(runtime, refresher, fetcher, caches);
