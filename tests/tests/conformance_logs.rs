@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshtoken::driver::Builder;
+use freshtoken::handle::RefreshState;
 use freshtoken::policy::{Backoff, Jitter};
 use freshtoken::source::FnSource;
 use freshtoken::source::{FetchRequest, TokenResponse};
@@ -53,11 +54,15 @@ fn drivers_never_log_a_secret() {
     // A refresh that fails, then one that succeeds.
     clock.advance(Duration::from_secs(31));
     driver.wake();
-    while calls.load(Ordering::SeqCst) < 2 {
+    // Until the driver has taken in the failure (not only made the call):
+    // a clock moved before the retry is scheduled would leave it in the
+    // future for ever.
+    while !matches!(tokens.status(), RefreshState::Retrying { .. }) {
         tokens
             .wait_changed(Duration::from_millis(20))
             .expect("running");
     }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
     clock.advance(Duration::from_secs(5));
     driver.wake();
     while calls.load(Ordering::SeqCst) < 3 {
