@@ -85,6 +85,8 @@ pub mod middleware;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod source;
+// The poison-tolerant lock shared by the caches, the manager and the sources.
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 

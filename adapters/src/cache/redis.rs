@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Token};
@@ -687,7 +687,7 @@ impl RedisCache {
     }
 
     fn state(&self) -> MutexGuard<'_, ConnState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// The replica acknowledgement to wait for, its timeout kept below the
@@ -733,11 +733,7 @@ impl RedisCache {
             #[cfg(feature = "redis-sentinel")]
             Backend::Sentinel(sentinel) => {
                 // Asks the Sentinels for the primary and checks its role.
-                let client = sentinel
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get_client()
-                    .map_err(io)?;
+                let client = crate::sync::lock(sentinel).get_client().map_err(io)?;
                 if let redis::ConnectionAddr::Tcp(host, _) = client.get_connection_info().addr() {
                     if !self.allow_plain_text && !is_loopback(host) {
                         return Err(plain_text_refused(host));
@@ -1061,9 +1057,8 @@ pub(super) fn unreadable(e: &Undecoded) -> Option<String> {
     }
 }
 
-pub(super) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+/// Whole milliseconds, saturating (the core's conversion).
+pub(super) use freshtoken_core::time::duration_millis as millis;
 
 pub(super) fn is_server_answer(e: &redis::RedisError) -> bool {
     matches!(e.kind(), redis::ErrorKind::Server(_)) || e.code().is_some()

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Token};
@@ -161,11 +161,7 @@ impl AsyncRedisCache {
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, CacheError> {
-        let existing = self
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let existing = crate::sync::lock(&self.conn).clone();
         if let Some(conn) = existing {
             return Ok(conn);
         }
@@ -177,7 +173,7 @@ impl AsyncRedisCache {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| self.failed(&e))?;
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        *crate::sync::lock(&self.conn) = Some(conn.clone());
         Ok(conn)
     }
 
@@ -185,10 +181,7 @@ impl AsyncRedisCache {
     /// first failure of an outage.
     fn failed(&self, e: &redis::RedisError) -> CacheError {
         if !is_server_answer(e) {
-            self.conn
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
+            crate::sync::lock(&self.conn).take();
         }
         let error = to_cache_error(e);
         if error.kind() == CacheErrorKind::Unavailable && !self.down.swap(true, Ordering::Relaxed) {

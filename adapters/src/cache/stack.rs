@@ -1,7 +1,7 @@
 //! Several caches as one: the fast and local first, the shared last.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Timestamp, Token};
@@ -102,10 +102,7 @@ impl fmt::Debug for CacheStack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheStack")
             .field("layers", &self.layers.len())
-            .field(
-                "leased",
-                &*self.leased.lock().unwrap_or_else(PoisonError::into_inner),
-            )
+            .field("leased", &*crate::sync::lock(&self.leased))
             .finish()
     }
 }
@@ -199,7 +196,7 @@ impl TokenCache for CacheStack {
     }
 
     fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
-        let mut leased = self.leased.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut leased = crate::sync::lock(&self.leased);
         for (i, layer) in self.layers.iter().enumerate().rev() {
             match layer.acquire_lease(ttl) {
                 Ok(LeaseOutcome::Unsupported) => continue,
@@ -217,11 +214,7 @@ impl TokenCache for CacheStack {
     }
 
     fn release_lease(&self) -> Result<(), CacheError> {
-        let leased = self
-            .leased
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let leased = crate::sync::lock(&self.leased).take();
         match leased.and_then(|i| self.layers.get(i)) {
             Some(layer) => layer.release_lease(),
             None => Ok(()),
