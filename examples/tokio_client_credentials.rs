@@ -22,9 +22,17 @@ use std::time::{Duration, Instant};
 use freshtoken::driver::Builder;
 use support::{Options, Reads};
 
+/// A tokio service with client-credentials tokens kept fresh in the background.
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+}
+
 #[tokio::main]
 async fn main() {
-    let options = Options::parse(&[], &[]);
+    let Cli { options } = support::cli();
     let authority = options.authority();
     let cache = options.cache_dir();
     let (tokens, driver) = Builder::new()
@@ -53,6 +61,7 @@ async fn main() {
     }
 
     Reads::summary(&readers, &tokens, &authority);
+    cache.report();
     driver.shutdown().await;
     println!("{} driver stopped", support::at(start));
 }
