@@ -156,6 +156,12 @@ impl Args {
     }
 }
 
+/// A wall-clock instant in RFC 3339 (UTC, to the second).
+fn rfc3339(t: freshtoken::Timestamp) -> String {
+    let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(t.as_millis());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// `RUST_LOG` on stderr, else errors only.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -234,7 +240,7 @@ fn run(source: impl TokenSource, seconds: u64, first_timeout: u64, label: &str) 
     println!(
         "{label}: token {} expires at {}",
         first.id(),
-        first.expires_at()
+        rfc3339(first.expires_at())
     );
     drop(first);
     let until = Instant::now() + Duration::from_secs(seconds);

@@ -226,6 +226,7 @@ fn run() -> Result<(), String> {
     let mut gaps = Gaps::default();
     gaps.saw(&shown);
     let mut max_attempt = 0;
+    let mut cache_said: Option<String> = None;
     let mut out = Screen::new(live);
     while started.elapsed() < Duration::from_secs(o.seconds) {
         let snap = tokens.snapshot();
@@ -243,6 +244,16 @@ fn run() -> Result<(), String> {
                 started.elapsed().as_secs_f64()
             ));
         }
+        // A cache that stops taking tokens: said once, when it starts.
+        let cache_error = cache_watch.last_error().map(|e| e.to_string());
+        if cache_error.is_some() && cache_error != cache_said {
+            out.event(&format!(
+                "{:>5.1}s  the cache could not store the token: {}",
+                started.elapsed().as_secs_f64(),
+                cache_error.as_deref().unwrap_or_default()
+            ));
+        }
+        cache_said = cache_error;
         if let RefreshState::Retrying { attempt, .. } = snap.state {
             max_attempt = max_attempt.max(attempt);
         }
