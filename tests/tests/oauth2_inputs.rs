@@ -9,7 +9,8 @@
 //! * `UreqTransport` through an explicit CONNECT proxy (a small one run
 //!   here, which records what it is asked for) to an https authority with
 //!   a private CA (a rustls server run here, certificates made with the
-//!   `openssl` command), and the same without the CA, which must fail.
+//!   `openssl` command), and the same without the CA and with the platform
+//!   verifier (the system's store), which must both fail.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -379,6 +380,24 @@ fn through_an_explicit_proxy_to_an_authority_with_a_private_ca() {
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
     assert_eq!(seen.lock().unwrap().len(), 2);
 
+    // With the platform verifier (the system's trust store, which does not
+    // hold this test CA): refused too, as a TLS error, not a panic.
+    let transport = UreqTransport::new()
+        .timeout(Duration::from_secs(10))
+        .proxy(&proxy_url)
+        .unwrap()
+        .platform_verifier();
+    assert!(format!("{transport:?}").contains("platform verifier"));
+    let e = ClientCredentials::builder(&url, "app", "s3cret-9")
+        .transport(transport)
+        .build()
+        .unwrap()
+        .fetch(&FetchRequest::first())
+        .unwrap_err();
+    assert_eq!(e.kind(), FetchErrorKind::Transient);
+    assert!(e.to_string().contains("certificate"), "{e}");
+    assert_eq!(seen.lock().unwrap().len(), 3);
+
     // Directly (no proxy): the name does not resolve.
     let e = ClientCredentials::builder(&url, "app", "s3cret-9")
         .transport(
@@ -391,7 +410,7 @@ fn through_an_explicit_proxy_to_an_authority_with_a_private_ca() {
         .fetch(&FetchRequest::first())
         .unwrap_err();
     assert_eq!(e.kind(), FetchErrorKind::Transient, "{e}");
-    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 3);
 }
 
 #[test]
