@@ -38,6 +38,9 @@ use freshtoken::oauth2::{
 use freshtoken::source::TokenSource;
 use freshtoken::TokenHandle;
 
+#[path = "support/mod.rs"]
+mod support;
+
 fn usage(why: &str) -> ! {
     eprintln!("enterprise_credentials: {why} (see the file's docs for the options)");
     exit(2)
@@ -121,8 +124,7 @@ const METHODS: [&str; 6] = [
 
 impl Args {
     fn parse() -> Args {
-        init_tracing();
-        <Args as clap::Parser>::parse()
+        support::cli()
     }
 
     fn get(&self, name: &str) -> Option<&str> {
@@ -160,16 +162,6 @@ impl Args {
 fn rfc3339(t: freshtoken::Timestamp) -> String {
     let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(t.as_millis());
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// `RUST_LOG` on stderr, else errors only.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn secret(var: &str) -> String {

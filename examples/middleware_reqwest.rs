@@ -16,10 +16,7 @@ use freshtoken::middleware::reqwest::AuthMiddleware;
 
 #[tokio::main]
 async fn main() {
-    let api_support::NoFlags {} = api_support::cli();
-    let authority = api_support::authority();
-    let api = api_support::Api::start(authority.clone()).await;
-    let source = api_support::source(&authority);
+    let (authority, api, source) = api_support::setup(false).await;
     let (tokens, driver) = Builder::new().spawn_tokio(source);
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(tokens.clone()))

@@ -71,10 +71,7 @@ async fn place(client: &Client) -> Result<Bytes, Status> {
 
 #[tokio::main]
 async fn main() {
-    let api_support::NoFlags {} = api_support::cli();
-    let authority = api_support::authority();
-    let api = api_support::Api::start_grpc(authority.clone()).await;
-    let source = api_support::source(&authority);
+    let (authority, api, source) = api_support::setup(true).await;
     let (tokens, driver) = Builder::new().spawn_tokio(source);
     // The interceptor does not wait (it is synchronous): wait for the
     // first token at start-up.

@@ -20,10 +20,7 @@ use tower::{Layer, Service, ServiceExt};
 
 #[tokio::main]
 async fn main() {
-    let api_support::NoFlags {} = api_support::cli();
-    let authority = api_support::authority();
-    let api = api_support::Api::start(authority.clone()).await;
-    let source = api_support::source(&authority);
+    let (authority, api, source) = api_support::setup(false).await;
     let (tokens, driver) = Builder::new().spawn_tokio(source);
 
     // The client: hyper-util's, wrapped in the layer.

@@ -143,6 +143,16 @@ impl Api {
     }
 }
 
+/// What every async middleware example starts with: the command line and
+/// log, the authority, the API (HTTP/1, or gRPC when `grpc`) and the source.
+pub async fn setup(grpc: bool) -> (Arc<LocalAuthority>, Api, ClientCredentials) {
+    let NoFlags {} = cli();
+    let authority = authority();
+    let api = Api::serve(authority.clone(), grpc).await;
+    let source = source(&authority);
+    (authority, api, source)
+}
+
 /// Exits with 1 unless [`Api::report`] said all went as expected.
 pub fn exit_unless(expected: bool) {
     if !expected {
