@@ -293,7 +293,7 @@ fn run() -> Result<(), String> {
         without.as_secs_f64(),
         match gaps.longest(end) {
             Some((expired, back)) => format!(
-                " (longest from {} to {}: the outage outlasted the token)",
+                "\n    (longest from {}\n     to {}: the outage outlasted the token)",
                 rfc3339_millis(expired),
                 back.map_or("the end of the run".to_owned(), rfc3339_millis)
             ),
