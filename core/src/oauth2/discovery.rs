@@ -491,6 +491,17 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_document_says_empty_body() {
+        let e = parse_metadata(b"", ISS, CAP).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the metadata document is not a JSON object; empty body"
+        );
+        let e = parse_metadata(b"<html>", ISS, CAP).unwrap_err();
+        assert!(e.to_string().ends_with("; it starts with: <html>"), "{e}");
+    }
+
+    #[test]
     fn hostile_documents_are_typed_errors() {
         use DiscoveryError as E;
         let cases: Vec<(Vec<u8>, E)> = vec![
