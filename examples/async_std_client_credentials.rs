@@ -26,9 +26,20 @@ use freshtoken::driver::Builder;
 use freshtoken::runtime::AsyncStd;
 use support::{Options, Reads};
 
+/// An async-std (or smol) service with client-credentials tokens kept fresh in the background.
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+    /// Run under smol instead of async-std
+    #[arg(long)]
+    smol: bool,
+}
+
 fn main() {
-    let options = Options::parse(&["--smol"], &[]);
-    let executor = match options.switch("--smol") {
+    let Cli { options, smol } = support::cli();
+    let executor = match smol {
         true => Executor::Smol,
         false => Executor::AsyncStd,
     };
@@ -65,6 +76,7 @@ async fn run(executor: Executor, options: Options) {
     }
 
     Reads::summary(&readers, &tokens, &authority);
+    cache.report();
     driver.shutdown().await;
     println!("{} driver stopped", support::at(start));
 }

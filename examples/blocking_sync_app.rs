@@ -21,8 +21,16 @@ use std::time::{Duration, Instant};
 use freshtoken::driver::Builder;
 use support::{Options, Reads};
 
+/// A synchronous program with client-credentials tokens kept fresh by the blocking driver.
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+}
+
 fn main() {
-    let options = Options::parse(&[], &[]);
+    let Cli { options } = support::cli();
     let authority = options.authority();
     let cache = options.cache_dir();
     let (tokens, driver) = Builder::new()
@@ -54,6 +62,7 @@ fn main() {
     });
 
     Reads::summary(&readers, &tokens, &authority);
+    cache.report();
     driver.shutdown_blocking();
     println!("{} driver stopped", support::at(start));
 }

@@ -17,14 +17,15 @@
 //!   token_exchange     --subject-client-id ID, its secret in FRESHTOKEN_SUBJECT_SECRET,
 //!                      --exchange-audience AUD               (RFC 8693)
 //! Common: --scope S, --resource URL, --seconds N (default 3), --ca PEM (a private CA),
-//!         --first-token-timeout N (default 10: how long to wait for the first token)
+//!         --proxy URL, --first-token-timeout N (default 10: how long to wait for the
+//!         first token); `--help` lists them all
+//! RUST_LOG (`RUST_LOG=freshtoken=debug`) shows the driver's log on stderr.
 //! ```
 //!
 //! Exit codes: 0 done, 1 the authority, key or credential is wrong (with a
 //! message saying which), 2 a bad command line. CI runs every method
 //! against oidc-provider (`.ci/examples-enterprise`).
 
-use std::collections::HashMap;
 use std::process::exit;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ use freshtoken::oauth2::{
 use freshtoken::source::TokenSource;
 use freshtoken::TokenHandle;
 
+#[path = "support/mod.rs"]
+mod support;
+
 fn usage(why: &str) -> ! {
     eprintln!("enterprise_credentials: {why} (see the file's docs for the options)");
     exit(2)
@@ -47,32 +51,117 @@ fn fail(why: &str) -> ! {
     exit(1)
 }
 
-struct Args(HashMap<String, String>);
+/// Tokens with enterprise credentials: each client authentication method
+/// and grant, the token endpoint discovered from the issuer.
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
+struct Args {
+    /// The issuer whose metadata names the token endpoint
+    #[arg(long, value_name = "URL")]
+    issuer: String,
+    /// The client id
+    #[arg(long, value_name = "ID")]
+    client_id: String,
+    /// The client authentication method or grant
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(METHODS))]
+    method: String,
+    /// private_key_jwt, jwt_bearer: the signing key (PEM or JWK file)
+    #[arg(long, value_name = "FILE")]
+    key: Option<String>,
+    /// The key's algorithm (for a PEM key)
+    #[arg(long, default_value = "RS256", value_name = "RS256|PS256|ES256")]
+    alg: String,
+    /// private_key_jwt: `issuer` puts the issuer in the assertion's aud
+    /// instead of the token endpoint
+    #[arg(long, value_name = "issuer")]
+    audience: Option<String>,
+    /// assertion_file: the federated token another system rotates
+    #[arg(long, value_name = "PATH")]
+    assertion_file: Option<String>,
+    /// mtls: the client certificate (PEM)
+    #[arg(long, value_name = "PEM")]
+    cert: Option<String>,
+    /// mtls: the client certificate's key (PEM)
+    #[arg(long, value_name = "PEM")]
+    cert_key: Option<String>,
+    /// jwt_bearer: the assertion's iss
+    #[arg(long, value_name = "ISS")]
+    assertion_issuer: Option<String>,
+    /// token_exchange: the subject's client id (its secret in FRESHTOKEN_SUBJECT_SECRET)
+    #[arg(long, value_name = "ID")]
+    subject_client_id: Option<String>,
+    /// token_exchange: the audience asked for
+    #[arg(long, value_name = "AUD")]
+    exchange_audience: Option<String>,
+    /// The scope parameter
+    #[arg(long)]
+    scope: Option<String>,
+    /// An RFC 8707 resource indicator
+    #[arg(long, value_name = "URL")]
+    resource: Option<String>,
+    /// Trust this CA (PEM) instead of the Mozilla roots
+    #[arg(long, value_name = "PEM")]
+    ca: Option<String>,
+    /// Send every request through this proxy (http://host:port)
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
+    /// How long to keep the token fresh, in seconds
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    seconds: u64,
+    /// How long to wait for the first token, in seconds
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    first_token_timeout: u64,
+}
+
+const METHODS: [&str; 6] = [
+    "private_key_jwt",
+    "client_secret_jwt",
+    "assertion_file",
+    "mtls",
+    "jwt_bearer",
+    "token_exchange",
+];
 
 impl Args {
     fn parse() -> Args {
-        let mut map = HashMap::new();
-        let mut args = std::env::args().skip(1);
-        while let Some(name) = args.next() {
-            let Some(name) = name.strip_prefix("--") else {
-                usage(&format!("unexpected argument {name}"))
-            };
-            let value = args
-                .next()
-                .unwrap_or_else(|| usage(&format!("--{name} needs a value")));
-            map.insert(name.to_owned(), value);
-        }
-        Args(map)
+        support::cli()
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        let value = match name {
+            "method" => return Some(&self.method),
+            "alg" => return Some(&self.alg),
+            "key" => &self.key,
+            "audience" => &self.audience,
+            "assertion-file" => &self.assertion_file,
+            "cert" => &self.cert,
+            "cert-key" => &self.cert_key,
+            "assertion-issuer" => &self.assertion_issuer,
+            "subject-client-id" => &self.subject_client_id,
+            "exchange-audience" => &self.exchange_audience,
+            "scope" => &self.scope,
+            "resource" => &self.resource,
+            "ca" => &self.ca,
+            "proxy" => &self.proxy,
+            _ => &None,
+        };
+        value.as_deref()
     }
 
     fn need(&self, name: &str) -> &str {
-        self.get(name)
-            .unwrap_or_else(|| usage(&format!("--{name} is required here")))
+        self.get(name).unwrap_or_else(|| {
+            usage(&format!(
+                "--{name} is required with --method {}",
+                self.method
+            ))
+        })
     }
+}
+
+/// A wall-clock instant in RFC 3339 (UTC, to the second).
+fn rfc3339(t: freshtoken::Timestamp) -> String {
+    let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(t.as_millis());
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn secret(var: &str) -> String {
@@ -95,6 +184,9 @@ fn key(args: &Args) -> SigningKey {
 
 fn transport(args: &Args) -> UreqTransport {
     let mut t = UreqTransport::new();
+    if let Some(proxy) = args.get("proxy") {
+        t = t.proxy(proxy).unwrap_or_else(|e| usage(&e.to_string()));
+    }
     if let Some(ca) = args.get("ca") {
         let pem = std::fs::read(ca).unwrap_or_else(|e| fail(&format!("cannot read {ca}: {e}")));
         t = t
@@ -140,7 +232,7 @@ fn run(source: impl TokenSource, seconds: u64, first_timeout: u64, label: &str) 
     println!(
         "{label}: token {} expires at {}",
         first.id(),
-        first.expires_at()
+        rfc3339(first.expires_at())
     );
     drop(first);
     let until = Instant::now() + Duration::from_secs(seconds);
@@ -180,20 +272,10 @@ fn subject_handle(args: &Args, discovery: &Discovery) -> (TokenHandle, DriverHan
 
 fn main() {
     let args = Args::parse();
-    let issuer = args.need("issuer");
-    let client_id = args.need("client-id");
-    let method = args.need("method");
-    let seconds = args
-        .get("seconds")
-        .map(|s| s.parse().unwrap_or_else(|_| usage("--seconds is a number")))
-        .unwrap_or(3);
-    let first_timeout = args
-        .get("first-token-timeout")
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|_| usage("--first-token-timeout is a number"))
-        })
-        .unwrap_or(10);
+    let issuer = args.issuer.as_str();
+    let client_id = args.client_id.as_str();
+    let method = args.method.as_str();
+    let (seconds, first_timeout) = (args.seconds, args.first_token_timeout);
 
     let discovery = Discovery::with_transport(issuer, transport(&args))
         .unwrap_or_else(|e| fail(&e.to_string()));

@@ -1,5 +1,6 @@
 //! What an idle refresher costs: holds one blocking driver with hourly
-//! tokens for a while (60 s by default; pass seconds as the first argument)
+//! tokens for a while (60 s by default; pass seconds as the first argument;
+//! it says how long when it starts)
 //! and reports the process's resident memory and CPU time, and the driver
 //! thread's CPU time and number of times it ran.
 //!
@@ -15,11 +16,22 @@ use std::time::{Duration, Instant};
 use freshtoken::driver::Builder;
 use freshtoken::source::ConstTokenSource;
 
+#[path = "support/mod.rs"]
+mod support;
+
+/// What an idle refresher costs: one blocking driver with hourly tokens,
+/// its memory and CPU time measured from /proc (Linux).
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    /// How long to hold the idle driver, in seconds
+    #[arg(default_value_t = 60, value_name = "SECONDS")]
+    seconds: u64,
+}
+
 fn main() {
-    let secs: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let Cli { seconds: secs } = support::cli();
+    println!("holding one idle blocking driver for {secs} s, then reporting what it cost...");
 
     let (tokens, driver) = Builder::new()
         .thread_name("freshtoken")

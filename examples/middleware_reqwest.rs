@@ -17,25 +17,14 @@ use freshtoken::runtime::Tokio;
 
 #[tokio::main]
 async fn main() {
-    let authority = api_support::authority();
-    let api = api_support::Api::start(authority.clone()).await;
-    let source = match authority.client_credentials("example-service").build() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (authority, api, source) = api_support::setup(false).await;
     let (tokens, driver) = Builder::new().spawn(Tokio::current().expect("a tokio runtime"), source);
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(tokens.clone()))
         .build();
 
-    for round in 1..=4 {
-        if round == 3 {
-            let n = authority.revoke_access_tokens();
-            println!("the API revoked {n} token(s)");
-        }
+    for round in 1..=api_support::ROUNDS {
+        api_support::before_round(round, &authority);
         match client
             .post(api.url("/orders"))
             .body(api_support::payload())
@@ -43,20 +32,10 @@ async fn main() {
             .await
         {
             Ok(r) => println!("request {round}: {}", r.status()),
-            Err(e) => {
-                eprintln!("error: request {round} failed: {e}");
-                std::process::exit(1);
-            }
+            Err(e) => api_support::die(&format!("request {round} failed: {e}")),
         }
     }
-    let (accepted, rejected) = api.counts();
-    println!(
-        "the API accepted {accepted} and rejected {rejected} request(s); the authority issued {} token(s)",
-        authority.issued_count()
-    );
+    let expected = api.report(&authority, "request");
     driver.shutdown().await;
-    if (accepted, rejected) != (4, 1) {
-        eprintln!("error: expected 4 accepted and 1 rejected (replayed once)");
-        std::process::exit(1);
-    }
+    api_support::exit_unless(expected);
 }

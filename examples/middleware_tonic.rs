@@ -72,59 +72,31 @@ async fn place(client: &Client) -> Result<Bytes, Status> {
 
 #[tokio::main]
 async fn main() {
-    let authority = api_support::authority();
-    let api = api_support::start_grpc(authority.clone()).await;
-    let source = match authority.client_credentials("example-service").build() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (authority, api, source) = api_support::setup(true).await;
     let (tokens, driver) = Builder::new().spawn(Tokio::current().expect("a tokio runtime"), source);
     // The interceptor does not wait (it is synchronous): wait for the
     // first token at start-up.
     if let Err(e) = tokens.ready().await {
-        eprintln!("error: no token: {e}");
-        std::process::exit(1);
+        api_support::die(&format!("no token: {e}"));
     }
     let channel = match Channel::from_shared(api.url("")) {
         Ok(endpoint) => match endpoint.connect().await {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: cannot connect to the API: {e}");
-                std::process::exit(1);
-            }
+            Err(e) => api_support::die(&format!("cannot connect to the API: {e}")),
         },
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => api_support::die(&e.to_string()),
     };
     let auth = AuthInterceptor::new(tokens.clone());
     let client = tonic::client::Grpc::new(InterceptedService::new(channel, auth.clone()));
 
-    for round in 1..=4 {
-        if round == 3 {
-            let n = authority.revoke_access_tokens();
-            println!("the API revoked {n} token(s)");
-        }
+    for round in 1..=api_support::ROUNDS {
+        api_support::before_round(round, &authority);
         match auth.call_with_replay(|| place(&client)).await {
             Ok(reply) => println!("call {round}: OK ({} bytes)", reply.len()),
-            Err(e) => {
-                eprintln!("error: call {round} failed: {}", e.message());
-                std::process::exit(1);
-            }
+            Err(e) => api_support::die(&format!("call {round} failed: {}", e.message())),
         }
     }
-    let (accepted, rejected) = api.counts();
-    println!(
-        "the API accepted {accepted} and rejected {rejected} call(s); the authority issued {} token(s)",
-        authority.issued_count()
-    );
+    let expected = api.report(&authority, "call");
     driver.shutdown().await;
-    if (accepted, rejected) != (4, 1) {
-        eprintln!("error: expected 4 accepted and 1 rejected (replayed once)");
-        std::process::exit(1);
-    }
+    api_support::exit_unless(expected);
 }

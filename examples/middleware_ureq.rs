@@ -17,6 +17,7 @@ use freshtoken::driver::Builder;
 use freshtoken::middleware::ureq::AuthAgent;
 
 fn main() {
+    let api_support::NoFlags {} = api_support::cli();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -24,47 +25,25 @@ fn main() {
         .expect("a runtime for the example API");
     let authority = api_support::authority();
     let api = runtime.block_on(api_support::Api::start(authority.clone()));
-    let source = match authority.client_credentials("example-service").build() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
+    let source = api_support::source(&authority);
     let (tokens, driver) = match Builder::new().spawn_thread(source) {
         Ok(pair) => pair,
-        Err(e) => {
-            eprintln!("error: the refresher thread could not start: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => api_support::die(&format!("the refresher thread could not start: {e}")),
     };
     let client = AuthAgent::new(
         tokens.clone(),
         ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))),
     );
     let url = api.url("/orders");
-    for round in 1..=4 {
-        if round == 3 {
-            let n = authority.revoke_access_tokens();
-            println!("the API revoked {n} token(s)");
-        }
+    for round in 1..=api_support::ROUNDS {
+        api_support::before_round(round, &authority);
         match client.run(|agent| agent.post(&url).send("{\"order\":42}")) {
             Ok(r) => println!("request {round}: {}", r.status()),
-            Err(e) => {
-                eprintln!("error: request {round} failed: {e}");
-                std::process::exit(1);
-            }
+            Err(e) => api_support::die(&format!("request {round} failed: {e}")),
         }
     }
-    let (accepted, rejected) = api.counts();
-    println!(
-        "the API accepted {accepted} and rejected {rejected} request(s); the authority issued {} token(s)",
-        authority.issued_count()
-    );
+    let expected = api.report(&authority, "request");
     drop(client);
     driver.shutdown_blocking();
-    if (accepted, rejected) != (4, 1) {
-        eprintln!("error: expected 4 accepted and 1 rejected (replayed once)");
-        std::process::exit(1);
-    }
+    api_support::exit_unless(expected);
 }

@@ -24,26 +24,39 @@
 //!     --seconds 120
 //! ```
 //!
-//! Flags: `--token-url`, `--client-id`, `--client-secret-env VAR` (default
-//! `FRESHTOKEN_CLIENT_SECRET`), `--audience`, `--scope`, `--cache-file`,
-//! `--seconds` (default 40), and for the local authority `--lifetime`
-//! (default 10) and `--outage` (length in seconds, default 15; 0 for none).
+//! `--help` lists the flags and their defaults: `--token-url`,
+//! `--client-id`, `--client-secret-env VAR` (default
+//! `FRESHTOKEN_CLIENT_SECRET`), `--auth post|basic` (how the secret is sent;
+//! default basic), `--audience`, `--scope`, `--cache-file`, `--seconds`
+//! (default 40), and for the local authority `--lifetime` (default 10) and
+//! `--outage` (length in seconds, default 15; 0 for none). `RUST_LOG`
+//! (`RUST_LOG=freshtoken=debug`) shows the driver's log on stderr.
+//!
+//! The live line is cut to the terminal's width (measured, else `COLUMNS`,
+//! else 80) and redrawn in place; a legend explains its columns. Without a
+//! terminal (a pipe, CI) it prints one line per second instead.
+//!
 //! It exits with a message and a non-zero status when no first token can be
 //! had (authority unreachable, wrong secret) or the cache folder is not
-//! writable; it never prints a secret.
+//! writable; it never prints a secret. A cache that stops being writable
+//! later shows in the live line and the summary (`cache NOT WRITTEN`).
+
+#[path = "support/mod.rs"]
+mod support;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use freshtoken::cache::FileCache;
 use freshtoken::driver::Builder;
 use freshtoken::handle::{RefreshState, Snapshot};
-use freshtoken::oauth2::ClientCredentials;
+use freshtoken::oauth2::{ClientAuth, ClientCredentials};
 use freshtoken::policy::Backoff;
 use freshtoken::testing::{Fault, FaultWindow, LocalAuthority};
 use freshtoken::{Clock, FetchErrorKind, SystemClock, TokenHandle, TokenStatus};
+use support::{CacheWatch, Watched};
 
 fn main() -> ExitCode {
     match run() {
@@ -55,60 +68,59 @@ fn main() -> ExitCode {
     }
 }
 
+/// How the client secret is sent to the token endpoint.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Auth {
+    /// HTTP Basic (client_secret_basic)
+    Basic,
+    /// In the form body (client_secret_post)
+    Post,
+}
+
+/// The first five minutes with freshtoken: a refresher, a file cache and a
+/// live status line, against a local authority (with an outage) or yours.
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
 struct Options {
+    /// Use this token endpoint instead of starting a local authority
+    #[arg(long, value_name = "URL")]
     token_url: Option<String>,
+    /// The client id
+    #[arg(long, default_value = "quickstart", value_name = "ID")]
     client_id: String,
+    /// The environment variable that holds the client secret (with a local
+    /// authority, a secret set there replaces the right one: to try a wrong one)
+    #[arg(
+        long = "client-secret-env",
+        default_value = "FRESHTOKEN_CLIENT_SECRET",
+        value_name = "VAR"
+    )]
     secret_env: String,
+    /// How the client secret is sent
+    #[arg(long, value_enum, default_value_t = Auth::Basic)]
+    auth: Auth,
+    /// The `audience` parameter, for authorities that want one (Auth0, Okta)
+    #[arg(long)]
     audience: Option<String>,
+    /// The `scope` parameter
+    #[arg(long)]
     scope: Option<String>,
+    /// The token cache file [default: token.json in a new temporary folder]
+    #[arg(long, value_name = "PATH")]
     cache_file: Option<PathBuf>,
+    /// How long to run, in seconds
+    #[arg(long, default_value_t = 40, value_name = "N")]
     seconds: u64,
+    /// Local authority only: the tokens' lifetime in seconds (at least 2)
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
     lifetime: u64,
+    /// Local authority only: how long it is down, from halfway through, in seconds (0: never)
+    #[arg(long, default_value_t = 15, value_name = "N")]
     outage: u64,
 }
 
-fn options() -> Result<Options, String> {
-    let mut o = Options {
-        token_url: None,
-        client_id: "quickstart".into(),
-        secret_env: "FRESHTOKEN_CLIENT_SECRET".into(),
-        audience: None,
-        scope: None,
-        cache_file: None,
-        seconds: 40,
-        lifetime: 10,
-        outage: 15,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("see the top of examples/quickstart.rs for the flags");
-            std::process::exit(0);
-        }
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{flag}: not a number: {value}"))
-        };
-        match flag.as_str() {
-            "--token-url" => o.token_url = Some(value.clone()),
-            "--client-id" => o.client_id = value.clone(),
-            "--client-secret-env" => o.secret_env = value.clone(),
-            "--audience" => o.audience = Some(value.clone()),
-            "--scope" => o.scope = Some(value.clone()),
-            "--cache-file" => o.cache_file = Some(PathBuf::from(&value)),
-            "--seconds" => o.seconds = number()?,
-            "--lifetime" => o.lifetime = number()?.max(2),
-            "--outage" => o.outage = number()?,
-            _ => return Err(format!("unknown flag {flag} (see --help)")),
-        }
-    }
-    Ok(o)
-}
-
 fn run() -> Result<(), String> {
-    let o = options()?;
+    let o: Options = support::cli();
     let secret_from_env = std::env::var(&o.secret_env).ok();
 
     // The authority: a real one, or a local one with short tokens.
@@ -142,6 +154,10 @@ fn run() -> Result<(), String> {
         }
         (None, None) => unreachable!("no token URL means a local authority"),
     };
+    source = source.client_auth(match o.auth {
+        Auth::Basic => ClientAuth::Basic,
+        Auth::Post => ClientAuth::Post,
+    });
     if let Some(a) = &o.audience {
         source = source.audience(a.clone());
     }
@@ -162,9 +178,10 @@ fn run() -> Result<(), String> {
         .unwrap_or_else(|| tmp.path().join("token.json"));
     check_writable(&cache_file)?;
     println!("token cache: {}", cache_file.display());
+    let (cache, cache_watch) = Watched::new(FileCache::new(&cache_file));
 
     let (tokens, driver) = Builder::new()
-        .cache(FileCache::new(&cache_file))
+        .cache(cache)
         .heartbeat(Duration::from_secs(1))
         .fetch_timeout(Duration::from_secs(5))
         // The default cap is 15 s; a 4 s cap shows the curve within a demo.
@@ -187,11 +204,13 @@ fn run() -> Result<(), String> {
                 FaultWindow::Between { from, until },
             );
             println!(
-                "the authority will be down from t={}s to t={}s",
+                "the authority will be down from t={}s to t={}s\n  ({} to {})",
                 o.seconds / 2,
-                o.seconds / 2 + secs
+                o.seconds / 2 + secs,
+                rfc3339(from),
+                rfc3339(until)
             );
-            Some((o.seconds / 2, o.seconds / 2 + secs))
+            Some((from, until))
         }
         _ => None,
     };
@@ -202,37 +221,50 @@ fn run() -> Result<(), String> {
     } else {
         Duration::from_secs(1)
     };
+    println!("{}", legend(local.is_some()));
     let mut shown = tokens.snapshot();
-    let (mut without_token, mut max_attempt) = (Duration::ZERO, 0);
-    let (mut last_sample, mut was_valid) = (Instant::now(), true);
+    let mut gaps = Gaps::default();
+    gaps.saw(&shown);
+    let mut max_attempt = 0;
+    let mut cache_said: Option<String> = None;
+    let mut out = Screen::new(live);
     while started.elapsed() < Duration::from_secs(o.seconds) {
         let snap = tokens.snapshot();
         let now = SystemClock.now();
-        let valid = tokens.valid_token().is_ok();
-        let expired = (was_valid && !valid).then(|| {
-            "the token expired; nothing valid to serve until the authority answers".to_owned()
-        });
-        for event in [event(&shown, &snap), expired].into_iter().flatten() {
-            if live {
-                print!("\r\x1b[2K");
-            }
-            println!("{:>5.1}s  {event}", started.elapsed().as_secs_f64());
+        let mut events: Vec<String> = event(&shown, &snap).into_iter().collect();
+        if let Some(expired_at) = gaps.saw(&snap).or_else(|| gaps.expired_by(now)) {
+            events.push(format!(
+                "the token expired at {}; nothing valid to serve until the authority answers",
+                rfc3339(expired_at)
+            ));
         }
+        for event in events {
+            out.event(&format!(
+                "{:>5.1}s  {event}",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        // A cache that stops taking tokens: said once, when it starts.
+        let cache_error = cache_watch.last_error().map(|e| e.to_string());
+        if cache_error.is_some() && cache_error != cache_said {
+            out.event(&format!(
+                "{:>5.1}s  the cache could not store the token: {}",
+                started.elapsed().as_secs_f64(),
+                cache_error.as_deref().unwrap_or_default()
+            ));
+        }
+        cache_said = cache_error;
         if let RefreshState::Retrying { attempt, .. } = snap.state {
             max_attempt = max_attempt.max(attempt);
         }
-        if !valid {
-            without_token += last_sample.elapsed();
-        }
-        (last_sample, was_valid) = (Instant::now(), valid);
-        let down = outage.is_some_and(|(a, b)| (a..b).contains(&started.elapsed().as_secs()));
-        let line = status_line(&snap, now, started.elapsed(), down);
-        if live {
-            print!("\r\x1b[2K{line}");
-            let _ = std::io::stdout().flush();
-        } else {
-            println!("{line}");
-        }
+        let down = outage.map(|(from, until)| (from..until).contains(&now));
+        out.status(&status_line(
+            &snap,
+            now,
+            started.elapsed(),
+            down,
+            &cache_watch,
+        ));
         shown = snap;
         let _ = tokens.wait_changed(tick);
         std::thread::sleep(
@@ -240,9 +272,8 @@ fn run() -> Result<(), String> {
                 .min(Duration::from_millis(50)),
         );
     }
-    if live {
-        println!();
-    }
+    out.finish();
+    let end = SystemClock.now();
     let fetched = tokens.snapshot().fetches;
     driver.shutdown_blocking();
 
@@ -256,15 +287,20 @@ fn run() -> Result<(), String> {
         );
     }
     println!("  most consecutive failures: {max_attempt}");
+    let without = gaps.total(end);
     println!(
-        "  time without a valid token: about {:.1} s{}",
-        without_token.as_secs_f64(),
-        if without_token.is_zero() {
-            ""
-        } else {
-            " (the outage outlasted the token)"
+        "  time without a valid token: {:.1} s{}",
+        without.as_secs_f64(),
+        match gaps.longest(end) {
+            Some((expired, back)) => format!(
+                "\n    (longest from {}\n     to {}: the outage outlasted the token)",
+                rfc3339_millis(expired),
+                back.map_or("the end of the run".to_owned(), rfc3339_millis)
+            ),
+            None => String::new(),
         }
     );
+    println!("  cache:                     {}", cache_watch.describe());
     Ok(())
 }
 
@@ -298,12 +334,185 @@ fn first_token(tokens: &TokenHandle) -> Result<(), String> {
             }
             _ if Instant::now() >= deadline => {
                 let why = error.map_or("no answer".to_owned(), |e| e.to_string());
-                return Err(format!("no token after 10 s: {why}"));
+                return Err(format!(
+                    "no token after 10 s: {why} (is the authority reachable?)"
+                ));
             }
             _ => {
                 let _ = tokens.wait_changed(Duration::from_millis(200));
             }
         }
+    }
+}
+
+/// The stretches without a valid token, from the tokens' own expiry times
+/// and the moments the next token was published (not from the 1 s samples
+/// of the status line).
+#[derive(Default)]
+struct Gaps {
+    /// The expiry of the token being served, and whether it was reported.
+    current: Option<(freshtoken::TokenId, freshtoken::Timestamp, bool)>,
+    /// Closed gaps: (expired at, valid again at).
+    closed: Vec<(freshtoken::Timestamp, freshtoken::Timestamp)>,
+}
+
+impl Gaps {
+    /// Takes in a snapshot; returns the expiry of the previous token if a
+    /// new one arrived after it expired and that was not reported yet.
+    fn saw(&mut self, snap: &Snapshot) -> Option<freshtoken::Timestamp> {
+        let token = snap.token.as_ref()?;
+        let mut unreported = None;
+        match self.current {
+            Some((id, _, _)) if id == token.id() => return None,
+            // Published after the old one expired: a gap.
+            Some((_, expired_at, reported)) if snap.published_at > expired_at => {
+                self.closed.push((expired_at, snap.published_at));
+                if !reported {
+                    unreported = Some(expired_at);
+                }
+            }
+            _ => {}
+        }
+        self.current = Some((token.id(), token.expires_at(), false));
+        unreported
+    }
+
+    /// The expiry of the current token, once, when `now` passes it.
+    fn expired_by(&mut self, now: freshtoken::Timestamp) -> Option<freshtoken::Timestamp> {
+        match &mut self.current {
+            Some((_, at, reported)) if !*reported && now >= *at => {
+                *reported = true;
+                Some(*at)
+            }
+            _ => None,
+        }
+    }
+
+    fn all(
+        &self,
+        end: freshtoken::Timestamp,
+    ) -> Vec<(freshtoken::Timestamp, Option<freshtoken::Timestamp>)> {
+        let mut all: Vec<_> = self.closed.iter().map(|&(a, b)| (a, Some(b))).collect();
+        if let Some((_, at, _)) = self.current {
+            if end > at {
+                all.push((at, None));
+            }
+        }
+        all
+    }
+
+    fn total(&self, end: freshtoken::Timestamp) -> Duration {
+        self.all(end)
+            .iter()
+            .map(|&(a, b)| b.unwrap_or(end).saturating_duration_since(a))
+            .sum()
+    }
+
+    fn longest(
+        &self,
+        end: freshtoken::Timestamp,
+    ) -> Option<(freshtoken::Timestamp, Option<freshtoken::Timestamp>)> {
+        self.all(end)
+            .into_iter()
+            .max_by_key(|&(a, b)| b.unwrap_or(end).saturating_duration_since(a))
+    }
+}
+
+/// The terminal: a status line redrawn in place (cut to the width, so it
+/// never wraps into a new row), event lines printed above it; or, without
+/// a terminal, plain lines.
+struct Screen {
+    live: bool,
+    drawn: bool,
+}
+
+impl Screen {
+    fn new(live: bool) -> Self {
+        Screen { live, drawn: false }
+    }
+
+    /// The width to fit: the terminal's, else `COLUMNS`, else 80.
+    fn width() -> usize {
+        terminal_size::terminal_size_of(std::io::stdout())
+            .map(|(w, _)| usize::from(w.0))
+            .or_else(|| std::env::var("COLUMNS").ok()?.parse().ok())
+            .filter(|w| *w > 0)
+            .unwrap_or(80)
+    }
+
+    fn event(&mut self, line: &str) {
+        let mut stdout = std::io::stdout().lock();
+        if self.live && self.drawn {
+            // Back to the start of the status row and clear it.
+            let _ = write!(stdout, "\r\x1b[K");
+            self.drawn = false;
+        }
+        let _ = writeln!(stdout, "{line}");
+    }
+
+    fn status(&mut self, line: &str) {
+        let mut stdout = std::io::stdout().lock();
+        if self.live {
+            // One column short of the width: a full row would make some
+            // terminals wrap the cursor onto a new row.
+            let fitted = fit(line, Self::width().saturating_sub(1));
+            let _ = write!(stdout, "\r{fitted}\x1b[K");
+            let _ = stdout.flush();
+            self.drawn = true;
+        } else {
+            let _ = writeln!(stdout, "{line}");
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.live && self.drawn {
+            println!();
+        }
+    }
+}
+
+/// `s` cut to `width` characters, ending with `…` when cut.
+fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+fn legend(local: bool) -> String {
+    let authority = if local {
+        "local authority up/DOWN, "
+    } else {
+        ""
+    };
+    format!(
+        "live line: t = seconds since start; the token's id (a fingerprint, never\n  \
+         the token); when it expires and turns stale; {authority}\n  \
+         cache ok/NOT WRITTEN; tokens fetched; the last error (in full above it)"
+    )
+}
+
+/// A wall-clock instant in RFC 3339, to the second, UTC.
+fn rfc3339(t: freshtoken::Timestamp) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(t.as_millis());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The same to the millisecond, for the gaps' ends.
+fn rfc3339_millis(t: freshtoken::Timestamp) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(t.as_millis());
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// "in 4.9 s" or "4.9 s ago".
+fn relative(t: freshtoken::Timestamp, now: freshtoken::Timestamp) -> String {
+    let secs = t.signed_millis_since(now) as f64 / 1000.0;
+    if secs >= 0.0 {
+        format!("in {secs:.1} s")
+    } else {
+        format!("{:.1} s ago", -secs)
     }
 }
 
@@ -314,10 +523,11 @@ fn event(before: &Snapshot, after: &Snapshot) -> Option<String> {
         let t = after.token.as_ref()?;
         let fresh = t.stale_at().saturating_duration_since(t.issued_at());
         return Some(format!(
-            "new token {} (fresh for {:.1} s, valid for {:.1} s)",
+            "new token {}, fresh {:.1} s of {:.1} s, expires {}",
             short(t.id()),
             fresh.as_secs_f64(),
-            t.lifetime().as_secs_f64()
+            t.lifetime().as_secs_f64(),
+            rfc3339(t.expires_at())
         ));
     }
     if before.state == after.state {
@@ -329,43 +539,60 @@ fn event(before: &Snapshot, after: &Snapshot) -> Option<String> {
             attempt,
             next_attempt,
         } => Some(format!(
-            "fetch failed (attempt {attempt}): {error}; next try in {:.1} s",
-            next_attempt
-                .saturating_duration_since(after.published_at)
-                .as_secs_f64()
+            "fetch failed (attempt {attempt}): {error}; next try {}",
+            relative(*next_attempt, after.published_at)
         )),
         RefreshState::Failed { error } => Some(format!("renewal failed for good: {error}")),
         _ => None,
     }
 }
 
-fn status_line(s: &Snapshot, now: freshtoken::Timestamp, elapsed: Duration, down: bool) -> String {
-    let secs = |t: freshtoken::Timestamp| t.signed_millis_since(now) as f64 / 1000.0;
+/// The live line, most telling first, so that cutting it to a narrow
+/// terminal loses the least: time, token, expiry, staleness, authority,
+/// cache, fetches, error.
+fn status_line(
+    s: &Snapshot,
+    now: freshtoken::Timestamp,
+    elapsed: Duration,
+    down: Option<bool>,
+    cache: &CacheWatch,
+) -> String {
     let token = match &s.token {
         Some(t) => {
-            let status = t.status(now);
-            let stale = match status {
-                TokenStatus::Fresh => format!("stale in {:>4.1}s", secs(t.stale_at())),
-                _ => "stale         ".to_owned(),
+            let verb = if t.status(now) == TokenStatus::Expired {
+                "expired"
+            } else {
+                "expires"
             };
             format!(
-                "token {}  {:<7}  {stale}  expires in {:>5.1}s",
+                "{}  {verb} {}  stale {}",
                 short(t.id()),
-                status.to_string(),
-                secs(t.expires_at())
+                relative(t.expires_at(), now),
+                relative(t.stale_at(), now)
             )
         }
         None => "no token".to_owned(),
     };
-    let error = s
-        .state
-        .last_error()
-        .map_or(String::new(), |e| format!("  last error: {e}"));
+    let authority = match down {
+        Some(true) => "  authority DOWN",
+        Some(false) => "  authority up",
+        None => "",
+    };
+    let cache = match cache.last_error() {
+        Some(_) => "cache NOT WRITTEN",
+        None => "cache ok",
+    };
+    let error = s.state.last_error().map_or(String::new(), |e| {
+        let code = e.error_code().map_or(String::new(), |c| format!(" {c}"));
+        match e.status() {
+            Some(status) => format!("  {} (HTTP {status}{code})", e.kind()),
+            None => format!("  {}", e.kind()),
+        }
+    });
     format!(
-        "t={:>4.1}s  {token}  fetched {}  authority {}{error}",
+        "t={:>4.1}s  {token}{authority}  {cache}  fetched {}{error}",
         elapsed.as_secs_f64(),
         s.fetches,
-        if down { "DOWN" } else { "up  " }
     )
 }
 

@@ -24,9 +24,19 @@ use freshtoken::cache::{RedisCache, TokenCache};
 use freshtoken::driver::Builder;
 use support::{Options, Reads, RedisServer};
 
+/// A fleet of instances sharing one token through Redis (REDIS_URL, else a redis-server it starts).
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+    /// How many instances (threads, each with its own driver and RedisCache)
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    instances: u64,
+}
+
 fn main() {
-    let options = Options::parse(&[], &["--instances"]);
-    let instances = options.number("--instances", 4).max(1);
+    let Cli { options, instances } = support::cli();
     let authority = options.authority();
     let dir = options.cache_dir();
     let (url, _server) = RedisServer::from_env_or_start(&dir.path);

@@ -13,8 +13,12 @@
 //! By default it starts a local test authority (3 s access tokens, rotating
 //! refresh tokens) and asks it for the first refresh token, as a login would.
 //! With `--token-url`, the first refresh token comes from
-//! `FRESHTOKEN_REFRESH_TOKEN`, or from the cache in `--cache-dir`. Other
-//! options and exit codes: see support/mod.rs.
+//! `FRESHTOKEN_REFRESH_TOKEN`, or from the cache in `--cache-dir`. When
+//! the authority answers `invalid_grant` (the grant was revoked or has
+//! expired), it says so and exits with 1: only a new sign-in helps.
+//! `--revoke-at N` revokes the local authority's refresh tokens N seconds
+//! in, to show that. Other options and exit codes: `--help` and
+//! support/mod.rs.
 
 mod support;
 
@@ -22,11 +26,40 @@ use std::time::Instant;
 
 use freshtoken::cache::TokenCache;
 use freshtoken::driver::Builder;
-use freshtoken::RefreshToken;
+use freshtoken::{FetchErrorKind, RefreshToken, TokenHandle};
 use support::Options;
 
+/// The refresh-token grant with rotation, the newest refresh token kept in a file cache.
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+    /// Revoke the local authority's refresh tokens after this many seconds
+    /// (a user signing out everywhere): the example then exits with 1
+    #[arg(long, value_name = "SECS")]
+    revoke_at: Option<f64>,
+}
+
+/// Exits with 1 if the authority refused the refresh token for good.
+fn check_grant(tokens: &TokenHandle) {
+    if let Some(e) = tokens
+        .status()
+        .last_error()
+        .filter(|e| e.kind() == FetchErrorKind::GrantRevoked)
+    {
+        support::fail(&format!(
+            "the grant was revoked or has expired ({e}); no refresh can succeed: sign in again \
+             for a new refresh token"
+        ));
+    }
+}
+
 fn main() {
-    let options = Options::parse(&[], &[]);
+    let Cli { options, revoke_at } = support::cli();
+    if revoke_at.is_some_and(|s| !s.is_finite() || s < 0.0) {
+        support::fail("--revoke-at wants a number of seconds");
+    }
     let authority = options.authority();
     let cache = options.cache_dir();
     let builder = Builder::new().cache(cache.file("token.json"));
@@ -54,7 +87,19 @@ fn main() {
         |t: Option<&RefreshToken>| t.map_or("none".into(), |t| t.fingerprint().to_string());
     let mut last = None;
     let until = start + options.duration();
+    let mut revoke_at = revoke_at.map(|s| start + std::time::Duration::from_secs_f64(s));
+    if revoke_at.is_some() && authority.local.is_none() {
+        support::fail("--revoke-at needs the local authority (no --token-url)");
+    }
     loop {
+        check_grant(&tokens);
+        if let (Some(at), Some(local)) = (revoke_at, &authority.local) {
+            if Instant::now() >= at {
+                local.revoke_refresh_tokens();
+                println!("{} the authority revoked the grant", support::at(start));
+                revoke_at = None;
+            }
+        }
         if let Some(token) = tokens.token().filter(|t| Some(t.id()) != last) {
             last = Some(token.id());
             let cached = cache_file.load().ok().flatten();
@@ -67,10 +112,14 @@ fn main() {
             );
         }
         let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || tokens.wait_changed(left).is_err() {
+        let wake = revoke_at.map_or(left, |at| {
+            left.min(at.saturating_duration_since(Instant::now()))
+        });
+        if left.is_zero() || tokens.wait_changed(wake).is_err() {
             break;
         }
     }
+    check_grant(&tokens);
 
     let newest = tokens
         .token()
@@ -85,6 +134,7 @@ fn main() {
         authority.requests()
     );
     driver.shutdown_blocking();
+    cache.report();
     if newest.is_none() || newest != in_cache {
         support::fail("the cache does not hold the newest refresh token");
     }

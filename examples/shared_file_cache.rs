@@ -24,9 +24,19 @@ use std::time::{Duration, Instant};
 use freshtoken::driver::Builder;
 use support::Options;
 
+/// Two processes sharing one token through a file cache.
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+    /// Run as the second process (the first starts it with this flag)
+    #[arg(long)]
+    second: bool,
+}
+
 fn main() {
-    let options = Options::parse(&["--second"], &[]);
-    let second = options.switch("--second");
+    let Cli { options, second } = support::cli();
     let who = if second { "second" } else { "first" };
     let authority = options.authority();
     if let Some(local) = &authority.local {

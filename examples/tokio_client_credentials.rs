@@ -23,9 +23,17 @@ use freshtoken::driver::Builder;
 use freshtoken::runtime::Tokio;
 use support::{Options, Reads};
 
+/// A tokio service with client-credentials tokens kept fresh in the background.
+#[derive(clap::Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+}
+
 #[tokio::main]
 async fn main() {
-    let options = Options::parse(&[], &[]);
+    let Cli { options } = support::cli();
     let authority = options.authority();
     let cache = options.cache_dir();
     let (tokens, driver) = Builder::new().cache(cache.file("token.json")).spawn(
@@ -55,6 +63,7 @@ async fn main() {
     }
 
     Reads::summary(&readers, &tokens, &authority);
+    cache.report();
     driver.shutdown().await;
     println!("{} driver stopped", support::at(start));
 }

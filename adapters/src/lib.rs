@@ -167,6 +167,7 @@ pub mod policy;
 #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 pub mod runtime;
 pub mod source;
+// The poison-tolerant lock shared by the caches, the manager and the sources.
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;

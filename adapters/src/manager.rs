@@ -353,17 +353,13 @@ struct Inner {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, HashMap<TokenKey, Arc<Entry>>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.entries)
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let mut stop = self
-            .wake
-            .stop
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut stop = crate::sync::lock(&self.wake.stop);
         *stop = true;
         self.wake.condvar.notify_all();
     }
@@ -449,12 +445,7 @@ impl TokenManager {
         entries
             .iter()
             .filter_map(|e| e.stop())
-            .filter_map(|r| {
-                r.driver
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take()
-            })
+            .filter_map(|r| crate::sync::lock(&r.driver).take())
             .collect()
     }
 }
@@ -534,7 +525,7 @@ impl Entry {
 
     /// Stops the refresher; the one that was running.
     fn stop(&self) -> Option<Arc<Running>> {
-        let _guard = self.restart.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = crate::sync::lock(&self.restart);
         let was = self.running.swap(None);
         if was.is_some() {
             self.stops.fetch_add(1, Ordering::Relaxed);
@@ -548,7 +539,7 @@ impl Entry {
         if let Some(r) = self.running.load_full() {
             return Ok(r);
         }
-        let mut state = self.restart.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = crate::sync::lock(&self.restart);
         if let Some(r) = self.running.load_full() {
             return Ok(r);
         }
@@ -616,7 +607,7 @@ fn spawn_failed(message: &str) -> NoValidToken {
 fn sweep_loop(manager: Weak<Inner>, wake: Arc<Wake>, period: Duration) {
     loop {
         {
-            let stop = wake.stop.lock().unwrap_or_else(PoisonError::into_inner);
+            let stop = crate::sync::lock(&wake.stop);
             let (stop, _) = wake
                 .condvar
                 .wait_timeout_while(stop, period, |stop| !*stop)
@@ -632,7 +623,7 @@ fn sweep_loop(manager: Weak<Inner>, wake: Arc<Wake>, period: Duration) {
         let now = Instant::now();
         for entry in entries {
             let reads = entry.reads();
-            let mut sweep = entry.sweep.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut sweep = crate::sync::lock(&entry.sweep);
             if reads != sweep.0 {
                 *sweep = (reads, now);
             } else if now.duration_since(sweep.1) >= manager.idle && entry.stop().is_some() {

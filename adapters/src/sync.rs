@@ -1,15 +1,14 @@
-//! Locks that outlive a panic.
+//! The crate's one poison-tolerant lock.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Locks `mutex`, taking over a lock poisoned by a panic elsewhere.
+/// Locks `mutex`, ignoring poisoning.
 ///
-/// Every mutex in this crate guards data that is whole after each
-/// statement (a queue, a map, a counter), so a panic while it was held
-/// cannot leave it half-written, and refusing to go on would turn one
-/// panic into many.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// A panic while one of this crate's locks is held (a user's source or
+/// clock panicking inside a callback, say) must not turn every later call
+/// into a panic too. The data behind these locks stays consistent when a
+/// holder unwinds: each critical section either completes its update or
+/// leaves the previous value, so the guard is taken over as is.
+pub(crate) fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

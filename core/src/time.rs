@@ -106,8 +106,17 @@ impl Timestamp {
     }
 }
 
-/// Whole milliseconds of `d`, saturating at `u64::MAX`.
-pub(crate) fn duration_millis(d: Duration) -> u64 {
+/// Whole milliseconds of `d`, saturating at `u64::MAX` (so `Duration::MAX`
+/// means "as long as can be said", never a panic or a wrap): the one
+/// conversion the machine, the policies and the adapters' caches share.
+///
+/// ```
+/// use freshtoken_core::time::duration_millis;
+/// use std::time::Duration;
+/// assert_eq!(duration_millis(Duration::from_micros(1_999)), 1);
+/// assert_eq!(duration_millis(Duration::MAX), u64::MAX);
+/// ```
+pub fn duration_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -280,9 +280,110 @@ impl Token {
     }
 
     /// `Authorization` header value, e.g. `Bearer abc`. Contains the secret.
+    ///
+    /// Both halves come from the authority or a cache; they are checked
+    /// where tokens enter (the OAuth2 parser, the cache record decoder and
+    /// the drivers call [`check_usable`](Self::check_usable) or
+    /// [`TokenResponse::check_usable`]), so the value cannot carry a line
+    /// break into a request.
     pub fn authorization_header(&self) -> String {
         format!("{} {}", self.token_type, self.access_token.expose_secret())
     }
+
+    /// Whether this token can go into an `Authorization` header as it is
+    /// (see [`UnusableToken`]): what caches check on every token they read.
+    ///
+    /// ```
+    /// use freshtoken_core::token::UnusableToken;
+    /// use freshtoken_core::{AccessToken, Timestamp, Token};
+    ///
+    /// let t = |at: &str, ty: &str| {
+    ///     let now = Timestamp::from_secs(0);
+    ///     Token::new(AccessToken::new(at), now, now, now).with_token_type(ty)
+    /// };
+    /// assert_eq!(t("abc", "Bearer").check_usable(), Ok(()));
+    /// assert_eq!(t("abc", "Bearer\r\nX-Injected: 1").check_usable(), Err(UnusableToken::TokenType));
+    /// assert_eq!(t("a b", "Bearer").check_usable(), Err(UnusableToken::AccessToken));
+    /// ```
+    pub fn check_usable(&self) -> Result<(), UnusableToken> {
+        check_usable(self.access_token.expose_secret(), &self.token_type)
+    }
+}
+
+/// Why a token cannot be used in an `Authorization` header. It names the
+/// field, never its value (which may be the secret).
+///
+/// * The access token must be non-empty printable ASCII without spaces
+///   (RFC 6750's `b64token` is narrower; authorities mint opaque tokens of
+///   other printable characters too, so only what would break or split the
+///   header is refused).
+/// * The token type is the header's auth-scheme, an RFC 7235 `token`:
+///   letters, digits and ``!#$%&'*+-.^_`|~``. A CR or LF there (from a
+///   hostile authority or a poisoned cache) would inject a header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UnusableToken {
+    /// The access token is empty or holds a space, a control character or
+    /// a non-ASCII byte.
+    AccessToken,
+    /// The token type is empty or not an RFC 7235 auth-scheme token.
+    TokenType,
+}
+
+impl fmt::Display for UnusableToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnusableToken::AccessToken => {
+                "unusable access token (empty, or not printable ASCII without spaces)"
+            }
+            UnusableToken::TokenType => {
+                "unusable token_type (not an RFC 7235 auth-scheme: letters, digits and !#$%&'*+-.^_`|~ only)"
+            }
+        })
+    }
+}
+
+impl std::error::Error for UnusableToken {}
+
+/// Whether `token_type` is an RFC 7235 auth-scheme (`1*tchar`).
+///
+/// ```
+/// use freshtoken_core::token::is_auth_scheme;
+/// assert!(is_auth_scheme("Bearer") && is_auth_scheme("DPoP") && is_auth_scheme("N_A"));
+/// assert!(!is_auth_scheme("") && !is_auth_scheme("Bearer x") && !is_auth_scheme("Bearer\r\nX: 1"));
+/// ```
+pub fn is_auth_scheme(token_type: &str) -> bool {
+    !token_type.is_empty()
+        && token_type.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+fn check_usable(access_token: &str, token_type: &str) -> Result<(), UnusableToken> {
+    if access_token.is_empty() || !access_token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(UnusableToken::AccessToken);
+    }
+    if !is_auth_scheme(token_type) {
+        return Err(UnusableToken::TokenType);
+    }
+    Ok(())
 }
 
 /// What a token source returns: the authority's answer, before the lifetime
@@ -367,5 +468,20 @@ impl TokenResponse {
     pub fn with_server_date(mut self, server_date: Option<Timestamp>) -> Self {
         self.server_date = server_date;
         self
+    }
+
+    /// Whether the answer's token can go into an `Authorization` header
+    /// (see [`UnusableToken`]): what the drivers check on every answer a
+    /// source returns, and the OAuth2 parser on every answer it reads.
+    ///
+    /// ```
+    /// use freshtoken_core::token::UnusableToken;
+    /// use freshtoken_core::{AccessToken, TokenResponse};
+    ///
+    /// let r = TokenResponse::new(AccessToken::new("at")).with_token_type("Bearer\r\nX-Injected: 1");
+    /// assert_eq!(r.check_usable(), Err(UnusableToken::TokenType));
+    /// ```
+    pub fn check_usable(&self) -> Result<(), UnusableToken> {
+        check_usable(self.access_token.expose_secret(), &self.token_type)
     }
 }

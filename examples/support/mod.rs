@@ -27,10 +27,14 @@ use std::process::exit;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use freshtoken::cache::FileCache;
+use freshtoken::cache::LeaseOutcome;
+use freshtoken::cache::{FileCache, TokenCache};
 use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
 use freshtoken::testing::LocalAuthority;
-use freshtoken::{ClientSecret, FetchErrorKind, NoValidToken, RefreshToken, TokenHandle, TokenId};
+use freshtoken::{
+    CacheError, ClientSecret, FetchErrorKind, NoValidToken, RefreshToken, Timestamp, Token,
+    TokenHandle, TokenId,
+};
 
 /// The local authority's client and secret. A test secret, never printed.
 pub const LOCAL_CLIENT: &str = "example-client";
@@ -40,67 +44,58 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3);
 /// How long to wait for the first token before giving up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// The parsed command line.
-#[derive(Debug)]
+/// The options every example shares; each example flattens them into its
+/// own `clap` parser (`#[command(flatten)] common: Options`), so `--help`
+/// lists them with their defaults and an unknown flag is an error.
+#[derive(Debug, clap::Args)]
 pub struct Options {
+    /// How long to run, in seconds
+    #[arg(
+        long,
+        env = "FRESHTOKEN_SECONDS",
+        default_value_t = 5,
+        value_name = "N"
+    )]
     pub seconds: u64,
+    /// Use this token endpoint instead of starting a local authority
+    #[arg(long, value_name = "URL")]
     pub token_url: Option<String>,
+    /// The client id
+    #[arg(long, default_value = LOCAL_CLIENT, value_name = "ID")]
     pub client_id: String,
+    /// Read the client secret from this environment variable
+    /// [default with --token-url: FRESHTOKEN_CLIENT_SECRET]
+    #[arg(long = "client-secret-env", value_name = "VAR")]
     pub secret_env: Option<String>,
+    /// Where file caches live [default: a new temporary folder]
+    #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Example-specific switches that were given (from `switches`).
-    pub switches: Vec<String>,
-    /// Example-specific `--name value` options that were given.
-    pub values: Vec<(String, String)>,
+}
+
+/// Installs the log subscriber and parses the command line: every example
+/// starts with this.
+///
+/// The driver and the sources log through `tracing`; `RUST_LOG` picks what
+/// is shown on stderr (`RUST_LOG=freshtoken=debug`, `RUST_LOG=trace`), and
+/// without it only errors are. A bad command line prints clap's message
+/// and exits with 2; `--help` lists every flag with its default.
+pub fn cli<T: clap::Parser>() -> T {
+    init_tracing();
+    T::parse()
+}
+
+/// The `tracing` subscriber every example installs: `RUST_LOG`, else
+/// errors only, on stderr (stdout is the example's own output).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 impl Options {
-    /// Parses `std::env::args`, accepting the common options plus the
-    /// example's own `switches` (`--smol`) and `values` (`--instances N`).
-    pub fn parse(switches: &[&str], values: &[&str]) -> Options {
-        let seconds = std::env::var("FRESHTOKEN_SECONDS").ok();
-        let mut o = Options {
-            seconds: seconds.map_or(5, |s| number("FRESHTOKEN_SECONDS", &s)),
-            token_url: None,
-            client_id: LOCAL_CLIENT.to_owned(),
-            secret_env: None,
-            cache_dir: None,
-            switches: Vec::new(),
-            values: Vec::new(),
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            let mut value = || {
-                args.next()
-                    .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
-            };
-            match arg.as_str() {
-                "--seconds" => o.seconds = number(&arg, &value()),
-                "--token-url" => o.token_url = Some(value()),
-                "--client-id" => o.client_id = value(),
-                "--client-secret-env" => o.secret_env = Some(value()),
-                "--cache-dir" => o.cache_dir = Some(value().into()),
-                s if switches.contains(&s) => o.switches.push(arg),
-                s if values.contains(&s) => o.values.push((arg.clone(), value())),
-                _ => usage(&format!("unknown argument {arg}")),
-            }
-        }
-        o
-    }
-
-    pub fn switch(&self, name: &str) -> bool {
-        self.switches.iter().any(|s| s == name)
-    }
-
-    /// An example-specific number option, or `default`.
-    pub fn number(&self, name: &str, default: u64) -> u64 {
-        self.values
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map_or(default, |(n, v)| number(n, v))
-    }
-
     pub fn duration(&self) -> Duration {
         Duration::from_secs(self.seconds)
     }
@@ -172,7 +167,11 @@ impl Options {
                 path.display()
             ));
         }
-        CacheDir { path, _temp: temp }
+        CacheDir {
+            path,
+            _temp: temp,
+            watch: CacheWatch::default(),
+        }
     }
 }
 
@@ -222,11 +221,91 @@ impl Authority {
 pub struct CacheDir {
     pub path: PathBuf,
     _temp: Option<tempfile::TempDir>,
+    watch: CacheWatch,
 }
 
 impl CacheDir {
-    pub fn file(&self, name: &str) -> FileCache {
-        FileCache::new(self.path.join(name))
+    /// A file cache in this folder, whose store failures [`report`](Self::report) shows.
+    pub fn file(&self, name: &str) -> Watched<FileCache> {
+        Watched {
+            inner: FileCache::new(self.path.join(name)),
+            watch: self.watch.clone(),
+        }
+    }
+
+    /// Prints whether the caches of this folder stored every token, or the
+    /// last error: a cache that cannot be written is visible without a log.
+    pub fn report(&self) {
+        println!("cache: {}", self.watch.describe());
+    }
+
+    /// The stores' outcome so far.
+    pub fn watch(&self) -> &CacheWatch {
+        &self.watch
+    }
+}
+
+/// A cache that remembers how its stores went, so that the example can
+/// show a cache that cannot be written (the driver only logs it).
+pub struct Watched<C> {
+    inner: C,
+    watch: CacheWatch,
+}
+
+impl<C: TokenCache> Watched<C> {
+    /// Wraps `inner`; the returned watch reports its stores.
+    pub fn new(inner: C) -> (Self, CacheWatch) {
+        let watch = CacheWatch::default();
+        (
+            Watched {
+                inner,
+                watch: watch.clone(),
+            },
+            watch,
+        )
+    }
+}
+
+/// Stores so far, and the last store error (cleared by a later success).
+#[derive(Clone, Default)]
+pub struct CacheWatch(std::sync::Arc<std::sync::Mutex<(u64, Option<CacheError>)>>);
+
+impl CacheWatch {
+    /// The last store error, if the last store failed.
+    pub fn last_error(&self) -> Option<CacheError> {
+        lock(&self.0).1.clone()
+    }
+
+    /// "N tokens stored" or "NOT WRITTEN: <error>".
+    pub fn describe(&self) -> String {
+        match &*lock(&self.0) {
+            (_, Some(e)) => format!("NOT WRITTEN: {e}"),
+            (n, None) => format!("{n} token(s) stored"),
+        }
+    }
+}
+
+impl<C: TokenCache> TokenCache for Watched<C> {
+    fn load(&self) -> Result<Option<Token>, CacheError> {
+        self.inner.load()
+    }
+    fn load_newer(&self, newer_than: Option<Timestamp>) -> Result<Option<Token>, CacheError> {
+        self.inner.load_newer(newer_than)
+    }
+    fn store(&self, token: &Token) -> Result<(), CacheError> {
+        let result = self.inner.store(token);
+        let mut state = lock(&self.watch.0);
+        match &result {
+            Ok(()) => *state = (state.0 + 1, None),
+            Err(e) => state.1 = Some(e.clone()),
+        }
+        result
+    }
+    fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
+        self.inner.acquire_lease(ttl)
+    }
+    fn release_lease(&self) -> Result<(), CacheError> {
+        self.inner.release_lease()
     }
 }
 
@@ -299,7 +378,11 @@ pub fn no_token(tokens: &TokenHandle) -> ! {
 fn fail_start(e: &NoValidToken) -> ! {
     let hint = match e.last_error().map(|e| e.kind()) {
         Some(FetchErrorKind::Permanent) => "is the client secret right?",
-        Some(_) => "is the authority reachable?",
+        Some(FetchErrorKind::GrantRevoked) => {
+            "the grant was revoked or has expired: sign in again for a new refresh token"
+        }
+        Some(FetchErrorKind::RateLimited) => "the authority is rate limiting this client",
+        Some(FetchErrorKind::Transient) => "is the authority reachable?",
         // No attempt of ours finished: the authority is slow, or another
         // instance holds the cache lease while it retries.
         None => "no answer yet: is the authority reachable?",
@@ -310,7 +393,7 @@ fn fail_start(e: &NoValidToken) -> ! {
 /// Prints `error: <message>` and exits with status 1.
 pub fn fail(message: &str) -> ! {
     // Held until the exit, so that threads failing at once print one message.
-    let mut cleanups = CLEANUPS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cleanups = lock(&CLEANUPS);
     eprintln!("error: {message}");
     // `exit` runs no destructors: stop what they would have stopped.
     for cleanup in cleanups.drain(..) {
@@ -319,25 +402,18 @@ pub fn fail(message: &str) -> ! {
     exit(1)
 }
 
+/// Locks `m`, ignoring poisoning: a thread that panicked while holding it
+/// left plain data (a list of cleanups, a child process) that is still fine.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What [`fail`] must undo: servers started and temporary folders made.
 static CLEANUPS: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>> =
     std::sync::Mutex::new(Vec::new());
 
 fn on_fail(cleanup: impl FnOnce() + Send + 'static) {
-    CLEANUPS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Box::new(cleanup));
-}
-
-fn usage(message: &str) -> ! {
-    eprintln!("error: {message}\nsee the comment at the top of the example for its options");
-    exit(2)
-}
-
-fn number(name: &str, s: &str) -> u64 {
-    s.parse()
-        .unwrap_or_else(|_| usage(&format!("{name} wants a whole number, not {s:?}")))
+    lock(&CLEANUPS).push(Box::new(cleanup));
 }
 
 /// Seconds since `start`, for log lines.
@@ -449,7 +525,7 @@ impl Drop for RedisServer {
 }
 
 fn stop(child: &std::sync::Mutex<std::process::Child>) {
-    let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = lock(child);
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -2,7 +2,7 @@
 //! and a shared cache for instances living in one process (and for tests).
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use freshtoken_core::{CacheError, LeaseOutcome, Token};
@@ -63,7 +63,7 @@ impl MemoryCache {
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
         // The state is a plain value that no panic can leave half-updated.
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.shared)
     }
 }
 

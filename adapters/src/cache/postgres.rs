@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use freshtoken_core::{CacheError, CacheErrorKind, LeaseOutcome, Token};
@@ -483,7 +483,7 @@ impl Inner {
     }
 
     fn pool(&self) -> MutexGuard<'_, Pool> {
-        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.pool)
     }
 
     /// An idle connection, or a new one.

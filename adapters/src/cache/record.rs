@@ -241,10 +241,25 @@ fn decode_v1(bytes: &[u8]) -> Result<Token, DecodeError> {
     .with_id_token(r.id_token.map(IdToken::new))
     .with_scope(r.scope)
     .with_generation(r.refresh_generation);
-    Ok(match r.token_type {
+    usable(match r.token_type {
         Some(t) => token.with_token_type(t),
         None => token,
     })
+}
+
+/// The token, if it can go into an `Authorization` header: a poisoned
+/// cache entry (a CR/LF in the token type, a space in the access token) is
+/// corrupt, exactly as the same answer from an authority is unusable.
+fn usable(token: Token) -> Result<Token, DecodeError> {
+    match token.check_usable() {
+        Ok(()) => Ok(token),
+        Err(freshtoken_core::token::UnusableToken::TokenType) => Err(DecodeError::Invalid(
+            "token_type is not an RFC 7235 auth-scheme",
+        )),
+        Err(_) => Err(DecodeError::Invalid(
+            "access_token is not printable ASCII without spaces",
+        )),
+    }
 }
 
 fn decode_aliri(bytes: &[u8]) -> Result<Token, DecodeError> {
@@ -252,13 +267,15 @@ fn decode_aliri(bytes: &[u8]) -> Result<Token, DecodeError> {
     if r.access_token.is_empty() {
         return Err(DecodeError::Invalid("empty access_token"));
     }
-    Ok(Token::new(
-        AccessToken::new(r.access_token),
-        Timestamp::from_secs(r.issued),
-        Timestamp::from_secs(r.stale),
-        Timestamp::from_secs(r.expiry),
+    usable(
+        Token::new(
+            AccessToken::new(r.access_token),
+            Timestamp::from_secs(r.issued),
+            Timestamp::from_secs(r.stale),
+            Timestamp::from_secs(r.expiry),
+        )
+        .with_id_token(r.id_token.map(IdToken::new)),
     )
-    .with_id_token(r.id_token.map(IdToken::new)))
 }
 
 /// serde_json with its error reduced to a category and a position: its own
@@ -305,6 +322,25 @@ mod tests {
             back.refresh_token().unwrap().expose_secret(),
             "refresh-SECRET"
         );
+    }
+
+    #[test]
+    fn poisoned_records_are_invalid_not_served() {
+        let mut v: serde_json::Value = serde_json::from_slice(&encode(&sample())).unwrap();
+        v["token_type"] = "Bearer\r\nX-Injected: 1".into();
+        let e = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::Invalid("token_type is not an RFC 7235 auth-scheme")
+        );
+        v["token_type"] = "Bearer".into();
+        v["access_token"] = "access SECRET\n".into();
+        let e = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(e, DecodeError::Invalid(_)), "{e}");
+        assert!(!e.to_string().contains("SECRET"));
+        let aliri =
+            br#"{"access_token":"a\u0000b","id_token":null,"issued":1,"stale":2,"expiry":3}"#;
+        assert!(matches!(decode(aliri), Err(DecodeError::Invalid(_))));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Token};
@@ -755,7 +755,7 @@ impl RedisCache {
     }
 
     fn state(&self) -> MutexGuard<'_, ConnState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     fn connect(&self) -> Result<Conn, CacheError> {
@@ -1311,9 +1311,8 @@ pub(super) fn unreadable(e: &Undecoded) -> Option<String> {
     }
 }
 
-pub(super) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+/// Whole milliseconds, saturating (the core's conversion).
+pub(super) use freshtoken_core::time::duration_millis as millis;
 
 pub(super) fn is_server_answer(e: &redis::RedisError) -> bool {
     matches!(e.kind(), redis::ErrorKind::Server(_)) || e.code().is_some()

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use freshtoken_core::{CacheError, CacheErrorKind, LeaseOutcome, Token};
@@ -235,16 +235,12 @@ impl AsyncRedisCache {
     }
 
     async fn connection(&self) -> Result<Conn, CacheError> {
-        let existing = self
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let existing = crate::sync::lock(&self.conn).clone();
         if let Some(conn) = existing {
             return Ok(conn);
         }
         let conn = self.connect().await.map_err(|e| self.failed(e))?;
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        *crate::sync::lock(&self.conn) = Some(conn.clone());
         Ok(conn)
     }
 
@@ -302,10 +298,7 @@ impl AsyncRedisCache {
     /// Maps a failed call on the connection (see [`failed`](Self::failed)).
     fn call_failed(&self, e: &redis::RedisError) -> CacheError {
         if !keeps_connection(e) {
-            self.conn
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
+            crate::sync::lock(&self.conn).take();
         }
         self.failed(to_cache_error(e))
     }
@@ -325,11 +318,7 @@ impl AsyncRedisCache {
 
 impl fmt::Debug for AsyncRedisCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let connected = self
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some();
+        let connected = crate::sync::lock(&self.conn).is_some();
         let mut d = f.debug_struct("AsyncRedisCache");
         self.shared.debug_fields(&mut d);
         d.field("connected", &connected).finish_non_exhaustive()

@@ -1,7 +1,7 @@
 //! Several caches as one: the fast and local first, the shared last.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Timestamp, Token};
@@ -112,10 +112,7 @@ impl fmt::Debug for CacheStack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheStack")
             .field("layers", &self.layers.len())
-            .field(
-                "leased",
-                &*self.leased.lock().unwrap_or_else(PoisonError::into_inner),
-            )
+            .field("leased", &*crate::sync::lock(&self.leased))
             .finish()
     }
 }
@@ -218,7 +215,7 @@ impl TokenCache for CacheStack {
     }
 
     fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
-        let mut leased = self.leased.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut leased = crate::sync::lock(&self.leased);
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let result = layer.acquire_lease(ttl);
             crate::metrics::layer_op(i, &**layer, crate::metrics::CacheOp::Lease, &result);
@@ -241,11 +238,7 @@ impl TokenCache for CacheStack {
     }
 
     fn release_lease(&self) -> Result<(), CacheError> {
-        let leased = self
-            .leased
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let leased = crate::sync::lock(&self.leased).take();
         match leased.and_then(|i| Some((i, self.layers.get(i)?))) {
             Some((i, layer)) => {
                 let result = layer.release_lease();

@@ -175,15 +175,10 @@ pub(crate) fn fetch_blocking(
 pub(crate) fn validated(id: RequestId, result: Result<TokenResponse, FetchError>) -> Input {
     Input::Fetched(
         id,
-        result.and_then(|response| {
-            let token = response.access_token.expose_secret();
-            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                Err(FetchError::transient(
-                    "the source returned an unusable access token (empty or not printable ASCII)",
-                ))
-            } else {
-                Ok(response)
-            }
+        // The token type too: it is the header's auth-scheme (RFC 7235).
+        result.and_then(|response| match response.check_usable() {
+            Ok(()) => Ok(response),
+            Err(e) => Err(FetchError::transient(format!("the source returned an {e}"))),
         }),
     )
 }

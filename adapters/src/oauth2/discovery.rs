@@ -142,7 +142,7 @@ impl Discovery {
         let inner = &self.inner;
         // One reader at a time: sources share the lock only around a
         // request that happens once a day.
-        let mut state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::sync::lock(&inner.state);
         if let Some(cached) = state.as_ref() {
             let wait = if cached.retry {
                 inner.retry

@@ -82,5 +82,5 @@ pub use grants::{
 };
 pub use signing::{KeyError, SigningKey};
 pub use source::{ClientCredentials, RefreshTokenSource, SourceBuilder};
-pub use transport::{HttpTransport, UreqTransport};
+pub use transport::{HttpTransport, ProxyError, UreqTransport};
 pub use url::{check_token_url, UrlError};

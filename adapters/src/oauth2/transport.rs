@@ -9,11 +9,14 @@ use base64::Engine as _;
 use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig};
 use zeroize::Zeroizing;
 
-use freshtoken_core::oauth2::{HttpRequest, HttpResponse};
+use freshtoken_core::oauth2::{
+    parse_token_url, redacted_url, uri_has_loopback_host, HttpRequest, HttpResponse,
+};
 use freshtoken_core::FetchError;
 
 use super::signing::KeyError;
-use super::url::{check_token_url, has_loopback_host};
+#[cfg(doc)]
+use super::url::check_token_url;
 
 /// An HTTP client that can send a token request.
 ///
@@ -54,10 +57,26 @@ pub trait HttpTransport: Send + Sync + 'static {
 /// the body read up to the cap.
 ///
 /// It also refuses to send to a URL that [`check_token_url`] rejects (plain
-/// http beyond loopback), whoever built the request, never sends a loopback
-/// request through a proxy from the environment, and asks for the
-/// connection to be closed after each request: token requests are minutes
-/// apart, so a pooled connection would only go stale in between.
+/// http beyond loopback), whoever built the request: the URL is parsed once
+/// into the `http::Uri` that is both checked and connected to. It never
+/// sends a loopback request through a proxy, and asks for the connection
+/// to be closed after each request: token requests are minutes apart, so a
+/// pooled connection would only go stale in between.
+///
+/// What corporate networks need, as builder options:
+///
+/// * **Proxy.** By default the `ALL_PROXY`, `HTTPS_PROXY` and `HTTP_PROXY`
+///   variables (and `NO_PROXY`) are honoured, as ureq does.
+///   [`proxy`](Self::proxy) names one explicitly (`http://`, `https://`
+///   CONNECT proxies, credentials in the URL percent-encoded), and
+///   [`no_proxy`](Self::no_proxy) ignores the environment.
+/// * **Private CAs.** [`root_certificates_pem`](Self::root_certificates_pem)
+///   trusts the given CA certificates instead of the Mozilla roots.
+/// * **The operating system's trust store** (a CA pushed by group policy or
+///   MDM, TLS-inspecting proxies): `platform_verifier`, with the
+///   `platform-verifier` feature, verifies with rustls-platform-verifier
+///   (the platform's own verifier on Windows and macOS, the system's CA
+///   files on Linux).
 ///
 /// ```
 /// use freshtoken::oauth2::UreqTransport;
@@ -65,7 +84,9 @@ pub trait HttpTransport: Send + Sync + 'static {
 ///
 /// let transport = UreqTransport::new()
 ///     .connect_timeout(Duration::from_secs(3))
-///     .timeout(Duration::from_secs(10));
+///     .timeout(Duration::from_secs(10))
+///     .proxy("http://proxy.corp.example:3128")?;
+/// # Ok::<_, freshtoken::oauth2::ProxyError>(())
 /// ```
 ///
 /// [ureq]: https://docs.rs/ureq
@@ -76,6 +97,7 @@ pub struct UreqTransport {
     timeout: Duration,
     client_cert: Option<ClientCert>,
     roots: Option<RootCerts>,
+    proxy: ProxySetting,
     /// The client certificate's `x5t#S256`, for `Debug` and for checking a
     /// certificate-bound token's `cnf`.
     cert_thumbprint: Option<String>,
@@ -88,7 +110,8 @@ impl fmt::Debug for UreqTransport {
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
             .field("client_certificate", &self.cert_thumbprint)
-            .field("custom_roots", &self.roots.is_some())
+            .field("roots", &roots_name(self.roots.as_ref()))
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -110,6 +133,7 @@ impl UreqTransport {
             timeout: Duration::from_secs(30),
             client_cert: None,
             roots: None,
+            proxy: ProxySetting::FromEnvironment,
             cert_thumbprint: None,
         }
         .rebuilt()
@@ -186,7 +210,13 @@ impl UreqTransport {
     }
 
     /// Trusts these CA certificates (PEM) instead of the Mozilla roots: for
-    /// an authority with a private CA.
+    /// an authority with a private CA. (The last of this and
+    /// `platform_verifier` wins.)
+    ///
+    /// ```
+    /// use freshtoken::oauth2::{KeyError, UreqTransport};
+    /// assert!(matches!(UreqTransport::new().root_certificates_pem(b"no PEM here"), Err(KeyError::Certificate)));
+    /// ```
     pub fn root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, KeyError> {
         let certs = ureq::tls::parse_pem(pem)
             .filter_map(|item| match item {
@@ -200,6 +230,60 @@ impl UreqTransport {
         }
         self.roots = Some(RootCerts::new_with_certs(&certs));
         Ok(self.rebuilt())
+    }
+
+    /// Reads [`root_certificates_pem`](Self::root_certificates_pem) from a
+    /// PEM file.
+    pub fn root_certificates_file(self, path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| KeyError::Io {
+            path: path.display().to_string(),
+            kind: e.kind(),
+        })?;
+        self.root_certificates_pem(&pem)
+    }
+
+    /// Verifies the authority's certificate with the operating system's
+    /// trust store (rustls-platform-verifier) instead of the Mozilla roots:
+    /// what a corporate machine with a CA installed by policy needs.
+    ///
+    /// ```
+    /// let transport = freshtoken::oauth2::UreqTransport::new().platform_verifier();
+    /// assert!(format!("{transport:?}").contains("platform"));
+    /// ```
+    #[cfg(feature = "platform-verifier")]
+    pub fn platform_verifier(mut self) -> Self {
+        self.roots = Some(RootCerts::PlatformVerifier);
+        self.rebuilt()
+    }
+
+    /// Sends every request (except to loopback hosts) through this proxy,
+    /// whatever the environment says. `url` is `http://host:port` or
+    /// `https://host:port` (a CONNECT proxy; ureq also reads `socks5://`
+    /// when built with its `socks-proxy` feature), with optional
+    /// `user:password@` (percent-encoded), which `Debug` never shows.
+    ///
+    /// ```
+    /// use freshtoken::oauth2::UreqTransport;
+    ///
+    /// let t = UreqTransport::new().proxy("http://user:s3cret@proxy.corp.example:3128")?;
+    /// assert!(!format!("{t:?}").contains("s3cret"));
+    /// assert!(UreqTransport::new().proxy("ftp://nope").is_err());
+    /// # Ok::<_, freshtoken::oauth2::ProxyError>(())
+    /// ```
+    pub fn proxy(mut self, url: &str) -> Result<Self, ProxyError> {
+        let proxy = ureq::Proxy::new(url).map_err(|_| ProxyError {
+            redacted: redacted_url(url),
+        })?;
+        self.proxy = ProxySetting::Explicit(proxy, redacted_url(url));
+        Ok(self.rebuilt())
+    }
+
+    /// Ignores `HTTPS_PROXY` and the other proxy variables: connects
+    /// directly.
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy = ProxySetting::Direct;
+        self.rebuilt()
     }
 
     /// The client certificate's SHA-256 thumbprint (base64url), as in a
@@ -223,6 +307,7 @@ impl UreqTransport {
             .timeout_global(Some(self.timeout))
             .user_agent(concat!("freshtoken/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
+            .proxy(self.proxy.resolve())
             .build();
         self.agent = config.new_agent();
         self
@@ -231,10 +316,12 @@ impl UreqTransport {
 
 impl HttpTransport for UreqTransport {
     fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
-        check_token_url(request.url()).map_err(|e| FetchError::permanent(e.to_string()))?;
-        let loopback = has_loopback_host(request.url());
+        // The URI checked is the URI connected to.
+        let uri =
+            parse_token_url(request.url()).map_err(|e| FetchError::permanent(e.to_string()))?;
+        let loopback = uri_has_loopback_host(&uri);
         let response = if request.method() == "GET" {
-            let mut builder = self.agent.get(request.url()).header("Connection", "close");
+            let mut builder = self.agent.get(uri).header("Connection", "close");
             if loopback {
                 builder = builder.config().proxy(None).build();
             }
@@ -243,7 +330,7 @@ impl HttpTransport for UreqTransport {
             }
             builder.call()
         } else {
-            let mut builder = self.agent.post(request.url()).header("Connection", "close");
+            let mut builder = self.agent.post(uri).header("Connection", "close");
             if loopback {
                 // An HTTP(S)_PROXY from the environment cannot reach this
                 // machine's loopback.
@@ -279,6 +366,51 @@ impl HttpTransport for UreqTransport {
             })?;
         Ok(HttpResponse::new(parts.status.as_u16(), headers, bytes))
     }
+}
+
+/// Where requests go: as the environment says, directly, or through a
+/// named proxy (kept with its redacted URL for `Debug`).
+#[derive(Clone)]
+enum ProxySetting {
+    FromEnvironment,
+    Direct,
+    Explicit(ureq::Proxy, String),
+}
+
+impl ProxySetting {
+    fn resolve(&self) -> Option<ureq::Proxy> {
+        match self {
+            ProxySetting::FromEnvironment => ureq::Proxy::try_from_env(),
+            ProxySetting::Direct => None,
+            ProxySetting::Explicit(proxy, _) => Some(proxy.clone()),
+        }
+    }
+}
+
+impl fmt::Debug for ProxySetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxySetting::FromEnvironment => f.write_str("from the environment"),
+            ProxySetting::Direct => f.write_str("none"),
+            ProxySetting::Explicit(_, url) => f.write_str(url),
+        }
+    }
+}
+
+fn roots_name(roots: Option<&RootCerts>) -> &'static str {
+    match roots {
+        None | Some(RootCerts::WebPki) => "Mozilla (webpki-roots)",
+        Some(RootCerts::PlatformVerifier) => "the platform verifier",
+        Some(_) => "custom",
+    }
+}
+
+/// A proxy URL that cannot be used. Its `Display` shows the URL with any
+/// password redacted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid proxy URL {redacted} (expected http://host:port or https://host:port)")]
+pub struct ProxyError {
+    redacted: String,
 }
 
 /// A ureq failure as a fetch error. ureq's errors describe the connection

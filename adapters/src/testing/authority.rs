@@ -578,7 +578,7 @@ impl Answer {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic in a worker must not take the test's authority down.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     fn handle(&self, mut request: tiny_http::Request) {

@@ -42,6 +42,15 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::redact::redacted_excerpt;
+
+/// "it starts with: <excerpt>", or "empty body" when there is nothing to show.
+fn beginning(excerpt: &str) -> String {
+    if excerpt.trim().is_empty() {
+        "empty body".to_owned()
+    } else {
+        format!("it starts with: {excerpt}")
+    }
+}
 use super::request::ClientAuth;
 use super::response::HttpResponse;
 use super::url::{check_token_url, UrlError};
@@ -85,7 +94,7 @@ pub enum DiscoveryError {
         limit: usize,
     },
     /// Not JSON, or not a JSON object.
-    #[error("the metadata document is not a JSON object; it starts with: {excerpt}")]
+    #[error("the metadata document is not a JSON object; {}", beginning(.excerpt))]
     NotAnObject {
         /// A short, redacted excerpt.
         excerpt: String,
@@ -479,6 +488,17 @@ mod tests {
         let meta = parse_metadata(&doc(base()), ISS, CAP).unwrap();
         assert!(meta.supports_auth_method(ClientAuth::Basic));
         assert!(!meta.supports_auth_method(ClientAuth::PrivateKeyJwt));
+    }
+
+    #[test]
+    fn an_empty_document_says_empty_body() {
+        let e = parse_metadata(b"", ISS, CAP).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the metadata document is not a JSON object; empty body"
+        );
+        let e = parse_metadata(b"<html>", ISS, CAP).unwrap_err();
+        assert!(e.to_string().ends_with("; it starts with: <html>"), "{e}");
     }
 
     #[test]

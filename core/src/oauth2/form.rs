@@ -2,9 +2,10 @@
 //! request bodies (Appendix B) and for the client id and secret inside an
 //! HTTP Basic header (section 2.3.1).
 //!
-//! Hand-written because it is thirty lines and the core keeps its
-//! dependencies few; it follows the WHATWG URL standard's serializer (the
-//! byte set browsers and `url::form_urlencoded` leave unescaped).
+//! Thin wrappers over the servo/rust-url project's `form_urlencoded` and
+//! `percent-encoding` crates (the WHATWG URL standard's serializer and
+//! parser, what the `url` crate uses): well kept, pure, no I/O, so the core
+//! stays pure.
 
 /// Encodes one name or value: `A-Z a-z 0-9 * - . _` stay, a space becomes
 /// `+`, every other byte of the UTF-8 encoding becomes `%XX`.
@@ -14,22 +15,7 @@
 /// assert_eq!(form::encode("a b+c/é"), "a+b%2Bc%2F%C3%A9");
 /// ```
 pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                out.push(char::from(b))
-            }
-            b' ' => out.push('+'),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                out.push('%');
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0x0f)]));
-            }
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Encodes name/value pairs as `a=1&b=2`.
@@ -40,47 +26,24 @@ pub fn encode(s: &str) -> String {
 ///            "grant_type=client_credentials&scope=a+b");
 /// ```
 pub fn encode_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut out = String::new();
-    for (name, value) in pairs {
-        if !out.is_empty() {
-            out.push('&');
-        }
-        out.push_str(&encode(name));
-        out.push('=');
-        out.push_str(&encode(value));
-    }
-    out
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 /// Decodes one component: `+` is a space, `%XX` a byte; a malformed escape
 /// is kept literally and invalid UTF-8 is replaced, so decoding never fails.
+/// (`&` and `=` are kept: this is one component, not a whole body.)
 ///
 /// ```
 /// use freshtoken_core::oauth2::form;
 /// assert_eq!(form::decode("a+b%2Bc%2F%C3%A9%zz"), "a b+c/é%zz");
 /// ```
 pub fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).and_then(|h| hex_value(*h)),
-                bytes.get(i + 2).and_then(|l| hex_value(*l)),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Decodes a whole body into name/value pairs, in order (names may repeat).
@@ -96,22 +59,9 @@ pub fn decode(s: &str) -> String {
 /// ]);
 /// ```
 pub fn parse(body: &str) -> Vec<(String, String)> {
-    body.split('&')
-        .filter(|part| !part.is_empty())
-        .map(|part| match part.split_once('=') {
-            Some((name, value)) => (decode(name), decode(value)),
-            None => (decode(part), String::new()),
-        })
+    form_urlencoded::parse(body.as_bytes())
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
         .collect()
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -130,6 +80,15 @@ mod tests {
             let _ = decode(&s);
             let _ = parse(&s);
         }
+    }
+
+    #[test]
+    fn parse_and_decode_edge_cases() {
+        assert_eq!(parse("&&a=1&&"), vec![("a".into(), "1".into())]);
+        assert_eq!(parse("a=b=c"), vec![("a".into(), "b=c".into())]);
+        assert_eq!(decode("a=b&c"), "a=b&c");
+        assert_eq!(decode("%"), "%");
+        assert_eq!(decode("%ff"), "\u{fffd}");
     }
 
     #[test]

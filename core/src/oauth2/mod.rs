@@ -44,10 +44,13 @@ mod request;
 mod response;
 mod url;
 
-pub use redact::redacted_excerpt;
+pub use redact::{redacted_excerpt, redacted_url};
 pub use request::{
     BodyFormat, ClientAuth, FetchCredentials, GrantKind, HttpRequest, TokenRequest,
     CLIENT_ASSERTION_TYPE_JWT_BEARER, DEFAULT_MAX_RESPONSE_BYTES,
 };
 pub use response::{classify, parse_http_date, parse_response, parse_retry_after, HttpResponse};
-pub use url::{check_token_url, has_loopback_host, UrlError};
+pub use url::{
+    check_token_uri, check_token_url, has_loopback_host, parse_token_url, uri_has_loopback_host,
+    UrlError,
+};

@@ -71,6 +71,69 @@ pub fn redacted_excerpt(body: &[u8], max_chars: usize) -> String {
     out
 }
 
+/// A URL for `Debug` and logs: scheme, host, port and path as given; the
+/// user-info (`user:password@`) and every query value and fragment replaced
+/// by `<redacted>`, query names kept (`?code=<redacted>&state=<redacted>`).
+/// Something that is not an absolute URL shows as `<not a URL>`.
+///
+/// ```
+/// use freshtoken_core::oauth2::redacted_url;
+///
+/// assert_eq!(
+///     redacted_url("https://app:hunter2@auth.example:8443/token?code=abc&x#frag"),
+///     "https://<redacted>@auth.example:8443/token?code=<redacted>&x#<redacted>",
+/// );
+/// assert_eq!(redacted_url("https://auth.example/token"), "https://auth.example/token");
+/// ```
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, rest) = rest.split_at(authority_end);
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, _)) => (r, Some(REDACTED)),
+        None => (rest, None),
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    out.push_str("://");
+    match authority.rsplit_once('@') {
+        Some((_, host)) => {
+            out.push_str(REDACTED);
+            out.push('@');
+            out.push_str(host);
+        }
+        None => out.push_str(authority),
+    }
+    out.push_str(path);
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(REDACTED);
+                }
+                None => out.push_str(pair),
+            }
+        }
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
 /// Replaces the value that follows a sensitive name and a `:` or `=`.
 fn redact_named_values(text: &str) -> String {
     let lower = text.to_ascii_lowercase();

@@ -6,6 +6,7 @@ use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use super::form;
+use super::redact::redacted_url;
 use super::response::{parse_response, HttpResponse};
 use crate::error::FetchError;
 use crate::machine::FetchRequest;
@@ -254,7 +255,8 @@ impl fmt::Debug for HttpRequest {
         let names: Vec<&str> = self.headers.iter().map(|(n, _)| *n).collect();
         f.debug_struct("HttpRequest")
             .field("method", &self.method)
-            .field("url", &self.url)
+            // User-info and query values may be credentials (as in UrlError).
+            .field("url", &redacted_url(&self.url))
             .field("headers", &names)
             .field("body_len", &self.body.len())
             .finish()
@@ -310,7 +312,7 @@ impl fmt::Debug for TokenRequest {
         // their names are shown.
         let extra: Vec<&str> = self.extra.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("TokenRequest")
-            .field("url", &self.url)
+            .field("url", &redacted_url(&self.url))
             .field("grant", &self.grant)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)

@@ -17,7 +17,7 @@ use super::request::GrantKind;
 use crate::error::{FetchError, FetchErrorKind};
 use crate::secret::{AccessToken, IdToken, RefreshToken};
 use crate::time::Timestamp;
-use crate::token::TokenResponse;
+use crate::token::{TokenResponse, UnusableToken};
 
 /// How many characters of an answer an error message may quote.
 const EXCERPT_CHARS: usize = 160;
@@ -173,10 +173,7 @@ pub fn parse_response(
                 None if e.is_data() => "it is not a JSON object".to_owned(),
                 None => "it is not valid JSON".to_owned(),
             };
-            let message = format!(
-                "cannot read the answer: {why}; it starts with: {}",
-                redacted_excerpt(body, EXCERPT_CHARS)
-            );
+            let message = format!("cannot read the answer: {why}; {}", beginning(body));
             return Err(fail(kind_for_status(status), message));
         }
     };
@@ -190,10 +187,7 @@ pub fn parse_response(
         return success(raw, response).map_err(|why| {
             fail(
                 FetchErrorKind::Transient,
-                format!(
-                    "the success answer is unusable: {why}; it starts with: {}",
-                    redacted_excerpt(body, EXCERPT_CHARS)
-                ),
+                format!("the success answer is unusable: {why}; {}", beginning(body)),
             )
         });
     }
@@ -301,6 +295,20 @@ pub fn parse_http_date(value: &str) -> Option<Timestamp> {
         .map(Timestamp::from_system_time)
 }
 
+/// "it starts with: <redacted excerpt>", or "empty body" (an
+/// excerpt of nothing reads as a message cut short).
+fn beginning(body: &[u8]) -> String {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        if body.is_empty() {
+            "empty body".to_owned()
+        } else {
+            "the body holds only whitespace".to_owned()
+        }
+    } else {
+        format!("it starts with: {}", redacted_excerpt(body, EXCERPT_CHARS))
+    }
+}
+
 /// The success fields, or why they are unusable (a message free of values).
 fn success(raw: RawAnswer, response: &HttpResponse) -> Result<TokenResponse, &'static str> {
     let access_token = match raw.access_token {
@@ -325,13 +333,19 @@ fn success(raw: RawAnswer, response: &HttpResponse) -> Result<TokenResponse, &'s
         ),
         _ => None,
     };
-    Ok(TokenResponse::new(access_token)
+    let answer = TokenResponse::new(access_token)
         .with_token_type(token_type)
         .with_expires_in(raw.expires_in.as_ref().and_then(expires_in))
         .with_refresh_token(non_empty_string(raw.refresh_token).map(RefreshToken::new))
         .with_id_token(non_empty_string(raw.id_token).map(IdToken::new))
         .with_scope(scope)
-        .with_server_date(response.header("date").and_then(parse_http_date)))
+        .with_server_date(response.header("date").and_then(parse_http_date));
+    // Both go verbatim into `Authorization: <token_type> <access_token>`.
+    answer.check_usable().map_err(|e| match e {
+        UnusableToken::AccessToken => "its access_token is not printable ASCII without spaces",
+        _ => "its token_type is not an RFC 7235 auth-scheme (letters, digits, !#$%&'*+-.^_`|~)",
+    })?;
+    Ok(answer)
 }
 
 fn non_empty_string(v: Option<Value>) -> Option<String> {
@@ -455,6 +469,49 @@ mod tests {
         assert_eq!(e(r#""NaN""#), None);
         assert_eq!(e("null"), None);
         assert_eq!(e("[1]"), None);
+    }
+
+    #[test]
+    fn header_injection_through_token_type_is_refused() {
+        // Measured before the fix: accepted, and authorization_header()
+        // returned the CR/LF.
+        for token_type in [
+            "Bearer\r\nX-Injected: 1",
+            "Bearer\n",
+            "Bearer x",
+            "Bé",
+            "Bearer\u{0}",
+        ] {
+            let body = serde_json::json!({"access_token": "secret-at-1", "token_type": token_type})
+                .to_string();
+            let e = err(GrantKind::ClientCredentials, 200, &body);
+            assert_eq!(e.kind(), FetchErrorKind::Transient, "{token_type:?}");
+            assert!(e.message().contains("token_type"), "{e}");
+            assert!(!e.to_string().contains("secret-at-1"), "{e}");
+            assert!(!e.to_string().contains(['\r', '\n']), "{e}");
+        }
+        // An access token that would split the header is refused too.
+        let e = err(
+            GrantKind::ClientCredentials,
+            200,
+            r#"{"access_token":"at\r\nX: 1"}"#,
+        );
+        assert!(e.message().contains("access_token"), "{e}");
+        // Every RFC 7235 tchar is allowed.
+        assert_eq!(
+            ok(r#"{"access_token":"at","token_type":"N_A!#$%&'*+-.^`|~9"}"#).token_type,
+            "N_A!#$%&'*+-.^`|~9"
+        );
+    }
+
+    #[test]
+    fn an_empty_body_is_called_empty() {
+        let e = err(GrantKind::ClientCredentials, 200, "");
+        assert!(e.message().ends_with("; empty body"), "{e}");
+        let e = err(GrantKind::ClientCredentials, 502, "  \n");
+        assert!(e.message().ends_with("only whitespace"), "{e}");
+        let e = err(GrantKind::ClientCredentials, 200, "<html>");
+        assert!(e.message().ends_with("it starts with: <html>"), "{e}");
     }
 
     #[test]

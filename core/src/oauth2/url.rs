@@ -44,6 +44,11 @@ impl std::error::Error for UrlError {}
 
 /// Accepts `https://` URLs, and `http://` URLs whose host is loopback.
 ///
+/// The URL is parsed as an [`http::Uri`], the type HTTP clients (ureq,
+/// hyper) connect with, so the host checked here is the host a client
+/// reaches; a transport can check the very value it sends with
+/// [`parse_token_url`] or [`check_token_uri`].
+///
 /// ```
 /// use freshtoken_core::oauth2::{check_token_url, UrlError};
 ///
@@ -55,7 +60,39 @@ impl std::error::Error for UrlError {}
 /// assert!(matches!(check_token_url("ftp://x/y"), Err(UrlError::Invalid { .. })));
 /// ```
 pub fn check_token_url(url: &str) -> Result<(), UrlError> {
-    let (scheme, host) = scheme_and_host(url)?;
+    parse_token_url(url).map(drop)
+}
+
+/// Parses `url` and checks it as [`check_token_url`] does, returning the
+/// [`http::Uri`] to connect with: what a transport sends is what was
+/// checked.
+///
+/// ```
+/// use freshtoken_core::oauth2::parse_token_url;
+///
+/// let uri = parse_token_url("https://auth.example.com/oauth2/token").unwrap();
+/// assert_eq!(uri.host(), Some("auth.example.com"));
+/// assert!(parse_token_url("http://auth.example.com/token").is_err());
+/// ```
+pub fn parse_token_url(url: &str) -> Result<http::Uri, UrlError> {
+    let uri = parse(url)?;
+    check_token_uri(&uri)?;
+    Ok(uri)
+}
+
+/// The check of [`check_token_url`] on an already parsed URI.
+///
+/// ```
+/// use freshtoken_core::oauth2::{check_token_uri, UrlError};
+///
+/// let uri: http::Uri = "http://10.0.0.1/token".parse().unwrap();
+/// assert!(matches!(check_token_uri(&uri), Err(UrlError::Insecure { .. })));
+/// ```
+pub fn check_token_uri(uri: &http::Uri) -> Result<(), UrlError> {
+    let scheme = uri.scheme_str().ok_or(UrlError::Invalid {
+        reason: "it has no scheme",
+    })?;
+    let host = host_of(uri)?;
     if scheme.eq_ignore_ascii_case("https") {
         return Ok(());
     }
@@ -82,31 +119,48 @@ pub fn check_token_url(url: &str) -> Result<(), UrlError> {
 /// assert!(!has_loopback_host("https://auth.example.com/t"));
 /// ```
 pub fn has_loopback_host(url: &str) -> bool {
-    scheme_and_host(url).is_ok_and(|(_, host)| is_loopback(host))
+    parse(url).is_ok_and(|uri| uri_has_loopback_host(&uri))
 }
 
-fn scheme_and_host(url: &str) -> Result<(&str, &str), UrlError> {
-    let (scheme, rest) = url.split_once("://").ok_or(UrlError::Invalid {
-        reason: "it has no scheme",
+/// [`has_loopback_host`] on an already parsed URI.
+///
+/// ```
+/// use freshtoken_core::oauth2::uri_has_loopback_host;
+/// assert!(uri_has_loopback_host(&"http://[::1]:9/t".parse().unwrap()));
+/// ```
+pub fn uri_has_loopback_host(uri: &http::Uri) -> bool {
+    host_of(uri).is_ok_and(is_loopback)
+}
+
+fn parse(url: &str) -> Result<http::Uri, UrlError> {
+    // http::Uri's own errors are not shown: they could quote the URL.
+    let uri: http::Uri = url.parse().map_err(|_| UrlError::Invalid {
+        reason: "it is not a valid absolute URL",
     })?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    // Drop user-info; it is never shown.
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split_once(']')
-            .map(|(h, _)| h)
-            .ok_or(UrlError::Invalid {
-                reason: "unterminated IPv6 address",
-            })?
-    } else {
-        host_port.split(':').next().unwrap_or("")
+    if uri.scheme().is_none() {
+        return Err(UrlError::Invalid {
+            reason: "it has no scheme",
+        });
+    }
+    Ok(uri)
+}
+
+/// The host, without the brackets of an IPv6 literal (user-info is never
+/// part of it).
+fn host_of(uri: &http::Uri) -> Result<&str, UrlError> {
+    let host = uri.host().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']').ok_or(UrlError::Invalid {
+            reason: "unterminated IPv6 address",
+        })?,
+        None => host,
     };
     if host.is_empty() {
         return Err(UrlError::Invalid {
             reason: "it has no host",
         });
     }
-    Ok((scheme, host))
+    Ok(host)
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -154,6 +208,8 @@ mod tests {
             "http://",
             "http://[::1/t",
             "file:///etc/passwd",
+            "https://a.example/t x",
+            "https://a.example\r\n/t",
         ] {
             assert!(
                 matches!(check_token_url(bad), Err(UrlError::Invalid { .. })),
