@@ -137,3 +137,8 @@ where
         (self.0)(request)
     }
 }
+
+#[cfg(feature = "file")]
+mod file;
+#[cfg(feature = "file")]
+pub use file::{FileFormat, FileSource, FileToken, FileWatch};
