@@ -335,7 +335,12 @@ impl FileSource {
             (None, None) => None,
         };
         let expires_at = match expires_at {
-            Some(at) => at,
+            // Whole seconds are up to a second early: a JWT's `exp` within
+            // that second is the same time, more precisely.
+            Some(at) => match JwtTimes::read(&json.access_token).and_then(|t| t.exp) {
+                Some(exp) if exp >= at && exp < at.saturating_add(Duration::from_secs(1)) => exp,
+                _ => at,
+            },
             None => self.expiry_of(&json.access_token, written)?,
         };
         Ok(FileToken {
