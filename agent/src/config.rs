@@ -335,11 +335,13 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Loaded, ConfigError> {
         }
         None => toml::Table::new(),
     };
-    check_file_keys(&table)?;
+    check_file_keys(&mut table)?;
     let secrets_from_env = apply_env(&mut table, env)?;
-    let mut config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-        ConfigError::new("config", e.message().to_owned())
-    })?;
+    // Every key and type was checked above; serde's message could quote a
+    // value (a secret pasted in the wrong place), so it is not shown.
+    let mut config: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|_: toml::de::Error| ConfigError::new("config", "a value does not fit its key"))?;
     if let Some(base) = path.and_then(Path::parent) {
         relative_to(&mut config, base);
     }
@@ -427,18 +429,20 @@ fn check_value(key: &str, kind: Kind, value: &mut toml::Value) -> Result<(), Con
 }
 
 /// Every key in the file is known and of the right type.
-fn check_file_keys(table: &toml::Table) -> Result<(), ConfigError> {
-    for (key, value) in table {
+fn check_file_keys(table: &mut toml::Table) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
         match (key.as_str(), value) {
             ("agent", toml::Value::Table(agent)) => {
-                for (k, _) in agent {
-                    if !AGENT_KEYS.iter().any(|(name, _)| name == k) {
-                        return Err(unknown(&format!("agent.{k}"), AGENT_KEYS, ""));
+                for (k, v) in agent.iter_mut() {
+                    let path = format!("agent.{k}");
+                    match AGENT_KEYS.iter().find(|(name, _)| name == k) {
+                        Some((_, kind)) => check_value(&path, *kind, v)?,
+                        None => return Err(unknown(&path, AGENT_KEYS, "")),
                     }
                 }
             }
             ("tokens", toml::Value::Table(tokens)) => {
-                for (name, token) in tokens {
+                for (name, token) in tokens.iter_mut() {
                     check_name(name)?;
                     let toml::Value::Table(token) = token else {
                         return Err(ConfigError::new(format!("tokens.{name}"), "must be a table"));
@@ -458,8 +462,8 @@ fn check_file_keys(table: &toml::Table) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_token_keys(name: &str, token: &toml::Table) -> Result<(), ConfigError> {
-    for (k, v) in token {
+fn check_token_keys(name: &str, token: &mut toml::Table) -> Result<(), ConfigError> {
+    for (k, v) in token.iter_mut() {
         let path = format!("tokens.{name}.{k}");
         if ENV_ONLY.contains(&k.as_str()) {
             return Err(ConfigError::new(
@@ -473,21 +477,21 @@ fn check_token_keys(name: &str, token: &toml::Table) -> Result<(), ConfigError> 
         }
         match v {
             toml::Value::Table(inner) if k == "file" || k == "cache" => {
-                for (ik, _) in inner {
+                for (ik, iv) in inner.iter_mut() {
                     let dotted = format!("{k}.{ik}");
-                    if !TOKEN_KEYS.iter().any(|(n, _)| *n == dotted) {
-                        return Err(unknown(&format!("{path}.{ik}"), TOKEN_KEYS, k));
+                    match TOKEN_KEYS.iter().find(|(n, _)| *n == dotted) {
+                        Some((_, kind)) => check_value(&format!("{path}.{ik}"), *kind, iv)?,
+                        None => return Err(unknown(&format!("{path}.{ik}"), TOKEN_KEYS, k)),
                     }
                 }
             }
             _ if k == "file" || k == "cache" => {
                 return Err(ConfigError::new(path, "must be a table"));
             }
-            _ => {
-                if !TOKEN_KEYS.iter().any(|(n, _)| n == k) {
-                    return Err(unknown(&path, TOKEN_KEYS, ""));
-                }
-            }
+            _ => match TOKEN_KEYS.iter().find(|(n, _)| n == k) {
+                Some((_, kind)) => check_value(&path, *kind, v)?,
+                None => return Err(unknown(&path, TOKEN_KEYS, "")),
+            },
         }
     }
     Ok(())
@@ -930,7 +934,12 @@ pub fn check_sinks(loaded: &Loaded) -> Result<(), ConfigError> {
             .prefix(".freshtoken-check")
             .tempfile_in(&dir)
             .map_err(|e| {
-                ConfigError::new(&key, format!("the directory {} is not writable: {e}", dir.display()))
+                // The OS's reason without tempfile's path of the probe.
+                let why = match e.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::from(e.kind()),
+                };
+                ConfigError::new(&key, format!("the directory {} is not writable: {why}", dir.display()))
             })?;
     }
     Ok(())
