@@ -392,8 +392,21 @@ impl TokenSource for FileSource {
         if token.expires_at <= now || left < self.min_remaining {
             return Err(self.bad("the token in the file has expired (is its writer running?)"));
         }
-        // Whole seconds, rounded down: never later than the file says.
-        let expires_in = i64::try_from(left.as_secs()).unwrap_or(i64::MAX);
+        // `expires_in` is whole seconds. Rounded down it is never later
+        // than the file says, but up to a second early, which for a
+        // short-lived token is a large part of its life. When the expiry is
+        // the JWT's own `exp`, round up instead: the driver takes the
+        // earlier of `expires_in` and the JWT's `exp` (read to the
+        // millisecond), so the token then lives exactly as long as it does.
+        let from_jwt = JwtTimes::read(token.access_token.expose_secret())
+            .and_then(|t| t.exp)
+            .is_some_and(|exp| exp == token.expires_at);
+        let secs = if from_jwt {
+            left.as_millis().div_ceil(1_000)
+        } else {
+            u128::from(left.as_secs())
+        };
+        let expires_in = i64::try_from(secs).unwrap_or(i64::MAX);
         Ok(TokenResponse::new(token.access_token)
             .with_token_type(token.token_type)
             .with_expires_in(Some(expires_in))
