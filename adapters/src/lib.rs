@@ -62,6 +62,7 @@
 //! | `reqwest-middleware` | `middleware::reqwest::AuthMiddleware`, the same for reqwest |
 //! | `ureq-middleware` | `middleware::ureq::{AuthHeader, AuthAgent}`, the same for ureq 3 |
 //! | `tonic` | `middleware::tonic::AuthInterceptor`: `authorization` metadata, one replay on UNAUTHENTICATED |
+//! | `metrics` | counters, gauges and a histogram of every driver through the `metrics` facade (any exporter); see `metrics` |
 //!
 //! Always there: `manager::TokenManager`, one refresher per audience, scope
 //! or resource, stopped when idle (with any driver feature).
@@ -75,6 +76,8 @@ pub mod clock;
 pub mod driver;
 #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
 pub mod manager;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(any(
     feature = "tower",
     feature = "reqwest-middleware",
@@ -82,6 +85,11 @@ pub mod manager;
     feature = "tonic"
 ))]
 pub mod middleware;
+// Without the feature the module still gives the drivers their tracing
+// spans and warning hints; its metric parts are no-ops.
+#[cfg(not(feature = "metrics"))]
+#[allow(dead_code, unused_imports)]
+mod metrics;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod source;

@@ -361,6 +361,10 @@ impl Drop for Locked {
 const CORRUPT_INFIX: &str = ".corrupt-";
 
 impl TokenCache for FileCache {
+    fn metrics_label(&self) -> &'static str {
+        "file"
+    }
+
     fn load(&self) -> Result<Option<Token>, CacheError> {
         let Some((file, read)) = self.read_cache_file()? else {
             return Ok(None);

@@ -97,6 +97,10 @@ impl fmt::Debug for MemoryCache {
 }
 
 impl TokenCache for MemoryCache {
+    fn metrics_label(&self) -> &'static str {
+        "memory"
+    }
+
     fn load(&self) -> Result<Option<Token>, CacheError> {
         Ok(self.shared().token.clone())
     }

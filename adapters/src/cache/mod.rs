@@ -122,6 +122,20 @@ pub trait TokenCache: Send + Sync + 'static {
     fn release_lease(&self) -> Result<(), CacheError> {
         Ok(())
     }
+
+    /// A short, fixed name for this kind of cache (`"memory"`, `"file"`,
+    /// `"redis"`, `"postgres"`): the `layer` label of the cache metrics
+    /// (feature `metrics`). The default is `"custom"`; a [`CacheStack`]
+    /// says `"stack"` and labels each of its layers with theirs. Keep it a
+    /// constant: label values must be few.
+    ///
+    /// ```
+    /// use freshtoken::cache::{MemoryCache, TokenCache};
+    /// assert_eq!(MemoryCache::new().metrics_label(), "memory");
+    /// ```
+    fn metrics_label(&self) -> &'static str {
+        "custom"
+    }
 }
 
 macro_rules! forward_cache {
@@ -141,6 +155,9 @@ macro_rules! forward_cache {
             }
             fn release_lease(&self) -> Result<(), CacheError> {
                 (**self).release_lease()
+            }
+            fn metrics_label(&self) -> &'static str {
+                (**self).metrics_label()
             }
         }
     )*};
@@ -215,6 +232,13 @@ pub trait AsyncTokenCache: Send + Sync + 'static {
     fn release_lease(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
         std::future::ready(Ok(()))
     }
+
+    /// A short, fixed name for this kind of cache, the `layer` label of the
+    /// cache metrics; see [`TokenCache::metrics_label`]. The default is
+    /// `"custom"`.
+    fn metrics_label(&self) -> &'static str {
+        "custom"
+    }
 }
 
 macro_rules! forward_async_cache {
@@ -240,6 +264,9 @@ macro_rules! forward_async_cache {
             }
             fn release_lease(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
                 (**self).release_lease()
+            }
+            fn metrics_label(&self) -> &'static str {
+                (**self).metrics_label()
             }
         }
     )*};

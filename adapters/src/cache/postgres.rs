@@ -890,6 +890,10 @@ fn ttl_millis(ttl: Duration) -> f64 {
 }
 
 impl TokenCache for PostgresCache {
+    fn metrics_label(&self) -> &'static str {
+        "postgres"
+    }
+
     fn load(&self) -> Result<Option<Token>, CacheError> {
         self.load_blocking()
     }
@@ -940,6 +944,10 @@ impl AsyncPostgresCache {
 }
 
 impl AsyncTokenCache for AsyncPostgresCache {
+    fn metrics_label(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn load(&self) -> Result<Option<Token>, CacheError> {
         let row = self.0.call(load_op).await?;
         match row {

@@ -861,6 +861,10 @@ impl fmt::Debug for RedisCache {
 }
 
 impl TokenCache for RedisCache {
+    fn metrics_label(&self) -> &'static str {
+        "redis"
+    }
+
     fn load(&self) -> Result<Option<Token>, CacheError> {
         let bytes = self.run(|c| Self::read_bounded(c, &self.key))?;
         if bytes.is_empty() {

@@ -250,6 +250,10 @@ impl fmt::Debug for AsyncRedisCache {
 }
 
 impl AsyncTokenCache for AsyncRedisCache {
+    fn metrics_label(&self) -> &'static str {
+        "redis"
+    }
+
     async fn load(&self) -> Result<Option<Token>, CacheError> {
         let mut conn = self.connection().await?;
         let bytes = self.read_bounded(&mut conn).await?;

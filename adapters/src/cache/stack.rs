@@ -111,6 +111,10 @@ impl fmt::Debug for CacheStack {
 }
 
 impl TokenCache for CacheStack {
+    fn metrics_label(&self) -> &'static str {
+        "stack"
+    }
+
     fn load(&self) -> Result<Option<Token>, CacheError> {
         self.load_newer(None)
     }
@@ -124,6 +128,7 @@ impl TokenCache for CacheStack {
         let mut unreadable = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let result = layer.load_newer(newer_than);
+            crate::metrics::layer_op(i, &**layer, crate::metrics::CacheOp::Load, &result);
             if result.is_ok() {
                 // A more shared layer answered: a failure above it is moot.
                 last_error = None;
@@ -179,7 +184,9 @@ impl TokenCache for CacheStack {
         let token = held[from].clone().expect("best points at a held token");
         for (i, layer) in self.layers[..from].iter().enumerate() {
             if held[i].as_ref().is_none_or(|h| token.supersedes(h)) {
-                if let Err(e) = layer.store(&token) {
+                let result = layer.store(&token);
+                crate::metrics::layer_op(i, &**layer, crate::metrics::CacheOp::WriteBack, &result);
+                if let Err(e) = result {
                     tracing::warn!(layer = i, error = %e, "cache layer failed to take a write-back");
                 }
             }
@@ -190,7 +197,9 @@ impl TokenCache for CacheStack {
     fn store(&self, token: &Token) -> Result<(), CacheError> {
         let mut first_error = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            if let Err(e) = layer.store(token) {
+            let result = layer.store(token);
+            crate::metrics::layer_op(i, &**layer, crate::metrics::CacheOp::Store, &result);
+            if let Err(e) = result {
                 tracing::warn!(layer = i, error = %e, "cache layer failed to store");
                 first_error.get_or_insert(e);
             }
@@ -201,7 +210,9 @@ impl TokenCache for CacheStack {
     fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
         let mut leased = self.leased.lock().unwrap_or_else(PoisonError::into_inner);
         for (i, layer) in self.layers.iter().enumerate().rev() {
-            match layer.acquire_lease(ttl) {
+            let result = layer.acquire_lease(ttl);
+            crate::metrics::layer_op(i, &**layer, crate::metrics::CacheOp::Lease, &result);
+            match result {
                 Ok(LeaseOutcome::Unsupported) => continue,
                 Ok(outcome) => {
                     *leased = (outcome == LeaseOutcome::Granted).then_some(i);
@@ -222,8 +233,12 @@ impl TokenCache for CacheStack {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        match leased.and_then(|i| self.layers.get(i)) {
-            Some(layer) => layer.release_lease(),
+        match leased.and_then(|i| Some((i, self.layers.get(i)?))) {
+            Some((i, layer)) => {
+                let result = layer.release_lease();
+                crate::metrics::layer_op(i, &**layer, crate::metrics::CacheOp::Release, &result);
+                result
+            }
             None => Ok(()),
         }
     }

@@ -28,6 +28,9 @@ pub(crate) struct Engine {
     clock: Arc<dyn Clock>,
     cache: Arc<dyn TokenCache>,
     heartbeat: Duration,
+    /// Metrics and tracing hook (crate::metrics): sees every input, action
+    /// and publication.
+    observer: crate::metrics::Observer,
 }
 
 /// What the driver should do next.
@@ -119,7 +122,8 @@ impl CacheJob {
 /// The machine waits for no answer to a release; a failure is only logged.
 fn released(result: Result<(), CacheError>) -> Option<Input> {
     if let Err(e) = result {
-        tracing::warn!(error = %e, "could not release the cache lease");
+        let hint = crate::metrics::cache_hint(&e);
+        tracing::warn!(error = %e, hint, "could not release the cache lease");
     }
     None
 }
@@ -187,13 +191,17 @@ impl Engine {
         clock: Arc<dyn Clock>,
         cache: Arc<dyn TokenCache>,
         heartbeat: Duration,
+        name: Arc<str>,
     ) -> Self {
+        // metrics hook: count the cache's calls (a no-op without the feature).
+        let cache = crate::metrics::meter_cache(cache, &name);
         Engine {
             machine,
             publisher,
             clock,
             cache,
             heartbeat,
+            observer: crate::metrics::Observer::new(name),
         }
     }
 
@@ -212,9 +220,11 @@ impl Engine {
 
     /// Feeds the result of a job (or a tick, a command) at the clock's now.
     pub(crate) fn feed(&mut self, input: Input) {
+        let seen = self.observer.before_input(&input, &self.machine); // metrics hook
         log_input(&input);
         let fetched_ok = matches!(input, Input::Fetched(_, Ok(_)));
-        self.machine.handle_input(input, self.clock.read());
+        let now = self.clock.read();
+        self.machine.handle_input(input, now);
         if fetched_ok {
             if let Some(t) = self.machine.current() {
                 tracing::info!(
@@ -225,6 +235,7 @@ impl Engine {
                 );
             }
         }
+        self.observer.after_input(seen, &self.machine, now.wall); // metrics hook
     }
 
     pub(crate) fn tick(&mut self) {
@@ -254,7 +265,11 @@ impl Engine {
     /// first job, or how long to sleep.
     pub(crate) fn next(&mut self) -> Next {
         loop {
-            let job = match self.machine.poll_output() {
+            let output = self.machine.poll_output();
+            if let Output::Action(action) = &output {
+                self.observer.on_action(action, self.clock.now()); // metrics hook
+            }
+            let job = match output {
                 Output::Timeout(at) => {
                     let until = at.saturating_duration_since(self.clock.now());
                     // Never longer than the heartbeat: the clock may jump
@@ -293,12 +308,23 @@ impl Engine {
 /// Logs what happened (never a secret: errors carry none by contract).
 fn log_input(input: &Input) {
     match input {
-        Input::Fetched(_, Err(e)) => tracing::warn!(error = %e, "token refresh failed"),
-        Input::CacheLoaded(_, Err(e)) => tracing::warn!(error = %e, "reading the cache failed"),
-        Input::Stored(_, Err(e)) => {
-            tracing::warn!(error = %e, "storing the token in the cache failed")
+        // The hints say what to check (crate::metrics::hints).
+        Input::Fetched(_, Err(e)) => {
+            let hint = crate::metrics::fetch_hint(e);
+            tracing::warn!(error = %e, hint, "token refresh failed")
         }
-        Input::Lease(_, Err(e)) => tracing::warn!(error = %e, "taking the cache lease failed"),
+        Input::CacheLoaded(_, Err(e)) => {
+            let hint = crate::metrics::cache_hint(e);
+            tracing::warn!(error = %e, hint, "reading the cache failed")
+        }
+        Input::Stored(_, Err(e)) => {
+            let hint = crate::metrics::cache_hint(e);
+            tracing::warn!(error = %e, hint, "storing the token in the cache failed")
+        }
+        Input::Lease(_, Err(e)) => {
+            let hint = crate::metrics::cache_hint(e);
+            tracing::warn!(error = %e, hint, "taking the cache lease failed")
+        }
         Input::Lease(_, Ok(LeaseOutcome::Busy)) => {
             tracing::debug!("another instance holds the lease")
         }

@@ -107,6 +107,7 @@ pub struct Builder {
     clock: Arc<dyn Clock>,
     cache: Option<Arc<dyn TokenCache>>,
     thread_name: String,
+    name: Arc<str>,
 }
 
 impl Default for Builder {
@@ -119,6 +120,7 @@ impl Default for Builder {
             clock: Arc::new(SystemClock),
             cache: None,
             thread_name: "freshtoken".to_owned(),
+            name: Arc::from("default"),
         }
     }
 }
@@ -130,6 +132,7 @@ impl std::fmt::Debug for Builder {
             .field("heartbeat", &self.heartbeat)
             .field("fetch_timeout", &self.fetch_timeout)
             .field("cache", &self.cache.is_some())
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -229,6 +232,26 @@ impl Builder {
         self
     }
 
+    /// The refresher's name (default `default`): the `refresher` label of
+    /// its metrics (feature `metrics`) and a field of its tracing spans.
+    /// Give each driver of a process its own short, fixed name (`"api"`,
+    /// `"billing"`); never anything per request or secret.
+    ///
+    /// ```
+    /// use freshtoken::driver::Builder;
+    /// let builder = Builder::new().name("api");
+    /// assert_eq!(builder.refresher_name(), "api");
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Arc::from(name.into());
+        self
+    }
+
+    /// The refresher's name set so far.
+    pub fn refresher_name(&self) -> &str {
+        &self.name
+    }
+
     /// The name of the blocking driver's thread (default `freshtoken`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.thread_name = name.into();
@@ -261,6 +284,7 @@ impl Builder {
             self.clock,
             cache,
             self.heartbeat,
+            self.name,
         );
         (engine, handle, control)
     }
@@ -476,8 +500,10 @@ impl<C: AsyncTokenCache> AsyncCacheBuilder<C> {
         rt: R,
         fetcher: impl run::Fetcher<R>,
     ) -> (TokenHandle, DriverHandle) {
+        let name = self.builder.name.clone();
         let (engine, handle, control) = self.builder.build_shared(true);
-        run::spawn(rt, engine, fetcher, run::AsyncCache(self.cache));
+        let cache = crate::metrics::meter_async(self.cache, &name); // metrics hook
+        run::spawn(rt, engine, fetcher, run::AsyncCache(cache));
         (handle, DriverHandle::new(control, None))
     }
 

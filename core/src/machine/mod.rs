@@ -156,6 +156,13 @@ pub struct MachineStats {
     pub tokens_fetched: u64,
     /// Invalidations that started a refresh.
     pub invalidations: u64,
+    /// Reports of the current token as rejected ([`Input::Invalidate`])
+    /// that came within `invalidate_interval` of the last
+    /// invalidation-driven refresh: the refresh waits for the interval.
+    pub invalidations_rate_limited: u64,
+    /// Reports of the current token as rejected while a refresh was
+    /// already under way or scheduled by the backoff: they join it.
+    pub invalidations_collapsed: u64,
     /// Requests whose deadline passed before their answer came.
     pub timeouts: u64,
     /// Fetch answers that came after their deadline and were still used
@@ -1268,6 +1275,11 @@ impl RefreshMachine {
                 early: self.invalidation_allowed_at(),
             };
             self.tick();
+            if matches!(self.phase, Phase::Idle { .. }) {
+                self.stats.invalidations_rate_limited += 1;
+            }
+        } else {
+            self.stats.invalidations_collapsed += 1;
         }
         // Otherwise a refresh is under way or scheduled by the backoff; it
         // will replace the token and must not adopt this one again. If it

@@ -1,0 +1,335 @@
+//! The drivers' observer: it watches what the engine feeds the machine,
+//! what the machine asks for and publishes, and turns that into metrics
+//! and one tracing span per refresh attempt.
+//!
+//! It changes nothing in the machine: outcomes the inputs alone do not tell
+//! (a timeout, an invalidation that was rate limited) are read from the
+//! difference of [`MachineStats`] before and after each input.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use freshtoken_core::{
+    Action, FetchErrorKind, Input, LeaseOutcome, MachineStats, RefreshMachine, RefreshState,
+    RequestId, Snapshot, Timestamp, Token,
+};
+use tracing::field::Empty;
+use tracing::span::EnteredSpan;
+use tracing::Span;
+
+use super::sink::{Gauges, Sink, State};
+
+/// Fetches remembered at once: the one the machine waits for and a few it
+/// gave up on (their late answers still count in the histogram). A source
+/// that never answers must not grow this without bound.
+const IN_FLIGHT: usize = 8;
+
+/// A fetch that was asked for and not answered yet.
+#[derive(Debug)]
+struct InFlight {
+    id: RequestId,
+    started: Instant,
+    span: Span,
+    /// The machine gave up on it at its deadline (counted as a timeout).
+    timed_out: bool,
+}
+
+/// What [`Observer::before_input`] saw, for [`Observer::after_input`].
+#[derive(Debug)]
+pub(crate) struct Seen {
+    stats: MachineStats,
+    what: What,
+    /// The refresh span, entered while the machine handles its answer, so
+    /// the warnings and the "refreshed" event are inside it.
+    entered: Option<EnteredSpan>,
+}
+
+#[derive(Debug)]
+enum What {
+    Fetched {
+        id: RequestId,
+        error: Option<FetchErrorKind>,
+    },
+    Lease(&'static str),
+    Invalidate {
+        current: bool,
+    },
+    Tick,
+    Other,
+}
+
+/// The observer of one driver (one refresher).
+#[derive(Debug)]
+pub(crate) struct Observer {
+    name: Arc<str>,
+    sink: Sink,
+    fetches: VecDeque<InFlight>,
+    /// The request the machine waits for (it has at most one in flight),
+    /// and whether it is a fetch.
+    awaited: Option<(RequestId, bool)>,
+    /// The last snapshot published.
+    token: Option<Arc<Token>>,
+    state: State,
+    failures: u32,
+    skew_ms: Option<i64>,
+}
+
+impl Observer {
+    pub(crate) fn new(name: Arc<str>) -> Self {
+        Observer {
+            sink: Sink::new(&name),
+            name,
+            fetches: VecDeque::new(),
+            awaited: None,
+            token: None,
+            state: State::Starting,
+            failures: 0,
+            skew_ms: None,
+        }
+    }
+
+    /// Before the machine handles `input`.
+    pub(crate) fn before_input(&mut self, input: &Input, machine: &RefreshMachine) -> Seen {
+        let mut entered = None;
+        let what = match input {
+            Input::Fetched(id, result) => {
+                if let Some(f) = self.fetches.iter().find(|f| f.id == *id) {
+                    entered = Some(f.span.clone().entered());
+                }
+                What::Fetched {
+                    id: *id,
+                    error: result.as_ref().err().map(|e| e.kind()),
+                }
+            }
+            Input::Lease(_, result) => What::Lease(match result {
+                Ok(LeaseOutcome::Granted) => "granted",
+                Ok(LeaseOutcome::Busy) => "busy",
+                Ok(LeaseOutcome::Unsupported) => "unsupported",
+                Err(_) => "error",
+            }),
+            Input::Invalidate(id) => What::Invalidate {
+                current: machine.current().is_some_and(|t| t.id() == *id),
+            },
+            Input::Tick => What::Tick,
+            _ => What::Other,
+        };
+        if let Some(id) = input.request_id() {
+            if self.awaited.is_some_and(|(a, _)| a == id) {
+                self.awaited = None;
+            }
+        }
+        Seen {
+            stats: machine.stats(),
+            what,
+            entered,
+        }
+    }
+
+    /// After the machine handled the input of `seen`, at `now`.
+    pub(crate) fn after_input(&mut self, seen: Seen, machine: &RefreshMachine, now: Timestamp) {
+        let after = machine.stats();
+        let before = seen.stats;
+        match seen.what {
+            What::Fetched { id, error } => self.answered(id, error, &before, &after),
+            What::Lease(outcome) => self.sink.lease(outcome),
+            What::Invalidate { current } => {
+                let outcome = if after.invalidations > before.invalidations {
+                    "accepted"
+                } else if after.invalidations_rate_limited > before.invalidations_rate_limited {
+                    "rate_limited"
+                } else if after.invalidations_collapsed > before.invalidations_collapsed || !current
+                {
+                    // Joined a refresh under way, or reported a token that
+                    // a refresh has already replaced.
+                    "collapsed"
+                } else {
+                    // The current token, while the machine cannot act on
+                    // it (starting, failed, shutting down).
+                    "ignored"
+                };
+                self.sink.invalidation(outcome);
+            }
+            What::Tick => {
+                if after.timeouts > before.timeouts {
+                    self.timed_out();
+                }
+            }
+            What::Other => {}
+        }
+        if after.adoptions > before.adoptions {
+            self.sink.adoptions(after.adoptions - before.adoptions);
+        }
+        drop(seen.entered);
+        self.update(now);
+    }
+
+    /// A fetch's answer came (in time or late).
+    fn answered(
+        &mut self,
+        id: RequestId,
+        error: Option<FetchErrorKind>,
+        before: &MachineStats,
+        after: &MachineStats,
+    ) {
+        let Some(at) = self.fetches.iter().position(|f| f.id == id) else {
+            return;
+        };
+        let fetch = self.fetches.remove(at).expect("position is in range");
+        let seconds = fetch.started.elapsed().as_secs_f64();
+        let (outcome, error) = match error {
+            Some(kind) => ("error", kind_label(kind)),
+            // A token that expired before its answer arrived is a failure.
+            None if after.fetch_failures > before.fetch_failures && !fetch.timed_out => {
+                ("error", "dead_on_arrival")
+            }
+            None => ("success", "none"),
+        };
+        self.sink.fetch_duration(outcome, seconds);
+        if fetch.timed_out {
+            // Counted as a timeout already; the late answer only adds its
+            // duration.
+            fetch.span.record("late", true);
+            return;
+        }
+        self.sink.fetch(outcome, error);
+        fetch.span.record("outcome", outcome);
+        if error != "none" {
+            fetch.span.record("error", error);
+        }
+        fetch
+            .span
+            .record("duration_ms", (seconds * 1000.0).round() as u64);
+    }
+
+    /// The machine gave up on the request it waited for.
+    fn timed_out(&mut self) {
+        let Some((id, is_fetch)) = self.awaited.take() else {
+            return;
+        };
+        if !is_fetch {
+            return;
+        }
+        if let Some(fetch) = self.fetches.iter_mut().find(|f| f.id == id) {
+            fetch.timed_out = true;
+            self.sink.fetch("error", "timeout");
+            let ms = (fetch.started.elapsed().as_secs_f64() * 1000.0).round() as u64;
+            fetch.span.record("outcome", "error");
+            fetch.span.record("error", "timeout");
+            fetch.span.record("duration_ms", ms);
+            tracing::debug!(parent: &fetch.span, "gave up on the fetch at its deadline");
+        }
+    }
+
+    /// An action the machine asked for, at `now`.
+    pub(crate) fn on_action(&mut self, action: &Action, now: Timestamp) {
+        match action {
+            Action::Fetch(request) => {
+                if request.attempt > 1 {
+                    self.sink.retry();
+                }
+                let span = tracing::info_span!(
+                    "freshtoken.refresh",
+                    refresher = %self.name,
+                    attempt = request.attempt,
+                    outcome = Empty,
+                    error = Empty,
+                    duration_ms = Empty,
+                    late = Empty,
+                );
+                if self.fetches.len() == IN_FLIGHT {
+                    self.fetches.pop_front();
+                }
+                self.fetches.push_back(InFlight {
+                    id: request.id,
+                    started: Instant::now(),
+                    span,
+                    timed_out: false,
+                });
+                self.awaited = Some((request.id, true));
+            }
+            Action::LoadCache { id, .. } | Action::AcquireLease { id, .. } => {
+                self.awaited = Some((*id, false))
+            }
+            Action::Store { id, .. } => self.awaited = Some((*id, false)),
+            Action::Publish(snapshot) => self.on_publish(snapshot, now),
+            Action::ReleaseLease | Action::Stop => {}
+        }
+    }
+
+    fn on_publish(&mut self, snapshot: &Snapshot, now: Timestamp) {
+        self.token = snapshot.token.clone();
+        let (state, failures) = match &snapshot.state {
+            RefreshState::Starting => (State::Starting, self.failures),
+            RefreshState::Healthy => (State::Healthy, 0),
+            RefreshState::Retrying { attempt, .. } => (State::Retrying, *attempt),
+            // The revocation is one more failure.
+            RefreshState::Failed { .. } => (State::Failed, self.failures.saturating_add(1)),
+            RefreshState::Stopped => (State::Stopped, self.failures),
+        };
+        if !(state == State::Failed && self.state == State::Failed) {
+            self.failures = failures;
+        }
+        self.state = state;
+        if snapshot.skew_ms.is_some() {
+            self.skew_ms = snapshot.skew_ms;
+        }
+        self.update(now);
+    }
+
+    /// Sets the gauges for `now`: called after every input (ticks and
+    /// heartbeats included) and every publication, so the "seconds until"
+    /// gauges count down between refreshes.
+    fn update(&self, now: Timestamp) {
+        self.sink.gauges(&self.gauges(now));
+    }
+
+    pub(crate) fn gauges(&self, now: Timestamp) -> Gauges {
+        let (stale_in, expires_in, stale_at, expires_at, valid) = match &self.token {
+            Some(t) => (
+                seconds_until(t.stale_at(), now),
+                seconds_until(t.expires_at(), now),
+                timestamp_seconds(t.stale_at()),
+                timestamp_seconds(t.expires_at()),
+                t.is_valid_at(now),
+            ),
+            None => (0.0, 0.0, 0.0, 0.0, false),
+        };
+        Gauges {
+            stale_in,
+            expires_in,
+            stale_at,
+            expires_at,
+            valid,
+            state: self.state,
+            consecutive_failures: self.failures,
+            skew_seconds: self.skew_ms.map(|ms| ms as f64 / 1000.0),
+        }
+    }
+}
+
+/// The `error` label of a fetch error kind.
+fn kind_label(kind: FetchErrorKind) -> &'static str {
+    match kind {
+        FetchErrorKind::Transient => "transient",
+        FetchErrorKind::RateLimited => "rate_limited",
+        FetchErrorKind::Permanent => "permanent",
+        FetchErrorKind::GrantRevoked => "grant_revoked",
+    }
+}
+
+/// Seconds from `now` to `at`, 0 once it has passed; +Inf for "never".
+fn seconds_until(at: Timestamp, now: Timestamp) -> f64 {
+    if at == Timestamp::MAX {
+        return f64::INFINITY;
+    }
+    at.saturating_duration_since(now).as_secs_f64()
+}
+
+/// A timestamp as Unix seconds; +Inf for "never".
+fn timestamp_seconds(at: Timestamp) -> f64 {
+    if at == Timestamp::MAX {
+        return f64::INFINITY;
+    }
+    at.as_millis() as f64 / 1000.0
+}
