@@ -2,6 +2,12 @@
 //! from the `metrics` facade, so the library's own metrics (its `metrics`
 //! feature) and the agent's appear together.
 //!
+//! The library's series (its `metrics` feature: `freshtoken_fetches_total`,
+//! `freshtoken_token_expires_in_seconds`, `freshtoken_refresh_state`, ...,
+//! documented in `freshtoken::metrics`) carry the token's name as their
+//! `refresher` label; their gauges move at every heartbeat of the driver
+//! (`agent.heartbeat_secs`, default 30).
+//!
 //! The agent's own series, updated at every scrape (labels: the token's
 //! configured name only):
 //!

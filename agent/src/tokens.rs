@@ -104,7 +104,9 @@ pub fn spawn(token: &Resolved, heartbeat: Duration) -> Result<Running, ConfigErr
     let mut builder = Builder::new()
         .heartbeat(heartbeat)
         .fetch_timeout(fetch_timeout(token))
-        .thread_name(format!("freshtoken-{}", token.name));
+        .thread_name(format!("freshtoken-{}", token.name))
+        // The `refresher` label of the library's metrics.
+        .name(token.name.clone());
     if let Some(cache) = cache(token)? {
         builder = builder.cache(cache);
     }
