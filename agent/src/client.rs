@@ -71,7 +71,11 @@ fn parse(raw: &[u8]) -> Result<Answer, AskError> {
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
     let body = &raw[split + 4..];
-    let body = if chunked { dechunk(body)? } else { body.to_vec() };
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
     Ok(Answer { status, body })
 }
 

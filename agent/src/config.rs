@@ -424,7 +424,10 @@ fn check_value(key: &str, kind: Kind, value: &mut toml::Value) -> Result<(), Con
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::new(key, format!("must be {}", kind_name(kind))))
+        Err(ConfigError::new(
+            key,
+            format!("must be {}", kind_name(kind)),
+        ))
     }
 }
 
@@ -445,7 +448,10 @@ fn check_file_keys(table: &mut toml::Table) -> Result<(), ConfigError> {
                 for (name, token) in tokens.iter_mut() {
                     check_name(name)?;
                     let toml::Value::Table(token) = token else {
-                        return Err(ConfigError::new(format!("tokens.{name}"), "must be a table"));
+                        return Err(ConfigError::new(
+                            format!("tokens.{name}"),
+                            "must be a table",
+                        ));
                     };
                     check_token_keys(name, token)?;
                 }
@@ -632,7 +638,8 @@ fn apply_env(
     }
 
     for (var, _) in env {
-        let ours = var.starts_with(&env_name(&["agent_"])) || var.starts_with(&env_name(&["tokens_"]));
+        let ours =
+            var.starts_with(&env_name(&["agent_"])) || var.starts_with(&env_name(&["tokens_"]));
         if ours && !used.contains(var) {
             return Err(ConfigError::new(
                 var.clone(),
@@ -689,7 +696,10 @@ fn read_secret_file(key: &str, path: &Path, check_mode: bool) -> Result<Secret, 
     let meta = std::fs::metadata(path)
         .map_err(|e| ConfigError::new(key, format!("cannot read {shown}: {e}")))?;
     if !meta.is_file() {
-        return Err(ConfigError::new(key, format!("{shown} is not a regular file")));
+        return Err(ConfigError::new(
+            key,
+            format!("{shown} is not a regular file"),
+        ));
     }
     #[cfg(unix)]
     if check_mode {
@@ -722,11 +732,16 @@ fn secret(
     env: &Env,
 ) -> Result<Option<Secret>, ConfigError> {
     let direct = from_env.get(&(name.to_owned(), key.to_owned()));
-    let given = usize::from(file.is_some()) + usize::from(env_var.is_some()) + usize::from(direct.is_some());
+    let given = usize::from(file.is_some())
+        + usize::from(env_var.is_some())
+        + usize::from(direct.is_some());
     if given > 1 {
         return Err(ConfigError::new(
             format!("tokens.{name}.{key}_file"),
-            format!("give only one of {key}_file, {key}_env and {}", env_name(&["tokens", name, key])),
+            format!(
+                "give only one of {key}_file, {key}_env and {}",
+                env_name(&["tokens", name, key])
+            ),
         ));
     }
     if let Some(path) = file {
@@ -797,7 +812,12 @@ fn resolve(
     }
     match token.client_auth.as_deref() {
         None | Some("basic") | Some("post") => {}
-        Some(_) => return Err(ConfigError::new(key("client_auth"), "must be \"basic\" or \"post\"")),
+        Some(_) => {
+            return Err(ConfigError::new(
+                key("client_auth"),
+                "must be \"basic\" or \"post\"",
+            ))
+        }
     }
     let refresh_token = secret(
         name,
@@ -840,15 +860,24 @@ fn resolve(
             }
         }
         if file.format.is_some() && file.template.is_some() {
-            return Err(ConfigError::new(key("file.template"), "give a format or a template, not both"));
+            return Err(ConfigError::new(
+                key("file.template"),
+                "give a format or a template, not both",
+            ));
         }
         if let Some(template) = &file.template {
             if !template.contains("{token}") {
-                return Err(ConfigError::new(key("file.template"), "must contain {token}"));
+                return Err(ConfigError::new(
+                    key("file.template"),
+                    "must contain {token}",
+                ));
             }
         }
         if file.mode.is_some_and(|m| m > 0o7777) {
-            return Err(ConfigError::new(key("file.mode"), "must be a file mode such as \"0600\""));
+            return Err(ConfigError::new(
+                key("file.mode"),
+                "must be a file mode such as \"0600\"",
+            ));
         }
     }
     let mut redis_url = None;
@@ -882,9 +911,11 @@ fn resolve(
             }
         }
     }
-    if token.env_var.as_deref().is_some_and(|v| {
-        v.is_empty() || v.contains('=') || v.contains('\0')
-    }) {
+    if token
+        .env_var
+        .as_deref()
+        .is_some_and(|v| v.is_empty() || v.contains('=') || v.contains('\0'))
+    {
         return Err(ConfigError::new(key("env_var"), "is not a variable name"));
     }
     Ok(Resolved {
@@ -927,7 +958,10 @@ pub fn check_sinks(loaded: &Loaded) -> Result<(), ConfigError> {
             #[cfg(unix)]
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
             builder.create(&dir).map_err(|e| {
-                ConfigError::new(&key, format!("cannot create the directory {}: {e}", dir.display()))
+                ConfigError::new(
+                    &key,
+                    format!("cannot create the directory {}: {e}", dir.display()),
+                )
             })?;
         }
         tempfile::Builder::new()
@@ -939,7 +973,10 @@ pub fn check_sinks(loaded: &Loaded) -> Result<(), ConfigError> {
                     Some(code) => std::io::Error::from_raw_os_error(code),
                     None => std::io::Error::from(e.kind()),
                 };
-                ConfigError::new(&key, format!("the directory {} is not writable: {why}", dir.display()))
+                ConfigError::new(
+                    &key,
+                    format!("the directory {} is not writable: {why}", dir.display()),
+                )
             })?;
     }
     Ok(())
@@ -950,7 +987,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -975,7 +1015,10 @@ mod tests {
                 ("FRESHTOKEN_TOKENS_API_FILE_PATH", "/tmp/x"),
                 ("FRESHTOKEN_TOKENS_API_FILE_MODE", "0640"),
                 ("FRESHTOKEN_TOKEN_NAMES", "other"),
-                ("FRESHTOKEN_TOKENS_OTHER_TOKEN_URL", "http://127.0.0.1:1/token"),
+                (
+                    "FRESHTOKEN_TOKENS_OTHER_TOKEN_URL",
+                    "http://127.0.0.1:1/token",
+                ),
                 ("FRESHTOKEN_TOKENS_OTHER_CLIENT_ID", "o"),
                 ("FRESHTOKEN_TOKENS_OTHER_CLIENT_SECRET_ENV", "MY_SECRET"),
                 ("MY_SECRET", "x"),
@@ -987,7 +1030,14 @@ mod tests {
         assert_eq!(api.client_id, "b");
         assert_eq!(api.client_secret.as_ref().unwrap().expose(), "s3cret");
         assert_eq!(api.config.file.as_ref().unwrap().mode, Some(0o640));
-        assert_eq!(loaded.tokens["other"].client_secret.as_ref().unwrap().expose(), "x");
+        assert_eq!(
+            loaded.tokens["other"]
+                .client_secret
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "x"
+        );
         assert_eq!(loaded.config.agent.listen.as_deref(), Some("127.0.0.1:0"));
         assert!(!format!("{loaded:?}").contains("s3cret"));
     }
@@ -997,11 +1047,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("[tokens.api]\nclientid = \"x\"\n", "tokens.api.clientid"),
-            ("[tokens.api]\nclient_secret = \"hunter2\"\n", "tokens.api.client_secret"),
+            (
+                "[tokens.api]\nclient_secret = \"hunter2\"\n",
+                "tokens.api.client_secret",
+            ),
             ("[agent]\nsokcet = \"x\"\n", "agent.sokcet"),
             ("[tokens.api.file]\npth = \"x\"\n", "tokens.api.file.pth"),
             ("[tokens.api]\ntoken_url = 3\n", "tokens.api.token_url"),
-            ("[tokens.api]\ntoken_url = \"http://127.0.0.1:1/t\"\n", "tokens.api.client_id"),
+            (
+                "[tokens.api]\ntoken_url = \"http://127.0.0.1:1/t\"\n",
+                "tokens.api.client_id",
+            ),
         ];
         for (text, key) in cases {
             let cfg = write(dir.path(), "c.toml", text);

@@ -211,7 +211,12 @@ pub fn main() -> i32 {
             config,
         } => status(json, watch, interval, socket.as_deref(), config.as_deref()),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "freshtoken", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "freshtoken",
+                &mut std::io::stdout(),
+            );
             EXIT_OK
         }
     }
@@ -265,7 +270,10 @@ fn obtain(name: &str, args: &SourceArgs) -> Result<Got, i32> {
                     }
                 },
                 404 => {
-                    eprintln!("freshtoken: the agent on {} has no token named {name:?}", socket.display());
+                    eprintln!(
+                        "freshtoken: the agent on {} has no token named {name:?}",
+                        socket.display()
+                    );
                     Err(EXIT_NO_SUCH_TOKEN)
                 }
                 status => {
@@ -311,7 +319,8 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
             Err(e) => tracing::debug!("reading the cache: {e}"),
         }
     }
-    let running = tokens::spawn(resolved, Duration::from_secs(30)).map_err(|e| config_failure(&e))?;
+    let running =
+        tokens::spawn(resolved, Duration::from_secs(30)).map_err(|e| config_failure(&e))?;
     let started = Instant::now();
     let deadline = started + timeout;
     let mut line = StatusLine::new(&resolved.name);
@@ -325,14 +334,18 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
                 break Some(t.access_token().expose_secret().to_owned());
             }
         }
-        if matches!(snapshot.state, freshtoken::RefreshState::Failed { .. }) || Instant::now() >= deadline {
+        if matches!(snapshot.state, freshtoken::RefreshState::Failed { .. })
+            || Instant::now() >= deadline
+        {
             break None;
         }
         if started.elapsed() > Duration::from_secs(1) {
             line.show(&snapshot.state);
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let _ = running.handle.wait_changed(left.min(Duration::from_millis(250)));
+        let _ = running
+            .handle
+            .wait_changed(left.min(Duration::from_millis(250)));
     };
     line.clear();
     let why = running.handle.valid_token().err();
@@ -341,7 +354,9 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
     match token {
         Some(t) => Ok(t),
         None => {
-            let why = why.map(|w| w.to_string()).unwrap_or_else(|| "timed out".to_owned());
+            let why = why
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "timed out".to_owned());
             eprintln!("freshtoken: no valid token for {}: {why}", resolved.name);
             Err(EXIT_FAILURE)
         }
@@ -370,7 +385,10 @@ impl StatusLine {
     fn show(&mut self, state: &freshtoken::RefreshState) {
         let text = match state {
             freshtoken::RefreshState::Retrying { error, attempt, .. } => {
-                format!("waiting for a token for {} (attempt {attempt} failed: {error})", self.name)
+                format!(
+                    "waiting for a token for {} (attempt {attempt} failed: {error})",
+                    self.name
+                )
             }
             _ => format!("waiting for a token for {}", self.name),
         };
@@ -418,7 +436,10 @@ fn exec(command: &[std::ffi::OsString], var: &str, token: &Got) -> i32 {
         .args(args)
         .env(var, &token.access_token)
         .exec();
-    eprintln!("freshtoken: cannot run {}: {error}", Path::new(program).display());
+    eprintln!(
+        "freshtoken: cannot run {}: {error}",
+        Path::new(program).display()
+    );
     if error.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
@@ -474,7 +495,10 @@ fn status(
 /// The status table; lines cut to `width` when given.
 pub fn table(body: &serde_json::Value, width: Option<usize>) -> String {
     let empty = Vec::new();
-    let tokens = body.get("tokens").and_then(|t| t.as_array()).unwrap_or(&empty);
+    let tokens = body
+        .get("tokens")
+        .and_then(|t| t.as_array())
+        .unwrap_or(&empty);
     let mut rows = vec![[
         "NAME".to_owned(),
         "STATE".to_owned(),
@@ -495,7 +519,10 @@ pub fn table(body: &serde_json::Value, width: Option<usize>) -> String {
             s("state"),
             s("token"),
             expires,
-            t.get("fetches").and_then(|v| v.as_u64()).unwrap_or(0).to_string(),
+            t.get("fetches")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+                .to_string(),
             s("last_error"),
         ]);
     }

@@ -41,15 +41,24 @@ pub fn install() -> bool {
 }
 
 /// The gauges of one token, set before each render.
-pub fn record_token(name: &str, valid: bool, expires_at: Option<freshtoken::Timestamp>, writes: u64, errors: u64) {
+pub fn record_token(
+    name: &str,
+    valid: bool,
+    expires_at: Option<freshtoken::Timestamp>,
+    writes: u64,
+    errors: u64,
+) {
     let label = [("token", name.to_owned())];
     metrics::gauge!("freshtoken_agent_token_valid", &label).set(if valid { 1.0 } else { 0.0 });
     if let Some(at) = expires_at {
         let now = crate::tokens::now();
         let left = at.signed_millis_since(now) as f64 / 1000.0;
         metrics::gauge!("freshtoken_agent_token_expires_in_seconds", &label).set(left);
-        metrics::gauge!("freshtoken_agent_token_expires_at_timestamp_seconds", &label)
-            .set(at.as_millis() as f64 / 1000.0);
+        metrics::gauge!(
+            "freshtoken_agent_token_expires_at_timestamp_seconds",
+            &label
+        )
+        .set(at.as_millis() as f64 / 1000.0);
     }
     metrics::counter!("freshtoken_agent_token_file_writes_total", &label).absolute(writes);
     metrics::counter!("freshtoken_agent_token_file_errors_total", &label).absolute(errors);

@@ -130,7 +130,9 @@ fn sink_loop(
             _ if !announced && started.elapsed() > Duration::from_secs(1) => {
                 announced = true;
                 match snapshot.state.last_error() {
-                    Some(e) => tracing::warn!(token = name, "still waiting for the first token: {e}"),
+                    Some(e) => {
+                        tracing::warn!(token = name, "still waiting for the first token: {e}")
+                    }
                     None => tracing::info!(token = name, "still waiting for the first token"),
                 }
             }
@@ -273,11 +275,8 @@ fn heartbeat(loaded: &Loaded) -> Duration {
 
 /// Starts, stops and restarts entries so that they match `loaded`.
 fn apply(shared: &Shared, loaded: &Loaded, heartbeat: Duration) -> Result<(), ConfigError> {
-    let existing: BTreeMap<String, Arc<Entry>> = shared
-        .entries
-        .read()
-        .map(|e| e.clone())
-        .unwrap_or_default();
+    let existing: BTreeMap<String, Arc<Entry>> =
+        shared.entries.read().map(|e| e.clone()).unwrap_or_default();
     // Build every new entry before touching the running ones, so a token
     // that cannot start leaves the old configuration in place.
     let mut started = BTreeMap::new();
@@ -325,7 +324,12 @@ fn apply(shared: &Shared, loaded: &Loaded, heartbeat: Duration) -> Result<(), Co
     }
     for (old, removed) in retired {
         old.stop();
-        let path = old.resolved.config.file.as_ref().and_then(|f| f.path.clone());
+        let path = old
+            .resolved
+            .config
+            .file
+            .as_ref()
+            .and_then(|f| f.path.clone());
         // A removed token's file goes; a reconfigured one's stays for
         // the new writer (unless it moved).
         let new_path = loaded
@@ -376,21 +380,33 @@ fn bind_socket(socket: &Path) -> Result<Server, BindError> {
     let listener = std::os::unix::net::UnixListener::bind(socket).map_err(|e| {
         (
             EXIT_CONFIG,
-            format!("configuration error: agent.socket: cannot listen on {}: {e}", socket.display()),
+            format!(
+                "configuration error: agent.socket: cannot listen on {}: {e}",
+                socket.display()
+            ),
         )
     })?;
     // Only this user may ask for tokens.
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| (EXIT_FAILURE, format!("cannot chmod {}: {e}", socket.display())))?;
-    Server::from_listener(listener, None)
-        .map_err(|e| (EXIT_FAILURE, format!("cannot serve on {}: {e}", socket.display())))
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        (
+            EXIT_FAILURE,
+            format!("cannot chmod {}: {e}", socket.display()),
+        )
+    })?;
+    Server::from_listener(listener, None).map_err(|e| {
+        (
+            EXIT_FAILURE,
+            format!("cannot serve on {}: {e}", socket.display()),
+        )
+    })
 }
 
 fn bind_tcp(addr: &str) -> Result<Server, BindError> {
     let parsed: SocketAddr = addr.parse().map_err(|_| {
         (
             EXIT_CONFIG,
-            "configuration error: agent.listen: must be an address such as 127.0.0.1:9464".to_owned(),
+            "configuration error: agent.listen: must be an address such as 127.0.0.1:9464"
+                .to_owned(),
         )
     })?;
     if !parsed.ip().is_loopback() {
@@ -400,12 +416,8 @@ fn bind_tcp(addr: &str) -> Result<Server, BindError> {
                 .to_owned(),
         ));
     }
-    let listener = std::net::TcpListener::bind(parsed).map_err(|e| {
-        (
-            EXIT_FAILURE,
-            format!("cannot listen on {parsed}: {e}"),
-        )
-    })?;
+    let listener = std::net::TcpListener::bind(parsed)
+        .map_err(|e| (EXIT_FAILURE, format!("cannot listen on {parsed}: {e}")))?;
     Server::from_listener(listener, None)
         .map_err(|e| (EXIT_FAILURE, format!("cannot serve on {parsed}: {e}")))
 }
@@ -442,7 +454,10 @@ fn handle(shared: &Shared, request: Request, serves_tokens: bool) {
         if serves_tokens {
             token_response(shared, name)
         } else {
-            json_response(404, &json!({"error": "tokens are served on the Unix socket"}))
+            json_response(
+                404,
+                &json!({"error": "tokens are served on the Unix socket"}),
+            )
         }
     } else {
         match url.as_str() {
@@ -519,7 +534,10 @@ fn health(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
             }),
         );
     }
-    json_response(if ok { 200 } else { 503 }, &json!({"ok": ok, "tokens": tokens}))
+    json_response(
+        if ok { 200 } else { 503 },
+        &json!({"ok": ok, "tokens": tokens}),
+    )
 }
 
 /// Every token's state, as `freshtoken status --json` shows it. No secret.

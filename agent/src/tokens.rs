@@ -35,11 +35,10 @@ pub fn source(token: &Resolved) -> Result<Arc<dyn TokenSource>, ConfigError> {
         }
         b.timeout(fetch_timeout(token))
     }
-    let url_error =
-        |e: freshtoken::oauth2::UrlError| ConfigError {
-            key: format!("tokens.{}.token_url", token.name),
-            message: e.to_string(),
-        };
+    let url_error = |e: freshtoken::oauth2::UrlError| ConfigError {
+        key: format!("tokens.{}.token_url", token.name),
+        message: e.to_string(),
+    };
     Ok(match token.grant {
         Grant::ClientCredentials => {
             let builder = match &token.client_secret {

@@ -24,7 +24,11 @@ fn run(case: &Case) {
     write_file(&dir.path().join("good.secret"), SECRET, 0o600);
     write_file(&dir.path().join("open.secret"), SECRET, 0o644);
     write_file(&dir.path().join("not-a-dir"), "x", 0o600);
-    let config = write_file(&dir.path().join("agent.toml"), &case.config.replace("{dir}", &d), 0o600);
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &case.config.replace("{dir}", &d),
+        0o600,
+    );
     let mut cmd = command();
     cmd.arg("agent").arg("--config").arg(&config);
     for (k, v) in &case.env {
@@ -36,8 +40,16 @@ fn run(case: &Case) {
     assert_eq!(out.status.code(), Some(2), "{}: {stderr}", case.what);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{}: not one line: {stderr}", case.what);
-    assert!(lines[0].contains(case.key), "{}: the key is not named: {stderr}", case.what);
-    assert!(!stderr.contains(SECRET) && !stdout.contains(SECRET), "{}: secret printed", case.what);
+    assert!(
+        lines[0].contains(case.key),
+        "{}: the key is not named: {stderr}",
+        case.what
+    );
+    assert!(
+        !stderr.contains(SECRET) && !stdout.contains(SECRET),
+        "{}: secret printed",
+        case.what
+    );
     eprintln!("{}: {}", case.what, lines[0]);
 }
 

@@ -38,7 +38,10 @@ fn file_source_follows_the_agent_through_50_refreshes() {
                 &authority.token_url(),
                 "svc",
                 &secret,
-                &format!("[tokens.api.file]\npath = \"{}\"\nformat = \"json\"\n", token_file.display()),
+                &format!(
+                    "[tokens.api.file]\npath = \"{}\"\nformat = \"json\"\n",
+                    token_file.display()
+                ),
             )
         ),
         0o600,
@@ -55,7 +58,9 @@ fn file_source_follows_the_agent_through_50_refreshes() {
         .spawn_thread(source.clone())
         .unwrap();
     let watch = source.watch(&tokens, Duration::from_millis(20)).unwrap();
-    tokens.wait_ready(Duration::from_secs(5)).expect("a first token from the file");
+    tokens
+        .wait_ready(Duration::from_secs(5))
+        .expect("a first token from the file");
 
     let stop = Arc::new(AtomicBool::new(false));
     // Raw reads of the file through the source, every millisecond.
@@ -114,7 +119,11 @@ fn file_source_follows_the_agent_through_50_refreshes() {
     let (polls, invalid, served) = server.join().unwrap();
     drop(watch);
     driver.shutdown_blocking();
-    assert!(done.is_some(), "the agent did not refresh {REFRESHES} times: {}", agent.log_text());
+    assert!(
+        done.is_some(),
+        "the agent did not refresh {REFRESHES} times: {}",
+        agent.log_text()
+    );
     // The agent was healthy throughout: every request was answered.
     assert!(authority.requests().iter().all(|r| r.fault.is_none()));
     eprintln!(
@@ -125,13 +134,29 @@ fn file_source_follows_the_agent_through_50_refreshes() {
         invalid.len(),
         served.len()
     );
-    assert!(failed.is_empty(), "reads that were not a whole token: {failed:?}");
-    assert_eq!(expired, 0, "the file held an expired token while the agent was healthy");
+    assert!(
+        failed.is_empty(),
+        "reads that were not a whole token: {failed:?}"
+    );
+    assert_eq!(
+        expired, 0,
+        "the file held an expired token while the agent was healthy"
+    );
     assert!(seen.len() >= REFRESHES, "read {} tokens", seen.len());
-    assert!(invalid.is_empty(), "the consumer had no valid token: {invalid:?}");
+    assert!(
+        invalid.is_empty(),
+        "the consumer had no valid token: {invalid:?}"
+    );
     // The consumer followed the file, not just its first token.
-    assert!(served.len() >= REFRESHES / 2, "served only {} tokens", served.len());
+    assert!(
+        served.len() >= REFRESHES / 2,
+        "served only {} tokens",
+        served.len()
+    );
     for t in &served {
-        assert_ne!(authority.validate_access_token(t).err(), Some(TokenRejection::Unknown));
+        assert_ne!(
+            authority.validate_access_token(t).err(),
+            Some(TokenRejection::Unknown)
+        );
     }
 }

@@ -45,7 +45,10 @@ fn token_file_never_tears_and_the_socket_rides_out_an_outage() {
                 &authority.token_url(),
                 "svc",
                 &secret,
-                &format!("[tokens.api.file]\npath = \"{}\"\nformat = \"json\"\n", token_file.display()),
+                &format!(
+                    "[tokens.api.file]\npath = \"{}\"\nformat = \"json\"\n",
+                    token_file.display()
+                ),
             )
         ),
         0o600,
@@ -73,11 +76,15 @@ fn token_file_never_tears_and_the_socket_rides_out_an_outage() {
                 match std::fs::read(&path) {
                     Ok(bytes) => {
                         reads += 1;
-                        let parsed: Option<(String, u64)> = serde_json::from_slice::<serde_json::Value>(&bytes)
-                            .ok()
-                            .and_then(|v| {
-                                Some((v["access_token"].as_str()?.to_owned(), v["expires_at"].as_u64()?))
-                            });
+                        let parsed: Option<(String, u64)> =
+                            serde_json::from_slice::<serde_json::Value>(&bytes)
+                                .ok()
+                                .and_then(|v| {
+                                    Some((
+                                        v["access_token"].as_str()?.to_owned(),
+                                        v["expires_at"].as_u64()?,
+                                    ))
+                                });
                         match parsed {
                             Some((t, _)) => {
                                 if tokens.last() != Some(&t) {
@@ -104,7 +111,10 @@ fn token_file_never_tears_and_the_socket_rides_out_an_outage() {
     stop.store(true, Ordering::Relaxed);
     let (reads, torn, tokens) = reader.join().unwrap();
     assert!(refreshed.is_some(), "no refreshes: {}", agent.log_text());
-    eprintln!("torn reads: {torn} of {reads} reads; {} distinct tokens", tokens.len());
+    eprintln!(
+        "torn reads: {torn} of {reads} reads; {} distinct tokens",
+        tokens.len()
+    );
     assert_eq!(torn, 0, "{torn} torn reads of {reads}");
     assert!(reads > 1_000, "the reader barely ran: {reads}");
     assert!(tokens.len() >= 3, "saw {} tokens", tokens.len());
@@ -119,7 +129,10 @@ fn token_file_never_tears_and_the_socket_rides_out_an_outage() {
     // Phase 2: an outage shorter than the stale window (2 s of a 4 s
     // token), over a refresh.
     let issued = authority.issued_count();
-    wait_for(Duration::from_secs(10), || (authority.issued_count() > issued).then_some(())).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (authority.issued_count() > issued).then_some(())
+    })
+    .unwrap();
     // From 1 s into the new token's life to 2.5 s: across its refresh
     // time (2 s, a little earlier with jitter).
     let from = SystemClock.now() + Duration::from_secs(1);
@@ -140,7 +153,9 @@ fn token_file_never_tears_and_the_socket_rides_out_an_outage() {
                 let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
                 let token = body["access_token"].as_str().unwrap();
                 let expires_at = body["expires_at"].as_u64().unwrap() as f64;
-                if authority.validate_access_token(token).is_err() || expires_at + 1.0 <= now_secs_f64() {
+                if authority.validate_access_token(token).is_err()
+                    || expires_at + 1.0 <= now_secs_f64()
+                {
                     bad.push(format!("poll {polls}: an invalid token"));
                 }
                 assert_eq!(body["token_type"], "Bearer");
@@ -160,7 +175,11 @@ fn token_file_never_tears_and_the_socket_rides_out_an_outage() {
         .filter(|r| r.fault.is_some() && r.at >= from)
         .count();
     eprintln!("outage of {outage:?}: {faulted} failed authority requests, {polls} socket polls, {} without a valid token", bad.len());
-    assert!(faulted >= 1, "the outage was never hit: {}", agent.log_text());
+    assert!(
+        faulted >= 1,
+        "the outage was never hit: {}",
+        agent.log_text()
+    );
     assert!(bad.is_empty(), "{bad:?}");
     // And the agent recovered.
     let status = agent.get_json("/v1/status").unwrap();
@@ -174,7 +193,9 @@ fn token_file_never_tears_and_the_socket_rides_out_an_outage() {
     }
 
     agent.signal(libc::SIGTERM);
-    let status = agent.wait_exit(Duration::from_secs(10)).expect("exits on SIGTERM");
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits on SIGTERM");
     assert!(status.success(), "{status}");
     assert!(!socket.exists(), "the socket is removed");
 }
@@ -208,9 +229,16 @@ fn sighup_adds_and_removes_tokens() {
         &authority.token_url(),
         "billing",
         &two,
-        &format!("[tokens.billing.file]\npath = \"{}\"\nformat = \"header\"\n", billing_file.display()),
+        &format!(
+            "[tokens.billing.file]\npath = \"{}\"\nformat = \"header\"\n",
+            billing_file.display()
+        ),
     );
-    let config = write_file(&dir.path().join("agent.toml"), &format!("{head}{api}"), 0o600);
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!("{head}{api}"),
+        0o600,
+    );
     let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
     agent.wait_healthy(Duration::from_secs(10));
     assert_eq!(agent.get("/v1/token/billing").unwrap().status, 404);
@@ -218,12 +246,17 @@ fn sighup_adds_and_removes_tokens() {
     // Add billing.
     write_file(&config, &format!("{head}{api}{billing}"), 0o600);
     agent.signal(libc::SIGHUP);
-    let body = wait_for(Duration::from_secs(10), || agent.get_json("/v1/token/billing"))
-        .unwrap_or_else(|| panic!("billing never served: {}", agent.log_text()));
+    let body = wait_for(Duration::from_secs(10), || {
+        agent.get_json("/v1/token/billing")
+    })
+    .unwrap_or_else(|| panic!("billing never served: {}", agent.log_text()));
     let token = body["access_token"].as_str().unwrap().to_owned();
     let info = authority.validate_access_token(&token).unwrap();
     assert_eq!(info.client_id, "billing");
-    let line = wait_for(Duration::from_secs(5), || std::fs::read_to_string(&billing_file).ok()).unwrap();
+    let line = wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&billing_file).ok()
+    })
+    .unwrap();
     assert_eq!(line, format!("Authorization: Bearer {token}\n"));
     // api kept running, unchanged: no new request for it.
     assert_eq!(authority.grant_count("client_credentials"), 2);
@@ -235,15 +268,24 @@ fn sighup_adds_and_removes_tokens() {
         agent.get("/v1/token/api").ok().filter(|a| a.status == 404)
     })
     .unwrap_or_else(|| panic!("api never removed: {}", agent.log_text()));
-    wait_for(Duration::from_secs(5), || (!api_file.exists()).then_some(()))
-        .expect("the removed token's file is deleted");
+    wait_for(Duration::from_secs(5), || {
+        (!api_file.exists()).then_some(())
+    })
+    .expect("the removed token's file is deleted");
     assert_eq!(agent.get("/v1/token/billing").unwrap().status, 200);
 
     // A broken configuration is reported and the running one kept.
-    write_file(&config, &format!("{head}{billing}\n[tokens.billing.cach]\n"), 0o600);
+    write_file(
+        &config,
+        &format!("{head}{billing}\n[tokens.billing.cach]\n"),
+        0o600,
+    );
     agent.signal(libc::SIGHUP);
     wait_for(Duration::from_secs(5), || {
-        agent.log_text().contains("tokens.billing.cach").then_some(())
+        agent
+            .log_text()
+            .contains("tokens.billing.cach")
+            .then_some(())
     })
     .unwrap_or_else(|| panic!("no reload error: {}", agent.log_text()));
     assert_eq!(agent.get("/v1/token/billing").unwrap().status, 200);
@@ -285,8 +327,14 @@ fn sigterm_leaves_the_cache_with_the_newest_refresh_token() {
     agent.wait_healthy(Duration::from_secs(10));
     // Let it rotate once more, then make the next refresh slow.
     let issued = authority.issued_count();
-    wait_for(Duration::from_secs(10), || (authority.issued_count() > issued).then_some(())).unwrap();
-    authority.add_fault(Fault::Hang(Duration::from_millis(1_500)), FaultWindow::NextRequests(1));
+    wait_for(Duration::from_secs(10), || {
+        (authority.issued_count() > issued).then_some(())
+    })
+    .unwrap();
+    authority.add_fault(
+        Fault::Hang(Duration::from_millis(1_500)),
+        FaultWindow::NextRequests(1),
+    );
     // The token goes stale once the (slow) refresh is under way: the
     // machine refreshes at or before stale_at.
     wait_for(Duration::from_secs(10), || {
@@ -296,23 +344,40 @@ fn sigterm_leaves_the_cache_with_the_newest_refresh_token() {
     .unwrap_or_else(|| panic!("never stale: {}", agent.log_text()));
     let requests_before = authority.requests().len();
     agent.signal(libc::SIGTERM);
-    let status = agent.wait_exit(Duration::from_secs(15)).expect("exits after the drain");
+    let status = agent
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after the drain");
     assert!(status.success(), "{status}: {}", agent.log_text());
 
     // The slow answer was given (after the SIGTERM) and rotated the token.
     let log = authority.requests();
     let last = log.last().unwrap();
-    assert!(log.len() > requests_before, "the slow refresh completed after SIGTERM");
+    assert!(
+        log.len() > requests_before,
+        "the slow refresh completed after SIGTERM"
+    );
     assert!(matches!(last.fault, Some(Fault::Hang(_))), "{last:?}");
-    assert!(matches!(last.outcome, Outcome::Issued { rotated: true }), "{last:?}");
+    assert!(
+        matches!(last.outcome, Outcome::Issued { rotated: true }),
+        "{last:?}"
+    );
 
     // The cache holds the refresh token of that last answer: the authority
     // still accepts it (a spent one would be a replay and fail).
-    let cached = FileCache::new(&cache_file).load().unwrap().expect("a cached token");
+    let cached = FileCache::new(&cache_file)
+        .load()
+        .unwrap()
+        .expect("a cached token");
     let rt = cached.refresh_token().expect("a refresh token").clone();
     let source = authority.refresh_token_source("cli").build().unwrap();
-    let answer = source.fetch(&FetchRequest::new(1, Some(RefreshToken::new(rt.expose_secret()))));
-    assert!(answer.is_ok(), "the cached refresh token is not the newest: {answer:?}");
+    let answer = source.fetch(&FetchRequest::new(
+        1,
+        Some(RefreshToken::new(rt.expose_secret())),
+    ));
+    assert!(
+        answer.is_ok(),
+        "the cached refresh token is not the newest: {answer:?}"
+    );
     assert!(!authority.requests().last().unwrap().reused_refresh_token);
     let text = agent.log_text();
     assert!(!text.contains(rt.expose_secret()) && !text.contains(first.expose_secret()));

@@ -78,7 +78,10 @@ fn prometheus_scrapes_the_expiry_gauge() {
     agent.wait_healthy(Duration::from_secs(10));
     let (status, text) = http_get(agent_port, "/metrics").expect("/metrics over TCP");
     assert_eq!(status, 200);
-    assert!(text.contains("freshtoken_token_expires_in_seconds{refresher=\"api\"}"), "{text}");
+    assert!(
+        text.contains("freshtoken_token_expires_in_seconds{refresher=\"api\"}"),
+        "{text}"
+    );
     assert!(!text.contains("s3cret-value"));
 
     // Prometheus, scraping the agent every second.
@@ -105,7 +108,8 @@ fn prometheus_scrapes_the_expiry_gauge() {
             panic!("cannot start prometheus ({e}): run .ci/setup-prometheus.sh (Debian's prometheus package)")
         });
     let _prometheus = Prometheus(child);
-    let prom_log = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let prom_log =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
     wait_for(Duration::from_secs(30), || {
         http_get(prom_port, "/-/ready").filter(|(s, _)| *s == 200)
     })
@@ -120,8 +124,10 @@ fn prometheus_scrapes_the_expiry_gauge() {
     let (v1, t1) = wait_for(Duration::from_secs(20), sample)
         .unwrap_or_else(|| panic!("no sample scraped: {}", prom_log()));
     // A few scrapes later.
-    let (v2, t2) = wait_for(Duration::from_secs(20), || sample().filter(|(_, t)| *t >= t1 + 4.0))
-        .unwrap_or_else(|| panic!("no later sample: {}", prom_log()));
+    let (v2, t2) = wait_for(Duration::from_secs(20), || {
+        sample().filter(|(_, t)| *t >= t1 + 4.0)
+    })
+    .unwrap_or_else(|| panic!("no later sample: {}", prom_log()));
     let expires_at = query(
         prom_port,
         "freshtoken_token_expires_at_timestamp_seconds{refresher=\"api\",job=\"freshtoken\"}",
@@ -138,9 +144,18 @@ fn prometheus_scrapes_the_expiry_gauge() {
     // fell while the clock moved on (updated at each 1 s heartbeat).
     assert_eq!(authority.request_count(), 1, "a refresh during the test");
     assert!(v2 < v1, "the expiry gauge did not fall: {v1} then {v2}");
-    assert!(v1 - v2 <= (t2 - t1) + 3.0, "fell more than the time that passed");
-    assert!(v1 - v2 >= (t2 - t1) - 3.0, "fell much less than the time that passed");
-    assert!(expires_at > t2 && expires_at < t2 + 601.0, "{expires_at} vs {t2}");
+    assert!(
+        v1 - v2 <= (t2 - t1) + 3.0,
+        "fell more than the time that passed"
+    );
+    assert!(
+        v1 - v2 >= (t2 - t1) - 3.0,
+        "fell much less than the time that passed"
+    );
+    assert!(
+        expires_at > t2 && expires_at < t2 + 601.0,
+        "{expires_at} vs {t2}"
+    );
 
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());

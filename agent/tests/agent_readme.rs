@@ -16,11 +16,17 @@ const EXAMPLE: &str = include_str!("../examples/agent.toml");
 fn the_readme_shows_the_example_file() {
     let readme = include_str!("../../README.md");
     let marker = "<!-- agent-config:";
-    let at = readme.find(marker).expect("the README's agent-config marker");
+    let at = readme
+        .find(marker)
+        .expect("the README's agent-config marker");
     let block = &readme[at..];
     let start = block.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let end = block[start..].find("```").expect("its end") + start;
-    assert_eq!(&block[start..end], EXAMPLE, "README and agent/examples/agent.toml differ");
+    assert_eq!(
+        &block[start..end],
+        EXAMPLE,
+        "README and agent/examples/agent.toml differ"
+    );
 }
 
 #[test]
@@ -32,7 +38,11 @@ fn the_readme_config_runs() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_file(&dir.path().join("agent.toml"), EXAMPLE, 0o600);
-    write_file(&dir.path().join("secrets/api.secret"), "readme-s3cret\n", 0o600);
+    write_file(
+        &dir.path().join("secrets/api.secret"),
+        "readme-s3cret\n",
+        0o600,
+    );
     let port = free_port().to_string();
     let url = authority.token_url();
     let env = [
@@ -54,7 +64,10 @@ fn the_readme_config_runs() {
         .unwrap_or_else(|| panic!("not a header line: {line:?}"));
     let info = authority.validate_access_token(token).unwrap();
     assert_eq!(info.client_id, "orders-service");
-    assert_eq!(authority.requests()[0].scope.as_deref(), Some("orders.read"));
+    assert_eq!(
+        authority.requests()[0].scope.as_deref(),
+        Some("orders.read")
+    );
 
     // `freshtoken token api --config agent.toml` and `exec` with $API_TOKEN.
     let out = command()
@@ -63,7 +76,11 @@ fn the_readme_config_runs() {
         .envs(env)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), token);
     let out = command()
         .args(["exec", "api", "--config"])
@@ -77,16 +94,28 @@ fn the_readme_config_runs() {
     // The loopback port serves /healthz and /metrics, not tokens.
     let get = |path: &str| {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
         write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
     };
-    let status = |answer: &str| answer.lines().next().unwrap_or("").split(' ').nth(1).map(str::to_owned);
+    let status = |answer: &str| {
+        answer
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split(' ')
+            .nth(1)
+            .map(str::to_owned)
+    };
     assert_eq!(status(&get("/healthz")).as_deref(), Some("200"));
     let metrics = get("/metrics");
-    assert!(metrics.contains("freshtoken_agent_token_valid{token=\"api\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("freshtoken_agent_token_valid{token=\"api\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(status(&get("/v1/token/api")).as_deref(), Some("404"));
     assert!(!metrics.contains(token));
 

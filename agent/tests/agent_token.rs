@@ -29,7 +29,10 @@ fn eight_processes_with_a_cold_cache_make_one_request() {
                 &authority.token_url(),
                 "svc",
                 &secret,
-                &format!("[tokens.api.cache]\nfile = \"{}\"\n", dir.path().join("cache/api.json").display()),
+                &format!(
+                    "[tokens.api.cache]\nfile = \"{}\"\n",
+                    dir.path().join("cache/api.json").display()
+                ),
             )
         ),
         0o600,
@@ -56,17 +59,28 @@ fn eight_processes_with_a_cold_cache_make_one_request() {
     let requests = authority.request_count();
     eprintln!("8 processes, cold cache: {requests} authority request(s)");
     assert_eq!(requests, 1, "{:?}", authority.requests());
-    assert!(printed.iter().all(|t| t == &printed[0]), "different tokens printed");
+    assert!(
+        printed.iter().all(|t| t == &printed[0]),
+        "different tokens printed"
+    );
     assert!(authority.validate_access_token(&printed[0]).is_ok());
 
     // A warm cache: no request at all.
-    let out = command().args(["token", "api", "--config"]).arg(&config).output().unwrap();
+    let out = command()
+        .args(["token", "api", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), printed[0]);
     assert_eq!(authority.request_count(), 1);
 
     // An unknown name: exit code 3.
-    let out = command().args(["token", "nope", "--config"]).arg(&config).output().unwrap();
+    let out = command()
+        .args(["token", "nope", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
 }
 
@@ -87,7 +101,13 @@ fn token_exec_and_status_ask_the_running_agent() {
         &format!(
             "[agent]\nsocket = \"{}\"\n\n{}",
             socket.display(),
-            cc_token("api", &authority.token_url(), "svc", &secret, "env_var = \"API_TOKEN\"\n")
+            cc_token(
+                "api",
+                &authority.token_url(),
+                "svc",
+                &secret,
+                "env_var = \"API_TOKEN\"\n"
+            )
         ),
         0o600,
     );
@@ -114,7 +134,11 @@ fn token_exec_and_status_ask_the_running_agent() {
         .args(["--", "sh", "-c", "printf %s \"$API_TOKEN\""])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), served);
     // A command that does not exist: 127.
     let out = command()
@@ -127,14 +151,25 @@ fn token_exec_and_status_ask_the_running_agent() {
     assert_eq!(authority.request_count(), 1, "only the agent asked");
 
     // `status`, as a table and as JSON, never with the token.
-    let out = command().args(["status", "--socket"]).arg(&socket).output().unwrap();
+    let out = command()
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success());
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.lines().nth(1).unwrap().starts_with("api"), "{table}");
-    assert!(table.contains("healthy") && table.contains("fresh"), "{table}");
+    assert!(
+        table.contains("healthy") && table.contains("fresh"),
+        "{table}"
+    );
     assert!(!table.contains(&served));
-    let out = command().args(["status", "--json", "--socket"]).arg(&socket).output().unwrap();
+    let out = command()
+        .args(["status", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["tokens"][0]["state"], "healthy");
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&served));
@@ -148,6 +183,10 @@ fn token_exec_and_status_ask_the_running_agent() {
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
     // No agent any more, and no configuration: `status` fails with 1.
-    let out = command().args(["status", "--socket"]).arg(&socket).output().unwrap();
+    let out = command()
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }

@@ -121,7 +121,11 @@ impl Agent {
             }
             self.get("/healthz").ok().filter(|a| a.status == 200)
         });
-        assert!(ok.is_some(), "the agent never got healthy: {}", self.log_text());
+        assert!(
+            ok.is_some(),
+            "the agent never got healthy: {}",
+            self.log_text()
+        );
     }
 
     /// Waits for the process to exit.
