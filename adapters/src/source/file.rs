@@ -576,8 +576,8 @@ mod tests {
         let mut bad: Vec<Vec<u8>> = vec![
             Vec::new(),
             b"   \n".to_vec(),
-            token[..token.len() / 2].as_bytes().to_vec(),
-            format!(r#"{{"access_token":"x","expires_at":1}}"#).into_bytes(),
+            token.as_bytes()[..token.len() / 2].to_vec(),
+            br#"{"access_token":"x","expires_at":1}"#.to_vec(),
             jwt(1).into_bytes(),
             vec![0xff, 0xfe, 0x00],
             b"two tokens".to_vec(),
