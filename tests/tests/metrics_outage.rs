@@ -360,6 +360,15 @@ fn a_revoked_grant_is_failed() {
     assert_eq!(gauge(&view, names::REFRESH_STATE_CODE), 3.0);
     assert_eq!(gauge(&view, names::REFRESH_CONSECUTIVE_FAILURES), 1.0);
     assert_eq!(state(&view, "retrying"), 0.0);
+    // A 401 now cannot help (the grant is gone): the report is ignored.
+    let last = tokens.token().expect("the last token is still served");
+    tokens.invalidate(&last);
+    view.until(
+        "the ignored report",
+        || {},
+        |v| v.counter(names::INVALIDATIONS_TOTAL, &[("outcome", "ignored")]) == 1,
+    );
+    drop(last);
     let log = log.0.lock().unwrap().clone();
     assert!(
         log.contains("the user must authorize again"),

@@ -37,6 +37,10 @@ use crate::clock::SystemClock;
 ///   not keep other processes from fetching. When that layer fails (Redis
 ///   down), the next one up is tried, so the processes on one machine still
 ///   coordinate through the file. The release goes to the layer that granted.
+/// * **metrics** (feature `metrics`): when a driver uses the stack, each
+///   call on each layer is counted in `freshtoken_cache_operations_total`
+///   with the layer's [`metrics_label`](TokenCache::metrics_label) and its
+///   position in the stack (0 for the first).
 ///
 /// ```
 /// use freshtoken::cache::{CacheStack, MemoryCache, TokenCache};
