@@ -1,31 +1,4 @@
 //! [`FileSource`]: a token that another process writes to a file.
-//!
-//! This is how a Rust process consumes what the freshtoken agent, Vault
-//! Agent's file sink or a Kubernetes projected service-account token writes:
-//! the driver calls [`fetch`](TokenSource::fetch), which reads the file, and
-//! the machine keeps the token until it goes stale, then reads the file
-//! again. [`FileSource::watch`] also re-reads it as soon as the file
-//! changes, so a rotated token is picked up without waiting for the old one
-//! to go stale.
-//!
-//! What the file may hold ([`FileFormat::Auto`] tells them apart):
-//!
-//! | content | expiry from |
-//! | --- | --- |
-//! | a freshtoken cache record ([`record`](crate::cache::record)) or an aliri_tokens 0.3 file | its `expires_at_ms` / `expiry` |
-//! | JSON `{"access_token": .., "token_type": .., "expires_at": ..}` (the agent's `json` token file) | `expires_at`, Unix seconds |
-//! | JSON `{"access_token": .., "expires_in": ..}` | the file's modification time plus `expires_in` |
-//! | `Authorization: Bearer <token>` (the agent's `header` token file) | the JWT `exp`, else [`FileSource::lifetime`] |
-//! | a raw token (the agent's `raw` file, a projected token) | the JWT `exp`, else [`FileSource::lifetime`] from the modification time |
-//!
-//! A missing, empty, partial (cut-off JSON or JWT) or expired file is a
-//! transient [`FetchError`], so the driver retries with its backoff and keeps
-//! serving the previous token while it is valid. A token with no expiry to
-//! be found and no configured lifetime is a permanent error (a configuration
-//! mistake). Reading never panics and never takes more than
-//! [`MAX_RECORD_LEN`] bytes; errors name the path and the problem, never
-//! the content. A refresh token in a cache record is not passed on: the
-//! file's writer owns the grant.
 
 use std::fs::File;
 use std::io::Read;
@@ -45,7 +18,7 @@ use super::TokenSource;
 use crate::cache::record::{self, DecodeError, MAX_RECORD_LEN};
 
 /// What the file holds. [`Auto`](FileFormat::Auto) (the default) recognises
-/// every form listed in the [module docs](self).
+/// every form listed in the [`FileSource`] docs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FileFormat {
@@ -80,8 +53,34 @@ pub struct FileToken {
     pub id_token: Option<IdToken>,
 }
 
-/// Reads a token that another process writes to a file; see the
-/// [module docs](self).
+/// A token that another process writes to a file.
+///
+/// This is how a Rust process consumes what the freshtoken agent, Vault
+/// Agent's file sink or a Kubernetes projected service-account token writes:
+/// the driver calls [`fetch`](TokenSource::fetch), which reads the file, and
+/// the machine keeps the token until it goes stale, then reads the file
+/// again. [`watch`](FileSource::watch) also re-reads it as soon as the file
+/// changes, so a rotated token is picked up without waiting for the old one
+/// to go stale.
+///
+/// What the file may hold ([`FileFormat::Auto`] tells them apart):
+///
+/// | content | expiry from |
+/// | --- | --- |
+/// | a freshtoken cache record ([`record`](crate::cache::record)) or an aliri_tokens 0.3 file | its `expires_at_ms` / `expiry` |
+/// | JSON `{"access_token": .., "token_type": .., "expires_at": ..}` (the agent's `json` token file) | `expires_at`, Unix seconds |
+/// | JSON `{"access_token": .., "expires_in": ..}` | the file's modification time plus `expires_in` |
+/// | `Authorization: Bearer <token>` (the agent's `header` token file) | the JWT `exp`, else [`FileSource::lifetime`] |
+/// | a raw token (the agent's `raw` file, a projected token) | the JWT `exp`, else [`FileSource::lifetime`] from the modification time |
+///
+/// A missing, empty, partial (cut-off JSON or JWT) or expired file is a
+/// transient [`FetchError`], so the driver retries with its backoff and keeps
+/// serving the previous token while it is valid. A token with no expiry to
+/// be found and no configured lifetime is a permanent error (a configuration
+/// mistake). Reading never panics and never takes more than
+/// [`MAX_RECORD_LEN`] bytes; errors name the path and the problem, never
+/// the content. A refresh token in a cache record is not passed on: the
+/// file's writer owns the grant.
 ///
 /// ```
 /// use freshtoken::source::{FileSource, TokenSource};
