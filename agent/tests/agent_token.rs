@@ -190,3 +190,84 @@ fn token_exec_and_status_ask_the_running_agent() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// No agent and an authority that does not answer: `token` shows one
+/// status line after a second, then fails with code 1 and the reason,
+/// never the secret.
+#[test]
+fn token_waits_with_a_status_line_then_fails_with_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
+    // Port 9 (discard) on loopback: nothing listens there.
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!(
+            "[agent]\nsocket = \"{}\"\n\n{}",
+            dir.path().join("no-agent.sock").display(),
+            cc_token("api", "http://127.0.0.1:9/token", "svc", &secret, "")
+        ),
+        0o600,
+    );
+    let out = command()
+        .args(["token", "api", "--timeout", "2.5", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let waiting: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("waiting for a token for api"))
+        .collect();
+    assert_eq!(
+        waiting.len(),
+        1,
+        "one status line (not a terminal): {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("freshtoken: no valid token for api")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret-value"));
+}
+
+/// `status --watch` redraws the table in place until interrupted.
+#[test]
+fn status_watch_redraws() {
+    let authority = LocalAuthority::builder()
+        .client("svc", "s3cret-value")
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
+    let socket = dir.path().join("agent.sock");
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!(
+            "[agent]\nsocket = \"{}\"\n\n{}",
+            socket.display(),
+            cc_token("api", &authority.token_url(), "svc", &secret, "")
+        ),
+        0o600,
+    );
+    let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
+    agent.wait_healthy(Duration::from_secs(10));
+    let mut watch = command()
+        .args(["status", "--watch", "--interval", "0.2", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_000));
+    watch.kill().unwrap();
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames = text.matches("\x1b[H\x1b[2J").count();
+    assert!(frames >= 2, "{frames} frames: {text:?}");
+    assert!(text.matches("NAME").count() == frames && text.contains("healthy"));
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
