@@ -83,7 +83,18 @@ pub const EXIT_NO_SUCH_TOKEN: i32 = 3;
 
 /// Keeps OAuth2 tokens fresh for processes in any language.
 #[derive(Debug, Parser)]
-#[command(name = "freshtoken", version, about, long_about = None)]
+#[command(
+    name = "freshtoken",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 done; 1 no valid token in time, or no agent (status); \
+                  2 bad configuration or usage; 3 no token of that name; \
+                  126/127 (exec) the command cannot be run / was not found.\n\
+                  Every configuration key is also an environment variable: \
+                  FRESHTOKEN_AGENT_<KEY>, FRESHTOKEN_TOKENS_<NAME>_<KEY>. \
+                  Logs go to stderr, filtered by FRESHTOKEN_LOG (e.g. debug)."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
