@@ -12,16 +12,22 @@ use std::time::Duration;
 use freshtoken::driver::Builder;
 use freshtoken::source::FileSource;
 use freshtoken::testing::{LocalAuthority, TokenRejection};
-use freshtoken::{Clock, SystemClock};
+use freshtoken::{Clock, LifetimePolicy, SystemClock};
 use support::{cc_token, wait_for, write_file, Agent};
 
 #[test]
 fn file_source_follows_the_agent_through_50_refreshes() {
-    const REFRESHES: usize = 50;
-    // 2 s tokens: the agent renews each after 0.5 to 1 s.
+    // AGENT_FS_REFRESHES=N runs a shorter (or longer) version by hand.
+    let refreshes_env = std::env::var("AGENT_FS_REFRESHES")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let refreshes: usize = refreshes_env.unwrap_or(50);
+    // 3 s tokens: the agent renews each after 0.75 to 1.5 s, so the file
+    // always holds a token with 1.5 s or more left (a host stall shorter
+    // than that is invisible).
     let authority = LocalAuthority::builder()
         .client("svc", "s3cret-value")
-        .token_lifetime(Duration::from_secs(2))
+        .token_lifetime(Duration::from_secs(3))
         .start()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -52,8 +58,16 @@ fn file_source_follows_the_agent_through_50_refreshes() {
 
     // The consumer: the library's driver over a FileSource, re-reading on
     // change.
-    let source = FileSource::new(&token_file);
+    // Tokens this short need the driver's shortest lifetime (1 s by
+    // default) lowered, and the source's minimum with it: otherwise a token
+    // read with just under a second left is refused, close to where the
+    // agent renews a 3 s token.
+    let source = FileSource::new(&token_file).min_remaining(Duration::from_millis(200));
     let (tokens, driver) = Builder::new()
+        .lifetime(
+            LifetimePolicy::default()
+                .with_lifetime_bounds(Duration::from_millis(100), Duration::from_secs(3_600)),
+        )
         .invalidate_interval(Duration::from_millis(50))
         .spawn_thread(source.clone())
         .unwrap();
@@ -69,14 +83,17 @@ fn file_source_follows_the_agent_through_50_refreshes() {
         let source = source.clone();
         std::thread::spawn(move || {
             let (mut reads, mut failed, mut expired) = (0u64, Vec::new(), 0u64);
+            let mut least_left = i64::MAX;
             let mut seen = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 reads += 1;
                 match source.read() {
                     Ok(t) => {
-                        if t.expires_at <= SystemClock.now() {
+                        let now = SystemClock.now();
+                        if t.expires_at <= now {
                             expired += 1;
                         }
+                        least_left = least_left.min(t.expires_at.signed_millis_since(now));
                         let s = t.access_token.expose_secret().to_owned();
                         if seen.last() != Some(&s) {
                             seen.push(s);
@@ -86,6 +103,7 @@ fn file_source_follows_the_agent_through_50_refreshes() {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
+            eprintln!("least time left on a token in the file: {least_left} ms");
             (reads, failed, expired, seen)
         })
     };
@@ -102,9 +120,9 @@ fn file_source_follows_the_agent_through_50_refreshes() {
                     Ok(t) => {
                         served.insert(t.access_token().expose_secret().to_owned());
                     }
-                    Err(e) => invalid.push(e.to_string()),
+                    Err(e) => invalid.push(format!("{:?}: {e}", SystemClock.now())),
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(2));
             }
             (polls, invalid, served)
         })
@@ -112,7 +130,7 @@ fn file_source_follows_the_agent_through_50_refreshes() {
 
     let start = authority.issued_count();
     let done = wait_for(Duration::from_secs(90), || {
-        (authority.issued_count() >= start + REFRESHES).then_some(())
+        (authority.issued_count() >= start + refreshes).then_some(())
     });
     stop.store(true, Ordering::Relaxed);
     let (reads, failed, expired, seen) = reader.join().unwrap();
@@ -121,13 +139,13 @@ fn file_source_follows_the_agent_through_50_refreshes() {
     driver.shutdown_blocking();
     assert!(
         done.is_some(),
-        "the agent did not refresh {REFRESHES} times: {}",
+        "the agent did not refresh {refreshes} times: {}",
         agent.log_text()
     );
     // The agent was healthy throughout: every request was answered.
     assert!(authority.requests().iter().all(|r| r.fault.is_none()));
     eprintln!(
-        "{REFRESHES} refreshes: {reads} file reads ({} failed, {expired} expired), {} distinct tokens read; \
+        "{refreshes} refreshes: {reads} file reads ({} failed, {expired} expired), {} distinct tokens read; \
          consumer: {polls} polls, {} without a valid token, {} distinct tokens served",
         failed.len(),
         seen.len(),
@@ -142,14 +160,14 @@ fn file_source_follows_the_agent_through_50_refreshes() {
         expired, 0,
         "the file held an expired token while the agent was healthy"
     );
-    assert!(seen.len() >= REFRESHES, "read {} tokens", seen.len());
+    assert!(seen.len() >= refreshes, "read {} tokens", seen.len());
     assert!(
         invalid.is_empty(),
         "the consumer had no valid token: {invalid:?}"
     );
     // The consumer followed the file, not just its first token.
     assert!(
-        served.len() >= REFRESHES / 2,
+        served.len() >= refreshes / 2,
         "served only {} tokens",
         served.len()
     );

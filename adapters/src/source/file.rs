@@ -132,7 +132,10 @@ impl FileSource {
     }
 
     /// A token with less than this left is treated as expired (default 1 s,
-    /// the driver's shortest lifetime: a shorter one would be stretched).
+    /// the driver's shortest lifetime: a token with less left would be
+    /// stretched to it). Lower it only together with the driver's lifetime
+    /// bounds ([`LifetimePolicy::with_lifetime_bounds`](freshtoken_core::LifetimePolicy::with_lifetime_bounds)),
+    /// for tokens that live only a few seconds.
     pub fn min_remaining(mut self, min: Duration) -> Self {
         self.min_remaining = min;
         self
