@@ -92,7 +92,9 @@ fn builder(name: &str, clock: &ManualClock) -> Builder {
             Backoff::new(Duration::from_secs(1), 2, Duration::from_secs(4))
                 .with_permanent_interval(Duration::from_secs(2)),
         )
-        .fetch_timeout(Duration::from_secs(5))
+        // Long by the manual clock, which the tests move a second per few
+        // milliseconds: no fetch times out unless a test wants it to.
+        .fetch_timeout(Duration::from_secs(3600))
         .seed(7)
 }
 
@@ -227,12 +229,17 @@ fn an_outage_in_numbers() {
     assert_eq!(gauge(&view, names::TOKEN_EXPIRES_IN_SECONDS), 0.0);
     assert_eq!(state(&view, "retrying"), 1.0);
 
-    // Let the fetch in flight (if any) answer: two first attempts (the
-    // first token, the refresh that met the outage), the rest retries.
+    // Let the fetch in flight (if any) answer, and its failure be
+    // published: two first attempts (the first token, the refresh that met
+    // the outage), the rest retries.
     view.until(
         "no fetch in flight",
         || {},
-        |v| v.counter(names::FETCHES_TOTAL, &[]) == 2 + v.counter(names::FETCH_RETRIES_TOTAL, &[]),
+        |v| {
+            let errors = v.counter(names::FETCHES_TOTAL, &[("outcome", "error")]);
+            v.counter(names::FETCHES_TOTAL, &[]) == 2 + v.counter(names::FETCH_RETRIES_TOTAL, &[])
+                && v.gauge(names::REFRESH_CONSECUTIVE_FAILURES, &[]) == Some(errors as f64)
+        },
     );
     let failures = fetches(&view, "transient");
     assert!(failures >= 3);
@@ -261,10 +268,14 @@ fn an_outage_in_numbers() {
     assert_eq!(gauge(&view, names::REFRESH_CONSECUTIVE_FAILURES), 0.0);
     assert_eq!(gauge(&view, names::TOKEN_VALID), 1.0);
     assert_eq!(view.counter(names::FETCH_RETRIES_TOTAL, &[]), failures);
-    let (_, expires_at) = current_expiry(&tokens);
-    assert_eq!(
-        gauge(&view, names::TOKEN_EXPIRES_AT_TIMESTAMP_SECONDS),
-        secs(expires_at)
+    // (The gauges are set just before the handles see the new token.)
+    view.until(
+        "the new token",
+        || {},
+        |v| {
+            let (_, expires_at) = current_expiry(&tokens);
+            v.gauge(names::TOKEN_EXPIRES_AT_TIMESTAMP_SECONDS, &[]) == Some(secs(expires_at))
+        },
     );
     assert_eq!(
         authority.request_count() as u64,
@@ -297,6 +308,7 @@ fn a_hung_fetch_is_a_timeout() {
     let clock = ManualClock::new(T0);
     let authority = authority(&clock);
     let (tokens, driver) = builder("hung", &clock)
+        .fetch_timeout(Duration::from_secs(5))
         .spawn_thread(authority.client_credentials("app").build().unwrap())
         .unwrap();
     tokens.wait_ready(HUNG).expect("a first token");
@@ -311,10 +323,16 @@ fn a_hung_fetch_is_a_timeout() {
     view.until("the timeout", ticker(&clock, &driver), |v| {
         v.counter(names::FETCHES_TOTAL, &[("error", "timeout")]) == 1
     });
-    // The retry after the timeout succeeds (the fault was for one request).
-    view.until("the retry", ticker(&clock, &driver), |v| {
-        v.counter(names::FETCHES_TOTAL, &[("outcome", "success")]) == 2
-    });
+    // The retry after the timeout succeeds (the fault was for one request):
+    // one step past the backoff, and no more, so that the retry does not
+    // time out by the manual clock too.
+    clock.advance(Duration::from_secs(2));
+    driver.wake();
+    view.until(
+        "the retry",
+        || {},
+        |v| v.counter(names::FETCHES_TOTAL, &[("outcome", "success")]) == 2,
+    );
     assert!(view.counter(names::FETCH_RETRIES_TOTAL, &[]) >= 1);
     // The hung request answers at last: its duration is observed, and it
     // is not counted again.

@@ -73,6 +73,12 @@
 //! driver.shutdown_blocking();
 //! ```
 
+// Without a driver there is nothing to observe: the driver hooks go unused.
+#![cfg_attr(
+    not(any(feature = "blocking", feature = "tokio", feature = "async-std")),
+    allow(dead_code, unused_imports)
+)]
+
 mod hints;
 mod observer;
 mod sink;
