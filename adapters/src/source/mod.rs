@@ -177,3 +177,8 @@ where
         self.initial.clone()
     }
 }
+
+#[cfg(feature = "file")]
+mod file;
+#[cfg(feature = "file")]
+pub use file::{FileFormat, FileSource, FileToken, FileWatch};

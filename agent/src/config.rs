@@ -1,0 +1,1078 @@
+//! The agent's configuration: a TOML file, every setting also an
+//! environment variable, secrets only from files or the environment.
+//!
+//! ```toml
+//! [agent]
+//! socket = "/run/freshtoken/agent.sock"   # the local HTTP endpoint (mode 0600)
+//! listen = "127.0.0.1:9464"               # optional loopback TCP: /healthz and /metrics
+//!
+//! [tokens.api]
+//! grant = "client_credentials"            # or "refresh_token"
+//! token_url = "https://login.example.com/oauth2/token"
+//! client_id = "orders-service"
+//! client_secret_file = "/etc/freshtoken/api.secret"   # mode 0600; or client_secret_env
+//! scope = "orders.read"
+//!
+//! [tokens.api.file]                       # a token file, rewritten atomically
+//! path = "/run/freshtoken/api.token"
+//! format = "header"                       # raw (default), header, json; or template = "..."
+//!
+//! [tokens.api.cache]                      # shared with `freshtoken token` and other agents
+//! file = "/var/lib/freshtoken/api.json"   # or redis_url / redis_url_env
+//! ```
+//!
+//! Relative paths are relative to the configuration file's directory.
+//!
+//! **Environment.** Each key has a variable: `FRESHTOKEN_AGENT_SOCKET`,
+//! `FRESHTOKEN_TOKENS_<NAME>_<KEY>` with the name and key upper-cased, `-`
+//! and `.` as `_` (`FRESHTOKEN_TOKENS_API_FILE_PATH`). A variable wins over
+//! the file. `FRESHTOKEN_TOKEN_NAMES=api,billing` declares tokens that the
+//! file does not have. A `FRESHTOKEN_AGENT_*` or `FRESHTOKEN_TOKENS_*`
+//! variable that names no setting is an error, like an unknown key.
+//!
+//! **Secrets** (the client secret, an initial refresh token, a Redis URL
+//! with a password) are never read from the configuration file or the
+//! command line: `client_secret_file` / `client_secret_env` name where they
+//! are, and `FRESHTOKEN_TOKENS_<NAME>_CLIENT_SECRET` may hold the secret
+//! itself. A secret file readable by group or others is refused (`chmod
+//! 600` it). A client assertion file (`client_assertion_file`, e.g. a
+//! Kubernetes projected token, 0644 by design) is exempt.
+//!
+//! Every problem is one [`ConfigError`] naming the key; the binary prints it
+//! on one line and exits with code 2.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The prefix of every environment variable the agent reads.
+pub const ENV_PREFIX: &str = "FRESHTOKEN_";
+
+/// A configuration problem: the key (or environment variable) and what is
+/// wrong with it. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The dotted key (`tokens.api.client_secret_file`) or the variable.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The type a key's value must have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+    /// An integer, or a string of octal digits (`"0600"`).
+    Mode,
+}
+
+const AGENT_KEYS: &[(&str, Kind)] = &[
+    ("socket", Kind::Str),
+    ("listen", Kind::Str),
+    ("tcp_serves_tokens", Kind::Bool),
+    ("heartbeat_secs", Kind::Int),
+];
+
+/// Every key of a `[tokens.NAME]` table; nested ones as `table.key`.
+const TOKEN_KEYS: &[(&str, Kind)] = &[
+    ("grant", Kind::Str),
+    ("token_url", Kind::Str),
+    ("client_id", Kind::Str),
+    ("client_secret_file", Kind::Str),
+    ("client_secret_env", Kind::Str),
+    ("client_assertion_file", Kind::Str),
+    ("client_auth", Kind::Str),
+    ("refresh_token_file", Kind::Str),
+    ("refresh_token_env", Kind::Str),
+    ("scope", Kind::Str),
+    ("audience", Kind::Str),
+    ("resource", Kind::Str),
+    ("env_var", Kind::Str),
+    ("fetch_timeout_secs", Kind::Int),
+    ("file.path", Kind::Str),
+    ("file.mode", Kind::Mode),
+    ("file.uid", Kind::Int),
+    ("file.gid", Kind::Int),
+    ("file.format", Kind::Str),
+    ("file.template", Kind::Str),
+    ("cache.file", Kind::Str),
+    ("cache.redis_url", Kind::Str),
+    ("cache.redis_url_env", Kind::Str),
+    ("cache.redis_key", Kind::Str),
+];
+
+/// Secrets that only the environment may hold (never the file).
+const ENV_ONLY: &[&str] = &["client_secret", "refresh_token"];
+
+/// The whole configuration, as read.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[agent]`.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// `[tokens.NAME]`, by name.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenConfig>,
+}
+
+/// `[agent]`: where the agent serves.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The Unix socket of the local HTTP endpoint (default
+    /// `$XDG_RUNTIME_DIR/freshtoken/agent.sock`, else
+    /// `/tmp/freshtoken-<uid>/agent.sock`).
+    pub socket: Option<PathBuf>,
+    /// A loopback TCP address for `/healthz` and `/metrics` (Prometheus).
+    pub listen: Option<String>,
+    /// Whether the TCP listener also serves `/v1/token/*` (default false:
+    /// any local user can reach a TCP port, only this user the socket).
+    pub tcp_serves_tokens: Option<bool>,
+    /// The drivers' heartbeat, seconds (default 30).
+    pub heartbeat_secs: Option<u64>,
+}
+
+/// The grant a token is obtained with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// OAuth2 client credentials.
+    ClientCredentials,
+    /// A refresh token, rotated as the authority says.
+    RefreshToken,
+}
+
+/// `[tokens.NAME]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// `client_credentials` (default) or `refresh_token`.
+    pub grant: Option<String>,
+    /// The token endpoint (https, or http on loopback).
+    pub token_url: Option<String>,
+    /// The client id.
+    pub client_id: Option<String>,
+    /// A file holding the client secret (mode 0600 or stricter).
+    pub client_secret_file: Option<PathBuf>,
+    /// An environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// A client assertion file (private_key_jwt by a platform, e.g. a
+    /// projected token), re-read as it changes; no mode check.
+    pub client_assertion_file: Option<PathBuf>,
+    /// `basic` (default) or `post`.
+    pub client_auth: Option<String>,
+    /// The first refresh token, for `refresh_token` (mode 0600 or stricter).
+    pub refresh_token_file: Option<PathBuf>,
+    /// An environment variable holding the first refresh token.
+    pub refresh_token_env: Option<String>,
+    /// The scope to ask for.
+    pub scope: Option<String>,
+    /// The audience parameter.
+    pub audience: Option<String>,
+    /// The resource parameter (RFC 8707).
+    pub resource: Option<String>,
+    /// The variable `freshtoken exec` puts the token in (default `ACCESS_TOKEN`).
+    pub env_var: Option<String>,
+    /// How long a token request may take, seconds (default 30).
+    pub fetch_timeout_secs: Option<u64>,
+    /// `[tokens.NAME.file]`: the token file.
+    pub file: Option<FileSink>,
+    /// `[tokens.NAME.cache]`: the shared cache.
+    pub cache: Option<CacheConfig>,
+}
+
+/// `[tokens.NAME.file]`: where and how the token is written.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSink {
+    /// The file.
+    pub path: Option<PathBuf>,
+    /// Its mode (default 0600).
+    pub mode: Option<u32>,
+    /// Its owner's uid (default: the agent's).
+    pub uid: Option<u32>,
+    /// Its group's gid (default: the agent's).
+    pub gid: Option<u32>,
+    /// `raw` (default: the token alone), `header` (`Authorization: Bearer
+    /// <token>`) or `json` (`{"access_token","token_type","expires_at"}`).
+    pub format: Option<String>,
+    /// A template instead of a format: `{token}`, `{token_type}` and
+    /// `{expires_at}` (Unix seconds) are replaced.
+    pub template: Option<String>,
+}
+
+/// `[tokens.NAME.cache]`: the cache shared with other instances.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// A file cache (with a cross-process lease).
+    pub file: Option<PathBuf>,
+    /// A Redis URL without a password.
+    pub redis_url: Option<String>,
+    /// An environment variable holding the Redis URL (may have a password).
+    pub redis_url_env: Option<String>,
+    /// The Redis key (default `freshtoken:<name>`).
+    pub redis_key: Option<String>,
+}
+
+/// A secret string; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// One token's configuration with its secrets read and checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    /// The name.
+    pub name: String,
+    /// The settings as configured.
+    pub config: TokenConfig,
+    /// The grant.
+    pub grant: Grant,
+    /// The token endpoint.
+    pub token_url: String,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret, if any.
+    pub client_secret: Option<Secret>,
+    /// The first refresh token, if any.
+    pub refresh_token: Option<Secret>,
+    /// The Redis URL, if any (may hold a password).
+    pub redis_url: Option<Secret>,
+}
+
+impl Resolved {
+    /// The variable `exec` uses.
+    pub fn env_var(&self) -> &str {
+        self.config.env_var.as_deref().unwrap_or("ACCESS_TOKEN")
+    }
+}
+
+/// A loaded configuration: the settings and every token resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    /// The settings.
+    pub config: Config,
+    /// The tokens, by name.
+    pub tokens: BTreeMap<String, Resolved>,
+}
+
+impl Loaded {
+    /// The socket path: configured or the default.
+    pub fn socket(&self) -> PathBuf {
+        self.config
+            .agent
+            .socket
+            .clone()
+            .unwrap_or_else(default_socket)
+    }
+}
+
+/// The default socket: `$XDG_RUNTIME_DIR/freshtoken/agent.sock`, else
+/// `/tmp/freshtoken-<uid>/agent.sock`.
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("freshtoken/agent.sock"),
+        _ => PathBuf::from(format!(
+            "/tmp/freshtoken-{}/agent.sock",
+            rustix::process::geteuid().as_raw()
+        )),
+    }
+}
+
+/// The environment as `(name, value)` pairs, for [`load`].
+pub type Env = Vec<(String, String)>;
+
+/// The process environment (variables that are not UTF-8 are skipped).
+pub fn process_env() -> Env {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// Reads the file at `path` (if any), applies `env`, checks every key and
+/// reads the secrets.
+pub fn load(path: Option<&Path>, env: &Env) -> Result<Loaded, ConfigError> {
+    let mut table = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+            })?;
+            parse_toml(path, &text)?
+        }
+        None => toml::Table::new(),
+    };
+    check_file_keys(&mut table)?;
+    let secrets_from_env = apply_env(&mut table, env)?;
+    // Every key and type was checked above; serde's message could quote a
+    // value (a secret pasted in the wrong place), so it is not shown.
+    let mut config: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|_: toml::de::Error| ConfigError::new("config", "a value does not fit its key"))?;
+    if let Some(base) = path.and_then(Path::parent) {
+        relative_to(&mut config, base);
+    }
+    let mut tokens = BTreeMap::new();
+    for (name, token) in &config.tokens {
+        let resolved = resolve(name, token, &secrets_from_env, env)?;
+        tokens.insert(name.clone(), resolved);
+    }
+    Ok(Loaded { config, tokens })
+}
+
+/// Makes every relative path in `config` relative to `base` (the
+/// configuration file's directory), so a configuration means the same
+/// whatever the working directory.
+fn relative_to(config: &mut Config, base: &Path) {
+    let fix = |p: &mut Option<PathBuf>| {
+        if let Some(path) = p {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    };
+    fix(&mut config.agent.socket);
+    for token in config.tokens.values_mut() {
+        fix(&mut token.client_secret_file);
+        fix(&mut token.client_assertion_file);
+        fix(&mut token.refresh_token_file);
+        if let Some(file) = &mut token.file {
+            fix(&mut file.path);
+        }
+        if let Some(cache) = &mut token.cache {
+            fix(&mut cache.file);
+        }
+    }
+}
+
+fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(":{line}:{column}")
+            })
+            .unwrap_or_default();
+        // The message only: toml's Display quotes the line, which could be
+        // a secret someone pasted in.
+        ConfigError::new(
+            format!("{}{at}", path.display()),
+            format!("not valid TOML: {}", e.message().trim()),
+        )
+    })
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Str => "a string",
+        Kind::Int => "a whole number",
+        Kind::Bool => "true or false",
+        Kind::Mode => "a file mode such as \"0600\"",
+    }
+}
+
+/// Checks `value` against `kind`, normalising a mode string to an integer.
+fn check_value(key: &str, kind: Kind, value: &mut toml::Value) -> Result<(), ConfigError> {
+    let ok = match (kind, &*value) {
+        (Kind::Str, toml::Value::String(_)) | (Kind::Bool, toml::Value::Boolean(_)) => true,
+        (Kind::Int | Kind::Mode, toml::Value::Integer(i)) => *i >= 0 && *i <= u32::MAX as i64,
+        (Kind::Mode, toml::Value::String(s)) => match u32::from_str_radix(s, 8) {
+            Ok(mode) if mode <= 0o7777 => {
+                *value = toml::Value::Integer(mode.into());
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("must be {}", kind_name(kind)),
+        ))
+    }
+}
+
+/// Every key in the file is known and of the right type.
+fn check_file_keys(table: &mut toml::Table) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
+        match (key.as_str(), value) {
+            ("agent", toml::Value::Table(agent)) => {
+                for (k, v) in agent.iter_mut() {
+                    let path = format!("agent.{k}");
+                    match AGENT_KEYS.iter().find(|(name, _)| name == k) {
+                        Some((_, kind)) => check_value(&path, *kind, v)?,
+                        None => return Err(unknown(&path, AGENT_KEYS, "")),
+                    }
+                }
+            }
+            ("tokens", toml::Value::Table(tokens)) => {
+                for (name, token) in tokens.iter_mut() {
+                    check_name(name)?;
+                    let toml::Value::Table(token) = token else {
+                        return Err(ConfigError::new(
+                            format!("tokens.{name}"),
+                            "must be a table",
+                        ));
+                    };
+                    check_token_keys(name, token)?;
+                }
+            }
+            ("agent" | "tokens", _) => return Err(ConfigError::new(key, "must be a table")),
+            _ => {
+                return Err(ConfigError::new(
+                    key,
+                    "unknown key (expected [agent] or [tokens.NAME])",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_token_keys(name: &str, token: &mut toml::Table) -> Result<(), ConfigError> {
+    for (k, v) in token.iter_mut() {
+        let path = format!("tokens.{name}.{k}");
+        if ENV_ONLY.contains(&k.as_str()) {
+            return Err(ConfigError::new(
+                path,
+                format!(
+                    "secrets are not read from the configuration file: use {k}_file or {k}_env \
+                     (or the variable {})",
+                    env_name(&["tokens", name, k])
+                ),
+            ));
+        }
+        match v {
+            toml::Value::Table(inner) if k == "file" || k == "cache" => {
+                for (ik, iv) in inner.iter_mut() {
+                    let dotted = format!("{k}.{ik}");
+                    match TOKEN_KEYS.iter().find(|(n, _)| *n == dotted) {
+                        Some((_, kind)) => check_value(&format!("{path}.{ik}"), *kind, iv)?,
+                        None => return Err(unknown(&format!("{path}.{ik}"), TOKEN_KEYS, k)),
+                    }
+                }
+            }
+            _ if k == "file" || k == "cache" => {
+                return Err(ConfigError::new(path, "must be a table"));
+            }
+            _ => match TOKEN_KEYS.iter().find(|(n, _)| n == k) {
+                Some((_, kind)) => check_value(&path, *kind, v)?,
+                None => return Err(unknown(&path, TOKEN_KEYS, "")),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// "unknown key (expected one of ...)" for the keys under `table`.
+fn unknown(path: &str, keys: &[(&str, Kind)], table: &str) -> ConfigError {
+    let names: Vec<&str> = keys
+        .iter()
+        .filter_map(|(n, _)| {
+            if table.is_empty() {
+                Some(n.split('.').next().unwrap_or(n))
+            } else {
+                n.strip_prefix(table)?.strip_prefix('.')
+            }
+        })
+        .fold(Vec::new(), |mut v, n| {
+            if !v.contains(&n) {
+                v.push(n);
+            }
+            v
+        });
+    ConfigError::new(
+        path,
+        format!("unknown key (expected one of: {})", names.join(", ")),
+    )
+}
+
+fn check_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::new(
+            format!("tokens.{name}"),
+            "a token name is letters, digits, '-' and '_'",
+        ));
+    }
+    Ok(())
+}
+
+/// `FRESHTOKEN_` and the parts upper-cased, `-` and `.` as `_`.
+pub fn env_name(parts: &[&str]) -> String {
+    let mut name = ENV_PREFIX.to_owned();
+    let joined = parts.join("_");
+    name.extend(joined.chars().map(|c| match c {
+        '-' | '.' => '_',
+        c => c.to_ascii_uppercase(),
+    }));
+    name
+}
+
+/// Overlays the environment on `table`; returns the secrets found there,
+/// keyed by `(token, key)`.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &Env,
+) -> Result<BTreeMap<(String, String), Secret>, ConfigError> {
+    let get = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v);
+    let mut used: Vec<String> = Vec::new();
+    let mut secrets = BTreeMap::new();
+
+    let mut names: Vec<String> = table
+        .get("tokens")
+        .and_then(toml::Value::as_table)
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
+    let list = env_name(&["token_names"]);
+    if let Some(extra) = get(&list) {
+        used.push(list.clone());
+        for name in extra.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            check_name(name).map_err(|e| ConfigError::new(list.clone(), e.message))?;
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    // Two names that map to one variable name would share settings.
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            if env_name(&["tokens", a]) == env_name(&["tokens", b]) {
+                return Err(ConfigError::new(
+                    format!("tokens.{b}"),
+                    format!("its environment variables would be those of tokens.{a}"),
+                ));
+            }
+        }
+    }
+
+    for (key, kind) in AGENT_KEYS {
+        let var = env_name(&["agent", key]);
+        if let Some(value) = get(&var) {
+            used.push(var.clone());
+            let mut value = env_value(&var, *kind, value)?;
+            check_value(&var, *kind, &mut value)?;
+            let agent = table
+                .entry("agent")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(agent) = agent.as_table_mut() {
+                agent.insert((*key).to_owned(), value);
+            }
+        }
+    }
+
+    for name in &names {
+        for (key, kind) in TOKEN_KEYS {
+            let var = env_name(&["tokens", name, key]);
+            let Some(value) = get(&var) else { continue };
+            used.push(var.clone());
+            let mut value = env_value(&var, *kind, value)?;
+            check_value(&var, *kind, &mut value)?;
+            let token = token_table(table, name);
+            match key.split_once('.') {
+                Some((inner, k)) => {
+                    let inner = token
+                        .entry(inner)
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let Some(inner) = inner.as_table_mut() {
+                        inner.insert(k.to_owned(), value);
+                    }
+                }
+                None => {
+                    token.insert((*key).to_owned(), value);
+                }
+            }
+        }
+        for key in ENV_ONLY {
+            let var = env_name(&["tokens", name, key]);
+            if let Some(value) = get(&var) {
+                used.push(var.clone());
+                secrets.insert((name.clone(), (*key).to_owned()), Secret(value.clone()));
+                token_table(table, name);
+            }
+        }
+        // A token declared only by FRESHTOKEN_TOKEN_NAMES still exists.
+        token_table(table, name);
+    }
+
+    for (var, _) in env {
+        let ours =
+            var.starts_with(&env_name(&["agent_"])) || var.starts_with(&env_name(&["tokens_"]));
+        if ours && !used.contains(var) {
+            return Err(ConfigError::new(
+                var.clone(),
+                "names no setting (unknown key, or a token that is not configured: \
+                 add it to FRESHTOKEN_TOKEN_NAMES)",
+            ));
+        }
+    }
+    Ok(secrets)
+}
+
+fn token_table<'a>(table: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+    let tokens = table
+        .entry("tokens")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if !tokens.is_table() {
+        *tokens = toml::Value::Table(toml::Table::new());
+    }
+    let Some(tokens) = tokens.as_table_mut() else {
+        unreachable!("just made a table")
+    };
+    let token = tokens
+        .entry(name)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if !token.is_table() {
+        *token = toml::Value::Table(toml::Table::new());
+    }
+    match token.as_table_mut() {
+        Some(t) => t,
+        None => unreachable!("just made a table"),
+    }
+}
+
+fn env_value(var: &str, kind: Kind, value: &str) -> Result<toml::Value, ConfigError> {
+    Ok(match kind {
+        Kind::Str | Kind::Mode => toml::Value::String(value.to_owned()),
+        Kind::Int => toml::Value::Integer(
+            value
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::new(var, "must be a whole number"))?,
+        ),
+        Kind::Bool => toml::Value::Boolean(match value.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(ConfigError::new(var, "must be true or false")),
+        }),
+    })
+}
+
+/// Reads a secret file, refusing one that group or others may read.
+fn read_secret_file(key: &str, path: &Path, check_mode: bool) -> Result<Secret, ConfigError> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {shown}: {e}")))?;
+    if !meta.is_file() {
+        return Err(ConfigError::new(
+            key,
+            format!("{shown} is not a regular file"),
+        ));
+    }
+    #[cfg(unix)]
+    if check_mode {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::new(
+                key,
+                format!("{shown} is readable by group or others (mode {mode:04o}): chmod 600 it"),
+            ));
+        }
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {shown}: {e}")))?;
+    let value = text.trim_end_matches(['\n', '\r']).to_owned();
+    if value.is_empty() {
+        return Err(ConfigError::new(key, format!("{shown} is empty")));
+    }
+    Ok(Secret(value))
+}
+
+/// A secret from `<key>_file`, `<key>_env` or the `FRESHTOKEN_..._<KEY>`
+/// variable: at most one of them.
+fn secret(
+    name: &str,
+    key: &str,
+    file: Option<&Path>,
+    env_var: Option<&str>,
+    from_env: &BTreeMap<(String, String), Secret>,
+    env: &Env,
+) -> Result<Option<Secret>, ConfigError> {
+    let direct = from_env.get(&(name.to_owned(), key.to_owned()));
+    let given = usize::from(file.is_some())
+        + usize::from(env_var.is_some())
+        + usize::from(direct.is_some());
+    if given > 1 {
+        return Err(ConfigError::new(
+            format!("tokens.{name}.{key}_file"),
+            format!(
+                "give only one of {key}_file, {key}_env and {}",
+                env_name(&["tokens", name, key])
+            ),
+        ));
+    }
+    if let Some(path) = file {
+        return read_secret_file(&format!("tokens.{name}.{key}_file"), path, true).map(Some);
+    }
+    if let Some(var) = env_var {
+        let value = env.iter().rev().find(|(k, _)| k == var).map(|(_, v)| v);
+        return match value {
+            Some(v) if !v.is_empty() => Ok(Some(Secret(v.clone()))),
+            _ => Err(ConfigError::new(
+                format!("tokens.{name}.{key}_env"),
+                format!("the environment variable {var} is not set"),
+            )),
+        };
+    }
+    Ok(direct.cloned())
+}
+
+fn resolve(
+    name: &str,
+    token: &TokenConfig,
+    from_env: &BTreeMap<(String, String), Secret>,
+    env: &Env,
+) -> Result<Resolved, ConfigError> {
+    let key = |k: &str| format!("tokens.{name}.{k}");
+    let grant = match token.grant.as_deref() {
+        None | Some("client_credentials") => Grant::ClientCredentials,
+        Some("refresh_token") => Grant::RefreshToken,
+        Some(_) => {
+            return Err(ConfigError::new(
+                key("grant"),
+                "must be \"client_credentials\" or \"refresh_token\"",
+            ))
+        }
+    };
+    let token_url = token
+        .token_url
+        .clone()
+        .ok_or_else(|| ConfigError::new(key("token_url"), "missing"))?;
+    freshtoken::oauth2::check_token_url(&token_url)
+        .map_err(|e| ConfigError::new(key("token_url"), e.to_string()))?;
+    let client_id = token
+        .client_id
+        .clone()
+        .ok_or_else(|| ConfigError::new(key("client_id"), "missing"))?;
+    let client_secret = secret(
+        name,
+        "client_secret",
+        token.client_secret_file.as_deref(),
+        token.client_secret_env.as_deref(),
+        from_env,
+        env,
+    )?;
+    if let Some(path) = &token.client_assertion_file {
+        // Exempt from the mode check: projected tokens are 0644 by design.
+        std::fs::metadata(path).map_err(|e| {
+            ConfigError::new(
+                key("client_assertion_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        if client_secret.is_some() {
+            return Err(ConfigError::new(
+                key("client_assertion_file"),
+                "give a client secret or an assertion file, not both",
+            ));
+        }
+    }
+    match token.client_auth.as_deref() {
+        None | Some("basic") | Some("post") => {}
+        Some(_) => {
+            return Err(ConfigError::new(
+                key("client_auth"),
+                "must be \"basic\" or \"post\"",
+            ))
+        }
+    }
+    let refresh_token = secret(
+        name,
+        "refresh_token",
+        token.refresh_token_file.as_deref(),
+        token.refresh_token_env.as_deref(),
+        from_env,
+        env,
+    )?;
+    match grant {
+        Grant::ClientCredentials => {
+            if client_secret.is_none() && token.client_assertion_file.is_none() {
+                return Err(ConfigError::new(
+                    key("client_secret_file"),
+                    "missing: client_credentials needs client_secret_file, client_secret_env \
+                     or client_assertion_file",
+                ));
+            }
+        }
+        Grant::RefreshToken => {
+            if refresh_token.is_none() {
+                return Err(ConfigError::new(
+                    key("refresh_token_file"),
+                    "missing: refresh_token needs refresh_token_file or refresh_token_env",
+                ));
+            }
+        }
+    }
+    if let Some(file) = &token.file {
+        if file.path.is_none() {
+            return Err(ConfigError::new(key("file.path"), "missing"));
+        }
+        match file.format.as_deref() {
+            None | Some("raw") | Some("header") | Some("json") => {}
+            Some(_) => {
+                return Err(ConfigError::new(
+                    key("file.format"),
+                    "must be \"raw\", \"header\" or \"json\"",
+                ))
+            }
+        }
+        if file.format.is_some() && file.template.is_some() {
+            return Err(ConfigError::new(
+                key("file.template"),
+                "give a format or a template, not both",
+            ));
+        }
+        if let Some(template) = &file.template {
+            if !template.contains("{token}") {
+                return Err(ConfigError::new(
+                    key("file.template"),
+                    "must contain {token}",
+                ));
+            }
+        }
+        if file.mode.is_some_and(|m| m > 0o7777) {
+            return Err(ConfigError::new(
+                key("file.mode"),
+                "must be a file mode such as \"0600\"",
+            ));
+        }
+    }
+    let mut redis_url = None;
+    if let Some(cache) = &token.cache {
+        let backends = usize::from(cache.file.is_some())
+            + usize::from(cache.redis_url.is_some() || cache.redis_url_env.is_some());
+        if backends != 1 || (cache.redis_url.is_some() && cache.redis_url_env.is_some()) {
+            return Err(ConfigError::new(
+                key("cache"),
+                "give one of file, redis_url and redis_url_env",
+            ));
+        }
+        if let Some(url) = &cache.redis_url {
+            if url_has_password(url) {
+                return Err(ConfigError::new(
+                    key("cache.redis_url"),
+                    "holds a password: put the URL in an environment variable named by redis_url_env",
+                ));
+            }
+            redis_url = Some(Secret(url.clone()));
+        }
+        if let Some(var) = &cache.redis_url_env {
+            match env.iter().rev().find(|(k, _)| k == var) {
+                Some((_, v)) if !v.is_empty() => redis_url = Some(Secret(v.clone())),
+                _ => {
+                    return Err(ConfigError::new(
+                        key("cache.redis_url_env"),
+                        format!("the environment variable {var} is not set"),
+                    ))
+                }
+            }
+        }
+    }
+    if token
+        .env_var
+        .as_deref()
+        .is_some_and(|v| v.is_empty() || v.contains('=') || v.contains('\0'))
+    {
+        return Err(ConfigError::new(key("env_var"), "is not a variable name"));
+    }
+    Ok(Resolved {
+        name: name.to_owned(),
+        config: token.clone(),
+        grant,
+        token_url,
+        client_id,
+        client_secret,
+        refresh_token,
+        redis_url,
+    })
+}
+
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// Checks what only the agent needs: every token file's directory can be
+/// written (creating it, mode 0700, when missing).
+pub fn check_sinks(loaded: &Loaded) -> Result<(), ConfigError> {
+    for (name, token) in &loaded.tokens {
+        let Some(path) = token.config.file.as_ref().and_then(|f| f.path.as_ref()) else {
+            continue;
+        };
+        let key = format!("tokens.{name}.file.path");
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(&dir).map_err(|e| {
+                ConfigError::new(
+                    &key,
+                    format!("cannot create the directory {}: {e}", dir.display()),
+                )
+            })?;
+        }
+        tempfile::Builder::new()
+            .prefix(".freshtoken-check")
+            .tempfile_in(&dir)
+            .map_err(|e| {
+                // The OS's reason without tempfile's path of the probe.
+                let why = match e.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::from(e.kind()),
+                };
+                ConfigError::new(
+                    &key,
+                    format!("the directory {} is not writable: {why}", dir.display()),
+                )
+            })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn env_overrides_and_declares() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write(
+            dir.path(),
+            "c.toml",
+            "[tokens.api]\ntoken_url = \"http://127.0.0.1:1/token\"\nclient_id = \"a\"\n",
+        );
+        let loaded = load(
+            Some(&cfg),
+            &env(&[
+                ("FRESHTOKEN_TOKENS_API_CLIENT_ID", "b"),
+                ("FRESHTOKEN_TOKENS_API_CLIENT_SECRET", "s3cret"),
+                ("FRESHTOKEN_TOKENS_API_FILE_PATH", "/tmp/x"),
+                ("FRESHTOKEN_TOKENS_API_FILE_MODE", "0640"),
+                ("FRESHTOKEN_TOKEN_NAMES", "other"),
+                (
+                    "FRESHTOKEN_TOKENS_OTHER_TOKEN_URL",
+                    "http://127.0.0.1:1/token",
+                ),
+                ("FRESHTOKEN_TOKENS_OTHER_CLIENT_ID", "o"),
+                ("FRESHTOKEN_TOKENS_OTHER_CLIENT_SECRET_ENV", "MY_SECRET"),
+                ("MY_SECRET", "x"),
+                ("FRESHTOKEN_AGENT_LISTEN", "127.0.0.1:0"),
+            ]),
+        )
+        .unwrap();
+        let api = &loaded.tokens["api"];
+        assert_eq!(api.client_id, "b");
+        assert_eq!(api.client_secret.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(api.config.file.as_ref().unwrap().mode, Some(0o640));
+        assert_eq!(
+            loaded.tokens["other"]
+                .client_secret
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "x"
+        );
+        assert_eq!(loaded.config.agent.listen.as_deref(), Some("127.0.0.1:0"));
+        assert!(!format!("{loaded:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("[tokens.api]\nclientid = \"x\"\n", "tokens.api.clientid"),
+            (
+                "[tokens.api]\nclient_secret = \"hunter2\"\n",
+                "tokens.api.client_secret",
+            ),
+            ("[agent]\nsokcet = \"x\"\n", "agent.sokcet"),
+            ("[tokens.api.file]\npth = \"x\"\n", "tokens.api.file.pth"),
+            ("[tokens.api]\ntoken_url = 3\n", "tokens.api.token_url"),
+            (
+                "[tokens.api]\ntoken_url = \"http://127.0.0.1:1/t\"\n",
+                "tokens.api.client_id",
+            ),
+        ];
+        for (text, key) in cases {
+            let cfg = write(dir.path(), "c.toml", text);
+            let err = load(Some(&cfg), &Env::new()).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+            assert!(!err.to_string().contains("hunter2"));
+        }
+        let err = load(None, &env(&[("FRESHTOKEN_AGENT_SOKCET", "x")])).unwrap_err();
+        assert_eq!(err.key, "FRESHTOKEN_AGENT_SOKCET");
+    }
+
+    #[test]
+    fn redis_passwords_stay_out_of_the_file() {
+        assert!(url_has_password("redis://:pw@host/"));
+        assert!(url_has_password("redis://user:pw@host/"));
+        assert!(!url_has_password("redis://host:6379/0"));
+    }
+}

@@ -1,0 +1,5 @@
+//! The `freshtoken` binary; see the `freshtoken_agent` crate docs.
+
+fn main() {
+    std::process::exit(freshtoken_agent::main());
+}

@@ -1,0 +1,81 @@
+//! `/metrics`: Prometheus text rendered by `metrics-exporter-prometheus`
+//! from the `metrics` facade, so the library's own metrics (its `metrics`
+//! feature) and the agent's appear together.
+//!
+//! The library's series (its `metrics` feature: `freshtoken_fetches_total`,
+//! `freshtoken_token_expires_in_seconds`, `freshtoken_refresh_state`, ...,
+//! documented in `freshtoken::metrics`) carry the token's name as their
+//! `refresher` label; their gauges move at every heartbeat of the driver
+//! (`agent.heartbeat_secs`, default 30).
+//!
+//! The agent's own series, updated at every scrape (labels: the token's
+//! configured name only):
+//!
+//! | name | type | meaning |
+//! | --- | --- | --- |
+//! | `freshtoken_agent_token_valid` | gauge | 1 while the token is valid, else 0 |
+//! | `freshtoken_agent_token_expires_in_seconds` | gauge | seconds until the served token expires (negative once expired) |
+//! | `freshtoken_agent_token_expires_at_timestamp_seconds` | gauge | when it expires, Unix seconds |
+//! | `freshtoken_agent_token_file_writes_total` | counter | token file rewrites |
+//! | `freshtoken_agent_token_file_errors_total` | counter | failed token file writes |
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tiny_http::Response;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the global `metrics` recorder (once
+/// per process; later calls do nothing). Returns whether /metrics works.
+pub fn install() -> bool {
+    if HANDLE.get().is_some() {
+        return true;
+    }
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    match metrics::set_global_recorder(recorder) {
+        Ok(()) => HANDLE.set(handle).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The gauges of one token, set before each render.
+pub fn record_token(
+    name: &str,
+    valid: bool,
+    expires_at: Option<freshtoken::Timestamp>,
+    writes: u64,
+    errors: u64,
+) {
+    let label = [("token", name.to_owned())];
+    metrics::gauge!("freshtoken_agent_token_valid", &label).set(if valid { 1.0 } else { 0.0 });
+    if let Some(at) = expires_at {
+        let now = crate::tokens::now();
+        let left = at.signed_millis_since(now) as f64 / 1000.0;
+        metrics::gauge!("freshtoken_agent_token_expires_in_seconds", &label).set(left);
+        metrics::gauge!(
+            "freshtoken_agent_token_expires_at_timestamp_seconds",
+            &label
+        )
+        .set(at.as_millis() as f64 / 1000.0);
+    }
+    metrics::counter!("freshtoken_agent_token_file_writes_total", &label).absolute(writes);
+    metrics::counter!("freshtoken_agent_token_file_errors_total", &label).absolute(errors);
+}
+
+/// The rendered metrics, or 503 when the recorder is not installed.
+pub fn response(text: Option<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+    match text {
+        Some(text) => Response::from_string(text).with_header(
+            tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
+                .unwrap_or_else(|()| unreachable!("a valid header")),
+        ),
+        None => Response::from_string("metrics are not available\n").with_status_code(503),
+    }
+}
+
+/// Renders every metric.
+pub fn render() -> Option<String> {
+    HANDLE.get().map(PrometheusHandle::render)
+}

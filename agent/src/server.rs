@@ -1,0 +1,612 @@
+//! `freshtoken agent`: keeps every configured token fresh and serves it.
+//!
+//! * One blocking driver per token (the library's own, with the token's
+//!   cache), and one thread per token that rewrites its token file whenever
+//!   a new token is published.
+//! * tiny_http on the Unix socket (mode 0600, in a directory the agent
+//!   creates 0700) and, when `agent.listen` is set, on a loopback TCP port.
+//! * SIGHUP re-reads the configuration: new tokens start, removed ones stop
+//!   (their token file is deleted), changed ones restart. A configuration
+//!   that does not load is reported and the running one kept.
+//! * SIGTERM (or SIGINT) drains: every driver's `shutdown_blocking` (a fetch
+//!   or store in flight completes, so a rotated refresh token reaches the
+//!   cache), then the listeners close and the socket is removed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use freshtoken::{TokenHandle, TokenStatus};
+
+use freshtoken::handle::RefreshState;
+use serde_json::json;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use crate::config::{self, ConfigError, Env, Loaded, Resolved};
+use crate::tokens::{self, now};
+use crate::{sink, EXIT_CONFIG, EXIT_FAILURE};
+
+/// A token the agent keeps.
+struct Entry {
+    resolved: Resolved,
+    handle: TokenHandle,
+    driver: Mutex<Option<freshtoken::driver::DriverHandle>>,
+    stop: Arc<AtomicBool>,
+    sink: Mutex<Option<JoinHandle<()>>>,
+    file_writes: Arc<AtomicU64>,
+    file_errors: Arc<AtomicU64>,
+}
+
+impl Entry {
+    fn start(resolved: Resolved, heartbeat: Duration) -> Result<Arc<Entry>, ConfigError> {
+        let running = tokens::spawn(&resolved, heartbeat)?;
+        let entry = Arc::new(Entry {
+            resolved,
+            handle: running.handle,
+            driver: Mutex::new(Some(running.driver)),
+            stop: Arc::new(AtomicBool::new(false)),
+            sink: Mutex::new(None),
+            file_writes: Arc::default(),
+            file_errors: Arc::default(),
+        });
+        let thread = {
+            let name = entry.resolved.name.clone();
+            let sink = entry.resolved.config.file.clone();
+            let handle = entry.handle.clone();
+            let stop = entry.stop.clone();
+            let writes = entry.file_writes.clone();
+            let errors = entry.file_errors.clone();
+            std::thread::Builder::new()
+                .name(format!("freshtoken-sink-{name}"))
+                .spawn(move || sink_loop(&name, sink, &handle, &stop, &writes, &errors))
+                .map_err(|e| ConfigError {
+                    key: format!("tokens.{}", entry.resolved.name),
+                    message: format!("cannot start a thread: {e}"),
+                })?
+        };
+        *lock(&entry.sink) = Some(thread);
+        Ok(entry)
+    }
+
+    /// Stops the token file writer, then drains the driver.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(driver) = lock(&self.driver).take() {
+            driver.shutdown_blocking();
+        }
+        if let Some(thread) = lock(&self.sink).take() {
+            drop(thread.join());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Rewrites the token file whenever a new token is published; says once
+/// when the first token takes longer than a second.
+fn sink_loop(
+    name: &str,
+    sink: Option<config::FileSink>,
+    handle: &TokenHandle,
+    stop: &AtomicBool,
+    writes: &AtomicU64,
+    errors: &AtomicU64,
+) {
+    let started = Instant::now();
+    let mut announced = false;
+    let mut written = None;
+    while !stop.load(Ordering::SeqCst) {
+        let snapshot = handle.snapshot();
+        match &snapshot.token {
+            Some(token) if token.is_valid_at(now()) => {
+                if announced && written.is_none() {
+                    tracing::info!(token = name, "got the first token");
+                }
+                if written != Some(token.id()) {
+                    if let Some(sink) = &sink {
+                        match sink::write(sink, token) {
+                            Ok(()) => {
+                                writes.fetch_add(1, Ordering::Relaxed);
+                                written = Some(token.id());
+                            }
+                            Err(e) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(
+                                    token = name,
+                                    path = %sink.path.as_deref().unwrap_or(Path::new("")).display(),
+                                    "cannot write the token file: {e}"
+                                );
+                            }
+                        }
+                    } else {
+                        written = Some(token.id());
+                    }
+                }
+            }
+            _ if !announced && started.elapsed() > Duration::from_secs(1) => {
+                announced = true;
+                match snapshot.state.last_error() {
+                    Some(e) => {
+                        tracing::warn!(token = name, "still waiting for the first token: {e}")
+                    }
+                    None => tracing::info!(token = name, "still waiting for the first token"),
+                }
+            }
+            _ => {}
+        }
+        if handle.wait_changed(Duration::from_millis(200)).is_err() {
+            return;
+        }
+    }
+}
+
+/// What the request handlers share.
+struct Shared {
+    entries: RwLock<BTreeMap<String, Arc<Entry>>>,
+}
+
+/// Runs the agent until SIGTERM; returns the exit code.
+pub fn run(config_path: &Path, env: &Env) -> i32 {
+    let loaded = match config::load(Some(config_path), env).and_then(|l| {
+        config::check_sinks(&l)?;
+        Ok(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => return crate::config_failure(&e),
+    };
+    let socket = loaded.socket();
+    let tcp_tokens = loaded.config.agent.tcp_serves_tokens.unwrap_or(false);
+    let heartbeat = heartbeat(&loaded);
+
+    let unix = match bind_socket(&socket) {
+        Ok(server) => server,
+        Err((code, message)) => {
+            eprintln!("freshtoken: {message}");
+            return code;
+        }
+    };
+    let tcp = match &loaded.config.agent.listen {
+        Some(addr) => match bind_tcp(addr) {
+            Ok(server) => Some(server),
+            Err((code, message)) => {
+                eprintln!("freshtoken: {message}");
+                let _ = std::fs::remove_file(&socket);
+                return code;
+            }
+        },
+        None => None,
+    };
+
+    // Signals first, so a SIGTERM that comes while tokens start is seen.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("freshtoken: cannot handle signals: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+
+    let shared = Arc::new(Shared {
+        entries: RwLock::new(BTreeMap::new()),
+    });
+    if let Err(e) = apply(&shared, &loaded, heartbeat) {
+        let _ = std::fs::remove_file(&socket);
+        return crate::config_failure(&e);
+    }
+
+    let unix = Arc::new(unix);
+    let mut servers = vec![spawn_server(unix.clone(), shared.clone(), true)];
+    let tcp = tcp.map(Arc::new);
+    if let Some(tcp) = &tcp {
+        servers.push(spawn_server(tcp.clone(), shared.clone(), tcp_tokens));
+    }
+    tracing::info!(
+        socket = %socket.display(),
+        tcp = ?tcp.as_ref().and_then(|s| s.server_addr().to_ip()),
+        tokens = ?shared.entries.read().map(|e| e.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+        "agent running"
+    );
+
+    let mut current = loaded;
+    for signal in signals.forever() {
+        if signal == signal_hook::consts::SIGHUP {
+            let reloaded = config::load(Some(config_path), &config::process_env()).and_then(|l| {
+                config::check_sinks(&l)?;
+                Ok(l)
+            });
+            match reloaded {
+                Ok(new) => {
+                    if new.socket() != current.socket()
+                        || new.config.agent.listen != current.config.agent.listen
+                    {
+                        tracing::warn!("the socket and listen address change only with a restart");
+                    }
+                    match apply(&shared, &new, heartbeat) {
+                        Ok(()) => {
+                            tracing::info!("configuration reloaded");
+                            current = new;
+                        }
+                        Err(e) => tracing::error!("configuration not reloaded: {e}"),
+                    }
+                }
+                Err(e) => tracing::error!("configuration not reloaded: {e}"),
+            }
+        } else {
+            tracing::info!("stopping: draining the refreshers");
+            break;
+        }
+    }
+
+    // Drain every driver at once (each within its fetch timeout).
+    let entries: Vec<Arc<Entry>> = match shared.entries.write() {
+        Ok(mut e) => std::mem::take(&mut *e).into_values().collect(),
+        Err(p) => std::mem::take(&mut *p.into_inner()).into_values().collect(),
+    };
+    let stoppers: Vec<_> = entries
+        .into_iter()
+        .map(|e| std::thread::spawn(move || e.stop()))
+        .collect();
+    for s in stoppers {
+        drop(s.join());
+    }
+    unix.unblock();
+    if let Some(tcp) = &tcp {
+        tcp.unblock();
+    }
+    for s in servers {
+        drop(s.join());
+    }
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped");
+    0
+}
+
+fn heartbeat(loaded: &Loaded) -> Duration {
+    Duration::from_secs(loaded.config.agent.heartbeat_secs.unwrap_or(30).max(1))
+}
+
+/// Starts, stops and restarts entries so that they match `loaded`.
+fn apply(shared: &Shared, loaded: &Loaded, heartbeat: Duration) -> Result<(), ConfigError> {
+    let existing: BTreeMap<String, Arc<Entry>> =
+        shared.entries.read().map(|e| e.clone()).unwrap_or_default();
+    // Build every new entry before touching the running ones, so a token
+    // that cannot start leaves the old configuration in place.
+    let mut started = BTreeMap::new();
+    for (name, resolved) in &loaded.tokens {
+        match existing.get(name) {
+            Some(old) if old.resolved == *resolved => {}
+            _ => match Entry::start(resolved.clone(), heartbeat) {
+                Ok(e) => {
+                    started.insert(name.clone(), e);
+                }
+                Err(err) => {
+                    for e in started.values() {
+                        e.stop();
+                    }
+                    return Err(err);
+                }
+            },
+        }
+    }
+    let mut retired = Vec::new();
+    {
+        let mut entries = match shared.entries.write() {
+            Ok(e) => e,
+            Err(p) => p.into_inner(),
+        };
+        for (name, entry) in started {
+            if let Some(old) = entries.insert(name.clone(), entry) {
+                tracing::info!(token = %name, "token reconfigured");
+                retired.push((old, false));
+            } else {
+                tracing::info!(token = %name, "token added");
+            }
+        }
+        let gone: Vec<String> = entries
+            .keys()
+            .filter(|n| !loaded.tokens.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(old) = entries.remove(&name) {
+                tracing::info!(token = %name, "token removed");
+                retired.push((old, true));
+            }
+        }
+    }
+    for (old, removed) in retired {
+        old.stop();
+        let path = old
+            .resolved
+            .config
+            .file
+            .as_ref()
+            .and_then(|f| f.path.clone());
+        // A removed token's file goes; a reconfigured one's stays for
+        // the new writer (unless it moved).
+        let new_path = loaded
+            .tokens
+            .get(&old.resolved.name)
+            .and_then(|r| r.config.file.as_ref())
+            .and_then(|f| f.path.clone());
+        if let Some(path) = path {
+            if removed || new_path.as_ref() != Some(&path) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+type BindError = (i32, String);
+
+/// Binds the Unix socket: its directory created 0700 if missing, a stale
+/// socket file removed, a live agent refused.
+fn bind_socket(socket: &Path) -> Result<Server, BindError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(|e| {
+                (
+                    EXIT_CONFIG,
+                    format!(
+                        "configuration error: agent.socket: cannot create the directory {}: {e}",
+                        dir.display()
+                    ),
+                )
+            })?;
+        }
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err((
+                EXIT_FAILURE,
+                format!("another agent is listening on {}", socket.display()),
+            ));
+        }
+        let _ = std::fs::remove_file(socket);
+    }
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(|e| {
+        (
+            EXIT_CONFIG,
+            format!(
+                "configuration error: agent.socket: cannot listen on {}: {e}",
+                socket.display()
+            ),
+        )
+    })?;
+    // Only this user may ask for tokens.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        (
+            EXIT_FAILURE,
+            format!("cannot chmod {}: {e}", socket.display()),
+        )
+    })?;
+    Server::from_listener(listener, None).map_err(|e| {
+        (
+            EXIT_FAILURE,
+            format!("cannot serve on {}: {e}", socket.display()),
+        )
+    })
+}
+
+fn bind_tcp(addr: &str) -> Result<Server, BindError> {
+    let parsed: SocketAddr = addr.parse().map_err(|_| {
+        (
+            EXIT_CONFIG,
+            "configuration error: agent.listen: must be an address such as 127.0.0.1:9464"
+                .to_owned(),
+        )
+    })?;
+    if !parsed.ip().is_loopback() {
+        return Err((
+            EXIT_CONFIG,
+            "configuration error: agent.listen: must be a loopback address (127.0.0.1 or [::1])"
+                .to_owned(),
+        ));
+    }
+    let listener = std::net::TcpListener::bind(parsed)
+        .map_err(|e| (EXIT_FAILURE, format!("cannot listen on {parsed}: {e}")))?;
+    Server::from_listener(listener, None)
+        .map_err(|e| (EXIT_FAILURE, format!("cannot serve on {parsed}: {e}")))
+}
+
+fn spawn_server(server: Arc<Server>, shared: Arc<Shared>, serves_tokens: bool) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            handle(&shared, request, serves_tokens);
+        }
+    })
+}
+
+fn json_response(status: u16, body: &serde_json::Value) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut text = body.to_string();
+    text.push('\n');
+    Response::from_string(text)
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+        .with_header(header("Cache-Control", "no-store"))
+}
+
+fn header(name: &str, value: &str) -> Header {
+    match Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+        Ok(h) => h,
+        Err(()) => unreachable!("static headers are valid"),
+    }
+}
+
+fn handle(shared: &Shared, request: Request, serves_tokens: bool) {
+    let url = request.url().split('?').next().unwrap_or("").to_owned();
+    let response = if request.method() != &Method::Get {
+        json_response(405, &json!({"error": "only GET"}))
+    } else if let Some(name) = url.strip_prefix("/v1/token/") {
+        if serves_tokens {
+            token_response(shared, name)
+        } else {
+            json_response(
+                404,
+                &json!({"error": "tokens are served on the Unix socket"}),
+            )
+        }
+    } else {
+        match url.as_str() {
+            "/healthz" => health(shared),
+            "/v1/status" => json_response(200, &status_json(shared)),
+            "/metrics" => metrics_response(shared),
+            _ => json_response(404, &json!({"error": "not found"})),
+        }
+    };
+    // The client may have gone; nothing to do about it.
+    let _ = request.respond(response);
+}
+
+fn metrics_response(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+    let entries: Vec<Arc<Entry>> = shared
+        .entries
+        .read()
+        .map(|e| e.values().cloned().collect())
+        .unwrap_or_default();
+    for e in &entries {
+        let token = e.handle.token();
+        crate::metrics::record_token(
+            &e.resolved.name,
+            e.handle.valid_token().is_ok(),
+            token.map(|t| t.expires_at()),
+            e.file_writes.load(Ordering::Relaxed),
+            e.file_errors.load(Ordering::Relaxed),
+        );
+    }
+    crate::metrics::response(crate::metrics::render())
+}
+
+fn entry(shared: &Shared, name: &str) -> Option<Arc<Entry>> {
+    shared.entries.read().ok()?.get(name).cloned()
+}
+
+fn token_response(shared: &Shared, name: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    let Some(entry) = entry(shared, name) else {
+        return json_response(404, &json!({"error": format!("no token named {name:?}")}));
+    };
+    match entry.handle.valid_token() {
+        Ok(token) => {
+            let now = now();
+            json_response(
+                200,
+                &json!({
+                    "access_token": token.access_token().expose_secret(),
+                    "token_type": token.token_type(),
+                    "expires_at": token.expires_at().as_secs(),
+                    "expires_in": token.expires_at().saturating_duration_since(now).as_secs(),
+                }),
+            )
+        }
+        Err(why) => json_response(503, &json!({"error": why.to_string()})),
+    }
+}
+
+fn health(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+    let entries: Vec<Arc<Entry>> = shared
+        .entries
+        .read()
+        .map(|e| e.values().cloned().collect())
+        .unwrap_or_default();
+    let mut tokens = serde_json::Map::new();
+    let mut ok = true;
+    for e in &entries {
+        let valid = e.handle.valid_token();
+        ok &= valid.is_ok();
+        tokens.insert(
+            e.resolved.name.clone(),
+            json!(match valid {
+                Ok(_) => "valid".to_owned(),
+                Err(why) => why.to_string(),
+            }),
+        );
+    }
+    json_response(
+        if ok { 200 } else { 503 },
+        &json!({"ok": ok, "tokens": tokens}),
+    )
+}
+
+/// Every token's state, as `freshtoken status --json` shows it. No secret.
+fn status_json(shared: &Shared) -> serde_json::Value {
+    let entries: Vec<Arc<Entry>> = shared
+        .entries
+        .read()
+        .map(|e| e.values().cloned().collect())
+        .unwrap_or_default();
+    let now = now();
+    let list: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let snapshot = e.handle.snapshot();
+            let (state, error, attempt, next) = match &snapshot.state {
+                RefreshState::Starting => ("starting", None, None, None),
+                RefreshState::Healthy => ("healthy", None, None, None),
+                RefreshState::Retrying {
+                    error,
+                    attempt,
+                    next_attempt,
+                } => (
+                    "retrying",
+                    Some(error.to_string()),
+                    Some(*attempt),
+                    Some(next_attempt.as_secs()),
+                ),
+                RefreshState::Failed { error } => ("failed", Some(error.to_string()), None, None),
+                RefreshState::Stopped => ("stopped", None, None, None),
+            };
+            let token = snapshot.token.as_deref();
+            let status = match token.map(|t| t.status(now)) {
+                Some(TokenStatus::Fresh) => "fresh",
+                Some(TokenStatus::Stale) => "stale",
+                Some(TokenStatus::Expired) => "expired",
+                None => "none",
+            };
+            json!({
+                "name": e.resolved.name,
+                "grant": match e.resolved.grant {
+                    config::Grant::ClientCredentials => "client_credentials",
+                    config::Grant::RefreshToken => "refresh_token",
+                },
+                "state": state,
+                "token": status,
+                "expires_at": token.map(|t| t.expires_at().as_secs()),
+                "expires_in": token.map(|t| t.expires_at().signed_millis_since(now) / 1000),
+                "stale_at": token.map(|t| t.stale_at().as_secs()),
+                "fetches": snapshot.fetches,
+                "attempt": attempt,
+                "next_attempt": next,
+                "last_error": error,
+                "file": e.resolved.config.file.as_ref().and_then(|f| f.path.as_ref()).map(|p| p.display().to_string()),
+                "file_writes": e.file_writes.load(Ordering::Relaxed),
+                "file_errors": e.file_errors.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    json!({ "tokens": list })
+}
+
+/// The socket a client should ask: `--socket`, else the configuration's,
+/// else the default.
+pub fn socket_for(explicit: Option<&Path>, loaded: Option<&Loaded>) -> PathBuf {
+    match (explicit, loaded) {
+        (Some(p), _) => p.to_owned(),
+        (None, Some(l)) => l.socket(),
+        (None, None) => config::default_socket(),
+    }
+}

@@ -1,0 +1,130 @@
+//! One configured token: its source, its cache, its driver.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use freshtoken::cache::{FileCache, RedisCache, TokenCache};
+use freshtoken::driver::{Builder, DriverHandle};
+use freshtoken::oauth2::{ClientAuth, ClientCredentials, RefreshTokenSource, SourceBuilder};
+use freshtoken::source::TokenSource;
+use freshtoken::{ClientSecret, RefreshToken, Timestamp, Token, TokenHandle, TokenStatus};
+
+use crate::config::{ConfigError, Grant, Resolved};
+
+/// The source of `token`, built from its configuration.
+pub fn source(token: &Resolved) -> Result<Arc<dyn TokenSource>, ConfigError> {
+    fn common<S>(mut b: SourceBuilder<S>, token: &Resolved) -> SourceBuilder<S> {
+        let c = &token.config;
+        if let Some(secret) = &token.client_secret {
+            b = b.client_secret(ClientSecret::new(secret.expose()));
+        }
+        if let Some(path) = &c.client_assertion_file {
+            b = b.client_assertion_file(path.clone());
+        }
+        if c.client_auth.as_deref() == Some("post") {
+            b = b.client_auth(ClientAuth::Post);
+        }
+        if let Some(scope) = &c.scope {
+            b = b.scope(scope.clone());
+        }
+        if let Some(audience) = &c.audience {
+            b = b.audience(audience.clone());
+        }
+        if let Some(resource) = &c.resource {
+            b = b.resource(resource.clone());
+        }
+        b.timeout(fetch_timeout(token))
+    }
+    let url_error = |e: freshtoken::oauth2::UrlError| ConfigError {
+        key: format!("tokens.{}.token_url", token.name),
+        message: e.to_string(),
+    };
+    Ok(match token.grant {
+        Grant::ClientCredentials => {
+            let builder = match &token.client_secret {
+                Some(secret) => ClientCredentials::builder(
+                    token.token_url.clone(),
+                    token.client_id.clone(),
+                    ClientSecret::new(secret.expose()),
+                ),
+                None => ClientCredentials::builder_without_secret(
+                    token.token_url.clone(),
+                    token.client_id.clone(),
+                ),
+            };
+            Arc::new(common(builder, token).build().map_err(url_error)?)
+        }
+        Grant::RefreshToken => {
+            let mut builder =
+                RefreshTokenSource::builder(token.token_url.clone(), token.client_id.clone());
+            if let Some(rt) = &token.refresh_token {
+                builder = builder.refresh_token(RefreshToken::new(rt.expose()));
+            }
+            Arc::new(common(builder, token).build().map_err(url_error)?)
+        }
+    })
+}
+
+/// How long a fetch may take.
+pub fn fetch_timeout(token: &Resolved) -> Duration {
+    Duration::from_secs(token.config.fetch_timeout_secs.unwrap_or(30).max(1))
+}
+
+/// The shared cache of `token`, if it has one.
+pub fn cache(token: &Resolved) -> Result<Option<Arc<dyn TokenCache>>, ConfigError> {
+    let Some(cache) = &token.config.cache else {
+        return Ok(None);
+    };
+    if let Some(path) = &cache.file {
+        return Ok(Some(Arc::new(FileCache::new(path.clone()))));
+    }
+    if let Some(url) = &token.redis_url {
+        let key = cache
+            .redis_key
+            .clone()
+            .unwrap_or_else(|| format!("freshtoken:{}", token.name));
+        let redis = RedisCache::new(url.expose(), key).map_err(|e| ConfigError {
+            key: format!("tokens.{}.cache", token.name),
+            message: format!("cannot use the Redis cache: {e}"),
+        })?;
+        return Ok(Some(Arc::new(redis)));
+    }
+    Ok(None)
+}
+
+/// A running driver for one token.
+pub struct Running {
+    /// Readers' handle.
+    pub handle: TokenHandle,
+    /// The driver's control.
+    pub driver: DriverHandle,
+}
+
+/// Starts the blocking driver for `token`.
+pub fn spawn(token: &Resolved, heartbeat: Duration) -> Result<Running, ConfigError> {
+    let source = source(token)?;
+    let mut builder = Builder::new()
+        .heartbeat(heartbeat)
+        .fetch_timeout(fetch_timeout(token))
+        .thread_name(format!("freshtoken-{}", token.name))
+        // The `refresher` label of the library's metrics.
+        .name(token.name.clone());
+    if let Some(cache) = cache(token)? {
+        builder = builder.cache(cache);
+    }
+    let (handle, driver) = builder.spawn_thread(source).map_err(|e| ConfigError {
+        key: format!("tokens.{}", token.name),
+        message: format!("cannot start a thread: {e}"),
+    })?;
+    Ok(Running { handle, driver })
+}
+
+/// The wall clock now.
+pub fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+/// A token worth handing out without asking anyone: fresh (not stale).
+pub fn fresh(token: &Token) -> bool {
+    token.status(now()) == TokenStatus::Fresh
+}

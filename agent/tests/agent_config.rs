@@ -1,0 +1,174 @@
+//! Bad configurations: one line naming the key, exit code 2, no secret.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{command, write_file, Agent};
+
+const SECRET: &str = "hunter2-do-not-print";
+
+struct Case {
+    what: &'static str,
+    /// Config text; `{dir}` is replaced by the temp dir.
+    config: String,
+    env: Vec<(&'static str, String)>,
+    key: &'static str,
+}
+
+fn run(case: &Case) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // A good secret file, a world-readable one, and a regular file where a
+    // directory should be.
+    write_file(&dir.path().join("good.secret"), SECRET, 0o600);
+    write_file(&dir.path().join("open.secret"), SECRET, 0o644);
+    write_file(&dir.path().join("not-a-dir"), "x", 0o600);
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &case.config.replace("{dir}", &d),
+        0o600,
+    );
+    let mut cmd = command();
+    cmd.arg("agent").arg("--config").arg(&config);
+    for (k, v) in &case.env {
+        cmd.env(k, v.replace("{dir}", &d));
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{}: {stderr}", case.what);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{}: not one line: {stderr}", case.what);
+    assert!(
+        lines[0].contains(case.key),
+        "{}: the key is not named: {stderr}",
+        case.what
+    );
+    assert!(
+        !stderr.contains(SECRET) && !stdout.contains(SECRET),
+        "{}: secret printed",
+        case.what
+    );
+    eprintln!("{}: {}", case.what, lines[0]);
+}
+
+fn token(extra: &str) -> String {
+    format!(
+        "[agent]\nsocket = \"{{dir}}/agent.sock\"\n\n[tokens.api]\ntoken_url = \"http://127.0.0.1:9/token\"\n\
+         client_id = \"svc\"\n{extra}"
+    )
+}
+
+#[test]
+fn bad_configurations_name_the_key_and_exit_2() {
+    let cases = [
+        Case {
+            what: "unknown key",
+            config: token("client_secret_file = \"{dir}/good.secret\"\nclientid = \"x\"\n"),
+            env: vec![],
+            key: "tokens.api.clientid",
+        },
+        Case {
+            what: "unknown nested key",
+            config: token("client_secret_file = \"{dir}/good.secret\"\n[tokens.api.file]\npth = \"x\"\n"),
+            env: vec![],
+            key: "tokens.api.file.pth",
+        },
+        Case {
+            what: "missing secret file",
+            config: token("client_secret_file = \"{dir}/missing.secret\"\n"),
+            env: vec![],
+            key: "tokens.api.client_secret_file",
+        },
+        Case {
+            what: "secret file readable by others",
+            config: token("client_secret_file = \"{dir}/open.secret\"\n"),
+            env: vec![],
+            key: "tokens.api.client_secret_file",
+        },
+        Case {
+            what: "unwritable token file directory",
+            config: token(
+                "client_secret_file = \"{dir}/good.secret\"\n[tokens.api.file]\npath = \"{dir}/not-a-dir/api.token\"\n",
+            ),
+            env: vec![],
+            key: "tokens.api.file.path",
+        },
+        Case {
+            what: "a secret in the file",
+            config: token(&format!("client_secret = \"{SECRET}\"\n")),
+            env: vec![],
+            key: "tokens.api.client_secret",
+        },
+        Case {
+            what: "unknown environment variable",
+            config: token("client_secret_file = \"{dir}/good.secret\"\n"),
+            env: vec![("FRESHTOKEN_TOKENS_API_CLIENTID", "x".into())],
+            key: "FRESHTOKEN_TOKENS_API_CLIENTID",
+        },
+        Case {
+            what: "secret variable not set",
+            config: token("client_secret_env = \"NOT_SET_ANYWHERE_42\"\n"),
+            env: vec![],
+            key: "tokens.api.client_secret_env",
+        },
+        Case {
+            what: "a wrong type",
+            config: token("client_secret_file = \"{dir}/good.secret\"\nfetch_timeout_secs = \"soon\"\n"),
+            env: vec![],
+            key: "tokens.api.fetch_timeout_secs",
+        },
+        Case {
+            what: "broken TOML",
+            config: format!("[tokens.api\nclient_secret = \"{SECRET}\"\n"),
+            env: vec![],
+            key: "agent.toml:1",
+        },
+        Case {
+            what: "listen not on loopback",
+            config: token("client_secret_file = \"{dir}/good.secret\"\n")
+                .replace("[agent]\n", "[agent]\nlisten = \"0.0.0.0:9464\"\n"),
+            env: vec![],
+            key: "agent.listen",
+        },
+        Case {
+            what: "a Redis password in the file",
+            config: token(&format!(
+                "client_secret_file = \"{{dir}}/good.secret\"\n[tokens.api.cache]\nredis_url = \"redis://:{SECRET}@127.0.0.1/\"\n"
+            )),
+            env: vec![],
+            key: "tokens.api.cache.redis_url",
+        },
+    ];
+    for case in &cases {
+        run(case);
+    }
+}
+
+/// An assertion file is exempt from the mode check (projected tokens are
+/// 0644): the agent starts with one, and stops cleanly.
+#[test]
+fn an_assertion_file_may_be_world_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let assertion = write_file(&dir.path().join("token"), "eyJhbGciOiJub25lIn0.e30.", 0o644);
+    let socket = dir.path().join("agent.sock");
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!(
+            "[agent]\nsocket = \"{}\"\n\n[tokens.api]\ntoken_url = \"http://127.0.0.1:9/token\"\n\
+             client_id = \"svc\"\nclient_assertion_file = \"{}\"\n",
+            socket.display(),
+            assertion.display()
+        ),
+        0o600,
+    );
+    let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
+    // Up (the authority is unreachable, so not healthy): /healthz says 503.
+    let answer = support::wait_for(Duration::from_secs(10), || agent.get("/healthz").ok())
+        .unwrap_or_else(|| panic!("the agent did not start: {}", agent.log_text()));
+    assert_eq!(answer.status, 503);
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status}: {}", agent.log_text());
+}

@@ -1,0 +1,273 @@
+//! `freshtoken token` and `freshtoken exec` as real processes.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use freshtoken::testing::LocalAuthority;
+use support::{cc_token, command, write_file, Agent};
+
+/// 8 `freshtoken token` processes started at once with no agent and a
+/// cold shared file cache: one authority request, and all print that token.
+#[test]
+fn eight_processes_with_a_cold_cache_make_one_request() {
+    let authority = LocalAuthority::builder()
+        .client("svc", "s3cret-value")
+        .token_lifetime(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!(
+            "[agent]\nsocket = \"{}\"\n\n{}",
+            dir.path().join("no-agent.sock").display(),
+            cc_token(
+                "api",
+                &authority.token_url(),
+                "svc",
+                &secret,
+                &format!(
+                    "[tokens.api.cache]\nfile = \"{}\"\n",
+                    dir.path().join("cache/api.json").display()
+                ),
+            )
+        ),
+        0o600,
+    );
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            command()
+                .args(["token", "api", "--config"])
+                .arg(&config)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut printed = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", out.status);
+        assert!(!stderr.contains("s3cret-value"));
+        printed.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+    }
+    let requests = authority.request_count();
+    eprintln!("8 processes, cold cache: {requests} authority request(s)");
+    assert_eq!(requests, 1, "{:?}", authority.requests());
+    assert!(
+        printed.iter().all(|t| t == &printed[0]),
+        "different tokens printed"
+    );
+    assert!(authority.validate_access_token(&printed[0]).is_ok());
+
+    // A warm cache: no request at all.
+    let out = command()
+        .args(["token", "api", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), printed[0]);
+    assert_eq!(authority.request_count(), 1);
+
+    // An unknown name: exit code 3.
+    let out = command()
+        .args(["token", "nope", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+/// With an agent running, `token` and `exec` ask its socket (no request
+/// of their own), and `status` shows the token without its secret.
+#[test]
+fn token_exec_and_status_ask_the_running_agent() {
+    let authority = LocalAuthority::builder()
+        .client("svc", "s3cret-value")
+        .token_lifetime(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
+    let socket = dir.path().join("agent.sock");
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!(
+            "[agent]\nsocket = \"{}\"\n\n{}",
+            socket.display(),
+            cc_token(
+                "api",
+                &authority.token_url(),
+                "svc",
+                &secret,
+                "env_var = \"API_TOKEN\"\n"
+            )
+        ),
+        0o600,
+    );
+    let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
+    agent.wait_healthy(Duration::from_secs(10));
+    let served = agent.get_json("/v1/token/api").unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // `token` with only the socket (no configuration).
+    let out = command()
+        .args(["token", "api", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), served);
+
+    // `exec` puts it in the configured variable.
+    let out = command()
+        .args(["exec", "api", "--config"])
+        .arg(&config)
+        .args(["--", "sh", "-c", "printf %s \"$API_TOKEN\""])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), served);
+    // A command that does not exist: 127.
+    let out = command()
+        .args(["exec", "api", "--socket"])
+        .arg(&socket)
+        .args(["--", "/nonexistent/command"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(authority.request_count(), 1, "only the agent asked");
+
+    // `status`, as a table and as JSON, never with the token.
+    let out = command()
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("api"), "{table}");
+    assert!(
+        table.contains("healthy") && table.contains("fresh"),
+        "{table}"
+    );
+    assert!(!table.contains(&served));
+    let out = command()
+        .args(["status", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["tokens"][0]["state"], "healthy");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&served));
+
+    // Completions and help work.
+    let out = command().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("freshtoken"));
+    let out = command().args(["token", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--timeout"));
+
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
+    // No agent any more, and no configuration: `status` fails with 1.
+    let out = command()
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// No agent and an authority that does not answer: `token` shows one
+/// status line after a second, then fails with code 1 and the reason,
+/// never the secret.
+#[test]
+fn token_waits_with_a_status_line_then_fails_with_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
+    // Port 9 (discard) on loopback: nothing listens there.
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!(
+            "[agent]\nsocket = \"{}\"\n\n{}",
+            dir.path().join("no-agent.sock").display(),
+            cc_token("api", "http://127.0.0.1:9/token", "svc", &secret, "")
+        ),
+        0o600,
+    );
+    let out = command()
+        .args(["token", "api", "--timeout", "2.5", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let waiting: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("waiting for a token for api"))
+        .collect();
+    assert_eq!(
+        waiting.len(),
+        1,
+        "one status line (not a terminal): {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("freshtoken: no valid token for api")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret-value"));
+}
+
+/// `status --watch` redraws the table in place until interrupted.
+#[test]
+fn status_watch_redraws() {
+    let authority = LocalAuthority::builder()
+        .client("svc", "s3cret-value")
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
+    let socket = dir.path().join("agent.sock");
+    let config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!(
+            "[agent]\nsocket = \"{}\"\n\n{}",
+            socket.display(),
+            cc_token("api", &authority.token_url(), "svc", &secret, "")
+        ),
+        0o600,
+    );
+    let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
+    agent.wait_healthy(Duration::from_secs(10));
+    let mut watch = command()
+        .args(["status", "--watch", "--interval", "0.2", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_000));
+    watch.kill().unwrap();
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames = text.matches("\x1b[H\x1b[2J").count();
+    assert!(frames >= 2, "{frames} frames: {text:?}");
+    assert!(text.matches("NAME").count() == frames && text.contains("healthy"));
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
+}

@@ -1,0 +1,156 @@
+//! The agent as a real process, for the tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use freshtoken_agent::client;
+
+/// The `freshtoken` binary cargo built for these tests.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_freshtoken")
+}
+
+/// A command for the binary with no `FRESHTOKEN_*` variable inherited.
+pub fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FRESHTOKEN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("FRESHTOKEN_LOG", "info");
+    cmd
+}
+
+/// Writes a file with `mode`.
+pub fn write_file(path: &Path, content: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_owned()
+}
+
+/// A free loopback TCP port (bound and released: good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 10 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `freshtoken agent`; killed (SIGKILL) if still running when
+/// dropped.
+pub struct Agent {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `freshtoken agent --config <config>` with `env` added; its
+    /// stderr goes to `<dir>/agent.log`.
+    pub fn start(config: &Path, socket: &Path, dir: &Path, env: &[(&str, &str)]) -> Agent {
+        let log = dir.join("agent.log");
+        let stderr = std::fs::File::create(&log).unwrap();
+        let mut cmd = command();
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the agent");
+        Agent {
+            child,
+            socket: socket.to_owned(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// GET on the agent's socket.
+    pub fn get(&self, path: &str) -> Result<client::Answer, client::AskError> {
+        client::get(&self.socket, path, Duration::from_secs(5))
+    }
+
+    /// The JSON body of a 200 answer to GET `path`, if the agent gave one.
+    pub fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        let answer = self.get(path).ok()?;
+        (answer.status == 200)
+            .then(|| serde_json::from_slice(&answer.body).ok())
+            .flatten()
+    }
+
+    /// Waits until /healthz says 200.
+    pub fn wait_healthy(&mut self, timeout: Duration) {
+        let ok = wait_for(timeout, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the agent exited ({status}): {}", self.log_text());
+            }
+            self.get("/healthz").ok().filter(|a| a.status == 200)
+        });
+        assert!(
+            ok.is_some(),
+            "the agent never got healthy: {}",
+            self.log_text()
+        );
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A config with one client-credentials token named `name`.
+pub fn cc_token(name: &str, url: &str, client: &str, secret_file: &Path, extra: &str) -> String {
+    format!(
+        "[tokens.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{client}\"\nclient_secret_file = \"{}\"\n{extra}\n",
+        secret_file.display()
+    )
+}
