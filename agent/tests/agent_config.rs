@@ -168,7 +168,7 @@ fn an_assertion_file_may_be_world_readable() {
     let answer = support::wait_for(Duration::from_secs(10), || agent.get("/healthz").ok())
         .unwrap_or_else(|| panic!("the agent did not start: {}", agent.log_text()));
     assert_eq!(answer.status, 503);
-    agent.signal(libc::SIGTERM);
+    agent.signal(support::Signal::TERM);
     let status = agent.wait_exit(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status}: {}", agent.log_text());
 }

@@ -193,7 +193,7 @@ fn token_file_never_tears_and_the_socket_rides_out_an_outage() {
         assert!(!log.contains(t.as_str()), "a token in the log");
     }
 
-    agent.signal(libc::SIGTERM);
+    agent.signal(support::Signal::TERM);
     let status = agent
         .wait_exit(Duration::from_secs(10))
         .expect("exits on SIGTERM");
@@ -246,7 +246,7 @@ fn sighup_adds_and_removes_tokens() {
 
     // Add billing.
     write_file(&config, &format!("{head}{api}{billing}"), 0o600);
-    agent.signal(libc::SIGHUP);
+    agent.signal(support::Signal::HUP);
     let body = wait_for(Duration::from_secs(10), || {
         agent.get_json("/v1/token/billing")
     })
@@ -264,7 +264,7 @@ fn sighup_adds_and_removes_tokens() {
 
     // Remove api.
     write_file(&config, &format!("{head}{billing}"), 0o600);
-    agent.signal(libc::SIGHUP);
+    agent.signal(support::Signal::HUP);
     wait_for(Duration::from_secs(10), || {
         agent.get("/v1/token/api").ok().filter(|a| a.status == 404)
     })
@@ -281,7 +281,7 @@ fn sighup_adds_and_removes_tokens() {
         &format!("{head}{billing}\n[tokens.billing.cach]\n"),
         0o600,
     );
-    agent.signal(libc::SIGHUP);
+    agent.signal(support::Signal::HUP);
     wait_for(Duration::from_secs(5), || {
         agent
             .log_text()
@@ -291,7 +291,7 @@ fn sighup_adds_and_removes_tokens() {
     .unwrap_or_else(|| panic!("no reload error: {}", agent.log_text()));
     assert_eq!(agent.get("/v1/token/billing").unwrap().status, 200);
 
-    agent.signal(libc::SIGTERM);
+    agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
 
@@ -344,7 +344,7 @@ fn sigterm_leaves_the_cache_with_the_newest_refresh_token() {
     })
     .unwrap_or_else(|| panic!("never stale: {}", agent.log_text()));
     let requests_before = authority.requests().len();
-    agent.signal(libc::SIGTERM);
+    agent.signal(support::Signal::TERM);
     let status = agent
         .wait_exit(Duration::from_secs(15))
         .expect("exits after the drain");

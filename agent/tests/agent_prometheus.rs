@@ -157,6 +157,6 @@ fn prometheus_scrapes_the_expiry_gauge() {
         "{expires_at} vs {t2}"
     );
 
-    agent.signal(libc::SIGTERM);
+    agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
 }

@@ -120,7 +120,7 @@ fn the_readme_config_runs() {
     assert!(!metrics.contains(token));
 
     // The cache holds it for `freshtoken token` when no agent runs.
-    agent.signal(libc::SIGTERM);
+    agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
     let out = command()
         .args(["token", "api", "--config"])

@@ -77,7 +77,7 @@ fn a_redis_cache_is_shared_with_freshtoken_token() {
         .as_str()
         .unwrap()
         .to_owned();
-    agent.signal(libc::SIGTERM);
+    agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
     let log = agent.log_text();
     assert!(

@@ -180,7 +180,7 @@ fn token_exec_and_status_ask_the_running_agent() {
     let out = command().args(["token", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--timeout"));
 
-    agent.signal(libc::SIGTERM);
+    agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
     // No agent any more, and no configuration: `status` fails with 1.
     let out = command()
@@ -268,6 +268,6 @@ fn status_watch_redraws() {
     let frames = text.matches("\x1b[H\x1b[2J").count();
     assert!(frames >= 2, "{frames} frames: {text:?}");
     assert!(text.matches("NAME").count() == frames && text.contains("healthy"));
-    agent.signal(libc::SIGTERM);
+    agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
 }

@@ -6,6 +6,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub use freshtoken_agent::client;
+pub use rustix::process::Signal;
 
 /// The `freshtoken` binary cargo built for these tests.
 pub fn bin() -> &'static str {
@@ -94,10 +95,10 @@ impl Agent {
         self.child.id() as i32
     }
 
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill failed");
+    pub fn signal(&self, signal: Signal) {
+        // Our own child, not waited for yet: its pid cannot have been reused.
+        let pid = rustix::process::Pid::from_raw(self.pid()).expect("a child pid");
+        rustix::process::kill_process(pid, signal).expect("kill failed");
     }
 
     /// GET on the agent's socket.
