@@ -100,7 +100,8 @@
 //! | `smol` | [`runtime::Smol`], on smol's own executor, timers and blocking pool |
 //! | `async-std` | [`runtime::AsyncStd`] (async-std is discontinued upstream; prefer `smol`) |
 //! | `oauth2` | client-credentials, refresh-token, JWT-bearer and token-exchange sources over ureq and rustls |
-//! | `file` | [`cache::FileCache`]: atomic writes, a cross-process lease |
+//! | `file` | [`cache::FileCache`]: atomic writes, a cross-process lease; [`source::FileSource`]: a token another process writes |
+//! | `platform-verifier` | `oauth2::UreqTransport::platform_verifier`: the system's trust store |
 //! | `redis` / `redis-tls` | [`cache::RedisCache`]: `SET NX PX` lease; `rediss://` |
 //! | `redis-cluster` / `redis-sentinel` | [`cache::RedisCache`] over a Redis Cluster or Sentinel |
 //! | `redis-tokio` / `redis-smol` | [`cache::AsyncRedisCache`] |

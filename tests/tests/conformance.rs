@@ -1063,3 +1063,41 @@ fn threads_named(name: &str) -> usize {
         .filter(|comm| comm.trim_end() == name)
         .count()
 }
+
+/// "Never" written as `Duration::MAX` in every setting: no overflow panic
+/// in the builder, the machine or either driver kind, and the first token
+/// still comes.
+#[test]
+fn duration_max_settings_saturate() {
+    let max = |b: Builder| {
+        b.heartbeat(Duration::MAX)
+            .fetch_timeout(Duration::MAX)
+            .cache_timeout(Duration::MAX)
+            .lease_ttl(Duration::MAX)
+            .peer_wait(Duration::MAX)
+            .invalidate_interval(Duration::MAX)
+            .backoff(Backoff::new(Duration::MAX, u32::MAX, Duration::MAX))
+            .cache(freshtoken::cache::MemoryCache::new())
+    };
+    let source = || {
+        FnSource::new(|_: &FetchRequest| {
+            Ok(TokenResponse::new(AccessToken::new("t")).with_expires_in(Some(i64::MAX)))
+        })
+    };
+    let (tokens, driver) = max(Builder::new()).spawn_thread(source()).expect("thread");
+    let token = tokens.wait_ready(HUNG).expect("a token");
+    tokens.invalidate(&token);
+    drop(token);
+    driver.shutdown_blocking();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (tokens, driver) =
+            max(Builder::new()).spawn(runtime::Tokio::current().unwrap(), source());
+        assert!(within(HUNG, tokens.ready()).await.expect("hung").is_ok());
+        within(HUNG, driver.shutdown()).await.expect("hung");
+    });
+}
