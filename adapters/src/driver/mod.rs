@@ -1,4 +1,4 @@
-//! Drivers: what runs the [`RefreshMachine`](crate::proto::RefreshMachine)
+//! Drivers: what runs the [`RefreshMachine`]
 //! in the background and feeds the [`TokenHandle`]s.
 //!
 //! One [`Builder`] configures every driver, and two methods spawn one:

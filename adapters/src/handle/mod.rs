@@ -1,7 +1,7 @@
 //! How applications read tokens: [`TokenHandle`] and what it gives out.
 //!
 //! A driver owns the [`RefreshMachine`](crate::proto::RefreshMachine) and a
-//! [`Publisher`](crate::driver::Publisher); applications hold any number of
+//! [`Publisher`]; applications hold any number of
 //! [`TokenHandle`] clones.
 //!
 //! ```

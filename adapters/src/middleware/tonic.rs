@@ -8,7 +8,7 @@
 //! middleware) and, when there is none, fails the call at once with
 //! `Status::unauthenticated("no valid token ...")` rather than block an
 //! executor thread; wait for the first token at start-up
-//! ([`TokenHandle::ready`](freshtoken_core::TokenHandle::ready)).
+//! ([`TokenHandle::ready`](crate::TokenHandle::ready)).
 //!
 //! Replaying, two ways:
 //!
