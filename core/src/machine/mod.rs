@@ -62,7 +62,8 @@
 mod io;
 
 pub use io::{
-    Action, FetchRequest, Input, LeaseOutcome, Output, RefreshState, RequestId, Snapshot,
+    Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, Output, RefreshState, RequestId,
+    Snapshot,
 };
 
 use std::collections::VecDeque;
@@ -121,6 +122,23 @@ pub struct MachineConfig {
     /// The refresh token to start from, for refresh-token flows. A newer one
     /// found in the cache replaces it.
     pub refresh_token: Option<RefreshToken>,
+    /// The shortest time between two refreshes that an authority's answer
+    /// can cause (default 5 s; zero turns the floor off). An answer whose
+    /// token would be due for renewal sooner (`expires_in: 0`, a negative or
+    /// a tiny lifetime, a JWT already expired) is *degenerate*: the machine
+    /// renews it no sooner than this after the answer, doubling the wait
+    /// while answers keep coming back degenerate (up to the backoff's cap,
+    /// and never below this), and serves the token until then, plus as
+    /// long again for the renewal (see [`DegenerateLifetime`]).
+    pub min_refresh_interval: Duration,
+    /// The shortest deadline of a client-credentials fetch (default 2 s).
+    /// Such a fetch's deadline follows the current token's remaining
+    /// validity, `remaining - min_fetch_timeout`, bounded below by this and
+    /// above by [`fetch_timeout`](Self::fetch_timeout), so a hung request
+    /// is abandoned in time for a retry before the token expires. The first
+    /// fetch (no token yet) and refresh-token fetches (a retry after a
+    /// timeout risks presenting a rotated token) keep the full fetch timeout.
+    pub min_fetch_timeout: Duration,
 }
 
 impl Default for MachineConfig {
@@ -137,6 +155,8 @@ impl Default for MachineConfig {
             fetch_timeout: Duration::from_secs(30),
             cache_timeout: Duration::from_secs(30),
             refresh_token: None,
+            min_refresh_interval: Duration::from_secs(5),
+            min_fetch_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -193,6 +213,8 @@ enum RequestKind {
         sent_at: Timestamp,
         /// The generation of the refresh token it presented.
         generation: u64,
+        /// How long it was given (its deadline from its send).
+        timeout: Duration,
     },
     Store {
         token: Arc<Token>,
@@ -372,6 +394,10 @@ pub struct RefreshMachine {
     state: RefreshState,
     skew_ms: Option<i64>,
     lifetime_note: Option<LifetimeNote>,
+    /// The current token came from a degenerate answer: how it was re-timed.
+    degenerate: Option<(TokenId, DegenerateLifetime)>,
+    /// Consecutive degenerate answers.
+    degenerate_streak: u32,
     stats: MachineStats,
 }
 
@@ -404,6 +430,8 @@ impl RefreshMachine {
             state: RefreshState::Starting,
             skew_ms: None,
             lifetime_note: None,
+            degenerate: None,
+            degenerate_streak: 0,
             stats: MachineStats::default(),
         }
     }
@@ -571,9 +599,10 @@ impl RefreshMachine {
             RequestKind::Fetch {
                 generation,
                 sent_at,
+                timeout,
             } => {
                 self.abandon(request.id, sent_at, generation);
-                let error = FetchError::transient(why(self.config.fetch_timeout));
+                let error = FetchError::transient(why(timeout));
                 self.on_fetch_failed(error, false);
             }
             RequestKind::Store {
@@ -647,6 +676,7 @@ impl RefreshMachine {
                 RequestKind::Fetch {
                     sent_at,
                     generation,
+                    ..
                 },
                 Input::Fetched(_, result),
             ) => match result {
@@ -694,6 +724,7 @@ impl RefreshMachine {
                 RequestKind::Fetch {
                     sent_at,
                     generation,
+                    ..
                 },
                 Input::Fetched(_, Ok(response)),
             ) => {
@@ -788,6 +819,7 @@ impl RefreshMachine {
             if let RequestKind::Fetch {
                 generation,
                 sent_at,
+                ..
             } = request.kind
             {
                 let id = request.id;
@@ -981,17 +1013,45 @@ impl RefreshMachine {
         self.peer_wait = None;
         let generation = self.grant.as_ref().map_or(0, |g| g.generation);
         let sent_at = self.now.wall;
+        let timeout = self.fetch_deadline();
         let kind = RequestKind::Fetch {
             sent_at,
             generation,
+            timeout,
         };
-        let id = self.send(kind, self.config.fetch_timeout);
+        let id = self.send(kind, timeout);
         let mut request = FetchRequest::new(
             self.failures.saturating_add(1),
             self.grant.as_ref().map(|g| g.token.clone()),
         );
         request.id = id;
+        request.timeout = timeout;
         self.outbox.push_back(Action::Fetch(request));
+    }
+
+    /// How long to wait for a fetch. A client-credentials fetch follows the
+    /// current token's remaining validity: it is abandoned one
+    /// `min_fetch_timeout` before the token expires (never sooner than that
+    /// after it was sent, never later than the fetch timeout), so a hung
+    /// request leaves time for a retry while the token is still valid. Its
+    /// late answer is still used. The first fetch has no validity to follow
+    /// and a refresh-token fetch must not be retried lightly (the authority
+    /// may have rotated the token it presented): both keep the fetch timeout.
+    fn fetch_deadline(&self) -> Duration {
+        let full = self.config.fetch_timeout;
+        let Some(current) = self.current.as_ref() else {
+            return full;
+        };
+        if self.is_refresh_flow() {
+            return full;
+        }
+        let floor = self.config.min_fetch_timeout.min(full);
+        let remaining = current
+            .expires_at()
+            .saturating_duration_since(self.now.wall);
+        remaining
+            .saturating_sub(self.config.min_fetch_timeout)
+            .clamp(floor, full)
     }
 
     /// Turns an answer into the token it stands for (and whether it rotated
@@ -1004,11 +1064,12 @@ impl RefreshMachine {
         generation: u64,
     ) -> (Arc<Token>, bool) {
         let rotated = response.refresh_token.is_some();
+        let given = response.expires_in;
         let resolved = self
             .config
             .lifetime
             .resolve(response, sent_at, self.now.wall);
-        let mut token = resolved.token;
+        let mut token = self.floor_degenerate(resolved.token, given);
         if rotated {
             let next = generation.saturating_add(1);
             token = token.with_generation(next);
@@ -1035,6 +1096,55 @@ impl RefreshMachine {
         self.skew_ms = resolved.skew_ms;
         self.lifetime_note = resolved.note;
         (Arc::new(token), rotated)
+    }
+
+    /// Applies the refresh floor to a fetched token: one that would be due
+    /// for renewal sooner than the floor after its answer (counted from its
+    /// send, as its life is) is re-timed to go stale at the floor after the
+    /// answer (plus up to a tenth, so a fleet does not renew in step) and to
+    /// expire no sooner than one floor later, and recorded as degenerate.
+    /// The floor doubles with each consecutive degenerate answer.
+    fn floor_degenerate(&mut self, token: Token, given: Option<i64>) -> Token {
+        let base = self.config.min_refresh_interval;
+        let fresh = token
+            .stale_at()
+            .saturating_duration_since(token.issued_at());
+        if base.is_zero() || fresh >= base {
+            self.degenerate_streak = 0;
+            self.degenerate = None;
+            return token;
+        }
+        self.degenerate_streak = self.degenerate_streak.saturating_add(1);
+        let cap = self.config.backoff.max().max(base);
+        let doublings = self.degenerate_streak.saturating_sub(1).min(32);
+        let floor = base.saturating_mul(1u32 << doublings.min(31)).min(cap);
+        let spread = crate::time::duration_millis(floor) / 10;
+        let extra = Duration::from_millis(if spread == 0 {
+            0
+        } else {
+            self.rng.u64(0..=spread)
+        });
+        let received = self.now.wall.max(token.issued_at());
+        let stale_at = received + floor.saturating_add(extra);
+        let expires_at = token.expires_at().max(stale_at + floor);
+        let record = DegenerateLifetime {
+            expires_in: given,
+            authority_expires_at: token.expires_at(),
+            floor,
+            consecutive: self.degenerate_streak,
+        };
+        self.degenerate = Some((token.id(), record));
+        Token::new(
+            token.access_token().clone(),
+            token.issued_at(),
+            stale_at,
+            expires_at,
+        )
+        .with_token_type(token.token_type())
+        .with_refresh_token(token.refresh_token().cloned())
+        .with_id_token(token.id_token().cloned())
+        .with_scope(token.scope().map(str::to_owned))
+        .with_generation(token.generation())
     }
 
     /// Why a fetched token cannot be served: it expired before its answer
@@ -1331,7 +1441,11 @@ impl RefreshMachine {
     /// Back to idle after a refresh, until the current token's (jittered)
     /// refresh time, or sooner if a consumer rejected it meanwhile.
     fn settle(&mut self) {
+        let degenerate = self.degenerate_of_current().is_some();
         let refresh_at = match &self.current {
+            // Re-timed by the floor, with its own jitter above it: jitter
+            // below `stale_at` would undercut the floor.
+            Some(token) if degenerate => token.stale_at(),
             Some(token) => self.config.jitter.refresh_at(token, &mut self.rng),
             // Unreachable in practice (settling follows a fetch or an
             // adoption); retry after a pause rather than spin.
@@ -1451,7 +1565,15 @@ impl RefreshMachine {
             fetches: self.stats.tokens_fetched,
             skew_ms: self.skew_ms,
             lifetime_note: self.lifetime_note,
+            degenerate: self.degenerate_of_current(),
         }));
+    }
+
+    /// The degenerate record, if it is the current token's (an adopted
+    /// token or a late answer may have replaced the one it was made for).
+    fn degenerate_of_current(&self) -> Option<DegenerateLifetime> {
+        let (id, d) = self.degenerate?;
+        (self.current.as_ref()?.id() == id).then_some(d)
     }
 
     /// `base` jittered uniformly within ±50 %.
