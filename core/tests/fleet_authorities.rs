@@ -271,3 +271,92 @@ proptest! {
         }
     }
 }
+
+/// A JWT with these claims (seconds, fractional allowed), unsigned.
+fn jwt(iat: Option<f64>, exp: f64) -> String {
+    use std::fmt::Write;
+    let mut claims = String::from("{");
+    if let Some(iat) = iat {
+        let _ = write!(claims, "\"iat\":{iat},");
+    }
+    let _ = write!(claims, "\"exp\":{exp}}}");
+    let b64 = |bytes: &[u8]| {
+        // base64url without padding, by hand (the tests have no base64 dependency).
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    };
+    format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(claims.as_bytes()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    /// Item 9. The authority's clock is `skew_ms` off ours; it issues the
+    /// token somewhere between our send and its answer, may backdate `iat`
+    /// and truncates its `Date` header to the second. The expiry is never
+    /// later than `sent + expires_in`, nor `sent + (exp - iat)`, nor (with a
+    /// `Date` header) the true expiry in our clock, and adding the `Date`
+    /// header never moves it later than the same answer without one.
+    #[test]
+    fn a_jwt_expiry_never_overshoots(
+        sent_ms in 1_000_000_000u64..2_000_000_000_000, latency_ms in 0u64..2_000,
+        skew_ms in -300_000i64..300_000, stamp_pct in 0u64..=100,
+        backdate_s in prop_oneof![Just(0u64), 0u64..600], fractional in any::<bool>(),
+        life_ms in 4_000u64..7_200_000, with_iat in any::<bool>(),
+        expires_in_cut_s in prop_oneof![Just(None), (0u64..3).prop_map(Some)],
+        date in any::<bool>(),
+    ) {
+        let sent = Timestamp::from_millis(sent_ms);
+        let received = Timestamp::from_millis(sent_ms + latency_ms);
+        // The authority's clock at a moment of ours.
+        let authority = |t: Timestamp| t.offset_millis(skew_ms);
+        let stamp = sent + Duration::from_millis(latency_ms * stamp_pct / 100);
+        let issued = authority(stamp);
+        let life = Duration::from_millis(life_ms + latency_ms + 2_000);
+        let exp = issued + life;
+        let secs = |t: Timestamp| t.as_millis() as f64 / 1000.0;
+        let (iat_claim, exp_claim) = if fractional {
+            (secs(issued) - backdate_s as f64, secs(exp))
+        } else {
+            ((issued.as_secs() - backdate_s) as f64, exp.as_secs() as f64)
+        };
+        let token = jwt(with_iat.then_some(iat_claim), exp_claim);
+        let expires_in = expires_in_cut_s.map(|cut| life.as_secs() as i64 - cut as i64);
+        let answer = |with_date: bool| {
+            let date = with_date.then(|| Timestamp::from_secs(issued.as_secs()));
+            TokenResponse::new(AccessToken::new(token.clone()))
+                .with_expires_in(expires_in)
+                .with_server_date(date)
+        };
+        let policy = LifetimePolicy::default();
+        let expiry = policy.resolve(answer(date), sent, received).token.expires_at();
+        if let Some(e) = expires_in {
+            prop_assert!(expiry <= sent + Duration::from_secs(e as u64), "past sent + expires_in");
+        }
+        if with_iat {
+            // In whole milliseconds, as the claims are read.
+            let ms = |claim: f64| (claim * 1000.0) as u64;
+            let claimed = Duration::from_millis(ms(exp_claim) - ms(iat_claim));
+            prop_assert!(expiry <= sent + claimed, "past sent + (exp - iat)");
+        }
+        // The truth, in our clock: `exp` less the skew.
+        let true_expiry = Timestamp::from_millis((exp_claim * 1000.0) as u64).offset_millis(-skew_ms);
+        if date {
+            prop_assert!(expiry <= true_expiry, "{:?} past the true expiry {:?}", expiry, true_expiry);
+        }
+        if date && with_iat {
+            let without = policy.resolve(answer(false), sent, received).token.expires_at();
+            prop_assert!(expiry <= without, "the Date header moved {:?} to {:?}", without, expiry);
+        }
+    }
+}
