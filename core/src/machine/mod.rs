@@ -127,8 +127,9 @@ pub struct MachineConfig {
     /// token would be due for renewal sooner (`expires_in: 0`, a negative or
     /// a tiny lifetime, a JWT already expired) is *degenerate*: the machine
     /// renews it no sooner than this after the answer, doubling the wait
-    /// while answers keep coming back degenerate (up to the backoff's cap,
-    /// and never below this), and serves the token until then, plus as
+    /// while answers keep coming back degenerate (at least twice the fresh
+    /// period of the token it replaces, so a fleet sharing a cache keeps
+    /// one curve; up to the backoff's cap, never below this), and serves the token until then, plus as
     /// long again for the renewal (see [`DegenerateLifetime`]).
     pub min_refresh_interval: Duration,
     /// The shortest deadline of a client-credentials fetch (default 2 s).
@@ -1103,7 +1104,8 @@ impl RefreshMachine {
     /// send, as its life is) is re-timed to go stale at the floor after the
     /// answer (plus up to a tenth, so a fleet does not renew in step) and to
     /// expire no sooner than one floor later, and recorded as degenerate.
-    /// The floor doubles with each consecutive degenerate answer.
+    /// The floor doubles with each consecutive degenerate answer, and is at
+    /// least twice the current token's fresh period (up to the cap).
     fn floor_degenerate(&mut self, token: Token, given: Option<i64>) -> Token {
         let base = self.config.min_refresh_interval;
         let fresh = token
@@ -1116,8 +1118,17 @@ impl RefreshMachine {
         }
         self.degenerate_streak = self.degenerate_streak.saturating_add(1);
         let cap = self.config.backoff.max().max(base);
-        let doublings = self.degenerate_streak.saturating_sub(1).min(32);
-        let floor = base.saturating_mul(1u32 << doublings.min(31)).min(cap);
+        let doublings = self.degenerate_streak.saturating_sub(1).min(31);
+        let mut floor = base.saturating_mul(1u32 << doublings).min(cap);
+        // Continue the fleet's curve: the token we hold may be a peer's
+        // re-timed one (or a normal one), and the new token must outlive
+        // it, or peers would not adopt it and would each fetch their own.
+        if let Some(current) = &self.current {
+            let fresh = current
+                .stale_at()
+                .saturating_duration_since(current.issued_at());
+            floor = floor.max(fresh.saturating_mul(2).min(cap));
+        }
         let spread = crate::time::duration_millis(floor) / 10;
         let extra = Duration::from_millis(if spread == 0 {
             0
@@ -1333,6 +1344,10 @@ impl RefreshMachine {
                 delay = delay.min(until_expiry.saturating_add(after));
             }
         }
+        // A retry always waits a little, whatever the configuration (a
+        // backoff of a millisecond can draw zero): never a loop of
+        // attempts within one instant.
+        let delay = delay.max(Duration::from_millis(1));
         let retry_at = self.now.mono + delay;
         // Keep the lease through the wait, so peers keep waiting for us
         // rather than each hitting a failing authority: a fleet then sends
@@ -1387,7 +1402,15 @@ impl RefreshMachine {
 
     fn invalidation_allowed_at(&self) -> MonoTime {
         self.last_invalidation
-            .map_or(self.now.mono, |last| last + self.config.invalidate_interval)
+            // At least a millisecond: with a zero interval, an authority
+            // that hands back the rejected token would otherwise make the
+            // machine refresh again and again within one instant.
+            .map_or(self.now.mono, |last| {
+                last + self
+                    .config
+                    .invalidate_interval
+                    .max(Duration::from_millis(1))
+            })
     }
 
     fn shutdown(&mut self) {

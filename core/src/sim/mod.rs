@@ -336,7 +336,7 @@ impl Scenario {
     pub fn refresh_period(&self) -> Duration {
         let policy = &self.config.lifetime;
         let fresh = self.lifetime - policy.stale_window(self.lifetime);
-        fresh - self.config.jitter.max_offset(fresh)
+        fresh.saturating_sub(self.config.jitter.max_offset(fresh))
     }
 }
 
