@@ -3,7 +3,10 @@
 //! a `LocalAuthority` with 20 s tokens, through an outage, a herd start, an
 //! authority that says `expires_in: 0`, a hung request, a long hang and a
 //! huge `Retry-After`. The tests assert counts and orderings only; the
-//! times they measure are printed (run with `--nocapture`).
+//! times they measure are printed (run with `--nocapture`). The six fleets
+//! run at the same time, each on its own authority and cache (48 mostly
+//! sleeping processes), so the file takes about as long as the longest
+//! (about a minute) whatever the test threads.
 
 mod fleet_support;
 
@@ -87,7 +90,6 @@ fn assert_all_started(workers: &[OddWorker]) {
 /// Items 1 and 3: 503s from 10 s to 45 s. Before: 55 requests during the
 /// outage (every waiting peer gave up at once), and the first good request
 /// 4.1-7.8 s after the recovery.
-#[test]
 fn eight_processes_through_a_35_second_outage() {
     let a = authority(LIFETIME);
     let t0 = SystemClock.now();
@@ -130,7 +132,6 @@ fn eight_processes_through_a_35_second_outage() {
 
 /// Item 2: eight processes started together. Before: the followers had a
 /// token 276-728 ms after the start (the leader in 6-11 ms).
-#[test]
 fn eight_processes_start_together_with_one_request() {
     let a = authority(Duration::from_secs(3600));
     let workers = run_odd_fleet(&a, CLIENT, Duration::from_secs(3));
@@ -152,7 +153,6 @@ fn eight_processes_start_together_with_one_request() {
 
 /// Item 4: the authority says `expires_in: 0` for tokens that live 20 s.
 /// Before: one instance polled 2.4 times a second (95 requests in 40 s).
-#[test]
 fn eight_processes_against_expires_in_zero() {
     let a = authority(LIFETIME);
     a.add_fault(Fault::ExpiresIn(0), FaultWindow::Always);
@@ -185,7 +185,6 @@ fn eight_processes_against_expires_in_zero() {
 /// deadline outlasted the token, which expired 11-12 s into the request.
 /// (The authority logs a held request when it answers it, so the run lasts
 /// until the hung one has been logged.)
-#[test]
 fn a_hung_renewal_is_retried_before_the_token_expires() {
     let a = authority(LIFETIME);
     let t0 = SystemClock.now();
@@ -228,7 +227,6 @@ fn a_hung_renewal_is_retried_before_the_token_expires() {
 /// longer than any deadline once the token is near its expiry. Before:
 /// each attempt cost the whole hold (with holds over 30 s, the 30 s fetch
 /// timeout: 2 attempts in 60 s, 49.8 s without a valid token).
-#[test]
 fn a_long_hang_is_probed_on_short_deadlines() {
     let a = authority(LIFETIME);
     let t0 = SystemClock.now();
@@ -268,7 +266,6 @@ fn a_long_hang_is_probed_on_short_deadlines() {
 
 /// Item 6: a 429 with `Retry-After: 999999` from 8 s to 35 s. Before: an
 /// instance waited out the 1 h cap while its token expired 5 s later.
-#[test]
 fn a_huge_retry_after_is_bounded_past_expiry() {
     let a = authority(LIFETIME);
     let t0 = SystemClock.now();
@@ -318,4 +315,39 @@ fn the_transport_follows_the_machines_deadline() {
     assert!(error.to_string().contains("timed out"), "{error}");
     // The next request, without a fault, is answered.
     assert!(source.fetch(&FetchRequest::first()).is_ok());
+}
+
+/// The six fleets, concurrently; a fleet that fails its checks fails the
+/// test after all have finished (each failure is printed as it happens).
+#[test]
+fn eight_process_fleets_through_faults_and_odd_authorities() {
+    let scenarios: [(&str, fn()); 6] = [
+        ("outage", eight_processes_through_a_35_second_outage),
+        (
+            "herd start",
+            eight_processes_start_together_with_one_request,
+        ),
+        ("expires_in 0", eight_processes_against_expires_in_zero),
+        (
+            "hung renewal",
+            a_hung_renewal_is_retried_before_the_token_expires,
+        ),
+        ("long hang", a_long_hang_is_probed_on_short_deadlines),
+        (
+            "huge Retry-After",
+            a_huge_retry_after_is_bounded_past_expiry,
+        ),
+    ];
+    let running: Vec<_> = scenarios
+        .into_iter()
+        .map(|(name, run)| (name, std::thread::spawn(run)))
+        .collect();
+    let failed: Vec<&str> = running
+        .into_iter()
+        .filter_map(|(name, handle)| handle.join().is_err().then_some(name))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "fleets that failed their checks: {failed:?}"
+    );
 }
