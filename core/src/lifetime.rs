@@ -138,6 +138,12 @@ impl LifetimePolicy {
         self
     }
 
+    /// The shortest lifetime used: a shorter `expires_in` is clamped up to
+    /// it (and the refresh machine treats the answer as degenerate).
+    pub fn min_lifetime(&self) -> Duration {
+        self.min_lifetime
+    }
+
     /// The fresh fraction in use.
     pub fn fresh_fraction(&self) -> f64 {
         self.fresh_fraction

@@ -79,6 +79,15 @@ fn degenerate_flag(s: &Snapshot) -> bool {
     s.degenerate.is_some()
 }
 
+/// The default configuration with lifetimes below `secs` clamped up to it
+/// (so `expires_in` below it is degenerate).
+fn with_min_lifetime(secs: u64) -> MachineConfig {
+    let mut config = MachineConfig::default();
+    config.lifetime = LifetimePolicy::default()
+        .with_lifetime_bounds(Duration::from_secs(secs), Duration::from_secs(30 * 86_400));
+    config
+}
+
 fn cache_mode(k: u8) -> CacheMode {
     match k % 3 {
         0 => CacheMode::None,
@@ -112,18 +121,19 @@ fn expires_in_zero_is_renewed_on_a_growing_floor() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
-    /// However degenerate the authority's `expires_in` (zero, negative, a
-    /// few seconds), no instance renews sooner than the floor (5 s by
+    /// However degenerate the authority's `expires_in` (zero, negative, or
+    /// below a minimum lifetime of 1 to 9 s), no instance renews sooner than the floor (5 s by
     /// default, less a tenth of jitter on a token adopted from a peer)
     /// after its previous fetch, and the floor grows while answers stay
     /// degenerate: in 60 s an instance fetches at most 6 times.
     #[test]
     fn degenerate_lifetimes_never_undercut_the_refresh_floor(
-        n in 1usize..12, expires_in in -5i64..5, latency_ms in 1u64..400,
+        n in 1usize..12, min_s in 1u64..10, below in 1i64..=15, latency_ms in 1u64..400,
         mode in any::<u8>(), seed: u64,
     ) {
         let s = Scenario::new(n)
-            .advertised_expires_in(expires_in)
+            .advertised_expires_in(min_s as i64 - below)
+            .config(with_min_lifetime(min_s))
             .latency(Duration::from_millis(latency_ms))
             .cache(cache_mode(mode))
             .duration(Duration::from_secs(60))
@@ -148,11 +158,12 @@ proptest! {
     /// healthy (if degenerate) authority always holds a valid one.
     #[test]
     fn a_degenerate_token_is_flagged_and_never_expired_by_the_clamp(
-        n in 1usize..12, expires_in in -5i64..5, latency_ms in 1u64..400,
+        n in 1usize..12, min_s in 1u64..10, below in 1i64..=15, latency_ms in 1u64..400,
         mode in any::<u8>(), seed: u64,
     ) {
         let s = Scenario::new(n)
-            .advertised_expires_in(expires_in)
+            .advertised_expires_in(min_s as i64 - below)
+            .config(with_min_lifetime(min_s))
             .latency(Duration::from_millis(latency_ms))
             .cache(cache_mode(mode))
             .duration(Duration::from_secs(60))

@@ -277,8 +277,8 @@ pub struct Snapshot {
     pub skew_ms: Option<i64>,
     /// What the lifetime policy had to decide for the current token.
     pub lifetime_note: Option<LifetimeNote>,
-    /// The authority's answer for the current token was degenerate (its
-    /// renewal would have been due sooner than
+    /// The authority's answer for the current token was degenerate (an
+    /// `expires_in` the lifetime policy had to raise to its minimum; see
     /// [`MachineConfig::min_refresh_interval`](super::MachineConfig)), and
     /// the token was re-timed by the refresh floor: its `stale_at` and
     /// `expires_at` are the machine's, not the authority's.
@@ -286,7 +286,7 @@ pub struct Snapshot {
 }
 
 /// How the refresh floor re-timed a token whose answer was degenerate
-/// (`expires_in: 0`, negative, or a lifetime too short to renew sensibly).
+/// (`expires_in: 0`, negative, or below the policy's minimum lifetime).
 ///
 /// Without the floor, `expires_in: 0` becomes a lifetime of a second (the
 /// policy's clamp) renewed at its half-life: two requests a second from

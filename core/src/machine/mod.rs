@@ -122,10 +122,13 @@ pub struct MachineConfig {
     /// The refresh token to start from, for refresh-token flows. A newer one
     /// found in the cache replaces it.
     pub refresh_token: Option<RefreshToken>,
-    /// The shortest time between two refreshes that an authority's answer
-    /// can cause (default 5 s; zero turns the floor off). An answer whose
-    /// token would be due for renewal sooner (`expires_in: 0`, a negative or
-    /// a tiny lifetime, a JWT already expired) is *degenerate*: the machine
+    /// The shortest time between two refreshes that a degenerate answer
+    /// can cause (default 5 s; zero turns the floor off). An answer is
+    /// *degenerate* when the lifetime policy had to raise its `expires_in`
+    /// to the minimum lifetime (`expires_in: 0`, negative, or below
+    /// [`LifetimePolicy::with_lifetime_bounds`]' minimum, 1 s by default;
+    /// raise that minimum to treat short lifetimes as degenerate too: a
+    /// genuine short lifetime is the authority's choice). The machine
     /// renews it no sooner than this after the answer, doubling the wait
     /// while answers keep coming back degenerate (at least twice the fresh
     /// period of the token it replaces, so a fleet sharing a cache keeps
@@ -1099,19 +1102,20 @@ impl RefreshMachine {
         (Arc::new(token), rotated)
     }
 
-    /// Applies the refresh floor to a fetched token: one that would be due
-    /// for renewal sooner than the floor after its answer (counted from its
-    /// send, as its life is) is re-timed to go stale at the floor after the
-    /// answer (plus up to a tenth, so a fleet does not renew in step) and to
+    /// Applies the refresh floor to a fetched token whose answer was
+    /// degenerate (its `expires_in` below the policy's minimum lifetime):
+    /// it is re-timed to go stale at the floor after the answer (plus up to a tenth, so a fleet does not renew in step) and to
     /// expire no sooner than one floor later, and recorded as degenerate.
     /// The floor doubles with each consecutive degenerate answer, and is at
     /// least twice the current token's fresh period (up to the cap).
     fn floor_degenerate(&mut self, token: Token, given: Option<i64>) -> Token {
         let base = self.config.min_refresh_interval;
-        let fresh = token
-            .stale_at()
-            .saturating_duration_since(token.issued_at());
-        if base.is_zero() || fresh >= base {
+        let min_ms = crate::time::duration_millis(self.config.lifetime.min_lifetime());
+        // Degenerate: the policy had to raise the lifetime the authority
+        // gave to its minimum (zero, negative, or shorter than the minimum).
+        // A genuine short lifetime is the authority's choice.
+        let clamped_up = given.is_some_and(|g| g <= 0 || (g as u64).saturating_mul(1_000) < min_ms);
+        if base.is_zero() || !clamped_up {
             self.degenerate_streak = 0;
             self.degenerate = None;
             return token;
