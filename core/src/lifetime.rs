@@ -22,8 +22,9 @@
 //!   the offset between the authority's clock and ours is estimated, and the
 //!   expiry used is the earliest of our view (`sent_at + expires_in`), the
 //!   JWT's own (`sent_at + exp - iat`) and the authority's (`exp` moved into
-//!   our clock by the latest the `Date` header allows: it has one-second
-//!   resolution and was stamped somewhere between our send and the answer).
+//!   our clock by the skew; without `iat`, by the latest skew the `Date`
+//!   header allows: it has one-second resolution and was stamped somewhere
+//!   between our send and the answer).
 //!   So the expiry is never later than `sent_at + expires_in`, nor than
 //!   `sent_at + (exp - iat)`, and a `Date` header only ever moves it earlier
 //!   (a one-second `Date` used as a midpoint estimate used to cancel the
@@ -216,19 +217,20 @@ impl LifetimePolicy {
         let mut lifetime = lifetime;
         if let Some(j) = jwt {
             // The authority's own view of the token's life, each bound an
-            // upper one: `exp - iat` (an authority that backdates `iat`
-            // makes it too long, never too short), and `exp` moved into our
-            // clock by the most conservative skew the answer allows (a
-            // `Date` header has one-second resolution, and the authority
-            // stamped it somewhere between our send and its arrival, so its
-            // clock may be up to `received - sent` plus a second later than
-            // the midpoint estimate says). The earliest wins; none of them
-            // can move the expiry later than `sent_at + expires_in`.
+            // upper one: `exp - iat` (it counts from the authority's issue,
+            // which is after our send), `exp` moved into our clock by the
+            // skew estimate, and, without `iat`, by the latest skew a `Date`
+            // header allows (it has one-second resolution and was stamped
+            // somewhere between our send and the answer, so the midpoint
+            // estimate can make the authority look up to a second behind
+            // and `exp` a second later). The earliest wins: no `Date` can
+            // move the expiry past `sent_at + expires_in` or
+            // `sent_at + (exp - iat)`.
             let mut bounds = Vec::with_capacity(3);
             if let (Some(iat), Some(exp)) = (j.iat, j.exp) {
                 bounds.push(exp.saturating_duration_since(iat));
             }
-            if let Some(date) = response.server_date {
+            if let (Some(date), None) = (response.server_date, j.iat) {
                 let latest_authority_now = date + Duration::from_millis(999);
                 let skew = latest_authority_now.signed_millis_since(sent_at);
                 bounds.extend(j.lifetime_from(sent_at, Some(skew)));
