@@ -12,9 +12,12 @@
 //! cargo run --release --example simulate
 //! ```
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use freshtoken::sim::{CacheMode, Churn, Fault, FaultKind, Report, Scenario};
+use freshtoken::proto::{Action, Output};
+use freshtoken::sim::{CacheMode, Churn, Fault, FaultKind, Observer, Report, Scenario};
+use freshtoken::Timestamp;
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// Faults start 40 minutes in: hourly tokens fetched at the start go stale
@@ -107,6 +110,161 @@ fn main() {
         Scenario::new(1).refresh_period()
     );
     println!("availability = share of consumer reads that found an unexpired token.");
+    fleet_through_faults();
+}
+
+/// What the issue-10 scenarios need: every fetch, every store, and each
+/// instance's publications (time, whether its token was valid then).
+#[derive(Default)]
+struct Timeline {
+    fetches: Vec<Timestamp>,
+    stores: Vec<Timestamp>,
+    published: HashMap<usize, Vec<(Timestamp, bool)>>,
+}
+
+impl Observer for Timeline {
+    fn output(&mut self, i: usize, now: Timestamp, output: &Output) {
+        match output {
+            Output::Action(Action::Fetch(_)) => self.fetches.push(now),
+            Output::Action(Action::Store { .. }) => self.stores.push(now),
+            Output::Action(Action::Publish(s)) => {
+                let valid = s.token.as_ref().is_some_and(|t| t.is_valid_at(now));
+                self.published.entry(i).or_default().push((now, valid));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Timeline {
+    fn fetches_within(&self, from: Timestamp, to: Timestamp) -> usize {
+        self.fetches
+            .iter()
+            .filter(|f| **f >= from && **f < to)
+            .count()
+    }
+
+    /// When every instance held a valid token again after `t`.
+    fn all_fresh_after(&self, t: Timestamp) -> Option<Duration> {
+        self.published
+            .values()
+            .map(|p| {
+                p.iter()
+                    .find(|(at, valid)| *at >= t && *valid)
+                    .map(|(at, _)| at.saturating_duration_since(t))
+            })
+            .try_fold(Duration::ZERO, |worst, d| d.map(|d| worst.max(d)))
+    }
+}
+
+/// Issue 10's scenarios (a fleet through faults and odd authorities), with
+/// the figures the issue measured with real processes before the fixes.
+fn fleet_through_faults() {
+    println!("\nA fleet through faults and odd authorities (8 instances, shared cache + lease, 20 s tokens):");
+    let eight = |seed| {
+        Scenario::new(8)
+            .lifetime(Duration::from_secs(20))
+            .cache(CacheMode::SharedWithLease)
+            .seed(seed)
+    };
+    let secs = Duration::from_secs;
+
+    // Items 1 and 3: a 503 outage from 10 s to 45 s.
+    for seed in 0..3 {
+        let s =
+            eight(seed)
+                .duration(secs(60))
+                .fault(Fault::new(FaultKind::Outage, secs(10), secs(35)));
+        let mut t = Timeline::default();
+        s.run_observed(&mut t);
+        let (from, to) = (s.start_time() + secs(10), s.start_time() + secs(45));
+        let alone = {
+            let s = Scenario::new(1)
+                .lifetime(secs(20))
+                .duration(secs(60))
+                .seed(seed)
+                .fault(Fault::new(FaultKind::Outage, secs(10), secs(35)));
+            let mut t = Timeline::default();
+            s.run_observed(&mut t);
+            t.fetches_within(from, to)
+        };
+        println!(
+            "  outage 10-45 s, seed {seed}: {} requests during it (one instance alone: {alone}; before: 55), every instance fresh {:.2} s after the recovery (before: 4.1-7.8 s)",
+            t.fetches_within(from, to),
+            t.all_fresh_after(to).unwrap_or(Duration::MAX).as_secs_f64()
+        );
+    }
+
+    // Item 2: a herd start.
+    let s = eight(1)
+        .lifetime(secs(3600))
+        .start_spread(Duration::ZERO)
+        .duration(secs(10));
+    let mut t = Timeline::default();
+    let r = s.run_observed(&mut t);
+    let stored = t.stores[0];
+    let worst = t
+        .published
+        .values()
+        .filter_map(|p| p.iter().find(|(_, v)| *v).map(|(at, _)| *at))
+        .map(|at| at.saturating_duration_since(stored))
+        .max()
+        .unwrap_or_default();
+    println!(
+        "  herd start: {} authority request(s), every follower within {} ms of the leader's store (before: 276-728 ms); {} cache reads",
+        r.authority_requests,
+        worst.as_millis(),
+        r.cache_reads
+    );
+
+    // Item 4: expires_in: 0.
+    for (n, mode) in [(1, CacheMode::None), (8, CacheMode::SharedWithLease)] {
+        let r = Scenario::new(n)
+            .lifetime(secs(3600))
+            .advertised_expires_in(0)
+            .cache(mode)
+            .duration(secs(40))
+            .run();
+        println!(
+            "  expires_in 0, {n} instance(s): {} requests in 40 s (before: 95 from one instance), availability {:.2} %",
+            r.authority_requests,
+            r.availability * 100.0
+        );
+    }
+
+    // Item 5: a hang of 25 s over the first renewal, then a long one.
+    for (from, len, held) in [(secs(5), secs(9), secs(25)), (secs(5), secs(28), secs(60))] {
+        let r = eight(2)
+            .duration(secs(60))
+            .fault(Fault::new(FaultKind::Hang { held }, from, len))
+            .run();
+        println!(
+            "  requests held {} s from {} s to {} s: {} requests, longest without a token {:.1} s, availability {:.2} % (before, a 25 s hold: the token expired 11-12 s into it)",
+            held.as_secs(),
+            from.as_secs(),
+            (from + len).as_secs(),
+            r.authority_requests,
+            r.longest_gap.as_secs_f64(),
+            r.availability * 100.0
+        );
+    }
+
+    // Item 6: Retry-After 999999 s.
+    let r = eight(3)
+        .duration(secs(90))
+        .fault(Fault::new(
+            FaultKind::RateLimited {
+                retry_after: secs(999_999),
+            },
+            secs(8),
+            secs(27),
+        ))
+        .run();
+    println!(
+        "  429 with Retry-After 999999 s from 8 s to 35 s: {} requests, longest without a token {:.1} s (bounded by the 30 s cap past expiry; before: the 1 h cap)",
+        r.authority_requests,
+        r.longest_gap.as_secs_f64()
+    );
 }
 
 /// 5,000 serverless-style instances sharing one refresh-token grant through

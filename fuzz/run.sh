@@ -17,7 +17,7 @@ seconds=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(machine oauth2_response cache_record discovery)
+    targets=(machine oauth2_response cache_record discovery config)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked

@@ -15,4 +15,4 @@
 //! # drop(builder);
 //! ```
 
-pub use freshtoken_core::{Backoff, Jitter, LifetimePolicy};
+pub use freshtoken_core::{Backoff, Jitter, JitterStrategy, LifetimePolicy};

@@ -183,7 +183,7 @@ impl Backoff {
             // at most one request a second from the probing holder, and
             // back within 1.2 s of the authority's recovery.
             return if expired && nominal == self.expired_cap {
-                (nominal, nominal + nominal / 5)
+                (nominal, nominal.saturating_add(nominal / 5))
             } else {
                 (nominal / 2, nominal)
             };

@@ -66,7 +66,7 @@ pub mod token;
 
 pub use backoff::Backoff;
 pub use error::{CacheError, CacheErrorKind, FetchError, FetchErrorKind};
-pub use jitter::Jitter;
+pub use jitter::{Jitter, JitterStrategy};
 pub use lifetime::{LifetimeNote, LifetimePolicy};
 pub use machine::{
     Action, FetchRequest, Input, LeaseOutcome, MachineConfig, MachineStats, Output, RefreshMachine,

@@ -20,8 +20,15 @@
 //!   and reported as a [`LifetimeNote`], never an overflow or a panic.
 //! * **Clock skew**: when the answer has a `Date` header or the JWT an `iat`,
 //!   the offset between the authority's clock and ours is estimated, and the
-//!   expiry used is the earlier of our view (`sent_at + expires_in`) and the
-//!   authority's (`exp` moved into our clock).
+//!   expiry used is the earliest of our view (`sent_at + expires_in`), the
+//!   JWT's own (`sent_at + exp - iat`) and the authority's (`exp` moved into
+//!   our clock by the skew; without `iat`, by the latest skew the `Date`
+//!   header allows: it has one-second resolution and was stamped somewhere
+//!   between our send and the answer).
+//!   So the expiry is never later than `sent_at + expires_in`, nor than
+//!   `sent_at + (exp - iat)`, and a `Date` header only ever moves it earlier
+//!   (a one-second `Date` used as a midpoint estimate used to cancel the
+//!   `exp` correction and overshoot by up to a second).
 
 use std::time::Duration;
 
@@ -132,6 +139,12 @@ impl LifetimePolicy {
         self
     }
 
+    /// The shortest lifetime used: a shorter `expires_in` is clamped up to
+    /// it (and the refresh machine treats the answer as degenerate).
+    pub fn min_lifetime(&self) -> Duration {
+        self.min_lifetime
+    }
+
     /// The fresh fraction in use.
     pub fn fresh_fraction(&self) -> f64 {
         self.fresh_fraction
@@ -202,14 +215,36 @@ impl LifetimePolicy {
         };
 
         let mut lifetime = lifetime;
-        if response.expires_in.is_some() {
-            if let Some(jwt_lifetime) = jwt.and_then(|j| j.lifetime_from(sent_at, skew_ms)) {
+        if let Some(j) = jwt {
+            // The authority's own view of the token's life, each bound an
+            // upper one: `exp - iat` (it counts from the authority's issue,
+            // which is after our send), `exp` moved into our clock by the
+            // skew estimate, and, without `iat`, by the latest skew a `Date`
+            // header allows (it has one-second resolution and was stamped
+            // somewhere between our send and the answer, so the midpoint
+            // estimate can make the authority look up to a second behind
+            // and `exp` a second later). The earliest wins: no `Date` can
+            // move the expiry past `sent_at + expires_in` or
+            // `sent_at + (exp - iat)`.
+            let mut bounds = Vec::with_capacity(3);
+            if let (Some(iat), Some(exp)) = (j.iat, j.exp) {
+                bounds.push(exp.saturating_duration_since(iat));
+            }
+            if let (Some(date), None) = (response.server_date, j.iat) {
+                let latest_authority_now = date + Duration::from_millis(999);
+                let skew = latest_authority_now.signed_millis_since(sent_at);
+                bounds.extend(j.lifetime_from(sent_at, Some(skew)));
+            }
+            bounds.extend(j.lifetime_from(sent_at, skew_ms));
+            for jwt_lifetime in bounds {
                 // Only trust the authority's view when it is plausible: an
                 // `exp` already in the past in our clock means the skew could
                 // not be estimated, not that the fresh token is dead.
                 if jwt_lifetime < lifetime && jwt_lifetime >= self.min_lifetime {
                     lifetime = jwt_lifetime;
-                    note = note.or(Some(LifetimeNote::JwtExpiryEarlier));
+                    if response.expires_in.is_some() {
+                        note = note.or(Some(LifetimeNote::JwtExpiryEarlier));
+                    }
                 }
             }
         }
@@ -398,5 +433,70 @@ mod tests {
         }
         let huge = jwt(r#"{"exp":1e300}"#);
         assert_eq!(JwtTimes::read(&huge).unwrap().exp, Some(Timestamp::MAX));
+    }
+
+    /// The issue's case: our clock and the authority's agree, the `Date`
+    /// header truncates the authority's time to the second, and the JWT
+    /// says the same as `expires_in`. The midpoint estimate from the
+    /// truncated `Date` made the authority look up to a second behind, which
+    /// moved `exp` a second later than `sent + expires_in`.
+    #[test]
+    fn a_one_second_date_header_never_moves_the_expiry_later() {
+        // Sent at 1000.900, answered at 1000.950; the authority stamped
+        // `Date: 1000` (truly 1000.920) and exp = 1000.920 + 60.
+        let sent = Timestamp::from_millis(1_000_900);
+        let received = Timestamp::from_millis(1_000_950);
+        let at = jwt(r#"{"iat":1000.92,"exp":1060.92}"#);
+        for expires_in in [None, Some(60)] {
+            let response = TokenResponse::new(AccessToken::new(at.clone()))
+                .with_expires_in(expires_in)
+                .with_server_date(Some(Timestamp::from_secs(1_000)));
+            let r = LifetimePolicy::default().resolve(response, sent, received);
+            let true_expiry = Timestamp::from_millis(1_060_920);
+            assert!(
+                r.token.expires_at() <= true_expiry,
+                "{expires_in:?}: {:?}",
+                r.token.expires_at()
+            );
+            assert!(r.token.expires_at() <= sent + Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn a_backdated_iat_does_not_overshoot_expires_in() {
+        // iat backdated by 5 minutes: exp - iat says 3900 s, expires_in 3600.
+        let at = jwt(r#"{"iat":700,"exp":4600}"#);
+        let r = resolve(
+            TokenResponse::new(AccessToken::new(at)).with_expires_in(Some(3600)),
+            1000,
+            1000,
+        );
+        assert_eq!(r.token.expires_at(), Timestamp::from_secs(4600));
+        // Without expires_in, exp - iat (3900 s) and exp in our clock (the
+        // iat-based skew says the authority is 300 s behind: 4900) are both
+        // upper bounds; without a Date header nothing better is known.
+        let at = jwt(r#"{"iat":1000,"exp":1300}"#);
+        let r = resolve(
+            TokenResponse::new(AccessToken::new(at)).with_expires_in(Some(3600)),
+            1000,
+            1001,
+        );
+        assert!(r.token.expires_at() <= Timestamp::from_secs(1300));
+    }
+
+    #[test]
+    fn exp_minus_iat_bounds_the_expiry_when_the_clocks_disagree() {
+        // The authority's clock is 100 s ahead; the Date header says so.
+        // exp - iat = 300 s; expires_in says 3600 s.
+        let at = jwt(r#"{"iat":1100,"exp":1400}"#);
+        let r = resolve(
+            TokenResponse::new(AccessToken::new(at))
+                .with_expires_in(Some(3600))
+                .with_server_date(Some(Timestamp::from_secs(1100))),
+            1000,
+            1000,
+        );
+        assert!(r.token.expires_at() <= Timestamp::from_secs(1300));
+        assert!(r.token.expires_at() >= Timestamp::from_secs(1299));
     }
 }

@@ -256,6 +256,26 @@ impl<C> Builder<C> {
         self
     }
 
+    /// The shortest time between renewals of a token whose lifetime the
+    /// authority gave as degenerate (`expires_in: 0`, negative, or below
+    /// the lifetime policy's minimum; default 5 s). The wait doubles while
+    /// answers stay degenerate, up to the backoff's cap; the snapshot says
+    /// so in [`Snapshot::degenerate`](crate::handle::Snapshot::degenerate).
+    pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.settings.config.min_refresh_interval = interval;
+        self
+    }
+
+    /// The shortest deadline of a client-credentials fetch (default 2 s):
+    /// such a fetch's deadline follows the current token's remaining
+    /// validity, so a hung request is given up in time to retry before the
+    /// token expires; never longer than the
+    /// [`fetch_timeout`](Self::fetch_timeout).
+    pub fn min_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.config.min_fetch_timeout = timeout;
+        self
+    }
+
     /// Minimum time between refreshes caused by
     /// [`TokenHandle::invalidate`] (default 5 s).
     pub fn invalidate_interval(mut self, interval: Duration) -> Self {

@@ -64,6 +64,7 @@ pub(crate) mod publisher;
 mod shared;
 mod watch;
 
+pub use freshtoken_core::machine::DegenerateLifetime;
 pub use freshtoken_core::{LifetimeNote, RefreshState, Snapshot};
 pub(crate) use publisher::{Command, Publisher};
 pub use watch::TokenWatch;

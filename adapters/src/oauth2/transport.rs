@@ -314,6 +314,21 @@ impl UreqTransport {
     }
 }
 
+impl UreqTransport {
+    /// The overall timeout for `request`: slightly below the time its
+    /// caller waits for it ([`HttpRequest::timeout`], the refresh machine's
+    /// deadline), so the two do not race, and never above the configured
+    /// timeout. `None`: the configured timeout applies as it is.
+    fn request_timeout(&self, request: &HttpRequest) -> Option<Duration> {
+        let waited = request.timeout()?;
+        let margin = (waited / 20).max(Duration::from_millis(200));
+        let below = waited
+            .saturating_sub(margin)
+            .max(Duration::from_millis(100));
+        (below < self.timeout).then_some(below)
+    }
+}
+
 impl HttpTransport for UreqTransport {
     fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
         // The URI checked is the URI connected to.
@@ -325,6 +340,9 @@ impl HttpTransport for UreqTransport {
             if loopback {
                 builder = builder.config().proxy(None).build();
             }
+            if let Some(timeout) = self.request_timeout(request) {
+                builder = builder.config().timeout_global(Some(timeout)).build();
+            }
             for (name, value) in request.headers() {
                 builder = builder.header(name, value);
             }
@@ -335,6 +353,9 @@ impl HttpTransport for UreqTransport {
                 // An HTTP(S)_PROXY from the environment cannot reach this
                 // machine's loopback.
                 builder = builder.config().proxy(None).build();
+            }
+            if let Some(timeout) = self.request_timeout(request) {
+                builder = builder.config().timeout_global(Some(timeout)).build();
             }
             for (name, value) in request.headers() {
                 builder = builder.header(name, value);

@@ -666,15 +666,18 @@ impl Shared {
             Some(Fault::Error { status, code }) => {
                 Some(Answer::error(status, &code, "planned error"))
             }
-            None => None,
+            Some(Fault::ExpiresIn(_)) | None => None,
         };
         let answer = match answer {
             Some(a) => a,
             None => {
-                let a = match read {
+                let mut a = match read {
                     Ok(_) => self.grant(&params, basic, &mut entry),
                     Err(_) => Answer::error(400, "invalid_request", "unreadable body"),
                 };
+                if let (Some(Fault::ExpiresIn(secs)), 200) = (&entry.fault, a.status) {
+                    a.body["expires_in"] = (*secs).into();
+                }
                 entry.outcome = match a.status {
                     200 => Outcome::Issued {
                         rotated: entry.grant_type.as_deref() == Some("refresh_token")

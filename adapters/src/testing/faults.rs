@@ -36,6 +36,10 @@ pub enum Fault {
     /// have sent `Connection: close`, as the built-in transport does; with
     /// a keep-alive client it looks like a hang until the client times out.
     CloseConnection,
+    /// Answer normally, but with this `expires_in` (zero, negative, or a
+    /// lifetime other than the token's): a degenerate authority. The token
+    /// itself (and its JWT `exp`) lives the configured lifetime.
+    ExpiresIn(i64),
     /// An RFC 6749 error answer, e.g. `400 invalid_grant`.
     Error {
         /// The HTTP status.

@@ -168,12 +168,16 @@ impl Action {
     }
 }
 
+/// The default fetch timeout (that of [`MachineConfig`](super::MachineConfig)).
+const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What a source needs to know to fetch.
 ///
 /// ```
 /// use freshtoken_core::FetchRequest;
 /// assert_eq!(FetchRequest::first().attempt, 1);
 /// assert!(FetchRequest::first().refresh_token.is_none());
+/// assert_eq!(FetchRequest::first().timeout, std::time::Duration::from_secs(30));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -185,6 +189,13 @@ pub struct FetchRequest {
     /// The newest refresh token known (from the last answer, the cache or
     /// the configuration), for refresh-token flows.
     pub refresh_token: Option<RefreshToken>,
+    /// How long the machine waits for the answer (its deadline for this
+    /// fetch, counted from when the action was emitted). A source should
+    /// give up a little sooner, so its own timeout and the machine's do not
+    /// race; the machine's deadline is shorter than the fetch timeout for
+    /// client-credentials flows near expiry (see
+    /// [`MachineConfig::min_fetch_timeout`](super::MachineConfig)).
+    pub timeout: Duration,
 }
 
 impl FetchRequest {
@@ -194,6 +205,7 @@ impl FetchRequest {
             id: RequestId(0),
             attempt: 1,
             refresh_token: None,
+            timeout: DEFAULT_FETCH_TIMEOUT,
         }
     }
 
@@ -204,6 +216,7 @@ impl FetchRequest {
             id: RequestId(0),
             attempt,
             refresh_token,
+            timeout: DEFAULT_FETCH_TIMEOUT,
         }
     }
 }
@@ -264,6 +277,55 @@ pub struct Snapshot {
     pub skew_ms: Option<i64>,
     /// What the lifetime policy had to decide for the current token.
     pub lifetime_note: Option<LifetimeNote>,
+    /// The authority's answer for the current token was degenerate (an
+    /// `expires_in` the lifetime policy had to raise to its minimum; see
+    /// [`MachineConfig::min_refresh_interval`](super::MachineConfig)), and
+    /// the token was re-timed by the refresh floor: its `stale_at` and
+    /// `expires_at` are the machine's, not the authority's.
+    pub degenerate: Option<DegenerateLifetime>,
+}
+
+/// How the refresh floor re-timed a token whose answer was degenerate
+/// (`expires_in: 0`, negative, or below the policy's minimum lifetime).
+///
+/// Without the floor, `expires_in: 0` becomes a lifetime of a second (the
+/// policy's clamp) renewed at its half-life: two requests a second from
+/// every instance, forever, and a status that says `fresh`. With it, the
+/// token goes stale `floor` after its answer and is served one more
+/// `floor` for the renewal, so the policy's own clamped times never expire
+/// a token it chose to keep; the floor doubles while answers keep coming
+/// back degenerate. A token the authority really meant as dead is caught by
+/// the API's 401 ([`Input::Invalidate`], rate-limited).
+///
+/// ```
+/// use freshtoken_core::*;
+/// use std::time::Duration;
+///
+/// let mut m = RefreshMachine::new(MachineConfig::default());
+/// let t0 = Timestamp::from_secs(1_000);
+/// m.handle_input(Input::Start, t0);
+/// let Output::Action(Action::Fetch(request)) = m.poll_output() else { panic!() };
+/// let answer = TokenResponse::new(AccessToken::new("at")).with_expires_in(Some(0));
+/// m.handle_input(Input::Fetched(request.id, Ok(answer)), t0);
+/// let Output::Action(Action::Publish(snapshot)) = m.poll_output() else { panic!() };
+/// let degenerate = snapshot.degenerate.expect("expires_in: 0 is degenerate");
+/// assert_eq!(degenerate.expires_in, Some(0));
+/// assert_eq!(degenerate.floor, Duration::from_secs(5));
+/// // The next refresh is no sooner than the floor.
+/// let Output::Timeout(at) = m.poll_output() else { panic!() };
+/// assert!(at >= t0 + Duration::from_secs(5));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DegenerateLifetime {
+    /// The `expires_in` the authority sent, if it sent one.
+    pub expires_in: Option<i64>,
+    /// The expiry the lifetime policy made of the answer (after its clamp),
+    /// before the floor re-timed it.
+    pub authority_expires_at: Timestamp,
+    /// The floor applied: the token goes stale this long after its answer.
+    pub floor: Duration,
+    /// How many answers in a row have been degenerate (1 for the first).
+    pub consecutive: u32,
 }
 
 impl Snapshot {
@@ -276,6 +338,7 @@ impl Snapshot {
             fetches: 0,
             skew_ms: None,
             lifetime_note: None,
+            degenerate: None,
         }
     }
 

@@ -62,7 +62,8 @@
 mod io;
 
 pub use io::{
-    Action, FetchRequest, Input, LeaseOutcome, Output, RefreshState, RequestId, Snapshot,
+    Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, Output, RefreshState, RequestId,
+    Snapshot,
 };
 
 use std::collections::VecDeque;
@@ -121,6 +122,27 @@ pub struct MachineConfig {
     /// The refresh token to start from, for refresh-token flows. A newer one
     /// found in the cache replaces it.
     pub refresh_token: Option<RefreshToken>,
+    /// The shortest time between two refreshes that a degenerate answer
+    /// can cause (default 5 s; zero turns the floor off). An answer is
+    /// *degenerate* when the lifetime policy had to raise its `expires_in`
+    /// to the minimum lifetime (`expires_in: 0`, negative, or below
+    /// [`LifetimePolicy::with_lifetime_bounds`]' minimum, 1 s by default;
+    /// raise that minimum to treat short lifetimes as degenerate too: a
+    /// genuine short lifetime is the authority's choice). The machine
+    /// renews it no sooner than this after the answer, doubling the wait
+    /// while answers keep coming back degenerate (at least twice the fresh
+    /// period of the token it replaces, so a fleet sharing a cache keeps
+    /// one curve; up to the backoff's cap, never below this), and serves the token until then, plus as
+    /// long again for the renewal (see [`DegenerateLifetime`]).
+    pub min_refresh_interval: Duration,
+    /// The shortest deadline of a client-credentials fetch (default 2 s).
+    /// Such a fetch's deadline follows the current token's remaining
+    /// validity, `remaining - min_fetch_timeout`, bounded below by this and
+    /// above by [`fetch_timeout`](Self::fetch_timeout), so a hung request
+    /// is abandoned in time for a retry before the token expires. The first
+    /// fetch (no token yet) and refresh-token fetches (a retry after a
+    /// timeout risks presenting a rotated token) keep the full fetch timeout.
+    pub min_fetch_timeout: Duration,
 }
 
 impl Default for MachineConfig {
@@ -137,6 +159,8 @@ impl Default for MachineConfig {
             fetch_timeout: Duration::from_secs(30),
             cache_timeout: Duration::from_secs(30),
             refresh_token: None,
+            min_refresh_interval: Duration::from_secs(5),
+            min_fetch_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -200,6 +224,8 @@ enum RequestKind {
         sent_at: Timestamp,
         /// The generation of the refresh token it presented.
         generation: u64,
+        /// How long it was given (its deadline from its send).
+        timeout: Duration,
     },
     Store {
         token: Arc<Token>,
@@ -379,6 +405,10 @@ pub struct RefreshMachine {
     state: RefreshState,
     skew_ms: Option<i64>,
     lifetime_note: Option<LifetimeNote>,
+    /// The current token came from a degenerate answer: how it was re-timed.
+    degenerate: Option<(TokenId, DegenerateLifetime)>,
+    /// Consecutive degenerate answers.
+    degenerate_streak: u32,
     stats: MachineStats,
 }
 
@@ -411,6 +441,8 @@ impl RefreshMachine {
             state: RefreshState::Starting,
             skew_ms: None,
             lifetime_note: None,
+            degenerate: None,
+            degenerate_streak: 0,
             stats: MachineStats::default(),
         }
     }
@@ -578,9 +610,10 @@ impl RefreshMachine {
             RequestKind::Fetch {
                 generation,
                 sent_at,
+                timeout,
             } => {
                 self.abandon(request.id, sent_at, generation);
-                let error = FetchError::transient(why(self.config.fetch_timeout));
+                let error = FetchError::transient(why(timeout));
                 self.on_fetch_failed(error, false);
             }
             RequestKind::Store {
@@ -654,6 +687,7 @@ impl RefreshMachine {
                 RequestKind::Fetch {
                     sent_at,
                     generation,
+                    ..
                 },
                 Input::Fetched(_, result),
             ) => match result {
@@ -701,6 +735,7 @@ impl RefreshMachine {
                 RequestKind::Fetch {
                     sent_at,
                     generation,
+                    ..
                 },
                 Input::Fetched(_, Ok(response)),
             ) => {
@@ -795,6 +830,7 @@ impl RefreshMachine {
             if let RequestKind::Fetch {
                 generation,
                 sent_at,
+                ..
             } = request.kind
             {
                 let id = request.id;
@@ -988,17 +1024,45 @@ impl RefreshMachine {
         self.peer_wait = None;
         let generation = self.grant.as_ref().map_or(0, |g| g.generation);
         let sent_at = self.now.wall;
+        let timeout = self.fetch_deadline();
         let kind = RequestKind::Fetch {
             sent_at,
             generation,
+            timeout,
         };
-        let id = self.send(kind, self.config.fetch_timeout);
+        let id = self.send(kind, timeout);
         let mut request = FetchRequest::new(
             self.failures.saturating_add(1),
             self.grant.as_ref().map(|g| g.token.clone()),
         );
         request.id = id;
+        request.timeout = timeout;
         self.outbox.push_back(Action::Fetch(request));
+    }
+
+    /// How long to wait for a fetch. A client-credentials fetch follows the
+    /// current token's remaining validity: it is abandoned one
+    /// `min_fetch_timeout` before the token expires (never sooner than that
+    /// after it was sent, never later than the fetch timeout), so a hung
+    /// request leaves time for a retry while the token is still valid. Its
+    /// late answer is still used. The first fetch has no validity to follow
+    /// and a refresh-token fetch must not be retried lightly (the authority
+    /// may have rotated the token it presented): both keep the fetch timeout.
+    fn fetch_deadline(&self) -> Duration {
+        let full = self.config.fetch_timeout;
+        let Some(current) = self.current.as_ref() else {
+            return full;
+        };
+        if self.is_refresh_flow() {
+            return full;
+        }
+        let floor = self.config.min_fetch_timeout.min(full);
+        let remaining = current
+            .expires_at()
+            .saturating_duration_since(self.now.wall);
+        remaining
+            .saturating_sub(self.config.min_fetch_timeout)
+            .clamp(floor, full)
     }
 
     /// Turns an answer into the token it stands for (and whether it rotated
@@ -1011,11 +1075,12 @@ impl RefreshMachine {
         generation: u64,
     ) -> (Arc<Token>, bool) {
         let rotated = response.refresh_token.is_some();
+        let given = response.expires_in;
         let resolved = self
             .config
             .lifetime
             .resolve(response, sent_at, self.now.wall);
-        let mut token = resolved.token;
+        let mut token = self.floor_degenerate(resolved.token, given);
         if rotated {
             let next = generation.saturating_add(1);
             token = token.with_generation(next);
@@ -1042,6 +1107,66 @@ impl RefreshMachine {
         self.skew_ms = resolved.skew_ms;
         self.lifetime_note = resolved.note;
         (Arc::new(token), rotated)
+    }
+
+    /// Applies the refresh floor to a fetched token whose answer was
+    /// degenerate (its `expires_in` below the policy's minimum lifetime):
+    /// it is re-timed to go stale at the floor after the answer (plus up to a tenth, so a fleet does not renew in step) and to
+    /// expire no sooner than one floor later, and recorded as degenerate.
+    /// The floor doubles with each consecutive degenerate answer, and is at
+    /// least twice the current token's fresh period (up to the cap).
+    fn floor_degenerate(&mut self, token: Token, given: Option<i64>) -> Token {
+        let base = self.config.min_refresh_interval;
+        let min_ms = crate::time::duration_millis(self.config.lifetime.min_lifetime());
+        // Degenerate: the policy had to raise the lifetime the authority
+        // gave to its minimum (zero, negative, or shorter than the minimum).
+        // A genuine short lifetime is the authority's choice.
+        let clamped_up = given.is_some_and(|g| g <= 0 || (g as u64).saturating_mul(1_000) < min_ms);
+        if base.is_zero() || !clamped_up {
+            self.degenerate_streak = 0;
+            self.degenerate = None;
+            return token;
+        }
+        self.degenerate_streak = self.degenerate_streak.saturating_add(1);
+        let cap = self.config.backoff.max().max(base);
+        let doublings = self.degenerate_streak.saturating_sub(1).min(31);
+        let mut floor = base.saturating_mul(1u32 << doublings).min(cap);
+        // Continue the fleet's curve: the token we hold may be a peer's
+        // re-timed one (or a normal one), and the new token must outlive
+        // it, or peers would not adopt it and would each fetch their own.
+        if let Some(current) = &self.current {
+            let fresh = current
+                .stale_at()
+                .saturating_duration_since(current.issued_at());
+            floor = floor.max(fresh.saturating_mul(2).min(cap));
+        }
+        let spread = crate::time::duration_millis(floor) / 10;
+        let extra = Duration::from_millis(if spread == 0 {
+            0
+        } else {
+            self.rng.u64(0..=spread)
+        });
+        let received = self.now.wall.max(token.issued_at());
+        let stale_at = received + floor.saturating_add(extra);
+        let expires_at = token.expires_at().max(stale_at + floor);
+        let record = DegenerateLifetime {
+            expires_in: given,
+            authority_expires_at: token.expires_at(),
+            floor,
+            consecutive: self.degenerate_streak,
+        };
+        self.degenerate = Some((token.id(), record));
+        Token::new(
+            token.access_token().clone(),
+            token.issued_at(),
+            stale_at,
+            expires_at,
+        )
+        .with_token_type(token.token_type())
+        .with_refresh_token(token.refresh_token().cloned())
+        .with_id_token(token.id_token().cloned())
+        .with_scope(token.scope().map(str::to_owned))
+        .with_generation(token.generation())
     }
 
     /// Why a fetched token cannot be served: it expired before its answer
@@ -1230,6 +1355,10 @@ impl RefreshMachine {
                 delay = delay.min(until_expiry.saturating_add(after));
             }
         }
+        // A retry always waits a little, whatever the configuration (a
+        // backoff of a millisecond can draw zero): never a loop of
+        // attempts within one instant.
+        let delay = delay.max(Duration::from_millis(1));
         let retry_at = self.now.mono + delay;
         // Keep the lease through the wait, so peers keep waiting for us
         // rather than each hitting a failing authority: a fleet then sends
@@ -1289,7 +1418,15 @@ impl RefreshMachine {
 
     fn invalidation_allowed_at(&self) -> MonoTime {
         self.last_invalidation
-            .map_or(self.now.mono, |last| last + self.config.invalidate_interval)
+            // At least a millisecond: with a zero interval, an authority
+            // that hands back the rejected token would otherwise make the
+            // machine refresh again and again within one instant.
+            .map_or(self.now.mono, |last| {
+                last + self
+                    .config
+                    .invalidate_interval
+                    .max(Duration::from_millis(1))
+            })
     }
 
     fn shutdown(&mut self) {
@@ -1343,7 +1480,11 @@ impl RefreshMachine {
     /// Back to idle after a refresh, until the current token's (jittered)
     /// refresh time, or sooner if a consumer rejected it meanwhile.
     fn settle(&mut self) {
+        let degenerate = self.degenerate_of_current().is_some();
         let refresh_at = match &self.current {
+            // Re-timed by the floor, with its own jitter above it: jitter
+            // below `stale_at` would undercut the floor.
+            Some(token) if degenerate => token.stale_at(),
             Some(token) => self.config.jitter.refresh_at(token, &mut self.rng),
             // Unreachable in practice (settling follows a fetch or an
             // adoption); retry after a pause rather than spin.
@@ -1463,7 +1604,15 @@ impl RefreshMachine {
             fetches: self.stats.tokens_fetched,
             skew_ms: self.skew_ms,
             lifetime_note: self.lifetime_note,
+            degenerate: self.degenerate_of_current(),
         }));
+    }
+
+    /// The degenerate record, if it is the current token's (an adopted
+    /// token or a late answer may have replaced the one it was made for).
+    fn degenerate_of_current(&self) -> Option<DegenerateLifetime> {
+        let (id, d) = self.degenerate?;
+        (self.current.as_ref()?.id() == id).then_some(d)
     }
 
     /// `base` jittered uniformly within ±50 %.

@@ -209,9 +209,31 @@ pub struct HttpRequest {
     url: String,
     headers: Vec<(&'static str, Zeroizing<String>)>,
     body: Zeroizing<Vec<u8>>,
+    timeout: Option<std::time::Duration>,
 }
 
 impl HttpRequest {
+    /// How long the refresh machine waits for this request's answer
+    /// ([`FetchRequest::timeout`]), when it was built for a fetch. A
+    /// transport should give up slightly sooner, so its timeout and the
+    /// machine's deadline do not race.
+    ///
+    /// ```
+    /// use freshtoken_core::oauth2::HttpRequest;
+    /// use std::time::Duration;
+    /// let r = HttpRequest::get("https://a.example/x").with_timeout(Some(Duration::from_secs(3)));
+    /// assert_eq!(r.timeout(), Some(Duration::from_secs(3)));
+    /// ```
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.timeout
+    }
+
+    /// Sets the time the caller waits for the answer (see [`timeout`](Self::timeout)).
+    pub fn with_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// A `GET` of `url` that accepts JSON, without a body: how a discovery
     /// document is read.
     ///
@@ -226,6 +248,7 @@ impl HttpRequest {
             url: url.into(),
             headers: vec![("Accept", Zeroizing::new("application/json".to_owned()))],
             body: Zeroizing::new(Vec::new()),
+            timeout: None,
         }
     }
 
@@ -637,6 +660,7 @@ impl TokenRequest {
             url: self.url.clone(),
             headers,
             body,
+            timeout: Some(fetch.timeout),
         })
     }
 

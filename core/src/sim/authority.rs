@@ -20,6 +20,13 @@ pub enum FaultKind {
     },
     /// Answers 401 `invalid_client`: a permanent error.
     Permanent,
+    /// Holds every request this long before answering it (with a token,
+    /// as if the authority had been stuck and then recovered): a hang
+    /// longer than the machine's fetch deadline is abandoned by it.
+    Hang {
+        /// How long each request sent during the fault is held.
+        held: Duration,
+    },
 }
 
 /// A window of time, counted from the start of the simulation, during which
@@ -63,6 +70,8 @@ impl Fault {
                 .with_status(429)
                 .with_retry_after(Some(retry_after)),
             FaultKind::Permanent => FetchError::permanent("invalid_client").with_status(401),
+            // Not an error: `answer` holds the request instead.
+            FaultKind::Hang { .. } => FetchError::transient("held"),
         }
     }
 }
@@ -108,6 +117,9 @@ pub(super) struct ReuseCounts {
 
 pub(super) struct Authority {
     lifetime_secs: i64,
+    /// The `expires_in` sent, when it is not the true lifetime (a
+    /// degenerate authority: zero, negative, or shorter than its tokens live).
+    advertised: Option<i64>,
     latency: Duration,
     /// Probability of a slow answer, and its latency factor range.
     tail: f64,
@@ -134,6 +146,7 @@ impl Authority {
             start,
             rng: fastrand::Rng::with_seed(seed),
             lifetime_secs: i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX).max(1),
+            advertised: None,
             latency,
             tail: 0.0,
             faults,
@@ -149,6 +162,12 @@ impl Authority {
     /// latency): the long tail that outlasts peer waits and timeouts.
     pub(super) fn with_tail(mut self, p: f64) -> Self {
         self.tail = p;
+        self
+    }
+
+    /// Sends `expires_in: secs` whatever its tokens' true lifetime.
+    pub(super) fn with_advertised(mut self, secs: Option<i64>) -> Self {
+        self.advertised = secs;
         self
     }
 
@@ -209,9 +228,12 @@ impl Authority {
         if self.tail > 0.0 && self.rng.f64() < self.tail {
             latency = latency.saturating_mul(self.rng.u64(5..=100));
         }
-        let latency = Duration::from_millis(latency);
+        let mut latency = Duration::from_millis(latency);
         if let Some(fault) = self.faults.iter().find(|f| f.active_at(offset)) {
-            return (Err(fault.error()), latency);
+            match fault.kind {
+                FaultKind::Hang { held } => latency = latency.saturating_add(held),
+                _ => return (Err(fault.error()), latency),
+            }
         }
         let refresh_token = match self.refresh(now, request) {
             Ok(rt) => rt,
@@ -224,7 +246,7 @@ impl Authority {
             now + Duration::from_secs(self.lifetime_secs as u64),
         );
         let response = TokenResponse::new(token)
-            .with_expires_in(Some(self.lifetime_secs))
+            .with_expires_in(Some(self.advertised.unwrap_or(self.lifetime_secs)))
             .with_refresh_token(refresh_token);
         (Ok(response), latency)
     }

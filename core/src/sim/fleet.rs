@@ -139,7 +139,8 @@ impl<'a> Fleet<'a> {
             scenario.faults.clone(),
             scenario.seed,
         )
-        .with_tail(scenario.latency_tail);
+        .with_tail(scenario.latency_tail)
+        .with_advertised(scenario.advertised);
         if let Some(interval) = scenario.refresh_tokens {
             authority = authority.with_family(interval);
         }

@@ -93,6 +93,7 @@ pub struct Scenario {
     lost_answers: f64,
     churn: Churn,
     heartbeat: Duration,
+    advertised: Option<i64>,
 }
 
 /// How the simulated shared cache misbehaves: each operation fails, hangs
@@ -185,7 +186,17 @@ impl Scenario {
             lost_answers: 0.0,
             churn: Churn::NONE,
             heartbeat: Duration::from_secs(30),
+            advertised: None,
         }
+    }
+
+    /// A degenerate authority: every answer says `expires_in: secs` (zero,
+    /// negative, or shorter than the truth), while its tokens really live
+    /// [`lifetime`](Self::lifetime). The authority of issue 10's item 4
+    /// sends `expires_in: 0`.
+    pub fn advertised_expires_in(mut self, secs: i64) -> Self {
+        self.advertised = Some(secs);
+        self
     }
 
     /// A refresh-token flow: every instance starts from the grant's first
@@ -325,7 +336,7 @@ impl Scenario {
     pub fn refresh_period(&self) -> Duration {
         let policy = &self.config.lifetime;
         let fresh = self.lifetime - policy.stale_window(self.lifetime);
-        fresh - self.config.jitter.max_offset(fresh)
+        fresh.saturating_sub(self.config.jitter.max_offset(fresh))
     }
 }
 

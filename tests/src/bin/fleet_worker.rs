@@ -18,6 +18,14 @@
 //!   `file+sealed`, `redis+sealed` and `postgres+sealed` are the same caches
 //!   with encryption at rest, keys from `FLEET_CACHE_KEYS`; for them an
 //!   entry the probe cannot read (Unreadable) counts as torn.
+//! * `fleet_worker odd <cache file> <token url> <client id> <run ms> <read every ms>`:
+//!   client credentials on a file cache with the default machine settings
+//!   (as an application would run, for the odd-authority tests of issue
+//!   10); reads the handle every few ms for `run ms`, then prints one JSON
+//!   line: `{"first_token_unix_ms":F,"invalid_spans":[[from,to],...],"degenerate_seen":D,"fetched":N,"valid_at_end":V}`,
+//!   where `invalid_spans` are the wall-clock stretches (unix ms) after the
+//!   first token during which reads found no valid token, and
+//!   `degenerate_seen` whether any snapshot flagged a degenerate lifetime.
 //! * `fleet_worker refresh <cache file> <token url> <client id>`: the
 //!   refresh-token flow on a file cache. Prints `ready` once it has a valid
 //!   token, then reports that token as rejected (forcing a refresh with the
@@ -47,6 +55,14 @@ fn main() {
             Duration::from_millis(args[5].parse().expect("run ms")),
             Duration::from_millis(args[6].parse().expect("read every ms")),
         ),
+        Some("odd") if args.len() == 6 => odd_authority(
+            PathBuf::from(&args[1]),
+            &args[2],
+            &args[3],
+            &secret,
+            Duration::from_millis(args[4].parse().expect("run ms")),
+            Duration::from_millis(args[5].parse().expect("read every ms")),
+        ),
         Some("refresh") if args.len() == 4 => {
             let refresh = std::env::var("FLEET_REFRESH_TOKEN").expect("FLEET_REFRESH_TOKEN");
             refresh_flow(
@@ -60,6 +76,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: fleet_worker cc <file|redis|postgres> <cache> <token url> <client id> <run ms> <read every ms>\n\
+                 \x20      fleet_worker odd <cache file> <token url> <client id> <run ms> <read every ms>\n\
                  \x20      fleet_worker refresh <cache file> <token url> <client id>"
             );
             std::process::exit(2);
@@ -327,6 +344,65 @@ fn probe_file(path: &std::path::Path) -> Probe {
         // Unreadable counts with torn: a driver would have seen no token.
         Err(_) => Probe::Torn,
     }
+}
+
+/// See the module docs (`odd`): default settings, a file cache, and the
+/// stretches without a valid token on the wall clock.
+fn odd_authority(
+    cache: PathBuf,
+    token_url: &str,
+    client_id: &str,
+    secret: &str,
+    run: Duration,
+    every: Duration,
+) {
+    // The transport's own timeout stays the default 30 s: the machine's
+    // deadline (FetchRequest::timeout) shortens it per request.
+    let source = ClientCredentials::builder(token_url, client_id, secret)
+        .build()
+        .expect("a loopback token URL");
+    let (tokens, driver) = Builder::new()
+        .cache(FileCache::new(cache))
+        .spawn_thread(source)
+        .expect("a driver thread");
+    let clock = SystemClock;
+    let started = Instant::now();
+    let mut first: Option<u64> = None;
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    let mut invalid_since: Option<u64> = None;
+    let mut degenerate_seen = false;
+    let mut valid = false;
+    while started.elapsed() < run {
+        let now = clock.now();
+        let now_ms = now.as_millis();
+        valid = tokens.token().is_some_and(|t| t.is_valid_at(now));
+        degenerate_seen |= tokens.snapshot().degenerate.is_some();
+        match (valid, first, invalid_since) {
+            (true, None, _) => first = Some(now_ms),
+            (true, Some(_), Some(since)) => {
+                spans.push((since, now_ms));
+                invalid_since = None;
+            }
+            (false, Some(_), None) => invalid_since = Some(now_ms),
+            _ => {}
+        }
+        std::thread::sleep(every);
+    }
+    if let Some(since) = invalid_since {
+        spans.push((since, clock.now().as_millis()));
+    }
+    let fetched = tokens.snapshot().fetches;
+    drop(tokens);
+    driver.shutdown_blocking();
+    let spans: Vec<String> = spans.iter().map(|(a, b)| format!("[{a},{b}]")).collect();
+    println!(
+        "{{\"first_token_unix_ms\":{},\"invalid_spans\":[{}],\"degenerate_seen\":{},\"fetched\":{},\"valid_at_end\":{}}}",
+        first.map_or("null".to_owned(), |ms| ms.to_string()),
+        spans.join(","),
+        degenerate_seen,
+        fetched,
+        valid,
+    );
 }
 
 fn refresh_flow(cache: PathBuf, token_url: &str, client_id: &str, secret: &str, refresh: String) {

@@ -160,3 +160,65 @@ pub fn check(kind: &str, fleet: &Fleet) {
         fleet.ratio
     );
 }
+
+/// What one `fleet_worker odd` process saw (see the worker's docs).
+#[derive(Debug)]
+pub struct OddWorker {
+    /// When it first read a valid token (unix ms).
+    pub first_token_ms: Option<u64>,
+    /// Stretches after the first token without a valid one (unix ms).
+    pub invalid_spans: Vec<(u64, u64)>,
+    /// Whether any of its snapshots flagged a degenerate lifetime.
+    pub degenerate_seen: bool,
+    /// Tokens its driver fetched itself.
+    pub fetched: u64,
+    /// Whether its last read found a valid token.
+    pub valid_at_end: bool,
+}
+
+/// Runs [`WORKERS`] `fleet_worker odd` processes (default machine settings,
+/// one shared file cache with its lease) against `authority` for `run`,
+/// reading every 20 ms, and returns what each saw.
+pub fn run_odd_fleet(authority: &LocalAuthority, client_id: &str, run: Duration) -> Vec<OddWorker> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token.json");
+    let children: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_fleet_worker"))
+                .args([
+                    "odd",
+                    path.to_str().unwrap(),
+                    &authority.token_url(),
+                    client_id,
+                    &run.as_millis().to_string(),
+                    "20",
+                ])
+                .env("FLEET_CLIENT_SECRET", SECRET)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("a fleet_worker process")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().expect("the worker's output");
+            assert!(out.status.success(), "a worker failed: {:?}", out.status);
+            let line = String::from_utf8_lossy(&out.stdout);
+            let v: Value = serde_json::from_str(line.trim()).expect("a JSON summary");
+            OddWorker {
+                first_token_ms: v["first_token_unix_ms"].as_u64(),
+                invalid_spans: v["invalid_spans"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| (s[0].as_u64().unwrap(), s[1].as_u64().unwrap()))
+                    .collect(),
+                degenerate_seen: v["degenerate_seen"].as_bool().unwrap(),
+                fetched: v["fetched"].as_u64().unwrap(),
+                valid_at_end: v["valid_at_end"].as_bool().unwrap(),
+            }
+        })
+        .collect()
+}
