@@ -126,12 +126,12 @@ fuzz_target!(|data: &[u8]| {
             24 => Input::Shutdown,
             _ => Input::Tick,
         };
-                match &input {
+        match &input {
             Input::Fetched(i, _) if fetching.is_some_and(|(f, _)| f == *i) => fetching = None,
             // A late answer that rotated the refresh token makes the fetch in
             // flight moot (it presented the now spent one): the machine may
             // ask again at once, with the new token.
-                        // The same answer preempts a lease request in flight (the lease
+            // The same answer preempts a lease request in flight (the lease
             // is re-entrant for its holder, so asking again is harmless).
             Input::Fetched(_, Ok(r)) if r.refresh_token.is_some() => {
                 fetching = None;
@@ -171,7 +171,14 @@ fuzz_target!(|data: &[u8]| {
                     match a {
                         Action::Fetch(r) => {
                             assert!(fetching.is_none(), "two fetches in flight");
-                            fetching = Some((r.id, mono + fetch_timeout));
+                            // The machine's deadline for this fetch (shorter
+                            // than the fetch timeout for client credentials
+                            // near expiry), never longer than the timeout.
+                            assert!(
+                                r.timeout <= fetch_timeout,
+                                "deadline past the fetch timeout"
+                            );
+                            fetching = Some((r.id, mono + r.timeout));
                         }
                         Action::AcquireLease { id, .. } => {
                             assert!(leasing.is_none(), "two leases in flight");
