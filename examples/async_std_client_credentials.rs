@@ -76,7 +76,7 @@ async fn run(executor: Executor, options: Options) {
     }
 
     Reads::summary(&readers, &tokens, &authority);
-    cache.report();
+    cache.report(&tokens);
     driver.shutdown().await;
     println!("{} driver stopped", support::at(start));
 }

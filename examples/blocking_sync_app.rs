@@ -62,7 +62,7 @@ fn main() {
     });
 
     Reads::summary(&readers, &tokens, &authority);
-    cache.report();
+    cache.report(&tokens);
     driver.shutdown_blocking();
     println!("{} driver stopped", support::at(start));
 }

@@ -56,7 +56,6 @@ use freshtoken::oauth2::{ClientAuth, ClientCredentials};
 use freshtoken::policy::Backoff;
 use freshtoken::testing::{Fault, FaultWindow, LocalAuthority};
 use freshtoken::{Clock, FetchErrorKind, SystemClock, TokenHandle, TokenStatus};
-use support::{CacheWatch, Watched};
 
 fn main() -> ExitCode {
     match run() {
@@ -178,7 +177,7 @@ fn run() -> Result<(), String> {
         .unwrap_or_else(|| tmp.path().join("token.json"));
     check_writable(&cache_file)?;
     println!("token cache: {}", cache_file.display());
-    let (cache, cache_watch) = Watched::new(FileCache::new(&cache_file));
+    let cache = FileCache::new(&cache_file);
 
     let (tokens, driver) = Builder::new()
         .cache(cache)
@@ -245,7 +244,8 @@ fn run() -> Result<(), String> {
             ));
         }
         // A cache that stops taking tokens: said once, when it starts.
-        let cache_error = cache_watch.last_error().map(|e| e.to_string());
+        // The snapshot says so: no log needed.
+        let cache_error = snap.store_error.as_ref().map(|e| e.to_string());
         if cache_error.is_some() && cache_error != cache_said {
             out.event(&format!(
                 "{:>5.1}s  the cache could not store the token: {}",
@@ -258,13 +258,7 @@ fn run() -> Result<(), String> {
             max_attempt = max_attempt.max(attempt);
         }
         let down = outage.map(|(from, until)| (from..until).contains(&now));
-        out.status(&status_line(
-            &snap,
-            now,
-            started.elapsed(),
-            down,
-            &cache_watch,
-        ));
+        out.status(&status_line(&snap, now, started.elapsed(), down));
         shown = snap;
         let _ = tokens.wait_changed(tick);
         std::thread::sleep(
@@ -274,7 +268,7 @@ fn run() -> Result<(), String> {
     }
     out.finish();
     let end = SystemClock.now();
-    let fetched = tokens.snapshot().fetches;
+    let fetched = tokens.snapshot().tokens_fetched;
     driver.shutdown_blocking();
 
     println!("\nsummary after {} s:", o.seconds);
@@ -300,7 +294,10 @@ fn run() -> Result<(), String> {
             None => String::new(),
         }
     );
-    println!("  cache:                     {}", cache_watch.describe());
+    println!(
+        "  cache:                     {}",
+        support::describe_cache(&tokens.snapshot())
+    );
     Ok(())
 }
 
@@ -555,7 +552,6 @@ fn status_line(
     now: freshtoken::Timestamp,
     elapsed: Duration,
     down: Option<bool>,
-    cache: &CacheWatch,
 ) -> String {
     let token = match &s.token {
         Some(t) => {
@@ -578,7 +574,7 @@ fn status_line(
         Some(false) => "  authority up",
         None => "",
     };
-    let cache = match cache.last_error() {
+    let cache = match &s.store_error {
         Some(_) => "cache NOT WRITTEN",
         None => "cache ok",
     };
@@ -592,7 +588,7 @@ fn status_line(
     format!(
         "t={:>4.1}s  {token}{authority}  {cache}  fetched {}{error}",
         elapsed.as_secs_f64(),
-        s.fetches,
+        s.tokens_fetched,
     )
 }
 

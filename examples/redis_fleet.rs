@@ -68,7 +68,7 @@ fn main() {
                         reads.read(&tokens, &format!("instance {n}"), start);
                         thread::sleep(Duration::from_millis(100));
                     }
-                    let fetched = tokens.snapshot().fetches;
+                    let fetched = tokens.snapshot().tokens_fetched;
                     driver.shutdown_blocking();
                     (reads, fetched)
                 })

@@ -128,13 +128,13 @@ fn main() {
     let in_cache = cached
         .as_ref()
         .and_then(|t| t.refresh_token().map(|r| r.fingerprint()));
-    let rotations = tokens.snapshot().fetches;
+    let rotations = tokens.snapshot().tokens_fetched;
     println!(
         "{rotations} refreshes, each rotating the refresh token; authority: {} token requests",
         authority.requests()
     );
     driver.shutdown_blocking();
-    cache.report();
+    cache.report(&tokens);
     if newest.is_none() || newest != in_cache {
         support::fail("the cache does not hold the newest refresh token");
     }

@@ -49,7 +49,7 @@ fn main() {
         .unwrap_or_else(|e| support::fail(&format!("cannot start the driver thread: {e}")));
     let start = Instant::now();
     let id = support::wait_first_token(&tokens);
-    let fetched = tokens.snapshot().fetches;
+    let fetched = tokens.snapshot().tokens_fetched;
     let how = if fetched == 0 {
         "taken from the cache"
     } else {
@@ -63,7 +63,7 @@ fn main() {
 
     if second {
         std::thread::sleep(options.duration());
-        let requests = tokens.snapshot().fetches;
+        let requests = tokens.snapshot().tokens_fetched;
         println!(
             "{} second process: {requests} token requests",
             support::at(start)
@@ -89,7 +89,7 @@ fn main() {
         authority.secret().expose_secret(),
     );
     let status = command.status();
-    let own = tokens.snapshot().fetches - fetched;
+    let own = tokens.snapshot().tokens_fetched - fetched;
     driver.shutdown_blocking();
     match status {
         Ok(status) if status.success() => {}

@@ -63,7 +63,7 @@ async fn main() {
     }
 
     Reads::summary(&readers, &tokens, &authority);
-    cache.report();
+    cache.report(&tokens);
     driver.shutdown().await;
     println!("{} driver stopped", support::at(start));
 }

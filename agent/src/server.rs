@@ -588,7 +588,7 @@ fn status_json(shared: &Shared) -> serde_json::Value {
                 "expires_at": token.map(|t| t.expires_at().as_secs()),
                 "expires_in": token.map(|t| t.expires_at().signed_millis_since(now) / 1000),
                 "stale_at": token.map(|t| t.stale_at().as_secs()),
-                "fetches": snapshot.fetches,
+                "fetches": snapshot.tokens_fetched,
                 "attempt": attempt,
                 "next_attempt": next,
                 "last_error": error,

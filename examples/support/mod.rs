@@ -27,14 +27,11 @@ use std::process::exit;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use freshtoken::cache::LeaseOutcome;
-use freshtoken::cache::{FileCache, TokenCache};
+use freshtoken::cache::FileCache;
+use freshtoken::handle::Snapshot;
 use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
 use freshtoken::testing::LocalAuthority;
-use freshtoken::{
-    CacheError, ClientSecret, FetchErrorKind, NoValidToken, RefreshToken, Timestamp, Token,
-    TokenHandle, TokenId,
-};
+use freshtoken::{ClientSecret, FetchErrorKind, NoValidToken, RefreshToken, TokenHandle, TokenId};
 
 /// The local authority's client and secret. A test secret, never printed.
 pub const LOCAL_CLIENT: &str = "example-client";
@@ -167,11 +164,7 @@ impl Options {
                 path.display()
             ));
         }
-        CacheDir {
-            path,
-            _temp: temp,
-            watch: CacheWatch::default(),
-        }
+        CacheDir { path, _temp: temp }
     }
 }
 
@@ -221,91 +214,27 @@ impl Authority {
 pub struct CacheDir {
     pub path: PathBuf,
     _temp: Option<tempfile::TempDir>,
-    watch: CacheWatch,
 }
 
 impl CacheDir {
-    /// A file cache in this folder, whose store failures [`report`](Self::report) shows.
-    pub fn file(&self, name: &str) -> Watched<FileCache> {
-        Watched {
-            inner: FileCache::new(self.path.join(name)),
-            watch: self.watch.clone(),
-        }
+    /// A file cache in this folder.
+    pub fn file(&self, name: &str) -> FileCache {
+        FileCache::new(self.path.join(name))
     }
 
-    /// Prints whether the caches of this folder stored every token, or the
-    /// last error: a cache that cannot be written is visible without a log.
-    pub fn report(&self) {
-        println!("cache: {}", self.watch.describe());
-    }
-
-    /// The stores' outcome so far.
-    pub fn watch(&self) -> &CacheWatch {
-        &self.watch
+    /// Prints whether the driver's last store into the cache worked, or
+    /// why not (from its snapshot).
+    pub fn report(&self, tokens: &TokenHandle) {
+        println!("cache: {}", describe_cache(&tokens.snapshot()));
     }
 }
 
-/// A cache that remembers how its stores went, so that the example can
-/// show a cache that cannot be written (the driver only logs it).
-pub struct Watched<C> {
-    inner: C,
-    watch: CacheWatch,
-}
-
-impl<C: TokenCache> Watched<C> {
-    /// Wraps `inner`; the returned watch reports its stores.
-    pub fn new(inner: C) -> (Self, CacheWatch) {
-        let watch = CacheWatch::default();
-        (
-            Watched {
-                inner,
-                watch: watch.clone(),
-            },
-            watch,
-        )
-    }
-}
-
-/// Stores so far, and the last store error (cleared by a later success).
-#[derive(Clone, Default)]
-pub struct CacheWatch(std::sync::Arc<std::sync::Mutex<(u64, Option<CacheError>)>>);
-
-impl CacheWatch {
-    /// The last store error, if the last store failed.
-    pub fn last_error(&self) -> Option<CacheError> {
-        lock(&self.0).1.clone()
-    }
-
-    /// "N tokens stored" or "NOT WRITTEN: <error>".
-    pub fn describe(&self) -> String {
-        match &*lock(&self.0) {
-            (_, Some(e)) => format!("NOT WRITTEN: {e}"),
-            (n, None) => format!("{n} token(s) stored"),
-        }
-    }
-}
-
-impl<C: TokenCache> TokenCache for Watched<C> {
-    fn load(&self) -> Result<Option<Token>, CacheError> {
-        self.inner.load()
-    }
-    fn load_newer(&self, newer_than: Option<Timestamp>) -> Result<Option<Token>, CacheError> {
-        self.inner.load_newer(newer_than)
-    }
-    fn store(&self, token: &Token) -> Result<(), CacheError> {
-        let result = self.inner.store(token);
-        let mut state = lock(&self.watch.0);
-        match &result {
-            Ok(()) => *state = (state.0 + 1, None),
-            Err(e) => state.1 = Some(e.clone()),
-        }
-        result
-    }
-    fn acquire_lease(&self, ttl: Duration) -> Result<LeaseOutcome, CacheError> {
-        self.inner.acquire_lease(ttl)
-    }
-    fn release_lease(&self) -> Result<(), CacheError> {
-        self.inner.release_lease()
+/// "N token(s) fetched, stored" or "NOT WRITTEN: <error>", from the
+/// snapshot: a cache that cannot be written is visible without a log.
+pub fn describe_cache(snapshot: &Snapshot) -> String {
+    match &snapshot.store_error {
+        Some(e) => format!("NOT WRITTEN: {e}"),
+        None => format!("stored ({} token(s) fetched here)", snapshot.tokens_fetched),
     }
 }
 
@@ -452,7 +381,7 @@ impl Reads {
         let ok: u64 = readers.iter().map(|r| r.ok).sum();
         let failed: u64 = readers.iter().map(|r| r.failed).sum();
         let seen: BTreeSet<_> = readers.iter().flat_map(|r| &r.tokens).collect();
-        let fetched = tokens.snapshot().fetches;
+        let fetched = tokens.snapshot().tokens_fetched;
         println!(
             "{} readers: {ok} reads with a valid token, {failed} without, {} distinct tokens",
             readers.len(),

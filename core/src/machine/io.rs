@@ -102,7 +102,12 @@ pub enum LeaseOutcome {
 }
 
 /// What the driver should do next, from [`RefreshMachine::poll_output`](super::RefreshMachine::poll_output).
+///
+/// An action is moved out once per poll and at once consumed, so a
+/// `Publish` carrying its snapshot by value costs a copy of a few hundred
+/// bytes per publication, far less than the allocation boxing it would.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Output {
     /// Carry out this action, and feed its result back as an [`Input`].
     Action(Action),
@@ -270,8 +275,13 @@ pub struct Snapshot {
     pub state: RefreshState,
     /// When the machine published this snapshot.
     pub published_at: Timestamp,
-    /// Tokens this machine has fetched successfully so far.
-    pub fetches: u64,
+    /// Tokens this machine has fetched successfully so far (not the
+    /// fetches it sent: [`MachineStats::fetches`](super::MachineStats)).
+    pub tokens_fetched: u64,
+    /// Why the shared cache refused the last token this machine stored,
+    /// until a store succeeds again: other instances are not getting its
+    /// tokens (and a rotated refresh token is not durable).
+    pub store_error: Option<CacheError>,
     /// The estimated offset of the authority's clock from ours, in ms
     /// (positive: the authority is ahead), from the last answer.
     pub skew_ms: Option<i64>,
@@ -335,7 +345,8 @@ impl Snapshot {
             token: None,
             state: RefreshState::Starting,
             published_at: Timestamp::EPOCH,
-            fetches: 0,
+            tokens_fetched: 0,
+            store_error: None,
             skew_ms: None,
             lifetime_note: None,
             degenerate: None,

@@ -409,6 +409,8 @@ pub struct RefreshMachine {
     degenerate: Option<(TokenId, DegenerateLifetime)>,
     /// Consecutive degenerate answers.
     degenerate_streak: u32,
+    /// Why the last store failed, until one succeeds.
+    store_error: Option<CacheError>,
     stats: MachineStats,
 }
 
@@ -443,6 +445,7 @@ impl RefreshMachine {
             lifetime_note: None,
             degenerate: None,
             degenerate_streak: 0,
+            store_error: None,
             stats: MachineStats::default(),
         }
     }
@@ -847,7 +850,7 @@ impl RefreshMachine {
         }
         if !self.config.cache {
             if !draining {
-                self.settle();
+                self.idle_until_refresh();
             }
             return;
         }
@@ -1189,7 +1192,7 @@ impl RefreshMachine {
         self.state = RefreshState::Healthy;
         if !self.config.cache {
             self.publish();
-            self.settle();
+            self.idle_until_refresh();
             return;
         }
         // A rotated refresh token that is lost is a lost grant: make it
@@ -1239,6 +1242,13 @@ impl RefreshMachine {
         publish_after: bool,
         failed: Option<FetchError>,
     ) {
+        // Readers see a cache that cannot be written, and when it can be
+        // again, without a log.
+        let was_failing = self.store_error.is_some();
+        self.store_error = result.as_ref().err().cloned();
+        if was_failing != self.store_error.is_some() && !publish_after {
+            self.publish();
+        }
         match (result, failed) {
             // Durable now; the fetch itself failed: back off (under the lease).
             (Ok(()), Some(error)) => self.retry_later(error),
@@ -1247,7 +1257,7 @@ impl RefreshMachine {
                     self.publish();
                 }
                 self.release_lease();
-                self.settle();
+                self.idle_until_refresh();
             }
             (Err(error), _) if rotated => {
                 // The cache still holds the spent refresh token: a peer that
@@ -1269,7 +1279,7 @@ impl RefreshMachine {
                     self.publish();
                 }
                 self.release_lease();
-                self.settle();
+                self.idle_until_refresh();
             }
         }
     }
@@ -1413,7 +1423,7 @@ impl RefreshMachine {
         // Otherwise a refresh is under way or scheduled by the backoff; it
         // will replace the token and must not adopt this one again. If it
         // ends with this token still current (a store in flight when the
-        // 401 came), `settle` refreshes early.
+        // 401 came), `idle_until_refresh` refreshes early.
     }
 
     fn invalidation_allowed_at(&self) -> MonoTime {
@@ -1479,7 +1489,7 @@ impl RefreshMachine {
 
     /// Back to idle after a refresh, until the current token's (jittered)
     /// refresh time, or sooner if a consumer rejected it meanwhile.
-    fn settle(&mut self) {
+    fn idle_until_refresh(&mut self) {
         let degenerate = self.degenerate_of_current().is_some();
         let refresh_at = match &self.current {
             // Re-timed by the floor, with its own jitter above it: jitter
@@ -1601,7 +1611,8 @@ impl RefreshMachine {
             token: self.current.clone(),
             state: self.state.clone(),
             published_at: self.now.wall,
-            fetches: self.stats.tokens_fetched,
+            tokens_fetched: self.stats.tokens_fetched,
+            store_error: self.store_error.clone(),
             skew_ms: self.skew_ms,
             lifetime_note: self.lifetime_note,
             degenerate: self.degenerate_of_current(),

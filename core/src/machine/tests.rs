@@ -2,7 +2,7 @@
 //! are property tests in `core/tests/invariants.rs`.
 
 use super::*;
-use crate::error::CacheError;
+use crate::error::{CacheError, CacheErrorKind};
 use crate::secret::AccessToken;
 use std::time::Duration;
 
@@ -851,4 +851,41 @@ fn a_refresh_token_flow_never_fetches_without_a_lease_the_cache_offers() {
         Err(CacheError::new(crate::CacheErrorKind::Unavailable, "down")),
     ));
     assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
+}
+
+#[test]
+fn a_cache_that_refuses_the_token_is_visible_in_the_snapshot_until_a_store_works() {
+    fn published(actions: &[Action]) -> Option<&Snapshot> {
+        actions.iter().rev().find_map(|a| match a {
+            Action::Publish(s) => Some(s),
+            _ => None,
+        })
+    }
+    let mut h = Harness::cached();
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    let (a, _) = h.answer(3600, "first");
+    assert!(published(&a).is_some_and(|s| s.store_error.is_none()));
+    let refused = CacheError::new(CacheErrorKind::Io, "read-only file system");
+    let (a, next) = h.feed(Input::Stored(ID, Err(refused.clone())));
+    let snapshot = published(&a).expect("the failure is published at once");
+    assert_eq!(snapshot.store_error.as_ref(), Some(&refused));
+    assert_eq!(snapshot.tokens_fetched, 1);
+    // The next refresh stores again; a store that works clears it.
+    h.now = next;
+    let (a, _) = h.feed(Input::Tick);
+    assert_eq!(kinds(&a), ["load"], "{a:?}");
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["lease"], "{a:?}");
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["load"], "{a:?}");
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["fetch"], "{a:?}");
+    let (a, _) = h.answer(3600, "second");
+    assert!(published(&a).is_some_and(|s| s.store_error.is_some()));
+    let (a, _) = h.feed(Input::Stored(ID, Ok(())));
+    let snapshot = published(&a).expect("the recovery is published");
+    assert_eq!(snapshot.store_error, None);
 }

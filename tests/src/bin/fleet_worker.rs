@@ -242,7 +242,7 @@ fn client_credentials(
         }
         std::thread::sleep(every);
     }
-    let fetched = tokens.snapshot().fetches;
+    let fetched = tokens.snapshot().tokens_fetched;
     drop(tokens);
     driver.shutdown_blocking();
     println!(
@@ -391,7 +391,7 @@ fn odd_authority(
     if let Some(since) = invalid_since {
         spans.push((since, clock.now().as_millis()));
     }
-    let fetched = tokens.snapshot().fetches;
+    let fetched = tokens.snapshot().tokens_fetched;
     drop(tokens);
     driver.shutdown_blocking();
     let spans: Vec<String> = spans.iter().map(|(a, b)| format!("[{a},{b}]")).collect();

@@ -179,7 +179,7 @@ fn main() {
     }
     let term_at = clock.now();
     let in_flight_at_term = out.load(Ordering::SeqCst);
-    let fetches = tokens.snapshot().fetches;
+    let fetches = tokens.snapshot().tokens_fetched;
     let shutdown = Instant::now();
     driver.shutdown_blocking();
     let shutdown_ms = shutdown.elapsed().as_millis() as u64;
