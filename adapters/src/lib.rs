@@ -121,7 +121,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Without a driver feature the crate still offers its sources, caches and
-// handle types, but nothing spawns a refresher.
+// handle types, but nothing spawns a refresher (nor feeds the metrics).
 #![cfg_attr(
     not(any(
         feature = "blocking",
@@ -129,7 +129,7 @@
         feature = "async-std",
         feature = "smol"
     )),
-    allow(dead_code)
+    allow(dead_code, unused_imports)
 )]
 
 /// The sans-IO core (`freshtoken-core`): the [`RefreshMachine`](proto::RefreshMachine),

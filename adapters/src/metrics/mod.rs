@@ -73,11 +73,8 @@
 //! driver.shutdown_blocking();
 //! ```
 
-// Without a driver there is nothing to observe: the driver hooks go unused.
-#![cfg_attr(
-    not(any(feature = "blocking", feature = "tokio", feature = "async-std")),
-    allow(dead_code, unused_imports)
-)]
+// Without a driver there is nothing to observe: the crate root allows the
+// unused driver hooks then.
 
 mod hints;
 mod observer;
@@ -406,13 +403,19 @@ impl TokenCache for Metered {
 }
 
 /// A driver's async cache, with every call counted.
-#[cfg(all(feature = "metrics", any(feature = "tokio", feature = "async-std")))]
+#[cfg(all(
+    feature = "metrics",
+    any(feature = "tokio", feature = "async-std", feature = "smol")
+))]
 pub(crate) struct MeteredAsync<C> {
     inner: Arc<C>,
     refresher: Arc<str>,
 }
 
-#[cfg(all(feature = "metrics", any(feature = "tokio", feature = "async-std")))]
+#[cfg(all(
+    feature = "metrics",
+    any(feature = "tokio", feature = "async-std", feature = "smol")
+))]
 impl<C: crate::cache::AsyncTokenCache> MeteredAsync<C> {
     fn count<R: CacheOutcome>(&self, op: CacheOp, result: R) -> R {
         let label = self.inner.metrics_label();
@@ -421,7 +424,10 @@ impl<C: crate::cache::AsyncTokenCache> MeteredAsync<C> {
     }
 }
 
-#[cfg(all(feature = "metrics", any(feature = "tokio", feature = "async-std")))]
+#[cfg(all(
+    feature = "metrics",
+    any(feature = "tokio", feature = "async-std", feature = "smol")
+))]
 impl<C: crate::cache::AsyncTokenCache> crate::cache::AsyncTokenCache for MeteredAsync<C> {
     async fn load(&self) -> Result<Option<Token>, CacheError> {
         let result = self.inner.load().await;
@@ -466,7 +472,10 @@ pub(crate) fn meter_cache(cache: Arc<dyn TokenCache>, refresher: &Arc<str>) -> A
 }
 
 /// The driver's async cache, counted when the `metrics` feature is on.
-#[cfg(all(feature = "metrics", any(feature = "tokio", feature = "async-std")))]
+#[cfg(all(
+    feature = "metrics",
+    any(feature = "tokio", feature = "async-std", feature = "smol")
+))]
 pub(crate) fn meter_async<C: crate::cache::AsyncTokenCache>(
     cache: Arc<C>,
     refresher: &Arc<str>,
@@ -480,7 +489,7 @@ pub(crate) fn meter_async<C: crate::cache::AsyncTokenCache>(
 /// Without the `metrics` feature the async cache is used as it is.
 #[cfg(all(
     not(feature = "metrics"),
-    any(feature = "tokio", feature = "async-std")
+    any(feature = "tokio", feature = "async-std", feature = "smol")
 ))]
 pub(crate) fn meter_async<C: crate::cache::AsyncTokenCache>(
     cache: Arc<C>,

@@ -77,7 +77,12 @@ use freshtoken_core::TokenId;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::StatusCode;
 
-#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+#[cfg(any(
+    feature = "blocking",
+    feature = "tokio",
+    feature = "async-std",
+    feature = "smol"
+))]
 use crate::manager::ManagedHandle;
 
 #[cfg(feature = "reqwest-middleware")]
@@ -109,7 +114,12 @@ pub struct Tokens(Source);
 #[derive(Clone, Debug)]
 enum Source {
     Handle(TokenHandle),
-    #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+    #[cfg(any(
+        feature = "blocking",
+        feature = "tokio",
+        feature = "async-std",
+        feature = "smol"
+    ))]
     Managed(ManagedHandle),
 }
 
@@ -119,7 +129,12 @@ impl From<TokenHandle> for Tokens {
     }
 }
 
-#[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+#[cfg(any(
+    feature = "blocking",
+    feature = "tokio",
+    feature = "async-std",
+    feature = "smol"
+))]
 impl From<ManagedHandle> for Tokens {
     fn from(handle: ManagedHandle) -> Self {
         Tokens(Source::Managed(handle))
@@ -131,7 +146,12 @@ impl Tokens {
     pub fn valid_token(&self) -> Result<TokenRef, NoValidToken> {
         match &self.0 {
             Source::Handle(h) => h.valid_token(),
-            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            #[cfg(any(
+                feature = "blocking",
+                feature = "tokio",
+                feature = "async-std",
+                feature = "smol"
+            ))]
             Source::Managed(m) => m.valid_token(),
         }
     }
@@ -140,7 +160,12 @@ impl Tokens {
     pub fn token(&self) -> Option<TokenRef> {
         match &self.0 {
             Source::Handle(h) => h.token(),
-            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            #[cfg(any(
+                feature = "blocking",
+                feature = "tokio",
+                feature = "async-std",
+                feature = "smol"
+            ))]
             Source::Managed(m) => m.token(),
         }
     }
@@ -152,7 +177,12 @@ impl Tokens {
             if current.id() == id {
                 match &self.0 {
                     Source::Handle(h) => h.invalidate(&current),
-                    #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+                    #[cfg(any(
+                        feature = "blocking",
+                        feature = "tokio",
+                        feature = "async-std",
+                        feature = "smol"
+                    ))]
                     Source::Managed(m) => m.invalidate(&current),
                 }
             }
@@ -163,7 +193,12 @@ impl Tokens {
     fn read_version(&self) -> u64 {
         match &self.0 {
             Source::Handle(h) => h.version(),
-            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            #[cfg(any(
+                feature = "blocking",
+                feature = "tokio",
+                feature = "async-std",
+                feature = "smol"
+            ))]
             Source::Managed(m) => m.read_version(),
         }
     }
@@ -172,7 +207,12 @@ impl Tokens {
     pub fn version(&self) -> u64 {
         match &self.0 {
             Source::Handle(h) => h.version(),
-            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            #[cfg(any(
+                feature = "blocking",
+                feature = "tokio",
+                feature = "async-std",
+                feature = "smol"
+            ))]
             Source::Managed(m) => m.version(),
         }
     }
@@ -181,7 +221,12 @@ impl Tokens {
     pub async fn changed(&self) -> Result<(), Closed> {
         match &self.0 {
             Source::Handle(h) => h.changed().await,
-            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            #[cfg(any(
+                feature = "blocking",
+                feature = "tokio",
+                feature = "async-std",
+                feature = "smol"
+            ))]
             Source::Managed(m) => m.changed().await,
         }
     }
@@ -190,7 +235,12 @@ impl Tokens {
     pub fn wait_changed(&self, timeout: Duration) -> Result<bool, Closed> {
         match &self.0 {
             Source::Handle(h) => h.wait_changed(timeout),
-            #[cfg(any(feature = "blocking", feature = "tokio", feature = "async-std"))]
+            #[cfg(any(
+                feature = "blocking",
+                feature = "tokio",
+                feature = "async-std",
+                feature = "smol"
+            ))]
             Source::Managed(m) => m.wait_changed(timeout),
         }
     }
