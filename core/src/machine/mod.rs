@@ -819,9 +819,18 @@ impl RefreshMachine {
                 ..
             }
         );
-        if fetching && !rotated {
+        let leasing = matches!(
+            &self.phase,
+            Phase::Waiting(Request {
+                kind: RequestKind::Lease,
+                ..
+            })
+        );
+        if (fetching || leasing) && !rotated {
             // A newer token, nothing rotated: serve it, and keep waiting for
-            // the fetch in flight (never two fetches out before a deadline).
+            // the fetch or lease request in flight (never two of either out
+            // before a deadline: the fuzzer found a late answer that
+            // preempted a lease request, and the next one went out beside it).
             self.make_current(token);
             self.publish();
             return;
