@@ -30,6 +30,8 @@
 //! * `valid <unix ms> <generation>` when it starts holding a valid token
 //!   (by the system clock, checked here rather than trusting the handle),
 //!   `invalid <unix ms>` when it stops holding one;
+//! * `state <unix ms> <description>` when how renewal is going changes
+//!   (its state, last error, and the shared cache's store error);
 //! * `failed <unix ms> <error>` the first time the handle reports
 //!   `Failed` (the grant was lost);
 //! * on SIGTERM (or the end of its stdin: the test is gone) it calls `DriverHandle::shutdown_blocking()` (which
@@ -145,6 +147,7 @@ fn main() {
     let started = Instant::now();
     let mut stats = Stats::default();
     let mut valid = false;
+    let mut last_state = String::new();
     while !term.load(Ordering::SeqCst) {
         stats.reads += 1;
         let now = clock.now();
@@ -163,6 +166,12 @@ fn main() {
         }
         if token.is_none() && stats.first_valid_ms.is_some() {
             stats.invalid_after_first += 1;
+        }
+        let snapshot = tokens.snapshot();
+        let state = describe(&snapshot.state, snapshot.store_error.as_ref());
+        if state != last_state {
+            say(&format!("state {} {state}", now.as_millis()));
+            last_state = state;
         }
         if let RefreshState::Failed { error } = tokens.status() {
             if stats.failed_reads == 0 {
@@ -230,6 +239,27 @@ struct Stats {
     invalid_after_first: u64,
     failed_reads: u64,
     first_valid_ms: Option<u64>,
+}
+
+/// How renewal is going, in one line for the test's failure messages:
+/// the state's name, its last error and the shared cache's store error
+/// (both print no secret).
+fn describe(state: &RefreshState, store_error: Option<&freshtoken::CacheError>) -> String {
+    let name = match state {
+        RefreshState::Starting => "starting",
+        RefreshState::Healthy => "healthy",
+        RefreshState::Retrying { .. } => "retrying",
+        RefreshState::Failed { .. } => "failed",
+        RefreshState::Stopped => "stopped",
+    };
+    let error = state
+        .last_error()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
+    let store = store_error
+        .map(|e| format!(" [store: {e}]"))
+        .unwrap_or_default();
+    format!("{name}{error}{store}")
 }
 
 fn say(what: &str) {
