@@ -692,31 +692,8 @@ impl RedisSentinel {
             });
         }
         for i in 0..3 {
-            let port = free_port();
-            let sdir = set.dir.path().join(format!("sentinel-{i}"));
-            std::fs::create_dir_all(&sdir).unwrap();
-            let conf = sdir.join("sentinel.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
-                     sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary} 2\n\
-                     sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
-                     sentinel failover-timeout {SENTINEL_SERVICE} 5000\n\
-                     sentinel parallel-syncs {SENTINEL_SERVICE} 1\n",
-                    dir = sdir.display()
-                ),
-            )
-            .unwrap();
-            let child = Command::new("redis-server")
-                .arg(&conf)
-                .args(["--sentinel", "--loglevel", "warning"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("redis-server --sentinel");
-            set.sentinels.push((port, child));
+            let sentinel = spawn_sentinel(set.dir.path(), i, primary);
+            set.sentinels.push(sentinel);
         }
         let sentinels: Vec<u16> = set.sentinels.iter().map(|(p, _)| *p).collect();
         wait_for(
@@ -741,6 +718,58 @@ impl RedisSentinel {
             },
         );
         set
+    }
+
+    /// Starts one more Sentinel, monitoring `primary` as the service's
+    /// primary from its static configuration, as a freshly deployed
+    /// Sentinel would: until it hears of the last failover (from the
+    /// others' hello messages, within about 2 s) it names `primary`.
+    /// Returns its port; it is among [`urls`](Self::urls), last.
+    pub fn add_sentinel(&mut self, primary: u16) -> u16 {
+        let sentinel = spawn_sentinel(self.dir.path(), self.sentinels.len(), primary);
+        let port = sentinel.0;
+        self.sentinels.push(sentinel);
+        wait_for(
+            "the new Sentinel to answer",
+            Duration::from_secs(15),
+            || query(port, &["PING"]).is_some(),
+        );
+        port
+    }
+
+    /// Sets up the fault of a Sentinel that has not heard of the last
+    /// failover while the old primary is back: kills the primary, waits
+    /// for the Sentinels to promote the replica, restarts the old primary
+    /// (as a primary, with an empty dataset: it stays one until the
+    /// Sentinels turn it into a replica, some 10 s later), and starts a
+    /// Sentinel configured with the old primary, as a static set-up is
+    /// ([`add_sentinel`](Self::add_sentinel)): it names the old primary
+    /// until the others' hello messages reach it. Returns the old
+    /// primary's port and the stale Sentinel's (last in [`urls`](Self::urls)).
+    pub fn fail_over_behind_a_stale_sentinel(&mut self) -> (u16, u16) {
+        let old = self.kill_primary();
+        self.wait_failover(old, Duration::from_secs(30));
+        self.restart(old);
+        wait_for(
+            "the old primary to restart",
+            Duration::from_secs(15),
+            || query(old, &["ROLE"]).is_some_and(|r| r.starts_with("master")),
+        );
+        (old, self.add_sentinel(old))
+    }
+
+    /// Whether the Sentinel at `sentinel` names `primary` as the service's
+    /// primary now.
+    pub fn names(&self, sentinel: u16, primary: u16) -> bool {
+        query(
+            sentinel,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE],
+        )
+        .is_some_and(|a| {
+            a.lines()
+                .nth(1)
+                .is_some_and(|p| p.trim() == primary.to_string())
+        })
     }
 
     /// The Sentinels' URLs, for `RedisCache::sentinel`.
@@ -811,6 +840,37 @@ impl RedisSentinel {
             now != old && query(now, &["ROLE"]).is_some_and(|r| r.starts_with("master"))
         });
     }
+}
+
+/// Starts Sentinel number `index` (directory `sentinel-<index>`)
+/// monitoring `primary` as service [`SENTINEL_SERVICE`], quorum 2,
+/// failover after 1 s of silence.
+fn spawn_sentinel(dir: &std::path::Path, index: usize, primary: u16) -> (u16, Child) {
+    let port = free_port();
+    let sdir = dir.join(format!("sentinel-{index}"));
+    std::fs::create_dir_all(&sdir).unwrap();
+    let conf = sdir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+             sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary} 2\n\
+             sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
+             sentinel failover-timeout {SENTINEL_SERVICE} 5000\n\
+             sentinel parallel-syncs {SENTINEL_SERVICE} 1\n",
+            dir = sdir.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("redis-server")
+        .arg(&conf)
+        .args(["--sentinel", "--loglevel", "warning"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("redis-server --sentinel");
+    (port, child)
 }
 
 /// A Sentinel set-up's server directories: `primary`, `replica`,

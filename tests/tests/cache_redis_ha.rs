@@ -233,3 +233,47 @@ fn a_silent_sentinel_is_unavailable_not_a_hang() {
     assert_eq!(outcome, Err(CacheErrorKind::Unavailable));
     drop(silent);
 }
+
+/// A cache that connects while one Sentinel is stale follows the newest
+/// configuration (the highest config epoch), not the first Sentinel that
+/// answers: the stale Sentinel is listed first, and the server it names
+/// answers `ROLE` as a primary. Seen in CI before the fix: every process of
+/// a Sentinel fleet connected to the restarted, empty old primary and went
+/// 7 s without a token (`fleet_redis_rotation`). Shown able to fail: with
+/// the first Sentinel's answer taken (the code before this test), the load
+/// found the empty primary and returned `None`.
+#[test]
+fn a_stale_sentinel_does_not_lead_the_cache_to_a_restarted_empty_primary() {
+    let mut set = RedisSentinel::start();
+    let t = token(1);
+    sentinel_cache(&set).store(&t).unwrap();
+    let (old, stale) = set.fail_over_behind_a_stale_sentinel();
+    // The stale Sentinel first.
+    let mut urls = set.urls();
+    let stale_url = urls.pop().unwrap();
+    urls.insert(0, stale_url);
+    // The fault is real only while the stale Sentinel names the old
+    // primary: checked before and after the load (the others' hello may
+    // reach it at any moment; then the run says so).
+    let stale_before = set.names(stale, old);
+    let cache = RedisCache::sentinel(&urls, SENTINEL_SERVICE, "ha:token")
+        .command_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let loaded = cache.load();
+    let stale_after = set.names(stale, old);
+    println!(
+        "stale sentinel: {stale} named the old primary {old} before the load: {stale_before}, after it: {stale_after}; the primary now {}",
+        set.primary()
+    );
+    assert!(
+        stale_before,
+        "the new Sentinel did not name the old primary: the fault was not set up"
+    );
+    assert_eq!(
+        loaded.unwrap(),
+        Some(t),
+        "the cache followed a stale Sentinel"
+    );
+}

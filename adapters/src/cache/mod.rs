@@ -66,6 +66,8 @@ mod redis_async;
     feature = "encryption"
 ))]
 mod sealed;
+#[cfg(feature = "redis-sentinel")]
+mod sentinel;
 mod stack;
 
 #[cfg(feature = "redis")]

@@ -13,6 +13,8 @@ use redis::ConnectionLike;
 use super::holder::holder_id;
 use super::record;
 use super::sealed::{self, Codec, Decoded};
+#[cfg(feature = "redis-sentinel")]
+use super::sentinel;
 use super::TokenCache;
 use crate::clock::SystemClock;
 
@@ -115,8 +117,11 @@ pub(super) const STORE_ATTEMPTS: usize = 4;
 /// redirections. The token key and the lease key must share a hash slot:
 /// when the key has no `{hash tag}`, the lease key is `{<key>}:lease`, which
 /// hashes like `<key>`; an explicit lease key is checked when the cache is
-/// built. [`RedisCache::sentinel`] (feature `redis-sentinel`) asks the
-/// Sentinels for the current primary of a named service, and asks again
+/// built. [`RedisCache::sentinel`] (feature `redis-sentinel`) asks every
+/// Sentinel for the current primary of a named service and takes the one
+/// of the newest configuration (the highest config epoch: a Sentinel that
+/// has not yet heard of the last failover may name the old primary, back
+/// and empty), checks that it answers `ROLE` as a primary, and asks again
 /// after a connection fails or the server it reached has become a replica.
 ///
 /// With either, lease grants and stores of tokens that carry a refresh token
@@ -222,8 +227,8 @@ pub(super) enum Backend {
         #[cfg(feature = "redis-tls")]
         certs: Option<redis::TlsCertificates>,
     },
-    /// The Sentinels are asked for the primary at each connection (a new
-    /// `SentinelClient` then, which costs no I/O to make).
+    /// The Sentinels are asked for the primary at each connection (see
+    /// [`super::sentinel`]).
     #[cfg(feature = "redis-sentinel")]
     Sentinel {
         sentinels: Vec<redis::ConnectionInfo>,
@@ -545,8 +550,6 @@ impl RedisCacheBuilder {
                     service,
                     tls,
                 };
-                // Made once here for its checks; again at each connection.
-                backend.sentinel_client().map_err(|e| invalid_url(&e))?;
                 let lease_key = self
                     .lease_key
                     .unwrap_or_else(|| format!("{}:lease", self.key));
@@ -785,11 +788,13 @@ impl RedisCache {
         }
     }
 
-    /// Asks each Sentinel in turn for the service's primary and connects
-    /// to the first named primary that says it is one. Done here rather
+    /// Asks every Sentinel for its view of the service's primary and
+    /// connects to the primary of the newest one, if it says it is one
+    /// (see [`super::sentinel`] for why every Sentinel). Done here rather
     /// than with the redis crate's blocking Sentinel client, which has no
-    /// timeouts: a Sentinel that accepts and never answers would block the
-    /// caller for ever. Every connection here has the cache's timeouts.
+    /// timeouts (a Sentinel that accepts and never answers would block the
+    /// caller for ever) and takes the first Sentinel's word. Every
+    /// connection here has the cache's timeouts.
     #[cfg(feature = "redis-sentinel")]
     fn connect_sentinel_primary(
         &self,
@@ -801,55 +806,36 @@ impl RedisCache {
             CacheErrorKind::Unavailable,
             format!("no Sentinel named a primary for {service:?}"),
         );
+        let mut views = Vec::with_capacity(sentinels.len());
         for info in sentinels {
-            let named = redis::Client::open(info.clone())
+            let answer = redis::Client::open(info.clone())
                 .map_err(|e| to_cache_error(&e))
                 .and_then(|client| self.connect_single(&client))
                 .and_then(|mut conn| {
-                    redis::cmd("SENTINEL")
-                        .arg("GET-MASTER-ADDR-BY-NAME")
-                        .arg(service)
-                        .query::<Option<(String, u16)>>(conn.as_dyn())
+                    sentinel::master_cmd(service)
+                        .query::<redis::Value>(conn.as_dyn())
                         .map_err(|e| to_cache_error(&e))
                 });
-            let (host, port) = match named {
-                Ok(Some(addr)) => addr,
-                Ok(None) => continue,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            let scheme = if tls { "rediss" } else { "redis" };
-            let host = if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host
-            };
-            let client = redis::Client::open(format!("{scheme}://{host}:{port}/"))
-                .map_err(|e| invalid_url(&e))?;
-            self.shared.check_primary(&client)?;
-            let mut conn = match self.connect_single(&client) {
-                Ok(conn) => conn,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            let role: Result<Vec<redis::Value>, _> = redis::cmd("ROLE").query(conn.as_dyn());
-            let primary = role
-                .ok()
-                .and_then(|r| r.into_iter().next())
-                .is_some_and(|v| redis::from_redis_value::<String>(v).is_ok_and(|r| r == "master"));
-            if primary {
-                return Ok(conn);
+            match answer {
+                Ok(answer) => views.extend(sentinel::parse_master(&answer)),
+                Err(e) => last = e,
             }
-            last = CacheError::new(
-                CacheErrorKind::Unavailable,
-                "the server a Sentinel named as primary is not one (a failover under way)",
-            );
         }
-        Err(last)
+        let Some((host, port)) = sentinel::choose(&views) else {
+            return Err(last);
+        };
+        let client = redis::Client::open(sentinel::primary_url(&host, port, tls))
+            .map_err(|e| invalid_url(&e))?;
+        self.shared.check_primary(&client)?;
+        let mut conn = self.connect_single(&client)?;
+        let role = redis::cmd("ROLE").query::<redis::Value>(conn.as_dyn());
+        if role.is_ok_and(|r| sentinel::is_primary(&r)) {
+            return Ok(conn);
+        }
+        Err(CacheError::new(
+            CacheErrorKind::Unavailable,
+            "the server the Sentinels name as primary is not one (a failover under way)",
+        ))
     }
 
     fn connect_single(&self, client: &redis::Client) -> Result<Conn, CacheError> {
@@ -1131,34 +1117,6 @@ impl Shared {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("replica_acks", &self.replica_acks);
-    }
-}
-
-#[cfg(feature = "redis-sentinel")]
-impl Backend {
-    /// A Sentinel client for the service's primary (no I/O yet).
-    pub(super) fn sentinel_client(&self) -> redis::RedisResult<redis::sentinel::SentinelClient> {
-        let Backend::Sentinel {
-            sentinels,
-            service,
-            tls,
-        } = self
-        else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "not a Sentinel set-up",
-            )));
-        };
-        let mut node = redis::sentinel::SentinelNodeConnectionInfo::default();
-        if *tls {
-            node = node.set_tls_mode(redis::TlsMode::Secure);
-        }
-        redis::sentinel::SentinelClient::build(
-            sentinels.clone(),
-            service.clone(),
-            Some(node),
-            redis::sentinel::SentinelServerType::Master,
-        )
     }
 }
 

@@ -13,6 +13,8 @@ use super::redis::{
     keeps_connection, to_cache_error, wait_cmd, Backend, RedisCacheBuilder, ReplicaAcks, Shared,
     STORE_ATTEMPTS,
 };
+#[cfg(feature = "redis-sentinel")]
+use super::sentinel;
 use super::AsyncTokenCache;
 
 /// The async twin of [`RedisCache`](super::RedisCache): the same keys,
@@ -31,8 +33,9 @@ use super::AsyncTokenCache;
 ///   with the `redis-tls` feature), a Redis Cluster
 ///   ([`AsyncRedisCache::cluster`], feature `redis-cluster`: the redis
 ///   crate's async cluster connection) or a Sentinel-managed primary
-///   ([`AsyncRedisCache::sentinel`], feature `redis-sentinel`: the async
-///   Sentinel client). The options are [`RedisCacheBuilder`]'s, ended with
+///   ([`AsyncRedisCache::sentinel`], feature `redis-sentinel`: every
+///   Sentinel asked, the newest configuration's primary taken, as the
+///   blocking cache does). The options are [`RedisCacheBuilder`]'s, ended with
 ///   [`build_async`](RedisCacheBuilder::build_async); cluster hash tags,
 ///   `WAIT` defaults and what Redis does not promise are as documented on
 ///   [`RedisCache`](super::RedisCache).
@@ -266,24 +269,72 @@ impl AsyncRedisCache {
                     .map_err(io)?,
             )),
             #[cfg(feature = "redis-sentinel")]
-            Backend::Sentinel { .. } => {
-                // Asks the Sentinels for the primary and checks its role.
-                let client = s
-                    .backend
-                    .sentinel_client()
-                    .map_err(io)?
-                    .async_get_client()
+            Backend::Sentinel {
+                sentinels,
+                service,
+                tls,
+            } => {
+                self.connect_sentinel_primary(sentinels, service, *tls, &config)
                     .await
-                    .map_err(io)?;
-                s.check_primary(&client)?;
-                Ok(Conn::Single(
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                        .map_err(io)?,
-                ))
             }
         }
+    }
+
+    /// The async twin of `RedisCache`'s: every Sentinel is asked, the
+    /// newest view's primary is taken if it says it is one (see
+    /// [`super::sentinel`]; the redis crate's async Sentinel client takes
+    /// the first Sentinel's word).
+    #[cfg(feature = "redis-sentinel")]
+    async fn connect_sentinel_primary(
+        &self,
+        sentinels: &[redis::ConnectionInfo],
+        service: &str,
+        tls: bool,
+        config: &redis::AsyncConnectionConfig,
+    ) -> Result<Conn, CacheError> {
+        let io = |e: redis::RedisError| to_cache_error(&e);
+        let mut last = CacheError::new(
+            CacheErrorKind::Unavailable,
+            format!("no Sentinel named a primary for {service:?}"),
+        );
+        let mut views = Vec::with_capacity(sentinels.len());
+        for info in sentinels {
+            let asked = async {
+                let mut conn = redis::Client::open(info.clone())
+                    .map_err(io)?
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await
+                    .map_err(io)?;
+                sentinel::master_cmd(service)
+                    .query_async::<redis::Value>(&mut conn)
+                    .await
+                    .map_err(io)
+            };
+            match asked.await {
+                Ok(answer) => views.extend(sentinel::parse_master(&answer)),
+                Err(e) => last = e,
+            }
+        }
+        let Some((host, port)) = sentinel::choose(&views) else {
+            return Err(last);
+        };
+        let client = redis::Client::open(sentinel::primary_url(&host, port, tls))
+            .map_err(|e| super::redis::invalid_url(&e))?;
+        self.shared.check_primary(&client)?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(config)
+            .await
+            .map_err(io)?;
+        let role = redis::cmd("ROLE")
+            .query_async::<redis::Value>(&mut conn)
+            .await;
+        if role.is_ok_and(|r| sentinel::is_primary(&r)) {
+            return Ok(Conn::Single(conn));
+        }
+        Err(CacheError::new(
+            CacheErrorKind::Unavailable,
+            "the server the Sentinels name as primary is not one (a failover under way)",
+        ))
     }
 
     /// Drops a connection that may be broken, and logs the first failure
