@@ -286,9 +286,10 @@ proptest! {
                         fetching = Some((r.id, mono + fetch_timeout));
                         f.ids[2] = Some(r.id);
                     }
-                    Action::AcquireLease { id, .. } => {
+                    Action::AcquireLease { id, timeout, .. } => {
                         prop_assert!(leasing.is_none(), "second AcquireLease in flight");
-                        leasing = Some((id, mono + cache_timeout));
+                        prop_assert!(timeout <= cache_timeout);
+                        leasing = Some((id, mono + timeout));
                         f.ids[1] = Some(id);
                     }
                     Action::LoadCache { id, .. } => f.ids[0] = Some(id),

@@ -180,9 +180,12 @@ fuzz_target!(|data: &[u8]| {
                             );
                             fetching = Some((r.id, mono + r.timeout));
                         }
-                        Action::AcquireLease { id, .. } => {
+                        Action::AcquireLease { id, timeout, .. } => {
                             assert!(leasing.is_none(), "two leases in flight");
-                            leasing = Some((id, mono + cache_timeout));
+                            assert!(timeout <= cache_timeout, "a lease deadline past the cache timeout");
+                            // The machine's own deadline for it (shorter
+                            // while a rotated refresh token is not durable).
+                            leasing = Some((id, mono + timeout));
                         }
                         Action::Publish(s) => {
                             if let Some(t) = &s.token {

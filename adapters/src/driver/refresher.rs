@@ -285,7 +285,7 @@ impl Refresher {
                 Output::Action(Action::Store { id, token }) => {
                     Job::Cache(CacheJob::Store(id, token))
                 }
-                Output::Action(Action::AcquireLease { id, ttl }) => {
+                Output::Action(Action::AcquireLease { id, ttl, .. }) => {
                     Job::Cache(CacheJob::Lease(id, ttl))
                 }
                 Output::Action(Action::ReleaseLease) => Job::Cache(CacheJob::Release),

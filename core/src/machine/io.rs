@@ -142,6 +142,13 @@ pub enum Action {
         id: RequestId,
         /// How long the lease may be held before others may take it.
         ttl: Duration,
+        /// How long the machine waits for the answer before it goes on
+        /// without it (the lease then counts as it was before the request).
+        /// Usually the cache timeout; shorter while the holder has a
+        /// rotated refresh token that is not durable yet, so that a hung
+        /// renewal is given up on while the lease is still held. A driver
+        /// may bound the cache call by it.
+        timeout: Duration,
     },
     /// Ask the source for a token; answer with [`Input::Fetched`] and the
     /// request's id.

@@ -218,7 +218,11 @@ struct Request {
 #[derive(Debug, Clone)]
 enum RequestKind {
     Load(CacheRead),
-    Lease,
+    Lease {
+        /// When it was sent: the cache's TTL runs from a moment after it,
+        /// so the lease is counted from here (never longer than it lasts).
+        sent: MonoTime,
+    },
     Fetch {
         /// When it was sent (token lifetimes count from here).
         sent_at: Timestamp,
@@ -265,6 +269,14 @@ enum Retry {
     /// Store this token, which carries a rotated refresh token that is not
     /// yet durable; nothing else happens before it is.
     StoreRotated(Arc<Token>),
+}
+
+impl Retry {
+    /// Whether the lease must be held through the wait whatever the cache
+    /// says (a rotated refresh token is not durable yet).
+    fn keeps_the_lease(&self) -> bool {
+        matches!(self, Retry::StoreRotated(_))
+    }
 }
 
 /// Where the machine is. Exactly one request is in flight in
@@ -335,6 +347,16 @@ const ABANDONED_FETCHES: usize = 8;
 /// After this many consecutive failures that reached no answering
 /// authority, a lease holder hands the lease on.
 const HAND_ON_AFTER: u32 = 3;
+
+/// While a rotated refresh token is not durable (its store failed), the
+/// holder stores again, and renews its lease, at least this many times per
+/// lease TTL, whatever the backoff: the cache still holds the spent refresh
+/// token, and a peer that takes a lapsed lease presents it. The attempts
+/// cost the cache only (one store and one lease request each), never the
+/// authority. Found by `no_grant_is_lost_without_an_inherent_loss`: with a
+/// 1.35 s backoff doubling and a 6.2 s lease, three failed stores in a row
+/// outlasted the lease, and the grant was revoked.
+const ROTATED_STORES_PER_LEASE: u32 = 4;
 
 /// How often a follower without a valid token looks for the holder's token
 /// while the holder's lease is young (jittered ±50 %, so at most 37.5 ms
@@ -559,10 +581,9 @@ impl RefreshMachine {
                 retry_at,
                 then,
             } if mono >= deadline => {
-                // The extension got no answer: whether we hold the lease is
-                // unknown, so count it as lost (its TTL will free it).
+                // The extension got no answer: the lease is ours until
+                // when we knew (see the answer's case in `on_answer`).
                 self.stats.timeouts += 1;
-                self.lease_until = None;
                 self.phase = Phase::Backoff {
                     retry_at,
                     extend: None,
@@ -609,7 +630,9 @@ impl RefreshMachine {
                 let error = cache_error(self.config.cache_timeout);
                 self.on_cache_loaded(Err(error), read)
             }
-            RequestKind::Lease => self.on_lease(Err(cache_error(self.config.cache_timeout))),
+            RequestKind::Lease { sent } => {
+                self.on_lease(Err(cache_error(self.config.cache_timeout)), sent)
+            }
             RequestKind::Fetch {
                 generation,
                 sent_at,
@@ -661,8 +684,15 @@ impl RefreshMachine {
                     Input::Lease(_, Ok(LeaseOutcome::Granted)) => {
                         Some(retry_at + self.config.lease_ttl)
                     }
-                    // Lost it (it lapsed and a peer took it) or the cache
-                    // failed: we no longer hold it, so there is nothing to release.
+                    // A failing cache says nothing of the lease: it is ours
+                    // until when we knew, and the next step asks again,
+                    // which extends it if it is still ours and takes it if
+                    // it lapsed. (Dropping it here stopped the renewals: a
+                    // holder with a late answer's rotated refresh token then
+                    // let the lease lapse, and a peer presented the spent
+                    // one.)
+                    Input::Lease(_, Err(_)) => self.lease_until,
+                    // Lost it: it lapsed and a peer took it.
                     _ => None,
                 };
                 self.phase = Phase::Backoff {
@@ -685,7 +715,7 @@ impl RefreshMachine {
             (RequestKind::Load(read), Input::CacheLoaded(_, result)) => {
                 self.on_cache_loaded(result, read)
             }
-            (RequestKind::Lease, Input::Lease(_, result)) => self.on_lease(result),
+            (RequestKind::Lease { sent }, Input::Lease(_, result)) => self.on_lease(result, sent),
             (
                 RequestKind::Fetch {
                     sent_at,
@@ -758,8 +788,8 @@ impl RefreshMachine {
                     return self.send_store(token, store_for, true);
                 }
             }
-            (RequestKind::Lease, Input::Lease(_, Ok(LeaseOutcome::Granted))) => {
-                self.lease_until = Some(self.now.mono + self.config.lease_ttl);
+            (RequestKind::Lease { sent }, Input::Lease(_, Ok(LeaseOutcome::Granted))) => {
+                self.lease_until = Some(sent + self.config.lease_ttl);
             }
             // The rotated refresh token is not durable yet: try again while
             // the drain bound allows (a flaky cache must not cost the grant).
@@ -822,7 +852,7 @@ impl RefreshMachine {
         let leasing = matches!(
             &self.phase,
             Phase::Waiting(Request {
-                kind: RequestKind::Lease,
+                kind: RequestKind::Lease { .. },
                 ..
             })
         );
@@ -880,7 +910,7 @@ impl RefreshMachine {
     fn begin_refresh(&mut self) {
         if !self.config.cache {
             self.fetch();
-        } else if self.holds_lease() {
+        } else if self.holds_lease_for_a_fetch() {
             // Still holding the lease from a failed attempt: retry directly.
             self.read_cache(CacheRead::UnderLease);
         } else {
@@ -905,9 +935,12 @@ impl RefreshMachine {
     }
 
     fn acquire_lease(&mut self) {
-        let id = self.send(RequestKind::Lease, self.config.cache_timeout);
+        let sent = self.now.mono;
+        let timeout = self.config.cache_timeout;
+        let id = self.send(RequestKind::Lease { sent }, timeout);
         let ttl = self.config.lease_ttl;
-        self.outbox.push_back(Action::AcquireLease { id, ttl });
+        self.outbox
+            .push_back(Action::AcquireLease { id, ttl, timeout });
     }
 
     fn on_cache_loaded(&mut self, result: Result<Option<Token>, CacheError>, read: CacheRead) {
@@ -962,6 +995,17 @@ impl RefreshMachine {
         }
         match read {
             CacheRead::BeforeLease | CacheRead::AfterRevocation => self.acquire_lease(),
+            // Renew a lease that would lapse during the fetch (a slow read
+            // under it): a peer must not present the refresh token while
+            // our request with it is out.
+            // (Unless no lease could: a configuration whose lease TTL is
+            // below the fetch timeout.)
+            CacheRead::UnderLease
+                if !self.holds_lease_for_a_fetch()
+                    && self.config.lease_ttl > self.fetch_deadline() =>
+            {
+                self.acquire_lease()
+            }
             CacheRead::UnderLease => self.fetch(),
         }
     }
@@ -974,7 +1018,7 @@ impl RefreshMachine {
         };
     }
 
-    fn on_lease(&mut self, result: Result<LeaseOutcome, CacheError>) {
+    fn on_lease(&mut self, result: Result<LeaseOutcome, CacheError>, sent: MonoTime) {
         let outcome = match result {
             Ok(outcome) => outcome,
             // Whether a peer holds the lease is unknown: a refresh-token
@@ -989,7 +1033,7 @@ impl RefreshMachine {
         };
         match outcome {
             LeaseOutcome::Granted => {
-                self.lease_until = Some(self.now.mono + self.config.lease_ttl);
+                self.lease_until = Some(sent + self.config.lease_ttl);
                 if let Some((since, _)) = self.peer_wait.take() {
                     // Taking over from a holder that kept failing: carry on
                     // the fleet's backoff curve rather than start it again.
@@ -1232,7 +1276,16 @@ impl RefreshMachine {
             Phase::Draining { until, .. } => *until,
             _ => self.drain_bound(),
         };
-        let id = self.send(kind, self.config.cache_timeout);
+        // A rotated refresh token's store ends with half the lease left, so
+        // that a hung store is given up on while the lease is still ours,
+        // and the retry (which renews the lease first) comes before any
+        // peer can take it and present the spent refresh token.
+        let timeout = if rotated {
+            self.within_the_lease(self.config.cache_timeout)
+        } else {
+            self.config.cache_timeout
+        };
+        let id = self.send(kind, timeout);
         if draining {
             if let Phase::Waiting(mut request) = std::mem::replace(&mut self.phase, Phase::Stopped)
             {
@@ -1374,6 +1427,12 @@ impl RefreshMachine {
                 delay = delay.min(until_expiry.saturating_add(after));
             }
         }
+        if then.keeps_the_lease() {
+            // Several attempts per lease TTL, the next one before half of
+            // the lease we hold is gone.
+            delay = delay.min(self.config.lease_ttl / ROTATED_STORES_PER_LEASE);
+            delay = self.within_the_lease(delay);
+        }
         // A retry always waits a little, whatever the configuration (a
         // backoff of a millisecond can draw zero): never a loop of
         // attempts within one instant.
@@ -1383,12 +1442,22 @@ impl RefreshMachine {
         // rather than each hitting a failing authority: a fleet then sends
         // one request per retry, not one per instance. When the lease would
         // lapse first, stretch it over the wait (its holder may renew it).
+        // While a rotated refresh token is not durable, renew at every
+        // step: the store that follows must end with the lease held.
         let extend = match self.lease_until {
-            Some(until) if until <= retry_at + self.config.fetch_timeout => {
+            Some(until)
+                if then.keeps_the_lease() || until <= retry_at + self.config.fetch_timeout =>
+            {
                 let id = self.new_id();
                 let ttl = delay.saturating_add(self.config.lease_ttl);
-                self.outbox.push_back(Action::AcquireLease { id, ttl });
-                Some((id, self.now.mono + self.config.cache_timeout))
+                let timeout = if then.keeps_the_lease() {
+                    self.within_the_lease(self.config.cache_timeout)
+                } else {
+                    self.config.cache_timeout
+                };
+                self.outbox
+                    .push_back(Action::AcquireLease { id, ttl, timeout });
+                Some((id, self.now.mono + timeout))
             }
             _ => None,
         };
@@ -1467,10 +1536,14 @@ impl RefreshMachine {
                 extend: Some((id, deadline)),
                 ..
             } => {
+                // An extension asks for the wait plus the lease TTL, and
+                // the wait has not passed: the lease outlasts now + TTL.
                 let request = Request {
                     id,
                     deadline,
-                    kind: RequestKind::Lease,
+                    kind: RequestKind::Lease {
+                        sent: self.now.mono,
+                    },
                 };
                 let until = self.drain_bound();
                 self.phase = Phase::Draining { request, until };
@@ -1591,6 +1664,27 @@ impl RefreshMachine {
             }
             _ => false,
         }
+    }
+
+    /// `timeout`, or less so that it ends with half of the lease we hold
+    /// left: while a rotated refresh token is not durable, a cache request
+    /// that hangs is given up on early enough to try again (renewing the
+    /// lease first) before the lease lapses and a peer takes it. Once the
+    /// lease has lapsed, `timeout` as it is.
+    fn within_the_lease(&self, timeout: Duration) -> Duration {
+        match self.lease_until {
+            Some(until) if until > self.now.mono => {
+                timeout.min(until.saturating_duration_since(self.now.mono) / 2)
+            }
+            _ => timeout,
+        }
+    }
+
+    /// Whether the lease we hold outlasts a fetch sent now (its deadline).
+    fn holds_lease_for_a_fetch(&self) -> bool {
+        let fetch = self.fetch_deadline();
+        self.lease_until
+            .is_some_and(|until| self.now.mono + fetch < until)
     }
 
     fn holds_lease(&self) -> bool {

@@ -490,6 +490,15 @@ fn a_refresh_token_holder_keeps_the_lease_after_timeouts() {
         } else {
             a
         };
+        // Less of the lease left than a fetch may take (the test wakes the
+        // machine late): renewed first, then read again under it.
+        let a = if kinds(&a) == ["lease"] {
+            let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+            assert_eq!(kinds(&a), ["load"], "{a:?}");
+            h.feed(Input::CacheLoaded(ID, Ok(None))).0
+        } else {
+            a
+        };
         if kinds(&a) != ["fetch"] {
             // Waiting for the extension, then the retry.
             let Output::Timeout(at) = h.m.poll_output() else {
@@ -501,7 +510,7 @@ fn a_refresh_token_holder_keeps_the_lease_after_timeouts() {
             } else {
                 (a, at)
             };
-            assert_eq!(kinds(&a), ["fetch"]);
+            assert_eq!(kinds(&a), ["fetch"], "{a:?}");
         }
     }
 }

@@ -549,7 +549,7 @@ impl<'a> Fleet<'a> {
                     ),
                 }
             }
-            Action::AcquireLease { id, ttl } => {
+            Action::AcquireLease { id, ttl, .. } => {
                 self.push(cache_at, i, EventKind::TryLease { life, id, ttl })
             }
             Action::Store { id, token } => {
