@@ -810,14 +810,19 @@ impl RedisSentinel {
     }
 
     /// Restarts a killed server (as a primary, with an empty dataset); the
-    /// Sentinels then turn it into a replica of the current primary.
+    /// Sentinels then turn it into a replica of the current primary. With
+    /// replica priority 0, as an operator restarting a node without its
+    /// data would set it: the Sentinels never promote it, so a second
+    /// failover (the Sentinels' 1 s down-after can take a loaded machine
+    /// for a dead primary) cannot crown an empty or half-synced node and
+    /// lose what the tests stored.
     pub fn restart(&mut self, port: u16) {
         let Some(index) = self.servers.iter().position(|(p, _)| *p == port) else {
             return;
         };
         let dir = self.dir.path().join(server_dir_name(index));
         if self.servers[index].1.is_none() {
-            self.servers[index].1 = Some(spawn_node(&dir, port, &[]));
+            self.servers[index].1 = Some(spawn_node(&dir, port, &["--replica-priority", "0"]));
         }
     }
 

@@ -213,7 +213,12 @@ fn an_async_sentinel_cache_follows_a_failover() {
             }
         }
     };
-    assert_eq!(loaded, Some(t));
+    assert_eq!(
+        loaded,
+        Some(t),
+        "killed {old}; the Sentinels now name {}",
+        set.primary()
+    );
     let after = token("after-failover");
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Err(e) = rt.block_on(a.store(&after)) {
