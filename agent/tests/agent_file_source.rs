@@ -12,9 +12,9 @@ use std::time::Duration;
 use freshtoken::driver::Builder;
 use freshtoken::policy::LifetimePolicy;
 use freshtoken::source::FileSource;
-use freshtoken::testing::{LocalAuthority, TokenRejection};
+use freshtoken::testing::TokenRejection;
 use freshtoken::{Clock, SystemClock};
-use support::{cc_token, wait_for, write_file, Agent};
+use support::{json_token_file, one_token, wait_for, Agent, OneToken};
 
 #[test]
 fn file_source_follows_the_agent_through_50_refreshes() {
@@ -26,32 +26,17 @@ fn file_source_follows_the_agent_through_50_refreshes() {
     // 3 s tokens: the agent renews each after 0.75 to 1.5 s, so the file
     // always holds a token with 1.5 s or more left (a host stall shorter
     // than that is invisible).
-    let authority = LocalAuthority::builder()
-        .client("svc", "s3cret-value")
-        .token_lifetime(Duration::from_secs(3))
-        .start()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
-    let socket = dir.path().join("agent.sock");
     let token_file = dir.path().join("api.json");
-    let config = write_file(
-        &dir.path().join("agent.toml"),
-        &format!(
-            "[agent]\nsocket = \"{}\"\n\n{}",
-            socket.display(),
-            cc_token(
-                "api",
-                &authority.token_url(),
-                "svc",
-                &secret,
-                &format!(
-                    "[tokens.api.file]\npath = \"{}\"\nformat = \"json\"\n",
-                    token_file.display()
-                ),
-            )
-        ),
-        0o600,
+    let OneToken {
+        authority,
+        config,
+        socket,
+    } = one_token(
+        dir.path(),
+        "agent.sock",
+        Some(Duration::from_secs(3)),
+        &json_token_file(&token_file),
     );
     let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
     agent.wait_healthy(Duration::from_secs(10));

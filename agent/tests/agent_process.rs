@@ -12,7 +12,7 @@ use freshtoken::source::FetchRequest;
 use freshtoken::source::TokenSource;
 use freshtoken::testing::{Fault, FaultWindow, LocalAuthority, Outcome, TokenRejection};
 use freshtoken::{Clock, RefreshToken, SystemClock};
-use support::{cc_token, wait_for, write_file, Agent};
+use support::{cc_token, json_token_file, one_token, wait_for, write_file, Agent, OneToken};
 
 fn now_secs_f64() -> f64 {
     std::time::SystemTime::now()
@@ -27,32 +27,17 @@ fn now_secs_f64() -> f64 {
 /// socket endpoint serves a valid token at every poll throughout.
 #[test]
 fn token_file_never_tears_and_the_socket_rides_out_an_outage() {
-    let authority = LocalAuthority::builder()
-        .client("svc", "s3cret-value")
-        .token_lifetime(Duration::from_secs(4))
-        .start()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value\n", 0o600);
-    let socket = dir.path().join("run/agent.sock");
     let token_file = dir.path().join("out/api.json");
-    let config = write_file(
-        &dir.path().join("agent.toml"),
-        &format!(
-            "[agent]\nsocket = \"{}\"\n\n{}",
-            socket.display(),
-            cc_token(
-                "api",
-                &authority.token_url(),
-                "svc",
-                &secret,
-                &format!(
-                    "[tokens.api.file]\npath = \"{}\"\nformat = \"json\"\n",
-                    token_file.display()
-                ),
-            )
-        ),
-        0o600,
+    let OneToken {
+        authority,
+        config,
+        socket,
+    } = one_token(
+        dir.path(),
+        "run/agent.sock",
+        Some(Duration::from_secs(4)),
+        &json_token_file(&token_file),
     );
     let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
     agent.wait_healthy(Duration::from_secs(10));

@@ -7,8 +7,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use freshtoken::testing::LocalAuthority;
-use support::{cc_token, command, free_port, wait_for, write_file, Agent};
+use support::{command, free_port, one_token, wait_for, write_file, Agent, OneToken};
 
 struct Redis(Child);
 
@@ -47,27 +46,15 @@ fn a_redis_cache_is_shared_with_freshtoken_token() {
     })
     .expect("redis-server listening");
 
-    let authority = LocalAuthority::builder()
-        .client("svc", "s3cret-value")
-        .token_lifetime(Duration::from_secs(60))
-        .start()
-        .unwrap();
-    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
-    let socket = dir.path().join("agent.sock");
-    let config = write_file(
-        &dir.path().join("agent.toml"),
-        &format!(
-            "[agent]\nsocket = \"{}\"\n\n{}",
-            socket.display(),
-            cc_token(
-                "api",
-                &authority.token_url(),
-                "svc",
-                &secret,
-                "[tokens.api.cache]\nredis_url_env = \"API_REDIS_URL\"\nredis_key = \"agent-test:api\"\n",
-            )
-        ),
-        0o600,
+    let OneToken {
+        authority,
+        config,
+        socket,
+    } = one_token(
+        dir.path(),
+        "agent.sock",
+        Some(Duration::from_secs(60)),
+        "[tokens.api.cache]\nredis_url_env = \"API_REDIS_URL\"\nredis_key = \"agent-test:api\"\n",
     );
     let url = format!("redis://:redis-pw-secret@127.0.0.1:{port}/");
     let env = [("API_REDIS_URL", url.as_str())];

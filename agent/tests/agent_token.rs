@@ -5,37 +5,23 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use freshtoken::testing::LocalAuthority;
-use support::{cc_token, command, write_file, Agent};
+use support::{cc_token, command, one_token, write_file, Agent, OneToken};
 
 /// 8 `freshtoken token` processes started at once with no agent and a
 /// cold shared file cache: one authority request, and all print that token.
 #[test]
 fn eight_processes_with_a_cold_cache_make_one_request() {
-    let authority = LocalAuthority::builder()
-        .client("svc", "s3cret-value")
-        .token_lifetime(Duration::from_secs(60))
-        .start()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
-    let config = write_file(
-        &dir.path().join("agent.toml"),
+    let OneToken {
+        authority, config, ..
+    } = one_token(
+        dir.path(),
+        "no-agent.sock",
+        Some(Duration::from_secs(60)),
         &format!(
-            "[agent]\nsocket = \"{}\"\n\n{}",
-            dir.path().join("no-agent.sock").display(),
-            cc_token(
-                "api",
-                &authority.token_url(),
-                "svc",
-                &secret,
-                &format!(
-                    "[tokens.api.cache]\nfile = \"{}\"\n",
-                    dir.path().join("cache/api.json").display()
-                ),
-            )
+            "[tokens.api.cache]\nfile = \"{}\"\n",
+            dir.path().join("cache/api.json").display()
         ),
-        0o600,
     );
     let children: Vec<_> = (0..8)
         .map(|_| {
@@ -88,28 +74,16 @@ fn eight_processes_with_a_cold_cache_make_one_request() {
 /// of their own), and `status` shows the token without its secret.
 #[test]
 fn token_exec_and_status_ask_the_running_agent() {
-    let authority = LocalAuthority::builder()
-        .client("svc", "s3cret-value")
-        .token_lifetime(Duration::from_secs(60))
-        .start()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
-    let socket = dir.path().join("agent.sock");
-    let config = write_file(
-        &dir.path().join("agent.toml"),
-        &format!(
-            "[agent]\nsocket = \"{}\"\n\n{}",
-            socket.display(),
-            cc_token(
-                "api",
-                &authority.token_url(),
-                "svc",
-                &secret,
-                "env_var = \"API_TOKEN\"\n"
-            )
-        ),
-        0o600,
+    let OneToken {
+        authority,
+        config,
+        socket,
+    } = one_token(
+        dir.path(),
+        "agent.sock",
+        Some(Duration::from_secs(60)),
+        "env_var = \"API_TOKEN\"\n",
     );
     let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
     agent.wait_healthy(Duration::from_secs(10));
@@ -237,22 +211,12 @@ fn token_waits_with_a_status_line_then_fails_with_1() {
 /// `status --watch` redraws the table in place until interrupted.
 #[test]
 fn status_watch_redraws() {
-    let authority = LocalAuthority::builder()
-        .client("svc", "s3cret-value")
-        .start()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let secret = write_file(&dir.path().join("svc.secret"), "s3cret-value", 0o600);
-    let socket = dir.path().join("agent.sock");
-    let config = write_file(
-        &dir.path().join("agent.toml"),
-        &format!(
-            "[agent]\nsocket = \"{}\"\n\n{}",
-            socket.display(),
-            cc_token("api", &authority.token_url(), "svc", &secret, "")
-        ),
-        0o600,
-    );
+    let OneToken {
+        authority: _authority,
+        config,
+        socket,
+    } = one_token(dir.path(), "agent.sock", None, "");
     let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
     agent.wait_healthy(Duration::from_secs(10));
     let mut watch = command()

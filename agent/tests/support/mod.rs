@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use freshtoken::testing::LocalAuthority;
 pub use freshtoken_agent::client;
 pub use rustix::process::Signal;
 
@@ -153,5 +154,49 @@ pub fn cc_token(name: &str, url: &str, client: &str, secret_file: &Path, extra: 
     format!(
         "[tokens.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{client}\"\nclient_secret_file = \"{}\"\n{extra}\n",
         secret_file.display()
+    )
+}
+
+/// What most agent tests start from: a [`LocalAuthority`] with client
+/// `svc` (secret `s3cret-value`; tokens of `lifetime`, or its default),
+/// that secret in a 0600 file in `dir`, and a 0600 `agent.toml` there with
+/// the agent's socket (`socket`, under `dir`) and one client-credentials
+/// token, `api`, whose table ends with `extra`.
+pub struct OneToken {
+    pub authority: LocalAuthority,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// See [`OneToken`].
+pub fn one_token(dir: &Path, socket: &str, lifetime: Option<Duration>, extra: &str) -> OneToken {
+    let mut authority = LocalAuthority::builder().client("svc", "s3cret-value");
+    if let Some(lifetime) = lifetime {
+        authority = authority.token_lifetime(lifetime);
+    }
+    let authority = authority.start().expect("the local authority");
+    let secret = write_file(&dir.join("svc.secret"), "s3cret-value", 0o600);
+    let socket = dir.join(socket);
+    let config = write_file(
+        &dir.join("agent.toml"),
+        &format!(
+            "[agent]\nsocket = \"{}\"\n\n{}",
+            socket.display(),
+            cc_token("api", &authority.token_url(), "svc", &secret, extra)
+        ),
+        0o600,
+    );
+    OneToken {
+        authority,
+        config,
+        socket,
+    }
+}
+
+/// The `api` token's table for a JSON token file at `path`.
+pub fn json_token_file(path: &Path) -> String {
+    format!(
+        "[tokens.api.file]\npath = \"{}\"\nformat = \"json\"\n",
+        path.display()
     )
 }
