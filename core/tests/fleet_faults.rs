@@ -139,8 +139,16 @@ proptest! {
 
     /// After an outage that outlasted the tokens (the fleet has nothing to
     /// send), every instance holds a valid token again within two seconds
-    /// of the recovery, while the fleet's load during the outage stayed at
-    /// about one request per second or less.
+    /// of the recovery, plus what the network takes, while the fleet's load
+    /// during the outage stayed at about one request per second or less.
+    ///
+    /// The network's part: the last failing request may have been sent just
+    /// before the recovery and its error come back up to 1.5 x the latency
+    /// after it (the simulator's round trips take 0.5 to 1.5 x the
+    /// latency), and the fetch that succeeds takes one more round trip. The
+    /// two seconds are the machine's: the probing holder's short backoff
+    /// cap and a follower's next look. (Without the network's part, one run
+    /// in about 250 failed at 198 ms latency: fresh again after 2.079 s.)
     #[test]
     fn after_a_long_outage_the_whole_fleet_is_fresh_within_two_seconds(
         n in 1usize..40, lifetime_s in 20u64..300, latency_ms in 1u64..200,
@@ -156,7 +164,8 @@ proptest! {
         s.run_observed(&mut t);
         let start = s.start_time();
         let recovered = start + from + len;
-                        let bound = recovered + Duration::from_secs(2);
+        let network = Duration::from_millis(latency_ms).mul_f64(3.0);
+        let bound = recovered + Duration::from_secs(2) + network;
         for (i, published) in &t.published {
             let healed = published.iter().find(|(at, valid)| *at >= recovered && *valid);
             let healed = healed.map(|(at, _)| *at);
