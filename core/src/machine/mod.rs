@@ -222,6 +222,10 @@ enum RequestKind {
         /// When it was sent: the cache's TTL runs from a moment after it,
         /// so the lease is counted from here (never longer than it lasts).
         sent: MonoTime,
+        /// A renewal before a fetch (the cache was just read under the
+        /// lease): once granted, fetch without reading again, so a slow
+        /// cache cannot keep a holder renewing and reading for ever.
+        renewal: bool,
     },
     Fetch {
         /// When it was sent (token lifetimes count from here).
@@ -630,8 +634,8 @@ impl RefreshMachine {
                 let error = cache_error(self.config.cache_timeout);
                 self.on_cache_loaded(Err(error), read)
             }
-            RequestKind::Lease { sent } => {
-                self.on_lease(Err(cache_error(self.config.cache_timeout)), sent)
+            RequestKind::Lease { sent, renewal } => {
+                self.on_lease(Err(cache_error(self.config.cache_timeout)), sent, renewal)
             }
             RequestKind::Fetch {
                 generation,
@@ -715,7 +719,9 @@ impl RefreshMachine {
             (RequestKind::Load(read), Input::CacheLoaded(_, result)) => {
                 self.on_cache_loaded(result, read)
             }
-            (RequestKind::Lease { sent }, Input::Lease(_, result)) => self.on_lease(result, sent),
+            (RequestKind::Lease { sent, renewal }, Input::Lease(_, result)) => {
+                self.on_lease(result, sent, renewal)
+            }
             (
                 RequestKind::Fetch {
                     sent_at,
@@ -788,7 +794,7 @@ impl RefreshMachine {
                     return self.send_store(token, store_for, true);
                 }
             }
-            (RequestKind::Lease { sent }, Input::Lease(_, Ok(LeaseOutcome::Granted))) => {
+            (RequestKind::Lease { sent, .. }, Input::Lease(_, Ok(LeaseOutcome::Granted))) => {
                 self.lease_until = Some(sent + self.config.lease_ttl);
             }
             // The rotated refresh token is not durable yet: try again while
@@ -935,9 +941,14 @@ impl RefreshMachine {
     }
 
     fn acquire_lease(&mut self) {
+        self.request_lease(false);
+    }
+
+    /// Asks for the lease (`renewal`: see [`RequestKind::Lease`]).
+    fn request_lease(&mut self, renewal: bool) {
         let sent = self.now.mono;
         let timeout = self.config.cache_timeout;
-        let id = self.send(RequestKind::Lease { sent }, timeout);
+        let id = self.send(RequestKind::Lease { sent, renewal }, timeout);
         let ttl = self.config.lease_ttl;
         self.outbox
             .push_back(Action::AcquireLease { id, ttl, timeout });
@@ -1004,7 +1015,7 @@ impl RefreshMachine {
                 if !self.holds_lease_for_a_fetch()
                     && self.config.lease_ttl > self.fetch_deadline() =>
             {
-                self.acquire_lease()
+                self.request_lease(true)
             }
             CacheRead::UnderLease => self.fetch(),
         }
@@ -1018,7 +1029,12 @@ impl RefreshMachine {
         };
     }
 
-    fn on_lease(&mut self, result: Result<LeaseOutcome, CacheError>, sent: MonoTime) {
+    fn on_lease(
+        &mut self,
+        result: Result<LeaseOutcome, CacheError>,
+        sent: MonoTime,
+        renewal: bool,
+    ) {
         let outcome = match result {
             Ok(outcome) => outcome,
             // Whether a peer holds the lease is unknown: a refresh-token
@@ -1040,7 +1056,11 @@ impl RefreshMachine {
                     let waited = self.now.mono.saturating_duration_since(since);
                     self.failures = self.failures.max(self.config.backoff.steps_within(waited));
                 }
-                self.read_cache(CacheRead::UnderLease);
+                if renewal {
+                    self.fetch();
+                } else {
+                    self.read_cache(CacheRead::UnderLease);
+                }
             }
             LeaseOutcome::Unsupported => self.fetch(),
             LeaseOutcome::Busy => {
@@ -1543,6 +1563,7 @@ impl RefreshMachine {
                     deadline,
                     kind: RequestKind::Lease {
                         sent: self.now.mono,
+                        renewal: false,
                     },
                 };
                 let until = self.drain_bound();
