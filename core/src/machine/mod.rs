@@ -1300,11 +1300,7 @@ impl RefreshMachine {
         // that a hung store is given up on while the lease is still ours,
         // and the retry (which renews the lease first) comes before any
         // peer can take it and present the spent refresh token.
-        let timeout = if rotated {
-            self.within_the_lease(self.config.cache_timeout)
-        } else {
-            self.config.cache_timeout
-        };
+        let timeout = self.cache_timeout_keeping_the_lease(rotated);
         let id = self.send(kind, timeout);
         if draining {
             if let Phase::Waiting(mut request) = std::mem::replace(&mut self.phase, Phase::Stopped)
@@ -1470,11 +1466,7 @@ impl RefreshMachine {
             {
                 let id = self.new_id();
                 let ttl = delay.saturating_add(self.config.lease_ttl);
-                let timeout = if then.keeps_the_lease() {
-                    self.within_the_lease(self.config.cache_timeout)
-                } else {
-                    self.config.cache_timeout
-                };
+                let timeout = self.cache_timeout_keeping_the_lease(then.keeps_the_lease());
                 self.outbox
                     .push_back(Action::AcquireLease { id, ttl, timeout });
                 Some((id, self.now.mono + timeout))
@@ -1702,6 +1694,17 @@ impl RefreshMachine {
     }
 
     /// Whether the lease we hold outlasts a fetch sent now (its deadline).
+    /// The deadline of a cache request: the cache timeout, or, while a
+    /// rotated refresh token is not durable (`undurable`), that bounded by
+    /// [`within_the_lease`](Self::within_the_lease).
+    fn cache_timeout_keeping_the_lease(&self, undurable: bool) -> Duration {
+        if undurable {
+            self.within_the_lease(self.config.cache_timeout)
+        } else {
+            self.config.cache_timeout
+        }
+    }
+
     fn holds_lease_for_a_fetch(&self) -> bool {
         let fetch = self.fetch_deadline();
         self.lease_until
