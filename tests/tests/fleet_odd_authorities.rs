@@ -46,6 +46,16 @@ fn requests_between(a: &LocalAuthority, from: Timestamp, until: Timestamp) -> Ve
     at
 }
 
+/// Waits until every request the authority held for `hold` after arriving
+/// before `until` has been answered, and so logged (the log is written at
+/// the answer). Without it a request held from late in the window can
+/// miss the count: CI once saw a renewal held from about 13 s, answered
+/// after the 36 s run had been read.
+fn wait_for_held_answers(until: Timestamp, hold: Duration) {
+    let answered = until + hold + Duration::from_secs(1);
+    std::thread::sleep(answered.saturating_duration_since(SystemClock.now()));
+}
+
 fn gaps(at: &[Timestamp]) -> Vec<String> {
     at.windows(2)
         .map(|w| secs(w[1].saturating_duration_since(w[0])))
@@ -184,8 +194,8 @@ fn eight_processes_against_expires_in_zero() {
 
 /// Item 5: the first renewal is held for 25 s. Before: the 30 s fetch
 /// deadline outlasted the token, which expired 11-12 s into the request.
-/// (The authority logs a held request when it answers it, so the run lasts
-/// until the hung one has been logged.)
+/// (The authority logs a held request when it answers it, so the count
+/// waits until the latest possible hung one has been logged.)
 fn a_hung_renewal_is_retried_before_the_token_expires() {
     let a = authority(LIFETIME);
     let t0 = SystemClock.now();
@@ -196,6 +206,7 @@ fn a_hung_renewal_is_retried_before_the_token_expires() {
     );
     let workers = run_odd_fleet(&a, CLIENT, Duration::from_secs(36));
     assert_all_started(&workers);
+    wait_for_held_answers(until, Duration::from_secs(25));
     let renewals = requests_between(&a, from, t0 + Duration::from_secs(20));
     for r in a.requests() {
         println!(
@@ -236,9 +247,9 @@ fn a_long_hang_is_probed_on_short_deadlines() {
         Fault::Hang(Duration::from_secs(12)),
         FaultWindow::Between { from, until },
     );
-    // Long enough for the last held request to be answered and logged.
     let workers = run_odd_fleet(&a, CLIENT, Duration::from_secs(47));
     assert_all_started(&workers);
+    wait_for_held_answers(until, Duration::from_secs(12));
     let during = requests_between(&a, from, until);
     let longest = workers.iter().map(longest_without_token).max().unwrap();
     let fresh = all_fresh_after(&workers, until.as_millis()).unwrap();
