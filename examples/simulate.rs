@@ -12,12 +12,9 @@
 //! cargo run --release --example simulate
 //! ```
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use freshtoken::proto::{Action, Output};
-use freshtoken::sim::{CacheMode, Churn, Fault, FaultKind, Observer, Report, Scenario};
-use freshtoken::Timestamp;
+use freshtoken::sim::{CacheMode, Churn, Fault, FaultKind, Report, Scenario, Timeline};
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// Faults start 40 minutes in: hourly tokens fetched at the start go stale
@@ -113,50 +110,6 @@ fn main() {
     fleet_through_faults();
 }
 
-/// What the issue-10 scenarios need: every fetch, every store, and each
-/// instance's publications (time, whether its token was valid then).
-#[derive(Default)]
-struct Timeline {
-    fetches: Vec<Timestamp>,
-    stores: Vec<Timestamp>,
-    published: HashMap<usize, Vec<(Timestamp, bool)>>,
-}
-
-impl Observer for Timeline {
-    fn output(&mut self, i: usize, now: Timestamp, output: &Output) {
-        match output {
-            Output::Action(Action::Fetch(_)) => self.fetches.push(now),
-            Output::Action(Action::Store { .. }) => self.stores.push(now),
-            Output::Action(Action::Publish(s)) => {
-                let valid = s.token.as_ref().is_some_and(|t| t.is_valid_at(now));
-                self.published.entry(i).or_default().push((now, valid));
-            }
-            _ => {}
-        }
-    }
-}
-
-impl Timeline {
-    fn fetches_within(&self, from: Timestamp, to: Timestamp) -> usize {
-        self.fetches
-            .iter()
-            .filter(|f| **f >= from && **f < to)
-            .count()
-    }
-
-    /// When every instance held a valid token again after `t`.
-    fn all_fresh_after(&self, t: Timestamp) -> Option<Duration> {
-        self.published
-            .values()
-            .map(|p| {
-                p.iter()
-                    .find(|(at, valid)| *at >= t && *valid)
-                    .map(|(at, _)| at.saturating_duration_since(t))
-            })
-            .try_fold(Duration::ZERO, |worst, d| d.map(|d| worst.max(d)))
-    }
-}
-
 /// Issue 10's scenarios (a fleet through faults and odd authorities), with
 /// the figures the issue measured with real processes before the fixes.
 fn fleet_through_faults() {
@@ -202,11 +155,11 @@ fn fleet_through_faults() {
         .duration(secs(10));
     let mut t = Timeline::default();
     let r = s.run_observed(&mut t);
-    let stored = t.stores[0];
+    let stored = t.stores()[0];
     let worst = t
-        .published
-        .values()
-        .filter_map(|p| p.iter().find(|(_, v)| *v).map(|(at, _)| *at))
+        .first_valid_after(s.start_time())
+        .into_iter()
+        .filter_map(|(_, at)| at)
         .map(|at| at.saturating_duration_since(stored))
         .max()
         .unwrap_or_default();

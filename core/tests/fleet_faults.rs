@@ -7,36 +7,11 @@
 //! 1 to 200 ms authority latency, outages of 5 s to 3 token lifetimes, both
 //! flows (client credentials, refresh tokens).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use freshtoken_core::sim::{CacheMode, Fault, FaultKind, Observer, Scenario};
+use freshtoken_core::sim::{CacheMode, Fault, FaultKind, Scenario, Timeline};
 use freshtoken_core::*;
 use proptest::prelude::*;
-
-/// What the properties need from a run: each fetch's time, each store's,
-/// and each instance's publications.
-#[derive(Default)]
-struct Timeline {
-    fetches: Vec<Timestamp>,
-    stores: Vec<Timestamp>,
-    /// Per instance: (time, whether the published token was valid then).
-    published: HashMap<usize, Vec<(Timestamp, bool)>>,
-}
-
-impl Observer for Timeline {
-    fn output(&mut self, i: usize, now: Timestamp, output: &Output) {
-        match output {
-            Output::Action(Action::Fetch(_)) => self.fetches.push(now),
-            Output::Action(Action::Store { .. }) => self.stores.push(now),
-            Output::Action(Action::Publish(s)) => {
-                let valid = s.token.as_ref().is_some_and(|t| t.is_valid_at(now));
-                self.published.entry(i).or_default().push((now, valid));
-            }
-            _ => {}
-        }
-    }
-}
 
 fn scenario(n: usize, life: Duration, latency_ms: u64, refresh: bool, seed: u64) -> Scenario {
     let mut s = Scenario::new(n)
@@ -48,10 +23,6 @@ fn scenario(n: usize, life: Duration, latency_ms: u64, refresh: bool, seed: u64)
         s = s.refresh_tokens(Duration::ZERO);
     }
     s
-}
-
-fn requests_within(t: &Timeline, from: Timestamp, to: Timestamp) -> usize {
-    t.fetches.iter().filter(|f| **f >= from && **f < to).count()
 }
 
 /// The measurement: 8 instances, 20 s tokens, 503s from 10 s to
@@ -72,8 +43,7 @@ fn eight_instances_through_a_35_second_outage_send_one_retry_stream() {
             let mut t = Timeline::default();
             s.run_observed(&mut t);
             let start = s.start_time();
-            requests_within(
-                &t,
+            t.fetches_within(
                 start + Duration::from_secs(10),
                 start + Duration::from_secs(45),
             )
@@ -90,7 +60,7 @@ fn eight_instances_through_a_35_second_outage_send_one_retry_stream() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
-        /// However many instances wait, the authority sees one retry stream
+    /// However many instances wait, the authority sees one retry stream
     /// through an outage: no more than one instance can send through it
     /// (the backoff curve, then at most one a second once the tokens have
     /// expired), whatever the fleet's size.
@@ -109,9 +79,9 @@ proptest! {
             let mut t = Timeline::default();
             s.run_observed(&mut t);
             let start = s.start_time();
-            requests_within(&t, start + from, start + from + len)
+            t.fetches_within(start + from, start + from + len)
         };
-                let fleet = count(n);
+        let fleet = count(n);
         let one_stream = Backoff::default().steps_within(len) as usize + 2 + len.as_secs() as usize;
         prop_assert!(fleet <= one_stream, "{} instances sent {}; one stream sends at most {}", n, fleet, one_stream);
     }
@@ -128,9 +98,8 @@ proptest! {
         let mut t = Timeline::default();
         let r = s.run_observed(&mut t);
         prop_assert_eq!(r.authority_requests, 1);
-        let stored = t.stores[0];
-        for (i, published) in &t.published {
-            let first = published.iter().find(|(_, valid)| *valid).map(|(at, _)| *at);
+        let stored = t.stores()[0];
+        for (i, first) in t.first_valid_after(s.start_time()) {
             let first = first.expect("every instance got a token");
             prop_assert!(first <= stored + Duration::from_millis(50),
                 "instance {} first had a token {:?} after the store", i, first.saturating_duration_since(stored));
@@ -166,9 +135,7 @@ proptest! {
         let recovered = start + from + len;
         let network = Duration::from_millis(latency_ms).mul_f64(3.0);
         let bound = recovered + Duration::from_secs(2) + network;
-        for (i, published) in &t.published {
-            let healed = published.iter().find(|(at, valid)| *at >= recovered && *valid);
-            let healed = healed.map(|(at, _)| *at);
+        for (i, healed) in t.first_valid_after(recovered) {
             prop_assert!(healed.is_some_and(|at| at <= bound),
                 "instance {} fresh again at {:?} after the recovery", i,
                 healed.map(|at| at.saturating_duration_since(recovered)));
@@ -176,8 +143,8 @@ proptest! {
         // The load while every token was expired: the probing holder's
         // short cap, about one request per second (plus hand-on probes).
         let expired_from = start + from + life;
-        let requests = requests_within(&t, expired_from, recovered);
+        let requests = t.fetches_within(expired_from, recovered);
         let secs = recovered.saturating_duration_since(expired_from).as_secs_f64();
-                prop_assert!(requests as f64 <= secs + 5.0, "{} requests in {:.0} s", requests, secs);
+        prop_assert!(requests as f64 <= secs + 5.0, "{} requests in {:.0} s", requests, secs);
     }
 }

@@ -30,8 +30,10 @@
 
 mod authority;
 mod fleet;
+mod timeline;
 
 pub use authority::{Fault, FaultKind, Loss};
+pub use timeline::Timeline;
 
 use std::time::Duration;
 
@@ -340,7 +342,8 @@ impl Scenario {
     }
 }
 
-/// Sees what every machine is fed and emits, in order.
+/// Sees what every machine is fed and emits, in order. [`Timeline`] is a
+/// ready-made one (fetches, stores and publications).
 ///
 /// ```
 /// use freshtoken_core::sim::{Observer, Scenario};
