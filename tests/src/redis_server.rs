@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use freshtoken::cache::{AsyncRedisCache, RedisCache};
+
+/// The connect and command timeouts of [`RedisServer::cache`].
+const TEST_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Where the server listens.
 #[derive(Clone, Debug)]
 enum Endpoint {
@@ -93,6 +98,31 @@ impl RedisServer {
             Endpoint::Unix(path) => format!("redis+unix://{}", path.display()),
             Endpoint::Tls(port) => format!("rediss://127.0.0.1:{port}/"),
         }
+    }
+
+    /// A [`RedisCache`] at `key` on this server (TCP or unix socket), with
+    /// 500 ms connect and command timeouts, so a test fails fast instead of
+    /// hanging.
+    pub fn cache(&self, key: &str) -> RedisCache {
+        RedisCache::new(&self.url(), key)
+            .expect("a cache on the test server")
+            .with_connect_timeout(TEST_TIMEOUT)
+            .with_command_timeout(TEST_TIMEOUT)
+    }
+
+    /// The async twin of [`cache`](Self::cache).
+    pub fn async_cache(&self, key: &str) -> AsyncRedisCache {
+        AsyncRedisCache::new(&self.url(), key)
+            .expect("an async cache on the test server")
+            .with_connect_timeout(TEST_TIMEOUT)
+            .with_command_timeout(TEST_TIMEOUT)
+    }
+
+    /// A plain connection, to read or plant raw values.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("a connection to the test server")
     }
 
     /// Stops the server (SIGKILL, like a crash) and waits for it to exit.

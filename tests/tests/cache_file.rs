@@ -12,6 +12,7 @@ use cache_support::capture_logs;
 use freshtoken::cache::LeaseOutcome;
 use freshtoken::cache::{record, FileCache, TokenCache};
 use freshtoken::{AccessToken, RefreshToken, Timestamp, Token};
+use freshtoken_tests::assert_no_secret;
 
 const SECRET: &str = "TOPSECRET-access-7f3a";
 const REFRESH: &str = "TOPSECRET-refresh-91c2";
@@ -47,10 +48,6 @@ fn write_private(path: &Path, bytes: &[u8]) {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path).unwrap().write_all(bytes).unwrap();
-}
-
-fn no_secret(text: &str) {
-    assert!(!text.contains("TOPSECRET"), "secret leaked: {text}");
 }
 
 #[test]
@@ -136,7 +133,7 @@ fn bad_files_are_misses_with_a_warning_and_are_kept_aside() {
                 .any(|l| l.starts_with("WARN") && l.contains("token.json")),
             "{name}: no warning in {logs:?}"
         );
-        logs.iter().for_each(|l| no_secret(l));
+        logs.iter().for_each(|l| assert_no_secret(l));
 
         // Kept aside byte for byte, and the path is free for the next store.
         let aside = corrupt_copies(dir.path());
@@ -164,7 +161,7 @@ fn a_directory_at_the_path_is_refused() {
     let err = cache.store(&token()).unwrap_err();
     assert_eq!(err.kind(), freshtoken::CacheErrorKind::Io);
     assert!(err.to_string().contains("token.json"), "{err}");
-    no_secret(&err.to_string());
+    assert_no_secret(&err.to_string());
     assert!(path.is_dir(), "left alone");
 }
 
@@ -276,13 +273,13 @@ fn nothing_secret_in_debug_errors_or_logs() {
         cache.acquire_lease(Duration::from_secs(1)).unwrap();
         cache.release_lease().unwrap();
     });
-    no_secret(&format!("{cache:?} {logs:?} {:?}", cache.load().unwrap()));
+    assert_no_secret(&format!("{cache:?} {logs:?} {:?}", cache.load().unwrap()));
 
     // A store below a plain file: the error names the place, not the token.
     fs::write(dir.path().join("a-file"), b"").unwrap();
     let nowhere = FileCache::new(dir.path().join("a-file").join("token.json"));
     let err = nowhere.store(&token()).unwrap_err();
-    no_secret(&format!("{err} {err:?}"));
+    assert_no_secret(&format!("{err} {err:?}"));
     assert!(err.to_string().contains("a-file"), "{err}");
 }
 

@@ -9,6 +9,7 @@ use cache_support::capture_logs;
 use freshtoken::cache::LeaseOutcome;
 use freshtoken::cache::{record, CacheStack, MemoryCache, RedisCache, TokenCache};
 use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
+use freshtoken_tests::assert_no_secret;
 use freshtoken_tests::redis_server::RedisServer;
 
 const SECRET: &str = "TOPSECRET-access-5d1e";
@@ -21,37 +22,19 @@ fn token(life: Duration) -> Token {
         .with_scope(Some("read".into()))
 }
 
-fn cache(server: &RedisServer) -> RedisCache {
-    RedisCache::new(&server.url(), "test:token")
-        .unwrap()
-        .with_connect_timeout(Duration::from_millis(500))
-        .with_command_timeout(Duration::from_millis(500))
-}
-
-fn raw(server: &RedisServer) -> redis::Connection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
-fn no_secret(text: &str) {
-    assert!(!text.contains("TOPSECRET"), "secret leaked: {text}");
-}
-
 #[test]
 fn round_trip_over_tcp_and_unix_socket() {
     for server in [RedisServer::start_tcp(), RedisServer::start_unix()] {
-        let c = cache(&server);
+        let c = server.cache("test:token");
         assert_eq!(c.load().unwrap(), None);
         let t = token(Duration::from_secs(60)).with_refresh_token(Some(RefreshToken::new(REFRESH)));
         c.store(&t).unwrap();
         assert_eq!(c.load().unwrap(), Some(t.clone()), "{}", server.url());
         // Another instance sees it; the stored bytes are the shared record.
-        assert_eq!(cache(&server).load().unwrap(), Some(t.clone()));
+        assert_eq!(server.cache("test:token").load().unwrap(), Some(t.clone()));
         let bytes: Vec<u8> = redis::cmd("GET")
             .arg("test:token")
-            .query(&mut raw(&server))
+            .query(&mut server.connection())
             .unwrap();
         assert_eq!(record::decode(&bytes).unwrap(), t);
     }
@@ -60,8 +43,8 @@ fn round_trip_over_tcp_and_unix_socket() {
 #[test]
 fn the_key_lives_as_long_as_the_token() {
     let server = RedisServer::start_tcp();
-    let c = cache(&server);
-    let mut conn = raw(&server);
+    let c = server.cache("test:token");
+    let mut conn = server.connection();
     let pttl = |conn: &mut redis::Connection| -> i64 {
         redis::cmd("PTTL").arg("test:token").query(conn).unwrap()
     };
@@ -85,7 +68,7 @@ fn the_key_lives_as_long_as_the_token() {
 #[test]
 fn the_lease_is_exclusive_and_only_its_holder_releases_it() {
     let server = RedisServer::start_unix();
-    let (a, b) = (cache(&server), cache(&server));
+    let (a, b) = (server.cache("test:token"), server.cache("test:token"));
     let ttl = Duration::from_secs(30);
 
     assert_eq!(a.acquire_lease(ttl).unwrap(), LeaseOutcome::Granted);
@@ -107,7 +90,7 @@ fn the_lease_is_exclusive_and_only_its_holder_releases_it() {
     // The lease key carries a TTL (SET NX PX).
     let pttl: i64 = redis::cmd("PTTL")
         .arg(b.lease_key())
-        .query(&mut raw(&server))
+        .query(&mut server.connection())
         .unwrap();
     assert!(pttl > 0 && pttl <= 30_000, "PTTL {pttl}");
 }
@@ -115,7 +98,11 @@ fn the_lease_is_exclusive_and_only_its_holder_releases_it() {
 #[test]
 fn a_holder_that_never_releases_is_taken_over_after_the_ttl() {
     let server = RedisServer::start_tcp();
-    let (dead, live, third) = (cache(&server), cache(&server), cache(&server));
+    let (dead, live, third) = (
+        server.cache("test:token"),
+        server.cache("test:token"),
+        server.cache("test:token"),
+    );
     // `dead` takes a short lease and is never heard from again.
     assert_eq!(
         dead.acquire_lease(Duration::from_millis(300)).unwrap(),
@@ -141,7 +128,7 @@ fn a_holder_that_never_releases_is_taken_over_after_the_ttl() {
 #[test]
 fn redis_stopped_midway_is_unavailable_then_recovers() {
     let mut server = RedisServer::start_tcp();
-    let c = cache(&server);
+    let c = server.cache("test:token");
     let t = token(Duration::from_secs(60));
     c.store(&t).unwrap();
     assert_eq!(c.load().unwrap(), Some(t.clone()));
@@ -158,12 +145,12 @@ fn redis_stopped_midway_is_unavailable_then_recovers() {
     for r in &results {
         let e = r.as_ref().unwrap_err();
         assert_eq!(e.kind(), CacheErrorKind::Unavailable, "{e}");
-        no_secret(&e.to_string());
+        assert_no_secret(&e.to_string());
     }
     println!("{results:?}\n{logs:?}");
     let warnings: Vec<_> = logs.iter().filter(|l| l.starts_with("WARN")).collect();
     assert_eq!(warnings.len(), 1, "one warning per outage: {logs:?}");
-    logs.iter().for_each(|l| no_secret(l));
+    logs.iter().for_each(|l| assert_no_secret(l));
 
     // Back (empty: the server keeps no data): the same cache value reconnects.
     server.restart();
@@ -186,7 +173,9 @@ fn redis_stopped_midway_is_unavailable_then_recovers() {
 fn a_stack_keeps_serving_from_memory_while_redis_is_down() {
     let mut server = RedisServer::start_tcp();
     let memory = MemoryCache::new();
-    let stack = CacheStack::new().with(memory.clone()).with(cache(&server));
+    let stack = CacheStack::new()
+        .with(memory.clone())
+        .with(server.cache("test:token"));
     let t = token(Duration::from_secs(60));
     stack.store(&t).unwrap();
 
@@ -214,7 +203,7 @@ fn a_stack_keeps_serving_from_memory_while_redis_is_down() {
 
     // A token only Redis has (another instance's) is found and written back.
     server.restart();
-    let other = cache(&server);
+    let other = server.cache("test:token");
     let theirs = token(Duration::from_secs(600));
     other.store(&theirs).unwrap();
     let stale_local = Token::new(
@@ -245,11 +234,11 @@ fn a_stack_keeps_serving_from_memory_while_redis_is_down() {
 #[test]
 fn a_corrupt_entry_is_a_miss_with_a_warning() {
     let server = RedisServer::start_tcp();
-    let c = cache(&server);
+    let c = server.cache("test:token");
     let _: () = redis::cmd("SET")
         .arg("test:token")
         .arg(r#"{"version":1,"access_token":"TOPSECRET-x","issued_at_ms":"oops"}"#)
-        .query(&mut raw(&server))
+        .query(&mut server.connection())
         .unwrap();
     let (loaded, logs) = capture_logs(|| c.load());
     assert_eq!(loaded.unwrap(), None);
@@ -258,7 +247,7 @@ fn a_corrupt_entry_is_a_miss_with_a_warning() {
             .any(|l| l.starts_with("WARN") && l.contains("test:token")),
         "{logs:?}"
     );
-    logs.iter().for_each(|l| no_secret(l));
+    logs.iter().for_each(|l| assert_no_secret(l));
 }
 
 #[test]
@@ -269,19 +258,19 @@ fn no_password_or_token_in_debug_or_errors() {
         .url()
         .replace("redis://", "redis://:TOPSECRET-password@");
     let c = RedisCache::new(&url, "test:token").unwrap();
-    no_secret(&format!("{c:?}"));
+    assert_no_secret(&format!("{c:?}"));
     let (result, logs) = capture_logs(|| c.store(&token(Duration::from_secs(60))));
     let err = result.unwrap_err();
     println!("wrong password: {err}");
-    no_secret(&format!("{err} {err:?} {logs:?} {c:?}"));
+    assert_no_secret(&format!("{err} {err:?} {logs:?} {c:?}"));
 
     // A malformed URL is rejected without quoting it.
     let err = RedisCache::new("redis://:TOPSECRET@[::1", "k").unwrap_err();
-    no_secret(&format!("{err} {err:?}"));
+    assert_no_secret(&format!("{err} {err:?}"));
 
-    let ok = cache(&server);
+    let ok = server.cache("test:token");
     ok.store(&token(Duration::from_secs(60))).unwrap();
-    no_secret(&format!("{ok:?} {:?}", ok.load().unwrap()));
+    assert_no_secret(&format!("{ok:?} {:?}", ok.load().unwrap()));
 }
 
 #[test]
@@ -306,5 +295,5 @@ fn rediss_with_a_private_ca() {
         .with_connect_timeout(Duration::from_secs(2));
     let err = untrusting.load().unwrap_err();
     println!("untrusted server: {err}");
-    no_secret(&err.to_string());
+    assert_no_secret(&err.to_string());
 }

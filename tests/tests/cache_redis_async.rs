@@ -13,6 +13,7 @@ use freshtoken::runtime::AsyncStd;
 use freshtoken::runtime::Tokio;
 use freshtoken::source::ConstTokenSource;
 use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
+use freshtoken_tests::assert_no_secret;
 use freshtoken_tests::redis_server::RedisServer;
 
 const SECRET: &str = "TOPSECRET-access-async";
@@ -29,17 +30,6 @@ fn token() -> Token {
     .with_refresh_token(Some(RefreshToken::new(REFRESH)))
 }
 
-fn cache(server: &RedisServer) -> AsyncRedisCache {
-    AsyncRedisCache::new(&server.url(), "test:token")
-        .unwrap()
-        .with_connect_timeout(Duration::from_millis(500))
-        .with_command_timeout(Duration::from_millis(500))
-}
-
-fn no_secret(text: &str) {
-    assert!(!text.contains("TOPSECRET"), "secret leaked: {text}");
-}
-
 fn tokio_rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -50,8 +40,8 @@ fn tokio_rt() -> tokio::runtime::Runtime {
 /// What every runtime must get right: a round trip that the blocking cache
 /// sees too, and an exclusive lease.
 async fn round_trip_and_lease(server: &RedisServer) {
-    let a = cache(server);
-    let b = cache(server);
+    let a = server.async_cache("test:token");
+    let b = server.async_cache("test:token");
     assert_eq!(a.load().await.unwrap(), None);
     let t = token();
     a.store(&t).await.unwrap();
@@ -71,7 +61,7 @@ async fn round_trip_and_lease(server: &RedisServer) {
     assert_eq!(b.acquire_lease(ttl).await.unwrap(), LeaseOutcome::Busy);
     a.release_lease().await.unwrap();
     assert_eq!(b.acquire_lease(ttl).await.unwrap(), LeaseOutcome::Granted);
-    no_secret(&format!("{a:?}"));
+    assert_no_secret(&format!("{a:?}"));
 }
 
 #[test]
@@ -92,7 +82,7 @@ fn newer_records_oversized_values_and_refused_urls() {
         .get_connection()
         .unwrap();
     tokio_rt().block_on(async {
-        let c = cache(&server);
+        let c = server.async_cache("test:token");
         let newer = r#"{"version":3,"access_token":"TOPSECRET-newer"}"#;
         redis::cmd("SET")
             .arg("test:token")
@@ -103,7 +93,7 @@ fn newer_records_oversized_values_and_refused_urls() {
         assert_eq!(err.kind(), CacheErrorKind::Unreadable);
         let err = c.store(&token()).await.unwrap_err();
         assert_eq!(err.kind(), CacheErrorKind::Unreadable);
-        no_secret(&format!("{err} {err:?}"));
+        assert_no_secret(&format!("{err} {err:?}"));
         let kept: String = redis::cmd("GET").arg("test:token").query(&mut raw).unwrap();
         assert_eq!(kept, newer);
     });
@@ -118,7 +108,7 @@ fn newer_records_oversized_values_and_refused_urls() {
         .arg(&big)
         .query::<()>(&mut raw)
         .unwrap();
-    let c = cache(&server);
+    let c = server.async_cache("test:token");
     let (loaded, logs) = capture_logs(|| tokio_rt().block_on(c.load()));
     assert_eq!(loaded.unwrap(), None);
     assert!(
@@ -127,7 +117,7 @@ fn newer_records_oversized_values_and_refused_urls() {
     );
     for url in ["redis://10.0.0.7:6379/", "redis://127.0.0.1:6379/#insecure"] {
         let err = AsyncRedisCache::new(url, "k").unwrap_err();
-        no_secret(&format!("{err} {err:?}"));
+        assert_no_secret(&format!("{err} {err:?}"));
     }
     assert!(AsyncRedisCache::new_allowing_plain_text("redis://10.0.0.7:6379/", "k").is_ok());
 }
@@ -136,7 +126,7 @@ fn newer_records_oversized_values_and_refused_urls() {
 fn redis_down_is_unavailable_then_recovers() {
     let mut server = RedisServer::start_tcp();
     tokio_rt().block_on(async {
-        let c = cache(&server);
+        let c = server.async_cache("test:token");
         let t = token();
         c.store(&t).await.unwrap();
         server.stop();
@@ -155,10 +145,12 @@ fn the_async_drivers_share_tokens_through_it() {
     let server = RedisServer::start_tcp();
     let blocking = RedisCache::new(&server.url(), "test:token").unwrap();
     tokio_rt().block_on(async {
-        let (tokens, driver) = Builder::new().async_cache(cache(&server)).spawn(
-            Tokio::current().expect("a tokio runtime"),
-            ConstTokenSource::new("tokio-token", Some(3600)),
-        );
+        let (tokens, driver) = Builder::new()
+            .async_cache(server.async_cache("test:token"))
+            .spawn(
+                Tokio::current().expect("a tokio runtime"),
+                ConstTokenSource::new("tokio-token", Some(3600)),
+            );
         assert!(tokens.ready().await.is_ok());
         // The driver stores after it publishes: wait (bounded) for it.
         for _ in 0..250 {
@@ -177,10 +169,12 @@ fn the_async_drivers_share_tokens_through_it() {
 
     // A second instance, under async-std, adopts the cached token.
     async_std::task::block_on(async {
-        let (tokens, driver) = Builder::new().async_cache(cache(&server)).spawn(
-            AsyncStd,
-            ConstTokenSource::new("async-std-token", Some(3600)),
-        );
+        let (tokens, driver) = Builder::new()
+            .async_cache(server.async_cache("test:token"))
+            .spawn(
+                AsyncStd,
+                ConstTokenSource::new("async-std-token", Some(3600)),
+            );
         let token = tokens.ready().await.expect("a token");
         assert_eq!(token.access_token().expose_secret(), "tokio-token");
         driver.shutdown().await;

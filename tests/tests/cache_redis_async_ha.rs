@@ -15,6 +15,7 @@ use freshtoken::oauth2::ClientCredentials;
 use freshtoken::runtime::Tokio;
 use freshtoken::testing::{LocalAuthority, Outcome};
 use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
+use freshtoken_tests::assert_no_secret;
 use freshtoken_tests::redis_server::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE};
 
 const SECRET: &str = "TOPSECRET-access-async-ha";
@@ -45,10 +46,6 @@ fn tokio_rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn no_secret(text: &str) {
-    assert!(!text.contains("TOPSECRET"), "secret leaked: {text}");
-}
-
 /// A round trip that the blocking cache sees too, and an exclusive lease.
 async fn round_trip_and_lease(a: &AsyncRedisCache, b: &AsyncRedisCache, blocking: &RedisCache) {
     let t = token("round-trip");
@@ -64,7 +61,7 @@ async fn round_trip_and_lease(a: &AsyncRedisCache, b: &AsyncRedisCache, blocking
     a.release_lease().await.unwrap();
     assert_eq!(b.acquire_lease(ttl).await.unwrap(), LeaseOutcome::Granted);
     b.release_lease().await.unwrap();
-    no_secret(&format!("{a:?}"));
+    assert_no_secret(&format!("{a:?}"));
 }
 
 #[test]
@@ -204,7 +201,7 @@ fn an_async_sentinel_cache_follows_a_failover() {
             Ok(loaded) => break loaded,
             Err(e) => {
                 assert_eq!(e.kind(), CacheErrorKind::Unavailable, "{e}");
-                no_secret(&format!("{e} {e:?}"));
+                assert_no_secret(&format!("{e} {e:?}"));
                 assert!(
                     Instant::now() < deadline,
                     "never reached the new primary: {e}"
@@ -254,7 +251,7 @@ fn rediss_round_trips_with_a_private_ca_and_refuses_an_unknown_one() {
         .unwrap()
         .with_connect_timeout(Duration::from_millis(1_000));
     let err = tokio_rt().block_on(unknown.load()).unwrap_err();
-    no_secret(&format!("{err} {err:?}"));
+    assert_no_secret(&format!("{err} {err:?}"));
     println!("cache_redis_async_ha[tls]: an unknown CA: {err}");
     // Plain text to the TLS port fails too (nothing speaks it there).
     let plain = server.url().replace("rediss://", "redis://");

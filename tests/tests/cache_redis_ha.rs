@@ -10,6 +10,7 @@ use freshtoken::cache::{RedisCache, TokenCache};
 use freshtoken::{
     AccessToken, CacheError, CacheErrorKind, Clock, RefreshToken, SystemClock, Token,
 };
+use freshtoken_tests::assert_no_secret;
 use freshtoken_tests::redis_server::{query, RedisCluster, RedisSentinel, SENTINEL_SERVICE};
 
 const SECRET: &str = "TOPSECRET-access-ha";
@@ -24,10 +25,6 @@ fn token(n: u32) -> Token {
         now + Duration::from_secs(60),
     )
     .with_refresh_token(Some(RefreshToken::new(format!("{REFRESH}-{n}"))))
-}
-
-fn no_secret(text: &str) {
-    assert!(!text.contains("TOPSECRET"), "secret leaked: {text}");
 }
 
 fn cluster_cache(cluster: &RedisCluster, key: &str) -> RedisCache {
@@ -56,7 +53,7 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, CacheError>) -> (T
         match f() {
             Ok(v) => return (v, failed, start.elapsed()),
             Err(e) => {
-                no_secret(&format!("{e} {e:?}"));
+                assert_no_secret(&format!("{e} {e:?}"));
                 failed += 1;
                 assert!(Instant::now() < deadline, "{what}: still failing: {e}");
                 std::thread::sleep(Duration::from_millis(100));
@@ -132,7 +129,7 @@ fn a_cluster_round_trips_shares_a_lease_and_survives_a_killed_primary() {
     let t2 = token(102);
     let err = cache.store(&t2).unwrap_err();
     assert!(err.to_string().contains("acknowledged"), "{err}");
-    no_secret(&format!("{err} {err:?}"));
+    assert_no_secret(&format!("{err} {err:?}"));
     // The write did reach the new primary; only its durability is unknown.
     assert_eq!(cache.load().unwrap(), Some(t2));
     let err = cache.acquire_lease(Duration::from_secs(5)).unwrap_err();
@@ -169,7 +166,7 @@ fn a_sentinel_primary_round_trips_shares_a_lease_and_fails_over() {
     a.store(&t).unwrap();
     assert_eq!(b.load().unwrap(), Some(t.clone()));
     lease_is_exclusive(&a, &b);
-    no_secret(&format!("{a:?}"));
+    assert_no_secret(&format!("{a:?}"));
 
     let old = set.kill_primary();
     set.wait_failover(old, Duration::from_secs(30));

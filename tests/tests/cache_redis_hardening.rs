@@ -10,6 +10,7 @@ use cache_support::capture_logs;
 use freshtoken::cache::LeaseOutcome;
 use freshtoken::cache::{RedisCache, TokenCache};
 use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
+use freshtoken_tests::assert_no_secret;
 use freshtoken_tests::redis_server::RedisServer;
 
 const SECRET: &str = "TOPSECRET-access-h4rd";
@@ -27,23 +28,6 @@ fn token() -> Token {
     .with_refresh_token(Some(RefreshToken::new(REFRESH)))
 }
 
-fn cache(server: &RedisServer) -> RedisCache {
-    RedisCache::new(&server.url(), "test:token")
-        .unwrap()
-        .with_command_timeout(Duration::from_millis(500))
-}
-
-fn raw(server: &RedisServer) -> redis::Connection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
-fn no_secret(text: &str) {
-    assert!(!text.contains("TOPSECRET"), "secret leaked: {text}");
-}
-
 #[test]
 fn plain_text_to_another_host_is_refused_unless_allowed() {
     // Nothing is sent anywhere: the URLs are refused (or accepted) when the
@@ -57,7 +41,7 @@ fn plain_text_to_another_host_is_refused_unless_allowed() {
         assert_eq!(err.kind(), CacheErrorKind::Io);
         let text = format!("{err} {err:?}");
         assert!(text.contains("plain-text"), "{text}");
-        no_secret(&text);
+        assert_no_secret(&text);
         assert!(
             RedisCache::builder(&url, "k")
                 .allow_plain_text(true)
@@ -103,7 +87,7 @@ fn a_url_fragment_is_refused() {
         let err = RedisCache::new(&url, "k").unwrap_err();
         let text = format!("{err} {err:?}");
         assert!(text.contains("fragment"), "{text}");
-        no_secret(&text);
+        assert_no_secret(&text);
         assert!(RedisCache::builder(&url, "k")
             .allow_plain_text(true)
             .build()
@@ -121,9 +105,9 @@ fn an_oversized_value_is_a_miss_with_a_warning() {
     redis::cmd("SET")
         .arg("test:token")
         .arg(&big)
-        .query::<()>(&mut raw(&server))
+        .query::<()>(&mut server.connection())
         .unwrap();
-    let c = cache(&server);
+    let c = server.cache("test:token");
     let (loaded, logs) = capture_logs(|| c.load());
     assert_eq!(loaded.unwrap(), None);
     assert!(
@@ -144,13 +128,13 @@ fn a_record_of_a_newer_version_is_unreadable_and_never_overwritten() {
     redis::cmd("SET")
         .arg("test:token")
         .arg(newer)
-        .query::<()>(&mut raw(&server))
+        .query::<()>(&mut server.connection())
         .unwrap();
-    let c = cache(&server);
+    let c = server.cache("test:token");
     let err = c.load().unwrap_err();
     assert_eq!(err.kind(), CacheErrorKind::Unreadable, "{err}");
     assert!(err.to_string().contains("version 2"), "{err}");
-    no_secret(&format!("{err} {err:?}"));
+    assert_no_secret(&format!("{err} {err:?}"));
     // Neither a token with a refresh token nor one without replaces it.
     let plain = Token::new(
         AccessToken::new(SECRET),
@@ -161,11 +145,11 @@ fn a_record_of_a_newer_version_is_unreadable_and_never_overwritten() {
     for t in [token(), plain] {
         let err = c.store(&t).unwrap_err();
         assert_eq!(err.kind(), CacheErrorKind::Unreadable, "{err}");
-        no_secret(&format!("{err} {err:?}"));
+        assert_no_secret(&format!("{err} {err:?}"));
     }
     let kept: String = redis::cmd("GET")
         .arg("test:token")
-        .query(&mut raw(&server))
+        .query(&mut server.connection())
         .unwrap();
     assert_eq!(kept, newer);
     // The lease is unaffected.
@@ -181,9 +165,9 @@ fn a_corrupt_entry_is_replaced_by_the_next_store() {
     redis::cmd("SET")
         .arg("test:token")
         .arg("\u{0}garbage")
-        .query::<()>(&mut raw(&server))
+        .query::<()>(&mut server.connection())
         .unwrap();
-    let c = cache(&server);
+    let c = server.cache("test:token");
     assert_eq!(c.load().unwrap(), None);
     let t = token();
     c.store(&t).unwrap();
@@ -211,11 +195,12 @@ fn without_a_replica_acknowledgement_a_lease_and_a_rotated_store_fail() {
     // ...and the lease was given back, so another instance may take it.
     let lease: Option<String> = redis::cmd("GET")
         .arg("test:token:lease")
-        .query(&mut raw(&server))
+        .query(&mut server.connection())
         .unwrap();
     assert_eq!(lease, None);
     assert_eq!(
-        cache(&server)
+        server
+            .cache("test:token")
             .acquire_lease(Duration::from_secs(10))
             .unwrap(),
         LeaseOutcome::Granted
@@ -224,7 +209,7 @@ fn without_a_replica_acknowledgement_a_lease_and_a_rotated_store_fail() {
     let err = c.store(&token()).unwrap_err();
     assert_eq!(err.kind(), CacheErrorKind::Unavailable);
     assert!(err.to_string().contains("acknowledged"), "{err}");
-    no_secret(&format!("{err} {err:?}"));
+    assert_no_secret(&format!("{err} {err:?}"));
     // A token without a refresh token needs no acknowledgement.
     let plain = Token::new(
         AccessToken::new(SECRET),
