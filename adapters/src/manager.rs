@@ -33,10 +33,13 @@
 //!
 //! # Refreshers, idle keys and restarts
 //!
-//! The first read of a key spawns its refresher through the closure, which
-//! gets a [`Builder`] with the key's cache already set and chooses the
-//! driver (a thread, or `Builder::spawn` on a runtime: use one kind for a
-//! manager, the closure is the one place that decides). An async closure
+//! The first read of a key spawns its refresher through the closure. The
+//! closure gets a [`Builder`] with the key's cache already set and named
+//! after the key ([`TokenKey::cache_name`]: each key has its own
+//! `refresher` label in the metrics and its own field in the tracing
+//! spans; the closure may rename it). The closure chooses the driver (a
+//! thread, or `Builder::spawn` on a runtime: use one kind for a manager,
+//! the closure is the one place that decides). An async closure
 //! captures its runtime value (`Tokio::new(handle)`, `Smol`), which works
 //! from any thread, the idle sweeper's included; with
 //! [`TokenManagerBuilder::tokio`] the closure also runs inside that tokio
@@ -552,7 +555,7 @@ impl Entry {
         if let Some(shared) = manager.cache.as_ref().and_then(|f| f(&self.key)) {
             cache = cache.with(shared);
         }
-        let builder = Builder::new().cache(cache);
+        let builder = Builder::new().name(self.key.cache_name()).cache(cache);
         let spawned = {
             #[cfg(feature = "tokio")]
             let _runtime = manager.tokio.as_ref().map(|h| h.enter());

@@ -226,6 +226,39 @@ fn a_failing_spawn_is_a_clear_error_not_a_panic() {
     assert!(!handle.is_running());
 }
 
+/// Each key's refresher is named after the key, so its metrics and spans
+/// are its own (before, every managed refresher was `default`).
+#[test]
+fn each_keys_refresher_is_named_after_the_key() {
+    let authority = authority();
+    let names = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = names.clone();
+    let manager = TokenManager::builder().build(move |key: &TokenKey, builder| {
+        seen.lock()
+            .unwrap()
+            .push((key.cache_name(), builder.refresher_name().to_owned()));
+        let source = key
+            .apply(authority.client_credentials(key.client()))
+            .build()?;
+        Ok(builder.spawn_thread(source)?)
+    });
+    for key in keys() {
+        manager
+            .handle(key)
+            .wait_ready(Duration::from_secs(10))
+            .unwrap();
+    }
+    let names = names.lock().unwrap();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for (key, name) in names.iter() {
+        assert_eq!(name, key);
+    }
+    let mut distinct: Vec<&String> = names.iter().map(|(_, n)| n).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{names:?}");
+}
+
 #[test]
 fn two_processes_sharing_a_cache_directory_share_each_keys_token() {
     let authority = authority();
