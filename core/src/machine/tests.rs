@@ -896,3 +896,112 @@ fn a_cache_that_refuses_the_token_is_visible_in_the_snapshot_until_a_store_works
     let snapshot = last(&a).expect("the recovery is published");
     assert_eq!(snapshot.store_error, None);
 }
+
+/// The three ways a lease once lapsed under a rotated refresh token that
+/// the cache did not hold (random search found each in simulated fleets;
+/// the cases are in `core/tests/refresh_tokens.proptest-regressions`),
+/// each as one step here:
+/// - a hung store outlived the lease: now it is given up on with half the
+///   lease left;
+/// - store retries followed the backoff past the lease: now there are at
+///   least `ROTATED_STORES_PER_LEASE` per lease TTL, each step renewing
+///   the lease;
+/// - a failed extension dropped the lease, which stopped the renewals: now
+///   the lease is kept as known and the next step asks again.
+///
+/// The test keeps its own account of the lease (from what the machine
+/// asked and the cache granted) and checks that every store and every
+/// retry falls inside it.
+#[test]
+fn a_rotated_refresh_token_keeps_its_lease_through_failing_and_hanging_stores() {
+    let config = rt_config();
+    let ttl = config.lease_ttl;
+    let mut h = Harness::new(config);
+    fetching(&mut h);
+    // The lease was granted to the request sent at T0.
+    let mut lease_until = T0 + ttl;
+    h.at(T0 + Duration::from_secs(1));
+    let (a, store_deadline) = h.feed(Input::Fetched(ID, Ok(rotated("at", "rt-1"))));
+    assert_eq!(kinds(&a), ["store"]);
+    let half_left = h.now + (lease_until.saturating_duration_since(h.now)) / 2;
+    assert!(
+        store_deadline <= half_left,
+        "a hung store is given up on by {half_left:?}, not {store_deadline:?}"
+    );
+    // The store hangs: given up on at its deadline.
+    let (mut a, _) = h.at(store_deadline).feed(Input::Tick);
+    for step in 0..12 {
+        let failed_at = h.now;
+        assert!(!kinds(&a).contains(&"release"), "step {step}: {a:?}");
+        assert!(!kinds(&a).contains(&"fetch"), "step {step}: {a:?}");
+        // Every step renews the lease; every third renewal fails.
+        let ext = a
+            .iter()
+            .find_map(|a| match a {
+                Action::AcquireLease { ttl, .. } => Some(*ttl),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("step {step}: no renewal of the lease: {a:?}"));
+        let answer = if step % 3 == 2 {
+            Err(CacheError::new(CacheErrorKind::Io, "connection reset"))
+        } else {
+            lease_until = lease_until.max(failed_at + ext);
+            Ok(LeaseOutcome::Granted)
+        };
+        let (_, retry_at) = h.feed(Input::Lease(ID, answer));
+        assert!(
+            retry_at.saturating_duration_since(failed_at) <= ttl / ROTATED_STORES_PER_LEASE,
+            "step {step}: the next store {:?} after a failure",
+            retry_at.saturating_duration_since(failed_at)
+        );
+        assert!(
+            retry_at < lease_until,
+            "step {step}: the retry at {retry_at:?} comes after the lease ends at {lease_until:?}"
+        );
+        let (store, deadline) = h.at(retry_at).feed(Input::Tick);
+        assert_eq!(kinds(&store), ["store"], "step {step}");
+        assert!(
+            deadline < lease_until,
+            "step {step}: the store may hang until {deadline:?}, past the lease's end {lease_until:?}"
+        );
+        // The store fails again.
+        h.at(retry_at + Duration::from_millis(100));
+        a = h
+            .feed(Input::Stored(
+                ID,
+                Err(CacheError::new(CacheErrorKind::Io, "disk full")),
+            ))
+            .0;
+    }
+}
+
+/// A lease counts from the request that took it: the cache's TTL starts
+/// when the cache took the request, not when its answer arrived. With a
+/// slow answer, less lease is left than a refresh-token fetch may take,
+/// so the holder renews it before presenting the refresh token (before,
+/// it counted the lease from the answer and fetched with too little left).
+#[test]
+fn a_lease_granted_late_counts_from_its_request_and_is_renewed_before_the_fetch() {
+    let config = rt_config();
+    let (ttl, fetch) = (config.lease_ttl, config.fetch_timeout);
+    assert!(
+        ttl > fetch,
+        "the test needs a lease that can outlast a fetch"
+    );
+    let mut h = Harness::new(config);
+    h.feed(Input::Start);
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["lease"]);
+    // Granted to the request of T0, answered so late that what is left of
+    // the lease is shorter than a fetch may take.
+    let late = ttl - fetch + Duration::from_secs(1);
+    let (a, _) = h
+        .at(T0 + late)
+        .feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["load"]);
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["lease"], "renewed before the fetch: {a:?}");
+    h.at(T0 + late + Duration::from_millis(5));
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["fetch"], "{a:?}");
+}
