@@ -821,6 +821,9 @@ async fn cache_contained(driver: impl Driver, fault: CacheFault) {
     })
     .await;
     assert_eq!(cache.stores(), 0);
+    // Readers can see that the cache did not take the token.
+    env.until_ticking("the failed store reported", 50, |s| s.store_error.is_some())
+        .await;
 
     cache.set(CacheFault::None);
     // 62 s: tok-2 is stale, peer-tok has expired.
@@ -837,6 +840,8 @@ async fn cache_contained(driver: impl Driver, fault: CacheFault) {
             .is_some_and(|t| t.access_token().expose_secret() == "tok-3")
     })
     .await;
+    env.until("the store error cleared", |s| s.store_error.is_none())
+        .await;
     assert_eq!(env.stop().await.fetches(), 3);
 }
 
