@@ -23,11 +23,12 @@ enum EventKind {
     Wake {
         generation: u64,
     },
-    /// An answer for incarnation `life`; `sent` is when a fetch was sent.
+    /// An answer for incarnation `life`; `deadline` is when the machine
+    /// gives up on a fetch (its send plus the request's own timeout).
     Deliver {
         life: u64,
         input: Input,
-        sent: Option<Timestamp>,
+        deadline: Option<Timestamp>,
     },
     ReadCache {
         life: u64,
@@ -120,7 +121,7 @@ pub(super) struct Fleet<'a> {
     cached: Option<Arc<Token>>,
     lease: Option<((usize, u64), Timestamp)>,
     /// Refresh tokens in answers still travelling, by value: how many
-    /// answers carry each, and when the first of them was sent.
+    /// answers carry each, and the deadline of the first of them.
     in_flight: HashMap<String, (u32, Timestamp)>,
     /// Refresh tokens whose acknowledged write the cache lost.
     lost_writes: std::collections::HashSet<String>,
@@ -273,12 +274,14 @@ impl<'a> Fleet<'a> {
                     }
                     Input::Tick
                 }
-                EventKind::Deliver { life, input, sent } => {
-                    match self.deliverable(i, life, input, sent, now) {
-                        Some(input) => input,
-                        None => continue,
-                    }
-                }
+                EventKind::Deliver {
+                    life,
+                    input,
+                    deadline,
+                } => match self.deliverable(i, life, input, deadline, now) {
+                    Some(input) => input,
+                    None => continue,
+                },
                 EventKind::ReadCache {
                     life,
                     id,
@@ -361,7 +364,7 @@ impl<'a> Fleet<'a> {
         i: usize,
         life: u64,
         input: Input,
-        sent: Option<Timestamp>,
+        deadline: Option<Timestamp>,
         now: Timestamp,
     ) -> Option<Input> {
         let rotated = match &input {
@@ -381,10 +384,10 @@ impl<'a> Fleet<'a> {
         }
         let inst = &self.instances[i];
         let dead = life != inst.life || !inst.alive;
-        if let (Some(sent), Input::Fetched(..)) = (sent, &input) {
-            if now > sent + self.scenario.config.fetch_timeout && !dead {
-                self.report.late_answers += 1;
-            }
+        // Only fetches carry a deadline.
+        let late = deadline.is_some_and(|d| now > d);
+        if late && !dead {
+            self.report.late_answers += 1;
         }
         if !dead {
             return Some(input);
@@ -393,7 +396,6 @@ impl<'a> Fleet<'a> {
             // A stopped machine waited for its fetch until the deadline; an
             // answer after that is the inherent loss (b). A killed one is (a).
             let killed = life + 1 == inst.life && inst.last_stop_killed;
-            let late = sent.is_some_and(|s| now > s + self.scenario.config.fetch_timeout);
             if killed {
                 self.check_loss(Loss::Killed);
             } else if late {
@@ -420,7 +422,7 @@ impl<'a> Fleet<'a> {
             EventKind::Deliver {
                 life,
                 input,
-                sent: None,
+                deadline: None,
             },
         );
     }
@@ -534,7 +536,7 @@ impl<'a> Fleet<'a> {
                             EventKind::Deliver {
                                 life,
                                 input,
-                                sent: None,
+                                deadline: None,
                             },
                         );
                     }
@@ -581,12 +583,21 @@ impl<'a> Fleet<'a> {
                     }
                     return;
                 }
+                let deadline = now + request.timeout;
                 if let Some(rt) = rotated {
-                    self.in_flight.entry(rt).or_insert((0, now)).0 += 1;
+                    self.in_flight.entry(rt).or_insert((0, deadline)).0 += 1;
                 }
                 let input = Input::Fetched(request.id, result);
-                let sent = Some(now);
-                self.push(now + latency, i, EventKind::Deliver { life, input, sent });
+                let deadline = Some(deadline);
+                self.push(
+                    now + latency,
+                    i,
+                    EventKind::Deliver {
+                        life,
+                        input,
+                        deadline,
+                    },
+                );
             }
             Action::Publish(snapshot) => {
                 self.account(i, now);
@@ -641,11 +652,10 @@ impl<'a> Fleet<'a> {
         if presented.is_none() || presented == Some(current) {
             return;
         }
-        let timeout = self.scenario.config.fetch_timeout;
         if self
             .in_flight
             .get(current)
-            .is_some_and(|(_, sent)| now >= *sent + timeout)
+            .is_some_and(|(_, deadline)| now >= *deadline)
         {
             self.report.inherent_losses += 1;
             self.authority.lose_current(Loss::LostAnswer);
@@ -768,6 +778,6 @@ fn fleet_start(life: u64) -> EventKind {
     EventKind::Deliver {
         life,
         input: Input::Start,
-        sent: None,
+        deadline: None,
     }
 }

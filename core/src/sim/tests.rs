@@ -63,3 +63,25 @@ fn permanent_errors_are_not_hammered() {
     assert!(r.authority_requests <= 25, "{r:?}");
     assert_eq!(r.availability, 0.0);
 }
+
+/// A late answer is one that comes after the machine's deadline for that
+/// fetch, which near expiry is shorter than the fetch timeout: 20 s tokens
+/// (renewed with about 5 s left) and a 10 s hold, well under the 30 s
+/// fetch timeout but past every deadline the machine gives a renewal.
+#[test]
+fn late_answers_count_against_each_fetchs_own_deadline() {
+    let life = Duration::from_secs(20);
+    let config = MachineConfig::default();
+    let held = Duration::from_secs(10);
+    assert!(held < config.fetch_timeout);
+    let r = Scenario::new(1)
+        .lifetime(life)
+        .duration(Duration::from_secs(60))
+        .fault(Fault::new(
+            FaultKind::Hang { held },
+            Duration::from_secs(5),
+            Duration::from_secs(20),
+        ))
+        .run();
+    assert!(r.late_answers >= 1, "{r:?}");
+}
