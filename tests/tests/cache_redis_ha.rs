@@ -153,7 +153,11 @@ fn a_cluster_round_trips_shares_a_lease_and_survives_a_killed_primary() {
     println!(
         "cluster: node {primary} restarted; leases acknowledged again after {took:?} ({busy} busy)"
     );
-    cache.store(&token(103)).unwrap();
+    // A store is acknowledged again too (retried: on a loaded machine the
+    // rejoined replica can miss one 250 ms acknowledgement).
+    eventually("a store once the old primary is back", || {
+        cache.store(&token(103))
+    });
 }
 
 #[test]
@@ -204,7 +208,11 @@ fn a_sentinel_primary_round_trips_shares_a_lease_and_fails_over() {
     println!(
         "sentinel: server {old} restarted; leases acknowledged again after {took:?} ({busy} refused)"
     );
-    a.store(&token(3)).unwrap();
+    // A store is acknowledged again too (retried: under load the rejoined
+    // replica once missed the 250 ms acknowledgement of the first store).
+    eventually("a store once the old primary is back", || {
+        a.store(&token(3))
+    });
 }
 
 /// A Sentinel address that accepts connections and never answers (a
