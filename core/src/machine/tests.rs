@@ -1005,3 +1005,36 @@ fn a_lease_granted_late_counts_from_its_request_and_is_renewed_before_the_fetch(
     let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     assert_eq!(kinds(&a), ["fetch"], "{a:?}");
 }
+
+/// A late answer (from a fetch the machine gave up on) that arrives while a
+/// lease request is in flight, and rotated nothing, is served, and the
+/// lease request is kept: answering it carries on as usual. Before, the
+/// answer preempted the request and the next one went out beside it, two
+/// lease requests in flight (found by the `machine` fuzz target in CI).
+#[test]
+fn a_late_answer_during_a_lease_request_is_served_and_the_request_kept() {
+    let mut h = Harness::cached();
+    fetching(&mut h);
+    let fetch_id = h.last_id.unwrap();
+    // The fetch's deadline passes; the retry has too little lease left for
+    // a fetch, so it reads the cache and asks for the lease again.
+    let deadline = T0 + MachineConfig::default().fetch_timeout;
+    let (_, retry_at) = h.at(deadline).feed(Input::Tick);
+    let (a, _) = h.at(retry_at).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["load"], "{a:?}");
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["lease"], "{a:?}");
+    let lease_id = h.last_id.unwrap();
+    // The abandoned fetch is answered after all, with a fresh token.
+    let late = TokenResponse::new(AccessToken::new("late")).with_expires_in(Some(3600));
+    let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Ok(late)));
+    assert_eq!(kinds(&a), ["publish"], "served, nothing sent: {a:?}");
+    let served = published(&a)[0].token.as_ref().map(|t| t.id());
+    assert_eq!(served, Some(AccessToken::new("late").fingerprint()));
+    // The lease request's answer is still expected, not an unknown input.
+    let ignored = h.m.stats().ignored_inputs;
+    let (a, _) = h.feed_raw(Input::Lease(lease_id, Ok(LeaseOutcome::Granted)));
+    assert_eq!(h.m.stats().ignored_inputs, ignored, "{a:?}");
+    assert!(!kinds(&a).contains(&"lease"), "{a:?}");
+    assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
+}
