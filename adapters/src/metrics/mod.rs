@@ -8,7 +8,9 @@
 //! known. Without an installed recorder the calls cost next to nothing.
 //!
 //! Each driver's metrics carry a `refresher` label, the name set with
-//! [`Builder::name`](crate::driver::Builder::name) (`"default"` unless set).
+//! [`Builder::name`](crate::driver::Builder::name) (`"default"` unless set;
+//! a `TokenManager` names each key's refresher `TokenKey::cache_name`: the
+//! client id and a hash of the key's audience, scopes and resources).
 //! No label ever holds a token, a token id, a URL or anything an authority
 //! sent: every label value comes from a small fixed set, or from that name.
 //!
