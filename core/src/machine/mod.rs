@@ -273,6 +273,11 @@ enum Retry {
     /// Store this token, which carries a rotated refresh token that is not
     /// yet durable; nothing else happens before it is.
     StoreRotated(Arc<Token>),
+    /// Share this token, which a late answer brought while a lease
+    /// extension was in flight: stored once the extension is answered or
+    /// given up on, never beside it (then the lease is released as after
+    /// any store).
+    Share(Arc<Token>),
 }
 
 impl Retry {
@@ -602,6 +607,7 @@ impl RefreshMachine {
             } if mono >= retry_at => match then {
                 Retry::Refresh => self.begin_refresh(),
                 Retry::StoreRotated(token) => self.send_store(token, StoreFor::Rotated, false),
+                Retry::Share(token) => self.send_store(token, StoreFor::Sharing, false),
             },
             Phase::PeerWait { recheck_at } if mono >= recheck_at => {
                 self.read_cache(CacheRead::BeforeLease)
@@ -862,6 +868,9 @@ impl RefreshMachine {
                 ..
             })
         );
+        if !rotated && self.serve_during_backoff(&token) {
+            return;
+        }
         if (fetching || leasing) && !rotated {
             // A newer token, nothing rotated: serve it, and keep waiting for
             // the fetch or lease request in flight (never two of either out
@@ -910,6 +919,45 @@ impl RefreshMachine {
             (false, false) => StoreFor::Sharing,
         };
         self.send_store(token, store_for, draining);
+    }
+
+    /// A late answer's newer token that rotated nothing, arriving during a
+    /// backoff: served at once, and the backoff's own work kept. A rotated
+    /// refresh token that is not durable yet is stored with the newer token
+    /// (which carries it), still under the backoff's rules, so a failed
+    /// store is retried; a lease extension in flight is waited for before
+    /// the token is shared. (The `machine` fuzz target found the answer
+    /// replacing the backoff with a store while an extension was out; the
+    /// next lease request then went out beside it.) Returns whether the
+    /// answer was handled here.
+    fn serve_during_backoff(&mut self, token: &Arc<Token>) -> bool {
+        let Phase::Backoff {
+            retry_at,
+            extend,
+            then,
+        } = &self.phase
+        else {
+            return false;
+        };
+        let (retry_at, then) = match (then, extend) {
+            // Still failing to store: the backoff and its state stand.
+            (Retry::StoreRotated(_), _) => (*retry_at, Retry::StoreRotated(token.clone())),
+            (Retry::Refresh | Retry::Share(_), Some(_)) => {
+                self.failures = 0;
+                self.state = RefreshState::Healthy;
+                (self.now.mono, Retry::Share(token.clone()))
+            }
+            (Retry::Refresh | Retry::Share(_), None) => return false,
+        };
+        let extend = *extend;
+        self.make_current(token.clone());
+        self.publish();
+        self.phase = Phase::Backoff {
+            retry_at,
+            extend,
+            then,
+        };
+        true
     }
 
     /// Starts a refresh: from the cache when there is one, else a fetch.

@@ -1038,3 +1038,35 @@ fn a_late_answer_during_a_lease_request_is_served_and_the_request_kept() {
     assert!(!kinds(&a).contains(&"lease"), "{a:?}");
     assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
 }
+
+/// A late answer (no rotation) that arrives during a backoff while the
+/// lease extension is in flight is served at once and shared once the
+/// extension is settled: the store waits for it (so no later lease request
+/// can go out beside it), and the retry does not fetch again. Found by the
+/// `machine` fuzz target in CI: the answer replaced the backoff with a
+/// store, and an invalidation then sent a lease request beside the
+/// extension.
+#[test]
+fn a_late_answer_during_a_lease_extension_is_shared_once_the_extension_is_answered() {
+    let mut h = Harness::cached();
+    fetching(&mut h);
+    let fetch_id = h.last_id.unwrap();
+    // The driver wakes long after the fetch's deadline: the retry waits,
+    // and the lease (lapsing before it) is extended over the wait.
+    let (a, _) = h.at(T0 + Duration::from_secs(291)).feed(Input::Tick);
+    assert!(kinds(&a).contains(&"lease"), "{a:?}");
+    let extension = h.last_id.unwrap();
+    // The abandoned fetch answers after all.
+    let late = TokenResponse::new(AccessToken::new("late")).with_expires_in(Some(1080));
+    h.at(T0 + Duration::from_secs(292));
+    let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Ok(late)));
+    assert_eq!(kinds(&a), ["publish"], "served, nothing sent: {a:?}");
+    assert_eq!(*h.m.state(), RefreshState::Healthy);
+    // The extension is answered: now the token is shared.
+    let (a, _) = h.feed_raw(Input::Lease(extension, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["store"], "{a:?}");
+    let (a, _) = h.feed(Input::Stored(ID, Ok(())));
+    assert!(kinds(&a).contains(&"release"), "{a:?}");
+    assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
+    assert_eq!(h.m.stats().fetches, 1);
+}
