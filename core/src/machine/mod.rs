@@ -36,7 +36,11 @@
 //! [`Output::Timeout`], and a [`Input::Tick`] past it counts as that
 //! request failing. An answer that comes after its deadline is recognised
 //! by its id. A late fetch answer that carries a rotated refresh token is
-//! still learned and stored: the authority has spent the old one.
+//! still learned and stored: the authority has spent the old one. One that
+//! rotated nothing but brings a newer token is served at once; whatever
+//! request is in flight (a fetch, a lease request or extension, a store
+//! being retried) is kept, so there is never a second request of a kind
+//! beside the first.
 //!
 //! # Refresh tokens
 //!
