@@ -37,10 +37,10 @@
 //! request failing. An answer that comes after its deadline is recognised
 //! by its id. A late fetch answer that carries a rotated refresh token is
 //! still learned and stored: the authority has spent the old one. One that
-//! rotated nothing but brings a newer token is served at once; whatever
-//! request is in flight (a fetch, a lease request or extension, a store
-//! being retried) is kept, so there is never a second request of a kind
-//! beside the first.
+//! rotated nothing but brings a newer token is served at once, and a fetch
+//! or lease request in flight, a lease extension in flight and a store a
+//! backoff retries are kept: never a second request of a kind beside the
+//! first.
 //!
 //! # Refresh tokens
 //!
