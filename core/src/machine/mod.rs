@@ -1745,7 +1745,6 @@ impl RefreshMachine {
         }
     }
 
-    /// Whether the lease we hold outlasts a fetch sent now (its deadline).
     /// The deadline of a cache request: the cache timeout, or, while a
     /// rotated refresh token is not durable (`undurable`), that bounded by
     /// [`within_the_lease`](Self::within_the_lease).
@@ -1757,6 +1756,7 @@ impl RefreshMachine {
         }
     }
 
+    /// Whether the lease we hold outlasts a fetch sent now (its deadline).
     fn holds_lease_for_a_fetch(&self) -> bool {
         let fetch = self.fetch_deadline();
         self.lease_until
