@@ -128,10 +128,6 @@ fn kill_run(
         last.status.success() && String::from_utf8_lossy(&last.stdout).contains("refreshed");
 
     let log = authority.requests();
-    run.refresh_grants = log
-        .iter()
-        .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
-        .count();
     run.invalid_grant = log
         .iter()
         .filter(
@@ -151,6 +147,7 @@ fn kill_run(
         .iter()
         .filter(|r| r.grant_type.as_deref() == Some("refresh_token"))
         .collect();
+    run.refresh_grants = refreshes.len();
     run.unexplained_reuses = refreshes
         .iter()
         .filter(|r| r.reused_refresh_token)
