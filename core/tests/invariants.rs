@@ -27,6 +27,8 @@ enum Step {
     FetchFailed(u8, Option<u64>),
     Stored(bool),
     Lease(u8),
+    /// The answer to the last release: given back, or the cache failed.
+    Released(bool),
     /// An answer to a request the machine may have given up on.
     Stale,
     InvalidateCurrent,
@@ -44,6 +46,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0u8..4, proptest::option::of(0u64..600)).prop_map(|(k, r)| Step::FetchFailed(k, r)),
         2 => any::<bool>().prop_map(Step::Stored),
         2 => (0u8..4).prop_map(Step::Lease),
+        1 => any::<bool>().prop_map(Step::Released),
         1 => Just(Step::Stale),
         1 => Just(Step::InvalidateCurrent),
         1 => any::<u64>().prop_map(Step::InvalidateOther),
@@ -77,8 +80,8 @@ const T0: u64 = 1_700_000_000_000;
 struct Feeder {
     m: RefreshMachine,
     now: Now,
-    /// The last request of each kind: load, lease, fetch, store.
-    ids: [Option<RequestId>; 4],
+    /// The last request of each kind: load, lease, fetch, store, release.
+    ids: [Option<RequestId>; 5],
     /// An id the machine used some time ago (for stale answers).
     old: Option<RequestId>,
 }
@@ -88,7 +91,7 @@ impl Feeder {
         Feeder {
             m: RefreshMachine::new(config),
             now: Now::new(Timestamp::from_millis(T0), MonoTime::from_millis(T0)),
-            ids: [None; 4],
+            ids: [None; 5],
             old: None,
         }
     }
@@ -161,6 +164,11 @@ impl Feeder {
             Step::Stored(false) => {
                 Input::Stored(self.id(3), Err(CacheError::new(CacheErrorKind::Io, "full")))
             }
+            Step::Released(true) => Input::Released(self.id(4), Ok(())),
+            Step::Released(false) => Input::Released(
+                self.id(4),
+                Err(CacheError::new(CacheErrorKind::Unavailable, "down")),
+            ),
             Step::Lease(0) => Input::Lease(self.id(1), Ok(LeaseOutcome::Granted)),
             Step::Lease(1) => Input::Lease(self.id(1), Ok(LeaseOutcome::Busy)),
             Step::Lease(2) => Input::Lease(self.id(1), Ok(LeaseOutcome::Unsupported)),
@@ -202,6 +210,7 @@ impl Feeder {
                     Action::AcquireLease { .. } => Some(1),
                     Action::Fetch(_) => Some(2),
                     Action::Store { .. } => Some(3),
+                    Action::ReleaseLease { .. } => Some(4),
                     _ => None,
                 };
                 if let (Some(k), Some(id)) = (kind, a.request_id()) {
@@ -247,56 +256,62 @@ proptest! {
     }
 
     #[test]
-    fn at_most_one_fetch_and_one_lease_in_flight_and_nothing_after_stop(cache: bool, seed: u64, seq in sequence()) {
+    fn at_most_one_request_of_each_kind_in_flight_and_nothing_after_stop(cache: bool, seed: u64, seq in sequence()) {
         let config = config(cache, seed);
         let (fetch_timeout, cache_timeout) = (config.fetch_timeout, config.cache_timeout);
         let mut f = Feeder::new(config);
-        // The flight of each kind: the request's id and its deadline. An
-        // answer with that id ends it, and so does its deadline passing
-        // (the machine gives up on it); what matters is that the machine
-        // never asks twice while a request is still out.
-                let mut fetching: Option<(RequestId, MonoTime)> = None;
-        let mut leasing: Option<(RequestId, MonoTime)> = None;
+        // The flight of each kind (load, lease, fetch, store, release): the
+        // request's id and its deadline. An answer with that id ends it, and
+        // so does its deadline passing (the machine gives up on it); what
+        // matters is that the machine never asks twice while a request of
+        // the kind is still out, whatever answers come late (a late answer
+        // that rotated the refresh token included: its store waits).
+        let mut flying: [Option<(RequestId, MonoTime)>; 5] = [None; 5];
         let mut stopped = false;
         for (dt, step) in &seq {
             f.advance(*dt);
             let input = f.input(step);
-            match &input {
-                                Input::Fetched(id, _) if fetching.is_some_and(|(f, _)| f == *id) => fetching = None,
-                // A late answer that rotated the refresh token makes the
-                // fetch in flight moot (it presented the now spent one).
-                                // The same answer preempts a lease request in flight (the
-                // lease is re-entrant for its holder).
-                Input::Fetched(_, Ok(r)) if r.refresh_token.is_some() => {
-                    fetching = None;
-                    leasing = None;
+            if let Some(id) = input.request_id() {
+                for slot in flying.iter_mut() {
+                    if slot.is_some_and(|(r, _)| r == id) {
+                        *slot = None;
+                    }
                 }
-                Input::Lease(id, _) if leasing.is_some_and(|(l, _)| l == *id) => leasing = None,
-                _ => {}
             }
             let mono = f.now.mono;
-            if fetching.is_some_and(|(_, d)| mono >= d) { fetching = None; }
-            if leasing.is_some_and(|(_, d)| mono >= d) { leasing = None; }
+            for slot in flying.iter_mut() {
+                if slot.is_some_and(|(_, d)| mono >= d) {
+                    *slot = None;
+                }
+            }
             f.m.handle_input(input, f.now);
             while let Output::Action(a) = f.m.poll_output() {
                 prop_assert!(!stopped, "action after Stop: {:?}", a);
-                match a {
+                let (kind, timeout) = match &a {
+                    Action::LoadCache { .. } => (0, cache_timeout),
+                    Action::AcquireLease { timeout, .. } => {
+                        prop_assert!(*timeout <= cache_timeout);
+                        (1, *timeout)
+                    }
                     Action::Fetch(r) => {
-                        prop_assert!(fetching.is_none(), "second Fetch in flight");
-                        fetching = Some((r.id, mono + fetch_timeout));
-                        f.ids[2] = Some(r.id);
+                        prop_assert!(r.timeout <= fetch_timeout);
+                        (2, r.timeout)
                     }
-                    Action::AcquireLease { id, timeout, .. } => {
-                        prop_assert!(leasing.is_none(), "second AcquireLease in flight");
-                        prop_assert!(timeout <= cache_timeout);
-                        leasing = Some((id, mono + timeout));
-                        f.ids[1] = Some(id);
+                    Action::Store { timeout, .. } => {
+                        prop_assert!(*timeout <= cache_timeout);
+                        (3, *timeout)
                     }
-                    Action::LoadCache { id, .. } => f.ids[0] = Some(id),
-                    Action::Store { id, .. } => f.ids[3] = Some(id),
-                    Action::Stop => stopped = true,
-                    _ => {}
-                }
+                    Action::ReleaseLease { timeout, .. } => (4, *timeout),
+                    Action::Stop => {
+                        stopped = true;
+                        continue;
+                    }
+                    Action::Publish(_) => continue,
+                };
+                let id = a.request_id().expect("a request");
+                prop_assert!(flying[kind].is_none(), "a second request of a kind in flight: {:?} beside {:?}", a, flying[kind]);
+                flying[kind] = Some((id, mono + timeout));
+                f.ids[kind] = Some(id);
             }
         }
     }
@@ -324,9 +339,12 @@ proptest! {
         for (dt, step) in &seq {
             f.step(*dt, step);
         }
-        // Shut down, and let any drain run out its deadline.
+        // Shut down, and let any drain run out its deadlines (an answer,
+        // its store, the release of the lease).
         f.step(0, &Step::Shutdown);
-        f.step(i64::from(u32::MAX), &Step::Tick);
+        for _ in 0..4 {
+            f.step(i64::from(u32::MAX), &Step::Tick);
+        }
         prop_assert!(f.m.is_stopped());
         let before = f.m.stats().ignored_inputs;
         f.m.handle_input(Input::Fetched(id, Err(FetchError::transient("after stop"))), f.now);

@@ -1,7 +1,8 @@
 //! The RefreshMachine fed arbitrary input sequences, in any order, with
 //! arbitrary times (including jumps back), asserting its invariants: every
 //! timeout in the future, a bounded number of outputs per input, at most one
-//! fetch and one lease in flight, nothing after Stop.
+//! request of each kind (load, lease, fetch, store, release) in flight,
+//! whatever answers come late, nothing after Stop.
 #![no_main]
 
 use std::time::Duration;
@@ -23,12 +24,12 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Timestamp::from_secs(1_700_000_000);
     let mut mono = MonoTime::from_millis(0);
     let (fetch_timeout, cache_timeout) = (m.config().fetch_timeout, m.config().cache_timeout);
-    // Each kind's request in flight: its id and deadline (on the monotonic clock).
-    let mut fetching: Option<(RequestId, MonoTime)> = None;
-    let mut leasing: Option<(RequestId, MonoTime)> = None;
+    // Each kind's request in flight (load, lease, fetch, store, release):
+    // its id and deadline (on the monotonic clock).
+    let mut flying: [Option<(RequestId, MonoTime)>; 5] = [None; 5];
     let mut stopped = false;
     // The last id of each kind of request, and an older one, to answer with.
-    let mut ids: [Option<RequestId>; 4] = [None; 4];
+    let mut ids: [Option<RequestId>; 5] = [None; 5];
     let mut old: Option<RequestId> = None;
     let mut n = 0u64;
     while let (Some(op), Some(arg)) = (next(), next()) {
@@ -117,6 +118,14 @@ fuzz_target!(|data: &[u8]| {
                 None => Input::Tick,
             },
             23 => Input::Invalidate(TokenId::of(&[arg])),
+            26 => Input::Released(
+                id(4),
+                if arg & 1 == 0 {
+                    Ok(())
+                } else {
+                    Err(CacheError::new(CacheErrorKind::Unavailable, "x"))
+                },
+            ),
             25 => Input::Fetched(
                 old.unwrap_or_default(),
                 Ok(TokenResponse::new(AccessToken::new(format!("l{n}")))
@@ -126,25 +135,17 @@ fuzz_target!(|data: &[u8]| {
             24 => Input::Shutdown,
             _ => Input::Tick,
         };
-        match &input {
-            Input::Fetched(i, _) if fetching.is_some_and(|(f, _)| f == *i) => fetching = None,
-            // A late answer that rotated the refresh token makes the fetch in
-            // flight moot (it presented the now spent one): the machine may
-            // ask again at once, with the new token.
-            // The same answer preempts a lease request in flight (the lease
-            // is re-entrant for its holder, so asking again is harmless).
-            Input::Fetched(_, Ok(r)) if r.refresh_token.is_some() => {
-                fetching = None;
-                leasing = None;
+        if let Some(i) = input.request_id() {
+            for slot in flying.iter_mut() {
+                if slot.is_some_and(|(r, _)| r == i) {
+                    *slot = None;
+                }
             }
-            Input::Lease(i, _) if leasing.is_some_and(|(l, _)| l == *i) => leasing = None,
-            _ => {}
         }
-        if fetching.is_some_and(|(_, d)| mono >= d) {
-            fetching = None;
-        }
-        if leasing.is_some_and(|(_, d)| mono >= d) {
-            leasing = None;
+        for slot in flying.iter_mut() {
+            if slot.is_some_and(|(_, d)| mono >= d) {
+                *slot = None;
+            }
         }
         m.handle_input(input, Now::new(now, mono));
         let mut outputs = 0;
@@ -158,35 +159,26 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Output::Action(a) => {
                     assert!(!stopped, "action after Stop");
-                    let kind = match &a {
-                        Action::LoadCache { .. } => Some(0),
-                        Action::AcquireLease { .. } => Some(1),
-                        Action::Fetch(_) => Some(2),
-                        Action::Store { .. } => Some(3),
+                    // Each request's own deadline: the fetch's is shorter
+                    // than the fetch timeout for client credentials near
+                    // expiry, a cache call's shorter than the cache timeout
+                    // while a rotated refresh token is not durable.
+                    let flight = match &a {
+                        Action::LoadCache { .. } => Some((0, cache_timeout)),
+                        Action::AcquireLease { timeout, .. } => Some((1, *timeout)),
+                        Action::Fetch(r) => Some((2, r.timeout)),
+                        Action::Store { timeout, .. } => Some((3, *timeout)),
+                        Action::ReleaseLease { timeout, .. } => Some((4, *timeout)),
                         _ => None,
                     };
-                    if let (Some(k), Some(i)) = (kind, a.request_id()) {
+                    if let (Some((k, timeout)), Some(i)) = (flight, a.request_id()) {
+                        let limit = if k == 2 { fetch_timeout } else { cache_timeout };
+                        assert!(timeout <= limit, "a deadline past its timeout: {a:?}");
+                        assert!(flying[k].is_none(), "two of a kind in flight: {a:?}");
+                        flying[k] = Some((i, mono + timeout));
                         old = ids[k].replace(i).or(old);
                     }
                     match a {
-                        Action::Fetch(r) => {
-                            assert!(fetching.is_none(), "two fetches in flight");
-                            // The machine's deadline for this fetch (shorter
-                            // than the fetch timeout for client credentials
-                            // near expiry), never longer than the timeout.
-                            assert!(
-                                r.timeout <= fetch_timeout,
-                                "deadline past the fetch timeout"
-                            );
-                            fetching = Some((r.id, mono + r.timeout));
-                        }
-                        Action::AcquireLease { id, timeout, .. } => {
-                            assert!(leasing.is_none(), "two leases in flight");
-                            assert!(timeout <= cache_timeout, "a lease deadline past the cache timeout");
-                            // The machine's own deadline for it (shorter
-                            // while a rotated refresh token is not durable).
-                            leasing = Some((id, mono + timeout));
-                        }
                         Action::Publish(s) => {
                             if let Some(t) = &s.token {
                                 assert!(

@@ -138,9 +138,10 @@ impl Workers {
     fn send(&mut self, kind: JobKind, work: Work) -> Result<(), &'static str> {
         // A job that expects an answer, while the worker is still in
         // another call, means the machine gave up on that call at its
-        // deadline: the worker is stuck. (A release, which expects none,
-        // may queue behind it.)
-        let answered = kind != JobKind::Release;
+        // deadline: the worker is stuck. (A release, which the machine
+        // awaits only when stopping, may queue behind it: it is sent after
+        // a store or a fetch is answered, or beside a lease granted late.)
+        let answered = !matches!(kind, JobKind::Release(_));
         let busy = self
             .current
             .as_ref()

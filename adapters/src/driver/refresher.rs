@@ -59,7 +59,7 @@ pub enum CacheJob {
     /// Take the lease for this long.
     Lease(RequestId, Duration),
     /// Give the lease back.
-    Release,
+    Release(RequestId),
 }
 
 /// The kind of a job and the request it answers, kept to answer for it
@@ -70,7 +70,7 @@ pub(crate) enum JobKind {
     Load(RequestId),
     Store(RequestId),
     Lease(RequestId),
-    Release,
+    Release(RequestId),
 }
 
 impl Job {
@@ -90,7 +90,7 @@ impl CacheJob {
             CacheJob::Load(id, _) => JobKind::Load(*id),
             CacheJob::Store(id, _) => JobKind::Store(*id),
             CacheJob::Lease(id, _) => JobKind::Lease(*id),
-            CacheJob::Release => JobKind::Release,
+            CacheJob::Release(id) => JobKind::Release(*id),
         }
     }
 
@@ -104,7 +104,7 @@ impl CacheJob {
             }
             CacheJob::Store(id, token) => Some(Input::Stored(id, cache.store(&token))),
             CacheJob::Lease(id, ttl) => Some(Input::Lease(id, cache.acquire_lease(ttl))),
-            CacheJob::Release => released(cache.release_lease()),
+            CacheJob::Release(id) => Some(released(id, cache.release_lease())),
         })
     }
 
@@ -118,18 +118,19 @@ impl CacheJob {
             }
             CacheJob::Store(id, token) => Some(Input::Stored(id, cache.store(&token).await)),
             CacheJob::Lease(id, ttl) => Some(Input::Lease(id, cache.acquire_lease(ttl).await)),
-            CacheJob::Release => released(cache.release_lease().await),
+            CacheJob::Release(id) => Some(released(id, cache.release_lease().await)),
         }
     }
 }
 
-/// The machine waits for no answer to a release; a failure is only logged.
-fn released(result: Result<(), CacheError>) -> Option<Input> {
-    if let Err(e) = result {
-        let hint = crate::metrics::cache_hint(&e);
+/// A release's answer: only a shutdown waits for it; a failure is logged
+/// here (the lease then lapses by its TTL).
+fn released(id: RequestId, result: Result<(), CacheError>) -> Input {
+    if let Err(e) = &result {
+        let hint = crate::metrics::cache_hint(e);
         tracing::warn!(error = %e, hint, "could not release the cache lease");
     }
-    None
+    Input::Released(id, result)
 }
 
 impl JobKind {
@@ -146,7 +147,7 @@ impl JobKind {
             JobKind::Load(id) => Some(Input::CacheLoaded(id, Err(cache_error()))),
             JobKind::Store(id) => Some(Input::Stored(id, Err(cache_error()))),
             JobKind::Lease(id) => Some(Input::Lease(id, Err(cache_error()))),
-            JobKind::Release => None,
+            JobKind::Release(id) => Some(Input::Released(id, Err(cache_error()))),
         }
     }
 }
@@ -282,13 +283,15 @@ impl Refresher {
                 Output::Action(Action::LoadCache { id, newer_than }) => {
                     Job::Cache(CacheJob::Load(id, newer_than))
                 }
-                Output::Action(Action::Store { id, token }) => {
+                Output::Action(Action::Store { id, token, .. }) => {
                     Job::Cache(CacheJob::Store(id, token))
                 }
                 Output::Action(Action::AcquireLease { id, ttl, .. }) => {
                     Job::Cache(CacheJob::Lease(id, ttl))
                 }
-                Output::Action(Action::ReleaseLease) => Job::Cache(CacheJob::Release),
+                Output::Action(Action::ReleaseLease { id, .. }) => {
+                    Job::Cache(CacheJob::Release(id))
+                }
             };
             return Next::Job(job);
         }

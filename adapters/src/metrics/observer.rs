@@ -253,7 +253,7 @@ impl Observer {
             }
             Action::Store { id, .. } => self.awaited = Some((*id, false)),
             Action::Publish(snapshot) => self.on_publish(snapshot, now),
-            Action::ReleaseLease | Action::Stop => {}
+            Action::ReleaseLease { .. } | Action::Stop => {}
         }
     }
 

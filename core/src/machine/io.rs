@@ -70,6 +70,10 @@ pub enum Input {
     /// state is unknown: a client-credentials flow fetches anyway (a broken
     /// lease must not stop refreshing), a refresh-token flow retries later.
     Lease(RequestId, Result<LeaseOutcome, CacheError>),
+    /// The result of [`Action::ReleaseLease`]. A shutdown waits for it (to
+    /// its deadline), so the next process is granted the lease at once; an
+    /// error is only reported (the lease then lapses by its TTL).
+    Released(RequestId, Result<(), CacheError>),
     /// A consumer got a 401 with the token of this id.
     Invalidate(TokenId),
     /// Stop: finish the fetch or store in flight (bounded by its deadline),
@@ -84,7 +88,8 @@ impl Input {
             Input::CacheLoaded(id, _)
             | Input::Fetched(id, _)
             | Input::Stored(id, _)
-            | Input::Lease(id, _) => Some(*id),
+            | Input::Lease(id, _)
+            | Input::Released(id, _) => Some(*id),
             _ => None,
         }
     }
@@ -157,11 +162,23 @@ pub enum Action {
     Store {
         /// Answer with this id.
         id: RequestId,
+        /// How long the machine waits for the answer (the cache timeout,
+        /// or less while a rotated refresh token is not durable: see
+        /// [`Action::AcquireLease`]'s `timeout`).
+        timeout: Duration,
         /// What to write.
         token: Arc<Token>,
     },
-    /// Give the lease back. No answer is expected.
-    ReleaseLease,
+    /// Give the lease back; answer with [`Input::Released`]. Only a
+    /// shutdown waits for the answer (to `timeout`): its `Stop` comes once
+    /// the lease is given back, so a process that exits right after it
+    /// leaves no lease behind.
+    ReleaseLease {
+        /// Answer with this id.
+        id: RequestId,
+        /// How long the machine waits for the answer (the cache timeout).
+        timeout: Duration,
+    },
     /// Make this snapshot what readers see. No answer is expected.
     Publish(Snapshot),
     /// The machine has stopped; the driver should exit.
@@ -172,10 +189,12 @@ impl Action {
     /// The id the answer must carry, for the actions that expect one.
     pub fn request_id(&self) -> Option<RequestId> {
         match self {
-            Action::LoadCache { id, .. } | Action::AcquireLease { id, .. } => Some(*id),
-            Action::Store { id, .. } => Some(*id),
+            Action::LoadCache { id, .. }
+            | Action::AcquireLease { id, .. }
+            | Action::Store { id, .. }
+            | Action::ReleaseLease { id, .. } => Some(*id),
             Action::Fetch(request) => Some(request.id),
-            Action::ReleaseLease | Action::Publish(_) | Action::Stop => None,
+            Action::Publish(_) | Action::Stop => None,
         }
     }
 }

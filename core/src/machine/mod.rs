@@ -221,6 +221,13 @@ struct Request {
 
 #[derive(Debug, Clone)]
 enum RequestKind {
+    /// A release of the lease, awaited before the next lease request (one
+    /// lease request at a time: a release that ran after a later grant
+    /// would give that grant away), or before `Stop` (`then_lease: None`).
+    Release {
+        /// The lease request to send once it is answered (its `renewal`).
+        then_lease: Option<bool>,
+    },
     Load(CacheRead),
     Lease {
         /// When it was sent: the cache's TTL runs from a moment after it,
@@ -269,6 +276,22 @@ enum StoreFor {
     Failed(FetchError),
 }
 
+impl StoreFor {
+    fn is_rotated(&self) -> bool {
+        !matches!(self, StoreFor::Sharing)
+    }
+}
+
+/// What an answer that was not the awaited one requires (a late fetch
+/// answer: make its rotated refresh token durable, or share its newer
+/// token), carried out at the next step at which no request is in flight:
+/// never beside the request in flight, never instead of it.
+#[derive(Debug, Clone)]
+struct FollowUp {
+    token: Arc<Token>,
+    store_for: StoreFor,
+}
+
 /// What a backoff waits to do again.
 #[derive(Debug, Clone)]
 enum Retry {
@@ -277,11 +300,6 @@ enum Retry {
     /// Store this token, which carries a rotated refresh token that is not
     /// yet durable; nothing else happens before it is.
     StoreRotated(Arc<Token>),
-    /// Share this token, which a late answer brought while a lease
-    /// extension was in flight: stored once the extension is answered or
-    /// given up on, never beside it (then the lease is released as after
-    /// any store).
-    Share(Arc<Token>),
 }
 
 impl Retry {
@@ -406,7 +424,7 @@ const FOLLOWER_MAX_WAIT: Duration = Duration::from_millis(250);
 /// // Waiting for the fetch's answer: until its deadline, the fetch timeout.
 /// assert_eq!(wake_at, now + MachineConfig::default().fetch_timeout);
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RefreshMachine {
     config: MachineConfig,
     phase: Phase,
@@ -430,6 +448,10 @@ pub struct RefreshMachine {
     last_invalidation: Option<MonoTime>,
     /// Until when we hold the cache's lease, if we do.
     lease_until: Option<MonoTime>,
+    /// A release of the lease in flight (its id and deadline).
+    releasing: Option<(RequestId, MonoTime)>,
+    /// What a late answer left to do (see [`FollowUp`]).
+    follow_up: Option<FollowUp>,
     /// Since when, and how many times, we have found the lease busy in this
     /// refresh (kept across re-reads).
     peer_wait: Option<(MonoTime, u32)>,
@@ -472,6 +494,8 @@ impl RefreshMachine {
             rejected: None,
             last_invalidation: None,
             lease_until: None,
+            releasing: None,
+            follow_up: None,
             peer_wait: None,
             failures: 0,
             unreached: 0,
@@ -530,6 +554,7 @@ impl RefreshMachine {
             Input::Invalidate(id) => self.invalidate(id),
             answer => self.on_answer(answer),
         }
+        self.run_follow_up();
         self.check_expiry();
     }
 
@@ -580,6 +605,10 @@ impl RefreshMachine {
     }
 
     fn tick(&mut self) {
+        // What a late answer left to do comes before any timer's work.
+        if self.follow_up.is_some() && self.is_free() {
+            return self.run_follow_up();
+        }
         let Now { wall, mono } = self.now;
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Idle { refresh_at, early } if wall >= refresh_at || mono >= early => {
@@ -611,7 +640,6 @@ impl RefreshMachine {
             } if mono >= retry_at => match then {
                 Retry::Refresh => self.begin_refresh(),
                 Retry::StoreRotated(token) => self.send_store(token, StoreFor::Rotated, false),
-                Retry::Share(token) => self.send_store(token, StoreFor::Sharing, false),
             },
             Phase::PeerWait { recheck_at } if mono >= recheck_at => {
                 self.read_cache(CacheRead::BeforeLease)
@@ -640,6 +668,13 @@ impl RefreshMachine {
         let why = |timeout: Duration| format!("timed out: no answer within {timeout:?}");
         let cache_error = |timeout| CacheError::new(CacheErrorKind::Unavailable, why(timeout));
         match request.kind {
+            RequestKind::Release { then_lease } => {
+                self.releasing = None;
+                match then_lease {
+                    Some(renewal) => self.request_lease(renewal),
+                    None => self.stop(),
+                }
+            }
             RequestKind::Load(read) => {
                 let error = cache_error(self.config.cache_timeout);
                 self.on_cache_loaded(Err(error), read)
@@ -684,6 +719,21 @@ impl RefreshMachine {
         let Some(id) = input.request_id() else {
             return self.ignore();
         };
+        if let Input::Released(_, result) = &input {
+            if self.releasing.is_some_and(|(r, _)| r == id) {
+                self.releasing = None;
+                // (A failure only means the lease lapses by its TTL; the
+                // driver reports it.)
+                let _ = result;
+                let awaited = match &self.phase {
+                    Phase::Waiting(r) | Phase::Draining { request: r, .. } => r.id == id,
+                    _ => false,
+                };
+                if !awaited {
+                    return;
+                }
+            }
+        }
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Waiting(request) if request.id == id => self.answered(request, input),
             Phase::Draining { request, until } if request.id == id => {
@@ -726,6 +776,10 @@ impl RefreshMachine {
     /// The answer to the request in flight.
     fn answered(&mut self, request: Request, input: Input) {
         match (request.kind, input) {
+            (RequestKind::Release { then_lease }, Input::Released(..)) => match then_lease {
+                Some(renewal) => self.request_lease(renewal),
+                None => self.stop(),
+            },
             (RequestKind::Load(read), Input::CacheLoaded(_, result)) => {
                 self.on_cache_loaded(result, read)
             }
@@ -752,6 +806,21 @@ impl RefreshMachine {
                         }
                         Some(error) => self.on_fetch_failed(error, true),
                     }
+                }
+                // The refresh token it presented was rotated meanwhile (a
+                // late answer brought the next one): its refusal says
+                // nothing of the grant we hold now.
+                Err(error)
+                    if error.kind() == FetchErrorKind::GrantRevoked
+                        && self
+                            .grant
+                            .as_ref()
+                            .is_some_and(|g| g.generation > generation) =>
+                {
+                    let error = FetchError::transient(format!(
+                        "a refresh token rotated meanwhile was refused ({error})"
+                    ));
+                    self.on_fetch_failed(error, true)
                 }
                 Err(error) => self.on_fetch_failed(error, true),
             },
@@ -804,7 +873,13 @@ impl RefreshMachine {
                     return self.send_store(token, store_for, true);
                 }
             }
-            (RequestKind::Lease { sent, .. }, Input::Lease(_, Ok(LeaseOutcome::Granted))) => {
+            // Granted: give it back before stopping, unless a release sent
+            // after this request (a late grant's) is in flight: the cache
+            // carries out one instance's calls in order, so it gives this
+            // one back too.
+            (RequestKind::Lease { sent, .. }, Input::Lease(_, Ok(LeaseOutcome::Granted)))
+                if !self.release_in_flight() =>
+            {
                 self.lease_until = Some(sent + self.config.lease_ttl);
             }
             // The rotated refresh token is not durable yet: try again while
@@ -830,19 +905,30 @@ impl RefreshMachine {
                 self.on_late_fetch(response, fetch);
             }
             // A lease granted after we stopped waiting for it: give it
-            // back, or peers wait for a holder that is not fetching.
-            Input::Lease(_, Ok(LeaseOutcome::Granted)) if !self.holds_lease() => {
+            // back, or peers wait for a holder that is not fetching. (A
+            // release in flight was sent after the request, and the cache
+            // carries out one instance's calls in order: it gives it back.)
+            Input::Lease(_, Ok(LeaseOutcome::Granted))
+                if !self.holds_lease() && !self.release_in_flight() =>
+            {
                 self.ignore();
-                self.outbox.push_back(Action::ReleaseLease);
+                self.send_release();
             }
             _ => self.ignore(),
         }
     }
 
-    /// A fetch we gave up on answered after all. If it rotated the refresh
-    /// token, that token is the grant now: it is learned and stored,
-    /// whatever we are doing (the request in flight becomes late itself).
-    /// Its access token replaces ours only if it lives longer.
+    /// A fetch we gave up on answered after all: the one rule for every
+    /// answer that is not the awaited one, whatever the phase. Learn from
+    /// it (a rotated refresh token is the grant now: `accept_fetched` took
+    /// it), serve it when it is better, and queue what it requires (make
+    /// its rotated refresh token durable, share its newer token) as the
+    /// [`FollowUp`], carried out at the next step with no request in
+    /// flight. It never preempts or duplicates a request in flight: at most
+    /// one request of each kind is out, always. (Before, such answers
+    /// replaced the step in flight: a second store beside the first, a
+    /// lease request beside a lease extension, each found by a fuzzer or a
+    /// user and each given a branch of its own.)
     fn on_late_fetch(&mut self, response: TokenResponse, fetch: Abandoned) {
         // Its life counts from when it was sent, like any answer's.
         let (token, rotated) = self.accept_fetched(response, fetch.sent_at, fetch.generation);
@@ -851,117 +937,75 @@ impl RefreshMachine {
             return self.ignore();
         }
         self.stats.late_answers_used += 1;
-        let draining = matches!(self.phase, Phase::Draining { .. });
-        let fetching = matches!(
-            &self.phase,
-            Phase::Waiting(Request {
-                kind: RequestKind::Fetch { .. },
-                ..
-            }) | Phase::Draining {
-                request: Request {
-                    kind: RequestKind::Fetch { .. },
-                    ..
-                },
-                ..
-            }
-        );
-        let leasing = matches!(
-            &self.phase,
-            Phase::Waiting(Request {
-                kind: RequestKind::Lease { .. },
-                ..
-            })
-        );
-        if !rotated && self.serve_during_backoff(&token) {
-            return;
-        }
-        if (fetching || leasing) && !rotated {
-            // A newer token, nothing rotated: serve it, and keep waiting for
-            // the fetch or lease request in flight (never two of either out
-            // before a deadline: the fuzzer found a late answer that
-            // preempted a lease request, and the next one went out beside it).
-            self.make_current(token);
-            self.publish();
-            return;
-        }
-        // It rotated the refresh token: the fetch in flight presented the
-        // one now spent, so it is moot; making the new one durable is what
-        // matters.
-        if let Phase::Waiting(request) | Phase::Draining { request, .. } = &self.phase {
-            if let RequestKind::Fetch {
-                generation,
-                sent_at,
-                ..
-            } = request.kind
-            {
-                let id = request.id;
-                self.abandon(id, sent_at, generation);
-            }
-        }
+        let durable_first = rotated && self.config.cache;
         if newer {
             self.make_current(token.clone());
-            self.failures = 0;
-            self.state = RefreshState::Healthy;
-            if draining || !self.config.cache {
+            if !matches!(
+                self.phase,
+                Phase::Backoff {
+                    then: Retry::StoreRotated(_),
+                    ..
+                }
+            ) {
+                self.failures = 0;
+                self.state = RefreshState::Healthy;
+            }
+            if !durable_first {
                 self.publish();
             }
         }
         if !self.config.cache {
-            if !draining {
+            if self.is_free() {
                 self.idle_until_refresh();
             }
             return;
         }
-        // Durable first when it rotated; then readers see it.
-        let store_for = match (newer && !draining, rotated) {
+        let store_for = match (newer, rotated) {
             (true, true) => StoreFor::RotatedThenPublish,
-            (true, false) => {
-                self.publish();
-                StoreFor::Sharing
-            }
             (false, true) => StoreFor::Rotated,
-            (false, false) => StoreFor::Sharing,
+            (_, false) => StoreFor::Sharing,
         };
-        self.send_store(token, store_for, draining);
+        self.follow_up = Some(FollowUp { token, store_for });
     }
 
-    /// A late answer's newer token that rotated nothing, arriving during a
-    /// backoff: served at once, and the backoff's own work kept. A rotated
-    /// refresh token that is not durable yet is stored with the newer token
-    /// (which carries it), still under the backoff's rules, so a failed
-    /// store is retried; a lease extension in flight is waited for before
-    /// the token is shared. (The `machine` fuzz target found the answer
-    /// replacing the backoff with a store while an extension was out; the
-    /// next lease request then went out beside it.) Returns whether the
-    /// answer was handled here.
-    fn serve_during_backoff(&mut self, token: &Arc<Token>) -> bool {
-        let Phase::Backoff {
-            retry_at,
-            extend,
-            then,
-        } = &self.phase
-        else {
-            return false;
-        };
-        let (retry_at, then) = match (then, extend) {
-            // Still failing to store: the backoff and its state stand.
-            (Retry::StoreRotated(_), _) => (*retry_at, Retry::StoreRotated(token.clone())),
-            (Retry::Refresh | Retry::Share(_), Some(_)) => {
-                self.failures = 0;
-                self.state = RefreshState::Healthy;
-                (self.now.mono, Retry::Share(token.clone()))
+    /// Whether no request is awaited (a lease extension included), so the
+    /// next step may send one.
+    fn is_free(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Idle { .. }
+                | Phase::PeerWait { .. }
+                | Phase::Failed { .. }
+                | Phase::Backoff { extend: None, .. }
+        )
+    }
+
+    /// Carries out the follow-up once nothing is in flight, unless it is
+    /// moot (a newer token was served, or a later refresh token learned).
+    fn run_follow_up(&mut self) {
+        if !self.is_free() {
+            return;
+        }
+        if let Some(follow_up) = self.follow_up.take() {
+            if self.follow_up_stands(&follow_up) {
+                self.send_store(follow_up.token, follow_up.store_for, false);
+            } else if matches!(self.phase, Phase::Idle { .. }) {
+                // Moot: the lease it kept is not needed any more.
+                self.release_lease();
             }
-            (Retry::Refresh | Retry::Share(_), None) => return false,
-        };
-        let extend = *extend;
-        self.make_current(token.clone());
-        self.publish();
-        self.phase = Phase::Backoff {
-            retry_at,
-            extend,
-            then,
-        };
-        true
+        }
+    }
+
+    fn follow_up_stands(&self, follow_up: &FollowUp) -> bool {
+        if follow_up.store_for.is_rotated() {
+            self.grant
+                .as_ref()
+                .is_some_and(|g| g.generation == follow_up.token.generation())
+        } else {
+            self.current
+                .as_ref()
+                .is_some_and(|t| t.id() == follow_up.token.id())
+        }
     }
 
     /// Starts a refresh: from the cache when there is one, else a fetch.
@@ -998,6 +1042,17 @@ impl RefreshMachine {
 
     /// Asks for the lease (`renewal`: see [`RequestKind::Lease`]).
     fn request_lease(&mut self, renewal: bool) {
+        if let Some((id, deadline)) = self.releasing.filter(|_| self.release_in_flight()) {
+            // One lease request at a time: the release in flight first.
+            self.phase = Phase::Waiting(Request {
+                id,
+                deadline,
+                kind: RequestKind::Release {
+                    then_lease: Some(renewal),
+                },
+            });
+            return;
+        }
         let sent = self.now.mono;
         let timeout = self.config.cache_timeout;
         let id = self.send(RequestKind::Lease { sent, renewal }, timeout);
@@ -1117,34 +1172,54 @@ impl RefreshMachine {
             LeaseOutcome::Unsupported => self.fetch(),
             LeaseOutcome::Busy => {
                 let (since, waits) = self.peer_wait.unwrap_or((self.now.mono, 0));
-                self.peer_wait = Some((since, waits.saturating_add(1)));
-                // Without a valid token, look again soon: the holder usually
-                // stores within tens of milliseconds (a cold start). With
-                // one, there is time: wait the configured peer wait.
-                let valid = self
-                    .current
-                    .as_ref()
-                    .is_some_and(|t| t.is_valid_at(self.now.wall));
-                let waited = self.now.mono.saturating_duration_since(since);
-                let base = if valid {
-                    self.config.peer_wait
-                } else if waited < FOLLOWER_FAST_FOR {
-                    FOLLOWER_WAIT.min(self.config.peer_wait)
-                } else {
-                    let doublings =
-                        (waited.as_millis() / FOLLOWER_FAST_FOR.as_millis()).min(16) as u32;
-                    FOLLOWER_WAIT.saturating_mul(1 << doublings).min(
-                        FOLLOWER_MAX_WAIT
-                            .min(self.config.peer_wait)
-                            .max(FOLLOWER_WAIT),
-                    )
-                };
-                let wait = self.jittered(base);
+                let waits = waits.saturating_add(1);
+                self.peer_wait = Some((since, waits));
+                let wait = self.follower_wait(since, waits);
                 self.phase = Phase::PeerWait {
                     recheck_at: self.now.mono + wait,
                 };
             }
         }
+    }
+
+    /// How long a follower waits before it looks again, after its `waits`th
+    /// busy answer since `since`.
+    ///
+    /// Without a valid token it looks soon: the holder usually stores
+    /// within tens of milliseconds (a cold start). With one, it backs off,
+    /// doubling from the peer wait up to a quarter of its token's remaining
+    /// validity, so a long outage costs the cache a few calls per follower
+    /// rather than two a second; and its next look never lies past its
+    /// token's expiry, so it has the holder's token within a fast wait of
+    /// the later of the holder's store and its own expiry.
+    fn follower_wait(&mut self, since: MonoTime, waits: u32) -> Duration {
+        let until_expiry = self
+            .current
+            .as_ref()
+            .map(|t| t.expires_at().saturating_duration_since(self.now.wall))
+            .filter(|left| !left.is_zero());
+        if let Some(left) = until_expiry {
+            let doublings = waits.saturating_sub(1).min(16);
+            let cap = (left / 4).max(self.config.peer_wait);
+            let base = self
+                .config
+                .peer_wait
+                .saturating_mul(1 << doublings)
+                .min(cap);
+            return self.jittered(base).min(left).max(Duration::from_millis(1));
+        }
+        let waited = self.now.mono.saturating_duration_since(since);
+        let base = if waited < FOLLOWER_FAST_FOR {
+            FOLLOWER_WAIT.min(self.config.peer_wait)
+        } else {
+            let doublings = (waited.as_millis() / FOLLOWER_FAST_FOR.as_millis()).min(16) as u32;
+            FOLLOWER_WAIT.saturating_mul(1 << doublings).min(
+                FOLLOWER_MAX_WAIT
+                    .min(self.config.peer_wait)
+                    .max(FOLLOWER_WAIT),
+            )
+        };
+        self.jittered(base)
     }
 
     fn fetch(&mut self) {
@@ -1361,7 +1436,7 @@ impl RefreshMachine {
                 self.phase = Phase::Draining { request, until };
             }
         }
-        self.outbox.push_back(Action::Store { id, token });
+        self.outbox.push_back(Action::Store { id, token, timeout });
     }
 
     fn on_stored(
@@ -1374,6 +1449,15 @@ impl RefreshMachine {
     ) {
         // Readers see a cache that cannot be written, and when it can be
         // again, without a log.
+        if result.is_ok() {
+            let covered = self.follow_up.as_ref().is_some_and(|f| {
+                f.token.generation() <= token.generation()
+                    && f.token.expires_at() <= token.expires_at()
+            });
+            if covered {
+                self.follow_up = None;
+            }
+        }
         let was_failing = self.store_error.is_some();
         self.store_error = result.as_ref().err().cloned();
         if was_failing != self.store_error.is_some() && !publish_after {
@@ -1626,8 +1710,31 @@ impl RefreshMachine {
                 .saturating_add(self.config.cache_timeout)
     }
 
+    /// Stops once nothing is left to do: what a late answer left to store
+    /// first, then the lease given back and its release answered (to its
+    /// deadline), so the next process is granted the lease at once.
     fn stop(&mut self) {
+        if let Some(follow_up) = self.follow_up.take() {
+            if self.config.cache && self.follow_up_stands(&follow_up) {
+                return self.send_store(follow_up.token, follow_up.store_for, true);
+            }
+        }
         self.release_lease();
+        if let Some((id, deadline)) = self.releasing.take() {
+            if deadline > self.now.mono {
+                self.releasing = Some((id, deadline));
+                let request = Request {
+                    id,
+                    deadline,
+                    kind: RequestKind::Release { then_lease: None },
+                };
+                self.phase = Phase::Draining {
+                    request,
+                    until: deadline,
+                };
+                return;
+            }
+        }
         self.state = RefreshState::Stopped;
         self.publish();
         self.outbox.push_back(Action::Stop);
@@ -1767,10 +1874,30 @@ impl RefreshMachine {
         self.lease_until.is_some_and(|until| self.now.mono < until)
     }
 
+    /// Gives the lease back, unless a late answer's token is still to be
+    /// stored under it (that store releases it).
     fn release_lease(&mut self) {
-        if self.lease_until.take().is_some() {
-            self.outbox.push_back(Action::ReleaseLease);
+        if self.follow_up.is_some() {
+            return;
         }
+        // A release in flight was sent after every lease request still
+        // out (lease requests wait for releases), and the cache carries
+        // out one instance's calls in order: it gives those grants back.
+        if self.lease_until.take().is_some() && !self.release_in_flight() {
+            self.send_release();
+        }
+    }
+
+    fn release_in_flight(&self) -> bool {
+        self.releasing
+            .is_some_and(|(_, deadline)| deadline > self.now.mono)
+    }
+
+    fn send_release(&mut self) {
+        let id = self.new_id();
+        let timeout = self.config.cache_timeout;
+        self.releasing = Some((id, self.now.mono + timeout));
+        self.outbox.push_back(Action::ReleaseLease { id, timeout });
     }
 
     /// Tells readers when the current token expires (once per token).

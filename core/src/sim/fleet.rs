@@ -554,13 +554,24 @@ impl<'a> Fleet<'a> {
             Action::AcquireLease { id, ttl, .. } => {
                 self.push(cache_at, i, EventKind::TryLease { life, id, ttl })
             }
-            Action::Store { id, token } => {
+            Action::Store { id, token, .. } => {
                 self.push(cache_at, i, EventKind::WriteCache { life, id, token })
             }
-            Action::ReleaseLease => {
+            Action::ReleaseLease { id, .. } => {
+                // Given back at once; the answer takes the cache's latency.
                 if self.lease.is_some_and(|(holder, _)| holder == (i, life)) {
                     self.lease = None;
                 }
+                let input = Input::Released(id, Ok(()));
+                self.push(
+                    cache_at,
+                    i,
+                    EventKind::Deliver {
+                        life,
+                        input,
+                        deadline: None,
+                    },
+                );
             }
             Action::Fetch(request) => {
                 self.report.authority_requests += 1;

@@ -1,0 +1,955 @@
+//! Every interleaving of a small fleet, explored: a model checker that
+//! drives the real [`RefreshMachine`] (not a copy of its logic).
+//!
+//! The world is 2 or 3 instances, a shared cache with a lease, and an
+//! authority that issues 4 s tokens and, in the refresh-token flow, rotates
+//! the refresh token at every answer and revokes the grant when a spent one
+//! is presented. From a warm start (the cache holds a token about to go
+//! stale), every step the world can take is tried in every state, to a
+//! depth bound:
+//!
+//! * an instance's next cache call is carried out (each instance's calls in
+//!   the order it made them, as one cache connection does), and its answer
+//!   is delivered, or it fails, or it is lost (no effect, no answer);
+//! * any fetch in flight is answered by the authority, fails with a 503, or
+//!   is lost after the authority acted (an inherent loss when it rotated);
+//! * time moves to the next deadline of any instance (so answers come late,
+//!   hung calls are given up on, refreshes and backoffs fire);
+//! * a reader reports the current token rejected (`Invalidate`);
+//! * an instance is shut down cleanly, or killed, or a stopped one restarts.
+//!
+//! In every reachable state it checks the machine's invariants: no rotated
+//! refresh token presented twice unless an answer was lost after the
+//! authority acted; at most one request of each kind in flight per
+//! instance; no token published over a newer one, none published expired;
+//! every timeout ahead of now and no burst of outputs; after `Stop`, no
+//! lease held and nothing more; an instance without a valid token while the
+//! cache holds one looks within 50 ms (it is not asleep in a peer wait);
+//! and from every state, once faults stop, every running instance has a
+//! valid token within a bounded time.
+//!
+//! States are told apart by a digest of the whole world (the machines'
+//! own state included, through their `Debug`); a state seen before with at
+//! least as much depth left is not explored again.
+//!
+//! `cargo test -p freshtoken-core --test model_check` runs the bounds the
+//! test suite can afford; `.ci/run` also runs the deep ones
+//! (`FRESHTOKEN_MODEL_DEPTH`, see `deep_bounds_from_the_environment`).
+
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use freshtoken_core::*;
+
+/// The world's epoch: both clocks read `T0 + now` milliseconds.
+const T0: u64 = 1_700_000_000_000;
+/// Every token the authority issues lives this long (s).
+const LIFETIME_S: i64 = 4;
+/// Outputs one input may cause, at most (a busy loop is a defect).
+const MAX_OUTPUTS: usize = 32;
+/// How long an instance without a valid token may sleep while the cache
+/// holds one it could adopt.
+const HUNGRY_GRACE_MS: u64 = 50;
+/// How long after the faults stop every running instance must have a
+/// valid token (virtual time): the lease TTL of a dead holder, a backoff
+/// step and a round of requests.
+const SETTLE_WITHIN_MS: u64 = 12_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    ClientCredentials,
+    RefreshToken,
+}
+
+/// What one exploration covers.
+#[derive(Clone, Debug)]
+struct Bounds {
+    instances: usize,
+    flow: Flow,
+    depth: u32,
+    /// Cache calls may fail and be lost, fetches may fail and be lost.
+    faults: bool,
+    /// Readers may report the current token rejected.
+    invalidations: bool,
+    /// Instances may be shut down, killed and restarted.
+    lifecycle: bool,
+}
+
+fn config(flow: Flow, seed: u64) -> MachineConfig {
+    let mut c = MachineConfig::default();
+    c.cache = true;
+    c.seed = seed;
+    c.lease_ttl = Duration::from_millis(1_500);
+    c.peer_wait = Duration::from_millis(1_000);
+    c.fetch_timeout = Duration::from_millis(1_000);
+    c.cache_timeout = Duration::from_millis(300);
+    c.min_fetch_timeout = Duration::from_millis(200);
+    c.invalidate_interval = Duration::from_millis(1_000);
+    c.backoff = Backoff::new(Duration::from_millis(200), 2, Duration::from_millis(800))
+        .with_permanent_interval(Duration::from_secs(3))
+        .with_expired_caps(Duration::from_millis(400), Duration::from_secs(2));
+    if flow == Flow::RefreshToken {
+        c.refresh_token = Some(RefreshToken::new("rt-0"));
+    }
+    c
+}
+
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_millis(T0 + ms)
+}
+
+fn now_of(ms: u64) -> Now {
+    Now::new(at(ms), MonoTime::from_millis(T0 + ms))
+}
+
+fn ms_of(t: Timestamp) -> u64 {
+    t.as_millis().saturating_sub(T0)
+}
+
+/// A request an instance made that has not been carried out yet.
+#[derive(Clone, Debug)]
+enum Pending {
+    Load {
+        id: RequestId,
+        deadline: u64,
+    },
+    Lease {
+        id: RequestId,
+        ttl: Duration,
+        deadline: u64,
+    },
+    Fetch {
+        id: RequestId,
+        refresh_token: Option<String>,
+        deadline: u64,
+    },
+    Store {
+        id: RequestId,
+        token: Arc<Token>,
+        deadline: u64,
+    },
+    Release {
+        id: RequestId,
+        deadline: u64,
+    },
+}
+
+impl Pending {
+    fn kind(&self) -> &'static str {
+        match self {
+            Pending::Load { .. } => "load",
+            Pending::Lease { .. } => "lease",
+            Pending::Fetch { .. } => "fetch",
+            Pending::Store { .. } => "store",
+            Pending::Release { .. } => "release",
+        }
+    }
+
+    fn deadline(&self) -> u64 {
+        match self {
+            Pending::Load { deadline, .. }
+            | Pending::Lease { deadline, .. }
+            | Pending::Fetch { deadline, .. }
+            | Pending::Store { deadline, .. }
+            | Pending::Release { deadline, .. } => *deadline,
+        }
+    }
+
+    fn is_cache_call(&self) -> bool {
+        !matches!(self, Pending::Fetch { .. })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Running,
+    ShuttingDown,
+    Stopped,
+    Killed,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    life: Life,
+    /// Which process this is in its slot (restarts count up).
+    incarnation: u32,
+    machine: RefreshMachine,
+    timeout: u64,
+    pending: Vec<Pending>,
+    /// What the machine still waits for, by its own view: every request it
+    /// made that has not been answered, until its deadline (a lost one
+    /// included), as (kind, deadline).
+    in_flight: Vec<(&'static str, u64)>,
+    /// The last token published to readers, and its expiry.
+    published: Option<(TokenId, Timestamp)>,
+    /// A release of this instance's failed or was lost.
+    release_faulted: bool,
+    /// Whether the last snapshot said renewals are failing.
+    retrying: bool,
+    /// The token a reader of this instance reported rejected.
+    rejected: Option<TokenId>,
+    /// Since when this instance has had no valid token while the cache
+    /// held one, and whether it has looked (or been busy) since.
+    hungry: Option<(u64, bool)>,
+}
+
+/// The shared cache.
+#[derive(Clone, Debug, Default)]
+struct Cache {
+    token: Option<Arc<Token>>,
+    /// Holder (slot, incarnation) and until when.
+    lease: Option<((usize, u32), u64)>,
+}
+
+/// The authority: one grant whose refresh token rotates at every answer.
+#[derive(Clone, Debug, Default)]
+struct Authority {
+    /// The generation of the refresh token it accepts now.
+    generation: u64,
+    revoked: bool,
+    issued: u64,
+}
+
+#[derive(Clone, Debug)]
+struct World {
+    flow: Flow,
+    now: u64,
+    slots: Vec<Slot>,
+    cache: Cache,
+    authority: Authority,
+    /// An answer that rotated the refresh token was lost: the grant may be
+    /// lost with it, through no fault of the machine.
+    inherent_loss: bool,
+    restarts: u32,
+}
+
+/// One thing the world does.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// Carry out an instance's oldest cache call, or a fetch (by index).
+    Deliver(usize, usize, Outcome),
+    /// Time moves to the next deadline.
+    Advance,
+    Invalidate(usize),
+    Shutdown(usize),
+    Kill(usize),
+    Restart(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Fail,
+    Lost,
+}
+
+type Checked = Result<(), String>;
+
+impl World {
+    fn new(bounds: &Bounds) -> World {
+        let flow = bounds.flow;
+        // A warm cache: a token about to go stale.
+        let issued = Timestamp::from_millis(T0 - 1_500);
+        let (stale, expires) =
+            LifetimePolicy::default().times(issued, Duration::from_secs(LIFETIME_S as u64));
+        let mut token = Token::new(AccessToken::new("at-warm"), issued, stale, expires);
+        if flow == Flow::RefreshToken {
+            token = token
+                .with_refresh_token(Some(RefreshToken::new("rt-0")))
+                .with_generation(0);
+        }
+        let mut world = World {
+            flow,
+            now: 0,
+            slots: Vec::new(),
+            cache: Cache {
+                token: Some(Arc::new(token)),
+                lease: None,
+            },
+            authority: Authority::default(),
+            inherent_loss: false,
+            restarts: 0,
+        };
+        for i in 0..bounds.instances {
+            let slot = world.fresh_slot(i, 0);
+            world.slots.push(slot);
+            world.input(i, Input::Start).expect("start");
+        }
+        world
+    }
+
+    fn fresh_slot(&self, i: usize, incarnation: u32) -> Slot {
+        let seed = (i as u64) * 1_000 + u64::from(incarnation) + 1;
+        Slot {
+            life: Life::Running,
+            incarnation,
+            machine: RefreshMachine::new(config(self.flow, seed)),
+            timeout: u64::MAX,
+            pending: Vec::new(),
+            in_flight: Vec::new(),
+            release_faulted: false,
+            published: None,
+            retrying: false,
+            rejected: None,
+            hungry: None,
+        }
+    }
+
+    fn is_live(&self, i: usize) -> bool {
+        matches!(self.slots[i].life, Life::Running | Life::ShuttingDown)
+    }
+
+    /// Feeds an input to instance `i` and carries out its outputs.
+    fn input(&mut self, i: usize, input: Input) -> Checked {
+        let now = self.now;
+        self.slots[i].machine.handle_input(input, now_of(now));
+        for _ in 0..MAX_OUTPUTS {
+            match self.slots[i].machine.poll_output() {
+                Output::Timeout(t) => {
+                    let t = ms_of(t);
+                    if t <= now && t != ms_of(Timestamp::MAX) {
+                        return Err(format!(
+                            "timeout not ahead of now -- instance {i}: {t} <= {now}"
+                        ));
+                    }
+                    self.slots[i].timeout = t;
+                    return Ok(());
+                }
+                Output::Action(action) => self.action(i, action)?,
+            }
+        }
+        Err(format!(
+            "busy loop -- instance {i}: more than {MAX_OUTPUTS} outputs for one input"
+        ))
+    }
+
+    fn action(&mut self, i: usize, action: Action) -> Checked {
+        let now = self.now;
+        if TRACE.with(|t| t.get()) {
+            println!("    {now:>6} ms  instance {i}: {action:?}");
+        }
+        let slot = &mut self.slots[i];
+        if slot.life == Life::Stopped {
+            return Err(format!("output after Stop -- instance {i}: {action:?}"));
+        }
+        let cache_timeout = ms(slot.machine.config().cache_timeout);
+        let pending = match action {
+            Action::Publish(snapshot) => {
+                slot.retrying = matches!(
+                    snapshot.state,
+                    RefreshState::Retrying { .. } | RefreshState::Failed { .. }
+                );
+                if let Some(token) = &snapshot.token {
+                    match slot.published {
+                        Some((id, _)) if id == token.id() => {}
+                        previous => {
+                            if let Some((_, expires)) = previous {
+                                if token.expires_at() < expires {
+                                    return Err(format!(
+                                        "published an older token -- instance {i}: expires at {} over one that expires at {}",
+                                        ms_of(token.expires_at()),
+                                        ms_of(expires)
+                                    ));
+                                }
+                            }
+                            if !token.is_valid_at(at(now)) {
+                                return Err(format!("published an expired token -- instance {i}"));
+                            }
+                            slot.published = Some((token.id(), token.expires_at()));
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            Action::Stop => {
+                slot.life = Life::Stopped;
+                // A release still pending that the machine gave up on at its
+                // deadline hung: the cache's fault, like a failed one.
+                let releasing = slot
+                    .pending
+                    .iter()
+                    .any(|p| matches!(p, Pending::Release { deadline, .. } if *deadline > now));
+                slot.release_faulted |= slot
+                    .pending
+                    .iter()
+                    .any(|p| matches!(p, Pending::Release { deadline, .. } if *deadline <= now));
+                slot.pending.clear();
+                slot.in_flight.clear();
+                let me = (i, slot.incarnation);
+                // A release that failed or was lost lets the lease lapse by
+                // its TTL: that is the cache's fault, not the machine's.
+                let held = self
+                    .cache
+                    .lease
+                    .is_some_and(|(holder, until)| holder == me && until > now);
+                if releasing || (held && !slot.release_faulted) {
+                    return Err(format!("stopped holding the lease -- instance {i}"));
+                }
+                return Ok(());
+            }
+            Action::LoadCache { id, .. } => Pending::Load {
+                id,
+                deadline: now + cache_timeout,
+            },
+            Action::AcquireLease { id, ttl, timeout } => Pending::Lease {
+                id,
+                ttl,
+                deadline: now + ms(timeout),
+            },
+            Action::Fetch(request) => Pending::Fetch {
+                id: request.id,
+                refresh_token: request
+                    .refresh_token
+                    .as_ref()
+                    .map(|rt| rt.expose_secret().to_owned()),
+                deadline: now + ms(request.timeout),
+            },
+            Action::Store { id, token, timeout } => Pending::Store {
+                id,
+                token,
+                deadline: now + ms(timeout),
+            },
+            Action::ReleaseLease { id, timeout } => Pending::Release {
+                id,
+                deadline: now + ms(timeout),
+            },
+        };
+        slot.in_flight.retain(|&(_, deadline)| deadline > now);
+        if slot
+            .in_flight
+            .iter()
+            .any(|&(kind, _)| kind == pending.kind())
+        {
+            return Err(format!(
+                "two requests of a kind in flight -- instance {i}: a second {} ({pending:?}) while {:?}",
+                pending.kind(),
+                slot.in_flight
+            ));
+        }
+        slot.in_flight.push((pending.kind(), pending.deadline()));
+        if let (Some((_, looked)), Pending::Load { .. }) = (&mut slot.hungry, &pending) {
+            *looked = true;
+        }
+        slot.pending.push(pending);
+        Ok(())
+    }
+
+    /// Every step the world can take now.
+    fn steps(&self, bounds: &Bounds, out: &mut Vec<Step>) {
+        out.clear();
+        let outcomes: &[Outcome] = if bounds.faults {
+            &[Outcome::Ok, Outcome::Fail, Outcome::Lost]
+        } else {
+            &[Outcome::Ok]
+        };
+        for (i, slot) in self.slots.iter().enumerate() {
+            if !self.is_live(i) {
+                if bounds.lifecycle && self.restarts < 1 {
+                    out.push(Step::Restart(i));
+                }
+                continue;
+            }
+            let first_cache = slot.pending.iter().position(Pending::is_cache_call);
+            for (k, p) in slot.pending.iter().enumerate() {
+                if p.is_cache_call() && Some(k) != first_cache {
+                    continue;
+                }
+                for &outcome in outcomes {
+                    out.push(Step::Deliver(i, k, outcome));
+                }
+            }
+            if bounds.invalidations
+                && slot.life == Life::Running
+                && slot.machine.current().is_some()
+            {
+                out.push(Step::Invalidate(i));
+            }
+            if bounds.lifecycle && slot.life == Life::Running {
+                out.push(Step::Shutdown(i));
+                out.push(Step::Kill(i));
+            }
+        }
+        if self.next_deadline().is_some() {
+            out.push(Step::Advance);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        (0..self.slots.len())
+            .filter(|&i| self.is_live(i))
+            .map(|i| self.slots[i].timeout)
+            .filter(|&t| t != ms_of(Timestamp::MAX))
+            .min()
+    }
+
+    fn apply(&mut self, step: Step) -> Checked {
+        match step {
+            Step::Deliver(i, k, outcome) => {
+                let pending = self.slots[i].pending.remove(k);
+                if outcome != Outcome::Lost {
+                    let key = (pending.kind(), pending.deadline());
+                    let slot = &mut self.slots[i];
+                    if let Some(n) = slot.in_flight.iter().position(|&e| e == key) {
+                        slot.in_flight.remove(n);
+                    }
+                }
+                self.deliver(i, pending, outcome)?;
+            }
+            Step::Advance => {
+                let Some(t) = self.next_deadline() else {
+                    return Ok(());
+                };
+                self.check_hungry(t)?;
+                self.now = t;
+                for i in 0..self.slots.len() {
+                    if self.is_live(i) && self.slots[i].timeout <= t {
+                        self.input(i, Input::Tick)?;
+                    }
+                }
+            }
+            Step::Invalidate(i) => {
+                let id = self.slots[i].machine.current().map(|t| t.id());
+                if let Some(id) = id {
+                    self.slots[i].rejected = Some(id);
+                    self.input(i, Input::Invalidate(id))?;
+                }
+            }
+            Step::Shutdown(i) => {
+                self.slots[i].life = Life::ShuttingDown;
+                self.input(i, Input::Shutdown)?;
+            }
+            Step::Kill(i) => {
+                self.slots[i].life = Life::Killed;
+                self.slots[i].pending.clear();
+                self.slots[i].in_flight.clear();
+            }
+            Step::Restart(i) => {
+                self.restarts += 1;
+                let incarnation = self.slots[i].incarnation + 1;
+                self.slots[i] = self.fresh_slot(i, incarnation);
+                self.input(i, Input::Start)?;
+            }
+        }
+        self.update_hungry();
+        Ok(())
+    }
+
+    /// Carries out a request of instance `i` and feeds back the answer.
+    fn deliver(&mut self, i: usize, pending: Pending, outcome: Outcome) -> Checked {
+        let me = (i, self.slots[i].incarnation);
+        let now = self.now;
+        let down = || CacheError::new(CacheErrorKind::Unavailable, "down");
+        let input = match pending {
+            Pending::Load { id, .. } => match outcome {
+                Outcome::Ok => Input::CacheLoaded(id, Ok(self.cache.token.as_deref().cloned())),
+                Outcome::Fail => Input::CacheLoaded(id, Err(down())),
+                Outcome::Lost => return Ok(()),
+            },
+            Pending::Lease { id, ttl, .. } => match outcome {
+                Outcome::Ok => {
+                    let answer = match self.cache.lease {
+                        Some((holder, until)) if holder != me && until > now => LeaseOutcome::Busy,
+                        _ => {
+                            self.cache.lease = Some((me, now + ms(ttl)));
+                            LeaseOutcome::Granted
+                        }
+                    };
+                    Input::Lease(id, Ok(answer))
+                }
+                Outcome::Fail => Input::Lease(id, Err(down())),
+                Outcome::Lost => return Ok(()),
+            },
+            Pending::Store { id, token, .. } => match outcome {
+                Outcome::Ok => {
+                    self.cache.token = Some(token);
+                    Input::Stored(id, Ok(()))
+                }
+                Outcome::Fail => Input::Stored(id, Err(down())),
+                Outcome::Lost => return Ok(()),
+            },
+            Pending::Release { id, .. } => match outcome {
+                _ if outcome != Outcome::Ok
+                    && !{
+                        self.slots[i].release_faulted = true;
+                        true
+                    } =>
+                {
+                    unreachable!()
+                }
+                Outcome::Ok => {
+                    if self.cache.lease.is_some_and(|(h, _)| h == me) {
+                        self.cache.lease = None;
+                    }
+                    Input::Released(id, Ok(()))
+                }
+                Outcome::Fail => Input::Released(id, Err(down())),
+                Outcome::Lost => return Ok(()),
+            },
+            Pending::Fetch {
+                id, refresh_token, ..
+            } => {
+                if outcome == Outcome::Fail {
+                    let error = FetchError::transient("503 Service Unavailable").with_status(503);
+                    Input::Fetched(id, Err(error))
+                } else {
+                    let answer = self.authority_answers(refresh_token)?;
+                    let rotated = matches!(&answer, Ok(r) if r.refresh_token.is_some());
+                    if outcome == Outcome::Lost {
+                        self.inherent_loss |= rotated;
+                        return Ok(());
+                    }
+                    Input::Fetched(id, answer)
+                }
+            }
+        };
+        if self.is_live(i) {
+            self.input(i, input)?;
+        }
+        Ok(())
+    }
+
+    /// The authority's answer to a fetch that presented `refresh_token`.
+    fn authority_answers(
+        &mut self,
+        refresh_token: Option<String>,
+    ) -> Result<Result<TokenResponse, FetchError>, String> {
+        self.authority.issued += 1;
+        let access = AccessToken::new(format!("at-{}", self.authority.issued));
+        let answer = TokenResponse::new(access).with_expires_in(Some(LIFETIME_S));
+        if self.flow == Flow::ClientCredentials {
+            return Ok(Ok(answer));
+        }
+        let revoked = || {
+            FetchError::grant_revoked("invalid_grant")
+                .with_status(400)
+                .with_error_code(Some("invalid_grant".into()))
+        };
+        let Some(presented) = refresh_token else {
+            return Err("a refresh-token fetch without a refresh token".into());
+        };
+        if self.authority.revoked {
+            return Ok(Err(revoked()));
+        }
+        let generation: u64 = presented
+            .strip_prefix("rt-")
+            .and_then(|g| g.parse().ok())
+            .ok_or("a refresh token the authority never issued")?;
+        if generation < self.authority.generation {
+            self.authority.revoked = true;
+            if !self.inherent_loss {
+                return Err(format!(
+                    "refresh token presented twice -- rt-{generation} presented again after the authority rotated it to rt-{}",
+                    self.authority.generation
+                ));
+            }
+            return Ok(Err(revoked()));
+        }
+        self.authority.generation += 1;
+        let rotated = RefreshToken::new(format!("rt-{}", self.authority.generation));
+        Ok(Ok(answer.with_refresh_token(Some(rotated))))
+    }
+
+    /// Before time moves to `t`: an instance without a valid token, while
+    /// the cache held one it could adopt, must not sleep past the grace.
+    fn check_hungry(&self, t: u64) -> Checked {
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some((since, false)) = slot.hungry {
+                if t > since + HUNGRY_GRACE_MS {
+                    return Err(format!(
+                        "follower asleep past a token it could adopt -- instance {i}: without a valid token from {since} ms to {t} ms while the cache held one, and did not look"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn update_hungry(&mut self) {
+        let now = self.now;
+        let cached = self
+            .cache
+            .token
+            .as_ref()
+            .filter(|t| t.is_valid_at(at(now)))
+            .map(|t| t.id());
+        for i in 0..self.slots.len() {
+            let live = self.slots[i].life == Life::Running;
+            let slot = &mut self.slots[i];
+            let hungry = live
+                && !slot.retrying
+                && cached.is_some()
+                && cached != slot.rejected
+                && !slot
+                    .machine
+                    .current()
+                    .is_some_and(|t| t.is_valid_at(at(now)));
+            let busy = slot.in_flight.iter().any(|&(_, deadline)| deadline > now);
+            slot.hungry = match (hungry, slot.hungry) {
+                (false, _) => None,
+                (true, None) => Some((now, busy)),
+                (true, Some((since, looked))) => Some((since, looked || busy)),
+            };
+        }
+    }
+
+    /// Faults stop: everything is answered at once, time moves on; every
+    /// running instance must hold a valid token within the bound.
+    fn settles(&self) -> Checked {
+        if self.inherent_loss || self.authority.revoked {
+            return Ok(());
+        }
+        let mut w = self.clone();
+        let until = w.now + SETTLE_WITHIN_MS;
+        for _ in 0..400 {
+            let satisfied = (0..w.slots.len()).all(|i| {
+                w.slots[i].life != Life::Running
+                    || w.slots[i]
+                        .machine
+                        .current()
+                        .is_some_and(|t| t.is_valid_at(at(w.now)))
+            });
+            if satisfied {
+                return Ok(());
+            }
+            let next = (0..w.slots.len()).find(|&i| w.is_live(i) && !w.slots[i].pending.is_empty());
+            let step = match next {
+                Some(i) => {
+                    let k = w.slots[i]
+                        .pending
+                        .iter()
+                        .position(|p| !p.is_cache_call())
+                        .unwrap_or(0);
+                    Step::Deliver(i, k, Outcome::Ok)
+                }
+                None => Step::Advance,
+            };
+            if matches!(step, Step::Advance) && w.next_deadline().is_none_or(|t| t > until) {
+                break;
+            }
+            if TRACE.with(|t| t.get()) {
+                println!("  settle step {step:?}");
+            }
+            w.apply(step).map_err(|e| format!("while settling: {e}"))?;
+        }
+        let without: Vec<usize> = (0..w.slots.len())
+            .filter(|&i| {
+                w.slots[i].life == Life::Running
+                    && !w.slots[i]
+                        .machine
+                        .current()
+                        .is_some_and(|t| t.is_valid_at(at(w.now)))
+            })
+            .collect();
+        Err(format!(
+            "no valid token after the faults stopped -- faults stopped at {} ms, and at {} ms instances {without:?} still have no valid token",
+            self.now, w.now
+        ))
+    }
+
+    /// A digest of everything that decides what happens next.
+    fn digest(&self) -> u64 {
+        let mut h = DigestWriter(std::collections::hash_map::DefaultHasher::new());
+        let _ = write!(
+            h,
+            "{:?}{:?}{:?}{}{}",
+            self.cache, self.authority, self.now, self.inherent_loss, self.restarts
+        );
+        for slot in &self.slots {
+            let _ = write!(
+                h,
+                "|{:?}{}{}{:?}{:?}{}{:?}{:?}",
+                slot.life,
+                slot.incarnation,
+                slot.timeout,
+                slot.pending,
+                slot.published,
+                slot.retrying,
+                slot.rejected,
+                slot.hungry,
+            );
+            let _ = write!(h, "{:?}", slot.in_flight);
+            if matches!(slot.life, Life::Running | Life::ShuttingDown) {
+                let _ = write!(h, "{:?}", slot.machine);
+            }
+        }
+        h.0.finish()
+    }
+}
+
+thread_local! {
+    /// Print every action (for replaying a violation's path).
+    static TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Replays a path with every action printed.
+fn replay(bounds: &Bounds, path: &[Step]) {
+    TRACE.with(|t| t.set(true));
+    let mut world = World::new(bounds);
+    for step in path {
+        println!("  step {step:?}");
+        if let Err(e) = world.apply(*step) {
+            println!("  -> {e}");
+        }
+    }
+    println!("  settling:");
+    if let Err(e) = world.settles() {
+        println!("  -> {e}");
+    }
+    TRACE.with(|t| t.set(false));
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Feeds formatted text into a hasher without building the string.
+struct DigestWriter(std::collections::hash_map::DefaultHasher);
+
+impl fmt::Write for DigestWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.write(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// What an exploration found.
+#[derive(Debug, Default)]
+struct Exploration {
+    states: usize,
+    transitions: usize,
+    max_depth_reached: u32,
+    /// Each kind of violation found, with the shortest path found to it.
+    violations: std::collections::BTreeMap<String, (String, Vec<Step>)>,
+}
+
+impl Exploration {
+    fn record(&mut self, violation: String, path: &[Step]) {
+        let kind = violation
+            .trim_start_matches("while settling: ")
+            .split(" -- ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let shorter = self
+            .violations
+            .get(&kind)
+            .is_none_or(|(_, known)| path.len() < known.len());
+        if shorter {
+            self.violations.insert(kind, (violation, path.to_vec()));
+        }
+    }
+}
+
+/// Depth-first search with a visited table (digest to the most depth left
+/// it was explored with). A state that breaks an invariant is recorded and
+/// not explored further; the search goes on to find every kind.
+fn explore(bounds: &Bounds) -> Exploration {
+    let mut result = Exploration::default();
+    let mut visited: HashMap<u64, u32> = HashMap::new();
+    let mut path = Vec::new();
+    let start = World::new(bounds);
+    dfs(
+        &start,
+        bounds,
+        bounds.depth,
+        &mut visited,
+        &mut path,
+        &mut result,
+    );
+    result.states = visited.len();
+    result
+}
+
+fn dfs(
+    world: &World,
+    bounds: &Bounds,
+    left: u32,
+    visited: &mut HashMap<u64, u32>,
+    path: &mut Vec<Step>,
+    result: &mut Exploration,
+) {
+    let digest = world.digest();
+    match visited.get(&digest) {
+        Some(&seen) if seen >= left => return,
+        Some(_) => {}
+        None => {
+            if let Err(e) = if std::env::var("NOSETTLE").is_ok() {
+                Ok(())
+            } else {
+                world.settles()
+            } {
+                result.record(e, path);
+                return;
+            }
+        }
+    }
+    visited.insert(digest, left);
+    result.max_depth_reached = result.max_depth_reached.max(bounds.depth - left);
+    if left == 0 {
+        return;
+    }
+    let mut steps = Vec::new();
+    world.steps(bounds, &mut steps);
+    for step in steps {
+        let mut next = world.clone();
+        result.transitions += 1;
+        path.push(step);
+        match next.apply(step) {
+            Err(e) => result.record(e, path),
+            Ok(()) => dfs(&next, bounds, left - 1, visited, path, result),
+        }
+        path.pop();
+    }
+}
+
+fn run(bounds: Bounds) -> Exploration {
+    let started = std::time::Instant::now();
+    let result = explore(&bounds);
+    println!(
+        "{bounds:?}: {} distinct states, {} transitions, depth {} in {:.1?}",
+        result.states,
+        result.transitions,
+        result.max_depth_reached,
+        started.elapsed()
+    );
+    for (violation, path) in result.violations.values() {
+        println!(
+            "VIOLATION {violation}\n  after {} steps: {path:?}",
+            path.len()
+        );
+        replay(&bounds, path);
+    }
+    assert!(
+        result.violations.is_empty(),
+        "{} kinds of violation (see above)",
+        result.violations.len()
+    );
+    result
+}
+
+#[test]
+fn two_instances_client_credentials() {
+    run(Bounds {
+        instances: 2,
+        flow: Flow::ClientCredentials,
+        depth: 9,
+        faults: true,
+        invalidations: true,
+        lifecycle: true,
+    });
+}
+
+#[test]
+fn two_instances_refresh_tokens() {
+    run(Bounds {
+        instances: 2,
+        flow: Flow::RefreshToken,
+        depth: 9,
+        faults: true,
+        invalidations: true,
+        lifecycle: true,
+    });
+}
