@@ -63,12 +63,22 @@
 //! drains: the answer is awaited (until its deadline), a fetched token is
 //! stored, a granted lease released, and only then [`Action::Stop`].
 
+mod config;
+mod grant;
 mod io;
+mod late;
+mod lease;
+mod served;
+mod shutdown;
 
+pub use config::{MachineConfig, MachineStats};
+use grant::{Abandoned, Grant, Origin};
 pub use io::{
     Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, Output, RefreshState, RequestId,
     Snapshot,
 };
+use late::FollowUp;
+use lease::{HAND_ON_AFTER, ROTATED_STORES_PER_LEASE};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -81,122 +91,6 @@ use crate::lifetime::{LifetimeNote, LifetimePolicy};
 use crate::secret::RefreshToken;
 use crate::time::{MonoTime, Now, Timestamp};
 use crate::token::{Token, TokenId, TokenResponse};
-
-/// How a [`RefreshMachine`] behaves. Every field has a documented default.
-///
-/// ```
-/// use freshtoken_core::{Jitter, MachineConfig};
-/// use std::time::Duration;
-///
-/// let mut config = MachineConfig::default();
-/// config.jitter = Jitter::NONE;
-/// config.cache = true;
-/// config.lease_ttl = Duration::from_secs(10);
-/// ```
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct MachineConfig {
-    /// How lifetimes become stale and expiry times.
-    pub lifetime: LifetimePolicy,
-    /// How much earlier than `stale_at` refreshes may happen.
-    pub jitter: Jitter,
-    /// How failures are retried.
-    pub backoff: Backoff,
-    /// Seed for the machine's random draws (jitter, backoff). Give each
-    /// instance its own; the same seed replays the same decisions.
-    pub seed: u64,
-    /// Whether a shared cache is attached (the driver answers `LoadCache`,
-    /// `Store` and the lease). Without one the machine only fetches.
-    pub cache: bool,
-    /// How long a lease may be held (default 45 s). It should exceed the
-    /// fetch timeout, so a live holder never loses it mid-fetch, and bounds
-    /// how long a crashed holder blocks the others.
-    pub lease_ttl: Duration,
-    /// How long to wait for a peer that holds the lease before re-reading
-    /// the cache (default 500 ms, jittered ±50 %).
-    pub peer_wait: Duration,
-    /// Minimum time between refreshes caused by invalidations (default 5 s),
-    /// so a burst of 401s cannot turn into a burst of fetches.
-    pub invalidate_interval: Duration,
-    /// The deadline of a fetch (default 30 s): past it the fetch counts as
-    /// a transient failure, and its answer, if it still comes, as late.
-    pub fetch_timeout: Duration,
-    /// The deadline of a cache request (default 30 s).
-    pub cache_timeout: Duration,
-    /// The refresh token to start from, for refresh-token flows. A newer one
-    /// found in the cache replaces it.
-    pub refresh_token: Option<RefreshToken>,
-    /// The shortest time between two refreshes that a degenerate answer
-    /// can cause (default 5 s; zero turns the floor off). An answer is
-    /// *degenerate* when the lifetime policy had to raise its `expires_in`
-    /// to the minimum lifetime (`expires_in: 0`, negative, or below
-    /// [`LifetimePolicy::with_lifetime_bounds`]' minimum, 1 s by default;
-    /// raise that minimum to treat short lifetimes as degenerate too: a
-    /// genuine short lifetime is the authority's choice). The machine
-    /// renews it no sooner than this after the answer, doubling the wait
-    /// while answers keep coming back degenerate (at least twice the fresh
-    /// period of the token it replaces, so a fleet sharing a cache keeps
-    /// one curve; up to the backoff's cap, never below this), and serves the token until then, plus as
-    /// long again for the renewal (see [`DegenerateLifetime`]).
-    pub min_refresh_interval: Duration,
-    /// The shortest deadline of a client-credentials fetch (default 2 s).
-    /// Such a fetch's deadline follows the current token's remaining
-    /// validity, `remaining - min_fetch_timeout`, bounded below by this and
-    /// above by [`fetch_timeout`](Self::fetch_timeout), so a hung request
-    /// is abandoned in time for a retry before the token expires. The first
-    /// fetch (no token yet) and refresh-token fetches (a retry after a
-    /// timeout risks presenting a rotated token) keep the full fetch timeout.
-    pub min_fetch_timeout: Duration,
-}
-
-impl Default for MachineConfig {
-    fn default() -> Self {
-        MachineConfig {
-            lifetime: LifetimePolicy::default(),
-            jitter: Jitter::default(),
-            backoff: Backoff::default(),
-            seed: 0x5eed_f00d,
-            cache: false,
-            lease_ttl: Duration::from_secs(45),
-            peer_wait: Duration::from_millis(500),
-            invalidate_interval: Duration::from_secs(5),
-            fetch_timeout: Duration::from_secs(30),
-            cache_timeout: Duration::from_secs(30),
-            refresh_token: None,
-            min_refresh_interval: Duration::from_secs(5),
-            min_fetch_timeout: Duration::from_secs(2),
-        }
-    }
-}
-
-/// Counters of what the machine has done, for tests and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MachineStats {
-    /// Inputs that did not match what the machine was waiting for.
-    pub ignored_inputs: u64,
-    /// `Fetch` actions emitted.
-    pub fetches: u64,
-    /// Failed fetches (timeouts included).
-    pub fetch_failures: u64,
-    /// Cached tokens adopted instead of fetching.
-    pub adoptions: u64,
-    /// Successful fetches.
-    pub tokens_fetched: u64,
-    /// Invalidations that started a refresh.
-    pub invalidations: u64,
-    /// Reports of the current token as rejected ([`Input::Invalidate`])
-    /// that came within `invalidate_interval` of the last
-    /// invalidation-driven refresh: the refresh waits for the interval.
-    pub invalidations_rate_limited: u64,
-    /// Reports of the current token as rejected while a refresh was
-    /// already under way or scheduled by the backoff: they join it.
-    pub invalidations_collapsed: u64,
-    /// Requests whose deadline passed before their answer came.
-    pub timeouts: u64,
-    /// Fetch answers that came after their deadline and were still used
-    /// (they carried a token newer than ours, or a rotated refresh token).
-    pub late_answers_used: u64,
-}
 
 /// Why a cache read was made, which decides what comes after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,16 +176,6 @@ impl StoreFor {
     }
 }
 
-/// What an answer that was not the awaited one requires (a late fetch
-/// answer: make its rotated refresh token durable, or share its newer
-/// token), carried out at the next step at which no request is in flight:
-/// never beside the request in flight, never instead of it.
-#[derive(Debug, Clone)]
-struct FollowUp {
-    token: Arc<Token>,
-    store_for: StoreFor,
-}
-
 /// What a backoff waits to do again.
 #[derive(Debug, Clone)]
 enum Retry {
@@ -346,63 +230,6 @@ enum Phase {
     /// `Stop` was emitted.
     Stopped,
 }
-
-/// Where the refresh token we would present came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Configured,
-    Cache,
-    Answer,
-}
-
-/// The newest refresh token known.
-#[derive(Debug, Clone)]
-struct Grant {
-    token: RefreshToken,
-    generation: u64,
-    origin: Origin,
-}
-
-/// A fetch given up on: its answer, if it comes, is still used.
-#[derive(Debug, Clone, Copy)]
-struct Abandoned {
-    id: RequestId,
-    sent_at: Timestamp,
-    generation: u64,
-}
-
-/// How many fetches given up on are remembered, so that their late answers
-/// are still recognised (and their rotated refresh tokens learned).
-const ABANDONED_FETCHES: usize = 8;
-
-/// After this many consecutive failures that reached no answering
-/// authority, a lease holder hands the lease on.
-const HAND_ON_AFTER: u32 = 3;
-
-/// While a rotated refresh token is not durable (its store failed), the
-/// holder stores again, and renews its lease, at least this many times per
-/// lease TTL, whatever the backoff: the cache still holds the spent refresh
-/// token, and a peer that takes a lapsed lease presents it. The attempts
-/// cost the cache only (one store and one lease request each), never the
-/// authority. Found by `no_grant_is_lost_without_an_inherent_loss`: with a
-/// 1.35 s backoff doubling and a 6.2 s lease, three failed stores in a row
-/// outlasted the lease, and the grant was revoked.
-const ROTATED_STORES_PER_LEASE: u32 = 4;
-
-/// How often a follower without a valid token looks for the holder's token
-/// while the holder's lease is young (jittered ±50 %, so at most 37.5 ms
-/// pass between looks: the holder usually stores within tens of
-/// milliseconds of taking the lease). After [`FOLLOWER_FAST_FOR`] the wait
-/// doubles each second, up to [`FOLLOWER_MAX_WAIT`]. A cold start thus
-/// costs a follower at most about 40 reads (and as many lease requests),
-/// usually a handful; through a long outage, while it has no valid token,
-/// at most about 4 a second (so it sees the holder's token within 375 ms of
-/// the store); a follower with a valid token waits the peer wait.
-const FOLLOWER_WAIT: Duration = Duration::from_millis(25);
-/// How long followers without a token look at the fast rate.
-const FOLLOWER_FAST_FOR: Duration = Duration::from_secs(1);
-/// The longest a follower without a valid token waits between looks.
-const FOLLOWER_MAX_WAIT: Duration = Duration::from_millis(250);
 
 /// The refresh state machine. See the [module docs](self) for the model
 /// and a whole refresh; a driver's loop looks like this:
@@ -532,6 +359,55 @@ impl RefreshMachine {
     /// How renewal is going.
     pub fn state(&self) -> &RefreshState {
         &self.state
+    }
+
+    /// Feeds everything that decides the machine's future behaviour into
+    /// `hasher` (its configuration, counters and clock readings aside), so
+    /// that a model checker can tell states apart without comparing them.
+    /// Not part of the stable API.
+    #[doc(hidden)]
+    pub fn digest(&self, hasher: &mut impl std::hash::Hasher) {
+        use std::fmt::Write as _;
+        use std::hash::Hash;
+        struct Into<'a, H>(&'a mut H);
+        impl<H: std::hash::Hasher> std::fmt::Write for Into<'_, H> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0.write(s.as_bytes());
+                Ok(())
+            }
+        }
+        let token = |t: &Token, h: &mut _| {
+            (t.id(), t.stale_at(), t.expires_at(), t.generation()).hash(h);
+        };
+        self.rng.clone().u64(..).hash(hasher);
+        self.next_id.hash(hasher);
+        match &self.current {
+            Some(t) => token(t, hasher),
+            None => 0u8.hash(hasher),
+        }
+        (self.expiry_published, self.rejected, self.last_invalidation).hash(hasher);
+        (self.lease_until, self.releasing, self.peer_wait).hash(hasher);
+        (self.failures, self.unreached, self.degenerate_streak).hash(hasher);
+        (self.skew_ms, self.store_error.is_some()).hash(hasher);
+        if let Some(g) = &self.grant {
+            (g.token.fingerprint(), g.generation, g.origin as u8).hash(hasher);
+        }
+        self.revoked.as_ref().map(|r| r.fingerprint()).hash(hasher);
+        for a in &self.abandoned {
+            (a.id, a.sent_at, a.generation).hash(hasher);
+        }
+        if let Some(f) = &self.follow_up {
+            token(&f.token, hasher);
+        }
+        let mut into = Into(hasher);
+        let _ = write!(
+            into,
+            "{:?}{:?}{:?}{:?}",
+            self.phase,
+            self.follow_up.as_ref().map(|f| &f.store_for),
+            self.state,
+            self.degenerate,
+        );
     }
 
     /// Whether `Stop` has been emitted.
@@ -703,17 +579,6 @@ impl RefreshMachine {
         }
     }
 
-    fn abandon(&mut self, id: RequestId, sent_at: Timestamp, generation: u64) {
-        if self.abandoned.len() == ABANDONED_FETCHES {
-            self.abandoned.pop_front();
-        }
-        self.abandoned.push_back(Abandoned {
-            id,
-            sent_at,
-            generation,
-        });
-    }
-
     /// An answer: to the request in flight, to a lease extension, or late.
     fn on_answer(&mut self, input: Input) {
         let Some(id) = input.request_id() else {
@@ -846,168 +711,6 @@ impl RefreshMachine {
         }
     }
 
-    /// The answer to the request a shutdown is waiting for.
-    fn drained(&mut self, request: Request, until: MonoTime, input: Input) {
-        match (request.kind, input) {
-            (
-                RequestKind::Fetch {
-                    sent_at,
-                    generation,
-                    ..
-                },
-                Input::Fetched(_, Ok(response)),
-            ) => {
-                let (token, rotated) = self.accept_fetched(response, sent_at, generation);
-                let alive = Self::dead_on_arrival(&token, self.now.wall).is_none();
-                if alive {
-                    self.make_current(token.clone());
-                    self.state = RefreshState::Healthy;
-                    self.publish();
-                }
-                if self.config.cache && (alive || rotated) {
-                    let store_for = if rotated {
-                        StoreFor::Rotated
-                    } else {
-                        StoreFor::Sharing
-                    };
-                    return self.send_store(token, store_for, true);
-                }
-            }
-            // Granted: give it back before stopping, unless a release sent
-            // after this request (a late grant's) is in flight: the cache
-            // carries out one instance's calls in order, so it gives this
-            // one back too.
-            (RequestKind::Lease { sent, .. }, Input::Lease(_, Ok(LeaseOutcome::Granted)))
-                if !self.release_in_flight() =>
-            {
-                self.lease_until = Some(sent + self.config.lease_ttl);
-            }
-            // The rotated refresh token is not durable yet: try again while
-            // the drain bound allows (a flaky cache must not cost the grant).
-            (RequestKind::Store { token, rotated, .. }, Input::Stored(_, Err(_)))
-                if rotated && self.now.mono < until =>
-            {
-                return self.send_store(token, StoreFor::Rotated, true);
-            }
-            _ => {}
-        }
-        self.stop();
-    }
-
-    /// An answer to a request the machine no longer waits for.
-    fn late(&mut self, input: Input) {
-        match input {
-            Input::Fetched(id, Ok(response)) => {
-                let Some(&fetch) = self.abandoned.iter().find(|a| a.id == id) else {
-                    return self.ignore();
-                };
-                self.abandoned.retain(|a| a.id != id);
-                self.on_late_fetch(response, fetch);
-            }
-            // A lease granted after we stopped waiting for it: give it
-            // back, or peers wait for a holder that is not fetching. (A
-            // release in flight was sent after the request, and the cache
-            // carries out one instance's calls in order: it gives it back.)
-            Input::Lease(_, Ok(LeaseOutcome::Granted))
-                if !self.holds_lease() && !self.release_in_flight() =>
-            {
-                self.ignore();
-                self.send_release();
-            }
-            _ => self.ignore(),
-        }
-    }
-
-    /// A fetch we gave up on answered after all: the one rule for every
-    /// answer that is not the awaited one, whatever the phase. Learn from
-    /// it (a rotated refresh token is the grant now: `accept_fetched` took
-    /// it), serve it when it is better, and queue what it requires (make
-    /// its rotated refresh token durable, share its newer token) as the
-    /// [`FollowUp`], carried out at the next step with no request in
-    /// flight. It never preempts or duplicates a request in flight: at most
-    /// one request of each kind is out, always. (Before, such answers
-    /// replaced the step in flight: a second store beside the first, a
-    /// lease request beside a lease extension, each found by a fuzzer or a
-    /// user and each given a branch of its own.)
-    fn on_late_fetch(&mut self, response: TokenResponse, fetch: Abandoned) {
-        // Its life counts from when it was sent, like any answer's.
-        let (token, rotated) = self.accept_fetched(response, fetch.sent_at, fetch.generation);
-        let newer = self.is_better(&token);
-        if !(rotated || newer) {
-            return self.ignore();
-        }
-        self.stats.late_answers_used += 1;
-        let durable_first = rotated && self.config.cache;
-        if newer {
-            self.make_current(token.clone());
-            if !matches!(
-                self.phase,
-                Phase::Backoff {
-                    then: Retry::StoreRotated(_),
-                    ..
-                }
-            ) {
-                self.failures = 0;
-                self.state = RefreshState::Healthy;
-            }
-            if !durable_first {
-                self.publish();
-            }
-        }
-        if !self.config.cache {
-            if self.is_free() {
-                self.idle_until_refresh();
-            }
-            return;
-        }
-        let store_for = match (newer, rotated) {
-            (true, true) => StoreFor::RotatedThenPublish,
-            (false, true) => StoreFor::Rotated,
-            (_, false) => StoreFor::Sharing,
-        };
-        self.follow_up = Some(FollowUp { token, store_for });
-    }
-
-    /// Whether no request is awaited (a lease extension included), so the
-    /// next step may send one.
-    fn is_free(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Idle { .. }
-                | Phase::PeerWait { .. }
-                | Phase::Failed { .. }
-                | Phase::Backoff { extend: None, .. }
-        )
-    }
-
-    /// Carries out the follow-up once nothing is in flight, unless it is
-    /// moot (a newer token was served, or a later refresh token learned).
-    fn run_follow_up(&mut self) {
-        if !self.is_free() {
-            return;
-        }
-        if let Some(follow_up) = self.follow_up.take() {
-            if self.follow_up_stands(&follow_up) {
-                self.send_store(follow_up.token, follow_up.store_for, false);
-            } else if matches!(self.phase, Phase::Idle { .. }) {
-                // Moot: the lease it kept is not needed any more.
-                self.release_lease();
-            }
-        }
-    }
-
-    fn follow_up_stands(&self, follow_up: &FollowUp) -> bool {
-        if follow_up.store_for.is_rotated() {
-            self.grant
-                .as_ref()
-                .is_some_and(|g| g.generation == follow_up.token.generation())
-        } else {
-            self.current
-                .as_ref()
-                .is_some_and(|t| t.id() == follow_up.token.id())
-        }
-    }
-
     /// Starts a refresh: from the cache when there is one, else a fetch.
     fn begin_refresh(&mut self) {
         if !self.config.cache {
@@ -1034,31 +737,6 @@ impl RefreshMachine {
         let id = self.send(RequestKind::Load(read), self.config.cache_timeout);
         let newer_than = self.current.as_ref().map(|t| t.expires_at());
         self.outbox.push_back(Action::LoadCache { id, newer_than });
-    }
-
-    fn acquire_lease(&mut self) {
-        self.request_lease(false);
-    }
-
-    /// Asks for the lease (`renewal`: see [`RequestKind::Lease`]).
-    fn request_lease(&mut self, renewal: bool) {
-        if let Some((id, deadline)) = self.releasing.filter(|_| self.release_in_flight()) {
-            // One lease request at a time: the release in flight first.
-            self.phase = Phase::Waiting(Request {
-                id,
-                deadline,
-                kind: RequestKind::Release {
-                    then_lease: Some(renewal),
-                },
-            });
-            return;
-        }
-        let sent = self.now.mono;
-        let timeout = self.config.cache_timeout;
-        let id = self.send(RequestKind::Lease { sent, renewal }, timeout);
-        let ttl = self.config.lease_ttl;
-        self.outbox
-            .push_back(Action::AcquireLease { id, ttl, timeout });
     }
 
     fn on_cache_loaded(&mut self, result: Result<Option<Token>, CacheError>, read: CacheRead) {
@@ -1136,92 +814,6 @@ impl RefreshMachine {
         };
     }
 
-    fn on_lease(
-        &mut self,
-        result: Result<LeaseOutcome, CacheError>,
-        sent: MonoTime,
-        renewal: bool,
-    ) {
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            // Whether a peer holds the lease is unknown: a refresh-token
-            // flow must not risk presenting a token the holder is rotating.
-            Err(error) if self.is_refresh_flow() => {
-                return self.retry_later(FetchError::transient(format!(
-                    "not refreshing without the lease ({error})"
-                )));
-            }
-            // A broken lease must not stop a client-credentials refresh.
-            Err(_) => LeaseOutcome::Unsupported,
-        };
-        match outcome {
-            LeaseOutcome::Granted => {
-                self.lease_until = Some(sent + self.config.lease_ttl);
-                if let Some((since, _)) = self.peer_wait.take() {
-                    // Taking over from a holder that kept failing: carry on
-                    // the fleet's backoff curve rather than start it again.
-                    let waited = self.now.mono.saturating_duration_since(since);
-                    self.failures = self.failures.max(self.config.backoff.steps_within(waited));
-                }
-                if renewal {
-                    self.fetch();
-                } else {
-                    self.read_cache(CacheRead::UnderLease);
-                }
-            }
-            LeaseOutcome::Unsupported => self.fetch(),
-            LeaseOutcome::Busy => {
-                let (since, waits) = self.peer_wait.unwrap_or((self.now.mono, 0));
-                let waits = waits.saturating_add(1);
-                self.peer_wait = Some((since, waits));
-                let wait = self.follower_wait(since, waits);
-                self.phase = Phase::PeerWait {
-                    recheck_at: self.now.mono + wait,
-                };
-            }
-        }
-    }
-
-    /// How long a follower waits before it looks again, after its `waits`th
-    /// busy answer since `since`.
-    ///
-    /// Without a valid token it looks soon: the holder usually stores
-    /// within tens of milliseconds (a cold start). With one, it backs off,
-    /// doubling from the peer wait up to a quarter of its token's remaining
-    /// validity, so a long outage costs the cache a few calls per follower
-    /// rather than two a second; and its next look never lies past its
-    /// token's expiry, so it has the holder's token within a fast wait of
-    /// the later of the holder's store and its own expiry.
-    fn follower_wait(&mut self, since: MonoTime, waits: u32) -> Duration {
-        let until_expiry = self
-            .current
-            .as_ref()
-            .map(|t| t.expires_at().saturating_duration_since(self.now.wall))
-            .filter(|left| !left.is_zero());
-        if let Some(left) = until_expiry {
-            let doublings = waits.saturating_sub(1).min(16);
-            let cap = (left / 4).max(self.config.peer_wait);
-            let base = self
-                .config
-                .peer_wait
-                .saturating_mul(1 << doublings)
-                .min(cap);
-            return self.jittered(base).min(left).max(Duration::from_millis(1));
-        }
-        let waited = self.now.mono.saturating_duration_since(since);
-        let base = if waited < FOLLOWER_FAST_FOR {
-            FOLLOWER_WAIT.min(self.config.peer_wait)
-        } else {
-            let doublings = (waited.as_millis() / FOLLOWER_FAST_FOR.as_millis()).min(16) as u32;
-            FOLLOWER_WAIT.saturating_mul(1 << doublings).min(
-                FOLLOWER_MAX_WAIT
-                    .min(self.config.peer_wait)
-                    .max(FOLLOWER_WAIT),
-            )
-        };
-        self.jittered(base)
-    }
-
     fn fetch(&mut self) {
         self.stats.fetches += 1;
         self.peer_wait = None;
@@ -1266,122 +858,6 @@ impl RefreshMachine {
         remaining
             .saturating_sub(self.config.min_fetch_timeout)
             .clamp(floor, full)
-    }
-
-    /// Turns an answer into the token it stands for (and whether it rotated
-    /// the refresh token), learning a rotated refresh token first, whatever
-    /// else happens: the old one is already spent at the authority.
-    fn accept_fetched(
-        &mut self,
-        response: TokenResponse,
-        sent_at: Timestamp,
-        generation: u64,
-    ) -> (Arc<Token>, bool) {
-        let rotated = response.refresh_token.is_some();
-        let given = response.expires_in;
-        let resolved = self
-            .config
-            .lifetime
-            .resolve(response, sent_at, self.now.wall);
-        let mut token = self.floor_degenerate(resolved.token, given);
-        if rotated {
-            let next = generation.saturating_add(1);
-            token = token.with_generation(next);
-            if let Some(rt) = token.refresh_token() {
-                // Our own answer wins, unless we have since learned of a
-                // later generation (an abandoned fetch answering late).
-                if self.grant.as_ref().is_none_or(|g| next >= g.generation) {
-                    self.grant = Some(Grant {
-                        token: rt.clone(),
-                        generation: next,
-                        origin: Origin::Answer,
-                    });
-                }
-            }
-        } else {
-            // The authority kept the grant as it was: carry our refresh
-            // token along so the cache stores the full state.
-            let (rt, generation) = match &self.grant {
-                Some(g) => (Some(g.token.clone()), g.generation),
-                None => (None, 0),
-            };
-            token = token.with_refresh_token(rt).with_generation(generation);
-        }
-        self.skew_ms = resolved.skew_ms;
-        self.lifetime_note = resolved.note;
-        (Arc::new(token), rotated)
-    }
-
-    /// Applies the refresh floor to a fetched token whose answer was
-    /// degenerate (its `expires_in` below the policy's minimum lifetime):
-    /// it is re-timed to go stale at the floor after the answer (plus up to a tenth, so a fleet does not renew in step) and to
-    /// expire no sooner than one floor later, and recorded as degenerate.
-    /// The floor doubles with each consecutive degenerate answer, and is at
-    /// least twice the current token's fresh period (up to the cap).
-    fn floor_degenerate(&mut self, token: Token, given: Option<i64>) -> Token {
-        let base = self.config.min_refresh_interval;
-        let min_ms = crate::time::duration_millis(self.config.lifetime.min_lifetime());
-        // Degenerate: the policy had to raise the lifetime the authority
-        // gave to its minimum (zero, negative, or shorter than the minimum).
-        // A genuine short lifetime is the authority's choice.
-        let clamped_up = given.is_some_and(|g| g <= 0 || (g as u64).saturating_mul(1_000) < min_ms);
-        if base.is_zero() || !clamped_up {
-            self.degenerate_streak = 0;
-            self.degenerate = None;
-            return token;
-        }
-        self.degenerate_streak = self.degenerate_streak.saturating_add(1);
-        let cap = self.config.backoff.max().max(base);
-        let doublings = self.degenerate_streak.saturating_sub(1).min(31);
-        let mut floor = base.saturating_mul(1u32 << doublings).min(cap);
-        // Continue the fleet's curve: the token we hold may be a peer's
-        // re-timed one (or a normal one), and the new token must outlive
-        // it, or peers would not adopt it and would each fetch their own.
-        if let Some(current) = &self.current {
-            let fresh = current
-                .stale_at()
-                .saturating_duration_since(current.issued_at());
-            floor = floor.max(fresh.saturating_mul(2).min(cap));
-        }
-        let spread = crate::time::duration_millis(floor) / 10;
-        let extra = Duration::from_millis(if spread == 0 {
-            0
-        } else {
-            self.rng.u64(0..=spread)
-        });
-        let received = self.now.wall.max(token.issued_at());
-        let stale_at = received + floor.saturating_add(extra);
-        let expires_at = token.expires_at().max(stale_at + floor);
-        let record = DegenerateLifetime {
-            expires_in: given,
-            authority_expires_at: token.expires_at(),
-            floor,
-            consecutive: self.degenerate_streak,
-        };
-        self.degenerate = Some((token.id(), record));
-        Token::new(
-            token.access_token().clone(),
-            token.issued_at(),
-            stale_at,
-            expires_at,
-        )
-        .with_token_type(token.token_type())
-        .with_refresh_token(token.refresh_token().cloned())
-        .with_id_token(token.id_token().cloned())
-        .with_scope(token.scope().map(str::to_owned))
-        .with_generation(token.generation())
-    }
-
-    /// Why a fetched token cannot be served: it expired before its answer
-    /// arrived (an answer slower than the token's life, or a clock far
-    /// ahead of the authority's). Publishing it would serve a dead token.
-    fn dead_on_arrival(token: &Token, now: Timestamp) -> Option<FetchError> {
-        (!token.is_valid_at(now)).then(|| {
-            FetchError::transient(format!(
-                "the token expired before its answer arrived (lifetime {:?})",
-                token.lifetime()
-            ))
-        })
     }
 
     fn on_fetched(&mut self, token: Arc<Token>, rotated: bool) {
@@ -1620,316 +1096,6 @@ impl RefreshMachine {
             then,
         };
         self.publish();
-    }
-
-    fn invalidate(&mut self, id: TokenId) {
-        let is_current = self.current.as_ref().is_some_and(|t| t.id() == id);
-        if !is_current
-            || matches!(
-                self.phase,
-                Phase::Created | Phase::Failed { .. } | Phase::Draining { .. }
-            )
-        {
-            return self.ignore();
-        }
-        self.rejected = Some(id);
-        if let Phase::Idle { refresh_at, .. } = self.phase {
-            // Rate limited: at the earliest one interval after the last one.
-            self.phase = Phase::Idle {
-                refresh_at,
-                early: self.invalidation_allowed_at(),
-            };
-            self.tick();
-            if matches!(self.phase, Phase::Idle { .. }) {
-                self.stats.invalidations_rate_limited += 1;
-            }
-        } else {
-            self.stats.invalidations_collapsed += 1;
-        }
-        // Otherwise a refresh is under way or scheduled by the backoff; it
-        // will replace the token and must not adopt this one again. If it
-        // ends with this token still current (a store in flight when the
-        // 401 came), `idle_until_refresh` refreshes early.
-    }
-
-    fn invalidation_allowed_at(&self) -> MonoTime {
-        self.last_invalidation
-            // At least a millisecond: with a zero interval, an authority
-            // that hands back the rejected token would otherwise make the
-            // machine refresh again and again within one instant.
-            .map_or(self.now.mono, |last| {
-                last + self
-                    .config
-                    .invalidate_interval
-                    .max(Duration::from_millis(1))
-            })
-    }
-
-    fn shutdown(&mut self) {
-        match std::mem::replace(&mut self.phase, Phase::Stopped) {
-            // Wait for the answer: a fetch may rotate the refresh token, a
-            // store makes it durable, a lease granted later would block
-            // peers for its TTL.
-            Phase::Waiting(request) if !matches!(request.kind, RequestKind::Load(_)) => {
-                let until = self.drain_bound();
-                self.phase = Phase::Draining { request, until };
-            }
-            phase @ Phase::Draining { .. } => self.phase = phase,
-            // A rotated refresh token not yet stored: one last try.
-            Phase::Backoff {
-                then: Retry::StoreRotated(token),
-                ..
-            } => self.send_store(token, StoreFor::Rotated, true),
-            Phase::Backoff {
-                extend: Some((id, deadline)),
-                ..
-            } => {
-                // An extension asks for the wait plus the lease TTL, and
-                // the wait has not passed: the lease outlasts now + TTL.
-                let request = Request {
-                    id,
-                    deadline,
-                    kind: RequestKind::Lease {
-                        sent: self.now.mono,
-                        renewal: false,
-                    },
-                };
-                let until = self.drain_bound();
-                self.phase = Phase::Draining { request, until };
-            }
-            _ => self.stop(),
-        }
-    }
-
-    /// How long a shutdown may wait: a fetch's answer, then its store.
-    fn drain_bound(&self) -> MonoTime {
-        self.now.mono
-            + self
-                .config
-                .fetch_timeout
-                .saturating_add(self.config.cache_timeout)
-    }
-
-    /// Stops once nothing is left to do: what a late answer left to store
-    /// first, then the lease given back and its release answered (to its
-    /// deadline), so the next process is granted the lease at once.
-    fn stop(&mut self) {
-        if let Some(follow_up) = self.follow_up.take() {
-            if self.config.cache && self.follow_up_stands(&follow_up) {
-                return self.send_store(follow_up.token, follow_up.store_for, true);
-            }
-        }
-        self.release_lease();
-        if let Some((id, deadline)) = self.releasing.take() {
-            if deadline > self.now.mono {
-                self.releasing = Some((id, deadline));
-                let request = Request {
-                    id,
-                    deadline,
-                    kind: RequestKind::Release { then_lease: None },
-                };
-                self.phase = Phase::Draining {
-                    request,
-                    until: deadline,
-                };
-                return;
-            }
-        }
-        self.state = RefreshState::Stopped;
-        self.publish();
-        self.outbox.push_back(Action::Stop);
-        self.phase = Phase::Stopped;
-    }
-
-    /// Back to idle after a refresh, until the current token's (jittered)
-    /// refresh time, or sooner if a consumer rejected it meanwhile.
-    fn idle_until_refresh(&mut self) {
-        let degenerate = self.degenerate_of_current().is_some();
-        let refresh_at = match &self.current {
-            // Re-timed by the floor, with its own jitter above it: jitter
-            // below `stale_at` would undercut the floor.
-            Some(token) if degenerate => token.stale_at(),
-            Some(token) => self.config.jitter.refresh_at(token, &mut self.rng),
-            // Unreachable in practice (settling follows a fetch or an
-            // adoption); retry after a pause rather than spin.
-            None => self.now.wall + self.config.peer_wait,
-        };
-        self.idle_until(refresh_at);
-        let rejected = self.current.as_ref().map(|t| t.id()) == self.rejected;
-        if rejected && self.rejected.is_some() {
-            self.phase = Phase::Idle {
-                refresh_at,
-                early: self.invalidation_allowed_at(),
-            };
-            // Due already (the rate limit allows it): refresh now.
-            self.tick();
-        }
-    }
-
-    fn idle_until(&mut self, refresh_at: Timestamp) {
-        self.peer_wait = None;
-        self.phase = Phase::Idle {
-            refresh_at,
-            early: MonoTime::MAX,
-        };
-    }
-
-    fn make_current(&mut self, token: Arc<Token>) {
-        if Some(token.id()) != self.rejected {
-            self.rejected = None;
-        }
-        self.expiry_published = false;
-        self.current = Some(token);
-    }
-
-    /// Whether a token from the cache should replace ours: it is valid, not
-    /// the one a consumer rejected, and lives longer than ours.
-    fn is_better(&self, token: &Token) -> bool {
-        token.is_valid_at(self.now.wall)
-            && Some(token.id()) != self.rejected
-            && self
-                .current
-                .as_ref()
-                .is_none_or(|ours| token.expires_at() > ours.expires_at())
-    }
-
-    /// Takes the cached token's refresh token when it is of a later
-    /// generation than ours, so this instance never presents one that a
-    /// peer has already rotated.
-    fn learn_refresh_token(&mut self, token: &Token) {
-        let Some(rt) = token.refresh_token() else {
-            return;
-        };
-        if self.revoked.as_ref() == Some(rt) {
-            return;
-        }
-        let newer = match &self.grant {
-            None => !self.is_refresh_flow(),
-            Some(g) if g.token == *rt => false,
-            Some(g) => {
-                token.generation() > g.generation
-                    || (g.origin == Origin::Configured && token.generation() >= g.generation)
-            }
-        };
-        if newer {
-            self.grant = Some(Grant {
-                token: rt.clone(),
-                generation: token.generation(),
-                origin: Origin::Cache,
-            });
-        }
-    }
-
-    /// After a revocation: takes the cached token's refresh token if it is
-    /// not the revoked one, whatever its generation (a new grant starts
-    /// again from its own first generation).
-    fn learn_live_grant(&mut self, token: &Token) -> bool {
-        match token.refresh_token() {
-            Some(rt) if self.revoked.as_ref() != Some(rt) => {
-                self.revoked = None;
-                self.grant = Some(Grant {
-                    token: rt.clone(),
-                    generation: token.generation(),
-                    origin: Origin::Cache,
-                });
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// `timeout`, or less so that it ends with half of the lease we hold
-    /// left: while a rotated refresh token is not durable, a cache request
-    /// that hangs is given up on early enough to try again (renewing the
-    /// lease first) before the lease lapses and a peer takes it. Once the
-    /// lease has lapsed, `timeout` as it is.
-    fn within_the_lease(&self, timeout: Duration) -> Duration {
-        match self.lease_until {
-            Some(until) if until > self.now.mono => {
-                timeout.min(until.saturating_duration_since(self.now.mono) / 2)
-            }
-            _ => timeout,
-        }
-    }
-
-    /// The deadline of a cache request: the cache timeout, or, while a
-    /// rotated refresh token is not durable (`undurable`), that bounded by
-    /// [`within_the_lease`](Self::within_the_lease).
-    fn cache_timeout_keeping_the_lease(&self, undurable: bool) -> Duration {
-        if undurable {
-            self.within_the_lease(self.config.cache_timeout)
-        } else {
-            self.config.cache_timeout
-        }
-    }
-
-    /// Whether the lease we hold outlasts a fetch sent now (its deadline).
-    fn holds_lease_for_a_fetch(&self) -> bool {
-        let fetch = self.fetch_deadline();
-        self.lease_until
-            .is_some_and(|until| self.now.mono + fetch < until)
-    }
-
-    fn holds_lease(&self) -> bool {
-        self.lease_until.is_some_and(|until| self.now.mono < until)
-    }
-
-    /// Gives the lease back, unless a late answer's token is still to be
-    /// stored under it (that store releases it).
-    fn release_lease(&mut self) {
-        if self.follow_up.is_some() {
-            return;
-        }
-        // A release in flight was sent after every lease request still
-        // out (lease requests wait for releases), and the cache carries
-        // out one instance's calls in order: it gives those grants back.
-        if self.lease_until.take().is_some() && !self.release_in_flight() {
-            self.send_release();
-        }
-    }
-
-    fn release_in_flight(&self) -> bool {
-        self.releasing
-            .is_some_and(|(_, deadline)| deadline > self.now.mono)
-    }
-
-    fn send_release(&mut self) {
-        let id = self.new_id();
-        let timeout = self.config.cache_timeout;
-        self.releasing = Some((id, self.now.mono + timeout));
-        self.outbox.push_back(Action::ReleaseLease { id, timeout });
-    }
-
-    /// Tells readers when the current token expires (once per token).
-    fn check_expiry(&mut self) {
-        let expired = self
-            .current
-            .as_ref()
-            .is_some_and(|t| !t.is_valid_at(self.now.wall));
-        if expired && !self.expiry_published && !self.is_stopped() {
-            self.expiry_published = true;
-            self.publish();
-        }
-    }
-
-    fn publish(&mut self) {
-        self.outbox.push_back(Action::Publish(Snapshot {
-            token: self.current.clone(),
-            state: self.state.clone(),
-            published_at: self.now.wall,
-            tokens_fetched: self.stats.tokens_fetched,
-            store_error: self.store_error.clone(),
-            skew_ms: self.skew_ms,
-            lifetime_note: self.lifetime_note,
-            degenerate: self.degenerate_of_current(),
-        }));
-    }
-
-    /// The degenerate record, if it is the current token's (an adopted
-    /// token or a late answer may have replaced the one it was made for).
-    fn degenerate_of_current(&self) -> Option<DegenerateLifetime> {
-        let (id, d) = self.degenerate?;
-        (self.current.as_ref()?.id() == id).then_some(d)
     }
 
     /// `base` jittered uniformly within ±50 %.

@@ -1,0 +1,214 @@
+//! The grant: the newest refresh token known and its generation, the
+//! fetches given up on (whose late answers still teach it), and how an
+//! answer becomes a token (its lifetime resolved, a degenerate one floored).
+
+use super::*;
+
+/// Where the refresh token we would present came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    Configured,
+    Cache,
+    Answer,
+}
+
+/// The newest refresh token known.
+#[derive(Debug, Clone)]
+pub(super) struct Grant {
+    pub(super) token: RefreshToken,
+    pub(super) generation: u64,
+    pub(super) origin: Origin,
+}
+
+/// A fetch given up on: its answer, if it comes, is still used.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Abandoned {
+    pub(super) id: RequestId,
+    pub(super) sent_at: Timestamp,
+    pub(super) generation: u64,
+}
+
+/// How many fetches given up on are remembered, so that their late answers
+/// are still recognised (and their rotated refresh tokens learned).
+pub(super) const ABANDONED_FETCHES: usize = 8;
+
+impl RefreshMachine {
+    pub(super) fn abandon(&mut self, id: RequestId, sent_at: Timestamp, generation: u64) {
+        if self.abandoned.len() == ABANDONED_FETCHES {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(Abandoned {
+            id,
+            sent_at,
+            generation,
+        });
+    }
+
+    /// Takes the cached token's refresh token when it is of a later
+    /// generation than ours, so this instance never presents one that a
+    /// peer has already rotated.
+    pub(super) fn learn_refresh_token(&mut self, token: &Token) {
+        let Some(rt) = token.refresh_token() else {
+            return;
+        };
+        if self.revoked.as_ref() == Some(rt) {
+            return;
+        }
+        let newer = match &self.grant {
+            None => !self.is_refresh_flow(),
+            Some(g) if g.token == *rt => false,
+            Some(g) => {
+                token.generation() > g.generation
+                    || (g.origin == Origin::Configured && token.generation() >= g.generation)
+            }
+        };
+        if newer {
+            self.grant = Some(Grant {
+                token: rt.clone(),
+                generation: token.generation(),
+                origin: Origin::Cache,
+            });
+        }
+    }
+
+    /// After a revocation: takes the cached token's refresh token if it is
+    /// not the revoked one, whatever its generation (a new grant starts
+    /// again from its own first generation).
+    pub(super) fn learn_live_grant(&mut self, token: &Token) -> bool {
+        match token.refresh_token() {
+            Some(rt) if self.revoked.as_ref() != Some(rt) => {
+                self.revoked = None;
+                self.grant = Some(Grant {
+                    token: rt.clone(),
+                    generation: token.generation(),
+                    origin: Origin::Cache,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Turns an answer into the token it stands for (and whether it rotated
+    /// the refresh token), learning a rotated refresh token first, whatever
+    /// else happens: the old one is already spent at the authority.
+    pub(super) fn accept_fetched(
+        &mut self,
+        response: TokenResponse,
+        sent_at: Timestamp,
+        generation: u64,
+    ) -> (Arc<Token>, bool) {
+        let rotated = response.refresh_token.is_some();
+        let given = response.expires_in;
+        let resolved = self
+            .config
+            .lifetime
+            .resolve(response, sent_at, self.now.wall);
+        let mut token = self.floor_degenerate(resolved.token, given);
+        if rotated {
+            let next = generation.saturating_add(1);
+            token = token.with_generation(next);
+            if let Some(rt) = token.refresh_token() {
+                // Our own answer wins, unless we have since learned of a
+                // later generation (an abandoned fetch answering late).
+                if self.grant.as_ref().is_none_or(|g| next >= g.generation) {
+                    self.grant = Some(Grant {
+                        token: rt.clone(),
+                        generation: next,
+                        origin: Origin::Answer,
+                    });
+                }
+            }
+        } else {
+            // The authority kept the grant as it was: carry our refresh
+            // token along so the cache stores the full state.
+            let (rt, generation) = match &self.grant {
+                Some(g) => (Some(g.token.clone()), g.generation),
+                None => (None, 0),
+            };
+            token = token.with_refresh_token(rt).with_generation(generation);
+        }
+        self.skew_ms = resolved.skew_ms;
+        self.lifetime_note = resolved.note;
+        (Arc::new(token), rotated)
+    }
+
+    /// Applies the refresh floor to a fetched token whose answer was
+    /// degenerate (its `expires_in` below the policy's minimum lifetime):
+    /// it is re-timed to go stale at the floor after the answer (plus up to a tenth, so a fleet does not renew in step) and to
+    /// expire no sooner than one floor later, and recorded as degenerate.
+    /// The floor doubles with each consecutive degenerate answer, and is at
+    /// least twice the current token's fresh period (up to the cap).
+    pub(super) fn floor_degenerate(&mut self, token: Token, given: Option<i64>) -> Token {
+        let base = self.config.min_refresh_interval;
+        let min_ms = crate::time::duration_millis(self.config.lifetime.min_lifetime());
+        // Degenerate: the policy had to raise the lifetime the authority
+        // gave to its minimum (zero, negative, or shorter than the minimum).
+        // A genuine short lifetime is the authority's choice.
+        let clamped_up = given.is_some_and(|g| g <= 0 || (g as u64).saturating_mul(1_000) < min_ms);
+        if base.is_zero() || !clamped_up {
+            self.degenerate_streak = 0;
+            self.degenerate = None;
+            return token;
+        }
+        self.degenerate_streak = self.degenerate_streak.saturating_add(1);
+        let cap = self.config.backoff.max().max(base);
+        let doublings = self.degenerate_streak.saturating_sub(1).min(31);
+        let mut floor = base.saturating_mul(1u32 << doublings).min(cap);
+        // Continue the fleet's curve: the token we hold may be a peer's
+        // re-timed one (or a normal one), and the new token must outlive
+        // it, or peers would not adopt it and would each fetch their own.
+        if let Some(current) = &self.current {
+            let fresh = current
+                .stale_at()
+                .saturating_duration_since(current.issued_at());
+            floor = floor.max(fresh.saturating_mul(2).min(cap));
+        }
+        let spread = crate::time::duration_millis(floor) / 10;
+        let extra = Duration::from_millis(if spread == 0 {
+            0
+        } else {
+            self.rng.u64(0..=spread)
+        });
+        let received = self.now.wall.max(token.issued_at());
+        let stale_at = received + floor.saturating_add(extra);
+        let expires_at = token.expires_at().max(stale_at + floor);
+        let record = DegenerateLifetime {
+            expires_in: given,
+            authority_expires_at: token.expires_at(),
+            floor,
+            consecutive: self.degenerate_streak,
+        };
+        self.degenerate = Some((token.id(), record));
+        Token::new(
+            token.access_token().clone(),
+            token.issued_at(),
+            stale_at,
+            expires_at,
+        )
+        .with_token_type(token.token_type())
+        .with_refresh_token(token.refresh_token().cloned())
+        .with_id_token(token.id_token().cloned())
+        .with_scope(token.scope().map(str::to_owned))
+        .with_generation(token.generation())
+    }
+
+    /// Why a fetched token cannot be served: it expired before its answer
+    /// arrived (an answer slower than the token's life, or a clock far
+    /// ahead of the authority's). Publishing it would serve a dead token.
+    pub(super) fn dead_on_arrival(token: &Token, now: Timestamp) -> Option<FetchError> {
+        (!token.is_valid_at(now)).then(|| {
+            FetchError::transient(format!(
+                "the token expired before its answer arrived (lifetime {:?})",
+                token.lifetime()
+            ))
+        })
+    }
+
+    /// The degenerate record, if it is the current token's (an adopted
+    /// token or a late answer may have replaced the one it was made for).
+    pub(super) fn degenerate_of_current(&self) -> Option<DegenerateLifetime> {
+        let (id, d) = self.degenerate?;
+        (self.current.as_ref()?.id() == id).then_some(d)
+    }
+}

@@ -1,0 +1,130 @@
+//! Answers that are not the awaited one: the one rule for all of them,
+//! and the follow-up it leaves for the next step with nothing in flight.
+
+use super::*;
+
+/// What an answer that was not the awaited one requires (a late fetch
+/// answer: make its rotated refresh token durable, or share its newer
+/// token), carried out at the next step at which no request is in flight:
+/// never beside the request in flight, never instead of it.
+#[derive(Debug, Clone)]
+pub(super) struct FollowUp {
+    pub(super) token: Arc<Token>,
+    pub(super) store_for: StoreFor,
+}
+
+impl RefreshMachine {
+    /// An answer to a request the machine no longer waits for.
+    pub(super) fn late(&mut self, input: Input) {
+        match input {
+            Input::Fetched(id, Ok(response)) => {
+                let Some(&fetch) = self.abandoned.iter().find(|a| a.id == id) else {
+                    return self.ignore();
+                };
+                self.abandoned.retain(|a| a.id != id);
+                self.on_late_fetch(response, fetch);
+            }
+            // A lease granted after we stopped waiting for it: give it
+            // back, or peers wait for a holder that is not fetching. (A
+            // release in flight was sent after the request, and the cache
+            // carries out one instance's calls in order: it gives it back.)
+            Input::Lease(_, Ok(LeaseOutcome::Granted))
+                if !self.holds_lease() && !self.release_in_flight() =>
+            {
+                self.ignore();
+                self.send_release();
+            }
+            _ => self.ignore(),
+        }
+    }
+
+    /// A fetch we gave up on answered after all: the one rule for every
+    /// answer that is not the awaited one, whatever the phase. Learn from
+    /// it (a rotated refresh token is the grant now: `accept_fetched` took
+    /// it), serve it when it is better, and queue what it requires (make
+    /// its rotated refresh token durable, share its newer token) as the
+    /// [`FollowUp`], carried out at the next step with no request in
+    /// flight. It never preempts or duplicates a request in flight: at most
+    /// one request of each kind is out, always. (Before, such answers
+    /// replaced the step in flight: a second store beside the first, a
+    /// lease request beside a lease extension, each found by a fuzzer or a
+    /// user and each given a branch of its own.)
+    pub(super) fn on_late_fetch(&mut self, response: TokenResponse, fetch: Abandoned) {
+        // Its life counts from when it was sent, like any answer's.
+        let (token, rotated) = self.accept_fetched(response, fetch.sent_at, fetch.generation);
+        let newer = self.is_better(&token);
+        if !(rotated || newer) {
+            return self.ignore();
+        }
+        self.stats.late_answers_used += 1;
+        let durable_first = rotated && self.config.cache;
+        if newer {
+            self.make_current(token.clone());
+            if !matches!(
+                self.phase,
+                Phase::Backoff {
+                    then: Retry::StoreRotated(_),
+                    ..
+                }
+            ) {
+                self.failures = 0;
+                self.state = RefreshState::Healthy;
+            }
+            if !durable_first {
+                self.publish();
+            }
+        }
+        if !self.config.cache {
+            if self.is_free() {
+                self.idle_until_refresh();
+            }
+            return;
+        }
+        let store_for = match (newer, rotated) {
+            (true, true) => StoreFor::RotatedThenPublish,
+            (false, true) => StoreFor::Rotated,
+            (_, false) => StoreFor::Sharing,
+        };
+        self.follow_up = Some(FollowUp { token, store_for });
+    }
+
+    /// Whether no request is awaited (a lease extension included), so the
+    /// next step may send one.
+    pub(super) fn is_free(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Idle { .. }
+                | Phase::PeerWait { .. }
+                | Phase::Failed { .. }
+                | Phase::Backoff { extend: None, .. }
+        )
+    }
+
+    /// Carries out the follow-up once nothing is in flight, unless it is
+    /// moot (a newer token was served, or a later refresh token learned).
+    pub(super) fn run_follow_up(&mut self) {
+        if !self.is_free() {
+            return;
+        }
+        if let Some(follow_up) = self.follow_up.take() {
+            if self.follow_up_stands(&follow_up) {
+                self.send_store(follow_up.token, follow_up.store_for, false);
+            } else if matches!(self.phase, Phase::Idle { .. }) {
+                // Moot: the lease it kept is not needed any more.
+                self.release_lease();
+            }
+        }
+    }
+
+    pub(super) fn follow_up_stands(&self, follow_up: &FollowUp) -> bool {
+        if follow_up.store_for.is_rotated() {
+            self.grant
+                .as_ref()
+                .is_some_and(|g| g.generation == follow_up.token.generation())
+        } else {
+            self.current
+                .as_ref()
+                .is_some_and(|t| t.id() == follow_up.token.id())
+        }
+    }
+}

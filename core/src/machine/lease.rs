@@ -1,0 +1,218 @@
+//! The lease: taking it, renewing it, waiting for the peer that holds it,
+//! and giving it back (one lease call at a time).
+
+use super::*;
+
+/// After this many consecutive failures that reached no answering
+/// authority, a lease holder hands the lease on.
+pub(super) const HAND_ON_AFTER: u32 = 3;
+
+/// While a rotated refresh token is not durable (its store failed), the
+/// holder stores again, and renews its lease, at least this many times per
+/// lease TTL, whatever the backoff: the cache still holds the spent refresh
+/// token, and a peer that takes a lapsed lease presents it. The attempts
+/// cost the cache only (one store and one lease request each), never the
+/// authority. Found by `no_grant_is_lost_without_an_inherent_loss`: with a
+/// 1.35 s backoff doubling and a 6.2 s lease, three failed stores in a row
+/// outlasted the lease, and the grant was revoked.
+pub(super) const ROTATED_STORES_PER_LEASE: u32 = 4;
+
+/// How often a follower without a valid token looks for the holder's token
+/// while the holder's lease is young (jittered ±50 %, so at most 37.5 ms
+/// pass between looks: the holder usually stores within tens of
+/// milliseconds of taking the lease). After [`FOLLOWER_FAST_FOR`] the wait
+/// doubles each second, up to [`FOLLOWER_MAX_WAIT`]. A cold start thus
+/// costs a follower at most about 40 reads (and as many lease requests),
+/// usually a handful; through a long outage, while it has no valid token,
+/// at most about 4 a second (so it sees the holder's token within 375 ms of
+/// the store); a follower with a valid token waits the peer wait.
+pub(super) const FOLLOWER_WAIT: Duration = Duration::from_millis(25);
+
+/// How long followers without a token look at the fast rate.
+pub(super) const FOLLOWER_FAST_FOR: Duration = Duration::from_secs(1);
+
+/// The longest a follower without a valid token waits between looks.
+pub(super) const FOLLOWER_MAX_WAIT: Duration = Duration::from_millis(250);
+
+impl RefreshMachine {
+    pub(super) fn acquire_lease(&mut self) {
+        self.request_lease(false);
+    }
+
+    /// Asks for the lease (`renewal`: see [`RequestKind::Lease`]).
+    pub(super) fn request_lease(&mut self, renewal: bool) {
+        if let Some((id, deadline)) = self.releasing.filter(|_| self.release_in_flight()) {
+            // One lease request at a time: the release in flight first.
+            self.phase = Phase::Waiting(Request {
+                id,
+                deadline,
+                kind: RequestKind::Release {
+                    then_lease: Some(renewal),
+                },
+            });
+            return;
+        }
+        let sent = self.now.mono;
+        let timeout = self.config.cache_timeout;
+        let id = self.send(RequestKind::Lease { sent, renewal }, timeout);
+        let ttl = self.config.lease_ttl;
+        self.outbox
+            .push_back(Action::AcquireLease { id, ttl, timeout });
+    }
+
+    pub(super) fn on_lease(
+        &mut self,
+        result: Result<LeaseOutcome, CacheError>,
+        sent: MonoTime,
+        renewal: bool,
+    ) {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            // Whether a peer holds the lease is unknown: a refresh-token
+            // flow must not risk presenting a token the holder is rotating.
+            Err(error) if self.is_refresh_flow() => {
+                return self.retry_later(FetchError::transient(format!(
+                    "not refreshing without the lease ({error})"
+                )));
+            }
+            // A broken lease must not stop a client-credentials refresh.
+            Err(_) => LeaseOutcome::Unsupported,
+        };
+        match outcome {
+            LeaseOutcome::Granted => {
+                self.lease_until = Some(sent + self.config.lease_ttl);
+                if let Some((since, _)) = self.peer_wait.take() {
+                    // Taking over from a holder that kept failing: carry on
+                    // the fleet's backoff curve rather than start it again.
+                    let waited = self.now.mono.saturating_duration_since(since);
+                    self.failures = self.failures.max(self.config.backoff.steps_within(waited));
+                }
+                if renewal {
+                    self.fetch();
+                } else {
+                    self.read_cache(CacheRead::UnderLease);
+                }
+            }
+            LeaseOutcome::Unsupported => self.fetch(),
+            LeaseOutcome::Busy => {
+                let (since, waits) = self.peer_wait.unwrap_or((self.now.mono, 0));
+                let waits = waits.saturating_add(1);
+                self.peer_wait = Some((since, waits));
+                let wait = self.follower_wait(since, waits);
+                self.phase = Phase::PeerWait {
+                    recheck_at: self.now.mono + wait,
+                };
+            }
+        }
+    }
+
+    /// How long a follower waits before it looks again, after its `waits`th
+    /// busy answer since `since`.
+    ///
+    /// Without a valid token it looks soon: the holder usually stores
+    /// within tens of milliseconds (a cold start). With one, it backs off,
+    /// doubling from the peer wait up to a quarter of its token's remaining
+    /// validity, so a long outage costs the cache a few calls per follower
+    /// rather than two a second; and its next look never lies past its
+    /// token's expiry, so it has the holder's token within a fast wait of
+    /// the later of the holder's store and its own expiry.
+    pub(super) fn follower_wait(&mut self, since: MonoTime, waits: u32) -> Duration {
+        let until_expiry = self
+            .current
+            .as_ref()
+            .map(|t| t.expires_at().saturating_duration_since(self.now.wall))
+            .filter(|left| !left.is_zero());
+        if let Some(left) = until_expiry {
+            let doublings = waits.saturating_sub(1).min(16);
+            let cap = (left / 4).max(self.config.peer_wait);
+            let base = self
+                .config
+                .peer_wait
+                .saturating_mul(1 << doublings)
+                .min(cap);
+            return self.jittered(base).min(left).max(Duration::from_millis(1));
+        }
+        // The fast looks count from the later of the first busy answer and
+        // the token's expiry: a follower whose token expires during a long
+        // wait looks fast again (it was the peer wait before, and the fast
+        // second was spent while it still had a token).
+        let waited = self.now.mono.saturating_duration_since(since);
+        let expired_for = self.current.as_ref().map_or(waited, |t| {
+            self.now.wall.saturating_duration_since(t.expires_at())
+        });
+        let waited = waited.min(expired_for);
+        let base = if waited < FOLLOWER_FAST_FOR {
+            FOLLOWER_WAIT.min(self.config.peer_wait)
+        } else {
+            let doublings = (waited.as_millis() / FOLLOWER_FAST_FOR.as_millis()).min(16) as u32;
+            FOLLOWER_WAIT.saturating_mul(1 << doublings).min(
+                FOLLOWER_MAX_WAIT
+                    .min(self.config.peer_wait)
+                    .max(FOLLOWER_WAIT),
+            )
+        };
+        self.jittered(base)
+    }
+
+    /// `timeout`, or less so that it ends with half of the lease we hold
+    /// left: while a rotated refresh token is not durable, a cache request
+    /// that hangs is given up on early enough to try again (renewing the
+    /// lease first) before the lease lapses and a peer takes it. Once the
+    /// lease has lapsed, `timeout` as it is.
+    pub(super) fn within_the_lease(&self, timeout: Duration) -> Duration {
+        match self.lease_until {
+            Some(until) if until > self.now.mono => {
+                timeout.min(until.saturating_duration_since(self.now.mono) / 2)
+            }
+            _ => timeout,
+        }
+    }
+
+    /// The deadline of a cache request: the cache timeout, or, while a
+    /// rotated refresh token is not durable (`undurable`), that bounded by
+    /// [`within_the_lease`](Self::within_the_lease).
+    pub(super) fn cache_timeout_keeping_the_lease(&self, undurable: bool) -> Duration {
+        if undurable {
+            self.within_the_lease(self.config.cache_timeout)
+        } else {
+            self.config.cache_timeout
+        }
+    }
+
+    /// Whether the lease we hold outlasts a fetch sent now (its deadline).
+    pub(super) fn holds_lease_for_a_fetch(&self) -> bool {
+        let fetch = self.fetch_deadline();
+        self.lease_until
+            .is_some_and(|until| self.now.mono + fetch < until)
+    }
+
+    pub(super) fn holds_lease(&self) -> bool {
+        self.lease_until.is_some_and(|until| self.now.mono < until)
+    }
+
+    /// Gives the lease back, unless a late answer's token is still to be
+    /// stored under it (that store releases it).
+    pub(super) fn release_lease(&mut self) {
+        if self.follow_up.is_some() {
+            return;
+        }
+        // A release in flight was sent after every lease request still
+        // out (lease requests wait for releases), and the cache carries
+        // out one instance's calls in order: it gives those grants back.
+        if self.lease_until.take().is_some() && !self.release_in_flight() {
+            self.send_release();
+        }
+    }
+
+    pub(super) fn release_in_flight(&self) -> bool {
+        self.releasing
+            .is_some_and(|(_, deadline)| deadline > self.now.mono)
+    }
+
+    pub(super) fn send_release(&mut self) {
+        let id = self.new_id();
+        let timeout = self.config.cache_timeout;
+        self.releasing = Some((id, self.now.mono + timeout));
+        self.outbox.push_back(Action::ReleaseLease { id, timeout });
+    }
+}

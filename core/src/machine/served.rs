@@ -1,0 +1,126 @@
+//! What readers are served: the current token, its publication, its
+//! expiry, and the refresh a rejection (a 401) asks for.
+
+use super::*;
+
+impl RefreshMachine {
+    pub(super) fn invalidate(&mut self, id: TokenId) {
+        let is_current = self.current.as_ref().is_some_and(|t| t.id() == id);
+        if !is_current
+            || matches!(
+                self.phase,
+                Phase::Created | Phase::Failed { .. } | Phase::Draining { .. }
+            )
+        {
+            return self.ignore();
+        }
+        self.rejected = Some(id);
+        if let Phase::Idle { refresh_at, .. } = self.phase {
+            // Rate limited: at the earliest one interval after the last one.
+            self.phase = Phase::Idle {
+                refresh_at,
+                early: self.invalidation_allowed_at(),
+            };
+            self.tick();
+            if matches!(self.phase, Phase::Idle { .. }) {
+                self.stats.invalidations_rate_limited += 1;
+            }
+        } else {
+            self.stats.invalidations_collapsed += 1;
+        }
+        // Otherwise a refresh is under way or scheduled by the backoff; it
+        // will replace the token and must not adopt this one again. If it
+        // ends with this token still current (a store in flight when the
+        // 401 came), `idle_until_refresh` refreshes early.
+    }
+
+    pub(super) fn invalidation_allowed_at(&self) -> MonoTime {
+        self.last_invalidation
+            // At least a millisecond: with a zero interval, an authority
+            // that hands back the rejected token would otherwise make the
+            // machine refresh again and again within one instant.
+            .map_or(self.now.mono, |last| {
+                last + self
+                    .config
+                    .invalidate_interval
+                    .max(Duration::from_millis(1))
+            })
+    }
+
+    /// Back to idle after a refresh, until the current token's (jittered)
+    /// refresh time, or sooner if a consumer rejected it meanwhile.
+    pub(super) fn idle_until_refresh(&mut self) {
+        let degenerate = self.degenerate_of_current().is_some();
+        let refresh_at = match &self.current {
+            // Re-timed by the floor, with its own jitter above it: jitter
+            // below `stale_at` would undercut the floor.
+            Some(token) if degenerate => token.stale_at(),
+            Some(token) => self.config.jitter.refresh_at(token, &mut self.rng),
+            // Unreachable in practice (settling follows a fetch or an
+            // adoption); retry after a pause rather than spin.
+            None => self.now.wall + self.config.peer_wait,
+        };
+        self.idle_until(refresh_at);
+        let rejected = self.current.as_ref().map(|t| t.id()) == self.rejected;
+        if rejected && self.rejected.is_some() {
+            self.phase = Phase::Idle {
+                refresh_at,
+                early: self.invalidation_allowed_at(),
+            };
+            // Due already (the rate limit allows it): refresh now.
+            self.tick();
+        }
+    }
+
+    pub(super) fn idle_until(&mut self, refresh_at: Timestamp) {
+        self.peer_wait = None;
+        self.phase = Phase::Idle {
+            refresh_at,
+            early: MonoTime::MAX,
+        };
+    }
+
+    pub(super) fn make_current(&mut self, token: Arc<Token>) {
+        if Some(token.id()) != self.rejected {
+            self.rejected = None;
+        }
+        self.expiry_published = false;
+        self.current = Some(token);
+    }
+
+    /// Whether a token from the cache should replace ours: it is valid, not
+    /// the one a consumer rejected, and lives longer than ours.
+    pub(super) fn is_better(&self, token: &Token) -> bool {
+        token.is_valid_at(self.now.wall)
+            && Some(token.id()) != self.rejected
+            && self
+                .current
+                .as_ref()
+                .is_none_or(|ours| token.expires_at() > ours.expires_at())
+    }
+
+    /// Tells readers when the current token expires (once per token).
+    pub(super) fn check_expiry(&mut self) {
+        let expired = self
+            .current
+            .as_ref()
+            .is_some_and(|t| !t.is_valid_at(self.now.wall));
+        if expired && !self.expiry_published && !self.is_stopped() {
+            self.expiry_published = true;
+            self.publish();
+        }
+    }
+
+    pub(super) fn publish(&mut self) {
+        self.outbox.push_back(Action::Publish(Snapshot {
+            token: self.current.clone(),
+            state: self.state.clone(),
+            published_at: self.now.wall,
+            tokens_fetched: self.stats.tokens_fetched,
+            store_error: self.store_error.clone(),
+            skew_ms: self.skew_ms,
+            lifetime_note: self.lifetime_note,
+            degenerate: self.degenerate_of_current(),
+        }));
+    }
+}

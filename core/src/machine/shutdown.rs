@@ -1,0 +1,131 @@
+//! Shutdown: a flag on the normal path. The request in flight is finished
+//! (a fetched token stored, a granted lease given back), then the lease is
+//! released and its answer awaited, and only then `Stop`.
+
+use super::*;
+
+impl RefreshMachine {
+    pub(super) fn shutdown(&mut self) {
+        match std::mem::replace(&mut self.phase, Phase::Stopped) {
+            // Wait for the answer: a fetch may rotate the refresh token, a
+            // store makes it durable, a lease granted later would block
+            // peers for its TTL.
+            Phase::Waiting(request) if !matches!(request.kind, RequestKind::Load(_)) => {
+                let until = self.drain_bound();
+                self.phase = Phase::Draining { request, until };
+            }
+            phase @ Phase::Draining { .. } => self.phase = phase,
+            // A rotated refresh token not yet stored: one last try.
+            Phase::Backoff {
+                then: Retry::StoreRotated(token),
+                ..
+            } => self.send_store(token, StoreFor::Rotated, true),
+            Phase::Backoff {
+                extend: Some((id, deadline)),
+                ..
+            } => {
+                // An extension asks for the wait plus the lease TTL, and
+                // the wait has not passed: the lease outlasts now + TTL.
+                let request = Request {
+                    id,
+                    deadline,
+                    kind: RequestKind::Lease {
+                        sent: self.now.mono,
+                        renewal: false,
+                    },
+                };
+                let until = self.drain_bound();
+                self.phase = Phase::Draining { request, until };
+            }
+            _ => self.stop(),
+        }
+    }
+
+    /// How long a shutdown may wait: a fetch's answer, then its store.
+    pub(super) fn drain_bound(&self) -> MonoTime {
+        self.now.mono
+            + self
+                .config
+                .fetch_timeout
+                .saturating_add(self.config.cache_timeout)
+    }
+
+    /// The answer to the request a shutdown is waiting for.
+    pub(super) fn drained(&mut self, request: Request, until: MonoTime, input: Input) {
+        match (request.kind, input) {
+            (
+                RequestKind::Fetch {
+                    sent_at,
+                    generation,
+                    ..
+                },
+                Input::Fetched(_, Ok(response)),
+            ) => {
+                let (token, rotated) = self.accept_fetched(response, sent_at, generation);
+                let alive = Self::dead_on_arrival(&token, self.now.wall).is_none();
+                if alive {
+                    self.make_current(token.clone());
+                    self.state = RefreshState::Healthy;
+                    self.publish();
+                }
+                if self.config.cache && (alive || rotated) {
+                    let store_for = if rotated {
+                        StoreFor::Rotated
+                    } else {
+                        StoreFor::Sharing
+                    };
+                    return self.send_store(token, store_for, true);
+                }
+            }
+            // Granted: give it back before stopping, unless a release sent
+            // after this request (a late grant's) is in flight: the cache
+            // carries out one instance's calls in order, so it gives this
+            // one back too.
+            (RequestKind::Lease { sent, .. }, Input::Lease(_, Ok(LeaseOutcome::Granted)))
+                if !self.release_in_flight() =>
+            {
+                self.lease_until = Some(sent + self.config.lease_ttl);
+            }
+            // The rotated refresh token is not durable yet: try again while
+            // the drain bound allows (a flaky cache must not cost the grant).
+            (RequestKind::Store { token, rotated, .. }, Input::Stored(_, Err(_)))
+                if rotated && self.now.mono < until =>
+            {
+                return self.send_store(token, StoreFor::Rotated, true);
+            }
+            _ => {}
+        }
+        self.stop();
+    }
+
+    /// Stops once nothing is left to do: what a late answer left to store
+    /// first, then the lease given back and its release answered (to its
+    /// deadline), so the next process is granted the lease at once.
+    pub(super) fn stop(&mut self) {
+        if let Some(follow_up) = self.follow_up.take() {
+            if self.config.cache && self.follow_up_stands(&follow_up) {
+                return self.send_store(follow_up.token, follow_up.store_for, true);
+            }
+        }
+        self.release_lease();
+        if let Some((id, deadline)) = self.releasing.take() {
+            if deadline > self.now.mono {
+                self.releasing = Some((id, deadline));
+                let request = Request {
+                    id,
+                    deadline,
+                    kind: RequestKind::Release { then_lease: None },
+                };
+                self.phase = Phase::Draining {
+                    request,
+                    until: deadline,
+                };
+                return;
+            }
+        }
+        self.state = RefreshState::Stopped;
+        self.publish();
+        self.outbox.push_back(Action::Stop);
+        self.phase = Phase::Stopped;
+    }
+}
