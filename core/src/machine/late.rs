@@ -32,7 +32,7 @@ impl RefreshMachine {
                 if !self.holds_lease() && !self.release_in_flight() =>
             {
                 self.ignore();
-                self.send_release();
+                self.give_back();
             }
             _ => self.ignore(),
         }
@@ -88,15 +88,15 @@ impl RefreshMachine {
         self.follow_up = Some(FollowUp { token, store_for });
     }
 
-    /// Whether no request is awaited (a lease extension included), so the
-    /// next step may send one.
+    /// Whether no request is awaited, so the next step may send one (a
+    /// store may go out beside a lease extension: another kind).
     pub(super) fn is_free(&self) -> bool {
         matches!(
             self.phase,
             Phase::Idle { .. }
                 | Phase::PeerWait { .. }
                 | Phase::Failed { .. }
-                | Phase::Backoff { extend: None, .. }
+                | Phase::Backoff { .. }
         )
     }
 

@@ -3,6 +3,21 @@
 
 use super::*;
 
+/// The one lease call in flight besides an attempt's own lease request: an
+/// extension of the lease over a backoff, or its release. The next lease
+/// request waits for it.
+#[derive(Debug, Clone, Copy, Hash)]
+pub(super) struct LeaseCall {
+    pub(super) id: RequestId,
+    pub(super) deadline: MonoTime,
+    /// An extension: the lease is ours until then once it is granted. A
+    /// release: `None`.
+    pub(super) extension_until: Option<MonoTime>,
+    /// An extension after which the lease is to be given back: the release
+    /// is sent once the extension is settled (its answer or its deadline).
+    pub(super) release_after: bool,
+}
+
 /// After this many consecutive failures that reached no answering
 /// authority, a lease holder hands the lease on.
 pub(super) const HAND_ON_AFTER: u32 = 3;
@@ -41,12 +56,12 @@ impl RefreshMachine {
 
     /// Asks for the lease (`renewal`: see [`RequestKind::Lease`]).
     pub(super) fn request_lease(&mut self, renewal: bool) {
-        if let Some((id, deadline)) = self.releasing.filter(|_| self.release_in_flight()) {
-            // One lease request at a time: the release in flight first.
+        if let Some(call) = self.lease_call {
+            // One lease call at a time: the one in flight first.
             self.phase = Phase::Waiting(Request {
-                id,
-                deadline,
-                kind: RequestKind::Release {
+                id: call.id,
+                deadline: call.deadline,
+                kind: RequestKind::LeaseCall {
                     then_lease: Some(renewal),
                 },
             });
@@ -196,23 +211,74 @@ impl RefreshMachine {
         if self.follow_up.is_some() {
             return;
         }
-        // A release in flight was sent after every lease request still
-        // out (lease requests wait for releases), and the cache carries
-        // out one instance's calls in order: it gives those grants back.
-        if self.lease_until.take().is_some() && !self.release_in_flight() {
-            self.send_release();
+        if self.lease_until.take().is_some() {
+            self.give_back();
         }
     }
 
-    pub(super) fn release_in_flight(&self) -> bool {
-        self.releasing
-            .is_some_and(|(_, deadline)| deadline > self.now.mono)
+    /// Sends a release, one lease call at a time: after an extension in
+    /// flight (once it is settled). A release in flight was sent after
+    /// every lease request still out (lease requests wait for lease calls),
+    /// and the cache carries out one instance's calls in order: it gives
+    /// those grants back too.
+    pub(super) fn give_back(&mut self) {
+        let now = self.now.mono;
+        match &mut self.lease_call {
+            Some(call) if call.deadline > now => {
+                if call.extension_until.is_some() {
+                    call.release_after = true;
+                }
+            }
+            _ => self.send_release(),
+        }
     }
 
-    pub(super) fn send_release(&mut self) {
+    /// Whether a release is in flight, or will follow the extension in
+    /// flight.
+    pub(super) fn release_in_flight(&self) -> bool {
+        self.lease_call.is_some_and(|c| {
+            c.deadline > self.now.mono && (c.extension_until.is_none() || c.release_after)
+        })
+    }
+
+    fn send_release(&mut self) {
         let id = self.new_id();
         let timeout = self.config.cache_timeout;
-        self.releasing = Some((id, self.now.mono + timeout));
+        self.lease_call = Some(LeaseCall {
+            id,
+            deadline: self.now.mono + timeout,
+            extension_until: None,
+            release_after: false,
+        });
         self.outbox.push_back(Action::ReleaseLease { id, timeout });
+    }
+
+    /// The lease call in flight was answered (`Some`) or given up on at its
+    /// deadline (`None`).
+    pub(super) fn settle_lease_call(&mut self, input: Option<&Input>) {
+        let Some(call) = self.lease_call.take() else {
+            return;
+        };
+        if call.release_after {
+            self.lease_until = None;
+            return self.send_release();
+        }
+        // A release that failed only lets the lease lapse by its TTL (the
+        // driver reports it).
+        let (Some(until), Some(input)) = (call.extension_until, input) else {
+            return;
+        };
+        self.lease_until = match input {
+            Input::Lease(_, Ok(LeaseOutcome::Granted)) => Some(until),
+            // A failing cache says nothing of the lease: it is ours until
+            // when we knew, and the next step asks again, which extends it
+            // if it is still ours and takes it if it lapsed. (Dropping it
+            // here stopped the renewals: a holder with a late answer's
+            // rotated refresh token then let the lease lapse, and a peer
+            // presented the spent one.)
+            Input::Lease(_, Err(_)) => self.lease_until,
+            // Lost it: it lapsed and a peer took it.
+            _ => None,
+        };
     }
 }

@@ -122,7 +122,7 @@ pub use io::{
     Snapshot,
 };
 use late::FollowUp;
-use lease::{HAND_ON_AFTER, ROTATED_STORES_PER_LEASE};
+use lease::{LeaseCall, HAND_ON_AFTER, ROTATED_STORES_PER_LEASE};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -159,11 +159,12 @@ struct Request {
 
 #[derive(Debug, Clone)]
 enum RequestKind {
-    /// A release of the lease, awaited before the next lease request (one
-    /// lease request at a time: a release that ran after a later grant
-    /// would give that grant away), or before `Stop` (`then_lease: None`).
-    Release {
-        /// The lease request to send once it is answered (its `renewal`).
+    /// The lease call in flight (an extension or a release: see
+    /// [`LeaseCall`]), awaited before the next lease request (one lease
+    /// call at a time: a release carried out after a later grant would give
+    /// that grant away), or before `Stop` (`then_lease: None`).
+    LeaseCall {
+        /// The lease request to send once it is settled (its `renewal`).
         then_lease: Option<bool>,
     },
     Load(CacheRead),
@@ -259,13 +260,9 @@ enum Phase {
     /// offers: a live holder keeps it through its retries and hands it on
     /// after a few failures, and a dead holder's lease lapses by its TTL.
     PeerWait { recheck_at: MonoTime },
-    /// The last attempt failed; try again at `retry_at`. `extend`: an
-    /// `AcquireLease` that stretches our lease over the wait is in flight.
-    Backoff {
-        retry_at: MonoTime,
-        extend: Option<(RequestId, MonoTime)>,
-        then: Retry,
-    },
+    /// The last attempt failed; try again at `retry_at` (once a lease
+    /// extension sent for the wait is settled).
+    Backoff { retry_at: MonoTime, then: Retry },
     /// The grant is gone; re-read the cache at `recheck_at` for a live one.
     Failed { recheck_at: MonoTime },
     /// Shutting down: waiting for the answer to this request, then `Stop`;
@@ -319,8 +316,8 @@ pub struct RefreshMachine {
     last_invalidation: Option<MonoTime>,
     /// Until when we hold the cache's lease, if we do.
     lease_until: Option<MonoTime>,
-    /// A release of the lease in flight (its id and deadline).
-    releasing: Option<(RequestId, MonoTime)>,
+    /// The lease call in flight (an extension or a release), if any.
+    lease_call: Option<LeaseCall>,
     /// What a late answer left to do (see [`FollowUp`]).
     follow_up: Option<FollowUp>,
     /// Since when, and how many times, we have found the lease busy in this
@@ -365,7 +362,7 @@ impl RefreshMachine {
             rejected: None,
             last_invalidation: None,
             lease_until: None,
-            releasing: None,
+            lease_call: None,
             follow_up: None,
             peer_wait: None,
             failures: 0,
@@ -430,7 +427,7 @@ impl RefreshMachine {
             None => 0u8.hash(hasher),
         }
         (self.expiry_published, self.rejected, self.last_invalidation).hash(hasher);
-        (self.lease_until, self.releasing, self.peer_wait).hash(hasher);
+        (self.lease_until, self.lease_call, self.peer_wait).hash(hasher);
         (self.failures, self.unreached, self.degenerate_streak).hash(hasher);
         (self.skew_ms, self.store_error.is_some()).hash(hasher);
         if let Some(g) = &self.grant {
@@ -492,11 +489,12 @@ impl RefreshMachine {
             Phase::Idle { refresh_at, early } => (*refresh_at).min(at(*early)),
             Phase::Waiting(r) | Phase::Draining { request: r, .. } => at(r.deadline),
             Phase::PeerWait { recheck_at } => at(*recheck_at),
-            Phase::Backoff {
-                extend: Some((_, deadline)),
-                ..
-            } => at(*deadline),
-            Phase::Backoff { retry_at, .. } => at(*retry_at),
+            // The retry waits for a lease call in flight (an extension of
+            // the lease over the wait), until its answer or its deadline.
+            Phase::Backoff { retry_at, .. } => match &self.lease_call {
+                Some(call) => at((*retry_at).max(call.deadline)),
+                None => at(*retry_at),
+            },
             Phase::Failed { recheck_at } => at(*recheck_at),
             Phase::Created | Phase::Stopped => Timestamp::MAX,
         };
@@ -530,6 +528,12 @@ impl RefreshMachine {
             return self.run_follow_up();
         }
         let Now { wall, mono } = self.now;
+        if self.lease_call.is_some_and(|c| mono >= c.deadline) {
+            // No answer: an extension leaves the lease ours until when we
+            // knew (see `settle_lease_call`); a release, to lapse by its TTL.
+            self.stats.timeouts += 1;
+            self.settle_lease_call(None);
+        }
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Idle { refresh_at, early } if wall >= refresh_at || mono >= early => {
                 if mono >= early {
@@ -538,29 +542,12 @@ impl RefreshMachine {
                 }
                 self.begin_refresh();
             }
-            Phase::Backoff {
-                extend: Some((_, deadline)),
-                retry_at,
-                then,
-            } if mono >= deadline => {
-                // The extension got no answer: the lease is ours until
-                // when we knew (see the answer's case in `on_answer`).
-                self.stats.timeouts += 1;
-                self.phase = Phase::Backoff {
-                    retry_at,
-                    extend: None,
-                    then,
-                };
-                self.tick();
+            Phase::Backoff { retry_at, then } if mono >= retry_at && self.lease_call.is_none() => {
+                match then {
+                    Retry::Refresh => self.begin_refresh(),
+                    Retry::StoreRotated(token) => self.send_store(token, StoreFor::Rotated, false),
+                }
             }
-            Phase::Backoff {
-                retry_at,
-                extend: None,
-                then,
-            } if mono >= retry_at => match then {
-                Retry::Refresh => self.begin_refresh(),
-                Retry::StoreRotated(token) => self.send_store(token, StoreFor::Rotated, false),
-            },
             Phase::PeerWait { recheck_at } if mono >= recheck_at => {
                 self.read_cache(CacheRead::BeforeLease)
             }
@@ -588,13 +575,10 @@ impl RefreshMachine {
         let why = |timeout: Duration| format!("timed out: no answer within {timeout:?}");
         let cache_error = |timeout| CacheError::new(CacheErrorKind::Unavailable, why(timeout));
         match request.kind {
-            RequestKind::Release { then_lease } => {
-                self.releasing = None;
-                match then_lease {
-                    Some(renewal) => self.request_lease(renewal),
-                    None => self.stop(),
-                }
-            }
+            RequestKind::LeaseCall { then_lease } => match then_lease {
+                Some(renewal) => self.request_lease(renewal),
+                None => self.stop(),
+            },
             RequestKind::Load(read) => {
                 let error = cache_error(self.config.cache_timeout);
                 self.on_cache_loaded(Err(error), read)
@@ -628,52 +612,21 @@ impl RefreshMachine {
         let Some(id) = input.request_id() else {
             return self.ignore();
         };
-        if let Input::Released(_, result) = &input {
-            if self.releasing.is_some_and(|(r, _)| r == id) {
-                self.releasing = None;
-                // (A failure only means the lease lapses by its TTL; the
-                // driver reports it.)
-                let _ = result;
-                let awaited = match &self.phase {
-                    Phase::Waiting(r) | Phase::Draining { request: r, .. } => r.id == id,
-                    _ => false,
-                };
-                if !awaited {
-                    return;
-                }
+        if self.lease_call.is_some_and(|c| c.id == id) {
+            self.settle_lease_call(Some(&input));
+            let awaited = match &self.phase {
+                Phase::Waiting(r) | Phase::Draining { request: r, .. } => r.id == id,
+                _ => false,
+            };
+            if !awaited {
+                // The backoff's retry may have waited for it.
+                return self.tick();
             }
         }
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Waiting(request) if request.id == id => self.answered(request, input),
             Phase::Draining { request, until } if request.id == id => {
                 self.drained(request, until, input)
-            }
-            Phase::Backoff {
-                retry_at,
-                extend: Some((ext, _)),
-                then,
-            } if ext == id => {
-                self.lease_until = match input {
-                    Input::Lease(_, Ok(LeaseOutcome::Granted)) => {
-                        Some(retry_at + self.config.lease_ttl)
-                    }
-                    // A failing cache says nothing of the lease: it is ours
-                    // until when we knew, and the next step asks again,
-                    // which extends it if it is still ours and takes it if
-                    // it lapsed. (Dropping it here stopped the renewals: a
-                    // holder with a late answer's rotated refresh token then
-                    // let the lease lapse, and a peer presented the spent
-                    // one.)
-                    Input::Lease(_, Err(_)) => self.lease_until,
-                    // Lost it: it lapsed and a peer took it.
-                    _ => None,
-                };
-                self.phase = Phase::Backoff {
-                    retry_at,
-                    extend: None,
-                    then,
-                };
-                self.tick();
             }
             phase => {
                 self.phase = phase;
@@ -685,7 +638,7 @@ impl RefreshMachine {
     /// The answer to the request in flight.
     fn answered(&mut self, request: Request, input: Input) {
         match (request.kind, input) {
-            (RequestKind::Release { then_lease }, Input::Released(..)) => match then_lease {
+            (RequestKind::LeaseCall { then_lease }, _) => match then_lease {
                 Some(renewal) => self.request_lease(renewal),
                 None => self.stop(),
             },
@@ -1116,29 +1069,33 @@ impl RefreshMachine {
         // lapse first, stretch it over the wait (its holder may renew it).
         // While a rotated refresh token is not durable, renew at every
         // step: the store that follows must end with the lease held.
-        let extend = match self.lease_until {
+        // (One lease call at a time: not while one is in flight.)
+        match self.lease_until {
             Some(until)
-                if then.keeps_the_lease() || until <= retry_at + self.config.fetch_timeout =>
+                if self.lease_call.is_none()
+                    && (then.keeps_the_lease()
+                        || until <= retry_at + self.config.fetch_timeout) =>
             {
                 let id = self.new_id();
                 let ttl = delay.saturating_add(self.config.lease_ttl);
                 let timeout = self.cache_timeout_keeping_the_lease(then.keeps_the_lease());
                 self.outbox
                     .push_back(Action::AcquireLease { id, ttl, timeout });
-                Some((id, self.now.mono + timeout))
+                self.lease_call = Some(LeaseCall {
+                    id,
+                    deadline: self.now.mono + timeout,
+                    extension_until: Some(retry_at + self.config.lease_ttl),
+                    release_after: false,
+                });
             }
-            _ => None,
-        };
+            _ => {}
+        }
         self.state = RefreshState::Retrying {
             error,
             attempt: self.failures,
             next_attempt: self.now.wall_at(retry_at),
         };
-        self.phase = Phase::Backoff {
-            retry_at,
-            extend,
-            then,
-        };
+        self.phase = Phase::Backoff { retry_at, then };
         self.publish();
     }
 

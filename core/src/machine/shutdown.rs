@@ -20,23 +20,6 @@ impl RefreshMachine {
                 then: Retry::StoreRotated(token),
                 ..
             } => self.send_store(token, StoreFor::Rotated, true),
-            Phase::Backoff {
-                extend: Some((id, deadline)),
-                ..
-            } => {
-                // An extension asks for the wait plus the lease TTL, and
-                // the wait has not passed: the lease outlasts now + TTL.
-                let request = Request {
-                    id,
-                    deadline,
-                    kind: RequestKind::Lease {
-                        sent: self.now.mono,
-                        renewal: false,
-                    },
-                };
-                let until = self.drain_bound();
-                self.phase = Phase::Draining { request, until };
-            }
             _ => self.stop(),
         }
     }
@@ -107,21 +90,20 @@ impl RefreshMachine {
                 return self.send_store(follow_up.token, follow_up.store_for, true);
             }
         }
+        // The release follows a lease extension in flight (whose grant it
+        // gives back); a release already in flight covers the lease.
         self.release_lease();
-        if let Some((id, deadline)) = self.releasing.take() {
-            if deadline > self.now.mono {
-                self.releasing = Some((id, deadline));
-                let request = Request {
-                    id,
-                    deadline,
-                    kind: RequestKind::Release { then_lease: None },
-                };
-                self.phase = Phase::Draining {
-                    request,
-                    until: deadline,
-                };
-                return;
-            }
+        if let Some(call) = self.lease_call.filter(|c| c.deadline > self.now.mono) {
+            let request = Request {
+                id: call.id,
+                deadline: call.deadline,
+                kind: RequestKind::LeaseCall { then_lease: None },
+            };
+            self.phase = Phase::Draining {
+                request,
+                until: call.deadline,
+            };
+            return;
         }
         self.state = RefreshState::Stopped;
         self.publish();

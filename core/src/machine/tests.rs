@@ -636,10 +636,10 @@ fn lease_is_stretched_over_a_long_backoff() {
     // No token yet: the Retry-After of 60 s is obeyed up to 30 s; the lease
     // is stretched over that wait and the lease TTL.
     assert!(matches!(a[0], Action::AcquireLease { ttl, .. } if ttl >= Duration::from_secs(75)));
-    assert_eq!(
-        next,
-        T0 + MachineConfig::default().cache_timeout,
-        "waits for the lease answer until its deadline"
+    // The retry waits for the extension's answer, until its deadline.
+    assert!(
+        next >= T0 + MachineConfig::default().cache_timeout,
+        "the retry waits for the extension: {next:?}"
     );
     let (a, retry_at) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     assert!(a.is_empty());
@@ -835,10 +835,7 @@ fn a_late_answer_with_a_rotated_token_is_learned_and_stored() {
     // Then the answer comes after all: its refresh token is the grant now,
     // made durable (before it is published) once the lease extension in
     // flight is answered: never a second request beside it.
-    let extension = h.last_id.unwrap();
     let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Ok(rotated("late", "rt-1"))));
-    assert!(a.is_empty(), "nothing beside the extension: {a:?}");
-    let (a, _) = h.feed_raw(Input::Lease(extension, Ok(LeaseOutcome::Granted)));
     assert_eq!(kinds(&a), ["store"], "durable before published: {a:?}");
     assert_eq!(
         h.m.refresh_token()
@@ -1078,14 +1075,14 @@ fn a_late_answer_during_a_lease_request_is_served_and_the_request_kept() {
 }
 
 /// A late answer (no rotation) that arrives during a backoff while the
-/// lease extension is in flight is served at once and shared once the
-/// extension is settled: the store waits for it (so no later lease request
-/// can go out beside it), and the retry does not fetch again. Found by the
-/// `machine` fuzz target in CI: the answer replaced the backoff with a
-/// store, and an invalidation then sent a lease request beside the
-/// extension.
+/// lease extension is in flight is served and shared at once: a store is
+/// another kind of request than the extension, which stays in flight and
+/// is settled when it answers (no later lease request goes out beside it),
+/// and the retry does not fetch again. (The `machine` fuzz target once
+/// found the answer replacing the backoff, and an invalidation then sent a
+/// lease request beside the extension.)
 #[test]
-fn a_late_answer_during_a_lease_extension_is_shared_once_the_extension_is_answered() {
+fn a_late_answer_during_a_lease_extension_is_shared_beside_it() {
     let mut h = Harness::cached();
     fetching(&mut h);
     let fetch_id = h.last_id.unwrap();
@@ -1098,12 +1095,19 @@ fn a_late_answer_during_a_lease_extension_is_shared_once_the_extension_is_answer
     let late = TokenResponse::new(AccessToken::new("late")).with_expires_in(Some(1080));
     h.at(T0 + Duration::from_secs(292));
     let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Ok(late)));
-    assert_eq!(kinds(&a), ["publish"], "served, nothing sent: {a:?}");
+    assert_eq!(kinds(&a), ["publish", "store"], "served and shared: {a:?}");
     assert_eq!(*h.m.state(), RefreshState::Healthy);
-    // The extension is answered: now the token is shared.
+    let store = h.last_id.unwrap();
+    // The extension is answered: nothing more to do for it.
+    let ignored = h.m.stats().ignored_inputs;
     let (a, _) = h.feed_raw(Input::Lease(extension, Ok(LeaseOutcome::Granted)));
-    assert_eq!(kinds(&a), ["store"], "{a:?}");
-    let (a, _) = h.feed(Input::Stored(ID, Ok(())));
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(
+        h.m.stats().ignored_inputs,
+        ignored,
+        "the extension was expected"
+    );
+    let (a, _) = h.feed_raw(Input::Stored(store, Ok(())));
     assert!(kinds(&a).contains(&"release"), "{a:?}");
     assert!(!kinds(&a).contains(&"fetch"), "{a:?}");
     assert_eq!(h.m.stats().fetches, 1);
