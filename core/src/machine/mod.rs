@@ -812,6 +812,13 @@ impl RefreshMachine {
     }
 
     fn fetch(&mut self) {
+        // What happened since the refresh began (a late answer, most
+        // often) may have made it moot: never ask for a token while the
+        // current one is not due.
+        if !self.refresh_due() {
+            self.release_lease();
+            return self.idle_until_refresh();
+        }
         self.stats.fetches += 1;
         self.peer_wait = None;
         let generation = self.grant.as_ref().map_or(0, |g| g.generation);
@@ -859,10 +866,21 @@ impl RefreshMachine {
 
     fn on_fetched(&mut self, token: Arc<Token>, rotated: bool) {
         self.stats.tokens_fetched += 1;
-        self.make_current(token.clone());
         self.failures = 0;
         self.unreached = 0;
         self.state = RefreshState::Healthy;
+        if self.current_outlives(&token) {
+            // A late answer served meanwhile outlives this one: keep it
+            // (published tokens never go backwards); a rotated refresh
+            // token is still made durable.
+            if rotated && self.config.cache {
+                return self.send_store(token, StoreFor::Rotated, false);
+            }
+            self.publish();
+            self.release_lease();
+            return self.idle_until_refresh();
+        }
+        self.make_current(token.clone());
         if !self.config.cache {
             self.publish();
             self.idle_until_refresh();

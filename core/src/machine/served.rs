@@ -123,4 +123,27 @@ impl RefreshMachine {
             degenerate: self.degenerate_of_current(),
         }));
     }
+
+    /// Whether the current token is due for renewal: there is none, a
+    /// reader rejected it, it expired, or it is in the second half of its
+    /// fresh period (where any jitter puts its refresh time).
+    pub(super) fn refresh_due(&self) -> bool {
+        let Some(t) = &self.current else {
+            return true;
+        };
+        if Some(t.id()) == self.rejected || !t.is_valid_at(self.now.wall) {
+            return true;
+        }
+        let fresh = t.stale_at().saturating_duration_since(t.issued_at());
+        self.now.wall >= t.stale_at() - fresh / 2
+    }
+
+    /// Whether the current token (valid, not rejected) outlives `token`.
+    pub(super) fn current_outlives(&self, token: &Token) -> bool {
+        self.current.as_ref().is_some_and(|c| {
+            c.expires_at() > token.expires_at()
+                && Some(c.id()) != self.rejected
+                && c.is_valid_at(self.now.wall)
+        })
+    }
 }

@@ -45,7 +45,9 @@ impl RefreshMachine {
                 Input::Fetched(_, Ok(response)),
             ) => {
                 let (token, rotated) = self.accept_fetched(response, sent_at, generation);
-                let alive = Self::dead_on_arrival(&token, self.now.wall).is_none();
+                // Served unless a token served meanwhile outlives it.
+                let alive = Self::dead_on_arrival(&token, self.now.wall).is_none()
+                    && !self.current_outlives(&token);
                 if alive {
                     self.make_current(token.clone());
                     self.state = RefreshState::Healthy;
