@@ -323,6 +323,79 @@ pub fn process_env() -> Env {
         .collect()
 }
 
+/// The keys whose value is a secret or a connection string, as the suffix
+/// of their `FRESHTOKEN_TOKENS_<NAME>_<KEY>` variable.
+const SECRET_SUFFIXES: &[&str] = &["_CLIENT_SECRET", "_REFRESH_TOKEN", "_CACHE_REDIS_URL"];
+
+/// The keys that name the variable holding a secret or a connection
+/// string, as the suffix of their `FRESHTOKEN_TOKENS_<NAME>_<KEY>` variable.
+const SECRET_ENV_SUFFIXES: &[&str] = &[
+    "_CLIENT_SECRET_ENV",
+    "_REFRESH_TOKEN_ENV",
+    "_CACHE_REDIS_URL_ENV",
+];
+
+/// Every variable of `env` that holds a secret or a connection string for
+/// the agent, which `freshtoken exec` removes from the child's environment:
+/// the variables named by `client_secret_env`, `refresh_token_env` and
+/// `cache.redis_url_env` (in `loaded`, and in any
+/// `FRESHTOKEN_TOKENS_<NAME>_<KEY>_ENV` variable of `env`), and every
+/// `FRESHTOKEN_TOKENS_<NAME>_CLIENT_SECRET`, `_REFRESH_TOKEN` and
+/// `_CACHE_REDIS_URL`.
+///
+/// ```
+/// use freshtoken_agent::config::secret_variables;
+///
+/// let env = vec![
+///     ("FRESHTOKEN_TOKENS_API_CLIENT_SECRET".to_owned(), "s3cret".to_owned()),
+///     ("FRESHTOKEN_TOKENS_API_REFRESH_TOKEN_ENV".to_owned(), "MY_RT".to_owned()),
+///     ("MY_RT".to_owned(), "rt".to_owned()),
+///     ("FRESHTOKEN_CONFIG".to_owned(), "/etc/freshtoken.toml".to_owned()),
+///     ("HOME".to_owned(), "/root".to_owned()),
+/// ];
+/// let mut secrets = secret_variables(&env, None);
+/// secrets.sort();
+/// assert_eq!(
+///     secrets,
+///     ["FRESHTOKEN_TOKENS_API_CLIENT_SECRET", "MY_RT"]
+/// );
+/// ```
+pub fn secret_variables(env: &Env, loaded: Option<&Loaded>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |name: &str| {
+        if !name.is_empty() && !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    };
+    let tokens_prefix = env_name(&["tokens_"]);
+    for (var, value) in env {
+        if !var.starts_with(&tokens_prefix) {
+            continue;
+        }
+        if SECRET_SUFFIXES.iter().any(|s| var.ends_with(s)) {
+            add(var);
+        }
+        if SECRET_ENV_SUFFIXES.iter().any(|s| var.ends_with(s)) {
+            add(value);
+        }
+    }
+    for token in loaded.iter().flat_map(|l| l.tokens.values()) {
+        let c = &token.config;
+        let cache = c.cache.as_ref().and_then(|c| c.redis_url_env.as_deref());
+        for var in [
+            c.client_secret_env.as_deref(),
+            c.refresh_token_env.as_deref(),
+            cache,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            add(var);
+        }
+    }
+    names
+}
+
 /// Reads the file at `path` (if any), applies `env`, checks every key and
 /// reads the secrets.
 pub fn load(path: Option<&Path>, env: &Env) -> Result<Loaded, ConfigError> {

@@ -120,7 +120,8 @@ pub enum Command {
         #[command(flatten)]
         source: SourceArgs,
     },
-    /// Run a command with the token in an environment variable.
+    /// Run a command with the token in an environment variable, and
+    /// without the variables the configuration reads secrets from.
     Exec {
         /// The token's name.
         name: String,
@@ -197,7 +198,9 @@ pub fn main() -> i32 {
             metrics::install();
             server::run(&config, &config::process_env())
         }
-        Command::Token { name, source } => match obtain(&name, &source) {
+        Command::Token { name, source } => match load_optional(source.config.as_deref())
+            .and_then(|loaded| obtain(&name, &source, loaded.as_ref()))
+        {
             Ok(token) => {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{}", token.access_token);
@@ -210,10 +213,25 @@ pub fn main() -> i32 {
             env,
             source,
             command,
-        } => match obtain(&name, &source) {
-            Ok(token) => exec(&command, env.as_deref().unwrap_or(&token.env_var), &token),
-            Err(code) => code,
-        },
+        } => {
+            let loaded = match load_optional(source.config.as_deref()) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            match obtain(&name, &source, loaded.as_ref()) {
+                Ok(token) => {
+                    // The child gets the token, never a long-lived secret.
+                    let secrets = config::secret_variables(&config::process_env(), loaded.as_ref());
+                    exec(
+                        &command,
+                        env.as_deref().unwrap_or(&token.env_var),
+                        &token,
+                        &secrets,
+                    )
+                }
+                Err(code) => code,
+            }
+        }
         Command::Status {
             json,
             watch,
@@ -257,11 +275,9 @@ fn timeout_of(secs: f64) -> Duration {
 }
 
 /// The agent's token, else the cache's, else a fetched one.
-fn obtain(name: &str, args: &SourceArgs) -> Result<Got, i32> {
-    let loaded = load_optional(args.config.as_deref())?;
-    let socket = server::socket_for(args.socket.as_deref(), loaded.as_ref());
+fn obtain(name: &str, args: &SourceArgs, loaded: Option<&config::Loaded>) -> Result<Got, i32> {
+    let socket = server::socket_for(args.socket.as_deref(), loaded);
     let env_var = loaded
-        .as_ref()
         .and_then(|l| l.tokens.get(name))
         .map(|t| t.env_var().to_owned())
         .unwrap_or_else(|| "ACCESS_TOKEN".to_owned());
@@ -435,7 +451,9 @@ fn terminal_width() -> Option<usize> {
     (size.ws_col > 0).then_some(size.ws_col as usize)
 }
 
-fn exec(command: &[std::ffi::OsString], var: &str, token: &Got) -> i32 {
+/// Replaces this process with `command`, the token in `var` and every
+/// variable in `secrets` removed from its environment.
+fn exec(command: &[std::ffi::OsString], var: &str, token: &Got, secrets: &[String]) -> i32 {
     use std::os::unix::process::CommandExt;
     let Some((program, args)) = command.split_first() else {
         eprintln!("freshtoken: no command to run");
@@ -445,10 +463,12 @@ fn exec(command: &[std::ffi::OsString], var: &str, token: &Got) -> i32 {
         eprintln!("freshtoken: --env: {var:?} is not a variable name");
         return EXIT_CONFIG;
     }
-    let error = std::process::Command::new(program)
-        .args(args)
-        .env(var, &token.access_token)
-        .exec();
+    let mut child = std::process::Command::new(program);
+    child.args(args);
+    for secret in secrets {
+        child.env_remove(secret);
+    }
+    let error = child.env(var, &token.access_token).exec();
     eprintln!(
         "freshtoken: cannot run {}: {error}",
         Path::new(program).display()

@@ -235,3 +235,127 @@ fn status_watch_redraws() {
     agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
+
+/// The secrets and connection strings the configuration reads from the
+/// environment never reach the command `exec` runs: neither those its
+/// `*_env` keys name, nor the `FRESHTOKEN_TOKENS_*` secret variables, with
+/// a configuration or with only the socket. The token does, and so does
+/// everything else.
+#[test]
+fn exec_never_hands_the_child_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = freshtoken::testing::LocalAuthority::builder()
+        .client("svc", "api-s3cret-value")
+        .client("other", "other-s3cret-value")
+        .public_client("cli")
+        .start()
+        .unwrap();
+    let socket = dir.path().join("agent.sock");
+    let url = authority.token_url();
+    let api = format!(
+        "[tokens.api]\ntoken_url = \"{url}\"\nclient_id = \"svc\"\nclient_secret_env = \"API_SECRET\"\n"
+    );
+    let head = format!("[agent]\nsocket = \"{}\"\n\n", socket.display());
+    let agent_config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!("{head}{api}"),
+        0o600,
+    );
+    let mut agent = Agent::start(
+        &agent_config,
+        &socket,
+        dir.path(),
+        &[("API_SECRET", "api-s3cret-value")],
+    );
+    agent.wait_healthy(Duration::from_secs(10));
+    let served = agent.get_json("/v1/token/api").unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A configuration that reads a secret or a connection string from
+    // every place it can.
+    let full = write_file(
+        &dir.path().join("full.toml"),
+        &format!(
+            "{head}{api}\n[tokens.cli]\ngrant = \"refresh_token\"\ntoken_url = \"{url}\"\n\
+             client_id = \"cli\"\nrefresh_token_env = \"CLI_REFRESH\"\n\
+             [tokens.cli.cache]\nredis_url_env = \"CLI_REDIS\"\n"
+        ),
+        0o600,
+    );
+    let secrets = [
+        ("API_SECRET", "api-s3cret-value"),
+        ("CLI_REFRESH", "cli-refresh-s3cret"),
+        ("CLI_REDIS", "redis://:redis-s3cret@127.0.0.1:1/"),
+        (
+            "FRESHTOKEN_TOKENS_OTHER_CLIENT_SECRET",
+            "other-s3cret-value",
+        ),
+    ];
+    let env = |cmd: &mut std::process::Command| {
+        cmd.envs(secrets)
+            .env("FRESHTOKEN_TOKEN_NAMES", "other")
+            .env("FRESHTOKEN_TOKENS_OTHER_TOKEN_URL", &url)
+            .env("FRESHTOKEN_TOKENS_OTHER_CLIENT_ID", "other")
+            .env("UNRELATED", "kept");
+    };
+    let mut cmd = command();
+    cmd.args(["exec", "api", "--config"])
+        .arg(&full)
+        .args(["--", "env"]);
+    env(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let child_env = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        child_env
+            .lines()
+            .any(|l| l == format!("ACCESS_TOKEN={served}")),
+        "no token: {stderr}"
+    );
+    assert!(child_env.lines().any(|l| l == "UNRELATED=kept"));
+    for (name, value) in secrets {
+        assert!(
+            !child_env.contains(value),
+            "{name} reached the child (with --config)"
+        );
+    }
+
+    // Only the socket: the FRESHTOKEN_ secret variables, and the variables
+    // that FRESHTOKEN_TOKENS_*_ENV variables name, are removed all the same.
+    let named = [
+        ("FRESHTOKEN_TOKENS_X_CLIENT_SECRET", "x-s3cret"),
+        ("FRESHTOKEN_TOKENS_X_REFRESH_TOKEN", "x-refresh-s3cret"),
+        (
+            "FRESHTOKEN_TOKENS_X_CACHE_REDIS_URL",
+            "redis://x-conn-s3cret@127.0.0.1/",
+        ),
+        ("FRESHTOKEN_TOKENS_Y_CLIENT_SECRET_ENV", "Y_SECRET"),
+        ("Y_SECRET", "y-s3cret"),
+        ("FRESHTOKEN_TOKENS_Y_CACHE_REDIS_URL_ENV", "Y_REDIS"),
+        ("Y_REDIS", "redis://:y-redis-s3cret@127.0.0.1/"),
+    ];
+    let out = command()
+        .args(["exec", "api", "--socket"])
+        .arg(&socket)
+        .envs(named)
+        .args(["--", "env"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let child_env = String::from_utf8(out.stdout).unwrap();
+    assert!(child_env.contains(&served), "no token: {stderr}");
+    for (name, value) in named {
+        if value.contains("s3cret") {
+            assert!(
+                !child_env.contains(value),
+                "{name} reached the child (socket only)"
+            );
+        }
+    }
+    agent.signal(support::Signal::TERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
