@@ -145,10 +145,15 @@ pub struct AgentConfig {
     /// `$XDG_RUNTIME_DIR/freshtoken/agent.sock`, else
     /// `/tmp/freshtoken-<uid>/agent.sock`).
     pub socket: Option<PathBuf>,
-    /// A loopback TCP address for `/healthz` and `/metrics` (Prometheus).
+    /// A loopback TCP address for `/healthz` and `/metrics` (Prometheus):
+    /// `127.0.0.1:PORT`, `[::1]:PORT` or `localhost:PORT`. It answers only
+    /// requests whose `Host` is a loopback address or `localhost` with its
+    /// port.
     pub listen: Option<String>,
-    /// Whether the TCP listener also serves `/v1/token/*` (default false:
-    /// any local user can reach a TCP port, only this user the socket).
+    /// Whether the TCP listener also serves `/v1/token/*`, to requests with
+    /// the header `Metadata-Flavor: freshtoken` and no `Origin` (default
+    /// false: any local user can reach a TCP port, only this user the
+    /// socket).
     pub tcp_serves_tokens: Option<bool>,
     /// The drivers' heartbeat, seconds (default 30).
     pub heartbeat_secs: Option<u64>,

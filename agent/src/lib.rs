@@ -12,11 +12,13 @@
 //! The agent serves each token as a token file (written atomically, mode
 //! 0600 or as configured, raw, as an `Authorization` header line, as JSON
 //! or from a template) and on a local HTTP endpoint: a Unix socket (mode
-//! 0600) with `GET /v1/token/{name}` (`{"access_token", "token_type",
-//! "expires_at", "expires_in"}`), `/healthz` (200 when every token is
-//! valid, else 503), `/v1/status` and `/metrics` (Prometheus text), and
-//! optionally a loopback TCP port for `/healthz` and `/metrics` (a
-//! Prometheus scrape). SIGHUP reloads the configuration; SIGTERM drains the
+//! 0600, in a private directory) with `GET /v1/token/{name}`
+//! (`{"access_token", "token_type", "expires_at", "expires_in"}`),
+//! `/healthz` (200 when every token is valid, else 503), `/v1/status` and
+//! `/metrics` (Prometheus text), and optionally a loopback TCP port for
+//! `/healthz` and `/metrics` (a Prometheus scrape), answering only requests
+//! whose `Host` names it. The clients ask only a socket of their own user.
+//! SIGHUP reloads the configuration; SIGTERM drains the
 //! refreshers (a fetch or store in flight completes) and exits. See
 //! [`config`] for the configuration and its environment variables.
 //!
@@ -46,9 +48,11 @@
 //! * **toml** and **serde**: the configuration format and its typed form;
 //!   unknown keys are refused by our own key table so the error names the
 //!   full dotted key.
-//! * **tiny_http** (already in the workspace for the local authority):
-//!   a small blocking HTTP/1.1 server that accepts a Unix listener, enough
-//!   for a handful of local requests per second without an async runtime.
+//! * **httparse** (already in the tree through hyper): parses the request
+//!   head for the agent's own small listener ([`http`]), which bounds every
+//!   connection in time and serves each on its own thread, so a slow client
+//!   never holds up another (tiny_http, used before, has no socket timeouts
+//!   and answered on one thread).
 //! * **signal-hook**: SIGHUP and SIGTERM delivered to a normal thread
 //!   through its self-pipe iterator (the handler does only what is
 //!   async-signal-safe).
@@ -67,6 +71,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod client;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod sink;
@@ -311,6 +316,12 @@ fn obtain(name: &str, args: &SourceArgs, loaded: Option<&config::Loaded>) -> Res
             };
         }
         Err(client::AskError::NoAgent(_)) => {}
+        Err(e @ client::AskError::Untrusted(_)) => {
+            eprintln!("freshtoken: {e}");
+            if args.agent_only || loaded.is_none() {
+                return Err(EXIT_FAILURE);
+            }
+        }
         Err(e) => tracing::warn!("asking the agent on {}: {e}", socket.display()),
     }
     if args.agent_only {
@@ -498,6 +509,14 @@ fn status(
             Ok(a) if a.status == 200 => a,
             Ok(a) => {
                 eprintln!("freshtoken: the agent answered {}", a.status);
+                return EXIT_FAILURE;
+            }
+            Err(e @ client::AskError::NoAgent(_)) => {
+                eprintln!(
+                    "freshtoken: {e} on {}: start `freshtoken agent`, or name its socket with \
+                     --config FILE or --socket PATH",
+                    socket.display()
+                );
                 return EXIT_FAILURE;
             }
             Err(e) => {

@@ -21,8 +21,8 @@
 
 use std::sync::OnceLock;
 
+use crate::http::Reply;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tiny_http::Response;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -65,13 +65,10 @@ pub fn record_token(
 }
 
 /// The rendered metrics, or 503 when the recorder is not installed.
-pub fn response(text: Option<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+pub fn response(text: Option<String>) -> Reply {
     match text {
-        Some(text) => Response::from_string(text).with_header(
-            tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
-                .unwrap_or_else(|()| unreachable!("a valid header")),
-        ),
-        None => Response::from_string("metrics are not available\n").with_status_code(503),
+        Some(text) => Reply::text(200, "text/plain; version=0.0.4", text),
+        None => Reply::text(503, "text/plain", "metrics are not available\n".to_owned()),
     }
 }
 
