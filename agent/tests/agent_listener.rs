@@ -194,28 +194,12 @@ fn a_slow_client_never_stalls_the_listener() {
 }
 
 /// Runs `freshtoken agent --config config` expecting it to refuse to start:
-/// its exit code and stderr, or `None` and its log if it was still running
-/// after 30 s (then killed).
+/// its exit code (`None` if it was still running after 30 s) and stderr.
 fn agent_exit(config: &std::path::Path) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stderr");
-    let mut child = command()
-        .arg("agent")
-        .arg("--config")
-        .arg(config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let status = wait_for(Duration::from_secs(30), || child.try_wait().ok().flatten());
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    (
-        status.and_then(|s| s.code()),
-        std::fs::read_to_string(&log).unwrap_or_default(),
-    )
+    let mut cmd = command();
+    cmd.arg("agent").arg("--config").arg(config);
+    let (code, _, stderr) = support::output_within(cmd, Duration::from_secs(30));
+    (code, stderr)
 }
 
 /// A regular file at the socket path is refused, never deleted; a socket

@@ -256,3 +256,24 @@ pub fn unix_get(socket: &Path, path: &str) -> Option<(u16, String)> {
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
     raw_get(s, path, &["Host: localhost"])
 }
+
+/// Runs `cmd` to its end, as `Command::output` does, but kills it if it is
+/// still running after `timeout` (an agent that should have refused to
+/// start): its exit code (`None` when killed), stdout and stderr.
+pub fn output_within(mut cmd: Command, timeout: Duration) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_for(timeout, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    (status.and_then(|s| s.code()), read(&out), read(&err))
+}
