@@ -362,21 +362,30 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
     let started = Instant::now();
     let deadline = started + timeout;
     let mut line = StatusLine::new(&resolved.name);
+    let mut last_error = None;
     let token = loop {
         let snapshot = running.handle.snapshot();
         let now = tokens::now();
+        // A permanent error (a wrong secret, an unknown client, a revoked
+        // grant) will not go away by waiting: give up at once.
+        let permanent = match &snapshot.state {
+            freshtoken::handle::RefreshState::Failed { .. } => true,
+            freshtoken::handle::RefreshState::Retrying { error, .. } => matches!(
+                error.kind(),
+                freshtoken::FetchErrorKind::Permanent | freshtoken::FetchErrorKind::GrantRevoked
+            ),
+            _ => false,
+        };
+        last_error = snapshot.state.last_error().cloned().or(last_error);
+        let give_up = permanent || Instant::now() >= deadline;
         if let Some(t) = snapshot.token.as_deref() {
             // A valid stale token (from the cache) is refreshed at once:
             // wait a little for the fresh one, else hand out the stale one.
-            if tokens::fresh(t) || (t.is_valid_at(now) && Instant::now() >= deadline) {
+            if tokens::fresh(t) || (t.is_valid_at(now) && give_up) {
                 break Some(t.access_token().expose_secret().to_owned());
             }
         }
-        if matches!(
-            snapshot.state,
-            freshtoken::handle::RefreshState::Failed { .. }
-        ) || Instant::now() >= deadline
-        {
+        if give_up {
             break None;
         }
         if started.elapsed() > Duration::from_secs(1) {
@@ -394,9 +403,11 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
     match token {
         Some(t) => Ok(t),
         None => {
-            let why = why
-                .map(|w| w.to_string())
-                .unwrap_or_else(|| "timed out".to_owned());
+            let why = match (last_error, why) {
+                (Some(error), _) => error.to_string(),
+                (None, Some(why)) => why.to_string(),
+                (None, None) => "timed out".to_owned(),
+            };
             eprintln!("freshtoken: no valid token for {}: {why}", resolved.name);
             Err(EXIT_FAILURE)
         }

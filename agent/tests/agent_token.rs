@@ -359,3 +359,28 @@ fn exec_never_hands_the_child_a_secret() {
     agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
+
+/// A wrong secret is a permanent error: `token` says so and exits 1 at
+/// once instead of waiting out its `--timeout` (600 s here; the test waits
+/// at most 120 s).
+#[test]
+fn token_fails_at_once_on_a_permanent_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let OneToken {
+        authority, config, ..
+    } = one_token(dir.path(), "no-agent.sock", None, "");
+    write_file(&dir.path().join("svc.secret"), "the-wrong-secret", 0o600);
+    let mut cmd = command();
+    cmd.args(["token", "api", "--timeout", "600", "--config"])
+        .arg(&config);
+    let (code, stdout, stderr) = support::output_within(cmd, Duration::from_secs(120));
+    assert_eq!(code, Some(1), "still waiting after 120 s: {stderr}");
+    assert!(stdout.is_empty());
+    let reason = stderr
+        .lines()
+        .find(|l| l.starts_with("freshtoken: no valid token for api"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(reason.contains("invalid_client"), "{reason}");
+    assert!(!stderr.contains("the-wrong-secret"));
+    assert_eq!(authority.request_count(), 1, "retried a permanent error");
+}
