@@ -245,13 +245,19 @@ pub fn main() -> i32 {
             config,
         } => status(json, watch, interval, socket.as_deref(), config.as_deref()),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "freshtoken",
-                &mut std::io::stdout(),
-            );
-            EXIT_OK
+            // Generated into memory, then written: a reader that goes away
+            // (`| head -3`) ends the write, not the process with a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "freshtoken", &mut script);
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&script).and_then(|()| out.flush()) {
+                Ok(()) => EXIT_OK,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+                Err(e) => {
+                    eprintln!("freshtoken: cannot write the completions: {e}");
+                    EXIT_FAILURE
+                }
+            }
         }
     }
 }

@@ -384,3 +384,20 @@ fn token_fails_at_once_on_a_permanent_error() {
     assert!(!stderr.contains("the-wrong-secret"));
     assert_eq!(authority.request_count(), 1, "retried a permanent error");
 }
+
+/// `freshtoken completions bash | head -3`: the reader goes away (here
+/// before the first write), and the command ends quietly, without a panic.
+#[test]
+fn completions_into_a_closed_pipe_do_not_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = command()
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
