@@ -411,7 +411,7 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
         None => {
             let why = match (last_error, why) {
                 (Some(error), _) => error.to_string(),
-                (None, Some(why)) => why.to_string(),
+                (None, Some(why)) => tokens::why_not(&why),
                 (None, None) => "timed out".to_owned(),
             };
             eprintln!("freshtoken: no valid token for {}: {why}", resolved.name);

@@ -671,7 +671,7 @@ fn token_response(shared: &Shared, name: &str) -> Reply {
                 }),
             )
         }
-        Err(why) => Reply::json(503, &json!({"error": why.to_string()})),
+        Err(why) => Reply::json(503, &json!({"error": tokens::why_not(&why)})),
     }
 }
 
@@ -690,7 +690,7 @@ fn health(shared: &Shared) -> Reply {
             e.resolved.name.clone(),
             json!(match valid {
                 Ok(_) => "valid".to_owned(),
-                Err(why) => why.to_string(),
+                Err(why) => tokens::why_not(&why),
             }),
         );
     }

@@ -369,3 +369,42 @@ fn sigterm_leaves_the_cache_with_the_newest_refresh_token() {
     let text = agent.log_text();
     assert!(!text.contains(rt.expose_secret()) && !text.contains(first.expose_secret()));
 }
+
+/// Once the token has expired through an outage, `/healthz` says when as an
+/// RFC 3339 time, not as Unix seconds.
+#[test]
+fn an_expiry_is_told_as_an_rfc3339_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let OneToken {
+        authority,
+        config,
+        socket,
+    } = one_token(dir.path(), "agent.sock", Some(Duration::from_secs(3)), "");
+    let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
+    agent.wait_healthy(Duration::from_secs(10));
+    authority.add_fault(
+        Fault::Unavailable { retry_after: None },
+        FaultWindow::Always,
+    );
+    let reason = wait_for(Duration::from_secs(20), || {
+        let (code, body) = support::unix_get(&socket, "/healthz")?;
+        let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let reason = body["tokens"]["api"].as_str()?.to_owned();
+        (code == 503 && reason.contains("expired at")).then_some(reason)
+    })
+    .unwrap_or_else(|| panic!("never expired: {}", agent.log_text()));
+    let at = reason
+        .split("expired at ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap();
+    assert!(
+        at.len() == "2026-12-06T07:02:46.095Z".len()
+            && at.as_bytes()[4] == b'-'
+            && at.as_bytes()[10] == b'T'
+            && at.ends_with('Z'),
+        "not RFC 3339: {reason}"
+    );
+    agent.signal(support::Signal::TERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
