@@ -116,6 +116,12 @@ fn the_readme_config_runs() {
         metrics.contains("freshtoken_agent_token_valid{token=\"api\"} 1"),
         "{metrics}"
     );
+    for (name, _) in freshtoken_agent::metrics::SERIES {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}: {metrics}"
+        );
+    }
     assert_eq!(status(&get("/v1/token/api")).as_deref(), Some("404"));
     assert!(!metrics.contains(token));
 

@@ -156,13 +156,16 @@ fn token_exec_and_status_ask_the_running_agent() {
 
     agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
-    // No agent any more, and no configuration: `status` fails with 1.
+    // No agent any more, and no configuration: `status` fails with 1 and
+    // says how to name the agent's socket.
     let out = command()
         .args(["status", "--socket"])
         .arg(&socket)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--config"), "{stderr}");
 }
 
 /// No agent and an authority that does not answer: `token` shows one
