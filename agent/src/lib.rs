@@ -268,13 +268,17 @@ struct Got {
     env_var: String,
 }
 
+/// The configuration from `path`; without one, from the environment alone
+/// when it declares tokens (`FRESHTOKEN_TOKEN_NAMES`).
 fn load_optional(path: Option<&Path>) -> Result<Option<config::Loaded>, i32> {
-    match path {
-        Some(p) => config::load(Some(p), &config::process_env())
-            .map(Some)
-            .map_err(|e| config_failure(&e)),
-        None => Ok(None),
+    let env = config::process_env();
+    let declared = config::env_name(&["token_names"]);
+    if path.is_none() && !env.iter().any(|(k, _)| *k == declared) {
+        return Ok(None);
     }
+    config::load(path, &env)
+        .map(Some)
+        .map_err(|e| config_failure(&e))
 }
 
 fn timeout_of(secs: f64) -> Duration {

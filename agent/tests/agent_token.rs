@@ -404,3 +404,27 @@ fn completions_into_a_closed_pipe_do_not_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// Tokens declared only in the environment (`FRESHTOKEN_TOKEN_NAMES`) work
+/// without a configuration file.
+#[test]
+fn a_token_declared_only_in_the_environment_needs_no_file() {
+    let authority = freshtoken::testing::LocalAuthority::builder()
+        .client("svc", "s3cret-value")
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = command()
+        .args(["token", "api"])
+        .env("FRESHTOKEN_SOCKET", dir.path().join("no-agent.sock"))
+        .env("FRESHTOKEN_TOKEN_NAMES", "api")
+        .env("FRESHTOKEN_TOKENS_API_TOKEN_URL", authority.token_url())
+        .env("FRESHTOKEN_TOKENS_API_CLIENT_ID", "svc")
+        .env("FRESHTOKEN_TOKENS_API_CLIENT_SECRET", "s3cret-value")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert!(authority.validate_access_token(token.trim()).is_ok());
+}
