@@ -191,8 +191,15 @@ pub fn config_failure(e: &config::ConfigError) -> i32 {
 /// The binary's entry point; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // The agent logs what it does; the one-shot commands, whose stderr a
+    // `$(freshtoken token api)` shows, say only their own one line unless
+    // FRESHTOKEN_LOG asks for more.
+    let default_level = match cli.command {
+        Command::Agent { .. } => "info",
+        _ => "error",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FRESHTOKEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -374,7 +374,9 @@ fn token_fails_at_once_on_a_permanent_error() {
     } = one_token(dir.path(), "no-agent.sock", None, "");
     write_file(&dir.path().join("svc.secret"), "the-wrong-secret", 0o600);
     let mut cmd = command();
-    cmd.args(["token", "api", "--timeout", "600", "--config"])
+    // As a user runs it: no FRESHTOKEN_LOG.
+    cmd.env_remove("FRESHTOKEN_LOG")
+        .args(["token", "api", "--timeout", "600", "--config"])
         .arg(&config);
     let (code, stdout, stderr) = support::output_within(cmd, Duration::from_secs(120));
     assert_eq!(code, Some(1), "still waiting after 120 s: {stderr}");
@@ -384,6 +386,7 @@ fn token_fails_at_once_on_a_permanent_error() {
         .find(|l| l.starts_with("freshtoken: no valid token for api"))
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(reason.contains("invalid_client"), "{reason}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(!stderr.contains("the-wrong-secret"));
     assert_eq!(authority.request_count(), 1, "retried a permanent error");
 }
