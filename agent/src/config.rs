@@ -131,6 +131,40 @@ const TOKEN_KEYS: &[(&str, Kind)] = &[
     ("cache.redis_key", Kind::Str),
 ];
 
+/// Every configuration key with its type and variable, for `agent --help`.
+pub fn keys_help() -> String {
+    let mut text = String::from(
+        "Configuration keys (TOML; each also an environment variable, which wins):\n\n[agent]\n",
+    );
+    let kind = |k: Kind| match k {
+        Kind::Str => "string",
+        Kind::Int => "number",
+        Kind::Bool => "true/false",
+        Kind::Mode => "octal string, e.g. \"0640\"",
+    };
+    for (key, k) in AGENT_KEYS {
+        text.push_str(&format!(
+            "  {key:<24} {:<28} {}\n",
+            kind(*k),
+            env_name(&["agent", key])
+        ));
+    }
+    text.push_str("\n[tokens.NAME]  (FRESHTOKEN_TOKEN_NAMES=a,b declares tokens without a file)\n");
+    for (key, k) in TOKEN_KEYS {
+        text.push_str(&format!(
+            "  {key:<24} {:<28} {}\n",
+            kind(*k),
+            env_name(&["tokens", "NAME", key])
+        ));
+    }
+    text.push_str(&format!(
+        "\nSecrets only from the environment: {}, {}.\n",
+        env_name(&["tokens", "NAME", "client_secret"]),
+        env_name(&["tokens", "NAME", "refresh_token"])
+    ));
+    text
+}
+
 /// Secrets that only the environment may hold (never the file).
 const ENV_ONLY: &[&str] = &["client_secret", "refresh_token"];
 

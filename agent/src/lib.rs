@@ -67,7 +67,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod client;
 pub mod config;
@@ -182,6 +182,11 @@ pub struct SourceArgs {
     pub agent_only: bool,
 }
 
+/// The command line, `agent --help` listing every configuration key.
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("agent", |agent| agent.after_long_help(config::keys_help()))
+}
+
 /// Prints a configuration error on one line; returns [`EXIT_CONFIG`].
 pub fn config_failure(e: &config::ConfigError) -> i32 {
     eprintln!("freshtoken: configuration error: {e}");
@@ -190,7 +195,10 @@ pub fn config_failure(e: &config::ConfigError) -> i32 {
 
 /// The binary's entry point; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The agent logs what it does; the one-shot commands, whose stderr a
     // `$(freshtoken token api)` shows, say only their own one line unless
     // FRESHTOKEN_LOG asks for more.
@@ -255,7 +263,7 @@ pub fn main() -> i32 {
             // Generated into memory, then written: a reader that goes away
             // (`| head -3`) ends the write, not the process with a panic.
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "freshtoken", &mut script);
+            clap_complete::generate(shell, &mut command(), "freshtoken", &mut script);
             let mut out = std::io::stdout().lock();
             match out.write_all(&script).and_then(|()| out.flush()) {
                 Ok(()) => EXIT_OK,

@@ -153,6 +153,17 @@ fn token_exec_and_status_ask_the_running_agent() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("freshtoken"));
     let out = command().args(["token", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--timeout"));
+    // `agent --help` lists the configuration keys and their variables.
+    let out = command().args(["agent", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "tcp_serves_tokens",
+        "client_secret_env",
+        "cache.redis_url_env",
+        "FRESHTOKEN_TOKENS_NAME_FILE_MODE",
+    ] {
+        assert!(help.contains(key), "{key} not in agent --help: {help}");
+    }
 
     agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
