@@ -1,6 +1,11 @@
 //! A minimal HTTP/1.0 client for the agent's Unix socket (one request per
 //! connection, `Connection: close`), used by `freshtoken token`, `exec` and
 //! `status`, and by the tests.
+//!
+//! It asks only an agent of this user: the socket must belong to this user
+//! (or root), and so must the process that listens on it (its uid as the
+//! kernel gives it, `SO_PEERCRED`, on Linux). Another user who creates the
+//! socket first could otherwise hand out their own token.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -23,6 +28,9 @@ pub enum AskError {
     NoAgent(std::io::Error),
     /// The agent answered something that is not HTTP, or hung up.
     Broken(String),
+    /// The socket, or the process listening on it, belongs to another
+    /// user: not asked.
+    Untrusted(String),
 }
 
 impl std::fmt::Display for AskError {
@@ -30,13 +38,43 @@ impl std::fmt::Display for AskError {
         match self {
             AskError::NoAgent(e) => write!(f, "no agent is listening ({e})"),
             AskError::Broken(why) => write!(f, "the agent's answer is broken: {why}"),
+            AskError::Untrusted(why) => write!(f, "not asking the socket: {why}"),
         }
     }
 }
 
 /// `GET path` on the agent at `socket`, within `timeout`.
 pub fn get(socket: &Path, path: &str, timeout: Duration) -> Result<Answer, AskError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(socket).map_err(AskError::NoAgent)?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.file_type().is_socket() {
+        return Err(AskError::Untrusted(format!(
+            "{} is not a socket",
+            socket.display()
+        )));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(AskError::Untrusted(format!(
+            "{} belongs to uid {}, not to this user (uid {me}) or root",
+            socket.display(),
+            meta.uid()
+        )));
+    }
     let mut stream = UnixStream::connect(socket).map_err(AskError::NoAgent)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let peer = rustix::net::sockopt::socket_peercred(&stream)
+            .map_err(|e| AskError::Untrusted(format!("cannot learn who listens: {e}")))?;
+        let uid = peer.uid.as_raw();
+        if uid != me && uid != 0 {
+            return Err(AskError::Untrusted(format!(
+                "the process listening on {} (pid {}) runs as uid {uid}, not as this user (uid {me}) or root",
+                socket.display(),
+                peer.pid.as_raw_nonzero()
+            )));
+        }
+    }
     let broken = |e: std::io::Error| AskError::Broken(e.to_string());
     stream.set_read_timeout(Some(timeout)).map_err(broken)?;
     stream.set_write_timeout(Some(timeout)).map_err(broken)?;

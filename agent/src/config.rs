@@ -38,6 +38,13 @@
 //! 600` it). A client assertion file (`client_assertion_file`, e.g. a
 //! Kubernetes projected token, 0644 by design) is exempt.
 //!
+//! **Refused as unsafe**: a configuration file that group or others can
+//! write to, or that another user (not root) owns (it decides where the
+//! secrets are sent); `grant = "refresh_token"` without a `cache` (the
+//! rotated refresh token would live only in memory); a bare number as a
+//! `mode` (`mode = 640`: octal or decimal?), which is a string of octal
+//! digits, `"0640"`, in the file as in the environment.
+//!
 //! Every problem is one [`ConfigError`] naming the key; the binary prints it
 //! on one line and exits with code 2.
 
@@ -83,7 +90,9 @@ enum Kind {
     Str,
     Int,
     Bool,
-    /// An integer, or a string of octal digits (`"0600"`).
+    /// A string of octal digits (`"0640"`, `"640"` or `"0o640"`), in the
+    /// file and in the environment alike; a bare number is refused, since
+    /// `mode = 640` could mean octal or decimal.
     Mode,
 }
 
@@ -122,6 +131,40 @@ const TOKEN_KEYS: &[(&str, Kind)] = &[
     ("cache.redis_key", Kind::Str),
 ];
 
+/// Every configuration key with its type and variable, for `agent --help`.
+pub fn keys_help() -> String {
+    let mut text = String::from(
+        "Configuration keys (TOML; each also an environment variable, which wins):\n\n[agent]\n",
+    );
+    let kind = |k: Kind| match k {
+        Kind::Str => "string",
+        Kind::Int => "number",
+        Kind::Bool => "true/false",
+        Kind::Mode => "octal string, e.g. \"0640\"",
+    };
+    for (key, k) in AGENT_KEYS {
+        text.push_str(&format!(
+            "  {key:<24} {:<28} {}\n",
+            kind(*k),
+            env_name(&["agent", key])
+        ));
+    }
+    text.push_str("\n[tokens.NAME]  (FRESHTOKEN_TOKEN_NAMES=a,b declares tokens without a file)\n");
+    for (key, k) in TOKEN_KEYS {
+        text.push_str(&format!(
+            "  {key:<24} {:<28} {}\n",
+            kind(*k),
+            env_name(&["tokens", "NAME", key])
+        ));
+    }
+    text.push_str(&format!(
+        "\nSecrets only from the environment: {}, {}.\n",
+        env_name(&["tokens", "NAME", "client_secret"]),
+        env_name(&["tokens", "NAME", "refresh_token"])
+    ));
+    text
+}
+
 /// Secrets that only the environment may hold (never the file).
 const ENV_ONLY: &[&str] = &["client_secret", "refresh_token"];
 
@@ -145,10 +188,15 @@ pub struct AgentConfig {
     /// `$XDG_RUNTIME_DIR/freshtoken/agent.sock`, else
     /// `/tmp/freshtoken-<uid>/agent.sock`).
     pub socket: Option<PathBuf>,
-    /// A loopback TCP address for `/healthz` and `/metrics` (Prometheus).
+    /// A loopback TCP address for `/healthz` and `/metrics` (Prometheus):
+    /// `127.0.0.1:PORT`, `[::1]:PORT` or `localhost:PORT`. It answers only
+    /// requests whose `Host` is a loopback address or `localhost` with its
+    /// port.
     pub listen: Option<String>,
-    /// Whether the TCP listener also serves `/v1/token/*` (default false:
-    /// any local user can reach a TCP port, only this user the socket).
+    /// Whether the TCP listener also serves `/v1/token/*`, to requests with
+    /// the header `Metadata-Flavor: freshtoken` and no `Origin` (default
+    /// false: any local user can reach a TCP port, only this user the
+    /// socket).
     pub tcp_serves_tokens: Option<bool>,
     /// The drivers' heartbeat, seconds (default 30).
     pub heartbeat_secs: Option<u64>,
@@ -208,7 +256,8 @@ pub struct TokenConfig {
 pub struct FileSink {
     /// The file.
     pub path: Option<PathBuf>,
-    /// Its mode (default 0600).
+    /// Its mode (default 0600), written as a string of octal digits
+    /// (`mode = "0640"`) in the file and the environment alike.
     pub mode: Option<u32>,
     /// Its owner's uid (default: the agent's).
     pub uid: Option<u32>,
@@ -323,11 +372,85 @@ pub fn process_env() -> Env {
         .collect()
 }
 
+/// The keys whose value is a secret or a connection string, as the suffix
+/// of their `FRESHTOKEN_TOKENS_<NAME>_<KEY>` variable.
+const SECRET_SUFFIXES: &[&str] = &["_CLIENT_SECRET", "_REFRESH_TOKEN", "_CACHE_REDIS_URL"];
+
+/// The keys that name the variable holding a secret or a connection
+/// string, as the suffix of their `FRESHTOKEN_TOKENS_<NAME>_<KEY>` variable.
+const SECRET_ENV_SUFFIXES: &[&str] = &[
+    "_CLIENT_SECRET_ENV",
+    "_REFRESH_TOKEN_ENV",
+    "_CACHE_REDIS_URL_ENV",
+];
+
+/// Every variable of `env` that holds a secret or a connection string for
+/// the agent, which `freshtoken exec` removes from the child's environment:
+/// the variables named by `client_secret_env`, `refresh_token_env` and
+/// `cache.redis_url_env` (in `loaded`, and in any
+/// `FRESHTOKEN_TOKENS_<NAME>_<KEY>_ENV` variable of `env`), and every
+/// `FRESHTOKEN_TOKENS_<NAME>_CLIENT_SECRET`, `_REFRESH_TOKEN` and
+/// `_CACHE_REDIS_URL`.
+///
+/// ```
+/// use freshtoken_agent::config::secret_variables;
+///
+/// let env = vec![
+///     ("FRESHTOKEN_TOKENS_API_CLIENT_SECRET".to_owned(), "s3cret".to_owned()),
+///     ("FRESHTOKEN_TOKENS_API_REFRESH_TOKEN_ENV".to_owned(), "MY_RT".to_owned()),
+///     ("MY_RT".to_owned(), "rt".to_owned()),
+///     ("FRESHTOKEN_CONFIG".to_owned(), "/etc/freshtoken.toml".to_owned()),
+///     ("HOME".to_owned(), "/root".to_owned()),
+/// ];
+/// let mut secrets = secret_variables(&env, None);
+/// secrets.sort();
+/// assert_eq!(
+///     secrets,
+///     ["FRESHTOKEN_TOKENS_API_CLIENT_SECRET", "MY_RT"]
+/// );
+/// ```
+pub fn secret_variables(env: &Env, loaded: Option<&Loaded>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |name: &str| {
+        if !name.is_empty() && !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    };
+    let tokens_prefix = env_name(&["tokens_"]);
+    for (var, value) in env {
+        if !var.starts_with(&tokens_prefix) {
+            continue;
+        }
+        if SECRET_SUFFIXES.iter().any(|s| var.ends_with(s)) {
+            add(var);
+        }
+        if SECRET_ENV_SUFFIXES.iter().any(|s| var.ends_with(s)) {
+            add(value);
+        }
+    }
+    for token in loaded.iter().flat_map(|l| l.tokens.values()) {
+        let c = &token.config;
+        let cache = c.cache.as_ref().and_then(|c| c.redis_url_env.as_deref());
+        for var in [
+            c.client_secret_env.as_deref(),
+            c.refresh_token_env.as_deref(),
+            cache,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            add(var);
+        }
+    }
+    names
+}
+
 /// Reads the file at `path` (if any), applies `env`, checks every key and
 /// reads the secrets.
 pub fn load(path: Option<&Path>, env: &Env) -> Result<Loaded, ConfigError> {
     let mut table = match path {
         Some(path) => {
+            check_config_file(path)?;
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
             })?;
@@ -351,6 +474,42 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Loaded, ConfigError> {
         tokens.insert(name.clone(), resolved);
     }
     Ok(Loaded { config, tokens })
+}
+
+/// Refuses a configuration file that the group or others can write to, or
+/// that belongs to another user (root excepted): it decides the token URL
+/// and which secret file is sent there, so whoever can change it can have
+/// the secret sent to them.
+fn check_config_file(path: &Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let key = path.display().to_string();
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ConfigError::new(&key, format!("cannot read: {e}")))?;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "is writable by group or others (mode {mode:04o}); it decides where secrets \
+                     are sent: chmod 644 (or 600) it"
+                ),
+            ));
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "belongs to uid {}, not to this user (uid {me}) or root; it decides where \
+                     secrets are sent",
+                    meta.uid()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Makes every relative path in `config` relative to `base` (the
@@ -403,7 +562,7 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Str => "a string",
         Kind::Int => "a whole number",
         Kind::Bool => "true or false",
-        Kind::Mode => "a file mode such as \"0600\"",
+        Kind::Mode => "a file mode of octal digits such as \"0640\"",
     }
 }
 
@@ -411,14 +570,23 @@ fn kind_name(kind: Kind) -> &'static str {
 fn check_value(key: &str, kind: Kind, value: &mut toml::Value) -> Result<(), ConfigError> {
     let ok = match (kind, &*value) {
         (Kind::Str, toml::Value::String(_)) | (Kind::Bool, toml::Value::Boolean(_)) => true,
-        (Kind::Int | Kind::Mode, toml::Value::Integer(i)) => *i >= 0 && *i <= u32::MAX as i64,
-        (Kind::Mode, toml::Value::String(s)) => match u32::from_str_radix(s, 8) {
-            Ok(mode) if mode <= 0o7777 => {
-                *value = toml::Value::Integer(mode.into());
-                true
+        (Kind::Int, toml::Value::Integer(i)) => *i >= 0 && *i <= u32::MAX as i64,
+        (Kind::Mode, toml::Value::Integer(_)) => {
+            return Err(ConfigError::new(
+                key,
+                "write the mode as a string of octal digits, such as \"0640\" (a bare number \
+                 could be read as octal or decimal)",
+            ))
+        }
+        (Kind::Mode, toml::Value::String(s)) => {
+            match u32::from_str_radix(s.trim().strip_prefix("0o").unwrap_or(s.trim()), 8) {
+                Ok(mode) if mode <= 0o7777 => {
+                    *value = toml::Value::Integer(mode.into());
+                    true
+                }
+                _ => false,
             }
-            _ => false,
-        },
+        }
         _ => false,
     };
     if ok {
@@ -844,6 +1012,16 @@ fn resolve(
                     "missing: refresh_token needs refresh_token_file or refresh_token_env",
                 ));
             }
+            // The authority rotates the refresh token: without a cache the
+            // new one lives only in memory, and the next run presents the
+            // spent one, which revokes the grant.
+            if token.cache.is_none() {
+                return Err(ConfigError::new(
+                    key("cache"),
+                    "missing: grant = \"refresh_token\" needs a cache (file, redis_url or \
+                     redis_url_env) to keep the rotated refresh token across runs",
+                ));
+            }
         }
     }
     if let Some(file) = &token.file {
@@ -1067,6 +1245,35 @@ mod tests {
         }
         let err = load(None, &env(&[("FRESHTOKEN_AGENT_SOKCET", "x")])).unwrap_err();
         assert_eq!(err.key, "FRESHTOKEN_AGENT_SOKCET");
+    }
+
+    #[test]
+    fn a_mode_is_octal_in_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = "[tokens.api]\ntoken_url = \"http://127.0.0.1:1/token\"\nclient_id = \"a\"\n\
+                    client_secret_env = \"S\"\n[tokens.api.file]\npath = \"/tmp/x\"\n";
+        let mode = |file: &str, var: Option<&str>| {
+            let cfg = write(dir.path(), "c.toml", &format!("{head}{file}"));
+            let mut e = vec![("S".to_owned(), "x".to_owned())];
+            if let Some(v) = var {
+                e.push(("FRESHTOKEN_TOKENS_API_FILE_MODE".to_owned(), v.to_owned()));
+            }
+            load(Some(&cfg), &e).map(|l| l.tokens["api"].config.file.as_ref().unwrap().mode)
+        };
+        for text in ["0640", "640", "0o640"] {
+            assert_eq!(mode(&format!("mode = \"{text}\"\n"), None), Ok(Some(0o640)));
+            assert_eq!(mode("", Some(text)), Ok(Some(0o640)));
+        }
+        for bad in [
+            "mode = 640\n",
+            "mode = 0o640\n",
+            "mode = \"0968\"\n",
+            "mode = \"-1\"\n",
+        ] {
+            let err = mode(bad, None).unwrap_err();
+            assert_eq!(err.key, "tokens.api.file.mode", "{bad}: {err}");
+        }
+        assert!(mode("", Some("99999")).is_err());
     }
 
     #[test]

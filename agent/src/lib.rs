@@ -12,11 +12,13 @@
 //! The agent serves each token as a token file (written atomically, mode
 //! 0600 or as configured, raw, as an `Authorization` header line, as JSON
 //! or from a template) and on a local HTTP endpoint: a Unix socket (mode
-//! 0600) with `GET /v1/token/{name}` (`{"access_token", "token_type",
-//! "expires_at", "expires_in"}`), `/healthz` (200 when every token is
-//! valid, else 503), `/v1/status` and `/metrics` (Prometheus text), and
-//! optionally a loopback TCP port for `/healthz` and `/metrics` (a
-//! Prometheus scrape). SIGHUP reloads the configuration; SIGTERM drains the
+//! 0600, in a private directory) with `GET /v1/token/{name}`
+//! (`{"access_token", "token_type", "expires_at", "expires_in"}`),
+//! `/healthz` (200 when every token is valid, else 503), `/v1/status` and
+//! `/metrics` (Prometheus text), and optionally a loopback TCP port for
+//! `/healthz` and `/metrics` (a Prometheus scrape), answering only requests
+//! whose `Host` names it. The clients ask only a socket of their own user.
+//! SIGHUP reloads the configuration; SIGTERM drains the
 //! refreshers (a fetch or store in flight completes) and exits. See
 //! [`config`] for the configuration and its environment variables.
 //!
@@ -46,9 +48,11 @@
 //! * **toml** and **serde**: the configuration format and its typed form;
 //!   unknown keys are refused by our own key table so the error names the
 //!   full dotted key.
-//! * **tiny_http** (already in the workspace for the local authority):
-//!   a small blocking HTTP/1.1 server that accepts a Unix listener, enough
-//!   for a handful of local requests per second without an async runtime.
+//! * **httparse** (already in the tree through hyper): parses the request
+//!   head for the agent's own small listener ([`http`]), which bounds every
+//!   connection in time and serves each on its own thread, so a slow client
+//!   never holds up another (tiny_http, used before, has no socket timeouts
+//!   and answered on one thread).
 //! * **signal-hook**: SIGHUP and SIGTERM delivered to a normal thread
 //!   through its self-pipe iterator (the handler does only what is
 //!   async-signal-safe).
@@ -63,10 +67,11 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod client;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod sink;
@@ -120,7 +125,8 @@ pub enum Command {
         #[command(flatten)]
         source: SourceArgs,
     },
-    /// Run a command with the token in an environment variable.
+    /// Run a command with the token in an environment variable, and
+    /// without the variables the configuration reads secrets from.
     Exec {
         /// The token's name.
         name: String,
@@ -176,6 +182,11 @@ pub struct SourceArgs {
     pub agent_only: bool,
 }
 
+/// The command line, `agent --help` listing every configuration key.
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("agent", |agent| agent.after_long_help(config::keys_help()))
+}
+
 /// Prints a configuration error on one line; returns [`EXIT_CONFIG`].
 pub fn config_failure(e: &config::ConfigError) -> i32 {
     eprintln!("freshtoken: configuration error: {e}");
@@ -184,9 +195,19 @@ pub fn config_failure(e: &config::ConfigError) -> i32 {
 
 /// The binary's entry point; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The agent logs what it does; the one-shot commands, whose stderr a
+    // `$(freshtoken token api)` shows, say only their own one line unless
+    // FRESHTOKEN_LOG asks for more.
+    let default_level = match cli.command {
+        Command::Agent { .. } => "info",
+        _ => "error",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FRESHTOKEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -197,7 +218,9 @@ pub fn main() -> i32 {
             metrics::install();
             server::run(&config, &config::process_env())
         }
-        Command::Token { name, source } => match obtain(&name, &source) {
+        Command::Token { name, source } => match load_optional(source.config.as_deref())
+            .and_then(|loaded| obtain(&name, &source, loaded.as_ref()))
+        {
             Ok(token) => {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{}", token.access_token);
@@ -210,10 +233,25 @@ pub fn main() -> i32 {
             env,
             source,
             command,
-        } => match obtain(&name, &source) {
-            Ok(token) => exec(&command, env.as_deref().unwrap_or(&token.env_var), &token),
-            Err(code) => code,
-        },
+        } => {
+            let loaded = match load_optional(source.config.as_deref()) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            match obtain(&name, &source, loaded.as_ref()) {
+                Ok(token) => {
+                    // The child gets the token, never a long-lived secret.
+                    let secrets = config::secret_variables(&config::process_env(), loaded.as_ref());
+                    exec(
+                        &command,
+                        env.as_deref().unwrap_or(&token.env_var),
+                        &token,
+                        &secrets,
+                    )
+                }
+                Err(code) => code,
+            }
+        }
         Command::Status {
             json,
             watch,
@@ -222,13 +260,19 @@ pub fn main() -> i32 {
             config,
         } => status(json, watch, interval, socket.as_deref(), config.as_deref()),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "freshtoken",
-                &mut std::io::stdout(),
-            );
-            EXIT_OK
+            // Generated into memory, then written: a reader that goes away
+            // (`| head -3`) ends the write, not the process with a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command(), "freshtoken", &mut script);
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&script).and_then(|()| out.flush()) {
+                Ok(()) => EXIT_OK,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+                Err(e) => {
+                    eprintln!("freshtoken: cannot write the completions: {e}");
+                    EXIT_FAILURE
+                }
+            }
         }
     }
 }
@@ -239,13 +283,17 @@ struct Got {
     env_var: String,
 }
 
+/// The configuration from `path`; without one, from the environment alone
+/// when it declares tokens (`FRESHTOKEN_TOKEN_NAMES`).
 fn load_optional(path: Option<&Path>) -> Result<Option<config::Loaded>, i32> {
-    match path {
-        Some(p) => config::load(Some(p), &config::process_env())
-            .map(Some)
-            .map_err(|e| config_failure(&e)),
-        None => Ok(None),
+    let env = config::process_env();
+    let declared = config::env_name(&["token_names"]);
+    if path.is_none() && !env.iter().any(|(k, _)| *k == declared) {
+        return Ok(None);
     }
+    config::load(path, &env)
+        .map(Some)
+        .map_err(|e| config_failure(&e))
 }
 
 fn timeout_of(secs: f64) -> Duration {
@@ -257,11 +305,9 @@ fn timeout_of(secs: f64) -> Duration {
 }
 
 /// The agent's token, else the cache's, else a fetched one.
-fn obtain(name: &str, args: &SourceArgs) -> Result<Got, i32> {
-    let loaded = load_optional(args.config.as_deref())?;
-    let socket = server::socket_for(args.socket.as_deref(), loaded.as_ref());
+fn obtain(name: &str, args: &SourceArgs, loaded: Option<&config::Loaded>) -> Result<Got, i32> {
+    let socket = server::socket_for(args.socket.as_deref(), loaded);
     let env_var = loaded
-        .as_ref()
         .and_then(|l| l.tokens.get(name))
         .map(|t| t.env_var().to_owned())
         .unwrap_or_else(|| "ACCESS_TOKEN".to_owned());
@@ -295,6 +341,12 @@ fn obtain(name: &str, args: &SourceArgs) -> Result<Got, i32> {
             };
         }
         Err(client::AskError::NoAgent(_)) => {}
+        Err(e @ client::AskError::Untrusted(_)) => {
+            eprintln!("freshtoken: {e}");
+            if args.agent_only || loaded.is_none() {
+                return Err(EXIT_FAILURE);
+            }
+        }
         Err(e) => tracing::warn!("asking the agent on {}: {e}", socket.display()),
     }
     if args.agent_only {
@@ -335,21 +387,30 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
     let started = Instant::now();
     let deadline = started + timeout;
     let mut line = StatusLine::new(&resolved.name);
+    let mut last_error = None;
     let token = loop {
         let snapshot = running.handle.snapshot();
         let now = tokens::now();
+        // A permanent error (a wrong secret, an unknown client, a revoked
+        // grant) will not go away by waiting: give up at once.
+        let permanent = match &snapshot.state {
+            freshtoken::handle::RefreshState::Failed { .. } => true,
+            freshtoken::handle::RefreshState::Retrying { error, .. } => matches!(
+                error.kind(),
+                freshtoken::FetchErrorKind::Permanent | freshtoken::FetchErrorKind::GrantRevoked
+            ),
+            _ => false,
+        };
+        last_error = snapshot.state.last_error().cloned().or(last_error);
+        let give_up = permanent || Instant::now() >= deadline;
         if let Some(t) = snapshot.token.as_deref() {
             // A valid stale token (from the cache) is refreshed at once:
             // wait a little for the fresh one, else hand out the stale one.
-            if tokens::fresh(t) || (t.is_valid_at(now) && Instant::now() >= deadline) {
+            if tokens::fresh(t) || (t.is_valid_at(now) && give_up) {
                 break Some(t.access_token().expose_secret().to_owned());
             }
         }
-        if matches!(
-            snapshot.state,
-            freshtoken::handle::RefreshState::Failed { .. }
-        ) || Instant::now() >= deadline
-        {
+        if give_up {
             break None;
         }
         if started.elapsed() > Duration::from_secs(1) {
@@ -367,9 +428,11 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
     match token {
         Some(t) => Ok(t),
         None => {
-            let why = why
-                .map(|w| w.to_string())
-                .unwrap_or_else(|| "timed out".to_owned());
+            let why = match (last_error, why) {
+                (Some(error), _) => error.to_string(),
+                (None, Some(why)) => tokens::why_not(&why),
+                (None, None) => "timed out".to_owned(),
+            };
             eprintln!("freshtoken: no valid token for {}: {why}", resolved.name);
             Err(EXIT_FAILURE)
         }
@@ -435,7 +498,9 @@ fn terminal_width() -> Option<usize> {
     (size.ws_col > 0).then_some(size.ws_col as usize)
 }
 
-fn exec(command: &[std::ffi::OsString], var: &str, token: &Got) -> i32 {
+/// Replaces this process with `command`, the token in `var` and every
+/// variable in `secrets` removed from its environment.
+fn exec(command: &[std::ffi::OsString], var: &str, token: &Got, secrets: &[String]) -> i32 {
     use std::os::unix::process::CommandExt;
     let Some((program, args)) = command.split_first() else {
         eprintln!("freshtoken: no command to run");
@@ -445,10 +510,12 @@ fn exec(command: &[std::ffi::OsString], var: &str, token: &Got) -> i32 {
         eprintln!("freshtoken: --env: {var:?} is not a variable name");
         return EXIT_CONFIG;
     }
-    let error = std::process::Command::new(program)
-        .args(args)
-        .env(var, &token.access_token)
-        .exec();
+    let mut child = std::process::Command::new(program);
+    child.args(args);
+    for secret in secrets {
+        child.env_remove(secret);
+    }
+    let error = child.env(var, &token.access_token).exec();
     eprintln!(
         "freshtoken: cannot run {}: {error}",
         Path::new(program).display()
@@ -478,6 +545,14 @@ fn status(
             Ok(a) if a.status == 200 => a,
             Ok(a) => {
                 eprintln!("freshtoken: the agent answered {}", a.status);
+                return EXIT_FAILURE;
+            }
+            Err(e @ client::AskError::NoAgent(_)) => {
+                eprintln!(
+                    "freshtoken: {e} on {}: start `freshtoken agent`, or name its socket with \
+                     --config FILE or --socket PATH",
+                    socket.display()
+                );
                 return EXIT_FAILURE;
             }
             Err(e) => {

@@ -8,8 +8,12 @@
 //! `refresher` label; their gauges move at every heartbeat of the driver
 //! (`agent.heartbeat_secs`, default 30).
 //!
-//! The agent's own series, updated at every scrape (labels: the token's
-//! configured name only):
+//! The agent's own series, updated at every scrape, each with a `# HELP`
+//! line (labels: the token's configured name only). Alert on
+//! `freshtoken_agent_token_expires_in_seconds` (or `_valid`): it is
+//! computed at scrape time, where the library's
+//! `freshtoken_token_expires_in_seconds` moves at the driver's heartbeat
+//! and may lag by up to `agent.heartbeat_secs`:
 //!
 //! | name | type | meaning |
 //! | --- | --- | --- |
@@ -21,8 +25,8 @@
 
 use std::sync::OnceLock;
 
+use crate::http::Reply;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tiny_http::Response;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -35,8 +39,46 @@ pub fn install() -> bool {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     match metrics::set_global_recorder(recorder) {
-        Ok(()) => HANDLE.set(handle).is_ok(),
+        Ok(()) => {
+            describe();
+            HANDLE.set(handle).is_ok()
+        }
         Err(_) => false,
+    }
+}
+
+/// The agent's series, each with its `# HELP` line.
+pub const SERIES: &[(&str, &str)] = &[
+    (
+        "freshtoken_agent_token_valid",
+        "1 while the agent holds a valid token of this name, else 0",
+    ),
+    (
+        "freshtoken_agent_token_expires_in_seconds",
+        "Seconds until the served token expires, at scrape time (negative once expired)",
+    ),
+    (
+        "freshtoken_agent_token_expires_at_timestamp_seconds",
+        "When the served token expires, Unix seconds",
+    ),
+    (
+        "freshtoken_agent_token_file_writes_total",
+        "Token file rewrites",
+    ),
+    (
+        "freshtoken_agent_token_file_errors_total",
+        "Failed token file writes",
+    ),
+];
+
+/// Gives every agent series its `# HELP` text.
+fn describe() {
+    for (name, help) in SERIES {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(*name, *help);
+        } else {
+            metrics::describe_gauge!(*name, *help);
+        }
     }
 }
 
@@ -65,13 +107,10 @@ pub fn record_token(
 }
 
 /// The rendered metrics, or 503 when the recorder is not installed.
-pub fn response(text: Option<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+pub fn response(text: Option<String>) -> Reply {
     match text {
-        Some(text) => Response::from_string(text).with_header(
-            tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; version=0.0.4"[..])
-                .unwrap_or_else(|()| unreachable!("a valid header")),
-        ),
-        None => Response::from_string("metrics are not available\n").with_status_code(503),
+        Some(text) => Reply::text(200, "text/plain; version=0.0.4", text),
+        None => Reply::text(503, "text/plain", "metrics are not available\n".to_owned()),
     }
 }
 

@@ -3,8 +3,12 @@
 //! * One blocking driver per token (the library's own, with the token's
 //!   cache), and one thread per token that rewrites its token file whenever
 //!   a new token is published.
-//! * tiny_http on the Unix socket (mode 0600, in a directory the agent
-//!   creates 0700) and, when `agent.listen` is set, on a loopback TCP port.
+//! * The agent's own listener ([`crate::http`]) on the Unix socket (created
+//!   0600, in a private directory the agent creates 0700) and, when
+//!   `agent.listen` is set, on a loopback TCP port that answers only
+//!   requests whose `Host` names it: `/healthz` and `/metrics`, and tokens
+//!   (with `tcp_serves_tokens`) only to requests carrying
+//!   `Metadata-Flavor: freshtoken` and no `Origin`.
 //! * SIGHUP re-reads the configuration: new tokens start, removed ones stop
 //!   (their token file is deleted), changed ones restart. A configuration
 //!   that does not load is reported and the running one kept.
@@ -24,7 +28,8 @@ use freshtoken::{TokenHandle, TokenStatus};
 
 use freshtoken::handle::RefreshState;
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response, Server};
+
+use crate::http::{Handler, Listener, Reply, Request, Server};
 
 use crate::config::{self, ConfigError, Env, Loaded, Resolved};
 use crate::tokens::{self, now};
@@ -204,15 +209,34 @@ pub fn run(config_path: &Path, env: &Env) -> i32 {
         return crate::config_failure(&e);
     }
 
-    let unix = Arc::new(unix);
-    let mut servers = vec![spawn_server(unix.clone(), shared.clone(), true)];
-    let tcp = tcp.map(Arc::new);
-    if let Some(tcp) = &tcp {
-        servers.push(spawn_server(tcp.clone(), shared.clone(), tcp_tokens));
+    let tcp_addr = tcp.as_ref().and_then(|l| match l {
+        Listener::Tcp(l) => l.local_addr().ok(),
+        Listener::Unix(..) => None,
+    });
+    let mut servers = Vec::new();
+    for (listener, via) in std::iter::once((unix, Via::Unix)).chain(tcp.map(|l| {
+        let via = Via::Tcp {
+            port: tcp_addr.map_or(0, |a| a.port()),
+            serves_tokens: tcp_tokens,
+        };
+        (l, via)
+    })) {
+        let handler: Handler = {
+            let shared = shared.clone();
+            Arc::new(move |request: &Request| route(&shared, request, via))
+        };
+        match Server::start(listener, handler) {
+            Ok(server) => servers.push(server),
+            Err(e) => {
+                eprintln!("freshtoken: cannot start a listener thread: {e}");
+                let _ = std::fs::remove_file(&socket);
+                return EXIT_FAILURE;
+            }
+        }
     }
     tracing::info!(
         socket = %socket.display(),
-        tcp = ?tcp.as_ref().and_then(|s| s.server_addr().to_ip()),
+        tcp = ?tcp_addr,
         tokens = ?shared.entries.read().map(|e| e.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
         "agent running"
     );
@@ -259,12 +283,8 @@ pub fn run(config_path: &Path, env: &Env) -> i32 {
     for s in stoppers {
         drop(s.join());
     }
-    unix.unblock();
-    if let Some(tcp) = &tcp {
-        tcp.unblock();
-    }
-    for s in servers {
-        drop(s.join());
+    for server in servers {
+        server.stop();
     }
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
@@ -350,36 +370,128 @@ fn apply(shared: &Shared, loaded: &Loaded, heartbeat: Duration) -> Result<(), Co
 
 type BindError = (i32, String);
 
-/// Binds the Unix socket: its directory created 0700 if missing, a stale
-/// socket file removed, a live agent refused.
-fn bind_socket(socket: &Path) -> Result<Server, BindError> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder.create(dir).map_err(|e| {
-                (
+/// The header a token request over TCP must carry (with the value
+/// [`TOKEN_HEADER_VALUE`]): a browser cannot send it cross-origin without a
+/// CORS preflight, which the agent never grants.
+pub const TOKEN_HEADER: &str = "Metadata-Flavor";
+/// The value of [`TOKEN_HEADER`].
+pub const TOKEN_HEADER_VALUE: &str = "freshtoken";
+
+/// The effective uid of this process.
+pub fn my_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Refuses a directory that someone other than its owner can write to, or
+/// that belongs to another user (root excepted): the rule the file cache
+/// applies to its directory.
+fn check_private_dir(dir: &Path) -> Result<(), BindError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| {
+        Err((
+            EXIT_CONFIG,
+            format!(
+                "configuration error: agent.socket: the directory {} {why}",
+                dir.display()
+            ),
+        ))
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) => return refuse(format!("cannot be read: {e}")),
+    };
+    if !meta.is_dir() {
+        return refuse("is not a directory".to_owned());
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return refuse(format!(
+            "lets the group or others write to it (mode {mode:o}): chmod 700 it, or use a private directory"
+        ));
+    }
+    let me = my_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return refuse(format!(
+            "is owned by uid {}, not by this user (uid {me}) or root",
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the Unix socket: its directory created 0700 if missing and
+/// refused when another user owns it or others can write to it; a stale
+/// socket of this user removed, anything else at the path refused (never
+/// removed), a live agent refused; the socket created mode 0600 (the umask
+/// set around `bind`, no chmod afterwards).
+fn bind_socket(socket: &Path) -> Result<Listener, BindError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| {
+            (
+                EXIT_CONFIG,
+                format!(
+                    "configuration error: agent.socket: cannot create the directory {}: {e}",
+                    dir.display()
+                ),
+            )
+        })?;
+    }
+    check_private_dir(dir)?;
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if meta.uid() != my_uid() {
+                return Err((
                     EXIT_CONFIG,
                     format!(
-                        "configuration error: agent.socket: cannot create the directory {}: {e}",
-                        dir.display()
+                        "configuration error: agent.socket: {} belongs to uid {}: not removed",
+                        socket.display(),
+                        meta.uid()
                     ),
-                )
-            })?;
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Err((
+                    EXIT_FAILURE,
+                    format!("another agent is listening on {}", socket.display()),
+                ));
+            }
+            // A stale socket of ours: a previous agent's.
+            let _ = std::fs::remove_file(socket);
         }
-    }
-    if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        Ok(_) => {
             return Err((
-                EXIT_FAILURE,
-                format!("another agent is listening on {}", socket.display()),
-            ));
+                EXIT_CONFIG,
+                format!(
+                    "configuration error: agent.socket: {} exists and is not a socket: not removed",
+                    socket.display()
+                ),
+            ))
         }
-        let _ = std::fs::remove_file(socket);
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err((
+                EXIT_CONFIG,
+                format!(
+                    "configuration error: agent.socket: cannot read {}: {e}",
+                    socket.display()
+                ),
+            ))
+        }
     }
-    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(|e| {
+    // Only this user may ask for tokens: the socket is created 0600. No
+    // other thread creates files while the agent starts.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(socket);
+    rustix::process::umask(old);
+    let listener = bound.map_err(|e| {
         (
             EXIT_CONFIG,
             format!(
@@ -388,92 +500,138 @@ fn bind_socket(socket: &Path) -> Result<Server, BindError> {
             ),
         )
     })?;
-    // Only this user may ask for tokens.
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
-        (
-            EXIT_FAILURE,
-            format!("cannot chmod {}: {e}", socket.display()),
-        )
-    })?;
-    Server::from_listener(listener, None).map_err(|e| {
-        (
-            EXIT_FAILURE,
-            format!("cannot serve on {}: {e}", socket.display()),
-        )
-    })
+    Ok(Listener::Unix(listener, socket.to_owned()))
 }
 
-fn bind_tcp(addr: &str) -> Result<Server, BindError> {
-    let parsed: SocketAddr = addr.parse().map_err(|_| {
-        (
-            EXIT_CONFIG,
-            "configuration error: agent.listen: must be an address such as 127.0.0.1:9464"
-                .to_owned(),
-        )
-    })?;
+/// `agent.listen` as a loopback socket address: an IP address and port, or
+/// `localhost:PORT` (127.0.0.1).
+pub fn parse_listen(addr: &str) -> Result<SocketAddr, ConfigError> {
+    let parsed = match addr.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
+        None => addr.parse().ok(),
+    };
+    let Some(parsed) = parsed else {
+        return Err(ConfigError {
+            key: "agent.listen".into(),
+            message: "must be an address such as 127.0.0.1:9464 or localhost:9464".into(),
+        });
+    };
     if !parsed.ip().is_loopback() {
-        return Err((
-            EXIT_CONFIG,
-            "configuration error: agent.listen: must be a loopback address (127.0.0.1 or [::1])"
-                .to_owned(),
-        ));
+        return Err(ConfigError {
+            key: "agent.listen".into(),
+            message: "must be a loopback address (127.0.0.1, [::1] or localhost)".into(),
+        });
     }
+    Ok(parsed)
+}
+
+fn bind_tcp(addr: &str) -> Result<Listener, BindError> {
+    let parsed =
+        parse_listen(addr).map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?;
     let listener = std::net::TcpListener::bind(parsed)
         .map_err(|e| (EXIT_FAILURE, format!("cannot listen on {parsed}: {e}")))?;
-    Server::from_listener(listener, None)
-        .map_err(|e| (EXIT_FAILURE, format!("cannot serve on {parsed}: {e}")))
+    Ok(Listener::Tcp(listener))
 }
 
-fn spawn_server(server: Arc<Server>, shared: Arc<Shared>, serves_tokens: bool) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        for request in server.incoming_requests() {
-            handle(&shared, request, serves_tokens);
+/// Which listener a request came on.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    /// The Unix socket: everything.
+    Unix,
+    /// The loopback TCP port: `/healthz` and `/metrics`, and tokens when
+    /// `serves_tokens`; only for a `Host` naming this listener.
+    Tcp { port: u16, serves_tokens: bool },
+}
+
+/// Whether `host` (a `Host` header) names a loopback listener on `port`: a
+/// loopback address or `localhost`, with that port (none means 80). A page
+/// whose name an attacker rebinds to 127.0.0.1 sends its own name.
+pub fn host_is_this_listener(host: &str, port: u16) -> bool {
+    let (name, given) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((name, "")) => (name, None),
+            Some((name, tail)) => match tail.strip_prefix(':') {
+                Some(p) => (name, Some(p)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, p)) => (name, Some(p)),
+            None => (host, None),
+        },
+    };
+    let port_ok = match given {
+        None => port == 80,
+        Some(p) => p.parse::<u16>().is_ok_and(|p| p == port),
+    };
+    let name_ok = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    port_ok && name_ok
+}
+
+fn route(shared: &Shared, request: &Request, via: Via) -> Reply {
+    let path = request.path.as_str();
+    match via {
+        Via::Unix => match path.strip_prefix("/v1/token/") {
+            Some(name) => token_response(shared, name),
+            None => match path {
+                "/healthz" => health(shared),
+                "/v1/status" => Reply::json(200, &status_json(shared)),
+                "/metrics" => metrics_response(shared),
+                _ => Reply::json(404, &json!({"error": "not found"})),
+            },
+        },
+        Via::Tcp {
+            port,
+            serves_tokens,
+        } => {
+            if !request
+                .header("host")
+                .is_some_and(|h| host_is_this_listener(h, port))
+            {
+                return Reply::json(
+                    403,
+                    &json!({"error": format!(
+                        "the Host header must name this listener: 127.0.0.1:{port}, localhost:{port} or [::1]:{port}"
+                    )}),
+                );
+            }
+            match path.strip_prefix("/v1/token/") {
+                Some(name) if serves_tokens => {
+                    let flavored = request
+                        .header(TOKEN_HEADER)
+                        .is_some_and(|v| v.eq_ignore_ascii_case(TOKEN_HEADER_VALUE));
+                    if !flavored || request.has_header("origin") {
+                        return Reply::json(
+                            403,
+                            &json!({"error": format!(
+                                "a token request over TCP needs the header {TOKEN_HEADER}: {TOKEN_HEADER_VALUE}, and no Origin"
+                            )}),
+                        );
+                    }
+                    token_response(shared, name)
+                }
+                Some(_) => Reply::json(
+                    404,
+                    &json!({"error": "tokens are served on the Unix socket"}),
+                ),
+                None => match path {
+                    "/healthz" => health(shared),
+                    "/metrics" => metrics_response(shared),
+                    _ => Reply::json(404, &json!({"error": "not found"})),
+                },
+            }
         }
-    })
-}
-
-fn json_response(status: u16, body: &serde_json::Value) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut text = body.to_string();
-    text.push('\n');
-    Response::from_string(text)
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
-        .with_header(header("Cache-Control", "no-store"))
-}
-
-fn header(name: &str, value: &str) -> Header {
-    match Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-        Ok(h) => h,
-        Err(()) => unreachable!("static headers are valid"),
     }
 }
 
-fn handle(shared: &Shared, request: Request, serves_tokens: bool) {
-    let url = request.url().split('?').next().unwrap_or("").to_owned();
-    let response = if request.method() != &Method::Get {
-        json_response(405, &json!({"error": "only GET"}))
-    } else if let Some(name) = url.strip_prefix("/v1/token/") {
-        if serves_tokens {
-            token_response(shared, name)
-        } else {
-            json_response(
-                404,
-                &json!({"error": "tokens are served on the Unix socket"}),
-            )
-        }
-    } else {
-        match url.as_str() {
-            "/healthz" => health(shared),
-            "/v1/status" => json_response(200, &status_json(shared)),
-            "/metrics" => metrics_response(shared),
-            _ => json_response(404, &json!({"error": "not found"})),
-        }
-    };
-    // The client may have gone; nothing to do about it.
-    let _ = request.respond(response);
-}
-
-fn metrics_response(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+fn metrics_response(shared: &Shared) -> Reply {
     let entries: Vec<Arc<Entry>> = shared
         .entries
         .read()
@@ -496,14 +654,14 @@ fn entry(shared: &Shared, name: &str) -> Option<Arc<Entry>> {
     shared.entries.read().ok()?.get(name).cloned()
 }
 
-fn token_response(shared: &Shared, name: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+fn token_response(shared: &Shared, name: &str) -> Reply {
     let Some(entry) = entry(shared, name) else {
-        return json_response(404, &json!({"error": format!("no token named {name:?}")}));
+        return Reply::json(404, &json!({"error": format!("no token named {name:?}")}));
     };
     match entry.handle.valid_token() {
         Ok(token) => {
             let now = now();
-            json_response(
+            Reply::json(
                 200,
                 &json!({
                     "access_token": token.access_token().expose_secret(),
@@ -513,11 +671,11 @@ fn token_response(shared: &Shared, name: &str) -> Response<std::io::Cursor<Vec<u
                 }),
             )
         }
-        Err(why) => json_response(503, &json!({"error": why.to_string()})),
+        Err(why) => Reply::json(503, &json!({"error": tokens::why_not(&why)})),
     }
 }
 
-fn health(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
+fn health(shared: &Shared) -> Reply {
     let entries: Vec<Arc<Entry>> = shared
         .entries
         .read()
@@ -532,11 +690,11 @@ fn health(shared: &Shared) -> Response<std::io::Cursor<Vec<u8>>> {
             e.resolved.name.clone(),
             json!(match valid {
                 Ok(_) => "valid".to_owned(),
-                Err(why) => why.to_string(),
+                Err(why) => tokens::why_not(&why),
             }),
         );
     }
-    json_response(
+    Reply::json(
         if ok { 200 } else { 503 },
         &json!({"ok": ok, "tokens": tokens}),
     )

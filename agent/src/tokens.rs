@@ -128,3 +128,41 @@ pub fn now() -> Timestamp {
 pub fn fresh(token: &Token) -> bool {
     token.status(now()) == TokenStatus::Fresh
 }
+
+/// `at` as an RFC 3339 time in UTC, to the millisecond
+/// (`2026-12-06T09:12:00.123Z`).
+pub fn rfc3339(at: Timestamp) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(at.as_millis());
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// Why there is no valid token, as the library says it, with the expiry as
+/// an RFC 3339 time rather than Unix seconds.
+pub fn why_not(why: &freshtoken::handle::NoValidToken) -> String {
+    match why {
+        freshtoken::handle::NoValidToken::Expired {
+            expired_at,
+            last_error,
+        } => {
+            let mut text = format!("the token expired at {}", rfc3339(*expired_at));
+            if let Some(e) = last_error {
+                text.push_str(&format!(" (last error: {e})"));
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(
+            rfc3339(Timestamp::from_millis(1_796_540_566_095)),
+            "2026-12-06T07:02:46.095Z"
+        );
+    }
+}

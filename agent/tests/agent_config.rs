@@ -34,10 +34,9 @@ fn run(case: &Case) {
     for (k, v) in &case.env {
         cmd.env(k, v.replace("{dir}", &d));
     }
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{}: {stderr}", case.what);
+    // Bounded: an agent that takes the configuration runs until killed.
+    let (code, stdout, stderr) = support::output_within(cmd, Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{}: {stderr}", case.what);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{}: not one line: {stderr}", case.what);
     assert!(
@@ -140,9 +139,75 @@ fn bad_configurations_name_the_key_and_exit_2() {
             env: vec![],
             key: "tokens.api.cache.redis_url",
         },
+        Case {
+            what: "a mode as a bare number (octal or decimal?)",
+            config: token(
+                "client_secret_file = \"{dir}/good.secret\"\n[tokens.api.file]\npath = \"{dir}/api.token\"\nmode = 640\n",
+            ),
+            env: vec![],
+            key: "tokens.api.file.mode",
+        },
+        Case {
+            what: "a mode that is not octal",
+            config: token(
+                "client_secret_file = \"{dir}/good.secret\"\n[tokens.api.file]\npath = \"{dir}/api.token\"\n",
+            ),
+            env: vec![("FRESHTOKEN_TOKENS_API_FILE_MODE", "0986".into())],
+            key: "FRESHTOKEN_TOKENS_API_FILE_MODE",
+        },
+        Case {
+            what: "a refresh token without a cache for its rotations",
+            config: token(
+                "grant = \"refresh_token\"\nrefresh_token_file = \"{dir}/good.secret\"\n",
+            ),
+            env: vec![],
+            key: "tokens.api.cache",
+        },
     ];
     for case in &cases {
         run(case);
+    }
+}
+
+/// A configuration file decides the token URL and which secret is sent
+/// there: one that group or others can write to, or another user's, is
+/// refused by the agent and by `token`, exit code 2.
+#[test]
+fn a_configuration_file_others_can_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir.path().join("good.secret"), SECRET, 0o600);
+    let text = token("client_secret_file = \"{dir}/good.secret\"\n")
+        .replace("{dir}", &dir.path().display().to_string());
+    let config = write_file(&dir.path().join("agent.toml"), &text, 0o600);
+    // (what, mode, owner)
+    let mut tries = vec![
+        ("writable by the group", 0o660, None),
+        ("writable by others", 0o602, None),
+    ];
+    if rustix::process::geteuid().is_root() {
+        tries.push(("another user's", 0o644, Some(65534)));
+    } else {
+        eprintln!("not root: another user's file not tried");
+    }
+    for (what, mode, owner) in tries {
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&config, Some(uid), Some(uid)).unwrap();
+        }
+        for args in [
+            &["agent", "--config"][..],
+            &["token", "api", "--config"][..],
+        ] {
+            let mut cmd = command();
+            cmd.args(args).arg(&config);
+            let (code, _, stderr) = support::output_within(cmd, Duration::from_secs(30));
+            assert_eq!(code, Some(2), "{what} ({args:?}): {stderr}");
+            assert!(
+                stderr.contains("agent.toml") && stderr.lines().count() == 1,
+                "{what}: {stderr}"
+            );
+        }
     }
 }
 

@@ -280,9 +280,10 @@ fn sighup_adds_and_removes_tokens() {
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
 
-/// SIGTERM while a refresh is in flight (the authority is slow): the agent
-/// waits for the answer, stores the rotated refresh token and exits; the
-/// cache holds the newest refresh token, which the authority still takes.
+/// SIGTERM while a refresh is in flight (the authority holds it, and says
+/// so): the agent waits for the answer, stores the rotated refresh token
+/// and exits; the cache holds the newest refresh token, which the
+/// authority still takes.
 #[test]
 fn sigterm_leaves_the_cache_with_the_newest_refresh_token() {
     let authority = LocalAuthority::builder()
@@ -300,7 +301,7 @@ fn sigterm_leaves_the_cache_with_the_newest_refresh_token() {
         &dir.path().join("agent.toml"),
         &format!(
             "[agent]\nsocket = \"{}\"\n\n[tokens.cli]\ngrant = \"refresh_token\"\ntoken_url = \"{}\"\n\
-             client_id = \"cli\"\nrefresh_token_file = \"{}\"\nfetch_timeout_secs = 10\n\
+             client_id = \"cli\"\nrefresh_token_file = \"{}\"\nfetch_timeout_secs = 20\n\
              [tokens.cli.cache]\nfile = \"{}\"\n",
             socket.display(),
             authority.token_url(),
@@ -317,21 +318,21 @@ fn sigterm_leaves_the_cache_with_the_newest_refresh_token() {
         (authority.issued_count() > issued).then_some(())
     })
     .unwrap();
+    // The next refresh is held 5 s (well within the 20 s fetch timeout);
+    // SIGTERM goes once the authority says it holds it, so the answer
+    // comes after the signal however slow the machine.
     authority.add_fault(
-        Fault::Hang(Duration::from_millis(1_500)),
+        Fault::Hang(Duration::from_secs(5)),
         FaultWindow::NextRequests(1),
     );
-    // The token goes stale once the (slow) refresh is under way: the
-    // machine refreshes at or before stale_at.
-    wait_for(Duration::from_secs(10), || {
-        let status = agent.get_json("/v1/status")?;
-        (status["tokens"][0]["token"] == "stale").then_some(())
+    wait_for(Duration::from_secs(20), || {
+        (authority.hanging_count() == 1).then_some(())
     })
-    .unwrap_or_else(|| panic!("never stale: {}", agent.log_text()));
+    .unwrap_or_else(|| panic!("no refresh held: {}", agent.log_text()));
     let requests_before = authority.requests().len();
     agent.signal(support::Signal::TERM);
     let status = agent
-        .wait_exit(Duration::from_secs(15))
+        .wait_exit(Duration::from_secs(30))
         .expect("exits after the drain");
     assert!(status.success(), "{status}: {}", agent.log_text());
 
@@ -367,4 +368,43 @@ fn sigterm_leaves_the_cache_with_the_newest_refresh_token() {
     assert!(!authority.requests().last().unwrap().reused_refresh_token);
     let text = agent.log_text();
     assert!(!text.contains(rt.expose_secret()) && !text.contains(first.expose_secret()));
+}
+
+/// Once the token has expired through an outage, `/healthz` says when as an
+/// RFC 3339 time, not as Unix seconds.
+#[test]
+fn an_expiry_is_told_as_an_rfc3339_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let OneToken {
+        authority,
+        config,
+        socket,
+    } = one_token(dir.path(), "agent.sock", Some(Duration::from_secs(3)), "");
+    let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
+    agent.wait_healthy(Duration::from_secs(10));
+    authority.add_fault(
+        Fault::Unavailable { retry_after: None },
+        FaultWindow::Always,
+    );
+    let reason = wait_for(Duration::from_secs(20), || {
+        let (code, body) = support::unix_get(&socket, "/healthz")?;
+        let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let reason = body["tokens"]["api"].as_str()?.to_owned();
+        (code == 503 && reason.contains("expired at")).then_some(reason)
+    })
+    .unwrap_or_else(|| panic!("never expired: {}", agent.log_text()));
+    let at = reason
+        .split("expired at ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap();
+    assert!(
+        at.len() == "2026-12-06T07:02:46.095Z".len()
+            && at.as_bytes()[4] == b'-'
+            && at.as_bytes()[10] == b'T'
+            && at.ends_with('Z'),
+        "not RFC 3339: {reason}"
+    );
+    agent.signal(support::Signal::TERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
 }

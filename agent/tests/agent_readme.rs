@@ -96,7 +96,7 @@ fn the_readme_config_runs() {
         use std::io::{Read, Write};
         let mut s =
             std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -116,6 +116,12 @@ fn the_readme_config_runs() {
         metrics.contains("freshtoken_agent_token_valid{token=\"api\"} 1"),
         "{metrics}"
     );
+    for (name, _) in freshtoken_agent::metrics::SERIES {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}: {metrics}"
+        );
+    }
     assert_eq!(status(&get("/v1/token/api")).as_deref(), Some("404"));
     assert!(!metrics.contains(token));
 

@@ -153,16 +153,30 @@ fn token_exec_and_status_ask_the_running_agent() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("freshtoken"));
     let out = command().args(["token", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--timeout"));
+    // `agent --help` lists the configuration keys and their variables.
+    let out = command().args(["agent", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "tcp_serves_tokens",
+        "client_secret_env",
+        "cache.redis_url_env",
+        "FRESHTOKEN_TOKENS_NAME_FILE_MODE",
+    ] {
+        assert!(help.contains(key), "{key} not in agent --help: {help}");
+    }
 
     agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
-    // No agent any more, and no configuration: `status` fails with 1.
+    // No agent any more, and no configuration: `status` fails with 1 and
+    // says how to name the agent's socket.
     let out = command()
         .args(["status", "--socket"])
         .arg(&socket)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--config"), "{stderr}");
 }
 
 /// No agent and an authority that does not answer: `token` shows one
@@ -234,4 +248,197 @@ fn status_watch_redraws() {
     assert!(text.matches("NAME").count() == frames && text.contains("healthy"));
     agent.signal(support::Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+/// The secrets and connection strings the configuration reads from the
+/// environment never reach the command `exec` runs: neither those its
+/// `*_env` keys name, nor the `FRESHTOKEN_TOKENS_*` secret variables, with
+/// a configuration or with only the socket. The token does, and so does
+/// everything else.
+#[test]
+fn exec_never_hands_the_child_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = freshtoken::testing::LocalAuthority::builder()
+        .client("svc", "api-s3cret-value")
+        .client("other", "other-s3cret-value")
+        .public_client("cli")
+        .start()
+        .unwrap();
+    let socket = dir.path().join("agent.sock");
+    let url = authority.token_url();
+    let api = format!(
+        "[tokens.api]\ntoken_url = \"{url}\"\nclient_id = \"svc\"\nclient_secret_env = \"API_SECRET\"\n"
+    );
+    let head = format!("[agent]\nsocket = \"{}\"\n\n", socket.display());
+    let agent_config = write_file(
+        &dir.path().join("agent.toml"),
+        &format!("{head}{api}"),
+        0o600,
+    );
+    let mut agent = Agent::start(
+        &agent_config,
+        &socket,
+        dir.path(),
+        &[("API_SECRET", "api-s3cret-value")],
+    );
+    agent.wait_healthy(Duration::from_secs(10));
+    let served = agent.get_json("/v1/token/api").unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A configuration that reads a secret or a connection string from
+    // every place it can.
+    let full = write_file(
+        &dir.path().join("full.toml"),
+        &format!(
+            "{head}{api}\n[tokens.cli]\ngrant = \"refresh_token\"\ntoken_url = \"{url}\"\n\
+             client_id = \"cli\"\nrefresh_token_env = \"CLI_REFRESH\"\n\
+             [tokens.cli.cache]\nredis_url_env = \"CLI_REDIS\"\n"
+        ),
+        0o600,
+    );
+    let secrets = [
+        ("API_SECRET", "api-s3cret-value"),
+        ("CLI_REFRESH", "cli-refresh-s3cret"),
+        ("CLI_REDIS", "redis://:redis-s3cret@127.0.0.1:1/"),
+        (
+            "FRESHTOKEN_TOKENS_OTHER_CLIENT_SECRET",
+            "other-s3cret-value",
+        ),
+    ];
+    let env = |cmd: &mut std::process::Command| {
+        cmd.envs(secrets)
+            .env("FRESHTOKEN_TOKEN_NAMES", "other")
+            .env("FRESHTOKEN_TOKENS_OTHER_TOKEN_URL", &url)
+            .env("FRESHTOKEN_TOKENS_OTHER_CLIENT_ID", "other")
+            .env("UNRELATED", "kept");
+    };
+    let mut cmd = command();
+    cmd.args(["exec", "api", "--config"])
+        .arg(&full)
+        .args(["--", "env"]);
+    env(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let child_env = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        child_env
+            .lines()
+            .any(|l| l == format!("ACCESS_TOKEN={served}")),
+        "no token: {stderr}"
+    );
+    assert!(child_env.lines().any(|l| l == "UNRELATED=kept"));
+    for (name, value) in secrets {
+        assert!(
+            !child_env.contains(value),
+            "{name} reached the child (with --config)"
+        );
+    }
+
+    // Only the socket: the FRESHTOKEN_ secret variables, and the variables
+    // that FRESHTOKEN_TOKENS_*_ENV variables name, are removed all the same.
+    let named = [
+        ("FRESHTOKEN_TOKENS_X_CLIENT_SECRET", "x-s3cret"),
+        ("FRESHTOKEN_TOKENS_X_REFRESH_TOKEN", "x-refresh-s3cret"),
+        (
+            "FRESHTOKEN_TOKENS_X_CACHE_REDIS_URL",
+            "redis://x-conn-s3cret@127.0.0.1/",
+        ),
+        ("FRESHTOKEN_TOKENS_Y_CLIENT_SECRET_ENV", "Y_SECRET"),
+        ("Y_SECRET", "y-s3cret"),
+        ("FRESHTOKEN_TOKENS_Y_CACHE_REDIS_URL_ENV", "Y_REDIS"),
+        ("Y_REDIS", "redis://:y-redis-s3cret@127.0.0.1/"),
+    ];
+    let out = command()
+        .args(["exec", "api", "--socket"])
+        .arg(&socket)
+        .envs(named)
+        .args(["--", "env"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let child_env = String::from_utf8(out.stdout).unwrap();
+    assert!(child_env.contains(&served), "no token: {stderr}");
+    for (name, value) in named {
+        if value.contains("s3cret") {
+            assert!(
+                !child_env.contains(value),
+                "{name} reached the child (socket only)"
+            );
+        }
+    }
+    agent.signal(support::Signal::TERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+/// A wrong secret is a permanent error: `token` says so and exits 1 at
+/// once instead of waiting out its `--timeout` (600 s here; the test waits
+/// at most 120 s).
+#[test]
+fn token_fails_at_once_on_a_permanent_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let OneToken {
+        authority, config, ..
+    } = one_token(dir.path(), "no-agent.sock", None, "");
+    write_file(&dir.path().join("svc.secret"), "the-wrong-secret", 0o600);
+    let mut cmd = command();
+    // As a user runs it: no FRESHTOKEN_LOG.
+    cmd.env_remove("FRESHTOKEN_LOG")
+        .args(["token", "api", "--timeout", "600", "--config"])
+        .arg(&config);
+    let (code, stdout, stderr) = support::output_within(cmd, Duration::from_secs(120));
+    assert_eq!(code, Some(1), "still waiting after 120 s: {stderr}");
+    assert!(stdout.is_empty());
+    let reason = stderr
+        .lines()
+        .find(|l| l.starts_with("freshtoken: no valid token for api"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(reason.contains("invalid_client"), "{reason}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains("the-wrong-secret"));
+    assert_eq!(authority.request_count(), 1, "retried a permanent error");
+}
+
+/// `freshtoken completions bash | head -3`: the reader goes away (here
+/// before the first write), and the command ends quietly, without a panic.
+#[test]
+fn completions_into_a_closed_pipe_do_not_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = command()
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// Tokens declared only in the environment (`FRESHTOKEN_TOKEN_NAMES`) work
+/// without a configuration file.
+#[test]
+fn a_token_declared_only_in_the_environment_needs_no_file() {
+    let authority = freshtoken::testing::LocalAuthority::builder()
+        .client("svc", "s3cret-value")
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = command()
+        .args(["token", "api"])
+        .env("FRESHTOKEN_SOCKET", dir.path().join("no-agent.sock"))
+        .env("FRESHTOKEN_TOKEN_NAMES", "api")
+        .env("FRESHTOKEN_TOKENS_API_TOKEN_URL", authority.token_url())
+        .env("FRESHTOKEN_TOKENS_API_CLIENT_ID", "svc")
+        .env("FRESHTOKEN_TOKENS_API_CLIENT_SECRET", "s3cret-value")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert!(authority.validate_access_token(token.trim()).is_ok());
 }

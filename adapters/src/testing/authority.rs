@@ -5,7 +5,7 @@ use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -215,6 +215,7 @@ impl LocalAuthorityBuilder {
             reuse_interval: self.reuse_interval,
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             stopping: AtomicBool::new(false),
+            hanging: AtomicUsize::new(0),
             nonce: RandomState::new().hash_one(addr),
             state: Mutex::new(State {
                 lifetime: self.lifetime,
@@ -472,6 +473,32 @@ impl LocalAuthority {
             .count()
     }
 
+    /// How many token requests a [`Fault::Hang`] holds right now: they
+    /// have arrived and are not answered yet, so a test can act while a
+    /// request is surely in flight rather than after a guessed duration.
+    /// (They are in [`requests`](Self::requests) once answered.)
+    ///
+    /// ```
+    /// use freshtoken::testing::{Fault, FaultWindow, LocalAuthority};
+    /// use freshtoken::source::{FetchRequest, TokenSource};
+    /// use std::time::Duration;
+    ///
+    /// let authority = LocalAuthority::builder().client("svc", "s3cret").start()?;
+    /// authority.add_fault(Fault::Hang(Duration::from_millis(500)), FaultWindow::NextRequests(1));
+    /// let source = authority.client_credentials("svc").build()?;
+    /// let slow = std::thread::spawn(move || source.fetch(&FetchRequest::first()).is_ok());
+    /// while authority.hanging_count() == 0 {
+    ///     std::thread::sleep(Duration::from_millis(5));
+    /// }
+    /// // The request is in flight now; it is answered once the hang ends.
+    /// assert!(slow.join().unwrap());
+    /// assert_eq!(authority.hanging_count(), 0);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn hanging_count(&self) -> usize {
+        self.shared.hanging.load(Ordering::SeqCst)
+    }
+
     /// How many tokens were issued.
     pub fn issued_count(&self) -> usize {
         self.shared
@@ -530,6 +557,8 @@ struct Shared {
     reuse_interval: Duration,
     clock: Arc<dyn ClockDebug>,
     stopping: AtomicBool,
+    /// Token requests a [`Fault::Hang`] holds right now.
+    hanging: AtomicUsize,
     /// Makes tokens differ between authorities started in one process.
     nonce: u64,
     state: Mutex<State>,
@@ -641,7 +670,9 @@ impl Shared {
         entry.fault = fault.clone();
         let answer = match fault {
             Some(Fault::Hang(d)) => {
+                self.hanging.fetch_add(1, Ordering::SeqCst);
                 self.sleep(d);
+                self.hanging.fetch_sub(1, Ordering::SeqCst);
                 None
             }
             Some(Fault::CloseConnection) => {

@@ -72,6 +72,19 @@ impl Agent {
     /// Starts `freshtoken agent --config <config>` with `env` added; its
     /// stderr goes to `<dir>/agent.log`.
     pub fn start(config: &Path, socket: &Path, dir: &Path, env: &[(&str, &str)]) -> Agent {
+        Agent::start_as(config, socket, dir, env, None)
+    }
+
+    /// [`Agent::start`], run as the user `uid` when given (the test runs
+    /// as root).
+    pub fn start_as(
+        config: &Path,
+        socket: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+    ) -> Agent {
+        use std::os::unix::process::CommandExt;
         let log = dir.join("agent.log");
         let stderr = std::fs::File::create(&log).unwrap();
         let mut cmd = command();
@@ -83,6 +96,9 @@ impl Agent {
             .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
         }
         let child = cmd.spawn().expect("start the agent");
         Agent {
@@ -133,6 +149,11 @@ impl Agent {
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_for(timeout, || self.child.try_wait().ok().flatten())
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn log_text(&self) -> String {
@@ -199,4 +220,60 @@ pub fn json_token_file(path: &Path) -> String {
         "[tokens.api.file]\npath = \"{}\"\nformat = \"json\"\n",
         path.display()
     )
+}
+
+/// One raw HTTP/1.1 request: `GET path` with `headers` (each a full
+/// `Name: value` line) over `stream`; the status and the body.
+pub fn raw_get(
+    mut stream: impl std::io::Read + std::io::Write,
+    path: &str,
+    headers: &[&str],
+) -> Option<(u16, String)> {
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// [`raw_get`] on the loopback TCP `port`.
+pub fn tcp_get(port: u16, path: &str, headers: &[&str]) -> Option<(u16, String)> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    raw_get(s, path, headers)
+}
+
+/// [`raw_get`] on the Unix socket at `socket`, without the client's checks.
+pub fn unix_get(socket: &Path, path: &str) -> Option<(u16, String)> {
+    let s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    raw_get(s, path, &["Host: localhost"])
+}
+
+/// Runs `cmd` to its end, as `Command::output` does, but kills it if it is
+/// still running after `timeout` (an agent that should have refused to
+/// start): its exit code (`None` when killed), stdout and stderr.
+pub fn output_within(mut cmd: Command, timeout: Duration) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_for(timeout, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    (status.and_then(|s| s.code()), read(&out), read(&err))
 }
