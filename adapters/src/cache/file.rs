@@ -476,7 +476,7 @@ impl TokenCache for FileCache {
 mod safe {
     use std::fs::{self, File, OpenOptions};
     use std::io;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::MetadataExt;
     use std::path::Path;
 
     use freshtoken_core::{CacheError, CacheErrorKind};
@@ -503,9 +503,8 @@ mod safe {
         let mut options = options.clone();
         // NOFOLLOW: a planted link is refused instead of followed (ELOOP).
         // NONBLOCK: opening a FIFO does not wait for a writer; the fstat
-        // below then refuses it. Regular files ignore the flag.
-        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK;
-        options.custom_flags(i32::try_from(flags.bits()).unwrap_or(0));
+        // below then refuses it.
+        crate::regular_file::non_blocking(&mut options, OFlags::NOFOLLOW.bits());
         let file = match options.open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -533,19 +532,7 @@ mod safe {
         })?;
         let ty = meta.file_type();
         if !ty.is_file() {
-            let kind = if ty.is_dir() {
-                "a directory"
-            } else if ty.is_fifo() {
-                "a FIFO"
-            } else if ty.is_char_device() {
-                "a character device"
-            } else if ty.is_block_device() {
-                "a block device"
-            } else if ty.is_socket() {
-                "a socket"
-            } else {
-                "not a regular file"
-            };
+            let kind = crate::regular_file::kind(&ty);
             return Err(refused(
                 what,
                 path,
