@@ -1229,7 +1229,7 @@ impl TokenCache for RedisCache {
 /// The bytes stored under the Redis key `key` for `token`: its record,
 /// sealed if `codec` has keys (the key is bound to a sealed record).
 pub(super) fn encode(codec: &Codec, key: &str, token: &Token) -> Result<Vec<u8>, CacheError> {
-    codec.encode(token, &sealed::binding(key.as_bytes()))
+    codec.encode(token, &sealed::Binding::redis(key))
 }
 
 /// Why stored bytes hold no token.
@@ -1253,7 +1253,7 @@ impl fmt::Display for Undecoded {
 /// The token in the bytes stored under the Redis key `key`.
 pub(super) fn decode(codec: &Codec, key: &str, bytes: &[u8]) -> Result<Token, Undecoded> {
     let what = format!("Redis token entry {key}");
-    match codec.decode(bytes, &sealed::binding(key.as_bytes()), &what) {
+    match codec.decode(bytes, &sealed::Binding::redis(key), &what) {
         Ok(Decoded::Token(token)) => Ok(token),
         Ok(Decoded::Corrupt(e)) => Err(Undecoded::Corrupt(e)),
         Err(e) => Err(Undecoded::Unreadable(e)),
