@@ -72,9 +72,11 @@
 //!   Without that, a request that would carry the token in such a header
 //!   fails with [`AuthError::RedirectsUnchecked`] before anything is sent.
 //! * A rejection counts only when the answer came from the origin the
-//!   token was sent to: reqwest's final URL, and ureq's (when the `401` is
-//!   a response: with ureq's default `http_status_as_error(true)` a `401`
-//!   is an error that no longer says where it came from, and counts).
+//!   token was sent to: reqwest's final URL, and for ureq the last entry
+//!   of the redirect history that [`ureq::AuthAgent`] turns on (with
+//!   ureq's default `http_status_as_error(true)` a `401` is an error that
+//!   no longer says where it came from, and counts; so does one through a
+//!   bare [`ureq::AuthHeader`] on an agent that saves no history).
 //! * **tower** services do not follow redirects unless a
 //!   `FollowRedirect` layer does: put it *outside* the [`tower::AuthLayer`]
 //!   so every hop passes through the layer and its scope. **tonic**

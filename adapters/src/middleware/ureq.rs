@@ -94,16 +94,21 @@ impl AuthHeader {
 }
 
 /// Whether the answer rejects the token sent to `sent_to`: a rejection
-/// from that origin (ureq's final URI; after a redirect to another origin,
-/// which ureq follows without `Authorization`, a `401` says nothing about
-/// the token). A `401` that ureq turned into an error no longer says where
-/// it came from, and counts.
+/// from that origin. Where the answer came from is the last entry of
+/// ureq's redirect history (which [`AuthAgent`] turns on); after a
+/// redirect to another origin, which ureq follows without `Authorization`,
+/// a `401` says nothing about the token. Without the history (a bare
+/// [`AuthHeader`] on an agent that does not save it), and for a `401` that
+/// ureq turned into an error, the origin is unknown and the `401` counts.
 fn rejected(result: &Result<http::Response<Body>, ureq::Error>, sent_to: &http::Uri) -> bool {
     use ureq::ResponseExt;
     match result {
         Ok(response) => {
             is_token_rejected(response.status(), response.headers())
-                && Target::of_uri(response.get_uri()).same_origin(&Target::of_uri(sent_to))
+                && response
+                    .get_redirect_history()
+                    .and_then(|history| history.last())
+                    .is_none_or(|last| Target::of_uri(last).same_origin(&Target::of_uri(sent_to)))
         }
         Err(ureq::Error::StatusCode(401)) => true,
         Err(_) => false,
@@ -160,12 +165,16 @@ impl AuthAgent {
         Self::with_authorizer(Authorizer::new(tokens), config)
     }
 
-    /// With a configured [`Authorizer`]. When its header is not
+    /// With a configured [`Authorizer`]. The agent saves its redirect
+    /// history (`save_redirect_history(true)`), so that a `401` from
+    /// another origin is told from the API's own. When the header is not
     /// `Authorization` (which ureq strips on redirects), the agent follows
     /// no redirects (`max_redirects(0)`): a `3xx` goes back to the caller,
     /// and the token never reaches another origin.
     pub fn with_authorizer(auth: Authorizer, config: ConfigBuilder<AgentScope>) -> Self {
         let mut header = AuthHeader::with_authorizer(auth.clone());
+        // The history says which origin answered (see `rejected`).
+        let config = config.save_redirect_history(true);
         let config = if auth.header_survives_redirects() {
             header = header.redirects_checked();
             config.max_redirects(0)
