@@ -166,7 +166,7 @@ mod metrics;
 pub mod oauth2;
 pub mod policy;
 // Opening token and assertion files without blocking on a FIFO.
-#[cfg(any(feature = "file", feature = "oauth2"))]
+#[cfg(any(feature = "file", feature = "oauth2", feature = "encryption"))]
 mod regular_file;
 #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 pub mod runtime;

@@ -1,5 +1,6 @@
 //! The readers of files other processes provide (`FileSource`, the OAuth2
-//! `AssertionFile`) against a FIFO planted at their path: the open never
+//! `AssertionFile`, the cache's `EncryptionKeys::from_file`) against a FIFO
+//! planted at their path: the open never
 //! blocks, the FIFO is refused with an error that says what it is, and a
 //! driver reading a token file recovers as soon as the path holds a token
 //! again. Unix only (FIFOs).
@@ -64,6 +65,21 @@ fn a_fifo_at_the_assertion_path_is_refused_at_once() {
     assert!(
         matches!(error, AssertionFileError::NotRegular { kind: "a FIFO", .. }),
         "a typed refusal: {error:?}"
+    );
+}
+
+#[test]
+fn a_fifo_at_the_encryption_key_path_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    mkfifo(&path);
+    let error = within("EncryptionKeys::from_file", move || {
+        freshtoken::cache::EncryptionKeys::from_file(&path)
+    })
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("a FIFO, not a regular file"),
+        "{error}"
     );
 }
 

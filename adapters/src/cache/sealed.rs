@@ -450,12 +450,20 @@ mod keys {
         }
 
         /// Keys from the file at `path` (text form, at most 64 KiB). Keep it
-        /// readable by the service's user only.
+        /// readable by the service's user only. Only a regular file is read
+        /// (opened without blocking: a FIFO at the path fails at once).
         pub fn from_file(path: impl AsRef<Path>) -> Result<Self, CacheError> {
+            use crate::regular_file::{self, OpenError};
             use std::io::Read;
             let path = path.as_ref();
             let fail = |e: std::io::Error| key_error(format!("key file {}: {e}", path.display()));
-            let file = std::fs::File::open(path).map_err(fail)?;
+            let file = regular_file::open(path).map_err(|e| match e {
+                OpenError::Io(e) => fail(e),
+                OpenError::NotRegular(kind) => key_error(format!(
+                    "refusing the key file {}: it is {kind}, not a regular file",
+                    path.display()
+                )),
+            })?;
             let mut bytes = Zeroizing::new(Vec::new());
             file.take(MAX_KEY_FILE + 1)
                 .read_to_end(&mut bytes)
