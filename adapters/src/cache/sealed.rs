@@ -223,11 +223,18 @@ fn inner(bytes: &[u8], unreadable: &dyn Fn(&str) -> CacheError) -> Result<Decode
 /// Where a record is stored, as a sealed record's associated data: what
 /// version 2 binds (`current`), and what version 1 bound (`legacy`: the
 /// cache key alone).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[cfg_attr(not(feature = "encryption"), allow(dead_code))]
 pub(crate) struct Binding {
     current: Vec<u8>,
     legacy: Vec<u8>,
+}
+
+/// The bytes say nothing the cache's own fields do not.
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding").finish_non_exhaustive()
+    }
 }
 
 impl Binding {
