@@ -78,9 +78,10 @@
 //!   no longer says where it came from, and counts; so does one through a
 //!   bare [`ureq::AuthHeader`] on an agent that saves no history).
 //! * **tower** services do not follow redirects unless a
-//!   `FollowRedirect` layer does: put it *outside* the [`tower::AuthLayer`]
-//!   so every hop passes through the layer and its scope. **tonic**
-//!   (gRPC) has no redirects.
+//!   `FollowRedirect` layer does: put it *outside* a scoped
+//!   [`tower::AuthLayer`], so every hop passes through the layer and its
+//!   scope (unscoped, every hop gets the token, as every request does).
+//!   **tonic** (gRPC) has no redirects.
 //!
 //! # Many 401s, one refresh
 //!
