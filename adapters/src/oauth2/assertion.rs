@@ -428,10 +428,13 @@ mod tests {
         assert!(matches!(file.read(now), Err(AssertionFileError::Io { .. })));
         let e: FetchError = AssertionFileError::Missing { path: path_s }.into();
         assert_eq!(e.kind(), freshtoken_core::FetchErrorKind::Transient);
-        // A directory is an I/O error, not a panic.
+        // A directory is refused as not a regular file, not a panic.
         assert!(matches!(
             AssertionFile::new(dir.path()).read(now),
-            Err(AssertionFileError::Io { .. })
+            Err(AssertionFileError::NotRegular {
+                kind: "a directory",
+                ..
+            })
         ));
     }
 
