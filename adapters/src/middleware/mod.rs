@@ -622,12 +622,18 @@ impl Authorizer {
 
     /// Whether a request for `uri` gets the token (see [`scope`](Self::scope)).
     pub fn attaches_to(&self, uri: &http::Uri) -> bool {
-        self.covers(&Target::of_uri(uri))
+        self.covers(|| Target::of_uri(uri))
     }
 
-    pub(crate) fn covers(&self, target: &Target<'_>) -> bool {
+    /// Whether the request `target` gives the parts of gets the token;
+    /// without a scope the parts are not even looked at (the hot path).
+    pub(crate) fn covers<'a>(&self, target: impl FnOnce() -> Target<'a>) -> bool {
         let scope = &self.inner.scope;
-        scope.is_empty() || scope.iter().any(|o| o.covers(target))
+        if scope.is_empty() {
+            return true;
+        }
+        let target = target();
+        scope.iter().any(|o| o.covers(&target))
     }
 
     /// Whether HTTP clients keep this authorizer's header when they follow

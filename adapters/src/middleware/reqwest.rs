@@ -127,7 +127,7 @@ impl Middleware for AuthMiddleware {
         next: Next<'_>,
     ) -> Result<Response> {
         let auth = &self.auth;
-        if !auth.covers(&target(request.url())) {
+        if !auth.covers(|| target(request.url())) {
             // Outside the scope: as it is, and its answer says nothing
             // about the token.
             return next.run(request, extensions).await;

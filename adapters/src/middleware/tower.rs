@@ -90,7 +90,7 @@ use tower_service::Service;
 
 use freshtoken_core::TokenId;
 
-use super::{is_token_rejected, AuthError, Authorizer, Credential, Target, Tokens};
+use super::{is_token_rejected, AuthError, Authorizer, Credential, Tokens};
 
 /// A request body that may be copied for a replay.
 ///
@@ -284,7 +284,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if !self.auth.covers(&Target::of_uri(request.uri())) {
+        if !self.auth.attaches_to(request.uri()) {
             // Outside the authorizer's scope: sent as it is, and its answer
             // says nothing about the token.
             return ResponseFuture {

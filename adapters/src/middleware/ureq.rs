@@ -121,7 +121,7 @@ impl Middleware for AuthHeader {
         mut request: http::Request<SendBody>,
         next: MiddlewareNext,
     ) -> Result<http::Response<Body>, ureq::Error> {
-        if !self.auth.covers(&Target::of_uri(request.uri())) {
+        if !self.auth.attaches_to(request.uri()) {
             // Outside the scope: as it is, and its answer says nothing
             // about the token.
             return next.handle(request);
