@@ -387,7 +387,11 @@ impl Origin {
         }
         Ok(Origin {
             https,
-            host: host.to_ascii_lowercase(),
+            // As `Target` keeps it: an IPv6 literal without brackets.
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
             port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
             path: uri.path().trim_end_matches('/').to_owned(),
         })
@@ -611,6 +615,9 @@ impl Authorizer {
     /// assert!(!auth.attaches_to(&"https://api.example.com/v10".parse()?));
     /// assert!(!auth.attaches_to(&"http://api.example.com/v1/orders".parse()?));
     /// assert!(!auth.attaches_to(&"https://evil.example/v1/orders".parse()?));
+    /// let local = Authorizer::new(handle.clone()).scope("http://[::1]:8080")?;
+    /// assert!(local.attaches_to(&"http://[::1]:8080/any".parse()?));
+    /// assert!(!local.attaches_to(&"http://[::1]:8081/any".parse()?));
     /// assert!(Authorizer::new(handle).scope("api.example.com").is_err());
     /// # drop(auth); driver.shutdown_blocking();
     /// # Ok::<_, Box<dyn std::error::Error>>(())
