@@ -165,6 +165,9 @@ mod metrics;
 #[cfg(feature = "oauth2")]
 pub mod oauth2;
 pub mod policy;
+// Opening token and assertion files without blocking on a FIFO.
+#[cfg(any(feature = "file", feature = "oauth2", feature = "encryption"))]
+mod regular_file;
 #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 pub mod runtime;
 pub mod source;

@@ -44,6 +44,13 @@ fn token(n: u32) -> Token {
     .with_scope(Some("read".into()))
 }
 
+/// The cache key of [`LEGACY_V1`].
+const LEGACY_KEY: &str = "legacy-token";
+/// A record sealed with [`K1`] by the build before envelope version 2, for
+/// the cache key `legacy-token` (its file name, Redis key or row key):
+/// access token `TOPSECRET-access-legacy`.
+const LEGACY_V1: &str = "FTSEAL1:k1:zOLf9AanbYFOLr60gDQU4y3csfU_eeEbfP1lv9FQtN0l0Hl9dp6wr8hH-0N1-sMtMjQviIYq480JWJWxgSRsMPDzC2uYnp9TPJxrtgW9vUkLjdo2KSq7NtsQxZwCeXdDlevxtau7gBurL-8PMhr31VLkIE-gvtcVYNtjdzhDTNYlzZd2xeNBehvHweaHj94av4ieRZmC_LVkfl_HV_gB1o3TN3gOCP9nR6mXa6cTFxhBMtx089xPsoZxcMCrI4qmhm2zDbwzSCzURHk_A0Q5hpWHhTJd7CfatcSCr3b4ik_9x_oxcf6GyEuhDEeo5FI88lOMzTBLoCte68jQeOrLaBCXC9H1zkYJSNvB10t3q9zM4jA";
+
 fn keys(spec: &str) -> Option<EncryptionKeys> {
     Some(EncryptionKeys::parse(spec).unwrap())
 }
@@ -149,10 +156,15 @@ fn postgres_backend(server: &Rc<PostgresServer>) -> Backend {
         }),
         put: Box::new(move |key, bytes| {
             // The format column as the cache writes it (see PostgresCache's docs).
-            let format = match bytes.strip_prefix(b"FTSEAL1:") {
+            let format = match bytes.strip_prefix(b"FTSEAL") {
                 Some(rest) => {
-                    let id: Vec<u8> = rest.iter().take_while(|&&b| b != b':').copied().collect();
-                    format!("sealed1:{}:json-v1", String::from_utf8(id).unwrap())
+                    let version = rest[0] as char;
+                    let id: Vec<u8> = rest[2..]
+                        .iter()
+                        .take_while(|&&b| b != b':')
+                        .copied()
+                        .collect();
+                    format!("sealed{version}:{}:json-v1", String::from_utf8(id).unwrap())
                 }
                 None => "json-v1".to_owned(),
             };
@@ -179,7 +191,7 @@ fn scenarios(b: &Backend) {
     stored.unwrap();
     logs.iter().for_each(|l| clean(l));
     let first = (b.get)(key).expect("stored");
-    assert!(first.starts_with(b"FTSEAL1:k1:"), "{name}");
+    assert!(first.starts_with(b"FTSEAL2:k1:"), "{name}");
     clean(&String::from_utf8_lossy(&first));
     sealed.store(&t1).unwrap();
     let second = (b.get)(key).unwrap();
@@ -213,7 +225,7 @@ fn scenarios(b: &Backend) {
     let t2 = token(2);
     rotated.store(&t2).unwrap();
     let after = (b.get)(key).unwrap();
-    assert!(after.starts_with(b"FTSEAL1:k2:"), "{name}");
+    assert!(after.starts_with(b"FTSEAL2:k2:"), "{name}");
     unreadable(&format!("{name}: old key only"), sealed.load());
     unreadable(&format!("{name}: old key only, store"), sealed.store(&t1));
     assert_eq!((b.get)(key).unwrap(), after);
@@ -259,7 +271,7 @@ fn scenarios(b: &Backend) {
     );
     assert_eq!(migrating.load().unwrap(), Some(t1.clone()), "{name}");
     migrating.store(&t2).unwrap();
-    assert!((b.get)(plain_key).unwrap().starts_with(b"FTSEAL1:k1:"));
+    assert!((b.get)(plain_key).unwrap().starts_with(b"FTSEAL2:k1:"));
     assert_eq!(strict.load().unwrap(), Some(t2.clone()));
 
     // A record of a newer version (no encryption involved): Unreadable,
@@ -274,6 +286,27 @@ fn scenarios(b: &Backend) {
         old_build.store(&t1),
     );
     assert_eq!((b.get)(newer_key).unwrap(), newer.to_vec(), "{name}");
+
+    // A record sealed by an earlier build (envelope version 1, bound to the
+    // cache key alone) is still read, and the next store rewrites it in
+    // version 2.
+    (b.put)(LEGACY_KEY, LEGACY_V1.as_bytes());
+    let upgraded = (b.make)(keys(K1), LEGACY_KEY);
+    let legacy = upgraded
+        .load()
+        .unwrap()
+        .expect("a version-1 record is read");
+    assert_eq!(
+        legacy.access_token().expose_secret(),
+        "TOPSECRET-access-legacy",
+        "{name}"
+    );
+    upgraded.store(&t2).unwrap();
+    assert!(
+        (b.get)(LEGACY_KEY).unwrap().starts_with(b"FTSEAL2:k1:"),
+        "{name}"
+    );
+    assert_eq!(upgraded.load().unwrap(), Some(t2.clone()), "{name}");
 
     // Garbage is corrupt, not unreadable: a miss, replaced by the next store.
     let junk_key = "junk-token";
@@ -300,6 +333,37 @@ fn file_cache_with_encryption() {
     assert!(aside[0].starts_with("junk-token.corrupt-"), "{aside:?}");
 }
 
+/// A sealed file copied, name and all, into another directory is refused:
+/// the record is bound to the file's full path, not to its name.
+#[test]
+fn a_sealed_file_copied_to_another_directory_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let (home, elsewhere) = (root.path().join("home"), root.path().join("elsewhere"));
+    let original = FileCache::new(home.join("token")).encryption(keys(K1).unwrap());
+    let t1 = token(1);
+    original.store(&t1).unwrap();
+    let bytes = std::fs::read(home.join("token")).unwrap();
+    let copy = file_backend(elsewhere.clone());
+    std::fs::create_dir(&elsewhere).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    (copy.put)("token", &bytes);
+    let moved = (copy.make)(keys(K1), "token");
+    let shown = unreadable("a copy in another directory", moved.load());
+    assert!(shown.contains("directory"), "{shown}");
+    unreadable("a copy in another directory, store", moved.store(&token(2)));
+    assert_eq!(
+        (copy.get)("token").unwrap(),
+        bytes,
+        "the copy was overwritten"
+    );
+    // The original still reads in its own place.
+    assert_eq!(original.load().unwrap(), Some(t1));
+}
+
 #[test]
 fn redis_cache_with_encryption() {
     let server = RedisServer::start_tcp();
@@ -312,8 +376,43 @@ fn postgres_cache_with_encryption() {
     scenarios(&postgres_backend(&server));
     assert_eq!(
         server.psql("SELECT record_format FROM freshtoken_cache WHERE cache_key = 'sealed-token'"),
-        "sealed1:k2:json-v1"
+        "sealed2:k2:json-v1"
     );
+}
+
+/// A sealed PostgreSQL row copied, key and all, into another table is
+/// refused: the record is bound to its table and its row key.
+#[test]
+fn a_sealed_row_copied_to_another_table_is_refused() {
+    let server = PostgresServer::start();
+    let cache = |table: &str| {
+        PostgresCache::new(&server.conn_str(), "the-token")
+            .unwrap()
+            .table(table)
+            .unwrap()
+            .encryption(keys(K1).unwrap())
+    };
+    let (home, other) = (cache("freshtoken_cache"), cache("other_cache"));
+    let t1 = token(1);
+    home.store(&t1).unwrap();
+    // The other table exists (a store of its own), then gets the copy.
+    other.store(&token(2)).unwrap();
+    server.psql(
+        "UPDATE other_cache SET (record, record_format) = \
+         (SELECT record, record_format FROM freshtoken_cache WHERE cache_key = 'the-token') \
+         WHERE cache_key = 'the-token'",
+    );
+    let copied = |table: &str| {
+        server.psql(&format!(
+            "SELECT encode(record, 'hex') FROM {table} WHERE cache_key = 'the-token'"
+        ))
+    };
+    assert_eq!(copied("other_cache"), copied("freshtoken_cache"));
+    let shown = unreadable("a copy in another table", other.load());
+    assert!(shown.contains("table"), "{shown}");
+    unreadable("a copy in another table, store", other.store(&token(3)));
+    assert_eq!(copied("other_cache"), copied("freshtoken_cache"));
+    assert_eq!(home.load().unwrap(), Some(t1));
 }
 
 #[test]

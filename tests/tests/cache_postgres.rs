@@ -534,7 +534,7 @@ fn drivers_share_a_token_through_the_table() {
     assert_eq!(authority.requests().len(), 1);
     assert!(server
         .psql("SELECT record_format FROM freshtoken_cache WHERE cache_key = 'driver:token'")
-        .starts_with("sealed1:k:"));
+        .starts_with("sealed2:k:"));
 
     let source = authority.client_credentials("pg-client").build().unwrap();
     let (tokens, driver) = Builder::new()

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use cache_support::capture_logs;
 use freshtoken::cache::LeaseOutcome;
-use freshtoken::cache::{RedisCache, TokenCache};
+use freshtoken::cache::{AsyncRedisCache, AsyncTokenCache, RedisCache, TokenCache};
 use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
 use freshtoken_tests::assert_no_secret;
-use freshtoken_tests::redis_server::RedisServer;
+use freshtoken_tests::redis_server::{non_loopback_ip, query, RedisCluster, RedisServer};
 
 const SECRET: &str = "TOPSECRET-access-h4rd";
 const REFRESH: &str = "TOPSECRET-refresh-h4rd";
@@ -76,6 +76,61 @@ fn plain_text_to_another_host_is_refused_unless_allowed() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("plain-text"), "{err}");
+}
+
+/// A cluster reached through loopback seeds whose topology names nodes at
+/// an address that is not loopback: those nodes get no plain-text
+/// connection and the token goes nowhere, for the blocking and the async
+/// cache; allowed explicitly, the same cluster works.
+#[test]
+fn cluster_nodes_learned_from_the_topology_are_held_to_the_plain_text_rule() {
+    let ip =
+        non_loopback_ip().expect("this test needs an address of this machine that is not loopback");
+    let cluster = RedisCluster::start_announcing(3, ip);
+    let urls = cluster.urls();
+    assert!(urls.iter().all(|u| u.starts_with("redis://127.0.0.1:")));
+    let key = "{plain}:token";
+    let primary = cluster.primary_of(key);
+    let stored = || query(primary, &["GET", key]).unwrap_or_default();
+
+    let cache = RedisCache::cluster(&urls, key)
+        .build()
+        .expect("loopback seeds pass the rule");
+    let (result, logs) = capture_logs(|| cache.store(&token()));
+    let err = result.expect_err("a plain-text store to a node that is not loopback");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("plain-text"), "{text}");
+    assert!(text.contains(&ip.to_string()), "names the node: {text}");
+    assert_no_secret(&text);
+    logs.iter().for_each(|l| assert_no_secret(l));
+    assert_eq!(stored(), "", "the token reached the cluster");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let async_cache = AsyncRedisCache::cluster(&urls, key)
+        .build_async()
+        .expect("loopback seeds pass the rule");
+    let (result, logs) = capture_logs(|| runtime.block_on(async_cache.store(&token())));
+    let err = result.expect_err("a plain-text store to a node that is not loopback");
+    assert_no_secret(&format!("{err} {err:?}"));
+    // The async cluster's error does not carry the cause; the warning does.
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("plain-text") && l.contains(&ip.to_string())),
+        "{logs:?}"
+    );
+    logs.iter().for_each(|l| assert_no_secret(l));
+    assert_eq!(stored(), "", "the token reached the cluster");
+
+    // The cluster itself works: allowed explicitly, the store goes through.
+    let allowed = RedisCache::cluster(&urls, key)
+        .allow_plain_text(true)
+        .build()
+        .unwrap();
+    allowed.store(&token()).unwrap();
+    assert_ne!(stored(), "");
 }
 
 #[test]

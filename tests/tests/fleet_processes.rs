@@ -65,7 +65,7 @@ fn eight_processes_share_an_encrypted_file_cache() {
     let fleet = run_fleet("file+sealed", path.to_str().unwrap());
     check("file+sealed", &fleet);
     let bytes = std::fs::read(&path).unwrap();
-    assert!(bytes.starts_with(b"FTSEAL1:fleet2:"), "not sealed");
+    assert!(bytes.starts_with(b"FTSEAL2:fleet2:"), "not sealed");
 }
 
 #[test]

@@ -158,3 +158,104 @@ async fn no_valid_token_is_a_typed_error_and_nothing_is_sent() {
     assert!(!text.contains(CLIENT_SECRET), "{text}");
     driver.shutdown().await;
 }
+
+/// The token in `x-api-key` (which reqwest keeps on redirects): with the
+/// same-origin redirect policy, a redirect to another origin is not
+/// followed and that origin never sees the key; without the policy being
+/// declared, nothing is sent at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_a_custom_header_never_follows_a_redirect_to_another_origin() {
+    let (api, tokens, driver) = setup(Duration::from_secs(5)).await;
+    let elsewhere = Api::start(api.authority.clone()).await;
+    let key_auth = || {
+        Authorizer::new(tokens.clone())
+            .header(http::HeaderName::from_static("x-api-key"))
+            .raw()
+    };
+    let away = api.url(&format!("/redirect-to/{}/landing", elsewhere.addr.port()));
+
+    let checked = ClientBuilder::new(
+        reqwest::Client::builder()
+            .redirect(freshtoken::middleware::reqwest::redirect_policy())
+            .build()
+            .unwrap(),
+    )
+    .with(AuthMiddleware::with_authorizer(key_auth()).redirects_checked())
+    .build();
+    let r = checked.get(&away).send().await.unwrap();
+    assert_eq!(r.status(), 302, "the cross-origin redirect is not followed");
+    assert!(api.seen()[0].api_key.is_some(), "the API got the key");
+    assert_eq!(elsewhere.seen_count(), 0, "{:?}", elsewhere.seen());
+
+    // A client whose redirects nobody vouched for: refused before sending.
+    let unchecked = client(key_auth());
+    let e = unchecked.get(&away).send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(e) = e else {
+        panic!("{e:?}")
+    };
+    assert!(
+        matches!(
+            e.downcast_ref::<AuthError>(),
+            Some(AuthError::RedirectsUnchecked { .. })
+        ),
+        "{e:?}"
+    );
+    assert_eq!(api.seen_count(), 1, "nothing more was sent");
+    assert_eq!(elsewhere.seen_count(), 0);
+    drop((checked, unchecked));
+    driver.shutdown().await;
+}
+
+/// reqwest follows a redirect to another origin without `Authorization`;
+/// that origin's 401 says nothing about the token: no invalidation, no
+/// replay, one token request in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_from_another_origin_after_a_redirect_neither_invalidates_nor_replays() {
+    let (api, tokens, driver) = setup(Duration::from_millis(100)).await;
+    let elsewhere = Api::start(api.authority.clone()).await;
+    let client = client(Authorizer::new(tokens.clone()));
+    let away = api.url(&format!("/redirect-to/{}/orders", elsewhere.addr.port()));
+    let r = client.get(&away).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the other origin's answer");
+    assert_eq!(api.seen_count(), 1, "not replayed: {:?}", api.seen());
+    let there = elsewhere.seen();
+    assert_eq!(there.len(), 1, "{there:?}");
+    assert_eq!(there[0].token, None, "reqwest stripped the token");
+    // (A wrongful invalidation would have been followed by a refresh and
+    // the replay before `send` returned.)
+    assert_eq!(
+        api.authority.request_count(),
+        1,
+        "the token was invalidated"
+    );
+    drop(client);
+    driver.shutdown().await;
+}
+
+/// Scoped to the API's base URL: a request elsewhere carries no token, and
+/// its 401 neither invalidates nor replays; the API's own requests carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_middleware_attaches_the_token_only_to_its_api() {
+    let (api, tokens, driver) = setup(Duration::from_millis(100)).await;
+    let elsewhere = Api::start(api.authority.clone()).await;
+    let client = client(
+        Authorizer::new(tokens.clone())
+            .scope(&api.url("/"))
+            .unwrap(),
+    );
+    let r = client.get(elsewhere.url("/orders")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let there = elsewhere.seen();
+    assert_eq!(there.len(), 1, "not replayed: {there:?}");
+    assert_eq!(there[0].token, None, "no token outside the scope");
+    let r = client.get(api.url("/orders")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(api.seen()[0].token.is_some());
+    assert_eq!(
+        api.authority.request_count(),
+        1,
+        "the token was invalidated"
+    );
+    drop(client);
+    driver.shutdown().await;
+}

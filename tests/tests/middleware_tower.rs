@@ -321,3 +321,40 @@ async fn an_expired_token_is_never_sent_even_from_the_layers_cache() {
     drop(client);
     driver.shutdown().await;
 }
+
+/// tower-http's FollowRedirect outside a scoped layer, the token in
+/// `x-api-key`: the hop to another origin passes through the layer, which
+/// leaves it without the token, and that origin's 401 neither invalidates
+/// nor replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_layer_keeps_the_token_off_a_redirect_to_another_origin() {
+    let (api, tokens, driver) = setup(Duration::from_millis(100)).await;
+    let elsewhere = Api::start(api.authority.clone()).await;
+    let auth = Authorizer::new(tokens.clone())
+        .header(http::HeaderName::from_static("x-api-key"))
+        .raw()
+        .scope(&api.url("/"))
+        .unwrap();
+    let inner: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut client = tower_http::follow_redirect::FollowRedirect::new(
+        AuthLayer::with_authorizer(auth).layer(inner),
+    );
+    let away = api.url(&format!("/redirect-to/{}/orders", elsewhere.addr.port()));
+    let request = http::Request::get(away)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), 401, "the other origin's answer");
+    assert!(api.seen()[0].api_key.is_some(), "the API got the key");
+    let there = elsewhere.seen();
+    assert_eq!(there.len(), 1, "not replayed: {there:?}");
+    assert_eq!(there[0].api_key, None, "the key went to another origin");
+    assert_eq!(
+        api.authority.request_count(),
+        1,
+        "the token was invalidated"
+    );
+    drop(client);
+    driver.shutdown().await;
+}

@@ -193,3 +193,98 @@ fn no_valid_token_is_a_typed_error_and_nothing_is_sent() {
     assert!(!format!("{err} {err:?}").contains(CLIENT_SECRET));
     driver.shutdown_blocking();
 }
+
+/// The token in `x-api-key` (which ureq keeps on redirects): the agent
+/// follows no redirect, so another origin never sees the key; a bare
+/// middleware on an agent nobody vouched for sends nothing.
+#[test]
+fn a_token_in_a_custom_header_never_follows_a_redirect_to_another_origin() {
+    let s = setup(Duration::from_secs(5));
+    let elsewhere = s.rt.block_on(Api::start(s.api.authority.clone()));
+    let key_auth = || {
+        Authorizer::new(s.tokens.clone())
+            .header(http::HeaderName::from_static("x-api-key"))
+            .raw()
+    };
+    let away = s
+        .api
+        .url(&format!("/redirect-to/{}/landing", elsewhere.addr.port()));
+    let api = AuthAgent::with_authorizer(key_auth(), ureq::Agent::config_builder());
+    let r = api.run(|a| a.get(&away).call()).unwrap();
+    assert_eq!(r.status(), 302, "the redirect is not followed");
+    assert!(s.api.seen()[0].api_key.is_some(), "the API got the key");
+    assert_eq!(elsewhere.seen_count(), 0, "{:?}", elsewhere.seen());
+
+    let bare: ureq::Agent = ureq::Agent::config_builder()
+        .middleware(AuthHeader::with_authorizer(key_auth()))
+        .build()
+        .into();
+    let e = bare.get(&away).call().unwrap_err();
+    let ureq::Error::Other(e) = e else {
+        panic!("{e:?}")
+    };
+    assert!(
+        matches!(
+            e.downcast_ref::<AuthError>(),
+            Some(AuthError::RedirectsUnchecked { .. })
+        ),
+        "{e:?}"
+    );
+    assert_eq!(s.api.seen_count(), 1, "nothing more was sent");
+    assert_eq!(elsewhere.seen_count(), 0);
+    s.driver.shutdown_blocking();
+}
+
+/// ureq follows a redirect to another origin without `Authorization`;
+/// that origin's 401 (a response, with `http_status_as_error(false)`) says
+/// nothing about the token: no invalidation, no replay.
+#[test]
+fn a_401_from_another_origin_after_a_redirect_neither_invalidates_nor_replays() {
+    let s = setup(Duration::from_millis(100));
+    let elsewhere = s.rt.block_on(Api::start(s.api.authority.clone()));
+    let api = agent(&s.tokens, false);
+    let away = s
+        .api
+        .url(&format!("/redirect-to/{}/orders", elsewhere.addr.port()));
+    let r = api.run(|a| a.get(&away).call()).unwrap();
+    assert_eq!(r.status(), 401, "the other origin's answer");
+    assert_eq!(s.api.seen_count(), 1, "not replayed: {:?}", s.api.seen());
+    let there = elsewhere.seen();
+    assert_eq!(there.len(), 1, "{there:?}");
+    assert_eq!(there[0].token, None, "ureq stripped the token");
+    assert_eq!(
+        s.api.authority.request_count(),
+        1,
+        "the token was invalidated"
+    );
+    s.driver.shutdown_blocking();
+}
+
+/// Scoped to the API: a request elsewhere carries no token and its 401
+/// is returned as it is.
+#[test]
+fn a_scoped_agent_attaches_the_token_only_to_its_api() {
+    let s = setup(Duration::from_millis(100));
+    let elsewhere = s.rt.block_on(Api::start(s.api.authority.clone()));
+    let api = AuthAgent::with_authorizer(
+        Authorizer::new(s.tokens.clone())
+            .scope(&s.api.url("/"))
+            .unwrap(),
+        ureq::Agent::config_builder(),
+    );
+    let e = api
+        .run(|a| a.get(elsewhere.url("/orders")).call())
+        .unwrap_err();
+    assert!(matches!(e, ureq::Error::StatusCode(401)), "{e:?}");
+    let there = elsewhere.seen();
+    assert_eq!(there.len(), 1, "not replayed: {there:?}");
+    assert_eq!(there[0].token, None, "no token outside the scope");
+    let r = api.run(|a| a.get(s.api.url("/orders")).call()).unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.api.authority.request_count(),
+        1,
+        "the token was invalidated"
+    );
+    s.driver.shutdown_blocking();
+}

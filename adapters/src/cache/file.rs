@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::holder::holder_id;
 use super::record;
-use super::sealed::{self, Codec, Decoded};
+use super::sealed::{Binding, Codec, Decoded};
 use super::TokenCache;
 
 /// How long to retry the sidecar's kernel lock before answering
@@ -100,6 +100,8 @@ pub struct FileCache {
     lock_path: PathBuf,
     holder: String,
     codec: Codec,
+    /// Where its sealed records belong: the full path.
+    binding: Binding,
 }
 
 /// The sidecar's content.
@@ -118,6 +120,7 @@ impl FileCache {
         lock_name.push(".lock");
         let lock_path = path.with_file_name(lock_name);
         FileCache {
+            binding: Binding::file(&path),
             path,
             lock_path,
             holder: holder_id(),
@@ -126,18 +129,16 @@ impl FileCache {
     }
 
     /// Encrypts the record at rest with `keys` (see
-    /// [`EncryptionKeys`](super::EncryptionKeys)). The file's name is bound
-    /// to the record, so a record copied to another cache file is refused
-    /// (the directory may move: only the name counts).
+    /// [`EncryptionKeys`](super::EncryptionKeys)). The file's full path
+    /// (made absolute against the working directory when the cache is
+    /// made) is bound to the record, so a record copied or moved to another
+    /// file, or to a file of the same name in another directory, is
+    /// refused. Every instance sharing the file must name it by the same
+    /// absolute path (not through a different symbolic link).
     #[cfg(feature = "encryption")]
     pub fn encryption(mut self, keys: super::EncryptionKeys) -> Self {
         self.codec = Codec::with_keys(keys);
         self
-    }
-
-    /// What a record in this file is bound to: the file's name.
-    fn binding(&self) -> Vec<u8> {
-        sealed::binding(self.path.file_name().unwrap_or_default().as_encoded_bytes())
     }
 
     /// The cache file.
@@ -226,7 +227,7 @@ impl FileCache {
 
     /// The record bytes for `token` (sealed with the cache's keys, if any).
     fn encode(&self, token: &Token) -> Result<Vec<u8>, CacheError> {
-        self.codec.encode(token, &self.binding())
+        self.codec.encode(token, &self.binding)
     }
 
     /// What record bytes hold: a token, a record this instance cannot read
@@ -234,7 +235,7 @@ impl FileCache {
     /// garbage.
     fn decode(&self, bytes: &[u8]) -> Entry {
         let what = format!("token cache file {}", self.path.display());
-        match self.codec.decode(bytes, &self.binding(), &what) {
+        match self.codec.decode(bytes, &self.binding, &what) {
             Ok(Decoded::Token(token)) => Entry::Token(token),
             Ok(Decoded::Corrupt(e)) => Entry::Bad(e),
             Err(e) => Entry::Unreadable(self.unreadable(e)),
@@ -476,7 +477,7 @@ impl TokenCache for FileCache {
 mod safe {
     use std::fs::{self, File, OpenOptions};
     use std::io;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::MetadataExt;
     use std::path::Path;
 
     use freshtoken_core::{CacheError, CacheErrorKind};
@@ -503,9 +504,8 @@ mod safe {
         let mut options = options.clone();
         // NOFOLLOW: a planted link is refused instead of followed (ELOOP).
         // NONBLOCK: opening a FIFO does not wait for a writer; the fstat
-        // below then refuses it. Regular files ignore the flag.
-        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK;
-        options.custom_flags(i32::try_from(flags.bits()).unwrap_or(0));
+        // below then refuses it.
+        crate::regular_file::non_blocking(&mut options, OFlags::NOFOLLOW.bits());
         let file = match options.open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -533,19 +533,7 @@ mod safe {
         })?;
         let ty = meta.file_type();
         if !ty.is_file() {
-            let kind = if ty.is_dir() {
-                "a directory"
-            } else if ty.is_fifo() {
-                "a FIFO"
-            } else if ty.is_char_device() {
-                "a character device"
-            } else if ty.is_block_device() {
-                "a block device"
-            } else if ty.is_socket() {
-                "a socket"
-            } else {
-                "not a regular file"
-            };
+            let kind = crate::regular_file::kind(&ty);
             return Err(refused(
                 what,
                 path,

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::holder::holder_id;
-use super::sealed::{binding, known_tag, Codec, Decoded};
+use super::sealed::{known_tag, Binding, Codec, Decoded};
 use super::{AsyncTokenCache, TokenCache};
 
 /// The default table name.
@@ -303,9 +303,13 @@ impl PostgresCache {
     }
 
     /// Encrypts records at rest with `keys` (see
-    /// [`EncryptionKeys`](super::EncryptionKeys)); the row's cache key is
-    /// bound to each record, so a record copied to another row is refused.
-    /// `record_format` is then `sealed1:<key id>:json-v1`.
+    /// [`EncryptionKeys`](super::EncryptionKeys)); the table's name (as
+    /// given to [`table`](Self::table), so every instance must spell it the
+    /// same way) and the row's cache key are bound to each record, so a
+    /// record copied to another row or another table is refused.
+    /// `record_format` is then `sealed2:<key id>:json-v1` (`sealed1:`
+    /// records of earlier builds are still read, see
+    /// [`EncryptionKeys`](super::EncryptionKeys)).
     #[cfg(feature = "encryption")]
     pub fn encryption(mut self, keys: super::EncryptionKeys) -> Self {
         self.inner_mut().codec = Codec::with_keys(keys);
@@ -671,7 +675,9 @@ impl Inner {
     }
 
     fn encode(&self, token: &Token) -> Result<(Vec<u8>, String), CacheError> {
-        let bytes = self.codec.encode(token, &binding(self.key.as_bytes()))?;
+        let bytes = self
+            .codec
+            .encode(token, &Binding::postgres(&self.table, &self.key))?;
         Ok((bytes, self.codec.format_tag()))
     }
 
@@ -693,10 +699,11 @@ impl Inner {
                 ),
             ));
         }
-        match self
-            .codec
-            .decode(bytes, &binding(self.key.as_bytes()), &self.what())?
-        {
+        match self.codec.decode(
+            bytes,
+            &Binding::postgres(&self.table, &self.key),
+            &self.what(),
+        )? {
             Decoded::Token(token) => Ok(Some(token)),
             Decoded::Corrupt(e) => {
                 tracing::warn!(key = %self.key, table = %self.table, error = %e, "PostgreSQL token row is not a usable record; treating it as a miss");

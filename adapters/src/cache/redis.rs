@@ -98,7 +98,12 @@ pub(super) const STORE_ATTEMPTS: usize = 4;
 ///   network you trust). A URL with a fragment (`#...`) is refused: the
 ///   redis crate reads `rediss://...#insecure` as "skip certificate
 ///   checks", which no one should get by accident. Sentinel-reported
-///   primaries are held to the same rule when a connection is made.
+///   primaries are held to the same rule when a connection is made, and
+///   so are a cluster's nodes: the ones the cluster's slot map names (which
+///   get the seeds' plain text or TLS) are checked as each connection is
+///   made, so loopback seeds cannot lead the token to a node elsewhere in
+///   plain text (the blocking cache's error names the node; the async
+///   cluster's error does not carry the cause, so a warning does).
 /// * **rustls**: the redis crate's TLS uses rustls' process-wide crypto
 ///   provider. This cache installs ring's provider only when the process has
 ///   none, and never replaces one the application installed (install yours
@@ -241,7 +246,164 @@ pub(super) enum Backend {
 enum Conn {
     Single(redis::Connection),
     #[cfg(feature = "redis-cluster")]
-    Cluster(Box<redis::cluster::ClusterConnection>),
+    Cluster(Box<dyn ClusterConn>),
+}
+
+/// A cluster connection, whatever its nodes' connection type (see
+/// [`PlainTextToLoopbackOnly`]).
+#[cfg(feature = "redis-cluster")]
+trait ClusterConn: ConnectionLike + Send {
+    fn route_command(
+        &mut self,
+        cmd: &redis::Cmd,
+        routing: redis::cluster_routing::RoutingInfo,
+    ) -> redis::RedisResult<redis::Value>;
+    fn as_connection(&mut self) -> &mut dyn ConnectionLike;
+}
+
+#[cfg(feature = "redis-cluster")]
+impl<C> ClusterConn for redis::cluster::ClusterConnection<C>
+where
+    C: ConnectionLike + redis::cluster::Connect + Send + 'static,
+{
+    fn route_command(
+        &mut self,
+        cmd: &redis::Cmd,
+        routing: redis::cluster_routing::RoutingInfo,
+    ) -> redis::RedisResult<redis::Value> {
+        redis::cluster::ClusterConnection::route_command(self, cmd, routing)
+    }
+
+    fn as_connection(&mut self) -> &mut dyn ConnectionLike {
+        self
+    }
+}
+
+/// A cluster node's connection that holds every node, the ones learned
+/// from the cluster's slot map included, to the plain-text rule: a plain
+/// `redis://` connection to a host that is not loopback is refused before
+/// it is made. The cluster client makes each node connection through
+/// [`Connect`](redis::cluster::Connect), so no command (and no token)
+/// ever goes to such a node. Used when the seeds are plain text and
+/// plain text is not allowed elsewhere.
+#[cfg(feature = "redis-cluster")]
+struct PlainTextToLoopbackOnly(redis::Connection);
+
+#[cfg(feature = "redis-cluster")]
+impl redis::cluster::Connect for PlainTextToLoopbackOnly {
+    fn connect<T>(info: T, timeout: Option<Duration>) -> redis::RedisResult<Self>
+    where
+        T: redis::IntoConnectionInfo,
+    {
+        let info = info.into_connection_info()?;
+        if let redis::ConnectionAddr::Tcp(host, _) = info.addr() {
+            if !is_loopback(host) {
+                return Err(plain_text_node_refused(host));
+            }
+        }
+        <redis::Connection as redis::cluster::Connect>::connect(info, timeout).map(Self)
+    }
+
+    fn send_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<()> {
+        self.0.send_packed_command(cmd)
+    }
+
+    fn set_write_timeout(&self, dur: Option<Duration>) -> redis::RedisResult<()> {
+        self.0.set_write_timeout(dur)
+    }
+
+    fn set_read_timeout(&self, dur: Option<Duration>) -> redis::RedisResult<()> {
+        self.0.set_read_timeout(dur)
+    }
+
+    fn recv_response(&mut self) -> redis::RedisResult<redis::Value> {
+        self.0.recv_response()
+    }
+}
+
+#[cfg(feature = "redis-cluster")]
+impl ConnectionLike for PlainTextToLoopbackOnly {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        self.0.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.0.check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
+}
+
+/// The async cluster's side of [`PlainTextToLoopbackOnly`]: it connects
+/// through a DNS resolver, and this one resolves loopback names and
+/// addresses only, refusing any other host (with a warning, since the
+/// async cluster's error does not carry the cause), so a plain-text node
+/// that is not loopback is never connected to.
+#[cfg(all(
+    feature = "redis-cluster",
+    any(feature = "redis-tokio", feature = "redis-smol")
+))]
+struct LoopbackResolver;
+
+#[cfg(all(
+    feature = "redis-cluster",
+    any(feature = "redis-tokio", feature = "redis-smol")
+))]
+impl redis::io::AsyncDNSResolver for LoopbackResolver {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let found: redis::RedisResult<Vec<std::net::SocketAddr>> =
+            if bare.eq_ignore_ascii_case("localhost") {
+                Ok(vec![
+                    (std::net::Ipv4Addr::LOCALHOST, port).into(),
+                    (std::net::Ipv6Addr::LOCALHOST, port).into(),
+                ])
+            } else {
+                match bare.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_loopback() => Ok(vec![(ip, port).into()]),
+                    _ => {
+                        // The async cluster reports a failed node connection
+                        // without its cause: say it here.
+                        let refused = plain_text_refused(host);
+                        tracing::warn!(error = %refused, "Redis cluster node refused");
+                        Err(plain_text_node_refused(host))
+                    }
+                }
+            };
+        Box::pin(std::future::ready(found.map(|addrs| {
+            Box::new(addrs.into_iter()) as Box<dyn Iterator<Item = std::net::SocketAddr> + Send>
+        })))
+    }
+}
+
+/// The refusal of a cluster node, as the redis crate's error (the cluster
+/// client passes it on).
+#[cfg(feature = "redis-cluster")]
+fn plain_text_node_refused(host: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::InvalidClientConfig,
+        "refusing a plain-text connection to a cluster node that is not loopback",
+        plain_text_refused(host).message().to_owned(),
+    ))
 }
 
 impl Conn {
@@ -249,7 +411,7 @@ impl Conn {
         match self {
             Conn::Single(c) => c,
             #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(c) => &mut **c,
+            Conn::Cluster(c) => c.as_connection(),
         }
     }
 
@@ -605,11 +767,14 @@ pub(super) fn check_url(url: &str, allow_plain_text: bool) -> Result<(), CacheEr
     Ok(())
 }
 
+/// How every refusal of plain text starts.
+const PLAIN_TEXT_REFUSAL: &str = "refusing plain-text redis:// to ";
+
 pub(super) fn plain_text_refused(host: &str) -> CacheError {
     CacheError::new(
         CacheErrorKind::Io,
         format!(
-            "refusing plain-text redis:// to {host}, which is not a loopback address: tokens and refresh tokens would cross the network unencrypted; use rediss:// or allow it explicitly (RedisCacheBuilder::allow_plain_text)"
+            "{PLAIN_TEXT_REFUSAL}{host}, which is not a loopback address: tokens and refresh tokens would cross the network unencrypted; use rediss:// or allow it explicitly (RedisCacheBuilder::allow_plain_text)"
         ),
     )
 }
@@ -769,15 +934,25 @@ impl RedisCache {
             Backend::Single(client) => self.connect_single(client),
             #[cfg(feature = "redis-cluster")]
             Backend::Cluster { .. } => {
-                let conn = s
-                    .cluster_client()
-                    .map_err(io)?
-                    .get_connection()
-                    .map_err(io)?;
-                conn.set_read_timeout(Some(s.command_timeout)).map_err(io)?;
-                conn.set_write_timeout(Some(s.command_timeout))
-                    .map_err(io)?;
-                Ok(Conn::Cluster(Box::new(conn)))
+                let client = s.cluster_client().map_err(io)?;
+                // Nodes learned from the slot map get the seeds' TLS mode:
+                // with plain-text seeds, each node is held to the rule.
+                let conn: Box<dyn ClusterConn> = if s.guard_cluster_nodes() {
+                    let conn = client
+                        .get_generic_connection::<PlainTextToLoopbackOnly>()
+                        .map_err(io)?;
+                    conn.set_read_timeout(Some(s.command_timeout)).map_err(io)?;
+                    conn.set_write_timeout(Some(s.command_timeout))
+                        .map_err(io)?;
+                    Box::new(conn)
+                } else {
+                    let conn = client.get_connection().map_err(io)?;
+                    conn.set_read_timeout(Some(s.command_timeout)).map_err(io)?;
+                    conn.set_write_timeout(Some(s.command_timeout))
+                        .map_err(io)?;
+                    Box::new(conn)
+                };
+                Ok(Conn::Cluster(conn))
             }
             #[cfg(feature = "redis-sentinel")]
             Backend::Sentinel {
@@ -1098,7 +1273,26 @@ impl Shared {
         if let Some(certs) = certs {
             builder = builder.certs(certs.clone());
         }
+        #[cfg(any(feature = "redis-tokio", feature = "redis-smol"))]
+        if self.guard_cluster_nodes() {
+            builder = builder.async_dns_resolver(LoopbackResolver);
+        }
         builder.build()
+    }
+
+    /// Whether the cluster's nodes must be checked against the plain-text
+    /// rule as they are connected to: the seeds are plain text (the nodes
+    /// the slot map names get the same mode) and plain text is not allowed
+    /// to other hosts.
+    #[cfg(feature = "redis-cluster")]
+    pub(super) fn guard_cluster_nodes(&self) -> bool {
+        let Backend::Cluster { nodes, .. } = &self.backend else {
+            return false;
+        };
+        !self.allow_plain_text
+            && nodes
+                .iter()
+                .any(|n| matches!(n.addr(), redis::ConnectionAddr::Tcp(..)))
     }
 
     /// What `Debug` shows of both caches (no URL: it may hold a password).
@@ -1229,7 +1423,7 @@ impl TokenCache for RedisCache {
 /// The bytes stored under the Redis key `key` for `token`: its record,
 /// sealed if `codec` has keys (the key is bound to a sealed record).
 pub(super) fn encode(codec: &Codec, key: &str, token: &Token) -> Result<Vec<u8>, CacheError> {
-    codec.encode(token, &sealed::binding(key.as_bytes()))
+    codec.encode(token, &sealed::Binding::redis(key))
 }
 
 /// Why stored bytes hold no token.
@@ -1253,7 +1447,7 @@ impl fmt::Display for Undecoded {
 /// The token in the bytes stored under the Redis key `key`.
 pub(super) fn decode(codec: &Codec, key: &str, bytes: &[u8]) -> Result<Token, Undecoded> {
     let what = format!("Redis token entry {key}");
-    match codec.decode(bytes, &sealed::binding(key.as_bytes()), &what) {
+    match codec.decode(bytes, &sealed::Binding::redis(key), &what) {
         Ok(Decoded::Token(token)) => Ok(token),
         Ok(Decoded::Corrupt(e)) => Err(Undecoded::Corrupt(e)),
         Err(e) => Err(Undecoded::Unreadable(e)),
@@ -1279,6 +1473,14 @@ pub(super) fn is_server_answer(e: &redis::RedisError) -> bool {
 /// The error's category and code, never its detail (which may quote a URL
 /// or a value).
 pub(super) fn describe(e: &redis::RedisError) -> String {
+    // The refusal of a cluster node (our own text, with the host only).
+    if let Some(refusal) = e
+        .detail()
+        .filter(|d| d.starts_with(PLAIN_TEXT_REFUSAL))
+        .filter(|_| e.kind() == redis::ErrorKind::InvalidClientConfig)
+    {
+        return refusal.to_owned();
+    }
     let mut s = e.category().to_owned();
     if s.is_empty() {
         s.push_str("error");

@@ -5,7 +5,7 @@
 //! # The sealed envelope
 //!
 //! ```text
-//! FTSEAL1:<key id>:<base64url, no padding, of nonce (24 bytes) || ciphertext || tag (16 bytes)>
+//! FTSEAL2:<key id>:<base64url, no padding, of nonce (24 bytes) || ciphertext || tag (16 bytes)>
 //! ```
 //!
 //! * ASCII on one line, so it fits a file, a Redis string and a `bytea`
@@ -13,10 +13,20 @@
 //!   feature) that the entry is encrypted.
 //! * The key id names which key sealed it; ids are public (they are written
 //!   in clear), keys never are.
-//! * The associated data is the envelope's header (`FTSEAL1:<id>:`) and the
-//!   cache key the record is stored under (the file's name, the Redis key,
-//!   the PostgreSQL row's key), so a record copied or moved to another key,
-//!   or relabelled with another key id, fails to authenticate.
+//! * The associated data is the envelope's header (`FTSEAL2:<id>:`) and
+//!   where the record is stored: the file's full path (absolute; the
+//!   directory counts, not only the name), the Redis key, the PostgreSQL
+//!   table (as configured) and row key. So a record copied or moved to
+//!   another file, directory, key, table or row, or relabelled with another
+//!   key id, fails to authenticate.
+//! * Envelope version 1 (`FTSEAL1`, written by earlier builds) bound a
+//!   record to its cache key only: the file's name, the row's key. It is
+//!   still read, under that binding, so an upgrade keeps the fleet's
+//!   current token (and refresh token); the next store rewrites it in
+//!   version 2. Until then a version-1 record is accepted where its key
+//!   matches, as before. Earlier builds do not read version 2 (it is
+//!   Unreadable to them, never overwritten), so upgrade every instance
+//!   that shares a cache before the first one writes.
 //! * Each seal draws a fresh random 192-bit nonce from the operating
 //!   system (`getrandom`). XChaCha20-Poly1305 was chosen over AES-256-GCM
 //!   for exactly this: with 96-bit GCM nonces, random nonces under one key
@@ -86,12 +96,12 @@ impl Codec {
         Codec { keys: Some(keys) }
     }
 
-    /// The bytes to store for `token` under the cache key `binding`.
-    pub(crate) fn encode(&self, token: &Token, binding: &[u8]) -> Result<Vec<u8>, CacheError> {
+    /// The bytes to store for `token` where `binding` says.
+    pub(crate) fn encode(&self, token: &Token, binding: &Binding) -> Result<Vec<u8>, CacheError> {
         let plain = zeroize_on_drop(record::encode(token));
         #[cfg(feature = "encryption")]
         if let Some(keys) = &self.keys {
-            return keys.seal(&plain.0, binding);
+            return keys.seal(&plain.0, &binding.current);
         }
         let _ = binding;
         Ok(plain.0.clone())
@@ -103,7 +113,7 @@ impl Codec {
     pub(crate) fn decode(
         &self,
         bytes: &[u8],
-        binding: &[u8],
+        binding: &Binding,
         what: &str,
     ) -> Result<Decoded, CacheError> {
         let unreadable = |why: &str| {
@@ -152,7 +162,7 @@ impl Codec {
     pub(crate) fn check_overwrite(
         &self,
         existing: &[u8],
-        binding: &[u8],
+        binding: &Binding,
         what: &str,
     ) -> Result<(), CacheError> {
         self.decode(existing, binding, what)
@@ -179,13 +189,14 @@ impl Codec {
 
 /// Whether a PostgreSQL `record_format` is one this build knows (the bytes
 /// then say whether this instance can read them): the plain record of this
-/// version, or one sealed in envelope version 1 with any key id.
+/// version, or one sealed in envelope version 1 or 2 with any key id.
 #[cfg(feature = "postgres")]
 pub(crate) fn known_tag(tag: &str) -> bool {
     let plain = plain_tag();
     tag == plain
         || tag
-            .strip_prefix("sealed1:")
+            .strip_prefix("sealed2:")
+            .or_else(|| tag.strip_prefix("sealed1:"))
             .and_then(|rest| rest.strip_suffix(plain.as_str()))
             .is_some_and(|id| id.ends_with(':') && id.len() > 1)
 }
@@ -197,7 +208,7 @@ fn plain_tag() -> String {
 
 #[cfg(all(feature = "postgres", feature = "encryption"))]
 fn sealed_tag(id: &str) -> String {
-    format!("sealed1:{id}:json-v{}", record::VERSION)
+    format!("sealed2:{id}:json-v{}", record::VERSION)
 }
 
 /// The record inside (or without) an envelope.
@@ -209,8 +220,71 @@ fn inner(bytes: &[u8], unreadable: &dyn Fn(&str) -> CacheError) -> Result<Decode
     }
 }
 
-/// What a record is bound to: its cache key, under a fixed label.
-pub(crate) fn binding(key: &[u8]) -> Vec<u8> {
+/// Where a record is stored, as a sealed record's associated data: what
+/// version 2 binds (`current`), and what version 1 bound (`legacy`: the
+/// cache key alone).
+#[derive(Clone)]
+#[cfg_attr(not(feature = "encryption"), allow(dead_code))]
+pub(crate) struct Binding {
+    current: Vec<u8>,
+    legacy: Vec<u8>,
+}
+
+/// The bytes say nothing the cache's own fields do not.
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding").finish_non_exhaustive()
+    }
+}
+
+impl Binding {
+    /// A file cache's record: its full path, made absolute against the
+    /// working directory (lexically: links are not resolved, so the path
+    /// names the same place whether or not the file exists yet).
+    #[cfg(any(feature = "file", test))]
+    pub(crate) fn file(path: &std::path::Path) -> Self {
+        let full = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        Binding {
+            current: labelled(b"file", &[full.as_os_str().as_encoded_bytes()]),
+            legacy: legacy(path.file_name().unwrap_or_default().as_encoded_bytes()),
+        }
+    }
+
+    /// A Redis cache's record: its key.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(key: &str) -> Self {
+        Binding {
+            current: labelled(b"redis", &[key.as_bytes()]),
+            legacy: legacy(key.as_bytes()),
+        }
+    }
+
+    /// A PostgreSQL cache's record: its table (the name as configured)
+    /// and its row's key.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(table: &str, key: &str) -> Self {
+        Binding {
+            current: labelled(b"postgres", &[table.as_bytes(), key.as_bytes()]),
+            legacy: legacy(key.as_bytes()),
+        }
+    }
+}
+
+/// `freshtoken cache\0<kind>\0` then each part after its length (8 bytes,
+/// big-endian), so no two different places give the same bytes.
+fn labelled(kind: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut b = b"freshtoken cache\0".to_vec();
+    b.extend_from_slice(kind);
+    b.push(0);
+    for part in parts {
+        b.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        b.extend_from_slice(part);
+    }
+    b
+}
+
+/// What envelope version 1 bound: the cache key, under a fixed label.
+fn legacy(key: &[u8]) -> Vec<u8> {
     let mut b = b"freshtoken cache key\0".to_vec();
     b.extend_from_slice(key);
     b
@@ -383,12 +457,20 @@ mod keys {
         }
 
         /// Keys from the file at `path` (text form, at most 64 KiB). Keep it
-        /// readable by the service's user only.
+        /// readable by the service's user only. Only a regular file is read
+        /// (opened without blocking: a FIFO at the path fails at once).
         pub fn from_file(path: impl AsRef<Path>) -> Result<Self, CacheError> {
+            use crate::regular_file::{self, OpenError};
             use std::io::Read;
             let path = path.as_ref();
             let fail = |e: std::io::Error| key_error(format!("key file {}: {e}", path.display()));
-            let file = std::fs::File::open(path).map_err(fail)?;
+            let file = regular_file::open(path).map_err(|e| match e {
+                OpenError::Io(e) => fail(e),
+                OpenError::NotRegular(kind) => key_error(format!(
+                    "refusing the key file {}: it is {kind}, not a regular file",
+                    path.display()
+                )),
+            })?;
             let mut bytes = Zeroizing::new(Vec::new());
             file.take(MAX_KEY_FILE + 1)
                 .read_to_end(&mut bytes)
@@ -431,10 +513,11 @@ mod keys {
             }
         }
 
-        /// Seals `plain` for the cache key `binding`.
+        /// Seals `plain` in envelope version 2, bound to `binding` (what
+        /// [`Binding`](super::Binding) binds now).
         pub(super) fn seal(&self, plain: &[u8], binding: &[u8]) -> Result<Vec<u8>, CacheError> {
             let entry = &self.0.entries[0];
-            let header = format!("FTSEAL1:{}:", entry.id);
+            let header = format!("FTSEAL2:{}:", entry.id);
             let nonce = XNonce::try_generate().map_err(|e| {
                 CacheError::new(
                     CacheErrorKind::Io,
@@ -466,10 +549,16 @@ mod keys {
 
         /// Opens an envelope (starting with `FTSEAL`); the error says why
         /// not, without any secret.
-        pub(super) fn open(&self, bytes: &[u8], binding: &[u8]) -> Result<Wiped, String> {
+        /// Version 2 is opened with what `binding` binds now, version 1
+        /// with the cache key alone (what it was sealed with).
+        pub(super) fn open(&self, bytes: &[u8], binding: &super::Binding) -> Result<Wiped, String> {
             let bytes = trim_end(bytes);
             let rest = &bytes[super::MAGIC.len()..];
-            let Some(rest) = rest.strip_prefix(b"1:") else {
+            let (rest, binding) = if let Some(rest) = rest.strip_prefix(b"2:") {
+                (rest, &binding.current)
+            } else if let Some(rest) = rest.strip_prefix(b"1:") {
+                (rest, &binding.legacy)
+            } else {
                 let version: String = rest
                     .iter()
                     .take_while(|b| b.is_ascii_digit())
@@ -480,6 +569,7 @@ mod keys {
                     "the entry is sealed in envelope version {version:?}, which this build does not read"
                 ));
             };
+            let binding = binding.as_slice();
             let Some(colon) = rest.iter().position(|&b| b == b':') else {
                 return Err("the encrypted entry is malformed (no key id)".to_owned());
             };
@@ -508,7 +598,7 @@ mod keys {
                 .map(Wiped)
                 .map_err(|_| {
                     format!(
-                        "the entry does not authenticate with key {:?}: it was altered, moved from another cache key, or sealed with a different key of the same id",
+                        "the entry does not authenticate with key {:?}: it was altered, moved from another cache key, file, directory or table, or sealed with a different key of the same id",
                         safe_id(&id)
                     )
                 })
@@ -620,6 +710,11 @@ mod tests {
         EncryptionKeys::parse(spec).unwrap()
     }
 
+    /// The binding of a file cache at the relative path `key`.
+    fn binding(key: &[u8]) -> Binding {
+        Binding::file(std::path::Path::new(std::str::from_utf8(key).unwrap()))
+    }
+
     const K1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
     const K2: &str = "k2:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 
@@ -634,7 +729,7 @@ mod tests {
     fn seals_and_opens() {
         let codec = Codec::with_keys(keys(K1));
         let sealed = codec.encode(&token(), &binding(b"a")).unwrap();
-        assert!(sealed.starts_with(b"FTSEAL1:k1:"));
+        assert!(sealed.starts_with(b"FTSEAL2:k1:"));
         let text = String::from_utf8(sealed.clone()).unwrap();
         assert!(!text.contains("SECRET"));
         assert_eq!(read(&codec, &sealed, "a").unwrap(), token());
@@ -658,9 +753,13 @@ mod tests {
         // Another key, another cache key, no keys at all.
         assert!(unreadable(read(&k2, &sealed, "a")).contains("\"k1\""));
         assert!(unreadable(read(&k1, &sealed, "b")).contains("moved"));
+        // The same name in another directory.
+        let here = k1.encode(&token(), &binding(b"one/a")).unwrap();
+        assert_eq!(read(&k1, &here, "one/a").unwrap(), token());
+        assert!(unreadable(read(&k1, &here, "two/a")).contains("directory"));
         assert!(unreadable(read(&Codec::default(), &sealed, "a")).contains("no encryption keys"));
         // Tampered: every byte of the body flipped in turn.
-        for i in "FTSEAL1:k1:".len()..sealed.len() {
+        for i in "FTSEAL2:k1:".len()..sealed.len() {
             let mut t = sealed.clone();
             t[i] = if t[i] == b'A' { b'B' } else { b'A' };
             let e = k1
@@ -671,10 +770,10 @@ mod tests {
         }
         // Relabelled with another key's id: refused too.
         let both = Codec::with_keys(keys(&format!("{K2},{}", K1.replace("k1", "k3"))));
-        let relabelled = [b"FTSEAL1:k3:", &sealed[11..]].concat();
+        let relabelled = [b"FTSEAL2:k3:", &sealed[11..]].concat();
         unreadable(read(&both, &relabelled, "a"));
         // A newer envelope version.
-        let newer = [b"FTSEAL2:k1:", &sealed[11..]].concat();
+        let newer = [b"FTSEAL3:k1:", &sealed[11..]].concat();
         assert!(unreadable(read(&k1, &newer, "a")).contains("version"));
         // A plaintext record where encryption is required; accepted on request.
         let plain = record::encode(&token());
@@ -716,9 +815,9 @@ mod tests {
             b"FTSEAL1",
             b"FTSEAL1:",
             b"FTSEAL1::",
-            b"FTSEAL1:k1:",
-            b"FTSEAL1:k1",
-            b"  FTSEAL1:k1:AAAA  \n",
+            b"FTSEAL2:k1:",
+            b"FTSEAL2:k1",
+            b"  FTSEAL2:k1:AAAA  \n",
             b"FTSEAL99999999999999999999:k1:",
             b"FTSEALx",
         ] {
@@ -734,7 +833,7 @@ mod tests {
         let rotated = Codec::with_keys(keys(&format!("{K2}\n# previous\n{K1}")));
         assert_eq!(read(&rotated, &sealed_old, "a").unwrap(), token());
         let sealed_new = rotated.encode(&token(), &binding(b"a")).unwrap();
-        assert!(sealed_new.starts_with(b"FTSEAL1:k2:"));
+        assert!(sealed_new.starts_with(b"FTSEAL2:k2:"));
         assert!(read(&old, &sealed_new, "a").is_err());
     }
 

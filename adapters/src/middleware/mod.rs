@@ -42,6 +42,47 @@
 //!   the caller gets the `401` (and the token is still invalidated, so the
 //!   caller's own retry finds a new one).
 //!
+//! # Which requests get the token
+//!
+//! **By default every request sent through the client carries the token**,
+//! whatever its host: the middleware knows nothing of the API it is meant
+//! for. When a client may also reach other hosts, scope the authorizer to
+//! the API with [`Authorizer::scope`] (one base URL, e.g.
+//! `https://api.example.com/v1/`; call it again for more): only requests
+//! for that origin (scheme, host and port) and path prefix get the token,
+//! every other request is sent as the caller built it, and its answers are
+//! never taken as a rejection of the token (no invalidation, no replay).
+//!
+//! # Redirects
+//!
+//! The token never reaches an origin other than the one it was attached
+//! for, whatever header carries it, and a `401` from an origin that never
+//! saw it is no rejection:
+//!
+//! * **reqwest** and **ureq** follow redirects inside the client, below
+//!   the middleware, and strip only `Authorization` when a redirect leaves
+//!   the origin. So with another header ([`Authorizer::header`], e.g.
+//!   `x-api-key`) the client must not follow redirects to other origins:
+//!   for reqwest, build it with [`reqwest::redirect_policy`] (same-origin
+//!   redirects only) or `Policy::none()` and say so with
+//!   [`AuthMiddleware::redirects_checked`](reqwest::AuthMiddleware::redirects_checked);
+//!   [`ureq::AuthAgent`] turns ureq's redirects off itself for such a
+//!   header, and a bare [`ureq::AuthHeader`] needs an agent with
+//!   `max_redirects(0)` and [`AuthHeader::redirects_checked`](ureq::AuthHeader::redirects_checked).
+//!   Without that, a request that would carry the token in such a header
+//!   fails with [`AuthError::RedirectsUnchecked`] before anything is sent.
+//! * A rejection counts only when the answer came from the origin the
+//!   token was sent to: reqwest's final URL, and for ureq the last entry
+//!   of the redirect history that [`ureq::AuthAgent`] turns on (with
+//!   ureq's default `http_status_as_error(true)` a `401` is an error that
+//!   no longer says where it came from, and counts; so does one through a
+//!   bare [`ureq::AuthHeader`] on an agent that saves no history).
+//! * **tower** services do not follow redirects unless a
+//!   `FollowRedirect` layer does: put it *outside* a scoped
+//!   [`tower::AuthLayer`], so every hop passes through the layer and its
+//!   scope (unscoped, every hop gets the token, as every request does).
+//!   **tonic** (gRPC) has no redirects.
+//!
 //! # Many 401s, one refresh
 //!
 //! Concurrent requests that were rejected with the same token each report
@@ -293,6 +334,141 @@ pub enum AuthError {
         /// The token's id.
         token: TokenId,
     },
+    /// The token goes in a header that the client keeps when it follows a
+    /// redirect to another origin (anything but `Authorization`), and
+    /// nothing says that this client never does: nothing was sent. See
+    /// [Redirects](self#redirects).
+    #[error(
+        "not sending the token in {header}: the HTTP client keeps that header on redirects to \
+         other origins; make the client stop at those redirects and say so \
+         (redirects_checked), see freshtoken::middleware's docs on redirects"
+    )]
+    RedirectsUnchecked {
+        /// The header.
+        header: HeaderName,
+    },
+}
+
+/// Why [`Authorizer::scope`] refused a base URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid middleware scope: {0}")]
+pub struct InvalidScope(String);
+
+/// An origin (and path prefix) the token is attached for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    https: bool,
+    /// Lower case.
+    host: String,
+    port: u16,
+    /// Without a trailing `/`; empty for every path.
+    path: String,
+}
+
+impl Origin {
+    fn parse(base: &str) -> Result<Self, InvalidScope> {
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|_| InvalidScope("not a URL".to_owned()))?;
+        let https = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            _ => {
+                return Err(InvalidScope(
+                    "the URL must start with https:// or http://".to_owned(),
+                ))
+            }
+        };
+        let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
+            return Err(InvalidScope("the URL has no host".to_owned()));
+        };
+        if uri.query().is_some() {
+            return Err(InvalidScope("a base URL has no query".to_owned()));
+        }
+        Ok(Origin {
+            https,
+            // As `Target` keeps it: an IPv6 literal without brackets.
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
+            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            path: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Whether a request to these parts is for this origin and under its
+    /// path.
+    fn covers(&self, target: &Target<'_>) -> bool {
+        self.same_origin(target)
+            && (self.path.is_empty()
+                || target
+                    .path
+                    .strip_prefix(self.path.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+    }
+
+    fn same_origin(&self, target: &Target<'_>) -> bool {
+        target.https == Some(self.https)
+            && target.port == Some(self.port)
+            && target.host.eq_ignore_ascii_case(&self.host)
+    }
+}
+
+/// Where a request goes, in the parts every client's URL type gives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Target<'a> {
+    /// `Some(true)` for https, `Some(false)` for http, `None` for anything
+    /// else (never in scope).
+    https: Option<bool>,
+    host: &'a str,
+    /// The port, explicit or the scheme's default.
+    port: Option<u16>,
+    path: &'a str,
+}
+
+impl<'a> Target<'a> {
+    /// From the parts of a URL.
+    pub(crate) fn new(scheme: &str, host: &'a str, port: Option<u16>, path: &'a str) -> Self {
+        let https = if scheme.eq_ignore_ascii_case("https") {
+            Some(true)
+        } else if scheme.eq_ignore_ascii_case("http") {
+            Some(false)
+        } else {
+            None
+        };
+        let port = port.or(match https {
+            Some(true) => Some(443),
+            Some(false) => Some(80),
+            None => None,
+        });
+        // An IPv6 literal is bracketed in some URL types and not others.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Target {
+            https,
+            host,
+            port,
+            path,
+        }
+    }
+
+    /// From an `http::Uri` (tower, ureq).
+    pub(crate) fn of_uri(uri: &'a http::Uri) -> Self {
+        Target::new(
+            uri.scheme_str().unwrap_or(""),
+            uri.host().unwrap_or(""),
+            uri.port_u16(),
+            uri.path(),
+        )
+    }
+
+    /// Whether `other` is the same origin (scheme, host, port).
+    pub(crate) fn same_origin(&self, other: &Target<'_>) -> bool {
+        self.https.is_some()
+            && self.https == other.https
+            && self.port == other.port
+            && self.host.eq_ignore_ascii_case(other.host)
+    }
 }
 
 /// How the header value is formed.
@@ -336,6 +512,8 @@ struct AuthInner {
     scheme: Scheme,
     token_wait: Duration,
     refresh_wait: Duration,
+    /// Empty: every request.
+    scope: Vec<Origin>,
     cache: ArcSwapOption<Cached>,
 }
 
@@ -353,6 +531,7 @@ impl fmt::Debug for Authorizer {
             .field("scheme", &self.inner.scheme)
             .field("token_wait", &self.inner.token_wait)
             .field("refresh_wait", &self.inner.refresh_wait)
+            .field("scope", &self.inner.scope)
             .finish()
     }
 }
@@ -375,6 +554,7 @@ impl Authorizer {
                 scheme: Scheme::TokenType,
                 token_wait: DEFAULT_WAIT,
                 refresh_wait: DEFAULT_WAIT,
+                scope: Vec::new(),
                 cache: ArcSwapOption::empty(),
             }),
         }
@@ -413,6 +593,67 @@ impl Authorizer {
     /// up on the replay and returns the rejection (default 10 s).
     pub fn refresh_wait(self, wait: Duration) -> Self {
         self.with(|i| i.refresh_wait = wait)
+    }
+
+    /// Attaches the token only to requests for this base URL: its origin
+    /// (scheme, host, port: `https://api.example.com` is port 443) and,
+    /// if it has one, its path prefix (`https://api.example.com/v1/`
+    /// covers `/v1` and `/v1/...`, not `/v10`). Call it again to add more.
+    /// Other requests are sent as they are, and their answers never
+    /// invalidate the token. Without a scope, every request carries the
+    /// token (see [Which requests get the token](self#which-requests-get-the-token)).
+    ///
+    /// ```
+    /// use freshtoken::driver::Builder;
+    /// use freshtoken::middleware::Authorizer;
+    /// use freshtoken::source::ConstTokenSource;
+    ///
+    /// let (handle, driver) = Builder::new().spawn_thread(ConstTokenSource::new("key", Some(3600)))?;
+    /// let auth = Authorizer::new(handle.clone()).scope("https://api.example.com/v1/")?;
+    /// assert!(auth.attaches_to(&"https://api.example.com/v1/orders".parse()?));
+    /// assert!(auth.attaches_to(&"https://API.example.com:443/v1".parse()?));
+    /// assert!(!auth.attaches_to(&"https://api.example.com/v10".parse()?));
+    /// assert!(!auth.attaches_to(&"http://api.example.com/v1/orders".parse()?));
+    /// assert!(!auth.attaches_to(&"https://evil.example/v1/orders".parse()?));
+    /// let local = Authorizer::new(handle.clone()).scope("http://[::1]:8080")?;
+    /// assert!(local.attaches_to(&"http://[::1]:8080/any".parse()?));
+    /// assert!(!local.attaches_to(&"http://[::1]:8081/any".parse()?));
+    /// assert!(Authorizer::new(handle).scope("api.example.com").is_err());
+    /// # drop(auth); driver.shutdown_blocking();
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn scope(self, base_url: &str) -> Result<Self, InvalidScope> {
+        let origin = Origin::parse(base_url)?;
+        Ok(self.with(|i| i.scope.push(origin)))
+    }
+
+    /// Whether a request for `uri` gets the token (see [`scope`](Self::scope)).
+    pub fn attaches_to(&self, uri: &http::Uri) -> bool {
+        self.covers(|| Target::of_uri(uri))
+    }
+
+    /// Whether the request `target` gives the parts of gets the token;
+    /// without a scope the parts are not even looked at (the hot path).
+    pub(crate) fn covers<'a>(&self, target: impl FnOnce() -> Target<'a>) -> bool {
+        let scope = &self.inner.scope;
+        if scope.is_empty() {
+            return true;
+        }
+        let target = target();
+        scope.iter().any(|o| o.covers(&target))
+    }
+
+    /// Whether HTTP clients keep this authorizer's header when they follow
+    /// a redirect to another origin (they strip `Authorization` only).
+    pub(crate) fn header_survives_redirects(&self) -> bool {
+        self.inner.header != AUTHORIZATION
+    }
+
+    /// The refusal for a header that would survive a cross-origin redirect.
+    pub(crate) fn redirects_unchecked(&self) -> AuthError {
+        AuthError::RedirectsUnchecked {
+            header: self.inner.header.clone(),
+        }
     }
 
     /// The header this sets.
@@ -584,6 +825,7 @@ impl MakeMutOrRebuild for Arc<AuthInner> {
                 scheme: i.scheme.clone(),
                 token_wait: i.token_wait,
                 refresh_wait: i.refresh_wait,
+                scope: i.scope.clone(),
                 cache: ArcSwapOption::empty(),
             });
         }

@@ -10,6 +10,10 @@
 //! executor thread; wait for the first token at start-up
 //! ([`TokenHandle::ready`](crate::TokenHandle::ready)).
 //!
+//! An interceptor sees no URI: a channel talks to the one endpoint it was
+//! made for, which is its scope ([`Authorizer::scope`](super::Authorizer::scope)
+//! plays no part here), and gRPC has no redirects.
+//!
 //! Replaying, two ways:
 //!
 //! * **Around the call** ([`AuthInterceptor::call_with_replay`]): for a

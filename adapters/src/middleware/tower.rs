@@ -5,7 +5,10 @@
 //! current token and, on a rejection (see [`is_token_rejected`]), replays
 //! the request once with a newer token when its body implements
 //! [`ReplayBody`] and can be copied (see the [parent module](super) for the
-//! whole behaviour).
+//! whole behaviour). With a [scope](Authorizer::scope), only requests whose
+//! (absolute) URI it covers get the token; a tower service follows no
+//! redirects unless a `FollowRedirect` layer does, which belongs outside
+//! this layer, so that every hop passes through the scope.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -281,6 +284,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if !self.auth.attaches_to(request.uri()) {
+            // Outside the authorizer's scope: sent as it is, and its answer
+            // says nothing about the token.
+            return ResponseFuture {
+                state: State::First {
+                    fut: self.inner.call(request),
+                    retry: None,
+                },
+            };
+        }
         let version = self.auth.read_version();
         let credential = match &self.local {
             Some((seen, c)) if *seen == version => Ok(c.clone()),

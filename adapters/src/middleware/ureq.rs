@@ -16,6 +16,13 @@
 //!   closure **once** more, so any body the closure can build again is
 //!   replayed. Send one request per closure.
 //!
+//! With a [scope](Authorizer::scope), only requests it covers get the
+//! token. ureq follows redirects inside the agent, below the middleware,
+//! and keeps every header but `Authorization` on them: with the token in
+//! another header, [`AuthAgent`] turns the agent's redirects off, and a
+//! bare [`AuthHeader`] needs [`AuthHeader::redirects_checked`] on an agent
+//! with `max_redirects(0)`.
+//!
 //! With ureq's default `http_status_as_error(true)` a `401` arrives as
 //! `Error::StatusCode(401)`, without its `WWW-Authenticate`; it counts as a
 //! rejection. With `http_status_as_error(false)` the challenge is read, and
@@ -43,7 +50,7 @@ use ureq::middleware::{Middleware, MiddlewareNext};
 use ureq::typestate::AgentScope;
 use ureq::{Agent, Body, SendBody};
 
-use super::{is_token_rejected, Authorizer, Tokens};
+use super::{is_token_rejected, Authorizer, Target, Tokens};
 
 thread_local! {
     /// The token the last request on this thread was sent with, and
@@ -57,6 +64,7 @@ thread_local! {
 #[derive(Clone, Debug)]
 pub struct AuthHeader {
     auth: Authorizer,
+    redirects_checked: bool,
 }
 
 impl AuthHeader {
@@ -67,13 +75,41 @@ impl AuthHeader {
 
     /// With a configured [`Authorizer`].
     pub fn with_authorizer(auth: Authorizer) -> Self {
-        AuthHeader { auth }
+        AuthHeader {
+            auth,
+            redirects_checked: false,
+        }
+    }
+
+    /// Says that the agent this middleware is on follows no redirects
+    /// (`max_redirects(0)`). Needed when the token goes in a header other
+    /// than `Authorization`, which ureq keeps on redirects to other
+    /// origins; without it, those requests fail with
+    /// [`AuthError::RedirectsUnchecked`](super::AuthError::RedirectsUnchecked)
+    /// before anything is sent. [`AuthAgent`] does both itself.
+    pub fn redirects_checked(mut self) -> Self {
+        self.redirects_checked = true;
+        self
     }
 }
 
-fn rejected(result: &Result<http::Response<Body>, ureq::Error>) -> bool {
+/// Whether the answer rejects the token sent to `sent_to`: a rejection
+/// from that origin. Where the answer came from is the last entry of
+/// ureq's redirect history (which [`AuthAgent`] turns on); after a
+/// redirect to another origin, which ureq follows without `Authorization`,
+/// a `401` says nothing about the token. Without the history (a bare
+/// [`AuthHeader`] on an agent that does not save it), and for a `401` that
+/// ureq turned into an error, the origin is unknown and the `401` counts.
+fn rejected(result: &Result<http::Response<Body>, ureq::Error>, sent_to: &http::Uri) -> bool {
+    use ureq::ResponseExt;
     match result {
-        Ok(response) => is_token_rejected(response.status(), response.headers()),
+        Ok(response) => {
+            is_token_rejected(response.status(), response.headers())
+                && response
+                    .get_redirect_history()
+                    .and_then(|history| history.last())
+                    .is_none_or(|last| Target::of_uri(last).same_origin(&Target::of_uri(sent_to)))
+        }
         Err(ureq::Error::StatusCode(401)) => true,
         Err(_) => false,
     }
@@ -85,6 +121,17 @@ impl Middleware for AuthHeader {
         mut request: http::Request<SendBody>,
         next: MiddlewareNext,
     ) -> Result<http::Response<Body>, ureq::Error> {
+        if !self.auth.attaches_to(request.uri()) {
+            // Outside the scope: as it is, and its answer says nothing
+            // about the token.
+            return next.handle(request);
+        }
+        if self.auth.header_survives_redirects() && !self.redirects_checked {
+            return Err(ureq::Error::Other(Box::new(
+                self.auth.redirects_unchecked(),
+            )));
+        }
+        let sent_to = request.uri().clone();
         let credential = self
             .auth
             .credential_blocking()
@@ -93,7 +140,7 @@ impl Middleware for AuthHeader {
             .headers_mut()
             .insert(self.auth.header_name().clone(), credential.value.clone());
         let result = next.handle(request);
-        let was_rejected = rejected(&result);
+        let was_rejected = rejected(&result, &sent_to);
         if was_rejected {
             self.auth.rejected(&credential);
         }
@@ -118,12 +165,23 @@ impl AuthAgent {
         Self::with_authorizer(Authorizer::new(tokens), config)
     }
 
-    /// With a configured [`Authorizer`].
+    /// With a configured [`Authorizer`]. The agent saves its redirect
+    /// history (`save_redirect_history(true)`), so that a `401` from
+    /// another origin is told from the API's own. When the header is not
+    /// `Authorization` (which ureq strips on redirects), the agent follows
+    /// no redirects (`max_redirects(0)`): a `3xx` goes back to the caller,
+    /// and the token never reaches another origin.
     pub fn with_authorizer(auth: Authorizer, config: ConfigBuilder<AgentScope>) -> Self {
-        let agent = config
-            .middleware(AuthHeader::with_authorizer(auth.clone()))
-            .build()
-            .new_agent();
+        let mut header = AuthHeader::with_authorizer(auth.clone());
+        // The history says which origin answered (see `rejected`).
+        let config = config.save_redirect_history(true);
+        let config = if auth.header_survives_redirects() {
+            header = header.redirects_checked();
+            config.max_redirects(0)
+        } else {
+            config
+        };
+        let agent = config.middleware(header).build().new_agent();
         AuthAgent { agent, auth }
     }
 

@@ -205,6 +205,16 @@ pub enum AssertionFileError {
         /// Its `exp`.
         exp: Timestamp,
     },
+    /// The path names a FIFO, a directory, a device or a socket: only a
+    /// regular file is read (opened without blocking, so a FIFO never
+    /// hangs the fetch).
+    #[error("refusing the assertion file {path}: it is {kind}, not a regular file")]
+    NotRegular {
+        /// The file.
+        path: String,
+        /// What it is instead ("a FIFO", "a directory"...).
+        kind: &'static str,
+    },
     /// Another I/O error.
     #[error("cannot read the assertion file {path}: {kind}")]
     Io {
@@ -275,7 +285,14 @@ impl AssertionFile {
             kind => AssertionFileError::Io { path: path(), kind },
         };
         use std::io::Read as _;
-        let file = std::fs::File::open(&self.path).map_err(io)?;
+        // Non-blocking, and only a regular file: a FIFO at the path fails
+        // at once instead of hanging the fetch until someone writes to it.
+        let file = crate::regular_file::open(&self.path).map_err(|e| match e {
+            crate::regular_file::OpenError::Io(e) => io(e),
+            crate::regular_file::OpenError::NotRegular(kind) => {
+                AssertionFileError::NotRegular { path: path(), kind }
+            }
+        })?;
         let mut bytes = Zeroizing::new(Vec::new());
         file.take(MAX_ASSERTION_FILE_BYTES + 1)
             .read_to_end(&mut bytes)
@@ -411,10 +428,13 @@ mod tests {
         assert!(matches!(file.read(now), Err(AssertionFileError::Io { .. })));
         let e: FetchError = AssertionFileError::Missing { path: path_s }.into();
         assert_eq!(e.kind(), freshtoken_core::FetchErrorKind::Transient);
-        // A directory is an I/O error, not a panic.
+        // A directory is refused as not a regular file, not a panic.
         assert!(matches!(
             AssertionFile::new(dir.path()).read(now),
-            Err(AssertionFileError::Io { .. })
+            Err(AssertionFileError::NotRegular {
+                kind: "a directory",
+                ..
+            })
         ));
     }
 

@@ -1,6 +1,5 @@
 //! [`FileSource`]: a token that another process writes to a file.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +14,7 @@ use serde::Deserialize;
 use super::TokenSource;
 use crate::cache::record::{self, DecodeError, MAX_RECORD_LEN};
 use crate::handle::TokenHandle;
+use crate::regular_file::{self, OpenError};
 
 /// What the file holds. [`Auto`](FileFormat::Auto) (the default) recognises
 /// every form listed in the [`FileSource`] docs.
@@ -215,14 +215,17 @@ impl FileSource {
         let what = |e: std::io::Error| {
             FetchError::transient(format!("cannot read {}: {e}", self.path.display()))
         };
-        let file = File::open(&self.path).map_err(what)?;
-        let meta = file.metadata().map_err(what)?;
-        if !meta.is_file() {
-            return Err(FetchError::transient(format!(
-                "{} is not a regular file",
+        // Non-blocking, and only a regular file: a FIFO planted at the
+        // path fails the read at once instead of hanging the driver's
+        // worker until someone writes to it.
+        let file = regular_file::open(&self.path).map_err(|e| match e {
+            OpenError::Io(e) => what(e),
+            OpenError::NotRegular(kind) => FetchError::transient(format!(
+                "refusing {}: it is {kind}, not a regular file",
                 self.path.display()
-            )));
-        }
+            )),
+        })?;
+        let meta = file.metadata().map_err(what)?;
         let mut bytes = Vec::new();
         file.take(MAX_RECORD_LEN as u64 + 1)
             .read_to_end(&mut bytes)

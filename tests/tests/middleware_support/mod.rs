@@ -27,6 +27,8 @@ pub const CLIENT_SECRET: &str = "client-s3cret-never-in-logs";
 pub struct Seen {
     pub path: String,
     pub token: Option<TokenId>,
+    /// The id of what came in `x-api-key`, if anything did.
+    pub api_key: Option<TokenId>,
     pub status: u16,
     pub body: Vec<u8>,
 }
@@ -38,6 +40,8 @@ pub struct Seen {
 ///   answering 401 `invalid_token` otherwise, as a resource server does;
 /// * `/always-401`: answers 401 `invalid_token` whatever the token;
 /// * `/admin`: answers 403 `insufficient_scope` to any valid token;
+/// * `/redirect-to/<port>/<path>`: answers 302 to
+///   `http://127.0.0.1:<port>/<path>` (another origin), whatever the token;
 /// * anything else: 200 with the request body echoed and `x-audience`.
 pub struct Api {
     pub addr: SocketAddr,
@@ -168,6 +172,27 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    let api_key = req
+        .headers()
+        .get("x-api-key")
+        .map(|v| TokenId::of(v.as_bytes()));
+    if let Some(rest) = path.strip_prefix("/redirect-to/") {
+        let (port, target) = rest.split_once('/').unwrap_or((rest, ""));
+        seen.lock().unwrap().push(Seen {
+            path: path.clone(),
+            token: bearer.as_deref().map(|t| TokenId::of(t.as_bytes())),
+            api_key,
+            status: 302,
+            body: Vec::new(),
+        });
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::FOUND;
+        response.headers_mut().insert(
+            "location",
+            format!("http://127.0.0.1:{port}/{target}").parse().unwrap(),
+        );
+        return response;
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes().to_vec(),
         Err(_) => b"<unreadable>".to_vec(),
@@ -203,6 +228,7 @@ async fn answer(
     seen.lock().unwrap().push(Seen {
         path,
         token: bearer.as_deref().map(|t| TokenId::of(t.as_bytes())),
+        api_key,
         status,
         body: body.clone(),
     });
