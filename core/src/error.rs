@@ -4,7 +4,22 @@ use std::fmt;
 use std::time::Duration;
 
 /// What kind of failure a fetch was, which decides the retry policy.
+///
+/// Non-exhaustive: kinds may be added in a minor release, so a match needs
+/// a `_` arm:
+///
+/// ```compile_fail,E0004
+/// use freshtoken_core::FetchErrorKind;
+///
+/// fn retried(kind: FetchErrorKind) -> bool {
+///     match kind {
+///         FetchErrorKind::Transient | FetchErrorKind::RateLimited => true,
+///         FetchErrorKind::Permanent | FetchErrorKind::GrantRevoked => false,
+///     }
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FetchErrorKind {
     /// Network trouble, timeouts, 5xx, `temporarily_unavailable`: retry with
     /// exponential backoff.
@@ -158,7 +173,22 @@ impl FetchError {
 }
 
 /// What kind of failure a cache operation was.
+///
+/// Non-exhaustive: kinds may be added in a minor release (`Unreadable`
+/// was), so a match needs a `_` arm:
+///
+/// ```compile_fail,E0004
+/// use freshtoken_core::CacheErrorKind;
+///
+/// fn is_miss(kind: CacheErrorKind) -> bool {
+///     match kind {
+///         CacheErrorKind::Unavailable | CacheErrorKind::Corrupt | CacheErrorKind::Io => true,
+///         CacheErrorKind::Unreadable => false,
+///     }
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CacheErrorKind {
     /// The backend could not be reached (Redis down, timeout).
     Unavailable,

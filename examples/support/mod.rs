@@ -312,6 +312,8 @@ fn fail_start(e: &NoValidToken) -> ! {
         }
         Some(FetchErrorKind::RateLimited) => "the authority is rate limiting this client",
         Some(FetchErrorKind::Transient) => "is the authority reachable?",
+        // A kind added to the library later (non-exhaustive).
+        Some(_) => "see the error above",
         // No attempt of ours finished: the authority is slow, or another
         // instance holds the cache lease while it retries.
         None => "no answer yet: is the authority reachable?",
