@@ -20,7 +20,8 @@ if [ ${#targets[@]} -eq 0 ]; then
     targets=(machine oauth2_response cache_record discovery config)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
+    echo "cargo-fuzz is not installed: bash .ci/setup installs it" >&2
+    exit 1
 fi
 export RUSTC_BOOTSTRAP=1
 for target in "${targets[@]}"; do

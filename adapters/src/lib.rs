@@ -189,6 +189,9 @@ pub use freshtoken_core::{
 pub use handle::{NoValidToken, TokenHandle, TokenRef};
 
 // The README's examples are compiled (and the runnable ones run) as doc tests.
+// The package's README.md (the repository's, through a symbolic link that
+// `cargo package` turns into a file), so a test built from the published
+// package finds it too.
 #[cfg(all(doctest, feature = "tokio", feature = "oauth2", feature = "file"))]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -727,6 +727,8 @@ fn status_json(shared: &Shared) -> serde_json::Value {
                 ),
                 RefreshState::Failed { error } => ("failed", Some(error.to_string()), None, None),
                 RefreshState::Stopped => ("stopped", None, None, None),
+                // A state added to the library later (non-exhaustive).
+                _ => ("unknown", None, None, None),
             };
             let token = snapshot.token.as_deref();
             let status = match token.map(|t| t.status(now)) {

@@ -1,7 +1,9 @@
 //! The README's agent configuration (agent/examples/agent.toml, shown
 //! verbatim in the README) run as it is against the local authority: only
 //! the token endpoint and the TCP port come from the environment, as the
-//! README says any setting may.
+//! README says any setting may. That the README shows this very file is
+//! checked by tests/tests/readme_agent_config.rs, outside this package: the
+//! repository's README is not part of the published package.
 
 mod support;
 
@@ -11,23 +13,6 @@ use freshtoken::testing::LocalAuthority;
 use support::{command, free_port, wait_for, write_file, Agent};
 
 const EXAMPLE: &str = include_str!("../examples/agent.toml");
-
-#[test]
-fn the_readme_shows_the_example_file() {
-    let readme = include_str!("../../README.md");
-    let marker = "<!-- agent-config:";
-    let at = readme
-        .find(marker)
-        .expect("the README's agent-config marker");
-    let block = &readme[at..];
-    let start = block.find("```toml\n").expect("a toml block") + "```toml\n".len();
-    let end = block[start..].find("```").expect("its end") + start;
-    assert_eq!(
-        &block[start..end],
-        EXAMPLE,
-        "README and agent/examples/agent.toml differ"
-    );
-}
 
 #[test]
 fn the_readme_config_runs() {

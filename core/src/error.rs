@@ -1,10 +1,32 @@
 //! Errors that cross the machine's boundary, classified by what to do next.
 
+use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// The cause kept behind an error's message ([`Error::source`]), shared so
+/// that errors stay `Clone`; boxed inside the `Arc` so that the pointer is
+/// thin (a `FetchError` travels in every published snapshot).
+type Source = Arc<Box<dyn Error + Send + Sync + 'static>>;
+
 /// What kind of failure a fetch was, which decides the retry policy.
+///
+/// Non-exhaustive: kinds may be added in a minor release, so a match needs
+/// a `_` arm:
+///
+/// ```compile_fail,E0004
+/// use freshtoken_core::FetchErrorKind;
+///
+/// fn retried(kind: FetchErrorKind) -> bool {
+///     match kind {
+///         FetchErrorKind::Transient | FetchErrorKind::RateLimited => true,
+///         FetchErrorKind::Permanent | FetchErrorKind::GrantRevoked => false,
+///     }
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FetchErrorKind {
     /// Network trouble, timeouts, 5xx, `temporarily_unavailable`: retry with
     /// exponential backoff.
@@ -47,14 +69,38 @@ impl fmt::Display for FetchErrorKind {
 /// assert_eq!(e.kind(), FetchErrorKind::RateLimited);
 /// assert_eq!(e.to_string(), "rate limited (HTTP 429): too many requests");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug)]
 pub struct FetchError {
     kind: FetchErrorKind,
     message: String,
     status: Option<u16>,
     retry_after: Option<Duration>,
-    error_code: Option<String>,
+    // Boxed: a `FetchError` travels in every published snapshot.
+    error_code: Option<Box<str>>,
+    source: Option<Source>,
 }
+
+impl Error for FetchError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| &**e as &(dyn Error + 'static))
+    }
+}
+
+/// Equal when everything but the [`source`](Error::source) is: the cause is
+/// context, already summarized in the message.
+impl PartialEq for FetchError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.message == other.message
+            && self.status == other.status
+            && self.retry_after == other.retry_after
+            && self.error_code == other.error_code
+    }
+}
+
+impl Eq for FetchError {}
 
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,7 +121,30 @@ impl FetchError {
             status: None,
             retry_after: None,
             error_code: None,
+            source: None,
         }
+    }
+
+    /// Keeps `source` as the error's cause ([`Error::source`]), for reports
+    /// that walk the chain; the message should already say what it means.
+    /// The cause must hold no secret either (its `Display` and `Debug` are
+    /// shown by such reports).
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use freshtoken_core::FetchError;
+    ///
+    /// let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    /// let e = FetchError::transient(format!("connection lost: {io}")).with_source(io);
+    /// let cause = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+    /// assert_eq!(cause.map(|c| c.kind()), Some(std::io::ErrorKind::ConnectionReset));
+    /// ```
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn Error + Send + Sync + 'static>>,
+    ) -> Self {
+        self.source = Some(Arc::new(source.into()));
+        self
     }
 
     /// A transient error.
@@ -113,7 +182,7 @@ impl FetchError {
     /// Records the authority's RFC 6749 error code (`invalid_grant`, ...),
     /// already sanitized by the parser.
     pub fn with_error_code(mut self, code: Option<String>) -> Self {
-        self.error_code = code;
+        self.error_code = code.map(String::into_boxed_str);
         self
     }
 
@@ -158,7 +227,22 @@ impl FetchError {
 }
 
 /// What kind of failure a cache operation was.
+///
+/// Non-exhaustive: kinds may be added in a minor release (`Unreadable`
+/// was), so a match needs a `_` arm:
+///
+/// ```compile_fail,E0004
+/// use freshtoken_core::CacheErrorKind;
+///
+/// fn is_miss(kind: CacheErrorKind) -> bool {
+///     match kind {
+///         CacheErrorKind::Unavailable | CacheErrorKind::Corrupt | CacheErrorKind::Io => true,
+///         CacheErrorKind::Unreadable => false,
+///     }
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CacheErrorKind {
     /// The backend could not be reached (Redis down, timeout).
     Unavailable,
@@ -182,17 +266,42 @@ pub enum CacheErrorKind {
 /// let e = CacheError::new(CacheErrorKind::Unavailable, "connection refused");
 /// assert_eq!(e.to_string(), "cache unavailable: connection refused");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {message}", match .kind {
-    CacheErrorKind::Unavailable => "cache unavailable",
-    CacheErrorKind::Corrupt => "cache entry corrupt",
-    CacheErrorKind::Io => "cache I/O error",
-    CacheErrorKind::Unreadable => "cache entry unreadable by this instance",
-})]
+#[derive(Clone, Debug)]
 pub struct CacheError {
     kind: CacheErrorKind,
     message: String,
+    source: Option<Source>,
 }
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            CacheErrorKind::Unavailable => "cache unavailable",
+            CacheErrorKind::Corrupt => "cache entry corrupt",
+            CacheErrorKind::Io => "cache I/O error",
+            CacheErrorKind::Unreadable => "cache entry unreadable by this instance",
+        };
+        write!(f, "{kind}: {}", self.message)
+    }
+}
+
+impl Error for CacheError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| &**e as &(dyn Error + 'static))
+    }
+}
+
+/// Equal when the kind and the message are: the
+/// [`source`](Error::source) is context, already summarized in the message.
+impl PartialEq for CacheError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for CacheError {}
 
 impl CacheError {
     /// A cache error.
@@ -200,7 +309,29 @@ impl CacheError {
         CacheError {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// Keeps `source` as the error's cause ([`Error::source`]), for reports
+    /// that walk the chain; the message should already say what it means.
+    /// The cause must hold no secret either.
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use freshtoken_core::{CacheError, CacheErrorKind};
+    ///
+    /// let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+    /// let e = CacheError::new(CacheErrorKind::Io, format!("cannot read token.json: {io}")).with_source(io);
+    /// let cause = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+    /// assert_eq!(cause.map(|c| c.kind()), Some(std::io::ErrorKind::PermissionDenied));
+    /// ```
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn Error + Send + Sync + 'static>>,
+    ) -> Self {
+        self.source = Some(Arc::new(source.into()));
+        self
     }
 
     /// The kind.

@@ -73,8 +73,9 @@ pub struct Options {
 /// starts with this.
 ///
 /// The driver and the sources log through `tracing`; `RUST_LOG` picks what
-/// is shown on stderr (`RUST_LOG=freshtoken=debug`, `RUST_LOG=trace`), and
-/// without it only errors are. A bad command line prints clap's message
+/// is shown on stderr, as comma-separated `target=level` or `level`
+/// directives (`RUST_LOG=freshtoken=debug`, `RUST_LOG=trace`), and without
+/// it (or with one that does not parse) only errors are. A bad command line prints clap's message
 /// and exits with 2; `--help` lists every flag with its default.
 pub fn cli<T: clap::Parser>() -> T {
     init_tracing();
@@ -82,13 +83,21 @@ pub fn cli<T: clap::Parser>() -> T {
 }
 
 /// The `tracing` subscriber every example installs: `RUST_LOG`, else
-/// errors only, on stderr (stdout is the example's own output).
+/// errors only, on stderr (stdout is the example's own output). The filter
+/// is tracing-subscriber's `Targets`, which reads the `target=level` form
+/// of `RUST_LOG` without the regex engine behind `EnvFilter` (a good part
+/// of the examples' first build).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::ERROR));
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .try_init();
 }
 
@@ -312,6 +321,8 @@ fn fail_start(e: &NoValidToken) -> ! {
         }
         Some(FetchErrorKind::RateLimited) => "the authority is rate limiting this client",
         Some(FetchErrorKind::Transient) => "is the authority reachable?",
+        // A kind added to the library later (non-exhaustive).
+        Some(_) => "see the error above",
         // No attempt of ours finished: the authority is slow, or another
         // instance holds the cache lease while it retries.
         None => "no answer yet: is the authority reachable?",

@@ -230,7 +230,7 @@ impl Drop for RedisServer {
 
 /// A CA and a server certificate signed by it, valid for 127.0.0.1 and
 /// localhost, written to `dir` as ca.crt, server.crt and server.key.
-pub(crate) fn make_certificates(dir: &std::path::Path) {
+pub fn make_certificates(dir: &std::path::Path) {
     let ext = dir.join("server.ext");
     std::fs::write(
         &ext,

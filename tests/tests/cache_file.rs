@@ -393,3 +393,18 @@ fn temporary_files_of_killed_writers_are_swept() {
     assert!(unrelated.exists(), "other files are not ours");
     assert!(cache.load().unwrap().is_some());
 }
+
+#[test]
+fn an_io_error_keeps_its_cause() {
+    // The cache's directory cannot be made: a regular file stands where a
+    // directory should be.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("blocker"), b"").unwrap();
+    let cache = FileCache::new(dir.path().join("blocker/sub/token.json"));
+    let err = cache.store(&token()).unwrap_err();
+    assert_eq!(err.kind(), freshtoken::CacheErrorKind::Io, "{err}");
+    let cause = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .expect("the io::Error behind the message");
+    assert!(err.to_string().contains(&cause.to_string()), "{err}");
+}

@@ -275,6 +275,7 @@ fn no_password_or_token_in_debug_or_errors() {
 
 #[test]
 fn rediss_with_a_private_ca() {
+    freshtoken_tests::install_crypto_provider();
     let server = RedisServer::start_tls();
     assert!(server.url().starts_with("rediss://"));
     let c = RedisCache::with_root_certificate(&server.url(), "test:token", &server.ca_pem())

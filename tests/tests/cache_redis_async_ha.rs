@@ -243,6 +243,7 @@ fn an_async_sentinel_cache_follows_a_failover() {
 
 #[test]
 fn rediss_round_trips_with_a_private_ca_and_refuses_an_unknown_one() {
+    freshtoken_tests::install_crypto_provider();
     let server = RedisServer::start_tls();
     let ca = server.ca_pem();
     let make = || {

@@ -31,7 +31,9 @@ fn token() -> Token {
 #[test]
 fn plain_text_to_another_host_is_refused_unless_allowed() {
     // Nothing is sent anywhere: the URLs are refused (or accepted) when the
-    // cache is built, before any connection.
+    // cache is built, before any connection. (A rediss:// cache needs the
+    // application's rustls provider.)
+    freshtoken_tests::install_crypto_provider();
     for url in [
         format!("redis://:{PASSWORD}@10.0.0.7:6379/"),
         "redis://cache.internal/".to_owned(),

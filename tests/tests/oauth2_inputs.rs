@@ -379,6 +379,16 @@ fn through_an_explicit_proxy_to_an_authority_with_a_private_ca() {
         .unwrap_err();
     assert_eq!(e.kind(), FetchErrorKind::Transient);
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    // The I/O error carrying rustls' is kept as the cause, for reports that
+    // walk the chain.
+    let cause = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    assert!(
+        matches!(cause, Some(rustls::Error::InvalidCertificate(_))),
+        "{e}: {cause:?}"
+    );
     assert_eq!(seen.lock().unwrap().len(), 2);
 
     // With the platform verifier (the system's trust store, which does not

@@ -163,6 +163,7 @@ impl FileCache {
             CacheErrorKind::Io,
             format!("{what} {}: {e}", path.display()),
         )
+        .with_source(e)
     }
 
     /// Moves the undecodable file aside, unless another process has replaced

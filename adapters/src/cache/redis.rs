@@ -105,10 +105,19 @@ pub(super) const STORE_ATTEMPTS: usize = 4;
 ///   plain text (the blocking cache's error names the node; the async
 ///   cluster's error does not carry the cause, so a warning does).
 /// * **rustls**: the redis crate's TLS uses rustls' process-wide crypto
-///   provider. This cache installs ring's provider only when the process has
-///   none, and never replaces one the application installed (install yours
-///   before creating the cache, or at any time if the cache has not yet
-///   installed ring's).
+///   provider, and has no way to be given another. freshtoken never
+///   installs one (that is the application's choice, made once), so a
+///   `rediss://` cache needs the application to install its provider before
+///   the cache is built, and building one without it is an error that says
+///   so:
+///
+///   ```no_run
+///   # fn main() -> Result<(), Box<dyn std::error::Error>> {
+///   // At the start of main: ring's provider (or aws-lc-rs's, or your own).
+///   let _ = rustls::crypto::ring::default_provider().install_default();
+///   let cache = freshtoken::cache::RedisCache::new("rediss://cache.internal:6380/", "orders:token")?;
+///   # drop(cache); Ok(()) }
+///   ```
 /// * Redis down is a [`CacheErrorKind::Unavailable`] error, which the machine
 ///   treats as a miss (availability beats load). One warning is logged when
 ///   Redis becomes unreachable; each later call tries to reconnect, and the
@@ -614,12 +623,11 @@ impl RedisCacheBuilder {
 
     /// The checks and the connection settings both caches use.
     fn resolve(self) -> Result<Shared, CacheError> {
-        #[cfg(feature = "redis-tls")]
-        install_crypto_provider();
+        let tls = self.target.urls().any(is_tls_url);
         // The async features bring the redis crate's TLS without a rustls
         // provider: refuse rather than fail (or panic in rustls) later.
         #[cfg(not(feature = "redis-tls"))]
-        if self.target.urls().any(|u| u.starts_with("rediss:")) {
+        if tls {
             return Err(CacheError::new(
                 CacheErrorKind::Io,
                 "rediss:// needs the `redis-tls` feature of freshtoken",
@@ -718,6 +726,11 @@ impl RedisCacheBuilder {
                 (backend, FLEET_ACKS, lease_key)
             }
         };
+        // After the URL checks, so that a refused URL says why.
+        #[cfg(feature = "redis-tls")]
+        if tls {
+            check_crypto_provider()?;
+        }
         Ok(Shared {
             backend,
             lease_key,
@@ -1532,13 +1545,29 @@ pub(super) fn to_cache_error(e: &redis::RedisError) -> CacheError {
     CacheError::new(kind, format!("Redis {}", describe(e)))
 }
 
-/// rustls needs a process-wide crypto provider; if the application has not
-/// installed one, install ring (which this feature brings). An installed
-/// provider is never replaced: `install_default` only succeeds when none is
-/// installed, and losing that race to the application is fine.
+/// A `rediss://` URL (the scheme compared as the redis crate's URL parser
+/// does, without regard to case).
+fn is_tls_url(url: &str) -> bool {
+    url.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss:"))
+}
+
+/// The redis crate builds its rustls configuration from the process-wide
+/// crypto provider and offers no way to pass one (`ClientConfig::builder()`
+/// inside it); with none installed, rustls would install one by itself from
+/// its crate features at the first connection (or panic when both ring and
+/// aws-lc-rs are compiled in). freshtoken installs no process-wide provider,
+/// so a `rediss://` cache needs the application's, and says so up front.
 #[cfg(feature = "redis-tls")]
-pub(super) fn install_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+fn check_crypto_provider() -> Result<(), CacheError> {
+    if rustls::crypto::CryptoProvider::get_default().is_some() {
+        return Ok(());
     }
+    Err(CacheError::new(
+        CacheErrorKind::Io,
+        "rediss:// needs a process-wide rustls CryptoProvider, which the redis crate's TLS uses and \
+         freshtoken never installs: install one before building the cache, e.g. \
+         `rustls::crypto::ring::default_provider().install_default()` \
+         (or aws_lc_rs's)",
+    ))
 }

@@ -42,9 +42,10 @@ use super::AsyncTokenCache;
 /// * **TLS** (`rediss://`, feature `redis-tls`): rustls, trusting the
 ///   webpki roots or only your CA
 ///   ([`RedisCacheBuilder::root_certificate`]). As for the blocking cache,
-///   ring's rustls provider is installed only when the process has none;
-///   one the application installed is never replaced. Without `redis-tls`
-///   a `rediss://` URL is refused when the cache is built.
+///   the redis crate uses the process-wide rustls provider, which freshtoken
+///   never installs: install yours before building the cache (building it
+///   without one is an error that says so). Without `redis-tls` a
+///   `rediss://` URL is refused when the cache is built.
 /// * **Connections**: one multiplexed connection per cache value (for a
 ///   cluster, the async cluster connection, which keeps one per node), made
 ///   on first use with a connect timeout, and each command with a response

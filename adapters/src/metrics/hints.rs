@@ -116,5 +116,7 @@ pub fn cache_hint(error: &CacheError) -> &'static str {
             "the entry was written by a newer version or sealed with a key this instance lacks: \
              check the encryption keys and the versions of the instances sharing the cache"
         }
+        // A kind added to the core later (the enum is non-exhaustive).
+        _ => "see the error message",
     }
 }

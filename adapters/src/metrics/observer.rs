@@ -266,6 +266,9 @@ impl Observer {
             // The revocation is one more failure.
             RefreshState::Failed { .. } => (State::Failed, self.failures.saturating_add(1)),
             RefreshState::Stopped => (State::Stopped, self.failures),
+            // A state added to the core later (the enum is non-exhaustive):
+            // the gauges keep what they show.
+            _ => (self.state, self.failures),
         };
         if !(state == State::Failed && self.state == State::Failed) {
             self.failures = failures;
@@ -315,6 +318,8 @@ fn kind_label(kind: FetchErrorKind) -> &'static str {
         FetchErrorKind::RateLimited => "rate_limited",
         FetchErrorKind::Permanent => "permanent",
         FetchErrorKind::GrantRevoked => "grant_revoked",
+        // A kind added to the core later (the enum is non-exhaustive).
+        _ => "other",
     }
 }
 

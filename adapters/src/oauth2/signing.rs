@@ -79,6 +79,7 @@ pub enum KeyError {
 }
 
 /// The numbers of an RSA JWK (RFC 7518 6.3), big-endian.
+#[derive(Clone)]
 struct RsaNumbers {
     n: Vec<u8>,
     e: Vec<u8>,
@@ -90,6 +91,7 @@ struct RsaNumbers {
     qi: Zeroizing<Vec<u8>>,
 }
 
+#[derive(Clone)]
 enum Material {
     RsaPkcs8(Zeroizing<Vec<u8>>),
     RsaPkcs1(Zeroizing<Vec<u8>>),
@@ -111,7 +113,8 @@ enum Material {
 /// client secret. The key is checked when it is loaded, so a wrong file
 /// fails at start-up, not at the first refresh.
 ///
-/// `Debug` shows the algorithm and the `kid`, never the key:
+/// `Debug` shows the algorithm and the `kid`, never the key. `Clone`
+/// copies the key material, each copy in memory zeroed when it is dropped:
 ///
 /// ```
 /// use freshtoken::oauth2::SigningKey;
@@ -119,8 +122,11 @@ enum Material {
 /// let key = SigningKey::hs256(b"a client secret of enough length")?.with_kid("k1");
 /// let shown = format!("{key:?}");
 /// assert!(shown.contains("HS256") && shown.contains("k1") && !shown.contains("secret of"));
+/// let copy = key.clone();
+/// assert_eq!(format!("{copy:?}"), shown);
 /// # Ok::<_, freshtoken::oauth2::KeyError>(())
 /// ```
+#[derive(Clone)]
 pub struct SigningKey {
     alg: JwsAlgorithm,
     material: Material,

@@ -384,6 +384,7 @@ impl HttpTransport for UreqTransport {
             .map_err(|e| {
                 FetchError::transient(format!("reading the token endpoint's answer failed: {e}"))
                     .with_status(parts.status.as_u16())
+                    .with_source(e)
             })?;
         Ok(HttpResponse::new(parts.status.as_u16(), headers, bytes))
     }
@@ -448,11 +449,14 @@ fn transport_error(e: ureq::Error) -> FetchError {
         E::Timeout(t) => FetchError::transient(format!("the token request timed out ({t})")),
         E::HostNotFound => FetchError::transient("the token endpoint's host was not found"),
         E::ConnectionFailed => FetchError::transient("could not connect to the token endpoint"),
+        // The causes whose text the message already shows are kept as its
+        // source too.
         E::Io(io) => {
             FetchError::transient(format!("network error talking to the token endpoint: {io}"))
+                .with_source(io)
         }
         E::Tls(msg) => FetchError::transient(format!("TLS error: {msg}")),
-        E::Rustls(err) => FetchError::transient(format!("TLS error: {err}")),
+        E::Rustls(err) => FetchError::transient(format!("TLS error: {err}")).with_source(err),
         E::Protocol(err) => FetchError::transient(format!("HTTP protocol error: {err}")),
         E::LargeResponseHeader(_, limit) => {
             FetchError::transient(format!("the answer's headers exceed {limit} bytes"))

@@ -254,6 +254,7 @@ impl FetchRequest {
 
 /// How renewal is going, as readers see it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum RefreshState {
     /// No token yet; the first one is being obtained.
     Starting,

@@ -251,6 +251,7 @@ fn describe(state: &RefreshState, store_error: Option<&freshtoken::CacheError>) 
         RefreshState::Retrying { .. } => "retrying",
         RefreshState::Failed { .. } => "failed",
         RefreshState::Stopped => "stopped",
+        _ => "another state",
     };
     let error = state
         .last_error()
