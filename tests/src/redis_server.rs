@@ -463,16 +463,6 @@ const CLUSTER_NODE_ARGS: [&str; 6] = [
     "1000",
 ];
 
-/// An address of this machine that is not loopback (the one its default
-/// route leaves from), if it has one. Nothing is sent: a UDP socket is
-/// "connected" to a documentation address only to let the kernel pick.
-pub fn non_loopback_ip() -> Option<std::net::IpAddr> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.1:9").ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
-}
-
 /// A real Redis Cluster on loopback: `primaries` primaries with one replica
 /// each (`redis-cli --cluster create --cluster-replicas 1`), node timeout
 /// 1 s so a killed primary's replica takes over within seconds. Every node
@@ -495,24 +485,21 @@ impl RedisCluster {
         Self::start_nodes(primaries, &[])
     }
 
-    /// Starts `primaries` primaries with a replica each, listening on
-    /// loopback and on `ip`, and announcing `ip` in the cluster's topology
-    /// (`CLUSTER SLOTS`): a client seeded with the loopback URLs learns
-    /// nodes at an address that is not loopback. Protected mode is off
-    /// (the nodes talk to each other at `ip`); they listen on this
-    /// machine's own addresses only, for the test's lifetime.
-    pub fn start_announcing(primaries: usize, ip: std::net::IpAddr) -> Self {
-        let ip = ip.to_string();
+    /// Starts `primaries` primaries with a replica each, on loopback,
+    /// whose topology (`CLUSTER SLOTS`) names every node by `hostname`
+    /// instead of its address: a client seeded with the loopback URLs
+    /// learns nodes at a host that is not loopback. The nodes still talk
+    /// to each other on loopback; a client that honours the topology must
+    /// refuse or fail to reach them (use a name under `.invalid`, which
+    /// never resolves), so no traffic leaves this machine.
+    pub fn start_announcing(primaries: usize, hostname: &str) -> Self {
         Self::start_nodes(
             primaries,
             &[
-                "--bind",
-                "127.0.0.1",
-                &ip,
-                "--cluster-announce-ip",
-                &ip,
-                "--protected-mode",
-                "no",
+                "--cluster-announce-hostname",
+                hostname,
+                "--cluster-preferred-endpoint-type",
+                "hostname",
             ],
         )
     }
