@@ -81,6 +81,11 @@ struct Bounds {
     invalidations: bool,
     /// Instances may be shut down, killed and restarted.
     lifecycle: bool,
+    /// Each instance has a memory layer above the shared cache (as
+    /// `CacheStack` has): a load it satisfies is answered from it, a store
+    /// writes it first, a load from the shared layer writes back the
+    /// better of the two.
+    layer: bool,
 }
 
 fn config(flow: Flow, seed: u64) -> MachineConfig {
@@ -119,6 +124,7 @@ fn ms_of(t: Timestamp) -> u64 {
 enum Pending {
     Load {
         id: RequestId,
+        newer_than: Option<Timestamp>,
         deadline: u64,
     },
     Lease {
@@ -201,6 +207,9 @@ struct Slot {
     hungry: Option<(u64, bool)>,
     /// Since when it has had no valid token (it started without one).
     tokenless_since: Option<u64>,
+    /// Its memory layer, when the world has them (a process's own: a
+    /// restart starts without it).
+    memory: Option<Arc<Token>>,
 }
 
 /// The shared cache.
@@ -223,6 +232,7 @@ struct Authority {
 #[derive(Clone, Debug)]
 struct World {
     flow: Flow,
+    layer: bool,
     now: u64,
     slots: Vec<Slot>,
     cache: Cache,
@@ -270,6 +280,7 @@ impl World {
         }
         let mut world = World {
             flow,
+            layer: bounds.layer,
             now: 0,
             slots: Vec::new(),
             cache: Cache {
@@ -303,6 +314,7 @@ impl World {
             rejected: None,
             hungry: None,
             tokenless_since: None,
+            memory: None,
         }
     }
 
@@ -402,8 +414,9 @@ impl World {
                 }
                 return Ok(());
             }
-            Action::LoadCache { id, .. } => Pending::Load {
+            Action::LoadCache { id, newer_than } => Pending::Load {
                 id,
+                newer_than,
                 deadline: now + cache_timeout,
             },
             Action::AcquireLease { id, ttl, timeout } => Pending::Lease {
@@ -555,11 +568,29 @@ impl World {
         let now = self.now;
         let down = || CacheError::new(CacheErrorKind::Unavailable, "down");
         let input = match pending {
-            Pending::Load { id, .. } => match outcome {
-                Outcome::Ok => Input::CacheLoaded(id, Ok(self.cache.token.as_deref().cloned())),
-                Outcome::Fail => Input::CacheLoaded(id, Err(down())),
-                Outcome::Lost => return Ok(()),
-            },
+            Pending::Load { id, newer_than, .. } => {
+                let memory = self.slots[i].memory.clone();
+                match (outcome, memory) {
+                    (Outcome::Lost, _) => return Ok(()),
+                    // The memory layer answers a load it satisfies, without
+                    // the shared layer.
+                    (_, Some(m)) if m.satisfies(at(now), newer_than) => {
+                        Input::CacheLoaded(id, Ok(Some((*m).clone())))
+                    }
+                    (Outcome::Fail, _) => Input::CacheLoaded(id, Err(down())),
+                    (Outcome::Ok, memory) => {
+                        let best = match (memory, self.cache.token.clone()) {
+                            (Some(m), Some(s)) if !s.supersedes(&m) => Some(m),
+                            (_, Some(s)) => Some(s),
+                            (m, None) => m,
+                        };
+                        if self.layer {
+                            self.slots[i].memory = best.clone();
+                        }
+                        Input::CacheLoaded(id, Ok(best.as_deref().cloned()))
+                    }
+                }
+            }
             Pending::Lease { id, ttl, .. } => match outcome {
                 Outcome::Ok => {
                     let answer = match self.cache.lease {
@@ -574,14 +605,20 @@ impl World {
                 Outcome::Fail => Input::Lease(id, Err(down())),
                 Outcome::Lost => return Ok(()),
             },
-            Pending::Store { id, token, .. } => match outcome {
-                Outcome::Ok => {
-                    self.cache.token = Some(token);
-                    Input::Stored(id, Ok(()))
+            Pending::Store { id, token, .. } => {
+                if self.layer && outcome != Outcome::Lost {
+                    // Written to memory first, as a stack does.
+                    self.slots[i].memory = Some(token.clone());
                 }
-                Outcome::Fail => Input::Stored(id, Err(down())),
-                Outcome::Lost => return Ok(()),
-            },
+                match outcome {
+                    Outcome::Ok => {
+                        self.cache.token = Some(token);
+                        Input::Stored(id, Ok(()))
+                    }
+                    Outcome::Fail => Input::Stored(id, Err(down())),
+                    Outcome::Lost => return Ok(()),
+                }
+            }
             Pending::Release { id, .. } => match outcome {
                 _ if outcome != Outcome::Ok
                     && !{
@@ -814,6 +851,11 @@ impl World {
                 slot.rejected,
                 slot.hungry,
             );
+            let _ = write!(
+                h,
+                "{:?}",
+                slot.memory.as_ref().map(|t| (t.id(), t.generation()))
+            );
             let _ = write!(h, "{:?}", slot.in_flight);
             if matches!(slot.life, Life::Running | Life::ShuttingDown) {
                 slot.machine.digest(&mut h.0);
@@ -983,6 +1025,7 @@ fn two_instances_client_credentials() {
         faults: true,
         invalidations: true,
         lifecycle: true,
+        layer: false,
     });
 }
 
@@ -995,13 +1038,14 @@ fn two_instances_refresh_tokens() {
         faults: true,
         invalidations: true,
         lifecycle: true,
+        layer: false,
     });
 }
 
 /// Bounds from the environment, for deeper runs than the suite affords:
-/// `FRESHTOKEN_MODEL=instances,flow,depth,faults,invalidations,lifecycle`
-/// (flow `cc` or `rt`, the last three `0` or `1`), several separated by
-/// `;`. `.ci/run` runs the deep set this way.
+/// `FRESHTOKEN_MODEL=instances,flow,depth,faults,invalidations,lifecycle[,layer]`
+/// (flow `cc` or `rt`, the others `0` or `1`), several separated by `;`.
+/// `.ci/run` runs the deep set this way.
 #[test]
 #[ignore = "deep runs: set FRESHTOKEN_MODEL (see .ci/run)"]
 fn bounds_from_the_environment() {
@@ -1009,10 +1053,9 @@ fn bounds_from_the_environment() {
     let mut states = 0;
     for run_spec in spec.split(';').filter(|s| !s.trim().is_empty()) {
         let f: Vec<&str> = run_spec.trim().split(',').collect();
-        assert_eq!(
-            f.len(),
-            6,
-            "instances,flow,depth,faults,invalidations,lifecycle: {run_spec}"
+        assert!(
+            f.len() == 6 || f.len() == 7,
+            "instances,flow,depth,faults,invalidations,lifecycle[,layer]: {run_spec}"
         );
         let bounds = Bounds {
             instances: f[0].parse().expect("instances"),
@@ -1025,6 +1068,7 @@ fn bounds_from_the_environment() {
             faults: f[3] == "1",
             invalidations: f[4] == "1",
             lifecycle: f[5] == "1",
+            layer: f.get(6) == Some(&"1"),
         };
         states += run(bounds).states;
     }
