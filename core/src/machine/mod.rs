@@ -528,10 +528,14 @@ impl RefreshMachine {
             return self.run_follow_up();
         }
         let Now { wall, mono } = self.now;
-        if self.lease_call.is_some_and(|c| mono >= c.deadline) {
+        if let Some(call) = self.lease_call.filter(|c| mono >= c.deadline) {
             // No answer: an extension leaves the lease ours until when we
-            // knew (see `settle_lease_call`); a release, to lapse by its TTL.
-            self.stats.timeouts += 1;
+            // knew (see `settle_lease_call`); a release, to lapse by its TTL
+            // (not counted among the timeouts: nothing waited for it, and
+            // the drivers' metrics read a timeout as the awaited request's).
+            if call.extension_until.is_some() {
+                self.stats.timeouts += 1;
+            }
             self.settle_lease_call(None);
         }
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
