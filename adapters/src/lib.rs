@@ -135,6 +135,15 @@
 /// The sans-IO core (`freshtoken-core`): the [`RefreshMachine`](proto::RefreshMachine),
 /// its inputs and actions, the policies and the simulator. Applications do
 /// not need it; drivers of your own and tests do.
+///
+/// How its protocol evolves: while freshtoken is 0.x, a minor version may
+/// add an [`Action`](proto::Action) or an [`Input`](proto::Input), or a
+/// field to one (0.1's successors added `Input::Released`, the answer to
+/// `Action::ReleaseLease`, and the `timeout` every request action carries),
+/// and says so in its notes; the enums stay exhaustive, so that a driver
+/// that no longer answers every request fails to compile rather than
+/// leave the machine waiting. Applications, which only read tokens, never
+/// see these changes.
 pub use freshtoken_core as proto;
 
 pub mod cache;
