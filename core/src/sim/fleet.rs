@@ -27,7 +27,9 @@ enum EventKind {
     /// gives up on a fetch (its send plus the request's own timeout).
     Deliver {
         life: u64,
-        input: Input,
+        /// Boxed: an answer is large (a token response), and most events
+        /// are not answers; inline, it made every queued event ~200 bytes.
+        input: Box<Input>,
         deadline: Option<Timestamp>,
     },
     ReadCache {
@@ -278,7 +280,7 @@ impl<'a> Fleet<'a> {
                     life,
                     input,
                     deadline,
-                } => match self.deliverable(i, life, input, deadline, now) {
+                } => match self.deliverable(i, life, *input, deadline, now) {
                     Some(input) => input,
                     None => continue,
                 },
@@ -421,7 +423,7 @@ impl<'a> Fleet<'a> {
             i,
             EventKind::Deliver {
                 life,
-                input,
+                input: Box::new(input),
                 deadline: None,
             },
         );
@@ -535,7 +537,7 @@ impl<'a> Fleet<'a> {
                             i,
                             EventKind::Deliver {
                                 life,
-                                input,
+                                input: Box::new(input),
                                 deadline: None,
                             },
                         );
@@ -568,7 +570,7 @@ impl<'a> Fleet<'a> {
                     i,
                     EventKind::Deliver {
                         life,
-                        input,
+                        input: Box::new(input),
                         deadline: None,
                     },
                 );
@@ -605,7 +607,7 @@ impl<'a> Fleet<'a> {
                     i,
                     EventKind::Deliver {
                         life,
-                        input,
+                        input: Box::new(input),
                         deadline,
                     },
                 );
@@ -788,7 +790,7 @@ impl<'a> Fleet<'a> {
 fn fleet_start(life: u64) -> EventKind {
     EventKind::Deliver {
         life,
-        input: Input::Start,
+        input: Box::new(Input::Start),
         deadline: None,
     }
 }
