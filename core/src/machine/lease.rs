@@ -54,6 +54,16 @@ impl RefreshMachine {
         self.request_lease(false);
     }
 
+    /// What waited for the lease call in flight goes on, once it is
+    /// answered or given up on: the lease request (its `renewal`), or the
+    /// stop.
+    pub(super) fn after_lease_call(&mut self, then_lease: Option<bool>) {
+        match then_lease {
+            Some(renewal) => self.request_lease(renewal),
+            None => self.stop(),
+        }
+    }
+
     /// Asks for the lease (`renewal`: see [`RequestKind::Lease`]).
     pub(super) fn request_lease(&mut self, renewal: bool) {
         if let Some(call) = self.lease_call {

@@ -579,10 +579,7 @@ impl RefreshMachine {
         let why = |timeout: Duration| format!("timed out: no answer within {timeout:?}");
         let cache_error = |timeout| CacheError::new(CacheErrorKind::Unavailable, why(timeout));
         match request.kind {
-            RequestKind::LeaseCall { then_lease } => match then_lease {
-                Some(renewal) => self.request_lease(renewal),
-                None => self.stop(),
-            },
+            RequestKind::LeaseCall { then_lease } => self.after_lease_call(then_lease),
             RequestKind::Load(read) => {
                 let error = cache_error(self.config.cache_timeout);
                 self.on_cache_loaded(Err(error), read)
@@ -642,10 +639,7 @@ impl RefreshMachine {
     /// The answer to the request in flight.
     fn answered(&mut self, request: Request, input: Input) {
         match (request.kind, input) {
-            (RequestKind::LeaseCall { then_lease }, _) => match then_lease {
-                Some(renewal) => self.request_lease(renewal),
-                None => self.stop(),
-            },
+            (RequestKind::LeaseCall { then_lease }, _) => self.after_lease_call(then_lease),
             (RequestKind::Load(read), Input::CacheLoaded(_, result)) => {
                 self.on_cache_loaded(result, read)
             }
