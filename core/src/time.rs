@@ -236,6 +236,43 @@ impl Now {
     }
 }
 
+impl Now {
+    /// The wall-clock time as a clock anchored at `anchor` reads it now:
+    /// the anchor's wall reading advanced by the monotonic time elapsed
+    /// since, or the wall clock, whichever is later.
+    ///
+    /// A token's times are judged on it: a wall clock stepped back never
+    /// stretches a token's life (the monotonic clock keeps counting), and
+    /// one stepped forward, as after a resume from suspend, ages the token
+    /// at once (the wall clock is later).
+    ///
+    /// ```
+    /// use freshtoken_core::{MonoTime, Now, Timestamp};
+    ///
+    /// let anchor = Now::new(Timestamp::from_secs(1_000), MonoTime::from_millis(0));
+    /// // 10 s later the wall clock was stepped back 120 s: 10 s have passed.
+    /// let back = Now::new(Timestamp::from_secs(890), MonoTime::from_millis(10_000));
+    /// assert_eq!(back.token_clock(anchor), Timestamp::from_secs(1_010));
+    /// // Stepped forward 120 s instead (a suspend the monotonic clock missed).
+    /// let ahead = Now::new(Timestamp::from_secs(1_130), MonoTime::from_millis(10_000));
+    /// assert_eq!(ahead.token_clock(anchor), Timestamp::from_secs(1_130));
+    /// ```
+    pub fn token_clock(self, anchor: Now) -> Timestamp {
+        let steady = anchor.wall + self.mono.saturating_duration_since(anchor.mono);
+        self.wall.max(steady)
+    }
+
+    /// The monotonic instant at which a clock anchored here (see
+    /// [`token_clock`](Self::token_clock)) reads `at`; this instant if
+    /// `at` is not after the anchor's wall reading.
+    pub fn mono_of(self, at: Timestamp) -> MonoTime {
+        if at == Timestamp::MAX {
+            return MonoTime::MAX;
+        }
+        self.mono + at.saturating_duration_since(self.wall)
+    }
+}
+
 impl From<Timestamp> for Now {
     fn from(wall: Timestamp) -> Self {
         Now {

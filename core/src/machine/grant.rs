@@ -24,7 +24,7 @@ pub(super) struct Grant {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Abandoned {
     pub(super) id: RequestId,
-    pub(super) sent_at: Timestamp,
+    pub(super) sent: Now,
     pub(super) generation: u64,
 }
 
@@ -33,13 +33,13 @@ pub(super) struct Abandoned {
 pub(super) const ABANDONED_FETCHES: usize = 8;
 
 impl RefreshMachine {
-    pub(super) fn abandon(&mut self, id: RequestId, sent_at: Timestamp, generation: u64) {
+    pub(super) fn abandon(&mut self, id: RequestId, sent: Now, generation: u64) {
         if self.abandoned.len() == ABANDONED_FETCHES {
             self.abandoned.pop_front();
         }
         self.abandoned.push_back(Abandoned {
             id,
-            sent_at,
+            sent,
             generation,
         });
     }
@@ -95,7 +95,7 @@ impl RefreshMachine {
     pub(super) fn accept_fetched(
         &mut self,
         response: TokenResponse,
-        sent_at: Timestamp,
+        sent: Now,
         generation: u64,
     ) -> (Arc<Token>, bool) {
         let rotated = response.refresh_token.is_some();
@@ -103,7 +103,7 @@ impl RefreshMachine {
         let resolved = self
             .config
             .lifetime
-            .resolve(response, sent_at, self.now.wall);
+            .resolve(response, sent.wall, self.now.wall);
         let mut token = self.floor_degenerate(resolved.token, given);
         if rotated {
             let next = generation.saturating_add(1);

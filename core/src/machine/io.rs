@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::{CacheError, FetchError};
 use crate::lifetime::LifetimeNote;
 use crate::secret::RefreshToken;
-use crate::time::Timestamp;
+use crate::time::{MonoTime, Now, Timestamp};
 use crate::token::{Token, TokenId, TokenResponse, TokenStatus};
 
 /// Which request an answer belongs to.
@@ -320,6 +320,25 @@ pub struct Snapshot {
     /// the token was re-timed by the refresh floor: its `stale_at` and
     /// `expires_at` are the machine's, not the authority's.
     pub degenerate: Option<DegenerateLifetime>,
+    /// The current token's life on this process's monotonic clock (the
+    /// one the driver feeds the machine), so that a wall clock stepped
+    /// back never makes an expired token look valid; `None` without a
+    /// token. [`is_valid_at`](Self::is_valid_at) and
+    /// [`is_stale_at`](Self::is_stale_at) judge by both clocks.
+    pub life: Option<MonoLife>,
+}
+
+/// When a token goes stale and expires on the monotonic clock of the
+/// process serving it: its wall-clock times, counted from the moment the
+/// machine measured them against (the fetch's sending for a token it
+/// fetched, the adoption for one from a cache). Meaningless in another
+/// process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MonoLife {
+    /// When the token should be renewed, at the latest.
+    pub stale_at: MonoTime,
+    /// When the token stops being valid, at the latest.
+    pub expires_at: MonoTime,
 }
 
 /// How the refresh floor re-timed a token whose answer was degenerate
@@ -377,6 +396,44 @@ impl Snapshot {
             skew_ms: None,
             lifetime_note: None,
             degenerate: None,
+            life: None,
+        }
+    }
+
+    /// Whether there is a token valid at `now` by both clocks: before its
+    /// wall-clock expiry and before its monotonic one.
+    ///
+    /// ```
+    /// use freshtoken_core::*;
+    /// use std::time::Duration;
+    ///
+    /// let mut m = RefreshMachine::new(MachineConfig::default());
+    /// let t0 = Now::new(Timestamp::from_secs(1_000), MonoTime::ZERO);
+    /// m.handle_input(Input::Start, t0);
+    /// let Output::Action(Action::Fetch(request)) = m.poll_output() else { panic!() };
+    /// let answer = TokenResponse::new(AccessToken::new("at")).with_expires_in(Some(60));
+    /// m.handle_input(Input::Fetched(request.id, Ok(answer)), t0);
+    /// let Output::Action(Action::Publish(snapshot)) = m.poll_output() else { panic!() };
+    /// let later = |wall: u64, mono_secs: u64| {
+    ///     Now::new(Timestamp::from_secs(wall), MonoTime::from_millis(mono_secs * 1_000))
+    /// };
+    /// assert!(snapshot.is_valid_at(later(1_030, 30)));
+    /// // 70 s later, with the wall clock stepped back 120 s: expired.
+    /// assert!(!snapshot.is_valid_at(later(950, 70)));
+    /// ```
+    pub fn is_valid_at(&self, now: Now) -> bool {
+        self.token.as_ref().is_some_and(|t| t.is_valid_at(now.wall))
+            && self.life.is_none_or(|life| now.mono < life.expires_at)
+    }
+
+    /// Whether the token is due for renewal at `now` by either clock (or
+    /// there is none): the moment a reader should wake a sleeping driver.
+    pub fn is_stale_at(&self, now: Now) -> bool {
+        match &self.token {
+            None => true,
+            Some(t) => {
+                now.wall >= t.stale_at() || self.life.is_some_and(|l| now.mono >= l.stale_at)
+            }
         }
     }
 

@@ -51,7 +51,7 @@ impl RefreshMachine {
     /// user and each given a branch of its own.)
     pub(super) fn on_late_fetch(&mut self, response: TokenResponse, fetch: Abandoned) {
         // Its life counts from when it was sent, like any answer's.
-        let (token, rotated) = self.accept_fetched(response, fetch.sent_at, fetch.generation);
+        let (token, rotated) = self.accept_fetched(response, fetch.sent, fetch.generation);
         let newer = self.is_better(&token);
         if !(rotated || newer) {
             return self.ignore();
@@ -59,7 +59,7 @@ impl RefreshMachine {
         self.stats.late_answers_used += 1;
         let durable_first = rotated && self.config.cache;
         if newer {
-            self.make_current(token.clone());
+            self.make_current(token.clone(), fetch.sent);
             if !matches!(
                 self.phase,
                 Phase::Backoff {

@@ -145,7 +145,7 @@ impl RefreshMachine {
         let until_expiry = self
             .current
             .as_ref()
-            .map(|t| t.expires_at().saturating_duration_since(self.now.wall))
+            .map(|t| t.expires_at().saturating_duration_since(self.token_now()))
             .filter(|left| !left.is_zero());
         if let Some(left) = until_expiry {
             let doublings = waits.saturating_sub(1).min(16);
@@ -163,7 +163,7 @@ impl RefreshMachine {
         // second was spent while it still had a token).
         let waited = self.now.mono.saturating_duration_since(since);
         let expired_for = self.current.as_ref().map_or(waited, |t| {
-            self.now.wall.saturating_duration_since(t.expires_at())
+            self.token_now().saturating_duration_since(t.expires_at())
         });
         let waited = waited.min(expired_for);
         let base = if waited < FOLLOWER_FAST_FOR {

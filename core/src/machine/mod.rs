@@ -118,8 +118,8 @@ mod shutdown;
 pub use config::{MachineConfig, MachineStats};
 use grant::{Abandoned, Grant, Origin};
 pub use io::{
-    Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, Output, RefreshState, RequestId,
-    Snapshot,
+    Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, MonoLife, Output, RefreshState,
+    RequestId, Snapshot,
 };
 use late::FollowUp;
 use lease::{LeaseCall, HAND_ON_AFTER, ROTATED_STORES_PER_LEASE};
@@ -178,8 +178,9 @@ enum RequestKind {
         renewal: bool,
     },
     Fetch {
-        /// When it was sent (token lifetimes count from here).
-        sent_at: Timestamp,
+        /// When it was sent (token lifetimes count from here, on both
+        /// clocks).
+        sent: Now,
         /// The generation of the refresh token it presented.
         generation: u64,
         /// How long it was given (its deadline from its send).
@@ -303,6 +304,9 @@ pub struct RefreshMachine {
 
     /// The token readers are served.
     current: Option<Arc<Token>>,
+    /// When, on both clocks, the current token's times count from (see
+    /// [`Self::token_now`]).
+    anchor: Option<Now>,
     /// Whether readers have been told that `current` expired.
     expiry_published: bool,
     /// The newest refresh token known.
@@ -355,6 +359,7 @@ impl RefreshMachine {
             outbox: VecDeque::new(),
             next_id: 0,
             current: None,
+            anchor: None,
             expiry_published: false,
             grant,
             revoked: None,
@@ -420,6 +425,7 @@ impl RefreshMachine {
         let token = |t: &Token, h: &mut _| {
             (t.id(), t.stale_at(), t.expires_at(), t.generation()).hash(h);
         };
+        self.anchor.map(|a| (a.wall, a.mono)).hash(hasher);
         self.rng.clone().u64(..).hash(hasher);
         self.next_id.hash(hasher);
         match &self.current {
@@ -435,7 +441,7 @@ impl RefreshMachine {
         }
         self.revoked.as_ref().map(|r| r.fingerprint()).hash(hasher);
         for a in &self.abandoned {
-            (a.id, a.sent_at, a.generation).hash(hasher);
+            (a.id, a.sent.wall, a.sent.mono, a.generation).hash(hasher);
         }
         if let Some(f) = &self.follow_up {
             token(&f.token, hasher);
@@ -486,7 +492,7 @@ impl RefreshMachine {
     fn next_deadline(&self) -> Timestamp {
         let at = |mono: MonoTime| self.now.wall_at(mono);
         let phase_deadline = match &self.phase {
-            Phase::Idle { refresh_at, early } => (*refresh_at).min(at(*early)),
+            Phase::Idle { refresh_at, early } => self.token_deadline(*refresh_at).min(at(*early)),
             Phase::Waiting(r) | Phase::Draining { request: r, .. } => at(r.deadline),
             Phase::PeerWait { recheck_at } => at(*recheck_at),
             // The retry waits for a lease call in flight (an extension of
@@ -500,7 +506,9 @@ impl RefreshMachine {
         };
         // Also wake at expiry, so readers waiting on changes learn of it.
         let expiry = match &self.current {
-            Some(t) if !self.expiry_published && !self.is_stopped() => t.expires_at(),
+            Some(t) if !self.expiry_published && !self.is_stopped() => {
+                self.token_deadline(t.expires_at())
+            }
             _ => Timestamp::MAX,
         };
         // A deadline already due (the driver was late) is due right after now.
@@ -527,7 +535,7 @@ impl RefreshMachine {
         if self.follow_up.is_some() && self.is_free() {
             return self.run_follow_up();
         }
-        let Now { wall, mono } = self.now;
+        let mono = self.now.mono;
         if let Some(call) = self.lease_call.filter(|c| mono >= c.deadline) {
             // No answer: an extension leaves the lease ours until when we
             // knew (see `settle_lease_call`); a release, to lapse by its TTL
@@ -539,7 +547,9 @@ impl RefreshMachine {
             self.settle_lease_call(None);
         }
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
-            Phase::Idle { refresh_at, early } if wall >= refresh_at || mono >= early => {
+            Phase::Idle { refresh_at, early }
+                if self.token_now() >= refresh_at || mono >= early =>
+            {
                 if mono >= early {
                     self.stats.invalidations += 1;
                     self.last_invalidation = Some(mono);
@@ -589,10 +599,10 @@ impl RefreshMachine {
             }
             RequestKind::Fetch {
                 generation,
-                sent_at,
+                sent,
                 timeout,
             } => {
-                self.abandon(request.id, sent_at, generation);
+                self.abandon(request.id, sent, generation);
                 let error = FetchError::transient(why(timeout));
                 self.on_fetch_failed(error, false);
             }
@@ -648,16 +658,14 @@ impl RefreshMachine {
             }
             (
                 RequestKind::Fetch {
-                    sent_at,
-                    generation,
-                    ..
+                    sent, generation, ..
                 },
                 Input::Fetched(_, result),
             ) => match result {
                 Ok(response) => {
-                    let (token, rotated) = self.accept_fetched(response, sent_at, generation);
-                    match Self::dead_on_arrival(&token, self.now.wall) {
-                        None => self.on_fetched(token, rotated),
+                    let (token, rotated) = self.accept_fetched(response, sent, generation);
+                    match Self::dead_on_arrival(&token, self.now.token_clock(sent)) {
+                        None => self.on_fetched(token, rotated, sent),
                         // The rotated refresh token is the grant now, dead
                         // access token or not: make it durable, then back off.
                         Some(error) if rotated && self.config.cache => {
@@ -770,12 +778,12 @@ impl RefreshMachine {
                 self.failures = 0;
                 self.state = RefreshState::Healthy;
                 let token = Arc::new(token);
-                self.make_current(token.clone());
+                self.make_current(token.clone(), self.now);
                 self.publish();
                 // Done, unless the adopted token is itself due for renewal
                 // (a stale one adopted at start-up is served while we fetch).
                 let refresh_at = self.config.jitter.refresh_at(&token, &mut self.rng);
-                if refresh_at > self.now.wall {
+                if refresh_at > self.token_now() {
                     self.release_lease();
                     self.idle_until(refresh_at);
                     return;
@@ -820,10 +828,10 @@ impl RefreshMachine {
         self.stats.fetches += 1;
         self.peer_wait = None;
         let generation = self.grant.as_ref().map_or(0, |g| g.generation);
-        let sent_at = self.now.wall;
+        let sent = self.now;
         let timeout = self.fetch_deadline();
         let kind = RequestKind::Fetch {
-            sent_at,
+            sent,
             generation,
             timeout,
         };
@@ -856,13 +864,13 @@ impl RefreshMachine {
         let floor = self.config.min_fetch_timeout.min(full);
         let remaining = current
             .expires_at()
-            .saturating_duration_since(self.now.wall);
+            .saturating_duration_since(self.token_now());
         remaining
             .saturating_sub(self.config.min_fetch_timeout)
             .clamp(floor, full)
     }
 
-    fn on_fetched(&mut self, token: Arc<Token>, rotated: bool) {
+    fn on_fetched(&mut self, token: Arc<Token>, rotated: bool, sent: Now) {
         self.stats.tokens_fetched += 1;
         self.failures = 0;
         self.unreached = 0;
@@ -878,7 +886,7 @@ impl RefreshMachine {
             self.release_lease();
             return self.idle_until_refresh();
         }
-        self.make_current(token.clone());
+        self.make_current(token.clone(), sent);
         if !self.config.cache {
             self.publish();
             self.idle_until_refresh();
@@ -1045,7 +1053,7 @@ impl RefreshMachine {
         let expired = self
             .current
             .as_ref()
-            .is_none_or(|t| !t.is_valid_at(self.now.wall));
+            .is_none_or(|t| !t.is_valid_at(self.token_now()));
         let mut delay =
             self.config
                 .backoff
@@ -1059,7 +1067,7 @@ impl RefreshMachine {
             FetchErrorKind::Permanent | FetchErrorKind::GrantRevoked
         );
         if let (false, false, Some(t)) = (expired, permanent, &self.current) {
-            let until_expiry = t.expires_at().saturating_duration_since(self.now.wall);
+            let until_expiry = t.expires_at().saturating_duration_since(self.token_now());
             if delay > until_expiry {
                 let after =
                     self.config

@@ -80,12 +80,42 @@ impl RefreshMachine {
         };
     }
 
-    pub(super) fn make_current(&mut self, token: Arc<Token>) {
+    /// Serves `token`, whose wall-clock times count from `anchor` (the
+    /// sending of the fetch that brought it, or now for an adopted one).
+    pub(super) fn make_current(&mut self, token: Arc<Token>, anchor: Now) {
         if Some(token.id()) != self.rejected {
             self.rejected = None;
         }
         self.expiry_published = false;
         self.current = Some(token);
+        self.anchor = Some(anchor);
+    }
+
+    /// The time the current token is judged by: the wall clock, or the
+    /// token's anchor advanced by the monotonic clock when that is later
+    /// (see [`Now::token_clock`]). A wall clock stepped back never stretches
+    /// the token's life; one stepped forward ages it at once.
+    pub(super) fn token_now(&self) -> Timestamp {
+        self.anchor
+            .map_or(self.now.wall, |anchor| self.now.token_clock(anchor))
+    }
+
+    /// The wall-clock deadline (what [`Output::Timeout`] speaks in) at
+    /// which the current token's clock reaches `at`.
+    pub(super) fn token_deadline(&self, at: Timestamp) -> Timestamp {
+        if at == Timestamp::MAX {
+            return Timestamp::MAX;
+        }
+        self.now.wall + at.saturating_duration_since(self.token_now())
+    }
+
+    /// The current token's life on the monotonic clock, for readers.
+    pub(super) fn life(&self) -> Option<MonoLife> {
+        let (token, anchor) = (self.current.as_ref()?, self.anchor?);
+        Some(MonoLife {
+            stale_at: anchor.mono_of(token.stale_at()),
+            expires_at: anchor.mono_of(token.expires_at()),
+        })
     }
 
     /// Whether a token from the cache should replace ours: it is valid, not
@@ -104,7 +134,7 @@ impl RefreshMachine {
         let expired = self
             .current
             .as_ref()
-            .is_some_and(|t| !t.is_valid_at(self.now.wall));
+            .is_some_and(|t| !t.is_valid_at(self.token_now()));
         if expired && !self.expiry_published && !self.is_stopped() {
             self.expiry_published = true;
             self.publish();
@@ -121,6 +151,7 @@ impl RefreshMachine {
             skew_ms: self.skew_ms,
             lifetime_note: self.lifetime_note,
             degenerate: self.degenerate_of_current(),
+            life: self.life(),
         }));
     }
 
@@ -131,11 +162,12 @@ impl RefreshMachine {
         let Some(t) = &self.current else {
             return true;
         };
-        if Some(t.id()) == self.rejected || !t.is_valid_at(self.now.wall) {
+        let now = self.token_now();
+        if Some(t.id()) == self.rejected || !t.is_valid_at(now) {
             return true;
         }
         let fresh = t.stale_at().saturating_duration_since(t.issued_at());
-        self.now.wall >= t.stale_at() - fresh / 2
+        now >= t.stale_at() - fresh / 2
     }
 
     /// Whether the current token (valid, not rejected) outlives `token`.
@@ -143,7 +175,7 @@ impl RefreshMachine {
         self.current.as_ref().is_some_and(|c| {
             c.expires_at() > token.expires_at()
                 && Some(c.id()) != self.rejected
-                && c.is_valid_at(self.now.wall)
+                && c.is_valid_at(self.token_now())
         })
     }
 }

@@ -38,18 +38,16 @@ impl RefreshMachine {
         match (request.kind, input) {
             (
                 RequestKind::Fetch {
-                    sent_at,
-                    generation,
-                    ..
+                    sent, generation, ..
                 },
                 Input::Fetched(_, Ok(response)),
             ) => {
-                let (token, rotated) = self.accept_fetched(response, sent_at, generation);
+                let (token, rotated) = self.accept_fetched(response, sent, generation);
                 // Served unless a token served meanwhile outlives it.
-                let alive = Self::dead_on_arrival(&token, self.now.wall).is_none()
+                let alive = Self::dead_on_arrival(&token, self.now.token_clock(sent)).is_none()
                     && !self.current_outlives(&token);
                 if alive {
-                    self.make_current(token.clone());
+                    self.make_current(token.clone(), sent);
                     self.state = RefreshState::Healthy;
                     self.publish();
                 }
