@@ -16,7 +16,11 @@
 //! * time moves to the next deadline of any instance (so answers come late,
 //!   hung calls are given up on, refreshes and backoffs fire);
 //! * a reader reports the current token rejected (`Invalidate`);
-//! * an instance is shut down cleanly, or killed, or a stopped one restarts.
+//! * an instance is shut down cleanly, or killed, or a stopped one restarts;
+//! * with clock steps, an instance's wall clock steps back or forward by
+//!   more than a token's life (a step by NTP, a resume from suspend), its
+//!   monotonic clock going on as before, and a reader's read wakes it
+//!   (`Tick`), as the drivers do.
 //!
 //! In every reachable state it checks the machine's invariants: no rotated
 //! refresh token presented twice unless an answer was lost after the
@@ -27,7 +31,13 @@
 //! lease held and nothing more; an instance without a valid token while the
 //! cache holds one looks within 50 ms (it is not asleep in a peer wait);
 //! and from every state, once faults stop, every running instance has a
-//! valid token within a bounded time.
+//! valid token within a bounded time. Whatever the clock steps: a token an
+//! instance fetched itself is never served as valid past its real expiry
+//! (its life counted on the monotonic clock from the request's sending), an
+//! idle instance never sleeps past its real stale point, and after a step
+//! forward the first read starts the refresh of a token stale by the new
+//! wall clock. Each instance's other checks judge tokens by its own wall
+//! clock, as its machine must.
 //!
 //! States are told apart by a digest of the whole world (the machines'
 //! own state included, through their `Debug`); a state seen before with at
@@ -62,6 +72,12 @@ const FAST_LOOKS_FOR_MS: u64 = 1_000;
 /// valid token (virtual time): the lease TTL of a dead holder, a backoff
 /// step and a round of requests.
 const SETTLE_WITHIN_MS: u64 = 12_000;
+/// A step of a wall clock: longer than any token's life, so a step back
+/// would double a token's life if the machine judged it by the wall clock
+/// alone, and a step forward expires every token at once.
+const CLOCK_STEP_MS: i64 = 8_000;
+/// Clock steps the whole world may take, when they are explored.
+const CLOCK_STEPS: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flow {
@@ -86,6 +102,8 @@ struct Bounds {
     /// writes it first, a load from the shared layer writes back the
     /// better of the two.
     layer: bool,
+    /// Wall clocks may step back and forward (see [`CLOCK_STEP_MS`]).
+    clock_steps: bool,
 }
 
 fn config(flow: Flow, seed: u64) -> MachineConfig {
@@ -111,8 +129,9 @@ fn at(ms: u64) -> Timestamp {
     Timestamp::from_millis(T0 + ms)
 }
 
-fn now_of(ms: u64) -> Now {
-    Now::new(at(ms), MonoTime::from_millis(T0 + ms))
+/// Both clocks of an instance whose wall clock is `offset` ms off.
+fn now_of(ms: u64, offset: i64) -> Now {
+    Now::new(at(ms).offset_millis(offset), MonoTime::from_millis(T0 + ms))
 }
 
 fn ms_of(t: Timestamp) -> u64 {
@@ -136,6 +155,8 @@ enum Pending {
         id: RequestId,
         refresh_token: Option<String>,
         deadline: u64,
+        /// When it was sent (world time: the monotonic clock).
+        sent: u64,
     },
     Store {
         id: RequestId,
@@ -194,8 +215,10 @@ struct Slot {
     /// made that has not been answered, until its deadline (a lost one
     /// included), as (kind, deadline).
     in_flight: Vec<(&'static str, u64)>,
-    /// The last token published to readers, and its expiry.
-    published: Option<(TokenId, Timestamp)>,
+    /// The last token published to readers, and its expiry on the
+    /// monotonic clock (wall-clock times stamped either side of a step do
+    /// not compare).
+    published: Option<(TokenId, Timestamp, MonoTime)>,
     /// A release of this instance's failed or was lost.
     release_faulted: bool,
     /// Whether the last snapshot said renewals are failing.
@@ -210,6 +233,15 @@ struct Slot {
     /// Its memory layer, when the world has them (a process's own: a
     /// restart starts without it).
     memory: Option<Arc<Token>>,
+    /// How far its wall clock is from the world's (steps move it).
+    offset: i64,
+    /// The tokens this process fetched itself (the authority's number),
+    /// with when it sent their request: their real life counts from there.
+    fetched: Vec<(u64, u64)>,
+    /// What readers were last told of the token: its real expiry when
+    /// this process fetched it (world ms), its wall-clock expiry, and its
+    /// monotonic one.
+    told: Option<(Option<u64>, Timestamp, Option<MonoTime>)>,
 }
 
 /// The shared cache.
@@ -241,6 +273,8 @@ struct World {
     /// lost with it, through no fault of the machine.
     inherent_loss: bool,
     restarts: u32,
+    /// Clock steps taken so far.
+    clock_steps: u32,
 }
 
 /// One thing the world does.
@@ -254,6 +288,9 @@ enum Step {
     Shutdown(usize),
     Kill(usize),
     Restart(usize),
+    /// An instance's wall clock steps (forward if true), and a reader's
+    /// read wakes its driver.
+    Jump(usize, bool),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +327,7 @@ impl World {
             authority: Authority::default(),
             inherent_loss: false,
             restarts: 0,
+            clock_steps: 0,
         };
         for i in 0..bounds.instances {
             let slot = world.fresh_slot(i, 0);
@@ -315,7 +353,71 @@ impl World {
             hungry: None,
             tokenless_since: None,
             memory: None,
+            offset: self.slots.get(i).map_or(0, |s| s.offset),
+            fetched: Vec::new(),
+            told: None,
         }
+    }
+
+    /// Instance `i`'s clocks now.
+    fn now_at(&self, i: usize) -> Now {
+        now_of(self.now, self.slots[i].offset)
+    }
+
+    /// Instance `i`'s wall clock now.
+    fn wall(&self, i: usize) -> Timestamp {
+        self.now_at(i).wall
+    }
+
+    /// A token this instance fetched itself: its real expiry and stale
+    /// point (world ms), counted from its request's sending.
+    fn own_life(&self, i: usize, token: &Token) -> Option<(u64, u64)> {
+        let number: u64 = token
+            .access_token()
+            .expose_secret()
+            .strip_prefix("at-")?
+            .parse()
+            .ok()?;
+        let &(_, sent) = self.slots[i].fetched.iter().find(|(n, _)| *n == number)?;
+        let from = token.issued_at();
+        Some((
+            sent + ms(token.expires_at().saturating_duration_since(from)),
+            sent + ms(token.stale_at().saturating_duration_since(from)),
+        ))
+    }
+
+    /// Readers must never see a token this instance fetched as valid past
+    /// its real expiry; an idle instance must not sleep past its real stale
+    /// point.
+    fn check_clocks(&self, i: usize) -> Checked {
+        let slot = &self.slots[i];
+        if slot.life != Life::Running {
+            return Ok(());
+        }
+        let now = self.now;
+        if let Some((Some(real_expiry), wall_expiry, mono_expiry)) = slot.told {
+            // As a reader judges it: by both clocks.
+            let told_valid =
+                self.wall(i) < wall_expiry && mono_expiry.is_none_or(|m| m.as_millis() > T0 + now);
+            if now >= real_expiry && told_valid {
+                return Err(format!(
+                    "a token served past its real expiry -- instance {i}: readers were told it lives to {:?} ms, it expired at {real_expiry} ms, now {now} ms",
+                    mono_expiry.map(|m| m.as_millis().saturating_sub(T0))
+                ));
+            }
+        }
+        if slot.machine.is_idle() && slot.in_flight.is_empty() {
+            if let Some((_, real_stale)) = slot.machine.current().and_then(|t| self.own_life(i, t))
+            {
+                if now < real_stale && slot.timeout > real_stale {
+                    return Err(format!(
+                        "asleep past its token's stale point -- instance {i}: idle until {} ms, its own token went stale at {real_stale} ms (wall clock {} ms off)",
+                        slot.timeout, slot.offset
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn is_live(&self, i: usize) -> bool {
@@ -325,18 +427,26 @@ impl World {
     /// Feeds an input to instance `i` and carries out its outputs.
     fn input(&mut self, i: usize, input: Input) -> Checked {
         let now = self.now;
-        self.slots[i].machine.handle_input(input, now_of(now));
+        let offset = self.slots[i].offset;
+        self.slots[i]
+            .machine
+            .handle_input(input, now_of(now, offset));
         for _ in 0..MAX_OUTPUTS {
             match self.slots[i].machine.poll_output() {
+                Output::Timeout(t) if t == Timestamp::MAX => {
+                    self.slots[i].timeout = u64::MAX;
+                    return self.check_clocks(i);
+                }
                 Output::Timeout(t) => {
-                    let t = ms_of(t);
-                    if t <= now && t != ms_of(Timestamp::MAX) {
+                    // The wall-clock deadline, on the world's clock.
+                    let t = (ms_of(t.offset_millis(-offset))).max(1);
+                    if t <= now {
                         return Err(format!(
                             "timeout not ahead of now -- instance {i}: {t} <= {now}"
                         ));
                     }
                     self.slots[i].timeout = t;
-                    return Ok(());
+                    return self.check_clocks(i);
                 }
                 Output::Action(action) => self.action(i, action)?,
             }
@@ -348,6 +458,11 @@ impl World {
 
     fn action(&mut self, i: usize, action: Action) -> Checked {
         let now = self.now;
+        let wall = self.wall(i);
+        let own = match &action {
+            Action::Publish(s) => s.token.as_ref().and_then(|t| self.own_life(i, t)),
+            _ => None,
+        };
         if TRACE.with(|t| t.get()) {
             println!("    {now:>6} ms  instance {i}: {action:?}");
         }
@@ -364,28 +479,57 @@ impl World {
                 );
                 if let Some(token) = &snapshot.token {
                     match slot.published {
-                        Some((id, _)) if id == token.id() => {}
+                        Some((id, ..)) if id == token.id() => {}
                         previous => {
                             // (A token a reader rejected may be replaced by
                             // one that expires sooner.)
                             let rejected =
-                                previous.is_some_and(|(id, _)| slot.rejected == Some(id));
-                            if let (Some((_, expires)), false) = (previous, rejected) {
-                                if token.expires_at() < expires {
+                                previous.is_some_and(|(id, ..)| slot.rejected == Some(id));
+                            let Some(life) = snapshot.life else {
+                                return Err(format!(
+                                    "published a token without its life -- instance {i}"
+                                ));
+                            };
+                            if let (Some((_, wall_expiry, mono_expiry)), false) =
+                                (previous, rejected)
+                            {
+                                // The previous token's expiry as seen now: the
+                                // earlier of its monotonic reckoning and the
+                                // wall clock's (which may have stepped since).
+                                let expires = mono_expiry.min(
+                                    MonoTime::from_millis(T0 + now)
+                                        + wall_expiry.saturating_duration_since(wall),
+                                );
+                                if life.expires_at < expires {
                                     return Err(format!(
-                                        "published an older token -- instance {i}: expires at {} over one that expires at {}",
-                                        ms_of(token.expires_at()),
-                                        ms_of(expires)
+                                        "published an older token -- instance {i}: expires at {} over one that expires at {} (monotonic)",
+                                        life.expires_at.as_millis() - T0,
+                                        expires.as_millis() - T0
                                     ));
                                 }
                             }
-                            if !token.is_valid_at(at(now)) {
+                            // A step forward may expire a token between its
+                            // answer and its publication (its store in
+                            // flight): publishing it then tells readers it
+                            // expired, and is a defect only over a token
+                            // still valid.
+                            let stepped_forward = slot.offset > 0;
+                            let over_valid = previous.is_some_and(|(_, w, _)| wall < w);
+                            if !token.is_valid_at(wall) && (!stepped_forward || over_valid) {
                                 return Err(format!("published an expired token -- instance {i}"));
                             }
-                            slot.published = Some((token.id(), token.expires_at()));
+                            slot.published =
+                                Some((token.id(), token.expires_at(), life.expires_at));
                         }
                     }
                 }
+                slot.told = snapshot.token.as_ref().map(|t| {
+                    (
+                        own.map(|(expiry, _)| expiry),
+                        t.expires_at(),
+                        snapshot.life.map(|l| l.expires_at),
+                    )
+                });
                 return Ok(());
             }
             Action::Stop => {
@@ -431,6 +575,7 @@ impl World {
                     .as_ref()
                     .map(|rt| rt.expose_secret().to_owned()),
                 deadline: now + ms(request.timeout),
+                sent: now,
             },
             Action::Store { id, token, timeout } => Pending::Store {
                 id,
@@ -496,6 +641,10 @@ impl World {
                 out.push(Step::Shutdown(i));
                 out.push(Step::Kill(i));
             }
+            if bounds.clock_steps && self.clock_steps < CLOCK_STEPS && slot.life == Life::Running {
+                out.push(Step::Jump(i, false));
+                out.push(Step::Jump(i, true));
+            }
         }
         if self.next_deadline().is_some() {
             out.push(Step::Advance);
@@ -547,6 +696,11 @@ impl World {
                 self.input(i, Input::Shutdown)?;
             }
             Step::Kill(i) => {
+                // A rotated refresh token that only this process knew (its
+                // store not yet carried out) dies with it: inherent.
+                let durable = self.cache.token.as_ref().map_or(0, |t| t.generation());
+                let known = self.slots[i].machine.refresh_token().map(|(_, g)| g);
+                self.inherent_loss |= known.is_some_and(|g| g > durable);
                 self.slots[i].life = Life::Killed;
                 self.slots[i].pending.clear();
                 self.slots[i].in_flight.clear();
@@ -556,6 +710,28 @@ impl World {
                 let incarnation = self.slots[i].incarnation + 1;
                 self.slots[i] = self.fresh_slot(i, incarnation);
                 self.input(i, Input::Start)?;
+            }
+            Step::Jump(i, forward) => {
+                self.clock_steps += 1;
+                self.slots[i].offset += if forward {
+                    CLOCK_STEP_MS
+                } else {
+                    -CLOCK_STEP_MS
+                };
+                // The reader's read that finds the token stale wakes the
+                // driver, which ticks: with a token stale by the new wall
+                // clock and nothing under way, a refresh must start.
+                let idle = self.slots[i].machine.is_idle() && self.slots[i].in_flight.is_empty();
+                let stale = self.slots[i]
+                    .machine
+                    .current()
+                    .is_some_and(|t| self.wall(i) >= t.stale_at());
+                self.input(i, Input::Tick)?;
+                if idle && stale && forward && self.slots[i].machine.is_idle() {
+                    return Err(format!(
+                        "a read after a step forward did not start a refresh -- instance {i}: its token is stale by the new wall clock"
+                    ));
+                }
             }
         }
         self.update_hungry();
@@ -574,7 +750,7 @@ impl World {
                     (Outcome::Lost, _) => return Ok(()),
                     // The memory layer answers a load it satisfies, without
                     // the shared layer.
-                    (_, Some(m)) if m.satisfies(at(now), newer_than) => {
+                    (_, Some(m)) if m.satisfies(self.wall(i), newer_than) => {
                         Input::CacheLoaded(id, Ok(Some((*m).clone())))
                     }
                     (Outcome::Fail, _) => Input::CacheLoaded(id, Err(down())),
@@ -641,6 +817,7 @@ impl World {
                 id,
                 refresh_token,
                 deadline,
+                sent,
             } => {
                 if outcome == Outcome::Fail {
                     let error = FetchError::transient("503 Service Unavailable").with_status(503);
@@ -657,6 +834,11 @@ impl World {
                     }
                     if outcome == Outcome::Lost {
                         return Ok(());
+                    }
+                    let fetched = &mut self.slots[i].fetched;
+                    fetched.push((self.authority.issued, sent));
+                    if fetched.len() > 4 {
+                        fetched.remove(0);
                     }
                     Input::Fetched(id, answer)
                 }
@@ -737,36 +919,26 @@ impl World {
 
     fn update_hungry(&mut self) {
         let now = self.now;
-        let cached = self
-            .cache
-            .token
-            .as_ref()
-            .filter(|t| t.is_valid_at(at(now)))
-            .map(|t| t.id());
         for i in 0..self.slots.len() {
+            let wall = self.wall(i);
+            let cached = self
+                .cache
+                .token
+                .as_ref()
+                .filter(|t| t.is_valid_at(wall))
+                .map(|t| t.id());
             let live = self.slots[i].life == Life::Running;
             let slot = &mut self.slots[i];
-            let valid = slot
-                .machine
-                .current()
-                .is_some_and(|t| t.is_valid_at(at(now)));
+            let valid = slot.machine.current().is_some_and(|t| t.is_valid_at(wall));
             slot.tokenless_since = match (valid, slot.tokenless_since) {
                 (true, _) => None,
-                (false, None) => Some(
-                    slot.machine
-                        .current()
-                        .map_or(now, |t| ms_of(t.expires_at()).min(now)),
-                ),
+                (false, None) => Some(slot.machine.current().map_or(now, |t| {
+                    ms_of(t.expires_at().offset_millis(-slot.offset)).min(now)
+                })),
                 (false, since) => since,
             };
-            let hungry = live
-                && !slot.retrying
-                && cached.is_some()
-                && cached != slot.rejected
-                && !slot
-                    .machine
-                    .current()
-                    .is_some_and(|t| t.is_valid_at(at(now)));
+            let hungry =
+                live && !slot.retrying && cached.is_some() && cached != slot.rejected && !valid;
             let busy = slot.in_flight.iter().any(|&(_, deadline)| deadline > now);
             slot.hungry = match (hungry, slot.hungry) {
                 (false, _) => None,
@@ -790,7 +962,7 @@ impl World {
                     || w.slots[i]
                         .machine
                         .current()
-                        .is_some_and(|t| t.is_valid_at(at(w.now)))
+                        .is_some_and(|t| t.is_valid_at(w.wall(i)))
             });
             if satisfied {
                 return Ok(());
@@ -821,7 +993,7 @@ impl World {
                     && !w.slots[i]
                         .machine
                         .current()
-                        .is_some_and(|t| t.is_valid_at(at(w.now)))
+                        .is_some_and(|t| t.is_valid_at(w.wall(i)))
             })
             .collect();
         Err(format!(
@@ -835,8 +1007,13 @@ impl World {
         let mut h = DigestWriter(std::collections::hash_map::DefaultHasher::new());
         let _ = write!(
             h,
-            "{:?}{:?}{:?}{}{}",
-            self.cache, self.authority, self.now, self.inherent_loss, self.restarts
+            "{:?}{:?}{:?}{}{}{}",
+            self.cache,
+            self.authority,
+            self.now,
+            self.inherent_loss,
+            self.restarts,
+            self.clock_steps
         );
         for slot in &self.slots {
             let _ = write!(
@@ -856,7 +1033,11 @@ impl World {
                 "{:?}",
                 slot.memory.as_ref().map(|t| (t.id(), t.generation()))
             );
-            let _ = write!(h, "{:?}", slot.in_flight);
+            let _ = write!(
+                h,
+                "{:?}{}{:?}{:?}",
+                slot.in_flight, slot.offset, slot.fetched, slot.told
+            );
             if matches!(slot.life, Life::Running | Life::ShuttingDown) {
                 slot.machine.digest(&mut h.0);
             }
@@ -1026,7 +1207,27 @@ fn two_instances_client_credentials() {
         invalidations: true,
         lifecycle: true,
         layer: false,
+        clock_steps: false,
     });
+}
+
+/// Wall clocks that step back and forward, two steps in all, with the
+/// faults and the lifecycle: a smaller depth, as each step doubles the
+/// branching.
+#[test]
+fn two_instances_with_clock_steps() {
+    for flow in [Flow::ClientCredentials, Flow::RefreshToken] {
+        run(Bounds {
+            instances: 2,
+            flow,
+            depth: 7,
+            faults: true,
+            invalidations: false,
+            lifecycle: true,
+            layer: false,
+            clock_steps: true,
+        });
+    }
 }
 
 #[test]
@@ -1039,11 +1240,12 @@ fn two_instances_refresh_tokens() {
         invalidations: true,
         lifecycle: true,
         layer: false,
+        clock_steps: false,
     });
 }
 
 /// Bounds from the environment, for deeper runs than the suite affords:
-/// `FRESHTOKEN_MODEL=instances,flow,depth,faults,invalidations,lifecycle[,layer]`
+/// `FRESHTOKEN_MODEL=instances,flow,depth,faults,invalidations,lifecycle[,layer[,clock steps]]`
 /// (flow `cc` or `rt`, the others `0` or `1`), several separated by `;`.
 /// `.ci/run` runs the deep set this way.
 #[test]
@@ -1054,8 +1256,8 @@ fn bounds_from_the_environment() {
     for run_spec in spec.split(';').filter(|s| !s.trim().is_empty()) {
         let f: Vec<&str> = run_spec.trim().split(',').collect();
         assert!(
-            f.len() == 6 || f.len() == 7,
-            "instances,flow,depth,faults,invalidations,lifecycle[,layer]: {run_spec}"
+            (6..=8).contains(&f.len()),
+            "instances,flow,depth,faults,invalidations,lifecycle[,layer[,clock steps]]: {run_spec}"
         );
         let bounds = Bounds {
             instances: f[0].parse().expect("instances"),
@@ -1069,6 +1271,7 @@ fn bounds_from_the_environment() {
             invalidations: f[4] == "1",
             lifecycle: f[5] == "1",
             layer: f.get(6) == Some(&"1"),
+            clock_steps: f.get(7) == Some(&"1"),
         };
         states += run(bounds).states;
     }

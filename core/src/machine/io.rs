@@ -129,7 +129,10 @@ pub enum Output {
 /// fetch or cache timeout of its [`MachineConfig`](super::MachineConfig)),
 /// so a driver needs no timeouts of its own: it keeps waiting for the
 /// answer, and feeds it whenever it comes.
+// `Publish` is the large variant; it is moved out once per poll (see
+// `Output`), so boxing it would cost more than it saves.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     /// Read the shared cache; answer with [`Input::CacheLoaded`].
     LoadCache {

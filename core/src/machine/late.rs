@@ -52,7 +52,7 @@ impl RefreshMachine {
     pub(super) fn on_late_fetch(&mut self, response: TokenResponse, fetch: Abandoned) {
         // Its life counts from when it was sent, like any answer's.
         let (token, rotated) = self.accept_fetched(response, fetch.sent, fetch.generation);
-        let newer = self.is_better(&token);
+        let newer = self.is_better(&token, fetch.sent);
         if !(rotated || newer) {
             return self.ignore();
         }

@@ -457,6 +457,13 @@ impl RefreshMachine {
         );
     }
 
+    /// Whether the machine is idle until its next refresh (no refresh under
+    /// way, none failing). Not part of the stable API: the model checker's.
+    #[doc(hidden)]
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Idle { .. })
+    }
+
     /// Whether `Stop` has been emitted.
     pub fn is_stopped(&self) -> bool {
         matches!(self.phase, Phase::Stopped)
@@ -506,9 +513,7 @@ impl RefreshMachine {
         };
         // Also wake at expiry, so readers waiting on changes learn of it.
         let expiry = match &self.current {
-            Some(t) if !self.expiry_published && !self.is_stopped() => {
-                self.token_deadline(t.expires_at())
-            }
+            Some(t) if self.expiry_to_publish() => self.token_deadline(t.expires_at()),
             _ => Timestamp::MAX,
         };
         // A deadline already due (the driver was late) is due right after now.
@@ -772,7 +777,7 @@ impl RefreshMachine {
         }
         if let Some(token) = cached {
             self.learn_refresh_token(&token);
-            if self.is_better(&token) {
+            if self.is_better(&token, self.now) {
                 self.stats.adoptions += 1;
                 self.lifetime_note = None;
                 self.failures = 0;
@@ -875,7 +880,7 @@ impl RefreshMachine {
         self.failures = 0;
         self.unreached = 0;
         self.state = RefreshState::Healthy;
-        if self.current_outlives(&token) {
+        if self.current_outlives(&token, sent) {
             // A late answer served meanwhile outlives this one: keep it
             // (published tokens never go backwards); a rotated refresh
             // token is still made durable.

@@ -109,24 +109,43 @@ impl RefreshMachine {
         self.now.wall + at.saturating_duration_since(self.token_now())
     }
 
-    /// The current token's life on the monotonic clock, for readers.
+    /// The current token's life on the monotonic clock, as seen now.
     pub(super) fn life(&self) -> Option<MonoLife> {
         let (token, anchor) = (self.current.as_ref()?, self.anchor?);
         Some(MonoLife {
-            stale_at: anchor.mono_of(token.stale_at()),
-            expires_at: anchor.mono_of(token.expires_at()),
+            stale_at: self.mono_point(token.stale_at(), anchor),
+            expires_at: self.mono_point(token.expires_at(), anchor),
         })
     }
 
-    /// Whether a token from the cache should replace ours: it is valid, not
-    /// the one a consumer rejected, and lives longer than ours.
-    pub(super) fn is_better(&self, token: &Token) -> bool {
-        token.is_valid_at(self.now.wall)
+    /// When, on the monotonic clock, a token clock anchored at `anchor`
+    /// reaches `at` (now, if it has): the earlier of the wall clock's and
+    /// the anchor's reckoning, as [`Now::token_clock`] judges.
+    fn mono_point(&self, at: Timestamp, anchor: Now) -> MonoTime {
+        if at == Timestamp::MAX {
+            return MonoTime::MAX;
+        }
+        self.now.mono + at.saturating_duration_since(self.now.token_clock(anchor))
+    }
+
+    /// Whether `token` (from the cache, or a late answer), its times
+    /// counting from `anchor`, should replace ours: it is valid, not the
+    /// one a consumer rejected nor ours again, and lives longer than ours.
+    ///
+    /// Lives are compared on the monotonic clock, each from its own
+    /// anchor: wall-clock times stamped before and after a step of the
+    /// wall clock do not compare (after a step back, a fresh answer's times
+    /// are earlier than those of the token it replaces).
+    pub(super) fn is_better(&self, token: &Token, anchor: Now) -> bool {
+        token.is_valid_at(self.now.token_clock(anchor))
             && Some(token.id()) != self.rejected
             && self
                 .current
                 .as_ref()
-                .is_none_or(|ours| token.expires_at() > ours.expires_at())
+                .is_none_or(|ours| ours.id() != token.id())
+            && self
+                .life()
+                .is_none_or(|ours| self.mono_point(token.expires_at(), anchor) > ours.expires_at)
     }
 
     /// Tells readers when the current token expires (once per token).
@@ -135,10 +154,29 @@ impl RefreshMachine {
             .current
             .as_ref()
             .is_some_and(|t| !t.is_valid_at(self.token_now()));
-        if expired && !self.expiry_published && !self.is_stopped() {
+        if expired && self.expiry_to_publish() {
             self.expiry_published = true;
             self.publish();
         }
+    }
+
+    /// Whether readers are yet to be told that the current token expired:
+    /// not once told, not after `Stop`, and not while the token waits for
+    /// its store to be published at all (a rotated refresh token is made
+    /// durable first; a clock stepped forward may expire it meanwhile).
+    pub(super) fn expiry_to_publish(&self) -> bool {
+        let awaits_store = |r: &Request| {
+            matches!(&r.kind, RequestKind::Store { token, publish_after: true, .. }
+                if self.current.as_ref().is_some_and(|c| c.id() == token.id()))
+        };
+        let deferred = match &self.phase {
+            Phase::Waiting(r) | Phase::Draining { request: r, .. } => awaits_store(r),
+            _ => false,
+        } || self
+            .follow_up
+            .as_ref()
+            .is_some_and(|f| matches!(f.store_for, StoreFor::RotatedThenPublish));
+        !self.expiry_published && !self.is_stopped() && !deferred
     }
 
     pub(super) fn publish(&mut self) {
@@ -170,12 +208,15 @@ impl RefreshMachine {
         now >= t.stale_at() - fresh / 2
     }
 
-    /// Whether the current token (valid, not rejected) outlives `token`.
-    pub(super) fn current_outlives(&self, token: &Token) -> bool {
-        self.current.as_ref().is_some_and(|c| {
-            c.expires_at() > token.expires_at()
-                && Some(c.id()) != self.rejected
-                && c.is_valid_at(self.token_now())
-        })
+    /// Whether the current token (valid, not rejected) outlives `token`,
+    /// whose times count from `anchor` (compared as in
+    /// [`is_better`](Self::is_better)).
+    pub(super) fn current_outlives(&self, token: &Token, anchor: Now) -> bool {
+        let (Some(c), Some(life)) = (&self.current, self.life()) else {
+            return false;
+        };
+        life.expires_at > self.mono_point(token.expires_at(), anchor)
+            && Some(c.id()) != self.rejected
+            && c.is_valid_at(self.token_now())
     }
 }

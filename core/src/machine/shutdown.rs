@@ -45,7 +45,7 @@ impl RefreshMachine {
                 let (token, rotated) = self.accept_fetched(response, sent, generation);
                 // Served unless a token served meanwhile outlives it.
                 let alive = Self::dead_on_arrival(&token, self.now.token_clock(sent)).is_none()
-                    && !self.current_outlives(&token);
+                    && !self.current_outlives(&token, sent);
                 if alive {
                     self.make_current(token.clone(), sent);
                     self.state = RefreshState::Healthy;

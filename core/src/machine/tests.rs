@@ -18,6 +18,9 @@ struct Harness {
     last_id: Option<RequestId>,
     /// The last release's id (releases are answered apart: `Released(ID, ..)`).
     last_release: Option<RequestId>,
+    /// How far the wall clock has been stepped from `now` (which the
+    /// monotonic clock reads).
+    wall_step: i64,
 }
 
 impl Harness {
@@ -27,6 +30,7 @@ impl Harness {
             now: T0,
             last_id: None,
             last_release: None,
+            wall_step: 0,
         }
     }
 
@@ -54,7 +58,11 @@ impl Harness {
 
     /// Feeds `input` as it is.
     fn feed_raw(&mut self, input: Input) -> (Vec<Action>, Timestamp) {
-        self.m.handle_input(input, self.now);
+        let now = Now::new(
+            self.now.offset_millis(self.wall_step),
+            MonoTime::from_millis(self.now.as_millis()),
+        );
+        self.m.handle_input(input, now);
         let mut actions = Vec::new();
         loop {
             match self.m.poll_output() {
@@ -1183,4 +1191,80 @@ fn a_follower_looks_again_at_its_tokens_expiry_at_the_latest() {
     let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(theirs))));
     let served = published(&a)[0].token.as_ref().map(|t| t.id());
     assert_eq!(served, Some(AccessToken::new("theirs").fingerprint()));
+}
+
+/// Issue 25: a wall clock stepped back 120 s (NTP) must not stretch a 60 s
+/// token's life by 120 s: the refresh comes at its stale point on the
+/// monotonic clock, readers are told it expired at its real expiry, and the
+/// next token goes on from there.
+#[test]
+fn a_wall_clock_stepped_back_never_stretches_a_tokens_life() {
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    let (a, wake) = h.answer(60, "a");
+    let first = published(&a)[0].token.clone().unwrap();
+    assert!(wake <= first.stale_at());
+    // At +10 s the wall clock steps back 120 s; a reader's read ticks.
+    h.wall_step = -120_000;
+    let (a, wake) = h.at(T0 + Duration::from_secs(10)).feed(Input::Tick);
+    assert!(a.is_empty(), "nothing due yet: {a:?}");
+    // The wake-up (a wall-clock instant) is the stale point as the stepped
+    // clock reads it, not 120 s later.
+    let stale_point = first.stale_at() - Duration::from_secs(120);
+    assert!(
+        wake <= stale_point,
+        "wakes at {wake:?}, stale at {stale_point:?} on the stepped clock"
+    );
+    // Sleep until then: the refresh starts (on the monotonic clock, at most
+    // at the token's stale point).
+    let asleep_for =
+        wake.saturating_duration_since(T0 + Duration::from_secs(10) - Duration::from_secs(120));
+    let (a, _) = h
+        .at(T0 + Duration::from_secs(10) + asleep_for)
+        .feed(Input::Tick);
+    assert_eq!(kinds(&a), ["fetch"]);
+    assert!(h.now <= first.stale_at());
+    // The old token's published life ends at its real expiry.
+    let life = h.m.life().unwrap();
+    assert_eq!(
+        life.expires_at,
+        MonoTime::from_millis(first.expires_at().as_millis())
+    );
+    // The answer is served, and its successor comes a period later.
+    let (a, wake) = h.answer(60, "b");
+    let second = published(&a)[0].token.clone().unwrap();
+    assert_eq!(
+        second.issued_at(),
+        h.now - Duration::from_secs(120),
+        "stamped by the stepped clock"
+    );
+    let period = wake.saturating_duration_since(h.now - Duration::from_secs(120));
+    assert!(
+        period >= Duration::from_secs(20) && period <= Duration::from_secs(45),
+        "{period:?}"
+    );
+}
+
+/// A wall clock stepped forward (a resume from suspend the monotonic clock
+/// did not count) ages the token at once: the first tick refreshes, and the
+/// expired token is published as such.
+#[test]
+fn a_wall_clock_stepped_forward_refreshes_at_the_first_tick() {
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    let (a, _) = h.answer(60, "a");
+    let first = published(&a)[0].token.clone().unwrap();
+    h.wall_step = 120_000;
+    let (a, _) = h.at(T0 + Duration::from_secs(10)).feed(Input::Tick);
+    assert!(kinds(&a).contains(&"fetch"), "{a:?}");
+    let told = published(&a);
+    assert!(told
+        .iter()
+        .all(|s| s.token.as_ref().is_some_and(|t| t.id() == first.id())));
+    assert!(!told.is_empty(), "readers are told the token expired");
+    let now = Now::new(
+        h.now.offset_millis(h.wall_step),
+        MonoTime::from_millis(h.now.as_millis()),
+    );
+    assert!(!told[0].is_valid_at(now));
 }
