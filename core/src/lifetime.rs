@@ -93,6 +93,12 @@ pub enum LifetimeNote {
     /// The JWT `exp` (moved into the local clock) was earlier than
     /// `sent_at + expires_in`, and was used.
     JwtExpiryEarlier,
+    /// The authority's refresh hint (`refresh_in`, seconds as sent) made
+    /// the token stale earlier than the policy would have.
+    RefreshHint {
+        /// What the authority sent, in seconds.
+        refresh_in: i64,
+    },
 }
 
 /// The outcome of [`LifetimePolicy::resolve`].

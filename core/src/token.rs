@@ -149,6 +149,20 @@ impl Token {
         }
     }
 
+    /// Moves the stale point (kept between the issue and the expiry).
+    ///
+    /// ```
+    /// use freshtoken_core::{AccessToken, Timestamp, Token};
+    /// let t = |s| Timestamp::from_secs(s);
+    /// let token = Token::new(AccessToken::new("at"), t(0), t(50), t(60)).with_stale_at(t(20));
+    /// assert_eq!(token.stale_at(), t(20));
+    /// assert_eq!(token.clone().with_stale_at(t(90)).stale_at(), t(60));
+    /// ```
+    pub fn with_stale_at(mut self, stale_at: Timestamp) -> Self {
+        self.stale_at = stale_at.clamp(self.issued_at, self.expires_at);
+        self
+    }
+
     /// Sets the refresh-token generation (see [`generation`](Self::generation)).
     pub fn with_generation(mut self, generation: u64) -> Self {
         self.generation = generation;
@@ -418,6 +432,9 @@ pub struct TokenResponse {
     pub scope: Option<String>,
     /// The authority's `Date` header, if it sent one.
     pub server_date: Option<Timestamp>,
+    /// The authority's refresh hint in seconds (`refresh_in`, as Entra ID
+    /// sends), if sent: the token is to be renewed no later than this.
+    pub refresh_in: Option<i64>,
 }
 
 impl TokenResponse {
@@ -431,7 +448,14 @@ impl TokenResponse {
             id_token: None,
             scope: None,
             server_date: None,
+            refresh_in: None,
         }
+    }
+
+    /// Sets the refresh hint (`refresh_in`, seconds).
+    pub fn with_refresh_in(mut self, refresh_in: Option<i64>) -> Self {
+        self.refresh_in = refresh_in;
+        self
     }
 
     /// Sets `expires_in` (seconds).

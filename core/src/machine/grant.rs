@@ -100,11 +100,23 @@ impl RefreshMachine {
     ) -> (Arc<Token>, bool) {
         let rotated = response.refresh_token.is_some();
         let given = response.expires_in;
+        let hint = response.refresh_in.filter(|&s| s > 0);
         let resolved = self
             .config
             .lifetime
             .resolve(response, sent.wall, self.now.wall);
+        let mut note = resolved.note;
         let mut token = self.floor_degenerate(resolved.token, given);
+        // The authority's refresh hint makes the token stale no later than
+        // it says, and never sooner than the refresh floor after the send.
+        if let Some(hint) = hint {
+            let after = Duration::from_secs(hint as u64).max(self.config.min_refresh_interval);
+            let hinted = sent.wall.saturating_add(after);
+            if hinted < token.stale_at() {
+                token = token.with_stale_at(hinted);
+                note = Some(LifetimeNote::RefreshHint { refresh_in: hint });
+            }
+        }
         if rotated {
             let next = generation.saturating_add(1);
             token = token.with_generation(next);
@@ -129,7 +141,7 @@ impl RefreshMachine {
             token = token.with_refresh_token(rt).with_generation(generation);
         }
         self.skew_ms = resolved.skew_ms;
-        self.lifetime_note = resolved.note;
+        self.lifetime_note = note;
         (Arc::new(token), rotated)
     }
 

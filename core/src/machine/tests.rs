@@ -1268,3 +1268,39 @@ fn a_wall_clock_stepped_forward_refreshes_at_the_first_tick() {
     );
     assert!(!told[0].is_valid_at(now));
 }
+
+/// Issue 24: the authority's refresh hint (`refresh_in`, as Entra ID
+/// sends) makes the token stale no later than it says, is shown in the
+/// snapshot, and never undercuts the refresh floor.
+#[test]
+fn the_authoritys_refresh_hint_is_followed_down_to_the_floor() {
+    let answer = |refresh_in| {
+        TokenResponse::new(AccessToken::new("at"))
+            .with_expires_in(Some(3600))
+            .with_refresh_in(Some(refresh_in))
+    };
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    let (a, wake) = h.feed(Input::Fetched(ID, Ok(answer(600))));
+    let snap = published(&a)[0];
+    assert_eq!(
+        snap.token.as_ref().unwrap().stale_at(),
+        T0 + Duration::from_secs(600)
+    );
+    assert_eq!(
+        snap.lifetime_note,
+        Some(LifetimeNote::RefreshHint { refresh_in: 600 })
+    );
+    assert!(wake <= T0 + Duration::from_secs(600));
+
+    // A hint of a second is raised to the floor.
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    let (a, wake) = h.feed(Input::Fetched(ID, Ok(answer(1))));
+    let floor = MachineConfig::default().min_refresh_interval;
+    assert_eq!(
+        published(&a)[0].token.as_ref().unwrap().stale_at(),
+        T0 + floor
+    );
+    assert!(wake >= T0 + floor / 2, "no storm: {wake:?}");
+}

@@ -91,6 +91,7 @@ struct RawAnswer {
     access_token: Option<Value>,
     token_type: Option<Value>,
     expires_in: Option<Value>,
+    refresh_in: Option<Value>,
     refresh_token: Option<Value>,
     id_token: Option<Value>,
     scope: Option<Value>,
@@ -336,6 +337,7 @@ fn success(raw: RawAnswer, response: &HttpResponse) -> Result<TokenResponse, &'s
     let answer = TokenResponse::new(access_token)
         .with_token_type(token_type)
         .with_expires_in(raw.expires_in.as_ref().and_then(expires_in))
+        .with_refresh_in(raw.refresh_in.as_ref().and_then(expires_in))
         .with_refresh_token(non_empty_string(raw.refresh_token).map(RefreshToken::new))
         .with_id_token(non_empty_string(raw.id_token).map(IdToken::new))
         .with_scope(scope)
@@ -404,6 +406,7 @@ fn duplicate_field(e: &serde_json::Error) -> Option<&'static str> {
         "access_token",
         "token_type",
         "expires_in",
+        "refresh_in",
         "refresh_token",
         "id_token",
         "scope",
@@ -452,6 +455,13 @@ mod tests {
         assert_eq!(t.id_token.unwrap().expose_secret(), "idt");
         assert_eq!(t.scope.as_deref(), Some("a b"));
         assert_eq!(ok(r#"{"access_token":"at"}"#).token_type, "Bearer");
+    }
+
+    #[test]
+    fn refresh_in_is_read_like_expires_in() {
+        let t = ok(r#"{"access_token":"at","expires_in":3600,"refresh_in":"1800"}"#);
+        assert_eq!((t.expires_in, t.refresh_in), (Some(3600), Some(1800)));
+        assert_eq!(ok(r#"{"access_token":"at"}"#).refresh_in, None);
     }
 
     #[test]
