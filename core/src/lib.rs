@@ -69,8 +69,8 @@ pub use error::{CacheError, CacheErrorKind, FetchError, FetchErrorKind};
 pub use jitter::{Jitter, JitterStrategy};
 pub use lifetime::{LifetimeNote, LifetimePolicy};
 pub use machine::{
-    Action, FetchRequest, Input, LeaseOutcome, MachineConfig, MachineStats, MonoLife, Output,
-    RefreshMachine, RefreshState, RequestId, Snapshot,
+    Action, Event, FetchRequest, Input, InvalidationOutcome, LeaseOutcome, MachineConfig,
+    MachineStats, MonoLife, Output, RefreshMachine, RefreshState, RequestId, Snapshot,
 };
 pub use secret::{AccessToken, Assertion, ClientSecret, IdToken, RefreshToken};
 pub use time::{Clock, ManualClock, MonoTime, Now, Timestamp};

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use freshtoken_core::{
-    Action, CacheError, CacheErrorKind, Clock, FetchError, FetchRequest, Input, LeaseOutcome,
-    Output, RefreshMachine, RequestId, Timestamp, Token, TokenResponse,
+    Action, CacheError, CacheErrorKind, Clock, Event, FetchError, FetchRequest, Input,
+    LeaseOutcome, Output, RefreshMachine, RequestId, Timestamp, Token, TokenResponse,
 };
 
 #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
@@ -212,22 +212,28 @@ impl Refresher {
 
     /// Feeds the result of a job (or a tick, a command) at the clock's now.
     pub(crate) fn feed(&mut self, input: Input) {
-        let seen = self.observer.before_input(&input, &self.machine); // metrics hook
+        let seen = self.observer.before_input(&input); // metrics hook
         log_input(&input);
-        let fetched_ok = matches!(input, Input::Fetched(_, Ok(_)));
         let now = self.clock.read();
         self.machine.handle_input(input, now);
-        if fetched_ok {
-            if let Some(t) = self.machine.current() {
+        while let Some(event) = self.machine.poll_event() {
+            if let Event::Refreshed {
+                token,
+                stale_at,
+                expires_at,
+                ..
+            } = &event
+            {
                 tracing::info!(
-                    token = %t.id(),
-                    expires_at = %t.expires_at(),
-                    stale_at = %t.stale_at(),
+                    token = %token,
+                    expires_at = %expires_at,
+                    stale_at = %stale_at,
                     "refreshed the access token"
                 );
             }
+            self.observer.on_event(&event); // metrics hook
         }
-        self.observer.after_input(seen, &self.machine, now.wall); // metrics hook
+        self.observer.after_input(seen, now.wall); // metrics hook
     }
 
     pub(crate) fn tick(&mut self) {

@@ -3,15 +3,16 @@
 //! and one tracing span per refresh attempt.
 //!
 //! It changes nothing in the machine: outcomes the inputs alone do not tell
-//! (a timeout, an invalidation that was rate limited) are read from the
-//! difference of [`MachineStats`] before and after each input.
+//! (a timeout, a dead answer, what became of an invalidation, an adoption)
+//! come from the machine's [`Event`]s, which the refresher hands it after
+//! each input.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use freshtoken_core::{
-    Action, FetchErrorKind, Input, LeaseOutcome, MachineStats, RefreshMachine, RefreshState,
+    Action, Event, FetchErrorKind, Input, InvalidationOutcome, LeaseOutcome, RefreshState,
     RequestId, Snapshot, Timestamp, Token,
 };
 use tracing::field::Empty;
@@ -38,7 +39,6 @@ struct InFlight {
 /// What [`Observer::before_input`] saw, for [`Observer::after_input`].
 #[derive(Debug)]
 pub(crate) struct Seen {
-    stats: MachineStats,
     what: What,
     /// The refresh span, entered while the machine handles its answer, so
     /// the warnings and the "refreshed" event are inside it.
@@ -52,10 +52,6 @@ enum What {
         error: Option<FetchErrorKind>,
     },
     Lease(&'static str),
-    Invalidate {
-        current: bool,
-    },
-    Tick,
     Other,
 }
 
@@ -65,9 +61,9 @@ pub(crate) struct Observer {
     name: Arc<str>,
     sink: Sink,
     fetches: VecDeque<InFlight>,
-    /// The request the machine waits for (it has at most one in flight),
-    /// and whether it is a fetch.
-    awaited: Option<(RequestId, bool)>,
+    /// The fetch whose answer the machine found dead on arrival, while it
+    /// handles that answer.
+    dead_on_arrival: Option<RequestId>,
     /// The last snapshot published.
     token: Option<Arc<Token>>,
     state: State,
@@ -81,7 +77,7 @@ impl Observer {
             sink: Sink::new(&name),
             name,
             fetches: VecDeque::new(),
-            awaited: None,
+            dead_on_arrival: None,
             token: None,
             state: State::Starting,
             failures: 0,
@@ -90,7 +86,7 @@ impl Observer {
     }
 
     /// Before the machine handles `input`.
-    pub(crate) fn before_input(&mut self, input: &Input, machine: &RefreshMachine) -> Seen {
+    pub(crate) fn before_input(&mut self, input: &Input) -> Seen {
         let mut entered = None;
         let what = match input {
             Input::Fetched(id, result) => {
@@ -108,70 +104,43 @@ impl Observer {
                 Ok(LeaseOutcome::Unsupported) => "unsupported",
                 Err(_) => "error",
             }),
-            Input::Invalidate(id) => What::Invalidate {
-                current: machine.current().is_some_and(|t| t.id() == *id),
-            },
-            Input::Tick => What::Tick,
             _ => What::Other,
         };
-        if let Some(id) = input.request_id() {
-            if self.awaited.is_some_and(|(a, _)| a == id) {
-                self.awaited = None;
-            }
-        }
-        Seen {
-            stats: machine.stats(),
-            what,
-            entered,
+        Seen { what, entered }
+    }
+
+    /// An event of the machine's, drained after an input.
+    pub(crate) fn on_event(&mut self, event: &Event) {
+        match event {
+            Event::TimedOut { id, fetch: true } => self.timed_out(*id),
+            Event::DeadOnArrival { id } => self.dead_on_arrival = Some(*id),
+            Event::Invalidation(outcome) => self.sink.invalidation(match outcome {
+                InvalidationOutcome::Accepted => "accepted",
+                InvalidationOutcome::RateLimited => "rate_limited",
+                InvalidationOutcome::Collapsed => "collapsed",
+                _ => "ignored",
+            }),
+            Event::Adopted { .. } => self.sink.adoptions(1),
+            _ => {}
         }
     }
 
     /// After the machine handled the input of `seen`, at `now`.
-    pub(crate) fn after_input(&mut self, seen: Seen, machine: &RefreshMachine, now: Timestamp) {
-        let after = machine.stats();
-        let before = seen.stats;
+    /// After the machine handled the input of `seen` (and its events were
+    /// handed to [`on_event`](Self::on_event)), at `now`.
+    pub(crate) fn after_input(&mut self, seen: Seen, now: Timestamp) {
         match seen.what {
-            What::Fetched { id, error } => self.answered(id, error, &before, &after),
+            What::Fetched { id, error } => self.answered(id, error),
             What::Lease(outcome) => self.sink.lease(outcome),
-            What::Invalidate { current } => {
-                let outcome = if after.invalidations > before.invalidations {
-                    "accepted"
-                } else if after.invalidations_rate_limited > before.invalidations_rate_limited {
-                    "rate_limited"
-                } else if after.invalidations_collapsed > before.invalidations_collapsed || !current
-                {
-                    // Joined a refresh under way, or reported a token that
-                    // a refresh has already replaced.
-                    "collapsed"
-                } else {
-                    // The current token, while the machine cannot act on
-                    // it (starting, failed, shutting down).
-                    "ignored"
-                };
-                self.sink.invalidation(outcome);
-            }
-            What::Tick => {
-                if after.timeouts > before.timeouts {
-                    self.timed_out();
-                }
-            }
             What::Other => {}
         }
-        if after.adoptions > before.adoptions {
-            self.sink.adoptions(after.adoptions - before.adoptions);
-        }
+        self.dead_on_arrival = None;
         drop(seen.entered);
         self.update(now);
     }
 
     /// A fetch's answer came (in time or late).
-    fn answered(
-        &mut self,
-        id: RequestId,
-        error: Option<FetchErrorKind>,
-        before: &MachineStats,
-        after: &MachineStats,
-    ) {
+    fn answered(&mut self, id: RequestId, error: Option<FetchErrorKind>) {
         let Some(at) = self.fetches.iter().position(|f| f.id == id) else {
             return;
         };
@@ -180,7 +149,7 @@ impl Observer {
         let (outcome, error) = match error {
             Some(kind) => ("error", kind_label(kind)),
             // A token that expired before its answer arrived is a failure.
-            None if after.fetch_failures > before.fetch_failures && !fetch.timed_out => {
+            None if self.dead_on_arrival == Some(id) && !fetch.timed_out => {
                 ("error", "dead_on_arrival")
             }
             None => ("success", "none"),
@@ -202,14 +171,8 @@ impl Observer {
             .record("duration_ms", (seconds * 1000.0).round() as u64);
     }
 
-    /// The machine gave up on the request it waited for.
-    fn timed_out(&mut self) {
-        let Some((id, is_fetch)) = self.awaited.take() else {
-            return;
-        };
-        if !is_fetch {
-            return;
-        }
+    /// The machine gave up on fetch `id`.
+    fn timed_out(&mut self, id: RequestId) {
         if let Some(fetch) = self.fetches.iter_mut().find(|f| f.id == id) {
             fetch.timed_out = true;
             self.sink.fetch("error", "timeout");
@@ -246,14 +209,9 @@ impl Observer {
                     span,
                     timed_out: false,
                 });
-                self.awaited = Some((request.id, true));
             }
-            Action::LoadCache { id, .. } | Action::AcquireLease { id, .. } => {
-                self.awaited = Some((*id, false))
-            }
-            Action::Store { id, .. } => self.awaited = Some((*id, false)),
             Action::Publish(snapshot) => self.on_publish(snapshot, now),
-            Action::ReleaseLease { .. } | Action::Stop => {}
+            _ => {}
         }
     }
 

@@ -103,7 +103,8 @@ pub struct MachineStats {
     pub adoptions: u64,
     /// Successful fetches.
     pub tokens_fetched: u64,
-    /// Invalidations that started a refresh.
+    /// Reports of the current token as rejected that started a refresh at
+    /// once (a rate-limited one starting later is not counted again).
     pub invalidations: u64,
     /// Reports of the current token as rejected ([`Input::Invalidate`])
     /// that came within `invalidate_interval` of the last

@@ -56,7 +56,7 @@ impl RefreshMachine {
         if !(rotated || newer) {
             return self.ignore();
         }
-        self.stats.late_answers_used += 1;
+        self.emit(Event::LateAnswerUsed { id: fetch.id });
         let durable_first = rotated && self.config.cache;
         if newer {
             self.make_current(token.clone(), fetch.sent);

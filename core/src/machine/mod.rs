@@ -108,6 +108,7 @@
 //! after that, so the next process is granted the lease at once.
 
 mod config;
+mod events;
 mod grant;
 mod io;
 mod late;
@@ -116,6 +117,7 @@ mod served;
 mod shutdown;
 
 pub use config::{MachineConfig, MachineStats};
+pub use events::{Event, InvalidationOutcome};
 use grant::{Abandoned, Grant, Origin};
 pub use io::{
     Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, MonoLife, Output, RefreshState,
@@ -300,6 +302,7 @@ pub struct RefreshMachine {
     now: Now,
     rng: fastrand::Rng,
     outbox: VecDeque<Action>,
+    events: VecDeque<Event>,
     next_id: u64,
 
     /// The token readers are served.
@@ -357,6 +360,7 @@ impl RefreshMachine {
             phase: Phase::Created,
             now: Now::new(Timestamp::EPOCH, MonoTime::ZERO),
             outbox: VecDeque::new(),
+            events: VecDeque::new(),
             next_id: 0,
             current: None,
             anchor: None,
@@ -547,7 +551,10 @@ impl RefreshMachine {
             // (not counted among the timeouts: nothing waited for it, and
             // the drivers' metrics read a timeout as the awaited request's).
             if call.extension_until.is_some() {
-                self.stats.timeouts += 1;
+                self.emit(Event::TimedOut {
+                    id: call.id,
+                    fetch: false,
+                });
             }
             self.settle_lease_call(None);
         }
@@ -556,7 +563,6 @@ impl RefreshMachine {
                 if self.token_now() >= refresh_at || mono >= early =>
             {
                 if mono >= early {
-                    self.stats.invalidations += 1;
                     self.last_invalidation = Some(mono);
                 }
                 self.begin_refresh();
@@ -572,7 +578,10 @@ impl RefreshMachine {
             }
             Phase::Waiting(request) if mono >= request.deadline => self.timed_out(request),
             Phase::Draining { request, until } if mono >= request.deadline => {
-                self.stats.timeouts += 1;
+                self.emit(Event::TimedOut {
+                    id: request.id,
+                    fetch: matches!(request.kind, RequestKind::Fetch { .. }),
+                });
                 match request.kind {
                     RequestKind::Store { token, rotated, .. } if rotated && mono < until => {
                         self.send_store(token, StoreFor::Rotated, true)
@@ -590,7 +599,10 @@ impl RefreshMachine {
     /// A request's deadline passed: it failed, and a late answer is still
     /// recognised.
     fn timed_out(&mut self, request: Request) {
-        self.stats.timeouts += 1;
+        self.emit(Event::TimedOut {
+            id: request.id,
+            fetch: matches!(request.kind, RequestKind::Fetch { .. }),
+        });
         let why = |timeout: Duration| format!("timed out: no answer within {timeout:?}");
         let cache_error = |timeout| CacheError::new(CacheErrorKind::Unavailable, why(timeout));
         match request.kind {
@@ -669,8 +681,12 @@ impl RefreshMachine {
             ) => match result {
                 Ok(response) => {
                     let (token, rotated) = self.accept_fetched(response, sent, generation);
-                    match Self::dead_on_arrival(&token, self.now.token_clock(sent)) {
-                        None => self.on_fetched(token, rotated, sent),
+                    let dead = Self::dead_on_arrival(&token, self.now.token_clock(sent));
+                    if dead.is_some() {
+                        self.emit(Event::DeadOnArrival { id: request.id });
+                    }
+                    match dead {
+                        None => self.on_fetched(request.id, token, rotated, sent),
                         // The rotated refresh token is the grant now, dead
                         // access token or not: make it durable, then back off.
                         Some(error) if rotated && self.config.cache => {
@@ -778,7 +794,7 @@ impl RefreshMachine {
         if let Some(token) = cached {
             self.learn_refresh_token(&token);
             if self.is_better(&token, self.now) {
-                self.stats.adoptions += 1;
+                self.emit(Event::Adopted { token: token.id() });
                 self.lifetime_note = None;
                 self.failures = 0;
                 self.state = RefreshState::Healthy;
@@ -875,23 +891,26 @@ impl RefreshMachine {
             .clamp(floor, full)
     }
 
-    fn on_fetched(&mut self, token: Arc<Token>, rotated: bool, sent: Now) {
+    fn on_fetched(&mut self, id: RequestId, token: Arc<Token>, rotated: bool, sent: Now) {
         self.stats.tokens_fetched += 1;
         self.failures = 0;
         self.unreached = 0;
         self.state = RefreshState::Healthy;
         if self.current_outlives(&token, sent) {
-            // A late answer served meanwhile outlives this one: keep it
-            // (published tokens never go backwards); a rotated refresh
+            // Ours outlives the answer (a late answer served meanwhile, or
+            // an authority handing back its cached token, counted down):
+            // keep it (published tokens never go backwards), and ask again
+            // later, not at once (ours is due already); a rotated refresh
             // token is still made durable.
             if rotated && self.config.cache {
                 return self.send_store(token, StoreFor::Rotated, false);
             }
             self.publish();
             self.release_lease();
-            return self.idle_until_refresh();
+            return self.idle_after_no_newer();
         }
         self.make_current(token.clone(), sent);
+        self.emit(Event::refreshed(id, &token));
         if !self.config.cache {
             self.publish();
             self.idle_until_refresh();

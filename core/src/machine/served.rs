@@ -6,13 +6,15 @@ use super::*;
 impl RefreshMachine {
     pub(super) fn invalidate(&mut self, id: TokenId) {
         let is_current = self.current.as_ref().is_some_and(|t| t.id() == id);
-        if !is_current
-            || matches!(
-                self.phase,
-                Phase::Created | Phase::Failed { .. } | Phase::Draining { .. }
-            )
-        {
-            return self.ignore();
+        if !is_current {
+            // A token a refresh has already replaced.
+            return self.emit(Event::Invalidation(InvalidationOutcome::Collapsed));
+        }
+        if matches!(
+            self.phase,
+            Phase::Created | Phase::Failed { .. } | Phase::Draining { .. }
+        ) {
+            return self.emit(Event::Invalidation(InvalidationOutcome::Ignored));
         }
         self.rejected = Some(id);
         if let Phase::Idle { refresh_at, .. } = self.phase {
@@ -22,11 +24,15 @@ impl RefreshMachine {
                 early: self.invalidation_allowed_at(),
             };
             self.tick();
-            if matches!(self.phase, Phase::Idle { .. }) {
-                self.stats.invalidations_rate_limited += 1;
-            }
+            self.emit(Event::Invalidation(
+                if matches!(self.phase, Phase::Idle { .. }) {
+                    InvalidationOutcome::RateLimited
+                } else {
+                    InvalidationOutcome::Accepted
+                },
+            ));
         } else {
-            self.stats.invalidations_collapsed += 1;
+            self.emit(Event::Invalidation(InvalidationOutcome::Collapsed));
         }
         // Otherwise a refresh is under way or scheduled by the backoff; it
         // will replace the token and must not adopt this one again. If it
@@ -70,6 +76,20 @@ impl RefreshMachine {
             // Due already (the rate limit allows it): refresh now.
             self.tick();
         }
+    }
+
+    /// Idle after an answer no newer than our token: ask again after a
+    /// quarter of its remaining life, at least the refresh floor after now,
+    /// and at its expiry at the latest. An authority that hands back the
+    /// same cached token with its life counted down (as cloud metadata
+    /// servers do near its end) costs a few requests, not a storm.
+    pub(super) fn idle_after_no_newer(&mut self) {
+        let now = self.token_now();
+        let left = self.current.as_ref().map_or(Duration::ZERO, |t| {
+            t.expires_at().saturating_duration_since(now)
+        });
+        let wait = (left / 4).max(self.config.min_refresh_interval).min(left);
+        self.idle_until(now + wait.max(Duration::from_millis(1)));
     }
 
     pub(super) fn idle_until(&mut self, refresh_at: Timestamp) {

@@ -48,6 +48,7 @@ impl RefreshMachine {
                     && !self.current_outlives(&token, sent);
                 if alive {
                     self.make_current(token.clone(), sent);
+                    self.emit(Event::refreshed(request.id, &token));
                     self.state = RefreshState::Healthy;
                     self.publish();
                 }

@@ -1304,3 +1304,33 @@ fn the_authoritys_refresh_hint_is_followed_down_to_the_floor() {
     );
     assert!(wake >= T0 + floor / 2, "no storm: {wake:?}");
 }
+
+/// An authority that hands back its cached token with its life counted
+/// down (a cloud metadata server near the token's end) must not be asked
+/// again at once each time: the answer is no newer than ours, so the next
+/// request waits a quarter of the remaining life, at least the floor.
+#[test]
+fn a_token_handed_back_counted_down_is_asked_for_again_later_not_at_once() {
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    let expiry = T0 + Duration::from_secs(90);
+    let same = |now: Timestamp| {
+        let left = expiry.saturating_duration_since(now).as_secs() as i64;
+        TokenResponse::new(AccessToken::new("cached")).with_expires_in(Some(left))
+    };
+    let (_, mut wake) = h.feed(Input::Fetched(ID, Ok(same(T0))));
+    let mut fetches = 1;
+    while wake < expiry && fetches < 100 {
+        let (a, _) = h.at(wake).feed(Input::Tick);
+        if kinds(&a).contains(&"fetch") {
+            fetches += 1;
+            // The answer comes a second later, a second shorter.
+            let at = wake + Duration::from_secs(1);
+            let (_, next) = h.at(at).feed(Input::Fetched(ID, Ok(same(at))));
+            wake = next;
+        } else {
+            wake = h.feed(Input::Tick).1;
+        }
+    }
+    assert!(fetches <= 10, "{fetches} requests for one cached token");
+}
