@@ -87,6 +87,7 @@ fn signal_mode_rewrites_the_file_then_sends_sighup_and_forwards_sigterm() {
         echo "start $ACCESS_TOKEN $(cat "$ACCESS_TOKEN_FILE")" >> "$LOG"
         trap 'echo "hup $(cat "$ACCESS_TOKEN_FILE")" >> "$LOG"' HUP
         trap 'echo term >> "$LOG"; exit 7' TERM
+        trap 'echo usr1 >> "$LOG"' USR1
         while :; do sleep 0.05; done
     "#;
     let mut exec = exec(
@@ -114,6 +115,12 @@ fn signal_mode_rewrites_the_file_then_sends_sighup_and_forwards_sigterm() {
     // Every token the child saw is one the authority issued.
     assert!(authority.requests().len() >= 3);
 
+    // Signals sent to exec reach the child.
+    signal(&exec.0, Signal::USR1);
+    wait_for(Duration::from_secs(20), || {
+        lines(&log).iter().any(|l| l == "usr1").then_some(())
+    })
+    .expect("SIGUSR1 forwarded");
     signal(&exec.0, Signal::TERM);
     let status = wait_exit(&mut exec.0, Duration::from_secs(20)).expect("exec exits");
     assert_eq!(status.code(), Some(7), "{}", exec_log());

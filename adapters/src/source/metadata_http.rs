@@ -459,3 +459,75 @@ impl RepeatGuard {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GCE: HostRule = HostRule::Exact {
+        hosts: &["169.254.169.254", "metadata.google.internal"],
+        described: "the metadata server",
+    };
+
+    #[test]
+    fn plain_http_only_to_the_documented_host_or_loopback() {
+        for ok in [
+            "http://169.254.169.254/computeMetadata/v1/x",
+            "http://169.254.169.254:80/x",
+            "http://METADATA.google.internal/x",
+            "http://127.0.0.1:8080/x",
+            "http://[::1]:9/x",
+            "http://localhost:9/x",
+            "https://metadata.example.com/x",
+        ] {
+            assert!(GCE.check(ok).is_ok(), "{ok}");
+        }
+        for insecure in [
+            "http://169.254.169.254:8080/x",
+            "http://169.254.169.253/x",
+            "http://metadata.google.internal.example.com/x",
+            "http://10.0.0.1/x",
+        ] {
+            assert!(
+                matches!(
+                    GCE.check(insecure),
+                    Err(CloudIdentityError::Insecure { .. })
+                ),
+                "{insecure}"
+            );
+        }
+        for invalid in [
+            "ftp://169.254.169.254/x",
+            "169.254.169.254/x",
+            "http://user:pw@127.0.0.1/x",
+        ] {
+            let err = GCE.check(invalid).unwrap_err();
+            assert!(
+                matches!(err, CloudIdentityError::Invalid { .. }),
+                "{invalid}"
+            );
+            assert!(!err.to_string().contains("pw"));
+        }
+        let link = HostRule::LinkLocal;
+        assert!(link.check("http://169.254.129.3:8081/msi/token").is_ok());
+        assert!(link.check("http://127.0.0.1:41741/MSI/token/").is_ok());
+        assert!(matches!(
+            link.check("http://172.17.0.1:8081/msi/token"),
+            Err(CloudIdentityError::Insecure { .. })
+        ));
+    }
+
+    #[test]
+    fn expires_on_is_read_as_the_seconds_left() {
+        let now = Timestamp::from_secs(1_700_000_000);
+        let read = |body: &str| expires_on_as_expires_in(body.as_bytes(), now);
+        assert_eq!(read(r#"{"expires_on":"1700003600"}"#), Some(3600));
+        assert_eq!(read(r#"{"expires_on":1700000090}"#), Some(90));
+        // Already past: negative, which the lifetime policy treats as
+        // degenerate rather than as a long life.
+        assert_eq!(read(r#"{"expires_on":"1699999990"}"#), Some(-10));
+        assert_eq!(read(r#"{"expires_on":"06/20/2019 02:57:58 +00:00"}"#), None);
+        assert_eq!(read(r#"{"access_token":"x"}"#), None);
+        assert_eq!(read("not json"), None);
+    }
+}
