@@ -100,6 +100,7 @@
 //! | `smol` | [`runtime::Smol`], on smol's own executor, timers and blocking pool |
 //! | `async-std` | [`runtime::AsyncStd`] (async-std is discontinued upstream; prefer `smol`) |
 //! | `oauth2` | client-credentials, refresh-token, JWT-bearer and token-exchange sources over ureq and rustls |
+//! | `cloud` | sources for the clouds' identity endpoints: [`source::GcpMetadata`], [`source::AzureManagedIdentity`], [`source::AppServiceIdentity`] |
 //! | `file` | [`cache::FileCache`]: atomic writes, a cross-process lease; [`source::FileSource`]: a token another process writes |
 //! | `platform-verifier` | `oauth2::UreqTransport::platform_verifier`: the system's trust store |
 //! | `redis` / `redis-tls` | [`cache::RedisCache`]: `SET NX PX` lease; `rediss://` |

@@ -5,6 +5,8 @@
 //! freshtoken agent --config /etc/freshtoken/agent.toml   # keep tokens fresh, serve them
 //! freshtoken token api                                   # print the current token
 //! freshtoken exec api -- curl https://api.example.com/   # run a command with $ACCESS_TOKEN
+//! freshtoken exec api --supervise --token-file /run/api.token -- ./server
+//!                                                        # keep it running, SIGHUP on each new token
 //! freshtoken status [--json] [--watch]                   # every token's state
 //! freshtoken completions bash                            # shell completions
 //! ```
@@ -75,6 +77,7 @@ pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod sink;
+pub mod supervise;
 pub mod tokens;
 
 /// Success.
@@ -136,6 +139,41 @@ pub enum Command {
         /// Where to look for the token.
         #[command(flatten)]
         source: SourceArgs,
+        /// Keep the command running and feed it every new token, instead
+        /// of replacing this process with it (see `--on-refresh`).
+        #[arg(long)]
+        supervise: bool,
+        /// With --supervise, what a new token does: `signal` rewrites
+        /// --token-file and sends --signal; `restart` stops the command and
+        /// starts it again with the new token in its variable.
+        #[arg(long, value_enum, default_value = "signal", requires = "supervise")]
+        on_refresh: supervise::OnRefresh,
+        /// The signal sent on a new token (--on-refresh signal).
+        #[arg(long, default_value = "HUP", value_parser = supervise::signal_arg, requires = "supervise", value_name = "SIG")]
+        signal: rustix::process::Signal,
+        /// Write the token to this file (0600, atomically) before the
+        /// command starts and on every new token; its path is in <VAR>_FILE.
+        #[arg(long, requires = "supervise", value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// The signal that stops the command for a restart.
+        #[arg(long, default_value = "TERM", value_parser = supervise::signal_arg, requires = "supervise", value_name = "SIG")]
+        stop_signal: rustix::process::Signal,
+        /// Seconds a stopping command has before SIGKILL.
+        #[arg(
+            long,
+            default_value_t = 10.0,
+            requires = "supervise",
+            value_name = "SECS"
+        )]
+        stop_timeout: f64,
+        /// Seconds between asking the agent for a new token.
+        #[arg(
+            long,
+            default_value_t = 2.0,
+            requires = "supervise",
+            value_name = "SECS"
+        )]
+        poll: f64,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
@@ -232,7 +270,48 @@ pub fn main() -> i32 {
             name,
             env,
             source,
+            supervise: true,
+            on_refresh,
+            signal,
+            token_file,
+            stop_signal,
+            stop_timeout,
+            poll,
             command,
+        } => {
+            let loaded = match load_optional(source.config.as_deref()) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            let var = env.unwrap_or_else(|| {
+                loaded
+                    .as_ref()
+                    .and_then(|l| l.tokens.get(&name))
+                    .map(|t| t.env_var().to_owned())
+                    .unwrap_or_else(|| "ACCESS_TOKEN".to_owned())
+            });
+            let settings = supervise::Settings {
+                secrets: config::secret_variables(&config::process_env(), loaded.as_ref()),
+                socket: server::socket_for(source.socket.as_deref(), loaded.as_ref()),
+                name,
+                var,
+                command,
+                on_refresh,
+                signal,
+                stop_signal,
+                stop_timeout: timeout_of(stop_timeout),
+                token_file,
+                poll: timeout_of(poll).max(Duration::from_millis(100)),
+                timeout: timeout_of(source.timeout),
+            };
+            supervise::run(settings, loaded.as_ref(), source.agent_only)
+        }
+        Command::Exec {
+            name,
+            env,
+            source,
+            command,
+            ..
         } => {
             let loaded = match load_optional(source.config.as_deref()) {
                 Ok(l) => l,

@@ -5,6 +5,30 @@
 //! any failure as a [`FetchError`]. Sources keep no refresh state of their
 //! own: the newest refresh token arrives in the [`FetchRequest`], because the
 //! machine, not the source, knows which one is current across a shared cache.
+//!
+//! # Cloud identity endpoints
+//!
+//! With the `cloud` feature, three sources ask the identity endpoint of the
+//! platform the workload runs on, each speaking its documented protocol:
+//! [`GcpMetadata`] (Compute Engine, GKE, Cloud Run), [`AzureManagedIdentity`]
+//! (the instance metadata service of Azure VMs, scale sets and AKS nodes)
+//! and [`AppServiceIdentity`] (App Service, Functions, Container Apps).
+//! They send plain http to exactly the host their protocol documents, or to
+//! loopback (see [`CloudIdentityError::Insecure`] and the table in the
+//! sources' docs), classify failures as the platform's guidance does, and
+//! take the lifetime from the answer as it is: a token the endpoint hands
+//! out from its cache with minutes left goes stale after part of *those*
+//! minutes, never after part of an hour it no longer has.
+//!
+//! Those endpoints answer every request with the token they cached until
+//! they renew it themselves. When an answer hands back the token a source
+//! gave last time, the next request waits until a quarter of that token's
+//! remaining life has passed (at least the repeat interval, 5 s by
+//! default, never past its expiry); a request held back fails with a
+//! transient error whose `Retry-After` is that wait, and the driver keeps
+//! serving the token it has. A token that arrives with 90 s left is thus
+//! asked for again a handful of times before it expires, never as fast as
+//! the endpoint can answer.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -182,3 +206,22 @@ where
 mod file;
 #[cfg(feature = "file")]
 pub use file::{FileFormat, FileSource, FileToken, FileWatch};
+
+#[cfg(feature = "cloud")]
+mod azure_identity;
+#[cfg(feature = "cloud")]
+mod gcp_metadata;
+#[cfg(feature = "cloud")]
+mod metadata_http;
+#[cfg(feature = "cloud")]
+pub use azure_identity::{
+    AppServiceIdentity, AppServiceIdentityBuilder, AzureManagedIdentity,
+    AzureManagedIdentityBuilder, APP_SERVICE_API_VERSION, AZURE_IMDS_API_VERSION,
+    AZURE_IMDS_ENDPOINT,
+};
+#[cfg(feature = "cloud")]
+pub use gcp_metadata::{
+    GcpMetadata, GcpMetadataBuilder, GCE_METADATA_DEFAULT_HOST, GCE_METADATA_HOST_ENV,
+};
+#[cfg(feature = "cloud")]
+pub use metadata_http::CloudIdentityError;

@@ -252,6 +252,20 @@ impl HttpRequest {
         }
     }
 
+    /// Adds a header (a cloud identity endpoint's `Metadata: true`, say).
+    /// Its value is wiped from memory on drop, like the others, and never
+    /// shown by `Debug`.
+    ///
+    /// ```
+    /// use freshtoken_core::oauth2::HttpRequest;
+    /// let r = HttpRequest::get("http://127.0.0.1:9/token").with_header("Metadata", "true");
+    /// assert!(r.headers().any(|(n, v)| n == "Metadata" && v == "true"));
+    /// ```
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, Zeroizing::new(value.into())));
+        self
+    }
+
     /// The method: `POST` for token requests, `GET` for discovery.
     pub fn method(&self) -> &'static str {
         self.method
