@@ -171,11 +171,11 @@ pub mod middleware;
 #[cfg(not(feature = "metrics"))]
 #[allow(dead_code, unused_imports)]
 mod metrics;
-#[cfg(feature = "oauth2")]
+#[cfg(feature = "oauth2-sources")]
 pub mod oauth2;
 pub mod policy;
 // Opening token and assertion files without blocking on a FIFO.
-#[cfg(any(feature = "file", feature = "oauth2", feature = "encryption"))]
+#[cfg(any(feature = "file", feature = "oauth2-sources", feature = "encryption"))]
 mod regular_file;
 #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 pub mod runtime;
