@@ -520,3 +520,63 @@ fn outside_a_tokio_runtime_a_request_is_an_error_not_a_panic() {
         assert!(e.message().contains("tokio runtime"), "{kind:?}: {e}");
     }
 }
+
+/// A blocking transport that records the thread each request is sent from.
+struct ThreadRecorder {
+    inner: freshtoken::oauth2::UreqTransport,
+    threads: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+impl freshtoken::oauth2::HttpTransport for ThreadRecorder {
+    fn send(
+        &self,
+        request: &HttpRequest,
+        max_body: usize,
+    ) -> Result<freshtoken::oauth2::HttpResponse, FetchError> {
+        let name = std::thread::current().name().map(str::to_owned);
+        self.threads.lock().unwrap().push(name);
+        self.inner.send(request, max_body)
+    }
+}
+
+#[test]
+fn a_blocking_transport_on_an_async_builder_never_blocks_the_task() {
+    let authority = LocalAuthority::builder()
+        .client("svc", SECRET)
+        .start()
+        .expect("start the local authority");
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Made async first, then given a blocking client.
+    let source = authority
+        .client_credentials("svc")
+        .async_transport(reqwest_transport(Duration::from_secs(30)))
+        .transport(ThreadRecorder {
+            inner: freshtoken::oauth2::UreqTransport::new(),
+            threads: threads.clone(),
+        })
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("the-runtime")
+        .build()
+        .unwrap();
+    let token = rt.block_on(async {
+        let (tokens, driver) = Builder::new().spawn(Tokio::current().unwrap(), AsyncSource(source));
+        let token = tokio::time::timeout(Duration::from_secs(60), tokens.ready())
+            .await
+            .expect("a token within 60 s")
+            .unwrap();
+        let id = token.id().to_string();
+        drop(token);
+        driver.shutdown().await;
+        id
+    });
+    assert!(!token.is_empty());
+    let threads = threads.lock().unwrap().clone();
+    assert!(!threads.is_empty());
+    // Sent from a thread of its own, neither the runtime's nor its pool's.
+    for name in threads {
+        assert_eq!(name.as_deref(), Some("freshtoken-http"));
+    }
+}

@@ -422,6 +422,7 @@ fn transport_error(e: FetchError) -> DiscoveryError {
 mod tests {
     use super::*;
     use freshtoken_core::oauth2::HttpResponse;
+    use std::future::Future as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const ISS: &str = "https://auth.example.com/tenant";
@@ -520,6 +521,48 @@ mod tests {
             fresh.metadata(),
             Err(DiscoveryError::Endpoint { .. })
         ));
+    }
+
+    /// The blocking fake as an async transport that yields once before
+    /// answering, so concurrent readers overlap.
+    struct Yielding(Arc<Fake>);
+    impl crate::oauth2::AsyncHttpTransport for Yielding {
+        async fn send(&self, r: &HttpRequest, max: usize) -> Result<HttpResponse, FetchError> {
+            let mut yielded = false;
+            std::future::poll_fn(|cx| {
+                if std::mem::replace(&mut yielded, true) {
+                    std::task::Poll::Ready(())
+                } else {
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            self.0.send(r, max)
+        }
+    }
+
+    #[test]
+    fn concurrent_async_readers_share_one_read() {
+        let (f, requests) =
+            fake("https://auth.example.com/tenant/.well-known/openid-configuration");
+        let d = Discovery::with_async_transport(ISS, Yielding(f)).unwrap();
+        let reads = (0..8).map(|_| d.metadata());
+        let all = futures::executor::block_on(futures::future::join_all(reads));
+        assert!(all.iter().all(|m| m
+            .as_ref()
+            .is_ok_and(|m| m.token_endpoint() == "https://auth.example.com/tenant/token")));
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "one read for all");
+        // A read dropped halfway lets the next reader read.
+        let d = d.max_age(Duration::ZERO, Duration::ZERO);
+        let mut first = Box::pin(d.metadata());
+        let waker = std::task::Waker::noop();
+        assert!(first
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+            .is_pending());
+        drop(first);
+        assert!(futures::executor::block_on(d.metadata()).is_ok());
     }
 
     #[test]

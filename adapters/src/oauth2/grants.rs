@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::assertion::{AssertionContext, AssertionFile, AssertionFn, AssertionSigner};
 use super::signing::SigningKey;
 use super::source::{Endpoint, SourceBuilder, SuppliedGrant};
-use super::transport::{run_blocking, AsyncHttp, SyncHttp};
+use super::transport::{run_blocking, AsyncHttp, SyncHttp, TransportKind};
 use crate::clock::SystemClock;
 use crate::handle::TokenHandle;
 use crate::source::{AsyncTokenSource, TokenSource};
@@ -430,7 +430,7 @@ impl AsyncTokenSource for TokenExchange<AsyncHttp> {
     }
 }
 
-impl<M> SourceBuilder<JwtBearer<M>> {
+impl<M: TransportKind> SourceBuilder<JwtBearer<M>> {
     /// Sets the assertion's `sub` (for a signed assertion; Google: the
     /// user to impersonate with domain-wide delegation).
     pub fn subject(self, subject: impl Into<String>) -> Self {
@@ -454,7 +454,7 @@ impl<M> SourceBuilder<JwtBearer<M>> {
 
     /// Checks the URL and builds the source.
     pub fn build(self) -> Result<JwtBearer<M>, super::UrlError> {
-        let (endpoint, grant) = self.into_parts()?;
+        let (endpoint, grant) = self.into_parts(M::ASYNC)?;
         match grant {
             Some(GrantSetup::JwtBearer(mut assertion)) => {
                 if let GrantAssertion::Signed { signer, .. } = &mut assertion {
@@ -467,7 +467,7 @@ impl<M> SourceBuilder<JwtBearer<M>> {
     }
 }
 
-impl<M> SourceBuilder<TokenExchange<M>> {
+impl<M: TransportKind> SourceBuilder<TokenExchange<M>> {
     /// Sets the `subject_token_type` (default
     /// [`TOKEN_TYPE_ACCESS_TOKEN`]).
     pub fn subject_token_type(self, token_type: impl Into<String>) -> Self {
@@ -520,7 +520,7 @@ impl<M> SourceBuilder<TokenExchange<M>> {
 
     /// Checks the URL and builds the source.
     pub fn build(self) -> Result<TokenExchange<M>, super::UrlError> {
-        let (endpoint, grant) = self.into_parts()?;
+        let (endpoint, grant) = self.into_parts(M::ASYNC)?;
         match grant {
             Some(GrantSetup::TokenExchange(exchange)) => {
                 Ok(TokenExchange::from_parts(endpoint, exchange))

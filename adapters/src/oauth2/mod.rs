@@ -116,7 +116,7 @@ pub use source::{ClientCredentials, RefreshTokenSource, SourceBuilder};
 pub use transport::HyperTransport;
 #[cfg(feature = "reqwest-transport")]
 pub use transport::ReqwestTransport;
-pub use transport::{AsyncHttp, AsyncHttpTransport, HttpTransport, SyncHttp};
+pub use transport::{AsyncHttp, AsyncHttpTransport, HttpTransport, SyncHttp, TransportKind};
 #[cfg(feature = "ureq-transport")]
 pub use transport::{ProxyError, UreqTransport};
 pub use url::{check_token_url, UrlError};

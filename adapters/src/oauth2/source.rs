@@ -24,7 +24,7 @@ use super::signing::SigningKey;
 #[cfg(doc)]
 use super::transport::UreqTransport;
 use super::transport::{
-    run_blocking, AsyncHttp, AsyncHttpTransport, HttpTransport, SyncHttp, Transport,
+    run_blocking, AsyncHttp, AsyncHttpTransport, HttpTransport, SyncHttp, Transport, TransportKind,
 };
 use super::url::{check_token_url, UrlError};
 use crate::clock::SystemClock;
@@ -564,9 +564,12 @@ impl<S> SourceBuilder<S> {
         self
     }
 
-    pub(crate) fn into_parts(mut self) -> Result<(Endpoint, Option<GrantSetup>), UrlError> {
+    pub(crate) fn into_parts(
+        mut self,
+        is_async: bool,
+    ) -> Result<(Endpoint, Option<GrantSetup>), UrlError> {
         let grant = self.grant.take();
-        Ok((self.endpoint()?, grant))
+        Ok((self.endpoint(is_async)?, grant))
     }
 
     /// Sets the client id sent in the body (JWT-bearer sources send none
@@ -712,15 +715,37 @@ impl<S> SourceBuilder<S> {
         self
     }
 
-    fn endpoint(self) -> Result<Endpoint, UrlError> {
+    /// Uses another blocking HTTP client. The timeouts set on this builder
+    /// then do not apply: the transport has its own. (On a builder made
+    /// async by [`async_transport`](SourceBuilder::async_transport), the
+    /// async source sends each request through it from a thread of its
+    /// own; prefer an async transport there.)
+    pub fn transport(self, transport: impl HttpTransport) -> Self {
+        self.set_transport(Transport::Blocking(Arc::new(transport)))
+    }
+
+    /// The endpoint for a source that is async (`is_async`) or blocking.
+    fn endpoint(mut self, is_async: bool) -> Result<Endpoint, UrlError> {
         check_token_url(self.request.url())?;
         // Set on the builder; else the discovery's when it is async (an
         // async source has no default of its own); else the built-in one.
-        let transport = match (self.transport, &self.discovery) {
+        let mut transport = match (self.transport.take(), &self.discovery) {
             (Some(t), _) => t,
             (None, Some(d)) if !d.transport_is_blocking() => d.transport(),
             (None, _) => Transport::default_blocking(self.connect_timeout, self.timeout),
         };
+        if is_async {
+            // Nothing blocks an async source's task (a blocking transport
+            // set with `transport` sends from a thread).
+            transport = transport.into_async();
+            if let Some(d) = &self.discovery {
+                if d.transport_is_blocking() {
+                    if let Ok(inner) = d.with_transport(d.transport().into_async()) {
+                        self.discovery = Some(Arc::new(inner));
+                    }
+                }
+            }
+        }
         let settings = SignerSettings {
             audience: self.audience,
             lifetime: self.assertion_lifetime,
@@ -757,24 +782,24 @@ impl<S> SourceBuilder<S> {
     }
 }
 
-impl<M> SourceBuilder<ClientCredentials<M>> {
+impl<M: TransportKind> SourceBuilder<ClientCredentials<M>> {
     /// Checks the URL (https, or http to a loopback address) and builds the
     /// source.
     pub fn build(self) -> Result<ClientCredentials<M>, UrlError> {
         Ok(ClientCredentials {
-            endpoint: self.endpoint()?,
+            endpoint: self.endpoint(M::ASYNC)?,
             mode: PhantomData,
         })
     }
 }
 
-impl<M> SourceBuilder<RefreshTokenSource<M>> {
+impl<M: TransportKind> SourceBuilder<RefreshTokenSource<M>> {
     /// Checks the URL (https, or http to a loopback address) and builds the
     /// source.
     pub fn build(self) -> Result<RefreshTokenSource<M>, UrlError> {
         let initial = self.initial_refresh_token.clone();
         Ok(RefreshTokenSource {
-            endpoint: self.endpoint()?,
+            endpoint: self.endpoint(M::ASYNC)?,
             initial,
             mode: PhantomData,
         })
@@ -791,8 +816,8 @@ impl<M> SourceBuilder<RefreshTokenSource<M>> {
 }
 
 /// The builder methods that depend on the transport kind, for each source
-/// type: the discovery (of the same kind), and the transport (a blocking
-/// builder may take either kind; an async one is async for good).
+/// type: the discovery (of the same kind), and the async transport (which
+/// makes a blocking builder async).
 macro_rules! transport_kind_methods {
     ($source:ident) => {
         impl<M> SourceBuilder<$source<M>> {
@@ -805,13 +830,14 @@ macro_rules! transport_kind_methods {
             }
         }
 
-        impl SourceBuilder<$source<SyncHttp>> {
-            /// Uses another blocking HTTP client. The timeouts set on this
-            /// builder then do not apply: the transport has its own.
-            pub fn transport(self, transport: impl HttpTransport) -> Self {
-                self.set_transport(Transport::Blocking(Arc::new(transport)))
+        impl SourceBuilder<$source<AsyncHttp>> {
+            /// Replaces the async HTTP client.
+            pub fn async_transport(self, transport: impl AsyncHttpTransport) -> Self {
+                self.set_transport(Transport::Async(Arc::new(transport)))
             }
+        }
 
+        impl SourceBuilder<$source<SyncHttp>> {
             /// Sends over an async HTTP client: the source built is then an
             /// [`AsyncTokenSource`], polled in the async driver's own task
             /// (`Builder::spawn(runtime, AsyncSource(source))`), with no

@@ -130,6 +130,28 @@ pub struct SyncHttp;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AsyncHttp;
 
+/// [`SyncHttp`] or [`AsyncHttp`]: the transport kind a source's type
+/// carries. Implemented by those two only.
+pub trait TransportKind: sealed::Sealed + Send + Sync + 'static {
+    /// Whether sources of this kind are async.
+    #[doc(hidden)]
+    const ASYNC: bool;
+}
+
+impl TransportKind for SyncHttp {
+    const ASYNC: bool = false;
+}
+
+impl TransportKind for AsyncHttp {
+    const ASYNC: bool = true;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::SyncHttp {}
+    impl Sealed for super::AsyncHttp {}
+}
+
 /// An [`AsyncHttpTransport`] behind a pointer: its future boxed (one
 /// allocation per token request, minutes apart).
 pub(crate) trait ErasedAsyncTransport: Send + Sync + 'static {
@@ -178,6 +200,16 @@ impl Transport {
         matches!(self, Transport::Blocking(_))
     }
 
+    /// The transport for an async source: a blocking one (set with
+    /// `SourceBuilder::transport` on an async builder) sends each request
+    /// from a thread of its own, so the driver's task never blocks.
+    pub(crate) fn into_async(self) -> Transport {
+        match self {
+            Transport::Blocking(t) => Transport::Async(Arc::new(OnThread(t))),
+            async_transport => async_transport,
+        }
+    }
+
     /// A transport for a source built without one: ureq's, with the
     /// builder's timeouts, when the crate has it.
     #[cfg(feature = "ureq-transport")]
@@ -203,6 +235,50 @@ impl Transport {
         _timeout: Option<Duration>,
     ) -> Transport {
         Transport::Blocking(Arc::new(NoTransport))
+    }
+}
+
+/// A blocking transport used by an async source: each request on a
+/// thread of its own (token requests are minutes apart), its answer
+/// awaited.
+struct OnThread(Arc<dyn HttpTransport>);
+
+impl AsyncHttpTransport for OnThread {
+    async fn send(
+        &self,
+        request: &HttpRequest,
+        max_body: usize,
+    ) -> Result<HttpResponse, FetchError> {
+        use event_listener::Event;
+        use std::sync::Mutex;
+
+        struct Slot {
+            answer: Mutex<Option<Result<HttpResponse, FetchError>>>,
+            done: Event,
+        }
+        let slot = Arc::new(Slot {
+            answer: Mutex::new(None),
+            done: Event::new(),
+        });
+        let (transport, request, theirs) = (self.0.clone(), request.clone(), slot.clone());
+        std::thread::Builder::new()
+            .name("freshtoken-http".into())
+            .spawn(move || {
+                let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    transport.send(&request, max_body)
+                }))
+                .unwrap_or_else(|_| Err(FetchError::transient("the HTTP transport panicked")));
+                *crate::sync::lock(&theirs.answer) = Some(answer);
+                theirs.done.notify(usize::MAX);
+            })
+            .map_err(|e| FetchError::transient(format!("could not start the HTTP thread: {e}")))?;
+        loop {
+            let listener = slot.done.listen();
+            if let Some(answer) = crate::sync::lock(&slot.answer).take() {
+                return answer;
+            }
+            listener.await;
+        }
     }
 }
 
