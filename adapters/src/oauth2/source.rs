@@ -535,12 +535,12 @@ impl<S> SourceBuilder<S> {
         self
     }
 
-    /// Sends over `transport`, blocking: a discovery set before reads its
-    /// document over it too when it was async (a builder of one kind has
-    /// one kind of transport).
+    /// Sends over `transport`. A blocking discovery set before reads its
+    /// document over it too when it is async: the builder becomes async,
+    /// and nothing of an async source blocks.
     fn set_transport(mut self, transport: Transport) -> Self {
         if let Some(d) = &self.discovery {
-            if d.transport_is_blocking() != transport.is_blocking() {
+            if d.transport_is_blocking() && !transport.is_blocking() {
                 // The issuer and ages were checked when it was built.
                 if let Ok(inner) = d.with_transport(transport.clone()) {
                     self.discovery = Some(Arc::new(inner));
