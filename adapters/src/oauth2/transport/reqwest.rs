@@ -36,6 +36,12 @@ use super::{
 /// client certificate, TLS backend). A built `reqwest::Client` is not
 /// accepted: its redirect policy cannot be checked.
 ///
+/// Proxies are reqwest's: the `HTTPS_PROXY` family and `NO_PROXY` from
+/// the environment unless the builder says otherwise. Unlike
+/// `UreqTransport`, it does not exempt
+/// loopback authorities by itself: list them in `NO_PROXY`, or pass a
+/// builder with `.no_proxy()`.
+///
 /// ```no_run
 /// use freshtoken::oauth2::{ClientCredentials, ReqwestTransport};
 /// use std::time::Duration;
