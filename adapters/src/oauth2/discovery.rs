@@ -72,7 +72,7 @@ pub(crate) struct Inner {
 /// sources for one authority read the document once.
 ///
 /// Like the sources, a `Discovery` is blocking ([`SyncHttp`], the default:
-/// [`new`](Self::new), [`with_transport`](Discovery::with_transport)) or
+/// `new` with ureq, [`with_transport`](Discovery::with_transport)) or
 /// async ([`AsyncHttp`]:
 /// [`with_async_transport`](Discovery::with_async_transport), whose
 /// `metadata` and `read` are `async`); a source from

@@ -21,7 +21,7 @@ use super::assertion::{
 use super::discovery::{self, Discovery};
 use super::grants::GrantSetup;
 use super::signing::SigningKey;
-#[cfg(doc)]
+#[cfg(all(doc, feature = "ureq-transport"))]
 use super::transport::UreqTransport;
 use super::transport::{
     run_blocking, AsyncHttp, AsyncHttpTransport, HttpTransport, SyncHttp, Transport, TransportKind,
