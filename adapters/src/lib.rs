@@ -81,7 +81,7 @@
 //! | [`runtime`] | the [`Runtime`](runtime::Runtime) trait and its tokio, smol and async-std values |
 //! | [`handle`] | [`TokenHandle`] and what it gives out: snapshots, readers, watches |
 //! | [`source`] | the source traits and simple sources |
-//! | [`oauth2`] | OAuth2 sources over ureq and rustls |
+//! | [`oauth2`] | OAuth2 sources over ureq and rustls, or over your own reqwest or hyper client |
 //! | [`cache`] | the cache traits and caches |
 //! | [`policy`] | lifetime, jitter and backoff policies |
 //! | [`clock`] | the system clock and a manual one for tests |
@@ -99,7 +99,10 @@
 //! | `tokio` | [`runtime::Tokio`] for [`Builder::spawn`] |
 //! | `smol` | [`runtime::Smol`], on smol's own executor, timers and blocking pool |
 //! | `async-std` | [`runtime::AsyncStd`] (async-std is discontinued upstream; prefer `smol`) |
-//! | `oauth2` | client-credentials, refresh-token, JWT-bearer and token-exchange sources over ureq and rustls |
+//! | `oauth2` | client-credentials, refresh-token, JWT-bearer and token-exchange sources over ureq and rustls (`oauth2-sources` and `ureq-transport`) |
+//! | `oauth2-sources` | the same sources without an HTTP client: bring a transport |
+//! | `reqwest-transport` | `oauth2::ReqwestTransport`: the sources, async, over your reqwest 0.13 and its TLS |
+//! | `hyper-transport` | `oauth2::HyperTransport`: the sources, async, over your hyper-util legacy client and connector |
 //! | `cloud` | sources for the clouds' identity endpoints: [`source::GcpMetadata`], [`source::AzureManagedIdentity`], [`source::AppServiceIdentity`] |
 //! | `file` | [`cache::FileCache`]: atomic writes, a cross-process lease; [`source::FileSource`]: a token another process writes |
 //! | `platform-verifier` | `oauth2::UreqTransport::platform_verifier`: the system's trust store |
@@ -172,11 +175,11 @@ pub mod middleware;
 #[cfg(not(feature = "metrics"))]
 #[allow(dead_code, unused_imports)]
 mod metrics;
-#[cfg(feature = "oauth2")]
+#[cfg(feature = "oauth2-sources")]
 pub mod oauth2;
 pub mod policy;
 // Opening token and assertion files without blocking on a FIFO.
-#[cfg(any(feature = "file", feature = "oauth2", feature = "encryption"))]
+#[cfg(any(feature = "file", feature = "oauth2-sources", feature = "encryption"))]
 mod regular_file;
 #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 pub mod runtime;

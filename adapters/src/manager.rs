@@ -221,7 +221,7 @@ impl TokenKey {
 
     /// Sets this key's audience, scope and resources on an OAuth2 source
     /// builder (the client id is the builder's own).
-    #[cfg(feature = "oauth2")]
+    #[cfg(feature = "oauth2-sources")]
     pub fn apply<S>(
         &self,
         builder: crate::oauth2::SourceBuilder<S>,

@@ -2,9 +2,11 @@
 //! HTTP, cached.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use event_listener::Event;
 use freshtoken_core::oauth2::discovery::{
     check_issuer, parse_metadata_response, well_known_urls, AuthorityMetadata, DiscoveryError,
     DEFAULT_MAX_METADATA_BYTES,
@@ -12,7 +14,11 @@ use freshtoken_core::oauth2::discovery::{
 use freshtoken_core::oauth2::HttpRequest;
 use freshtoken_core::FetchError;
 
-use super::transport::{HttpTransport, UreqTransport};
+#[cfg(feature = "ureq-transport")]
+use super::transport::UreqTransport;
+use super::transport::{
+    poll_once, AsyncHttp, AsyncHttpTransport, HttpTransport, SyncHttp, Transport,
+};
 
 /// How long metadata is used before it is read again: 24 hours. Token
 /// endpoints move about never; a day bounds how long a move goes unseen.
@@ -29,14 +35,24 @@ struct Cached {
     retry: bool,
 }
 
-struct Inner {
+#[derive(Default)]
+struct State {
+    cached: Option<Cached>,
+    /// An async read is under way (async readers wait for it instead of
+    /// reading too; blocking readers hold the lock while they read).
+    reading: bool,
+}
+
+pub(crate) struct Inner {
     issuer: String,
     urls: [String; 2],
-    transport: Arc<dyn HttpTransport>,
+    transport: Transport,
     max_age: Duration,
     retry: Duration,
     max_bytes: usize,
-    state: Mutex<Option<Cached>>,
+    state: Mutex<State>,
+    /// Notified when an async read ends.
+    read_done: Event,
 }
 
 /// An issuer's metadata, read from its well-known document and cached.
@@ -55,6 +71,14 @@ struct Inner {
 /// A `Discovery` is cheap to clone (clones share the cache), so several
 /// sources for one authority read the document once.
 ///
+/// Like the sources, a `Discovery` is blocking ([`SyncHttp`], the default:
+/// `new` with ureq, [`with_transport`](Discovery::with_transport)) or
+/// async ([`AsyncHttp`]:
+/// [`with_async_transport`](Discovery::with_async_transport), whose
+/// `metadata` and `read` are `async`); a source from
+/// `ClientCredentials::from_issuer` is of the same kind, and sends its
+/// token requests over the discovery's transport unless given another.
+///
 /// ```no_run
 /// use freshtoken::oauth2::Discovery;
 ///
@@ -63,58 +87,125 @@ struct Inner {
 /// println!("token endpoint: {}", metadata.token_endpoint());
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone)]
-pub struct Discovery {
+pub struct Discovery<M = SyncHttp> {
     inner: Arc<Inner>,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl fmt::Debug for Discovery {
+impl<M> Clone for Discovery<M> {
+    fn clone(&self) -> Self {
+        Discovery {
+            inner: self.inner.clone(),
+            mode: PhantomData,
+        }
+    }
+}
+
+impl<M> fmt::Debug for Discovery<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Discovery")
-            .field("issuer", &self.inner.issuer)
-            .field("max_age", &self.inner.max_age)
+            .field("issuer", &self.issuer)
+            .field("max_age", &self.max_age)
+            .field("blocking", &self.transport.is_blocking())
             .finish_non_exhaustive()
     }
 }
 
-impl Discovery {
+impl Discovery<SyncHttp> {
     /// Discovery for `issuer` (an https URL, or http to loopback, without
     /// query or fragment), with [`UreqTransport`]'s defaults.
+    #[cfg(feature = "ureq-transport")]
     pub fn new(issuer: impl Into<String>) -> Result<Self, DiscoveryError> {
         Self::with_transport(issuer, UreqTransport::new())
     }
 
-    /// Discovery over another transport.
+    /// Discovery over another blocking transport.
     pub fn with_transport(
         issuer: impl Into<String>,
         transport: impl HttpTransport,
     ) -> Result<Self, DiscoveryError> {
         Self::build(
             issuer.into(),
-            Arc::new(transport),
+            Transport::Blocking(Arc::new(transport)),
             DEFAULT_METADATA_MAX_AGE,
             DEFAULT_METADATA_RETRY,
         )
     }
 
+    /// The metadata: cached, or read now (see the type's docs).
+    pub fn metadata(&self) -> Result<Arc<AuthorityMetadata>, DiscoveryError> {
+        self.inner.metadata_blocking()
+    }
+
+    /// Reads the document now, bypassing (and not touching) the cache.
+    pub fn read(&self) -> Result<AuthorityMetadata, DiscoveryError> {
+        run_discovery_blocking(self.inner.read())
+    }
+}
+
+impl Discovery<AsyncHttp> {
+    /// Discovery over an async transport: [`metadata`](Self::metadata) and
+    /// [`read`](Self::read) are `async`, and a source built with
+    /// `from_issuer(discovery, ..)` is an async source over the same
+    /// transport.
+    ///
+    /// ```
+    /// use freshtoken::oauth2::{AsyncHttpTransport, Discovery, HttpRequest, HttpResponse};
+    /// use freshtoken::FetchError;
+    ///
+    /// struct Canned;
+    /// impl AsyncHttpTransport for Canned {
+    ///     async fn send(&self, _: &HttpRequest, _: usize) -> Result<HttpResponse, FetchError> {
+    ///         let doc = r#"{"issuer":"https://auth.example.com","token_endpoint":"https://auth.example.com/token"}"#;
+    ///         Ok(HttpResponse::new(200, vec![], doc.as_bytes().to_vec()))
+    ///     }
+    /// }
+    ///
+    /// let discovery = Discovery::with_async_transport("https://auth.example.com", Canned)?;
+    /// let metadata = futures::executor::block_on(discovery.metadata())?;
+    /// assert_eq!(metadata.token_endpoint(), "https://auth.example.com/token");
+    /// # Ok::<_, freshtoken::oauth2::DiscoveryError>(())
+    /// ```
+    pub fn with_async_transport(
+        issuer: impl Into<String>,
+        transport: impl AsyncHttpTransport,
+    ) -> Result<Self, DiscoveryError> {
+        Self::build(
+            issuer.into(),
+            Transport::Async(Arc::new(transport)),
+            DEFAULT_METADATA_MAX_AGE,
+            DEFAULT_METADATA_RETRY,
+        )
+    }
+
+    /// The metadata: cached, or read now (see the type's docs). Concurrent
+    /// callers wait for one read.
+    pub async fn metadata(&self) -> Result<Arc<AuthorityMetadata>, DiscoveryError> {
+        self.inner.metadata_async().await
+    }
+
+    /// Reads the document now, bypassing (and not touching) the cache.
+    pub async fn read(&self) -> Result<AuthorityMetadata, DiscoveryError> {
+        self.inner.read().await
+    }
+}
+
+impl<M> Discovery<M> {
     fn build(
         issuer: String,
-        transport: Arc<dyn HttpTransport>,
+        transport: Transport,
         max_age: Duration,
         retry: Duration,
     ) -> Result<Self, DiscoveryError> {
-        check_issuer(&issuer)?;
-        let urls = well_known_urls(&issuer)?;
         Ok(Discovery {
-            inner: Arc::new(Inner {
-                issuer,
-                urls,
-                transport,
-                max_age,
-                retry,
-                max_bytes: DEFAULT_MAX_METADATA_BYTES,
-                state: Mutex::new(None),
-            }),
+            inner: Arc::new(Inner::new(issuer, transport, max_age, retry)?),
+            mode: PhantomData,
         })
     }
 
@@ -137,41 +228,99 @@ impl Discovery {
         &self.inner.issuer
     }
 
-    /// The metadata: cached, or read now (see the type's docs).
-    pub fn metadata(&self) -> Result<Arc<AuthorityMetadata>, DiscoveryError> {
-        let inner = &self.inner;
-        // One reader at a time: sources share the lock only around a
-        // request that happens once a day.
-        let mut state = crate::sync::lock(&inner.state);
-        if let Some(cached) = state.as_ref() {
-            let wait = if cached.retry {
-                inner.retry
-            } else {
-                inner.max_age
-            };
-            if cached.checked.elapsed() < wait {
-                return Ok(cached.metadata.clone());
-            }
+    /// The shared state, for a source (which reads it blocking or async as
+    /// its transport is).
+    pub(crate) fn shared(&self) -> Arc<Inner> {
+        self.inner.clone()
+    }
+}
+
+impl Inner {
+    fn new(
+        issuer: String,
+        transport: Transport,
+        max_age: Duration,
+        retry: Duration,
+    ) -> Result<Self, DiscoveryError> {
+        check_issuer(&issuer)?;
+        let urls = well_known_urls(&issuer)?;
+        Ok(Inner {
+            issuer,
+            urls,
+            transport,
+            max_age,
+            retry,
+            max_bytes: DEFAULT_MAX_METADATA_BYTES,
+            state: Mutex::new(State::default()),
+            read_done: Event::new(),
+        })
+    }
+
+    /// The same issuer and ages over another transport, with a cache of
+    /// its own.
+    pub(crate) fn with_transport(&self, transport: Transport) -> Result<Self, DiscoveryError> {
+        Inner::new(self.issuer.clone(), transport, self.max_age, self.retry)
+    }
+
+    pub(crate) fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport.clone()
+    }
+
+    pub(crate) fn transport_is_blocking(&self) -> bool {
+        self.transport.is_blocking()
+    }
+
+    /// The metadata, read as the transport reads: blocking (one poll) or
+    /// async.
+    pub(crate) async fn metadata(&self) -> Result<Arc<AuthorityMetadata>, DiscoveryError> {
+        if self.transport.is_blocking() {
+            self.metadata_blocking()
+        } else {
+            self.metadata_async().await
         }
-        match self.read() {
+    }
+
+    /// The cached document if it is still to be used.
+    fn fresh(&self, state: &State) -> Option<Arc<AuthorityMetadata>> {
+        let cached = state.cached.as_ref()?;
+        let wait = if cached.retry {
+            self.retry
+        } else {
+            self.max_age
+        };
+        (cached.checked.elapsed() < wait).then(|| cached.metadata.clone())
+    }
+
+    /// Records the outcome of a read: the new document, or the failure
+    /// (the last good document kept, if any).
+    fn record(
+        &self,
+        state: &mut State,
+        read: Result<AuthorityMetadata, DiscoveryError>,
+    ) -> Result<Arc<AuthorityMetadata>, DiscoveryError> {
+        match read {
             Ok(metadata) => {
                 let metadata = Arc::new(metadata);
                 tracing::debug!(
-                    issuer = %inner.issuer,
+                    issuer = %self.issuer,
                     token_endpoint = metadata.token_endpoint(),
                     "read the authority's metadata"
                 );
-                *state = Some(Cached {
+                state.cached = Some(Cached {
                     metadata: metadata.clone(),
                     checked: Instant::now(),
                     retry: false,
                 });
                 Ok(metadata)
             }
-            Err(e) => match state.as_mut() {
+            Err(e) => match state.cached.as_mut() {
                 Some(cached) => {
                     tracing::warn!(
-                        issuer = %inner.issuer,
+                        issuer = %self.issuer,
                         error = %e,
                         "re-reading the authority's metadata failed; keeping the last good one"
                     );
@@ -184,19 +333,52 @@ impl Discovery {
         }
     }
 
-    /// Reads the document now, bypassing (and not touching) the cache.
-    pub fn read(&self) -> Result<AuthorityMetadata, DiscoveryError> {
-        let inner = &self.inner;
+    fn metadata_blocking(&self) -> Result<Arc<AuthorityMetadata>, DiscoveryError> {
+        // One reader at a time: sources share the lock only around a
+        // request that happens once a day.
+        let mut state = crate::sync::lock(&self.state);
+        if let Some(metadata) = self.fresh(&state) {
+            return Ok(metadata);
+        }
+        let read = run_discovery_blocking(self.read());
+        self.record(&mut state, read)
+    }
+
+    async fn metadata_async(&self) -> Result<Arc<AuthorityMetadata>, DiscoveryError> {
+        loop {
+            let listener = {
+                let mut state = crate::sync::lock(&self.state);
+                if let Some(metadata) = self.fresh(&state) {
+                    return Ok(metadata);
+                }
+                if !state.reading {
+                    state.reading = true;
+                    break;
+                }
+                self.read_done.listen()
+            };
+            listener.await;
+        }
+        // Whatever happens to this future (dropped mid-read included), the
+        // next reader may read.
+        let _reading = ReadingGuard(self);
+        let read = self.read().await;
+        let mut state = crate::sync::lock(&self.state);
+        self.record(&mut state, read)
+    }
+
+    async fn read(&self) -> Result<AuthorityMetadata, DiscoveryError> {
         let mut first_error = None;
-        for url in &inner.urls {
-            let answer = match inner
+        for url in &self.urls {
+            let answer = match self
                 .transport
-                .send(&HttpRequest::get(url.clone()), inner.max_bytes)
+                .send(&HttpRequest::get(url.clone()), self.max_bytes)
+                .await
             {
                 Ok(answer) => answer,
                 Err(e) => return Err(transport_error(e)),
             };
-            match parse_metadata_response(&answer, &inner.issuer, inner.max_bytes) {
+            match parse_metadata_response(&answer, &self.issuer, self.max_bytes) {
                 Ok(metadata) => return Ok(metadata),
                 // Not there: try the other location.
                 Err(DiscoveryError::Status { status }) if (400..500).contains(&status) => {
@@ -209,6 +391,27 @@ impl Discovery {
     }
 }
 
+/// Ends an async read: clears the flag and wakes the waiting readers.
+struct ReadingGuard<'a>(&'a Inner);
+
+impl Drop for ReadingGuard<'_> {
+    fn drop(&mut self) {
+        crate::sync::lock(&self.0.state).reading = false;
+        self.0.read_done.notify(usize::MAX);
+    }
+}
+
+/// Runs a read for a blocking discovery (see `run_blocking`).
+fn run_discovery_blocking<T>(
+    future: impl std::future::Future<Output = Result<T, DiscoveryError>>,
+) -> Result<T, DiscoveryError> {
+    poll_once(future).unwrap_or_else(|| {
+        Err(DiscoveryError::Unreachable(
+            "a blocking discovery reached an async transport (freshtoken bug)".into(),
+        ))
+    })
+}
+
 /// A network failure while reading the document (the transport's
 /// messages hold no secrets).
 fn transport_error(e: FetchError) -> DiscoveryError {
@@ -219,6 +422,7 @@ fn transport_error(e: FetchError) -> DiscoveryError {
 mod tests {
     use super::*;
     use freshtoken_core::oauth2::HttpResponse;
+    use std::future::Future as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const ISS: &str = "https://auth.example.com/tenant";
@@ -317,6 +521,48 @@ mod tests {
             fresh.metadata(),
             Err(DiscoveryError::Endpoint { .. })
         ));
+    }
+
+    /// The blocking fake as an async transport that yields once before
+    /// answering, so concurrent readers overlap.
+    struct Yielding(Arc<Fake>);
+    impl crate::oauth2::AsyncHttpTransport for Yielding {
+        async fn send(&self, r: &HttpRequest, max: usize) -> Result<HttpResponse, FetchError> {
+            let mut yielded = false;
+            std::future::poll_fn(|cx| {
+                if std::mem::replace(&mut yielded, true) {
+                    std::task::Poll::Ready(())
+                } else {
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            self.0.send(r, max)
+        }
+    }
+
+    #[test]
+    fn concurrent_async_readers_share_one_read() {
+        let (f, requests) =
+            fake("https://auth.example.com/tenant/.well-known/openid-configuration");
+        let d = Discovery::with_async_transport(ISS, Yielding(f)).unwrap();
+        let reads = (0..8).map(|_| d.metadata());
+        let all = futures::executor::block_on(futures::future::join_all(reads));
+        assert!(all.iter().all(|m| m
+            .as_ref()
+            .is_ok_and(|m| m.token_endpoint() == "https://auth.example.com/tenant/token")));
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "one read for all");
+        // A read dropped halfway lets the next reader read.
+        let d = d.max_age(Duration::ZERO, Duration::ZERO);
+        let mut first = Box::pin(d.metadata());
+        let waker = std::task::Waker::noop();
+        assert!(first
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+            .is_pending());
+        drop(first);
+        assert!(futures::executor::block_on(d.metadata()).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! 8693), as token sources.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,9 +14,10 @@ use serde_json::Value;
 use super::assertion::{AssertionContext, AssertionFile, AssertionFn, AssertionSigner};
 use super::signing::SigningKey;
 use super::source::{Endpoint, SourceBuilder, SuppliedGrant};
+use super::transport::{run_blocking, AsyncHttp, SyncHttp, TransportKind};
 use crate::clock::SystemClock;
 use crate::handle::TokenHandle;
-use crate::source::TokenSource;
+use crate::source::{AsyncTokenSource, TokenSource};
 
 /// The RFC 8693 token type of an OAuth2 access token.
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -164,13 +166,18 @@ fn context<'a>(request: &'a TokenRequest, issuer: Option<&'a str>) -> AssertionC
 ///     .build()?;
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
+///
+/// Like [`ClientCredentials`](super::ClientCredentials), blocking
+/// ([`SyncHttp`]) or async ([`AsyncHttp`], after
+/// [`SourceBuilder::async_transport`]).
 #[derive(Clone, Debug)]
-pub struct JwtBearer {
+pub struct JwtBearer<M = SyncHttp> {
     endpoint: Endpoint,
     assertion: GrantAssertion,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl JwtBearer {
+impl JwtBearer<SyncHttp> {
     /// A source whose assertions are signed with `key`, with `iss`
     /// `issuer` (and `sub` the same, unless [`SourceBuilder::subject`]
     /// sets one). No `client_id` is sent unless
@@ -215,18 +222,19 @@ impl JwtBearer {
             GrantSetup::JwtBearer(GrantAssertion::Supplied(Credential::Fn(Arc::new(f)))),
         )
     }
+}
 
+impl<M> JwtBearer<M> {
     pub(crate) fn from_parts(endpoint: Endpoint, assertion: GrantAssertion) -> Self {
         JwtBearer {
             endpoint,
             assertion,
+            mode: PhantomData,
         }
     }
-}
 
-impl TokenSource for JwtBearer {
-    fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        let request = self.endpoint.request_for_fetch()?;
+    async fn fetch_any(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        let request = self.endpoint.request_for_fetch().await?;
         let ctx = context(&request, self.endpoint.issuer());
         match &self.assertion {
             GrantAssertion::Signed {
@@ -244,6 +252,7 @@ impl TokenSource for JwtBearer {
                 let assertion = signer.sign(&c, request.secret())?;
                 self.endpoint
                     .fetch_with(fetch, FetchCredentials::new().assertion(&assertion), None)
+                    .await
             }
             GrantAssertion::Supplied(credential) => {
                 let assertion = credential.get(&ctx)?;
@@ -252,13 +261,27 @@ impl TokenSource for JwtBearer {
                     sent_exp: credential.expiry(&assertion),
                     renewed: &renewed,
                 };
-                self.endpoint.fetch_with(
-                    fetch,
-                    FetchCredentials::new().assertion(&assertion),
-                    Some(supplied),
-                )
+                self.endpoint
+                    .fetch_with(
+                        fetch,
+                        FetchCredentials::new().assertion(&assertion),
+                        Some(supplied),
+                    )
+                    .await
             }
         }
+    }
+}
+
+impl TokenSource for JwtBearer<SyncHttp> {
+    fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        run_blocking(self.fetch_any(fetch))
+    }
+}
+
+impl AsyncTokenSource for JwtBearer<AsyncHttp> {
+    async fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        self.fetch_any(fetch).await
     }
 }
 
@@ -287,13 +310,18 @@ impl TokenSource for JwtBearer {
 /// .build()?;
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
+///
+/// Like [`ClientCredentials`](super::ClientCredentials), blocking
+/// ([`SyncHttp`]) or async ([`AsyncHttp`], after
+/// [`SourceBuilder::async_transport`]).
 #[derive(Clone, Debug)]
-pub struct TokenExchange {
+pub struct TokenExchange<M = SyncHttp> {
     endpoint: Endpoint,
     exchange: Exchange,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl TokenExchange {
+impl TokenExchange<SyncHttp> {
     fn builder(
         url: impl Into<String>,
         client_id: impl Into<String>,
@@ -339,15 +367,19 @@ impl TokenExchange {
     ) -> SourceBuilder<TokenExchange> {
         Self::builder(url, client_id, Credential::Fn(Arc::new(f)))
     }
-
-    pub(crate) fn from_parts(endpoint: Endpoint, exchange: Exchange) -> Self {
-        TokenExchange { endpoint, exchange }
-    }
 }
 
-impl TokenSource for TokenExchange {
-    fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        let request = self.endpoint.request_for_fetch()?;
+impl<M> TokenExchange<M> {
+    pub(crate) fn from_parts(endpoint: Endpoint, exchange: Exchange) -> Self {
+        TokenExchange {
+            endpoint,
+            exchange,
+            mode: PhantomData,
+        }
+    }
+
+    async fn fetch_any(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        let request = self.endpoint.request_for_fetch().await?;
         let ctx = context(&request, self.endpoint.issuer());
         let ex = &self.exchange;
         let subject = ex.subject.get(&ctx)?;
@@ -367,7 +399,8 @@ impl TokenSource for TokenExchange {
         };
         let mut answer = self
             .endpoint
-            .fetch_with(fetch, credentials, Some(supplied))?;
+            .fetch_with(fetch, credentials, Some(supplied))
+            .await?;
         if ex.follow_subject_expiry {
             if let Some(exp) = subject_exp {
                 let left = exp.saturating_duration_since(SystemClock.now()).as_secs();
@@ -385,7 +418,19 @@ impl TokenSource for TokenExchange {
     }
 }
 
-impl SourceBuilder<JwtBearer> {
+impl TokenSource for TokenExchange<SyncHttp> {
+    fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        run_blocking(self.fetch_any(fetch))
+    }
+}
+
+impl AsyncTokenSource for TokenExchange<AsyncHttp> {
+    async fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        self.fetch_any(fetch).await
+    }
+}
+
+impl<M: TransportKind> SourceBuilder<JwtBearer<M>> {
     /// Sets the assertion's `sub` (for a signed assertion; Google: the
     /// user to impersonate with domain-wide delegation).
     pub fn subject(self, subject: impl Into<String>) -> Self {
@@ -408,8 +453,8 @@ impl SourceBuilder<JwtBearer> {
     }
 
     /// Checks the URL and builds the source.
-    pub fn build(self) -> Result<JwtBearer, super::UrlError> {
-        let (endpoint, grant) = self.into_parts()?;
+    pub fn build(self) -> Result<JwtBearer<M>, super::UrlError> {
+        let (endpoint, grant) = self.into_parts(M::ASYNC)?;
         match grant {
             Some(GrantSetup::JwtBearer(mut assertion)) => {
                 if let GrantAssertion::Signed { signer, .. } = &mut assertion {
@@ -422,7 +467,7 @@ impl SourceBuilder<JwtBearer> {
     }
 }
 
-impl SourceBuilder<TokenExchange> {
+impl<M: TransportKind> SourceBuilder<TokenExchange<M>> {
     /// Sets the `subject_token_type` (default
     /// [`TOKEN_TYPE_ACCESS_TOKEN`]).
     pub fn subject_token_type(self, token_type: impl Into<String>) -> Self {
@@ -474,8 +519,8 @@ impl SourceBuilder<TokenExchange> {
     }
 
     /// Checks the URL and builds the source.
-    pub fn build(self) -> Result<TokenExchange, super::UrlError> {
-        let (endpoint, grant) = self.into_parts()?;
+    pub fn build(self) -> Result<TokenExchange<M>, super::UrlError> {
+        let (endpoint, grant) = self.into_parts(M::ASYNC)?;
         match grant {
             Some(GrantSetup::TokenExchange(exchange)) => {
                 Ok(TokenExchange::from_parts(endpoint, exchange))

@@ -1,11 +1,40 @@
-//! OAuth2 token sources over HTTP (feature `oauth2`).
+//! OAuth2 token sources over HTTP (feature `oauth2`, or `oauth2-sources`
+//! with a transport of your choice).
 //!
-//! [`ClientCredentials`] and [`RefreshTokenSource`] are
-//! [`TokenSource`](crate::source::TokenSource)s: the pure protocol from
-//! [`freshtoken_core::oauth2`] (re-exported as [`core`]) plus an
-//! [`HttpTransport`], by default [`UreqTransport`] (ureq 3 with rustls,
-//! timeouts, no redirects, a 64 KiB answer cap). Async drivers run them on
-//! their blocking pool.
+//! [`ClientCredentials`] and [`RefreshTokenSource`] are the pure protocol
+//! from [`freshtoken_core::oauth2`] plus a transport. By default that is
+//! `UreqTransport` (ureq 3 with rustls, timeouts, no redirects, a 64 KiB
+//! answer cap; feature `ureq-transport`, part of `oauth2`), and the source
+//! is a [`TokenSource`](crate::source::TokenSource), which async drivers
+//! run on their blocking pool.
+//!
+//! # Your own HTTP client
+//!
+//! [`SourceBuilder::async_transport`] sends over an async client instead:
+//! the source is then an [`AsyncTokenSource`](crate::source::AsyncTokenSource)
+//! (its type says so: `ClientCredentials<AsyncHttp>`), polled in the
+//! driver's task, with no blocking pool and no ureq. `ReqwestTransport`
+//! (feature `reqwest-transport`) and `HyperTransport` (feature
+//! `hyper-transport`) are built in, each over the client and the TLS your
+//! service already uses; [`AsyncHttpTransport`] is the trait for others.
+//! A tokio service with reqwest then has one HTTP stack and one TLS
+//! provider, its own:
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "tokio", feature = "reqwest-transport"))]
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use freshtoken::driver::AsyncSource;
+//! use freshtoken::oauth2::{ClientCredentials, ReqwestTransport};
+//! use freshtoken::runtime::Tokio;
+//! use freshtoken::Builder;
+//!
+//! let source = ClientCredentials::builder("https://login.example.com/oauth2/token", "my-app", "secret")
+//!     .async_transport(ReqwestTransport::new()?)
+//!     .build()?;
+//! let (tokens, driver) = Builder::new().spawn(Tokio::current()?, AsyncSource(source));
+//! # drop(tokens); driver.shutdown().await; Ok(())
+//! # }
+//! ```
 //!
 //! Token endpoint URLs must be https, except for loopback hosts
 //! (127.0.0.0/8, ::1, `localhost`) so that local test authorities work;
@@ -30,7 +59,8 @@
 //!   [`AssertionFile`]): a token that Kubernetes, AKS workload identity
 //!   (`AZURE_FEDERATED_TOKEN_FILE`), GKE or EKS write and rotate, re-read for
 //!   each request; refusals of a stale one are retried once it is renewed.
-//! * **mTLS** (RFC 8705): [`UreqTransport::client_certificate_files`] and
+//! * **mTLS** (RFC 8705): `UreqTransport::client_certificate_files` (or
+//!   your own client's certificate with an async transport) and
 //!   [`ClientAuth::TlsClientAuth`] or [`ClientAuth::SelfSignedTlsClientAuth`].
 //! * **Discovery** ([`Discovery`], [`ClientCredentials::from_issuer`]): the
 //!   token endpoint from the issuer's metadata, whose `issuer` must be
@@ -82,5 +112,11 @@ pub use grants::{
 };
 pub use signing::{KeyError, SigningKey};
 pub use source::{ClientCredentials, RefreshTokenSource, SourceBuilder};
-pub use transport::{HttpTransport, ProxyError, UreqTransport};
+#[cfg(feature = "hyper-transport")]
+pub use transport::HyperTransport;
+#[cfg(feature = "reqwest-transport")]
+pub use transport::ReqwestTransport;
+pub use transport::{AsyncHttp, AsyncHttpTransport, HttpTransport, SyncHttp, TransportKind};
+#[cfg(feature = "ureq-transport")]
+pub use transport::{ProxyError, UreqTransport};
 pub use url::{check_token_url, UrlError};

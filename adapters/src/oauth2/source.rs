@@ -18,20 +18,24 @@ use freshtoken_core::{
 use super::assertion::{
     AssertionContext, AssertionFile, AssertionProvider, AssertionSigner, Audience, JtiGenerator,
 };
-use super::discovery::Discovery;
+use super::discovery::{self, Discovery};
 use super::grants::GrantSetup;
 use super::signing::SigningKey;
-use super::transport::{HttpTransport, UreqTransport};
+#[cfg(all(doc, feature = "ureq-transport"))]
+use super::transport::UreqTransport;
+use super::transport::{
+    run_blocking, AsyncHttp, AsyncHttpTransport, HttpTransport, SyncHttp, Transport, TransportKind,
+};
 use super::url::{check_token_url, UrlError};
 use crate::clock::SystemClock;
-use crate::source::TokenSource;
+use crate::source::{AsyncTokenSource, TokenSource};
 
 /// A grant credential made by someone else (a supplied JWT-bearer
 /// assertion, a subject token): its `exp`, and whether it has been renewed
 /// since it was sent.
 pub(crate) struct SuppliedGrant<'a> {
     pub(crate) sent_exp: Option<Timestamp>,
-    pub(crate) renewed: &'a dyn Fn(Timestamp) -> bool,
+    pub(crate) renewed: &'a (dyn Fn(Timestamp) -> bool + Sync),
 }
 
 /// A token request, the transport that sends it, and what makes the
@@ -39,8 +43,8 @@ pub(crate) struct SuppliedGrant<'a> {
 #[derive(Clone)]
 pub(crate) struct Endpoint {
     request: TokenRequest,
-    transport: Arc<dyn HttpTransport>,
-    discovery: Option<Discovery>,
+    transport: Transport,
+    discovery: Option<Arc<discovery::Inner>>,
     issuer: Option<String>,
     assertion: Option<AssertionProvider>,
     auth_explicit: bool,
@@ -68,22 +72,22 @@ impl Endpoint {
     }
 
     /// The request for this fetch (see `current_request`), owned.
-    pub(crate) fn request_for_fetch(&self) -> Result<TokenRequest, FetchError> {
-        Ok(self.current_request()?.into_owned())
+    pub(crate) async fn request_for_fetch(&self) -> Result<TokenRequest, FetchError> {
+        Ok(self.current_request().await?.into_owned())
     }
 
-    fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        self.fetch_with(fetch, FetchCredentials::new(), None)
+    async fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        self.fetch_with(fetch, FetchCredentials::new(), None).await
     }
 
     /// The request for this fetch: the template, or, with discovery, the
     /// template sent to the discovered token endpoint (and, when no method
     /// was chosen, with the secret method the authority supports).
-    fn current_request(&self) -> Result<Cow<'_, TokenRequest>, FetchError> {
+    async fn current_request(&self) -> Result<Cow<'_, TokenRequest>, FetchError> {
         let Some(discovery) = &self.discovery else {
             return Ok(Cow::Borrowed(&self.request));
         };
-        let metadata = discovery.metadata()?;
+        let metadata = discovery.metadata().await?;
         let mut auth = self.request.auth_method();
         if !self.auth_explicit
             && auth == ClientAuth::Basic
@@ -111,19 +115,19 @@ impl Endpoint {
     pub(crate) fn issuer(&self) -> Option<&str> {
         self.issuer
             .as_deref()
-            .or(self.discovery.as_ref().map(Discovery::issuer))
+            .or(self.discovery.as_deref().map(discovery::Inner::issuer))
     }
 
     /// Sends one request. `grant` holds the grant's own credentials, and
     /// `supplied` the expiry of a grant assertion made by someone else
     /// (whose refusal may mean it went stale).
-    pub(crate) fn fetch_with(
+    pub(crate) async fn fetch_with(
         &self,
         fetch: &FetchRequest,
         grant: FetchCredentials<'_>,
         supplied: Option<SuppliedGrant<'_>>,
     ) -> Result<TokenResponse, FetchError> {
-        let request = self.current_request()?;
+        let request = self.current_request().await?;
         let auth = request.auth_method();
         let now = SystemClock.now();
         let client_assertion = if auth.uses_client_assertion() {
@@ -161,6 +165,7 @@ impl Endpoint {
         let result = self
             .transport
             .send(&http, request.response_size_cap())
+            .await
             .and_then(|response| request.parse(&response, SystemClock.now()));
         drop(http);
         let result = result.map_err(|e| {
@@ -245,12 +250,18 @@ impl fmt::Debug for Endpoint {
 /// assert!(!format!("{source:?}").contains("hunter2"));
 /// # Ok::<_, freshtoken::oauth2::UrlError>(())
 /// ```
+///
+/// `M` is the transport kind: [`SyncHttp`] (the default; a
+/// [`TokenSource`]) or, after
+/// [`SourceBuilder::async_transport`], [`AsyncHttp`] (an
+/// [`AsyncTokenSource`]).
 #[derive(Clone, Debug)]
-pub struct ClientCredentials {
+pub struct ClientCredentials<M = SyncHttp> {
     endpoint: Endpoint,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl ClientCredentials {
+impl ClientCredentials<SyncHttp> {
     /// Starts a builder for the token endpoint `url` and a confidential
     /// client. Defaults: `client_secret_basic`, form body, no scope, 64 KiB
     /// answer cap, [`UreqTransport`] with its default timeouts.
@@ -307,22 +318,41 @@ impl ClientCredentials {
     ///     .build()?;
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
-    pub fn from_issuer(
-        discovery: Discovery,
+    ///
+    /// With a [`Discovery`] over an async transport, the source is async
+    /// too, and sends its token requests over the discovery's transport.
+    pub fn from_issuer<M>(
+        discovery: Discovery<M>,
         client_id: impl Into<String>,
-    ) -> SourceBuilder<ClientCredentials> {
-        Self::builder_without_secret(discovery.issuer().to_owned(), client_id).discovery(discovery)
+    ) -> SourceBuilder<ClientCredentials<M>> {
+        SourceBuilder::new(
+            TokenRequest::client_credentials(
+                discovery.issuer().to_owned(),
+                client_id,
+                ClientSecret::new(""),
+            )
+            .client_secret(None),
+        )
+        .with_discovery(&discovery)
     }
+}
 
+impl<M> ClientCredentials<M> {
     /// The request template this source sends.
     pub fn request(&self) -> &TokenRequest {
         &self.endpoint.request
     }
 }
 
-impl TokenSource for ClientCredentials {
+impl TokenSource for ClientCredentials<SyncHttp> {
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        self.endpoint.fetch(request)
+        run_blocking(self.endpoint.fetch(request))
+    }
+}
+
+impl AsyncTokenSource for ClientCredentials<AsyncHttp> {
+    async fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        self.endpoint.fetch(request).await
     }
 }
 
@@ -353,12 +383,13 @@ impl TokenSource for ClientCredentials {
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct RefreshTokenSource {
+pub struct RefreshTokenSource<M = SyncHttp> {
     endpoint: Endpoint,
     initial: Option<RefreshToken>,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl RefreshTokenSource {
+impl RefreshTokenSource<SyncHttp> {
     /// Starts a builder for the token endpoint `url` and a public client
     /// (add a secret with [`SourceBuilder::client_secret`]).
     pub fn builder(
@@ -370,22 +401,39 @@ impl RefreshTokenSource {
 
     /// Starts a builder whose token endpoint comes from the issuer's
     /// metadata (see [`ClientCredentials::from_issuer`]).
-    pub fn from_issuer(
-        discovery: Discovery,
+    pub fn from_issuer<M>(
+        discovery: Discovery<M>,
         client_id: impl Into<String>,
-    ) -> SourceBuilder<RefreshTokenSource> {
-        Self::builder(discovery.issuer().to_owned(), client_id).discovery(discovery)
+    ) -> SourceBuilder<RefreshTokenSource<M>> {
+        SourceBuilder::new(TokenRequest::refresh_token(
+            discovery.issuer().to_owned(),
+            client_id,
+            None,
+        ))
+        .with_discovery(&discovery)
     }
+}
 
+impl<M> RefreshTokenSource<M> {
     /// The request template this source sends.
     pub fn request(&self) -> &TokenRequest {
         &self.endpoint.request
     }
 }
 
-impl TokenSource for RefreshTokenSource {
+impl TokenSource for RefreshTokenSource<SyncHttp> {
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        self.endpoint.fetch(request)
+        run_blocking(self.endpoint.fetch(request))
+    }
+
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        self.initial.clone()
+    }
+}
+
+impl AsyncTokenSource for RefreshTokenSource<AsyncHttp> {
+    async fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
+        self.endpoint.fetch(request).await
     }
 
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
@@ -411,10 +459,10 @@ impl TokenSource for RefreshTokenSource {
 #[must_use]
 pub struct SourceBuilder<S> {
     request: TokenRequest,
-    transport: Option<Arc<dyn HttpTransport>>,
+    transport: Option<Transport>,
     connect_timeout: Option<Duration>,
     timeout: Option<Duration>,
-    discovery: Option<Discovery>,
+    discovery: Option<Arc<discovery::Inner>>,
     issuer: Option<String>,
     assertion: Option<AssertionProvider>,
     audience: Audience,
@@ -461,6 +509,48 @@ impl<S> SourceBuilder<S> {
         }
     }
 
+    /// The same settings for another source type.
+    fn retyped<T>(self) -> SourceBuilder<T> {
+        SourceBuilder {
+            request: self.request,
+            transport: self.transport,
+            connect_timeout: self.connect_timeout,
+            timeout: self.timeout,
+            discovery: self.discovery,
+            issuer: self.issuer,
+            assertion: self.assertion,
+            audience: self.audience,
+            assertion_lifetime: self.assertion_lifetime,
+            jti: self.jti,
+            auth_explicit: self.auth_explicit,
+            grant: self.grant,
+            initial_refresh_token: self.initial_refresh_token,
+            source: PhantomData,
+        }
+    }
+
+    /// Takes the token endpoint from `discovery` (of the builder's kind).
+    fn with_discovery<M>(mut self, discovery: &Discovery<M>) -> Self {
+        self.discovery = Some(discovery.shared());
+        self
+    }
+
+    /// Sends over `transport`. A blocking discovery set before reads its
+    /// document over it too when it is async: the builder becomes async,
+    /// and nothing of an async source blocks.
+    fn set_transport(mut self, transport: Transport) -> Self {
+        if let Some(d) = &self.discovery {
+            if d.transport_is_blocking() && !transport.is_blocking() {
+                // The issuer and ages were checked when it was built.
+                if let Ok(inner) = d.with_transport(transport.clone()) {
+                    self.discovery = Some(Arc::new(inner));
+                }
+            }
+        }
+        self.transport = Some(transport);
+        self
+    }
+
     pub(crate) fn with_grant(request: TokenRequest, grant: GrantSetup) -> Self {
         let mut b = Self::new(request);
         b.grant = Some(grant);
@@ -474,9 +564,12 @@ impl<S> SourceBuilder<S> {
         self
     }
 
-    pub(crate) fn into_parts(mut self) -> Result<(Endpoint, Option<GrantSetup>), UrlError> {
+    pub(crate) fn into_parts(
+        mut self,
+        is_async: bool,
+    ) -> Result<(Endpoint, Option<GrantSetup>), UrlError> {
         let grant = self.grant.take();
-        Ok((self.endpoint()?, grant))
+        Ok((self.endpoint(is_async)?, grant))
     }
 
     /// Sets the client id sent in the body (JWT-bearer sources send none
@@ -580,12 +673,6 @@ impl<S> SourceBuilder<S> {
         self
     }
 
-    /// Takes the token endpoint from `discovery` at each fetch (cached).
-    pub fn discovery(mut self, discovery: Discovery) -> Self {
-        self.discovery = Some(discovery);
-        self
-    }
-
     /// Sets the `scope` (space-separated).
     pub fn scope(self, scope: impl Into<String>) -> Self {
         self.map(|r| r.scope(scope))
@@ -628,28 +715,37 @@ impl<S> SourceBuilder<S> {
         self
     }
 
-    /// Uses another HTTP client. The timeouts set on this builder then do
-    /// not apply: the transport has its own.
-    pub fn transport(mut self, transport: impl HttpTransport) -> Self {
-        self.transport = Some(Arc::new(transport));
-        self
+    /// Uses another blocking HTTP client. The timeouts set on this builder
+    /// then do not apply: the transport has its own. (On a builder made
+    /// async by [`async_transport`](SourceBuilder::async_transport), the
+    /// async source sends each request through it from a thread of its
+    /// own; prefer an async transport there.)
+    pub fn transport(self, transport: impl HttpTransport) -> Self {
+        self.set_transport(Transport::Blocking(Arc::new(transport)))
     }
 
-    fn endpoint(self) -> Result<Endpoint, UrlError> {
+    /// The endpoint for a source that is async (`is_async`) or blocking.
+    fn endpoint(mut self, is_async: bool) -> Result<Endpoint, UrlError> {
         check_token_url(self.request.url())?;
-        let transport = match self.transport {
-            Some(t) => t,
-            None => {
-                let mut t = UreqTransport::new();
-                if let Some(d) = self.connect_timeout {
-                    t = t.connect_timeout(d);
-                }
-                if let Some(d) = self.timeout {
-                    t = t.timeout(d);
-                }
-                Arc::new(t)
-            }
+        // Set on the builder; else the discovery's when it is async (an
+        // async source has no default of its own); else the built-in one.
+        let mut transport = match (self.transport.take(), &self.discovery) {
+            (Some(t), _) => t,
+            (None, Some(d)) if !d.transport_is_blocking() => d.transport(),
+            (None, _) => Transport::default_blocking(self.connect_timeout, self.timeout),
         };
+        if is_async {
+            // Nothing blocks an async source's task (a blocking transport
+            // set with `transport` sends from a thread).
+            transport = transport.into_async();
+            if let Some(d) = &self.discovery {
+                if d.transport_is_blocking() {
+                    if let Ok(inner) = d.with_transport(d.transport().into_async()) {
+                        self.discovery = Some(Arc::new(inner));
+                    }
+                }
+            }
+        }
         let settings = SignerSettings {
             audience: self.audience,
             lifetime: self.assertion_lifetime,
@@ -686,24 +782,26 @@ impl<S> SourceBuilder<S> {
     }
 }
 
-impl SourceBuilder<ClientCredentials> {
+impl<M: TransportKind> SourceBuilder<ClientCredentials<M>> {
     /// Checks the URL (https, or http to a loopback address) and builds the
     /// source.
-    pub fn build(self) -> Result<ClientCredentials, UrlError> {
+    pub fn build(self) -> Result<ClientCredentials<M>, UrlError> {
         Ok(ClientCredentials {
-            endpoint: self.endpoint()?,
+            endpoint: self.endpoint(M::ASYNC)?,
+            mode: PhantomData,
         })
     }
 }
 
-impl SourceBuilder<RefreshTokenSource> {
+impl<M: TransportKind> SourceBuilder<RefreshTokenSource<M>> {
     /// Checks the URL (https, or http to a loopback address) and builds the
     /// source.
-    pub fn build(self) -> Result<RefreshTokenSource, UrlError> {
+    pub fn build(self) -> Result<RefreshTokenSource<M>, UrlError> {
         let initial = self.initial_refresh_token.clone();
         Ok(RefreshTokenSource {
-            endpoint: self.endpoint()?,
+            endpoint: self.endpoint(M::ASYNC)?,
             initial,
+            mode: PhantomData,
         })
     }
 
@@ -716,3 +814,50 @@ impl SourceBuilder<RefreshTokenSource> {
         self
     }
 }
+
+/// The builder methods that depend on the transport kind, for each source
+/// type: the discovery (of the same kind), and the async transport (which
+/// makes a blocking builder async).
+macro_rules! transport_kind_methods {
+    ($source:ident) => {
+        impl<M> SourceBuilder<$source<M>> {
+            /// Takes the token endpoint from `discovery` at each fetch
+            /// (cached). The discovery is of the source's kind: blocking,
+            /// or async after
+            /// [`async_transport`](SourceBuilder::async_transport).
+            pub fn discovery(self, discovery: Discovery<M>) -> Self {
+                self.with_discovery(&discovery)
+            }
+        }
+
+        impl SourceBuilder<$source<AsyncHttp>> {
+            /// Replaces the async HTTP client.
+            pub fn async_transport(self, transport: impl AsyncHttpTransport) -> Self {
+                self.set_transport(Transport::Async(Arc::new(transport)))
+            }
+        }
+
+        impl SourceBuilder<$source<SyncHttp>> {
+            /// Sends over an async HTTP client: the source built is then an
+            /// [`AsyncTokenSource`], polled in the async driver's own task
+            /// (`Builder::spawn(runtime, AsyncSource(source))`), with no
+            /// blocking pool. The timeouts set on this builder do not
+            /// apply: the transport has its own. A discovery set before
+            /// reads its document over this transport too.
+            pub fn async_transport(
+                self,
+                transport: impl AsyncHttpTransport,
+            ) -> SourceBuilder<$source<AsyncHttp>> {
+                self.set_transport(Transport::Async(Arc::new(transport)))
+                    .retyped()
+            }
+        }
+    };
+}
+
+transport_kind_methods!(ClientCredentials);
+transport_kind_methods!(RefreshTokenSource);
+transport_kind_methods!(JwtBearer);
+transport_kind_methods!(TokenExchange);
+
+use super::grants::{JwtBearer, TokenExchange};

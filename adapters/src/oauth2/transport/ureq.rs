@@ -1,4 +1,5 @@
-//! Sending an [`HttpRequest`] and reading the answer.
+//! [`UreqTransport`]: the blocking transport over ureq 3 and rustls
+//! (feature `ureq-transport`, part of `oauth2`).
 
 use std::fmt;
 use std::io::Read;
@@ -9,48 +10,13 @@ use base64::Engine as _;
 use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig};
 use zeroize::Zeroizing;
 
-use freshtoken_core::oauth2::{
-    parse_token_url, redacted_url, uri_has_loopback_host, HttpRequest, HttpResponse,
-};
+use freshtoken_core::oauth2::{redacted_url, uri_has_loopback_host, HttpRequest, HttpResponse};
 use freshtoken_core::FetchError;
 
-use super::signing::KeyError;
+use super::super::signing::KeyError;
 #[cfg(doc)]
-use super::url::check_token_url;
-
-/// An HTTP client that can send a token request.
-///
-/// [`UreqTransport`] is the built-in one; implement this trait to use
-/// another client (one your application already configures for proxies or
-/// mTLS, say). An implementation must:
-///
-/// * send `request` as is (a `POST` for token requests, a `GET` for
-///   discovery documents), and not follow redirects (a redirect is
-///   returned as an answer like any other);
-/// * read at most `max_body + 1` bytes of the body (the parser refuses an
-///   answer longer than `max_body`), and apply its own timeouts;
-/// * return every HTTP status as an [`HttpResponse`], and report only
-///   failures to get one (network, TLS, timeout) as a [`FetchError`], almost
-///   always [`FetchError::transient`], without secrets in the message.
-///
-/// ```
-/// use freshtoken::oauth2::HttpTransport;
-/// use freshtoken::oauth2::{HttpRequest, HttpResponse};
-/// use freshtoken::FetchError;
-///
-/// /// Answers every request with the same token; handy in unit tests.
-/// struct Canned;
-///
-/// impl HttpTransport for Canned {
-///     fn send(&self, _request: &HttpRequest, _max_body: usize) -> Result<HttpResponse, FetchError> {
-///         Ok(HttpResponse::new(200, vec![], br#"{"access_token":"t","expires_in":60}"#.to_vec()))
-///     }
-/// }
-/// ```
-pub trait HttpTransport: Send + Sync + 'static {
-    /// Sends `request` and returns the answer, whatever its status.
-    fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError>;
-}
+use super::super::url::check_token_url;
+use super::{checked_uri, header_pairs, request_timeout, HttpTransport};
 
 /// The default [`HttpTransport`]: [ureq] 3 with rustls and the Mozilla root
 /// certificates (webpki-roots), no redirects, connect and overall timeouts,
@@ -314,33 +280,17 @@ impl UreqTransport {
     }
 }
 
-impl UreqTransport {
-    /// The overall timeout for `request`: slightly below the time its
-    /// caller waits for it ([`HttpRequest::timeout`], the refresh machine's
-    /// deadline), so the two do not race, and never above the configured
-    /// timeout. `None`: the configured timeout applies as it is.
-    fn request_timeout(&self, request: &HttpRequest) -> Option<Duration> {
-        let waited = request.timeout()?;
-        let margin = (waited / 20).max(Duration::from_millis(200));
-        let below = waited
-            .saturating_sub(margin)
-            .max(Duration::from_millis(100));
-        (below < self.timeout).then_some(below)
-    }
-}
-
 impl HttpTransport for UreqTransport {
     fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
         // The URI checked is the URI connected to.
-        let uri =
-            parse_token_url(request.url()).map_err(|e| FetchError::permanent(e.to_string()))?;
+        let uri = checked_uri(request)?;
         let loopback = uri_has_loopback_host(&uri);
         let response = if request.method() == "GET" {
             let mut builder = self.agent.get(uri).header("Connection", "close");
             if loopback {
                 builder = builder.config().proxy(None).build();
             }
-            if let Some(timeout) = self.request_timeout(request) {
+            if let Some(timeout) = request_timeout(request, self.timeout) {
                 builder = builder.config().timeout_global(Some(timeout)).build();
             }
             for (name, value) in request.headers() {
@@ -354,7 +304,7 @@ impl HttpTransport for UreqTransport {
                 // machine's loopback.
                 builder = builder.config().proxy(None).build();
             }
-            if let Some(timeout) = self.request_timeout(request) {
+            if let Some(timeout) = request_timeout(request, self.timeout) {
                 builder = builder.config().timeout_global(Some(timeout)).build();
             }
             for (name, value) in request.headers() {
@@ -364,16 +314,7 @@ impl HttpTransport for UreqTransport {
         }
         .map_err(transport_error)?;
         let (parts, body) = response.into_parts();
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = header_pairs(&parts.headers);
         let mut bytes = Vec::new();
         let limit = u64::try_from(max_body)
             .unwrap_or(u64::MAX)
