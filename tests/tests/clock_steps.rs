@@ -35,6 +35,9 @@
 //!
 //! libfaketime is required in CI (`.ci/setup-faketime.sh` installs it);
 //! elsewhere, without it, the test says so and passes.
+//!
+//! The same wake is checked for every driver (smol and async-std too) on
+//! a manual clock, in [`a_read_wakes_a_sleeping_driver`].
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -66,7 +69,7 @@ impl Scale {
                 lifetime: Duration::from_secs(60),
                 step_at_ms: 10_000,
                 step_by_s: 120,
-                forward_run_ms: 25_000,
+                forward_run_ms: 35_000,
                 back_run_ms: 100_000,
             }
         } else {
@@ -292,4 +295,84 @@ fn thread_driver_wall_clock_stepped_back() {
 #[ignore = "needs the machine to compare a fetched token's life on token clocks"]
 fn tokio_driver_wall_clock_stepped_back() {
     stepped_back("tokio");
+}
+
+/// Every driver, on a manual clock whose wall clock steps forward past
+/// the token's expiry while the driver sleeps (its heartbeat off): the
+/// first read finds the token expired and wakes the driver, which fetches
+/// a new one at once. No libfaketime needed: the manual clock steps the
+/// wall clock only, as libfaketime does.
+mod a_read_wakes_a_sleeping_driver {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use freshtoken::driver::{Builder, DriverHandle};
+    use freshtoken::handle::NoValidToken;
+    use freshtoken::runtime;
+    use freshtoken::source::{FnSource, TokenResponse};
+    use freshtoken::{AccessToken, ManualClock, Timestamp, TokenHandle};
+
+    /// A generous limit against a hung test, not a timing assertion.
+    const HUNG: Duration = Duration::from_secs(20);
+
+    fn builder(clock: &ManualClock) -> Builder {
+        // No heartbeat: only the machine's deadlines (an hour away) or a
+        // command wake the driver.
+        Builder::new().clock(clock.clone()).heartbeat(Duration::MAX)
+    }
+
+    fn source(fetches: &Arc<AtomicU64>) -> impl freshtoken::source::TokenSource {
+        let fetches = fetches.clone();
+        FnSource::new(move |_| {
+            let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(TokenResponse::new(AccessToken::new(format!("token-{n}")))
+                .with_expires_in(Some(3_600)))
+        })
+    }
+
+    fn check(spawn: impl FnOnce(Builder, FnSourceOf) -> (TokenHandle, DriverHandle)) {
+        let clock = ManualClock::new(Timestamp::from_secs(1_000_000));
+        let fetches = Arc::new(AtomicU64::new(0));
+        let (tokens, driver) = spawn(builder(&clock), Box::new(source(&fetches)));
+        let first = tokens.wait_ready(HUNG).expect("the first token").id();
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        // A two-hour suspend the driver's timer did not count.
+        clock.set(Timestamp::from_secs(1_000_000 + 7_200));
+        let why = tokens.valid_token().expect_err("the token has expired");
+        assert!(matches!(why, NoValidToken::Expired { .. }), "{why:?}");
+        let second = tokens.wait_ready(HUNG).expect("a new token after the read");
+        assert_ne!(second.id(), first);
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        drop(second);
+        drop(tokens);
+        driver.shutdown_blocking();
+    }
+
+    type FnSourceOf = Box<dyn freshtoken::source::TokenSource>;
+
+    #[test]
+    fn thread() {
+        check(|b, s| b.spawn_thread(s).expect("a thread"));
+    }
+
+    #[test]
+    fn tokio() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        check(|b, s| b.spawn(runtime::Tokio::new(rt.handle().clone()), s));
+    }
+
+    #[test]
+    fn smol() {
+        check(|b, s| b.spawn(runtime::Smol, s));
+    }
+
+    #[test]
+    fn async_std() {
+        check(|b, s| b.spawn(runtime::AsyncStd, s));
+    }
 }
