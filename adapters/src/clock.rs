@@ -29,7 +29,7 @@
 //!   heartbeat of time the process spends awake).
 //! * **Other platforms**: the monotonic clock is `std::time::Instant`,
 //!   which may or may not count a suspend depending on the platform (it
-//!   does not on macOS; it does on Windows). The wall clock does move
+//!   does not on macOS). The wall clock does move
 //!   across a suspend, so a token is still judged expired at the first read
 //!   after a resume, which wakes the driver; durations the machine counts
 //!   on the monotonic clock (a backoff, a peer wait) may then end late by
