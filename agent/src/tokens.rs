@@ -201,4 +201,40 @@ mod tests {
             "2026-12-06T07:02:46.095Z"
         );
     }
+
+    /// A driver's token is judged by both clocks: after the wall clock
+    /// was stepped back, the monotonic one says it has expired.
+    #[test]
+    fn status_and_expires_in_take_the_sooner_clock() {
+        use freshtoken::clock::MonoTime;
+        use freshtoken::proto::MonoLife;
+        use freshtoken::AccessToken;
+        use std::sync::Arc;
+
+        let mut snapshot = Snapshot::initial();
+        snapshot.token = Some(Arc::new(Token::new(
+            AccessToken::new("at"),
+            Timestamp::from_secs(1_000),
+            Timestamp::from_secs(1_030),
+            Timestamp::from_secs(1_060),
+        )));
+        snapshot.life = Some(MonoLife {
+            stale_at: MonoTime::from_millis(30_000),
+            expires_at: MonoTime::from_millis(60_000),
+        });
+        let at = |wall: u64, mono_s: u64| {
+            Now::new(
+                Timestamp::from_secs(wall),
+                MonoTime::from_millis(mono_s * 1_000),
+            )
+        };
+        assert_eq!(status(&snapshot, at(1_010, 10)), Some(TokenStatus::Fresh));
+        assert_eq!(expires_in_ms(&snapshot, at(1_010, 10)), Some(50_000));
+        // 40 s later, the wall clock stepped back 120 s.
+        assert_eq!(status(&snapshot, at(930, 50)), Some(TokenStatus::Stale));
+        assert_eq!(expires_in_ms(&snapshot, at(930, 50)), Some(10_000));
+        assert_eq!(status(&snapshot, at(940, 70)), Some(TokenStatus::Expired));
+        assert_eq!(expires_in_ms(&snapshot, at(940, 70)), Some(-10_000));
+        assert_eq!(status(&Snapshot::initial(), at(940, 70)), None);
+    }
 }
