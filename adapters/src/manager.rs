@@ -726,6 +726,17 @@ impl ManagedHandle {
         self.version()
     }
 
+    /// The running refresher's clocks, if it is running.
+    #[cfg(any(
+        feature = "tower",
+        feature = "reqwest-middleware",
+        feature = "ureq-middleware",
+        feature = "tonic"
+    ))]
+    pub(crate) fn now(&self) -> Option<freshtoken_core::Now> {
+        self.entry.running.load().as_ref().map(|r| r.handle.now())
+    }
+
     /// A number that grows with every publication, across restarts.
     pub fn version(&self) -> u64 {
         match &*self.entry.running.load() {

@@ -469,7 +469,7 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
     let mut last_error = None;
     let token = loop {
         let snapshot = running.handle.snapshot();
-        let now = tokens::now();
+        let status = tokens::status(&snapshot, running.handle.now());
         // A permanent error (a wrong secret, an unknown client, a revoked
         // grant) will not go away by waiting: give up at once.
         let permanent = match &snapshot.state {
@@ -485,7 +485,8 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
         if let Some(t) = snapshot.token.as_deref() {
             // A valid stale token (from the cache) is refreshed at once:
             // wait a little for the fresh one, else hand out the stale one.
-            if tokens::fresh(t) || (t.is_valid_at(now) && give_up) {
+            use freshtoken::TokenStatus::{Fresh, Stale};
+            if status == Some(Fresh) || (status == Some(Stale) && give_up) {
                 break Some(t.access_token().expose_secret().to_owned());
             }
         }

@@ -82,19 +82,19 @@ fn describe() {
     }
 }
 
-/// The gauges of one token, set before each render.
+/// The gauges of one token, set before each render; `expires` is its
+/// expiry and the milliseconds left by whichever clock says sooner.
 pub fn record_token(
     name: &str,
     valid: bool,
-    expires_at: Option<freshtoken::Timestamp>,
+    expires: Option<(freshtoken::Timestamp, i64)>,
     writes: u64,
     errors: u64,
 ) {
     let label = [("token", name.to_owned())];
     metrics::gauge!("freshtoken_agent_token_valid", &label).set(if valid { 1.0 } else { 0.0 });
-    if let Some(at) = expires_at {
-        let now = crate::tokens::now();
-        let left = at.signed_millis_since(now) as f64 / 1000.0;
+    if let Some((at, left_ms)) = expires {
+        let left = left_ms as f64 / 1000.0;
         metrics::gauge!("freshtoken_agent_token_expires_in_seconds", &label).set(left);
         metrics::gauge!(
             "freshtoken_agent_token_expires_at_timestamp_seconds",

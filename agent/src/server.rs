@@ -32,7 +32,7 @@ use serde_json::json;
 use crate::http::{Handler, Listener, Reply, Request, Server};
 
 use crate::config::{self, ConfigError, Env, Loaded, Resolved};
-use crate::tokens::{self, now};
+use crate::tokens;
 use crate::{sink, EXIT_CONFIG, EXIT_FAILURE};
 
 /// A token the agent keeps.
@@ -107,15 +107,16 @@ fn sink_loop(
     let mut announced = false;
     let mut written = None;
     while !stop.load(Ordering::SeqCst) {
-        let snapshot = handle.snapshot();
-        match &snapshot.token {
-            Some(token) if token.is_valid_at(now()) => {
+        // Judged by both clocks; a stale or expired token wakes the driver
+        // (after a resume, the next round of this loop starts the refresh).
+        match handle.valid_token() {
+            Ok(token) => {
                 if announced && written.is_none() {
                     tracing::info!(token = name, "got the first token");
                 }
                 if written != Some(token.id()) {
                     if let Some(sink) = &sink {
-                        match sink::write(sink, token) {
+                        match sink::write(sink, &token) {
                             Ok(()) => {
                                 writes.fetch_add(1, Ordering::Relaxed);
                                 written = Some(token.id());
@@ -134,9 +135,9 @@ fn sink_loop(
                     }
                 }
             }
-            _ if !announced && started.elapsed() > Duration::from_secs(1) => {
+            Err(_) if !announced && started.elapsed() > Duration::from_secs(1) => {
                 announced = true;
-                match snapshot.state.last_error() {
+                match handle.status().last_error() {
                     Some(e) => {
                         tracing::warn!(token = name, "still waiting for the first token: {e}")
                     }
@@ -638,11 +639,15 @@ fn metrics_response(shared: &Shared) -> Reply {
         .map(|e| e.values().cloned().collect())
         .unwrap_or_default();
     for e in &entries {
-        let token = e.handle.token();
+        let snapshot = e.handle.snapshot();
+        let expires = snapshot.token.as_ref().map(|t| {
+            let left = tokens::expires_in_ms(&snapshot, e.handle.now()).unwrap_or(0);
+            (t.expires_at(), left)
+        });
         crate::metrics::record_token(
             &e.resolved.name,
             e.handle.valid_token().is_ok(),
-            token.map(|t| t.expires_at()),
+            expires,
             e.file_writes.load(Ordering::Relaxed),
             e.file_errors.load(Ordering::Relaxed),
         );
@@ -660,14 +665,16 @@ fn token_response(shared: &Shared, name: &str) -> Reply {
     };
     match entry.handle.valid_token() {
         Ok(token) => {
-            let now = now();
+            // By whichever clock says sooner: after a wall clock stepped
+            // back, the monotonic one.
+            let left = tokens::expires_in_ms(token.snapshot(), entry.handle.now()).unwrap_or(0);
             Reply::json(
                 200,
                 &json!({
                     "access_token": token.access_token().expose_secret(),
                     "token_type": token.token_type(),
                     "expires_at": token.expires_at().as_secs(),
-                    "expires_in": token.expires_at().saturating_duration_since(now).as_secs(),
+                    "expires_in": left.max(0) / 1000,
                 }),
             )
         }
@@ -707,7 +714,6 @@ fn status_json(shared: &Shared) -> serde_json::Value {
         .read()
         .map(|e| e.values().cloned().collect())
         .unwrap_or_default();
-    let now = now();
     let list: Vec<serde_json::Value> = entries
         .iter()
         .map(|e| {
@@ -731,7 +737,8 @@ fn status_json(shared: &Shared) -> serde_json::Value {
                 _ => ("unknown", None, None, None),
             };
             let token = snapshot.token.as_deref();
-            let status = match token.map(|t| t.status(now)) {
+            let clocks = e.handle.now();
+            let status = match tokens::status(&snapshot, clocks) {
                 Some(TokenStatus::Fresh) => "fresh",
                 Some(TokenStatus::Stale) => "stale",
                 Some(TokenStatus::Expired) => "expired",
@@ -746,7 +753,7 @@ fn status_json(shared: &Shared) -> serde_json::Value {
                 "state": state,
                 "token": status,
                 "expires_at": token.map(|t| t.expires_at().as_secs()),
-                "expires_in": token.map(|t| t.expires_at().signed_millis_since(now) / 1000),
+                "expires_in": tokens::expires_in_ms(&snapshot, clocks).map(|ms| ms / 1000),
                 "stale_at": token.map(|t| t.stale_at().as_secs()),
                 "fetches": snapshot.tokens_fetched,
                 "attempt": attempt,

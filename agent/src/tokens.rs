@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use freshtoken::cache::{FileCache, RedisCache, TokenCache};
+use freshtoken::clock::Now;
 use freshtoken::driver::{Builder, DriverHandle};
+use freshtoken::handle::Snapshot;
 use freshtoken::oauth2::{ClientAuth, ClientCredentials, RefreshTokenSource, SourceBuilder};
 use freshtoken::source::TokenSource;
 use freshtoken::{ClientSecret, RefreshToken, Timestamp, Token, TokenHandle, TokenStatus};
@@ -124,9 +126,43 @@ pub fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
 }
 
-/// A token worth handing out without asking anyone: fresh (not stale).
+/// A token read from a cache worth handing out without asking anyone:
+/// fresh (not stale). Its times were stamped by whoever stored it, so the
+/// wall clock is all it can be judged by; a driver's token is judged by
+/// [`status`], on both clocks.
 pub fn fresh(token: &Token) -> bool {
     token.status(now()) == TokenStatus::Fresh
+}
+
+/// How a driver's current token stands at `now` (its handle's
+/// [`TokenHandle::now`]), by both clocks: a wall clock stepped back never
+/// makes an expired token look valid. `None` without a token.
+pub fn status(snapshot: &Snapshot, now: Now) -> Option<TokenStatus> {
+    snapshot.token.as_ref()?;
+    Some(if !snapshot.is_valid_at(now) {
+        TokenStatus::Expired
+    } else if snapshot.is_stale_at(now) {
+        TokenStatus::Stale
+    } else {
+        TokenStatus::Fresh
+    })
+}
+
+/// Milliseconds until a driver's current token expires at `now`, by
+/// whichever clock says sooner (negative once it has expired); `None`
+/// without a token.
+pub fn expires_in_ms(snapshot: &Snapshot, now: Now) -> Option<i64> {
+    let token = snapshot.token.as_ref()?;
+    let wall = token.expires_at().signed_millis_since(now.wall);
+    let mono = snapshot.life.map(|life| {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        if now.mono < life.expires_at {
+            ms(life.expires_at.saturating_duration_since(now.mono))
+        } else {
+            -ms(now.mono.saturating_duration_since(life.expires_at))
+        }
+    });
+    Some(mono.map_or(wall, |mono| wall.min(mono)))
 }
 
 /// `at` as an RFC 3339 time in UTC, to the millisecond
@@ -164,5 +200,41 @@ mod tests {
             rfc3339(Timestamp::from_millis(1_796_540_566_095)),
             "2026-12-06T07:02:46.095Z"
         );
+    }
+
+    /// A driver's token is judged by both clocks: after the wall clock
+    /// was stepped back, the monotonic one says it has expired.
+    #[test]
+    fn status_and_expires_in_take_the_sooner_clock() {
+        use freshtoken::clock::MonoTime;
+        use freshtoken::proto::MonoLife;
+        use freshtoken::AccessToken;
+        use std::sync::Arc;
+
+        let mut snapshot = Snapshot::initial();
+        snapshot.token = Some(Arc::new(Token::new(
+            AccessToken::new("at"),
+            Timestamp::from_secs(1_000),
+            Timestamp::from_secs(1_030),
+            Timestamp::from_secs(1_060),
+        )));
+        snapshot.life = Some(MonoLife {
+            stale_at: MonoTime::from_millis(30_000),
+            expires_at: MonoTime::from_millis(60_000),
+        });
+        let at = |wall: u64, mono_s: u64| {
+            Now::new(
+                Timestamp::from_secs(wall),
+                MonoTime::from_millis(mono_s * 1_000),
+            )
+        };
+        assert_eq!(status(&snapshot, at(1_010, 10)), Some(TokenStatus::Fresh));
+        assert_eq!(expires_in_ms(&snapshot, at(1_010, 10)), Some(50_000));
+        // 40 s later, the wall clock stepped back 120 s.
+        assert_eq!(status(&snapshot, at(930, 50)), Some(TokenStatus::Stale));
+        assert_eq!(expires_in_ms(&snapshot, at(930, 50)), Some(10_000));
+        assert_eq!(status(&snapshot, at(940, 70)), Some(TokenStatus::Expired));
+        assert_eq!(expires_in_ms(&snapshot, at(940, 70)), Some(-10_000));
+        assert_eq!(status(&Snapshot::initial(), at(940, 70)), None);
     }
 }

@@ -43,8 +43,13 @@
 //!   [`TokenHandle::ready`] / [`TokenHandle::wait_ready`] tell the
 //!   application when a token is there (or why not).
 //! * It sleeps until the machine's next deadline but never longer than the
-//!   heartbeat, and reads `now` from its clock on every wake-up, so a
-//!   suspend or a wall-clock jump is noticed within one heartbeat.
+//!   heartbeat, and reads both clocks on every wake-up. A read of the
+//!   token ([`TokenHandle::valid_token`], `ready`, the middleware) that
+//!   finds it stale or expired by the clocks wakes it at once (once per
+//!   token, at most every 100 ms), so a wall clock stepped forward or a
+//!   resume from suspend starts the refresh at the first read; without
+//!   reads, within one heartbeat of the process's running time. See
+//!   [`clock`](crate::clock#clocks-that-jump) for what each platform gives.
 //! * A source or cache call that panics, or takes longer than its
 //!   deadline (the fetch or cache timeout), becomes a transient error (a
 //!   cache miss, for the cache): the driver keeps running and the previous
@@ -211,7 +216,9 @@ impl<C> Builder<C> {
 
     /// The longest the driver sleeps before re-reading the clock (default
     /// 30 s, at least 1 ms): the bound on how late a clock jump or a
-    /// suspend is noticed. `Duration::MAX` means "only at deadlines".
+    /// suspend is noticed when nothing reads the token (a read that finds
+    /// it stale wakes the driver at once). `Duration::MAX` means "only at
+    /// deadlines and reads".
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
         self.settings.heartbeat = heartbeat.max(Duration::from_millis(1));
         self
@@ -421,8 +428,8 @@ impl DriverHandle {
     }
 
     /// Makes the driver re-read its clock now instead of at its next
-    /// wake-up (for tests that move a manual clock; in production the
-    /// heartbeat does this).
+    /// wake-up (for tests that move a manual clock; in production reads
+    /// of a stale token and the heartbeat do this).
     pub fn wake(&self) {
         self.control.send(Command::Wake);
     }

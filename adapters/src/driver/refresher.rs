@@ -247,6 +247,13 @@ impl Refresher {
                 self.feed(Input::Invalidate(id));
             }
             Command::Wake => self.tick(),
+            Command::Stale => {
+                // A reader found the token stale by the clocks: after a
+                // resume or a wall clock stepped forward, this tick starts
+                // the refresh that the late timer would have.
+                tracing::debug!("a read found the token stale; re-reading the clocks");
+                self.tick();
+            }
             Command::Shutdown => {
                 tracing::info!("refresher shutting down");
                 self.feed(Input::Shutdown);

@@ -58,7 +58,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use freshtoken_core::{Clock, FetchError, FetchErrorKind, Timestamp, Token};
+use freshtoken_core::{Clock, FetchError, FetchErrorKind, Now, Timestamp, Token};
 
 pub(crate) mod publisher;
 mod shared;
@@ -118,9 +118,10 @@ impl NoValidToken {
         }
     }
 
-    /// Why `snapshot` has no valid token at `now`, or `None` if it has one.
-    fn of(snapshot: &Snapshot, now: Timestamp, closed: bool) -> Option<Self> {
-        if snapshot.token.as_ref().is_some_and(|t| t.is_valid_at(now)) {
+    /// Why `snapshot` has no valid token at `now` (by both clocks), or
+    /// `None` if it has one.
+    fn of(snapshot: &Snapshot, now: Now, closed: bool) -> Option<Self> {
+        if snapshot.is_valid_at(now) {
             return None;
         }
         let last_error = snapshot.state.last_error().cloned();
@@ -189,19 +190,64 @@ impl TokenHandle {
 
     /// The current token, whether or not it is still valid; `None` before
     /// the first one. Lock-free and writes nothing shared (see the
-    /// [module docs](self)); check [`Token::is_valid_at`] or use
-    /// [`valid_token`](Self::valid_token) if an expired token matters.
+    /// [module docs](self)); it reads no clock, so it neither judges the
+    /// token nor wakes the driver: use [`valid_token`](Self::valid_token)
+    /// if an expired token matters.
     pub fn token(&self) -> Option<TokenRef> {
         TokenRef::new(self.shared.snapshot.load())
     }
 
-    /// The current token if it is valid now (by the driver's clock), or why
-    /// there is none.
+    /// The current token if it is valid now by the driver's clocks (the
+    /// wall clock and the monotonic one, see
+    /// [`Snapshot::is_valid_at`]), or why there is none.
+    ///
+    /// A read that finds the token stale or expired also wakes the driver,
+    /// once per token and at most every 100 ms, so the first read after a
+    /// resume from suspend or a wall clock stepped forward starts the
+    /// refresh instead of waiting for the driver's timer (see
+    /// [`clock`](crate::clock#clocks-that-jump)). A fresh token costs one
+    /// atomic load and the two clock readings.
     pub fn valid_token(&self) -> Result<TokenRef, NoValidToken> {
         let guard = self.shared.snapshot.load();
-        match NoValidToken::of(&guard, self.clock.now(), self.shared.is_closed()) {
+        let now = self.clock.read();
+        self.wake_if_stale(&guard, now);
+        match NoValidToken::of(&guard, now, self.shared.is_closed()) {
             Some(why) => Err(why),
             None => TokenRef::new(guard).ok_or(NoValidToken::NotYetFetched { last_error: None }),
+        }
+    }
+
+    /// The driver's clocks now, both readings: what [`valid_token`]
+    /// judges a snapshot by.
+    ///
+    /// ```
+    /// use freshtoken::driver::Builder;
+    /// use freshtoken::source::ConstTokenSource;
+    /// use std::time::Duration;
+    ///
+    /// let (tokens, driver) = Builder::new()
+    ///     .spawn_thread(ConstTokenSource::new("key", Some(3600)))
+    ///     .expect("a thread");
+    /// tokens.wait_ready(Duration::from_secs(5)).expect("a token");
+    /// let snapshot = tokens.snapshot();
+    /// assert!(snapshot.is_valid_at(tokens.now()));
+    /// assert!(!snapshot.is_stale_at(tokens.now()));
+    /// drop(snapshot);
+    /// driver.shutdown_blocking();
+    /// ```
+    ///
+    /// [`valid_token`]: Self::valid_token
+    pub fn now(&self) -> Now {
+        self.clock.read()
+    }
+
+    /// Wakes the driver if `snapshot`'s token is stale or expired at
+    /// `now` (see [`valid_token`](Self::valid_token)).
+    pub(crate) fn wake_if_stale(&self, snapshot: &Snapshot, now: Now) {
+        if let Some(token) = &snapshot.token {
+            if snapshot.is_stale_at(now) {
+                self.shared.wake_for_stale(token.id(), now.mono);
+            }
         }
     }
 
@@ -340,6 +386,17 @@ impl TokenRef {
     /// The snapshot this token came from.
     pub fn snapshot(&self) -> &Snapshot {
         &self.guard
+    }
+
+    /// The snapshot this token came from, to keep.
+    #[cfg(any(
+        feature = "tower",
+        feature = "reqwest-middleware",
+        feature = "ureq-middleware",
+        feature = "tonic"
+    ))]
+    pub(crate) fn into_snapshot(self) -> Arc<Snapshot> {
+        Guard::into_inner(self.guard)
     }
 }
 

@@ -20,6 +20,11 @@ pub enum Command {
     /// Re-read the clock now and act on any deadline that is due (after a
     /// test moved a manual clock, or a worker finished).
     Wake,
+    /// A reader found the current token stale or expired by the clocks
+    /// while the driver may be asleep (its timer late after a suspend, or
+    /// the wall clock stepped forward): re-read the clocks and tick, as for
+    /// [`Wake`](Self::Wake). Sent at most once per token and every 100 ms.
+    Stale,
     /// Stop the driver.
     Shutdown,
     /// The last [`TokenHandle`] was dropped: nobody reads tokens any more,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use event_listener::{Event, Listener};
-use freshtoken_core::Snapshot;
+use freshtoken_core::{MonoTime, Snapshot, TokenId};
 
 use super::Command;
 use crate::sync::lock;
@@ -33,7 +33,17 @@ pub(crate) struct Shared {
     pub(crate) command_ready: Event,
     /// Live [`TokenHandle`](super::TokenHandle)s.
     pub(crate) handles: AtomicUsize,
+    /// The token a reader last woke the driver for, having found it stale
+    /// ([`TokenId::as_u64`]; 0 before the first), so one stale token wakes
+    /// it once.
+    woken_for: AtomicU64,
+    /// When a reader last woke the driver (the handles' monotonic clock, in
+    /// milliseconds; `u64::MAX` before the first), for the rate limit.
+    woken_at: AtomicU64,
 }
+
+/// The shortest time between two wakes of the driver by readers.
+const STALE_WAKE_INTERVAL_MS: u64 = 100;
 
 impl Shared {
     pub(crate) fn new() -> Arc<Self> {
@@ -45,6 +55,8 @@ impl Shared {
             commands: Mutex::new(VecDeque::new()),
             command_ready: Event::new(),
             handles: AtomicUsize::new(1),
+            woken_for: AtomicU64::new(0),
+            woken_at: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -68,6 +80,31 @@ impl Shared {
             }
         }
         self.command_ready.notify(usize::MAX);
+    }
+
+    /// A reader found `token` stale or expired at `now`: wakes the driver
+    /// with [`Command::Stale`], unless a reader already did for this token,
+    /// or did for any less than 100 ms ago. Of readers racing, one sends.
+    pub(crate) fn wake_for_stale(&self, token: TokenId, now: MonoTime) {
+        let id = token.as_u64();
+        let seen = self.woken_for.load(Ordering::Relaxed);
+        if seen == id {
+            return;
+        }
+        let now_ms = now.saturating_duration_since(MonoTime::ZERO).as_millis();
+        let now_ms = u64::try_from(now_ms).unwrap_or(u64::MAX);
+        let last = self.woken_at.load(Ordering::Relaxed);
+        if last != u64::MAX && now_ms.saturating_sub(last) < STALE_WAKE_INTERVAL_MS {
+            return;
+        }
+        if self
+            .woken_for
+            .compare_exchange(seen, id, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.woken_at.store(now_ms, Ordering::Relaxed);
+            self.send(Command::Stale);
+        }
     }
 
     pub(crate) fn try_recv(&self) -> Option<Command> {

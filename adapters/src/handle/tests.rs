@@ -233,3 +233,84 @@ fn a_watch_never_misses_a_change_between_read_and_wait() {
     drop(p);
     assert_eq!(watch.wait_changed(Duration::from_secs(60)), Err(Closed));
 }
+
+/// A token issued at 100 s, stale at 145 s, expired at 160 s, whose life
+/// on the monotonic clock counts from the same 100 s (a `ManualClock`'s
+/// monotonic reading starts at its wall reading).
+fn anchored(secret: &str) -> Snapshot {
+    let token = Arc::new(Token::new(
+        AccessToken::new(secret),
+        Timestamp::from_secs(100),
+        Timestamp::from_secs(145),
+        Timestamp::from_secs(160),
+    ));
+    let mut s = snapshot(Some(token), RefreshState::Healthy);
+    s.life = Some(freshtoken_core::MonoLife {
+        stale_at: freshtoken_core::MonoTime::from_millis(145_000),
+        expires_at: freshtoken_core::MonoTime::from_millis(160_000),
+    });
+    s
+}
+
+#[test]
+fn a_wall_clock_stepped_back_never_makes_an_expired_token_valid() {
+    let (clock, p, h) = setup();
+    p.publish(anchored("at"));
+    assert!(h.valid_token().is_ok());
+    // 70 s pass, and the wall clock is stepped back 120 s meanwhile: the
+    // wall clock says 50 s, before the token was even issued.
+    clock.advance(Duration::from_secs(70));
+    clock.set(Timestamp::from_secs(50));
+    let why = h.valid_token().unwrap_err();
+    assert!(matches!(why, NoValidToken::Expired { .. }), "{why:?}");
+    assert!(matches!(
+        h.wait_ready(Duration::ZERO).unwrap_err(),
+        NoValidToken::Expired { .. }
+    ));
+}
+
+#[test]
+fn a_stale_read_wakes_the_driver_once_per_token_and_at_most_every_100_ms() {
+    let (clock, p, h) = setup();
+    p.publish(anchored("a"));
+    // Fresh: reads send nothing.
+    for _ in 0..3 {
+        assert!(h.valid_token().is_ok());
+    }
+    assert_eq!(p.try_recv(), None);
+
+    // The wall clock steps forward past the stale point (a resume the
+    // driver's timer has not seen): the first read wakes the driver, once.
+    clock.set(Timestamp::from_secs(150));
+    assert!(h.valid_token().is_ok());
+    assert_eq!(p.try_recv(), Some(Command::Stale));
+    clock.advance(Duration::from_secs(1));
+    assert!(h.valid_token().is_ok());
+    assert!(h.wait_ready(Duration::ZERO).is_ok());
+    assert_eq!(p.try_recv(), None, "one wake per token");
+
+    // Another token, stale and expired on the monotonic clock only (the
+    // wall clock is stepped back to its issue): one wake for it too, as
+    // the last was a second ago.
+    clock.set(Timestamp::from_secs(100));
+    p.publish(with_life(anchored("b"), 100_000, 100_500));
+    assert!(h.valid_token().is_err(), "expired by the monotonic clock");
+    assert_eq!(p.try_recv(), Some(Command::Stale));
+
+    // A third one within 100 ms of that wake: not yet.
+    p.publish(with_life(anchored("c"), 100_000, 100_500));
+    assert!(h.valid_token().is_err());
+    assert_eq!(p.try_recv(), None, "rate limited");
+    clock.advance(Duration::from_millis(100));
+    assert!(h.valid_token().is_err());
+    assert_eq!(p.try_recv(), Some(Command::Stale));
+}
+
+/// `s` with its monotonic stale and expiry points (milliseconds) replaced.
+fn with_life(mut s: Snapshot, stale_ms: u64, expires_ms: u64) -> Snapshot {
+    s.life = Some(freshtoken_core::MonoLife {
+        stale_at: freshtoken_core::MonoTime::from_millis(stale_ms),
+        expires_at: freshtoken_core::MonoTime::from_millis(expires_ms),
+    });
+    s
+}

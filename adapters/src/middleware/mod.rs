@@ -114,7 +114,7 @@ use std::time::{Duration, Instant};
 
 use crate::handle::{Closed, NoValidToken, TokenHandle, TokenRef};
 use arc_swap::ArcSwapOption;
-use freshtoken_core::TokenId;
+use freshtoken_core::{Now, Snapshot, TokenId};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::StatusCode;
 
@@ -241,6 +241,21 @@ impl Tokens {
                 feature = "smol"
             ))]
             Source::Managed(m) => m.read_version(),
+        }
+    }
+
+    /// The clocks the tokens are judged by (the driver's); `None` for a
+    /// managed key whose refresher is not running.
+    fn now(&self) -> Option<Now> {
+        match &self.0 {
+            Source::Handle(h) => Some(h.now()),
+            #[cfg(any(
+                feature = "blocking",
+                feature = "tokio",
+                feature = "async-std",
+                feature = "smol"
+            ))]
+            Source::Managed(m) => m.now(),
         }
     }
 
@@ -517,10 +532,12 @@ struct AuthInner {
     cache: ArcSwapOption<Cached>,
 }
 
-/// A credential, and the publication it was checked at.
+/// A credential, the publication it was checked at, and the snapshot its
+/// token came from (to tell when the token goes stale).
 struct Cached {
     version: u64,
     credential: Credential,
+    snapshot: Arc<Snapshot>,
 }
 
 impl fmt::Debug for Authorizer {
@@ -677,20 +694,26 @@ impl Authorizer {
     /// hot path.
     ///
     /// While nothing was published since the cached credential was checked
-    /// against the clock, it is returned as it is: one atomic load of the
-    /// publication counter and one of the cache, no clock read. That is
-    /// sound because the driver publishes when the current token expires
-    /// (it wakes for it), so an expiry always changes the counter. After
-    /// any publication the token is read and checked against the clock
-    /// again, and its header value is rebuilt only if it is a new token.
-    /// (A driver that could not run on time, on a machine that was
-    /// suspended, publishes the expiry up to one heartbeat late; an API
-    /// that rejects the token in that window gets the usual replay.)
+    /// and its token is not stale by the driver's clocks (the wall clock
+    /// and the monotonic one, [`Snapshot::is_stale_at`]), it is returned as
+    /// it is: one atomic load of the publication counter, one of the cache
+    /// and the two clock readings. Otherwise the token is read again
+    /// through [`Tokens::valid_token`], which judges it by both clocks and,
+    /// when it is stale or expired, wakes the driver (once per token): so
+    /// after a resume from suspend or a wall clock stepped forward, the
+    /// first request starts the refresh and no request carries a token
+    /// the clocks say has expired. The header value is rebuilt only for a
+    /// new token.
     pub fn current(&self) -> Result<Credential, AuthError> {
         let tokens = &self.inner.tokens;
         let version = tokens.read_version();
-        if let Some(cached) = &*self.inner.cache.load() {
-            if cached.version == version {
+        let cached = self.inner.cache.load();
+        if let Some(cached) = &*cached {
+            if cached.version == version
+                && tokens
+                    .now()
+                    .is_some_and(|now| !cached.snapshot.is_stale_at(now))
+            {
                 return Ok(cached.credential.clone());
             }
         }
@@ -701,13 +724,19 @@ impl Authorizer {
                 reason,
             })?;
         let id = token.id();
-        let credential = match &*self.inner.cache.load() {
-            Some(cached) if cached.credential.id == id => cached.credential.clone(),
+        let credential = match &*cached {
+            // Stale but still valid, and nothing new: the read woke the
+            // driver; serve it without touching the cache.
+            Some(c) if c.credential.id == id && c.version == version => {
+                return Ok(c.credential.clone())
+            }
+            Some(c) if c.credential.id == id => c.credential.clone(),
             _ => self.build(&token)?,
         };
         self.inner.cache.store(Some(Arc::new(Cached {
             version,
             credential: credential.clone(),
+            snapshot: token.into_snapshot(),
         })));
         Ok(credential)
     }
@@ -1107,5 +1136,69 @@ mod tests {
             &with(r#"Bearer error="invalid_token""#)
         ));
         assert!(!is_token_rejected(StatusCode::INTERNAL_SERVER_ERROR, &none));
+    }
+
+    /// The hot path serves the cached credential only while the token is
+    /// fresh by both clocks: a wall clock stepped forward (a resume from
+    /// suspend) or back never gets an expired token sent, and the first
+    /// request after the step wakes the driver.
+    #[test]
+    fn the_cached_credential_is_judged_by_both_clocks() {
+        use crate::driver::{Command, Publisher};
+        use crate::handle::RefreshState;
+        use freshtoken_core::{
+            AccessToken, Clock, ManualClock, MonoLife, MonoTime, Timestamp, Token,
+        };
+
+        let clock = ManualClock::new(Timestamp::from_secs(100));
+        let (publisher, handle) = Publisher::new(Arc::new(clock.clone()));
+        let publish = |secret: &str| {
+            let at = clock.read();
+            let mut s = Snapshot::initial();
+            s.token = Some(Arc::new(Token::new(
+                AccessToken::new(secret),
+                at.wall,
+                at.wall + Duration::from_secs(30),
+                at.wall + Duration::from_secs(60),
+            )));
+            s.state = RefreshState::Healthy;
+            s.life = Some(MonoLife {
+                stale_at: at.mono + Duration::from_secs(30),
+                expires_at: at.mono + Duration::from_secs(60),
+            });
+            publisher.publish(s);
+        };
+        let auth = Authorizer::new(handle);
+        let expired = |auth: &Authorizer| {
+            matches!(
+                auth.current(),
+                Err(AuthError::NoValidToken {
+                    reason: NoValidToken::Expired { .. },
+                    ..
+                })
+            )
+        };
+
+        publish("one");
+        assert_eq!(auth.current().unwrap().header_value(), "Bearer one");
+        assert_eq!(auth.current().unwrap().header_value(), "Bearer one");
+        assert_eq!(publisher.try_recv(), None, "fresh: nothing sent");
+
+        // A 120 s suspend the driver's timer did not see: the wall clock
+        // moved, the driver published nothing.
+        clock.set(Timestamp::from_secs(220));
+        assert!(expired(&auth), "an expired token was served");
+        assert_eq!(publisher.try_recv(), Some(Command::Stale));
+
+        // The driver's new token; then 70 s pass with the wall clock
+        // stepped back 120 s meanwhile.
+        publish("two");
+        assert_eq!(auth.current().unwrap().header_value(), "Bearer two");
+        clock.advance(Duration::from_secs(70));
+        clock.set(Timestamp::from_secs(170));
+        assert!(
+            expired(&auth),
+            "a wall clock stepped back stretched the token"
+        );
     }
 }
