@@ -47,9 +47,7 @@ pub use freshtoken_core::{Clock, ManualClock, MonoTime, Now, Timestamp};
 /// monotonic clock for durations, so a wall clock stepped back never
 /// stretches a backoff or a token's life. The monotonic clock is
 /// `CLOCK_BOOTTIME` on Linux and Android (it counts the time the machine
-/// was suspended; read through rustix's vDSO call, which valgrind cannot
-/// run: under valgrind use a [`Clock`] of your own) and
-/// `std::time::Instant` elsewhere; see the [module docs](self) for what a
+/// was suspended) and `std::time::Instant` elsewhere; see the [module docs](self) for what a
 /// suspend gives on each.
 ///
 /// ```
@@ -76,10 +74,10 @@ impl Clock for SystemClock {
 }
 
 /// `CLOCK_BOOTTIME`: monotonic, and counting suspended time. Read through
-/// rustix's vDSO call, which valgrind does not support (rustix issue
-/// 1559: the process stops with SIGSEGV at the first reading): to run a
-/// program under valgrind, give its builders a [`Clock`] of your own that
-/// reads `std::time::Instant`.
+/// libc's `clock_gettime` (rustix's `use-libc` backend): rustix's own vDSO
+/// call stops a process under valgrind with SIGSEGV at the first reading
+/// (rustix issue 1559), and the read path's instruction counts are
+/// measured under callgrind.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn monotonic_since_boot() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);

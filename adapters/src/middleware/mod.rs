@@ -1146,9 +1146,7 @@ mod tests {
     fn the_cached_credential_is_judged_by_both_clocks() {
         use crate::driver::{Command, Publisher};
         use crate::handle::RefreshState;
-        use freshtoken_core::{
-            AccessToken, Clock, ManualClock, MonoLife, MonoTime, Timestamp, Token,
-        };
+        use freshtoken_core::{AccessToken, Clock, ManualClock, MonoLife, Timestamp, Token};
 
         let clock = ManualClock::new(Timestamp::from_secs(100));
         let (publisher, handle) = Publisher::new(Arc::new(clock.clone()));
