@@ -60,6 +60,7 @@
 //! ```
 
 mod assertion;
+pub mod device;
 mod discovery;
 mod grants;
 mod signing;
