@@ -154,7 +154,7 @@ pub enum Command {
         #[arg(long, default_value = "HUP", value_parser = supervise::signal_arg, requires = "supervise", value_name = "SIG")]
         signal: rustix::process::Signal,
         /// Write the token to this file (0600, atomically) before the
-        /// command starts and on every new token; its path is in <VAR>_FILE.
+        /// command starts and on every new token; its path is in `<VAR>_FILE`.
         #[arg(long, requires = "supervise", value_name = "PATH")]
         token_file: Option<PathBuf>,
         /// The signal that stops the command for a restart.

@@ -4,7 +4,7 @@
 //! It asks the token's `device_authorization_url` for a code, shows the
 //! verification URI and the user code (and the complete URI when the
 //! authority gives one), polls the token endpoint as
-//! [`DeviceLogin`](freshtoken::oauth2::device::DeviceLogin) does (the
+//! [`DeviceLogin`] does (the
 //! authority's interval, `slow_down` +5 s), and when the user has approved
 //! it stores the refresh token where the agent reads it:
 //!

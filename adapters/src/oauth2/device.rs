@@ -225,10 +225,9 @@ impl DeviceLogin {
         self.poll_with(authorization, std::thread::sleep)
     }
 
-    /// [`poll`](Self::poll), with `wait` called for each wait before a
-    /// poll instead of sleeping (to show progress, or to be cancelled by
-    /// a panic-free exit of your own; the wait asked for is the interval
-    /// in force).
+    /// [`poll`](Self::poll), with `wait` called with each wait before a
+    /// poll (the interval in force) to do the waiting: to show progress
+    /// while sleeping, or to check what the polling asks for in a test.
     pub fn poll_with(
         &self,
         authorization: &DeviceAuthorization,
