@@ -1207,6 +1207,55 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
+    fn login_loads_its_token_before_the_refresh_token_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = |name: &str| {
+            format!(
+                "[tokens.{name}]\ngrant = \"refresh_token\"\ntoken_url = \"http://127.0.0.1:1/token\"\n\
+                 client_id = \"cli\"\nrefresh_token_file = \"{name}.refresh\"\n\
+                 device_authorization_url = \"http://127.0.0.1:1/device\"\n\
+                 [tokens.{name}.cache]\nfile = \"{name}.json\"\n"
+            )
+        };
+        let cfg = write(
+            dir.path(),
+            "c.toml",
+            &format!("{}{}", token("a"), token("b")),
+        );
+        // The agent and the other commands need the file.
+        let err = load(Some(&cfg), &env(&[])).unwrap_err();
+        assert!(err.key.ends_with("refresh_token_file"), "{err:?}");
+        // Logging in to `a` does not need a's, but still b's.
+        let err = load_for_login(Some(&cfg), &env(&[]), "a").unwrap_err();
+        assert_eq!(err.key, "tokens.b.refresh_token_file");
+        std::fs::write(dir.path().join("b.refresh"), "rt-b").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("b.refresh"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let loaded = load_for_login(Some(&cfg), &env(&[]), "a").unwrap();
+        assert!(loaded.tokens["a"].refresh_token.is_none());
+        assert_eq!(
+            loaded.tokens["a"]
+                .config
+                .device_authorization_url
+                .as_deref(),
+            Some("http://127.0.0.1:1/device")
+        );
+        // Plain http beyond loopback is refused for the device endpoint too.
+        let cfg = write(
+            dir.path(),
+            "d.toml",
+            &token("a").replace("http://127.0.0.1:1/device", "http://auth.example/device"),
+        );
+        let err = load_for_login(Some(&cfg), &env(&[]), "a").unwrap_err();
+        assert_eq!(err.key, "tokens.a.device_authorization_url");
+    }
+
+    #[test]
     fn env_overrides_and_declares() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = write(
