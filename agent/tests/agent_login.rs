@@ -5,7 +5,6 @@
 
 mod support;
 
-#[path = "../../tests/tests/device_support/mod.rs"]
 mod device_support;
 
 use std::io::{BufRead, BufReader};

@@ -1,10 +1,12 @@
 //! Device login (RFC 8628) with `freshtoken::oauth2::device::DeviceLogin`:
 //! against panva's oidc-provider (tests/oidc/server.mjs, device flow on),
 //! whose user pages the test walks through over HTTP as a browser would
-//! (tests/tests/device_support), and against a scripted authority on
+//! (agent/tests/device_support, shared with the agent's login test, which
+//! must build from the agent's package alone), and against a scripted authority on
 //! loopback for the answers oidc-provider never gives (`slow_down`, a late
 //! `expired_token`).
 
+#[path = "../../agent/tests/device_support/mod.rs"]
 mod device_support;
 mod oidc_support;
 

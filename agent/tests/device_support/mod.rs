@@ -2,8 +2,10 @@
 //! over HTTP: the code form at the verification URI, its confirmation,
 //! then the login and consent interactions (which tests/oidc/server.mjs
 //! completes when they are opened), keeping cookies and following
-//! redirects by hand. Shared by tests/tests/oauth2_device.rs and the
-//! agent's `freshtoken login` test.
+//! redirects by hand. Used by the agent's `freshtoken login` test
+//! (agent_login.rs) and, through a `#[path]`, by
+//! tests/tests/oauth2_device.rs; it lives here so that the agent's package
+//! builds its tests on its own.
 
 use std::collections::BTreeMap;
 
