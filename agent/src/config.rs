@@ -114,6 +114,7 @@ const TOKEN_KEYS: &[(&str, Kind)] = &[
     ("client_auth", Kind::Str),
     ("refresh_token_file", Kind::Str),
     ("refresh_token_env", Kind::Str),
+    ("device_authorization_url", Kind::Str),
     ("scope", Kind::Str),
     ("audience", Kind::Str),
     ("resource", Kind::Str),
@@ -234,6 +235,9 @@ pub struct TokenConfig {
     pub refresh_token_file: Option<PathBuf>,
     /// An environment variable holding the first refresh token.
     pub refresh_token_env: Option<String>,
+    /// The device authorization endpoint (RFC 8628), for `freshtoken
+    /// login` (https, or http on loopback).
+    pub device_authorization_url: Option<String>,
     /// The scope to ask for.
     pub scope: Option<String>,
     /// The audience parameter.
@@ -448,6 +452,17 @@ pub fn secret_variables(env: &Env, loaded: Option<&Loaded>) -> Vec<String> {
 /// Reads the file at `path` (if any), applies `env`, checks every key and
 /// reads the secrets.
 pub fn load(path: Option<&Path>, env: &Env) -> Result<Loaded, ConfigError> {
+    load_with(path, env, None)
+}
+
+/// [`load`] for `freshtoken login NAME`: token `login` may lack its
+/// refresh token (its `refresh_token_file` may not exist yet), since the
+/// login is what writes it.
+pub fn load_for_login(path: Option<&Path>, env: &Env, login: &str) -> Result<Loaded, ConfigError> {
+    load_with(path, env, Some(login))
+}
+
+fn load_with(path: Option<&Path>, env: &Env, login: Option<&str>) -> Result<Loaded, ConfigError> {
     let mut table = match path {
         Some(path) => {
             check_config_file(path)?;
@@ -470,7 +485,8 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Loaded, ConfigError> {
     }
     let mut tokens = BTreeMap::new();
     for (name, token) in &config.tokens {
-        let resolved = resolve(name, token, &secrets_from_env, env)?;
+        let logging_in = login == Some(name.as_str());
+        let resolved = resolve(name, token, &secrets_from_env, env, logging_in)?;
         tokens.insert(name.clone(), resolved);
     }
     Ok(Loaded { config, tokens })
@@ -933,6 +949,7 @@ fn resolve(
     token: &TokenConfig,
     from_env: &BTreeMap<(String, String), Secret>,
     env: &Env,
+    logging_in: bool,
 ) -> Result<Resolved, ConfigError> {
     let key = |k: &str| format!("tokens.{name}.{k}");
     let grant = match token.grant.as_deref() {
@@ -987,14 +1004,26 @@ fn resolve(
             ))
         }
     }
-    let refresh_token = secret(
-        name,
-        "refresh_token",
-        token.refresh_token_file.as_deref(),
-        token.refresh_token_env.as_deref(),
-        from_env,
-        env,
-    )?;
+    let missing_file = token
+        .refresh_token_file
+        .as_deref()
+        .is_some_and(|p| std::fs::symlink_metadata(p).is_err());
+    let refresh_token = if logging_in && missing_file {
+        None
+    } else {
+        secret(
+            name,
+            "refresh_token",
+            token.refresh_token_file.as_deref(),
+            token.refresh_token_env.as_deref(),
+            from_env,
+            env,
+        )?
+    };
+    if let Some(url) = &token.device_authorization_url {
+        freshtoken::oauth2::check_token_url(url)
+            .map_err(|e| ConfigError::new(key("device_authorization_url"), e.to_string()))?;
+    }
     match grant {
         Grant::ClientCredentials => {
             if client_secret.is_none() && token.client_assertion_file.is_none() {
@@ -1006,7 +1035,7 @@ fn resolve(
             }
         }
         Grant::RefreshToken => {
-            if refresh_token.is_none() {
+            if refresh_token.is_none() && !logging_in {
                 return Err(ConfigError::new(
                     key("refresh_token_file"),
                     "missing: refresh_token needs refresh_token_file or refresh_token_env",
@@ -1175,6 +1204,55 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn login_loads_its_token_before_the_refresh_token_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = |name: &str| {
+            format!(
+                "[tokens.{name}]\ngrant = \"refresh_token\"\ntoken_url = \"http://127.0.0.1:1/token\"\n\
+                 client_id = \"cli\"\nrefresh_token_file = \"{name}.refresh\"\n\
+                 device_authorization_url = \"http://127.0.0.1:1/device\"\n\
+                 [tokens.{name}.cache]\nfile = \"{name}.json\"\n"
+            )
+        };
+        let cfg = write(
+            dir.path(),
+            "c.toml",
+            &format!("{}{}", token("a"), token("b")),
+        );
+        // The agent and the other commands need the file.
+        let err = load(Some(&cfg), &env(&[])).unwrap_err();
+        assert!(err.key.ends_with("refresh_token_file"), "{err:?}");
+        // Logging in to `a` does not need a's, but still b's.
+        let err = load_for_login(Some(&cfg), &env(&[]), "a").unwrap_err();
+        assert_eq!(err.key, "tokens.b.refresh_token_file");
+        std::fs::write(dir.path().join("b.refresh"), "rt-b").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("b.refresh"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let loaded = load_for_login(Some(&cfg), &env(&[]), "a").unwrap();
+        assert!(loaded.tokens["a"].refresh_token.is_none());
+        assert_eq!(
+            loaded.tokens["a"]
+                .config
+                .device_authorization_url
+                .as_deref(),
+            Some("http://127.0.0.1:1/device")
+        );
+        // Plain http beyond loopback is refused for the device endpoint too.
+        let cfg = write(
+            dir.path(),
+            "d.toml",
+            &token("a").replace("http://127.0.0.1:1/device", "http://auth.example/device"),
+        );
+        let err = load_for_login(Some(&cfg), &env(&[]), "a").unwrap_err();
+        assert_eq!(err.key, "tokens.a.device_authorization_url");
     }
 
     #[test]

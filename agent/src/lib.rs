@@ -8,6 +8,7 @@
 //! freshtoken exec api --supervise --token-file /run/api.token -- ./server
 //!                                                        # keep it running, SIGHUP on each new token
 //! freshtoken status [--json] [--watch]                   # every token's state
+//! freshtoken login cli --config agent.toml               # sign in on another device (RFC 8628)
 //! freshtoken completions bash                            # shell completions
 //! ```
 //!
@@ -74,6 +75,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 pub mod client;
 pub mod config;
 pub mod http;
+pub mod login;
 pub mod metrics;
 pub mod server;
 pub mod sink;
@@ -152,7 +154,7 @@ pub enum Command {
         #[arg(long, default_value = "HUP", value_parser = supervise::signal_arg, requires = "supervise", value_name = "SIG")]
         signal: rustix::process::Signal,
         /// Write the token to this file (0600, atomically) before the
-        /// command starts and on every new token; its path is in <VAR>_FILE.
+        /// command starts and on every new token; its path is in `<VAR>_FILE`.
         #[arg(long, requires = "supervise", value_name = "PATH")]
         token_file: Option<PathBuf>,
         /// The signal that stops the command for a restart.
@@ -177,6 +179,17 @@ pub enum Command {
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
+    },
+    /// Sign in with the device authorization grant (RFC 8628) for a token
+    /// whose grant is refresh_token: shows a URL and a code to enter
+    /// there, waits for the approval and stores the refresh token in the
+    /// token's refresh_token_file (mode 0600) and its cache.
+    Login {
+        /// The token's name.
+        name: String,
+        /// The configuration file (TOML).
+        #[arg(long, short, env = "FRESHTOKEN_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Show every token's state (from the running agent).
     Status {
@@ -330,6 +343,9 @@ pub fn main() -> i32 {
                 }
                 Err(code) => code,
             }
+        }
+        Command::Login { name, config } => {
+            login::run(&name, config.as_deref(), &mut std::io::stdout().lock())
         }
         Command::Status {
             json,

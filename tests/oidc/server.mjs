@@ -172,6 +172,24 @@ const clients = [
     redirect_uris: [],
     scope: RESOURCE_SCOPES,
   },
+  // The device authorization grant (RFC 8628): a public CLI that gets a
+  // user's refresh token, and one whose device codes live 2 s.
+  {
+    client_id: 'device-cli',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'openid offline_access',
+  },
+  {
+    client_id: 'device-short',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'openid offline_access',
+  },
   {
     client_id: 'svc-short',
     client_secret: 'short-secret-7a6b5c',
@@ -264,6 +282,9 @@ const configuration = {
       },
     },
     revocation: { enabled: true },
+    // /device/auth, and the user's pages at /device (the code form, then
+    // login and consent through the interactions completed below).
+    deviceFlow: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => oneOf,
@@ -291,6 +312,7 @@ const configuration = {
     IdToken: 3600,
     Grant: 3600,
     Interaction: 600,
+    DeviceCode: (_ctx, _code, client) => (client.clientId === 'device-short' ? 2 : 600),
     Session: 3600,
   },
   rotateRefreshToken: true,

@@ -90,6 +90,7 @@
 //! ```
 
 mod assertion;
+pub mod device;
 mod discovery;
 mod grants;
 mod signing;

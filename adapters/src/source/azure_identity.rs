@@ -12,7 +12,7 @@ use freshtoken_core::{ClientSecret, FetchError, FetchErrorKind, FetchRequest, Ti
 
 use super::metadata_http::{
     exchange, expires_on_as_expires_in, CloudIdentityError, HostRule, MetadataTransport, Refusal,
-    RepeatGuard, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPEAT_INTERVAL, DEFAULT_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT,
 };
 use super::TokenSource;
 use crate::oauth2::HttpTransport;
@@ -93,7 +93,6 @@ impl Identity {
 pub struct AzureManagedIdentity {
     url: String,
     transport: Arc<dyn HttpTransport>,
-    guard: RepeatGuard,
 }
 
 impl fmt::Debug for AzureManagedIdentity {
@@ -123,18 +122,15 @@ impl AzureManagedIdentity {
 
 impl TokenSource for AzureManagedIdentity {
     fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        self.guard.before(fetch)?;
         let request = HttpRequest::get(self.url.clone())
             .with_header("Metadata", "true")
             .with_timeout(Some(fetch.timeout));
-        let answer = exchange(
+        exchange(
             &*self.transport,
             &request,
             imds_refusal,
             lifetime_from_expires_on,
-        )?;
-        self.guard.after(fetch, &answer);
-        Ok(answer)
+        )
     }
 }
 
@@ -195,7 +191,6 @@ struct Common {
     identity: Identity,
     connect_timeout: Duration,
     timeout: Duration,
-    repeat_interval: Duration,
     transport: Option<Arc<dyn HttpTransport>>,
 }
 
@@ -206,7 +201,6 @@ impl Common {
             identity: Identity::Default,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
-            repeat_interval: DEFAULT_REPEAT_INTERVAL,
             transport: None,
         }
     }
@@ -278,13 +272,6 @@ macro_rules! common_setters {
             self
         }
 
-        /// The shortest time between two requests while the endpoint keeps
-        /// handing back the same token (default 5 s).
-        pub fn repeat_interval(mut self, interval: Duration) -> Self {
-            self.common.repeat_interval = interval;
-            self
-        }
-
         /// Sends through another HTTP client (the plain-http rule is then
         /// that client's to apply; the URL is still checked when building).
         pub fn transport(mut self, transport: impl HttpTransport) -> Self {
@@ -340,11 +327,7 @@ impl AzureManagedIdentityBuilder {
         }
         let url = format!("{}?{}", self.endpoint, form::encode_pairs(pairs));
         let transport = self.common.transport(IMDS_HOSTS);
-        Ok(AzureManagedIdentity {
-            url,
-            transport,
-            guard: RepeatGuard::new(self.common.repeat_interval),
-        })
+        Ok(AzureManagedIdentity { url, transport })
     }
 }
 
@@ -383,7 +366,6 @@ pub struct AppServiceIdentity {
     url: String,
     header: ClientSecret,
     transport: Arc<dyn HttpTransport>,
-    guard: RepeatGuard,
 }
 
 impl fmt::Debug for AppServiceIdentity {
@@ -434,18 +416,15 @@ impl AppServiceIdentity {
 
 impl TokenSource for AppServiceIdentity {
     fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        self.guard.before(fetch)?;
         let request = HttpRequest::get(self.url.clone())
             .with_header("X-IDENTITY-HEADER", self.header.expose_secret())
             .with_timeout(Some(fetch.timeout));
-        let answer = exchange(
+        exchange(
             &*self.transport,
             &request,
             app_service_refusal,
             lifetime_from_expires_on,
-        )?;
-        self.guard.after(fetch, &answer);
-        Ok(answer)
+        )
     }
 }
 
@@ -523,7 +502,6 @@ impl AppServiceIdentityBuilder {
             url,
             header: self.header,
             transport,
-            guard: RepeatGuard::new(self.common.repeat_interval),
         })
     }
 }

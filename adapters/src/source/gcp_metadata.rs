@@ -8,8 +8,8 @@ use freshtoken_core::oauth2::{form, HttpRequest};
 use freshtoken_core::{FetchError, FetchErrorKind, FetchRequest, TokenResponse};
 
 use super::metadata_http::{
-    exchange, CloudIdentityError, HostRule, MetadataTransport, Refusal, RepeatGuard,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPEAT_INTERVAL, DEFAULT_TIMEOUT,
+    exchange, CloudIdentityError, HostRule, MetadataTransport, Refusal, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
 };
 use super::TokenSource;
 use crate::oauth2::HttpTransport;
@@ -71,7 +71,6 @@ const GCE_HOSTS: HostRule = HostRule::Exact {
 pub struct GcpMetadata {
     url: String,
     transport: Arc<dyn HttpTransport>,
-    guard: RepeatGuard,
 }
 
 impl fmt::Debug for GcpMetadata {
@@ -93,7 +92,6 @@ impl GcpMetadata {
             scopes: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
-            repeat_interval: DEFAULT_REPEAT_INTERVAL,
             transport: None,
         }
     }
@@ -106,11 +104,10 @@ impl GcpMetadata {
 
 impl TokenSource for GcpMetadata {
     fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
-        self.guard.before(fetch)?;
         let request = HttpRequest::get(self.url.clone())
             .with_header("Metadata-Flavor", "Google")
             .with_timeout(Some(fetch.timeout));
-        let answer = exchange(
+        exchange(
             &*self.transport,
             &request,
             refusal,
@@ -128,9 +125,7 @@ impl TokenSource for GcpMetadata {
                     .with_status(response.status()))
                 }
             },
-        )?;
-        self.guard.after(fetch, &answer);
-        Ok(answer)
+        )
     }
 }
 
@@ -166,7 +161,6 @@ pub struct GcpMetadataBuilder {
     scopes: Vec<String>,
     connect_timeout: Duration,
     timeout: Duration,
-    repeat_interval: Duration,
     transport: Option<Arc<dyn HttpTransport>>,
 }
 
@@ -210,13 +204,6 @@ impl GcpMetadataBuilder {
     /// The built-in transport's overall timeout (default 20 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self
-    }
-
-    /// The shortest time between two requests while the server keeps
-    /// handing back the same token (default 5 s).
-    pub fn repeat_interval(mut self, interval: Duration) -> Self {
-        self.repeat_interval = interval;
         self
     }
 
@@ -273,10 +260,6 @@ impl GcpMetadataBuilder {
                 self.timeout,
             )),
         };
-        Ok(GcpMetadata {
-            url,
-            transport,
-            guard: RepeatGuard::new(self.repeat_interval),
-        })
+        Ok(GcpMetadata { url, transport })
     }
 }

@@ -1,7 +1,5 @@
 //! What the cloud identity sources share: the plain-http rule for their
-//! endpoints, the transport that talks to them, the answer handling and the
-//! guard against asking a metadata server again for a token it will not
-//! renew yet.
+//! endpoints, the transport that talks to them and the answer handling.
 //!
 //! # Plain http, and to where
 //!
@@ -31,18 +29,15 @@
 
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use freshtoken_core::oauth2::{
     parse_response, uri_has_loopback_host, GrantKind, HttpRequest, HttpResponse,
 };
-use freshtoken_core::{Clock, FetchError, FetchErrorKind, TokenId, TokenResponse};
-use freshtoken_core::{FetchRequest, Timestamp};
+use freshtoken_core::{Clock, FetchError, FetchErrorKind, Timestamp, TokenResponse};
 
 use crate::clock::SystemClock;
 use crate::oauth2::HttpTransport;
-use crate::sync::lock;
 
 /// The largest answer read from an identity endpoint.
 pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -55,11 +50,6 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default overall timeout of the built-in transport (the endpoint may
 /// have to ask the cloud's token service first).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The default shortest time between two requests while the endpoint keeps
-/// handing out the token it already gave (see [`RepeatGuard`]): the
-/// machine's own refresh floor.
-pub(crate) const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why a cloud identity source could not be built.
 ///
@@ -353,111 +343,6 @@ pub(crate) fn expires_on_as_expires_in(body: &[u8], now: Timestamp) -> Option<i6
     };
     let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
     Some(secs.saturating_sub(now_secs))
-}
-
-/// Keeps a metadata server from being asked, again and again, for a token
-/// it will not renew yet.
-///
-/// Metadata servers cache the tokens they hand out and answer every request
-/// with the cached one until they renew it themselves (Google's renews with
-/// about five minutes left; Azure's on its own schedule). An answer that
-/// hands back the token this source gave last time has only a shorter
-/// lifetime, and the machine, whose token outlives it, wants a refresh
-/// again at once. So after a repeated token the next request waits until
-/// a quarter of that token's remaining life has passed (at least the
-/// repeat interval, 5 s by default, and never past its expiry): a token
-/// with 90 s left is asked for again after 22 s, 17 s, 13 s, ..., then
-/// every 5 s, instead of as fast as the server answers. A request the guard
-/// holds back fails with a transient error carrying that wait as its
-/// `Retry-After`; the machine keeps serving the token it has.
-///
-/// The guard follows one machine: request ids increase within a machine,
-/// so a request with a lower id than the last one comes from another
-/// machine (a new driver given the same source), which may hold no token:
-/// the guard forgets and sends it.
-pub(crate) struct RepeatGuard {
-    interval: Duration,
-    last: Mutex<Option<Seen>>,
-}
-
-struct Seen {
-    /// The last request's id.
-    request: u64,
-    /// The last token handed out.
-    token: TokenId,
-    /// When the last answer came.
-    at: Instant,
-    /// When that token expires (by the answer's own lifetime).
-    expires: Option<Instant>,
-    /// Whether the last answer repeated the token before it.
-    repeated: bool,
-}
-
-impl RepeatGuard {
-    pub(crate) fn new(interval: Duration) -> Self {
-        RepeatGuard {
-            interval,
-            last: Mutex::new(None),
-        }
-    }
-
-    /// Whether `fetch` may be sent now.
-    pub(crate) fn before(&self, fetch: &FetchRequest) -> Result<(), FetchError> {
-        let mut last = lock(&self.last);
-        let Some(seen) = last.as_mut() else {
-            return Ok(());
-        };
-        if fetch.id.as_u64() <= seen.request {
-            *last = None;
-            return Ok(());
-        }
-        seen.request = fetch.id.as_u64();
-        if !seen.repeated {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let remaining = seen
-            .expires
-            .map_or(Duration::ZERO, |e| e.saturating_duration_since(seen.at));
-        let wait = (remaining / 4).max(self.interval);
-        let next = seen.at + wait;
-        if seen.expires.is_some_and(|e| now >= e) || now >= next {
-            return Ok(());
-        }
-        let retry_after = next - now;
-        Err(FetchError::transient(format!(
-            "the metadata server handed back the token it gave before ({} s left); asking \
-             again in {} ms rather than before it can have renewed it",
-            seen.expires
-                .map_or(0, |e| e.saturating_duration_since(now).as_secs()),
-            retry_after.as_millis()
-        ))
-        .with_retry_after(Some(retry_after)))
-    }
-
-    /// Records the answer to `fetch`.
-    pub(crate) fn after(&self, fetch: &FetchRequest, answer: &TokenResponse) {
-        let now = Instant::now();
-        let token = answer.access_token.fingerprint();
-        let expires = answer
-            .expires_in
-            .map(|s| now + Duration::from_secs(u64::try_from(s).unwrap_or(0)));
-        let mut last = lock(&self.last);
-        let repeated = last.as_ref().is_some_and(|seen| seen.token == token);
-        if repeated {
-            tracing::debug!(
-                expires_in = answer.expires_in,
-                "the metadata server handed back the token it gave before"
-            );
-        }
-        *last = Some(Seen {
-            request: fetch.id.as_u64(),
-            token,
-            at: now,
-            expires,
-            repeated,
-        });
-    }
 }
 
 #[cfg(test)]

@@ -21,14 +21,14 @@
 //! minutes, never after part of an hour it no longer has.
 //!
 //! Those endpoints answer every request with the token they cached until
-//! they renew it themselves. When an answer hands back the token a source
-//! gave last time, the next request waits until a quarter of that token's
-//! remaining life has passed (at least the repeat interval, 5 s by
-//! default, never past its expiry); a request held back fails with a
-//! transient error whose `Retry-After` is that wait, and the driver keeps
-//! serving the token it has. A token that arrives with 90 s left is thus
-//! asked for again a handful of times before it expires, never as fast as
-//! the endpoint can answer.
+//! they renew it themselves. The driver, not the source, deals with that:
+//! an answer no newer than the token it holds is asked for again after a
+//! quarter of that token's remaining life (at least the
+//! [refresh floor](crate::Builder::min_refresh_interval), 5 s by default,
+//! never past its expiry), and the token is served meanwhile with the
+//! status still healthy. A token that arrives with 90 s left is thus asked
+//! for again a handful of times before it expires, never as fast as the
+//! endpoint can answer.
 
 use std::future::Future;
 use std::sync::Arc;

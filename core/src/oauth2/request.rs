@@ -122,6 +122,8 @@ pub struct FetchCredentials<'a> {
     pub subject_token: Option<(&'a Assertion, &'a str)>,
     /// The optional `actor_token` and its `actor_token_type`.
     pub actor_token: Option<(&'a Assertion, &'a str)>,
+    /// The `device_code` of a [`GrantKind::DeviceCode`] request.
+    pub device_code: Option<&'a Assertion>,
 }
 
 impl<'a> FetchCredentials<'a> {
@@ -153,6 +155,12 @@ impl<'a> FetchCredentials<'a> {
         self.actor_token = Some((token, token_type));
         self
     }
+
+    /// With the device code of a device authorization grant.
+    pub fn device_code(mut self, code: &'a Assertion) -> Self {
+        self.device_code = Some(code);
+        self
+    }
 }
 
 /// The grant the request asks for.
@@ -172,6 +180,10 @@ pub enum GrantKind {
     /// subject token (and maybe an actor token) traded for another token;
     /// they come with each build ([`FetchCredentials::subject_token`]).
     TokenExchange,
+    /// `urn:ietf:params:oauth:grant-type:device_code` (RFC 8628 3.4): the
+    /// device code a device authorization request returned; it comes with
+    /// each build ([`FetchCredentials::device_code`]).
+    DeviceCode,
 }
 
 impl GrantKind {
@@ -182,6 +194,7 @@ impl GrantKind {
             GrantKind::RefreshToken => "refresh_token",
             GrantKind::JwtBearer => "urn:ietf:params:oauth:grant-type:jwt-bearer",
             GrantKind::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+            GrantKind::DeviceCode => "urn:ietf:params:oauth:grant-type:device_code",
         }
     }
 }
@@ -429,6 +442,39 @@ impl TokenRequest {
         r
     }
 
+    /// A device authorization grant's token request (RFC 8628 3.4) to
+    /// `url`, whose device code comes with each build; the same template
+    /// builds the device authorization request itself
+    /// ([`build_device_authorization`](Self::build_device_authorization)),
+    /// which carries the scope, audience, resources and extra parameters
+    /// (the token requests carry only the device code and the client).
+    /// Public client ([`ClientAuth::None`]) unless changed.
+    ///
+    /// ```
+    /// use freshtoken_core::oauth2::{FetchCredentials, TokenRequest};
+    /// use freshtoken_core::{Assertion, FetchRequest};
+    ///
+    /// let request = TokenRequest::device_code("https://a.example/token", "cli").scope("openid offline_access");
+    /// let start = request
+    ///     .build_device_authorization("https://a.example/device", &FetchCredentials::new())
+    ///     .unwrap();
+    /// assert_eq!(std::str::from_utf8(start.body()).unwrap(), "scope=openid+offline_access&client_id=cli");
+    /// let code = Assertion::new("dc-1");
+    /// let poll = request
+    ///     .build_with(&FetchRequest::first(), &FetchCredentials::new().device_code(&code))
+    ///     .unwrap();
+    /// assert_eq!(
+    ///     std::str::from_utf8(poll.body()).unwrap(),
+    ///     "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=dc-1\
+    ///      &client_id=cli",
+    /// );
+    /// ```
+    pub fn device_code(url: impl Into<String>, client_id: impl Into<String>) -> Self {
+        let mut r = Self::new(url, GrantKind::DeviceCode, client_id);
+        r.client_auth = ClientAuth::None;
+        r
+    }
+
     /// Sets the client id (empty: none is sent by a public client).
     pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = client_id.into();
@@ -571,6 +617,12 @@ impl TokenRequest {
     ) -> Result<HttpRequest, FetchError> {
         let mut params: Vec<(&str, &str)> = vec![("grant_type", self.grant.as_str())];
         match self.grant {
+            GrantKind::DeviceCode => {
+                let code = credentials.device_code.ok_or_else(|| {
+                    FetchError::permanent("the device authorization grant needs a device code")
+                })?;
+                params.push(("device_code", code.expose_secret()));
+            }
             GrantKind::ClientCredentials => {}
             GrantKind::RefreshToken => {
                 let rt = fetch.refresh_token.as_ref().ok_or_else(|| {
@@ -596,17 +648,52 @@ impl TokenRequest {
                 }
             }
         }
-        if let Some(scope) = &self.scope {
-            params.push(("scope", scope));
-        }
-        if let Some(audience) = &self.audience {
-            params.push(("audience", audience));
-        }
-        for r in &self.resources {
-            params.push(("resource", r));
-        }
-        for (n, v) in &self.extra {
-            params.push((n, v));
+        // The device grant's polls name only the code: the scope and the
+        // rest went with the device authorization request.
+        let template = self.grant != GrantKind::DeviceCode;
+        self.finish(
+            &self.url,
+            params,
+            credentials,
+            Some(fetch.timeout),
+            template,
+        )
+    }
+
+    /// Builds the device authorization request (RFC 8628 3.1) to `url`:
+    /// the same client authentication, scope, audience, resources and extra
+    /// parameters as the token requests, no `grant_type`.
+    pub fn build_device_authorization(
+        &self,
+        url: &str,
+        credentials: &FetchCredentials<'_>,
+    ) -> Result<HttpRequest, FetchError> {
+        self.finish(url, Vec::new(), credentials, None, true)
+    }
+
+    /// The request to `url` with `params` first, then (with `template`)
+    /// the template's parameters, and the client authentication.
+    fn finish<'s>(
+        &'s self,
+        url: &str,
+        mut params: Vec<(&'s str, &'s str)>,
+        credentials: &FetchCredentials<'s>,
+        timeout: Option<std::time::Duration>,
+        template: bool,
+    ) -> Result<HttpRequest, FetchError> {
+        if template {
+            if let Some(scope) = &self.scope {
+                params.push(("scope", scope));
+            }
+            if let Some(audience) = &self.audience {
+                params.push(("audience", audience));
+            }
+            for r in &self.resources {
+                params.push(("resource", r));
+            }
+            for (n, v) in &self.extra {
+                params.push((n, v));
+            }
         }
 
         let mut headers: Vec<(&'static str, Zeroizing<String>)> = Vec::new();
@@ -671,10 +758,10 @@ impl TokenRequest {
         headers.push(("Accept", Zeroizing::new("application/json".to_owned())));
         Ok(HttpRequest {
             method: "POST",
-            url: self.url.clone(),
+            url: url.to_owned(),
             headers,
             body,
-            timeout: Some(fetch.timeout),
+            timeout,
         })
     }
 
