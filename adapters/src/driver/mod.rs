@@ -268,6 +268,10 @@ impl<C> Builder<C> {
     /// the lifetime policy's minimum; default 5 s). The wait doubles while
     /// answers stay degenerate, up to the backoff's cap; the snapshot says
     /// so in [`Snapshot::degenerate`](crate::handle::Snapshot::degenerate).
+    /// It is also the least wait after an answer no newer than the token
+    /// held, and the earliest an authority's `refresh_in` hint can make a
+    /// token stale (see
+    /// [`MachineConfig::min_refresh_interval`](freshtoken_core::MachineConfig::min_refresh_interval)).
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         self.settings.config.min_refresh_interval = interval;
         self

@@ -59,6 +59,12 @@ pub struct MachineConfig {
     /// period of the token it replaces, so a fleet sharing a cache keeps
     /// one curve; up to the backoff's cap, never below this), and serves the token until then, plus as
     /// long again for the renewal (see [`DegenerateLifetime`]).
+    ///
+    /// The same floor bounds two other waits: after an answer no newer than
+    /// the token held (an authority handing back its cached token, counted
+    /// down), the next request waits a quarter of the remaining life and at
+    /// least this; and an authority's refresh hint (`refresh_in`) never makes
+    /// a token stale sooner than this after its request.
     pub min_refresh_interval: Duration,
     /// The shortest deadline of a client-credentials fetch (default 2 s).
     /// Such a fetch's deadline follows the current token's remaining
