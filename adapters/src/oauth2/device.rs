@@ -13,7 +13,7 @@ use freshtoken_core::oauth2::{
 use freshtoken_core::{Assertion, ClientSecret, FetchError, FetchErrorKind, FetchRequest};
 use freshtoken_core::{Clock, TokenResponse};
 
-use super::transport::{HttpTransport, UreqTransport};
+use super::transport::{default_http_transport, HttpTransport};
 use super::url::{check_token_url, UrlError};
 use crate::clock::SystemClock;
 
@@ -417,8 +417,8 @@ impl DeviceLoginBuilder {
         self.map(|r| r.param(name, value))
     }
 
-    /// Sends through this HTTP client instead of a default
-    /// [`UreqTransport`].
+    /// Sends through this HTTP client instead of the default one (ureq's,
+    /// with the `ureq-transport` feature).
     pub fn transport(mut self, transport: impl HttpTransport) -> Self {
         self.transport = Some(Arc::new(transport));
         self
@@ -433,7 +433,7 @@ impl DeviceLoginBuilder {
             device_url: self.device_url,
             transport: self
                 .transport
-                .unwrap_or_else(|| Arc::new(UreqTransport::new())),
+                .unwrap_or_else(default_http_transport),
         })
     }
 }

@@ -238,6 +238,16 @@ impl Transport {
     }
 }
 
+/// The blocking transport of a client built without one (device login):
+/// ureq's when the crate has it, else one whose every request fails with
+/// an error that names the missing feature.
+pub(crate) fn default_http_transport() -> Arc<dyn HttpTransport> {
+    #[cfg(feature = "ureq-transport")]
+    return Arc::new(UreqTransport::new());
+    #[cfg(not(feature = "ureq-transport"))]
+    return Arc::new(NoTransport);
+}
+
 /// A blocking transport used by an async source: each request on a
 /// thread of its own (token requests are minutes apart), its answer
 /// awaited.
