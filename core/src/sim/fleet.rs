@@ -1,12 +1,12 @@
 //! The simulator's event loop: instances, their clocks and cache layers,
 //! the shared cache, and the bookkeeping of refresh tokens in flight.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::authority::{Authority, Loss};
+use super::queue::EventQueue;
 use super::{CacheMode, Observer, Report, Scenario};
 use crate::error::{CacheError, CacheErrorKind};
 use crate::machine::{
@@ -20,6 +20,13 @@ const HANG: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 enum EventKind {
+    /// The machine's own timeout: live if it is the instance's
+    /// [`Timer::queued`] (see [`Timer`]).
+    Timer {
+        seq: u64,
+    },
+    /// A wake-up after a clock step: live while the machine has set no
+    /// timeout since (`generation`).
     Wake {
         generation: u64,
     },
@@ -61,30 +68,29 @@ enum EventKind {
     Restart,
 }
 
+/// A queued event: whose, and what (its time is the queue's key).
 #[derive(Debug)]
 struct Event {
-    at: Timestamp,
-    seq: u64,
-    instance: usize,
+    instance: u32,
     kind: EventKind,
 }
 
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
+/// An instance's timeout: the one its machine set last (`live`, due at
+/// a millisecond, with the sequence number it was given when set), and the
+/// earliest entry of the instance in the queue (`queued`), which, at its
+/// time, either is the live one or puts the live one in the queue. `NONE`
+/// parts are `(u64::MAX, u64::MAX)`.
+#[derive(Clone, Copy, Debug)]
+struct Timer {
+    live: (u64, u64),
+    queued: (u64, u64),
 }
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Event {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest event.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
+
+impl Timer {
+    const NONE: Timer = Timer {
+        live: (u64::MAX, u64::MAX),
+        queued: (u64::MAX, u64::MAX),
+    };
 }
 
 struct Instance {
@@ -92,7 +98,6 @@ struct Instance {
     /// Which incarnation this is; answers to earlier ones are dropped.
     life: u64,
     alive: bool,
-    generation: u64,
     /// This instance's wall clock minus the true time.
     offset_ms: i64,
     /// The memory layer of its cache stack, when stacks are simulated.
@@ -115,8 +120,13 @@ struct Instance {
 pub(super) struct Fleet<'a> {
     scenario: &'a Scenario,
     end: Timestamp,
-    queue: BinaryHeap<Event>,
-    seq: u64,
+    queue: EventQueue<Event>,
+    /// Per instance, the generation of its one live wake-up (an earlier
+    /// wake-up is superseded): apart from the instances, so that
+    /// skipping a superseded one touches a few bytes.
+    wake_generation: Vec<u64>,
+    /// Per instance, its machine's timeout (see [`Timer`]).
+    timers: Vec<Timer>,
     rng: fastrand::Rng,
     instances: Vec<Instance>,
     authority: Authority,
@@ -150,8 +160,9 @@ impl<'a> Fleet<'a> {
         let mut fleet = Fleet {
             scenario,
             end: start + scenario.duration,
-            queue: BinaryHeap::with_capacity(scenario.instances * 2),
-            seq: 0,
+            queue: EventQueue::new(start.as_millis(), (start + scenario.duration).as_millis()),
+            wake_generation: vec![0; scenario.instances],
+            timers: vec![Timer::NONE; scenario.instances],
             rng: fastrand::Rng::with_seed(scenario.seed ^ 0x5151),
             instances: Vec::with_capacity(scenario.instances),
             authority,
@@ -196,7 +207,6 @@ impl<'a> Fleet<'a> {
                 machine,
                 life: 0,
                 alive: true,
-                generation: 0,
                 offset_ms,
                 memory: None,
                 last_store_failed: false,
@@ -246,13 +256,8 @@ impl<'a> Fleet<'a> {
     }
 
     fn push(&mut self, at: Timestamp, instance: usize, kind: EventKind) {
-        self.seq += 1;
-        self.queue.push(Event {
-            at,
-            seq: self.seq,
-            instance,
-            kind,
-        });
+        let instance = u32::try_from(instance).expect("at most u32::MAX instances");
+        self.queue.push(at.as_millis(), Event { instance, kind });
     }
 
     /// Both clocks of instance `i` at true time `t`.
@@ -262,16 +267,18 @@ impl<'a> Fleet<'a> {
     }
 
     pub(super) fn run(mut self, observer: &mut impl Observer) -> Report {
-        while let Some(event) = self.queue.pop() {
-            if event.at > self.end {
-                break;
-            }
+        while let Some((at, event)) = self.queue.pop() {
             self.report.events += 1;
-            let (now, i) = (event.at, event.instance);
+            let (now, i) = (Timestamp::from_millis(at), event.instance as usize);
             let input = match event.kind {
+                EventKind::Timer { seq } => {
+                    if !self.timer_due(i, at, seq) {
+                        continue;
+                    }
+                    Input::Tick
+                }
                 EventKind::Wake { generation } => {
-                    let inst = &self.instances[i];
-                    if generation != inst.generation || !inst.alive {
+                    if generation != self.wake_generation[i] || !self.instances[i].alive {
                         continue;
                     }
                     Input::Tick
@@ -292,8 +299,10 @@ impl<'a> Fleet<'a> {
                     self.report.cache_reads += 1;
                     let _ = newer_than; // answered from memory in `perform` when it could be
                     let result = self.read_shared(i);
-                    self.answer_cache(i, life, now, Input::CacheLoaded(id, result));
-                    continue;
+                    match self.answer_cache(i, life, now, Input::CacheLoaded(id, result)) {
+                        Some(input) => input,
+                        None => continue,
+                    }
                 }
                 EventKind::TryLease { life, id, ttl } => {
                     let result = if self.fails(self.scenario.cache_faults.load_failure) {
@@ -301,13 +310,17 @@ impl<'a> Fleet<'a> {
                     } else {
                         Ok(self.try_lease((i, life), now, ttl))
                     };
-                    self.answer_cache(i, life, now, Input::Lease(id, result));
-                    continue;
+                    match self.answer_cache(i, life, now, Input::Lease(id, result)) {
+                        Some(input) => input,
+                        None => continue,
+                    }
                 }
                 EventKind::WriteCache { life, id, token } => {
                     let result = self.write_shared(i, now, token);
-                    self.answer_cache(i, life, now, Input::Stored(id, result));
-                    continue;
+                    match self.answer_cache(i, life, now, Input::Stored(id, result)) {
+                        Some(input) => input,
+                        None => continue,
+                    }
                 }
                 EventKind::RevertWrite { written, previous } => {
                     if self
@@ -334,7 +347,7 @@ impl<'a> Fleet<'a> {
                     // The driver notices within a heartbeat.
                     let heartbeat = self.scenario.heartbeat;
                     let at = now + self.random_within(heartbeat);
-                    let generation = self.instances[i].generation;
+                    let generation = self.wake_generation[i];
                     self.push(at, i, EventKind::Wake { generation });
                     continue;
                 }
@@ -357,6 +370,57 @@ impl<'a> Fleet<'a> {
             self.feed(i, input, now, observer);
         }
         self.finish()
+    }
+
+    /// Sets instance `i`'s timeout to `due` (none: it has none), replacing
+    /// the one before. The timeout takes its place in the order of events
+    /// now (its sequence number), but it is queued only when no earlier
+    /// entry of the instance is: a machine resets its timeout on every
+    /// input, mostly to the same or a later time, and each of those would
+    /// otherwise wait in the queue, superseded, until its time.
+    fn set_timer(&mut self, i: usize, due: Option<Timestamp>) {
+        let seq = self.queue.next_seq();
+        let timer = &mut self.timers[i];
+        let Some(due) = due else {
+            timer.live = Timer::NONE.live;
+            return;
+        };
+        let due = due.as_millis();
+        timer.live = (due, seq);
+        if timer.queued.0 <= due {
+            // The queued entry comes first and will put this one in place.
+            return;
+        }
+        timer.queued = (due, seq);
+        self.push_timer(i, due, seq);
+    }
+
+    /// Whether instance `i`'s queued timeout entry `seq`, popped at `at`,
+    /// is its timeout; when the timeout moved later, queues it there with
+    /// its own sequence number (the order it would have had if queued when
+    /// it was set).
+    fn timer_due(&mut self, i: usize, at: u64, seq: u64) -> bool {
+        let timer = &mut self.timers[i];
+        if timer.queued != (at, seq) {
+            return false; // an entry the queued one replaced
+        }
+        timer.queued = Timer::NONE.queued;
+        let live = timer.live;
+        if live == (at, seq) {
+            return true;
+        }
+        if live != Timer::NONE.live {
+            debug_assert!(live.0 >= at);
+            timer.queued = live;
+            self.push_timer(i, live.0, live.1);
+        }
+        false
+    }
+
+    fn push_timer(&mut self, i: usize, at: u64, seq: u64) {
+        let instance = u32::try_from(i).expect("at most u32::MAX instances");
+        let kind = EventKind::Timer { seq };
+        self.queue.push_seq(at, seq, Event { instance, kind });
     }
 
     /// Whether an answer reaches the instance; when it does not, whether
@@ -411,11 +475,16 @@ impl<'a> Fleet<'a> {
         p > 0.0 && self.rng.f64() < p
     }
 
-    /// Delivers a cache answer now, or after a hang.
-    fn answer_cache(&mut self, i: usize, life: u64, now: Timestamp, input: Input) {
+    /// Delivers a cache answer now, or after a hang. When nothing else is
+    /// due now, the answer would be the next event: it is returned to be
+    /// fed at once (if it reaches the instance) instead of queued.
+    fn answer_cache(&mut self, i: usize, life: u64, now: Timestamp, input: Input) -> Option<Input> {
         let at = if self.fails(self.scenario.cache_faults.hang) {
             now + HANG
         } else {
+            if self.queue.is_idle_at(now.as_millis()) {
+                return self.deliverable(i, life, input, None, now);
+            }
             now
         };
         self.push(
@@ -427,6 +496,7 @@ impl<'a> Fleet<'a> {
                 deadline: None,
             },
         );
+        None
     }
 
     /// A load through the instance's stack: the memory layer answers when
@@ -509,13 +579,11 @@ impl<'a> Fleet<'a> {
             observer.output(i, local.wall, &output);
             match output {
                 Output::Timeout(at) => {
-                    let inst = &mut self.instances[i];
-                    inst.generation += 1;
-                    if at != Timestamp::MAX && inst.alive {
-                        let generation = inst.generation;
-                        let true_at = at.offset_millis(-inst.offset_ms).max(now);
-                        self.push(true_at, i, EventKind::Wake { generation });
-                    }
+                    self.wake_generation[i] += 1;
+                    let inst = &self.instances[i];
+                    let due = (at != Timestamp::MAX && inst.alive)
+                        .then(|| at.offset_millis(-inst.offset_ms).max(now));
+                    self.set_timer(i, due);
                     break;
                 }
                 Output::Action(action) => self.perform(i, action, now, local),
@@ -692,7 +760,8 @@ impl<'a> Fleet<'a> {
         inst.alive = false;
         inst.last_stop_killed = killed;
         inst.life += 1;
-        inst.generation += 1;
+        self.wake_generation[i] += 1;
+        self.timers[i].live = Timer::NONE.live;
         let knew = inst
             .machine
             .refresh_token()

@@ -30,6 +30,7 @@
 
 mod authority;
 mod fleet;
+mod queue;
 mod timeline;
 
 pub use authority::{Fault, FaultKind, Loss};
