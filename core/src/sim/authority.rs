@@ -63,6 +63,16 @@ impl Fault {
         self.kind
     }
 
+    /// When it begins, counted from the start of the simulation.
+    pub fn start(&self) -> Duration {
+        self.from
+    }
+
+    /// How long it lasts.
+    pub fn length(&self) -> Duration {
+        self.length
+    }
+
     fn error(&self) -> FetchError {
         match self.kind {
             FaultKind::Outage => FetchError::transient("service unavailable").with_status(503),

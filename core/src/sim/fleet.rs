@@ -137,7 +137,32 @@ pub(super) struct Fleet<'a> {
     in_flight: HashMap<String, (u32, Timestamp)>,
     /// Refresh tokens whose acknowledged write the cache lost.
     lost_writes: std::collections::HashSet<String>,
+    /// The busiest second so far, of authority requests and of cache calls.
+    request_peak: Peak,
+    cache_peak: Peak,
     report: Report,
+}
+
+/// Counts per whole second of true time, in time order, keeping the most.
+#[derive(Default)]
+struct Peak {
+    second: u64,
+    count: u64,
+    most: u64,
+}
+
+impl Peak {
+    /// Counts one in `second` (never before the last); returns the most in
+    /// any second so far.
+    fn count(&mut self, second: u64) -> u64 {
+        if second != self.second {
+            self.second = second;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.most = self.most.max(self.count);
+        self.most
+    }
 }
 
 impl<'a> Fleet<'a> {
@@ -170,6 +195,8 @@ impl<'a> Fleet<'a> {
             lease: None,
             in_flight: HashMap::new(),
             lost_writes: std::collections::HashSet::new(),
+            request_peak: Peak::default(),
+            cache_peak: Peak::default(),
             report: Report {
                 instances: scenario.instances,
                 duration: scenario.duration,
@@ -196,6 +223,11 @@ impl<'a> Fleet<'a> {
                 kills: 0,
                 restarts: 0,
                 late_answers: 0,
+                cache_operations: 0,
+                peak_requests_per_second: 0,
+                peak_cache_operations_per_second: 0,
+                requests_during_faults: vec![0; scenario.faults.len()],
+                cache_operations_during_faults: vec![0; scenario.faults.len()],
             },
         };
         let skew = crate::time::duration_millis(scenario.skew) as i64;
@@ -297,6 +329,7 @@ impl<'a> Fleet<'a> {
                     newer_than,
                 } => {
                     self.report.cache_reads += 1;
+                    self.count_cache_operation(now);
                     let _ = newer_than; // answered from memory in `perform` when it could be
                     let result = self.read_shared(i);
                     match self.answer_cache(i, life, now, Input::CacheLoaded(id, result)) {
@@ -305,6 +338,7 @@ impl<'a> Fleet<'a> {
                     }
                 }
                 EventKind::TryLease { life, id, ttl } => {
+                    self.count_cache_operation(now);
                     let result = if self.fails(self.scenario.cache_faults.load_failure) {
                         Err(CacheError::new(CacheErrorKind::Unavailable, "down"))
                     } else {
@@ -316,6 +350,7 @@ impl<'a> Fleet<'a> {
                     }
                 }
                 EventKind::WriteCache { life, id, token } => {
+                    self.count_cache_operation(now);
                     let result = self.write_shared(i, now, token);
                     match self.answer_cache(i, life, now, Input::Stored(id, result)) {
                         Some(input) => input,
@@ -628,6 +663,7 @@ impl<'a> Fleet<'a> {
                 self.push(cache_at, i, EventKind::WriteCache { life, id, token })
             }
             Action::ReleaseLease { id, .. } => {
+                self.count_cache_operation(now);
                 // Given back at once; the answer takes the cache's latency.
                 if self.lease.is_some_and(|(holder, _)| holder == (i, life)) {
                     self.lease = None;
@@ -645,6 +681,9 @@ impl<'a> Fleet<'a> {
             }
             Action::Fetch(request) => {
                 self.report.authority_requests += 1;
+                let second = now.as_millis() / 1000;
+                self.report.peak_requests_per_second = self.request_peak.count(second);
+                count_during_faults(self.scenario, now, &mut self.report.requests_during_faults);
                 self.check_overdue(&request, now);
                 let (result, latency) = self.authority.answer(now, &request);
                 if result.is_err() {
@@ -818,6 +857,15 @@ impl<'a> Fleet<'a> {
         inst.accounted_until = inst.accounted_until.max(now);
     }
 
+    /// A call that reached the shared cache.
+    fn count_cache_operation(&mut self, now: Timestamp) {
+        self.report.cache_operations += 1;
+        let second = now.as_millis() / 1000;
+        self.report.peak_cache_operations_per_second = self.cache_peak.count(second);
+        let counts = &mut self.report.cache_operations_during_faults;
+        count_during_faults(self.scenario, now, counts);
+    }
+
     fn finish(mut self) -> Report {
         let end = self.end;
         let mut lived = Duration::ZERO;
@@ -861,5 +909,15 @@ fn fleet_start(life: u64) -> EventKind {
         life,
         input: Box::new(Input::Start),
         deadline: None,
+    }
+}
+
+/// Counts one at `now` for each of the scenario's fault windows on then.
+fn count_during_faults(scenario: &Scenario, now: Timestamp, counts: &mut [u64]) {
+    let offset = now.saturating_duration_since(scenario.start);
+    for (fault, count) in scenario.faults.iter().zip(counts) {
+        if fault.active_at(offset) {
+            *count += 1;
+        }
     }
 }
