@@ -108,7 +108,10 @@ fn the_busiest_second_is_counted() {
     assert!(shared.peak_cache_operations_per_second >= 200, "{shared:?}");
     // Loads, lease calls and the one store, and its release.
     let counted = shared.cache_reads + shared.leases_granted + shared.leases_busy;
-    assert!(shared.cache_operations >= counted + shared.cache_writes, "{shared:?}");
+    assert!(
+        shared.cache_operations >= counted + shared.cache_writes,
+        "{shared:?}"
+    );
 }
 
 /// The load during each fault window is what an observer of the fetches
