@@ -76,7 +76,7 @@ struct Args {
     rate_limited: Vec<(Duration, Duration, Duration)>,
     /// Instances stop after this mean uptime (exponential) and restart;
     /// none unless given.
-    #[arg(long, value_name = "MEAN_UPTIME", value_parser = duration)]
+    #[arg(long, value_name = "MEAN_UPTIME", value_parser = positive_duration)]
     restarts: Option<Duration>,
     /// Share of the stops that are kills without warning (with --restarts).
     #[arg(long, value_name = "P", default_value = "0", value_parser = probability)]
@@ -137,6 +137,13 @@ enum Cache {
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (write e.g. 90s, 20m, 1h 30m)"))
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0s".to_owned()),
+        d => Ok(d),
+    }
 }
 
 fn probability(s: &str) -> Result<f64, String> {
