@@ -121,9 +121,9 @@ pub(super) struct Fleet<'a> {
     scenario: &'a Scenario,
     end: Timestamp,
     queue: EventQueue<Event>,
-    /// Per instance, the generation of its one live wake-up (an earlier
-    /// wake-up is superseded): apart from the instances, so that
-    /// skipping a superseded one touches a few bytes.
+    /// Per instance, a count of the timeouts its machine set and of its
+    /// stops: a clock-step wake-up is live while it is unchanged. Apart from
+    /// the instances, so that skipping a stale one touches a few bytes.
     wake_generation: Vec<u64>,
     /// Per instance, its machine's timeout (see [`Timer`]).
     timers: Vec<Timer>,
