@@ -58,7 +58,7 @@ struct Args {
     skew: Duration,
     /// Steps each instance's wall clock this many times during the run, to
     /// a new offset within the skew.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(..=10_000))]
     clock_steps: u32,
     /// The authority's round-trip time (each answer varies by ±50 %).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration)]

@@ -15,6 +15,9 @@ use crate::machine::{
 use crate::time::{MonoTime, Now, Timestamp};
 use crate::token::Token;
 
+/// An instance's incarnation (how many times it was stopped before).
+type Life = u32;
+
 /// How long a hung cache operation takes to answer.
 const HANG: Duration = Duration::from_secs(60);
 
@@ -31,26 +34,28 @@ enum EventKind {
         generation: u64,
     },
     /// An answer for incarnation `life`; `deadline` is when the machine
-    /// gives up on a fetch (its send plus the request's own timeout).
+    /// gives up on a fetch (its send plus the request's own timeout;
+    /// `Timestamp::MAX` for other answers).
     Deliver {
-        life: u64,
+        life: Life,
         /// Boxed: an answer is large (a token response), and most events
         /// are not answers; inline, it made every queued event ~200 bytes.
         input: Box<Input>,
-        deadline: Option<Timestamp>,
+        deadline: Timestamp,
     },
+    /// A load that the memory layer did not answer (`perform` asked it).
     ReadCache {
-        life: u64,
+        life: Life,
         id: RequestId,
-        newer_than: Option<Timestamp>,
     },
     TryLease {
-        life: u64,
+        life: Life,
         id: RequestId,
-        ttl: Duration,
+        /// The lease's time to live, in nanoseconds (up to 584 years).
+        ttl_ns: u64,
     },
     WriteCache {
-        life: u64,
+        life: Life,
         id: RequestId,
         token: Arc<Token>,
     },
@@ -59,8 +64,9 @@ enum EventKind {
         written: Arc<Token>,
         previous: Option<Arc<Token>>,
     },
+    /// The instance's clock step number `step` (see `Fleet::clock_steps`).
     ClockStep {
-        delta_ms: i64,
+        step: u32,
     },
     Stop {
         kill: bool,
@@ -96,7 +102,7 @@ impl Timer {
 struct Instance {
     machine: RefreshMachine,
     /// Which incarnation this is; answers to earlier ones are dropped.
-    life: u64,
+    life: Life,
     alive: bool,
     /// This instance's wall clock minus the true time.
     offset_ms: i64,
@@ -131,12 +137,18 @@ pub(super) struct Fleet<'a> {
     instances: Vec<Instance>,
     authority: Authority,
     cached: Option<Arc<Token>>,
-    lease: Option<((usize, u64), Timestamp)>,
+    lease: Option<((usize, Life), Timestamp)>,
     /// Refresh tokens in answers still travelling, by value: how many
     /// answers carry each, and the deadline of the first of them.
     in_flight: HashMap<String, (u32, Timestamp)>,
     /// Refresh tokens whose acknowledged write the cache lost.
     lost_writes: std::collections::HashSet<String>,
+    /// Every instance's clock steps, `Scenario::clock_steps` of them each in
+    /// a row, by (time, sequence number): the time (ms), the sequence number
+    /// taken when they were drawn, and the new offset. Only the next one of
+    /// each instance is queued (with that sequence number, so the order of
+    /// events is the same), which keeps the queue small.
+    clock_steps: Vec<(u64, u64, i64)>,
     /// The busiest second so far, of authority requests and of cache calls.
     request_peak: Peak,
     cache_peak: Peak,
@@ -195,6 +207,7 @@ impl<'a> Fleet<'a> {
             lease: None,
             in_flight: HashMap::new(),
             lost_writes: std::collections::HashSet::new(),
+            clock_steps: Vec::with_capacity(scenario.instances * scenario.clock_steps as usize),
             request_peak: Peak::default(),
             cache_peak: Peak::default(),
             report: Report {
@@ -250,19 +263,23 @@ impl<'a> Fleet<'a> {
                 unavailable: Duration::ZERO,
             });
             fleet.push(started_at, i, fleet_start(0));
+            let first = fleet.clock_steps.len();
             for _ in 0..scenario.clock_steps {
                 let at = start + fleet.random_within(scenario.duration);
                 let delta_ms = if skew > 0 { rng.i64(-skew..=skew) } else { 0 };
-                fleet.push(at, i, EventKind::ClockStep { delta_ms });
+                let seq = fleet.queue.next_seq();
+                fleet.clock_steps.push((at.as_millis(), seq, delta_ms));
             }
+            fleet.clock_steps[first..].sort_unstable();
+            fleet.queue_clock_step(i, 0);
             fleet.schedule_stop(i, started_at);
         }
         fleet
     }
 
-    fn new_machine(&self, i: usize, life: u64, rng: &mut fastrand::Rng) -> RefreshMachine {
+    fn new_machine(&self, i: usize, life: Life, rng: &mut fastrand::Rng) -> RefreshMachine {
         let mut config = self.scenario.config.clone();
-        config.seed = rng.u64(..) ^ (i as u64) ^ life.rotate_left(17);
+        config.seed = rng.u64(..) ^ (i as u64) ^ u64::from(life).rotate_left(17);
         config.cache = self.scenario.cache != CacheMode::None;
         if let Some(rt) = self.authority.first_refresh_token() {
             config.refresh_token = Some(rt);
@@ -285,6 +302,17 @@ impl<'a> Fleet<'a> {
         let at = from + Duration::from_secs_f64(uptime.min(1e9));
         let kill = self.rng.f64() < churn.kill_fraction;
         self.push(at, i, EventKind::Stop { kill });
+    }
+
+    /// Queues instance `i`'s clock step number `step`, if it has one.
+    fn queue_clock_step(&mut self, i: usize, step: u32) {
+        let steps = self.scenario.clock_steps;
+        if step < steps {
+            let (at, seq, _) = self.clock_steps[i * steps as usize + step as usize];
+            let instance = u32::try_from(i).expect("at most u32::MAX instances");
+            let kind = EventKind::ClockStep { step };
+            self.queue.push_seq(at, seq, Event { instance, kind });
+        }
     }
 
     fn push(&mut self, at: Timestamp, instance: usize, kind: EventKind) {
@@ -319,25 +347,24 @@ impl<'a> Fleet<'a> {
                     life,
                     input,
                     deadline,
-                } => match self.deliverable(i, life, *input, deadline, now) {
-                    Some(input) => input,
-                    None => continue,
-                },
-                EventKind::ReadCache {
-                    life,
-                    id,
-                    newer_than,
                 } => {
+                    let deadline = (deadline != Timestamp::MAX).then_some(deadline);
+                    match self.deliverable(i, life, *input, deadline, now) {
+                        Some(input) => input,
+                        None => continue,
+                    }
+                }
+                EventKind::ReadCache { life, id } => {
                     self.report.cache_reads += 1;
                     self.count_cache_operation(now);
-                    let _ = newer_than; // answered from memory in `perform` when it could be
                     let result = self.read_shared(i);
                     match self.answer_cache(i, life, now, Input::CacheLoaded(id, result)) {
                         Some(input) => input,
                         None => continue,
                     }
                 }
-                EventKind::TryLease { life, id, ttl } => {
+                EventKind::TryLease { life, id, ttl_ns } => {
+                    let ttl = Duration::from_nanos(ttl_ns);
                     self.count_cache_operation(now);
                     let result = if self.fails(self.scenario.cache_faults.load_failure) {
                         Err(CacheError::new(CacheErrorKind::Unavailable, "down"))
@@ -377,7 +404,10 @@ impl<'a> Fleet<'a> {
                     }
                     continue;
                 }
-                EventKind::ClockStep { delta_ms } => {
+                EventKind::ClockStep { step } => {
+                    let steps = self.scenario.clock_steps as usize;
+                    let delta_ms = self.clock_steps[i * steps + step as usize].2;
+                    self.queue_clock_step(i, step + 1);
                     self.instances[i].offset_ms = delta_ms;
                     // The driver notices within a heartbeat.
                     let heartbeat = self.scenario.heartbeat;
@@ -463,7 +493,7 @@ impl<'a> Fleet<'a> {
     fn deliverable(
         &mut self,
         i: usize,
-        life: u64,
+        life: Life,
         input: Input,
         deadline: Option<Timestamp>,
         now: Timestamp,
@@ -496,7 +526,7 @@ impl<'a> Fleet<'a> {
         if rotated.is_some() {
             // A stopped machine waited for its fetch until the deadline; an
             // answer after that is the inherent loss (b). A killed one is (a).
-            let killed = life + 1 == inst.life && inst.last_stop_killed;
+            let killed = life.wrapping_add(1) == inst.life && inst.last_stop_killed;
             if killed {
                 self.check_loss(Loss::Killed);
             } else if late {
@@ -513,7 +543,13 @@ impl<'a> Fleet<'a> {
     /// Delivers a cache answer now, or after a hang. When nothing else is
     /// due now, the answer would be the next event: it is returned to be
     /// fed at once (if it reaches the instance) instead of queued.
-    fn answer_cache(&mut self, i: usize, life: u64, now: Timestamp, input: Input) -> Option<Input> {
+    fn answer_cache(
+        &mut self,
+        i: usize,
+        life: Life,
+        now: Timestamp,
+        input: Input,
+    ) -> Option<Input> {
         let at = if self.fails(self.scenario.cache_faults.hang) {
             now + HANG
         } else {
@@ -528,7 +564,7 @@ impl<'a> Fleet<'a> {
             EventKind::Deliver {
                 life,
                 input: Box::new(input),
-                deadline: None,
+                deadline: Timestamp::MAX,
             },
         );
         None
@@ -588,7 +624,7 @@ impl<'a> Fleet<'a> {
         Ok(())
     }
 
-    fn try_lease(&mut self, holder: (usize, u64), now: Timestamp, ttl: Duration) -> LeaseOutcome {
+    fn try_lease(&mut self, holder: (usize, Life), now: Timestamp, ttl: Duration) -> LeaseOutcome {
         if self.scenario.cache != CacheMode::SharedWithLease {
             return LeaseOutcome::Unsupported;
         }
@@ -641,23 +677,16 @@ impl<'a> Fleet<'a> {
                             EventKind::Deliver {
                                 life,
                                 input: Box::new(input),
-                                deadline: None,
+                                deadline: Timestamp::MAX,
                             },
                         );
                     }
-                    _ => self.push(
-                        cache_at,
-                        i,
-                        EventKind::ReadCache {
-                            life,
-                            id,
-                            newer_than,
-                        },
-                    ),
+                    _ => self.push(cache_at, i, EventKind::ReadCache { life, id }),
                 }
             }
             Action::AcquireLease { id, ttl, .. } => {
-                self.push(cache_at, i, EventKind::TryLease { life, id, ttl })
+                let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+                self.push(cache_at, i, EventKind::TryLease { life, id, ttl_ns })
             }
             Action::Store { id, token, .. } => {
                 self.push(cache_at, i, EventKind::WriteCache { life, id, token })
@@ -675,7 +704,7 @@ impl<'a> Fleet<'a> {
                     EventKind::Deliver {
                         life,
                         input: Box::new(input),
-                        deadline: None,
+                        deadline: Timestamp::MAX,
                     },
                 );
             }
@@ -708,7 +737,6 @@ impl<'a> Fleet<'a> {
                     self.in_flight.entry(rt).or_insert((0, deadline)).0 += 1;
                 }
                 let input = Input::Fetched(request.id, result);
-                let deadline = Some(deadline);
                 self.push(
                     now + latency,
                     i,
@@ -798,7 +826,7 @@ impl<'a> Fleet<'a> {
         inst.lived += now.saturating_duration_since(inst.up_since);
         inst.alive = false;
         inst.last_stop_killed = killed;
-        inst.life += 1;
+        inst.life = inst.life.wrapping_add(1);
         self.wake_generation[i] += 1;
         self.timers[i].live = Timer::NONE.live;
         let knew = inst
@@ -904,11 +932,11 @@ impl<'a> Fleet<'a> {
 }
 
 /// The event that starts an instance.
-fn fleet_start(life: u64) -> EventKind {
+fn fleet_start(life: Life) -> EventKind {
     EventKind::Deliver {
         life,
         input: Box::new(Input::Start),
-        deadline: None,
+        deadline: Timestamp::MAX,
     }
 }
 
