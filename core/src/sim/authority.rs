@@ -39,6 +39,7 @@ pub enum FaultKind {
 /// let outage = Fault::new(FaultKind::Outage, Duration::from_secs(3600), Duration::from_secs(600));
 /// assert!(outage.active_at(Duration::from_secs(3700)));
 /// assert!(!outage.active_at(Duration::from_secs(4200)));
+/// assert_eq!((outage.start(), outage.length()), (Duration::from_secs(3600), Duration::from_secs(600)));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
@@ -61,6 +62,16 @@ impl Fault {
     /// The kind.
     pub fn kind(&self) -> FaultKind {
         self.kind
+    }
+
+    /// When it begins, counted from the start of the simulation.
+    pub fn start(&self) -> Duration {
+        self.from
+    }
+
+    /// How long it lasts.
+    pub fn length(&self) -> Duration {
+        self.length
     }
 
     fn error(&self) -> FetchError {

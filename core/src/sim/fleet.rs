@@ -1,12 +1,12 @@
 //! The simulator's event loop: instances, their clocks and cache layers,
 //! the shared cache, and the bookkeeping of refresh tokens in flight.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::authority::{Authority, Loss};
+use super::queue::EventQueue;
 use super::{CacheMode, Observer, Report, Scenario};
 use crate::error::{CacheError, CacheErrorKind};
 use crate::machine::{
@@ -15,35 +15,47 @@ use crate::machine::{
 use crate::time::{MonoTime, Now, Timestamp};
 use crate::token::Token;
 
+/// An instance's incarnation (how many times it was stopped before).
+type Life = u32;
+
 /// How long a hung cache operation takes to answer.
 const HANG: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 enum EventKind {
+    /// The machine's own timeout: live if it is the instance's
+    /// [`Timer::queued`] (see [`Timer`]).
+    Timer {
+        seq: u64,
+    },
+    /// A wake-up after a clock step: live while the machine has set no
+    /// timeout since (`generation`).
     Wake {
         generation: u64,
     },
     /// An answer for incarnation `life`; `deadline` is when the machine
-    /// gives up on a fetch (its send plus the request's own timeout).
+    /// gives up on a fetch (its send plus the request's own timeout;
+    /// `Timestamp::MAX` for other answers).
     Deliver {
-        life: u64,
+        life: Life,
         /// Boxed: an answer is large (a token response), and most events
         /// are not answers; inline, it made every queued event ~200 bytes.
         input: Box<Input>,
-        deadline: Option<Timestamp>,
+        deadline: Timestamp,
     },
+    /// A load that the memory layer did not answer (`perform` asked it).
     ReadCache {
-        life: u64,
+        life: Life,
         id: RequestId,
-        newer_than: Option<Timestamp>,
     },
     TryLease {
-        life: u64,
+        life: Life,
         id: RequestId,
-        ttl: Duration,
+        /// The lease's time to live, in nanoseconds (up to 584 years).
+        ttl_ns: u64,
     },
     WriteCache {
-        life: u64,
+        life: Life,
         id: RequestId,
         token: Arc<Token>,
     },
@@ -52,8 +64,9 @@ enum EventKind {
         written: Arc<Token>,
         previous: Option<Arc<Token>>,
     },
+    /// The instance's clock step number `step` (see `Fleet::clock_steps`).
     ClockStep {
-        delta_ms: i64,
+        step: u32,
     },
     Stop {
         kill: bool,
@@ -61,38 +74,36 @@ enum EventKind {
     Restart,
 }
 
+/// A queued event: whose, and what (its time is the queue's key).
 #[derive(Debug)]
 struct Event {
-    at: Timestamp,
-    seq: u64,
-    instance: usize,
+    instance: u32,
     kind: EventKind,
 }
 
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
+/// An instance's timeout: the one its machine set last (`live`, due at
+/// a millisecond, with the sequence number it was given when set), and the
+/// earliest entry of the instance in the queue (`queued`), which, at its
+/// time, either is the live one or puts the live one in the queue. `NONE`
+/// parts are `(u64::MAX, u64::MAX)`.
+#[derive(Clone, Copy, Debug)]
+struct Timer {
+    live: (u64, u64),
+    queued: (u64, u64),
 }
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Event {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest event.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
+
+impl Timer {
+    const NONE: Timer = Timer {
+        live: (u64::MAX, u64::MAX),
+        queued: (u64::MAX, u64::MAX),
+    };
 }
 
 struct Instance {
     machine: RefreshMachine,
     /// Which incarnation this is; answers to earlier ones are dropped.
-    life: u64,
+    life: Life,
     alive: bool,
-    generation: u64,
     /// This instance's wall clock minus the true time.
     offset_ms: i64,
     /// The memory layer of its cache stack, when stacks are simulated.
@@ -115,19 +126,55 @@ struct Instance {
 pub(super) struct Fleet<'a> {
     scenario: &'a Scenario,
     end: Timestamp,
-    queue: BinaryHeap<Event>,
-    seq: u64,
+    queue: EventQueue<Event>,
+    /// Per instance, a count of the timeouts its machine set and of its
+    /// stops: a clock-step wake-up is live while it is unchanged. Apart from
+    /// the instances, so that skipping a stale one touches a few bytes.
+    wake_generation: Vec<u64>,
+    /// Per instance, its machine's timeout (see [`Timer`]).
+    timers: Vec<Timer>,
     rng: fastrand::Rng,
     instances: Vec<Instance>,
     authority: Authority,
     cached: Option<Arc<Token>>,
-    lease: Option<((usize, u64), Timestamp)>,
+    lease: Option<((usize, Life), Timestamp)>,
     /// Refresh tokens in answers still travelling, by value: how many
     /// answers carry each, and the deadline of the first of them.
     in_flight: HashMap<String, (u32, Timestamp)>,
     /// Refresh tokens whose acknowledged write the cache lost.
     lost_writes: std::collections::HashSet<String>,
+    /// Every instance's clock steps, `Scenario::clock_steps` of them each in
+    /// a row, by (time, sequence number): the time (ms), the sequence number
+    /// taken when they were drawn, and the new offset. Only the next one of
+    /// each instance is queued (with that sequence number, so the order of
+    /// events is the same), which keeps the queue small.
+    clock_steps: Vec<(u64, u64, i64)>,
+    /// The busiest second so far, of authority requests and of cache calls.
+    request_peak: Peak,
+    cache_peak: Peak,
     report: Report,
+}
+
+/// Counts per whole second of true time, in time order, keeping the most.
+#[derive(Default)]
+struct Peak {
+    second: u64,
+    count: u64,
+    most: u64,
+}
+
+impl Peak {
+    /// Counts one in `second` (never before the last); returns the most in
+    /// any second so far.
+    fn count(&mut self, second: u64) -> u64 {
+        if second != self.second {
+            self.second = second;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.most = self.most.max(self.count);
+        self.most
+    }
 }
 
 impl<'a> Fleet<'a> {
@@ -150,8 +197,9 @@ impl<'a> Fleet<'a> {
         let mut fleet = Fleet {
             scenario,
             end: start + scenario.duration,
-            queue: BinaryHeap::with_capacity(scenario.instances * 2),
-            seq: 0,
+            queue: EventQueue::new(start.as_millis(), (start + scenario.duration).as_millis()),
+            wake_generation: vec![0; scenario.instances],
+            timers: vec![Timer::NONE; scenario.instances],
             rng: fastrand::Rng::with_seed(scenario.seed ^ 0x5151),
             instances: Vec::with_capacity(scenario.instances),
             authority,
@@ -159,6 +207,9 @@ impl<'a> Fleet<'a> {
             lease: None,
             in_flight: HashMap::new(),
             lost_writes: std::collections::HashSet::new(),
+            clock_steps: Vec::with_capacity(scenario.instances * scenario.clock_steps as usize),
+            request_peak: Peak::default(),
+            cache_peak: Peak::default(),
             report: Report {
                 instances: scenario.instances,
                 duration: scenario.duration,
@@ -185,6 +236,11 @@ impl<'a> Fleet<'a> {
                 kills: 0,
                 restarts: 0,
                 late_answers: 0,
+                cache_operations: 0,
+                peak_requests_per_second: 0,
+                peak_cache_operations_per_second: 0,
+                requests_during_faults: vec![0; scenario.faults.len()],
+                cache_operations_during_faults: vec![0; scenario.faults.len()],
             },
         };
         let skew = crate::time::duration_millis(scenario.skew) as i64;
@@ -196,7 +252,6 @@ impl<'a> Fleet<'a> {
                 machine,
                 life: 0,
                 alive: true,
-                generation: 0,
                 offset_ms,
                 memory: None,
                 last_store_failed: false,
@@ -208,19 +263,23 @@ impl<'a> Fleet<'a> {
                 unavailable: Duration::ZERO,
             });
             fleet.push(started_at, i, fleet_start(0));
+            let first = fleet.clock_steps.len();
             for _ in 0..scenario.clock_steps {
                 let at = start + fleet.random_within(scenario.duration);
                 let delta_ms = if skew > 0 { rng.i64(-skew..=skew) } else { 0 };
-                fleet.push(at, i, EventKind::ClockStep { delta_ms });
+                let seq = fleet.queue.next_seq();
+                fleet.clock_steps.push((at.as_millis(), seq, delta_ms));
             }
+            fleet.clock_steps[first..].sort_unstable();
+            fleet.queue_clock_step(i, 0);
             fleet.schedule_stop(i, started_at);
         }
         fleet
     }
 
-    fn new_machine(&self, i: usize, life: u64, rng: &mut fastrand::Rng) -> RefreshMachine {
+    fn new_machine(&self, i: usize, life: Life, rng: &mut fastrand::Rng) -> RefreshMachine {
         let mut config = self.scenario.config.clone();
-        config.seed = rng.u64(..) ^ (i as u64) ^ life.rotate_left(17);
+        config.seed = rng.u64(..) ^ (i as u64) ^ u64::from(life).rotate_left(17);
         config.cache = self.scenario.cache != CacheMode::None;
         if let Some(rt) = self.authority.first_refresh_token() {
             config.refresh_token = Some(rt);
@@ -245,14 +304,20 @@ impl<'a> Fleet<'a> {
         self.push(at, i, EventKind::Stop { kill });
     }
 
+    /// Queues instance `i`'s clock step number `step`, if it has one.
+    fn queue_clock_step(&mut self, i: usize, step: u32) {
+        let steps = self.scenario.clock_steps;
+        if step < steps {
+            let (at, seq, _) = self.clock_steps[i * steps as usize + step as usize];
+            let instance = u32::try_from(i).expect("at most u32::MAX instances");
+            let kind = EventKind::ClockStep { step };
+            self.queue.push_seq(at, seq, Event { instance, kind });
+        }
+    }
+
     fn push(&mut self, at: Timestamp, instance: usize, kind: EventKind) {
-        self.seq += 1;
-        self.queue.push(Event {
-            at,
-            seq: self.seq,
-            instance,
-            kind,
-        });
+        let instance = u32::try_from(instance).expect("at most u32::MAX instances");
+        self.queue.push(at.as_millis(), Event { instance, kind });
     }
 
     /// Both clocks of instance `i` at true time `t`.
@@ -262,16 +327,18 @@ impl<'a> Fleet<'a> {
     }
 
     pub(super) fn run(mut self, observer: &mut impl Observer) -> Report {
-        while let Some(event) = self.queue.pop() {
-            if event.at > self.end {
-                break;
-            }
+        while let Some((at, event)) = self.queue.pop() {
             self.report.events += 1;
-            let (now, i) = (event.at, event.instance);
+            let (now, i) = (Timestamp::from_millis(at), event.instance as usize);
             let input = match event.kind {
+                EventKind::Timer { seq } => {
+                    if !self.timer_due(i, at, seq) {
+                        continue;
+                    }
+                    Input::Tick
+                }
                 EventKind::Wake { generation } => {
-                    let inst = &self.instances[i];
-                    if generation != inst.generation || !inst.alive {
+                    if generation != self.wake_generation[i] || !self.instances[i].alive {
                         continue;
                     }
                     Input::Tick
@@ -280,34 +347,42 @@ impl<'a> Fleet<'a> {
                     life,
                     input,
                     deadline,
-                } => match self.deliverable(i, life, *input, deadline, now) {
-                    Some(input) => input,
-                    None => continue,
-                },
-                EventKind::ReadCache {
-                    life,
-                    id,
-                    newer_than,
                 } => {
-                    self.report.cache_reads += 1;
-                    let _ = newer_than; // answered from memory in `perform` when it could be
-                    let result = self.read_shared(i);
-                    self.answer_cache(i, life, now, Input::CacheLoaded(id, result));
-                    continue;
+                    let deadline = (deadline != Timestamp::MAX).then_some(deadline);
+                    match self.deliverable(i, life, *input, deadline, now) {
+                        Some(input) => input,
+                        None => continue,
+                    }
                 }
-                EventKind::TryLease { life, id, ttl } => {
+                EventKind::ReadCache { life, id } => {
+                    self.report.cache_reads += 1;
+                    self.count_cache_operation(now);
+                    let result = self.read_shared(i);
+                    match self.answer_cache(i, life, now, Input::CacheLoaded(id, result)) {
+                        Some(input) => input,
+                        None => continue,
+                    }
+                }
+                EventKind::TryLease { life, id, ttl_ns } => {
+                    let ttl = Duration::from_nanos(ttl_ns);
+                    self.count_cache_operation(now);
                     let result = if self.fails(self.scenario.cache_faults.load_failure) {
                         Err(CacheError::new(CacheErrorKind::Unavailable, "down"))
                     } else {
                         Ok(self.try_lease((i, life), now, ttl))
                     };
-                    self.answer_cache(i, life, now, Input::Lease(id, result));
-                    continue;
+                    match self.answer_cache(i, life, now, Input::Lease(id, result)) {
+                        Some(input) => input,
+                        None => continue,
+                    }
                 }
                 EventKind::WriteCache { life, id, token } => {
+                    self.count_cache_operation(now);
                     let result = self.write_shared(i, now, token);
-                    self.answer_cache(i, life, now, Input::Stored(id, result));
-                    continue;
+                    match self.answer_cache(i, life, now, Input::Stored(id, result)) {
+                        Some(input) => input,
+                        None => continue,
+                    }
                 }
                 EventKind::RevertWrite { written, previous } => {
                     if self
@@ -329,12 +404,15 @@ impl<'a> Fleet<'a> {
                     }
                     continue;
                 }
-                EventKind::ClockStep { delta_ms } => {
+                EventKind::ClockStep { step } => {
+                    let steps = self.scenario.clock_steps as usize;
+                    let delta_ms = self.clock_steps[i * steps + step as usize].2;
+                    self.queue_clock_step(i, step + 1);
                     self.instances[i].offset_ms = delta_ms;
                     // The driver notices within a heartbeat.
                     let heartbeat = self.scenario.heartbeat;
                     let at = now + self.random_within(heartbeat);
-                    let generation = self.instances[i].generation;
+                    let generation = self.wake_generation[i];
                     self.push(at, i, EventKind::Wake { generation });
                     continue;
                 }
@@ -359,12 +437,63 @@ impl<'a> Fleet<'a> {
         self.finish()
     }
 
+    /// Sets instance `i`'s timeout to `due` (none: it has none), replacing
+    /// the one before. The timeout takes its place in the order of events
+    /// now (its sequence number), but it is queued only when no earlier
+    /// entry of the instance is: a machine resets its timeout on every
+    /// input, mostly to the same or a later time, and each of those would
+    /// otherwise wait in the queue, superseded, until its time.
+    fn set_timer(&mut self, i: usize, due: Option<Timestamp>) {
+        let seq = self.queue.next_seq();
+        let timer = &mut self.timers[i];
+        let Some(due) = due else {
+            timer.live = Timer::NONE.live;
+            return;
+        };
+        let due = due.as_millis();
+        timer.live = (due, seq);
+        if timer.queued.0 <= due {
+            // The queued entry comes first and will put this one in place.
+            return;
+        }
+        timer.queued = (due, seq);
+        self.push_timer(i, due, seq);
+    }
+
+    /// Whether instance `i`'s queued timeout entry `seq`, popped at `at`,
+    /// is its timeout; when the timeout moved later, queues it there with
+    /// its own sequence number (the order it would have had if queued when
+    /// it was set).
+    fn timer_due(&mut self, i: usize, at: u64, seq: u64) -> bool {
+        let timer = &mut self.timers[i];
+        if timer.queued != (at, seq) {
+            return false; // an entry the queued one replaced
+        }
+        timer.queued = Timer::NONE.queued;
+        let live = timer.live;
+        if live == (at, seq) {
+            return true;
+        }
+        if live != Timer::NONE.live {
+            debug_assert!(live.0 >= at);
+            timer.queued = live;
+            self.push_timer(i, live.0, live.1);
+        }
+        false
+    }
+
+    fn push_timer(&mut self, i: usize, at: u64, seq: u64) {
+        let instance = u32::try_from(i).expect("at most u32::MAX instances");
+        let kind = EventKind::Timer { seq };
+        self.queue.push_seq(at, seq, Event { instance, kind });
+    }
+
     /// Whether an answer reaches the instance; when it does not, whether
     /// that lost the grant's newest refresh token, and why.
     fn deliverable(
         &mut self,
         i: usize,
-        life: u64,
+        life: Life,
         input: Input,
         deadline: Option<Timestamp>,
         now: Timestamp,
@@ -397,7 +526,7 @@ impl<'a> Fleet<'a> {
         if rotated.is_some() {
             // A stopped machine waited for its fetch until the deadline; an
             // answer after that is the inherent loss (b). A killed one is (a).
-            let killed = life + 1 == inst.life && inst.last_stop_killed;
+            let killed = life.wrapping_add(1) == inst.life && inst.last_stop_killed;
             if killed {
                 self.check_loss(Loss::Killed);
             } else if late {
@@ -411,11 +540,22 @@ impl<'a> Fleet<'a> {
         p > 0.0 && self.rng.f64() < p
     }
 
-    /// Delivers a cache answer now, or after a hang.
-    fn answer_cache(&mut self, i: usize, life: u64, now: Timestamp, input: Input) {
+    /// Delivers a cache answer now, or after a hang. When nothing else is
+    /// due now, the answer would be the next event: it is returned to be
+    /// fed at once (if it reaches the instance) instead of queued.
+    fn answer_cache(
+        &mut self,
+        i: usize,
+        life: Life,
+        now: Timestamp,
+        input: Input,
+    ) -> Option<Input> {
         let at = if self.fails(self.scenario.cache_faults.hang) {
             now + HANG
         } else {
+            if self.queue.is_idle_at(now.as_millis()) {
+                return self.deliverable(i, life, input, None, now);
+            }
             now
         };
         self.push(
@@ -424,9 +564,10 @@ impl<'a> Fleet<'a> {
             EventKind::Deliver {
                 life,
                 input: Box::new(input),
-                deadline: None,
+                deadline: Timestamp::MAX,
             },
         );
+        None
     }
 
     /// A load through the instance's stack: the memory layer answers when
@@ -483,7 +624,7 @@ impl<'a> Fleet<'a> {
         Ok(())
     }
 
-    fn try_lease(&mut self, holder: (usize, u64), now: Timestamp, ttl: Duration) -> LeaseOutcome {
+    fn try_lease(&mut self, holder: (usize, Life), now: Timestamp, ttl: Duration) -> LeaseOutcome {
         if self.scenario.cache != CacheMode::SharedWithLease {
             return LeaseOutcome::Unsupported;
         }
@@ -509,13 +650,11 @@ impl<'a> Fleet<'a> {
             observer.output(i, local.wall, &output);
             match output {
                 Output::Timeout(at) => {
-                    let inst = &mut self.instances[i];
-                    inst.generation += 1;
-                    if at != Timestamp::MAX && inst.alive {
-                        let generation = inst.generation;
-                        let true_at = at.offset_millis(-inst.offset_ms).max(now);
-                        self.push(true_at, i, EventKind::Wake { generation });
-                    }
+                    self.wake_generation[i] += 1;
+                    let inst = &self.instances[i];
+                    let due = (at != Timestamp::MAX && inst.alive)
+                        .then(|| at.offset_millis(-inst.offset_ms).max(now));
+                    self.set_timer(i, due);
                     break;
                 }
                 Output::Action(action) => self.perform(i, action, now, local),
@@ -538,28 +677,22 @@ impl<'a> Fleet<'a> {
                             EventKind::Deliver {
                                 life,
                                 input: Box::new(input),
-                                deadline: None,
+                                deadline: Timestamp::MAX,
                             },
                         );
                     }
-                    _ => self.push(
-                        cache_at,
-                        i,
-                        EventKind::ReadCache {
-                            life,
-                            id,
-                            newer_than,
-                        },
-                    ),
+                    _ => self.push(cache_at, i, EventKind::ReadCache { life, id }),
                 }
             }
             Action::AcquireLease { id, ttl, .. } => {
-                self.push(cache_at, i, EventKind::TryLease { life, id, ttl })
+                let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+                self.push(cache_at, i, EventKind::TryLease { life, id, ttl_ns })
             }
             Action::Store { id, token, .. } => {
                 self.push(cache_at, i, EventKind::WriteCache { life, id, token })
             }
             Action::ReleaseLease { id, .. } => {
+                self.count_cache_operation(now);
                 // Given back at once; the answer takes the cache's latency.
                 if self.lease.is_some_and(|(holder, _)| holder == (i, life)) {
                     self.lease = None;
@@ -571,12 +704,15 @@ impl<'a> Fleet<'a> {
                     EventKind::Deliver {
                         life,
                         input: Box::new(input),
-                        deadline: None,
+                        deadline: Timestamp::MAX,
                     },
                 );
             }
             Action::Fetch(request) => {
                 self.report.authority_requests += 1;
+                let second = now.as_millis() / 1000;
+                self.report.peak_requests_per_second = self.request_peak.count(second);
+                count_during_faults(self.scenario, now, &mut self.report.requests_during_faults);
                 self.check_overdue(&request, now);
                 let (result, latency) = self.authority.answer(now, &request);
                 if result.is_err() {
@@ -601,7 +737,6 @@ impl<'a> Fleet<'a> {
                     self.in_flight.entry(rt).or_insert((0, deadline)).0 += 1;
                 }
                 let input = Input::Fetched(request.id, result);
-                let deadline = Some(deadline);
                 self.push(
                     now + latency,
                     i,
@@ -691,8 +826,9 @@ impl<'a> Fleet<'a> {
         inst.lived += now.saturating_duration_since(inst.up_since);
         inst.alive = false;
         inst.last_stop_killed = killed;
-        inst.life += 1;
-        inst.generation += 1;
+        inst.life = inst.life.wrapping_add(1);
+        self.wake_generation[i] += 1;
+        self.timers[i].live = Timer::NONE.live;
         let knew = inst
             .machine
             .refresh_token()
@@ -749,6 +885,15 @@ impl<'a> Fleet<'a> {
         inst.accounted_until = inst.accounted_until.max(now);
     }
 
+    /// A call that reached the shared cache.
+    fn count_cache_operation(&mut self, now: Timestamp) {
+        self.report.cache_operations += 1;
+        let second = now.as_millis() / 1000;
+        self.report.peak_cache_operations_per_second = self.cache_peak.count(second);
+        let counts = &mut self.report.cache_operations_during_faults;
+        count_during_faults(self.scenario, now, counts);
+    }
+
     fn finish(mut self) -> Report {
         let end = self.end;
         let mut lived = Duration::ZERO;
@@ -787,10 +932,20 @@ impl<'a> Fleet<'a> {
 }
 
 /// The event that starts an instance.
-fn fleet_start(life: u64) -> EventKind {
+fn fleet_start(life: Life) -> EventKind {
     EventKind::Deliver {
         life,
         input: Box::new(Input::Start),
-        deadline: None,
+        deadline: Timestamp::MAX,
+    }
+}
+
+/// Counts one at `now` for each of the scenario's fault windows on then.
+fn count_during_faults(scenario: &Scenario, now: Timestamp, counts: &mut [u64]) {
+    let offset = now.saturating_duration_since(scenario.start);
+    for (fault, count) in scenario.faults.iter().zip(counts) {
+        if fault.active_at(offset) {
+            *count += 1;
+        }
     }
 }

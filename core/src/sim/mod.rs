@@ -30,6 +30,7 @@
 
 mod authority;
 mod fleet;
+mod queue;
 mod timeline;
 
 pub use authority::{Fault, FaultKind, Loss};
@@ -312,6 +313,11 @@ impl Scenario {
         self
     }
 
+    /// The authority's fault windows, in the order they were added.
+    pub fn faults(&self) -> &[Fault] {
+        &self.faults
+    }
+
     /// The machines' configuration as given.
     pub fn machine_config(&self) -> &MachineConfig {
         &self.config
@@ -438,6 +444,18 @@ pub struct Report {
     pub restarts: u64,
     /// Fetch answers that arrived after the machine's deadline.
     pub late_answers: u64,
+    /// Calls that reached the shared cache: loads the memory layer did not
+    /// answer, stores, lease acquisitions and extensions, and releases.
+    pub cache_operations: u64,
+    /// Authority requests in the busiest second (of true time).
+    pub peak_requests_per_second: u64,
+    /// Shared-cache calls in the busiest second.
+    pub peak_cache_operations_per_second: u64,
+    /// Authority requests sent during each fault window, in the order the
+    /// faults were added (windows that overlap count a request in each).
+    pub requests_during_faults: Vec<u64>,
+    /// Shared-cache calls during each fault window.
+    pub cache_operations_during_faults: Vec<u64>,
 }
 
 impl Report {

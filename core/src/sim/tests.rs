@@ -85,3 +85,58 @@ fn late_answers_count_against_each_fetchs_own_deadline() {
         .run();
     assert!(r.late_answers >= 1, "{r:?}");
 }
+
+/// The busiest second counts in true time: ten instances without a cache
+/// started in the same millisecond make ten requests in it, and two hundred
+/// sharing a cache all load it in their first second.
+#[test]
+fn the_busiest_second_is_counted() {
+    let herd = Scenario::new(10)
+        .start_spread(Duration::ZERO)
+        .duration(Duration::from_secs(3600))
+        .run();
+    assert_eq!(herd.authority_requests, 20, "{herd:?}");
+    assert_eq!(herd.peak_requests_per_second, 10, "{herd:?}");
+    assert_eq!(herd.cache_operations, 0);
+
+    let shared = Scenario::new(200)
+        .start_spread(Duration::ZERO)
+        .cache(CacheMode::SharedWithLease)
+        .duration(Duration::from_secs(60))
+        .run();
+    assert_eq!(shared.peak_requests_per_second, 1, "{shared:?}");
+    assert!(shared.peak_cache_operations_per_second >= 200, "{shared:?}");
+    // Loads, lease calls and the one store, and its release.
+    let counted = shared.cache_reads + shared.leases_granted + shared.leases_busy;
+    assert!(
+        shared.cache_operations >= counted + shared.cache_writes,
+        "{shared:?}"
+    );
+}
+
+/// The load during each fault window is what an observer of the fetches
+/// sees in that window, and nothing outside one is counted.
+#[test]
+fn load_during_each_fault_is_counted() {
+    let s = Scenario::new(30)
+        .cache(CacheMode::Shared)
+        .lifetime(Duration::from_secs(600))
+        .duration(Duration::from_secs(3 * 3600))
+        .fault(Fault::new(FaultKind::Outage, 40 * MINUTE, 10 * MINUTE))
+        .fault(Fault::new(
+            FaultKind::RateLimited {
+                retry_after: Duration::from_secs(30),
+            },
+            2 * 60 * MINUTE,
+            5 * MINUTE,
+        ));
+    let mut timeline = Timeline::default();
+    let r = s.run_observed(&mut timeline);
+    let t0 = s.start_time();
+    let outage = timeline.fetches_within(t0 + 40 * MINUTE, t0 + 50 * MINUTE) as u64;
+    let storm = timeline.fetches_within(t0 + 120 * MINUTE, t0 + 125 * MINUTE) as u64;
+    assert!(outage > 0 && storm > 0, "{r:?}");
+    assert_eq!(r.requests_during_faults, [outage, storm], "{r:?}");
+    assert!(r.cache_operations_during_faults.iter().all(|n| *n > 0));
+    assert!(r.cache_operations_during_faults.iter().sum::<u64>() < r.cache_operations);
+}
