@@ -130,7 +130,7 @@ impl Feeder {
                 let t = Token::new(AccessToken::new(format!("cached-{n}")), issued, stale, exp)
                     .with_refresh_token(Some(RefreshToken::new(format!("rt-{n}"))))
                     .with_generation(n % 7);
-                Input::CacheLoaded(self.id(0), Ok(Some(t)))
+                Input::CacheLoaded(self.id(0), Ok(Some(std::sync::Arc::new(t))))
             }
             Step::CacheFailed => Input::CacheLoaded(
                 self.id(0),
@@ -456,7 +456,7 @@ impl Observer for Checker {
                         }
                     }
                 }
-                self.snapshots.entry(i).or_default().push(s.clone());
+                self.snapshots.entry(i).or_default().push((**s).clone());
             }
             _ => {}
         }

@@ -751,7 +751,7 @@ impl World {
                     // The memory layer answers a load it satisfies, without
                     // the shared layer.
                     (_, Some(m)) if m.satisfies(self.wall(i), newer_than) => {
-                        Input::CacheLoaded(id, Ok(Some((*m).clone())))
+                        Input::CacheLoaded(id, Ok(Some(m)))
                     }
                     (Outcome::Fail, _) => Input::CacheLoaded(id, Err(down())),
                     (Outcome::Ok, memory) => {
@@ -763,7 +763,7 @@ impl World {
                         if self.layer {
                             self.slots[i].memory = best.clone();
                         }
-                        Input::CacheLoaded(id, Ok(best.as_deref().cloned()))
+                        Input::CacheLoaded(id, Ok(best))
                     }
                 }
             }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use freshtoken_core::oauth2::check_token_url;
 use freshtoken_core::oauth2::assertion::{signing_input, AssertionClaims, JwsAlgorithm, JwsHeader};
+use freshtoken_core::oauth2::check_token_url;
 use freshtoken_core::oauth2::discovery::{parse_metadata, well_known_urls, MAX_LIST_ENTRIES};
 use freshtoken_core::Timestamp;
 use libfuzzer_sys::fuzz_target;
@@ -23,9 +23,13 @@ fuzz_target!(|data: &[u8]| {
         if let Some(alias) = meta.mtls_token_endpoint() {
             assert!(check_token_url(alias).is_ok());
         }
-        for list in [meta.auth_methods(), meta.auth_signing_algs(), meta.grant_types()]
-            .into_iter()
-            .flatten()
+        for list in [
+            meta.auth_methods(),
+            meta.auth_signing_algs(),
+            meta.grant_types(),
+        ]
+        .into_iter()
+        .flatten()
         {
             assert!(list.len() <= MAX_LIST_ENTRIES);
         }

@@ -67,10 +67,10 @@ fuzz_target!(|data: &[u8]| {
                 let (stale, exp) = LifetimePolicy::default().times(issued, life);
                 Input::CacheLoaded(
                     id(0),
-                    Ok(Some(
+                    Ok(Some(std::sync::Arc::new(
                         Token::new(AccessToken::new(format!("c{n}")), issued, stale, exp)
                             .with_refresh_token(Some(RefreshToken::new(format!("rt{n}")))),
-                    )),
+                    ))),
                 )
             }
             9 => Input::CacheLoaded(id(0), Err(CacheError::new(CacheErrorKind::Corrupt, "x"))),

@@ -33,7 +33,12 @@ fuzz_target!(|data: &[u8]| {
     with_secret.extend_from_slice(format!(r#"{{"access_token":"{SECRET}"}}"#).as_bytes());
     for body in [body.to_vec(), with_secret] {
         let response = HttpResponse::new(status, headers.clone(), body);
-        if let Err(e) = parse_response(grant, &response, Timestamp::from_secs(1_700_000_000), 64 * 1024) {
+        if let Err(e) = parse_response(
+            grant,
+            &response,
+            Timestamp::from_secs(1_700_000_000),
+            64 * 1024,
+        ) {
             let shown = format!("{e} {e:?}");
             assert!(!shown.contains(SECRET), "secret leaked: {shown}");
         }

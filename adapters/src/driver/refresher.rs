@@ -99,9 +99,10 @@ impl CacheJob {
     pub(crate) fn run(self, cache: &dyn TokenCache) -> Option<Input> {
         let kind = self.kind();
         catch_panic(kind, move || match self {
-            CacheJob::Load(id, newer_than) => {
-                Some(Input::CacheLoaded(id, cache.load_newer(newer_than)))
-            }
+            CacheJob::Load(id, newer_than) => Some(Input::CacheLoaded(
+                id,
+                cache.load_newer(newer_than).map(|t| t.map(Arc::new)),
+            )),
             CacheJob::Store(id, token) => Some(Input::Stored(id, cache.store(&token))),
             CacheJob::Lease(id, ttl) => Some(Input::Lease(id, cache.acquire_lease(ttl))),
             CacheJob::Release(id) => Some(released(id, cache.release_lease())),
@@ -113,9 +114,10 @@ impl CacheJob {
     #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
     pub(crate) async fn run_async<C: AsyncTokenCache>(self, cache: &C) -> Option<Input> {
         match self {
-            CacheJob::Load(id, newer_than) => {
-                Some(Input::CacheLoaded(id, cache.load_newer(newer_than).await))
-            }
+            CacheJob::Load(id, newer_than) => Some(Input::CacheLoaded(
+                id,
+                cache.load_newer(newer_than).await.map(|t| t.map(Arc::new)),
+            )),
             CacheJob::Store(id, token) => Some(Input::Stored(id, cache.store(&token).await)),
             CacheJob::Lease(id, ttl) => Some(Input::Lease(id, cache.acquire_lease(ttl).await)),
             CacheJob::Release(id) => Some(released(id, cache.release_lease().await)),

@@ -88,8 +88,9 @@ impl Publisher {
 
     /// Makes `snapshot` what readers see and wakes everyone waiting for a
     /// change.
-    pub fn publish(&self, snapshot: Snapshot) {
-        self.shared.publish(snapshot);
+    /// Takes the machine's `Arc` as it is (or a `Snapshot`).
+    pub fn publish(&self, snapshot: impl Into<Arc<Snapshot>>) {
+        self.shared.publish(snapshot.into());
     }
 
     /// The latest published snapshot.

@@ -64,8 +64,8 @@ impl Shared {
         self.version.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn publish(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+    pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.snapshot.store(snapshot);
         self.version.fetch_add(1, Ordering::SeqCst);
         self.changed.notify(usize::MAX);
     }

@@ -431,9 +431,7 @@ impl DeviceLoginBuilder {
         Ok(DeviceLogin {
             request: self.request,
             device_url: self.device_url,
-            transport: self
-                .transport
-                .unwrap_or_else(default_http_transport),
+            transport: self.transport.unwrap_or_else(default_http_transport),
         })
     }
 }

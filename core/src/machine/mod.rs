@@ -763,7 +763,7 @@ impl RefreshMachine {
         self.outbox.push_back(Action::LoadCache { id, newer_than });
     }
 
-    fn on_cache_loaded(&mut self, result: Result<Option<Token>, CacheError>, read: CacheRead) {
+    fn on_cache_loaded(&mut self, result: Result<Option<Arc<Token>>, CacheError>, read: CacheRead) {
         let cached = match result {
             Ok(cached) => cached,
             Err(error) if read == CacheRead::AfterRevocation => {
@@ -798,7 +798,6 @@ impl RefreshMachine {
                 self.lifetime_note = None;
                 self.failures = 0;
                 self.state = RefreshState::Healthy;
-                let token = Arc::new(token);
                 self.make_current(token.clone(), self.now);
                 self.publish();
                 // Done, unless the adopted token is itself due for renewal

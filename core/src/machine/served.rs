@@ -200,7 +200,7 @@ impl RefreshMachine {
     }
 
     pub(super) fn publish(&mut self) {
-        self.outbox.push_back(Action::Publish(Snapshot {
+        self.outbox.push_back(Action::Publish(Arc::new(Snapshot {
             token: self.current.clone(),
             state: self.state.clone(),
             published_at: self.now.wall,
@@ -210,7 +210,7 @@ impl RefreshMachine {
             lifetime_note: self.lifetime_note,
             degenerate: self.degenerate_of_current(),
             life: self.life(),
-        }));
+        })));
     }
 
     /// Whether the current token is due for renewal: there is none, a

@@ -102,7 +102,7 @@ fn published(actions: &[Action]) -> Vec<&Snapshot> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Publish(s) => Some(s),
+            Action::Publish(s) => Some(&**s),
             _ => None,
         })
         .collect()
@@ -246,7 +246,7 @@ fn fresh_cached_token_is_adopted_without_a_request() {
     let (a, _) = h.feed(Input::Start);
     assert_eq!(kinds(&a), ["load"]);
     let cached = token("c", T0 - Duration::from_secs(60), Duration::from_secs(3600));
-    let (a, next) = h.feed(Input::CacheLoaded(ID, Ok(Some(cached))));
+    let (a, next) = h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(cached)))));
     assert_eq!(kinds(&a), ["publish"]);
     assert!(next > T0);
     assert_eq!(h.m.stats().fetches, 0);
@@ -261,7 +261,7 @@ fn stale_cached_token_is_served_while_refreshing_under_the_lease() {
         T0 - Duration::from_secs(3000),
         Duration::from_secs(3600),
     );
-    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(cached))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(cached)))));
     assert_eq!(kinds(&a), ["publish", "lease"]);
     let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     assert_eq!(kinds(&a), ["load"], "re-read under the lease");
@@ -280,7 +280,7 @@ fn a_peer_that_stored_under_our_nose_is_adopted() {
     h.feed(Input::CacheLoaded(ID, Ok(None)));
     h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     let peer = token("peer", T0, Duration::from_secs(3600));
-    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(peer))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(peer)))));
     assert_eq!(kinds(&a), ["publish", "release"]);
 }
 
@@ -351,7 +351,7 @@ fn newer_refresh_token_in_the_cache_replaces_the_configured_one() {
         Duration::from_secs(3600),
     )
     .with_refresh_token(Some(RefreshToken::new("rotated")));
-    h.feed(Input::CacheLoaded(ID, Ok(Some(old))));
+    h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(old)))));
     let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Unsupported)));
     match &a[..] {
         [Action::Fetch(req)] => assert_eq!(req.refresh_token, Some(RefreshToken::new("rotated"))),
@@ -380,7 +380,7 @@ fn wait_for_busy_peer(h: &mut Harness, cached: Option<&Token>, until: Timestamp)
         // told and the cache is read in one step.
         a.retain(|a| !matches!(a, Action::Publish(_)));
         assert_eq!(kinds(&a), ["load"]);
-        let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(cached.cloned())));
+        let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(cached.cloned().map(Arc::new))));
         assert_eq!(kinds(&a), ["lease"], "{a:?}");
     }
     waits
@@ -392,7 +392,7 @@ fn a_busy_lease_is_waited_for_and_never_fetched_past() {
     h.feed(Input::Start);
     // Stale since T0-10 s, expires at T0+20 s; the holder takes a minute.
     let stale = token("s", T0 - Duration::from_secs(100), Duration::from_secs(120));
-    h.feed(Input::CacheLoaded(ID, Ok(Some(stale.clone()))));
+    h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(stale.clone())))));
     let start = h.now;
     let before = wait_for_busy_peer(&mut h, Some(&stale), stale.expires_at());
     // With a valid token: backing off from the peer wait (500 ms ± 50 %),
@@ -444,7 +444,7 @@ fn a_follower_without_a_token_looks_again_within_tens_of_ms() {
     let (_, next) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Busy)));
     h.at(next).feed(Input::Tick);
     let stored = token("peer", h.now, Duration::from_secs(60));
-    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(stored))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(stored)))));
     assert_eq!(kinds(&a), ["publish"]);
     assert_eq!(h.m.stats().fetches, 0);
 }
@@ -556,7 +556,7 @@ fn ten_invalidations_cause_one_fetch_and_skip_the_same_cached_token() {
     h.feed(Input::Start);
     let current = token("bad", T0, Duration::from_secs(3600));
     let id = current.id();
-    h.feed(Input::CacheLoaded(ID, Ok(Some(current.clone()))));
+    h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(current.clone())))));
     h.at(T0 + Duration::from_secs(1));
     let mut actions = Vec::new();
     for _ in 0..10 {
@@ -564,7 +564,7 @@ fn ten_invalidations_cause_one_fetch_and_skip_the_same_cached_token() {
     }
     assert_eq!(kinds(&actions), ["load"]);
     // The cache still has the rejected token: it is not adopted.
-    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(current))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(current)))));
     assert_eq!(kinds(&a), ["lease"]);
     h.feed(Input::Lease(ID, Ok(LeaseOutcome::Unsupported)));
     let (a, _) = h.answer(3600, "good");
@@ -779,7 +779,7 @@ fn failed_rereads_the_cache_and_recovers_with_a_live_grant() {
     assert_eq!(kinds(&a), ["load"]);
     let revoked = token("old", next, Duration::from_secs(600))
         .with_refresh_token(Some(RefreshToken::new("rt-0")));
-    let (a, later) = h.feed(Input::CacheLoaded(ID, Ok(Some(revoked))));
+    let (a, later) = h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(revoked)))));
     assert!(a.is_empty(), "{a:?}");
     assert!(matches!(h.m.state(), RefreshState::Failed { .. }));
     // A peer stored a token of a new grant: adopted, healthy again, and
@@ -789,7 +789,7 @@ fn failed_rereads_the_cache_and_recovers_with_a_live_grant() {
     let live = token("new", later, Duration::from_secs(600))
         .with_refresh_token(Some(RefreshToken::new("grant-2-rt-1")))
         .with_generation(1);
-    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(live))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(live)))));
     assert_eq!(published(&a)[0].state, RefreshState::Healthy);
     assert_eq!(
         h.m.refresh_token()
@@ -872,7 +872,7 @@ fn our_own_answer_wins_over_a_cached_token_stamped_later() {
         other => panic!("{other:?}"),
     };
     h.at(refresh_at).feed(Input::Tick);
-    h.feed(Input::CacheLoaded(ID, Ok(Some(ahead))));
+    h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(ahead)))));
     assert_eq!(
         h.m.refresh_token()
             .map(|(rt, _)| rt.expose_secret().to_owned()),
@@ -1177,7 +1177,7 @@ fn a_follower_looks_again_at_its_tokens_expiry_at_the_latest() {
         T0 - Duration::from_millis(9_800),
         Duration::from_secs(10),
     );
-    h.feed(Input::CacheLoaded(ID, Ok(Some(mine.clone()))));
+    h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(mine.clone())))));
     let (_, next) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Busy)));
     assert!(
         next <= mine.expires_at(),
@@ -1188,7 +1188,7 @@ fn a_follower_looks_again_at_its_tokens_expiry_at_the_latest() {
     assert!(kinds(&a).contains(&"load"), "{a:?}");
     // The holder's token is there: adopted at once.
     let theirs = token("theirs", T0, Duration::from_secs(600));
-    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(theirs))));
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(Some(Arc::new(theirs)))));
     let served = published(&a)[0].token.as_ref().map(|t| t.id());
     assert_eq!(served, Some(AccessToken::new("theirs").fingerprint()));
 }

@@ -574,13 +574,13 @@ impl<'a> Fleet<'a> {
     /// it satisfies the query, else the shared layer is read (a failure of
     /// the shared layer fails the load), the better of the two wins and is
     /// written back to memory. The same rule as `CacheStack`.
-    fn read_shared(&mut self, i: usize) -> Result<Option<Token>, CacheError> {
+    fn read_shared(&mut self, i: usize) -> Result<Option<Arc<Token>>, CacheError> {
         if self.fails(self.scenario.cache_faults.load_failure) {
             return Err(CacheError::new(CacheErrorKind::Unavailable, "down"));
         }
         let shared = self.cached.clone();
         if !self.scenario.stacks {
-            return Ok(shared.as_deref().cloned());
+            return Ok(shared);
         }
         let inst = &mut self.instances[i];
         let best = match (&inst.memory, shared) {
@@ -589,7 +589,7 @@ impl<'a> Fleet<'a> {
             (m, None) => m.clone(),
         };
         inst.memory = best.clone();
-        Ok(best.as_deref().cloned())
+        Ok(best)
     }
 
     fn write_shared(
@@ -670,7 +670,7 @@ impl<'a> Fleet<'a> {
                 let memory = self.instances[i].memory.clone();
                 match memory {
                     Some(m) if self.scenario.stacks && m.satisfies(local.wall, newer_than) => {
-                        let input = Input::CacheLoaded(id, Ok(Some((*m).clone())));
+                        let input = Input::CacheLoaded(id, Ok(Some(m)));
                         self.push(
                             now,
                             i,
@@ -749,7 +749,7 @@ impl<'a> Fleet<'a> {
             }
             Action::Publish(snapshot) => {
                 self.account(i, now);
-                if let Some(token) = snapshot.token {
+                if let Some(token) = &snapshot.token {
                     let expiry = self
                         .authority
                         .expiry_of(token.id())
