@@ -252,7 +252,8 @@ impl TokenKey {
     }
 
     /// Sets this key's audience, scope and resources on an OAuth2 source
-    /// builder (the client id is the builder's own).
+    /// builder (the token URL and client id are the builder's own: give it
+    /// the key's [`token_url`](Self::token_url) when the key has one).
     #[cfg(feature = "oauth2-sources")]
     pub fn apply<S>(
         &self,
