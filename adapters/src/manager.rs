@@ -70,12 +70,18 @@
 //!
 //! [`TokenKey::cache_name`] is `<client>-<hash>`: the client id with
 //! characters other than `A-Za-z0-9._-` replaced by `_` (at most 40 of
-//! them), then 16 hex digits of a 64-bit FNV-1a hash of the whole key
-//! (client, audience, sorted scope, sorted resources, each length-prefixed).
-//! It is stable across processes and releases, so processes sharing a
-//! cache directory or a Redis share each key's token:
+//! them), then 16 hex digits of a SHA-256 digest (its first 64 bits, as
+//! [`TokenId`]) of the whole key: the token URL when one is set
+//! ([`TokenKey::with_token_url`]), client, audience, sorted scope, sorted
+//! resources, each length-prefixed. So two keys that differ in any of them
+//! (a changed scope, another client, another authority) never share an
+//! entry. It is stable across processes and releases (a key without a
+//! token URL has the name it had before token URLs were part of it), so
+//! processes sharing a cache directory or a Redis share each key's token:
 //! [`TokenKey::file_cache`] puts it at `<dir>/<cache_name>.json` and
-//! [`TokenKey::redis_cache`] under `<prefix><cache_name>`.
+//! [`TokenKey::redis_cache`] under `<prefix><cache_name>`. Set the token
+//! URL when keys of one manager (or processes sharing its cache) may use
+//! more than one authority.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -90,8 +96,9 @@ use freshtoken_core::{FetchError, Token, TokenId};
 use crate::cache::{CacheStack, MemoryCache, TokenCache};
 use crate::driver::{Builder, DriverHandle};
 
-/// What distinguishes one token from another: the client it is issued to,
-/// and the audience, scope and RFC 8707 resources it is issued for.
+/// What distinguishes one token from another: the authority's token URL
+/// (optional), the client it is issued to, and the audience, scope and
+/// RFC 8707 resources it is issued for.
 ///
 /// Scope values and resources are kept sorted and without duplicates, so
 /// `"b a"` and `"a b"` are one key.
@@ -105,9 +112,13 @@ use crate::driver::{Builder, DriverHandle};
 /// assert_eq!(a.scope(), Some("read write"));
 /// assert!(a.cache_name().starts_with("svc-"));
 /// assert_ne!(a.cache_name(), TokenKey::new("svc").cache_name());
+/// // Another authority, another entry.
+/// let other = a.clone().with_token_url("https://other.example/token");
+/// assert_ne!(other.cache_name(), a.cache_name());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenKey {
+    token_url: Option<String>,
     client: String,
     audience: Option<String>,
     scope: Option<String>,
@@ -118,11 +129,22 @@ impl TokenKey {
     /// The key of `client`'s token with no audience, scope or resource.
     pub fn new(client: impl Into<String>) -> Self {
         TokenKey {
+            token_url: None,
             client: client.into(),
             audience: None,
             scope: None,
             resources: Vec::new(),
         }
+    }
+
+    /// Sets the authority's token endpoint the token is fetched from. It is
+    /// part of the key and of its [`cache_name`](Self::cache_name), so a
+    /// token from one authority is never served for another. The spawn
+    /// closure still gives the URL to its source; a query string or
+    /// fragment is part of the key as written.
+    pub fn with_token_url(mut self, token_url: impl Into<String>) -> Self {
+        self.token_url = Some(token_url.into());
+        self
     }
 
     /// Sets the `audience` parameter.
@@ -147,6 +169,11 @@ impl TokenKey {
             self.resources.insert(i, resource);
         }
         self
+    }
+
+    /// The token URL, if set.
+    pub fn token_url(&self) -> Option<&str> {
+        self.token_url.as_deref()
     }
 
     /// The client id.
@@ -178,6 +205,11 @@ impl TokenKey {
             canonical.extend_from_slice(&(value.len() as u64).to_le_bytes());
             canonical.extend_from_slice(value.as_bytes());
         };
+        // The token URL comes first, and only when set: a key without
+        // one keeps the name it had before URLs were part of the key.
+        if let Some(u) = &self.token_url {
+            field(b'u', u);
+        }
         field(b'c', &self.client);
         if let Some(a) = &self.audience {
             field(b'a', a);
@@ -220,7 +252,8 @@ impl TokenKey {
     }
 
     /// Sets this key's audience, scope and resources on an OAuth2 source
-    /// builder (the client id is the builder's own).
+    /// builder (the token URL and client id are the builder's own: give it
+    /// the key's [`token_url`](Self::token_url) when the key has one).
     #[cfg(feature = "oauth2-sources")]
     pub fn apply<S>(
         &self,
@@ -773,5 +806,63 @@ impl ManagedHandle {
         self.entry.count_read();
         let running = self.entry.running(&self.manager)?;
         running.handle.ready().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenKey;
+
+    #[test]
+    fn keys_with_different_token_urls_have_different_cache_names() {
+        let key = TokenKey::new("svc").with_scope("read");
+        let a = key.clone().with_token_url("https://a.example/token");
+        let b = key.clone().with_token_url("https://b.example/token");
+        assert_ne!(a, b);
+        assert_ne!(a.cache_name(), b.cache_name());
+        assert_ne!(a.cache_name(), key.cache_name());
+        assert_eq!(a.token_url(), Some("https://a.example/token"));
+        // Stable: the same URL gives the same name.
+        assert_eq!(
+            a.cache_name(),
+            TokenKey::new("svc")
+                .with_token_url("https://a.example/token")
+                .with_scope("read")
+                .cache_name()
+        );
+    }
+
+    #[test]
+    fn every_part_of_the_key_changes_the_name() {
+        let base = TokenKey::new("svc")
+            .with_token_url("https://a.example/token")
+            .with_scope("read")
+            .with_audience("https://api")
+            .with_resource("https://r");
+        let variants = [
+            base.clone().with_token_url("https://a.example/token2"),
+            TokenKey::new("svc2")
+                .with_token_url("https://a.example/token")
+                .with_scope("read")
+                .with_audience("https://api")
+                .with_resource("https://r"),
+            base.clone().with_scope("read write"),
+            base.clone().with_audience("https://api2"),
+            base.clone().with_resource("https://r2"),
+        ];
+        for v in &variants {
+            assert_ne!(v.cache_name(), base.cache_name(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn names_without_a_token_url_are_unchanged() {
+        // The names earlier releases gave: an upgrade keeps these entries.
+        let k = TokenKey::new("svc")
+            .with_scope("read write")
+            .with_audience("https://api")
+            .with_resource("https://r");
+        assert_eq!(k.cache_name(), "svc-9f7796e5b0832d58");
+        assert_eq!(TokenKey::new("svc").cache_name(), "svc-dabd5af17e8e40af");
     }
 }

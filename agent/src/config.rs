@@ -285,7 +285,7 @@ pub struct CacheConfig {
     pub redis_url: Option<String>,
     /// An environment variable holding the Redis URL (may have a password).
     pub redis_url_env: Option<String>,
-    /// The Redis key (default `freshtoken:<name>`).
+    /// The Redis key (default: see [`Resolved::redis_key`]).
     pub redis_key: Option<String>,
 }
 
@@ -328,6 +328,34 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// The Redis key of this token's shared cache: `cache.redis_key` as
+    /// configured, else `freshtoken:<name>:<cache name>`, where the cache
+    /// name is [`TokenKey::cache_name`](freshtoken::manager::TokenKey::cache_name)
+    /// of the token URL, client id, scope, audience and resource (never
+    /// the secret). So agents that share a Redis and a token name but not a
+    /// client, an authority or a scope never read each other's token, and a
+    /// changed scope starts from a new entry. (Before, the default was
+    /// `freshtoken:<name>`: set `redis_key` to that to keep an entry, such
+    /// as a rotated refresh token, across the upgrade.)
+    pub fn redis_key(&self) -> String {
+        if let Some(key) = self.config.cache.as_ref().and_then(|c| c.redis_key.clone()) {
+            return key;
+        }
+        let c = &self.config;
+        let mut key = freshtoken::manager::TokenKey::new(self.client_id.as_str())
+            .with_token_url(self.token_url.as_str());
+        if let Some(scope) = &c.scope {
+            key = key.with_scope(scope);
+        }
+        if let Some(audience) = &c.audience {
+            key = key.with_audience(audience.as_str());
+        }
+        if let Some(resource) = &c.resource {
+            key = key.with_resource(resource.as_str());
+        }
+        format!("freshtoken:{}:{}", self.name, key.cache_name())
+    }
+
     /// The variable `exec` uses.
     pub fn env_var(&self) -> &str {
         self.config.env_var.as_deref().unwrap_or("ACCESS_TOKEN")

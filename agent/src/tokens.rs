@@ -81,11 +81,7 @@ pub fn cache(token: &Resolved) -> Result<Option<Arc<dyn TokenCache>>, ConfigErro
         return Ok(Some(Arc::new(FileCache::new(path.clone()))));
     }
     if let Some(url) = &token.redis_url {
-        let key = cache
-            .redis_key
-            .clone()
-            .unwrap_or_else(|| format!("freshtoken:{}", token.name));
-        let redis = RedisCache::new(url.expose(), key).map_err(|e| ConfigError {
+        let redis = RedisCache::new(url.expose(), token.redis_key()).map_err(|e| ConfigError {
             key: format!("tokens.{}.cache", token.name),
             message: format!("cannot use the Redis cache: {e}"),
         })?;
