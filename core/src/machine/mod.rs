@@ -78,6 +78,26 @@
 //! token's expiry (in that first second), and a long outage costs the
 //! cache a few calls per follower, not two a second.
 //!
+//! **Two clocks.** Token times are wall-clock instants (they are shared
+//! between processes); durations (backoff, peer waits, the lease, request
+//! deadlines) are measured on the monotonic clock. The current token is
+//! judged on its *token clock* ([`Now::token_clock`]): the wall clock, or
+//! the moment its times count from (its fetch's sending, or its adoption)
+//! advanced by the monotonic clock, whichever is later. A wall clock
+//! stepped back never stretches its life; one stepped forward (a resume
+//! from suspend) ages it at once, at the next tick. Two tokens' lives are
+//! compared on the monotonic clock, each from its own anchor, and
+//! snapshots carry the current one's ([`MonoLife`]) so readers judge by both
+//! clocks too. An answer no newer than the token held is asked for again
+//! after a quarter of the remaining life (at least the refresh floor), not
+//! at once.
+//!
+//! **Events out.** What drivers log and count that the actions do not
+//! show (a request given up on, a dead answer, what became of a reader's
+//! 401, a late answer used, an adoption, a new token) comes out as an
+//! [`Event`] from [`RefreshMachine::poll_event`]; [`MachineStats`] counts
+//! the same events.
+//!
 //! These rules are checked by a model checker that explores every
 //! interleaving of a small fleet (`core/tests/model_check.rs`), by the
 //! properties of `core/tests/invariants.rs` and by the `machine` fuzz
