@@ -256,6 +256,10 @@ impl Refresher {
                 tracing::debug!("a read found the token stale; re-reading the clocks");
                 self.tick();
             }
+            Command::NeedValidity(needed) => {
+                tracing::debug!(?needed, "a read needs a token valid for longer");
+                self.feed(Input::NeedValidity(needed));
+            }
             Command::Shutdown => {
                 tracing::info!("refresher shutting down");
                 self.feed(Input::Shutdown);

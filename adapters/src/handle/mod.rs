@@ -98,6 +98,19 @@ pub enum NoValidToken {
     /// The driver has stopped; no token will come.
     #[error("the refresher has stopped")]
     Stopped,
+    /// The token is valid, but not for as long as asked
+    /// ([`TokenHandle::valid_for`]): the driver was asked for a new one,
+    /// unless tokens do not live that long at all (`lifetime`).
+    #[error("the token is valid for {valid_for:?} more, not the {needed:?} asked for (tokens live {lifetime:?})")]
+    NotValidLongEnough {
+        /// How much longer the token is valid.
+        valid_for: Duration,
+        /// How long it was asked to be valid.
+        needed: Duration,
+        /// The token's whole lifetime: shorter than `needed`, no token of
+        /// this authority's will do.
+        lifetime: Duration,
+    },
 }
 
 fn last_error_suffix(e: &Option<FetchError>) -> String {
@@ -114,7 +127,7 @@ impl NoValidToken {
             NoValidToken::NotYetFetched { last_error }
             | NoValidToken::Expired { last_error, .. } => last_error.as_ref(),
             NoValidToken::Failed { error } => Some(error),
-            NoValidToken::Stopped => None,
+            NoValidToken::Stopped | NoValidToken::NotValidLongEnough { .. } => None,
         }
     }
 
@@ -326,6 +339,80 @@ impl TokenHandle {
     pub fn wait_ready(&self, timeout: Duration) -> Result<TokenRef, NoValidToken> {
         wait_for_blocking(&self.shared.changed, timeout, || self.ready_now())
             .unwrap_or_else(|| self.valid_token())
+    }
+
+    /// The current token if it is valid for at least `needed` more (by
+    /// both clocks), or why not. When it is valid but not for that long,
+    /// the driver is asked to refresh early (rate limited like
+    /// [`invalidate`](Self::invalidate): many such reads cause one fetch),
+    /// unless the token's whole lifetime is shorter than `needed`. For a
+    /// long job or a presigned URL; wait with
+    /// [`ready_for`](Self::ready_for) or
+    /// [`wait_ready_for`](Self::wait_ready_for).
+    ///
+    /// ```
+    /// use freshtoken::driver::Builder;
+    /// use freshtoken::handle::NoValidToken;
+    /// use freshtoken::source::ConstTokenSource;
+    /// use std::time::Duration;
+    ///
+    /// let (tokens, driver) = Builder::new()
+    ///     .spawn_thread(ConstTokenSource::new("key", Some(3600)))
+    ///     .expect("a thread");
+    /// let token = tokens.wait_ready_for(Duration::from_secs(1800), Duration::from_secs(5));
+    /// assert!(token.is_ok());
+    /// // Hourly tokens are never valid for two hours.
+    /// let two_hours = tokens.valid_for(Duration::from_secs(7200));
+    /// assert!(matches!(two_hours, Err(NoValidToken::NotValidLongEnough { .. })));
+    /// driver.shutdown_blocking();
+    /// ```
+    pub fn valid_for(&self, needed: Duration) -> Result<TokenRef, NoValidToken> {
+        let token = self.valid_token()?;
+        let now = self.clock.read();
+        let left = token.snapshot().valid_for(now);
+        if left >= needed {
+            return Ok(token);
+        }
+        let lifetime = token.lifetime();
+        if lifetime >= needed {
+            self.shared.ask_for_validity(needed, now.mono);
+        }
+        Err(NoValidToken::NotValidLongEnough {
+            valid_for: left,
+            needed,
+            lifetime,
+        })
+    }
+
+    /// Resolves with a token valid for at least `needed` more, or at once
+    /// with the reason there will be none: as [`ready`](Self::ready), and
+    /// when the authority's tokens do not live that long.
+    pub async fn ready_for(&self, needed: Duration) -> Result<TokenRef, NoValidToken> {
+        wait_for(&self.shared.changed, || self.ready_for_now(needed)).await
+    }
+
+    /// Blocks until there is a token valid for at least `needed` more, or
+    /// returns why not (see [`ready_for`](Self::ready_for)), at the latest
+    /// when `timeout` passes.
+    pub fn wait_ready_for(
+        &self,
+        needed: Duration,
+        timeout: Duration,
+    ) -> Result<TokenRef, NoValidToken> {
+        wait_for_blocking(&self.shared.changed, timeout, || self.ready_for_now(needed))
+            .unwrap_or_else(|| self.valid_for(needed))
+    }
+
+    fn ready_for_now(&self, needed: Duration) -> Option<Result<TokenRef, NoValidToken>> {
+        match self.valid_for(needed) {
+            Err(e @ NoValidToken::NotValidLongEnough { lifetime, .. }) if lifetime < needed => {
+                Some(Err(e))
+            }
+            Err(NoValidToken::NotValidLongEnough { .. }) => None,
+            _ => self
+                .ready_now()
+                .map(|r| r.and_then(|_| self.valid_for(needed))),
+        }
     }
 
     /// `Some` once waiting for a token is over: there is one, or there

@@ -25,6 +25,11 @@ pub enum Command {
     /// the wall clock stepped forward): re-read the clocks and tick, as for
     /// [`Wake`](Self::Wake). Sent at most once per token and every 100 ms.
     Stale,
+    /// A reader needs a token valid for at least this long
+    /// ([`TokenHandle::valid_for`]); fed to the machine as
+    /// [`Input::NeedValidity`](freshtoken_core::Input::NeedValidity). Sent
+    /// at most every 100 ms.
+    NeedValidity(std::time::Duration),
     /// Stop the driver.
     Shutdown,
     /// The last [`TokenHandle`] was dropped: nobody reads tokens any more,

@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     /// When a reader last woke the driver (the handles' monotonic clock, in
     /// milliseconds; `u64::MAX` before the first), for the rate limit.
     woken_at: AtomicU64,
+    /// When a reader last asked for a token valid for longer (as
+    /// `woken_at`), for the same rate limit.
+    asked_at: AtomicU64,
 }
 
 /// The shortest time between two wakes of the driver by readers.
@@ -57,6 +60,7 @@ impl Shared {
             handles: AtomicUsize::new(1),
             woken_for: AtomicU64::new(0),
             woken_at: AtomicU64::new(u64::MAX),
+            asked_at: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -104,6 +108,25 @@ impl Shared {
         {
             self.woken_at.store(now_ms, Ordering::Relaxed);
             self.send(Command::Stale);
+        }
+    }
+
+    /// A reader needs a token valid for `needed` more: tells the driver
+    /// with [`Command::NeedValidity`], at most every 100 ms (the machine
+    /// rate-limits the refreshes themselves). Of readers racing, one sends.
+    pub(crate) fn ask_for_validity(&self, needed: Duration, now: MonoTime) {
+        let now_ms = u64::try_from(now.saturating_duration_since(MonoTime::ZERO).as_millis())
+            .unwrap_or(u64::MAX);
+        let last = self.asked_at.load(Ordering::Relaxed);
+        if last != u64::MAX && now_ms.saturating_sub(last) < STALE_WAKE_INTERVAL_MS {
+            return;
+        }
+        if self
+            .asked_at
+            .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.send(Command::NeedValidity(needed));
         }
     }
 

@@ -76,6 +76,11 @@ pub enum Input {
     Released(RequestId, Result<(), CacheError>),
     /// A consumer got a 401 with the token of this id.
     Invalidate(TokenId),
+    /// A reader needs a token valid for at least this long (a long job, a
+    /// presigned URL): when the current token is not, and a new one could
+    /// be (its lifetime is long enough), the machine refreshes early, rate
+    /// limited like invalidations, so many such reads cause one fetch.
+    NeedValidity(Duration),
     /// Stop: finish the fetch or store in flight (bounded by its deadline),
     /// then emit [`Action::Stop`] and nothing after it.
     Shutdown,
@@ -425,6 +430,35 @@ impl Snapshot {
     pub fn is_valid_at(&self, now: Now) -> bool {
         self.token.as_ref().is_some_and(|t| t.is_valid_at(now.wall))
             && self.life.is_none_or(|life| now.mono < life.expires_at)
+    }
+
+    /// How much longer the token is valid at `now`, by the sooner of the two
+    /// clocks (zero without a token, or once it expired).
+    ///
+    /// ```
+    /// use freshtoken_core::*;
+    /// use std::time::Duration;
+    ///
+    /// let mut m = RefreshMachine::new(MachineConfig::default());
+    /// let t0 = Now::new(Timestamp::from_secs(1_000), MonoTime::ZERO);
+    /// m.handle_input(Input::Start, t0);
+    /// let Output::Action(Action::Fetch(request)) = m.poll_output() else { panic!() };
+    /// let answer = TokenResponse::new(AccessToken::new("at")).with_expires_in(Some(60));
+    /// m.handle_input(Input::Fetched(request.id, Ok(answer)), t0);
+    /// let Output::Action(Action::Publish(snapshot)) = m.poll_output() else { panic!() };
+    /// // 10 s later by the monotonic clock, the wall clock stepped back 120 s.
+    /// let later = Now::new(Timestamp::from_secs(890), MonoTime::from_millis(10_000));
+    /// assert_eq!(snapshot.valid_for(later), Duration::from_secs(50));
+    /// ```
+    pub fn valid_for(&self, now: Now) -> Duration {
+        let Some(t) = &self.token else {
+            return Duration::ZERO;
+        };
+        let by_wall = t.expires_at().saturating_duration_since(now.wall);
+        match self.life {
+            Some(life) => by_wall.min(life.expires_at.saturating_duration_since(now.mono)),
+            None => by_wall,
+        }
     }
 
     /// Whether the token is due for renewal at `now` by either clock (or

@@ -330,6 +330,9 @@ pub struct RefreshMachine {
     /// When, on both clocks, the current token's times count from (see
     /// [`Self::token_now`]).
     anchor: Option<Now>,
+    /// A reader needs a token valid this long, which the current one is not
+    /// ([`Input::NeedValidity`]); until a new token is served.
+    wanted: Option<Duration>,
     /// Whether readers have been told that `current` expired.
     expiry_published: bool,
     /// The newest refresh token known.
@@ -384,6 +387,7 @@ impl RefreshMachine {
             next_id: 0,
             current: None,
             anchor: None,
+            wanted: None,
             expiry_published: false,
             grant,
             revoked: None,
@@ -449,7 +453,7 @@ impl RefreshMachine {
         let token = |t: &Token, h: &mut _| {
             (t.id(), t.stale_at(), t.expires_at(), t.generation()).hash(h);
         };
-        self.anchor.map(|a| (a.wall, a.mono)).hash(hasher);
+        (self.anchor.map(|a| (a.wall, a.mono)), self.wanted).hash(hasher);
         self.rng.clone().u64(..).hash(hasher);
         self.next_id.hash(hasher);
         match &self.current {
@@ -506,6 +510,7 @@ impl RefreshMachine {
             Input::Start => self.ignore(),
             Input::Tick => self.tick(),
             Input::Invalidate(id) => self.invalidate(id),
+            Input::NeedValidity(needed) => self.need_validity(needed),
             answer => self.on_answer(answer),
         }
         self.run_follow_up();

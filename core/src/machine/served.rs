@@ -40,6 +40,31 @@ impl RefreshMachine {
         // 401 came), `idle_until_refresh` refreshes early.
     }
 
+    /// A reader needs the token valid for `needed` more (see
+    /// [`Input::NeedValidity`]). Idle with a token that is not, refresh as
+    /// early as the invalidation limit allows; a token whose whole life is
+    /// shorter than `needed` says the authority's tokens cannot be, and
+    /// asking again would only add load. A refresh under way brings a new
+    /// token anyway.
+    pub(super) fn need_validity(&mut self, needed: Duration) {
+        let Phase::Idle { refresh_at, .. } = self.phase else {
+            return;
+        };
+        let Some(t) = &self.current else {
+            return;
+        };
+        let left = t.expires_at().saturating_duration_since(self.token_now());
+        if left >= needed || t.lifetime() < needed {
+            return;
+        }
+        self.wanted = Some(needed);
+        self.phase = Phase::Idle {
+            refresh_at,
+            early: self.invalidation_allowed_at(),
+        };
+        self.tick();
+    }
+
     pub(super) fn invalidation_allowed_at(&self) -> MonoTime {
         self.last_invalidation
             // At least a millisecond: with a zero interval, an authority
@@ -109,6 +134,7 @@ impl RefreshMachine {
         self.expiry_published = false;
         self.current = Some(token);
         self.anchor = Some(anchor);
+        self.wanted = None;
     }
 
     /// The time the current token is judged by: the wall clock, or the
@@ -222,6 +248,10 @@ impl RefreshMachine {
         };
         let now = self.token_now();
         if Some(t.id()) == self.rejected || !t.is_valid_at(now) {
+            return true;
+        }
+        let left = t.expires_at().saturating_duration_since(now);
+        if self.wanted.is_some_and(|needed| left < needed) {
             return true;
         }
         let fresh = t.stale_at().saturating_duration_since(t.issued_at());

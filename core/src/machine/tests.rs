@@ -1334,3 +1334,35 @@ fn a_token_handed_back_counted_down_is_asked_for_again_later_not_at_once() {
     }
     assert!(fetches <= 10, "{fetches} requests for one cached token");
 }
+
+/// Issue 24: a reader that needs the token valid for longer than it is
+/// makes the machine refresh early, once for many such reads, rate limited
+/// like invalidations; a need no token of this authority can meet asks for
+/// nothing.
+#[test]
+fn a_need_for_longer_validity_refreshes_early_once() {
+    let mut h = Harness::new(MachineConfig::default());
+    h.feed(Input::Start);
+    h.answer(3600, "a");
+    h.at(T0 + Duration::from_secs(600));
+    // 50 minutes left; 55 needed: one fetch for three reads.
+    let mut actions = Vec::new();
+    for _ in 0..3 {
+        actions.extend(h.feed(Input::NeedValidity(Duration::from_secs(3300))).0);
+    }
+    assert_eq!(kinds(&actions), ["fetch"]);
+    h.answer(3600, "b");
+    // Satisfied now: nothing.
+    let (a, _) = h.feed(Input::NeedValidity(Duration::from_secs(3300)));
+    assert!(a.is_empty());
+    // Two hours from hourly tokens: nothing to ask for.
+    let (a, _) = h.feed(Input::NeedValidity(Duration::from_secs(7200)));
+    assert!(a.is_empty());
+    // Within the invalidation interval of the last early refresh: it waits.
+    h.at(T0 + Duration::from_secs(602));
+    let (a, next) = h.feed(Input::NeedValidity(Duration::from_secs(3599)));
+    assert!(a.is_empty(), "rate limited: {a:?}");
+    assert_eq!(next, T0 + Duration::from_secs(605));
+    let (a, _) = h.at(next).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["fetch"]);
+}
