@@ -1,7 +1,8 @@
 //! DPoP (RFC 9449) token requests against a real authority on loopback that
 //! validates every proof fully (the ES256 signature with the embedded key,
 //! `typ`, `alg`, `htm`, `htu`, the `iat` window, `jti` replay, the nonce)
-//! and binds its tokens and refresh tokens to the proof's key.
+//! and binds its tokens and refresh tokens to the proof's key; and against
+//! panva's oidc-provider with DPoP-bound tokens and nonces required.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -10,9 +11,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use freshtoken::oauth2::{ClientCredentials, DpopKey, RefreshTokenSource};
+use freshtoken::oauth2::{
+    ClientAuth, ClientCredentials, DpopKey, HttpRequest, HttpResponse, HttpTransport,
+    RefreshTokenSource, UreqTransport,
+};
 use freshtoken::source::{FetchRequest, TokenSource};
-use freshtoken::{Builder, FetchErrorKind, RefreshToken};
+use freshtoken::{Builder, FetchError, FetchErrorKind, RefreshToken};
+
+mod oauth2_common;
+mod oidc_support;
+
+use oauth2_common::claims;
+use oidc_support::OidcProvider;
 
 const CLIENT: &str = "svc";
 const SECRET: &str = "svc-secret-3f9a1c";
@@ -535,4 +545,69 @@ fn the_validator_refuses_bad_proofs() {
     assert!(validate_proof(&bad, url, &mut jtis)
         .unwrap_err()
         .contains("typ"));
+}
+
+/// The built-in transport, recording each answer's status and whether a
+/// request carried a proof.
+struct Recording {
+    inner: UreqTransport,
+    log: Arc<Mutex<Vec<(u16, bool)>>>,
+}
+
+impl HttpTransport for Recording {
+    fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
+        let proof = request.headers().any(|(name, _)| name == "DPoP");
+        let answer = self.inner.send(request, max_body)?;
+        self.log.lock().unwrap().push((answer.status(), proof));
+        Ok(answer)
+    }
+}
+
+const API: &str = "https://api.freshtoken.test/";
+
+#[test]
+fn oidc_provider_issues_bound_tokens_after_the_nonce_dance() {
+    let op = OidcProvider::start();
+    let key = DpopKey::generate().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let source = ClientCredentials::builder(op.token_url(), "svc-dpop", "dpop-secret-2b8e4f")
+        .client_auth(ClientAuth::Post)
+        .scope("api:read")
+        .resource(API)
+        .transport(Recording {
+            inner: UreqTransport::new(),
+            log: log.clone(),
+        })
+        .dpop(key.clone())
+        .build()
+        .unwrap();
+
+    let first = source.fetch(&FetchRequest::first()).unwrap();
+    assert_eq!(first.token_type, "DPoP");
+    // A JWT for the resource, bound to the key: cnf.jkt is its thumbprint.
+    let c = claims(first.access_token.expose_secret());
+    assert_eq!(c["cnf"]["jkt"], key.thumbprint());
+    assert_eq!(c["aud"], API);
+    // The proof without a nonce was refused with one, and the request sent
+    // again at once with it.
+    assert_eq!(*log.lock().unwrap(), [(400, true), (200, true)]);
+
+    // The nonce kept from then on: one request per fetch.
+    let second = source.fetch(&FetchRequest::first()).unwrap();
+    assert_eq!(second.token_type, "DPoP");
+    assert_eq!(
+        claims(second.access_token.expose_secret())["cnf"]["jkt"],
+        key.thumbprint()
+    );
+    assert_eq!(log.lock().unwrap().len(), 3, "{:?}", log.lock().unwrap());
+
+    // This client's tokens are DPoP-bound only: without a proof, refused.
+    let unbound = ClientCredentials::builder(op.token_url(), "svc-dpop", "dpop-secret-2b8e4f")
+        .client_auth(ClientAuth::Post)
+        .scope("api:read")
+        .resource(API)
+        .build()
+        .unwrap();
+    let e = unbound.fetch(&FetchRequest::first()).unwrap_err();
+    assert_eq!(e.kind(), FetchErrorKind::Permanent, "{e}");
 }
