@@ -611,3 +611,144 @@ fn oidc_provider_issues_bound_tokens_after_the_nonce_dance() {
     let e = unbound.fetch(&FetchRequest::first()).unwrap_err();
     assert_eq!(e.kind(), FetchErrorKind::Permanent, "{e}");
 }
+
+/// Sends through ureq and keeps every proof sent.
+struct ProofRecorder {
+    inner: UreqTransport,
+    proofs: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpTransport for ProofRecorder {
+    fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
+        let mut proofs = self.proofs.lock().unwrap();
+        proofs.extend(
+            request
+                .headers()
+                .filter(|(name, _)| *name == "DPoP")
+                .map(|(_, v)| v.to_owned()),
+        );
+        drop(proofs);
+        self.inner.send(request, max_body)
+    }
+}
+
+#[test]
+fn no_private_key_or_proof_is_logged_shown_or_in_an_error() {
+    use freshtoken_tests::log_capture::Capture;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    // ring's P-256 PKCS#8: the private scalar follows `04 20` at offset 34.
+    assert_eq!(&pkcs8.as_ref()[34..36], &[0x04, 0x20]);
+    let scalar = pkcs8.as_ref()[36..68].to_vec();
+    let key = DpopKey::from_pkcs8_der(pkcs8.as_ref()).unwrap();
+
+    let log = Arc::new(Mutex::new(String::new()));
+    let proofs = Arc::new(Mutex::new(Vec::new()));
+    let mut shown = String::new();
+    tracing::subscriber::with_default(Capture(log.clone()), || {
+        for mode in [NonceMode::RotateOnSuccess, NonceMode::NeverSatisfied] {
+            let authority = Authority::start(mode, 300);
+            let source = ClientCredentials::builder(authority.url.as_str(), CLIENT, SECRET)
+                .transport(ProofRecorder {
+                    inner: UreqTransport::new(),
+                    proofs: proofs.clone(),
+                })
+                .dpop(key.clone())
+                .build()
+                .unwrap();
+            for _ in 0..2 {
+                match source.fetch(&FetchRequest::first()) {
+                    Ok(answer) => shown.push_str(&format!("{answer:?}\n")),
+                    Err(e) => shown.push_str(&format!("{e}\n{e:?}\n")),
+                }
+            }
+            shown.push_str(&format!("{source:?}\n{key:?}\n"));
+        }
+    });
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("requesting a token"),
+        "nothing captured: {log}"
+    );
+    assert!(
+        log.contains("DPoP nonce"),
+        "the nonce retry is logged: {log}"
+    );
+    let proofs = proofs.lock().unwrap().clone();
+    // 2 + 1 requests to the first authority, 2 + 2 to the second.
+    assert_eq!(proofs.len(), 7);
+    let mut secrets: Vec<String> = vec![
+        b64url(&scalar),
+        base64::engine::general_purpose::STANDARD.encode(&scalar),
+        scalar.iter().map(|b| format!("{b:02x}")).collect(),
+        format!("{scalar:?}"),
+    ];
+    for proof in &proofs {
+        secrets.push(proof.clone());
+        // The signature part alone, and the claims (with the jti).
+        secrets.extend(proof.split('.').skip(1).map(str::to_owned));
+    }
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "{secret} logged");
+        assert!(
+            !shown.contains(secret.as_str()),
+            "{secret} shown in {shown}"
+        );
+    }
+    assert!(shown.contains(key.thumbprint()));
+}
+
+/// The async sources (here over reqwest, in a tokio driver's task) send
+/// the same proofs and dance the same way.
+#[test]
+fn an_async_source_sends_proofs_and_keeps_the_nonce() {
+    use freshtoken::driver::AsyncSource;
+    use freshtoken::oauth2::ReqwestTransport;
+    use freshtoken::runtime::Tokio;
+
+    let authority = Authority::start(NonceMode::RotateOnSuccess, 2);
+    let key = DpopKey::generate().unwrap();
+    let source = ClientCredentials::builder(authority.url.as_str(), CLIENT, SECRET)
+        .async_transport(ReqwestTransport::new().unwrap())
+        .dpop(key.clone())
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (tokens, driver) = Builder::new().spawn(Tokio::current().unwrap(), AsyncSource(source));
+        // Two tokens: the first and a refresh (2 s tokens).
+        let mut first = None;
+        loop {
+            let token = tokio::time::timeout(Duration::from_secs(60), tokens.ready())
+                .await
+                .expect("a token within a minute")
+                .unwrap();
+            let header = token.authorization_header();
+            drop(token);
+            match &first {
+                None => first = Some(header),
+                Some(f) if *f != header => {
+                    assert!(header.starts_with("DPoP at-"), "{header}");
+                    break;
+                }
+                Some(_) => {}
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), tokens.changed()).await;
+        }
+        driver.shutdown().await;
+    });
+    let s = authority.state();
+    assert!(s.refused.is_empty(), "refused proofs: {:?}", s.refused);
+    assert_eq!(s.challenges, 1);
+    assert!(s.issued >= 2);
+    assert!(s.accepted.iter().all(|p| p.jkt == key.thumbprint()));
+}
