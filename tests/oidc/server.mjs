@@ -211,6 +211,17 @@ const clients = [
     scope: RESOURCE_SCOPES,
     dpop_bound_access_tokens: true,
   },
+  // A public client whose refresh tokens are bound to the DPoP key of the
+  // code exchange (oidc-provider binds a public client's refresh tokens).
+  {
+    client_id: 'app-dpop',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1:9/callback'],
+    scope: 'openid offline_access',
+    dpop_bound_access_tokens: true,
+  },
 ];
 
 // A signing key made at start, so that JWT access tokens (with iat/exp)
