@@ -14,7 +14,7 @@
 import { createServer } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
 import {
-  X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync,
+  X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes,
 } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -199,6 +199,29 @@ const clients = [
     redirect_uris: [],
     scope: RESOURCE_SCOPES,
   },
+  // DPoP-bound tokens only (RFC 9449 5.2): a request without a proof is
+  // refused; nonces are required (features.dPoP below).
+  {
+    client_id: 'svc-dpop',
+    client_secret: 'dpop-secret-2b8e4f',
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: RESOURCE_SCOPES,
+    dpop_bound_access_tokens: true,
+  },
+  // A public client whose refresh tokens are bound to the DPoP key of the
+  // code exchange (oidc-provider binds a public client's refresh tokens).
+  {
+    client_id: 'app-dpop',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1:9/callback'],
+    scope: 'openid offline_access',
+    dpop_bound_access_tokens: true,
+  },
 ];
 
 // A signing key made at start, so that JWT access tokens (with iat/exp)
@@ -268,6 +291,9 @@ const configuration = {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    // DPoP proofs checked wherever one is sent, with a server nonce
+    // required in each (a client without a proof is unaffected).
+    dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
     mTLS: {
       enabled: Boolean(tls),
       certificateBoundAccessTokens: Boolean(tls),

@@ -92,6 +92,8 @@
 mod assertion;
 pub mod device;
 mod discovery;
+#[cfg(feature = "dpop")]
+mod dpop;
 mod grants;
 mod signing;
 mod source;
@@ -103,6 +105,8 @@ pub use assertion::{
     DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_FILE_BYTES,
 };
 pub use discovery::{Discovery, DEFAULT_METADATA_MAX_AGE, DEFAULT_METADATA_RETRY};
+#[cfg(feature = "dpop")]
+pub use dpop::{DpopKey, ProofBuilder, USE_DPOP_NONCE};
 pub use freshtoken_core::oauth2::assertion::JwsAlgorithm;
 pub use freshtoken_core::oauth2::discovery::{AuthorityMetadata, DiscoveryError};
 pub use freshtoken_core::oauth2::{

@@ -33,6 +33,7 @@ use crate::source::{AsyncTokenSource, TokenSource};
 /// A grant credential made by someone else (a supplied JWT-bearer
 /// assertion, a subject token): its `exp`, and whether it has been renewed
 /// since it was sent.
+#[derive(Clone, Copy)]
 pub(crate) struct SuppliedGrant<'a> {
     pub(crate) sent_exp: Option<Timestamp>,
     pub(crate) renewed: &'a (dyn Fn(Timestamp) -> bool + Sync),
@@ -51,6 +52,9 @@ pub(crate) struct Endpoint {
     signer: SignerSettings,
     /// Whether the unlisted-method warning was given (once per source).
     warned: Arc<std::sync::atomic::AtomicBool>,
+    /// The DPoP key and the latest nonce, when requests carry proofs.
+    #[cfg(feature = "dpop")]
+    dpop: Option<super::dpop::DpopState>,
 }
 
 /// The builder's settings for assertions signed here.
@@ -121,12 +125,63 @@ impl Endpoint {
     /// Sends one request. `grant` holds the grant's own credentials, and
     /// `supplied` the expiry of a grant assertion made by someone else
     /// (whose refusal may mean it went stale).
+    ///
+    /// With DPoP, an authority's `use_dpop_nonce` with a nonce is answered
+    /// at once by one more request with it (a fresh proof and client
+    /// assertion); that second answer is the fetch's.
     pub(crate) async fn fetch_with(
         &self,
         fetch: &FetchRequest,
         grant: FetchCredentials<'_>,
         supplied: Option<SuppliedGrant<'_>>,
     ) -> Result<TokenResponse, FetchError> {
+        let mut nonce_given = false;
+        let result = self
+            .fetch_once(fetch, grant, supplied, &mut nonce_given)
+            .await;
+        #[cfg(feature = "dpop")]
+        if self.dpop.is_some() {
+            if let Err(e) = &result {
+                if e.error_code() == Some(super::dpop::USE_DPOP_NONCE) {
+                    if !nonce_given {
+                        return Err(super::dpop::nonce_refusal(
+                            e,
+                            "the authority asked for a DPoP nonce (use_dpop_nonce) without \
+                             giving one in a DPoP-Nonce header",
+                        ));
+                    }
+                    tracing::debug!("the authority asked for a DPoP nonce; sending again with it");
+                    let again = self.fetch_once(fetch, grant, supplied, &mut false).await;
+                    // A nonce this answer gives is kept for the next fetch:
+                    // a refusal now is the nonce's, not the grant's.
+                    return again.map_err(|e| {
+                        if e.error_code() == Some(super::dpop::USE_DPOP_NONCE) {
+                            super::dpop::nonce_refusal(
+                                &e,
+                                "the authority refused the DPoP nonce it had just given \
+                                 (use_dpop_nonce twice)",
+                            )
+                        } else {
+                            e
+                        }
+                    });
+                }
+            }
+        }
+        result
+    }
+
+    /// One request and its answer; `nonce_given` is set when the answer
+    /// gave a DPoP nonce.
+    async fn fetch_once(
+        &self,
+        fetch: &FetchRequest,
+        grant: FetchCredentials<'_>,
+        supplied: Option<SuppliedGrant<'_>>,
+        nonce_given: &mut bool,
+    ) -> Result<TokenResponse, FetchError> {
+        #[cfg(not(feature = "dpop"))]
+        let _ = nonce_given;
         let request = self.current_request().await?;
         let auth = request.auth_method();
         let now = SystemClock.now();
@@ -155,6 +210,14 @@ impl Endpoint {
         }
         let grant_kind = request.grant();
         let http = request.build_with(fetch, &credentials)?;
+        #[cfg(feature = "dpop")]
+        let http = match &self.dpop {
+            Some(dpop) => {
+                let proof = dpop.proof(http.method(), http.url())?;
+                http.with_header("DPoP", proof.expose_secret())
+            }
+            None => http,
+        };
         tracing::debug!(
             grant = grant_kind.as_str(),
             client_id = request.client_id(),
@@ -166,7 +229,13 @@ impl Endpoint {
             .transport
             .send(&http, request.response_size_cap())
             .await
-            .and_then(|response| request.parse(&response, SystemClock.now()));
+            .and_then(|response| {
+                #[cfg(feature = "dpop")]
+                if let Some(dpop) = &self.dpop {
+                    *nonce_given = dpop.take_nonce(&response);
+                }
+                request.parse(&response, SystemClock.now())
+            });
         drop(http);
         let result = result.map_err(|e| {
             let now = SystemClock.now();
@@ -214,7 +283,20 @@ impl fmt::Debug for Endpoint {
             .field("discovery", &self.discovery)
             .field("issuer", &self.issuer)
             .field("assertion", &self.assertion)
+            .field("dpop", &self.dpop_debug())
             .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    #[cfg(feature = "dpop")]
+    fn dpop_debug(&self) -> &dyn fmt::Debug {
+        &self.dpop
+    }
+
+    #[cfg(not(feature = "dpop"))]
+    fn dpop_debug(&self) -> &dyn fmt::Debug {
+        &None::<()>
     }
 }
 
@@ -471,6 +553,8 @@ pub struct SourceBuilder<S> {
     auth_explicit: bool,
     grant: Option<GrantSetup>,
     initial_refresh_token: Option<RefreshToken>,
+    #[cfg(feature = "dpop")]
+    dpop: Option<super::dpop::DpopKey>,
     source: PhantomData<fn() -> S>,
 }
 
@@ -505,6 +589,8 @@ impl<S> SourceBuilder<S> {
             auth_explicit: false,
             grant: None,
             initial_refresh_token: None,
+            #[cfg(feature = "dpop")]
+            dpop: None,
             source: PhantomData,
         }
     }
@@ -525,6 +611,8 @@ impl<S> SourceBuilder<S> {
             auth_explicit: self.auth_explicit,
             grant: self.grant,
             initial_refresh_token: self.initial_refresh_token,
+            #[cfg(feature = "dpop")]
+            dpop: self.dpop,
             source: PhantomData,
         }
     }
@@ -673,6 +761,29 @@ impl<S> SourceBuilder<S> {
         self
     }
 
+    /// Binds the tokens to `key` with DPoP (RFC 9449; feature `dpop`):
+    /// every token request carries a fresh proof in a `DPoP` header, signed
+    /// with `key` for this request's method and URL. When the authority
+    /// answers `use_dpop_nonce` with a `DPoP-Nonce`, the request is sent
+    /// again at once, once, with that nonce (not a failure); the latest
+    /// nonce any answer gives is used from then on. A `token_type: DPoP`
+    /// answer is kept as such, so the token's
+    /// `authorization_header()` is `DPoP <token>`.
+    ///
+    /// ```
+    /// use freshtoken::oauth2::{ClientCredentials, DpopKey};
+    ///
+    /// let source = ClientCredentials::builder("https://auth.example.com/token", "svc", "s3cret")
+    ///     .dpop(DpopKey::generate()?)
+    ///     .build()?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "dpop")]
+    pub fn dpop(mut self, key: super::dpop::DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
+    }
+
     /// Sets the `scope` (space-separated).
     pub fn scope(self, scope: impl Into<String>) -> Self {
         self.map(|r| r.scope(scope))
@@ -778,6 +889,8 @@ impl<S> SourceBuilder<S> {
             auth_explicit: self.auth_explicit,
             signer: settings,
             warned: Arc::default(),
+            #[cfg(feature = "dpop")]
+            dpop: self.dpop.map(super::dpop::DpopState::new),
         })
     }
 }

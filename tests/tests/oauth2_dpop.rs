@@ -1,0 +1,835 @@
+//! DPoP (RFC 9449) token requests against a real authority on loopback that
+//! validates every proof fully (the ES256 signature with the embedded key,
+//! `typ`, `alg`, `htm`, `htu`, the `iat` window, `jti` replay, the nonce)
+//! and binds its tokens and refresh tokens to the proof's key; and against
+//! panva's oidc-provider with DPoP-bound tokens and nonces required.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use freshtoken::oauth2::{
+    ClientAuth, ClientCredentials, DpopKey, HttpRequest, HttpResponse, HttpTransport,
+    RefreshTokenSource, UreqTransport,
+};
+use freshtoken::source::{FetchRequest, TokenSource};
+use freshtoken::{Builder, FetchError, FetchErrorKind, RefreshToken};
+
+mod oauth2_common;
+mod oidc_support;
+
+use oauth2_common::claims;
+use oidc_support::OidcProvider;
+
+const CLIENT: &str = "svc";
+const SECRET: &str = "svc-secret-3f9a1c";
+
+fn b64(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// How the authority treats nonces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NonceMode {
+    /// Demands one, and gives a new one with every token it issues.
+    RotateOnSuccess,
+    /// Refuses every nonce, giving a new one each time.
+    NeverSatisfied,
+}
+
+/// A proof the authority accepted.
+#[derive(Clone, Debug)]
+struct SeenProof {
+    jti: String,
+    jkt: String,
+    nonce: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    nonce_counter: u64,
+    jtis: HashSet<String>,
+    accepted: Vec<SeenProof>,
+    /// Proofs refused, and why.
+    refused: Vec<String>,
+    /// `use_dpop_nonce` answers given.
+    challenges: usize,
+    requests: usize,
+    issued: usize,
+    /// Refresh token -> the thumbprint of the key it is bound to.
+    refresh_tokens: HashMap<String, String>,
+}
+
+impl State {
+    fn nonce(&self) -> String {
+        format!("nonce-{}", self.nonce_counter)
+    }
+}
+
+struct Authority {
+    url: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Authority {
+    fn start(mode: NonceMode, expires_in: u64) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State::default()));
+        let (shared, own_url) = (state.clone(), url.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let (state, url) = (shared.clone(), own_url.clone());
+                std::thread::spawn(move || {
+                    if let Some((head, body)) = read_request(&mut stream) {
+                        let answer = handle(&state, &url, mode, expires_in, &head, &body);
+                        let _ = stream.write_all(&answer);
+                    }
+                });
+            }
+        });
+        Authority { url, state }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    fn seed_refresh_token(&self, token: &str, jkt: &str) {
+        self.state()
+            .refresh_tokens
+            .insert(token.to_owned(), jkt.to_owned());
+    }
+}
+
+/// A request's head: the request line as `:request`, then the headers
+/// (lowercase names).
+type Head = Vec<(String, String)>;
+
+/// Reads a request: its head and body.
+fn read_request(stream: &mut TcpStream) -> Option<(Head, Vec<u8>)> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let request_line = lines.next()?.to_owned();
+            let mut headers = vec![(":request".to_owned(), request_line)];
+            for line in lines {
+                let (name, value) = line.split_once(':')?;
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+            let len = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some((headers, buf[end + 4..end + 4 + len].to_vec()));
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(n @ 1..) => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+fn answer(status: &str, headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n\
+         Content-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        let bytes = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                if let Ok(b) = u8::from_str_radix(hex, 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+/// Validates a DPoP proof for a `POST` to `url` (RFC 9449 4.3, but for the
+/// nonce, which the caller checks): returns the key's thumbprint and the
+/// claims.
+fn validate_proof(
+    proof: &str,
+    url: &str,
+    jtis: &mut HashSet<String>,
+) -> Result<(String, serde_json::Value), String> {
+    let parts: Vec<&str> = proof.split('.').collect();
+    let [header, claims, signature] = parts[..] else {
+        return Err("not a compact JWS".into());
+    };
+    let json = |part: &str| -> Result<serde_json::Value, String> {
+        serde_json::from_slice(&b64(part).ok_or("not base64url")?).map_err(|e| e.to_string())
+    };
+    let (h, c) = (json(header)?, json(claims)?);
+    if h["typ"] != "dpop+jwt" {
+        return Err(format!("typ {}", h["typ"]));
+    }
+    if h["alg"] != "ES256" {
+        return Err(format!("alg {}", h["alg"]));
+    }
+    let jwk = &h["jwk"];
+    if jwk["kty"] != "EC" || jwk["crv"] != "P-256" {
+        return Err("jwk is not an EC P-256 key".into());
+    }
+    if jwk.get("d").is_some() {
+        return Err("jwk holds a private key".into());
+    }
+    let (x, y) = (
+        jwk["x"].as_str().ok_or("no x")?,
+        jwk["y"].as_str().ok_or("no y")?,
+    );
+    let mut point = vec![4u8];
+    point.extend(b64(x).ok_or("x not base64url")?);
+    point.extend(b64(y).ok_or("y not base64url")?);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+        .verify(
+            format!("{header}.{claims}").as_bytes(),
+            &b64(signature).ok_or("signature not base64url")?,
+        )
+        .map_err(|_| "the signature does not verify with the embedded jwk".to_owned())?;
+    if c["htm"] != "POST" {
+        return Err(format!("htm {}", c["htm"]));
+    }
+    if c["htu"] != url {
+        return Err(format!("htu {} for {url}", c["htu"]));
+    }
+    let iat = c["iat"].as_i64().ok_or("no numeric iat")?;
+    if (iat - now_secs()).abs() > 60 {
+        return Err(format!("iat {iat} outside the window"));
+    }
+    let jti = c["jti"].as_str().ok_or("no jti")?;
+    if jti.len() < 16 {
+        return Err("jti too short".into());
+    }
+    if !jtis.insert(jti.to_owned()) {
+        return Err(format!("jti {jti} replayed"));
+    }
+    // RFC 7638: the required members in lexicographic order.
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    let jkt = b64url(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
+    Ok((jkt, c))
+}
+
+fn handle(
+    state: &Mutex<State>,
+    url: &str,
+    mode: NonceMode,
+    expires_in: u64,
+    head: &[(String, String)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut s = state.lock().unwrap();
+    s.requests += 1;
+    let header = |name: &str| -> Vec<&str> {
+        head.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let invalid_proof = |s: &mut State, why: String| {
+        s.refused.push(why);
+        answer("400 Bad Request", "", r#"{"error":"invalid_dpop_proof"}"#)
+    };
+    let proofs = header("dpop");
+    let [proof] = proofs[..] else {
+        return invalid_proof(&mut s, format!("{} DPoP headers", proofs.len()));
+    };
+    let (jkt, claims) = match validate_proof(proof, url, &mut s.jtis) {
+        Ok(ok) => ok,
+        Err(why) => return invalid_proof(&mut s, why),
+    };
+    let nonce = claims["nonce"].as_str().map(str::to_owned);
+    if mode == NonceMode::NeverSatisfied || nonce.as_deref() != Some(s.nonce().as_str()) {
+        s.challenges += 1;
+        if mode == NonceMode::NeverSatisfied {
+            s.nonce_counter += 1;
+        }
+        let fresh = s.nonce();
+        return answer(
+            "400 Bad Request",
+            &format!("DPoP-Nonce: {fresh}\r\n"),
+            r#"{"error":"use_dpop_nonce","error_description":"Authorization server requires nonce in DPoP proof"}"#,
+        );
+    }
+    s.accepted.push(SeenProof {
+        jti: claims["jti"].as_str().unwrap().to_owned(),
+        jkt: jkt.clone(),
+        nonce,
+    });
+    let params = form(body);
+    match params.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {
+            let basic = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT}:{SECRET}"))
+            );
+            if header("authorization") != [basic.as_str()] {
+                return answer("401 Unauthorized", "", r#"{"error":"invalid_client"}"#);
+            }
+        }
+        Some("refresh_token") => {
+            let presented = params.get("refresh_token").cloned().unwrap_or_default();
+            match s.refresh_tokens.remove(&presented) {
+                Some(bound) if bound == jkt => {}
+                Some(bound) => {
+                    // Not the key it is bound to: refused, and kept.
+                    s.refresh_tokens.insert(presented, bound);
+                    return answer("400 Bad Request", "", r#"{"error":"invalid_grant"}"#);
+                }
+                None => return answer("400 Bad Request", "", r#"{"error":"invalid_grant"}"#),
+            }
+        }
+        _ => {
+            return answer(
+                "400 Bad Request",
+                "",
+                r#"{"error":"unsupported_grant_type"}"#,
+            )
+        }
+    }
+    s.issued += 1;
+    let n = s.issued;
+    let refresh = format!("rt-{n}");
+    s.refresh_tokens.insert(refresh.clone(), jkt.clone());
+    // A new nonce with every token: the client must take it from here.
+    s.nonce_counter += 1;
+    let next = s.nonce();
+    answer(
+        "200 OK",
+        &format!("DPoP-Nonce: {next}\r\n"),
+        &format!(
+            r#"{{"access_token":"at-{n}-{jkt}","token_type":"DPoP","expires_in":{expires_in},"refresh_token":"{refresh}"}}"#
+        ),
+    )
+}
+
+fn client_credentials(authority: &Authority, key: &DpopKey) -> ClientCredentials {
+    ClientCredentials::builder(authority.url.as_str(), CLIENT, SECRET)
+        .dpop(key.clone())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn client_credentials_with_proofs_and_the_nonce_dance() {
+    let authority = Authority::start(NonceMode::RotateOnSuccess, 300);
+    let key = DpopKey::generate().unwrap();
+    let source = client_credentials(&authority, &key);
+
+    let first = source.fetch(&FetchRequest::first()).unwrap();
+    assert_eq!(first.token_type, "DPoP");
+    assert_eq!(
+        first.access_token.expose_secret(),
+        format!("at-1-{}", key.thumbprint())
+    );
+    {
+        let s = authority.state();
+        // The first proof had no nonce: refused once, answered at once.
+        assert_eq!((s.requests, s.challenges, s.issued), (2, 1, 1));
+    }
+
+    // The nonce that came with the token is used from then on: no more
+    // challenges though it changes with every token.
+    for n in 2..=4 {
+        let answer = source.fetch(&FetchRequest::first()).unwrap();
+        assert_eq!(
+            answer.access_token.expose_secret(),
+            format!("at-{n}-{}", key.thumbprint())
+        );
+    }
+    let s = authority.state();
+    assert!(s.refused.is_empty(), "refused proofs: {:?}", s.refused);
+    assert_eq!((s.requests, s.challenges, s.issued), (5, 1, 4));
+    let nonces: Vec<_> = s.accepted.iter().map(|p| p.nonce.clone()).collect();
+    assert_eq!(
+        nonces,
+        ["nonce-0", "nonce-1", "nonce-2", "nonce-3"].map(|n| Some(n.to_owned()))
+    );
+    assert!(s.accepted.iter().all(|p| p.jkt == key.thumbprint()));
+}
+
+#[test]
+fn a_driver_fetches_and_refreshes_bound_tokens_with_distinct_proofs() {
+    // 2 s tokens: the driver refreshes each before it expires.
+    let authority = Authority::start(NonceMode::RotateOnSuccess, 2);
+    let key = DpopKey::generate().unwrap();
+    authority.seed_refresh_token("rt-0", key.thumbprint());
+    let source = RefreshTokenSource::builder(authority.url.as_str(), "desktop")
+        .refresh_token(RefreshToken::new("rt-0"))
+        .dpop(key.clone())
+        .build()
+        .unwrap();
+    let (tokens, driver) = Builder::new().spawn_thread(source).unwrap();
+
+    // Three tokens: the first and two refreshes, each with the refresh
+    // token the last answer rotated to (bound to the same key).
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while seen.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} tokens",
+            seen.len()
+        );
+        let token = tokens.wait_ready(Duration::from_secs(30)).unwrap();
+        let header = token.authorization_header();
+        if seen.last() != Some(&header) {
+            seen.push(header);
+        }
+        drop(token);
+        tokens.wait_changed(Duration::from_secs(10)).unwrap();
+    }
+    driver.shutdown_blocking();
+
+    // Each `DPoP at-<n>-<jkt>`, n growing (a wait may miss one).
+    let mut last = 0;
+    for header in &seen {
+        let rest = header.strip_prefix("DPoP at-").expect(header);
+        let (n, jkt) = rest.split_once('-').unwrap();
+        let n: usize = n.parse().unwrap();
+        assert!(n > last, "{seen:?}");
+        assert_eq!(jkt, key.thumbprint());
+        last = n;
+    }
+    let s = authority.state();
+    assert!(s.refused.is_empty(), "refused proofs: {:?}", s.refused);
+    // One challenge, for the very first request; the rest carried the
+    // nonce of the answer before.
+    assert_eq!(s.challenges, 1);
+    assert!(s.issued >= 3);
+    let jtis: HashSet<_> = s.accepted.iter().map(|p| p.jti.clone()).collect();
+    assert_eq!(jtis.len(), s.accepted.len(), "a jti was reused");
+    // Every proof the authority saw (refused for want of a nonce or not)
+    // had its own jti: the validator refuses a replay.
+    assert_eq!(s.jtis.len(), s.requests);
+}
+
+#[test]
+fn a_nonce_refused_twice_is_a_transient_error_after_two_requests() {
+    let authority = Authority::start(NonceMode::NeverSatisfied, 300);
+    let source = client_credentials(&authority, &DpopKey::generate().unwrap());
+    let e = source.fetch(&FetchRequest::first()).unwrap_err();
+    assert_eq!(e.kind(), FetchErrorKind::Transient, "{e}");
+    assert_eq!(e.error_code(), Some("use_dpop_nonce"));
+    assert_eq!(e.status(), Some(400));
+    {
+        let s = authority.state();
+        assert_eq!((s.requests, s.challenges), (2, 2), "never a loop");
+        assert!(s.refused.is_empty(), "{:?}", s.refused);
+    }
+    // The next fetch starts with the latest nonce, and again retries once.
+    let _ = source.fetch(&FetchRequest::first()).unwrap_err();
+    assert_eq!(authority.state().requests, 4);
+}
+
+#[test]
+fn a_refresh_token_bound_to_another_key_is_refused() {
+    let authority = Authority::start(NonceMode::RotateOnSuccess, 300);
+    let owner = DpopKey::generate().unwrap();
+    authority.seed_refresh_token("rt-0", owner.thumbprint());
+    let thief = RefreshTokenSource::builder(authority.url.as_str(), "desktop")
+        .dpop(DpopKey::generate().unwrap())
+        .build()
+        .unwrap();
+    let request = FetchRequest::new(1, Some(RefreshToken::new("rt-0")));
+    let e = thief.fetch(&request).unwrap_err();
+    assert_eq!(e.kind(), FetchErrorKind::GrantRevoked, "{e}");
+    let owner_source = RefreshTokenSource::builder(authority.url.as_str(), "desktop")
+        .dpop(owner.clone())
+        .build()
+        .unwrap();
+    let answer = owner_source.fetch(&request).unwrap();
+    assert_eq!(answer.token_type, "DPoP");
+    assert_eq!(answer.refresh_token.unwrap().expose_secret(), "rt-1");
+}
+
+/// The authority's validator is what the tests above lean on: it refuses
+/// proofs that are wrong in each way.
+#[test]
+fn the_validator_refuses_bad_proofs() {
+    let url = "http://127.0.0.1:1/token";
+    let key = DpopKey::generate().unwrap();
+    let other = DpopKey::generate().unwrap();
+    let mut jtis = HashSet::new();
+    let good = key.proof("POST", url).sign().unwrap();
+    let good = good.expose_secret();
+    assert!(validate_proof(good, url, &mut jtis).is_ok());
+    assert!(validate_proof(good, url, &mut jtis)
+        .unwrap_err()
+        .contains("replayed"));
+
+    let sign = |k: &DpopKey, htm: &str, u: &str| k.proof(htm, u).sign().unwrap();
+    let wrong_method = sign(&key, "GET", url);
+    assert!(validate_proof(wrong_method.expose_secret(), url, &mut jtis)
+        .unwrap_err()
+        .contains("htm"));
+    let wrong_url = sign(&key, "POST", "http://127.0.0.1:1/other");
+    assert!(validate_proof(wrong_url.expose_secret(), url, &mut jtis)
+        .unwrap_err()
+        .contains("htu"));
+    let old = key
+        .proof("POST", url)
+        .issued_at(freshtoken::Timestamp::from_secs(1_000))
+        .sign()
+        .unwrap();
+    assert!(validate_proof(old.expose_secret(), url, &mut jtis)
+        .unwrap_err()
+        .contains("iat"));
+
+    // Another key's signature under this key's header.
+    let a: Vec<&str> = good.split('.').collect();
+    let forged_by = sign(&other, "POST", url);
+    let b: Vec<String> = forged_by
+        .expose_secret()
+        .split('.')
+        .map(str::to_owned)
+        .collect();
+    let forged = format!("{}.{}.{}", a[0], b[1], b[2]);
+    assert!(validate_proof(&forged, url, &mut jtis)
+        .unwrap_err()
+        .contains("signature"));
+
+    // A `typ` other than dpop+jwt (re-signed, so only the typ is wrong).
+    let header: serde_json::Value = serde_json::from_slice(&b64(a[0]).unwrap()).unwrap();
+    let mut typ_jwt = header.clone();
+    typ_jwt["typ"] = "JWT".into();
+    let h = b64url(&serde_json::to_vec(&typ_jwt).unwrap());
+    let bad = format!("{h}.{}.{}", a[1], a[2]);
+    assert!(validate_proof(&bad, url, &mut jtis)
+        .unwrap_err()
+        .contains("typ"));
+}
+
+/// The built-in transport, recording each answer's status and whether a
+/// request carried a proof.
+struct Recording {
+    inner: UreqTransport,
+    log: Arc<Mutex<Vec<(u16, bool)>>>,
+}
+
+impl HttpTransport for Recording {
+    fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
+        let proof = request.headers().any(|(name, _)| name == "DPoP");
+        let answer = self.inner.send(request, max_body)?;
+        self.log.lock().unwrap().push((answer.status(), proof));
+        Ok(answer)
+    }
+}
+
+const API: &str = "https://api.freshtoken.test/";
+
+#[test]
+fn oidc_provider_issues_bound_tokens_after_the_nonce_dance() {
+    let op = OidcProvider::start();
+    let key = DpopKey::generate().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let source = ClientCredentials::builder(op.token_url(), "svc-dpop", "dpop-secret-2b8e4f")
+        .client_auth(ClientAuth::Post)
+        .scope("api:read")
+        .resource(API)
+        .transport(Recording {
+            inner: UreqTransport::new(),
+            log: log.clone(),
+        })
+        .dpop(key.clone())
+        .build()
+        .unwrap();
+
+    let first = source.fetch(&FetchRequest::first()).unwrap();
+    assert_eq!(first.token_type, "DPoP");
+    // A JWT for the resource, bound to the key: cnf.jkt is its thumbprint.
+    let c = claims(first.access_token.expose_secret());
+    assert_eq!(c["cnf"]["jkt"], key.thumbprint());
+    assert_eq!(c["aud"], API);
+    // The proof without a nonce was refused with one, and the request sent
+    // again at once with it.
+    assert_eq!(*log.lock().unwrap(), [(400, true), (200, true)]);
+
+    // The nonce kept from then on: one request per fetch.
+    let second = source.fetch(&FetchRequest::first()).unwrap();
+    assert_eq!(second.token_type, "DPoP");
+    assert_eq!(
+        claims(second.access_token.expose_secret())["cnf"]["jkt"],
+        key.thumbprint()
+    );
+    assert_eq!(log.lock().unwrap().len(), 3, "{:?}", log.lock().unwrap());
+
+    // This client's tokens are DPoP-bound only: without a proof, refused.
+    let unbound = ClientCredentials::builder(op.token_url(), "svc-dpop", "dpop-secret-2b8e4f")
+        .client_auth(ClientAuth::Post)
+        .scope("api:read")
+        .resource(API)
+        .build()
+        .unwrap();
+    let e = unbound.fetch(&FetchRequest::first()).unwrap_err();
+    assert_eq!(e.kind(), FetchErrorKind::Permanent, "{e}");
+}
+
+/// Sends through ureq and keeps every proof sent.
+struct ProofRecorder {
+    inner: UreqTransport,
+    proofs: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpTransport for ProofRecorder {
+    fn send(&self, request: &HttpRequest, max_body: usize) -> Result<HttpResponse, FetchError> {
+        let mut proofs = self.proofs.lock().unwrap();
+        proofs.extend(
+            request
+                .headers()
+                .filter(|(name, _)| *name == "DPoP")
+                .map(|(_, v)| v.to_owned()),
+        );
+        drop(proofs);
+        self.inner.send(request, max_body)
+    }
+}
+
+#[test]
+fn no_private_key_or_proof_is_logged_shown_or_in_an_error() {
+    use freshtoken_tests::log_capture::Capture;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    // ring's P-256 PKCS#8: the private scalar follows `04 20` at offset 34.
+    assert_eq!(&pkcs8.as_ref()[34..36], &[0x04, 0x20]);
+    let scalar = pkcs8.as_ref()[36..68].to_vec();
+    let key = DpopKey::from_pkcs8_der(pkcs8.as_ref()).unwrap();
+
+    let log = Arc::new(Mutex::new(String::new()));
+    let proofs = Arc::new(Mutex::new(Vec::new()));
+    let mut shown = String::new();
+    tracing::subscriber::with_default(Capture(log.clone()), || {
+        for mode in [NonceMode::RotateOnSuccess, NonceMode::NeverSatisfied] {
+            let authority = Authority::start(mode, 300);
+            let source = ClientCredentials::builder(authority.url.as_str(), CLIENT, SECRET)
+                .transport(ProofRecorder {
+                    inner: UreqTransport::new(),
+                    proofs: proofs.clone(),
+                })
+                .dpop(key.clone())
+                .build()
+                .unwrap();
+            for _ in 0..2 {
+                match source.fetch(&FetchRequest::first()) {
+                    Ok(answer) => shown.push_str(&format!("{answer:?}\n")),
+                    Err(e) => shown.push_str(&format!("{e}\n{e:?}\n")),
+                }
+            }
+            shown.push_str(&format!("{source:?}\n{key:?}\n"));
+        }
+    });
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("requesting a token"),
+        "nothing captured: {log}"
+    );
+    assert!(
+        log.contains("DPoP nonce"),
+        "the nonce retry is logged: {log}"
+    );
+    let proofs = proofs.lock().unwrap().clone();
+    // 2 + 1 requests to the first authority, 2 + 2 to the second.
+    assert_eq!(proofs.len(), 7);
+    let mut secrets: Vec<String> = vec![
+        b64url(&scalar),
+        base64::engine::general_purpose::STANDARD.encode(&scalar),
+        scalar.iter().map(|b| format!("{b:02x}")).collect(),
+        format!("{scalar:?}"),
+    ];
+    for proof in &proofs {
+        secrets.push(proof.clone());
+        // The signature part alone, and the claims (with the jti).
+        secrets.extend(proof.split('.').skip(1).map(str::to_owned));
+    }
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "{secret} logged");
+        assert!(
+            !shown.contains(secret.as_str()),
+            "{secret} shown in {shown}"
+        );
+    }
+    assert!(shown.contains(key.thumbprint()));
+}
+
+/// The async sources (here over reqwest, in a tokio driver's task) send
+/// the same proofs and dance the same way.
+#[test]
+fn an_async_source_sends_proofs_and_keeps_the_nonce() {
+    use freshtoken::driver::AsyncSource;
+    use freshtoken::oauth2::ReqwestTransport;
+    use freshtoken::runtime::Tokio;
+
+    let authority = Authority::start(NonceMode::RotateOnSuccess, 2);
+    let key = DpopKey::generate().unwrap();
+    let source = ClientCredentials::builder(authority.url.as_str(), CLIENT, SECRET)
+        .async_transport(ReqwestTransport::new().unwrap())
+        .dpop(key.clone())
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (tokens, driver) = Builder::new().spawn(Tokio::current().unwrap(), AsyncSource(source));
+        // Two tokens: the first and a refresh (2 s tokens).
+        let mut first = None;
+        loop {
+            let token = tokio::time::timeout(Duration::from_secs(60), tokens.ready())
+                .await
+                .expect("a token within a minute")
+                .unwrap();
+            let header = token.authorization_header();
+            drop(token);
+            match &first {
+                None => first = Some(header),
+                Some(f) if *f != header => {
+                    assert!(header.starts_with("DPoP at-"), "{header}");
+                    break;
+                }
+                Some(_) => {}
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), tokens.changed()).await;
+        }
+        driver.shutdown().await;
+    });
+    let s = authority.state();
+    assert!(s.refused.is_empty(), "refused proofs: {:?}", s.refused);
+    assert_eq!(s.challenges, 1);
+    assert!(s.issued >= 2);
+    assert!(s.accepted.iter().all(|p| p.jkt == key.thumbprint()));
+}
+
+/// Redeems a code of `app-dpop` with proofs of `key` (answering the nonce
+/// challenge by hand): the refresh token, bound to `key`.
+fn redeem_bound_code(op: &OidcProvider, key: &DpopKey) -> RefreshToken {
+    const REDIRECT_URI: &str = "http://127.0.0.1:9/callback";
+    let code = op.authorization_code("app-dpop", REDIRECT_URI);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into();
+    let mut nonce: Option<String> = None;
+    for _ in 0..2 {
+        let url = op.token_url();
+        let mut proof = key.proof("POST", &url);
+        if let Some(n) = &nonce {
+            proof = proof.nonce(n);
+        }
+        let proof = proof.sign().unwrap();
+        let mut response = agent
+            .post(&url)
+            .header("DPoP", proof.expose_secret())
+            .content_type("application/x-www-form-urlencoded")
+            .send(format!(
+                "grant_type=authorization_code&code={code}&redirect_uri={REDIRECT_URI}\
+                 &client_id=app-dpop"
+            ))
+            .unwrap();
+        let given = response
+            .headers()
+            .get("dpop-nonce")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: serde_json::Value =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        if body["error"] == "use_dpop_nonce" {
+            nonce = given;
+            continue;
+        }
+        assert_eq!(body["token_type"], "DPoP", "{body}");
+        let rt = body["refresh_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no refresh token in the code exchange: {body}"));
+        return RefreshToken::new(rt);
+    }
+    panic!("the code exchange wanted more than one nonce");
+}
+
+#[test]
+fn oidc_provider_rotates_a_bound_refresh_token_and_refuses_it_to_another_key() {
+    let op = OidcProvider::start();
+    let key = DpopKey::generate().unwrap();
+    let refresh_token = redeem_bound_code(&op, &key);
+    let source = |k: &DpopKey| {
+        RefreshTokenSource::builder(op.token_url(), "app-dpop")
+            .dpop(k.clone())
+            .build()
+            .unwrap()
+    };
+
+    // Another key: refused (oidc-provider's jkt check; its description is
+    // hidden), and the token not consumed: the owner's key, and nothing
+    // else, makes the same request succeed below.
+    let thief = source(&DpopKey::generate().unwrap());
+    let e = thief
+        .fetch(&FetchRequest::new(1, Some(refresh_token.clone())))
+        .unwrap_err();
+    assert_eq!(e.kind(), FetchErrorKind::GrantRevoked, "{e}");
+
+    // The key it is bound to: two refreshes, each rotating it.
+    let owner = source(&key);
+    let mut current = refresh_token;
+    for _ in 0..2 {
+        let answer = owner
+            .fetch(&FetchRequest::new(1, Some(current.clone())))
+            .unwrap();
+        assert_eq!(answer.token_type, "DPoP");
+        let rotated = answer.refresh_token.expect("a rotated refresh token");
+        assert_ne!(rotated.expose_secret(), current.expose_secret());
+        current = rotated;
+    }
+}
