@@ -78,6 +78,6 @@ fn a_read_that_needs_longer_validity_renews_early_once_for_many_readers() {
     }
     assert_eq!(authority.request_count(), 2);
     drop(renewed);
-    Arc::try_unwrap(tokens).ok().expect("the readers are done");
+    drop(tokens);
     driver.shutdown_blocking();
 }
