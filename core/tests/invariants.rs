@@ -33,6 +33,8 @@ enum Step {
     Stale,
     InvalidateCurrent,
     InvalidateOther(u64),
+    /// A reader needs a token valid this many seconds more.
+    NeedValidity(u64),
     Shutdown,
 }
 
@@ -50,6 +52,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Stale),
         1 => Just(Step::InvalidateCurrent),
         1 => any::<u64>().prop_map(Step::InvalidateOther),
+        1 => (0u64..8_000).prop_map(Step::NeedValidity),
         1 => Just(Step::Shutdown),
     ]
 }
@@ -192,6 +195,7 @@ impl Feeder {
                 None => Input::Tick,
             },
             Step::InvalidateOther(n) => Input::Invalidate(TokenId::of(&n.to_le_bytes())),
+            Step::NeedValidity(s) => Input::NeedValidity(Duration::from_secs(*s)),
             Step::Shutdown => Input::Shutdown,
         }
     }

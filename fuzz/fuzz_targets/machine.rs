@@ -133,6 +133,7 @@ fuzz_target!(|data: &[u8]| {
                     .with_refresh_token(Some(RefreshToken::new(format!("rl{n}"))))),
             ),
             24 => Input::Shutdown,
+            27 => Input::NeedValidity(Duration::from_secs(u64::from(arg) * 30)),
             _ => Input::Tick,
         };
         if let Some(i) = input.request_id() {
