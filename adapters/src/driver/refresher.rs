@@ -235,7 +235,7 @@ impl Refresher {
             }
             self.observer.on_event(&event); // metrics hook
         }
-        self.observer.after_input(seen, now.wall); // metrics hook
+        self.observer.after_input(seen, now); // metrics hook
     }
 
     pub(crate) fn tick(&mut self) {
@@ -277,7 +277,7 @@ impl Refresher {
         loop {
             let output = self.machine.poll_output();
             if let Output::Action(action) = &output {
-                self.observer.on_action(action, self.clock.now()); // metrics hook
+                self.observer.on_action(action, self.clock.read()); // metrics hook
             }
             let job = match output {
                 Output::Timeout(at) => {

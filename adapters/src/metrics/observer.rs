@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use freshtoken_core::{
-    Action, Event, FetchErrorKind, Input, InvalidationOutcome, LeaseOutcome, RefreshState,
-    RequestId, Snapshot, Timestamp, Token,
+    Action, Event, FetchErrorKind, Input, InvalidationOutcome, LeaseOutcome, Now, RefreshState,
+    RequestId, Snapshot, Timestamp,
 };
 use tracing::field::Empty;
 use tracing::span::EnteredSpan;
@@ -65,7 +65,7 @@ pub(crate) struct Observer {
     /// handles that answer.
     dead_on_arrival: Option<RequestId>,
     /// The last snapshot published.
-    token: Option<Arc<Token>>,
+    snapshot: Option<Arc<Snapshot>>,
     state: State,
     failures: u32,
     skew_ms: Option<i64>,
@@ -78,7 +78,7 @@ impl Observer {
             name,
             fetches: VecDeque::new(),
             dead_on_arrival: None,
-            token: None,
+            snapshot: None,
             state: State::Starting,
             failures: 0,
             skew_ms: None,
@@ -128,7 +128,7 @@ impl Observer {
     /// After the machine handled the input of `seen`, at `now`.
     /// After the machine handled the input of `seen` (and its events were
     /// handed to [`on_event`](Self::on_event)), at `now`.
-    pub(crate) fn after_input(&mut self, seen: Seen, now: Timestamp) {
+    pub(crate) fn after_input(&mut self, seen: Seen, now: Now) {
         match seen.what {
             What::Fetched { id, error } => self.answered(id, error),
             What::Lease(outcome) => self.sink.lease(outcome),
@@ -185,7 +185,7 @@ impl Observer {
     }
 
     /// An action the machine asked for, at `now`.
-    pub(crate) fn on_action(&mut self, action: &Action, now: Timestamp) {
+    pub(crate) fn on_action(&mut self, action: &Action, now: Now) {
         match action {
             Action::Fetch(request) => {
                 if request.attempt > 1 {
@@ -215,8 +215,8 @@ impl Observer {
         }
     }
 
-    fn on_publish(&mut self, snapshot: &Snapshot, now: Timestamp) {
-        self.token = snapshot.token.clone();
+    fn on_publish(&mut self, snapshot: &Arc<Snapshot>, now: Now) {
+        self.snapshot = Some(snapshot.clone());
         let (state, failures) = match &snapshot.state {
             RefreshState::Starting => (State::Starting, self.failures),
             RefreshState::Healthy => (State::Healthy, 0),
@@ -241,19 +241,42 @@ impl Observer {
     /// Sets the gauges for `now`: called after every input (ticks and
     /// heartbeats included) and every publication, so the "seconds until"
     /// gauges count down between refreshes.
-    fn update(&self, now: Timestamp) {
+    fn update(&self, now: Now) {
         self.sink.gauges(&self.gauges(now));
     }
 
-    pub(crate) fn gauges(&self, now: Timestamp) -> Gauges {
-        let (stale_in, expires_in, stale_at, expires_at, valid) = match &self.token {
-            Some(t) => (
-                seconds_until(t.stale_at(), now),
-                seconds_until(t.expires_at(), now),
-                timestamp_seconds(t.stale_at()),
-                timestamp_seconds(t.expires_at()),
-                t.is_valid_at(now),
-            ),
+    /// The gauges at `now`, judged by both clocks as readers judge the
+    /// token (a wall clock stepped back does not make an expired token
+    /// look valid); the `_at` gauges are the token's own wall-clock times.
+    pub(crate) fn gauges(&self, now: Now) -> Gauges {
+        let token = self
+            .snapshot
+            .as_ref()
+            .and_then(|s| Some((s, s.token.as_ref()?)));
+        let (stale_in, expires_in, stale_at, expires_at, valid) = match token {
+            Some((s, t)) => {
+                let by_mono = s
+                    .life
+                    .map(|l| l.stale_at.saturating_duration_since(now.mono));
+                let stale_in = match by_mono {
+                    Some(m) if t.stale_at() != Timestamp::MAX => m
+                        .min(t.stale_at().saturating_duration_since(now.wall))
+                        .as_secs_f64(),
+                    _ => seconds_until(t.stale_at(), now.wall),
+                };
+                let expires_in = if t.expires_at() == Timestamp::MAX {
+                    f64::INFINITY
+                } else {
+                    s.valid_for(now).as_secs_f64()
+                };
+                (
+                    stale_in,
+                    expires_in,
+                    timestamp_seconds(t.stale_at()),
+                    timestamp_seconds(t.expires_at()),
+                    s.is_valid_at(now),
+                )
+            }
             None => (0.0, 0.0, 0.0, 0.0, false),
         };
         Gauges {
@@ -295,4 +318,45 @@ fn timestamp_seconds(at: Timestamp) -> f64 {
         return f64::INFINITY;
     }
     at.as_millis() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freshtoken_core::{
+        AccessToken, MachineConfig, MonoTime, Output, RefreshMachine, TokenResponse,
+    };
+
+    /// Issue 25: the gauges judge the token by both clocks, as readers
+    /// do: with the wall clock stepped back 120 s, a 60 s token is shown
+    /// expired at its real expiry, not 120 s later.
+    #[test]
+    fn the_gauges_judge_the_token_by_both_clocks() {
+        let t0 = Now::new(Timestamp::from_secs(1_000), MonoTime::ZERO);
+        let mut m = RefreshMachine::new(MachineConfig::default());
+        m.handle_input(Input::Start, t0);
+        let Output::Action(Action::Fetch(request)) = m.poll_output() else {
+            panic!("a fetch")
+        };
+        let answer = TokenResponse::new(AccessToken::new("at")).with_expires_in(Some(60));
+        m.handle_input(Input::Fetched(request.id, Ok(answer)), t0);
+        let Output::Action(publish @ Action::Publish(_)) = m.poll_output() else {
+            panic!("a publication")
+        };
+        let mut observer = Observer::new("gauges".into());
+        observer.on_action(&publish, t0);
+        let stepped = |mono_secs: u64| {
+            Now::new(
+                Timestamp::from_secs(1_000 + mono_secs - 120),
+                MonoTime::from_millis(mono_secs * 1_000),
+            )
+        };
+        let g = observer.gauges(stepped(30));
+        assert!(g.valid);
+        assert_eq!(g.expires_in, 30.0);
+        let g = observer.gauges(stepped(61));
+        assert!(!g.valid, "expired by the monotonic clock");
+        assert_eq!(g.expires_in, 0.0);
+        assert_eq!(g.stale_in, 0.0);
+    }
 }
