@@ -807,7 +807,8 @@ impl RedisSentinel {
     pub fn fail_over_behind_a_stale_sentinel(&mut self) -> (u16, u16) {
         let old = self.kill_primary();
         self.wait_failover(old, Duration::from_secs(30));
-        self.restart(old);
+        // Empty, and a primary: what a stale Sentinel would hand clients.
+        self.respawn(old, &["--replica-priority", "0"]);
         wait_for(
             "the old primary to restart",
             Duration::from_secs(15),
@@ -867,20 +868,38 @@ impl RedisSentinel {
         port
     }
 
-    /// Restarts a killed server (as a primary, with an empty dataset); the
-    /// Sentinels then turn it into a replica of the current primary. With
+    /// Restarts a killed server, with an empty dataset, as a replica of the
+    /// current primary. With
     /// replica priority 0, as an operator restarting a node without its
     /// data would set it: the Sentinels never promote it, so a second
     /// failover (the Sentinels' 1 s down-after can take a loaded machine
     /// for a dead primary) cannot crown an empty or half-synced node and
     /// lose what the tests stored.
     pub fn restart(&mut self, port: u16) {
+        // As a replica of the current primary from the start: never an
+        // empty primary that a Sentinel slow to learn of the failover could
+        // still name.
+        let primary = self.primary().to_string();
+        self.respawn(
+            port,
+            &[
+                "--replica-priority",
+                "0",
+                "--replicaof",
+                "127.0.0.1",
+                &primary,
+            ],
+        );
+    }
+
+    /// Starts the killed server on `port` again, empty, with `args`.
+    fn respawn(&mut self, port: u16, args: &[&str]) {
         let Some(index) = self.servers.iter().position(|(p, _)| *p == port) else {
             return;
         };
         let dir = self.dir.path().join(server_dir_name(index));
         if self.servers[index].1.is_none() {
-            self.servers[index].1 = Some(spawn_node(&dir, port, &["--replica-priority", "0"]));
+            self.servers[index].1 = Some(spawn_node(&dir, port, args));
         }
     }
 
@@ -897,10 +916,28 @@ impl RedisSentinel {
 
     /// Waits until the Sentinels report a primary other than `old` and it
     /// answers as a primary.
+    ///
+    /// Every Sentinel must name the new primary, not only the first that
+    /// answers: a Sentinel still naming the old one when it comes back
+    /// (empty) would hand clients to it. A CI run on a loaded machine lost
+    /// the stored token that way.
     pub fn wait_failover(&self, old: u16, within: Duration) {
         wait_for("the Sentinels to fail over", within, || {
+            let named: Vec<Option<u16>> = self
+                .sentinels
+                .iter()
+                .map(|(p, _)| {
+                    query(
+                        *p,
+                        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE],
+                    )
+                    .and_then(|a| a.lines().nth(1).and_then(|p| p.trim().parse().ok()))
+                })
+                .collect();
             let now = self.primary();
-            now != old && query(now, &["ROLE"]).is_some_and(|r| r.starts_with("master"))
+            now != old
+                && named.iter().all(|n| *n == Some(now))
+                && query(now, &["ROLE"]).is_some_and(|r| r.starts_with("master"))
         });
     }
 }
