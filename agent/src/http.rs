@@ -28,13 +28,15 @@ const MAX_HEAD: usize = 16 * 1024;
 /// The most headers a request may have.
 const MAX_HEADERS: usize = 64;
 
-/// A request: its method, its path (without the query) and its headers.
+/// A request: its method, its path, its query and its headers.
 #[derive(Debug)]
 pub struct Request {
     /// `GET`, ...
     pub method: String,
     /// The path, without `?query`.
     pub path: String,
+    /// What follows `?`, as sent (empty without one).
+    query: String,
     headers: Vec<(String, String)>,
 }
 
@@ -48,6 +50,19 @@ impl Request {
             .filter(|(n, _)| n.eq_ignore_ascii_case(name));
         let first = found.next()?;
         found.next().is_none().then_some(first.1.as_str())
+    }
+
+    /// The value of the query parameter `name`, as sent (not
+    /// percent-decoded: the agent's parameters are numbers). A parameter
+    /// sent twice counts as absent, as a header does.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        let mut found = self
+            .query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(n, _)| *n == name);
+        let first = found.next()?;
+        found.next().is_none().then_some(first.1)
     }
 
     /// Whether the header `name` was sent at all.
@@ -292,9 +307,11 @@ fn read_request(conn: &mut dyn Conn) -> Result<Request, ReadError> {
         match parsed.parse(&head) {
             Ok(httparse::Status::Complete(_)) => {
                 let target = parsed.path.unwrap_or("");
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
                 return Ok(Request {
                     method: parsed.method.unwrap_or("").to_owned(),
-                    path: target.split('?').next().unwrap_or("").to_owned(),
+                    path: path.to_owned(),
+                    query: query.to_owned(),
                     headers: parsed
                         .headers
                         .iter()
@@ -346,6 +363,7 @@ mod tests {
         let request = Request {
             method: "GET".into(),
             path: "/".into(),
+            query: "min_validity=60&wait_ms=5&wait_ms=6&flag".into(),
             headers: vec![
                 ("Host".into(), "a".into()),
                 ("host".into(), "b".into()),
@@ -355,5 +373,9 @@ mod tests {
         assert_eq!(request.header("host"), None);
         assert!(request.has_header("HOST"));
         assert_eq!(request.header("x"), Some("1"));
+        assert_eq!(request.query_param("min_validity"), Some("60"));
+        assert_eq!(request.query_param("wait_ms"), None, "sent twice");
+        assert_eq!(request.query_param("flag"), None, "no value");
+        assert_eq!(request.query_param("other"), None);
     }
 }

@@ -16,7 +16,9 @@
 //! 0600 or as configured, raw, as an `Authorization` header line, as JSON
 //! or from a template) and on a local HTTP endpoint: a Unix socket (mode
 //! 0600, in a private directory) with `GET /v1/token/{name}`
-//! (`{"access_token", "token_type", "expires_at", "expires_in"}`),
+//! (`{"access_token", "token_type", "expires_at", "expires_in"}`;
+//! `?min_validity=SECS&wait_ms=MS` asks for a token valid that long, renewed
+//! early when the current one is not),
 //! `/healthz` (200 when every token is valid, else 503), `/v1/status` and
 //! `/metrics` (Prometheus text), and optionally a loopback TCP port for
 //! `/healthz` and `/metrics` (a Prometheus scrape), answering only requests
@@ -231,6 +233,16 @@ pub struct SourceArgs {
     /// Ask only the agent; never fetch.
     #[arg(long)]
     pub agent_only: bool,
+    /// A token valid for at least this many more seconds: a fresh token
+    /// that is not is refreshed early, once (for a long job, a presigned
+    /// URL). Fails at once when the authority's tokens never live that
+    /// long. With --supervise, every token the command gets.
+    #[arg(long, value_parser = min_validity_arg, value_name = "SECS")]
+    pub min_validity: Option<Duration>,
+}
+
+fn min_validity_arg(text: &str) -> Result<Duration, String> {
+    tokens::seconds(text).ok_or_else(|| format!("{text:?} is not a number of seconds"))
 }
 
 /// The command line, `agent --help` listing every configuration key.
@@ -316,6 +328,7 @@ pub fn main() -> i32 {
                 token_file,
                 poll: timeout_of(poll).max(Duration::from_millis(100)),
                 timeout: timeout_of(source.timeout),
+                min_validity: source.min_validity,
             };
             supervise::run(settings, loaded.as_ref(), source.agent_only)
         }
@@ -407,7 +420,34 @@ fn obtain(name: &str, args: &SourceArgs, loaded: Option<&config::Loaded>) -> Res
         .map(|t| t.env_var().to_owned())
         .unwrap_or_else(|| "ACCESS_TOKEN".to_owned());
     let timeout = timeout_of(args.timeout);
-    match client::get(&socket, &format!("/v1/token/{name}"), timeout) {
+    let deadline = Instant::now() + timeout;
+    let asked = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let path = match args.min_validity {
+            None => format!("/v1/token/{name}"),
+            // The agent waits (a few seconds at most) for the early refresh.
+            Some(needed) => format!(
+                "/v1/token/{name}?min_validity={}&wait_ms={}",
+                needed.as_secs_f64(),
+                left.as_millis()
+            ),
+        };
+        let sent = Instant::now();
+        let answer = client::get(&socket, &path, timeout);
+        // A token valid long enough that is still coming: ask again.
+        if let Ok(answer) = &answer {
+            let retry = serde_json::from_slice::<serde_json::Value>(&answer.body)
+                .ok()
+                .and_then(|body| body.get("retry")?.as_bool())
+                .unwrap_or(false);
+            if answer.status == 503 && args.min_validity.is_some() && retry && !left.is_zero() {
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(sent.elapsed()));
+                continue;
+            }
+        }
+        break answer;
+    };
+    match asked {
         Ok(answer) => {
             let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
             return match answer.status {
@@ -459,18 +499,27 @@ fn obtain(name: &str, args: &SourceArgs, loaded: Option<&config::Loaded>) -> Res
         eprintln!("freshtoken: the configuration has no token named {name:?}");
         return Err(EXIT_NO_SUCH_TOKEN);
     };
-    fetch_direct(resolved, timeout).map(|access_token| Got {
+    fetch_direct(resolved, timeout, args.min_validity).map(|access_token| Got {
         access_token,
         env_var,
     })
 }
 
-/// The cache's fresh token, else one fetched by a driver run once.
-fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String, i32> {
+/// The cache's fresh token (valid for `min_validity` more, when given),
+/// else one fetched by a driver run once.
+fn fetch_direct(
+    resolved: &config::Resolved,
+    timeout: Duration,
+    min_validity: Option<Duration>,
+) -> Result<String, i32> {
     let cache = tokens::cache(resolved).map_err(|e| config_failure(&e))?;
+    let long_enough = |t: &freshtoken::Token| {
+        min_validity
+            .is_none_or(|needed| t.expires_at().saturating_duration_since(tokens::now()) >= needed)
+    };
     if let Some(cache) = &cache {
         match cache.load() {
-            Ok(Some(t)) if tokens::fresh(&t) => {
+            Ok(Some(t)) if tokens::fresh(&t) && long_enough(&t) => {
                 return Ok(t.access_token().expose_secret().to_owned())
             }
             Ok(_) => {}
@@ -483,7 +532,24 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
     let deadline = started + timeout;
     let mut line = StatusLine::new(&resolved.name);
     let mut last_error = None;
+    let mut too_short = None;
     let token = loop {
+        if let Some(needed) = min_validity {
+            // Asks the driver to refresh early when the token is valid but
+            // not long enough.
+            match running.handle.valid_for(needed) {
+                Ok(t) => break Some(t.access_token().expose_secret().to_owned()),
+                // The authority's tokens never live that long.
+                Err(e @ freshtoken::handle::NoValidToken::NotValidLongEnough { .. })
+                    if !tokens::may_come(&e) =>
+                {
+                    too_short = Some(e);
+                    last_error = None;
+                    break None;
+                }
+                Err(_) => {}
+            }
+        }
         let snapshot = running.handle.snapshot();
         let status = tokens::status(&snapshot, running.handle.now());
         // A permanent error (a wrong secret, an unknown client, a revoked
@@ -502,7 +568,8 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
             // A valid stale token (from the cache) is refreshed at once:
             // wait a little for the fresh one, else hand out the stale one.
             use freshtoken::TokenStatus::{Fresh, Stale};
-            if status == Some(Fresh) || (status == Some(Stale) && give_up) {
+            let good = status == Some(Fresh) || (status == Some(Stale) && give_up);
+            if good && min_validity.is_none() {
                 break Some(t.access_token().expose_secret().to_owned());
             }
         }
@@ -518,7 +585,7 @@ fn fetch_direct(resolved: &config::Resolved, timeout: Duration) -> Result<String
             .wait_changed(left.min(Duration::from_millis(250)));
     };
     line.clear();
-    let why = running.handle.valid_token().err();
+    let why = too_short.or_else(|| running.handle.valid_token().err());
     // Drains: a store in flight (a rotated refresh token) completes.
     running.driver.shutdown_blocking();
     match token {

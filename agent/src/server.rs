@@ -580,7 +580,7 @@ fn route(shared: &Shared, request: &Request, via: Via) -> Reply {
     let path = request.path.as_str();
     match via {
         Via::Unix => match path.strip_prefix("/v1/token/") {
-            Some(name) => token_response(shared, name),
+            Some(name) => token_response(shared, name, request),
             None => match path {
                 "/healthz" => health(shared),
                 "/v1/status" => Reply::json(200, &status_json(shared)),
@@ -616,7 +616,7 @@ fn route(shared: &Shared, request: &Request, via: Via) -> Reply {
                             )}),
                         );
                     }
-                    token_response(shared, name)
+                    token_response(shared, name, request)
                 }
                 Some(_) => Reply::json(
                     404,
@@ -659,11 +659,42 @@ fn entry(shared: &Shared, name: &str) -> Option<Arc<Entry>> {
     shared.entries.read().ok()?.get(name).cloned()
 }
 
-fn token_response(shared: &Shared, name: &str) -> Reply {
+/// The longest a token request waits for a token valid long enough
+/// (`wait_ms`): under the listener's bound on an answer.
+const MAX_TOKEN_WAIT: Duration = Duration::from_secs(3);
+
+/// `GET /v1/token/NAME[?min_validity=SECS[&wait_ms=MS]]`: the token, valid
+/// for at least `min_validity` more when that is given (the agent refreshes
+/// early for it, and waits up to `wait_ms` for the new token). A 503 says
+/// in `retry` whether asking again can help: not when the authority's
+/// tokens never live that long, nor when renewal failed for good.
+fn token_response(shared: &Shared, name: &str, request: &Request) -> Reply {
     let Some(entry) = entry(shared, name) else {
         return Reply::json(404, &json!({"error": format!("no token named {name:?}")}));
     };
-    match entry.handle.valid_token() {
+    let needed = match request.query_param("min_validity") {
+        None => None,
+        Some(secs) => match tokens::seconds(secs) {
+            Some(needed) => Some(needed),
+            None => {
+                return Reply::json(
+                    400,
+                    &json!({"error": "min_validity is a number of seconds"}),
+                )
+            }
+        },
+    };
+    let wait = request
+        .query_param("wait_ms")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
+        .min(MAX_TOKEN_WAIT);
+    let found = match needed {
+        None => entry.handle.valid_token(),
+        Some(needed) if wait.is_zero() => entry.handle.valid_for(needed),
+        Some(needed) => entry.handle.wait_ready_for(needed, wait),
+    };
+    match found {
         Ok(token) => {
             // By whichever clock says sooner: after a wall clock stepped
             // back, the monotonic one.
@@ -678,7 +709,10 @@ fn token_response(shared: &Shared, name: &str) -> Reply {
                 }),
             )
         }
-        Err(why) => Reply::json(503, &json!({"error": tokens::why_not(&why)})),
+        Err(why) => Reply::json(
+            503,
+            &json!({"error": tokens::why_not(&why), "retry": tokens::may_come(&why)}),
+        ),
     }
 }
 

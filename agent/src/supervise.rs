@@ -76,6 +76,8 @@ pub struct Settings {
     pub poll: Duration,
     /// How long to wait for the first token.
     pub timeout: Duration,
+    /// Every token handed to the command is valid for at least this long.
+    pub min_validity: Option<Duration>,
     /// The agent's socket.
     pub socket: PathBuf,
     /// Variables removed from the child's environment.
@@ -116,24 +118,30 @@ enum Feed {
 }
 
 impl Feed {
-    /// The current valid token, if there is one now.
-    fn current(&self) -> Option<String> {
+    /// The current valid token (valid for `min_validity` more, when
+    /// given: a shorter-lived one is refreshed early), if there is one now.
+    fn current(&self, min_validity: Option<Duration>) -> Option<String> {
         match self {
             Feed::Agent { socket, name } => {
-                let answer =
-                    client::get(socket, &format!("/v1/token/{name}"), Duration::from_secs(5))
-                        .ok()?;
+                let path = match min_validity {
+                    None => format!("/v1/token/{name}"),
+                    Some(needed) => {
+                        format!("/v1/token/{name}?min_validity={}", needed.as_secs_f64())
+                    }
+                };
+                let answer = client::get(socket, &path, Duration::from_secs(5)).ok()?;
                 if answer.status != 200 {
                     return None;
                 }
                 let body: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
                 body.get("access_token")?.as_str().map(str::to_owned)
             }
-            Feed::Driver(running) => running
-                .handle
-                .valid_token()
-                .ok()
-                .map(|t| t.access_token().expose_secret().to_owned()),
+            Feed::Driver(running) => match min_validity {
+                None => running.handle.valid_token(),
+                Some(needed) => running.handle.valid_for(needed),
+            }
+            .ok()
+            .map(|t| t.access_token().expose_secret().to_owned()),
         }
     }
 
@@ -339,7 +347,7 @@ fn supervise(
     // The first token.
     let deadline = Instant::now() + settings.timeout;
     let mut token = loop {
-        if let Some(t) = feed.current() {
+        if let Some(t) = feed.current(settings.min_validity) {
             break t;
         }
         if Instant::now() >= deadline {
@@ -408,7 +416,7 @@ fn supervise(
         let now = Instant::now();
         if now >= next_look {
             next_look = now + poll;
-            if let Some(t) = feed.current().filter(|t| *t != token) {
+            if let Some(t) = feed.current(settings.min_validity).filter(|t| *t != token) {
                 pending = Some(t);
             }
         }

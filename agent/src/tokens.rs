@@ -168,6 +168,35 @@ pub fn rfc3339(at: Timestamp) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// Whether waiting can bring a token where `why` says there is none: not
+/// once renewal failed for good or needs an operator (a wrong secret, a
+/// revoked grant), nor when the authority's tokens never live as long as
+/// asked.
+pub fn may_come(why: &freshtoken::handle::NoValidToken) -> bool {
+    use freshtoken::handle::NoValidToken;
+    match why {
+        NoValidToken::Failed { .. } | NoValidToken::Stopped => false,
+        NoValidToken::NotValidLongEnough {
+            needed, lifetime, ..
+        } => lifetime >= needed,
+        other => !other.last_error().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                freshtoken::FetchErrorKind::Permanent | freshtoken::FetchErrorKind::GrantRevoked
+            )
+        }),
+    }
+}
+
+/// A number of seconds given on the command line or in a query
+/// (`--min-validity 600`, `min_validity=1.5`): finite, not negative, at
+/// most a year.
+pub fn seconds(text: &str) -> Option<Duration> {
+    let secs: f64 = text.trim().parse().ok()?;
+    (secs.is_finite() && (0.0..=31_536_000.0).contains(&secs))
+        .then(|| Duration::from_secs_f64(secs))
+}
+
 /// Why there is no valid token, as the library says it, with the expiry as
 /// an RFC 3339 time rather than Unix seconds.
 pub fn why_not(why: &freshtoken::handle::NoValidToken) -> String {
@@ -189,6 +218,15 @@ pub fn why_not(why: &freshtoken::handle::NoValidToken) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_are_finite_and_not_negative() {
+        assert_eq!(seconds("600"), Some(Duration::from_secs(600)));
+        assert_eq!(seconds(" 1.5"), Some(Duration::from_millis(1500)));
+        for bad in ["", "-1", "NaN", "inf", "1e12", "10m"] {
+            assert_eq!(seconds(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn times_are_rfc3339() {

@@ -5,7 +5,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{cc_token, command, one_token, write_file, Agent, OneToken};
+use support::{cc_token, command, one_token, output_within, write_file, Agent, OneToken};
 
 /// 8 `freshtoken token` processes started at once with no agent and a
 /// cold shared file cache: one authority request, and all print that token.
@@ -441,4 +441,104 @@ fn a_token_declared_only_in_the_environment_needs_no_file() {
     assert!(out.status.success(), "{stderr}");
     let token = String::from_utf8(out.stdout).unwrap();
     assert!(authority.validate_access_token(token.trim()).is_ok());
+}
+
+/// `token --min-validity`: a fresh token that is not valid long enough is
+/// refreshed early by the agent, once; a validity that the authority's
+/// tokens never reach fails with 1 and says why, without a request; and
+/// without an agent the same holds of the cache and a driver run once.
+#[test]
+fn token_min_validity_refreshes_early_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let OneToken {
+        authority,
+        config,
+        socket,
+    } = one_token(
+        dir.path(),
+        "agent.sock",
+        Some(Duration::from_secs(60)),
+        &format!(
+            "[tokens.api.cache]\nfile = \"{}\"\n",
+            dir.path().join("cache/api.json").display()
+        ),
+    );
+    let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
+    agent.wait_healthy(Duration::from_secs(10));
+    let served = |agent: &Agent| {
+        agent.get_json("/v1/token/api").unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = served(&agent);
+    assert_eq!(authority.request_count(), 1);
+    // The agent's 60 s token is over a second old: valid for less than
+    // 59 s more. Tokens issued from now on live an hour.
+    std::thread::sleep(Duration::from_millis(1100));
+    authority.set_token_lifetime(Duration::from_secs(3600));
+    let ask = |args: &[&str], secs: &str| {
+        let mut cmd = command();
+        cmd.args(["token", "api"])
+            .args(args)
+            .args(["--min-validity", secs, "--timeout", "600"]);
+        // Bounded, so a wait that should have ended at once fails the test
+        // instead of hanging it.
+        output_within(cmd, Duration::from_secs(120))
+    };
+    let socket_arg = ["--socket", socket.to_str().unwrap()];
+
+    let (code, stdout, stderr) = ask(&socket_arg, "59");
+    assert_eq!(code, Some(0), "{stderr}");
+    let second = stdout.trim().to_owned();
+    assert_ne!(second, first, "the 60 s token was handed out");
+    assert_eq!(second, served(&agent), "the agent serves the new token");
+    assert_eq!(authority.request_count(), 2, "one early refresh");
+    // Valid long enough now: the same token, no request.
+    let (code, stdout, stderr) = ask(&socket_arg, "59");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), second);
+    assert_eq!(authority.request_count(), 2);
+
+    // Two hours: longer than this authority's tokens live. The agent says
+    // asking again cannot help, and `token` fails with 1 and the reason.
+    let answer = agent.get("/v1/token/api?min_validity=7200").unwrap();
+    assert_eq!(answer.status, 503);
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["retry"], false, "{body}");
+    let (code, stdout, stderr) = ask(&socket_arg, "7200");
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stderr.contains("tokens live"), "{stderr}");
+    assert!(!stderr.contains(&second) && stdout.is_empty());
+    // A value that is not a number of seconds: a usage error.
+    let (code, _, stderr) = ask(&socket_arg, "soon");
+    assert_eq!(code, Some(2), "{stderr}");
+    let answer = agent.get("/v1/token/api?min_validity=soon").unwrap();
+    assert_eq!(answer.status, 400);
+    assert_eq!(authority.request_count(), 2, "no request for any of these");
+
+    agent.signal(support::Signal::TERM);
+    assert!(agent.wait_exit(Duration::from_secs(10)).unwrap().success());
+
+    // No agent: the cache's hour-long token (over a second old by now) is
+    // valid long enough for 3000 s and handed out as it is ...
+    std::thread::sleep(Duration::from_millis(1100));
+    authority.set_token_lifetime(Duration::from_secs(7200));
+    let config_arg = ["--config", config.to_str().unwrap()];
+    let (code, stdout, stderr) = ask(&config_arg, "3000");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), second);
+    assert_eq!(authority.request_count(), 2);
+    // ... but not for 3599 s: the driver refreshes early, once.
+    let (code, stdout, stderr) = ask(&config_arg, "3599");
+    assert_eq!(code, Some(0), "{stderr}");
+    let third = stdout.trim().to_owned();
+    assert_ne!(third, second);
+    assert_eq!(authority.request_count(), 3);
+    // And nothing this authority issues lives three hours.
+    let (code, _, stderr) = ask(&config_arg, "10800");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("tokens live"), "{stderr}");
+    assert!(!stderr.contains(&third));
+    assert_eq!(authority.request_count(), 3);
 }
