@@ -85,6 +85,9 @@ impl RefreshMachine {
             (false, true) => StoreFor::Rotated,
             (_, false) => StoreFor::Sharing,
         };
+        if rotated {
+            self.keep_the_lease_for_the_store();
+        }
         self.follow_up = Some(FollowUp { token, store_for });
     }
 

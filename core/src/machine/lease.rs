@@ -77,6 +77,12 @@ impl RefreshMachine {
             });
             return;
         }
+        // A renewal skips the read that follows a grant only while the
+        // lease it renews still holds: one that lapsed (a read under it
+        // slower than its TTL) may have been taken by a peer meanwhile, who
+        // may have rotated the refresh token we read, so the grant is a new
+        // lease and the cache is read again under it.
+        let renewal = renewal && self.holds_lease();
         let sent = self.now.mono;
         let timeout = self.config.cache_timeout;
         let id = self.send(RequestKind::Lease { sent, renewal }, timeout);
@@ -201,6 +207,26 @@ impl RefreshMachine {
             self.within_the_lease(self.config.cache_timeout)
         } else {
             self.config.cache_timeout
+        }
+    }
+
+    /// A rotated refresh token has just become ours and is not durable
+    /// yet, with a cache request in flight that its store must wait for:
+    /// that request is given up on by [`within_the_lease`](Self::within_the_lease),
+    /// as if it had been sent under the rotation, so the store goes out
+    /// while the lease still holds. (A read sent before a late answer
+    /// rotated the grant kept the full cache timeout: when it hung, the
+    /// lease lapsed under the waiting store, and a peer presented the spent
+    /// refresh token.)
+    pub(super) fn keep_the_lease_for_the_store(&mut self) {
+        let keep = self.now.mono + self.within_the_lease(self.config.cache_timeout);
+        if let Phase::Waiting(request) = &mut self.phase {
+            if matches!(
+                request.kind,
+                RequestKind::Load(_) | RequestKind::Lease { .. }
+            ) {
+                request.deadline = request.deadline.min(keep);
+            }
         }
     }
 

@@ -1018,6 +1018,99 @@ fn a_rotated_refresh_token_keeps_its_lease_through_failing_and_hanging_stores() 
     }
 }
 
+/// A late answer rotates the refresh token while a cache read is in flight
+/// (the retry that followed its fetch's timeout): the read is given up on
+/// while half of the lease is left, and the store of the rotated refresh
+/// token goes out with its deadline inside the lease. Before, a read sent
+/// before the rotation kept its whole cache timeout (here longer than the
+/// lease): when it hung, the lease lapsed under the waiting store and a
+/// peer took it and presented the spent refresh token (the `refresh_tokens`
+/// property found it in CI: a grant revoked with no inherent loss).
+#[test]
+fn a_late_rotation_during_a_hung_read_is_stored_while_the_lease_holds() {
+    let config = MachineConfig {
+        fetch_timeout: Duration::from_secs(3),
+        lease_ttl: Duration::from_secs(5),
+        cache_timeout: Duration::from_secs(9),
+        ..rt_config()
+    };
+    let mut h = Harness::new(config.clone());
+    fetching(&mut h);
+    let fetch = h.last_id.unwrap();
+    // The lease was granted to the request sent at T0.
+    let mut lease_until = T0 + config.lease_ttl;
+    // The fetch times out; the machine backs off (stretching the lease over
+    // the wait) and then reads the cache again.
+    let (_, mut wake) = h.feed(Input::Tick);
+    let mut read = false;
+    for _ in 0..6 {
+        let (a, at) = h.at(wake).feed(Input::Tick);
+        wake = at;
+        if let Some(ttl) = a.iter().find_map(|a| match a {
+            Action::AcquireLease { ttl, .. } => Some(*ttl),
+            _ => None,
+        }) {
+            lease_until = lease_until.max(h.now + ttl);
+            wake = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted))).1;
+        }
+        if kinds(&a).contains(&"load") {
+            read = true;
+            break;
+        }
+    }
+    assert!(read, "the retry reads the cache first");
+    assert!(
+        h.now < lease_until,
+        "the lease holds when the read goes out"
+    );
+    // The abandoned fetch answers now, with a rotated refresh token.
+    let (a, give_up_at) = h.feed_raw(Input::Fetched(fetch, Ok(rotated("late", "rt-1"))));
+    assert!(
+        !kinds(&a).contains(&"store"),
+        "no store beside the read: {a:?}"
+    );
+    let half_left = h.now + lease_until.saturating_duration_since(h.now) / 2;
+    assert!(
+        give_up_at <= half_left,
+        "the read is waited for until {give_up_at:?}, past half the lease ({half_left:?}; it ends at {lease_until:?})"
+    );
+    // The read hangs: given up on, and the store goes out under the lease.
+    let (a, store_deadline) = h.at(give_up_at).feed(Input::Tick);
+    assert!(kinds(&a).contains(&"store"), "{a:?}");
+    assert!(!kinds(&a).contains(&"release"), "{a:?}");
+    assert!(
+        store_deadline < lease_until,
+        "the store may hang until {store_deadline:?}, past the lease's end {lease_until:?}"
+    );
+}
+
+/// A read under the lease that answers after the lease lapsed: the lease
+/// is asked for again, and once granted the cache is read again before
+/// the refresh token is presented, since a peer may have held the lease
+/// meanwhile and rotated it. (Before, the new grant was taken for a
+/// renewal of a lease that never lapsed, and the machine fetched with the
+/// refresh token of the stale read: the model checker, with a cache slower
+/// than the lease, found a peer's rotated token presented again.)
+#[test]
+fn a_lease_that_lapsed_during_a_slow_read_is_read_under_again() {
+    let config = rt_config();
+    let ttl = config.lease_ttl;
+    let mut h = Harness::new(config);
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["load"]);
+    // The read under the lease answers after the lease lapsed.
+    let (a, _) = h
+        .at(T0 + ttl + Duration::from_secs(1))
+        .feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["lease"], "{a:?}");
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["load"], "read again under the new lease: {a:?}");
+    let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["fetch"], "{a:?}");
+}
+
 /// A lease counts from the request that took it: the cache's TTL starts
 /// when the cache took the request, not when its answer arrived. With a
 /// slow answer, less lease is left than a refresh-token fetch may take,
