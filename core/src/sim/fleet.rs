@@ -18,6 +18,11 @@ use crate::token::Token;
 /// An instance's incarnation (how many times it was stopped before).
 type Life = u32;
 
+/// `life`'s bit in [`Instance::killed_lives`].
+fn life_bit(life: Life) -> u64 {
+    1 << (life % 64)
+}
+
 /// How long a hung cache operation takes to answer.
 const HANG: Duration = Duration::from_secs(60);
 
@@ -111,8 +116,11 @@ struct Instance {
     /// Whether its last store of a token failed (for telling a drain that
     /// the cache defeated from one the machine cut short).
     last_store_failed: bool,
-    /// Whether its last stop was a kill.
-    last_stop_killed: bool,
+    /// Which of its lives ended in a kill, by life modulo 64 (a life's
+    /// answers land within the latency tail, long before 64 more lives).
+    /// Not only the last stop's: a killed life's answer may come after a
+    /// graceful stop of the next one.
+    killed_lives: u64,
     /// True expiry of the published token (the epoch before the first).
     covered_until: Timestamp,
     /// Up to when availability has been accounted for.
@@ -143,6 +151,12 @@ pub(super) struct Fleet<'a> {
     in_flight: HashMap<String, (u32, Timestamp)>,
     /// Refresh tokens whose acknowledged write the cache lost.
     lost_writes: std::collections::HashSet<String>,
+    /// Refresh tokens that reached their instance past the fetch's deadline
+    /// and after its lease had gone, not stored yet: until they are, a peer
+    /// may hold the lease and present their spent predecessor, which no
+    /// client can prevent (the inherent loss (b), as an answer still
+    /// travelling).
+    overdue_unstored: std::collections::HashSet<String>,
     /// Every instance's clock steps, `Scenario::clock_steps` of them each in
     /// a row, by (time, sequence number): the time (ms), the sequence number
     /// taken when they were drawn, and the new offset. Only the next one of
@@ -206,6 +220,7 @@ impl<'a> Fleet<'a> {
             cached: None,
             lease: None,
             in_flight: HashMap::new(),
+            overdue_unstored: std::collections::HashSet::new(),
             lost_writes: std::collections::HashSet::new(),
             clock_steps: Vec::with_capacity(scenario.instances * scenario.clock_steps as usize),
             request_peak: Peak::default(),
@@ -255,7 +270,7 @@ impl<'a> Fleet<'a> {
                 offset_ms,
                 memory: None,
                 last_store_failed: false,
-                last_stop_killed: false,
+                killed_lives: 0,
                 covered_until: Timestamp::EPOCH,
                 accounted_until: started_at,
                 up_since: started_at,
@@ -519,6 +534,12 @@ impl<'a> Fleet<'a> {
         let late = deadline.is_some_and(|d| now > d);
         if late && !dead {
             self.report.late_answers += 1;
+            let holds_lease = self
+                .lease
+                .is_some_and(|(holder, until)| holder == (i, life) && now < until);
+            if let (Some(rt), false) = (&rotated, holds_lease) {
+                self.overdue_unstored.insert(rt.clone());
+            }
         }
         if !dead {
             return Some(input);
@@ -526,7 +547,7 @@ impl<'a> Fleet<'a> {
         if rotated.is_some() {
             // A stopped machine waited for its fetch until the deadline; an
             // answer after that is the inherent loss (b). A killed one is (a).
-            let killed = life.wrapping_add(1) == inst.life && inst.last_stop_killed;
+            let killed = inst.killed_lives & life_bit(life) != 0;
             if killed {
                 self.check_loss(Loss::Killed);
             } else if late {
@@ -607,6 +628,9 @@ impl<'a> Fleet<'a> {
         }
         self.instances[i].last_store_failed = false;
         self.report.cache_writes += 1;
+        if let Some(rt) = token.refresh_token() {
+            self.overdue_unstored.remove(rt.expose_secret());
+        }
         // Last writer wins, as with a file rename or a Redis SET: a slow
         // writer can replace a newer token with an older one.
         let previous = self.cached.replace(token.clone());
@@ -789,9 +813,10 @@ impl<'a> Fleet<'a> {
     }
 
     /// A spent refresh token presented while the answer that carried its
-    /// successor is still travelling past its deadline: the presenting
-    /// instance gave up on that answer (after a timeout, under the lease),
-    /// the inherent loss (b).
+    /// successor is still travelling past its deadline, or reached its
+    /// instance past the deadline, after that instance's lease had gone,
+    /// and is not stored yet: the presenting instance took the lease its
+    /// holder gave up (after a timeout), the inherent loss (b).
     fn check_overdue(&mut self, request: &crate::machine::FetchRequest, now: Timestamp) {
         let Some(current) = self.authority.live_refresh_token() else {
             return;
@@ -800,11 +825,11 @@ impl<'a> Fleet<'a> {
         if presented.is_none() || presented == Some(current) {
             return;
         }
-        if self
+        let travelling = self
             .in_flight
             .get(current)
-            .is_some_and(|(_, deadline)| now >= *deadline)
-        {
+            .is_some_and(|(_, deadline)| now >= *deadline);
+        if travelling || self.overdue_unstored.contains(current) {
             self.report.inherent_losses += 1;
             self.authority.lose_current(Loss::LostAnswer);
         }
@@ -825,7 +850,11 @@ impl<'a> Fleet<'a> {
         }
         inst.lived += now.saturating_duration_since(inst.up_since);
         inst.alive = false;
-        inst.last_stop_killed = killed;
+        if killed {
+            inst.killed_lives |= life_bit(inst.life);
+        } else {
+            inst.killed_lives &= !life_bit(inst.life);
+        }
         inst.life = inst.life.wrapping_add(1);
         self.wake_generation[i] += 1;
         self.timers[i].live = Timer::NONE.live;
