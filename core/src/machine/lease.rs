@@ -219,7 +219,14 @@ impl RefreshMachine {
     /// lease lapsed under the waiting store, and a peer presented the spent
     /// refresh token.)
     pub(super) fn keep_the_lease_for_the_store(&mut self) {
-        let keep = self.now.mono + self.within_the_lease(self.config.cache_timeout);
+        // With the lease already gone, nothing protects the spent refresh
+        // token from a peer but the store itself: give up on the request
+        // at once.
+        let keep = if self.holds_lease() {
+            self.now.mono + self.within_the_lease(self.config.cache_timeout)
+        } else {
+            self.now.mono
+        };
         if let Phase::Waiting(request) = &mut self.phase {
             if matches!(
                 request.kind,

@@ -55,6 +55,9 @@
 //! failing. **At most one request of each kind is in flight, always**, and
 //! a lease request also waits for a release in flight (one lease call at a
 //! time: a release carried out after a later grant would give it away).
+//! A store of a rotated refresh token that is not durable yet never waits
+//! for a lease call; it is retried several times per lease TTL, each
+//! attempt ending while half of the lease is left.
 //!
 //! **One rule for answers that are not awaited.** An answer that comes
 //! after its deadline is recognised by its id. Whatever the phase, the
@@ -64,8 +67,10 @@
 //! rotated the refresh token), and queues what it requires (store it, to
 //! make it durable or to share it) as a *follow-up*, carried out at the
 //! next step at which nothing is in flight, before any timer's work, and
-//! under the lease (which is kept for it). It never preempts or duplicates
-//! the request in flight. An `invalid_grant` for a refresh token that was
+//! under the lease (which is kept for it: when the answer rotated the
+//! refresh token, a cache request in flight is given up on while half of
+//! the lease is left, and at once when the lease is already gone). It
+//! never preempts or duplicates the request in flight. An `invalid_grant` for a refresh token that was
 //! rotated meanwhile says nothing of the current grant: it counts as a
 //! transient failure.
 //!
@@ -531,11 +536,12 @@ impl RefreshMachine {
             Phase::Idle { refresh_at, early } => self.token_deadline(*refresh_at).min(at(*early)),
             Phase::Waiting(r) | Phase::Draining { request: r, .. } => at(r.deadline),
             Phase::PeerWait { recheck_at } => at(*recheck_at),
-            // The retry waits for a lease call in flight (an extension of
-            // the lease over the wait), until its answer or its deadline.
-            Phase::Backoff { retry_at, .. } => match &self.lease_call {
-                Some(call) => at((*retry_at).max(call.deadline)),
-                None => at(*retry_at),
+            // A refresh waits for a lease call in flight (an extension of
+            // the lease over the wait), until its answer or its deadline; a
+            // store of a rotated refresh token goes out beside it.
+            Phase::Backoff { retry_at, then } => match &self.lease_call {
+                Some(call) if !then.keeps_the_lease() => at((*retry_at).max(call.deadline)),
+                _ => at(*retry_at),
             },
             Phase::Failed { recheck_at } => at(*recheck_at),
             Phase::Created | Phase::Stopped => Timestamp::MAX,
@@ -592,7 +598,12 @@ impl RefreshMachine {
                 }
                 self.begin_refresh();
             }
-            Phase::Backoff { retry_at, then } if mono >= retry_at && self.lease_call.is_none() => {
+            // A store of an undurable rotated refresh token never waits for
+            // a lease call (a hung extension kept it from the cache while
+            // the lease ran out); a refresh does, to ask for the lease next.
+            Phase::Backoff { retry_at, then }
+                if mono >= retry_at && (self.lease_call.is_none() || then.keeps_the_lease()) =>
+            {
                 match then {
                     Retry::Refresh => self.begin_refresh(),
                     Retry::StoreRotated(token) => self.send_store(token, StoreFor::Rotated, false),
