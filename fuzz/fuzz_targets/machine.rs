@@ -27,6 +27,13 @@ fuzz_target!(|data: &[u8]| {
     // Each kind's request in flight (load, lease, fetch, store, release):
     // its id and deadline (on the monotonic clock).
     let mut flying: [Option<(RequestId, MonoTime)>; 5] = [None; 5];
+    // Whether the lease call in `flying[1]` is a lease request (not an
+    // extension).
+    let mut lease_request = false;
+    // Whether a fetch answer with a refresh token was fed since the last
+    // read (0) or lease call (1) was sent.
+    let mut rotated_since = [false; 2];
+    let lease_ttl = m.config().lease_ttl;
     let mut stopped = false;
     // The last id of each kind of request, and an older one, to answer with.
     let mut ids: [Option<RequestId>; 5] = [None; 5];
@@ -136,6 +143,9 @@ fuzz_target!(|data: &[u8]| {
             27 => Input::NeedValidity(Duration::from_secs(u64::from(arg) * 30)),
             _ => Input::Tick,
         };
+        if matches!(&input, Input::Fetched(_, Ok(r)) if r.refresh_token.is_some()) {
+            rotated_since = [true; 2];
+        }
         if let Some(i) = input.request_id() {
             for slot in flying.iter_mut() {
                 if slot.is_some_and(|(r, _)| r == i) {
@@ -172,6 +182,21 @@ fuzz_target!(|data: &[u8]| {
                         Action::ReleaseLease { timeout, .. } => Some((4, *timeout)),
                         _ => None,
                     };
+                    // A read or lease request sent before a fetch answer
+                    // rotated the refresh token may be given up on early, so
+                    // the rotated token is stored while the lease holds: a
+                    // new one of its kind replaces it.
+                    if let Some((k @ (0 | 1), _)) = flight {
+                        if rotated_since[k] && (k == 0 || lease_request) {
+                            flying[k] = None;
+                        }
+                        rotated_since[k] = false;
+                    }
+                    // A lease request asks for the lease TTL; an extension
+                    // for more (the wait it covers as well).
+                    if let Action::AcquireLease { ttl, .. } = &a {
+                        lease_request = *ttl == lease_ttl;
+                    }
                     if let (Some((k, timeout)), Some(i)) = (flight, a.request_id()) {
                         let limit = if k == 2 { fetch_timeout } else { cache_timeout };
                         assert!(timeout <= limit, "a deadline past its timeout: {a:?}");

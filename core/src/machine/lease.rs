@@ -211,10 +211,12 @@ impl RefreshMachine {
     }
 
     /// A rotated refresh token has just become ours and is not durable
-    /// yet, with a cache request in flight that its store must wait for:
-    /// that request is given up on by [`within_the_lease`](Self::within_the_lease),
-    /// as if it had been sent under the rotation, so the store goes out
-    /// while the lease still holds. (A read sent before a late answer
+    /// yet, with a cache read or lease request in flight that its store
+    /// must wait for: that request is given up on by
+    /// [`within_the_lease`](Self::within_the_lease), as if it had been sent
+    /// under the rotation, so the store goes out while the lease still
+    /// holds (drivers take a new call of a kind whose last one is still
+    /// running for one given up on). (A read sent before a late answer
     /// rotated the grant kept the full cache timeout: when it hung, the
     /// lease lapsed under the waiting store, and a peer presented the spent
     /// refresh token.)

@@ -68,8 +68,9 @@
 //! make it durable or to share it) as a *follow-up*, carried out at the
 //! next step at which nothing is in flight, before any timer's work, and
 //! under the lease (which is kept for it: when the answer rotated the
-//! refresh token, a cache request in flight is given up on while half of
-//! the lease is left, and at once when the lease is already gone). It
+//! refresh token, a cache read or lease request in flight is given up on
+//! while half of the lease is left, and at once when the lease is already
+//! gone). It
 //! never preempts or duplicates the request in flight. An `invalid_grant` for a refresh token that was
 //! rotated meanwhile says nothing of the current grant: it counts as a
 //! transient failure.
