@@ -636,6 +636,8 @@ struct MemoryCache {
     leased: Arc<AtomicBool>,
     stores: Arc<AtomicU64>,
     fault: Arc<(Mutex<CacheFault>, Condvar)>,
+    /// Blocking calls held in a hang right now.
+    hanging: Arc<AtomicU64>,
 }
 
 impl Default for MemoryCache {
@@ -645,6 +647,7 @@ impl Default for MemoryCache {
             leased: Arc::default(),
             stores: Arc::default(),
             fault: Arc::new((Mutex::new(CacheFault::None), Condvar::new())),
+            hanging: Arc::default(),
         }
     }
 }
@@ -659,6 +662,20 @@ impl MemoryCache {
         self.stores.load(Ordering::SeqCst)
     }
 
+    /// Waits until every blocking call held in a hang has returned, and a
+    /// moment more for its worker thread to finish with it: the blocking
+    /// driver refuses a cache call while a worker it set aside is still in
+    /// one, so a call made right after the fault is cleared could race the
+    /// hung workers on a loaded machine.
+    fn wait_unhung(&self) {
+        let give_up = Instant::now() + HUNG;
+        while self.hanging.load(Ordering::SeqCst) > 0 {
+            assert!(Instant::now() < give_up, "hung cache calls never returned");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     fn fault(&self) -> CacheFault {
         *self.fault.0.lock().unwrap()
     }
@@ -669,10 +686,13 @@ impl MemoryCache {
             CacheFault::None => Ok(()),
             CacheFault::Panic => panic!("the cache blew up"),
             CacheFault::Hang => {
+                self.hanging.fetch_add(1, Ordering::SeqCst);
                 let mut fault = self.fault.0.lock().unwrap();
                 while *fault == CacheFault::Hang {
                     fault = self.fault.1.wait(fault).unwrap();
                 }
+                drop(fault);
+                self.hanging.fetch_sub(1, Ordering::SeqCst);
                 Err(hung())
             }
         }
@@ -826,6 +846,7 @@ async fn cache_contained(driver: impl Driver, fault: CacheFault) {
         .await;
 
     cache.set(CacheFault::None);
+    cache.wait_unhung();
     // 62 s: tok-2 is stale, peer-tok has expired.
     env.advance(31);
     env.until_token("tok-3").await;

@@ -70,10 +70,9 @@
 //! under the lease (which is kept for it: when the answer rotated the
 //! refresh token, a cache read or lease request in flight is given up on
 //! while half of the lease is left, and at once when the lease is already
-//! gone). It
-//! never preempts or duplicates the request in flight. An `invalid_grant` for a refresh token that was
-//! rotated meanwhile says nothing of the current grant: it counts as a
-//! transient failure.
+//! gone). It never preempts or duplicates the request in flight. An
+//! `invalid_grant` for a refresh token that was rotated meanwhile says
+//! nothing of the current grant: it counts as a transient failure.
 //!
 //! **Followers.** An instance that finds the lease busy waits for the
 //! holder and reads the cache again: without a valid token, 25 ms ± 50 %
