@@ -122,7 +122,19 @@ fn config(flow: Flow, seed: u64) -> MachineConfig {
     if flow == Flow::RefreshToken {
         c.refresh_token = Some(RefreshToken::new("rt-0"));
     }
+    #[cfg(feature = "mutants")]
+    {
+        c.mutant = MUTANT.with(|m| m.get());
+    }
     c
+}
+
+#[cfg(feature = "mutants")]
+thread_local! {
+    /// The known defect the machines of this thread's explorations have put
+    /// back (see `each_known_defect_is_found`).
+    static MUTANT: std::cell::Cell<Option<freshtoken_core::machine::mutants::Mutant>> =
+        const { std::cell::Cell::new(None) };
 }
 
 fn at(ms: u64) -> Timestamp {
@@ -1195,6 +1207,63 @@ fn run(bounds: Bounds) -> Exploration {
         result.violations.len()
     );
     result
+}
+
+/// The checker finds what was wrong before: each known defect, put back in
+/// the machine (feature `mutants`), is found as the violation it causes,
+/// at bounds the suite affords (the follower's defect needs 10 steps: a
+/// failed lease call, a busy lease, a token expiring during the wait). A
+/// checker that finds nothing on the correct machine proves something only
+/// because it finds these.
+#[cfg(feature = "mutants")]
+#[test]
+fn each_known_defect_is_found() {
+    use freshtoken_core::machine::mutants::Mutant;
+    let bounds = |depth, lifecycle| Bounds {
+        instances: 2,
+        flow: Flow::ClientCredentials,
+        depth,
+        faults: true,
+        invalidations: false,
+        lifecycle,
+        layer: false,
+        clock_steps: false,
+    };
+    let cases = [
+        (
+            Mutant::StoreBesideStore,
+            bounds(9, false),
+            "two requests of a kind in flight",
+        ),
+        (
+            Mutant::StopBeforeRelease,
+            bounds(4, true),
+            "stopped holding the lease",
+        ),
+        (
+            Mutant::FollowerIgnoresExpiry,
+            bounds(10, false),
+            "follower asleep past a token it could adopt",
+        ),
+    ];
+    std::thread::scope(|scope| {
+        for (mutant, bounds, violation) in cases {
+            scope.spawn(move || {
+                MUTANT.with(|m| m.set(Some(mutant)));
+                let found = explore(&bounds);
+                println!(
+                    "{mutant:?}, depth {}: {} distinct states, violations {:?}",
+                    bounds.depth,
+                    found.states,
+                    found.violations.keys().collect::<Vec<_>>()
+                );
+                let Some((text, path)) = found.violations.get(violation) else {
+                    panic!("{mutant:?} put back, and no \"{violation}\" found");
+                };
+                println!("  {text}\n  after {} steps: {path:?}", path.len());
+            });
+        }
+    });
 }
 
 #[test]

@@ -74,6 +74,11 @@ pub struct MachineConfig {
     /// fetch (no token yet) and refresh-token fetches (a retry after a
     /// timeout risks presenting a rotated token) keep the full fetch timeout.
     pub min_fetch_timeout: Duration,
+    /// A known defect put back, for the model checker's own tests (feature
+    /// `mutants`; see [`Mutant`](super::mutants::Mutant)). `None` by default.
+    #[cfg(feature = "mutants")]
+    #[doc(hidden)]
+    pub mutant: Option<super::mutants::Mutant>,
 }
 
 impl Default for MachineConfig {
@@ -92,6 +97,8 @@ impl Default for MachineConfig {
             refresh_token: None,
             min_refresh_interval: Duration::from_secs(5),
             min_fetch_timeout: Duration::from_secs(2),
+            #[cfg(feature = "mutants")]
+            mutant: None,
         }
     }
 }

@@ -58,7 +58,9 @@ pub enum Input {
     /// Begin: load the cache or fetch the first token.
     Start,
     /// Time has passed; act on any deadline that is due. A request whose
-    /// deadline has passed counts as failed (timed out).
+    /// deadline has passed counts as failed (timed out). (Every input acts
+    /// on the deadlines due at its `now` first; this one carries nothing
+    /// else.)
     Tick,
     /// The result of [`Action::LoadCache`].
     CacheLoaded(RequestId, Result<Option<Arc<Token>>, CacheError>),

@@ -88,6 +88,12 @@ impl RefreshMachine {
         if rotated {
             self.keep_the_lease_for_the_store();
         }
+        #[cfg(feature = "mutants")]
+        if self.mutant(super::mutants::Mutant::StoreBesideStore)
+            && matches!(&self.phase, Phase::Waiting(r) if matches!(r.kind, RequestKind::Store { .. }))
+        {
+            return self.send_store(token, store_for, false);
+        }
         self.follow_up = Some(FollowUp { token, store_for });
     }
 

@@ -154,6 +154,10 @@ impl RefreshMachine {
             .map(|t| t.expires_at().saturating_duration_since(self.token_now()))
             .filter(|left| !left.is_zero());
         if let Some(left) = until_expiry {
+            #[cfg(feature = "mutants")]
+            if self.mutant(super::mutants::Mutant::FollowerIgnoresExpiry) {
+                return self.jittered(self.config.peer_wait);
+            }
             let doublings = waits.saturating_sub(1).min(16);
             let cap = (left / 4).max(self.config.peer_wait);
             let base = self

@@ -49,10 +49,17 @@
 //! **Requests and deadlines.** Every action that expects an answer (load,
 //! lease, fetch, store, release) carries a [`RequestId`] and a deadline
 //! (the fetch or cache timeout, shorter in a few documented cases, and
-//! visible in the action); the earliest deadline, the phase's own timer
-//! and the current token's expiry make the [`Output::Timeout`], and a
-//! [`Input::Tick`] past a request's deadline counts as that request
-//! failing. **At most one request of each kind is in flight, always**, and
+//! visible in the action). A request past its deadline has failed.
+//!
+//! **One timer table** (`timers`, after quinn-proto's): every deadline is a
+//! named timer (a lease call's, the awaited request's, an early refresh a
+//! reader asked for, the refresh time, a follower's or a revoked grant's
+//! re-read, a backoff's retry, the token's expiry), each read from the
+//! state it belongs to. The earliest is the [`Output::Timeout`]. The due
+//! ones are handled in one pass, each once and in a fixed order, before
+//! every input (so an input meets the state time has made, even from a
+//! late driver) and after it (for a timer it made due); [`Input::Tick`]
+//! is an input with nothing else in it. No handler runs another. **At most one request of each kind is in flight, always**, and
 //! a lease request also waits for a release in flight (one lease call at a
 //! time: a release carried out after a later grant would give it away).
 //! A store of a rotated refresh token that is not durable yet never waits
@@ -138,8 +145,12 @@ mod grant;
 mod io;
 mod late;
 mod lease;
+#[cfg(feature = "mutants")]
+#[doc(hidden)]
+pub mod mutants;
 mod served;
 mod shutdown;
+mod timers;
 
 pub use config::{MachineConfig, MachineStats};
 pub use events::{Event, InvalidationOutcome};
@@ -508,18 +519,25 @@ impl RefreshMachine {
     pub fn handle_input(&mut self, input: Input, now: impl Into<Now>) {
         let now = now.into();
         self.now = Now::new(now.wall, now.mono.max(self.now.mono));
+        // The timers due are handled first (the driver may be late, or the
+        // input may come at a deadline), so the input meets the state that
+        // time has made; and again after it, for a timer it made due.
+        if !self.is_stopped() {
+            self.expire_timers();
+        }
         match input {
             _ if self.is_stopped() => self.ignore(),
             Input::Shutdown => self.shutdown(),
             Input::Start if matches!(self.phase, Phase::Created) => self.begin_refresh(),
             Input::Start => self.ignore(),
-            Input::Tick => self.tick(),
+            Input::Tick => {}
             Input::Invalidate(id) => self.invalidate(id),
             Input::NeedValidity(needed) => self.need_validity(needed),
             answer => self.on_answer(answer),
         }
-        self.run_follow_up();
-        self.check_expiry();
+        if !self.is_stopped() {
+            self.expire_timers();
+        }
     }
 
     /// The next thing to do: an action, or the instant to wake up at.
@@ -528,33 +546,6 @@ impl RefreshMachine {
             return Output::Action(action);
         }
         Output::Timeout(self.next_deadline())
-    }
-
-    fn next_deadline(&self) -> Timestamp {
-        let at = |mono: MonoTime| self.now.wall_at(mono);
-        let phase_deadline = match &self.phase {
-            Phase::Idle { refresh_at, early } => self.token_deadline(*refresh_at).min(at(*early)),
-            Phase::Waiting(r) | Phase::Draining { request: r, .. } => at(r.deadline),
-            Phase::PeerWait { recheck_at } => at(*recheck_at),
-            // A refresh waits for a lease call in flight (an extension of
-            // the lease over the wait), until its answer or its deadline; a
-            // store of a rotated refresh token goes out beside it.
-            Phase::Backoff { retry_at, then } => match &self.lease_call {
-                Some(call) if !then.keeps_the_lease() => at((*retry_at).max(call.deadline)),
-                _ => at(*retry_at),
-            },
-            Phase::Failed { recheck_at } => at(*recheck_at),
-            Phase::Created | Phase::Stopped => Timestamp::MAX,
-        };
-        // Also wake at expiry, so readers waiting on changes learn of it.
-        let expiry = match &self.current {
-            Some(t) if self.expiry_to_publish() => self.token_deadline(t.expires_at()),
-            _ => Timestamp::MAX,
-        };
-        // A deadline already due (the driver was late) is due right after now.
-        phase_deadline
-            .min(expiry)
-            .max(self.now.wall + Duration::from_millis(1))
     }
 
     fn ignore(&mut self) {
@@ -568,68 +559,6 @@ impl RefreshMachine {
 
     fn is_refresh_flow(&self) -> bool {
         self.grant.is_some() || self.revoked.is_some()
-    }
-
-    fn tick(&mut self) {
-        // What a late answer left to do comes before any timer's work.
-        if self.follow_up.is_some() && self.is_free() {
-            return self.run_follow_up();
-        }
-        let mono = self.now.mono;
-        if let Some(call) = self.lease_call.filter(|c| mono >= c.deadline) {
-            // No answer: an extension leaves the lease ours until when we
-            // knew (see `settle_lease_call`); a release, to lapse by its TTL
-            // (not counted among the timeouts: nothing waited for it, and
-            // the drivers' metrics read a timeout as the awaited request's).
-            if call.extension_until.is_some() {
-                self.emit(Event::TimedOut {
-                    id: call.id,
-                    fetch: false,
-                });
-            }
-            self.settle_lease_call(None);
-        }
-        match std::mem::replace(&mut self.phase, Phase::Stopped) {
-            Phase::Idle { refresh_at, early }
-                if self.token_now() >= refresh_at || mono >= early =>
-            {
-                if mono >= early {
-                    self.last_invalidation = Some(mono);
-                }
-                self.begin_refresh();
-            }
-            // A store of an undurable rotated refresh token never waits for
-            // a lease call (a hung extension kept it from the cache while
-            // the lease ran out); a refresh does, to ask for the lease next.
-            Phase::Backoff { retry_at, then }
-                if mono >= retry_at && (self.lease_call.is_none() || then.keeps_the_lease()) =>
-            {
-                match then {
-                    Retry::Refresh => self.begin_refresh(),
-                    Retry::StoreRotated(token) => self.send_store(token, StoreFor::Rotated, false),
-                }
-            }
-            Phase::PeerWait { recheck_at } if mono >= recheck_at => {
-                self.read_cache(CacheRead::BeforeLease)
-            }
-            Phase::Waiting(request) if mono >= request.deadline => self.timed_out(request),
-            Phase::Draining { request, until } if mono >= request.deadline => {
-                self.emit(Event::TimedOut {
-                    id: request.id,
-                    fetch: matches!(request.kind, RequestKind::Fetch { .. }),
-                });
-                match request.kind {
-                    RequestKind::Store { token, rotated, .. } if rotated && mono < until => {
-                        self.send_store(token, StoreFor::Rotated, true)
-                    }
-                    _ => self.stop(),
-                }
-            }
-            Phase::Failed { recheck_at } if mono >= recheck_at => {
-                self.read_cache(CacheRead::AfterRevocation)
-            }
-            phase => self.phase = phase,
-        }
     }
 
     /// A request's deadline passed: it failed, and a late answer is still
@@ -683,8 +612,9 @@ impl RefreshMachine {
                 _ => false,
             };
             if !awaited {
-                // The backoff's retry may have waited for it.
-                return self.tick();
+                // (The backoff's retry may have waited for it: the timers'
+                // pass after this input sends it.)
+                return;
             }
         }
         match std::mem::replace(&mut self.phase, Phase::Stopped) {

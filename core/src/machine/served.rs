@@ -18,19 +18,15 @@ impl RefreshMachine {
         }
         self.rejected = Some(id);
         if let Phase::Idle { refresh_at, .. } = self.phase {
-            // Rate limited: at the earliest one interval after the last one.
-            self.phase = Phase::Idle {
-                refresh_at,
-                early: self.invalidation_allowed_at(),
-            };
-            self.tick();
-            self.emit(Event::Invalidation(
-                if matches!(self.phase, Phase::Idle { .. }) {
-                    InvalidationOutcome::RateLimited
-                } else {
-                    InvalidationOutcome::Accepted
-                },
-            ));
+            // Rate limited: at the earliest one interval after the last
+            // one. Due now, the timers' pass after this input starts it.
+            let early = self.invalidation_allowed_at();
+            self.phase = Phase::Idle { refresh_at, early };
+            self.emit(Event::Invalidation(if early <= self.now.mono {
+                InvalidationOutcome::Accepted
+            } else {
+                InvalidationOutcome::RateLimited
+            }));
         } else {
             self.emit(Event::Invalidation(InvalidationOutcome::Collapsed));
         }
@@ -62,7 +58,6 @@ impl RefreshMachine {
             refresh_at,
             early: self.invalidation_allowed_at(),
         };
-        self.tick();
     }
 
     pub(super) fn invalidation_allowed_at(&self) -> MonoTime {
@@ -94,12 +89,12 @@ impl RefreshMachine {
         self.idle_until(refresh_at);
         let rejected = self.current.as_ref().map(|t| t.id()) == self.rejected;
         if rejected && self.rejected.is_some() {
+            // Due already (the rate limit allows it), the timers' pass
+            // refreshes now.
             self.phase = Phase::Idle {
                 refresh_at,
                 early: self.invalidation_allowed_at(),
             };
-            // Due already (the rate limit allows it): refresh now.
-            self.tick();
         }
     }
 

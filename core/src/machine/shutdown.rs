@@ -82,6 +82,22 @@ impl RefreshMachine {
         self.stop();
     }
 
+    /// The request a shutdown drains got no answer by its deadline: a
+    /// rotated refresh token's store is tried again while the drain bound
+    /// allows, anything else ends the drain.
+    pub(super) fn drain_timed_out(&mut self, request: Request, until: MonoTime) {
+        self.emit(Event::TimedOut {
+            id: request.id,
+            fetch: matches!(request.kind, RequestKind::Fetch { .. }),
+        });
+        match request.kind {
+            RequestKind::Store { token, rotated, .. } if rotated && self.now.mono < until => {
+                self.send_store(token, StoreFor::Rotated, true)
+            }
+            _ => self.stop(),
+        }
+    }
+
     /// Stops once nothing is left to do: what a late answer left to store
     /// first, then the lease given back and its release answered (to its
     /// deadline), so the next process is granted the lease at once.
@@ -94,7 +110,10 @@ impl RefreshMachine {
         // The release follows a lease extension in flight (whose grant it
         // gives back); a release already in flight covers the lease.
         self.release_lease();
-        if let Some(call) = self.lease_call.filter(|c| c.deadline > self.now.mono) {
+        let call = self.lease_call.filter(|c| c.deadline > self.now.mono);
+        #[cfg(feature = "mutants")]
+        let call = call.filter(|_| !self.mutant(super::mutants::Mutant::StopBeforeRelease));
+        if let Some(call) = call {
             let request = Request {
                 id: call.id,
                 deadline: call.deadline,

@@ -1061,13 +1061,17 @@ fn a_late_rotation_during_a_hung_read_is_stored_while_the_lease_holds() {
 fn a_late_rotation_after_the_lease_lapsed_is_stored_at_once() {
     let (mut h, fetch, lease_until) = retrying_after_a_timed_out_fetch();
     h.at(lease_until + Duration::from_millis(10));
-    let (_, give_up_at) = h.feed_raw(Input::Fetched(fetch, Ok(rotated("late", "rt-1"))));
-    assert!(
-        give_up_at <= h.now + Duration::from_millis(1),
-        "the read is waited for until {give_up_at:?}, {:?} after the answer",
-        give_up_at.saturating_duration_since(h.now)
-    );
-    let (a, _) = h.at(give_up_at).feed(Input::Tick);
+    let answered_at = h.now;
+    let (mut a, give_up_at) = h.feed_raw(Input::Fetched(fetch, Ok(rotated("late", "rt-1"))));
+    if !kinds(&a).contains(&"store") {
+        // Not with the answer itself: a millisecond later at the latest.
+        assert!(
+            give_up_at <= answered_at + Duration::from_millis(1),
+            "the read is waited for until {give_up_at:?}, {:?} after the answer",
+            give_up_at.saturating_duration_since(answered_at)
+        );
+        a = h.at(give_up_at).feed(Input::Tick).0;
+    }
     assert!(kinds(&a).contains(&"store"), "{a:?}");
 }
 
@@ -1153,7 +1157,10 @@ fn a_rotated_store_is_retried_beside_a_hung_lease_renewal() {
 /// than the lease, found a peer's rotated token presented again.)
 #[test]
 fn a_lease_that_lapsed_during_a_slow_read_is_read_under_again() {
-    let config = rt_config();
+    let mut config = rt_config();
+    // A cache slower than the lease: the read is still awaited when the
+    // lease lapses.
+    config.cache_timeout = config.lease_ttl * 2;
     let ttl = config.lease_ttl;
     let mut h = Harness::new(config);
     h.feed(Input::Start);
@@ -1518,4 +1525,49 @@ fn a_need_for_longer_validity_refreshes_early_once() {
     assert_eq!(next, T0 + Duration::from_secs(605));
     let (a, _) = h.at(next).feed(Input::Tick);
     assert_eq!(kinds(&a), ["fetch"]);
+}
+
+/// A holder whose fetch timed out extends its lease over the backoff; the
+/// fetch answers late, its token is stored, and the release waits for the
+/// extension, whose answer is lost. The release goes out at the
+/// extension's deadline, and a shutdown that comes at that instant, before
+/// the driver's tick, waits for the release's answer before `Stop`. (Before
+/// the timer table, an idle machine did not wake for a lease call, and a
+/// shutdown at its deadline stopped with the release never sent: the lease
+/// outlived the process. The model checker found it at depth 11.)
+#[test]
+fn a_release_that_waits_for_a_lost_extension_goes_out_at_its_deadline() {
+    let start = |h: &mut Harness| {
+        fetching(h);
+        let fetch = h.last_id.unwrap();
+        let (_, timeout) = h.feed(Input::Tick);
+        let (a, _) = h.at(timeout).feed(Input::Tick);
+        assert_eq!(kinds(&a), ["lease", "publish"], "extended over the wait");
+        let late = TokenResponse::new(AccessToken::new("late")).with_expires_in(Some(600));
+        let (a, _) = h.feed_raw(Input::Fetched(fetch, Ok(late)));
+        assert_eq!(kinds(&a), ["publish", "store"], "{a:?}");
+        let (a, wake) = h.feed(Input::Stored(ID, Ok(())));
+        assert!(
+            !kinds(&a).contains(&"release"),
+            "after the extension: {a:?}"
+        );
+        wake
+    };
+    let cache_timeout = MachineConfig::default().cache_timeout;
+
+    // The machine wakes at the extension's deadline and releases.
+    let mut h = Harness::cached();
+    let wake = start(&mut h);
+    let extension_deadline = h.now + cache_timeout;
+    assert!(wake <= extension_deadline, "asleep until {wake:?}");
+    let (a, _) = h.at(extension_deadline).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["release"], "{a:?}");
+
+    // A shutdown at that instant sends it too, and waits for its answer.
+    let mut h = Harness::cached();
+    start(&mut h);
+    let (a, _) = h.at(h.now + cache_timeout).feed(Input::Shutdown);
+    assert_eq!(kinds(&a), ["release"], "{a:?}");
+    let (a, _) = h.feed(Input::Released(ID, Ok(())));
+    assert_eq!(kinds(&a), ["publish", "stop"], "{a:?}");
 }

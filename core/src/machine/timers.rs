@@ -1,0 +1,200 @@
+//! The timer table: every deadline the machine keeps, by name, on the one
+//! clock that [`Output::Timeout`] speaks in.
+//!
+//! Modelled on quinn-proto's `TimerTable`: each deadline is a named
+//! [`Timer`]; the next timeout is the earliest of them; and the timers
+//! that are due are handled in one pass, each once, in a fixed order
+//! ([`Timer::ALL`]), at one place: before and after every input
+//! ([`RefreshMachine::expire_timers`]). Nothing else calls a timer's
+//! handler, so no handler runs inside another.
+//!
+//! Unlike quinn's, the table is not a second store of deadlines: each
+//! deadline lives with the state it belongs to (a phase's variant, the
+//! lease call in flight, the current token), so it cannot outlive that
+//! state or disagree with it; [`RefreshMachine::timers`] reads them into a
+//! [`TimerTable`]. Deadlines on the monotonic clock and on the token's clock
+//! (see [`RefreshMachine::token_now`]) are put on the wall clock as read
+//! now, so comparing them with now is comparing each on its own clock.
+
+use super::*;
+
+/// A deadline the machine keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Timer {
+    /// The lease call in flight (an extension or a release) is given up
+    /// on, whatever the phase: a release that was to follow it goes out.
+    LeaseCall,
+    /// The awaited request (a refresh's, or the one a shutdown drains) is
+    /// given up on: it failed.
+    Request,
+    /// Idle: a refresh a reader asked for early (a rejected token, a
+    /// validity it needs) is due, as the invalidation rate limit allows.
+    Early,
+    /// Idle: the current token's (jittered) refresh time, on its clock.
+    Refresh,
+    /// A follower looks for the holder's token again, or a revoked grant
+    /// re-reads the cache for a live one.
+    Recheck,
+    /// A backoff's retry (once the lease call it waits for is settled).
+    Retry,
+    /// The current token expires: readers are told.
+    Expiry,
+}
+
+impl Timer {
+    /// Every timer, in the order a pass handles the due ones: a lease call
+    /// settled first (a retry may wait for it), then the phase's timers,
+    /// and the expiry last (it tells readers what the pass left served).
+    pub(super) const ALL: [Timer; 7] = [
+        Timer::LeaseCall,
+        Timer::Request,
+        Timer::Early,
+        Timer::Refresh,
+        Timer::Recheck,
+        Timer::Retry,
+        Timer::Expiry,
+    ];
+}
+
+/// Each timer's deadline, if it is set.
+#[derive(Debug, Default)]
+pub(super) struct TimerTable {
+    at: [Option<Timestamp>; Timer::ALL.len()],
+}
+
+impl TimerTable {
+    pub(super) fn set(&mut self, timer: Timer, at: Option<Timestamp>) {
+        self.at[timer as usize] = at;
+    }
+
+    /// The earliest deadline set.
+    pub(super) fn next_timeout(&self) -> Option<Timestamp> {
+        self.at.iter().flatten().min().copied()
+    }
+}
+
+impl RefreshMachine {
+    /// Every timer's deadline now, read from the state it belongs to.
+    pub(super) fn timers(&self) -> TimerTable {
+        let mut table = TimerTable::default();
+        for timer in Timer::ALL {
+            table.set(timer, self.deadline(timer));
+        }
+        table
+    }
+
+    /// One timer's deadline, on the wall clock as read now.
+    pub(super) fn deadline(&self, timer: Timer) -> Option<Timestamp> {
+        let at = |mono: MonoTime| Some(self.now.wall_at(mono));
+        match (timer, &self.phase) {
+            // Set while something waits for the call: a release to follow
+            // it, a lease request or a stop (the awaited request is the
+            // call), a backoff's retry. A call nothing waits for is settled
+            // by its answer, or by the next pass after its deadline.
+            (Timer::LeaseCall, phase) => {
+                let awaited = match phase {
+                    Phase::Waiting(r) | Phase::Draining { request: r, .. } => {
+                        matches!(r.kind, RequestKind::LeaseCall { .. })
+                    }
+                    Phase::Backoff { .. } => true,
+                    _ => false,
+                };
+                self.lease_call
+                    .filter(|c| c.release_after || awaited)
+                    .and_then(|c| at(c.deadline))
+            }
+            (Timer::Request, Phase::Waiting(r) | Phase::Draining { request: r, .. }) => {
+                at(r.deadline)
+            }
+            (Timer::Early, Phase::Idle { early, .. }) if *early != MonoTime::MAX => at(*early),
+            (Timer::Refresh, Phase::Idle { refresh_at, .. }) => {
+                Some(self.token_deadline(*refresh_at))
+            }
+            (Timer::Recheck, Phase::PeerWait { recheck_at } | Phase::Failed { recheck_at }) => {
+                at(*recheck_at)
+            }
+            // A refresh waits for a lease call in flight (an extension of
+            // the lease over the wait): the call's own timer wakes it. A
+            // store of a rotated refresh token goes out beside it.
+            (Timer::Retry, Phase::Backoff { retry_at, then })
+                if self.lease_call.is_none() || then.keeps_the_lease() =>
+            {
+                at(*retry_at)
+            }
+            // Also wake at expiry, so readers waiting on changes learn of it.
+            (Timer::Expiry, _) if self.expiry_to_publish() => self
+                .current
+                .as_ref()
+                .map(|t| self.token_deadline(t.expires_at())),
+            _ => None,
+        }
+    }
+
+    /// The next [`Output::Timeout`]: the earliest timer, and a timer
+    /// already due (the driver was late) right after now.
+    pub(super) fn next_deadline(&self) -> Timestamp {
+        self.timers()
+            .next_timeout()
+            .unwrap_or(Timestamp::MAX)
+            .max(self.now.wall + Duration::from_millis(1))
+    }
+
+    /// Handles the timers that are due, each once, in [`Timer::ALL`]'s
+    /// order (a handler may make a later timer due, which this pass
+    /// handles; one it makes due earlier in the order waits a millisecond).
+    /// What a late answer left to do (the [`FollowUp`]) comes before any
+    /// timer's work, as soon as nothing is in flight.
+    pub(super) fn expire_timers(&mut self) {
+        for timer in Timer::ALL {
+            self.run_follow_up();
+            if self.deadline(timer).is_some_and(|at| at <= self.now.wall) {
+                self.on_timer(timer);
+            }
+        }
+        self.run_follow_up();
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        let mono = self.now.mono;
+        match timer {
+            Timer::LeaseCall => {
+                // No answer: an extension leaves the lease ours until when
+                // we knew (see `settle_lease_call`); a release, to lapse by
+                // its TTL (not counted among the timeouts: nothing waited
+                // for it, and the drivers' metrics read a timeout as the
+                // awaited request's).
+                if let Some(call) = self.lease_call.filter(|c| c.extension_until.is_some()) {
+                    self.emit(Event::TimedOut {
+                        id: call.id,
+                        fetch: false,
+                    });
+                }
+                self.settle_lease_call(None);
+            }
+            Timer::Request => match std::mem::replace(&mut self.phase, Phase::Stopped) {
+                Phase::Waiting(request) => self.timed_out(request),
+                Phase::Draining { request, until } => self.drain_timed_out(request, until),
+                phase => self.phase = phase,
+            },
+            Timer::Early | Timer::Refresh => {
+                if timer == Timer::Early {
+                    self.last_invalidation = Some(mono);
+                }
+                self.phase = Phase::Stopped;
+                self.begin_refresh();
+            }
+            Timer::Recheck => match std::mem::replace(&mut self.phase, Phase::Stopped) {
+                Phase::Failed { .. } => self.read_cache(CacheRead::AfterRevocation),
+                _ => self.read_cache(CacheRead::BeforeLease),
+            },
+            Timer::Retry => match std::mem::replace(&mut self.phase, Phase::Stopped) {
+                Phase::Backoff {
+                    then: Retry::StoreRotated(token),
+                    ..
+                } => self.send_store(token, StoreFor::Rotated, false),
+                _ => self.begin_refresh(),
+            },
+            Timer::Expiry => self.check_expiry(),
+        }
+    }
+}
