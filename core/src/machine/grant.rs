@@ -20,6 +20,44 @@ pub(super) struct Grant {
     pub(super) origin: Origin,
 }
 
+/// The grant, across refreshes: the newest refresh token known, the one
+/// the authority revoked, and the fetches given up on (whose late answers
+/// still teach it).
+#[derive(Debug, Clone, Default)]
+pub(super) struct GrantState {
+    /// The newest refresh token known.
+    pub(super) newest: Option<Grant>,
+    /// The refresh token the authority said is revoked; never presented again.
+    pub(super) revoked: Option<RefreshToken>,
+    /// Fetches given up on (their id and the generation they presented).
+    pub(super) abandoned: VecDeque<Abandoned>,
+}
+
+impl GrantState {
+    /// Remembers a fetch given up on (the last [`ABANDONED_FETCHES`]).
+    fn abandon(&mut self, id: RequestId, sent: Now, generation: u64) {
+        if self.abandoned.len() == ABANDONED_FETCHES {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(Abandoned {
+            id,
+            sent,
+            generation,
+        });
+    }
+
+    /// The fetch given up on that `id` answers, forgotten once taken.
+    pub(super) fn take_abandoned(&mut self, id: RequestId) -> Option<Abandoned> {
+        let at = self.abandoned.iter().position(|a| a.id == id)?;
+        self.abandoned.remove(at)
+    }
+
+    /// Whether this is a refresh-token flow (a grant, live or revoked).
+    pub(super) fn is_refresh_flow(&self) -> bool {
+        self.newest.is_some() || self.revoked.is_some()
+    }
+}
+
 /// A fetch given up on: its answer, if it comes, is still used.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Abandoned {
@@ -34,14 +72,7 @@ pub(super) const ABANDONED_FETCHES: usize = 8;
 
 impl RefreshMachine {
     pub(super) fn abandon(&mut self, id: RequestId, sent: Now, generation: u64) {
-        if self.abandoned.len() == ABANDONED_FETCHES {
-            self.abandoned.pop_front();
-        }
-        self.abandoned.push_back(Abandoned {
-            id,
-            sent,
-            generation,
-        });
+        self.grant.abandon(id, sent, generation);
     }
 
     /// Takes the cached token's refresh token when it is of a later
@@ -51,10 +82,10 @@ impl RefreshMachine {
         let Some(rt) = token.refresh_token() else {
             return;
         };
-        if self.revoked.as_ref() == Some(rt) {
+        if self.grant.revoked.as_ref() == Some(rt) {
             return;
         }
-        let newer = match &self.grant {
+        let newer = match &self.grant.newest {
             None => !self.is_refresh_flow(),
             Some(g) if g.token == *rt => false,
             Some(g) => {
@@ -63,7 +94,7 @@ impl RefreshMachine {
             }
         };
         if newer {
-            self.grant = Some(Grant {
+            self.grant.newest = Some(Grant {
                 token: rt.clone(),
                 generation: token.generation(),
                 origin: Origin::Cache,
@@ -76,9 +107,9 @@ impl RefreshMachine {
     /// again from its own first generation).
     pub(super) fn learn_live_grant(&mut self, token: &Token) -> bool {
         match token.refresh_token() {
-            Some(rt) if self.revoked.as_ref() != Some(rt) => {
-                self.revoked = None;
-                self.grant = Some(Grant {
+            Some(rt) if self.grant.revoked.as_ref() != Some(rt) => {
+                self.grant.revoked = None;
+                self.grant.newest = Some(Grant {
                     token: rt.clone(),
                     generation: token.generation(),
                     origin: Origin::Cache,
@@ -123,8 +154,13 @@ impl RefreshMachine {
             if let Some(rt) = token.refresh_token() {
                 // Our own answer wins, unless we have since learned of a
                 // later generation (an abandoned fetch answering late).
-                if self.grant.as_ref().is_none_or(|g| next >= g.generation) {
-                    self.grant = Some(Grant {
+                if self
+                    .grant
+                    .newest
+                    .as_ref()
+                    .is_none_or(|g| next >= g.generation)
+                {
+                    self.grant.newest = Some(Grant {
                         token: rt.clone(),
                         generation: next,
                         origin: Origin::Answer,
@@ -134,14 +170,14 @@ impl RefreshMachine {
         } else {
             // The authority kept the grant as it was: carry our refresh
             // token along so the cache stores the full state.
-            let (rt, generation) = match &self.grant {
+            let (rt, generation) = match &self.grant.newest {
                 Some(g) => (Some(g.token.clone()), g.generation),
                 None => (None, 0),
             };
             token = token.with_refresh_token(rt).with_generation(generation);
         }
-        self.skew_ms = resolved.skew_ms;
-        self.lifetime_note = note;
+        self.served.skew_ms = resolved.skew_ms;
+        self.served.lifetime_note = note;
         (Arc::new(token), rotated)
     }
 
@@ -159,18 +195,18 @@ impl RefreshMachine {
         // A genuine short lifetime is the authority's choice.
         let clamped_up = given.is_some_and(|g| g <= 0 || (g as u64).saturating_mul(1_000) < min_ms);
         if base.is_zero() || !clamped_up {
-            self.degenerate_streak = 0;
-            self.degenerate = None;
+            self.served.degenerate_streak = 0;
+            self.served.degenerate = None;
             return token;
         }
-        self.degenerate_streak = self.degenerate_streak.saturating_add(1);
+        self.served.degenerate_streak = self.served.degenerate_streak.saturating_add(1);
         let cap = self.config.backoff.max().max(base);
-        let doublings = self.degenerate_streak.saturating_sub(1).min(31);
+        let doublings = self.served.degenerate_streak.saturating_sub(1).min(31);
         let mut floor = base.saturating_mul(1u32 << doublings).min(cap);
         // Continue the fleet's curve: the token we hold may be a peer's
         // re-timed one (or a normal one), and the new token must outlive
         // it, or peers would not adopt it and would each fetch their own.
-        if let Some(current) = &self.current {
+        if let Some(current) = &self.served.current {
             let fresh = current
                 .stale_at()
                 .saturating_duration_since(current.issued_at());
@@ -189,9 +225,9 @@ impl RefreshMachine {
             expires_in: given,
             authority_expires_at: token.expires_at(),
             floor,
-            consecutive: self.degenerate_streak,
+            consecutive: self.served.degenerate_streak,
         };
-        self.degenerate = Some((token.id(), record));
+        self.served.degenerate = Some((token.id(), record));
         Token::new(
             token.access_token().clone(),
             token.issued_at(),
@@ -220,7 +256,6 @@ impl RefreshMachine {
     /// The degenerate record, if it is the current token's (an adopted
     /// token or a late answer may have replaced the one it was made for).
     pub(super) fn degenerate_of_current(&self) -> Option<DegenerateLifetime> {
-        let (id, d) = self.degenerate?;
-        (self.current.as_ref()?.id() == id).then_some(d)
+        self.served.degenerate_of_current()
     }
 }

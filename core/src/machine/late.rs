@@ -18,10 +18,9 @@ impl RefreshMachine {
     pub(super) fn late(&mut self, input: Input) {
         match input {
             Input::Fetched(id, Ok(response)) => {
-                let Some(&fetch) = self.abandoned.iter().find(|a| a.id == id) else {
+                let Some(fetch) = self.grant.take_abandoned(id) else {
                     return self.ignore();
                 };
-                self.abandoned.retain(|a| a.id != id);
                 self.on_late_fetch(response, fetch);
             }
             // A lease granted after we stopped waiting for it: give it
@@ -67,8 +66,8 @@ impl RefreshMachine {
                     ..
                 }
             ) {
-                self.failures = 0;
-                self.state = RefreshState::Healthy;
+                self.attempt.failures = 0;
+                self.served.state = RefreshState::Healthy;
             }
             if !durable_first {
                 self.publish();
@@ -128,10 +127,12 @@ impl RefreshMachine {
     pub(super) fn follow_up_stands(&self, follow_up: &FollowUp) -> bool {
         if follow_up.store_for.is_rotated() {
             self.grant
+                .newest
                 .as_ref()
                 .is_some_and(|g| g.generation == follow_up.token.generation())
         } else {
-            self.current
+            self.served
+                .current
                 .as_ref()
                 .is_some_and(|t| t.id() == follow_up.token.id())
         }

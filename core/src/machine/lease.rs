@@ -18,6 +18,43 @@ pub(super) struct LeaseCall {
     pub(super) release_after: bool,
 }
 
+/// The lease, across refreshes: until when it is ours, and the one lease
+/// call in flight.
+#[derive(Debug, Clone, Copy, Default, Hash)]
+pub(super) struct Lease {
+    /// Until when we hold the cache's lease, if we do.
+    pub(super) until: Option<MonoTime>,
+    /// The lease call in flight (an extension or a release), if any.
+    pub(super) call: Option<LeaseCall>,
+}
+
+impl Lease {
+    /// Whether the lease is ours at `now`.
+    pub(super) fn holds(&self, now: MonoTime) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// Whether a release is in flight at `now`, or will follow the
+    /// extension in flight.
+    pub(super) fn release_in_flight(&self, now: MonoTime) -> bool {
+        self.call
+            .is_some_and(|c| c.deadline > now && (c.extension_until.is_none() || c.release_after))
+    }
+}
+
+/// The refresh under way: how it has failed so far and how long it has
+/// waited for a peer. A new token ends it ([`Attempt::default`]).
+#[derive(Debug, Clone, Copy, Default, Hash)]
+pub(super) struct Attempt {
+    /// Consecutive failed attempts (fetches, or stores of a rotated token).
+    pub(super) failures: u32,
+    /// Consecutive failed fetches that reached no answering authority.
+    pub(super) unreached: u32,
+    /// Since when, and how many times, we have found the lease busy in this
+    /// refresh (kept across re-reads).
+    pub(super) peer_wait: Option<(MonoTime, u32)>,
+}
+
 /// After this many consecutive failures that reached no answering
 /// authority, a lease holder hands the lease on.
 pub(super) const HAND_ON_AFTER: u32 = 3;
@@ -66,7 +103,7 @@ impl RefreshMachine {
 
     /// Asks for the lease (`renewal`: see [`RequestKind::Lease`]).
     pub(super) fn request_lease(&mut self, renewal: bool) {
-        if let Some(call) = self.lease_call {
+        if let Some(call) = self.lease.call {
             // One lease call at a time: the one in flight first.
             self.phase = Phase::Waiting(Request {
                 id: call.id,
@@ -111,12 +148,15 @@ impl RefreshMachine {
         };
         match outcome {
             LeaseOutcome::Granted => {
-                self.lease_until = Some(sent + self.config.lease_ttl);
-                if let Some((since, _)) = self.peer_wait.take() {
+                self.lease.until = Some(sent + self.config.lease_ttl);
+                if let Some((since, _)) = self.attempt.peer_wait.take() {
                     // Taking over from a holder that kept failing: carry on
                     // the fleet's backoff curve rather than start it again.
                     let waited = self.now.mono.saturating_duration_since(since);
-                    self.failures = self.failures.max(self.config.backoff.steps_within(waited));
+                    self.attempt.failures = self
+                        .attempt
+                        .failures
+                        .max(self.config.backoff.steps_within(waited));
                 }
                 if renewal {
                     self.fetch();
@@ -126,9 +166,9 @@ impl RefreshMachine {
             }
             LeaseOutcome::Unsupported => self.fetch(),
             LeaseOutcome::Busy => {
-                let (since, waits) = self.peer_wait.unwrap_or((self.now.mono, 0));
+                let (since, waits) = self.attempt.peer_wait.unwrap_or((self.now.mono, 0));
                 let waits = waits.saturating_add(1);
-                self.peer_wait = Some((since, waits));
+                self.attempt.peer_wait = Some((since, waits));
                 let wait = self.follower_wait(since, waits);
                 self.phase = Phase::PeerWait {
                     recheck_at: self.now.mono + wait,
@@ -149,6 +189,7 @@ impl RefreshMachine {
     /// the later of the holder's store and its own expiry.
     pub(super) fn follower_wait(&mut self, since: MonoTime, waits: u32) -> Duration {
         let until_expiry = self
+            .served
             .current
             .as_ref()
             .map(|t| t.expires_at().saturating_duration_since(self.token_now()))
@@ -172,7 +213,7 @@ impl RefreshMachine {
         // wait looks fast again (it was the peer wait before, and the fast
         // second was spent while it still had a token).
         let waited = self.now.mono.saturating_duration_since(since);
-        let expired_for = self.current.as_ref().map_or(waited, |t| {
+        let expired_for = self.served.current.as_ref().map_or(waited, |t| {
             self.token_now().saturating_duration_since(t.expires_at())
         });
         let waited = waited.min(expired_for);
@@ -195,7 +236,7 @@ impl RefreshMachine {
     /// lease first) before the lease lapses and a peer takes it. Once the
     /// lease has lapsed, `timeout` as it is.
     pub(super) fn within_the_lease(&self, timeout: Duration) -> Duration {
-        match self.lease_until {
+        match self.lease.until {
             Some(until) if until > self.now.mono => {
                 timeout.min(until.saturating_duration_since(self.now.mono) / 2)
             }
@@ -246,12 +287,13 @@ impl RefreshMachine {
     /// Whether the lease we hold outlasts a fetch sent now (its deadline).
     pub(super) fn holds_lease_for_a_fetch(&self) -> bool {
         let fetch = self.fetch_deadline();
-        self.lease_until
+        self.lease
+            .until
             .is_some_and(|until| self.now.mono + fetch < until)
     }
 
     pub(super) fn holds_lease(&self) -> bool {
-        self.lease_until.is_some_and(|until| self.now.mono < until)
+        self.lease.holds(self.now.mono)
     }
 
     /// Gives the lease back, unless a late answer's token is still to be
@@ -260,7 +302,7 @@ impl RefreshMachine {
         if self.follow_up.is_some() {
             return;
         }
-        if self.lease_until.take().is_some() {
+        if self.lease.until.take().is_some() {
             self.give_back();
         }
     }
@@ -272,7 +314,7 @@ impl RefreshMachine {
     /// those grants back too.
     pub(super) fn give_back(&mut self) {
         let now = self.now.mono;
-        match &mut self.lease_call {
+        match &mut self.lease.call {
             Some(call) if call.deadline > now => {
                 if call.extension_until.is_some() {
                     call.release_after = true;
@@ -285,15 +327,13 @@ impl RefreshMachine {
     /// Whether a release is in flight, or will follow the extension in
     /// flight.
     pub(super) fn release_in_flight(&self) -> bool {
-        self.lease_call.is_some_and(|c| {
-            c.deadline > self.now.mono && (c.extension_until.is_none() || c.release_after)
-        })
+        self.lease.release_in_flight(self.now.mono)
     }
 
     fn send_release(&mut self) {
         let id = self.new_id();
         let timeout = self.config.cache_timeout;
-        self.lease_call = Some(LeaseCall {
+        self.lease.call = Some(LeaseCall {
             id,
             deadline: self.now.mono + timeout,
             extension_until: None,
@@ -305,11 +345,11 @@ impl RefreshMachine {
     /// The lease call in flight was answered (`Some`) or given up on at its
     /// deadline (`None`).
     pub(super) fn settle_lease_call(&mut self, input: Option<&Input>) {
-        let Some(call) = self.lease_call.take() else {
+        let Some(call) = self.lease.call.take() else {
             return;
         };
         if call.release_after {
-            self.lease_until = None;
+            self.lease.until = None;
             return self.send_release();
         }
         // A release that failed only lets the lease lapse by its TTL (the
@@ -317,7 +357,7 @@ impl RefreshMachine {
         let (Some(until), Some(input)) = (call.extension_until, input) else {
             return;
         };
-        self.lease_until = match input {
+        self.lease.until = match input {
             Input::Lease(_, Ok(LeaseOutcome::Granted)) => Some(until),
             // A failing cache says nothing of the lease: it is ours until
             // when we knew, and the next step asks again, which extends it
@@ -325,7 +365,7 @@ impl RefreshMachine {
             // here stopped the renewals: a holder with a late answer's
             // rotated refresh token then let the lease lapse, and a peer
             // presented the spent one.)
-            Input::Lease(_, Err(_)) => self.lease_until,
+            Input::Lease(_, Err(_)) => self.lease.until,
             // Lost it: it lapsed and a peer took it.
             _ => None,
         };

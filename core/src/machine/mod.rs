@@ -154,13 +154,14 @@ mod timers;
 
 pub use config::{MachineConfig, MachineStats};
 pub use events::{Event, InvalidationOutcome};
-use grant::{Abandoned, Grant, Origin};
+use grant::{Abandoned, Grant, GrantState, Origin};
 pub use io::{
     Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, MonoLife, Output, RefreshState,
     RequestId, Snapshot,
 };
 use late::FollowUp;
-use lease::{LeaseCall, HAND_ON_AFTER, ROTATED_STORES_PER_LEASE};
+use lease::{Attempt, Lease, LeaseCall, HAND_ON_AFTER, ROTATED_STORES_PER_LEASE};
+use served::Served;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -341,47 +342,16 @@ pub struct RefreshMachine {
     events: VecDeque<Event>,
     next_id: u64,
 
-    /// The token readers are served.
-    current: Option<Arc<Token>>,
-    /// When, on both clocks, the current token's times count from (see
-    /// [`Self::token_now`]).
-    anchor: Option<Now>,
-    /// A reader needs a token valid this long, which the current one is not
-    /// ([`Input::NeedValidity`]); until a new token is served.
-    wanted: Option<Duration>,
-    /// Whether readers have been told that `current` expired.
-    expiry_published: bool,
-    /// The newest refresh token known.
-    grant: Option<Grant>,
-    /// The refresh token the authority said is revoked; never presented again.
-    revoked: Option<RefreshToken>,
-    /// Fetches given up on (their id and the generation they presented).
-    abandoned: VecDeque<Abandoned>,
-    /// The token a consumer reported as rejected; never re-adopted.
-    rejected: Option<TokenId>,
-    last_invalidation: Option<MonoTime>,
-    /// Until when we hold the cache's lease, if we do.
-    lease_until: Option<MonoTime>,
-    /// The lease call in flight (an extension or a release), if any.
-    lease_call: Option<LeaseCall>,
+    /// What readers are served, and how renewal is going.
+    served: Served,
+    /// The newest refresh token known, the revoked one, the fetches given up on.
+    grant: GrantState,
+    /// Until when the cache's lease is ours, and the lease call in flight.
+    lease: Lease,
+    /// The refresh under way: its failures and its wait for a peer.
+    attempt: Attempt,
     /// What a late answer left to do (see [`FollowUp`]).
     follow_up: Option<FollowUp>,
-    /// Since when, and how many times, we have found the lease busy in this
-    /// refresh (kept across re-reads).
-    peer_wait: Option<(MonoTime, u32)>,
-    /// Consecutive failed attempts (fetches, or stores of a rotated token).
-    failures: u32,
-    /// Consecutive failed fetches that reached no answering authority.
-    unreached: u32,
-    state: RefreshState,
-    skew_ms: Option<i64>,
-    lifetime_note: Option<LifetimeNote>,
-    /// The current token came from a degenerate answer: how it was re-timed.
-    degenerate: Option<(TokenId, DegenerateLifetime)>,
-    /// Consecutive degenerate answers.
-    degenerate_streak: u32,
-    /// Why the last store failed, until one succeeds.
-    store_error: Option<CacheError>,
     stats: MachineStats,
 }
 
@@ -401,27 +371,15 @@ impl RefreshMachine {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 0,
-            current: None,
-            anchor: None,
-            wanted: None,
-            expiry_published: false,
-            grant,
-            revoked: None,
-            abandoned: VecDeque::new(),
-            rejected: None,
-            last_invalidation: None,
-            lease_until: None,
-            lease_call: None,
+            served: Served::default(),
+            grant: GrantState {
+                newest: grant,
+                revoked: None,
+                abandoned: VecDeque::new(),
+            },
+            lease: Lease::default(),
+            attempt: Attempt::default(),
             follow_up: None,
-            peer_wait: None,
-            failures: 0,
-            unreached: 0,
-            state: RefreshState::Starting,
-            skew_ms: None,
-            lifetime_note: None,
-            degenerate: None,
-            degenerate_streak: 0,
-            store_error: None,
             stats: MachineStats::default(),
         }
     }
@@ -438,17 +396,17 @@ impl RefreshMachine {
 
     /// The token readers are served, if any.
     pub fn current(&self) -> Option<&Arc<Token>> {
-        self.current.as_ref()
+        self.served.current.as_ref()
     }
 
     /// The refresh token the next fetch would present, and its generation.
     pub fn refresh_token(&self) -> Option<(&RefreshToken, u64)> {
-        self.grant.as_ref().map(|g| (&g.token, g.generation))
+        self.grant.newest.as_ref().map(|g| (&g.token, g.generation))
     }
 
     /// How renewal is going.
     pub fn state(&self) -> &RefreshState {
-        &self.state
+        &self.served.state
     }
 
     /// Feeds everything that decides the machine's future behaviour into
@@ -469,22 +427,34 @@ impl RefreshMachine {
         let token = |t: &Token, h: &mut _| {
             (t.id(), t.stale_at(), t.expires_at(), t.generation()).hash(h);
         };
-        (self.anchor.map(|a| (a.wall, a.mono)), self.wanted).hash(hasher);
+        (
+            self.served.anchor.map(|a| (a.wall, a.mono)),
+            self.served.wanted,
+        )
+            .hash(hasher);
         self.rng.clone().u64(..).hash(hasher);
         self.next_id.hash(hasher);
-        match &self.current {
+        match &self.served.current {
             Some(t) => token(t, hasher),
             None => 0u8.hash(hasher),
         }
-        (self.expiry_published, self.rejected, self.last_invalidation).hash(hasher);
-        (self.lease_until, self.lease_call, self.peer_wait).hash(hasher);
-        (self.failures, self.unreached, self.degenerate_streak).hash(hasher);
-        (self.skew_ms, self.store_error.is_some()).hash(hasher);
-        if let Some(g) = &self.grant {
+        (
+            self.served.expiry_published,
+            self.served.rejected,
+            self.served.last_invalidation,
+        )
+            .hash(hasher);
+        (self.lease, self.attempt, self.served.degenerate_streak).hash(hasher);
+        (self.served.skew_ms, self.served.store_error.is_some()).hash(hasher);
+        if let Some(g) = &self.grant.newest {
             (g.token.fingerprint(), g.generation, g.origin as u8).hash(hasher);
         }
-        self.revoked.as_ref().map(|r| r.fingerprint()).hash(hasher);
-        for a in &self.abandoned {
+        self.grant
+            .revoked
+            .as_ref()
+            .map(|r| r.fingerprint())
+            .hash(hasher);
+        for a in &self.grant.abandoned {
             (a.id, a.sent.wall, a.sent.mono, a.generation).hash(hasher);
         }
         if let Some(f) = &self.follow_up {
@@ -496,8 +466,8 @@ impl RefreshMachine {
             "{:?}{:?}{:?}{:?}",
             self.phase,
             self.follow_up.as_ref().map(|f| &f.store_for),
-            self.state,
-            self.degenerate,
+            self.served.state,
+            self.served.degenerate,
         );
     }
 
@@ -558,7 +528,7 @@ impl RefreshMachine {
     }
 
     fn is_refresh_flow(&self) -> bool {
-        self.grant.is_some() || self.revoked.is_some()
+        self.grant.is_refresh_flow()
     }
 
     /// A request's deadline passed: it failed, and a late answer is still
@@ -605,7 +575,7 @@ impl RefreshMachine {
         let Some(id) = input.request_id() else {
             return self.ignore();
         };
-        if self.lease_call.is_some_and(|c| c.id == id) {
+        if self.lease.call.is_some_and(|c| c.id == id) {
             self.settle_lease_call(Some(&input));
             let awaited = match &self.phase {
                 Phase::Waiting(r) | Phase::Draining { request: r, .. } => r.id == id,
@@ -669,6 +639,7 @@ impl RefreshMachine {
                     if error.kind() == FetchErrorKind::GrantRevoked
                         && self
                             .grant
+                            .newest
                             .as_ref()
                             .is_some_and(|g| g.generation > generation) =>
                 {
@@ -725,7 +696,7 @@ impl RefreshMachine {
 
     fn read_cache(&mut self, read: CacheRead) {
         let id = self.send(RequestKind::Load(read), self.config.cache_timeout);
-        let newer_than = self.current.as_ref().map(|t| t.expires_at());
+        let newer_than = self.served.current.as_ref().map(|t| t.expires_at());
         self.outbox.push_back(Action::LoadCache { id, newer_than });
     }
 
@@ -754,16 +725,16 @@ impl RefreshMachine {
             if !recovered {
                 return self.stay_failed();
             }
-            self.failures = 0;
-            self.state = RefreshState::Starting;
+            self.attempt.failures = 0;
+            self.served.state = RefreshState::Starting;
         }
         if let Some(token) = cached {
             self.learn_refresh_token(&token);
             if self.is_better(&token, self.now) {
                 self.emit(Event::Adopted { token: token.id() });
-                self.lifetime_note = None;
-                self.failures = 0;
-                self.state = RefreshState::Healthy;
+                self.served.lifetime_note = None;
+                self.attempt.failures = 0;
+                self.served.state = RefreshState::Healthy;
                 self.make_current(token.clone(), self.now);
                 self.publish();
                 // Done, unless the adopted token is itself due for renewal
@@ -812,8 +783,8 @@ impl RefreshMachine {
             return self.idle_until_refresh();
         }
         self.stats.fetches += 1;
-        self.peer_wait = None;
-        let generation = self.grant.as_ref().map_or(0, |g| g.generation);
+        self.attempt.peer_wait = None;
+        let generation = self.grant.newest.as_ref().map_or(0, |g| g.generation);
         let sent = self.now;
         let timeout = self.fetch_deadline();
         let kind = RequestKind::Fetch {
@@ -823,8 +794,8 @@ impl RefreshMachine {
         };
         let id = self.send(kind, timeout);
         let mut request = FetchRequest::new(
-            self.failures.saturating_add(1),
-            self.grant.as_ref().map(|g| g.token.clone()),
+            self.attempt.failures.saturating_add(1),
+            self.grant.newest.as_ref().map(|g| g.token.clone()),
         );
         request.id = id;
         request.timeout = timeout;
@@ -841,7 +812,7 @@ impl RefreshMachine {
     /// may have rotated the token it presented): both keep the fetch timeout.
     fn fetch_deadline(&self) -> Duration {
         let full = self.config.fetch_timeout;
-        let Some(current) = self.current.as_ref() else {
+        let Some(current) = self.served.current.as_ref() else {
             return full;
         };
         if self.is_refresh_flow() {
@@ -858,9 +829,9 @@ impl RefreshMachine {
 
     fn on_fetched(&mut self, id: RequestId, token: Arc<Token>, rotated: bool, sent: Now) {
         self.stats.tokens_fetched += 1;
-        self.failures = 0;
-        self.unreached = 0;
-        self.state = RefreshState::Healthy;
+        self.attempt.failures = 0;
+        self.attempt.unreached = 0;
+        self.served.state = RefreshState::Healthy;
         if self.current_outlives(&token, sent) {
             // Ours outlives the answer (a late answer served meanwhile, or
             // an authority handing back its cached token, counted down):
@@ -944,9 +915,9 @@ impl RefreshMachine {
                 self.follow_up = None;
             }
         }
-        let was_failing = self.store_error.is_some();
-        self.store_error = result.as_ref().err().cloned();
-        if was_failing != self.store_error.is_some() && !publish_after {
+        let was_failing = self.served.store_error.is_some();
+        self.served.store_error = result.as_ref().err().cloned();
+        if was_failing != self.served.store_error.is_some() && !publish_after {
             self.publish();
         }
         match (result, failed) {
@@ -998,12 +969,12 @@ impl RefreshMachine {
         // timeout in a refresh-token flow, where the authority may have
         // rotated the token we presented.
         let unreached = error.status().is_none() && (answered || !self.is_refresh_flow());
-        self.unreached = if unreached {
-            self.unreached.saturating_add(1)
+        self.attempt.unreached = if unreached {
+            self.attempt.unreached.saturating_add(1)
         } else {
             0
         };
-        let hand_on = unreached && self.unreached.is_multiple_of(HAND_ON_AFTER);
+        let hand_on = unreached && self.attempt.unreached.is_multiple_of(HAND_ON_AFTER);
         self.retry_later_keeping(error, !hand_on);
     }
 
@@ -1017,10 +988,10 @@ impl RefreshMachine {
     /// we have it) through the wait, else hand it on now.
     fn retry_later_keeping(&mut self, error: FetchError, keep_lease: bool) {
         if error.kind() == FetchErrorKind::GrantRevoked {
-            self.failures = self.failures.saturating_add(1);
+            self.attempt.failures = self.attempt.failures.saturating_add(1);
             self.release_lease();
-            self.revoked = self.grant.take().map(|g| g.token);
-            self.state = RefreshState::Failed { error };
+            self.grant.revoked = self.grant.newest.take().map(|g| g.token);
+            self.served.state = RefreshState::Failed { error };
             self.publish();
             if self.config.cache {
                 self.stay_failed();
@@ -1038,15 +1009,16 @@ impl RefreshMachine {
     }
 
     fn backoff(&mut self, error: FetchError, then: Retry) {
-        self.failures = self.failures.saturating_add(1);
+        self.attempt.failures = self.attempt.failures.saturating_add(1);
         let expired = self
+            .served
             .current
             .as_ref()
             .is_none_or(|t| !t.is_valid_at(self.token_now()));
         let mut delay =
             self.config
                 .backoff
-                .delay_for(&error, self.failures, expired, &mut self.rng);
+                .delay_for(&error, self.attempt.failures, expired, &mut self.rng);
         // A wait drawn while the token is valid must not outlast it by more
         // than a wait drawn once it has expired: the application would be
         // without a token for the rest of a long backoff step (or of a long
@@ -1055,13 +1027,15 @@ impl RefreshMachine {
             error.kind(),
             FetchErrorKind::Permanent | FetchErrorKind::GrantRevoked
         );
-        if let (false, false, Some(t)) = (expired, permanent, &self.current) {
+        if let (false, false, Some(t)) = (expired, permanent, &self.served.current) {
             let until_expiry = t.expires_at().saturating_duration_since(self.token_now());
             if delay > until_expiry {
-                let after =
-                    self.config
-                        .backoff
-                        .delay_for(&error, self.failures, true, &mut self.rng);
+                let after = self.config.backoff.delay_for(
+                    &error,
+                    self.attempt.failures,
+                    true,
+                    &mut self.rng,
+                );
                 delay = delay.min(until_expiry.saturating_add(after));
             }
         }
@@ -1083,9 +1057,9 @@ impl RefreshMachine {
         // While a rotated refresh token is not durable, renew at every
         // step: the store that follows must end with the lease held.
         // (One lease call at a time: not while one is in flight.)
-        match self.lease_until {
+        match self.lease.until {
             Some(until)
-                if self.lease_call.is_none()
+                if self.lease.call.is_none()
                     && (then.keeps_the_lease()
                         || until <= retry_at + self.config.fetch_timeout) =>
             {
@@ -1094,7 +1068,7 @@ impl RefreshMachine {
                 let timeout = self.cache_timeout_keeping_the_lease(then.keeps_the_lease());
                 self.outbox
                     .push_back(Action::AcquireLease { id, ttl, timeout });
-                self.lease_call = Some(LeaseCall {
+                self.lease.call = Some(LeaseCall {
                     id,
                     deadline: self.now.mono + timeout,
                     extension_until: Some(retry_at + self.config.lease_ttl),
@@ -1103,9 +1077,9 @@ impl RefreshMachine {
             }
             _ => {}
         }
-        self.state = RefreshState::Retrying {
+        self.served.state = RefreshState::Retrying {
             error,
-            attempt: self.failures,
+            attempt: self.attempt.failures,
             next_attempt: self.now.wall_at(retry_at),
         };
         self.phase = Phase::Backoff { retry_at, then };

@@ -3,9 +3,82 @@
 
 use super::*;
 
+/// What readers are served, across refreshes: the current token and when
+/// its times count from, what readers asked of it (a validity, a
+/// rejection), the notes published with it, and how renewal is going.
+#[derive(Debug, Clone)]
+pub(super) struct Served {
+    /// The token readers are served.
+    pub(super) current: Option<Arc<Token>>,
+    /// When, on both clocks, the current token's times count from (see
+    /// [`RefreshMachine::token_now`]).
+    pub(super) anchor: Option<Now>,
+    /// A reader needs a token valid this long, which the current one is not
+    /// ([`Input::NeedValidity`]); until a new token is served.
+    pub(super) wanted: Option<Duration>,
+    /// Whether readers have been told that `current` expired.
+    pub(super) expiry_published: bool,
+    /// The token a consumer reported as rejected; never re-adopted.
+    pub(super) rejected: Option<TokenId>,
+    pub(super) last_invalidation: Option<MonoTime>,
+    pub(super) state: RefreshState,
+    pub(super) skew_ms: Option<i64>,
+    pub(super) lifetime_note: Option<LifetimeNote>,
+    /// The current token came from a degenerate answer: how it was re-timed.
+    pub(super) degenerate: Option<(TokenId, DegenerateLifetime)>,
+    /// Consecutive degenerate answers.
+    pub(super) degenerate_streak: u32,
+    /// Why the last store failed, until one succeeds.
+    pub(super) store_error: Option<CacheError>,
+}
+
+impl Default for Served {
+    fn default() -> Self {
+        Served {
+            current: None,
+            anchor: None,
+            wanted: None,
+            expiry_published: false,
+            rejected: None,
+            last_invalidation: None,
+            state: RefreshState::Starting,
+            skew_ms: None,
+            lifetime_note: None,
+            degenerate: None,
+            degenerate_streak: 0,
+            store_error: None,
+        }
+    }
+}
+
+impl Served {
+    /// Serves `token`, its times counting from `anchor`.
+    fn make_current(&mut self, token: Arc<Token>, anchor: Now) {
+        if Some(token.id()) != self.rejected {
+            self.rejected = None;
+        }
+        self.expiry_published = false;
+        self.current = Some(token);
+        self.anchor = Some(anchor);
+        self.wanted = None;
+    }
+
+    /// The degenerate record, if it is the current token's (an adopted
+    /// token or a late answer may have replaced the one it was made for).
+    pub(super) fn degenerate_of_current(&self) -> Option<DegenerateLifetime> {
+        let (id, d) = self.degenerate?;
+        (self.current.as_ref()?.id() == id).then_some(d)
+    }
+
+    /// Whether `id` is the token a reader rejected.
+    pub(super) fn is_rejected(&self, id: TokenId) -> bool {
+        self.rejected == Some(id)
+    }
+}
+
 impl RefreshMachine {
     pub(super) fn invalidate(&mut self, id: TokenId) {
-        let is_current = self.current.as_ref().is_some_and(|t| t.id() == id);
+        let is_current = self.served.current.as_ref().is_some_and(|t| t.id() == id);
         if !is_current {
             // A token a refresh has already replaced.
             return self.emit(Event::Invalidation(InvalidationOutcome::Collapsed));
@@ -16,7 +89,7 @@ impl RefreshMachine {
         ) {
             return self.emit(Event::Invalidation(InvalidationOutcome::Ignored));
         }
-        self.rejected = Some(id);
+        self.served.rejected = Some(id);
         if let Phase::Idle { refresh_at, .. } = self.phase {
             // Rate limited: at the earliest one interval after the last
             // one. Due now, the timers' pass after this input starts it.
@@ -46,14 +119,14 @@ impl RefreshMachine {
         let Phase::Idle { refresh_at, .. } = self.phase else {
             return;
         };
-        let Some(t) = &self.current else {
+        let Some(t) = &self.served.current else {
             return;
         };
         let left = t.expires_at().saturating_duration_since(self.token_now());
         if left >= needed || t.lifetime() < needed {
             return;
         }
-        self.wanted = Some(needed);
+        self.served.wanted = Some(needed);
         self.phase = Phase::Idle {
             refresh_at,
             early: self.invalidation_allowed_at(),
@@ -61,7 +134,8 @@ impl RefreshMachine {
     }
 
     pub(super) fn invalidation_allowed_at(&self) -> MonoTime {
-        self.last_invalidation
+        self.served
+            .last_invalidation
             // At least a millisecond: with a zero interval, an authority
             // that hands back the rejected token would otherwise make the
             // machine refresh again and again within one instant.
@@ -77,7 +151,7 @@ impl RefreshMachine {
     /// refresh time, or sooner if a consumer rejected it meanwhile.
     pub(super) fn idle_until_refresh(&mut self) {
         let degenerate = self.degenerate_of_current().is_some();
-        let refresh_at = match &self.current {
+        let refresh_at = match &self.served.current {
             // Re-timed by the floor, with its own jitter above it: jitter
             // below `stale_at` would undercut the floor.
             Some(token) if degenerate => token.stale_at(),
@@ -87,8 +161,12 @@ impl RefreshMachine {
             None => self.now.wall + self.config.peer_wait,
         };
         self.idle_until(refresh_at);
-        let rejected = self.current.as_ref().map(|t| t.id()) == self.rejected;
-        if rejected && self.rejected.is_some() {
+        let rejected = self
+            .served
+            .current
+            .as_ref()
+            .is_some_and(|t| self.served.is_rejected(t.id()));
+        if rejected {
             // Due already (the rate limit allows it), the timers' pass
             // refreshes now.
             self.phase = Phase::Idle {
@@ -105,7 +183,7 @@ impl RefreshMachine {
     /// servers do near its end) costs a few requests, not a storm.
     pub(super) fn idle_after_no_newer(&mut self) {
         let now = self.token_now();
-        let left = self.current.as_ref().map_or(Duration::ZERO, |t| {
+        let left = self.served.current.as_ref().map_or(Duration::ZERO, |t| {
             t.expires_at().saturating_duration_since(now)
         });
         let wait = (left / 4).max(self.config.min_refresh_interval).min(left);
@@ -113,7 +191,7 @@ impl RefreshMachine {
     }
 
     pub(super) fn idle_until(&mut self, refresh_at: Timestamp) {
-        self.peer_wait = None;
+        self.attempt.peer_wait = None;
         self.phase = Phase::Idle {
             refresh_at,
             early: MonoTime::MAX,
@@ -123,13 +201,7 @@ impl RefreshMachine {
     /// Serves `token`, whose wall-clock times count from `anchor` (the
     /// sending of the fetch that brought it, or now for an adopted one).
     pub(super) fn make_current(&mut self, token: Arc<Token>, anchor: Now) {
-        if Some(token.id()) != self.rejected {
-            self.rejected = None;
-        }
-        self.expiry_published = false;
-        self.current = Some(token);
-        self.anchor = Some(anchor);
-        self.wanted = None;
+        self.served.make_current(token, anchor);
     }
 
     /// The time the current token is judged by: the wall clock, or the
@@ -137,7 +209,8 @@ impl RefreshMachine {
     /// (see [`Now::token_clock`]). A wall clock stepped back never stretches
     /// the token's life; one stepped forward ages it at once.
     pub(super) fn token_now(&self) -> Timestamp {
-        self.anchor
+        self.served
+            .anchor
             .map_or(self.now.wall, |anchor| self.now.token_clock(anchor))
     }
 
@@ -152,7 +225,7 @@ impl RefreshMachine {
 
     /// The current token's life on the monotonic clock, as seen now.
     pub(super) fn life(&self) -> Option<MonoLife> {
-        let (token, anchor) = (self.current.as_ref()?, self.anchor?);
+        let (token, anchor) = (self.served.current.as_ref()?, self.served.anchor?);
         Some(MonoLife {
             stale_at: self.mono_point(token.stale_at(), anchor),
             expires_at: self.mono_point(token.expires_at(), anchor),
@@ -179,8 +252,9 @@ impl RefreshMachine {
     /// are earlier than those of the token it replaces).
     pub(super) fn is_better(&self, token: &Token, anchor: Now) -> bool {
         token.is_valid_at(self.now.token_clock(anchor))
-            && Some(token.id()) != self.rejected
+            && !self.served.is_rejected(token.id())
             && self
+                .served
                 .current
                 .as_ref()
                 .is_none_or(|ours| ours.id() != token.id())
@@ -192,11 +266,12 @@ impl RefreshMachine {
     /// Tells readers when the current token expires (once per token).
     pub(super) fn check_expiry(&mut self) {
         let expired = self
+            .served
             .current
             .as_ref()
             .is_some_and(|t| !t.is_valid_at(self.token_now()));
         if expired && self.expiry_to_publish() {
-            self.expiry_published = true;
+            self.served.expiry_published = true;
             self.publish();
         }
     }
@@ -208,7 +283,7 @@ impl RefreshMachine {
     pub(super) fn expiry_to_publish(&self) -> bool {
         let awaits_store = |r: &Request| {
             matches!(&r.kind, RequestKind::Store { token, publish_after: true, .. }
-                if self.current.as_ref().is_some_and(|c| c.id() == token.id()))
+                if self.served.current.as_ref().is_some_and(|c| c.id() == token.id()))
         };
         let deferred = match &self.phase {
             Phase::Waiting(r) | Phase::Draining { request: r, .. } => awaits_store(r),
@@ -217,18 +292,18 @@ impl RefreshMachine {
             .follow_up
             .as_ref()
             .is_some_and(|f| matches!(f.store_for, StoreFor::RotatedThenPublish));
-        !self.expiry_published && !self.is_stopped() && !deferred
+        !self.served.expiry_published && !self.is_stopped() && !deferred
     }
 
     pub(super) fn publish(&mut self) {
         self.outbox.push_back(Action::Publish(Arc::new(Snapshot {
-            token: self.current.clone(),
-            state: self.state.clone(),
+            token: self.served.current.clone(),
+            state: self.served.state.clone(),
             published_at: self.now.wall,
             tokens_fetched: self.stats.tokens_fetched,
-            store_error: self.store_error.clone(),
-            skew_ms: self.skew_ms,
-            lifetime_note: self.lifetime_note,
+            store_error: self.served.store_error.clone(),
+            skew_ms: self.served.skew_ms,
+            lifetime_note: self.served.lifetime_note,
             degenerate: self.degenerate_of_current(),
             life: self.life(),
         })));
@@ -238,15 +313,15 @@ impl RefreshMachine {
     /// reader rejected it, it expired, or it is in the second half of its
     /// fresh period (where any jitter puts its refresh time).
     pub(super) fn refresh_due(&self) -> bool {
-        let Some(t) = &self.current else {
+        let Some(t) = &self.served.current else {
             return true;
         };
         let now = self.token_now();
-        if Some(t.id()) == self.rejected || !t.is_valid_at(now) {
+        if self.served.is_rejected(t.id()) || !t.is_valid_at(now) {
             return true;
         }
         let left = t.expires_at().saturating_duration_since(now);
-        if self.wanted.is_some_and(|needed| left < needed) {
+        if self.served.wanted.is_some_and(|needed| left < needed) {
             return true;
         }
         let fresh = t.stale_at().saturating_duration_since(t.issued_at());
@@ -257,11 +332,11 @@ impl RefreshMachine {
     /// whose times count from `anchor` (compared as in
     /// [`is_better`](Self::is_better)).
     pub(super) fn current_outlives(&self, token: &Token, anchor: Now) -> bool {
-        let (Some(c), Some(life)) = (&self.current, self.life()) else {
+        let (Some(c), Some(life)) = (&self.served.current, self.life()) else {
             return false;
         };
         life.expires_at > self.mono_point(token.expires_at(), anchor)
-            && Some(c.id()) != self.rejected
+            && !self.served.is_rejected(c.id())
             && c.is_valid_at(self.token_now())
     }
 }

@@ -49,7 +49,7 @@ impl RefreshMachine {
                 if alive {
                     self.make_current(token.clone(), sent);
                     self.emit(Event::refreshed(request.id, &token));
-                    self.state = RefreshState::Healthy;
+                    self.served.state = RefreshState::Healthy;
                     self.publish();
                 }
                 if self.config.cache && (alive || rotated) {
@@ -68,7 +68,7 @@ impl RefreshMachine {
             (RequestKind::Lease { sent, .. }, Input::Lease(_, Ok(LeaseOutcome::Granted)))
                 if !self.release_in_flight() =>
             {
-                self.lease_until = Some(sent + self.config.lease_ttl);
+                self.lease.until = Some(sent + self.config.lease_ttl);
             }
             // The rotated refresh token is not durable yet: try again while
             // the drain bound allows (a flaky cache must not cost the grant).
@@ -110,7 +110,7 @@ impl RefreshMachine {
         // The release follows a lease extension in flight (whose grant it
         // gives back); a release already in flight covers the lease.
         self.release_lease();
-        let call = self.lease_call.filter(|c| c.deadline > self.now.mono);
+        let call = self.lease.call.filter(|c| c.deadline > self.now.mono);
         #[cfg(feature = "mutants")]
         let call = call.filter(|_| !self.mutant(super::mutants::Mutant::StopBeforeRelease));
         if let Some(call) = call {
@@ -125,7 +125,7 @@ impl RefreshMachine {
             };
             return;
         }
-        self.state = RefreshState::Stopped;
+        self.served.state = RefreshState::Stopped;
         self.publish();
         self.outbox.push_back(Action::Stop);
         self.phase = Phase::Stopped;

@@ -99,7 +99,8 @@ impl RefreshMachine {
                     Phase::Backoff { .. } => true,
                     _ => false,
                 };
-                self.lease_call
+                self.lease
+                    .call
                     .filter(|c| c.release_after || awaited)
                     .and_then(|c| at(c.deadline))
             }
@@ -117,12 +118,13 @@ impl RefreshMachine {
             // the lease over the wait): the call's own timer wakes it. A
             // store of a rotated refresh token goes out beside it.
             (Timer::Retry, Phase::Backoff { retry_at, then })
-                if self.lease_call.is_none() || then.keeps_the_lease() =>
+                if self.lease.call.is_none() || then.keeps_the_lease() =>
             {
                 at(*retry_at)
             }
             // Also wake at expiry, so readers waiting on changes learn of it.
             (Timer::Expiry, _) if self.expiry_to_publish() => self
+                .served
                 .current
                 .as_ref()
                 .map(|t| self.token_deadline(t.expires_at())),
@@ -163,7 +165,7 @@ impl RefreshMachine {
                 // its TTL (not counted among the timeouts: nothing waited
                 // for it, and the drivers' metrics read a timeout as the
                 // awaited request's).
-                if let Some(call) = self.lease_call.filter(|c| c.extension_until.is_some()) {
+                if let Some(call) = self.lease.call.filter(|c| c.extension_until.is_some()) {
                     self.emit(Event::TimedOut {
                         id: call.id,
                         fetch: false,
@@ -178,7 +180,7 @@ impl RefreshMachine {
             },
             Timer::Early | Timer::Refresh => {
                 if timer == Timer::Early {
-                    self.last_invalidation = Some(mono);
+                    self.served.last_invalidation = Some(mono);
                 }
                 self.phase = Phase::Stopped;
                 self.begin_refresh();
