@@ -248,3 +248,120 @@ fn exit_codes_pass_through() {
         .unwrap();
     assert_eq!(status.code(), Some(2));
 }
+
+/// `exec --supervise --min-validity`, tokens from a running agent: the
+/// agent's token has less than the 59 s asked for left, so the child
+/// starts with a token the agent refreshed early, once, for it; polls
+/// after that find the new hour-long token valid long enough and cause no
+/// request, and a newer token still reaches the child (SIGHUP after the
+/// file is rewritten).
+#[test]
+fn min_validity_child_starts_with_a_token_refreshed_early_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let OneToken {
+        authority,
+        config,
+        socket,
+    } = one_token(
+        dir.path(),
+        "run/agent.sock",
+        Some(Duration::from_secs(60)),
+        "",
+    );
+    let mut agent = Agent::start(&config, &socket, dir.path(), &[]);
+    agent.wait_healthy(Duration::from_secs(10));
+    let served = |path: &str| {
+        let body = agent.get_json(path)?;
+        let token = body["access_token"].as_str()?.to_owned();
+        Some((token, body["expires_in"].as_i64()?))
+    };
+    let (first, _) = served("/v1/token/api").expect("the agent's token");
+    assert_eq!(authority.request_count(), 1);
+    // The 60 s token has under 59 s left once the agent says 58 (whole
+    // seconds, rounded down). Tokens issued from now on live an hour.
+    wait_for(Duration::from_secs(30), || {
+        served("/v1/token/api").filter(|(_, left)| *left <= 58)
+    })
+    .expect("the first token ages");
+    authority.set_token_lifetime(Duration::from_secs(3600));
+
+    let log = dir.path().join("child.log");
+    let token_file = dir.path().join("tok/api.token");
+    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
+    let script = r#"
+        echo "start $(date +%s) $ACCESS_TOKEN" >> "$LOG"
+        trap 'echo "hup $(date +%s) $(cat "$ACCESS_TOKEN_FILE")" >> "$LOG"' HUP
+        trap 'exit 0' TERM
+        while :; do sleep 0.05; done
+    "#;
+    let mut exec = exec(
+        &config,
+        dir.path(),
+        &log,
+        &[
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--min-validity",
+            "59",
+            "--poll",
+            "0.1",
+        ],
+        script,
+    );
+    let exec_log = || std::fs::read_to_string(dir.path().join("exec.log")).unwrap_or_default();
+    let started = wait_for(Duration::from_secs(30), || {
+        lines(&log).into_iter().find(|l| l.starts_with("start "))
+    })
+    .unwrap_or_else(|| panic!("the child never started: {}", exec_log()));
+    let fields: Vec<&str> = started.split(' ').collect();
+    let (at, second) = (fields[1].parse::<u64>().unwrap(), fields[2].to_owned());
+    // The first token would not have done (under 59 s left before exec
+    // started); the one the child got was refreshed for it, and was valid
+    // that long when the child started.
+    let expires = |token: &str| {
+        authority
+            .validate_access_token(token)
+            .map(|info| info.expires_at.as_secs())
+            .unwrap_or_else(|e| panic!("not the authority's token: {e:?}"))
+    };
+    assert_ne!(
+        second, first,
+        "the child got the token with under 59 s left"
+    );
+    assert!(expires(&second).saturating_sub(at) >= 59);
+    assert_eq!(authority.request_count(), 2, "one early refresh");
+
+    // A reader that needs more than the child's token has left brings a
+    // third token. exec's polls find it (the child is signalled with it
+    // in the file); none of the polls before it asked the authority for
+    // anything, the 59 s being there all along.
+    wait_for(Duration::from_secs(30), || {
+        served("/v1/token/api").filter(|(_, left)| *left <= 3598)
+    })
+    .expect("the second token ages");
+    // (Early refreshes are rate limited: the agent may answer 503, retry
+    // true, until the second token has been held long enough.)
+    let (third, _) = wait_for(Duration::from_secs(60), || {
+        served("/v1/token/api?min_validity=3599&wait_ms=3000")
+    })
+    .expect("a third token");
+    assert_ne!(third, second);
+    let hup = format!(" {third}");
+    wait_for(Duration::from_secs(30), || {
+        lines(&log)
+            .iter()
+            .any(|l| l.starts_with("hup ") && l.ends_with(&hup))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the third token never reached the child: {}", exec_log()));
+    assert_eq!(authority.request_count(), 3, "no request from exec's polls");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), third);
+
+    signal(&exec.0, Signal::TERM);
+    let status = wait_exit(&mut exec.0, Duration::from_secs(20)).expect("exec exits");
+    assert_eq!(status.code(), Some(0), "{}", exec_log());
+    // The log has no token: exec logs none.
+    for token in [&first, &second, &third] {
+        assert!(!exec_log().contains(token.as_str()));
+    }
+}
