@@ -23,6 +23,36 @@
 //!
 //! Relative paths are relative to the configuration file's directory.
 //!
+//! **Cloud identity grants.** A token can come from the identity endpoint
+//! of the cloud the agent runs on instead of a `token_url`, with no client
+//! and no secret to configure (the library's
+//! [`GcpMetadata`](freshtoken::source::GcpMetadata),
+//! [`AzureManagedIdentity`](freshtoken::source::AzureManagedIdentity) and
+//! [`AppServiceIdentity`](freshtoken::source::AppServiceIdentity)):
+//!
+//! ```toml
+//! [tokens.storage]
+//! grant = "gce_metadata"                  # GCE, GKE, Cloud Run
+//! service_account = "reports@my-project.iam.gserviceaccount.com"  # default: "default"
+//! scope = "https://www.googleapis.com/auth/devstorage.read_only"  # optional
+//! # metadata_host = "..."                 # default: GCE_METADATA_HOST, else 169.254.169.254
+//!
+//! [tokens.vault]
+//! grant = "azure_imds"                    # Azure VMs, scale sets, AKS nodes
+//! resource = "https://vault.azure.net"
+//! identity_client_id = "..."              # or identity_object_id / identity_resource_id
+//!
+//! [tokens.graph]
+//! grant = "azure_app_service"             # App Service, Functions, Container Apps
+//! resource = "https://graph.microsoft.com"
+//! # identity_endpoint / identity_header_env: default IDENTITY_ENDPOINT and
+//! # the secret in IDENTITY_HEADER, as the platform sets them
+//! ```
+//!
+//! A key the grant does not take (a `token_url` on a metadata-server token,
+//! `service_account` on an Azure one) is an error, as is plain http to
+//! another host than the one the protocol documents (or loopback).
+//!
 //! **Environment.** Each key has a variable: `FRESHTOKEN_AGENT_SOCKET`,
 //! `FRESHTOKEN_TOKENS_<NAME>_<KEY>` with the name and key upper-cased, `-`
 //! and `.` as `_` (`FRESHTOKEN_TOKENS_API_FILE_PATH`). A variable wins over
@@ -118,6 +148,13 @@ const TOKEN_KEYS: &[(&str, Kind)] = &[
     ("scope", Kind::Str),
     ("audience", Kind::Str),
     ("resource", Kind::Str),
+    ("metadata_host", Kind::Str),
+    ("service_account", Kind::Str),
+    ("identity_client_id", Kind::Str),
+    ("identity_object_id", Kind::Str),
+    ("identity_resource_id", Kind::Str),
+    ("identity_endpoint", Kind::Str),
+    ("identity_header_env", Kind::Str),
     ("env_var", Kind::Str),
     ("fetch_timeout_secs", Kind::Int),
     ("file.path", Kind::Str),
@@ -203,13 +240,84 @@ pub struct AgentConfig {
     pub heartbeat_secs: Option<u64>,
 }
 
-/// The grant a token is obtained with.
+/// The grant a token is obtained with: an OAuth2 grant at `token_url`,
+/// or the identity endpoint of the cloud the agent runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grant {
     /// OAuth2 client credentials.
     ClientCredentials,
     /// A refresh token, rotated as the authority says.
     RefreshToken,
+    /// The GCE / GKE metadata server
+    /// ([`GcpMetadata`](freshtoken::source::GcpMetadata)).
+    GceMetadata,
+    /// An Azure managed identity from the instance metadata service
+    /// ([`AzureManagedIdentity`](freshtoken::source::AzureManagedIdentity)).
+    AzureImds,
+    /// An App Service / Functions managed identity
+    /// ([`AppServiceIdentity`](freshtoken::source::AppServiceIdentity)).
+    AzureAppService,
+}
+
+impl Grant {
+    /// Every grant, as `grant = "..."` names it.
+    pub const ALL: [Grant; 5] = [
+        Grant::ClientCredentials,
+        Grant::RefreshToken,
+        Grant::GceMetadata,
+        Grant::AzureImds,
+        Grant::AzureAppService,
+    ];
+
+    /// The grant's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client_credentials",
+            Grant::RefreshToken => "refresh_token",
+            Grant::GceMetadata => "gce_metadata",
+            Grant::AzureImds => "azure_imds",
+            Grant::AzureAppService => "azure_app_service",
+        }
+    }
+
+    /// Whether the token comes from a cloud's identity endpoint rather
+    /// than an OAuth2 token endpoint.
+    pub fn is_cloud(self) -> bool {
+        matches!(
+            self,
+            Grant::GceMetadata | Grant::AzureImds | Grant::AzureAppService
+        )
+    }
+
+    /// The keys of `[tokens.NAME]` that only some grants take, and whether
+    /// this one does.
+    fn takes(self, key: &str) -> bool {
+        let oauth = matches!(self, Grant::ClientCredentials | Grant::RefreshToken);
+        let azure = matches!(self, Grant::AzureImds | Grant::AzureAppService);
+        match key {
+            "token_url"
+            | "client_id"
+            | "client_secret"
+            | "client_secret_file"
+            | "client_secret_env"
+            | "client_assertion_file"
+            | "client_auth"
+            | "refresh_token"
+            | "refresh_token_file"
+            | "refresh_token_env"
+            | "device_authorization_url"
+            | "audience" => oauth,
+            "scope" => oauth || self == Grant::GceMetadata,
+            "resource" => oauth || azure,
+            "metadata_host" | "service_account" => self == Grant::GceMetadata,
+            "identity_client_id"
+            | "identity_object_id"
+            | "identity_resource_id"
+            | "identity_endpoint" => azure,
+            "identity_header_env" => self == Grant::AzureAppService,
+            _ => true,
+        }
+    }
 }
 
 /// `[tokens.NAME]`.
@@ -242,8 +350,27 @@ pub struct TokenConfig {
     pub scope: Option<String>,
     /// The audience parameter.
     pub audience: Option<String>,
-    /// The resource parameter (RFC 8707).
+    /// The resource parameter (RFC 8707); for the Azure grants, the
+    /// resource (App ID URI) the token is for.
     pub resource: Option<String>,
+    /// `gce_metadata`: the metadata server's `host[:port]` (default:
+    /// `GCE_METADATA_HOST`, else 169.254.169.254).
+    pub metadata_host: Option<String>,
+    /// `gce_metadata`: the service account's email (default `default`).
+    pub service_account: Option<String>,
+    /// The Azure grants: a user-assigned identity by its client id.
+    pub identity_client_id: Option<String>,
+    /// The Azure grants: a user-assigned identity by its object
+    /// (principal) id.
+    pub identity_object_id: Option<String>,
+    /// The Azure grants: a user-assigned identity by its Azure resource id.
+    pub identity_resource_id: Option<String>,
+    /// The Azure grants: the identity endpoint (`azure_imds`: IMDS's own
+    /// by default; `azure_app_service`: `IDENTITY_ENDPOINT` by default).
+    pub identity_endpoint: Option<String>,
+    /// `azure_app_service`: the variable holding the `X-IDENTITY-HEADER`
+    /// secret (default `IDENTITY_HEADER`).
+    pub identity_header_env: Option<String>,
     /// The variable `freshtoken exec` puts the token in (default `ACCESS_TOKEN`).
     pub env_var: Option<String>,
     /// How long a token request may take, seconds (default 30).
@@ -325,6 +452,12 @@ pub struct Resolved {
     pub refresh_token: Option<Secret>,
     /// The Redis URL, if any (may hold a password).
     pub redis_url: Option<Secret>,
+    /// The cloud grants: the metadata host or identity endpoint, as
+    /// configured or from the platform's variable (`GCE_METADATA_HOST`,
+    /// `IDENTITY_ENDPOINT`); `None`: the source's default.
+    pub cloud_endpoint: Option<String>,
+    /// `azure_app_service`: the identity header.
+    pub identity_header: Option<Secret>,
 }
 
 impl Resolved {
@@ -414,12 +547,14 @@ const SECRET_ENV_SUFFIXES: &[&str] = &[
     "_CLIENT_SECRET_ENV",
     "_REFRESH_TOKEN_ENV",
     "_CACHE_REDIS_URL_ENV",
+    "_IDENTITY_HEADER_ENV",
 ];
 
 /// Every variable of `env` that holds a secret or a connection string for
 /// the agent, which `freshtoken exec` removes from the child's environment:
-/// the variables named by `client_secret_env`, `refresh_token_env` and
-/// `cache.redis_url_env` (in `loaded`, and in any
+/// the variables named by `client_secret_env`, `refresh_token_env`,
+/// `cache.redis_url_env` and `identity_header_env` (`IDENTITY_HEADER` by
+/// default for `grant = "azure_app_service"`) (in `loaded`, and in any
 /// `FRESHTOKEN_TOKENS_<NAME>_<KEY>_ENV` variable of `env`), and every
 /// `FRESHTOKEN_TOKENS_<NAME>_CLIENT_SECRET`, `_REFRESH_TOKEN` and
 /// `_CACHE_REDIS_URL`.
@@ -463,10 +598,13 @@ pub fn secret_variables(env: &Env, loaded: Option<&Loaded>) -> Vec<String> {
     for token in loaded.iter().flat_map(|l| l.tokens.values()) {
         let c = &token.config;
         let cache = c.cache.as_ref().and_then(|c| c.redis_url_env.as_deref());
+        let identity_header =
+            (token.grant == Grant::AzureAppService).then(|| identity_header_var(c));
         for var in [
             c.client_secret_env.as_deref(),
             c.refresh_token_env.as_deref(),
             cache,
+            identity_header,
         ]
         .into_iter()
         .flatten()
@@ -981,15 +1119,197 @@ fn resolve(
 ) -> Result<Resolved, ConfigError> {
     let key = |k: &str| format!("tokens.{name}.{k}");
     let grant = match token.grant.as_deref() {
-        None | Some("client_credentials") => Grant::ClientCredentials,
-        Some("refresh_token") => Grant::RefreshToken,
-        Some(_) => {
+        None => Grant::ClientCredentials,
+        Some(given) => Grant::ALL
+            .into_iter()
+            .find(|g| g.name() == given)
+            .ok_or_else(|| {
+                let names: Vec<String> = Grant::ALL
+                    .iter()
+                    .map(|g| format!("\"{}\"", g.name()))
+                    .collect();
+                ConfigError::new(key("grant"), format!("must be one of {}", names.join(", ")))
+            })?,
+    };
+    check_grant_keys(name, token, grant, from_env)?;
+    let (token_url, client_id, client_secret, refresh_token) = if grant.is_cloud() {
+        // Filled in below from the source, once it is built.
+        (String::new(), String::new(), None, None)
+    } else {
+        resolve_oauth(name, token, grant, from_env, env, logging_in)?
+    };
+    let (cloud_endpoint, identity_header) = cloud_settings(name, token, grant, env)?;
+    let redis_url = check_outputs(name, token, env)?;
+    let mut resolved = Resolved {
+        name: name.to_owned(),
+        config: token.clone(),
+        grant,
+        token_url,
+        client_id,
+        client_secret,
+        refresh_token,
+        redis_url,
+        cloud_endpoint,
+        identity_header,
+    };
+    if grant.is_cloud() {
+        // Builds the source once, so that a bad value fails here, and
+        // names the token by what it asks for (the cache's key).
+        let (_, url) = crate::tokens::cloud_source(&resolved)?;
+        resolved.token_url = url;
+        resolved.client_id = grant.name().to_owned();
+    }
+    Ok(resolved)
+}
+
+/// Refuses the keys that `grant` does not take, rather than ignoring them
+/// (a `token_url` on a metadata-server token is a mistake worth hearing
+/// about).
+fn check_grant_keys(
+    name: &str,
+    token: &TokenConfig,
+    grant: Grant,
+    from_env: &BTreeMap<(String, String), Secret>,
+) -> Result<(), ConfigError> {
+    let given = [
+        ("token_url", token.token_url.is_some()),
+        ("client_id", token.client_id.is_some()),
+        ("client_secret_file", token.client_secret_file.is_some()),
+        ("client_secret_env", token.client_secret_env.is_some()),
+        (
+            "client_assertion_file",
+            token.client_assertion_file.is_some(),
+        ),
+        ("client_auth", token.client_auth.is_some()),
+        ("refresh_token_file", token.refresh_token_file.is_some()),
+        ("refresh_token_env", token.refresh_token_env.is_some()),
+        (
+            "device_authorization_url",
+            token.device_authorization_url.is_some(),
+        ),
+        ("audience", token.audience.is_some()),
+        ("scope", token.scope.is_some()),
+        ("resource", token.resource.is_some()),
+        ("metadata_host", token.metadata_host.is_some()),
+        ("service_account", token.service_account.is_some()),
+        ("identity_client_id", token.identity_client_id.is_some()),
+        ("identity_object_id", token.identity_object_id.is_some()),
+        ("identity_resource_id", token.identity_resource_id.is_some()),
+        ("identity_endpoint", token.identity_endpoint.is_some()),
+        ("identity_header_env", token.identity_header_env.is_some()),
+    ];
+    let secrets = ENV_ONLY.iter().map(|k| {
+        (
+            *k,
+            from_env.contains_key(&(name.to_owned(), (*k).to_owned())),
+        )
+    });
+    for (k, present) in given.into_iter().chain(secrets) {
+        if present && !grant.takes(k) {
+            let shown = if ENV_ONLY.contains(&k) {
+                env_name(&["tokens", name, k])
+            } else {
+                format!("tokens.{name}.{k}")
+            };
             return Err(ConfigError::new(
-                key("grant"),
-                "must be \"client_credentials\" or \"refresh_token\"",
+                shown,
+                format!("does not apply to grant = \"{}\"", grant.name()),
+            ));
+        }
+    }
+    let identities = [
+        token.identity_client_id.is_some(),
+        token.identity_object_id.is_some(),
+        token.identity_resource_id.is_some(),
+    ];
+    if identities.into_iter().filter(|given| *given).count() > 1 {
+        return Err(ConfigError::new(
+            format!("tokens.{name}.identity_client_id"),
+            "name the managed identity by one of identity_client_id, identity_object_id and \
+             identity_resource_id",
+        ));
+    }
+    Ok(())
+}
+
+/// The variable holding an App Service token's identity header.
+fn identity_header_var(token: &TokenConfig) -> &str {
+    token
+        .identity_header_env
+        .as_deref()
+        .unwrap_or("IDENTITY_HEADER")
+}
+
+/// A cloud grant's endpoint and secret: `metadata_host` or
+/// `GCE_METADATA_HOST`; `identity_endpoint`, or for App Service
+/// `IDENTITY_ENDPOINT`, and the identity header from its variable.
+fn cloud_settings(
+    name: &str,
+    token: &TokenConfig,
+    grant: Grant,
+    env: &Env,
+) -> Result<(Option<String>, Option<Secret>), ConfigError> {
+    let key = |k: &str| format!("tokens.{name}.{k}");
+    let var = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let platform = "App Service, Functions and Container Apps set it where a managed identity is \
+                    enabled";
+    Ok(match grant {
+        Grant::GceMetadata => (
+            token
+                .metadata_host
+                .clone()
+                .or_else(|| var(freshtoken::source::GCE_METADATA_HOST_ENV)),
+            None,
+        ),
+        Grant::AzureImds | Grant::AzureAppService if token.resource.is_none() => {
+            return Err(ConfigError::new(
+                key("resource"),
+                "missing: the resource (App ID URI) the token is for",
             ))
         }
-    };
+        Grant::AzureImds => (token.identity_endpoint.clone(), None),
+        Grant::AzureAppService => {
+            let endpoint = match token.identity_endpoint.clone() {
+                Some(url) => url,
+                None => var("IDENTITY_ENDPOINT").ok_or_else(|| {
+                    ConfigError::new(
+                        key("identity_endpoint"),
+                        format!("missing, and IDENTITY_ENDPOINT is not set ({platform})"),
+                    )
+                })?,
+            };
+            let header_var = identity_header_var(token);
+            let header = var(header_var).ok_or_else(|| {
+                ConfigError::new(
+                    key("identity_header_env"),
+                    format!(
+                        "the environment variable {header_var} is not set (IDENTITY_HEADER: \
+                         {platform})"
+                    ),
+                )
+            })?;
+            (Some(endpoint), Some(Secret(header)))
+        }
+        Grant::ClientCredentials | Grant::RefreshToken => (None, None),
+    })
+}
+
+/// An OAuth2 grant's endpoint, client and secrets.
+fn resolve_oauth(
+    name: &str,
+    token: &TokenConfig,
+    grant: Grant,
+    from_env: &BTreeMap<(String, String), Secret>,
+    env: &Env,
+    logging_in: bool,
+) -> Result<(String, String, Option<Secret>, Option<Secret>), ConfigError> {
+    let key = |k: &str| format!("tokens.{name}.{k}");
     let token_url = token
         .token_url
         .clone()
@@ -1080,7 +1400,18 @@ fn resolve(
                 ));
             }
         }
+        Grant::GceMetadata | Grant::AzureImds | Grant::AzureAppService => {}
     }
+    Ok((token_url, client_id, client_secret, refresh_token))
+}
+
+/// The token file's and the cache's settings; the Redis URL, if any.
+fn check_outputs(
+    name: &str,
+    token: &TokenConfig,
+    env: &Env,
+) -> Result<Option<Secret>, ConfigError> {
+    let key = |k: &str| format!("tokens.{name}.{k}");
     if let Some(file) = &token.file {
         if file.path.is_none() {
             return Err(ConfigError::new(key("file.path"), "missing"));
@@ -1153,16 +1484,7 @@ fn resolve(
     {
         return Err(ConfigError::new(key("env_var"), "is not a variable name"));
     }
-    Ok(Resolved {
-        name: name.to_owned(),
-        config: token.clone(),
-        grant,
-        token_url,
-        client_id,
-        client_secret,
-        refresh_token,
-        redis_url,
-    })
+    Ok(redis_url)
 }
 
 fn url_has_password(url: &str) -> bool {
@@ -1380,6 +1702,58 @@ mod tests {
             assert_eq!(err.key, "tokens.api.file.mode", "{bad}: {err}");
         }
         assert!(mode("", Some("99999")).is_err());
+    }
+
+    #[test]
+    fn cloud_grants_resolve_from_the_platform_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write(
+            dir.path(),
+            "c.toml",
+            "[tokens.app]\ngrant = \"azure_app_service\"\nresource = \"https://vault.azure.net\"\n\
+             identity_object_id = \"0b1d\"\n\
+             [tokens.gce]\ngrant = \"gce_metadata\"\nscope = \"a,b c\"\n",
+        );
+        let platform = env(&[
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token"),
+            ("IDENTITY_HEADER", "hdr-TOPSECRET"),
+            ("GCE_METADATA_HOST", "127.0.0.1:8089"),
+        ]);
+        let loaded = load(Some(&cfg), &platform).unwrap();
+        let app = &loaded.tokens["app"];
+        assert_eq!(app.grant, Grant::AzureAppService);
+        assert_eq!(app.client_id, "azure_app_service");
+        // The source's URL names the token (and its cache entry).
+        assert_eq!(
+            app.token_url,
+            "http://127.0.0.1:41741/msi/token?resource=https%3A%2F%2Fvault.azure.net\
+             &api-version=2019-08-01&principal_id=0b1d"
+        );
+        assert_eq!(
+            loaded.tokens["gce"].token_url,
+            "http://127.0.0.1:8089/computeMetadata/v1/instance/service-accounts/default/token\
+             ?scopes=a%2Cb%2Cc"
+        );
+        assert!(!format!("{loaded:?}").contains("TOPSECRET"));
+        // exec takes the identity header out of its child's environment,
+        // from the variable named by identity_header_env when there is one.
+        assert!(secret_variables(&platform, Some(&loaded)).contains(&"IDENTITY_HEADER".to_owned()));
+        let mut renamed = platform.clone();
+        renamed.push((
+            "FRESHTOKEN_TOKENS_APP_IDENTITY_HEADER_ENV".into(),
+            "MSI_SECRET".into(),
+        ));
+        renamed.push(("MSI_SECRET".into(), "other-TOPSECRET".into()));
+        let loaded = load(Some(&cfg), &renamed).unwrap();
+        assert_eq!(
+            loaded.tokens["app"]
+                .identity_header
+                .as_ref()
+                .map(Secret::expose),
+            Some("other-TOPSECRET")
+        );
+        assert!(secret_variables(&renamed, Some(&loaded)).contains(&"MSI_SECRET".to_owned()));
+        assert!(secret_variables(&renamed, None).contains(&"MSI_SECRET".to_owned()));
     }
 
     #[test]

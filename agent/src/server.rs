@@ -780,10 +780,7 @@ fn status_json(shared: &Shared) -> serde_json::Value {
             };
             json!({
                 "name": e.resolved.name,
-                "grant": match e.resolved.grant {
-                    config::Grant::ClientCredentials => "client_credentials",
-                    config::Grant::RefreshToken => "refresh_token",
-                },
+                "grant": e.resolved.grant.name(),
                 "state": state,
                 "token": status,
                 "expires_at": token.map(|t| t.expires_at().as_secs()),

@@ -8,7 +8,9 @@ use freshtoken::clock::Now;
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::handle::Snapshot;
 use freshtoken::oauth2::{ClientAuth, ClientCredentials, RefreshTokenSource, SourceBuilder};
-use freshtoken::source::TokenSource;
+use freshtoken::source::{
+    AppServiceIdentity, AzureManagedIdentity, CloudIdentityError, GcpMetadata, TokenSource,
+};
 use freshtoken::{ClientSecret, RefreshToken, Timestamp, Token, TokenHandle, TokenStatus};
 
 use crate::config::{ConfigError, Grant, Resolved};
@@ -64,7 +66,116 @@ pub fn source(token: &Resolved) -> Result<Arc<dyn TokenSource>, ConfigError> {
             }
             Arc::new(common(builder, token).build().map_err(url_error)?)
         }
+        Grant::GceMetadata | Grant::AzureImds | Grant::AzureAppService => cloud_source(token)?.0,
     })
+}
+
+/// The source of a token from a cloud's identity endpoint (`grant =
+/// "gce_metadata"`, `"azure_imds"` or `"azure_app_service"`), built by the
+/// library's builder, and the URL it asks.
+pub fn cloud_source(token: &Resolved) -> Result<(Arc<dyn TokenSource>, String), ConfigError> {
+    let c = &token.config;
+    let timeout = fetch_timeout(token);
+    let error = |e: CloudIdentityError| cloud_error(token, &e);
+    // The two Azure builders' identity setters, which have the same names.
+    macro_rules! identity {
+        ($builder:expr) => {{
+            let mut b = $builder;
+            if let Some(id) = &c.identity_client_id {
+                b = b.client_id(id.clone()).map_err(error)?;
+            }
+            if let Some(id) = &c.identity_object_id {
+                b = b.object_id(id.clone()).map_err(error)?;
+            }
+            if let Some(id) = &c.identity_resource_id {
+                b = b.resource_id(id.clone()).map_err(error)?;
+            }
+            b.timeout(timeout)
+        }};
+    }
+    let resource = || c.resource.clone().unwrap_or_default();
+    match token.grant {
+        Grant::GceMetadata => {
+            let mut b = GcpMetadata::builder().timeout(timeout);
+            if let Some(host) = &token.cloud_endpoint {
+                b = b.host(host.clone());
+            }
+            if let Some(account) = &c.service_account {
+                b = b.service_account(account.clone());
+            }
+            if let Some(scope) = &c.scope {
+                b = b.scopes(
+                    scope
+                        .split(|ch: char| ch == ',' || ch.is_whitespace())
+                        .filter(|s| !s.is_empty()),
+                );
+            }
+            let source = b.build().map_err(error)?;
+            let url = source.url().to_owned();
+            Ok((Arc::new(source), url))
+        }
+        Grant::AzureImds => {
+            let mut b = identity!(AzureManagedIdentity::builder(resource()));
+            if let Some(endpoint) = &token.cloud_endpoint {
+                b = b.endpoint(endpoint.clone());
+            }
+            let source = b.build().map_err(error)?;
+            let url = source.url().to_owned();
+            Ok((Arc::new(source), url))
+        }
+        Grant::AzureAppService => {
+            let (Some(endpoint), Some(header)) = (&token.cloud_endpoint, &token.identity_header)
+            else {
+                return Err(ConfigError {
+                    key: format!("tokens.{}.identity_endpoint", token.name),
+                    message: "missing".to_owned(),
+                });
+            };
+            let b = identity!(AppServiceIdentity::builder(
+                endpoint.clone(),
+                header.expose(),
+                resource()
+            ));
+            let source = b.build().map_err(error)?;
+            let url = source.url().to_owned();
+            Ok((Arc::new(source), url))
+        }
+        Grant::ClientCredentials | Grant::RefreshToken => Err(ConfigError {
+            key: format!("tokens.{}.grant", token.name),
+            message: "not a cloud identity grant".to_owned(),
+        }),
+    }
+}
+
+/// The key a cloud source's complaint is about: the configuration's key,
+/// or the platform's variable the value came from.
+fn cloud_error(token: &Resolved, e: &CloudIdentityError) -> ConfigError {
+    let c = &token.config;
+    let key = match e {
+        CloudIdentityError::InvalidParameter { what, .. } => match *what {
+            "metadata host" => "metadata_host",
+            "service account" => "service_account",
+            "resource" => "resource",
+            "identity header" => "identity_header_env",
+            "managed identity" => "identity_client_id",
+            _ => "grant",
+        },
+        _ if token.grant == Grant::GceMetadata => "metadata_host",
+        _ => "identity_endpoint",
+    };
+    let key = match (key, token.grant) {
+        ("metadata_host", _) if c.metadata_host.is_none() => {
+            freshtoken::source::GCE_METADATA_HOST_ENV.to_owned()
+        }
+        ("identity_endpoint", Grant::AzureAppService) if c.identity_endpoint.is_none() => {
+            "IDENTITY_ENDPOINT".to_owned()
+        }
+        (key, _) => format!("tokens.{}.{key}", token.name),
+    };
+    ConfigError {
+        key,
+        message: e.to_string(),
+    }
 }
 
 /// How long a fetch may take.

@@ -169,6 +169,123 @@ fn bad_configurations_name_the_key_and_exit_2() {
     }
 }
 
+/// A token from a cloud's identity endpoint, `api`, with `grant` and
+/// `extra` keys.
+fn cloud(grant: &str, extra: &str) -> String {
+    format!(
+        "[agent]\nsocket = \"{{dir}}/agent.sock\"\n\n[tokens.api]\ngrant = \"{grant}\"\n{extra}"
+    )
+}
+
+/// The cloud identity grants: a key another grant takes, a missing
+/// resource or platform variable, an endpoint plain http may not go to.
+/// The identity header (here the secret) is never printed.
+#[test]
+fn bad_cloud_configurations_name_the_key_and_exit_2() {
+    let resource = "resource = \"https://vault.azure.net\"\n";
+    let header = || ("IDENTITY_HEADER", SECRET.to_owned());
+    let cases = [
+        Case {
+            what: "an unknown grant",
+            config: cloud("gce", ""),
+            env: vec![],
+            key: "tokens.api.grant",
+        },
+        Case {
+            what: "an OAuth2 key on a metadata server token",
+            config: cloud("gce_metadata", "token_url = \"http://127.0.0.1:9/token\"\n"),
+            env: vec![],
+            key: "tokens.api.token_url",
+        },
+        Case {
+            what: "a client secret from the environment on a managed identity",
+            config: cloud("azure_imds", resource),
+            env: vec![("FRESHTOKEN_TOKENS_API_CLIENT_SECRET", SECRET.to_owned())],
+            key: "FRESHTOKEN_TOKENS_API_CLIENT_SECRET",
+        },
+        Case {
+            what: "an Azure key on a GCE token",
+            config: cloud("gce_metadata", "identity_client_id = \"x\"\n"),
+            env: vec![],
+            key: "tokens.api.identity_client_id",
+        },
+        Case {
+            what: "a service account that is no email",
+            config: cloud("gce_metadata", "service_account = \"../../x\"\n"),
+            env: vec![],
+            key: "tokens.api.service_account",
+        },
+        Case {
+            what: "plain http to another host than the metadata server",
+            config: cloud("gce_metadata", "metadata_host = \"metadata.example.com\"\n"),
+            env: vec![],
+            key: "tokens.api.metadata_host",
+        },
+        Case {
+            what: "GCE_METADATA_HOST naming another host",
+            config: cloud("gce_metadata", ""),
+            env: vec![("GCE_METADATA_HOST", "10.0.0.1".to_owned())],
+            key: "GCE_METADATA_HOST",
+        },
+        Case {
+            what: "a managed identity without a resource",
+            config: cloud("azure_imds", ""),
+            env: vec![],
+            key: "tokens.api.resource",
+        },
+        Case {
+            what: "two names for one managed identity",
+            config: cloud(
+                "azure_imds",
+                &format!("{resource}identity_client_id = \"a\"\nidentity_object_id = \"b\"\n"),
+            ),
+            env: vec![],
+            key: "tokens.api.identity_client_id",
+        },
+        Case {
+            what: "plain http to another host than IMDS",
+            config: cloud(
+                "azure_imds",
+                &format!(
+                    "{resource}identity_endpoint = \"http://169.254.169.253/metadata/identity/oauth2/token\"\n"
+                ),
+            ),
+            env: vec![],
+            key: "tokens.api.identity_endpoint",
+        },
+        Case {
+            what: "App Service without IDENTITY_ENDPOINT",
+            config: cloud("azure_app_service", resource),
+            env: vec![header()],
+            key: "tokens.api.identity_endpoint",
+        },
+        Case {
+            what: "App Service without its identity header",
+            config: cloud("azure_app_service", resource),
+            env: vec![(
+                "IDENTITY_ENDPOINT",
+                "http://127.0.0.1:9/msi/token".to_owned(),
+            )],
+            key: "tokens.api.identity_header_env",
+        },
+        Case {
+            what: "IDENTITY_ENDPOINT in plain http to a routable address",
+            config: cloud("azure_app_service", resource),
+            env: vec![
+                header(),
+                (
+                    "IDENTITY_ENDPOINT",
+                    "http://172.16.0.9:8081/msi/token".to_owned(),
+                ),
+            ],
+            key: "IDENTITY_ENDPOINT",
+        },
+    ];
+    for case in &cases {
+        run(case);
+    }
+}
+
 /// A configuration file decides the token URL and which secret is sent
 /// there: one that group or others can write to, or another user's, is
 /// refused by the agent and by `token`, exit code 2.
