@@ -110,6 +110,7 @@ pub struct LocalAuthorityBuilder {
     clients: HashMap<String, Option<String>>,
     lifetime: Duration,
     send_expires_in: bool,
+    refresh_in: Option<i64>,
     rotate: bool,
     reuse_interval: Duration,
     clock: Option<Arc<dyn ClockDebug>>,
@@ -150,6 +151,16 @@ impl LocalAuthorityBuilder {
     /// must read the JWT's `exp`.
     pub fn send_expires_in(mut self, send: bool) -> Self {
         self.send_expires_in = send;
+        self
+    }
+
+    /// Whether answers carry a refresh hint, `refresh_in` (seconds, as sent:
+    /// zero or negative are sent as they are), as Entra ID's do (default
+    /// none). The token's lifetime and `expires_in` do not change; the hint
+    /// tells the client to renew sooner. Changeable later with
+    /// [`LocalAuthority::set_refresh_in`].
+    pub fn refresh_in(mut self, seconds: Option<i64>) -> Self {
+        self.refresh_in = seconds;
         self
     }
 
@@ -219,6 +230,7 @@ impl LocalAuthorityBuilder {
             nonce: RandomState::new().hash_one(addr),
             state: Mutex::new(State {
                 lifetime: self.lifetime,
+                refresh_in: self.refresh_in,
                 faults: FaultPlan::new(),
                 refresh: HashMap::new(),
                 revoked_families: HashSet::new(),
@@ -308,6 +320,7 @@ impl LocalAuthority {
             clients: HashMap::new(),
             lifetime: Duration::from_secs(60),
             send_expires_in: true,
+            refresh_in: None,
             rotate: true,
             reuse_interval: Duration::ZERO,
             clock: None,
@@ -452,6 +465,12 @@ impl LocalAuthority {
         self.shared.lock().lifetime = lifetime;
     }
 
+    /// Changes the refresh hint (`refresh_in`) of answers from now on
+    /// (`None`: no hint); see [`LocalAuthorityBuilder::refresh_in`].
+    pub fn set_refresh_in(&self, seconds: Option<i64>) {
+        self.shared.lock().refresh_in = seconds;
+    }
+
     /// Every token request so far, oldest first.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.shared.lock().log.clone()
@@ -540,6 +559,8 @@ struct RefreshRecord {
 
 struct State {
     lifetime: Duration,
+    /// The `refresh_in` answers carry, if any.
+    refresh_in: Option<i64>,
     faults: FaultPlan,
     refresh: HashMap<String, RefreshRecord>,
     revoked_families: HashSet<u64>,
@@ -924,6 +945,9 @@ impl Shared {
         let mut body = json!({ "access_token": access_token, "token_type": "Bearer" });
         if self.send_expires_in {
             body["expires_in"] = lifetime.as_secs().into();
+        }
+        if let Some(hint) = state.refresh_in {
+            body["refresh_in"] = hint.into();
         }
         if let Some(scope) = scope {
             body["scope"] = scope.into();
