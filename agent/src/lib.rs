@@ -743,7 +743,9 @@ fn status(
     }
 }
 
-/// The status table; lines cut to `width` when given.
+/// The status table, then one line per token whose lifetime the library
+/// had to decide on the authority's behalf (its `lifetime_note`, e.g. the
+/// authority's refresh hint); lines cut to `width` when given.
 pub fn table(body: &serde_json::Value, width: Option<usize>) -> String {
     let empty = Vec::new();
     let tokens = body
@@ -783,17 +785,34 @@ pub fn table(body: &serde_json::Value, width: Option<usize>) -> String {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+    let mut lines: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+                }
             }
-        }
-        let line = line.trim_end();
+            line.trim_end().to_owned()
+        })
+        .collect();
+    let notes: Vec<String> = tokens
+        .iter()
+        .filter_map(|t| {
+            let text = t.get("lifetime_note")?.get("text")?.as_str()?;
+            let name = t.get("name").and_then(|v| v.as_str()).unwrap_or("-");
+            Some(format!("{name}: {text}"))
+        })
+        .collect();
+    if !notes.is_empty() {
+        lines.push(String::new());
+        lines.extend(notes);
+    }
+    let mut out = String::new();
+    for line in &lines {
         match width {
             Some(w) => out.extend(line.chars().take(w)),
             None => out.push_str(line),

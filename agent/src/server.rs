@@ -786,6 +786,7 @@ fn status_json(shared: &Shared) -> serde_json::Value {
                 "expires_at": token.map(|t| t.expires_at().as_secs()),
                 "expires_in": tokens::expires_in_ms(&snapshot, clocks).map(|ms| ms / 1000),
                 "stale_at": token.map(|t| t.stale_at().as_secs()),
+                "lifetime_note": tokens::lifetime_note(&snapshot),
                 "fetches": snapshot.tokens_fetched,
                 "attempt": attempt,
                 "next_attempt": next,

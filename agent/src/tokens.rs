@@ -279,6 +279,71 @@ pub fn rfc3339(at: Timestamp) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// What the lifetime policy decided on the authority's behalf for the
+/// current token ([`Snapshot::lifetime_note`]), for the status: a `kind`,
+/// the figures, and a sentence that says why the token goes stale or
+/// expires when it does (never a secret). `None` when the answer needed
+/// no decision (or the token came from a cache).
+///
+/// The authority's refresh hint reads "stale at <time> because the
+/// authority said refresh_in=N s"; when the hint was below the refresh
+/// floor, the floor it was raised to is named (the token's fresh period).
+pub fn lifetime_note(snapshot: &Snapshot) -> Option<serde_json::Value> {
+    use freshtoken::handle::LifetimeNote;
+    use serde_json::json;
+    let note = snapshot.lifetime_note?;
+    let token = snapshot.token.as_deref()?;
+    Some(match note {
+        LifetimeNote::RefreshHint { refresh_in } => {
+            let fresh = token
+                .stale_at()
+                .saturating_duration_since(token.issued_at());
+            // The hint, or the floor it was raised to, counted from the send.
+            let fresh_s = (fresh.as_millis() as f64 / 1000.0).round() as i64;
+            let mut text = format!(
+                "stale at {} because the authority said refresh_in={refresh_in} s",
+                rfc3339(token.stale_at())
+            );
+            if fresh_s > refresh_in {
+                text.push_str(&format!(" (raised to the {fresh_s} s refresh floor)"));
+            }
+            json!({
+                "kind": "refresh_hint",
+                "refresh_in": refresh_in,
+                "stale_after": fresh_s,
+                "text": text,
+            })
+        }
+        LifetimeNote::LifetimeFromJwt => json!({
+            "kind": "lifetime_from_jwt",
+            "text": format!(
+                "no expires_in: expires at {} by the JWT's exp",
+                rfc3339(token.expires_at())
+            ),
+        }),
+        LifetimeNote::DefaultLifetime => json!({
+            "kind": "default_lifetime",
+            "text": format!(
+                "no expires_in and no JWT exp: the default lifetime, {} s, was assumed",
+                token.lifetime().as_secs()
+            ),
+        }),
+        LifetimeNote::Clamped { given, used } => json!({
+            "kind": "clamped",
+            "given": given,
+            "used": used,
+            "text": format!("expires_in={given} s was out of range: {used} s was used"),
+        }),
+        LifetimeNote::JwtExpiryEarlier => json!({
+            "kind": "jwt_expiry_earlier",
+            "text": format!(
+                "expires at {}: the JWT's exp is earlier than expires_in says",
+                rfc3339(token.expires_at())
+            ),
+        }),
+    })
+}
+
 /// Whether waiting can bring a token where `why` says there is none: not
 /// once renewal failed for good or needs an operator (a wrong secret, a
 /// revoked grant), nor when the authority's tokens never live as long as
@@ -345,6 +410,56 @@ mod tests {
             rfc3339(Timestamp::from_millis(1_796_540_566_095)),
             "2026-12-06T07:02:46.095Z"
         );
+    }
+
+    /// Each lifetime note says why in one sentence, with its figures; a
+    /// token from a cache (no note) has none.
+    #[test]
+    fn lifetime_notes_say_why() {
+        use freshtoken::handle::LifetimeNote;
+        use freshtoken::AccessToken;
+        use std::sync::Arc;
+
+        let with = |note, stale_s: u64| {
+            let mut snapshot = Snapshot::initial();
+            snapshot.token = Some(Arc::new(Token::new(
+                AccessToken::new("secret-at"),
+                Timestamp::from_secs(1_796_540_000),
+                Timestamp::from_secs(1_796_540_000 + stale_s),
+                Timestamp::from_secs(1_796_543_600),
+            )));
+            snapshot.lifetime_note = note;
+            lifetime_note(&snapshot)
+        };
+        assert_eq!(with(None, 2_700), None);
+        let hint = with(Some(LifetimeNote::RefreshHint { refresh_in: 600 }), 600).unwrap();
+        assert_eq!(
+            hint["text"],
+            "stale at 2026-12-06T07:03:20.000Z because the authority said refresh_in=600 s"
+        );
+        assert_eq!(
+            (hint["refresh_in"].as_i64(), hint["stale_after"].as_i64()),
+            (Some(600), Some(600))
+        );
+        let floor = with(Some(LifetimeNote::RefreshHint { refresh_in: 1 }), 5).unwrap();
+        assert!(floor["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("refresh_in=1 s (raised to the 5 s refresh floor)"));
+        let clamped = with(Some(LifetimeNote::Clamped { given: -5, used: 1 }), 2_700).unwrap();
+        assert_eq!(
+            clamped["text"],
+            "expires_in=-5 s was out of range: 1 s was used"
+        );
+        for (note, kind) in [
+            (LifetimeNote::LifetimeFromJwt, "lifetime_from_jwt"),
+            (LifetimeNote::DefaultLifetime, "default_lifetime"),
+            (LifetimeNote::JwtExpiryEarlier, "jwt_expiry_earlier"),
+        ] {
+            let shown = with(Some(note), 2_700).unwrap();
+            assert_eq!(shown["kind"], kind);
+            assert!(!shown.to_string().contains("secret-at"));
+        }
     }
 
     /// A driver's token is judged by both clocks: after the wall clock
