@@ -285,7 +285,7 @@ pub fn rfc3339(at: Timestamp) -> String {
 /// expires when it does (never a secret). `None` when the answer needed
 /// no decision (or the token came from a cache).
 ///
-/// The authority's refresh hint reads "stale at <time> because the
+/// The authority's refresh hint reads "stale at TIME because the
 /// authority said refresh_in=N s"; when the hint was below the refresh
 /// floor, the floor it was raised to is named (the token's fresh period).
 pub fn lifetime_note(snapshot: &Snapshot) -> Option<serde_json::Value> {
