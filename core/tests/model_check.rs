@@ -113,7 +113,14 @@ fn config(flow: Flow, seed: u64) -> MachineConfig {
     c.lease_ttl = Duration::from_millis(1_500);
     c.peer_wait = Duration::from_millis(1_000);
     c.fetch_timeout = Duration::from_millis(1_000);
-    c.cache_timeout = Duration::from_millis(300);
+    // A cache faster than the lease; `FRESHTOKEN_MODEL_CACHE_TIMEOUT_MS`
+    // explores another (a cache slower than the lease, say).
+    c.cache_timeout = Duration::from_millis(
+        std::env::var("FRESHTOKEN_MODEL_CACHE_TIMEOUT_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(300),
+    );
     c.min_fetch_timeout = Duration::from_millis(200);
     c.invalidate_interval = Duration::from_millis(1_000);
     c.backoff = Backoff::new(Duration::from_millis(200), 2, Duration::from_millis(800))
@@ -1315,34 +1322,52 @@ fn two_instances_refresh_tokens() {
 
 /// Bounds from the environment, for deeper runs than the suite affords:
 /// `FRESHTOKEN_MODEL=instances,flow,depth,faults,invalidations,lifecycle[,layer[,clock steps]]`
-/// (flow `cc` or `rt`, the others `0` or `1`), several separated by `;`.
-/// `.ci/run` runs the deep set this way.
+/// (flow `cc` or `rt`, the others `0` or `1`), several separated by `;`,
+/// explored on as many threads as the machine has cores (each exploration
+/// is single-threaded; the list is taken in order, so put the largest
+/// first). `.ci/run` runs the deep set this way.
 #[test]
 #[ignore = "deep runs: set FRESHTOKEN_MODEL (see .ci/run)"]
 fn bounds_from_the_environment() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let spec = std::env::var("FRESHTOKEN_MODEL").expect("FRESHTOKEN_MODEL is set");
-    let mut states = 0;
-    for run_spec in spec.split(';').filter(|s| !s.trim().is_empty()) {
-        let f: Vec<&str> = run_spec.trim().split(',').collect();
-        assert!(
-            (6..=8).contains(&f.len()),
-            "instances,flow,depth,faults,invalidations,lifecycle[,layer[,clock steps]]: {run_spec}"
-        );
-        let bounds = Bounds {
-            instances: f[0].parse().expect("instances"),
-            flow: if f[1] == "rt" {
-                Flow::RefreshToken
-            } else {
-                Flow::ClientCredentials
-            },
-            depth: f[2].parse().expect("depth"),
-            faults: f[3] == "1",
-            invalidations: f[4] == "1",
-            lifecycle: f[5] == "1",
-            layer: f.get(6) == Some(&"1"),
-            clock_steps: f.get(7) == Some(&"1"),
-        };
-        states += run(bounds).states;
-    }
-    println!("{states} distinct states in all");
+    let all: Vec<Bounds> = spec
+        .split(';')
+        .filter(|s| !s.trim().is_empty())
+        .map(|run_spec| {
+            let f: Vec<&str> = run_spec.trim().split(',').collect();
+            assert!(
+                (6..=8).contains(&f.len()),
+                "instances,flow,depth,faults,invalidations,lifecycle[,layer[,clock steps]]: {run_spec}"
+            );
+            Bounds {
+                instances: f[0].parse().expect("instances"),
+                flow: if f[1] == "rt" {
+                    Flow::RefreshToken
+                } else {
+                    Flow::ClientCredentials
+                },
+                depth: f[2].parse().expect("depth"),
+                faults: f[3] == "1",
+                invalidations: f[4] == "1",
+                lifecycle: f[5] == "1",
+                layer: f.get(6) == Some(&"1"),
+                clock_steps: f.get(7) == Some(&"1"),
+            }
+        })
+        .collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let states = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(all.len()) {
+            scope.spawn(|| {
+                while let Some(bounds) = all.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let found = run(bounds.clone()).states;
+                    states.fetch_add(found, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    println!("{} distinct states in all", states.into_inner());
 }
