@@ -148,6 +148,11 @@ impl RefreshMachine {
         };
         match outcome {
             LeaseOutcome::Granted => {
+                // A renewal holds only if the lease it renews held until
+                // its answer: granted after that lapsed, it may be a new
+                // lease, a peer may have held the one between and rotated
+                // the refresh token we read, so the cache is read again.
+                let renewal = renewal && self.holds_lease();
                 self.lease.until = Some(sent + self.config.lease_ttl);
                 if let Some((since, _)) = self.attempt.peer_wait.take() {
                     // Taking over from a holder that kept failing: carry on

@@ -1571,3 +1571,37 @@ fn a_release_that_waits_for_a_lost_extension_goes_out_at_its_deadline() {
     let (a, _) = h.feed(Input::Released(ID, Ok(())));
     assert_eq!(kinds(&a), ["publish", "stop"], "{a:?}");
 }
+
+/// A renewal of the lease asked for while it held, and granted after it
+/// lapsed (a cache slower than the lease): the grant may be a new lease,
+/// a peer may have held the one between and rotated the refresh token we
+/// read, so the cache is read again before a fetch. (Before, the grant was
+/// taken for a renewal because the lease held when it was asked for, and
+/// the machine presented the refresh token of its stale read: the model
+/// checker, with a 2 s cache timeout over a 1.5 s lease, found the spent
+/// token presented again.)
+#[test]
+fn a_renewal_granted_after_the_lease_lapsed_reads_the_cache_again() {
+    let config = MachineConfig {
+        fetch_timeout: Duration::from_secs(3),
+        lease_ttl: Duration::from_secs(5),
+        cache_timeout: Duration::from_secs(9),
+        ..rt_config()
+    };
+    let mut h = Harness::new(config);
+    h.feed(Input::Start);
+    h.feed(Input::CacheLoaded(ID, Ok(None)));
+    let (a, _) = h.feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["load"]);
+    // The read under the lease answers with too little of the lease left
+    // for a fetch: the lease is renewed first.
+    let (a, _) = h
+        .at(T0 + Duration::from_secs(3))
+        .feed(Input::CacheLoaded(ID, Ok(None)));
+    assert_eq!(kinds(&a), ["lease"], "{a:?}");
+    // Granted after the lease lapsed.
+    let (a, _) = h
+        .at(T0 + Duration::from_secs(6))
+        .feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
+    assert_eq!(kinds(&a), ["load"], "read again under the new lease: {a:?}");
+}
