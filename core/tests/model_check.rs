@@ -25,8 +25,11 @@
 //! In every reachable state it checks the machine's invariants: no rotated
 //! refresh token presented twice unless an answer was lost after the
 //! authority acted, or came after the machine gave up on its request (its
-//! retry presented the same refresh token); at most one request of each kind in flight per
-//! instance; no token published over a newer one, none published expired;
+//! retry presented the same refresh token), or the authority carried a
+//! request out after its sender gave up on it (delayed on its way past its
+//! deadline, which no lease holds back); at most one request of each kind
+//! in flight per instance (a cache read or lease request given up on early
+//! for the store of a rotated refresh token is no longer awaited); no token published over a newer one, none published expired;
 //! every timeout ahead of now and no burst of outputs; after `Stop`, no
 //! lease held and nothing more; an instance without a valid token while the
 //! cache holds one looks within 50 ms (it is not asleep in a peer wait);
@@ -232,8 +235,13 @@ struct Slot {
     pending: Vec<Pending>,
     /// What the machine still waits for, by its own view: every request it
     /// made that has not been answered, until its deadline (a lost one
-    /// included), as (kind, deadline).
-    in_flight: Vec<(&'static str, u64)>,
+    /// included), as (kind, deadline, `rotations` when it was sent).
+    in_flight: Vec<(&'static str, u64, u32)>,
+    /// Fetch answers carrying a rotated refresh token delivered to this
+    /// instance. A cache read or lease request sent before one may be given
+    /// up on before its deadline (the store of the rotated refresh token
+    /// must go out while the lease holds), and a new one of its kind sent.
+    rotations: u32,
     /// The last token published to readers, and its expiry on the
     /// monotonic clock (wall-clock times stamped either side of a step do
     /// not compare).
@@ -365,6 +373,7 @@ impl World {
             timeout: u64::MAX,
             pending: Vec::new(),
             in_flight: Vec::new(),
+            rotations: 0,
             release_faulted: false,
             published: None,
             retrying: false,
@@ -606,11 +615,16 @@ impl World {
                 deadline: now + ms(timeout),
             },
         };
-        slot.in_flight.retain(|&(_, deadline)| deadline > now);
+        let rotations = slot.rotations;
+        slot.in_flight.retain(|&(kind, deadline, sent_at)| {
+            let given_up =
+                matches!(kind, "load" | "lease") && sent_at < rotations && kind == pending.kind();
+            deadline > now && !given_up
+        });
         if slot
             .in_flight
             .iter()
-            .any(|&(kind, _)| kind == pending.kind())
+            .any(|&(kind, ..)| kind == pending.kind())
         {
             return Err(format!(
                 "two requests of a kind in flight -- instance {i}: a second {} ({pending:?}) while {:?}",
@@ -618,7 +632,8 @@ impl World {
                 slot.in_flight
             ));
         }
-        slot.in_flight.push((pending.kind(), pending.deadline()));
+        slot.in_flight
+            .push((pending.kind(), pending.deadline(), rotations));
         if let (Some((_, looked)), Pending::Load { .. }) = (&mut slot.hungry, &pending) {
             *looked = true;
         }
@@ -685,7 +700,11 @@ impl World {
                 if outcome != Outcome::Lost {
                     let key = (pending.kind(), pending.deadline());
                     let slot = &mut self.slots[i];
-                    if let Some(n) = slot.in_flight.iter().position(|&e| e == key) {
+                    if let Some(n) = slot
+                        .in_flight
+                        .iter()
+                        .position(|&(kind, deadline, _)| (kind, deadline) == key)
+                    {
                         slot.in_flight.remove(n);
                     }
                 }
@@ -842,7 +861,7 @@ impl World {
                     let error = FetchError::transient("503 Service Unavailable").with_status(503);
                     Input::Fetched(id, Err(error))
                 } else {
-                    let answer = self.authority_answers(refresh_token)?;
+                    let answer = self.authority_answers(refresh_token, now >= deadline)?;
                     let rotated = matches!(&answer, Ok(r) if r.refresh_token.is_some());
                     // An answer lost, or carried out after the machine
                     // gave up on it (its retry presented the same refresh
@@ -854,6 +873,7 @@ impl World {
                     if outcome == Outcome::Lost {
                         return Ok(());
                     }
+                    self.slots[i].rotations += u32::from(rotated);
                     let fetched = &mut self.slots[i].fetched;
                     fetched.push((self.authority.issued, sent));
                     if fetched.len() > 4 {
@@ -870,9 +890,14 @@ impl World {
     }
 
     /// The authority's answer to a fetch that presented `refresh_token`.
+    /// `late`: the authority carries the request out after its sender gave
+    /// up on it (a request delayed on its way past its deadline, and past
+    /// the lease its sender held): whatever it presents then is an
+    /// inherent loss, as no lease can hold it back.
     fn authority_answers(
         &mut self,
         refresh_token: Option<String>,
+        late: bool,
     ) -> Result<Result<TokenResponse, FetchError>, String> {
         self.authority.issued += 1;
         let access = AccessToken::new(format!("at-{}", self.authority.issued));
@@ -900,6 +925,7 @@ impl World {
             .ok_or("a refresh token the authority never issued")?;
         if generation < self.authority.generation {
             self.authority.revoked = true;
+            self.inherent_loss |= late;
             if !self.inherent_loss {
                 return Err(format!(
                     "refresh token presented twice -- rt-{generation} presented again after the authority rotated it to rt-{}",
@@ -958,7 +984,10 @@ impl World {
             };
             let hungry =
                 live && !slot.retrying && cached.is_some() && cached != slot.rejected && !valid;
-            let busy = slot.in_flight.iter().any(|&(_, deadline)| deadline > now);
+            let busy = slot
+                .in_flight
+                .iter()
+                .any(|&(_, deadline, _)| deadline > now);
             slot.hungry = match (hungry, slot.hungry) {
                 (false, _) => None,
                 (true, None) => Some((now, busy)),
@@ -1054,8 +1083,8 @@ impl World {
             );
             let _ = write!(
                 h,
-                "{:?}{}{:?}{:?}",
-                slot.in_flight, slot.offset, slot.fetched, slot.told
+                "{:?}{}{}{:?}{:?}",
+                slot.in_flight, slot.rotations, slot.offset, slot.fetched, slot.told
             );
             if matches!(slot.life, Life::Running | Life::ShuttingDown) {
                 slot.machine.digest(&mut h.0);
