@@ -91,6 +91,14 @@ impl RefreshMachine {
             fetch: matches!(request.kind, RequestKind::Fetch { .. }),
         });
         match request.kind {
+            // Given up on like any fetch: a late answer is still learned
+            // from (its rotated refresh token stored before `Stop`).
+            RequestKind::Fetch {
+                sent, generation, ..
+            } => {
+                self.abandon(request.id, sent, generation);
+                self.stop()
+            }
             RequestKind::Store { token, rotated, .. } if rotated && self.now.mono < until => {
                 self.send_store(token, StoreFor::Rotated, true)
             }

@@ -1605,3 +1605,37 @@ fn a_renewal_granted_after_the_lease_lapsed_reads_the_cache_again() {
         .feed(Input::Lease(ID, Ok(LeaseOutcome::Granted)));
     assert_eq!(kinds(&a), ["load"], "read again under the new lease: {a:?}");
 }
+
+/// A fetch a shutdown waited for and gave up on is abandoned like any
+/// other: when it answers late, before `Stop`, with a rotated refresh
+/// token, that token is stored before the machine stops. (Before, the
+/// drain forgot the fetch, the late answer was ignored, the spent refresh
+/// token stayed in the cache and the next instance's refresh revoked the
+/// grant: the model checker found it with a cache slower than the lease.)
+#[test]
+fn a_fetch_given_up_on_while_shutting_down_still_has_its_rotation_stored() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    let fetch = h.last_id.unwrap();
+    let (a, deadline) = h.feed(Input::Shutdown);
+    assert!(!kinds(&a).contains(&"stop"), "waits for the fetch: {a:?}");
+    let (a, _) = h.at(deadline).feed(Input::Tick);
+    assert_eq!(kinds(&a), ["release"], "{a:?}");
+    let (a, _) = h.feed_raw(Input::Fetched(fetch, Ok(rotated("late", "rt-1"))));
+    assert!(!kinds(&a).contains(&"stop"), "{a:?}");
+    let (mut a, _) = h.feed(Input::Released(ID, Ok(())));
+    if !kinds(&a).contains(&"store") {
+        a.extend(h.feed(Input::Tick).0);
+    }
+    let stored = a.iter().find_map(|a| match a {
+        Action::Store { token, .. } => Some(token.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        stored.and_then(|t| t.refresh_token().map(|rt| rt.fingerprint())),
+        Some(RefreshToken::new("rt-1").fingerprint()),
+        "{a:?}"
+    );
+    let (a, _) = h.feed(Input::Stored(ID, Ok(())));
+    assert!(kinds(&a).contains(&"stop"), "{a:?}");
+}
