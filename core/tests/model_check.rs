@@ -47,8 +47,11 @@
 //! least as much depth left is not explored again.
 //!
 //! `cargo test -p freshtoken-core --test model_check` runs the bounds the
-//! test suite can afford; `.ci/run` also runs the deep ones
-//! (`FRESHTOKEN_MODEL_DEPTH`, see `deep_bounds_from_the_environment`).
+//! test suite can afford, and (with the core's `mutants` feature) shows
+//! the checker finding each known defect put back in the machine;
+//! `.ci/run` also runs the deep ones (`FRESHTOKEN_MODEL`, see
+//! `bounds_from_the_environment`), once with the 300 ms cache and once
+//! with a cache slower than the lease (`FRESHTOKEN_MODEL_CACHE_TIMEOUT_MS`).
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
