@@ -154,6 +154,7 @@ pub mod cache;
 pub mod clock;
 pub mod driver;
 pub mod handle;
+mod key;
 #[cfg(any(
     feature = "blocking",
     feature = "tokio",
@@ -200,6 +201,7 @@ pub use freshtoken_core::{
     IdToken, RefreshToken, Timestamp, Token, TokenId, TokenStatus,
 };
 pub use handle::{NoValidToken, TokenHandle, TokenRef};
+pub use key::TokenKey;
 
 // The README's examples are compiled (and the runnable ones run) as doc tests.
 // The package's README.md (the repository's, through a symbolic link that

@@ -91,187 +91,12 @@ use std::time::{Duration, Instant};
 
 use crate::handle::{Closed, NoValidToken, TokenHandle, TokenRef};
 use arc_swap::ArcSwapOption;
-use freshtoken_core::{FetchError, Token, TokenId};
+use freshtoken_core::{FetchError, Token};
 
 use crate::cache::{CacheStack, MemoryCache, TokenCache};
 use crate::driver::{Builder, DriverHandle};
 
-/// What distinguishes one token from another: the authority's token URL
-/// (optional), the client it is issued to, and the audience, scope and
-/// RFC 8707 resources it is issued for.
-///
-/// Scope values and resources are kept sorted and without duplicates, so
-/// `"b a"` and `"a b"` are one key.
-///
-/// ```
-/// use freshtoken::manager::TokenKey;
-///
-/// let a = TokenKey::new("svc").with_scope("write read").with_resource("https://b").with_resource("https://a");
-/// let b = TokenKey::new("svc").with_scope("read write").with_resource("https://a").with_resource("https://b");
-/// assert_eq!(a, b);
-/// assert_eq!(a.scope(), Some("read write"));
-/// assert!(a.cache_name().starts_with("svc-"));
-/// assert_ne!(a.cache_name(), TokenKey::new("svc").cache_name());
-/// // Another authority, another entry.
-/// let other = a.clone().with_token_url("https://other.example/token");
-/// assert_ne!(other.cache_name(), a.cache_name());
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TokenKey {
-    token_url: Option<String>,
-    client: String,
-    audience: Option<String>,
-    scope: Option<String>,
-    resources: Vec<String>,
-}
-
-impl TokenKey {
-    /// The key of `client`'s token with no audience, scope or resource.
-    pub fn new(client: impl Into<String>) -> Self {
-        TokenKey {
-            token_url: None,
-            client: client.into(),
-            audience: None,
-            scope: None,
-            resources: Vec::new(),
-        }
-    }
-
-    /// Sets the authority's token endpoint the token is fetched from. It is
-    /// part of the key and of its [`cache_name`](Self::cache_name), so a
-    /// token from one authority is never served for another. The spawn
-    /// closure still gives the URL to its source; a query string or
-    /// fragment is part of the key as written.
-    pub fn with_token_url(mut self, token_url: impl Into<String>) -> Self {
-        self.token_url = Some(token_url.into());
-        self
-    }
-
-    /// Sets the `audience` parameter.
-    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
-        self.audience = Some(audience.into());
-        self
-    }
-
-    /// Sets the scope (space-separated values; order does not matter).
-    pub fn with_scope(mut self, scope: impl AsRef<str>) -> Self {
-        let mut values: Vec<&str> = scope.as_ref().split_whitespace().collect();
-        values.sort_unstable();
-        values.dedup();
-        self.scope = (!values.is_empty()).then(|| values.join(" "));
-        self
-    }
-
-    /// Adds an RFC 8707 `resource`.
-    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
-        let resource = resource.into();
-        if let Err(i) = self.resources.binary_search(&resource) {
-            self.resources.insert(i, resource);
-        }
-        self
-    }
-
-    /// The token URL, if set.
-    pub fn token_url(&self) -> Option<&str> {
-        self.token_url.as_deref()
-    }
-
-    /// The client id.
-    pub fn client(&self) -> &str {
-        &self.client
-    }
-
-    /// The audience, if set.
-    pub fn audience(&self) -> Option<&str> {
-        self.audience.as_deref()
-    }
-
-    /// The scope, normalized, if set.
-    pub fn scope(&self) -> Option<&str> {
-        self.scope.as_deref()
-    }
-
-    /// The resources, sorted.
-    pub fn resources(&self) -> &[String] {
-        &self.resources
-    }
-
-    /// A stable, file-name-safe name for this key's cache entry (see the
-    /// [module docs](self)).
-    pub fn cache_name(&self) -> String {
-        let mut canonical = Vec::new();
-        let mut field = |tag: u8, value: &str| {
-            canonical.push(tag);
-            canonical.extend_from_slice(&(value.len() as u64).to_le_bytes());
-            canonical.extend_from_slice(value.as_bytes());
-        };
-        // The token URL comes first, and only when set: a key without
-        // one keeps the name it had before URLs were part of the key.
-        if let Some(u) = &self.token_url {
-            field(b'u', u);
-        }
-        field(b'c', &self.client);
-        if let Some(a) = &self.audience {
-            field(b'a', a);
-        }
-        if let Some(s) = &self.scope {
-            field(b's', s);
-        }
-        for r in &self.resources {
-            field(b'r', r);
-        }
-        let client: String = self
-            .client
-            .chars()
-            .take(40)
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("{client}-{}", TokenId::of(&canonical))
-    }
-
-    /// A file cache for this key: `<dir>/<cache_name>.json`.
-    #[cfg(feature = "file")]
-    pub fn file_cache(&self, dir: impl AsRef<std::path::Path>) -> crate::cache::FileCache {
-        crate::cache::FileCache::new(dir.as_ref().join(format!("{}.json", self.cache_name())))
-    }
-
-    /// A Redis cache for this key, at `<prefix><cache_name>`.
-    #[cfg(feature = "redis")]
-    pub fn redis_cache(
-        &self,
-        url: &str,
-        prefix: &str,
-    ) -> Result<crate::cache::RedisCache, freshtoken_core::CacheError> {
-        crate::cache::RedisCache::new(url, format!("{prefix}{}", self.cache_name()))
-    }
-
-    /// Sets this key's audience, scope and resources on an OAuth2 source
-    /// builder (the token URL and client id are the builder's own: give it
-    /// the key's [`token_url`](Self::token_url) when the key has one).
-    #[cfg(feature = "oauth2-sources")]
-    pub fn apply<S>(
-        &self,
-        builder: crate::oauth2::SourceBuilder<S>,
-    ) -> crate::oauth2::SourceBuilder<S> {
-        let mut builder = builder;
-        if let Some(a) = &self.audience {
-            builder = builder.audience(a.clone());
-        }
-        if let Some(s) = &self.scope {
-            builder = builder.scope(s.clone());
-        }
-        for r in &self.resources {
-            builder = builder.resource(r.clone());
-        }
-        builder
-    }
-}
+pub use crate::key::TokenKey;
 
 /// The error a spawn closure returns.
 pub type SpawnError = Box<dyn std::error::Error + Send + Sync>;
@@ -588,7 +413,10 @@ impl Entry {
         if let Some(shared) = manager.cache.as_ref().and_then(|f| f(&self.key)) {
             cache = cache.with(shared);
         }
-        let builder = Builder::new().name(self.key.cache_name()).cache(cache);
+        let builder = Builder::new()
+            .name(self.key.cache_name())
+            .cache(cache)
+            .cache_config(&self.key);
         let spawned = {
             #[cfg(feature = "tokio")]
             let _runtime = manager.tokio.as_ref().map(|h| h.enter());

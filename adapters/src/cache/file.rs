@@ -368,6 +368,10 @@ impl TokenCache for FileCache {
         "file"
     }
 
+    fn bind_config(&self, config: freshtoken_core::TokenId) {
+        self.codec.bind_config(config, &self.path.display());
+    }
+
     fn load(&self) -> Result<Option<Token>, CacheError> {
         let Some((file, read)) = self.read_cache_file()? else {
             return Ok(None);
@@ -375,6 +379,16 @@ impl TokenCache for FileCache {
         match read {
             Entry::Token(token) => Ok(Some(token)),
             Entry::Unreadable(e) => Err(e),
+            // Another configuration's token, left where it is: the
+            // instance fetches its own, and its store replaces it.
+            Entry::Bad(e @ record::DecodeError::OtherConfiguration) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "token cache file holds a token for another configuration; treating it as a miss"
+                );
+                Ok(None)
+            }
             Entry::Bad(e) => {
                 let kept = self.quarantine(&file);
                 tracing::warn!(

@@ -36,6 +36,23 @@
 //! record) is a `CacheErrorKind::Unreadable` error: never a miss, and never
 //! overwritten by a store.
 //!
+//! # Records bound to their configuration
+//!
+//! Each record of the file, Redis and PostgreSQL caches (sealed or not)
+//! names the configuration its token was made for: the
+//! [`TokenKey::config_id`](crate::TokenKey::config_id) of the token URL,
+//! client id, scope, audience and resources, a digest that holds no secret.
+//! The driver tells the cache its configuration when it starts
+//! ([`TokenCache::bind_config`]; from the source, or
+//! [`Builder::cache_config`](crate::Builder::cache_config)); a record made
+//! for another configuration is then never adopted: the load is a miss
+//! with a warning, the instance fetches its own token, and its store
+//! replaces the entry. So two configurations that share a cache name (a
+//! hand-made name, a scope changed under the same name) never serve each
+//! other's token; they only take turns in the entry. A record that names no
+//! configuration (written by an earlier release) is adopted, for the
+//! upgrade: see [`record`]'s docs.
+//!
 //! These are blocking caches ([`TokenCache`]); async drivers run them on
 //! their blocking pool. A cache with an async client implements
 //! [`AsyncTokenCache`] instead, and the tokio and async-std drivers poll it
@@ -90,7 +107,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use freshtoken_core::LeaseOutcome;
-use freshtoken_core::{CacheError, Timestamp, Token};
+use freshtoken_core::{CacheError, Timestamp, Token, TokenId};
 
 /// A blocking token cache. Async drivers run it on their blocking pool.
 pub trait TokenCache: Send + Sync + 'static {
@@ -126,6 +143,18 @@ pub trait TokenCache: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Binds this cache's records to the configuration `config` (a
+    /// [`TokenKey::config_id`](crate::TokenKey::config_id)): the driver
+    /// calls it once, before the first load, when it knows what its
+    /// source fetches (see the [module docs](self)). A cache that persists
+    /// records writes `config` into each and treats a record made for
+    /// another configuration as absent, with a warning. The first binding
+    /// holds. The default does nothing: an in-process cache serves one
+    /// refresher, and a custom cache may ignore it.
+    fn bind_config(&self, config: TokenId) {
+        let _ = config;
+    }
+
     /// A short, fixed name for this kind of cache (`"memory"`, `"file"`,
     /// `"redis"`, `"postgres"`): the `layer` label of the cache metrics
     /// (feature `metrics`). The default is `"custom"`; a [`CacheStack`]
@@ -158,6 +187,9 @@ macro_rules! forward_cache {
             }
             fn release_lease(&self) -> Result<(), CacheError> {
                 (**self).release_lease()
+            }
+            fn bind_config(&self, config: TokenId) {
+                (**self).bind_config(config)
             }
             fn metrics_label(&self) -> &'static str {
                 (**self).metrics_label()
@@ -237,6 +269,12 @@ pub trait AsyncTokenCache: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// Binds this cache's records to the configuration `config`; see
+    /// [`TokenCache::bind_config`]. The default does nothing.
+    fn bind_config(&self, config: TokenId) {
+        let _ = config;
+    }
+
     /// A short, fixed name for this kind of cache, the `layer` label of the
     /// cache metrics; see [`TokenCache::metrics_label`]. The default is
     /// `"custom"`.
@@ -268,6 +306,9 @@ macro_rules! forward_async_cache {
             }
             fn release_lease(&self) -> impl Future<Output = Result<(), CacheError>> + Send {
                 (**self).release_lease()
+            }
+            fn bind_config(&self, config: TokenId) {
+                (**self).bind_config(config)
             }
             fn metrics_label(&self) -> &'static str {
                 (**self).metrics_label()

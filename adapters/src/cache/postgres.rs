@@ -705,6 +705,10 @@ impl Inner {
             &self.what(),
         )? {
             Decoded::Token(token) => Ok(Some(token)),
+            Decoded::Corrupt(e @ super::record::DecodeError::OtherConfiguration) => {
+                tracing::warn!(key = %self.key, table = %self.table, error = %e, "PostgreSQL token row holds a token for another configuration; treating it as a miss");
+                Ok(None)
+            }
             Decoded::Corrupt(e) => {
                 tracing::warn!(key = %self.key, table = %self.table, error = %e, "PostgreSQL token row is not a usable record; treating it as a miss");
                 Ok(None)
@@ -901,6 +905,10 @@ impl TokenCache for PostgresCache {
         "postgres"
     }
 
+    fn bind_config(&self, config: freshtoken_core::TokenId) {
+        self.inner.codec.bind_config(config, &self.inner.key);
+    }
+
     fn load(&self) -> Result<Option<Token>, CacheError> {
         self.load_blocking()
     }
@@ -953,6 +961,10 @@ impl AsyncPostgresCache {
 impl AsyncTokenCache for AsyncPostgresCache {
     fn metrics_label(&self) -> &'static str {
         "postgres"
+    }
+
+    fn bind_config(&self, config: freshtoken_core::TokenId) {
+        self.0.inner.codec.bind_config(config, &self.0.inner.key);
     }
 
     async fn load(&self) -> Result<Option<Token>, CacheError> {

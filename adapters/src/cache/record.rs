@@ -19,6 +19,24 @@
 //!   order refresh tokens by it, never by another machine's clock. It was
 //!   added within version 1, which ignores unknown fields, so older readers
 //!   still read these records.
+//! * `config` (added within version 1 too, left out when unknown) is the
+//!   configuration the token was made for: the 16 hex digits of
+//!   [`TokenKey::config_id`](crate::TokenKey::config_id), a digest of the
+//!   token URL, client id, scope, audience and resources (never a secret,
+//!   and none of them can be read back from it). [`decode_for`] refuses a
+//!   record made for another configuration with
+//!   [`DecodeError::OtherConfiguration`], which the caches treat as a miss
+//!   with a warning, so an instance whose cache name is shared with
+//!   another configuration (a hand-made name, a changed scope under the
+//!   same name) fetches its own token instead of serving the other one's.
+//!
+//!   A record without `config` (written by an earlier release, by a cache
+//!   that was not told its configuration, or an aliri_tokens file) is
+//!   adopted: refusing it would make every instance of a fleet that is
+//!   being upgraded drop the shared token and, worse, the rotated refresh
+//!   token that may be the only valid one, while an earlier release's
+//!   record is exactly as trustworthy as it was before the upgrade. The
+//!   next store writes `config`, so from then on the entry is bound.
 //!
 //! [`decode`] also reads the file that aliri_tokens 0.3 writes (its
 //! `TokenWithLifetime`: `access_token`, `id_token`, `lifetime`, `issued`,
@@ -32,7 +50,7 @@
 
 use std::fmt;
 
-use freshtoken_core::{AccessToken, IdToken, RefreshToken, Timestamp, Token};
+use freshtoken_core::{AccessToken, IdToken, RefreshToken, Timestamp, Token, TokenId};
 use serde::{Deserialize, Serialize};
 
 /// The record format version this crate writes.
@@ -75,6 +93,10 @@ pub enum DecodeError {
     UnknownFormat,
     /// A known format with a missing or ill-typed field (named, not quoted).
     Invalid(&'static str),
+    /// A record made for another configuration (another token URL,
+    /// client, scope, audience or resources) than the reader's: not
+    /// adopted, as if there were none.
+    OtherConfiguration,
 }
 
 impl fmt::Display for DecodeError {
@@ -91,6 +113,10 @@ impl fmt::Display for DecodeError {
             ),
             DecodeError::UnknownFormat => f.write_str("not a token record"),
             DecodeError::Invalid(why) => write!(f, "invalid record: {why}"),
+            DecodeError::OtherConfiguration => f.write_str(
+                "the record was made for another configuration (token URL, client, scope, \
+                 audience or resources) than this instance's; it is not adopted",
+            ),
         }
     }
 }
@@ -111,6 +137,8 @@ struct RecordOut<'a> {
     expires_at_ms: u64,
     #[serde(skip_serializing_if = "is_zero")]
     refresh_generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -132,6 +160,9 @@ struct RecordV1 {
     /// Added within version 1 (older writers leave it out: generation 0).
     #[serde(default)]
     refresh_generation: u64,
+    /// Added within version 1 (older writers leave it out: adopted).
+    #[serde(default)]
+    config: Option<String>,
 }
 
 /// aliri_tokens 0.3's `TokenWithLifetime` (times in whole Unix seconds).
@@ -170,6 +201,26 @@ struct Probe {
 /// assert_eq!(decode(&encode(&token)).unwrap(), token);
 /// ```
 pub fn encode(token: &Token) -> Vec<u8> {
+    encode_for(token, None)
+}
+
+/// The record bytes for `token`, made for the configuration `config` (see
+/// the [module docs](self)); [`encode`] when `None`.
+///
+/// ```
+/// use freshtoken::cache::record::{decode_for, encode_for, DecodeError};
+/// use freshtoken::{AccessToken, Timestamp, Token, TokenKey};
+///
+/// let token = Token::new(AccessToken::new("at"), Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::MAX);
+/// let read = TokenKey::new("svc").with_scope("read").config_id();
+/// let write = TokenKey::new("svc").with_scope("write").config_id();
+/// let bytes = encode_for(&token, Some(read));
+/// assert_eq!(decode_for(&bytes, Some(read)).unwrap(), token);
+/// assert_eq!(decode_for(&bytes, Some(write)).unwrap_err(), DecodeError::OtherConfiguration);
+/// // A reader that does not know its configuration adopts any record.
+/// assert_eq!(decode_for(&bytes, None).unwrap(), token);
+/// ```
+pub fn encode_for(token: &Token, config: Option<TokenId>) -> Vec<u8> {
     let record = RecordOut {
         version: VERSION,
         token_type: token.token_type(),
@@ -181,6 +232,7 @@ pub fn encode(token: &Token) -> Vec<u8> {
         stale_at_ms: token.stale_at().as_millis(),
         expires_at_ms: token.expires_at().as_millis(),
         refresh_generation: token.generation(),
+        config: config.map(|c| c.to_string()),
     };
     // Strings and integers always serialize; the fallback (an empty record,
     // which reads back as a miss) is unreachable but keeps this panic-free.
@@ -204,6 +256,16 @@ pub fn encode(token: &Token) -> Vec<u8> {
 /// assert_eq!(token.expires_at().as_secs(), 1_700_003_600);
 /// ```
 pub fn decode(bytes: &[u8]) -> Result<Token, DecodeError> {
+    decode_for(bytes, None)
+}
+
+/// Reads a token from record bytes as [`decode`] does, for a reader whose
+/// configuration is `config`: a record made for another configuration is
+/// [`DecodeError::OtherConfiguration`]. A record that names no
+/// configuration (an earlier release's, an aliri_tokens file) is adopted,
+/// and so is every record when `config` is `None` (see the
+/// [module docs](self)).
+pub fn decode_for(bytes: &[u8], config: Option<TokenId>) -> Result<Token, DecodeError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::Empty);
     }
@@ -216,7 +278,7 @@ pub fn decode(bytes: &[u8]) -> Result<Token, DecodeError> {
     let probe: Probe = parse(bytes)?;
     match probe.version {
         Some(serde_json::Value::Number(n)) => match n.as_u64() {
-            Some(VERSION) => decode_v1(bytes),
+            Some(VERSION) => decode_v1(bytes, config),
             Some(other) => Err(DecodeError::UnsupportedVersion(other)),
             None => Err(DecodeError::Invalid("version is not a whole number")),
         },
@@ -226,10 +288,15 @@ pub fn decode(bytes: &[u8]) -> Result<Token, DecodeError> {
     }
 }
 
-fn decode_v1(bytes: &[u8]) -> Result<Token, DecodeError> {
+fn decode_v1(bytes: &[u8], config: Option<TokenId>) -> Result<Token, DecodeError> {
     let r: RecordV1 = parse(bytes)?;
     if r.access_token.is_empty() {
         return Err(DecodeError::Invalid("empty access_token"));
+    }
+    if let (Some(ours), Some(theirs)) = (config, &r.config) {
+        if ours.to_string() != *theirs {
+            return Err(DecodeError::OtherConfiguration);
+        }
     }
     let token = Token::new(
         AccessToken::new(r.access_token),
@@ -341,6 +408,34 @@ mod tests {
         let aliri =
             br#"{"access_token":"a\u0000b","id_token":null,"issued":1,"stale":2,"expiry":3}"#;
         assert!(matches!(decode(aliri), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn records_for_another_configuration_are_refused() {
+        let ours = TokenId::of(b"ours");
+        let theirs = TokenId::of(b"theirs");
+        let bound = encode_for(&sample(), Some(theirs));
+        assert_eq!(
+            decode_for(&bound, Some(ours)).unwrap_err(),
+            DecodeError::OtherConfiguration
+        );
+        assert_eq!(decode_for(&bound, Some(theirs)).unwrap(), sample());
+        // The binding is the id's 16 hex digits, nothing else.
+        let v: serde_json::Value = serde_json::from_slice(&bound).unwrap();
+        assert_eq!(v["config"], theirs.to_string().as_str());
+        // Unbound records (earlier releases, aliri_tokens) are adopted.
+        let unbound = encode(&sample());
+        assert!(!String::from_utf8_lossy(&unbound).contains("config"));
+        assert_eq!(decode_for(&unbound, Some(ours)).unwrap(), sample());
+        let aliri = br#"{"access_token":"a","id_token":null,"issued":1,"stale":2,"expiry":3}"#;
+        assert!(decode_for(aliri, Some(ours)).is_ok());
+        // An ill-typed binding is an invalid record, never adopted.
+        let mut v = v;
+        v["config"] = 7.into();
+        assert!(matches!(
+            decode_for(&serde_json::to_vec(&v).unwrap(), Some(ours)),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -1116,6 +1116,16 @@ impl Shared {
             Ok(token) => Ok(Some(token)),
             Err(e) => match unreadable(&e) {
                 Some(why) => Err(self.unreadable_error(&why)),
+                None if matches!(
+                    e,
+                    Undecoded::Corrupt(record::DecodeError::OtherConfiguration)
+                ) =>
+                {
+                    // Another configuration's token: this instance fetches
+                    // its own, and its store replaces it.
+                    tracing::warn!(key = %self.key, error = %e, "Redis token entry holds a token for another configuration; treating it as a miss");
+                    Ok(None)
+                }
                 None => {
                     // Left in place for inspection; the next store replaces it.
                     tracing::warn!(key = %self.key, error = %e, "Redis token entry is not a usable record; treating it as a miss");
@@ -1356,6 +1366,10 @@ impl fmt::Debug for RedisCache {
 impl TokenCache for RedisCache {
     fn metrics_label(&self) -> &'static str {
         "redis"
+    }
+
+    fn bind_config(&self, config: freshtoken_core::TokenId) {
+        self.shared.codec.bind_config(config, &self.shared.key);
     }
 
     fn load(&self) -> Result<Option<Token>, CacheError> {

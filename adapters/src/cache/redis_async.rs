@@ -382,6 +382,10 @@ impl AsyncTokenCache for AsyncRedisCache {
         "redis"
     }
 
+    fn bind_config(&self, config: freshtoken_core::TokenId) {
+        self.shared.codec.bind_config(config, &self.shared.key);
+    }
+
     async fn load(&self) -> Result<Option<Token>, CacheError> {
         let mut conn = self.connection().await?;
         let bytes = self.read(&mut conn).await?;

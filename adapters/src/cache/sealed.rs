@@ -56,18 +56,23 @@
     allow(dead_code)
 )]
 
-use freshtoken_core::{CacheError, CacheErrorKind, Token};
+use std::sync::OnceLock;
+
+use freshtoken_core::{CacheError, CacheErrorKind, Token, TokenId};
 
 use super::record::{self, DecodeError};
 
 /// The envelope's prefix, before its version digit.
 const MAGIC: &[u8] = b"FTSEAL";
 
-/// What the caches store records with: plain, or sealed with keys.
+/// What the caches store records with: plain, or sealed with keys; and
+/// the configuration their records are made for, once the driver has said
+/// it ([`bind_config`](Self::bind_config)).
 #[derive(Clone, Default)]
 pub(crate) struct Codec {
     #[cfg(feature = "encryption")]
     keys: Option<EncryptionKeys>,
+    config: OnceLock<TokenId>,
 }
 
 /// A stored entry, read.
@@ -93,12 +98,32 @@ impl Codec {
     /// Seals records with `keys` from now on.
     #[cfg(feature = "encryption")]
     pub(crate) fn with_keys(keys: EncryptionKeys) -> Self {
-        Codec { keys: Some(keys) }
+        Codec {
+            keys: Some(keys),
+            config: OnceLock::new(),
+        }
+    }
+
+    /// Writes `config` into every record from now on, and refuses records
+    /// made for another one (see [`record`]'s docs). The first binding
+    /// holds: a cache value serves one refresher, and a second binding
+    /// to another configuration (one cache value given to two builders)
+    /// is reported and ignored. `what` names the entry in the warning.
+    pub(crate) fn bind_config(&self, config: TokenId, what: &dyn std::fmt::Display) {
+        if let Err(other) = self.config.set(config) {
+            if self.config.get() != Some(&other) {
+                tracing::warn!(
+                    entry = %what,
+                    "one cache value was given to refreshers of two configurations; its \
+                     records stay bound to the first: give each refresher its own cache"
+                );
+            }
+        }
     }
 
     /// The bytes to store for `token` where `binding` says.
     pub(crate) fn encode(&self, token: &Token, binding: &Binding) -> Result<Vec<u8>, CacheError> {
-        let plain = zeroize_on_drop(record::encode(token));
+        let plain = zeroize_on_drop(record::encode_for(token, self.config.get().copied()));
         #[cfg(feature = "encryption")]
         if let Some(keys) = &self.keys {
             return keys.seal(&plain.0, &binding.current);
@@ -129,7 +154,7 @@ impl Codec {
                 let plain = keys
                     .open(trimmed, binding)
                     .map_err(|why| unreadable(&why))?;
-                return inner(&plain.0, &unreadable);
+                return self.inner(&plain.0, &unreadable);
             }
             let _ = binding;
             return Err(unreadable(
@@ -151,7 +176,21 @@ impl Codec {
                 };
             }
         }
-        inner(bytes, &unreadable)
+        self.inner(bytes, &unreadable)
+    }
+
+    /// The record inside (or without) an envelope; one made for another
+    /// configuration is a miss ([`DecodeError::OtherConfiguration`]).
+    fn inner(
+        &self,
+        bytes: &[u8],
+        unreadable: &dyn Fn(&str) -> CacheError,
+    ) -> Result<Decoded, CacheError> {
+        match record::decode_for(bytes, self.config.get().copied()) {
+            Ok(token) => Ok(Decoded::Token(token)),
+            Err(e @ DecodeError::UnsupportedVersion(_)) => Err(unreadable(&e.to_string())),
+            Err(e) => Ok(Decoded::Corrupt(e)),
+        }
     }
 
     /// Whether a store may replace the entry `existing`: an error of kind
@@ -209,15 +248,6 @@ fn plain_tag() -> String {
 #[cfg(all(feature = "postgres", feature = "encryption"))]
 fn sealed_tag(id: &str) -> String {
     format!("sealed2:{id}:json-v{}", record::VERSION)
-}
-
-/// The record inside (or without) an envelope.
-fn inner(bytes: &[u8], unreadable: &dyn Fn(&str) -> CacheError) -> Result<Decoded, CacheError> {
-    match record::decode(bytes) {
-        Ok(token) => Ok(Decoded::Token(token)),
-        Err(e @ DecodeError::UnsupportedVersion(_)) => Err(unreadable(&e.to_string())),
-        Err(e) => Ok(Decoded::Corrupt(e)),
-    }
 }
 
 /// Where a record is stored, as a sealed record's associated data: what

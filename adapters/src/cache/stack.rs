@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Timestamp, Token};
+use freshtoken_core::{CacheError, CacheErrorKind, Clock, LeaseOutcome, Timestamp, Token, TokenId};
 
 use super::TokenCache;
 use crate::clock::SystemClock;
@@ -120,6 +120,13 @@ impl fmt::Debug for CacheStack {
 impl TokenCache for CacheStack {
     fn metrics_label(&self) -> &'static str {
         "stack"
+    }
+
+    /// Binds every layer.
+    fn bind_config(&self, config: TokenId) {
+        for layer in &self.layers {
+            layer.bind_config(config);
+        }
     }
 
     fn load(&self) -> Result<Option<Token>, CacheError> {

@@ -73,7 +73,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshtoken_core::{Backoff, Clock, Jitter, LifetimePolicy, MachineConfig, RefreshMachine};
+use freshtoken_core::{
+    Backoff, Clock, Jitter, LifetimePolicy, MachineConfig, RefreshMachine, TokenId,
+};
 
 use crate::cache::TokenCache;
 use crate::clock::SystemClock;
@@ -139,6 +141,8 @@ struct Settings {
     thread_name: String,
     /// The `refresher` label of metrics and tracing spans.
     name: Arc<str>,
+    /// What the cache's records are bound to, when set by hand.
+    cache_config: Option<TokenId>,
 }
 
 /// The cache of a [`Builder`] that holds a blocking cache or none; the
@@ -163,6 +167,7 @@ impl Default for Builder {
                 clock: Arc::new(SystemClock),
                 thread_name: "freshtoken".to_owned(),
                 name: Arc::from("default"),
+                cache_config: None,
             },
             caches: SyncCache(None),
         }
@@ -177,6 +182,7 @@ impl<C> std::fmt::Debug for Builder<C> {
             .field("heartbeat", &s.heartbeat)
             .field("thread_name", &s.thread_name)
             .field("name", &s.name)
+            .field("cache_config", &s.cache_config)
             .finish_non_exhaustive()
     }
 }
@@ -320,6 +326,26 @@ impl<C> Builder<C> {
         &self.settings.name
     }
 
+    /// Binds the cache's records to `key`'s configuration
+    /// ([`TokenKey::config_id`](crate::TokenKey::config_id)) when the source
+    /// cannot say what its tokens are for (an
+    /// [`FnSource`](crate::source::FnSource), a source of your own). A
+    /// source that can ([`TokenSource::token_key`](crate::source::TokenSource::token_key):
+    /// the OAuth2 sources) is believed first, since it knows what it
+    /// fetches. The driver binds the cache when it spawns; a record made
+    /// for another configuration is then a miss with a warning, never
+    /// adopted (see [`cache`](crate::cache#records-bound-to-their-configuration)).
+    /// The manager sets it to each key's.
+    ///
+    /// ```
+    /// use freshtoken::{Builder, TokenKey};
+    /// let builder = Builder::new().cache_config(&TokenKey::new("svc").with_scope("read"));
+    /// ```
+    pub fn cache_config(mut self, key: &crate::TokenKey) -> Self {
+        self.settings.cache_config = Some(key.config_id());
+        self
+    }
+
     /// The name of the blocking driver's thread (default `freshtoken`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.settings.thread_name = name.into();
@@ -373,6 +399,18 @@ impl Settings {
     }
 }
 
+/// The configuration a driver binds its cache to: the source's, else the
+/// one set by hand.
+#[cfg(any(
+    feature = "blocking",
+    feature = "tokio",
+    feature = "async-std",
+    feature = "smol"
+))]
+fn binding(source: Option<crate::TokenKey>, by_hand: Option<TokenId>) -> Option<TokenId> {
+    source.map(|k| k.config_id()).or(by_hand)
+}
+
 impl Builder<SyncCache> {
     /// Spawns the blocking driver on a named thread. Fails only if the
     /// thread cannot be started.
@@ -384,6 +422,12 @@ impl Builder<SyncCache> {
         let thread = self.settings.thread_name.clone();
         let initial = source.initial_refresh_token();
         let shared = self.caches.0.is_some();
+        if let (Some(cache), Some(config)) = (
+            &self.caches.0,
+            binding(source.token_key(), self.settings.cache_config),
+        ) {
+            cache.bind_config(config);
+        }
         let cache = match self.caches.0 {
             // Each call counted (a no-op without the `metrics` feature).
             Some(cache) => crate::metrics::meter_cache(cache, &self.settings.name),

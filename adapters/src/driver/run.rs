@@ -237,12 +237,19 @@ mod sealed {
         /// The fetcher for the run loop, and the refresh token to start
         /// from.
         fn into_fetcher<R: Runtime>(self) -> (Box<dyn Fetcher<R>>, Option<RefreshToken>);
+
+        /// What the source's tokens are for, when it knows.
+        fn token_key(&self) -> Option<crate::TokenKey>;
     }
 
     pub trait CacheKind: Send + 'static {
         /// The cache runner for the run loop, and a blocking cache for
         /// nothing (the refresher's own `NoCache` when there is none).
         fn into_runner<R: Runtime>(self, name: &Arc<str>) -> (Box<dyn CacheRunner<R>>, bool);
+
+        /// Binds the cache's records to `config` (see
+        /// [`TokenCache::bind_config`]).
+        fn bind_config(&self, config: freshtoken_core::TokenId);
     }
 
     impl<S: TokenSource> SourceKind for S {
@@ -250,12 +257,20 @@ mod sealed {
             let initial = self.initial_refresh_token();
             (Box::new(OnPool(Arc::new(self))), initial)
         }
+
+        fn token_key(&self) -> Option<crate::TokenKey> {
+            TokenSource::token_key(self)
+        }
     }
 
     impl<S: AsyncTokenSource> SourceKind for AsyncSource<S> {
         fn into_fetcher<R: Runtime>(self) -> (Box<dyn Fetcher<R>>, Option<RefreshToken>) {
             let initial = self.0.initial_refresh_token();
             (Box::new(InTask(Arc::new(self.0))), initial)
+        }
+
+        fn token_key(&self) -> Option<crate::TokenKey> {
+            self.0.token_key()
         }
     }
 
@@ -269,12 +284,22 @@ mod sealed {
             };
             (Box::new(CacheOnPool(cache)), shared)
         }
+
+        fn bind_config(&self, config: freshtoken_core::TokenId) {
+            if let Some(cache) = &self.0 {
+                cache.bind_config(config);
+            }
+        }
     }
 
     impl<C: AsyncTokenCache> CacheKind for AsyncCache<C> {
         fn into_runner<R: Runtime>(self, name: &Arc<str>) -> (Box<dyn CacheRunner<R>>, bool) {
             let cache = crate::metrics::meter_async(self.0, name);
             (Box::new(CacheInTask(cache)), true)
+        }
+
+        fn bind_config(&self, config: freshtoken_core::TokenId) {
+            self.0.bind_config(config);
         }
     }
 }
@@ -352,6 +377,9 @@ impl<C: Caches> Builder<C> {
     /// # });
     /// ```
     pub fn spawn<R: Runtime>(self, runtime: R, source: impl Source) -> (TokenHandle, DriverHandle) {
+        if let Some(config) = super::binding(source.token_key(), self.settings.cache_config) {
+            self.caches.bind_config(config);
+        }
         let (fetcher, initial) = source.into_fetcher::<R>();
         let (caches, shared) = self.caches.into_runner::<R>(&self.settings.name);
         let settings: Settings = self.settings;

@@ -399,6 +399,10 @@ impl TokenCache for Metered {
         self.call(CacheOp::Release, |c| c.release_lease())
     }
 
+    fn bind_config(&self, config: freshtoken_core::TokenId) {
+        self.inner.bind_config(config)
+    }
+
     fn metrics_label(&self) -> &'static str {
         self.inner.metrics_label()
     }
@@ -457,6 +461,10 @@ impl<C: crate::cache::AsyncTokenCache> crate::cache::AsyncTokenCache for Metered
     async fn release_lease(&self) -> Result<(), CacheError> {
         let result = self.inner.release_lease().await;
         self.count(CacheOp::Release, result)
+    }
+
+    fn bind_config(&self, config: freshtoken_core::TokenId) {
+        self.inner.bind_config(config)
     }
 
     fn metrics_label(&self) -> &'static str {

@@ -274,12 +274,20 @@ impl<M> JwtBearer<M> {
 }
 
 impl TokenSource for JwtBearer<SyncHttp> {
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        Some(self.endpoint.token_key())
+    }
+
     fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
         run_blocking(self.fetch_any(fetch))
     }
 }
 
 impl AsyncTokenSource for JwtBearer<AsyncHttp> {
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        Some(self.endpoint.token_key())
+    }
+
     async fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
         self.fetch_any(fetch).await
     }
@@ -419,12 +427,20 @@ impl<M> TokenExchange<M> {
 }
 
 impl TokenSource for TokenExchange<SyncHttp> {
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        Some(self.endpoint.token_key())
+    }
+
     fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
         run_blocking(self.fetch_any(fetch))
     }
 }
 
 impl AsyncTokenSource for TokenExchange<AsyncHttp> {
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        Some(self.endpoint.token_key())
+    }
+
     async fn fetch(&self, fetch: &FetchRequest) -> Result<TokenResponse, FetchError> {
         self.fetch_any(fetch).await
     }

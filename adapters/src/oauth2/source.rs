@@ -66,6 +66,24 @@ struct SignerSettings {
 }
 
 impl Endpoint {
+    /// What this endpoint's tokens are for: its token URL (the issuer's,
+    /// until discovery finds the endpoint), client id, scope, audience and
+    /// resources.
+    pub(crate) fn token_key(&self) -> crate::TokenKey {
+        let r = &self.request;
+        let mut key = crate::TokenKey::new(r.client_id()).with_token_url(r.url());
+        if let Some(scope) = r.requested_scope() {
+            key = key.with_scope(scope);
+        }
+        if let Some(audience) = r.requested_audience() {
+            key = key.with_audience(audience);
+        }
+        for resource in r.requested_resources() {
+            key = key.with_resource(resource.as_str());
+        }
+        key
+    }
+
     /// Applies the builder's assertion settings to a signer.
     pub(crate) fn apply_signer_settings(&self, signer: &mut AssertionSigner) {
         signer.audience = self.signer.audience.clone();
@@ -427,12 +445,20 @@ impl<M> ClientCredentials<M> {
 }
 
 impl TokenSource for ClientCredentials<SyncHttp> {
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        Some(self.endpoint.token_key())
+    }
+
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
         run_blocking(self.endpoint.fetch(request))
     }
 }
 
 impl AsyncTokenSource for ClientCredentials<AsyncHttp> {
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        Some(self.endpoint.token_key())
+    }
+
     async fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
         self.endpoint.fetch(request).await
     }
@@ -504,6 +530,10 @@ impl<M> RefreshTokenSource<M> {
 }
 
 impl TokenSource for RefreshTokenSource<SyncHttp> {
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        Some(self.endpoint.token_key())
+    }
+
     fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
         run_blocking(self.endpoint.fetch(request))
     }
@@ -514,6 +544,10 @@ impl TokenSource for RefreshTokenSource<SyncHttp> {
 }
 
 impl AsyncTokenSource for RefreshTokenSource<AsyncHttp> {
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        Some(self.endpoint.token_key())
+    }
+
     async fn fetch(&self, request: &FetchRequest) -> Result<TokenResponse, FetchError> {
         self.endpoint.fetch(request).await
     }

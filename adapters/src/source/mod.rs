@@ -59,6 +59,19 @@ pub trait TokenSource: Send + Sync + 'static {
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
         None
     }
+
+    /// What this source's tokens are for, when it knows: the token URL,
+    /// client id, scope, audience and resources it asks for. The driver
+    /// binds its cache's records to the key's
+    /// [`config_id`](crate::TokenKey::config_id), so that a record made
+    /// for another configuration is never adopted (see
+    /// [`cache`](crate::cache#records-bound-to-their-configuration)). The
+    /// OAuth2 sources say it; the default, `None`, binds nothing unless
+    /// the builder is given one
+    /// ([`Builder::cache_config`](crate::Builder::cache_config)).
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        None
+    }
 }
 
 /// An async token source; its futures must be `Send`.
@@ -92,6 +105,12 @@ pub trait AsyncTokenSource: Send + Sync + 'static {
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
         None
     }
+
+    /// What this source's tokens are for, when it knows (default: none);
+    /// see [`TokenSource::token_key`].
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        None
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
@@ -102,6 +121,10 @@ impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
         (**self).initial_refresh_token()
     }
+
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        (**self).token_key()
+    }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
@@ -111,6 +134,10 @@ impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
 
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
         (**self).initial_refresh_token()
+    }
+
+    fn token_key(&self) -> Option<crate::TokenKey> {
+        (**self).token_key()
     }
 }
 

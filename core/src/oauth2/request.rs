@@ -572,6 +572,21 @@ impl TokenRequest {
         &self.client_id
     }
 
+    /// The `scope` parameter, if set.
+    pub fn requested_scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// The `audience` parameter, if set.
+    pub fn requested_audience(&self) -> Option<&str> {
+        self.audience.as_deref()
+    }
+
+    /// The RFC 8707 `resource` indicators, in the order they were added.
+    pub fn requested_resources(&self) -> &[String] {
+        &self.resources
+    }
+
     /// The cap on the answer's size.
     pub fn response_size_cap(&self) -> usize {
         self.max_response_bytes
