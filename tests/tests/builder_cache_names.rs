@@ -3,13 +3,23 @@
 //! authorities or scopes, on one cache directory or one real
 //! `redis-server`, never adopt each other's token, and two for the same
 //! key share one.
+//!
+//! And when a hand-made name is shared by two configurations (the case a
+//! derived name cannot catch), the records say what they were made for:
+//! neither builder adopts the other's token, on a file, a Redis key (sealed
+//! too, and through the async driver) or a PostgreSQL row.
 
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use freshtoken::cache::TokenCache;
+use freshtoken::cache::{EncryptionKeys, FileCache, PostgresCache, TokenCache};
 use freshtoken::driver::Builder;
 use freshtoken::manager::TokenKey;
+use freshtoken::oauth2::{ClientCredentials, SourceBuilder};
+use freshtoken::runtime::Tokio;
 use freshtoken::testing::LocalAuthority;
+use freshtoken_tests::log_capture::Capture;
+use freshtoken_tests::postgres_server::PostgresServer;
 use freshtoken_tests::redis_server::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -17,6 +27,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn authority() -> LocalAuthority {
     LocalAuthority::builder()
         .client("svc", "s3cret")
+        .client("other", "0ther-s3cret")
         .token_lifetime(Duration::from_secs(3600))
         .start()
         .unwrap()
@@ -99,4 +110,163 @@ fn builders_for_other_authorities_or_scopes_never_share_a_redis_entry() {
 
     assert_eq!(serve(&a, &ka, cache(&ka)), ta);
     assert_eq!((a.request_count(), b.request_count()), (2, 1));
+}
+
+/// Everything the drivers of this test binary log (the warnings of the
+/// caches come from the drivers' threads).
+fn log() -> &'static Arc<Mutex<String>> {
+    static LOG: OnceLock<Arc<Mutex<String>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(String::new()));
+        tracing::subscriber::set_global_default(Capture(log.clone())).expect("first subscriber");
+        log
+    })
+}
+
+/// The access token a builder with `cache` serves from `source`.
+fn serve_source(source: SourceBuilder<ClientCredentials>, cache: impl TokenCache) -> String {
+    let (tokens, driver) = Builder::new()
+        .cache(cache)
+        .seed(1)
+        .spawn_thread(source.build().unwrap())
+        .unwrap();
+    let token = tokens
+        .wait_ready(WAIT)
+        .unwrap()
+        .access_token()
+        .expose_secret()
+        .to_owned();
+    driver.shutdown_blocking();
+    token
+}
+
+/// Two configurations of one authority (another scope, another client)
+/// take turns on one hand-made cache entry: each is served a token of its
+/// own, every time, and the turn is a warning naming the entry.
+fn take_turns(a: &LocalAuthority, cache: &dyn Fn() -> Box<dyn TokenCache>, entry: &str) {
+    let read = || a.client_credentials("svc").scope("read");
+    let write = || a.client_credentials("svc").scope("write");
+    let other = || a.client_credentials("other").scope("read");
+    let first = a.request_count();
+
+    let tr = serve_source(read(), cache());
+    assert_eq!(
+        a.validate_access_token(&tr).unwrap().scope.as_deref(),
+        Some("read")
+    );
+    // The same configuration adopts its own record: no request.
+    assert_eq!(serve_source(read(), cache()), tr);
+    assert_eq!(a.request_count(), first + 1);
+
+    let tw = serve_source(write(), cache());
+    let info = a.validate_access_token(&tw).unwrap();
+    assert_eq!(
+        info.scope.as_deref(),
+        Some("write"),
+        "the read token was adopted"
+    );
+    let to = serve_source(other(), cache());
+    assert_eq!(a.validate_access_token(&to).unwrap().client_id, "other");
+    // The entry now holds the other client's token: read fetches again.
+    let tr2 = serve_source(read(), cache());
+    assert_ne!(tr2, to);
+    assert_eq!(
+        a.validate_access_token(&tr2).unwrap().scope.as_deref(),
+        Some("read")
+    );
+    assert_eq!(a.request_count(), first + 4);
+
+    let log = log().lock().unwrap().clone();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("another configuration") && l.contains(entry))
+        .count();
+    assert!(warned >= 3, "{warned} warnings for {entry}:\n{log}");
+    for secret in ["s3cret", &tr, &tw, &to, &tr2] {
+        assert!(!log.contains(secret), "a secret in the log");
+    }
+}
+
+#[test]
+fn builders_sharing_a_hand_made_file_name_never_adopt_each_others_token() {
+    log();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.json");
+    let a = authority();
+    take_turns(&a, &|| Box::new(FileCache::new(&path)), "shared.json");
+    // The other configuration's record is left in place, not moved aside
+    // as a corrupt one would be.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".corrupt-")), "{names:?}");
+}
+
+#[test]
+fn builders_sharing_a_hand_made_redis_key_never_adopt_each_others_token() {
+    log();
+    let redis = RedisServer::start_tcp();
+    let a = authority();
+    take_turns(
+        &a,
+        &|| Box::new(redis.cache("ft:shared-plain")),
+        "ft:shared-plain",
+    );
+    let keys = EncryptionKeys::new("k", [7u8; 32]).unwrap();
+    take_turns(
+        &a,
+        &|| Box::new(redis.cache("ft:shared-sealed").encryption(keys.clone())),
+        "ft:shared-sealed",
+    );
+}
+
+#[test]
+fn builders_sharing_a_hand_made_postgres_row_never_adopt_each_others_token() {
+    log();
+    let server = PostgresServer::start();
+    let a = authority();
+    take_turns(
+        &a,
+        &|| Box::new(PostgresCache::new(&server.conn_str(), "pg-shared").unwrap()),
+        "pg-shared",
+    );
+}
+
+#[test]
+fn async_drivers_bind_their_async_cache_too() {
+    log();
+    let redis = RedisServer::start_tcp();
+    let a = authority();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let serve = |scope: &str| {
+        let source = a.client_credentials("svc").scope(scope).build().unwrap();
+        rt.block_on(async {
+            let (tokens, driver) = Builder::new()
+                .async_cache(redis.async_cache("ft:shared-async"))
+                .spawn(Tokio::current().unwrap(), source);
+            let token = tokens
+                .ready()
+                .await
+                .unwrap()
+                .access_token()
+                .expose_secret()
+                .to_owned();
+            drop(tokens);
+            driver.shutdown().await;
+            token
+        })
+    };
+    let tr = serve("read");
+    let tw = serve("write");
+    assert_eq!(
+        a.validate_access_token(&tw).unwrap().scope.as_deref(),
+        Some("write")
+    );
+    assert_ne!(tr, tw);
+    assert_eq!(a.request_count(), 2);
 }
