@@ -474,8 +474,18 @@ impl Resolved {
         if let Some(key) = self.config.cache.as_ref().and_then(|c| c.redis_key.clone()) {
             return key;
         }
+        format!("freshtoken:{}:{}", self.name, self.token_key().cache_name())
+    }
+
+    /// What this token is for: the token URL, client id, scope, audience
+    /// and resource (never the secret). Its
+    /// [`config_id`](freshtoken::TokenKey::config_id) ends the default
+    /// Redis key, and every record the token's cache writes carries it, so
+    /// a record another configuration wrote under a shared `redis_key` or
+    /// `file` is never served.
+    pub fn token_key(&self) -> freshtoken::TokenKey {
         let c = &self.config;
-        let mut key = freshtoken::manager::TokenKey::new(self.client_id.as_str())
+        let mut key = freshtoken::TokenKey::new(self.client_id.as_str())
             .with_token_url(self.token_url.as_str());
         if let Some(scope) = &c.scope {
             key = key.with_scope(scope);
@@ -486,7 +496,7 @@ impl Resolved {
         if let Some(resource) = &c.resource {
             key = key.with_resource(resource.as_str());
         }
-        format!("freshtoken:{}:{}", self.name, key.cache_name())
+        key
     }
 
     /// The variable `exec` uses.

@@ -183,22 +183,28 @@ pub fn fetch_timeout(token: &Resolved) -> Duration {
     Duration::from_secs(token.config.fetch_timeout_secs.unwrap_or(30).max(1))
 }
 
-/// The shared cache of `token`, if it has one.
+/// The shared cache of `token`, if it has one, bound to the token's
+/// configuration ([`Resolved::token_key`]): its reads outside a driver
+/// (the direct `token` path, `login`) never adopt a record that another
+/// configuration wrote under the same file or Redis key either.
 pub fn cache(token: &Resolved) -> Result<Option<Arc<dyn TokenCache>>, ConfigError> {
     let Some(cache) = &token.config.cache else {
         return Ok(None);
     };
-    if let Some(path) = &cache.file {
-        return Ok(Some(Arc::new(FileCache::new(path.clone()))));
-    }
-    if let Some(url) = &token.redis_url {
-        let redis = RedisCache::new(url.expose(), token.redis_key()).map_err(|e| ConfigError {
-            key: format!("tokens.{}.cache", token.name),
-            message: format!("cannot use the Redis cache: {e}"),
-        })?;
-        return Ok(Some(Arc::new(redis)));
-    }
-    Ok(None)
+    let cache: Arc<dyn TokenCache> = if let Some(path) = &cache.file {
+        Arc::new(FileCache::new(path.clone()))
+    } else if let Some(url) = &token.redis_url {
+        Arc::new(
+            RedisCache::new(url.expose(), token.redis_key()).map_err(|e| ConfigError {
+                key: format!("tokens.{}.cache", token.name),
+                message: format!("cannot use the Redis cache: {e}"),
+            })?,
+        )
+    } else {
+        return Ok(None);
+    };
+    cache.bind_config(token.token_key().config_id());
+    Ok(Some(cache))
 }
 
 /// A running driver for one token.

@@ -118,3 +118,75 @@ fn agents_with_other_clients_or_scopes_on_one_redis_never_share_a_token() {
     assert_eq!(token(&team_b, &redis_url), b);
     assert_eq!(authority.request_count(), 3);
 }
+
+#[test]
+fn agents_sharing_a_hand_made_redis_key_never_adopt_each_others_token() {
+    // `redis_key` set by hand to one key for two clients and two scopes:
+    // the name no longer tells them apart, the records still do.
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, port) = start_redis(dir.path());
+    let redis_url = format!("redis://127.0.0.1:{port}/");
+    let authority = LocalAuthority::builder()
+        .client("team-a", "secret-a")
+        .client("team-b", "secret-b")
+        .token_lifetime(Duration::from_secs(3600))
+        .start()
+        .unwrap();
+    let url = authority.token_url();
+    let cache =
+        "[tokens.api.cache]\nredis_url_env = \"API_REDIS_URL\"\nredis_key = \"shared:api\"\n";
+    let config = |file: &str, client: &str, scope: &str| {
+        let secret = write_file(
+            &dir.path().join(format!("{file}.secret")),
+            &format!("secret-{}", &client[5..]),
+            0o600,
+        );
+        write_file(
+            &dir.path().join(format!("{file}.toml")),
+            &cc_token(
+                "api",
+                &url,
+                client,
+                &secret,
+                &format!("scope = \"{scope}\"\n{cache}"),
+            ),
+            0o600,
+        )
+    };
+    let team_a = config("a", "team-a", "read");
+    let team_b = config("b", "team-b", "read");
+    let team_a_write = config("a-write", "team-a", "write");
+
+    let a = token(&team_a, &redis_url);
+    // The same configuration shares its token through the key.
+    assert_eq!(token(&team_a, &redis_url), a);
+    assert_eq!(authority.request_count(), 1);
+
+    let b = token(&team_b, &redis_url);
+    assert_ne!(b, a, "team B was served team A's token");
+    assert_eq!(
+        authority.validate_access_token(&b).unwrap().client_id,
+        "team-b"
+    );
+    let w = token(&team_a_write, &redis_url);
+    let info = authority.validate_access_token(&w).unwrap();
+    assert_eq!(
+        info.scope.as_deref(),
+        Some("write"),
+        "the read token was served"
+    );
+    assert_eq!(authority.request_count(), 3);
+
+    // One key, so the entry holds the last writer's token: team A reads
+    // fetch again instead of serving the write token.
+    let a2 = token(&team_a, &redis_url);
+    assert_eq!(
+        authority
+            .validate_access_token(&a2)
+            .unwrap()
+            .scope
+            .as_deref(),
+        Some("read")
+    );
+    assert_eq!(authority.request_count(), 4);
+}
