@@ -346,3 +346,80 @@ fn a_manager_on_tokio_starts_and_restarts_refreshers_from_any_thread() {
     assert_eq!(authority.request_count(), 1);
     manager.shutdown_blocking();
 }
+
+#[test]
+fn keys_sharing_a_hand_made_cache_file_never_adopt_each_others_token() {
+    // Every key given one file (a name that does not follow the key):
+    // each key is still served a token for itself, since the records say
+    // which configuration they were made for.
+    logs();
+    let authority = authority();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.json");
+    let manager = {
+        let authority = authority.clone();
+        let path = path.clone();
+        TokenManager::builder()
+            .cache(move |_: &TokenKey| freshtoken::cache::FileCache::new(&path))
+            .build(move |key: &TokenKey, builder| {
+                let source = key
+                    .apply(authority.client_credentials(key.client()))
+                    .build()?;
+                Ok(builder.spawn_thread(source)?)
+            })
+    };
+    let read = TokenKey::new(CLIENT).with_scope("read");
+    let write = TokenKey::new(CLIENT).with_scope("write");
+    let token = |key: &TokenKey| {
+        let t = manager
+            .handle(key.clone())
+            .wait_ready(Duration::from_secs(10))
+            .unwrap();
+        t.access_token().expose_secret().to_owned()
+    };
+    let r = token(&read);
+    eventually("the read token stored", || path.exists());
+    let w = token(&write);
+    assert_ne!(w, r, "the write key was served the read key's token");
+    let info = authority.validate_access_token(&w).unwrap();
+    assert_eq!(info.scope.as_deref(), Some("write"));
+    assert_eq!(authority.request_count(), 2);
+}
+
+#[test]
+fn a_manager_binds_each_keys_records_to_the_key_when_the_source_cannot_say() {
+    // A source that does not know what it fetches (an FnSource): the
+    // manager binds each key's cache to the key itself.
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.json");
+    let manager = {
+        let path = path.clone();
+        TokenManager::builder()
+            .cache(move |_: &TokenKey| freshtoken::cache::FileCache::new(&path))
+            .build(move |key: &TokenKey, builder| {
+                let audience = key.audience().unwrap_or("none").to_owned();
+                let source =
+                    freshtoken::source::FnSource::new(
+                        move |_: &freshtoken::source::FetchRequest| {
+                            Ok(freshtoken::source::TokenResponse::new(
+                                freshtoken::AccessToken::new(format!("token-for-{audience}")),
+                            )
+                            .with_expires_in(Some(3600)))
+                        },
+                    );
+                Ok(builder.spawn_thread(source)?)
+            })
+    };
+    let token = |audience: &str| {
+        let key = TokenKey::new(CLIENT).with_audience(audience);
+        let t = manager
+            .handle(key)
+            .wait_ready(Duration::from_secs(10))
+            .unwrap();
+        t.access_token().expose_secret().to_owned()
+    };
+    assert_eq!(token("orders"), "token-for-orders");
+    eventually("the orders token stored", || path.exists());
+    assert_eq!(token("billing"), "token-for-billing");
+}
