@@ -71,7 +71,7 @@
 //! [`TokenKey::cache_name`] is `<client>-<hash>`: the client id with
 //! characters other than `A-Za-z0-9._-` replaced by `_` (at most 40 of
 //! them), then 16 hex digits of a SHA-256 digest (its first 64 bits, as
-//! [`TokenId`]) of the whole key: the token URL when one is set
+//! [`TokenId`](crate::TokenId)) of the whole key: the token URL when one is set
 //! ([`TokenKey::with_token_url`]), client, audience, sorted scope, sorted
 //! resources, each length-prefixed. So two keys that differ in any of them
 //! (a changed scope, another client, another authority) never share an
