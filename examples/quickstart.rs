@@ -32,9 +32,13 @@
 //! `--outage` (length in seconds, default 15; 0 for none). `RUST_LOG`
 //! (`RUST_LOG=freshtoken=debug`) shows the driver's log on stderr.
 //!
-//! The live line is cut to the terminal's width (measured, else `COLUMNS`,
-//! else 80) and redrawn in place; a legend explains its columns. Without a
-//! terminal (a pipe, CI) it prints one line per second instead.
+//! The live line fits the terminal's width (measured, else `COLUMNS`,
+//! else 80), whole fields at a time, most telling first (at 80 columns:
+//! time, token, expiry, staleness, fetches and the last error's status),
+//! and is redrawn in place; a legend explains its columns. Event lines
+//! (every token, every failure in full) wrap at word boundaries instead of
+//! running past the edge. Without a terminal (a pipe, CI) it prints one
+//! line per second instead.
 //!
 //! It exits with a message and a non-zero status when no first token can be
 //! had (authority unreachable, wrong secret) or the cache folder is not
@@ -222,11 +226,15 @@ fn run() -> Result<(), String> {
     };
     println!("{}", legend(local.is_some()));
     let mut shown = tokens.snapshot();
+    let mut out = Screen::new(live);
+    // The first token arrived before the loop: its line, as for any other.
+    if let Some(t) = &shown.token {
+        out.event(&format!("{:>5.1}s  {}", 0.0, new_token(t)));
+    }
     let mut gaps = Gaps::default();
     gaps.saw(&shown);
     let mut max_attempt = 0;
     let mut cache_said: Option<String> = None;
-    let mut out = Screen::new(live);
     while started.elapsed() < Duration::from_secs(o.seconds) {
         let snap = tokens.snapshot();
         let now = SystemClock.now();
@@ -437,6 +445,9 @@ impl Screen {
             .unwrap_or(80)
     }
 
+    /// An event line, wrapped at word boundaries to one column short of
+    /// the width (never cut: it holds the error in full), its continuation
+    /// rows indented past the time column.
     fn event(&mut self, line: &str) {
         let mut stdout = std::io::stdout().lock();
         if self.live && self.drawn {
@@ -444,7 +455,9 @@ impl Screen {
             let _ = write!(stdout, "\r\x1b[K");
             self.drawn = false;
         }
-        let _ = writeln!(stdout, "{line}");
+        for row in wrap(line, Self::width().saturating_sub(1), TIME_COLUMN) {
+            let _ = writeln!(stdout, "{row}");
+        }
     }
 
     fn status(&mut self, line: &str) {
@@ -453,6 +466,7 @@ impl Screen {
             // One column short of the width: a full row would make some
             // terminals wrap the cursor onto a new row.
             let fitted = fit(line, Self::width().saturating_sub(1));
+            debug_assert!(fitted.chars().count() < Self::width());
             let _ = write!(stdout, "\r{fitted}\x1b[K");
             let _ = stdout.flush();
             self.drawn = true;
@@ -468,14 +482,73 @@ impl Screen {
     }
 }
 
-/// `s` cut to `width` characters, ending with `…` when cut.
+/// How far an event line's continuation rows are indented: past the
+/// `{:>5.1}s  ` time column.
+const TIME_COLUMN: usize = 8;
+
+/// The live line's fields (separated by two spaces) that fit in `width`
+/// characters, whole, in order; `…` says that fields were left out. A
+/// field too long for the width alone is cut.
 fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         return s.to_owned();
     }
-    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
-    out.push('…');
+    let mut out = String::new();
+    for field in s.split("  ") {
+        let sep = if out.is_empty() { 0 } else { 2 };
+        // Room for the field and, after it, "  …".
+        if out.chars().count() + sep + field.chars().count() + 3 > width {
+            break;
+        }
+        if sep > 0 {
+            out.push_str("  ");
+        }
+        out.push_str(field);
+    }
+    if out.is_empty() {
+        out = s.chars().take(width.saturating_sub(1)).collect();
+        out.push('…');
+        return out;
+    }
+    out.push_str("  …");
     out
+}
+
+/// `line` broken at spaces into rows of at most `width` characters, the
+/// rows after the first indented by `indent` spaces (the first keeps its
+/// own leading spaces); a word longer than a row is broken where the row
+/// ends.
+fn wrap(line: &str, width: usize, indent: usize) -> Vec<String> {
+    let width = width.max(indent + 20);
+    let text = line.trim_start_matches(' ');
+    let lead = line.len() - text.len();
+    let mut rows = Vec::new();
+    let mut row = " ".repeat(lead);
+    // Where the current row's text starts, and its length so far.
+    let (mut start, mut len) = (lead, lead);
+    for word in text.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        loop {
+            let sep = usize::from(len > start);
+            if len + sep + word.len() <= width {
+                if sep == 1 {
+                    row.push(' ');
+                }
+                row.extend(word.iter());
+                len += sep + word.len();
+                break;
+            }
+            if len == start {
+                // A word longer than a whole row: as much as fits.
+                let take = width - len;
+                row.extend(word.drain(..take));
+            }
+            rows.push(std::mem::replace(&mut row, " ".repeat(indent)));
+            (start, len) = (indent, indent);
+        }
+    }
+    rows.push(row);
+    rows
 }
 
 fn legend(local: bool) -> String {
@@ -485,9 +558,9 @@ fn legend(local: bool) -> String {
         ""
     };
     format!(
-        "live line: t = seconds since start; the token's id (a fingerprint, never\n  \
-         the token); when it expires and turns stale; {authority}\n  \
-         cache ok/NOT WRITTEN; tokens fetched; the last error (in full above it)"
+        "live line: seconds since start; the token's id (a fingerprint, never the\n  \
+         token); when it expires and turns stale; tokens fetched; the last error\n  \
+         (in full above it); {authority}cache ok/NOT WRITTEN"
     )
 }
 
@@ -513,19 +586,23 @@ fn relative(t: freshtoken::Timestamp, now: freshtoken::Timestamp) -> String {
     }
 }
 
+/// The story's line for a token that just arrived.
+fn new_token(t: &freshtoken::Token) -> String {
+    let fresh = t.stale_at().saturating_duration_since(t.issued_at());
+    format!(
+        "new token {}, fresh {:.1} s of {:.1} s, expires {}",
+        short(t.id()),
+        fresh.as_secs_f64(),
+        t.lifetime().as_secs_f64(),
+        rfc3339(t.expires_at())
+    )
+}
+
 /// What changed between two snapshots, as a line of the story.
 fn event(before: &Snapshot, after: &Snapshot) -> Option<String> {
     let id = |s: &Snapshot| s.token.as_ref().map(|t| t.id());
     if id(before) != id(after) {
-        let t = after.token.as_ref()?;
-        let fresh = t.stale_at().saturating_duration_since(t.issued_at());
-        return Some(format!(
-            "new token {}, fresh {:.1} s of {:.1} s, expires {}",
-            short(t.id()),
-            fresh.as_secs_f64(),
-            t.lifetime().as_secs_f64(),
-            rfc3339(t.expires_at())
-        ));
+        return after.token.as_ref().map(|t| new_token(t));
     }
     if before.state == after.state {
         return None;
@@ -536,17 +613,18 @@ fn event(before: &Snapshot, after: &Snapshot) -> Option<String> {
             attempt,
             next_attempt,
         } => Some(format!(
-            "fetch failed (attempt {attempt}): {error}; next try {}",
-            relative(*next_attempt, after.published_at)
+            "attempt {attempt} failed: {error}; next try {}",
+            compact(relative(*next_attempt, after.published_at))
         )),
         RefreshState::Failed { error } => Some(format!("renewal failed for good: {error}")),
         _ => None,
     }
 }
 
-/// The live line, most telling first, so that cutting it to a narrow
-/// terminal loses the least: time, token, expiry, staleness, authority,
-/// cache, fetches, error.
+/// The live line, most telling first, so that fitting it to a narrow
+/// terminal drops the least telling fields: time, token, expiry,
+/// staleness, fetches, the last error's HTTP status (or kind), authority,
+/// cache, the error's code. At 80 columns everything up to the error fits.
 fn status_line(
     s: &Snapshot,
     now: freshtoken::Timestamp,
@@ -563,8 +641,8 @@ fn status_line(
             format!(
                 "{}  {verb} {}  stale {}",
                 short(t.id()),
-                relative(t.expires_at(), now),
-                relative(t.stale_at(), now)
+                compact(relative(t.expires_at(), now)),
+                compact(relative(t.stale_at(), now))
             )
         }
         None => "no token".to_owned(),
@@ -578,18 +656,26 @@ fn status_line(
         Some(_) => "cache NOT WRITTEN",
         None => "cache ok",
     };
-    let error = s.state.last_error().map_or(String::new(), |e| {
-        let code = e.error_code().map_or(String::new(), |c| format!(" {c}"));
-        match e.status() {
-            Some(status) => format!("  {} (HTTP {status}{code})", e.kind()),
-            None => format!("  {}", e.kind()),
-        }
-    });
+    let (error, code) = match s.state.last_error() {
+        None => (String::new(), String::new()),
+        Some(e) => (
+            match e.status() {
+                Some(status) => format!("  error HTTP {status}"),
+                None => format!("  error: {}", e.kind()),
+            },
+            e.error_code().map_or(String::new(), |c| format!("  {c}")),
+        ),
+    };
     format!(
-        "t={:>4.1}s  {token}{authority}  {cache}  fetched {}{error}",
+        "{:.0}s  {token}  fetched {}{error}{authority}  {cache}{code}",
         elapsed.as_secs_f64(),
         s.tokens_fetched,
     )
+}
+
+/// "in 4.9 s" as "in 4.9s", for the live line.
+fn compact(relative: String) -> String {
+    relative.replacen(" s", "s", 1)
 }
 
 fn short(id: freshtoken::TokenId) -> String {
