@@ -270,3 +270,109 @@ fn async_drivers_bind_their_async_cache_too() {
     assert_ne!(tr, tw);
     assert_eq!(a.request_count(), 2);
 }
+
+/// The access token a builder whose cache is named by `Builder::cache_for`
+/// in `dir` serves for `scope` from `authority`.
+fn serve_named(authority: &LocalAuthority, scope: &str, dir: &std::path::Path) -> String {
+    let dir = dir.to_owned();
+    let source = authority
+        .client_credentials("svc")
+        .scope(scope)
+        .build()
+        .unwrap();
+    let (tokens, driver) = Builder::new()
+        .cache_for(move |key| key.file_cache(&dir))
+        .seed(1)
+        .spawn_thread(source)
+        .unwrap();
+    let token = tokens
+        .wait_ready(WAIT)
+        .unwrap()
+        .access_token()
+        .expose_secret()
+        .to_owned();
+    driver.shutdown_blocking();
+    token
+}
+
+#[test]
+fn a_cache_set_without_a_name_is_named_after_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (authority(), authority());
+    let read = serve_named(&a, "read", dir.path());
+    let write = serve_named(&a, "write", dir.path());
+    let other = serve_named(&b, "read", dir.path());
+    assert_eq!(
+        a.validate_access_token(&write).unwrap().scope.as_deref(),
+        Some("write")
+    );
+    assert!(b.validate_access_token(&other).is_ok());
+    // The same configuration shares its entry: no request.
+    assert_eq!(serve_named(&a, "read", dir.path()), read);
+    assert_eq!((a.request_count(), b.request_count()), (2, 1));
+
+    // One file per configuration, each named by its key's cache name.
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    files.sort();
+    let mut expected: Vec<String> = [(&a, "read"), (&a, "write"), (&b, "read")]
+        .iter()
+        .map(|(auth, scope)| format!("{}.json", key(auth, scope).cache_name()))
+        .collect();
+    expected.sort();
+    assert_eq!(files, expected);
+}
+
+#[test]
+fn a_cache_named_after_a_source_that_cannot_say_is_none_not_a_failure() {
+    log();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().to_owned();
+    let source = freshtoken::source::ConstTokenSource::new("api-key", Some(3600));
+    let (tokens, driver) = Builder::new()
+        .name("unnamed-cache")
+        .cache_for(move |key| key.file_cache(&cache_dir))
+        .spawn_thread(source)
+        .unwrap();
+    assert!(tokens.wait_ready(WAIT).is_ok());
+    driver.shutdown_blocking();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let log = log().lock().unwrap().clone();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("unnamed-cache") && l.contains("without the shared cache")),
+        "{log}"
+    );
+
+    // Given the key by hand, the same builder has its cache.
+    let cache_dir = dir.path().to_owned();
+    let by_hand = TokenKey::new("api");
+    let (tokens, driver) = Builder::new()
+        .cache_config(&by_hand)
+        .cache_for(move |key| key.file_cache(&cache_dir))
+        .spawn_thread(freshtoken::source::ConstTokenSource::new(
+            "api-key",
+            Some(3600),
+        ))
+        .unwrap();
+    assert!(tokens.wait_ready(WAIT).is_ok());
+    driver.shutdown_blocking();
+    let path = dir.path().join(format!("{}.json", by_hand.cache_name()));
+    eventually_exists(&path);
+}
+
+/// Stores follow publication: wait (without timing assertions) for the file.
+fn eventually_exists(path: &std::path::Path) {
+    let give_up = std::time::Instant::now() + WAIT;
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "{} never written",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

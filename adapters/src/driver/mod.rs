@@ -73,9 +73,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshtoken_core::{
-    Backoff, Clock, Jitter, LifetimePolicy, MachineConfig, RefreshMachine, TokenId,
-};
+use freshtoken_core::{Backoff, Clock, Jitter, LifetimePolicy, MachineConfig, RefreshMachine};
 
 use crate::cache::TokenCache;
 use crate::clock::SystemClock;
@@ -141,17 +139,60 @@ struct Settings {
     thread_name: String,
     /// The `refresher` label of metrics and tracing spans.
     name: Arc<str>,
-    /// What the cache's records are bound to, when set by hand.
-    cache_config: Option<TokenId>,
+    /// What the cache's records are bound to (and a cache from
+    /// [`Builder::cache_for`] named after), when set by hand.
+    cache_config: Option<crate::TokenKey>,
 }
 
 /// The cache of a [`Builder`] that holds a blocking cache or none; the
 /// default, which every driver can spawn.
-pub struct SyncCache(Option<Arc<dyn TokenCache>>);
+pub struct SyncCache(Option<CacheSetting>);
+
+/// A blocking cache as set on the builder.
+enum CacheSetting {
+    /// Made by the application ([`Builder::cache`]).
+    Made(Arc<dyn TokenCache>),
+    /// Made at spawn for the source's key ([`Builder::cache_for`]).
+    For(MakeCache),
+}
+
+type MakeCache = Box<dyn FnOnce(&crate::TokenKey) -> Arc<dyn TokenCache> + Send>;
 
 impl std::fmt::Debug for SyncCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("SyncCache").field(&self.0.is_some()).finish()
+    }
+}
+
+impl SyncCache {
+    /// The cache for a driver whose source is for `key` (when known),
+    /// bound to the key's configuration. A cache to be named after a key
+    /// that nobody knows is none, with a warning: refreshing goes on
+    /// without sharing.
+    #[cfg(any(
+        feature = "blocking",
+        feature = "tokio",
+        feature = "async-std",
+        feature = "smol"
+    ))]
+    fn resolve(self, key: Option<&crate::TokenKey>, name: &str) -> Option<Arc<dyn TokenCache>> {
+        let cache = match (self.0?, key) {
+            (CacheSetting::Made(cache), _) => cache,
+            (CacheSetting::For(make), Some(key)) => make(key),
+            (CacheSetting::For(_), None) => {
+                tracing::warn!(
+                    refresher = name,
+                    "Builder::cache_for: the source does not say what its tokens are for \
+                     (TokenSource::token_key) and no Builder::cache_config was given; \
+                     running without the shared cache"
+                );
+                return None;
+            }
+        };
+        if let Some(key) = key {
+            cache.bind_config(key.config_id());
+        }
+        Some(cache)
     }
 }
 
@@ -342,7 +383,7 @@ impl<C> Builder<C> {
     /// let builder = Builder::new().cache_config(&TokenKey::new("svc").with_scope("read"));
     /// ```
     pub fn cache_config(mut self, key: &crate::TokenKey) -> Self {
-        self.settings.cache_config = Some(key.config_id());
+        self.settings.cache_config = Some(key.clone());
         self
     }
 
@@ -357,7 +398,57 @@ impl<C> Builder<C> {
     pub fn cache(self, cache: impl TokenCache) -> Builder<SyncCache> {
         Builder {
             settings: self.settings,
-            caches: SyncCache(Some(Arc::new(cache))),
+            caches: SyncCache(Some(CacheSetting::Made(Arc::new(cache)))),
+        }
+    }
+
+    /// Shares tokens through a blocking cache named after what the source
+    /// fetches: when the driver spawns, `make` gets the source's
+    /// [`TokenKey`](crate::TokenKey) (its token URL, client id, scope,
+    /// audience and resources, from
+    /// [`TokenSource::token_key`](crate::source::TokenSource::token_key),
+    /// else the key given to [`cache_config`](Self::cache_config)) and
+    /// returns the cache, typically [`TokenKey::file_cache`](crate::TokenKey::file_cache)
+    /// or [`TokenKey::redis_cache`](crate::TokenKey::redis_cache), named
+    /// [`TokenKey::cache_name`](crate::TokenKey::cache_name). So builders
+    /// for different authorities, clients or scopes on one directory or
+    /// Redis get entries of their own, and builders for the same one share
+    /// theirs. With a source that cannot say and no `cache_config`, the
+    /// driver runs without a shared cache and logs a warning. It replaces
+    /// a cache set before.
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "file", feature = "testing"))] {
+    /// use freshtoken::testing::LocalAuthority;
+    /// use freshtoken::Builder;
+    /// use std::time::Duration;
+    ///
+    /// let authority = LocalAuthority::builder().client("svc", "s3cret").start()?;
+    /// let dir = tempfile::tempdir()?;
+    /// let cache_dir = dir.path().to_owned();
+    /// let source = authority.client_credentials("svc").scope("read").build()?;
+    /// let (tokens, driver) = Builder::new()
+    ///     .cache_for(move |key| key.file_cache(&cache_dir))
+    ///     .spawn_thread(source)?;
+    /// tokens.wait_ready(Duration::from_secs(5))?;
+    /// driver.shutdown_blocking();
+    /// // One file, named `svc-<16 hex digits>.json` after the source's key.
+    /// let name = std::fs::read_dir(dir.path())?
+    ///     .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    ///     .find(|n| n.ends_with(".json"))
+    ///     .unwrap();
+    /// assert!(name.starts_with("svc-") && name.len() == "svc-".len() + 16 + ".json".len());
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cache_for<K: TokenCache>(
+        self,
+        make: impl FnOnce(&crate::TokenKey) -> K + Send + 'static,
+    ) -> Builder<SyncCache> {
+        let make: MakeCache = Box::new(move |key| Arc::new(make(key)));
+        Builder {
+            settings: self.settings,
+            caches: SyncCache(Some(CacheSetting::For(make))),
         }
     }
 }
@@ -399,16 +490,19 @@ impl Settings {
     }
 }
 
-/// The configuration a driver binds its cache to: the source's, else the
-/// one set by hand.
+/// What a driver's tokens are for: the source's key, else the one set by
+/// hand.
 #[cfg(any(
     feature = "blocking",
     feature = "tokio",
     feature = "async-std",
     feature = "smol"
 ))]
-fn binding(source: Option<crate::TokenKey>, by_hand: Option<TokenId>) -> Option<TokenId> {
-    source.map(|k| k.config_id()).or(by_hand)
+fn key_of(
+    source: Option<crate::TokenKey>,
+    by_hand: &Option<crate::TokenKey>,
+) -> Option<crate::TokenKey> {
+    source.or_else(|| by_hand.clone())
 }
 
 impl Builder<SyncCache> {
@@ -421,14 +515,10 @@ impl Builder<SyncCache> {
     ) -> std::io::Result<(TokenHandle, DriverHandle)> {
         let thread = self.settings.thread_name.clone();
         let initial = source.initial_refresh_token();
-        let shared = self.caches.0.is_some();
-        if let (Some(cache), Some(config)) = (
-            &self.caches.0,
-            binding(source.token_key(), self.settings.cache_config),
-        ) {
-            cache.bind_config(config);
-        }
-        let cache = match self.caches.0 {
+        let key = key_of(source.token_key(), &self.settings.cache_config);
+        let cache = self.caches.resolve(key.as_ref(), &self.settings.name);
+        let shared = cache.is_some();
+        let cache = match cache {
             // Each call counted (a no-op without the `metrics` feature).
             Some(cache) => crate::metrics::meter_cache(cache, &self.settings.name),
             None => Arc::new(NoCache),

@@ -245,11 +245,13 @@ mod sealed {
     pub trait CacheKind: Send + 'static {
         /// The cache runner for the run loop, and a blocking cache for
         /// nothing (the refresher's own `NoCache` when there is none).
-        fn into_runner<R: Runtime>(self, name: &Arc<str>) -> (Box<dyn CacheRunner<R>>, bool);
-
-        /// Binds the cache's records to `config` (see
-        /// [`TokenCache::bind_config`]).
-        fn bind_config(&self, config: freshtoken_core::TokenId);
+        /// The cache is bound to `key`'s configuration (see
+        /// [`TokenCache::bind_config`]), and made for it if it is to be.
+        fn into_runner<R: Runtime>(
+            self,
+            name: &Arc<str>,
+            key: Option<&crate::TokenKey>,
+        ) -> (Box<dyn CacheRunner<R>>, bool);
     }
 
     impl<S: TokenSource> SourceKind for S {
@@ -275,31 +277,33 @@ mod sealed {
     }
 
     impl CacheKind for SyncCache {
-        fn into_runner<R: Runtime>(self, name: &Arc<str>) -> (Box<dyn CacheRunner<R>>, bool) {
-            let shared = self.0.is_some();
+        fn into_runner<R: Runtime>(
+            self,
+            name: &Arc<str>,
+            key: Option<&crate::TokenKey>,
+        ) -> (Box<dyn CacheRunner<R>>, bool) {
+            let cache = self.resolve(key, name);
+            let shared = cache.is_some();
             // Each call counted (a no-op without the `metrics` feature).
-            let cache = match self.0 {
+            let cache = match cache {
                 Some(cache) => crate::metrics::meter_cache(cache, name),
                 None => Arc::new(super::super::refresher::NoCache),
             };
             (Box::new(CacheOnPool(cache)), shared)
         }
-
-        fn bind_config(&self, config: freshtoken_core::TokenId) {
-            if let Some(cache) = &self.0 {
-                cache.bind_config(config);
-            }
-        }
     }
 
     impl<C: AsyncTokenCache> CacheKind for AsyncCache<C> {
-        fn into_runner<R: Runtime>(self, name: &Arc<str>) -> (Box<dyn CacheRunner<R>>, bool) {
+        fn into_runner<R: Runtime>(
+            self,
+            name: &Arc<str>,
+            key: Option<&crate::TokenKey>,
+        ) -> (Box<dyn CacheRunner<R>>, bool) {
+            if let Some(key) = key {
+                self.0.bind_config(key.config_id());
+            }
             let cache = crate::metrics::meter_async(self.0, name);
             (Box::new(CacheInTask(cache)), true)
-        }
-
-        fn bind_config(&self, config: freshtoken_core::TokenId) {
-            self.0.bind_config(config);
         }
     }
 }
@@ -377,11 +381,11 @@ impl<C: Caches> Builder<C> {
     /// # });
     /// ```
     pub fn spawn<R: Runtime>(self, runtime: R, source: impl Source) -> (TokenHandle, DriverHandle) {
-        if let Some(config) = super::binding(source.token_key(), self.settings.cache_config) {
-            self.caches.bind_config(config);
-        }
+        let key = super::key_of(source.token_key(), &self.settings.cache_config);
         let (fetcher, initial) = source.into_fetcher::<R>();
-        let (caches, shared) = self.caches.into_runner::<R>(&self.settings.name);
+        let (caches, shared) = self
+            .caches
+            .into_runner::<R>(&self.settings.name, key.as_ref());
         let settings: Settings = self.settings;
         let (refresher, handle, control) = settings.build(shared, initial);
         spawn(runtime, refresher, fetcher, caches);
