@@ -410,6 +410,37 @@ mod tests {
         }
     }
 
+    /// The direct path binds the cache to `Resolved::token_key`, the driver
+    /// to its source's key: they must be one configuration, or the second
+    /// binding would be refused with a warning.
+    #[test]
+    fn the_cache_binding_and_the_sources_key_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "[tokens.api]\ntoken_url = \"http://127.0.0.1:1/token\"\nclient_id = \"a\"\n\
+             scope = \"write  read\"\naudience = \"https://api\"\nresource = \"https://r\"\n\
+             [tokens.api.cache]\nfile = \"api.json\"\n",
+        )
+        .unwrap();
+        let env = vec![(
+            "FRESHTOKEN_TOKENS_API_CLIENT_SECRET".to_owned(),
+            "s3cret".to_owned(),
+        )];
+        let loaded = crate::config::load(Some(&cfg), &env).unwrap();
+        let resolved = &loaded.tokens["api"];
+        let key = resolved.token_key();
+        assert_eq!(source(resolved).unwrap().token_key(), Some(key.clone()));
+        assert_eq!(key.scope(), Some("read write"));
+        assert_ne!(
+            key.config_id(),
+            freshtoken::TokenKey::new("a")
+                .with_token_url("http://127.0.0.1:1/token")
+                .config_id()
+        );
+    }
+
     #[test]
     fn times_are_rfc3339() {
         assert_eq!(
