@@ -82,6 +82,12 @@
 //! [`TokenKey::redis_cache`] under `<prefix><cache_name>`. Set the token
 //! URL when keys of one manager (or processes sharing its cache) may use
 //! more than one authority.
+//!
+//! The same digest, [`TokenKey::config_id`], is written into every record
+//! a key's shared cache stores (the manager binds each key's cache to it,
+//! unless the source reports a key of its own), so a cache that the
+//! closure names by hand, or that two keys share, never serves one key's
+//! token for another: see [`cache`](crate::cache#records-bound-to-their-configuration).
 
 use std::collections::HashMap;
 use std::fmt;
