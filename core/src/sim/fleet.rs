@@ -684,6 +684,9 @@ impl<'a> Fleet<'a> {
                 Output::Action(action) => self.perform(i, action, now, local),
             }
         }
+        // The report reads the machine's counters, not its events: drained
+        // here, a machine keeps none (undrained, each kept up to 64).
+        while self.instances[i].machine.poll_event().is_some() {}
     }
 
     fn perform(&mut self, i: usize, action: Action, now: Timestamp, local: Now) {
