@@ -861,18 +861,16 @@ impl<'a> Fleet<'a> {
         inst.life = inst.life.wrapping_add(1);
         self.wake_generation[i] += 1;
         self.timers[i].live = Timer::NONE.live;
+        inst.memory = None;
+        let inst = &self.instances[i];
         let knew = inst
             .machine
             .refresh_token()
-            .map(|(rt, _)| rt.expose_secret().to_owned());
-        let store_failed = inst.last_store_failed;
-        inst.memory = None;
-        let lost_write = knew
-            .as_ref()
-            .is_some_and(|rt| self.lost_writes.contains(rt));
+            .map(|(rt, _)| rt.expose_secret());
+        let lost_write = knew.is_some_and(|rt| self.lost_writes.contains(rt));
         if !killed
-            && (store_failed || lost_write)
-            && knew.as_deref() == self.authority.live_refresh_token()
+            && (inst.last_store_failed || lost_write)
+            && knew == self.authority.live_refresh_token()
         {
             // A graceful stop of the only instance that knew the newest
             // refresh token, which the cache lost after acknowledging it,
