@@ -90,17 +90,22 @@ struct Event {
 /// a millisecond, with the sequence number it was given when set), and the
 /// earliest entry of the instance in the queue (`queued`), which, at its
 /// time, either is the live one or puts the live one in the queue. `NONE`
-/// parts are `(u64::MAX, u64::MAX)`.
+/// parts are `(u64::MAX, u64::MAX)`. With them, a count of the timeouts the
+/// machine set and of its stops (`generation`): a clock-step wake-up is
+/// live while it is unchanged. Every input sets a timeout, so both are
+/// written together, in one of the processor's cache lines.
 #[derive(Clone, Copy, Debug)]
 struct Timer {
     live: (u64, u64),
     queued: (u64, u64),
+    generation: u64,
 }
 
 impl Timer {
     const NONE: Timer = Timer {
         live: (u64::MAX, u64::MAX),
         queued: (u64::MAX, u64::MAX),
+        generation: 0,
     };
 }
 
@@ -135,11 +140,8 @@ pub(super) struct Fleet<'a> {
     scenario: &'a Scenario,
     end: Timestamp,
     queue: EventQueue<Event>,
-    /// Per instance, a count of the timeouts its machine set and of its
-    /// stops: a clock-step wake-up is live while it is unchanged. Apart from
-    /// the instances, so that skipping a stale one touches a few bytes.
-    wake_generation: Vec<u64>,
-    /// Per instance, its machine's timeout (see [`Timer`]).
+    /// Per instance, its machine's timeout (see [`Timer`]). Apart from the
+    /// instances, so that skipping a superseded entry touches a few bytes.
     timers: Vec<Timer>,
     rng: fastrand::Rng,
     instances: Vec<Instance>,
@@ -212,7 +214,6 @@ impl<'a> Fleet<'a> {
             scenario,
             end: start + scenario.duration,
             queue: EventQueue::new(start.as_millis(), (start + scenario.duration).as_millis()),
-            wake_generation: vec![0; scenario.instances],
             timers: vec![Timer::NONE; scenario.instances],
             rng: fastrand::Rng::with_seed(scenario.seed ^ 0x5151),
             instances: Vec::with_capacity(scenario.instances),
@@ -353,7 +354,7 @@ impl<'a> Fleet<'a> {
                     Input::Tick
                 }
                 EventKind::Wake { generation } => {
-                    if generation != self.wake_generation[i] || !self.instances[i].alive {
+                    if generation != self.timers[i].generation || !self.instances[i].alive {
                         continue;
                     }
                     Input::Tick
@@ -427,7 +428,7 @@ impl<'a> Fleet<'a> {
                     // The driver notices within a heartbeat.
                     let heartbeat = self.scenario.heartbeat;
                     let at = now + self.random_within(heartbeat);
-                    let generation = self.wake_generation[i];
+                    let generation = self.timers[i].generation;
                     self.push(at, i, EventKind::Wake { generation });
                     continue;
                 }
@@ -674,7 +675,7 @@ impl<'a> Fleet<'a> {
             observer.output(i, local.wall, &output);
             match output {
                 Output::Timeout(at) => {
-                    self.wake_generation[i] += 1;
+                    self.timers[i].generation += 1;
                     let inst = &self.instances[i];
                     let due = (at != Timestamp::MAX && inst.alive)
                         .then(|| at.offset_millis(-inst.offset_ms).max(now));
@@ -859,7 +860,7 @@ impl<'a> Fleet<'a> {
             inst.killed_lives &= !life_bit(inst.life);
         }
         inst.life = inst.life.wrapping_add(1);
-        self.wake_generation[i] += 1;
+        self.timers[i].generation += 1;
         self.timers[i].live = Timer::NONE.live;
         inst.memory = None;
         let inst = &self.instances[i];
