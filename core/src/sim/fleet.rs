@@ -468,11 +468,15 @@ impl<'a> Fleet<'a> {
         };
         let due = due.as_millis();
         timer.live = (due, seq);
-        if timer.queued.0 <= due {
+        let queued = timer.queued;
+        if queued.0 <= due && !self.queue.remove(queued.0, queued.1) {
             // The queued entry comes first and will put this one in place.
             return;
         }
-        timer.queued = (due, seq);
+        // Queued earlier than this one and near (a cache call's or a
+        // fetch's deadline, most often, now answered), the entry was taken
+        // out rather than left to come up only to queue this one.
+        self.timers[i].queued = (due, seq);
         self.push_timer(i, due, seq);
     }
 

@@ -144,6 +144,45 @@ impl<T> EventQueue<T> {
         }
     }
 
+    /// Takes out the item queued at millisecond `at` with sequence number
+    /// `seq`, when it is in the millisecond ring (`at` is within a page or
+    /// two of the present); returns whether it did. Further out, items
+    /// wait unsorted or in a heap, where finding one costs more than
+    /// skipping it when it comes.
+    pub(super) fn remove(&mut self, at: u64, seq: u64) -> bool {
+        if at < self.now || at >= self.spread {
+            return false;
+        }
+        let b = (at & RING_MASK) as usize;
+        let mut prev = NIL;
+        let mut cur = self.heads[b];
+        while cur != NIL && self.nodes[cur as usize].seq < seq {
+            prev = cur;
+            cur = self.nodes[cur as usize].next;
+        }
+        if cur == NIL || self.nodes[cur as usize].seq != seq {
+            return false;
+        }
+        let node = &mut self.nodes[cur as usize];
+        let next = node.next;
+        node.item = None;
+        node.next = self.free;
+        self.free = cur;
+        if prev == NIL {
+            self.heads[b] = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tails[b] = prev;
+        }
+        if self.heads[b] == NIL {
+            self.occupied[b / 64] &= !(1 << (b % 64));
+        }
+        self.len -= 1;
+        true
+    }
+
     /// Whether no item is queued at millisecond `at` (the present), so
     /// that an item pushed now would be the next one popped.
     pub(super) fn is_idle_at(&self, at: u64) -> bool {
@@ -273,7 +312,7 @@ mod tests {
     /// The queue hands items out exactly as a heap ordered by (time,
     /// sequence number) does, for random monotone pushes near and far,
     /// same-millisecond pushes while draining, items queued with a
-    /// sequence number taken earlier, and an end.
+    /// sequence number taken earlier, items taken out, and an end.
     #[test]
     fn same_order_as_a_heap_by_time_then_sequence() {
         for seed in 0..20 {
@@ -302,6 +341,7 @@ mod tests {
             // Sequence numbers taken and not used yet.
             let mut put_off = Vec::new();
             let mut popped = 0;
+            let mut removed = 0;
             while let Some((at, item)) = queue.pop() {
                 let expected = heap.pop().expect("the heap has as many");
                 assert_eq!((at, item), (expected.at, expected.item), "seed {seed}");
@@ -334,9 +374,24 @@ mod tests {
                 if rng.u8(0..4) == 0 {
                     put_off.push(queue.next_seq());
                 }
+                // Take out a queued item near the present, as often as
+                // not one the ring holds.
+                if rng.u8(0..3) == 0 {
+                    if let Some(pick) = heap.iter().nth(rng.usize(0..heap.len().max(1))) {
+                        let (at, seq) = (pick.at, pick.seq);
+                        if queue.remove(at, seq) {
+                            removed += 1;
+                            heap.retain(|f| (f.at, f.seq) != (at, seq));
+                        } else {
+                            assert!(at >= queue.spread, "seed {seed}: not removed from the ring");
+                        }
+                    }
+                }
             }
             assert!(heap.is_empty(), "seed {seed}");
             assert!(popped > 100, "seed {seed}: {popped}");
+            assert!(removed > 10, "seed {seed}: {removed} removed");
+            assert_eq!(queue.remove(end, u64::MAX), false, "seed {seed}");
         }
     }
 }
