@@ -469,13 +469,15 @@ impl<'a> Fleet<'a> {
         let due = due.as_millis();
         timer.live = (due, seq);
         let queued = timer.queued;
-        if queued.0 <= due && !self.queue.remove(queued.0, queued.1) {
+        let removed = self.queue.remove(queued.0, queued.1);
+        if queued.0 <= due && !removed {
             // The queued entry comes first and will put this one in place.
             return;
         }
-        // Queued earlier than this one and near (a cache call's or a
-        // fetch's deadline, most often, now answered), the entry was taken
-        // out rather than left to come up only to queue this one.
+        // The queued entry, when near (in the queue's millisecond ring), was
+        // taken out: earlier than this one (a cache call's or a fetch's
+        // deadline, most often, now answered), it would have come up only to
+        // queue this one; later, it would have come up superseded.
         self.timers[i].queued = (due, seq);
         self.push_timer(i, due, seq);
     }
