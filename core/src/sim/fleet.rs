@@ -165,6 +165,9 @@ pub(super) struct Fleet<'a> {
     /// each instance is queued (with that sequence number, so the order of
     /// events is the same), which keeps the queue small.
     clock_steps: Vec<(u64, u64, i64)>,
+    /// The scenario's fault windows in true time, whole milliseconds
+    /// `[from, to)` (see [`fault_windows`]).
+    fault_windows: Vec<(u64, u64)>,
     /// The busiest second so far, of authority requests and of cache calls.
     request_peak: Peak,
     cache_peak: Peak,
@@ -224,6 +227,7 @@ impl<'a> Fleet<'a> {
             overdue_unstored: std::collections::HashSet::new(),
             lost_writes: std::collections::HashSet::new(),
             clock_steps: Vec::with_capacity(scenario.instances * scenario.clock_steps as usize),
+            fault_windows: fault_windows(scenario),
             request_peak: Peak::default(),
             cache_peak: Peak::default(),
             report: Report {
@@ -746,7 +750,8 @@ impl<'a> Fleet<'a> {
                 self.report.authority_requests += 1;
                 let second = now.as_millis() / 1000;
                 self.report.peak_requests_per_second = self.request_peak.count(second);
-                count_during_faults(self.scenario, now, &mut self.report.requests_during_faults);
+                let counts = &mut self.report.requests_during_faults;
+                count_during_faults(&self.fault_windows, now, counts);
                 self.check_overdue(&request, now);
                 let (result, latency) = self.authority.answer(now, &request);
                 if result.is_err() {
@@ -928,7 +933,7 @@ impl<'a> Fleet<'a> {
         let second = now.as_millis() / 1000;
         self.report.peak_cache_operations_per_second = self.cache_peak.count(second);
         let counts = &mut self.report.cache_operations_during_faults;
-        count_during_faults(self.scenario, now, counts);
+        count_during_faults(&self.fault_windows, now, counts);
     }
 
     fn finish(mut self) -> Report {
@@ -977,12 +982,72 @@ fn fleet_start(life: Life) -> EventKind {
     }
 }
 
-/// Counts one at `now` for each of the scenario's fault windows on then.
-fn count_during_faults(scenario: &Scenario, now: Timestamp, counts: &mut [u64]) {
-    let offset = now.saturating_duration_since(scenario.start);
-    for (fault, count) in scenario.faults.iter().zip(counts) {
-        if fault.active_at(offset) {
+/// The scenario's fault windows as whole milliseconds of true time
+/// `[from, to)`: a millisecond `t` is in one exactly when the fault is
+/// active `t - start` after the start ([`Fault::active_at`], whose bounds
+/// may have parts of a millisecond, hence rounded up). Counting a call
+/// during faults then compares integers (it runs for every cache call).
+///
+/// [`Fault::active_at`]: super::Fault::active_at
+fn fault_windows(scenario: &Scenario) -> Vec<(u64, u64)> {
+    let start = scenario.start.as_millis();
+    let ms = |d: Duration| u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    let windows = scenario.faults.iter().map(|fault| {
+        let from = fault.start();
+        let to = from.saturating_add(fault.length());
+        (start.saturating_add(ms(from)), start.saturating_add(ms(to)))
+    });
+    windows.collect()
+}
+
+/// Counts one at `now` for each fault window (see [`fault_windows`]) on
+/// then.
+fn count_during_faults(windows: &[(u64, u64)], now: Timestamp, counts: &mut [u64]) {
+    let now = now.as_millis();
+    for (&(from, to), count) in windows.iter().zip(counts) {
+        if from <= now && now < to {
             *count += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{Fault, FaultKind};
+
+    /// A millisecond is in a fault's window exactly when the fault is
+    /// active then, bounds with parts of a millisecond and an open end
+    /// included.
+    #[test]
+    fn fault_windows_agree_with_active_at() {
+        let us = Duration::from_micros;
+        let faults = [
+            (us(1_500), us(1_000)),
+            (us(2_000), us(3_000)),
+            (us(0), us(999)),
+            (us(4_001), us(1)),
+            (us(5_000), Duration::MAX),
+        ];
+        let mut scenario = Scenario::new(1);
+        for (from, length) in faults {
+            scenario = scenario.fault(Fault::new(FaultKind::Outage, from, length));
+        }
+        let windows = fault_windows(&scenario);
+        let start = scenario.start.as_millis();
+        for ms in 0..10 {
+            let offset = Duration::from_millis(ms);
+            let active: Vec<bool> = scenario
+                .faults
+                .iter()
+                .map(|f| f.active_at(offset))
+                .collect();
+            let mut counts = vec![0; windows.len()];
+            count_during_faults(&windows, Timestamp::from_millis(start + ms), &mut counts);
+            let counted: Vec<bool> = counts.iter().map(|&c| c == 1).collect();
+            assert_eq!(counted, active, "{ms} ms in");
+        }
+        // Not vacuous: the first window holds exactly one millisecond.
+        assert_eq!(windows[0], (start + 2, start + 3));
     }
 }
