@@ -460,7 +460,8 @@ impl<'a> Fleet<'a> {
     /// Sets instance `i`'s timeout to `due` (none: it has none), replacing
     /// the one before. The timeout takes its place in the order of events
     /// now (its sequence number), but it is queued only when no earlier
-    /// entry of the instance is: a machine resets its timeout on every
+    /// entry of the instance is, or that entry is near enough to be taken
+    /// out ([`EventQueue::remove`]): a machine resets its timeout on every
     /// input, mostly to the same or a later time, and each of those would
     /// otherwise wait in the queue, superseded, until its time.
     fn set_timer(&mut self, i: usize, due: Option<Timestamp>) {
