@@ -334,7 +334,9 @@ enum Phase {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RefreshMachine {
-    config: MachineConfig,
+    /// Shared by every machine built from one configuration (a simulated
+    /// fleet's hundred thousand): only the seed differs between them.
+    config: Arc<MachineConfig>,
     phase: Phase,
     now: Now,
     rng: fastrand::Rng,
@@ -358,13 +360,32 @@ pub struct RefreshMachine {
 impl RefreshMachine {
     /// A machine with this configuration, waiting for [`Input::Start`].
     pub fn new(config: MachineConfig) -> Self {
+        let seed = config.seed;
+        Self::with_shared_config(Arc::new(config), seed)
+    }
+
+    /// A machine with a configuration shared with others, its random draws
+    /// seeded with `seed` instead of [`MachineConfig::seed`]. Many machines
+    /// in one process (a simulated fleet) then hold one copy of it.
+    ///
+    /// ```
+    /// use freshtoken_core::{MachineConfig, RefreshMachine};
+    /// use std::sync::Arc;
+    ///
+    /// let config = Arc::new(MachineConfig::default());
+    /// let fleet: Vec<RefreshMachine> = (0..3)
+    ///     .map(|seed| RefreshMachine::with_shared_config(config.clone(), seed))
+    ///     .collect();
+    /// assert_eq!(fleet.len(), 3);
+    /// ```
+    pub fn with_shared_config(config: Arc<MachineConfig>, seed: u64) -> Self {
         let grant = config.refresh_token.clone().map(|token| Grant {
             token,
             generation: 0,
             origin: Origin::Configured,
         });
         RefreshMachine {
-            rng: fastrand::Rng::with_seed(config.seed),
+            rng: fastrand::Rng::with_seed(seed),
             config,
             phase: Phase::Created,
             now: Now::new(Timestamp::EPOCH, MonoTime::ZERO),

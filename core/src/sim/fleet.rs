@@ -10,7 +10,7 @@ use super::queue::EventQueue;
 use super::{CacheMode, Observer, Report, Scenario};
 use crate::error::{CacheError, CacheErrorKind};
 use crate::machine::{
-    Action, Input, LeaseOutcome, Output, RefreshMachine, RefreshState, RequestId,
+    Action, Input, LeaseOutcome, MachineConfig, Output, RefreshMachine, RefreshState, RequestId,
 };
 use crate::time::{MonoTime, Now, Timestamp};
 use crate::token::Token;
@@ -138,6 +138,8 @@ struct Instance {
 
 pub(super) struct Fleet<'a> {
     scenario: &'a Scenario,
+    /// Every machine's configuration, shared (see [`Fleet::machine_config`]).
+    machine_config: Arc<MachineConfig>,
     end: Timestamp,
     queue: EventQueue<Event>,
     /// Per instance, its machine's timeout (see [`Timer`]). Apart from the
@@ -213,8 +215,10 @@ impl<'a> Fleet<'a> {
         if let Some(interval) = scenario.refresh_tokens {
             authority = authority.with_family(interval);
         }
+        let machine_config = Self::machine_config(scenario, &authority);
         let mut fleet = Fleet {
             scenario,
+            machine_config,
             end: start + scenario.duration,
             queue: EventQueue::new(start.as_millis(), (start + scenario.duration).as_millis()),
             timers: vec![Timer::NONE; scenario.instances],
@@ -297,14 +301,20 @@ impl<'a> Fleet<'a> {
         fleet
     }
 
-    fn new_machine(&self, i: usize, life: Life, rng: &mut fastrand::Rng) -> RefreshMachine {
-        let mut config = self.scenario.config.clone();
-        config.seed = rng.u64(..) ^ (i as u64) ^ u64::from(life).rotate_left(17);
-        config.cache = self.scenario.cache != CacheMode::None;
-        if let Some(rt) = self.authority.first_refresh_token() {
+    /// Every machine's configuration: the scenario's, with the cache mode
+    /// and the authority's first refresh token; one copy for the fleet.
+    fn machine_config(scenario: &Scenario, authority: &Authority) -> Arc<MachineConfig> {
+        let mut config = scenario.config.clone();
+        config.cache = scenario.cache != CacheMode::None;
+        if let Some(rt) = authority.first_refresh_token() {
             config.refresh_token = Some(rt);
         }
-        RefreshMachine::new(config)
+        Arc::new(config)
+    }
+
+    fn new_machine(&self, i: usize, life: Life, rng: &mut fastrand::Rng) -> RefreshMachine {
+        let seed = rng.u64(..) ^ (i as u64) ^ u64::from(life).rotate_left(17);
+        RefreshMachine::with_shared_config(self.machine_config.clone(), seed)
     }
 
     fn random_within(&mut self, d: Duration) -> Duration {
