@@ -391,6 +391,9 @@ struct Checker {
     snapshots: HashMap<usize, Vec<Snapshot>>,
     /// Whether the input being handled is a failed fetch.
     after_failure: bool,
+    /// Each instance's last retry time published (a delay drawn once is
+    /// checked once: later snapshots, at expiry say, repeat it).
+    last_retry: HashMap<usize, Timestamp>,
     /// Inputs at which an instance that had a token had none valid.
     uncovered: Vec<(usize, Timestamp)>,
     violations: Vec<String>,
@@ -436,15 +439,24 @@ impl Observer for Checker {
                     }
                 }
                 // The snapshot published for a failed fetch carries the
-                // delay just drawn (later ones, e.g. at expiry, repeat it).
+                // delay just drawn (later ones, e.g. at expiry, repeat it;
+                // an expiry due at the failure's instant is published
+                // before the failure is handled).
+                let drawn = match &s.state {
+                    RefreshState::Retrying { next_attempt, .. } => {
+                        self.last_retry.insert(i, *next_attempt) != Some(*next_attempt)
+                    }
+                    _ => false,
+                };
                 if let (
+                    true,
                     true,
                     RefreshState::Retrying {
                         error,
                         attempt,
                         next_attempt,
                     },
-                ) = (self.after_failure, &s.state)
+                ) = (self.after_failure, drawn, &s.state)
                 {
                     // While the token has expired (or before the first),
                     // retries follow the short cap, and Retry-After is
