@@ -316,8 +316,31 @@ fn free_port() -> u16 {
 }
 
 /// Starts `redis-server` with `args` (no persistence, loopback only, its
-/// files in `dir`) and waits until it answers `PING` on `port`.
+/// files in `dir`) and waits until it answers `PING` on `port`; for a
+/// node restarted on the port it had.
 fn spawn_node(dir: &std::path::Path, port: u16, args: &[&str]) -> Child {
+    try_spawn_node(dir, port, args).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Starts a node on a free port (its files in `dir_for(port)`): a port
+/// that another process took between the pick and the start (a test's
+/// server in another binary, say) is given up for another.
+fn spawn_on_free_port(dir_for: impl Fn(u16) -> std::path::PathBuf, args: &[&str]) -> (u16, Child) {
+    let mut last = String::new();
+    for _ in 0..8 {
+        let port = free_port();
+        match try_spawn_node(&dir_for(port), port, args) {
+            Ok(child) => return (port, child),
+            Err(why) => last = why,
+        }
+    }
+    panic!("no free port for redis-server after 8 tries: {last}");
+}
+
+/// Starts `redis-server` on `port` and waits until it answers `PING`
+/// there, and is the process started (another server that took the port
+/// first answers too, while ours exits at start-up): `Err` when it exited.
+fn try_spawn_node(dir: &std::path::Path, port: u16, args: &[&str]) -> Result<Child, String> {
     // The helpers talk to the nodes through redis-cli: say so if it is missing.
     if let Err(e) = Command::new("redis-cli").arg("--version").output() {
         panic!(
@@ -347,18 +370,25 @@ fn spawn_node(dir: &std::path::Path, port: u16, args: &[&str]) -> Child {
              (apt-get install redis-server) so that it is on PATH"
         )
     });
+    let ours = format!("process_id:{}", child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("redis-server on port {port} exited at start-up: {status}");
+            return Err(format!(
+                "redis-server on port {port} exited at start-up: {status}"
+            ));
         }
-        if query(port, &["PING"]).is_some_and(|r| r == "PONG") {
-            return child;
+        let answering = query(port, &["INFO", "server"]);
+        if answering.is_some_and(|info| info.lines().any(|l| l.trim() == ours)) {
+            return Ok(child);
         }
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on port {port} did not become ready within 10 s"
-        );
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "redis-server on port {port} did not become ready within 10 s"
+            ));
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -506,20 +536,19 @@ impl RedisCluster {
 
     fn start_nodes(primaries: usize, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory for the cluster");
-        let ports: Vec<u16> = (0..primaries * 2).map(|_| free_port()).collect();
         let args: Vec<&str> = CLUSTER_NODE_ARGS
             .iter()
             .copied()
             .chain(extra.iter().copied())
             .collect();
-        let nodes = ports
-            .iter()
-            .map(|&port| {
-                let node_dir = dir.path().join(port.to_string());
-                let child = spawn_node(&node_dir, port, &args);
+        let nodes: Vec<(u16, Option<Child>)> = (0..primaries * 2)
+            .map(|_| {
+                let (port, child) =
+                    spawn_on_free_port(|port| dir.path().join(port.to_string()), &args);
                 (port, Some(child))
             })
             .collect();
+        let ports: Vec<u16> = nodes.iter().map(|(port, _)| *port).collect();
         let cluster = RedisCluster { dir, nodes };
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
@@ -726,14 +755,11 @@ impl RedisSentinel {
     /// succeed before the killed primary comes back.
     pub fn start_with_replicas(replicas: usize) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory for sentinel");
-        let primary = free_port();
-        let p = spawn_node(&dir.path().join("primary"), primary, &[]);
+        let (primary, p) = spawn_on_free_port(|_| dir.path().join("primary"), &[]);
         let mut servers = vec![(primary, Some(p))];
         for i in 0..replicas {
-            let port = free_port();
-            let r = spawn_node(
-                &dir.path().join(server_dir_name(i + 1)),
-                port,
+            let (port, r) = spawn_on_free_port(
+                |_| dir.path().join(server_dir_name(i + 1)),
                 &["--replicaof", "127.0.0.1", &primary.to_string()],
             );
             servers.push((port, Some(r)));
