@@ -34,6 +34,11 @@
 //! | `freshtoken_refresh_state_code` | gauge | `refresher` | the same as a number: 0 starting, 1 healthy, 2 retrying, 3 failed, 4 stopped |
 //! | `freshtoken_refresh_consecutive_failures` | gauge | `refresher` | failed attempts since the last success |
 //! | `freshtoken_clock_skew_seconds` | gauge | `refresher` | the authority's clock minus ours, estimated from its last answer (`Date` header or the JWT's `iat`); absent until an answer allowed an estimate |
+//! | `freshtoken_dpop_proofs_total` | counter | `server` (`authority`, `resource`) | DPoP proofs signed (feature `dpop`): for token requests, and by the middleware for requests to resource servers (one per request sent, replays included) |
+//! | `freshtoken_dpop_nonce_retries_total` | counter | `server` (`authority`, `resource`) | requests sent again because the server asked for a DPoP nonce (`use_dpop_nonce`) and gave one |
+//!
+//! The two DPoP counters have no `refresher` label: a key and a
+//! middleware may serve several refreshers.
 //!
 //! The gauges are set at every publication and at every wake-up of the
 //! driver (each tick, and at least every heartbeat), so the "seconds until"
@@ -130,8 +135,13 @@ pub mod names {
     /// Gauge: the authority's clock minus ours, in seconds.
     pub const CLOCK_SKEW_SECONDS: &str = "freshtoken_clock_skew_seconds";
 
+    /// Counter: DPoP proofs signed, by `server`.
+    pub const DPOP_PROOFS_TOTAL: &str = "freshtoken_dpop_proofs_total";
+    /// Counter: requests sent again with a DPoP nonce, by `server`.
+    pub const DPOP_NONCE_RETRIES_TOTAL: &str = "freshtoken_dpop_nonce_retries_total";
+
     /// Every name above.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         FETCHES_TOTAL,
         FETCH_DURATION_SECONDS,
         FETCH_RETRIES_TOTAL,
@@ -148,6 +158,8 @@ pub mod names {
         REFRESH_STATE_CODE,
         REFRESH_CONSECUTIVE_FAILURES,
         CLOCK_SKEW_SECONDS,
+        DPOP_PROOFS_TOTAL,
+        DPOP_NONCE_RETRIES_TOTAL,
     ];
 }
 
@@ -234,6 +246,63 @@ pub fn describe() {
         Unit::Seconds,
         "The authority's clock minus ours, estimated from its last answer."
     );
+    describe_counter!(
+        names::DPOP_PROOFS_TOTAL,
+        Unit::Count,
+        "DPoP proofs signed, for the authority or resource servers."
+    );
+    describe_counter!(
+        names::DPOP_NONCE_RETRIES_TOTAL,
+        Unit::Count,
+        "Requests sent again with the DPoP nonce a server asked for."
+    );
+}
+
+/// Which server a DPoP proof or nonce retry was for (the `server` label).
+#[cfg(feature = "dpop")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DpopServer {
+    /// The authority's token endpoint.
+    Authority,
+    /// A resource server, through the middleware.
+    #[cfg_attr(
+        not(any(
+            feature = "tower",
+            feature = "reqwest-middleware",
+            feature = "ureq-middleware"
+        )),
+        allow(dead_code)
+    )]
+    Resource,
+}
+
+#[cfg(feature = "dpop")]
+impl DpopServer {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    fn label(self) -> &'static str {
+        match self {
+            DpopServer::Authority => "authority",
+            DpopServer::Resource => "resource",
+        }
+    }
+}
+
+/// Counts a DPoP proof signed for `server`.
+#[cfg(feature = "dpop")]
+pub(crate) fn dpop_proof(server: DpopServer) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(names::DPOP_PROOFS_TOTAL, "server" => server.label()).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = server;
+}
+
+/// Counts a request sent again with the DPoP nonce `server` asked for.
+#[cfg(feature = "dpop")]
+pub(crate) fn dpop_nonce_retry(server: DpopServer) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(names::DPOP_NONCE_RETRIES_TOTAL, "server" => server.label()).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = server;
 }
 
 /// Without the `metrics` feature there is no recorder to describe to.

@@ -42,6 +42,13 @@
 //!   the caller gets the `401` (and the token is still invalidated, so the
 //!   caller's own retry finds a new one).
 //!
+//! * **DPoP.** With [`Authorizer::dpop`] (feature `dpop`) and a
+//!   DPoP-bound token, tower and reqwest also attach a fresh proof per
+//!   request and answer a resource server's `use_dpop_nonce` `401` with one
+//!   replay that carries its nonce, without invalidating the token. ureq
+//!   and tonic's interceptor do not present proofs yet (tonic channels can
+//!   use the tower layer).
+//!
 //! # Which requests get the token
 //!
 //! **By default every request sent through the client carries the token**,
@@ -117,6 +124,13 @@ use arc_swap::ArcSwapOption;
 use freshtoken_core::{Now, Snapshot, TokenId};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::StatusCode;
+
+/// The header a DPoP proof goes in (RFC 9449 4.1).
+#[cfg(feature = "dpop")]
+const DPOP: HeaderName = HeaderName::from_static("dpop");
+/// The header a server gives a DPoP nonce in (RFC 9449 8).
+#[cfg(feature = "dpop")]
+const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 #[cfg(any(
     feature = "blocking",
@@ -308,6 +322,10 @@ impl Tokens {
 pub struct Credential {
     id: TokenId,
     value: HeaderValue,
+    /// For a DPoP token presented with the authorizer's key: the token's
+    /// hash (`ath`), which every proof carries.
+    #[cfg(feature = "dpop")]
+    ath: Option<Arc<str>>,
 }
 
 impl Credential {
@@ -320,12 +338,22 @@ impl Credential {
     pub fn header_value(&self) -> &HeaderValue {
         &self.value
     }
+
+    /// Whether requests with this credential carry a DPoP proof: the token
+    /// is DPoP-bound and the authorizer has a key ([`Authorizer::dpop`]).
+    pub fn needs_proof(&self) -> bool {
+        #[cfg(feature = "dpop")]
+        return self.ath.is_some();
+        #[cfg(not(feature = "dpop"))]
+        false
+    }
 }
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")
             .field("token", &self.id)
+            .field("dpop", &self.needs_proof())
             .finish()
     }
 }
@@ -361,6 +389,15 @@ pub enum AuthError {
     RedirectsUnchecked {
         /// The header.
         header: HeaderName,
+    },
+    /// The DPoP proof for the request could not be signed.
+    #[cfg(feature = "dpop")]
+    #[error("cannot sign a DPoP proof for token {token}: {reason}")]
+    DpopProof {
+        /// The token's id.
+        token: TokenId,
+        /// Why (never key material).
+        reason: String,
     },
 }
 
@@ -530,6 +567,10 @@ struct AuthInner {
     /// Empty: every request.
     scope: Vec<Origin>,
     cache: ArcSwapOption<Cached>,
+    /// The key DPoP tokens are presented with, and the latest nonce the
+    /// resource server gave.
+    #[cfg(feature = "dpop")]
+    dpop: Option<crate::oauth2::DpopState>,
 }
 
 /// A credential, the publication it was checked at, and the snapshot its
@@ -542,14 +583,16 @@ struct Cached {
 
 impl fmt::Debug for Authorizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Authorizer")
-            .field("tokens", &self.inner.tokens)
+        let mut f = f.debug_struct("Authorizer");
+        f.field("tokens", &self.inner.tokens)
             .field("header", &self.inner.header)
             .field("scheme", &self.inner.scheme)
             .field("token_wait", &self.inner.token_wait)
             .field("refresh_wait", &self.inner.refresh_wait)
-            .field("scope", &self.inner.scope)
-            .finish()
+            .field("scope", &self.inner.scope);
+        #[cfg(feature = "dpop")]
+        f.field("dpop", &self.inner.dpop);
+        f.finish()
     }
 }
 
@@ -573,6 +616,8 @@ impl Authorizer {
                 refresh_wait: DEFAULT_WAIT,
                 scope: Vec::new(),
                 cache: ArcSwapOption::empty(),
+                #[cfg(feature = "dpop")]
+                dpop: None,
             }),
         }
     }
@@ -642,6 +687,106 @@ impl Authorizer {
     pub fn scope(self, base_url: &str) -> Result<Self, InvalidScope> {
         let origin = Origin::parse(base_url)?;
         Ok(self.with(|i| i.scope.push(origin)))
+    }
+
+    /// Presents DPoP-bound tokens (`token_type: DPoP`) with a proof of
+    /// possession of `key` (RFC 9449 7): every request gets `Authorization:
+    /// DPoP <token>` and a fresh `DPoP` proof (`htm`, `htu` without query
+    /// and fragment, `ath` = the token's hash, and the resource server's
+    /// latest `DPoP-Nonce`). A `401` whose DPoP challenge says
+    /// `error="use_dpop_nonce"` with a `DPoP-Nonce` is answered by one
+    /// replay with that nonce, without invalidating the token (a body that
+    /// cannot be replayed gets the `401` back, and the next request
+    /// carries the nonce). Give it the key the source was built with
+    /// ([`SourceBuilder::dpop`](crate::oauth2::SourceBuilder::dpop)):
+    /// tokens are bound to that key. Bearer tokens are sent as before,
+    /// without a proof. The nonce is the authorizer's (shared by its
+    /// clones), one for all the origins it sends the token to.
+    ///
+    /// ```
+    /// use freshtoken::driver::Builder;
+    /// use freshtoken::middleware::Authorizer;
+    /// use freshtoken::oauth2::DpopKey;
+    /// use freshtoken::source::ConstTokenSource;
+    ///
+    /// let key = DpopKey::generate()?;
+    /// let (handle, driver) = Builder::new().spawn_thread(ConstTokenSource::new("key", Some(3600)))?;
+    /// let auth = Authorizer::new(handle).dpop(key);
+    /// // A Bearer token: no proof.
+    /// assert!(!auth.credential_blocking()?.needs_proof());
+    /// # drop(auth); driver.shutdown_blocking();
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "dpop")]
+    pub fn dpop(self, key: crate::oauth2::DpopKey) -> Self {
+        self.with(|i| i.dpop = Some(crate::oauth2::DpopState::new(key)))
+    }
+
+    /// Sets the credential's header on a request with `method` for `url`
+    /// and, when it [needs a proof](Credential::needs_proof), a fresh
+    /// `DPoP` proof (replacing any the request had).
+    pub(crate) fn attach(
+        &self,
+        headers: &mut HeaderMap,
+        credential: &Credential,
+        method: &str,
+        url: &dyn fmt::Display,
+    ) -> Result<(), AuthError> {
+        #[cfg(feature = "dpop")]
+        if let (Some(ath), Some(dpop)) = (&credential.ath, &self.inner.dpop) {
+            let proof = dpop
+                .proof_for(method, &url.to_string(), Some(ath))
+                .map_err(|e| AuthError::DpopProof {
+                    token: credential.id,
+                    reason: e.to_string(),
+                })?;
+            let mut value =
+                HeaderValue::try_from(proof.expose_secret()).map_err(|_| AuthError::DpopProof {
+                    token: credential.id,
+                    reason: "the proof is not a header value".to_owned(),
+                })?;
+            value.set_sensitive(true);
+            headers.insert(DPOP, value);
+        }
+        #[cfg(not(feature = "dpop"))]
+        let _ = (method, url);
+        headers.insert(self.inner.header.clone(), credential.value.clone());
+        Ok(())
+    }
+
+    /// Looks at an answer to a request sent with `credential`: keeps the
+    /// resource server's `DPoP-Nonce`, if it gave one, and says whether
+    /// the answer asks for a replay with it (a `401` whose DPoP challenge
+    /// is `error="use_dpop_nonce"`, with a usable nonce). Such an answer
+    /// says nothing about the token.
+    pub(crate) fn nonce_requested(
+        &self,
+        credential: &Credential,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> bool {
+        #[cfg(feature = "dpop")]
+        if let (Some(_), Some(dpop)) = (&credential.ath, &self.inner.dpop) {
+            let nonce = headers.get(DPOP_NONCE).and_then(|v| v.to_str().ok());
+            let kept = nonce.is_some() && dpop.keep_nonce(nonce);
+            let asked = status == StatusCode::UNAUTHORIZED
+                && headers
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| challenge_error(v.as_bytes(), "dpop"))
+                    .any(|e| e == crate::oauth2::USE_DPOP_NONCE);
+            return asked && kept;
+        }
+        let _ = (credential, status, headers);
+        false
+    }
+
+    /// Logs and counts the replay of a request the resource server asked a
+    /// DPoP nonce for.
+    pub(crate) fn replaying_with_nonce(&self, credential: &Credential) {
+        tracing::debug!(token = %credential.id, "the resource server asks for a DPoP nonce; replaying once with it");
+        #[cfg(feature = "dpop")]
+        crate::metrics::dpop_nonce_retry(crate::metrics::DpopServer::Resource);
     }
 
     /// Whether a request for `uri` gets the token (see [`scope`](Self::scope)).
@@ -757,6 +902,9 @@ impl Authorizer {
         Ok(Credential {
             id: token.id(),
             value,
+            #[cfg(feature = "dpop")]
+            ath: (self.inner.dpop.is_some() && token.token_type().eq_ignore_ascii_case("dpop"))
+                .then(|| crate::oauth2::token_hash(secret).into()),
         })
     }
 
@@ -856,6 +1004,8 @@ impl MakeMutOrRebuild for Arc<AuthInner> {
                 refresh_wait: i.refresh_wait,
                 scope: i.scope.clone(),
                 cache: ArcSwapOption::empty(),
+                #[cfg(feature = "dpop")]
+                dpop: i.dpop.clone(),
             });
         }
         match Arc::get_mut(this) {
@@ -1019,6 +1169,12 @@ pub fn is_token_rejected(status: StatusCode, headers: &HeaderMap) -> bool {
 /// `WWW-Authenticate` value (RFC 9110 11.6.1 syntax, leniently parsed; any
 /// input is fine).
 pub fn bearer_error(value: &[u8]) -> Option<String> {
+    challenge_error(value, "bearer")
+}
+
+/// The `error` parameter of the first challenge of `scheme` (lower case)
+/// in a `WWW-Authenticate` value.
+fn challenge_error(value: &[u8], scheme: &str) -> Option<String> {
     let text = std::str::from_utf8(value).ok()?;
     let mut in_bearer = false;
     for item in split_unquoted(text, ',') {
@@ -1034,7 +1190,7 @@ pub fn bearer_error(value: &[u8]) -> Option<String> {
             None => (item, ""),
         };
         if !first.is_empty() {
-            in_bearer = first.eq_ignore_ascii_case("bearer");
+            in_bearer = first.eq_ignore_ascii_case(scheme);
         }
         if !in_bearer || rest.is_empty() {
             continue;

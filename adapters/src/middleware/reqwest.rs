@@ -141,12 +141,23 @@ impl Middleware for AuthMiddleware {
             .credential()
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        let replay = request.try_clone();
+        let mut replay = request.try_clone();
         let sent_to = request.url().clone();
-        request
-            .headers_mut()
-            .insert(auth.header_name().clone(), credential.value.clone());
-        let response = next.clone().run(request, extensions).await?;
+        attach(auth, &mut request, &credential)?;
+        let mut response = next.clone().run(request, extensions).await?;
+        if auth.nonce_requested(&credential, response.status(), response.headers()) {
+            // The resource server wants its DPoP nonce: the same token
+            // again, with a proof that carries it.
+            if let Some(mut again) = replay.take() {
+                replay = again.try_clone();
+                drop(response);
+                auth.replaying_with_nonce(&credential);
+                attach(auth, &mut again, &credential)?;
+                response = next.clone().run(again, extensions).await?;
+                // Its nonce, if it gives one, is kept; it is not asked twice.
+                auth.nonce_requested(&credential, response.status(), response.headers());
+            }
+        }
         if !rejects(&response, &sent_to) {
             return Ok(response);
         }
@@ -160,16 +171,26 @@ impl Middleware for AuthMiddleware {
             return Ok(response);
         };
         drop(response);
-        replay
-            .headers_mut()
-            .insert(auth.header_name().clone(), newer.value.clone());
+        attach(auth, &mut replay, &newer)?;
         tracing::debug!(rejected = %credential.token_id(), token = %newer.token_id(), "replaying the request once with a newer token");
         let response = next.run(replay, extensions).await?;
+        auth.nonce_requested(&newer, response.status(), response.headers());
         if rejects(&response, &sent_to) {
             auth.rejected(&newer);
         }
         Ok(response)
     }
+}
+
+/// Sets `credential` (and its DPoP proof, if it needs one) on `request`.
+fn attach(
+    auth: &super::Authorizer,
+    request: &mut Request,
+    credential: &super::Credential,
+) -> Result<()> {
+    let (method, url) = (request.method().clone(), request.url().clone());
+    auth.attach(request.headers_mut(), credential, method.as_str(), &url)
+        .map_err(reqwest_middleware::Error::middleware)
 }
 
 /// Whether `response` rejects the token sent to `sent_to`: a rejection

@@ -267,6 +267,20 @@ fn copy_with<B, C>(request: &Request<B>, body: C) -> Request<C> {
     copy
 }
 
+/// What replaying `request` through `inner` needs, if its body can be
+/// copied.
+fn replay_of<S: Clone, B: ReplayBody>(
+    inner: &S,
+    request: &Request<B>,
+) -> Option<Box<Replay<S, B>>> {
+    request.body().try_clone().map(|body| {
+        Box::new(Replay {
+            inner: inner.clone(),
+            request: copy_with(request, body),
+        })
+    })
+}
+
 impl<S, B, RB> Service<Request<B>> for AuthService<S>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
@@ -303,9 +317,10 @@ where
                 .inspect(|c| self.local = Some((version, c.clone()))),
         };
         let credential = match credential {
-            Ok(c) => c,
-            Err(_) => {
-                // Slow path: wait for a token, then send, in a boxed future.
+            Ok(c) if !c.needs_proof() => c,
+            _ => {
+                // Slow path: wait for a token, or sign a DPoP proof, then
+                // send, in a boxed future.
                 // The ready service goes with it (tower's swap idiom).
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
@@ -319,12 +334,7 @@ where
         };
         // Boxed: a one-shot body keeps the future small (nothing to copy),
         // and a replayable one allocates for its copy anyway.
-        let replay = request.body().try_clone().map(|body| {
-            Box::new(Replay {
-                inner: self.inner.clone(),
-                request: copy_with(&request, body),
-            })
-        });
+        let replay = replay_of(&self.inner, &request);
         let token = credential.id;
         request
             .headers_mut()
@@ -352,6 +362,17 @@ struct First<S, B> {
     replay: Option<Box<Replay<S, B>>>,
 }
 
+/// Sets `credential` (and its DPoP proof, if it needs one) on `request`.
+fn attach<B, E>(
+    auth: &Authorizer,
+    request: &mut Request<B>,
+    credential: &Credential,
+) -> Result<(), Error<E>> {
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    auth.attach(request.headers_mut(), credential, method.as_str(), &uri)
+        .map_err(Error::Auth)
+}
+
 fn rejected<RB>(response: &Response<RB>, grpc: bool) -> bool {
     is_token_rejected(response.status(), response.headers())
         || (grpc
@@ -376,16 +397,29 @@ where
 {
     let credential = auth.credential().await.map_err(Error::Auth)?;
     let mut request = request;
-    let replay = request.body().try_clone().map(|body| {
-        Box::new(Replay {
-            inner: inner.clone(),
-            request: copy_with(&request, body),
-        })
-    });
-    request
-        .headers_mut()
-        .insert(auth.header_name().clone(), credential.value.clone());
-    let response = inner.call(request).await.map_err(Error::Inner)?;
+    let mut replay = replay_of(&inner, &request);
+    attach(&auth, &mut request, &credential)?;
+    let mut response = inner.call(request).await.map_err(Error::Inner)?;
+    if auth.nonce_requested(&credential, response.status(), response.headers()) {
+        // The resource server wants its DPoP nonce: the same token again,
+        // with a proof that carries it.
+        if let Some(again) = replay.take() {
+            replay = replay_of(&inner, &again.request);
+            let Replay {
+                inner: mut again_inner,
+                request: mut again,
+            } = *again;
+            drop(response);
+            auth.replaying_with_nonce(&credential);
+            attach(&auth, &mut again, &credential)?;
+            std::future::poll_fn(|cx| again_inner.poll_ready(cx))
+                .await
+                .map_err(Error::Inner)?;
+            response = again_inner.call(again).await.map_err(Error::Inner)?;
+            // Its nonce, if it gives one, is kept; it is not asked twice.
+            auth.nonce_requested(&credential, response.status(), response.headers());
+        }
+    }
     if !rejected(&response, grpc) {
         return Ok(response);
     }
@@ -419,14 +453,13 @@ where
         mut inner,
         mut request,
     } = *replay;
-    request
-        .headers_mut()
-        .insert(auth.header_name().clone(), credential.value.clone());
+    attach(&auth, &mut request, &credential)?;
     std::future::poll_fn(|cx| inner.poll_ready(cx))
         .await
         .map_err(Error::Inner)?;
     tracing::debug!(rejected = %rejected_with, token = %credential.token_id(), "replaying the request once with a newer token");
     let response = inner.call(request).await.map_err(Error::Inner)?;
+    auth.nonce_requested(&credential, response.status(), response.headers());
     if rejected(&response, grpc) {
         // Reported, so the next request finds a new token; never replayed
         // again.

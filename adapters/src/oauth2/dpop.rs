@@ -180,7 +180,7 @@ impl DpopKey {
             htm,
             htu: htu(url),
             nonce: None,
-            access_token: None,
+            ath: None,
             now: None,
         }
     }
@@ -198,7 +198,7 @@ pub struct ProofBuilder<'a> {
     htm: &'a str,
     htu: &'a str,
     nonce: Option<&'a str>,
-    access_token: Option<&'a str>,
+    ath: Option<std::borrow::Cow<'a, str>>,
     now: Option<Timestamp>,
 }
 
@@ -208,7 +208,7 @@ impl fmt::Debug for ProofBuilder<'_> {
             .field("htm", &self.htm)
             .field("htu", &self.htu)
             .field("nonce", &self.nonce.is_some())
-            .field("ath", &self.access_token.is_some())
+            .field("ath", &self.ath.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -222,8 +222,14 @@ impl<'a> ProofBuilder<'a> {
 
     /// With `ath`, the base64url SHA-256 of the access token the request
     /// presents (for a resource server, RFC 9449 7).
-    pub fn access_token(mut self, token: &'a str) -> Self {
-        self.access_token = Some(token);
+    pub fn access_token(self, token: &'a str) -> Self {
+        self.ath(std::borrow::Cow::Owned(token_hash(token)))
+    }
+
+    /// With `ath` already computed by [`token_hash`] (the middleware
+    /// computes it once per token).
+    pub(crate) fn ath(mut self, hash: std::borrow::Cow<'a, str>) -> Self {
+        self.ath = Some(hash);
         self
     }
 
@@ -249,9 +255,8 @@ impl<'a> ProofBuilder<'a> {
         if let Some(nonce) = self.nonce {
             claims.insert("nonce".into(), nonce.into());
         }
-        if let Some(token) = self.access_token {
-            let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-            claims.insert("ath".into(), b64url(hash.as_ref()).into());
+        if let Some(hash) = self.ath {
+            claims.insert("ath".into(), hash.into_owned().into());
         }
         // Serializing maps of strings and numbers cannot fail.
         let input = Zeroizing::new(format!(
@@ -262,6 +267,12 @@ impl<'a> ProofBuilder<'a> {
         let signature = self.key.inner.key.sign(input.as_bytes())?;
         Ok(assemble(&input, &signature))
     }
+}
+
+/// `ath` of an access token (RFC 9449 4.2): the base64url SHA-256 of its
+/// ASCII form. A hash, not the token, so it may be kept.
+pub(crate) fn token_hash(token: &str) -> String {
+    b64url(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 /// A source's DPoP state: its key and the latest nonce its authority gave.
@@ -295,20 +306,44 @@ impl DpopState {
     /// A fresh proof for a request to `url` with `method`, with the latest
     /// nonce.
     pub(crate) fn proof(&self, method: &str, url: &str) -> Result<Assertion, FetchError> {
+        self.proof_for(method, url, None)
+            .map_err(|e| FetchError::permanent(format!("cannot sign a DPoP proof: {e}")))
+    }
+
+    /// A fresh proof for a request to `url` with `method`, with the latest
+    /// nonce and, for a resource server, the presented token's `ath`.
+    pub(crate) fn proof_for(
+        &self,
+        method: &str,
+        url: &str,
+        ath: Option<&str>,
+    ) -> Result<Assertion, KeyError> {
         let nonce = self.current_nonce();
         let mut proof = self.key.proof(method, url);
         if let Some(n) = &nonce {
             proof = proof.nonce(n);
         }
-        proof
-            .sign()
-            .map_err(|e| FetchError::permanent(format!("cannot sign a DPoP proof: {e}")))
+        if let Some(hash) = ath {
+            proof = proof.ath(std::borrow::Cow::Borrowed(hash));
+        }
+        let proof = proof.sign()?;
+        crate::metrics::dpop_proof(if ath.is_some() {
+            crate::metrics::DpopServer::Resource
+        } else {
+            crate::metrics::DpopServer::Authority
+        });
+        Ok(proof)
     }
 
     /// Keeps the `DPoP-Nonce` of `response`, if it has a usable one, and
     /// says whether it had.
     pub(crate) fn take_nonce(&self, response: &HttpResponse) -> bool {
-        let Some(nonce) = response.header("dpop-nonce") else {
+        self.keep_nonce(response.header("dpop-nonce"))
+    }
+
+    /// Keeps `nonce` if it is a usable one, and says whether it was.
+    pub(crate) fn keep_nonce(&self, nonce: Option<&str>) -> bool {
+        let Some(nonce) = nonce else {
             return false;
         };
         if !is_nonce(nonce) {

@@ -106,6 +106,8 @@ pub use assertion::{
 };
 pub use discovery::{Discovery, DEFAULT_METADATA_MAX_AGE, DEFAULT_METADATA_RETRY};
 #[cfg(feature = "dpop")]
+pub(crate) use dpop::{token_hash, DpopState};
+#[cfg(feature = "dpop")]
 pub use dpop::{DpopKey, ProofBuilder, USE_DPOP_NONCE};
 pub use freshtoken_core::oauth2::assertion::JwsAlgorithm;
 pub use freshtoken_core::oauth2::discovery::{AuthorityMetadata, DiscoveryError};

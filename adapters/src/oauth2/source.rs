@@ -169,6 +169,7 @@ impl Endpoint {
                         ));
                     }
                     tracing::debug!("the authority asked for a DPoP nonce; sending again with it");
+                    crate::metrics::dpop_nonce_retry(crate::metrics::DpopServer::Authority);
                     let again = self.fetch_once(fetch, grant, supplied, &mut false).await;
                     // A nonce this answer gives is kept for the next fetch:
                     // a refusal now is the nonce's, not the grant's.
