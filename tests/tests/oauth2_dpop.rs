@@ -8,9 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
 use freshtoken::oauth2::{
     ClientAuth, ClientCredentials, DpopKey, HttpRequest, HttpResponse, HttpTransport,
     RefreshTokenSource, UreqTransport,
@@ -18,31 +17,18 @@ use freshtoken::oauth2::{
 use freshtoken::source::{FetchRequest, TokenSource};
 use freshtoken::{Builder, FetchError, FetchErrorKind, RefreshToken};
 
+use base64::Engine as _;
+
+mod dpop_support;
 mod oauth2_common;
 mod oidc_support;
 
+use dpop_support::{b64, b64url, validate_proof};
 use oauth2_common::claims;
 use oidc_support::OidcProvider;
 
 const CLIENT: &str = "svc";
 const SECRET: &str = "svc-secret-3f9a1c";
-
-fn b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()
-}
-
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 /// How the authority treats nonces.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -192,71 +178,6 @@ fn form(body: &[u8]) -> HashMap<String, String> {
         .collect()
 }
 
-/// Validates a DPoP proof for a `POST` to `url` (RFC 9449 4.3, but for the
-/// nonce, which the caller checks): returns the key's thumbprint and the
-/// claims.
-fn validate_proof(
-    proof: &str,
-    url: &str,
-    jtis: &mut HashSet<String>,
-) -> Result<(String, serde_json::Value), String> {
-    let parts: Vec<&str> = proof.split('.').collect();
-    let [header, claims, signature] = parts[..] else {
-        return Err("not a compact JWS".into());
-    };
-    let json = |part: &str| -> Result<serde_json::Value, String> {
-        serde_json::from_slice(&b64(part).ok_or("not base64url")?).map_err(|e| e.to_string())
-    };
-    let (h, c) = (json(header)?, json(claims)?);
-    if h["typ"] != "dpop+jwt" {
-        return Err(format!("typ {}", h["typ"]));
-    }
-    if h["alg"] != "ES256" {
-        return Err(format!("alg {}", h["alg"]));
-    }
-    let jwk = &h["jwk"];
-    if jwk["kty"] != "EC" || jwk["crv"] != "P-256" {
-        return Err("jwk is not an EC P-256 key".into());
-    }
-    if jwk.get("d").is_some() {
-        return Err("jwk holds a private key".into());
-    }
-    let (x, y) = (
-        jwk["x"].as_str().ok_or("no x")?,
-        jwk["y"].as_str().ok_or("no y")?,
-    );
-    let mut point = vec![4u8];
-    point.extend(b64(x).ok_or("x not base64url")?);
-    point.extend(b64(y).ok_or("y not base64url")?);
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
-        .verify(
-            format!("{header}.{claims}").as_bytes(),
-            &b64(signature).ok_or("signature not base64url")?,
-        )
-        .map_err(|_| "the signature does not verify with the embedded jwk".to_owned())?;
-    if c["htm"] != "POST" {
-        return Err(format!("htm {}", c["htm"]));
-    }
-    if c["htu"] != url {
-        return Err(format!("htu {} for {url}", c["htu"]));
-    }
-    let iat = c["iat"].as_i64().ok_or("no numeric iat")?;
-    if (iat - now_secs()).abs() > 60 {
-        return Err(format!("iat {iat} outside the window"));
-    }
-    let jti = c["jti"].as_str().ok_or("no jti")?;
-    if jti.len() < 16 {
-        return Err("jti too short".into());
-    }
-    if !jtis.insert(jti.to_owned()) {
-        return Err(format!("jti {jti} replayed"));
-    }
-    // RFC 7638: the required members in lexicographic order.
-    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-    let jkt = b64url(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
-    Ok((jkt, c))
-}
-
 fn handle(
     state: &Mutex<State>,
     url: &str,
@@ -281,7 +202,7 @@ fn handle(
     let [proof] = proofs[..] else {
         return invalid_proof(&mut s, format!("{} DPoP headers", proofs.len()));
     };
-    let (jkt, claims) = match validate_proof(proof, url, &mut s.jtis) {
+    let (jkt, claims) = match validate_proof(proof, "POST", url, &mut s.jtis) {
         Ok(ok) => ok,
         Err(why) => return invalid_proof(&mut s, why),
     };
@@ -500,26 +421,30 @@ fn the_validator_refuses_bad_proofs() {
     let mut jtis = HashSet::new();
     let good = key.proof("POST", url).sign().unwrap();
     let good = good.expose_secret();
-    assert!(validate_proof(good, url, &mut jtis).is_ok());
-    assert!(validate_proof(good, url, &mut jtis)
+    assert!(validate_proof(good, "POST", url, &mut jtis).is_ok());
+    assert!(validate_proof(good, "POST", url, &mut jtis)
         .unwrap_err()
         .contains("replayed"));
 
     let sign = |k: &DpopKey, htm: &str, u: &str| k.proof(htm, u).sign().unwrap();
     let wrong_method = sign(&key, "GET", url);
-    assert!(validate_proof(wrong_method.expose_secret(), url, &mut jtis)
-        .unwrap_err()
-        .contains("htm"));
+    assert!(
+        validate_proof(wrong_method.expose_secret(), "POST", url, &mut jtis)
+            .unwrap_err()
+            .contains("htm")
+    );
     let wrong_url = sign(&key, "POST", "http://127.0.0.1:1/other");
-    assert!(validate_proof(wrong_url.expose_secret(), url, &mut jtis)
-        .unwrap_err()
-        .contains("htu"));
+    assert!(
+        validate_proof(wrong_url.expose_secret(), "POST", url, &mut jtis)
+            .unwrap_err()
+            .contains("htu")
+    );
     let old = key
         .proof("POST", url)
         .issued_at(freshtoken::Timestamp::from_secs(1_000))
         .sign()
         .unwrap();
-    assert!(validate_proof(old.expose_secret(), url, &mut jtis)
+    assert!(validate_proof(old.expose_secret(), "POST", url, &mut jtis)
         .unwrap_err()
         .contains("iat"));
 
@@ -532,7 +457,7 @@ fn the_validator_refuses_bad_proofs() {
         .map(str::to_owned)
         .collect();
     let forged = format!("{}.{}.{}", a[0], b[1], b[2]);
-    assert!(validate_proof(&forged, url, &mut jtis)
+    assert!(validate_proof(&forged, "POST", url, &mut jtis)
         .unwrap_err()
         .contains("signature"));
 
@@ -542,7 +467,7 @@ fn the_validator_refuses_bad_proofs() {
     typ_jwt["typ"] = "JWT".into();
     let h = b64url(&serde_json::to_vec(&typ_jwt).unwrap());
     let bad = format!("{h}.{}.{}", a[1], a[2]);
-    assert!(validate_proof(&bad, url, &mut jtis)
+    assert!(validate_proof(&bad, "POST", url, &mut jtis)
         .unwrap_err()
         .contains("typ"));
 }
