@@ -155,6 +155,23 @@ impl Recording {
         }
     }
 
+    /// The sum of the counters named `name` whose labels include `want`,
+    /// whatever their refresher (for the metrics that have none).
+    pub fn counter_without_refresher(&self, name: &str, want: &[(&str, &str)]) -> u64 {
+        let values = self.0.lock().unwrap();
+        values
+            .counters
+            .iter()
+            .filter(|((n, l), _)| {
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, c)| c.load(Ordering::SeqCst))
+            .sum()
+    }
+
     /// The unit and help text of a metric, if it was described.
     pub fn description(&self, name: &str) -> Option<(Option<Unit>, String)> {
         self.0.lock().unwrap().descriptions.get(name).cloned()

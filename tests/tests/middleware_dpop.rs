@@ -1,0 +1,502 @@
+//! The middleware presenting DPoP-bound tokens (RFC 9449 7) to a real
+//! resource server (hyper on loopback) that validates every proof fully
+//! (the ES256 signature with the embedded key, `typ`, `alg`, `htm`, `htu`,
+//! the `iat` window, `jti` replay, `ath`, the token's `cnf.jkt`) and
+//! demands its own nonce: reqwest and tower.
+
+mod dpop_support;
+mod metrics_support;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dpop_support::{b64, b64url, token_hash, validate_proof};
+use freshtoken::driver::{Builder, DriverHandle};
+use freshtoken::metrics::names;
+use freshtoken::middleware::Authorizer;
+use freshtoken::oauth2::DpopKey;
+use freshtoken::runtime::Tokio;
+use freshtoken::source::{FetchRequest, FnSource, TokenResponse};
+use freshtoken::{AccessToken, FetchError, TokenHandle};
+use freshtoken_tests::log_capture::Capture;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use metrics_support::Recording;
+
+/// What the resource server saw and did.
+#[derive(Default)]
+struct State {
+    nonce_counter: u64,
+    jtis: HashSet<String>,
+    /// Tokens refused as revoked.
+    revoked: HashSet<String>,
+    /// Every proof that came (to look for them in logs).
+    proofs: Vec<String>,
+    /// Every token that came.
+    tokens: HashSet<String>,
+    /// Answers by status, in order.
+    statuses: Vec<u16>,
+    /// Why proofs or tokens were refused.
+    refused: Vec<String>,
+    /// `use_dpop_nonce` answers given.
+    challenges: usize,
+}
+
+impl State {
+    fn nonce(&self) -> String {
+        format!("rs-nonce-{}", self.nonce_counter)
+    }
+}
+
+struct ResourceServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ResourceServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ResourceServer {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(&state, addr, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        ResourceServer { addr, state, task }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    fn revoke_all(&self) {
+        let mut s = self.state();
+        let tokens: Vec<String> = s.tokens.iter().cloned().collect();
+        s.revoked.extend(tokens);
+    }
+
+    /// The server gives a new nonce from now on: the next request's is
+    /// stale.
+    fn rotate_nonce(&self) {
+        self.state().nonce_counter += 1;
+    }
+}
+
+fn refuse(s: &mut State, error: &str, why: String) -> Response<Full<Bytes>> {
+    s.refused.push(why);
+    s.statuses.push(401);
+    Response::builder()
+        .status(401)
+        .header(
+            "www-authenticate",
+            format!(r#"DPoP algs="ES256", error="{error}""#),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// RFC 9449 7: the token in `Authorization: DPoP`, one proof for this
+/// method and URL (without the query) whose `ath` is the token's hash and
+/// whose key is the one the token is bound to (`cnf.jkt`), and the
+/// server's current nonce.
+async fn answer(
+    state: &Mutex<State>,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut s = state.lock().unwrap();
+    let header = |name: &str| -> Vec<String> {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect()
+    };
+    let authorization = header("authorization");
+    let token = match &authorization[..] {
+        [one] => match one.strip_prefix("DPoP ") {
+            Some(t) => t.to_owned(),
+            None => return refuse(&mut s, "invalid_token", "not the DPoP scheme".into()),
+        },
+        _ => return refuse(&mut s, "invalid_token", "no single Authorization".into()),
+    };
+    s.tokens.insert(token.clone());
+    let proofs = header("dpop");
+    let [proof] = &proofs[..] else {
+        return refuse(
+            &mut s,
+            "invalid_dpop_proof",
+            format!("{} DPoP headers", proofs.len()),
+        );
+    };
+    s.proofs.push(proof.clone());
+    let url = format!("http://{addr}{}", parts.uri.path());
+    let (jkt, claims) = match validate_proof(proof, parts.method.as_str(), &url, &mut s.jtis) {
+        Ok(ok) => ok,
+        Err(why) => return refuse(&mut s, "invalid_dpop_proof", why),
+    };
+    if claims["ath"] != token_hash(&token).as_str() {
+        return refuse(
+            &mut s,
+            "invalid_dpop_proof",
+            "ath is not the token's".into(),
+        );
+    }
+    let bound = token
+        .split('.')
+        .nth(1)
+        .and_then(b64)
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+        .and_then(|p| p["cnf"]["jkt"].as_str().map(str::to_owned));
+    if bound.as_deref() != Some(jkt.as_str()) {
+        return refuse(
+            &mut s,
+            "invalid_token",
+            "the proof's key is not the token's".into(),
+        );
+    }
+    if s.revoked.contains(&token) {
+        return refuse(&mut s, "invalid_token", "revoked".into());
+    }
+    if claims["nonce"] != s.nonce().as_str() {
+        s.challenges += 1;
+        s.statuses.push(401);
+        return Response::builder()
+            .status(401)
+            .header(
+                "www-authenticate",
+                r#"DPoP algs="ES256", error="use_dpop_nonce""#,
+            )
+            .header("dpop-nonce", s.nonce())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
+    s.statuses.push(200);
+    Response::new(Full::new(body))
+}
+
+/// Issues DPoP tokens bound to `jkt`: JWT-shaped, with `cnf.jkt` (the
+/// resource server reads the binding from it, as it would from a verified
+/// JWT), a new one per fetch.
+fn bound_tokens(jkt: &str, fetches: Arc<AtomicUsize>) -> impl freshtoken::source::TokenSource {
+    let jkt = jkt.to_owned();
+    FnSource::new(
+        move |_: &FetchRequest| -> Result<TokenResponse, FetchError> {
+            let n = fetches.fetch_add(1, Ordering::SeqCst);
+            let payload = serde_json::json!({"cnf": {"jkt": jkt}, "n": n, "sub": "svc"});
+            let token = format!(
+                "{}.{}.c2ln",
+                b64url(br#"{"alg":"ES256","typ":"at+jwt"}"#),
+                b64url(payload.to_string().as_bytes())
+            );
+            Ok(TokenResponse::new(AccessToken::new(token))
+                .with_token_type("DPoP")
+                .with_expires_in(Some(3600)))
+        },
+    )
+}
+
+fn logs() -> Arc<Mutex<String>> {
+    static LOGS: OnceLock<Arc<Mutex<String>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(String::new()));
+        tracing::subscriber::set_global_default(Capture(logs.clone()))
+            .expect("the only subscriber");
+        logs
+    })
+    .clone()
+}
+
+/// The metrics are the process's: the tests that count them take turns.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn dpop_counter(name: &str, server: &str) -> u64 {
+    Recording::global().counter_without_refresher(name, &[("server", server)])
+}
+
+struct Setup {
+    rs: ResourceServer,
+    key: DpopKey,
+    tokens: TokenHandle,
+    driver: DriverHandle,
+    fetches: Arc<AtomicUsize>,
+}
+
+async fn setup() -> Setup {
+    logs();
+    Recording::global();
+    let rs = ResourceServer::start().await;
+    let key = DpopKey::generate().unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (tokens, driver) = Builder::new().invalidate_interval(Duration::ZERO).spawn(
+        Tokio::current().expect("a tokio runtime"),
+        bound_tokens(key.thumbprint(), fetches.clone()),
+    );
+    tokens.ready().await.unwrap();
+    Setup {
+        rs,
+        key,
+        tokens,
+        driver,
+        fetches,
+    }
+}
+
+/// Nothing secret in the logs or in `Debug`: no proof, no token, no
+/// token payload.
+fn assert_nothing_secret(rs: &ResourceServer, what: &str, text: &str) {
+    let s = rs.state();
+    for proof in &s.proofs {
+        assert!(!text.contains(proof.as_str()), "{what} shows a proof");
+        for part in proof.split('.') {
+            assert!(!text.contains(part), "{what} shows part of a proof");
+        }
+    }
+    for token in &s.tokens {
+        assert!(!text.contains(token.as_str()), "{what} shows a token");
+        assert!(
+            !text.contains(token.split('.').nth(1).unwrap()),
+            "{what} shows a token's payload"
+        );
+    }
+}
+
+mod reqwest_client {
+    use super::*;
+    use freshtoken::middleware::reqwest::AuthMiddleware;
+    use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+
+    fn client(auth: Authorizer) -> ClientWithMiddleware {
+        ClientBuilder::new(reqwest::Client::new())
+            .with(AuthMiddleware::with_authorizer(auth))
+            .build()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_proof_per_request_and_one_replay_for_the_nonce() {
+        let _serial = serial();
+        let Setup {
+            rs,
+            key,
+            tokens,
+            driver,
+            fetches,
+        } = setup().await;
+        let proofs_before = dpop_counter(names::DPOP_PROOFS_TOTAL, "resource");
+        let retries_before = dpop_counter(names::DPOP_NONCE_RETRIES_TOTAL, "resource");
+        let auth = Authorizer::new(tokens.clone()).dpop(key.clone());
+        let client = client(auth.clone());
+        for (i, path) in ["/orders?page=1#top", "/orders/2", "/orders?page=3"]
+            .iter()
+            .enumerate()
+        {
+            let r = client
+                .post(rs.url(path))
+                .body(format!("order {i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            assert_eq!(r.bytes().await.unwrap(), format!("order {i}"));
+        }
+        // A GET too: htm follows the method.
+        let r = client.get(rs.url("/orders")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        {
+            let s = rs.state();
+            assert_eq!(s.refused, Vec::<String>::new());
+            // The first request learnt the nonce, then one request each.
+            assert_eq!(s.statuses, [401, 200, 200, 200, 200]);
+            assert_eq!(s.challenges, 1);
+            assert_eq!(s.jtis.len(), 5, "a fresh proof per request");
+        }
+        // The nonce challenge invalidated nothing.
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            dpop_counter(names::DPOP_PROOFS_TOTAL, "resource") - proofs_before,
+            5
+        );
+        assert_eq!(
+            dpop_counter(names::DPOP_NONCE_RETRIES_TOTAL, "resource") - retries_before,
+            1
+        );
+
+        // A new nonce from the server: one more replay, still no fetch.
+        rs.rotate_nonce();
+        let r = client
+            .post(rs.url("/orders"))
+            .body("again")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(rs.state().statuses[5..], [401, 200]);
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        let text = logs().lock().unwrap().clone();
+        assert_nothing_secret(&rs, "the logs", &text);
+        let debug = format!("{auth:?} {:?} {client:?}", auth.current().unwrap());
+        assert_nothing_secret(&rs, "Debug", &debug);
+        assert!(
+            debug.contains(key.thumbprint()),
+            "the key shows as its thumbprint"
+        );
+        drop((client, auth, tokens));
+        driver.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invalid_token_is_replaced_and_replayed_with_a_new_proof() {
+        let _serial = serial();
+        let Setup {
+            rs,
+            key,
+            tokens,
+            driver,
+            fetches,
+        } = setup().await;
+        let client = client(Authorizer::new(tokens.clone()).dpop(key));
+        let r = client.post(rs.url("/a")).body("one").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        rs.revoke_all();
+        let r = client.post(rs.url("/a")).body("two").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap(), "two");
+        let s = rs.state();
+        assert_eq!(s.statuses, [401, 200, 401, 200]);
+        assert_eq!(s.refused.last().map(String::as_str), Some("revoked"));
+        assert_eq!(s.tokens.len(), 2);
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        drop(s);
+        drop((client, tokens));
+        driver.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_the_key_the_token_is_refused() {
+        let _serial = serial();
+        let Setup {
+            rs, tokens, driver, ..
+        } = setup().await;
+        // Another key than the token's: the server refuses every proof.
+        let other = DpopKey::generate().unwrap();
+        let other_key = client(
+            Authorizer::new(tokens.clone())
+                .dpop(other)
+                .refresh_wait(Duration::ZERO),
+        );
+        let r = other_key.get(rs.url("/a")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(rs
+            .state()
+            .refused
+            .iter()
+            .all(|why| why == "the proof's key is not the token's"));
+        // No key at all: no proof.
+        let keyless = client(Authorizer::new(tokens.clone()).refresh_wait(Duration::ZERO));
+        let r = keyless.get(rs.url("/a")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            rs.state().refused.last().map(String::as_str),
+            Some("0 DPoP headers")
+        );
+        drop((client, tokens));
+        driver.shutdown().await;
+    }
+}
+
+mod tower_client {
+    use super::*;
+    use freshtoken::middleware::tower::AuthLayer;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::{Layer, ServiceExt};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_proof_per_request_and_one_replay_for_the_nonce() {
+        let _serial = serial();
+        let Setup {
+            rs,
+            key,
+            tokens,
+            driver,
+            fetches,
+        } = setup().await;
+        let client = AuthLayer::with_authorizer(Authorizer::new(tokens.clone()).dpop(key))
+            .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        for (i, path) in ["/orders?page=1", "/orders/2", "/orders"]
+            .iter()
+            .enumerate()
+        {
+            let request = Request::post(rs.url(path))
+                .body(Full::new(Bytes::from(format!("order {i}"))))
+                .unwrap();
+            let r = client.clone().oneshot(request).await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, format!("order {i}"));
+        }
+        {
+            let s = rs.state();
+            assert_eq!(s.refused, Vec::<String>::new());
+            assert_eq!(s.statuses, [401, 200, 200, 200]);
+            assert_eq!(s.jtis.len(), 4, "a fresh proof per request");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        // A revoked token: refreshed, and the replay carries a new proof.
+        rs.revoke_all();
+        let request = Request::post(rs.url("/orders"))
+            .body(Full::new(Bytes::from("late")))
+            .unwrap();
+        let r = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(rs.state().statuses[4..], [401, 200]);
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        assert_nothing_secret(&rs, "the logs", &logs().lock().unwrap().clone());
+        drop((client, tokens));
+        driver.shutdown().await;
+    }
+}
