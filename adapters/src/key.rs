@@ -31,6 +31,7 @@ pub struct TokenKey {
     audience: Option<String>,
     scope: Option<String>,
     resources: Vec<String>,
+    dpop_jkt: Option<String>,
 }
 
 impl TokenKey {
@@ -42,6 +43,7 @@ impl TokenKey {
             audience: None,
             scope: None,
             resources: Vec::new(),
+            dpop_jkt: None,
         }
     }
 
@@ -77,6 +79,22 @@ impl TokenKey {
             self.resources.insert(i, resource);
         }
         self
+    }
+
+    /// Sets the RFC 7638 thumbprint of the DPoP key the token is bound to
+    /// (an OAuth2 source with [`dpop`](crate::oauth2::SourceBuilder::dpop)
+    /// sets its key's). It is part of the [`config_id`](Self::config_id),
+    /// so a cached DPoP-bound token is adopted only by an instance that
+    /// holds the same key: an instance with another key finds no token
+    /// there (with a warning) and fetches its own.
+    pub fn with_dpop_jkt(mut self, thumbprint: impl Into<String>) -> Self {
+        self.dpop_jkt = Some(thumbprint.into());
+        self
+    }
+
+    /// The thumbprint of the DPoP key the token is bound to, if set.
+    pub fn dpop_jkt(&self) -> Option<&str> {
+        self.dpop_jkt.as_deref()
     }
 
     /// The token URL, if set.
@@ -127,7 +145,8 @@ impl TokenKey {
 
     /// The fingerprint of the whole key: the first 64 bits of a SHA-256
     /// digest ([`TokenId::of`]) of the token URL when one is set, client,
-    /// audience, sorted scope and sorted resources, each length-prefixed.
+    /// audience, sorted scope, sorted resources and the DPoP key's
+    /// thumbprint when one is set, each length-prefixed.
     /// Keys that differ in any of them have different ids; the id is
     /// stable across processes and releases (a key without a token URL
     /// has the id it had before token URLs were part of the key).
@@ -144,6 +163,10 @@ impl TokenKey {
     /// let key = TokenKey::new("svc").with_scope("read");
     /// assert!(key.cache_name().ends_with(&key.config_id().to_string()));
     /// assert_ne!(key.config_id(), TokenKey::new("svc").with_scope("write").config_id());
+    /// // A token bound to another DPoP key is another configuration's.
+    /// let bound = key.clone().with_dpop_jkt("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
+    /// assert_ne!(bound.config_id(), key.config_id());
+    /// assert_ne!(bound.config_id(), key.clone().with_dpop_jkt("another").config_id());
     /// ```
     pub fn config_id(&self) -> TokenId {
         let mut canonical = Vec::new();
@@ -166,6 +189,9 @@ impl TokenKey {
         }
         for r in &self.resources {
             field(b'r', r);
+        }
+        if let Some(k) = &self.dpop_jkt {
+            field(b'k', k);
         }
         TokenId::of(&canonical)
     }

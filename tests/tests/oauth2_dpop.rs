@@ -758,3 +758,40 @@ fn oidc_provider_rotates_a_bound_refresh_token_and_refuses_it_to_another_key() {
         current = rotated;
     }
 }
+
+/// Two instances sharing one file cache: with the same key the second
+/// adopts the first's bound token; with another key it finds no token
+/// there (the record is bound to the key's thumbprint) and fetches its
+/// own, bound to its own key.
+#[test]
+fn a_shared_cache_serves_a_bound_token_only_to_the_holder_of_its_key() {
+    let authority = Authority::start(NonceMode::RotateOnSuccess, 300);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token.json");
+    let (key, other) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+    let header = |key: &DpopKey| {
+        let (tokens, driver) = Builder::new()
+            .cache(freshtoken::cache::FileCache::new(&path))
+            .spawn_thread(client_credentials(&authority, key))
+            .unwrap();
+        let header = tokens
+            .wait_ready(Duration::from_secs(30))
+            .unwrap()
+            .authorization_header();
+        driver.shutdown_blocking();
+        header
+    };
+    let first = header(&key);
+    assert_eq!(first, format!("DPoP at-1-{}", key.thumbprint()));
+    // The same key: the cached token, no request.
+    assert_eq!(header(&key), first);
+    assert_eq!(authority.state().issued, 1);
+    // Another key: its own token.
+    assert_eq!(header(&other), format!("DPoP at-2-{}", other.thumbprint()));
+    assert_eq!(authority.state().issued, 2);
+    // And the first key, finding the other's record, fetches again rather
+    // than adopt a token it cannot present.
+    assert_eq!(header(&key), format!("DPoP at-3-{}", key.thumbprint()));
+    let s = authority.state();
+    assert!(s.refused.is_empty(), "refused proofs: {:?}", s.refused);
+}

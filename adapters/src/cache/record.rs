@@ -22,13 +22,16 @@
 //! * `config` (added within version 1 too, left out when unknown) is the
 //!   configuration the token was made for: the 16 hex digits of
 //!   [`TokenKey::config_id`](crate::TokenKey::config_id), a digest of the
-//!   token URL, client id, scope, audience and resources (never a secret,
-//!   and none of them can be read back from it). [`decode_for`] refuses a
+//!   token URL, client id, scope, audience and resources, and for a
+//!   DPoP-bound token the thumbprint of its key (never a secret, and none
+//!   of them can be read back from it). [`decode_for`] refuses a
 //!   record made for another configuration with
 //!   [`DecodeError::OtherConfiguration`], which the caches treat as a miss
 //!   with a warning, so an instance whose cache name is shared with
 //!   another configuration (a hand-made name, a changed scope under the
-//!   same name) fetches its own token instead of serving the other one's.
+//!   same name) fetches its own token instead of serving the other one's,
+//!   and an instance with another DPoP key never adopts a token it could
+//!   not present.
 //!
 //!   A record without `config` (written by an earlier release, by a cache
 //!   that was not told its configuration, or an aliri_tokens file) is
@@ -94,7 +97,7 @@ pub enum DecodeError {
     /// A known format with a missing or ill-typed field (named, not quoted).
     Invalid(&'static str),
     /// A record made for another configuration (another token URL,
-    /// client, scope, audience or resources) than the reader's: not
+    /// client, scope, audience, resources or DPoP key) than the reader's: not
     /// adopted, as if there were none.
     OtherConfiguration,
 }
@@ -115,7 +118,7 @@ impl fmt::Display for DecodeError {
             DecodeError::Invalid(why) => write!(f, "invalid record: {why}"),
             DecodeError::OtherConfiguration => f.write_str(
                 "the record was made for another configuration (token URL, client, scope, \
-                 audience or resources) than this instance's; it is not adopted",
+                 audience, resources or DPoP key) than this instance's; it is not adopted",
             ),
         }
     }

@@ -299,6 +299,11 @@ impl DpopState {
         }
     }
 
+    /// The key's thumbprint.
+    pub(crate) fn thumbprint(&self) -> &str {
+        self.key.thumbprint()
+    }
+
     fn current_nonce(&self) -> Option<String> {
         self.nonce.lock().map(|n| n.clone()).unwrap_or_default()
     }

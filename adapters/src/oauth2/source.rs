@@ -81,6 +81,11 @@ impl Endpoint {
         for resource in r.requested_resources() {
             key = key.with_resource(resource.as_str());
         }
+        // A DPoP-bound token serves only the holder of its key.
+        #[cfg(feature = "dpop")]
+        if let Some(dpop) = &self.dpop {
+            key = key.with_dpop_jkt(dpop.thumbprint());
+        }
         key
     }
 
