@@ -247,9 +247,9 @@ fn logs() -> Arc<Mutex<String>> {
 }
 
 /// The metrics are the process's: the tests that count them take turns.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 fn dpop_counter(name: &str, server: &str) -> u64 {
@@ -316,7 +316,7 @@ mod reqwest_client {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fresh_proof_per_request_and_one_replay_for_the_nonce() {
-        let _serial = serial();
+        let _serial = serial().await;
         let Setup {
             rs,
             key,
@@ -389,7 +389,7 @@ mod reqwest_client {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_invalid_token_is_replaced_and_replayed_with_a_new_proof() {
-        let _serial = serial();
+        let _serial = serial().await;
         let Setup {
             rs,
             key,
@@ -404,19 +404,20 @@ mod reqwest_client {
         let r = client.post(rs.url("/a")).body("two").send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap(), "two");
-        let s = rs.state();
-        assert_eq!(s.statuses, [401, 200, 401, 200]);
-        assert_eq!(s.refused.last().map(String::as_str), Some("revoked"));
-        assert_eq!(s.tokens.len(), 2);
+        {
+            let s = rs.state();
+            assert_eq!(s.statuses, [401, 200, 401, 200]);
+            assert_eq!(s.refused.last().map(String::as_str), Some("revoked"));
+            assert_eq!(s.tokens.len(), 2);
+        }
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
-        drop(s);
         drop((client, tokens));
         driver.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_the_key_the_token_is_refused() {
-        let _serial = serial();
+        let _serial = serial().await;
         let Setup {
             rs, tokens, driver, ..
         } = setup().await;
@@ -456,7 +457,7 @@ mod tower_client {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fresh_proof_per_request_and_one_replay_for_the_nonce() {
-        let _serial = serial();
+        let _serial = serial().await;
         let Setup {
             rs,
             key,
