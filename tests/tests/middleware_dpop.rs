@@ -2,7 +2,7 @@
 //! resource server (hyper on loopback) that validates every proof fully
 //! (the ES256 signature with the embedded key, `typ`, `alg`, `htm`, `htu`,
 //! the `iat` window, `jti` replay, `ath`, the token's `cnf.jkt`) and
-//! demands its own nonce: reqwest and tower.
+//! demands its own nonce: reqwest, tower and ureq.
 
 mod dpop_support;
 mod metrics_support;
@@ -498,6 +498,67 @@ mod tower_client {
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
         assert_nothing_secret(&rs, "the logs", &logs().lock().unwrap().clone());
         drop((client, tokens));
+        driver.shutdown().await;
+    }
+}
+
+mod ureq_client {
+    use super::*;
+    use freshtoken::middleware::ureq::AuthAgent;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_proof_per_request_and_one_replay_for_the_nonce() {
+        let _serial = serial().await;
+        let Setup {
+            rs,
+            key,
+            tokens,
+            driver,
+            fetches,
+        } = setup().await;
+        let retries_before = dpop_counter(names::DPOP_NONCE_RETRIES_TOTAL, "resource");
+        // The challenge and the nonce are read only from an answer that
+        // ureq does not turn into an error.
+        let config = ureq::Agent::config_builder().http_status_as_error(false);
+        let api = AuthAgent::with_authorizer(Authorizer::new(tokens.clone()).dpop(key), config);
+        let urls: Vec<String> = ["/orders?page=1", "/orders/2", "/orders"]
+            .iter()
+            .map(|p| rs.url(p))
+            .collect();
+        let (api, bodies) = tokio::task::spawn_blocking(move || {
+            let bodies: Vec<(u16, String)> = urls
+                .iter()
+                .enumerate()
+                .map(|(i, url)| {
+                    let mut r = api
+                        .run(|agent| agent.post(url).send(format!("order {i}")))
+                        .unwrap();
+                    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+                })
+                .collect();
+            (api, bodies)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            bodies,
+            (0..3)
+                .map(|i| (200, format!("order {i}")))
+                .collect::<Vec<_>>()
+        );
+        {
+            let s = rs.state();
+            assert_eq!(s.refused, Vec::<String>::new());
+            assert_eq!(s.statuses, [401, 200, 200, 200]);
+            assert_eq!(s.jtis.len(), 4, "a fresh proof per request");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            dpop_counter(names::DPOP_NONCE_RETRIES_TOTAL, "resource") - retries_before,
+            1
+        );
+        assert_nothing_secret(&rs, "the logs", &logs().lock().unwrap().clone());
+        drop((api, tokens));
         driver.shutdown().await;
     }
 }

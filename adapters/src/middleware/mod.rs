@@ -43,11 +43,12 @@
 //!   caller's own retry finds a new one).
 //!
 //! * **DPoP.** With [`Authorizer::dpop`] (feature `dpop`) and a
-//!   DPoP-bound token, tower and reqwest also attach a fresh proof per
-//!   request and answer a resource server's `use_dpop_nonce` `401` with one
-//!   replay that carries its nonce, without invalidating the token. ureq
-//!   and tonic's interceptor do not present proofs yet (tonic channels can
-//!   use the tower layer).
+//!   DPoP-bound token, tower, reqwest and ureq also attach a fresh proof
+//!   per request and answer a resource server's `use_dpop_nonce` `401` with
+//!   one replay that carries its nonce, without invalidating the token
+//!   (ureq: [`ureq::AuthAgent`], on an agent with
+//!   `http_status_as_error(false)`). tonic's interceptor does not present
+//!   proofs (a tonic channel can use the tower layer).
 //!
 //! # Which requests get the token
 //!
@@ -783,8 +784,8 @@ impl Authorizer {
 
     /// Logs and counts the replay of a request the resource server asked a
     /// DPoP nonce for.
-    pub(crate) fn replaying_with_nonce(&self, credential: &Credential) {
-        tracing::debug!(token = %credential.id, "the resource server asks for a DPoP nonce; replaying once with it");
+    pub(crate) fn replaying_with_nonce(&self, token: TokenId) {
+        tracing::debug!(token = %token, "the resource server asks for a DPoP nonce; replaying once with it");
         #[cfg(feature = "dpop")]
         crate::metrics::dpop_nonce_retry(crate::metrics::DpopServer::Resource);
     }

@@ -151,7 +151,7 @@ impl Middleware for AuthMiddleware {
             if let Some(mut again) = replay.take() {
                 replay = again.try_clone();
                 drop(response);
-                auth.replaying_with_nonce(&credential);
+                auth.replaying_with_nonce(credential.token_id());
                 attach(auth, &mut again, &credential)?;
                 response = next.clone().run(again, extensions).await?;
                 // Its nonce, if it gives one, is kept; it is not asked twice.

@@ -410,7 +410,7 @@ where
                 request: mut again,
             } = *again;
             drop(response);
-            auth.replaying_with_nonce(&credential);
+            auth.replaying_with_nonce(credential.token_id());
             attach(&auth, &mut again, &credential)?;
             std::future::poll_fn(|cx| again_inner.poll_ready(cx))
                 .await

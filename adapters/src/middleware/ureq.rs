@@ -29,6 +29,14 @@
 //! a `401` `insufficient_scope` is not retried (see
 //! [`is_token_rejected`]).
 //!
+//! With [`Authorizer::dpop`], DPoP-bound tokens go with a fresh proof per
+//! request, and [`AuthAgent::run`] answers a resource server's
+//! `use_dpop_nonce` `401` by running the closure once more, with the same
+//! token and a proof that carries the nonce. The middleware reads the
+//! challenge and the `DPoP-Nonce` only with `http_status_as_error(false)`:
+//! with ureq's default the `401` is an error without headers, taken as a
+//! rejection of the token.
+//!
 //! ```no_run
 //! use freshtoken::driver::Builder;
 //! use freshtoken::middleware::ureq::AuthAgent;
@@ -52,11 +60,20 @@ use ureq::{Agent, Body, SendBody};
 
 use super::{is_token_rejected, Authorizer, Target, Tokens};
 
+/// What the answer to the last request said about its token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Accepted,
+    Rejected,
+    /// The resource server asked for its DPoP nonce, and gave it.
+    NonceRequested,
+}
+
 thread_local! {
-    /// The token the last request on this thread was sent with, and
-    /// whether it was rejected: how [`AuthAgent`] learns what its
-    /// middleware did (ureq runs the middleware on the calling thread).
-    static LAST: Cell<Option<(TokenId, bool)>> = const { Cell::new(None) };
+    /// The token the last request on this thread was sent with, and what
+    /// its answer said: how [`AuthAgent`] learns what its middleware did
+    /// (ureq runs the middleware on the calling thread).
+    static LAST: Cell<Option<(TokenId, Verdict)>> = const { Cell::new(None) };
 }
 
 /// A ureq [`Middleware`] that attaches the current token and invalidates
@@ -136,15 +153,31 @@ impl Middleware for AuthHeader {
             .auth
             .credential_blocking()
             .map_err(|e| ureq::Error::Other(Box::new(e)))?;
-        request
-            .headers_mut()
-            .insert(self.auth.header_name().clone(), credential.value.clone());
+        let method = request.method().clone();
+        self.auth
+            .attach(
+                request.headers_mut(),
+                &credential,
+                method.as_str(),
+                &sent_to,
+            )
+            .map_err(|e| ureq::Error::Other(Box::new(e)))?;
         let result = next.handle(request);
-        let was_rejected = rejected(&result, &sent_to);
-        if was_rejected {
-            self.auth.rejected(&credential);
-        }
-        LAST.with(|l| l.set(Some((credential.id, was_rejected))));
+        let verdict = match &result {
+            Ok(r)
+                if self
+                    .auth
+                    .nonce_requested(&credential, r.status(), r.headers()) =>
+            {
+                Verdict::NonceRequested
+            }
+            _ if rejected(&result, &sent_to) => {
+                self.auth.rejected(&credential);
+                Verdict::Rejected
+            }
+            _ => Verdict::Accepted,
+        };
+        LAST.with(|l| l.set(Some((credential.id, verdict))));
         result
     }
 }
@@ -198,8 +231,16 @@ impl AuthAgent {
         F: Fn(&Agent) -> Result<http::Response<Body>, ureq::Error>,
     {
         LAST.with(|l| l.set(None));
-        let first = send(&self.agent);
-        let Some((used, true)) = LAST.with(|l| l.take()) else {
+        let mut first = send(&self.agent);
+        if let Some((used, Verdict::NonceRequested)) = LAST.with(|l| l.get()) {
+            // The same token again; the middleware's proof carries the
+            // nonce now.
+            drop(first);
+            self.auth.replaying_with_nonce(used);
+            LAST.with(|l| l.set(None));
+            first = send(&self.agent);
+        }
+        let Some((used, Verdict::Rejected)) = LAST.with(|l| l.take()) else {
             return first;
         };
         let Some(newer) = self.auth.replacement_blocking_for(used) else {
