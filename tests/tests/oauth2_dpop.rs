@@ -20,6 +20,7 @@ use freshtoken::{Builder, FetchError, FetchErrorKind, RefreshToken};
 use base64::Engine as _;
 
 mod dpop_support;
+mod metrics_support;
 mod oauth2_common;
 mod oidc_support;
 
@@ -794,4 +795,24 @@ fn a_shared_cache_serves_a_bound_token_only_to_the_holder_of_its_key() {
     assert_eq!(header(&key), format!("DPoP at-3-{}", key.thumbprint()));
     let s = authority.state();
     assert!(s.refused.is_empty(), "refused proofs: {:?}", s.refused);
+}
+
+/// The metrics count the authority's proofs and nonce retries. Other tests
+/// of this binary sign proofs at the same time, so the counts grow by at
+/// least what this one did.
+#[test]
+fn proofs_and_nonce_retries_are_counted() {
+    use freshtoken::metrics::names;
+    let recording = metrics_support::Recording::global();
+    let count = |name| recording.counter_without_refresher(name, &[("server", "authority")]);
+    let (proofs, retries) = (
+        count(names::DPOP_PROOFS_TOTAL),
+        count(names::DPOP_NONCE_RETRIES_TOTAL),
+    );
+    let authority = Authority::start(NonceMode::NeverSatisfied, 300);
+    let source = client_credentials(&authority, &DpopKey::generate().unwrap());
+    let _ = source.fetch(&FetchRequest::first()).unwrap_err();
+    assert_eq!(authority.state().requests, 2);
+    assert!(count(names::DPOP_PROOFS_TOTAL) - proofs >= 2);
+    assert!(count(names::DPOP_NONCE_RETRIES_TOTAL) - retries >= 1);
 }
