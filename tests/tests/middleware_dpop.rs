@@ -415,6 +415,38 @@ mod reqwest_client {
         driver.shutdown().await;
     }
 
+    /// A stream cannot be sent again: its nonce challenge goes back to the
+    /// caller, the token stays, and the next request carries the nonce.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_gets_the_nonce_challenge_back_and_the_token_stays() {
+        let _serial = serial().await;
+        let Setup {
+            rs,
+            key,
+            tokens,
+            driver,
+            fetches,
+        } = setup().await;
+        let client = client(Authorizer::new(tokens.clone()).dpop(key));
+        let logged = logs().lock().unwrap().len();
+        let stream = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from("s")) });
+        let r = client
+            .post(rs.url("/a"))
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = client.post(rs.url("/a")).body("next").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(rs.state().statuses, [401, 200]);
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "the token was kept");
+        let text = logs().lock().unwrap()[logged..].to_owned();
+        assert!(!text.contains("invalidating"), "the token was invalidated");
+        drop((client, tokens));
+        driver.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_the_key_the_token_is_refused() {
         let _serial = serial().await;

@@ -148,14 +148,21 @@ impl Middleware for AuthMiddleware {
         if auth.nonce_requested(&credential, response.status(), response.headers()) {
             // The resource server wants its DPoP nonce: the same token
             // again, with a proof that carries it.
-            if let Some(mut again) = replay.take() {
-                replay = again.try_clone();
-                drop(response);
-                auth.replaying_with_nonce(credential.token_id());
-                attach(auth, &mut again, &credential)?;
-                response = next.clone().run(again, extensions).await?;
-                // Its nonce, if it gives one, is kept; it is not asked twice.
-                auth.nonce_requested(&credential, response.status(), response.headers());
+            // A stream cannot be sent again: the caller gets the challenge,
+            // and the next request carries the nonce. Either way the token
+            // was not rejected.
+            let Some(mut again) = replay.take() else {
+                return Ok(response);
+            };
+            replay = again.try_clone();
+            drop(response);
+            auth.replaying_with_nonce(credential.token_id());
+            attach(auth, &mut again, &credential)?;
+            response = next.clone().run(again, extensions).await?;
+            // Its nonce, if it gives one, is kept; a second challenge goes
+            // back to the caller, never a loop and no rejection.
+            if auth.nonce_requested(&credential, response.status(), response.headers()) {
+                return Ok(response);
             }
         }
         if !rejects(&response, &sent_to) {

@@ -403,21 +403,28 @@ where
     if auth.nonce_requested(&credential, response.status(), response.headers()) {
         // The resource server wants its DPoP nonce: the same token again,
         // with a proof that carries it.
-        if let Some(again) = replay.take() {
-            replay = replay_of(&inner, &again.request);
-            let Replay {
-                inner: mut again_inner,
-                request: mut again,
-            } = *again;
-            drop(response);
-            auth.replaying_with_nonce(credential.token_id());
-            attach(&auth, &mut again, &credential)?;
-            std::future::poll_fn(|cx| again_inner.poll_ready(cx))
-                .await
-                .map_err(Error::Inner)?;
-            response = again_inner.call(again).await.map_err(Error::Inner)?;
-            // Its nonce, if it gives one, is kept; it is not asked twice.
-            auth.nonce_requested(&credential, response.status(), response.headers());
+        // A body that cannot be copied is not sent again: the caller gets
+        // the challenge, and the next request carries the nonce. Either way
+        // the token was not rejected.
+        let Some(again) = replay.take() else {
+            return Ok(response);
+        };
+        replay = replay_of(&inner, &again.request);
+        let Replay {
+            inner: mut again_inner,
+            request: mut again,
+        } = *again;
+        drop(response);
+        auth.replaying_with_nonce(credential.token_id());
+        attach(&auth, &mut again, &credential)?;
+        std::future::poll_fn(|cx| again_inner.poll_ready(cx))
+            .await
+            .map_err(Error::Inner)?;
+        response = again_inner.call(again).await.map_err(Error::Inner)?;
+        // Its nonce, if it gives one, is kept; a second challenge goes back
+        // to the caller, never a loop and no rejection.
+        if auth.nonce_requested(&credential, response.status(), response.headers()) {
+            return Ok(response);
         }
     }
     if !rejected(&response, grpc) {
