@@ -105,7 +105,16 @@ pub use assertion::{
     DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_FILE_BYTES,
 };
 pub use discovery::{Discovery, DEFAULT_METADATA_MAX_AGE, DEFAULT_METADATA_RETRY};
-#[cfg(feature = "dpop")]
+// For the middleware, which presents DPoP-bound tokens.
+#[cfg(all(
+    feature = "dpop",
+    any(
+        feature = "tower",
+        feature = "reqwest-middleware",
+        feature = "ureq-middleware",
+        feature = "tonic"
+    )
+))]
 pub(crate) use dpop::{token_hash, DpopState};
 #[cfg(feature = "dpop")]
 pub use dpop::{DpopKey, ProofBuilder, USE_DPOP_NONCE};
