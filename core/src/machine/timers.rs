@@ -147,6 +147,11 @@ impl RefreshMachine {
     /// What a late answer left to do (the [`FollowUp`]) comes before any
     /// timer's work, as soon as nothing is in flight.
     pub(super) fn expire_timers(&mut self) {
+        self.run_follow_up();
+        // Most inputs find nothing due: one look at the earliest timer.
+        if self.timers().next_timeout().is_none_or(|at| at > self.now.wall) {
+            return;
+        }
         for timer in Timer::ALL {
             self.run_follow_up();
             if self.deadline(timer).is_some_and(|at| at <= self.now.wall) {
