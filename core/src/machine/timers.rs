@@ -149,7 +149,11 @@ impl RefreshMachine {
     pub(super) fn expire_timers(&mut self) {
         self.run_follow_up();
         // Most inputs find nothing due: one look at the earliest timer.
-        if self.timers().next_timeout().is_none_or(|at| at > self.now.wall) {
+        if self
+            .timers()
+            .next_timeout()
+            .is_none_or(|at| at > self.now.wall)
+        {
             return;
         }
         for timer in Timer::ALL {
