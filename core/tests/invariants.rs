@@ -282,7 +282,13 @@ proptest! {
         for (dt, step) in &seq {
             f.advance(*dt);
             let input = f.input(step);
-            if matches!(&input, Input::Fetched(_, Ok(r)) if r.refresh_token.is_some()) {
+            // A rotation fed now concerns the requests sent before it, and
+            // also one sent while this input is handled (the timers due are
+            // handled before the input): marked again once its outputs are
+            // taken.
+            let rotating =
+                matches!(&input, Input::Fetched(_, Ok(r)) if r.refresh_token.is_some());
+            if rotating {
                 rotated_since = [true; 2];
             }
             if let Some(id) = input.request_id() {
@@ -327,7 +333,11 @@ proptest! {
                     if rotated_since[kind] && (kind == 0 || lease_request) {
                         flying[kind] = None;
                     }
-                    rotated_since[kind] = false;
+                    // Within the rotating input, a request sent before the
+                    // rotation was learned may be given up on too.
+                    if !rotating {
+                        rotated_since[kind] = false;
+                    }
                 }
                 if let Action::AcquireLease { ttl, .. } = &a {
                     lease_request = *ttl == lease_ttl;
@@ -335,6 +345,9 @@ proptest! {
                 prop_assert!(flying[kind].is_none(), "a second request of a kind in flight: {:?} beside {:?}", a, flying[kind]);
                 flying[kind] = Some((id, mono + timeout));
                 f.ids[kind] = Some(id);
+            }
+            if rotating {
+                rotated_since = [true; 2];
             }
         }
     }

@@ -245,6 +245,10 @@ struct Slot {
     /// up on before its deadline (the store of the rotated refresh token
     /// must go out while the lease holds), and a new one of its kind sent.
     rotations: u32,
+    /// Whether the input being handled carries a rotation: a read or lease
+    /// request sent while it is handled, before the rotation is learned,
+    /// may be given up on within it too.
+    rotating: bool,
     /// The last token published to readers, and its expiry on the
     /// monotonic clock (wall-clock times stamped either side of a step do
     /// not compare).
@@ -377,6 +381,7 @@ impl World {
             pending: Vec::new(),
             in_flight: Vec::new(),
             rotations: 0,
+            rotating: false,
             release_faulted: false,
             published: None,
             retrying: false,
@@ -618,10 +623,11 @@ impl World {
                 deadline: now + ms(timeout),
             },
         };
-        let rotations = slot.rotations;
+        let (rotations, rotating) = (slot.rotations, slot.rotating);
         slot.in_flight.retain(|&(kind, deadline, sent_at)| {
-            let given_up =
-                matches!(kind, "load" | "lease") && sent_at < rotations && kind == pending.kind();
+            let given_up = matches!(kind, "load" | "lease")
+                && (sent_at < rotations || rotating)
+                && kind == pending.kind();
             deadline > now && !given_up
         });
         if slot
@@ -876,13 +882,23 @@ impl World {
                     if outcome == Outcome::Lost {
                         return Ok(());
                     }
-                    self.slots[i].rotations += u32::from(rotated);
                     let fetched = &mut self.slots[i].fetched;
                     fetched.push((self.authority.issued, sent));
                     if fetched.len() > 4 {
                         fetched.remove(0);
                     }
-                    Input::Fetched(id, answer)
+                    // Counted before the input (the requests sent before
+                    // it), and again after it: a read the machine sent
+                    // while handling it (the timers due come first) may
+                    // precede the rotation it learns.
+                    self.slots[i].rotations += u32::from(rotated);
+                    self.slots[i].rotating = rotated;
+                    if self.is_live(i) {
+                        self.input(i, Input::Fetched(id, answer))?;
+                    }
+                    self.slots[i].rotating = false;
+                    self.slots[i].rotations += u32::from(rotated);
+                    return Ok(());
                 }
             }
         };

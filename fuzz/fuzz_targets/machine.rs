@@ -143,7 +143,12 @@ fuzz_target!(|data: &[u8]| {
             27 => Input::NeedValidity(Duration::from_secs(u64::from(arg) * 30)),
             _ => Input::Tick,
         };
-        if matches!(&input, Input::Fetched(_, Ok(r)) if r.refresh_token.is_some()) {
+        // A rotation fed now concerns the requests sent before it, and also
+        // one sent while this input is handled: the machine acts on the
+        // timers due before the input, so a read may go out just before
+        // the rotation is learned (marked again once the outputs are taken).
+        let rotating = matches!(&input, Input::Fetched(_, Ok(r)) if r.refresh_token.is_some());
+        if rotating {
             rotated_since = [true; 2];
         }
         if let Some(i) = input.request_id() {
@@ -166,6 +171,9 @@ fuzz_target!(|data: &[u8]| {
             match m.poll_output() {
                 Output::Timeout(at) => {
                     assert!(at > now, "timeout not in the future");
+                    if rotating {
+                        rotated_since = [true; 2];
+                    }
                     break;
                 }
                 Output::Action(a) => {
@@ -190,7 +198,11 @@ fuzz_target!(|data: &[u8]| {
                         if rotated_since[k] && (k == 0 || lease_request) {
                             flying[k] = None;
                         }
-                        rotated_since[k] = false;
+                        // Within the rotating input, a request sent before
+                        // the rotation was learned may be given up on too.
+                        if !rotating {
+                            rotated_since[k] = false;
+                        }
                     }
                     // A lease request asks for the lease TTL; an extension
                     // for more (the wait it covers as well).

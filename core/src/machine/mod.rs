@@ -354,6 +354,8 @@ pub struct RefreshMachine {
     attempt: Attempt,
     /// What a late answer left to do (see [`FollowUp`]).
     follow_up: Option<FollowUp>,
+    /// When each timer last fired (see [`timers::Fired`]).
+    fired: timers::Fired,
     stats: MachineStats,
 }
 
@@ -401,6 +403,7 @@ impl RefreshMachine {
             lease: Lease::default(),
             attempt: Attempt::default(),
             follow_up: None,
+            fired: timers::Fired::default(),
             stats: MachineStats::default(),
         }
     }
@@ -466,6 +469,7 @@ impl RefreshMachine {
         )
             .hash(hasher);
         (self.lease, self.attempt, self.served.degenerate_streak).hash(hasher);
+        self.fired.hash(hasher);
         (self.served.skew_ms, self.served.store_error.is_some()).hash(hasher);
         if let Some(g) = &self.grant.newest {
             (g.token.fingerprint(), g.generation, g.origin as u8).hash(hasher);

@@ -56,6 +56,25 @@ impl Timer {
     ];
 }
 
+/// When each timer last fired, on both clocks. A timer fires at most once
+/// per instant: one made due again by its own work at the same instant (a
+/// token stale on arrival, a zero backoff, an answer that comes back at
+/// once) waits until time has passed, as a driver's next wake-up does, so
+/// no configuration turns the passes into a loop without time. (A step of
+/// the wall clock is a new instant: a token it made stale is renewed.)
+#[derive(Debug, Clone, Copy, Default, Hash)]
+pub(super) struct Fired([Option<(Timestamp, MonoTime)>; Timer::ALL.len()]);
+
+impl Fired {
+    fn at(&self, timer: Timer) -> Option<(Timestamp, MonoTime)> {
+        self.0[timer as usize]
+    }
+
+    fn set(&mut self, timer: Timer, now: Now) {
+        self.0[timer as usize] = Some((now.wall, now.mono));
+    }
+}
+
 /// Each timer's deadline, if it is set.
 #[derive(Debug, Default)]
 pub(super) struct TimerTable {
@@ -158,7 +177,9 @@ impl RefreshMachine {
         }
         for timer in Timer::ALL {
             self.run_follow_up();
-            if self.deadline(timer).is_some_and(|at| at <= self.now.wall) {
+            let due = self.deadline(timer).is_some_and(|at| at <= self.now.wall);
+            if due && self.fired.at(timer) != Some((self.now.wall, self.now.mono)) {
+                self.fired.set(timer, self.now);
                 self.on_timer(timer);
             }
         }
