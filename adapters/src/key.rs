@@ -32,6 +32,7 @@ pub struct TokenKey {
     scope: Option<String>,
     resources: Vec<String>,
     dpop_jkt: Option<String>,
+    instance_only: bool,
 }
 
 impl TokenKey {
@@ -44,6 +45,7 @@ impl TokenKey {
             scope: None,
             resources: Vec::new(),
             dpop_jkt: None,
+            instance_only: false,
         }
     }
 
@@ -95,6 +97,36 @@ impl TokenKey {
     /// The thumbprint of the DPoP key the token is bound to, if set.
     pub fn dpop_jkt(&self) -> Option<&str> {
         self.dpop_jkt.as_deref()
+    }
+
+    /// Marks the token as usable by this process alone: it is bound to a
+    /// DPoP key the process generated ([`DpopKey::generate`](crate::oauth2::DpopKey::generate);
+    /// an OAuth2 source with such a key marks its key). No cache can share
+    /// such a token, and one stored there would be an entry no instance
+    /// ever reads (a new one per process started), so a driver given a
+    /// shared cache runs without it and says so in
+    /// [`TokenHandle::sharing`](crate::TokenHandle::sharing). It is not
+    /// part of the [`config_id`](Self::config_id): the key's thumbprint
+    /// already is.
+    ///
+    /// ```
+    /// use freshtoken::manager::TokenKey;
+    ///
+    /// let key = TokenKey::new("svc").with_dpop_jkt("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
+    /// assert!(!key.is_instance_only());
+    /// let own = key.clone().instance_only();
+    /// assert!(own.is_instance_only());
+    /// assert_eq!(own.config_id(), key.config_id());
+    /// ```
+    pub fn instance_only(mut self) -> Self {
+        self.instance_only = true;
+        self
+    }
+
+    /// Whether the token serves this process alone (see
+    /// [`instance_only`](Self::instance_only)).
+    pub fn is_instance_only(&self) -> bool {
+        self.instance_only
     }
 
     /// The token URL, if set.

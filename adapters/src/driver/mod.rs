@@ -78,7 +78,7 @@ use freshtoken_core::{Backoff, Clock, Jitter, LifetimePolicy, MachineConfig, Ref
 use crate::cache::TokenCache;
 use crate::clock::SystemClock;
 pub use crate::handle::publisher::{Command, Control, Publisher};
-use crate::handle::TokenHandle;
+use crate::handle::{Sharing, TokenHandle};
 
 mod refresher;
 
@@ -176,7 +176,11 @@ impl SyncCache {
         feature = "smol"
     ))]
     fn resolve(self, key: Option<&crate::TokenKey>, name: &str) -> Option<Arc<dyn TokenCache>> {
-        let cache = match (self.0?, key) {
+        let setting = self.0?;
+        if !Sharing::cache_usable_for(key) {
+            return None;
+        }
+        let cache = match (setting, key) {
             (CacheSetting::Made(cache), _) => cache,
             (CacheSetting::For(make), Some(key)) => make(key),
             (CacheSetting::For(_), None) => {
@@ -473,11 +477,13 @@ impl Settings {
     /// The refresher, the application's handle and the driver's control.
     fn build(
         self,
-        shared_cache: bool,
+        sharing: Sharing,
         refresh_token: Option<freshtoken_core::RefreshToken>,
     ) -> (Refresher, TokenHandle, Control) {
-        let config = self.machine_config(shared_cache, refresh_token);
+        let config = self.machine_config(sharing == Sharing::Shared, refresh_token);
         let (publisher, handle) = Publisher::new(self.clock.clone());
+        sharing.warn_if_unusable(&self.name);
+        publisher.set_sharing(sharing);
         let control = publisher.control();
         let refresher = Refresher::new(
             RefreshMachine::new(config),
@@ -516,14 +522,15 @@ impl Builder<SyncCache> {
         let thread = self.settings.thread_name.clone();
         let initial = source.initial_refresh_token();
         let key = key_of(source.token_key(), &self.settings.cache_config);
+        let configured = self.caches.0.is_some();
         let cache = self.caches.resolve(key.as_ref(), &self.settings.name);
-        let shared = cache.is_some();
+        let sharing = Sharing::of(configured, cache.is_some(), key.as_ref());
         let cache = match cache {
             // Each call counted (a no-op without the `metrics` feature).
             Some(cache) => crate::metrics::meter_cache(cache, &self.settings.name),
             None => Arc::new(NoCache),
         };
-        let (refresher, handle, control) = self.settings.build(shared, initial);
+        let (refresher, handle, control) = self.settings.build(sharing, initial);
         let thread = blocking::spawn(refresher, Arc::new(source), cache, thread)?;
         Ok((handle, DriverHandle::new(control, Some(thread))))
     }

@@ -25,7 +25,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use super::refresher::{fetch_blocking, validated, CacheJob, Job, JobKind, Next, Refresher};
 use super::{Builder, DriverHandle, Settings, SyncCache};
 use crate::cache::{AsyncTokenCache, TokenCache};
-use crate::handle::{Command, TokenHandle};
+use crate::handle::{Command, Sharing, TokenHandle};
 use crate::runtime::Runtime;
 use crate::source::{AsyncTokenSource, TokenSource};
 
@@ -251,7 +251,7 @@ mod sealed {
             self,
             name: &Arc<str>,
             key: Option<&crate::TokenKey>,
-        ) -> (Box<dyn CacheRunner<R>>, bool);
+        ) -> (Box<dyn CacheRunner<R>>, Sharing);
     }
 
     impl<S: TokenSource> SourceKind for S {
@@ -281,15 +281,16 @@ mod sealed {
             self,
             name: &Arc<str>,
             key: Option<&crate::TokenKey>,
-        ) -> (Box<dyn CacheRunner<R>>, bool) {
+        ) -> (Box<dyn CacheRunner<R>>, Sharing) {
+            let configured = self.0.is_some();
             let cache = self.resolve(key, name);
-            let shared = cache.is_some();
+            let sharing = Sharing::of(configured, cache.is_some(), key);
             // Each call counted (a no-op without the `metrics` feature).
             let cache = match cache {
                 Some(cache) => crate::metrics::meter_cache(cache, name),
                 None => Arc::new(super::super::refresher::NoCache),
             };
-            (Box::new(CacheOnPool(cache)), shared)
+            (Box::new(CacheOnPool(cache)), sharing)
         }
     }
 
@@ -298,12 +299,16 @@ mod sealed {
             self,
             name: &Arc<str>,
             key: Option<&crate::TokenKey>,
-        ) -> (Box<dyn CacheRunner<R>>, bool) {
+        ) -> (Box<dyn CacheRunner<R>>, Sharing) {
+            if !Sharing::cache_usable_for(key) {
+                let none = Arc::new(super::super::refresher::NoCache);
+                return (Box::new(CacheOnPool(none)), Sharing::of(true, false, key));
+            }
             if let Some(key) = key {
                 self.0.bind_config(key.config_id());
             }
             let cache = crate::metrics::meter_async(self.0, name);
-            (Box::new(CacheInTask(cache)), true)
+            (Box::new(CacheInTask(cache)), Sharing::Shared)
         }
     }
 }
@@ -383,11 +388,11 @@ impl<C: Caches> Builder<C> {
     pub fn spawn<R: Runtime>(self, runtime: R, source: impl Source) -> (TokenHandle, DriverHandle) {
         let key = super::key_of(source.token_key(), &self.settings.cache_config);
         let (fetcher, initial) = source.into_fetcher::<R>();
-        let (caches, shared) = self
+        let (caches, sharing) = self
             .caches
             .into_runner::<R>(&self.settings.name, key.as_ref());
         let settings: Settings = self.settings;
-        let (refresher, handle, control) = settings.build(shared, initial);
+        let (refresher, handle, control) = settings.build(sharing, initial);
         spawn(runtime, refresher, fetcher, caches);
         (handle, DriverHandle::new(control, None))
     }

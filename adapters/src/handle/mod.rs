@@ -62,11 +62,13 @@ use freshtoken_core::{Clock, FetchError, FetchErrorKind, Now, Timestamp, Token};
 
 pub(crate) mod publisher;
 mod shared;
+mod sharing;
 mod watch;
 
 pub use freshtoken_core::machine::DegenerateLifetime;
 pub use freshtoken_core::{LifetimeNote, RefreshState, Snapshot};
 pub(crate) use publisher::{Command, Publisher};
+pub use sharing::Sharing;
 pub use watch::TokenWatch;
 
 use shared::{wait_for, wait_for_blocking, Shared};
@@ -272,6 +274,13 @@ impl TokenHandle {
     /// How renewal is going.
     pub fn status(&self) -> RefreshState {
         self.shared.snapshot.load().state.clone()
+    }
+
+    /// Whether this instance's tokens are shared with other instances
+    /// through a cache, and why not (see [`Sharing`]): fixed when the
+    /// driver is spawned.
+    pub fn sharing(&self) -> Sharing {
+        self.shared.sharing()
     }
 
     /// How many snapshots have been published so far.

@@ -103,6 +103,12 @@ impl Publisher {
         self.shared.snapshot.load_full()
     }
 
+    /// Records how the driver shares its tokens, for
+    /// [`TokenHandle::sharing`]; the first call wins.
+    pub(crate) fn set_sharing(&self, sharing: super::Sharing) {
+        self.shared.set_sharing(sharing);
+    }
+
     /// A way to send commands to this publisher's driver without keeping
     /// it alive (e.g. for a shutdown handle).
     pub fn control(&self) -> Control {

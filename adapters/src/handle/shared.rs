@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// When a reader last asked for a token valid for longer (as
     /// `woken_at`), for the same rate limit.
     asked_at: AtomicU64,
+    /// Whether the driver shares its tokens through a cache.
+    sharing: OnceLock<super::Sharing>,
 }
 
 /// The shortest time between two wakes of the driver by readers.
@@ -61,7 +63,22 @@ impl Shared {
             woken_for: AtomicU64::new(0),
             woken_at: AtomicU64::new(u64::MAX),
             asked_at: AtomicU64::new(u64::MAX),
+            sharing: OnceLock::new(),
         })
+    }
+
+    /// Set once, by the driver's builder.
+    pub(crate) fn set_sharing(&self, sharing: super::Sharing) {
+        let _ = self.sharing.set(sharing);
+    }
+
+    /// What the builder set; [`Unshared`](super::Sharing::Unshared) for a
+    /// publisher made by hand.
+    pub(crate) fn sharing(&self) -> super::Sharing {
+        self.sharing
+            .get()
+            .cloned()
+            .unwrap_or(super::Sharing::Unshared)
     }
 
     pub(crate) fn version(&self) -> u64 {

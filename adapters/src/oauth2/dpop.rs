@@ -91,6 +91,8 @@ struct Inner {
     key: SigningKey,
     jwk: String,
     thumbprint: String,
+    /// Made by [`DpopKey::generate`]: no other process holds it.
+    generated: bool,
 }
 
 impl fmt::Debug for DpopKey {
@@ -98,6 +100,7 @@ impl fmt::Debug for DpopKey {
         f.debug_struct("DpopKey")
             .field("alg", &"ES256")
             .field("jkt", &self.inner.thumbprint)
+            .field("generated", &self.inner.generated)
             .finish_non_exhaustive()
     }
 }
@@ -110,7 +113,11 @@ impl DpopKey {
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .map_err(|_| KeyError::Unsupported("the system random generator failed"))?;
         // ring's document is not wiped on drop; the copy kept here is.
-        Self::from_pkcs8_der(pkcs8.as_ref())
+        let mut key = Self::from_pkcs8_der(pkcs8.as_ref())?;
+        if let Some(inner) = Arc::get_mut(&mut key.inner) {
+            inner.generated = true;
+        }
+        Ok(key)
     }
 
     /// Loads an unencrypted PKCS#8 P-256 private key in PEM form (`PRIVATE
@@ -155,6 +162,7 @@ impl DpopKey {
                 key,
                 thumbprint: thumbprint(&jwk),
                 jwk,
+                generated: false,
             }),
         })
     }
@@ -170,6 +178,22 @@ impl DpopKey {
     /// key in logs.
     pub fn thumbprint(&self) -> &str {
         &self.inner.thumbprint
+    }
+
+    /// Whether the key was made by [`generate`](Self::generate): this
+    /// process holds it alone, so the tokens bound to it serve no other
+    /// instance, and a driver with a shared cache runs without it (see
+    /// [`Sharing::InstanceKey`](crate::handle::Sharing::InstanceKey)).
+    /// A loaded key may be shared by every process that loads it.
+    ///
+    /// ```
+    /// use freshtoken::oauth2::DpopKey;
+    ///
+    /// assert!(DpopKey::generate()?.is_generated());
+    /// # Ok::<_, freshtoken::oauth2::KeyError>(())
+    /// ```
+    pub fn is_generated(&self) -> bool {
+        self.inner.generated
     }
 
     /// Starts a proof for a request with method `htm` to `url` (its query
@@ -299,9 +323,9 @@ impl DpopState {
         }
     }
 
-    /// The key's thumbprint.
-    pub(crate) fn thumbprint(&self) -> &str {
-        self.key.thumbprint()
+    /// The key.
+    pub(crate) fn key(&self) -> &DpopKey {
+        &self.key
     }
 
     fn current_nonce(&self) -> Option<String> {

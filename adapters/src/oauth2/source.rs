@@ -84,7 +84,10 @@ impl Endpoint {
         // A DPoP-bound token serves only the holder of its key.
         #[cfg(feature = "dpop")]
         if let Some(dpop) = &self.dpop {
-            key = key.with_dpop_jkt(dpop.thumbprint());
+            key = key.with_dpop_jkt(dpop.key().thumbprint());
+            if dpop.key().is_generated() {
+                key = key.instance_only();
+            }
         }
         key
     }
