@@ -1,6 +1,9 @@
 //! What the DPoP tests share: the validation of a DPoP proof (RFC 9449
-//! 4.3) that the loopback authority and the resource server both do.
+//! 4.3) that the loopback authority and the resource server both do, and
+//! the loopback authority itself.
 #![allow(dead_code)]
+
+pub mod authority;
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
