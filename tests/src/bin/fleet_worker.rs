@@ -26,6 +26,15 @@
 //!   where `invalid_spans` are the wall-clock stretches (unix ms) after the
 //!   first token during which reads found no valid token, and
 //!   `degenerate_seen` whether any snapshot flagged a degenerate lifetime.
+//! * `fleet_worker dpop <key PEM file> <cache dir> <token url> <client id> <run ms> <read every ms>`:
+//!   client credentials with DPoP (issue 23): the key from the PEM file,
+//!   the cache entry `key.file_cache(dir)` (named after the key, its
+//!   thumbprint included), the `cc` settings; reads the handle every few
+//!   ms for `run ms`, then prints one JSON line:
+//!   `{"jkt":K,"tokens":[id,...],"not_dpop":D,"invalid_after_first":I,"fetched":N}`:
+//!   its key's thumbprint, the ids of the distinct tokens it served (never
+//!   a token or a proof), and how many reads served a token that was not
+//!   of type `DPoP`.
 //! * `fleet_worker refresh <cache file> <token url> <client id>`: the
 //!   refresh-token flow on a file cache. Prints `ready` once it has a valid
 //!   token, then reports that token as rejected (forcing a refresh with the
@@ -39,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use freshtoken::cache::{record, EncryptionKeys, FileCache, PostgresCache, RedisCache, TokenCache};
 use freshtoken::driver::Builder;
-use freshtoken::oauth2::{ClientCredentials, RefreshTokenSource};
+use freshtoken::oauth2::{ClientCredentials, DpopKey, RefreshTokenSource};
 use freshtoken::{Clock, RefreshToken, SystemClock};
 
 fn main() {
@@ -63,6 +72,15 @@ fn main() {
             Duration::from_millis(args[4].parse().expect("run ms")),
             Duration::from_millis(args[5].parse().expect("read every ms")),
         ),
+        Some("dpop") if args.len() == 7 => dpop(
+            &args[1],
+            PathBuf::from(&args[2]),
+            &args[3],
+            &args[4],
+            &secret,
+            Duration::from_millis(args[5].parse().expect("run ms")),
+            Duration::from_millis(args[6].parse().expect("read every ms")),
+        ),
         Some("refresh") if args.len() == 4 => {
             let refresh = std::env::var("FLEET_REFRESH_TOKEN").expect("FLEET_REFRESH_TOKEN");
             refresh_flow(
@@ -77,6 +95,7 @@ fn main() {
             eprintln!(
                 "usage: fleet_worker cc <file|redis|postgres> <cache> <token url> <client id> <run ms> <read every ms>\n\
                  \x20      fleet_worker odd <cache file> <token url> <client id> <run ms> <read every ms>\n\
+                 \x20      fleet_worker dpop <key PEM file> <cache dir> <token url> <client id> <run ms> <read every ms>\n\
                  \x20      fleet_worker refresh <cache file> <token url> <client id>"
             );
             std::process::exit(2);
@@ -402,6 +421,55 @@ fn odd_authority(
         degenerate_seen,
         fetched,
         valid,
+    );
+}
+
+/// See the module docs (`dpop`): a fleet member holding a DPoP key.
+fn dpop(
+    key_file: &str,
+    dir: PathBuf,
+    token_url: &str,
+    client_id: &str,
+    secret: &str,
+    run: Duration,
+    every: Duration,
+) {
+    let key = DpopKey::from_pem_file(key_file).expect("a PKCS#8 P-256 PEM key");
+    let source = ClientCredentials::builder(token_url, client_id, secret)
+        .timeout(Duration::from_millis(500))
+        .dpop(key.clone())
+        .build()
+        .expect("a loopback token URL");
+    let (tokens, driver) = short_token_builder()
+        .cache_for(move |k| k.file_cache(&dir))
+        .spawn_thread(source)
+        .expect("a driver thread");
+    let clock = SystemClock;
+    let started = Instant::now();
+    let mut served: Vec<String> = Vec::new();
+    let (mut not_dpop, mut invalid_after_first) = (0u64, 0u64);
+    while started.elapsed() < run {
+        match tokens.token().filter(|t| t.is_valid_at(clock.now())) {
+            Some(t) => {
+                not_dpop += u64::from(t.token_type() != "DPoP");
+                let id = t.id().to_string();
+                if served.last() != Some(&id) {
+                    served.push(id);
+                }
+            }
+            None if !served.is_empty() => invalid_after_first += 1,
+            None => {}
+        }
+        std::thread::sleep(every);
+    }
+    let fetched = tokens.snapshot().tokens_fetched;
+    drop(tokens);
+    driver.shutdown_blocking();
+    let served: Vec<String> = served.iter().map(|id| format!("\"{id}\"")).collect();
+    println!(
+        "{{\"jkt\":\"{}\",\"tokens\":[{}],\"not_dpop\":{not_dpop},\"invalid_after_first\":{invalid_after_first},\"fetched\":{fetched}}}",
+        key.thumbprint(),
+        served.join(","),
     );
 }
 
