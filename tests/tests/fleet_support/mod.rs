@@ -30,6 +30,15 @@ pub fn worker_config() -> MachineConfig {
     config
 }
 
+/// How often the workers' tokens are refreshed ([`LIFETIME`] tokens, the
+/// workers' settings), by the simulator's reckoning.
+pub fn refresh_period() -> Duration {
+    Scenario::new(WORKERS)
+        .lifetime(LIFETIME)
+        .config(worker_config())
+        .refresh_period()
+}
+
 pub struct Fleet {
     pub requests: usize,
     pub issued: usize,
@@ -93,10 +102,7 @@ pub fn run_fleet_with(kind: &str, location: &str, mid_run: impl FnOnce()) -> Fle
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Issued { .. }))
         .count();
-    let period = Scenario::new(WORKERS)
-        .lifetime(LIFETIME)
-        .config(worker_config())
-        .refresh_period();
+    let period = refresh_period();
     let periods = RUN.as_secs_f64() / period.as_secs_f64();
     let sum = |field: &str| -> u64 { summaries.iter().map(|s| s[field].as_u64().unwrap()).sum() };
     for (i, s) in summaries.iter().enumerate() {
