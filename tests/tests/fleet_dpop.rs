@@ -21,6 +21,7 @@ use base64::Engine as _;
 use dpop_support::authority::{Authority, NonceMode, CLIENT, SECRET};
 use fleet_support::{refresh_period, LIFETIME, MAX_RATIO, READ_EVERY_MS, WORKERS};
 use freshtoken::oauth2::DpopKey;
+use freshtoken::TokenId;
 use serde_json::Value;
 
 /// Several refresh periods, well inside the suite's patience.
@@ -69,11 +70,11 @@ fn spawn_worker(key: &Path, cache_dir: &Path, authority: &Authority) -> Child {
         .expect("a fleet_worker process")
 }
 
-/// A worker's JSON summary (see `fleet_worker dpop`).
-fn summary(child: Child) -> Value {
+/// A worker's output (see `fleet_worker dpop`): one JSON line.
+fn output(child: Child) -> String {
     let out = child.wait_with_output().expect("the worker's output");
     assert!(out.status.success(), "a worker failed: {:?}", out.status);
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("a JSON summary")
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -89,9 +90,20 @@ fn eight_processes_share_a_dpop_key_and_a_cache_and_another_key_gets_its_own() {
         .map(|_| spawn_worker(&shared_key, &cache_dir, &authority))
         .collect();
     children.push(spawn_worker(&other_key, &cache_dir, &authority));
-    let workers: Vec<Value> = children.into_iter().map(summary).collect();
+    let outputs: Vec<String> = children.into_iter().map(output).collect();
+    let workers: Vec<Value> = outputs
+        .iter()
+        .map(|line| serde_json::from_str(line.trim()).expect("a JSON summary"))
+        .collect();
 
     let s = authority.state();
+    // The workers show ids, never a token.
+    for token in s.bound.keys() {
+        assert!(
+            !outputs.iter().any(|o| o.contains(token.as_str())),
+            "a token printed"
+        );
+    }
     let issued_to = |jkt: &str| s.bound.values().filter(|k| *k == jkt).count();
     let periods = RUN.as_secs_f64() / refresh_period().as_secs_f64();
     let shared_ratio = issued_to(&shared) as f64 / periods;
@@ -134,7 +146,10 @@ fn eight_processes_share_a_dpop_key_and_a_cache_and_another_key_gets_its_own() {
         let served = w["tokens"].as_array().unwrap();
         assert!(!served.is_empty(), "worker {i} served no token: {w}");
         for id in served {
-            let bound = s.bound.iter().find(|(t, _)| t.to_string() == *id);
+            let bound = s
+                .bound
+                .iter()
+                .find(|(t, _)| TokenId::of(t.as_bytes()).to_string() == *id);
             let (_, bound) = bound.unwrap_or_else(|| panic!("worker {i}: {id} not issued"));
             assert_eq!(
                 bound, jkt,

@@ -3,7 +3,7 @@
 //! with the embedded key, `typ`, `alg`, `htm`, `htu`, the `iat` window,
 //! `jti` replay, the nonce), demands nonces, and binds the tokens and
 //! refresh tokens it issues to the proof's key. It keeps every proof's
-//! `jti` and, for each token it issued, the thumbprint it is bound to.
+//! `jti` and each token it issued with the thumbprint it is bound to.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use freshtoken::TokenId;
 
 use super::validate_proof;
 
@@ -50,9 +49,9 @@ pub struct State {
     pub challenges: usize,
     pub requests: usize,
     pub issued: usize,
-    /// Each issued access token's id ([`TokenId::of`] its value) -> the
-    /// thumbprint of the key it is bound to (its `cnf.jkt`).
-    pub bound: HashMap<TokenId, String>,
+    /// Each access token issued -> the thumbprint of the key it is bound
+    /// to (its `cnf.jkt`).
+    pub bound: HashMap<String, String>,
     /// Refresh token -> the thumbprint of the key it is bound to.
     refresh_tokens: HashMap<String, String>,
 }
@@ -254,8 +253,7 @@ fn handle(
     s.issued += 1;
     let n = s.issued;
     let access_token = format!("at-{n}-{jkt}");
-    s.bound
-        .insert(TokenId::of(access_token.as_bytes()), jkt.clone());
+    s.bound.insert(access_token.clone(), jkt.clone());
     let refresh = format!("rt-{n}");
     s.refresh_tokens.insert(refresh.clone(), jkt.clone());
     // A new nonce with every token: the client must take it from here.
