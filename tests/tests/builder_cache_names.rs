@@ -13,6 +13,8 @@
 //! process: such builders use no shared cache and say so
 //! (`TokenHandle::sharing`), while builders that load one key share.
 
+mod dpop_support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -410,13 +412,8 @@ fn bound_to(
 
 /// A DPoP key that two instances load: the same PKCS#8 document.
 fn loaded_key_pair() -> (DpopKey, DpopKey) {
-    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .unwrap();
-    let load = || DpopKey::from_pkcs8_der(pkcs8.as_ref()).unwrap();
+    let pkcs8 = dpop_support::pkcs8_key();
+    let load = || DpopKey::from_pkcs8_der(&pkcs8).unwrap();
     (load(), load())
 }
 

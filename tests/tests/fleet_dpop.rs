@@ -30,12 +30,7 @@ const RUN: Duration = Duration::from_secs(12);
 /// Writes a new P-256 key to `path` as PKCS#8 PEM (what `openssl genpkey`
 /// writes), and returns its thumbprint.
 fn write_key(path: &Path) -> String {
-    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(dpop_support::pkcs8_key());
     let lines: Vec<&str> = b64
         .as_bytes()
         .chunks(64)

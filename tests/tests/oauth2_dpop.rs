@@ -517,13 +517,16 @@ fn oidc_provider_rotates_a_bound_refresh_token_and_refuses_it_to_another_key() {
 /// Two instances sharing one file cache: with the same key the second
 /// adopts the first's bound token; with another key it finds no token
 /// there (the record is bound to the key's thumbprint) and fetches its
-/// own, bound to its own key.
+/// own, bound to its own key. The keys are loaded, as a fleet that shares
+/// a key does (a generated key's tokens are never cached: see
+/// builder_cache_names).
 #[test]
 fn a_shared_cache_serves_a_bound_token_only_to_the_holder_of_its_key() {
     let authority = Authority::start(NonceMode::RotateOnSuccess, 300);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token.json");
-    let (key, other) = (DpopKey::generate().unwrap(), DpopKey::generate().unwrap());
+    let load = || DpopKey::from_pkcs8_der(&dpop_support::pkcs8_key()).unwrap();
+    let (key, other) = (load(), load());
     let header = |key: &DpopKey| {
         let (tokens, driver) = Builder::new()
             .cache(freshtoken::cache::FileCache::new(&path))

@@ -10,6 +10,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
+/// A new P-256 key as a PKCS#8 document, for instances that load one key
+/// (`DpopKey::from_pkcs8_der`, or as PEM `DpopKey::from_pem_file`) rather
+/// than generate their own.
+pub fn pkcs8_key() -> Vec<u8> {
+    ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap()
+    .as_ref()
+    .to_vec()
+}
+
 pub fn b64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
