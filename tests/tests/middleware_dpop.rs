@@ -4,10 +4,11 @@
 //! the `iat` window, `jti` replay, `ath`, the token's `cnf.jkt`) and
 //! demands its own nonce: reqwest, tower and ureq.
 
+#[path = "middleware_support/dpop_server.rs"]
+mod dpop_server;
 mod dpop_support;
 mod metrics_support;
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,45 +16,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dpop_support::{b64, b64url, token_hash, validate_proof};
+use dpop_server::{bound_tokens, challenge, check, State};
 use freshtoken::driver::{Builder, DriverHandle};
 use freshtoken::metrics::names;
 use freshtoken::middleware::Authorizer;
 use freshtoken::oauth2::DpopKey;
 use freshtoken::runtime::Tokio;
-use freshtoken::source::{FetchRequest, FnSource, TokenResponse};
-use freshtoken::{AccessToken, FetchError, TokenHandle};
+use freshtoken::TokenHandle;
 use freshtoken_tests::log_capture::Capture;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use metrics_support::Recording;
-
-/// What the resource server saw and did.
-#[derive(Default)]
-struct State {
-    nonce_counter: u64,
-    jtis: HashSet<String>,
-    /// Tokens refused as revoked.
-    revoked: HashSet<String>,
-    /// Every proof that came (to look for them in logs).
-    proofs: Vec<String>,
-    /// Every token that came.
-    tokens: HashSet<String>,
-    /// Answers by status, in order.
-    statuses: Vec<u16>,
-    /// Why proofs or tokens were refused.
-    refused: Vec<String>,
-    /// `use_dpop_nonce` answers given.
-    challenges: usize,
-}
-
-impl State {
-    fn nonce(&self) -> String {
-        format!("rs-nonce-{}", self.nonce_counter)
-    }
-}
 
 struct ResourceServer {
     addr: SocketAddr,
@@ -114,23 +89,8 @@ impl ResourceServer {
     }
 }
 
-fn refuse(s: &mut State, error: &str, why: String) -> Response<Full<Bytes>> {
-    s.refused.push(why);
-    s.statuses.push(401);
-    Response::builder()
-        .status(401)
-        .header(
-            "www-authenticate",
-            format!(r#"DPoP algs="ES256", error="{error}""#),
-        )
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
-
-/// RFC 9449 7: the token in `Authorization: DPoP`, one proof for this
-/// method and URL (without the query) whose `ath` is the token's hash and
-/// whose key is the one the token is bound to (`cnf.jkt`), and the
-/// server's current nonce.
+/// Checks every request (see `dpop_server::check`) and echoes the body
+/// when it passes.
 async fn answer(
     state: &Mutex<State>,
     addr: SocketAddr,
@@ -142,97 +102,20 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let mut s = state.lock().unwrap();
-    let header = |name: &str| -> Vec<String> {
-        parts
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
-            .collect()
-    };
-    let authorization = header("authorization");
-    let token = match &authorization[..] {
-        [one] => match one.strip_prefix("DPoP ") {
-            Some(t) => t.to_owned(),
-            None => return refuse(&mut s, "invalid_token", "not the DPoP scheme".into()),
-        },
-        _ => return refuse(&mut s, "invalid_token", "no single Authorization".into()),
-    };
-    s.tokens.insert(token.clone());
-    let proofs = header("dpop");
-    let [proof] = &proofs[..] else {
-        return refuse(
-            &mut s,
-            "invalid_dpop_proof",
-            format!("{} DPoP headers", proofs.len()),
-        );
-    };
-    s.proofs.push(proof.clone());
     let url = format!("http://{addr}{}", parts.uri.path());
-    let (jkt, claims) = match validate_proof(proof, parts.method.as_str(), &url, &mut s.jtis) {
-        Ok(ok) => ok,
-        Err(why) => return refuse(&mut s, "invalid_dpop_proof", why),
-    };
-    if claims["ath"] != token_hash(&token).as_str() {
-        return refuse(
-            &mut s,
-            "invalid_dpop_proof",
-            "ath is not the token's".into(),
-        );
+    let mut s = state.lock().unwrap();
+    match check(&mut s, parts.method.as_str(), &url, &parts.headers) {
+        Ok(()) => Response::new(Full::new(body)),
+        Err(refusal) => {
+            let mut r = Response::builder()
+                .status(401)
+                .header("www-authenticate", challenge(refusal.error));
+            if let Some(nonce) = refusal.nonce {
+                r = r.header("dpop-nonce", nonce);
+            }
+            r.body(Full::new(Bytes::new())).unwrap()
+        }
     }
-    let bound = token
-        .split('.')
-        .nth(1)
-        .and_then(b64)
-        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-        .and_then(|p| p["cnf"]["jkt"].as_str().map(str::to_owned));
-    if bound.as_deref() != Some(jkt.as_str()) {
-        return refuse(
-            &mut s,
-            "invalid_token",
-            "the proof's key is not the token's".into(),
-        );
-    }
-    if s.revoked.contains(&token) {
-        return refuse(&mut s, "invalid_token", "revoked".into());
-    }
-    if claims["nonce"] != s.nonce().as_str() {
-        s.challenges += 1;
-        s.statuses.push(401);
-        return Response::builder()
-            .status(401)
-            .header(
-                "www-authenticate",
-                r#"DPoP algs="ES256", error="use_dpop_nonce""#,
-            )
-            .header("dpop-nonce", s.nonce())
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-    }
-    s.statuses.push(200);
-    Response::new(Full::new(body))
-}
-
-/// Issues DPoP tokens bound to `jkt`: JWT-shaped, with `cnf.jkt` (the
-/// resource server reads the binding from it, as it would from a verified
-/// JWT), a new one per fetch.
-fn bound_tokens(jkt: &str, fetches: Arc<AtomicUsize>) -> impl freshtoken::source::TokenSource {
-    let jkt = jkt.to_owned();
-    FnSource::new(
-        move |_: &FetchRequest| -> Result<TokenResponse, FetchError> {
-            let n = fetches.fetch_add(1, Ordering::SeqCst);
-            let payload = serde_json::json!({"cnf": {"jkt": jkt}, "n": n, "sub": "svc"});
-            let token = format!(
-                "{}.{}.c2ln",
-                b64url(br#"{"alg":"ES256","typ":"at+jwt"}"#),
-                b64url(payload.to_string().as_bytes())
-            );
-            Ok(TokenResponse::new(AccessToken::new(token))
-                .with_token_type("DPoP")
-                .with_expires_in(Some(3600)))
-        },
-    )
 }
 
 fn logs() -> Arc<Mutex<String>> {
@@ -287,20 +170,7 @@ async fn setup() -> Setup {
 /// Nothing secret in the logs or in `Debug`: no proof, no token, no
 /// token payload.
 fn assert_nothing_secret(rs: &ResourceServer, what: &str, text: &str) {
-    let s = rs.state();
-    for proof in &s.proofs {
-        assert!(!text.contains(proof.as_str()), "{what} shows a proof");
-        for part in proof.split('.') {
-            assert!(!text.contains(part), "{what} shows part of a proof");
-        }
-    }
-    for token in &s.tokens {
-        assert!(!text.contains(token.as_str()), "{what} shows a token");
-        assert!(
-            !text.contains(token.split('.').nth(1).unwrap()),
-            "{what} shows a token's payload"
-        );
-    }
+    dpop_server::assert_nothing_secret(&rs.state(), what, text);
 }
 
 mod reqwest_client {
@@ -476,6 +346,62 @@ mod reqwest_client {
             Some("0 DPoP headers")
         );
         drop((client, tokens));
+        driver.shutdown().await;
+    }
+}
+
+/// RFC 9449 9: a nonce is the server's. One authorizer alternating
+/// between two resource servers (two origins), each with its own nonce,
+/// learns each nonce once: one replay per server, not one per switch.
+mod two_origins {
+    use super::*;
+    use freshtoken::middleware::reqwest::AuthMiddleware;
+    use reqwest_middleware::ClientBuilder;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_origin_gets_its_own_nonce() {
+        let _serial = serial().await;
+        let Setup {
+            rs: a,
+            key,
+            tokens,
+            driver,
+            fetches,
+        } = setup().await;
+        let b = ResourceServer::start().await;
+        b.rotate_nonce();
+        assert_ne!(a.state().nonce(), b.state().nonce());
+        let retries_before = dpop_counter(names::DPOP_NONCE_RETRIES_TOTAL, "resource");
+        let auth = Authorizer::new(tokens.clone()).dpop(key);
+        let client = ClientBuilder::new(reqwest::Client::new())
+            .with(AuthMiddleware::with_authorizer(auth.clone()))
+            .build();
+        for round in 0..4 {
+            for rs in [&a, &b] {
+                let r = client
+                    .post(rs.url("/orders"))
+                    .body(format!("round {round}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }
+        let replays = dpop_counter(names::DPOP_NONCE_RETRIES_TOTAL, "resource") - retries_before;
+        println!("two origins, 8 alternating requests: {replays} nonce replay(s)");
+        for rs in [&a, &b] {
+            let s = rs.state();
+            assert_eq!(s.refused, Vec::<String>::new());
+            assert_eq!(s.challenges, 1, "one nonce challenge per server");
+            assert_eq!(s.statuses, [401, 200, 200, 200, 200]);
+        }
+        assert_eq!(replays, 2, "one replay per server");
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        let debug = format!("{auth:?}");
+        assert!(!debug.contains(&a.state().nonce()) && !debug.contains(&b.state().nonce()));
+        assert_nothing_secret(&a, "Debug", &debug);
+        assert_nothing_secret(&b, "the logs", &logs().lock().unwrap().clone());
+        drop((client, auth, tokens));
         driver.shutdown().await;
     }
 }

@@ -568,10 +568,109 @@ struct AuthInner {
     /// Empty: every request.
     scope: Vec<Origin>,
     cache: ArcSwapOption<Cached>,
-    /// The key DPoP tokens are presented with, and the latest nonce the
-    /// resource server gave.
+    /// The key DPoP tokens are presented with, and the latest nonce of
+    /// each resource server.
     #[cfg(feature = "dpop")]
-    dpop: Option<crate::oauth2::DpopState>,
+    dpop: Option<ResourceDpop>,
+}
+
+/// The most resource servers (origins) whose DPoP nonce an authorizer
+/// keeps; a new one beyond that drops the one heard from least recently.
+#[cfg(feature = "dpop")]
+const MAX_NONCE_ORIGINS: usize = 32;
+
+/// An authorizer's DPoP key and the latest nonce of each origin (scheme,
+/// host, port) it sends proofs to: RFC 9449 9 makes a nonce the server's,
+/// so a nonce from one API is never sent to another. Clones share the
+/// nonces.
+#[cfg(feature = "dpop")]
+#[derive(Clone)]
+struct ResourceDpop {
+    key: crate::oauth2::DpopKey,
+    /// Most recently heard from last; at most [`MAX_NONCE_ORIGINS`].
+    nonces: Arc<std::sync::Mutex<std::collections::VecDeque<(String, crate::oauth2::DpopState)>>>,
+}
+
+#[cfg(feature = "dpop")]
+impl fmt::Debug for ResourceDpop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origins = self.nonces.lock().map(|n| n.len()).unwrap_or_default();
+        f.debug_struct("ResourceDpop")
+            .field("key", &self.key)
+            .field("nonce_origins", &origins)
+            .finish()
+    }
+}
+
+#[cfg(feature = "dpop")]
+impl ResourceDpop {
+    fn new(key: crate::oauth2::DpopKey) -> Self {
+        ResourceDpop {
+            key,
+            nonces: Arc::default(),
+        }
+    }
+
+    /// The origin of `url` (`scheme://host:port`, lower case), `None` for a
+    /// URL without an http(s) scheme and a host (a relative one).
+    fn origin(url: &str) -> Option<String> {
+        let uri: http::Uri = url.parse().ok()?;
+        let target = Target::of_uri(&uri);
+        match (target.https, target.port) {
+            (Some(https), Some(port)) if !target.host.is_empty() => Some(format!(
+                "{}://{}:{port}",
+                if https { "https" } else { "http" },
+                target.host.to_ascii_lowercase()
+            )),
+            _ => None,
+        }
+    }
+
+    /// A fresh proof for a request to `url` with `method` and the token
+    /// hash `ath`, with the nonce `url`'s origin gave, if any.
+    fn proof(
+        &self,
+        method: &str,
+        url: &str,
+        ath: &str,
+    ) -> Result<freshtoken_core::Assertion, String> {
+        let Some(origin) = Self::origin(url) else {
+            return Err(
+                "the request URI has no http(s) scheme and host to build htu from (a tonic \
+                        client: make it with `with_origin` and the endpoint's URI, see \
+                        freshtoken::middleware::tonic)"
+                    .to_owned(),
+            );
+        };
+        let known = self.nonces.lock().ok().and_then(|n| {
+            n.iter()
+                .find(|(o, _)| *o == origin)
+                .map(|(_, state)| state.clone())
+        });
+        known
+            .unwrap_or_else(|| crate::oauth2::DpopState::new(self.key.clone()))
+            .proof_for(method, url, Some(ath))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Keeps `nonce` as `url`'s origin's, if it is a usable one, and says
+    /// whether it was.
+    fn keep_nonce(&self, url: &str, nonce: &str) -> bool {
+        let (Some(origin), Ok(mut nonces)) = (Self::origin(url), self.nonces.lock()) else {
+            return false;
+        };
+        let state = match nonces.iter().position(|(o, _)| *o == origin) {
+            Some(i) => nonces.remove(i).map(|(_, state)| state),
+            None => None,
+        }
+        .unwrap_or_else(|| crate::oauth2::DpopState::new(self.key.clone()));
+        let kept = state.keep_nonce(Some(nonce));
+        nonces.push_back((origin, state));
+        if nonces.len() > MAX_NONCE_ORIGINS {
+            nonces.pop_front();
+        }
+        kept
+    }
 }
 
 /// A credential, the publication it was checked at, and the snapshot its
@@ -701,8 +800,12 @@ impl Authorizer {
     /// carries the nonce). Give it the key the source was built with
     /// ([`SourceBuilder::dpop`](crate::oauth2::SourceBuilder::dpop)):
     /// tokens are bound to that key. Bearer tokens are sent as before,
-    /// without a proof. The nonce is the authorizer's (shared by its
-    /// clones), one for all the origins it sends the token to.
+    /// without a proof. Nonces are kept per origin (scheme, host and
+    /// port; RFC 9449 9 makes a nonce the server's): a proof carries only
+    /// the nonce its own resource server gave. The authorizer (shared by
+    /// its clones) keeps those of the 32 origins heard from most recently.
+    /// A request with a relative URI (no scheme and host to form `htu`)
+    /// is not sent: [`AuthError::DpopProof`].
     ///
     /// ```
     /// use freshtoken::driver::Builder;
@@ -720,7 +823,7 @@ impl Authorizer {
     /// ```
     #[cfg(feature = "dpop")]
     pub fn dpop(self, key: crate::oauth2::DpopKey) -> Self {
-        self.with(|i| i.dpop = Some(crate::oauth2::DpopState::new(key)))
+        self.with(|i| i.dpop = Some(ResourceDpop::new(key)))
     }
 
     /// Sets the credential's header on a request with `method` for `url`
@@ -735,17 +838,13 @@ impl Authorizer {
     ) -> Result<(), AuthError> {
         #[cfg(feature = "dpop")]
         if let (Some(ath), Some(dpop)) = (&credential.ath, &self.inner.dpop) {
-            let proof = dpop
-                .proof_for(method, &url.to_string(), Some(ath))
-                .map_err(|e| AuthError::DpopProof {
-                    token: credential.id,
-                    reason: e.to_string(),
-                })?;
-            let mut value =
-                HeaderValue::try_from(proof.expose_secret()).map_err(|_| AuthError::DpopProof {
-                    token: credential.id,
-                    reason: "the proof is not a header value".to_owned(),
-                })?;
+            let refusal = |reason: String| AuthError::DpopProof {
+                token: credential.id,
+                reason,
+            };
+            let proof = dpop.proof(method, &url.to_string(), ath).map_err(refusal)?;
+            let mut value = HeaderValue::try_from(proof.expose_secret())
+                .map_err(|_| refusal("the proof is not a header value".to_owned()))?;
             value.set_sensitive(true);
             headers.insert(DPOP, value);
         }
@@ -755,30 +854,26 @@ impl Authorizer {
         Ok(())
     }
 
-    /// Looks at an answer to a request sent with `credential`: keeps the
-    /// resource server's `DPoP-Nonce`, if it gave one, and says whether
-    /// the answer asks for a replay with it (a `401` whose DPoP challenge
-    /// is `error="use_dpop_nonce"`, with a usable nonce). Such an answer
-    /// says nothing about the token.
+    /// Looks at an answer to a request sent with `credential` to `url`:
+    /// keeps the `DPoP-Nonce` its origin gave, if any, and says whether the
+    /// answer asks for a replay with it (a `401`, or `unauthorized` for
+    /// another protocol's equivalent, whose DPoP challenge is
+    /// `error="use_dpop_nonce"`, with a usable nonce). Such an answer says
+    /// nothing about the token.
     pub(crate) fn nonce_requested(
         &self,
         credential: &Credential,
-        status: StatusCode,
+        url: &dyn fmt::Display,
+        unauthorized: bool,
         headers: &HeaderMap,
     ) -> bool {
         #[cfg(feature = "dpop")]
         if let (Some(_), Some(dpop)) = (&credential.ath, &self.inner.dpop) {
             let nonce = headers.get(DPOP_NONCE).and_then(|v| v.to_str().ok());
-            let kept = nonce.is_some() && dpop.keep_nonce(nonce);
-            let asked = status == StatusCode::UNAUTHORIZED
-                && headers
-                    .get_all(WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| challenge_error(v.as_bytes(), "dpop"))
-                    .any(|e| e == crate::oauth2::USE_DPOP_NONCE);
-            return asked && kept;
+            let kept = nonce.is_some_and(|n| dpop.keep_nonce(&url.to_string(), n));
+            return kept && unauthorized && nonce_challenge(headers);
         }
-        let _ = (credential, status, headers);
+        let _ = (credential, url, unauthorized, headers);
         false
     }
 
@@ -1210,6 +1305,17 @@ fn challenge_error(value: &[u8], scheme: &str) -> Option<String> {
     None
 }
 
+/// Whether a `WWW-Authenticate` in `headers` is a DPoP challenge with
+/// `error="use_dpop_nonce"` (RFC 9449 9).
+#[cfg(feature = "dpop")]
+pub(crate) fn nonce_challenge(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| challenge_error(v.as_bytes(), "dpop"))
+        .any(|e| e == crate::oauth2::USE_DPOP_NONCE)
+}
+
 /// Splits at `sep` outside double quotes (with backslash escapes).
 fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
     let mut parts = Vec::new();
@@ -1293,6 +1399,42 @@ mod tests {
             &with(r#"Bearer error="invalid_token""#)
         ));
         assert!(!is_token_rejected(StatusCode::INTERNAL_SERVER_ERROR, &none));
+    }
+
+    /// Nonces are kept per origin (scheme, host, port), for at most
+    /// [`MAX_NONCE_ORIGINS`] of them, the least recently heard from
+    /// dropped first; a relative URL has no origin and gets no proof.
+    #[cfg(feature = "dpop")]
+    #[test]
+    fn nonces_are_kept_per_origin_and_bounded() {
+        let dpop = ResourceDpop::new(crate::oauth2::DpopKey::generate().unwrap());
+        let nonce_in = |url: &str| -> Option<String> {
+            let proof = dpop.proof("GET", url, "ath").unwrap();
+            let claims = proof.expose_secret().split('.').nth(1).unwrap().to_owned();
+            let claims =
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims)
+                    .unwrap();
+            let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+            claims["nonce"].as_str().map(str::to_owned)
+        };
+        assert!(dpop.keep_nonce("https://a.example/x?q", "na"));
+        assert!(dpop.keep_nonce("https://B.example:8443/", "nb"));
+        assert!(!dpop.keep_nonce("https://c.example/", "not a nonce\""));
+        assert!(!dpop.keep_nonce("/relative", "nr"));
+        assert_eq!(nonce_in("https://a.example:443/y").as_deref(), Some("na"));
+        assert_eq!(nonce_in("https://b.example:8443/z").as_deref(), Some("nb"));
+        assert_eq!(nonce_in("http://a.example/y"), None, "another scheme");
+        assert_eq!(nonce_in("https://a.example:444/y"), None, "another port");
+        assert!(dpop.proof("GET", "/relative", "ath").is_err());
+        // b heard from again, then 31 more origins: a, the oldest, goes.
+        assert!(dpop.keep_nonce("https://b.example:8443/", "nb2"));
+        for i in 0..MAX_NONCE_ORIGINS - 1 {
+            assert!(dpop.keep_nonce(&format!("https://h{i}.example/"), "n"));
+        }
+        assert_eq!(dpop.nonces.lock().unwrap().len(), MAX_NONCE_ORIGINS);
+        assert_eq!(nonce_in("https://a.example/"), None);
+        assert_eq!(nonce_in("https://b.example:8443/").as_deref(), Some("nb2"));
+        assert!(!format!("{dpop:?}").contains("nb2"));
     }
 
     /// The hot path serves the cached credential only while the token is

@@ -145,7 +145,7 @@ impl Middleware for AuthMiddleware {
         let sent_to = request.url().clone();
         attach(auth, &mut request, &credential)?;
         let mut response = next.clone().run(request, extensions).await?;
-        if auth.nonce_requested(&credential, response.status(), response.headers()) {
+        if nonce_requested(auth, &credential, &response) {
             // The resource server wants its DPoP nonce: the same token
             // again, with a proof that carries it.
             // A stream cannot be sent again: the caller gets the challenge,
@@ -161,7 +161,7 @@ impl Middleware for AuthMiddleware {
             response = next.clone().run(again, extensions).await?;
             // Its nonce, if it gives one, is kept; a second challenge goes
             // back to the caller, never a loop and no rejection.
-            if auth.nonce_requested(&credential, response.status(), response.headers()) {
+            if nonce_requested(auth, &credential, &response) {
                 return Ok(response);
             }
         }
@@ -181,12 +181,23 @@ impl Middleware for AuthMiddleware {
         attach(auth, &mut replay, &newer)?;
         tracing::debug!(rejected = %credential.token_id(), token = %newer.token_id(), "replaying the request once with a newer token");
         let response = next.run(replay, extensions).await?;
-        auth.nonce_requested(&newer, response.status(), response.headers());
+        nonce_requested(auth, &newer, &response);
         if rejects(&response, &sent_to) {
             auth.rejected(&newer);
         }
         Ok(response)
     }
+}
+
+/// [`Authorizer::nonce_requested`](super::Authorizer::nonce_requested)
+/// for `response`: its nonce is the origin's that answered.
+fn nonce_requested(
+    auth: &super::Authorizer,
+    credential: &super::Credential,
+    response: &Response,
+) -> bool {
+    let unauthorized = response.status() == http::StatusCode::UNAUTHORIZED;
+    auth.nonce_requested(credential, response.url(), unauthorized, response.headers())
 }
 
 /// Sets `credential` (and its DPoP proof, if it needs one) on `request`.

@@ -373,13 +373,32 @@ fn attach<B, E>(
         .map_err(Error::Auth)
 }
 
+/// Whether `response`'s headers carry `grpc-status: 16` (UNAUTHENTICATED,
+/// a trailers-only answer).
+fn grpc_unauthenticated<RB>(response: &Response<RB>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|s| s == "16")
+}
+
 fn rejected<RB>(response: &Response<RB>, grpc: bool) -> bool {
     is_token_rejected(response.status(), response.headers())
-        || (grpc
-            && response
-                .headers()
-                .get("grpc-status")
-                .is_some_and(|s| s == "16"))
+        || (grpc && grpc_unauthenticated(response))
+}
+
+/// [`Authorizer::nonce_requested`] for the answer to a request sent to
+/// `uri`.
+fn nonce_requested<RB>(
+    auth: &Authorizer,
+    credential: &Credential,
+    uri: &http::Uri,
+    response: &Response<RB>,
+    grpc: bool,
+) -> bool {
+    let unauthorized = response.status() == http::StatusCode::UNAUTHORIZED
+        || (grpc && grpc_unauthenticated(response));
+    auth.nonce_requested(credential, uri, unauthorized, response.headers())
 }
 
 async fn send_after_wait<S, B, RB>(
@@ -399,8 +418,9 @@ where
     let mut request = request;
     let mut replay = replay_of(&inner, &request);
     attach(&auth, &mut request, &credential)?;
+    let uri = request.uri().clone();
     let mut response = inner.call(request).await.map_err(Error::Inner)?;
-    if auth.nonce_requested(&credential, response.status(), response.headers()) {
+    if nonce_requested(&auth, &credential, &uri, &response, grpc) {
         // The resource server wants its DPoP nonce: the same token again,
         // with a proof that carries it.
         // A body that cannot be copied is not sent again: the caller gets
@@ -423,7 +443,7 @@ where
         response = again_inner.call(again).await.map_err(Error::Inner)?;
         // Its nonce, if it gives one, is kept; a second challenge goes back
         // to the caller, never a loop and no rejection.
-        if auth.nonce_requested(&credential, response.status(), response.headers()) {
+        if nonce_requested(&auth, &credential, &uri, &response, grpc) {
             return Ok(response);
         }
     }
@@ -465,8 +485,9 @@ where
         .await
         .map_err(Error::Inner)?;
     tracing::debug!(rejected = %rejected_with, token = %credential.token_id(), "replaying the request once with a newer token");
+    let uri = request.uri().clone();
     let response = inner.call(request).await.map_err(Error::Inner)?;
-    auth.nonce_requested(&credential, response.status(), response.headers());
+    nonce_requested(&auth, &credential, &uri, &response, grpc);
     if rejected(&response, grpc) {
         // Reported, so the next request finds a new token; never replayed
         // again.

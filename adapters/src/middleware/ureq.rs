@@ -165,9 +165,12 @@ impl Middleware for AuthHeader {
         let result = next.handle(request);
         let verdict = match &result {
             Ok(r)
-                if self
-                    .auth
-                    .nonce_requested(&credential, r.status(), r.headers()) =>
+                if self.auth.nonce_requested(
+                    &credential,
+                    &sent_to,
+                    r.status() == http::StatusCode::UNAUTHORIZED,
+                    r.headers(),
+                ) =>
             {
                 Verdict::NonceRequested
             }
