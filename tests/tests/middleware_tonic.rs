@@ -2,8 +2,13 @@
 //! tower layer in a channel, with a real tonic client (Channel over HTTP/2)
 //! against a real gRPC server (hyper, HTTP/2, on loopback) that checks
 //! tokens with a real LocalAuthority and answers UNAUTHENTICATED
-//! (trailers-only, grpc-status 16) to a revoked one.
+//! (trailers-only, grpc-status 16) to a revoked one; and DPoP through the
+//! tower layer in the channel, against a gRPC resource server that
+//! validates every proof as the HTTP one of `middleware_dpop` does.
 
+#[path = "middleware_support/dpop_server.rs"]
+mod dpop_server;
+mod dpop_support;
 mod middleware_support;
 
 use std::convert::Infallible;
@@ -325,4 +330,239 @@ async fn without_a_token_the_interceptor_fails_the_call_and_sends_nothing() {
         "nothing sent without a token"
     );
     driver.shutdown().await;
+}
+
+/// A gRPC resource server (hyper, HTTP/2) that checks DPoP on every call
+/// (`dpop_server::check`, with `htu` = this endpoint and the method's
+/// path, `htm` = POST) and echoes the message; it refuses with a
+/// trailers-only UNAUTHENTICATED carrying the DPoP challenge (and its
+/// nonce, for `use_dpop_nonce`).
+async fn dpop_grpc_server() -> (String, Arc<Mutex<dpop_server::State>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let state = Arc::new(Mutex::new(dpop_server::State::default()));
+    let (shared, base) = (state.clone(), endpoint.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (state, base) = (shared.clone(), base.clone());
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (state, base) = (state.clone(), base.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let url = format!("{base}{}", parts.uri.path());
+                        let checked = dpop_server::check(
+                            &mut state.lock().unwrap(),
+                            parts.method.as_str(),
+                            &url,
+                            &parts.headers,
+                        );
+                        let response =
+                            http::Response::builder().header("content-type", "application/grpc");
+                        let response = match checked {
+                            Ok(()) => {
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", "0".parse().unwrap());
+                                let frames = vec![
+                                    Ok::<_, Infallible>(Frame::data(body)),
+                                    Ok(Frame::trailers(trailers)),
+                                ];
+                                response
+                                    .body(http_body_util::Either::Left(StreamBody::new(
+                                        futures::stream::iter(frames),
+                                    )))
+                                    .unwrap()
+                            }
+                            Err(refusal) => {
+                                let mut response = response.header("grpc-status", "16").header(
+                                    "www-authenticate",
+                                    dpop_server::challenge(refusal.error),
+                                );
+                                if let Some(nonce) = refusal.nonce {
+                                    response = response.header("dpop-nonce", nonce);
+                                }
+                                response
+                                    .body(http_body_util::Either::Right(Full::new(Bytes::new())))
+                                    .unwrap()
+                            }
+                        };
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (endpoint, state)
+}
+
+mod dpop {
+    use super::*;
+    use dpop_server::{assert_nothing_secret, bound_tokens, State};
+    use freshtoken::middleware::tonic::call_with_replay;
+    use freshtoken::oauth2::DpopKey;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Setup {
+        endpoint: String,
+        state: Arc<Mutex<State>>,
+        channel: Channel,
+        auth: Authorizer,
+        tokens: TokenHandle,
+        driver: DriverHandle,
+        fetches: Arc<AtomicUsize>,
+    }
+
+    async fn setup() -> Setup {
+        logs();
+        let (endpoint, state) = dpop_grpc_server().await;
+        let channel = Channel::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let key = DpopKey::generate().unwrap();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (tokens, driver) = Builder::new().invalidate_interval(Duration::ZERO).spawn(
+            Tokio::current().expect("a tokio runtime"),
+            bound_tokens(key.thumbprint(), fetches.clone()),
+        );
+        tokens.ready().await.unwrap();
+        let auth = Authorizer::new(tokens.clone()).dpop(key);
+        Setup {
+            endpoint,
+            state,
+            channel,
+            auth,
+            tokens,
+            driver,
+            fetches,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_layer_presents_a_proof_per_call_and_the_nonce_reaches_the_next_call() {
+        let Setup {
+            endpoint,
+            state,
+            channel,
+            auth,
+            tokens,
+            driver,
+            fetches,
+        } = setup().await;
+        let service = AuthLayer::with_authorizer(auth.clone())
+            .grpc(true)
+            .layer(channel);
+        let grpc = tonic::client::Grpc::with_origin(service, endpoint.parse().unwrap());
+
+        // The first call learns the nonce: tonic's body cannot be sent
+        // again, so the challenge comes back, and the token stays.
+        let challenge = say(&grpc, "/test.Echo/Say", "one").await.unwrap_err();
+        assert_eq!(challenge.code(), Code::Unauthenticated);
+        assert!(challenge.metadata().contains_key("dpop-nonce"));
+        for msg in ["two", "three"] {
+            assert_eq!(say(&grpc, "/test.Echo/Say", msg).await.unwrap(), msg);
+        }
+        {
+            let s = state.lock().unwrap();
+            assert_eq!(s.refused, Vec::<String>::new());
+            assert_eq!(s.statuses, [401, 200, 200]);
+            assert_eq!(s.challenges, 1);
+            assert_eq!(s.jtis.len(), 3, "a fresh proof per call");
+            let htu = format!("{endpoint}/test.Echo/Say");
+            assert_eq!(s.htus, [htu.clone(), htu]);
+        }
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            1,
+            "the challenge invalidated nothing"
+        );
+
+        // A new nonce: `call_with_replay` replays at once, same token.
+        state.lock().unwrap().nonce_counter += 1;
+        let reply = call_with_replay(&auth, || say(&grpc, "/test.Echo/Say", "four")).await;
+        assert_eq!(reply.unwrap(), "four");
+        assert_eq!(state.lock().unwrap().statuses[3..], [401, 200]);
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        // A revoked token: a rejection, replayed with a new token and proof.
+        {
+            let mut s = state.lock().unwrap();
+            let tokens: Vec<String> = s.tokens.iter().cloned().collect();
+            s.revoked.extend(tokens);
+        }
+        let reply = call_with_replay(&auth, || say(&grpc, "/test.Echo/Say", "five")).await;
+        assert_eq!(reply.unwrap(), "five");
+        {
+            let s = state.lock().unwrap();
+            assert_eq!(s.statuses[5..], [401, 200]);
+            assert_eq!(s.refused, ["revoked"]);
+            assert_eq!(s.jtis.len(), 7, "a fresh proof per request sent");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        println!(
+            "tonic with DPoP: 7 requests, {} proofs",
+            state.lock().unwrap().jtis.len()
+        );
+
+        let s = state.lock().unwrap();
+        assert_nothing_secret(&s, "the logs", &logs().lock().unwrap().clone());
+        let debug = format!(
+            "{auth:?} {grpc:?} {challenge:?} {:?}",
+            auth.current().unwrap()
+        );
+        assert_nothing_secret(&s, "Debug", &debug);
+        drop(s);
+        drop((grpc, auth, tokens));
+        driver.shutdown().await;
+    }
+
+    /// The interceptor cannot sign a proof (it sees no URI): with a DPoP
+    /// key and a DPoP-bound token it fails the call and sends nothing; so
+    /// does the layer for a client without the endpoint as its origin.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_without_a_proof_is_refused_before_it_is_sent() {
+        let Setup {
+            state,
+            channel,
+            auth,
+            tokens,
+            driver,
+            ..
+        } = setup().await;
+        let intercepted = tonic::client::Grpc::new(InterceptedService::new(
+            channel.clone(),
+            AuthInterceptor::with_authorizer(auth.clone()),
+        ));
+        let err = say(&intercepted, "/test.Echo/Say", "x").await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert!(err.message().contains("tower layer"), "{}", err.message());
+
+        let relative = tonic::client::Grpc::new(
+            AuthLayer::with_authorizer(auth.clone())
+                .grpc(true)
+                .layer(channel),
+        );
+        let err = say(&relative, "/test.Echo/Say", "x").await.unwrap_err();
+        assert!(err.message().contains("with_origin"), "{}", err.message());
+        assert_eq!(
+            state.lock().unwrap().statuses,
+            Vec::<u16>::new(),
+            "nothing sent"
+        );
+
+        let token = tokens.token().unwrap();
+        let text = format!("{err:?} {} {}", err.message(), logs().lock().unwrap());
+        assert!(!text.contains(token.access_token().expose_secret()));
+        drop((intercepted, relative, auth, tokens));
+        driver.shutdown().await;
+    }
 }

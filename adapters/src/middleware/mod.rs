@@ -47,8 +47,10 @@
 //!   per request and answer a resource server's `use_dpop_nonce` `401` with
 //!   one replay that carries its nonce, without invalidating the token
 //!   (ureq: [`ureq::AuthAgent`], on an agent with
-//!   `http_status_as_error(false)`). tonic's interceptor does not present
-//!   proofs (a tonic channel can use the tower layer).
+//!   `http_status_as_error(false)`). Nonces are kept per origin. tonic:
+//!   the tower layer in the channel presents the proofs, and the
+//!   interceptor refuses to send a DPoP-bound token (see
+//!   [tonic's DPoP](tonic#dpop)).
 //!
 //! # Which requests get the token
 //!

@@ -43,6 +43,53 @@
 //! // let reply = auth.call_with_replay(|| client.clone().say_hello(request.clone())).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # DPoP
+//!
+//! A DPoP proof (RFC 9449 7) names the request's method and URI (`htm`,
+//! `htu`), and an interceptor sees neither. So with DPoP
+//! ([`Authorizer::dpop`](super::Authorizer::dpop), feature `dpop`) the
+//! tower layer presents the tokens, from **outside** the channel, with a
+//! client made **with the endpoint as its origin** (`with_origin`, which
+//! every tonic client has): each call's request URI is then the endpoint's
+//! URI and the method's path, which is the proof's `htu`; `htm` is `POST`.
+//! Each call gets a fresh proof with the token's `ath` and the nonce the
+//! endpoint's origin gave last (nonces are kept per origin).
+//!
+//! * **The interceptor refuses** a DPoP-bound token when its authorizer
+//!   has a DPoP key: the call fails with `UNAUTHENTICATED` and
+//!   [`AuthError::DpopProof`] in its message, and nothing is sent (a DPoP
+//!   token without a proof is never sent as a bearer token). Without a key,
+//!   it sends tokens as it always did.
+//! * **The layer refuses** a call whose URI is relative (a client made
+//!   without `with_origin`): there is no `htu` to sign.
+//! * **The nonce challenge.** A resource server asks for its nonce with
+//!   `UNAUTHENTICATED` (grpc-status 16, trailers-only) whose metadata holds
+//!   `www-authenticate: DPoP error="use_dpop_nonce"` and a `dpop-nonce`.
+//!   The layer keeps the nonce for the origin, and does not invalidate the
+//!   token; tonic's request body cannot be sent again, so the answer goes
+//!   back to the caller, and the **next** call carries the nonce.
+//!   [`call_with_replay`] replays such a call once at once (no new token
+//!   is awaited and none is fetched); any other `UNAUTHENTICATED` is a
+//!   rejection, as without DPoP.
+//!
+//! ```
+//! use freshtoken::middleware::tower::{AuthLayer, AuthService};
+//! use freshtoken::middleware::Authorizer;
+//! use tonic::client::Grpc;
+//! use tower_layer::Layer;
+//!
+//! /// A gRPC client over `channel` (a `tonic::transport::Channel` to
+//! /// `endpoint`) whose calls carry DPoP proofs; `auth` is
+//! /// `Authorizer::new(tokens).dpop(key)`.
+//! fn dpop_client<C>(channel: C, endpoint: http::Uri, auth: Authorizer) -> Grpc<AuthService<C>> {
+//!     let service = AuthLayer::with_authorizer(auth).grpc(true).layer(channel);
+//!     // A generated client: `GreeterClient::with_origin(service, endpoint)`.
+//!     Grpc::with_origin(service, endpoint)
+//! }
+//! // Then, a unary call replayed once after a nonce challenge (or a rejection):
+//! // call_with_replay(&auth, || client.clone().say_hello(request.clone())).await?;
+//! ```
 
 use std::future::Future;
 use std::sync::Arc;
@@ -90,6 +137,16 @@ impl AuthInterceptor {
     fn value(&self) -> Result<(TokenId, AsciiMetadataValue), AuthError> {
         let credential = self.auth.current()?;
         let id = credential.token_id();
+        #[cfg(feature = "dpop")]
+        if credential.needs_proof() {
+            return Err(AuthError::DpopProof {
+                token: id,
+                reason: "the tonic interceptor sees no URI to sign a proof for; present DPoP \
+                         tokens with the tower layer in the channel (AuthLayer, see \
+                         freshtoken::middleware::tonic)"
+                    .to_owned(),
+            });
+        }
         if let Some(cached) = &*self.cache.load() {
             if cached.0 == id {
                 return Ok((cached.0, cached.1.clone()));
@@ -105,33 +162,81 @@ impl AuthInterceptor {
     /// Runs `call` (one unary call, with a message it can send again); if
     /// the answer is `UNAUTHENTICATED`, invalidates the token, waits for a
     /// newer one and runs it **once** more. The second answer is returned
-    /// whatever it is.
-    pub async fn call_with_replay<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    /// whatever it is. See [`call_with_replay`].
+    pub async fn call_with_replay<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        // The token the interceptor will attach (the current one).
-        let used = self.auth.current().ok().map(|c| c.token_id());
-        let first = call().await;
-        let (Err(status), Some(used)) = (&first, used) else {
-            return first;
-        };
-        if status.code() != Code::Unauthenticated {
-            return first;
-        }
-        self.auth.rejected_id(used);
-        let Some(newer) = self.auth.replacement_for(used).await else {
-            tracing::debug!(token = %used, "no newer token came in time; returning UNAUTHENTICATED");
-            return first;
-        };
-        tracing::debug!(rejected = %used, token = %newer.token_id(), "replaying the call once with a newer token");
-        let second = call().await;
-        if matches!(&second, Err(s) if s.code() == Code::Unauthenticated) {
-            self.auth.rejected_id(newer.token_id());
-        }
-        second
+        call_with_replay(&self.auth, call).await
     }
+}
+
+/// Runs `call` (one unary call, with a message it can send again, through
+/// a client whose token comes from `auth`: the [`AuthInterceptor`]'s, or
+/// the [tower layer](super::tower::AuthLayer)'s in the channel) and
+/// replays it **once**:
+///
+/// * after a DPoP nonce challenge (see [DPoP](self#dpop)) at once, with the
+///   same token (the layer kept the nonce, and the replay's proof carries
+///   it);
+/// * after any other `UNAUTHENTICATED`, once a newer token has come
+///   (waiting up to the [`refresh_wait`](super::Authorizer::refresh_wait)):
+///   the token is invalidated first.
+///
+/// The answer to the replay is returned whatever it is; there is no loop
+/// (a nonce replay that is rejected gets the one replay with a newer
+/// token).
+pub async fn call_with_replay<T, F, Fut>(auth: &Authorizer, mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    // The token the call will carry (the current one).
+    let used = auth.current().ok().map(|c| c.token_id());
+    let mut first = call().await;
+    let Some(used) = used else {
+        return first;
+    };
+    if asks_for_nonce(&first) {
+        auth.replaying_with_nonce(used);
+        first = call().await;
+        if asks_for_nonce(&first) {
+            return first;
+        }
+    }
+    let Err(status) = &first else {
+        return first;
+    };
+    if status.code() != Code::Unauthenticated {
+        return first;
+    }
+    auth.rejected_id(used);
+    let Some(newer) = auth.replacement_for(used).await else {
+        tracing::debug!(token = %used, "no newer token came in time; returning UNAUTHENTICATED");
+        return first;
+    };
+    tracing::debug!(rejected = %used, token = %newer.token_id(), "replaying the call once with a newer token");
+    let second = call().await;
+    if matches!(&second, Err(s) if s.code() == Code::Unauthenticated) {
+        auth.rejected_id(newer.token_id());
+    }
+    second
+}
+
+/// Whether `result` is a resource server's DPoP nonce challenge: an
+/// `UNAUTHENTICATED` whose metadata has a DPoP `use_dpop_nonce` challenge
+/// and a `dpop-nonce`.
+fn asks_for_nonce<T>(result: &Result<T, Status>) -> bool {
+    #[cfg(feature = "dpop")]
+    if let Err(status) = result {
+        let metadata = status.metadata();
+        return status.code() == Code::Unauthenticated
+            && metadata.contains_key("dpop-nonce")
+            && super::nonce_challenge(&metadata.clone().into_headers());
+    }
+    let _ = result;
+    false
 }
 
 impl Interceptor for AuthInterceptor {
