@@ -16,12 +16,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dpop_server::{bound_tokens, challenge, check, State};
-use freshtoken::driver::{Builder, DriverHandle};
+use dpop_server::{bound_driver, challenge, check_request, State};
+use freshtoken::driver::DriverHandle;
 use freshtoken::metrics::names;
 use freshtoken::middleware::Authorizer;
 use freshtoken::oauth2::DpopKey;
-use freshtoken::runtime::Tokio;
 use freshtoken::TokenHandle;
 use freshtoken_tests::log_capture::Capture;
 use http_body_util::{BodyExt, Full};
@@ -96,17 +95,9 @@ async fn answer(
     addr: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let url = format!("http://{addr}{}", parts.uri.path());
-    let mut s = state.lock().unwrap();
-    match check(&mut s, parts.method.as_str(), &url, &parts.headers) {
-        Ok(()) => Response::new(Full::new(body)),
-        Err(refusal) => {
+    match check_request(state, &format!("http://{addr}"), req).await {
+        (Ok(()), body) => Response::new(Full::new(body)),
+        (Err(refusal), _) => {
             let mut r = Response::builder()
                 .status(401)
                 .header("www-authenticate", challenge(refusal.error));
@@ -151,13 +142,7 @@ async fn setup() -> Setup {
     logs();
     Recording::global();
     let rs = ResourceServer::start().await;
-    let key = DpopKey::generate().unwrap();
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let (tokens, driver) = Builder::new().invalidate_interval(Duration::ZERO).spawn(
-        Tokio::current().expect("a tokio runtime"),
-        bound_tokens(key.thumbprint(), fetches.clone()),
-    );
-    tokens.ready().await.unwrap();
+    let (key, tokens, driver, fetches) = bound_driver().await;
     Setup {
         rs,
         key,

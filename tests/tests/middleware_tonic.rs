@@ -108,30 +108,17 @@ async fn grpc_server(authority: Arc<LocalAuthority>) -> (SocketAddr, Calls) {
                                 token.as_deref().map(|t| TokenId::of(t.as_bytes())),
                                 if ok { 0 } else { 16 },
                             ));
-                            let response = if ok {
-                                // The framed message back, then grpc-status 0 in trailers.
-                                let mut trailers = http::HeaderMap::new();
-                                trailers.insert("grpc-status", "0".parse().unwrap());
-                                let frames = vec![
-                                    Ok::<_, Infallible>(Frame::data(body)),
-                                    Ok(Frame::trailers(trailers)),
-                                ];
-                                http::Response::builder()
-                                    .header("content-type", "application/grpc")
-                                    .body(http_body_util::Either::Left(StreamBody::new(
-                                        futures::stream::iter(frames),
-                                    )))
-                                    .unwrap()
+                            let response = grpc_answer(if ok {
+                                Ok(body)
                             } else {
-                                // Trailers-only, as servers reject authentication.
-                                http::Response::builder()
-                                    .header("content-type", "application/grpc")
-                                    .header("grpc-status", "16")
-                                    .header("grpc-message", "invalid token")
-                                    .header("www-authenticate", "Bearer error=\"invalid_token\"")
-                                    .body(http_body_util::Either::Right(Full::new(Bytes::new())))
-                                    .unwrap()
-                            };
+                                Err(vec![
+                                    ("grpc-message", "invalid token".to_owned()),
+                                    (
+                                        "www-authenticate",
+                                        "Bearer error=\"invalid_token\"".to_owned(),
+                                    ),
+                                ])
+                            });
                             Ok::<_, Infallible>(response)
                         }
                     });
@@ -143,6 +130,39 @@ async fn grpc_server(authority: Arc<LocalAuthority>) -> (SocketAddr, Calls) {
         }
     });
     (addr, calls)
+}
+
+type GrpcBody = http_body_util::Either<
+    StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>,
+    Full<Bytes>,
+>;
+
+/// A gRPC answer: `Ok`, the framed message back then `grpc-status: 0` in
+/// trailers; `Err`, a trailers-only UNAUTHENTICATED (grpc-status 16, as
+/// servers reject authentication) with these headers.
+fn grpc_answer(result: Result<Bytes, Vec<(&'static str, String)>>) -> http::Response<GrpcBody> {
+    let response = http::Response::builder().header("content-type", "application/grpc");
+    match result {
+        Ok(body) => {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
+            response
+                .body(http_body_util::Either::Left(StreamBody::new(
+                    futures::stream::iter(frames),
+                )))
+                .unwrap()
+        }
+        Err(headers) => {
+            let mut response = response.header("grpc-status", "16");
+            for (name, value) in headers {
+                response = response.header(name, value);
+            }
+            response
+                .body(http_body_util::Either::Right(Full::new(Bytes::new())))
+                .unwrap()
+        }
+    }
 }
 
 async fn setup(
@@ -349,48 +369,15 @@ async fn dpop_grpc_server() -> (String, Arc<Mutex<dpop_server::State>>) {
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (state, base) = (state.clone(), base.clone());
                     async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let url = format!("{base}{}", parts.uri.path());
-                        let checked = dpop_server::check(
-                            &mut state.lock().unwrap(),
-                            parts.method.as_str(),
-                            &url,
-                            &parts.headers,
-                        );
-                        let response =
-                            http::Response::builder().header("content-type", "application/grpc");
-                        let response = match checked {
-                            Ok(()) => {
-                                let mut trailers = http::HeaderMap::new();
-                                trailers.insert("grpc-status", "0".parse().unwrap());
-                                let frames = vec![
-                                    Ok::<_, Infallible>(Frame::data(body)),
-                                    Ok(Frame::trailers(trailers)),
-                                ];
-                                response
-                                    .body(http_body_util::Either::Left(StreamBody::new(
-                                        futures::stream::iter(frames),
-                                    )))
-                                    .unwrap()
-                            }
-                            Err(refusal) => {
-                                let mut response = response.header("grpc-status", "16").header(
-                                    "www-authenticate",
-                                    dpop_server::challenge(refusal.error),
-                                );
-                                if let Some(nonce) = refusal.nonce {
-                                    response = response.header("dpop-nonce", nonce);
-                                }
-                                response
-                                    .body(http_body_util::Either::Right(Full::new(Bytes::new())))
-                                    .unwrap()
-                            }
-                        };
+                        let (checked, body) = dpop_server::check_request(&state, &base, req).await;
+                        let response = grpc_answer(checked.map(|()| body).map_err(|refusal| {
+                            let challenge = dpop_server::challenge(refusal.error);
+                            let nonce = refusal.nonce.map(|n| ("dpop-nonce", n));
+                            [("www-authenticate", challenge)]
+                                .into_iter()
+                                .chain(nonce)
+                                .collect()
+                        }));
                         Ok::<_, Infallible>(response)
                     }
                 });
@@ -405,20 +392,21 @@ async fn dpop_grpc_server() -> (String, Arc<Mutex<dpop_server::State>>) {
 
 mod dpop {
     use super::*;
-    use dpop_server::{assert_nothing_secret, bound_tokens, State};
+    use dpop_server::{assert_nothing_secret, bound_driver, State};
     use freshtoken::middleware::tonic::call_with_replay;
-    use freshtoken::oauth2::DpopKey;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    struct Setup {
-        endpoint: String,
-        state: Arc<Mutex<State>>,
-        channel: Channel,
-        auth: Authorizer,
-        tokens: TokenHandle,
-        driver: DriverHandle,
-        fetches: Arc<AtomicUsize>,
-    }
+    /// The DPoP gRPC server's endpoint and state, a channel to it, and an
+    /// authorizer with the key its tokens are bound to.
+    type Setup = (
+        String,
+        Arc<Mutex<State>>,
+        Channel,
+        Authorizer,
+        TokenHandle,
+        DriverHandle,
+        Arc<AtomicUsize>,
+    );
 
     async fn setup() -> Setup {
         logs();
@@ -428,36 +416,14 @@ mod dpop {
             .connect()
             .await
             .unwrap();
-        let key = DpopKey::generate().unwrap();
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let (tokens, driver) = Builder::new().invalidate_interval(Duration::ZERO).spawn(
-            Tokio::current().expect("a tokio runtime"),
-            bound_tokens(key.thumbprint(), fetches.clone()),
-        );
-        tokens.ready().await.unwrap();
+        let (key, tokens, driver, fetches) = bound_driver().await;
         let auth = Authorizer::new(tokens.clone()).dpop(key);
-        Setup {
-            endpoint,
-            state,
-            channel,
-            auth,
-            tokens,
-            driver,
-            fetches,
-        }
+        (endpoint, state, channel, auth, tokens, driver, fetches)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_layer_presents_a_proof_per_call_and_the_nonce_reaches_the_next_call() {
-        let Setup {
-            endpoint,
-            state,
-            channel,
-            auth,
-            tokens,
-            driver,
-            fetches,
-        } = setup().await;
+        let (endpoint, state, channel, auth, tokens, driver, fetches) = setup().await;
         let service = AuthLayer::with_authorizer(auth.clone())
             .grpc(true)
             .layer(channel);
@@ -513,14 +479,13 @@ mod dpop {
             state.lock().unwrap().jtis.len()
         );
 
-        let s = state.lock().unwrap();
-        assert_nothing_secret(&s, "the logs", &logs().lock().unwrap().clone());
-        let debug = format!(
-            "{auth:?} {grpc:?} {challenge:?} {:?}",
-            auth.current().unwrap()
-        );
-        assert_nothing_secret(&s, "Debug", &debug);
-        drop(s);
+        {
+            let s = state.lock().unwrap();
+            assert_nothing_secret(&s, "the logs", &logs().lock().unwrap().clone());
+            let current = auth.current().unwrap();
+            let debug = format!("{auth:?} {grpc:?} {challenge:?} {current:?}");
+            assert_nothing_secret(&s, "Debug", &debug);
+        }
         drop((grpc, auth, tokens));
         driver.shutdown().await;
     }
@@ -530,14 +495,7 @@ mod dpop {
     /// does the layer for a client without the endpoint as its origin.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_without_a_proof_is_refused_before_it_is_sent() {
-        let Setup {
-            state,
-            channel,
-            auth,
-            tokens,
-            driver,
-            ..
-        } = setup().await;
+        let (_, state, channel, auth, tokens, driver, _) = setup().await;
         let intercepted = tonic::client::Grpc::new(InterceptedService::new(
             channel.clone(),
             AuthInterceptor::with_authorizer(auth.clone()),

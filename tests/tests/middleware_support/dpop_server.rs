@@ -122,6 +122,28 @@ pub fn check(
     Ok(())
 }
 
+/// Reads `req`'s body and [`check`]s it as a request to `base` (the
+/// server's `http://host:port`) and its path; the body for the answer.
+pub async fn check_request(
+    state: &std::sync::Mutex<State>,
+    base: &str,
+    req: http::Request<hyper::body::Incoming>,
+) -> (Result<(), Refusal>, bytes::Bytes) {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let url = format!("{base}{}", parts.uri.path());
+    let mut s = state.lock().unwrap();
+    (
+        check(&mut s, parts.method.as_str(), &url, &parts.headers),
+        body,
+    )
+}
+
 /// The `WWW-Authenticate` value of a refusal.
 pub fn challenge(error: &str) -> String {
     format!(r#"DPoP algs="ES256", error="{error}""#)
@@ -146,6 +168,26 @@ pub fn bound_tokens(jkt: &str, fetches: Arc<AtomicUsize>) -> impl freshtoken::so
                 .with_expires_in(Some(3600)))
         },
     )
+}
+
+/// A new DPoP key, and a driver on the current tokio runtime whose tokens
+/// are bound to it (its first one fetched), with the count of fetches.
+pub async fn bound_driver() -> (
+    freshtoken::oauth2::DpopKey,
+    freshtoken::TokenHandle,
+    freshtoken::driver::DriverHandle,
+    Arc<AtomicUsize>,
+) {
+    let key = freshtoken::oauth2::DpopKey::generate().unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (tokens, driver) = freshtoken::driver::Builder::new()
+        .invalidate_interval(std::time::Duration::ZERO)
+        .spawn(
+            freshtoken::runtime::Tokio::current().expect("a tokio runtime"),
+            bound_tokens(key.thumbprint(), fetches.clone()),
+        );
+    tokens.ready().await.unwrap();
+    (key, tokens, driver, fetches)
 }
 
 /// Nothing secret in `text`: no proof (nor part of one), no token, no
