@@ -77,6 +77,15 @@
 //! replaying a gRPC call needs a body type that implements [`ReplayBody`];
 //! with tonic's own body the layer reports the rejected token (so the next
 //! call carries a new one) and returns the UNAUTHENTICATED answer.
+//!
+//! With DPoP, an UNAUTHENTICATED whose headers carry a DPoP
+//! `use_dpop_nonce` challenge and a `DPoP-Nonce` is the resource server
+//! asking for its nonce, as a `401` is over plain HTTP: the nonce is kept
+//! for that origin and the token is not reported; a body that cannot be
+//! copied is not replayed, so the answer goes back and the next call
+//! carries the nonce. The proof's `htu` is the request's URI, which must be
+//! absolute: see [tonic's DPoP](super::tonic#dpop) for the client's
+//! `with_origin`.
 
 use std::fmt;
 use std::future::Future;
