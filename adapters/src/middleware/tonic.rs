@@ -21,7 +21,9 @@
 //!   closure makes the call; on `UNAUTHENTICATED` the token is invalidated,
 //!   a newer one awaited (the [`refresh_wait`](super::Authorizer::refresh_wait)),
 //!   and the closure called **once** more. A streaming call is not
-//!   replayed (do not wrap it).
+//!   replayed (do not wrap it). With the tower layer in the channel
+//!   instead of the interceptor, [`call_with_replay`] does the same with
+//!   the layer's [`Authorizer`].
 //! * **In the channel** ([`AuthLayer::grpc`](super::tower::AuthLayer::grpc)):
 //!   the tower layer treats a trailers-only answer with `grpc-status: 16`
 //!   as a rejection. It replays requests whose body implements
