@@ -2,8 +2,8 @@
 //! requests to it (feature `dpop`).
 //!
 //! A [`DpopKey`] is an ES256 key (ECDSA on P-256 with SHA-256, signed by
-//! ring), generated for one instance or loaded from a PEM PKCS#8 file that
-//! several instances share. [`SourceBuilder::dpop`](super::SourceBuilder::dpop)
+//! ring), generated for one instance or loaded from a PEM PKCS#8 file or a
+//! private JWK that several instances share. [`SourceBuilder::dpop`](super::SourceBuilder::dpop)
 //! makes a source send a fresh proof with every token request, answer the
 //! authority's `use_dpop_nonce` once with the nonce it gave, and keep the
 //! latest nonce for the next request.
@@ -26,12 +26,12 @@ use freshtoken_core::oauth2::assertion::assemble;
 use freshtoken_core::oauth2::HttpResponse;
 use freshtoken_core::{Assertion, Clock as _, FetchError, Timestamp};
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::PrivateKeyDer;
 use zeroize::{Zeroize as _, Zeroizing};
 
-use super::signing::{random_jti, KeyError, SigningKey};
+use super::signing::{random_jti, read_key_file, KeyError, SigningKey};
 use crate::clock::SystemClock;
 
 /// The RFC 6749 error code with which an authority asks for a nonce
@@ -139,24 +139,52 @@ impl DpopKey {
     /// Loads a PEM key file (see [`from_pem`](Self::from_pem)): how a
     /// fleet shares one key, and with it the tokens bound to it.
     pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
-        let path = path.as_ref();
-        let pem = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::Io {
-            path: path.display().to_string(),
-            kind: e.kind(),
-        })?);
-        Self::from_pem(&pem)
+        Self::from_pem(&read_key_file(path.as_ref())?)
     }
 
     /// Loads an unencrypted PKCS#8 P-256 private key in DER form.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &SystemRandom::new())
-                .map_err(|e| KeyError::Rejected {
-                alg: super::JwsAlgorithm::Es256,
-                reason: e.to_string(),
-            })?;
-        let jwk = public_jwk(pair.public_key().as_ref())?;
-        let key = SigningKey::from_pkcs8_der(super::JwsAlgorithm::Es256, der)?;
+        Self::from_signing_key(SigningKey::from_pkcs8_der(super::JwsAlgorithm::Es256, der)?)
+    }
+
+    /// Loads a private P-256 JWK (RFC 7517: `kty` `EC`, `crv` `P-256`,
+    /// `x`, `y` and the private `d`; an `alg` other than `ES256` is
+    /// refused). The key's thumbprint is computed from `x` and `y`, so it
+    /// is the one any other holder of the JWK computes.
+    ///
+    /// ```
+    /// use freshtoken::oauth2::{DpopKey, KeyError};
+    ///
+    /// // A public JWK (no `d`) cannot sign.
+    /// let public = DpopKey::generate()?.public_jwk().to_owned();
+    /// assert_eq!(
+    ///     DpopKey::from_jwk(&public).unwrap_err(),
+    ///     KeyError::Jwk("a required member is missing or not a string")
+    /// );
+    /// # Ok::<_, KeyError>(())
+    /// ```
+    pub fn from_jwk(jwk: &str) -> Result<Self, KeyError> {
+        let key = SigningKey::from_jwk(jwk)?;
+        if key.alg() != super::JwsAlgorithm::Es256 {
+            return Err(KeyError::Jwk("a DPoP key must be an EC P-256 (ES256) key"));
+        }
+        Self::from_signing_key(key)
+    }
+
+    /// Loads a private JWK file (see [`from_jwk`](Self::from_jwk)).
+    pub fn from_jwk_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        let jwk = read_key_file(path.as_ref())?;
+        let text = std::str::from_utf8(&jwk).map_err(|_| KeyError::Jwk("not UTF-8"))?;
+        Self::from_jwk(text)
+    }
+
+    /// The key for an ES256 signing key that loaded (so its point is on
+    /// the curve).
+    fn from_signing_key(key: SigningKey) -> Result<Self, KeyError> {
+        let point = key
+            .ec_public_point()
+            .ok_or(KeyError::Unsupported("a DPoP key must be an ES256 key"))?;
+        let jwk = public_jwk(&point)?;
         Ok(DpopKey {
             inner: Arc::new(Inner {
                 key,
@@ -560,6 +588,59 @@ mod tests {
             Err(KeyError::Unsupported(_))
         ));
         let missing = DpopKey::from_pem_file("/nonexistent/dpop.pem").unwrap_err();
+        assert!(matches!(missing, KeyError::Io { .. }), "{missing}");
+    }
+
+    #[test]
+    fn keys_load_from_a_private_jwk_file_as_from_pkcs8() {
+        let generate = || {
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap()
+        };
+        let (pkcs8, other) = (generate(), generate());
+        // ring's P-256 PKCS#8 document: the private scalar at 36..68, the
+        // public point (0x04 || x || y) at 73..138.
+        let der = pkcs8.as_ref();
+        assert_eq!((der.len(), der[73]), (138, 4));
+        let jwk = |d: &[u8]| {
+            format!(
+                r#"{{"kty":"EC","crv":"P-256","alg":"ES256","x":"{}","y":"{}","d":"{}"}}"#,
+                b64url(&der[74..106]),
+                b64url(&der[106..138]),
+                b64url(d)
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dpop.jwk");
+        std::fs::write(&path, jwk(&der[36..68])).unwrap();
+        let from_jwk = DpopKey::from_jwk_file(&path).unwrap();
+        let from_der = DpopKey::from_pkcs8_der(der).unwrap();
+        assert_eq!(from_jwk.thumbprint(), from_der.thumbprint());
+        assert_eq!(from_jwk.public_jwk(), from_der.public_jwk());
+        assert!(!from_jwk.is_generated());
+        let proof = from_jwk.proof("POST", "https://a.example/token").sign();
+        assert!(proof.is_ok());
+
+        // Another key's private scalar with these x and y: refused.
+        assert!(matches!(
+            DpopKey::from_jwk(&jwk(&other.as_ref()[36..68])),
+            Err(KeyError::Rejected { .. })
+        ));
+        let refused = [
+            r#"{"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ"}"#,
+            r#"{"kty":"EC","crv":"P-384","x":"AA","y":"AA","d":"AA"}"#,
+            "not json",
+        ];
+        for text in refused {
+            let e = DpopKey::from_jwk(text).unwrap_err();
+            assert!(matches!(e, KeyError::Jwk(_)), "{text}: {e:?}");
+        }
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert_eq!(
+            DpopKey::from_jwk_file(&path).unwrap_err(),
+            KeyError::Jwk("not UTF-8")
+        );
+        let missing = DpopKey::from_jwk_file("/nonexistent/dpop.jwk").unwrap_err();
         assert!(matches!(missing, KeyError::Io { .. }), "{missing}");
     }
 

@@ -105,6 +105,15 @@ enum Material {
     Hmac(Zeroizing<Vec<u8>>),
 }
 
+/// A key file's bytes, wiped when dropped.
+pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let bytes = std::fs::read(path).map_err(|e| KeyError::Io {
+        path: path.display().to_string(),
+        kind: e.kind(),
+    })?;
+    Ok(Zeroizing::new(bytes))
+}
+
 /// A private key (or an HMAC secret) that signs JWT assertions, with the
 /// optional `kid` and `x5t#S256` that go in their header.
 ///
@@ -195,11 +204,7 @@ impl SigningKey {
     /// Loads a PEM private key file (see [`from_pem`](Self::from_pem)).
     /// Symlinks are followed (keys mounted from a secret store often are).
     pub fn from_pem_file(alg: JwsAlgorithm, path: impl AsRef<Path>) -> Result<Self, KeyError> {
-        let path = path.as_ref();
-        let pem = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::Io {
-            path: path.display().to_string(),
-            kind: e.kind(),
-        })?);
+        let pem = read_key_file(path.as_ref())?;
         Self::from_pem(alg, &pem)
     }
 
@@ -361,6 +366,22 @@ impl SigningKey {
     /// The `x5t#S256` thumbprint, if set.
     pub fn x5t_s256(&self) -> Option<&str> {
         self.x5t_s256.as_deref()
+    }
+
+    /// An ES256 key's public point, `0x04 || x || y`; `None` for other
+    /// keys.
+    pub(crate) fn ec_public_point(&self) -> Option<Vec<u8>> {
+        match &self.material {
+            Material::EcJwk { public, .. } => Some(public.clone()),
+            Material::EcPkcs8(der) => EcdsaKeyPair::from_pkcs8(
+                &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                der,
+                &SystemRandom::new(),
+            )
+            .ok()
+            .map(|pair| pair.public_key().as_ref().to_vec()),
+            _ => None,
+        }
     }
 
     fn checked(alg: JwsAlgorithm, material: Material) -> Result<Self, KeyError> {
