@@ -370,6 +370,7 @@ impl SigningKey {
 
     /// An ES256 key's public point, `0x04 || x || y`; `None` for other
     /// keys.
+    #[cfg(feature = "dpop")]
     pub(crate) fn ec_public_point(&self) -> Option<Vec<u8>> {
         match &self.material {
             Material::EcJwk { public, .. } => Some(public.clone()),
