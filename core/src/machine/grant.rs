@@ -15,9 +15,42 @@ pub(super) enum Origin {
 /// The newest refresh token known.
 #[derive(Debug, Clone)]
 pub(super) struct Grant {
-    pub(super) token: RefreshToken,
+    pub(super) token: HeldRefreshToken,
     pub(super) generation: u64,
     pub(super) origin: Origin,
+}
+
+/// A refresh token the machine holds: the configured one, or one learned
+/// with a token (from the cache or an answer), kept inside that token
+/// rather than copied out of it. The token is shared with the cache and
+/// with every peer that read it, so comparing a cached token's refresh
+/// token with ours reads memory they all read; a copy per machine was an
+/// allocation per token learned, and a cache miss of its own per compare
+/// in a large simulated fleet.
+#[derive(Debug, Clone)]
+pub(super) enum HeldRefreshToken {
+    Configured(RefreshToken),
+    /// Inside this token, which has one (see [`HeldRefreshToken::of`]).
+    In(Arc<Token>),
+}
+
+impl HeldRefreshToken {
+    /// `token`'s refresh token, if it has one.
+    pub(super) fn of(token: &Arc<Token>) -> Option<Self> {
+        token
+            .refresh_token()
+            .is_some()
+            .then(|| HeldRefreshToken::In(token.clone()))
+    }
+
+    pub(super) fn get(&self) -> &RefreshToken {
+        match self {
+            HeldRefreshToken::Configured(rt) => rt,
+            HeldRefreshToken::In(token) => token
+                .refresh_token()
+                .expect("only a token with a refresh token is held"),
+        }
+    }
 }
 
 /// The grant, across refreshes: the newest refresh token known, the one
@@ -28,7 +61,7 @@ pub(super) struct GrantState {
     /// The newest refresh token known.
     pub(super) newest: Option<Grant>,
     /// The refresh token the authority said is revoked; never presented again.
-    pub(super) revoked: Option<RefreshToken>,
+    pub(super) revoked: Option<HeldRefreshToken>,
     /// Fetches given up on (their id and the generation they presented).
     pub(super) abandoned: VecDeque<Abandoned>,
 }
@@ -56,6 +89,11 @@ impl GrantState {
     pub(super) fn is_refresh_flow(&self) -> bool {
         self.newest.is_some() || self.revoked.is_some()
     }
+
+    /// Whether `rt` is the refresh token the authority revoked.
+    fn is_revoked(&self, rt: &RefreshToken) -> bool {
+        self.revoked.as_ref().is_some_and(|r| r.get() == rt)
+    }
 }
 
 /// A fetch given up on: its answer, if it comes, is still used.
@@ -78,11 +116,11 @@ impl RefreshMachine {
     /// Takes the cached token's refresh token when it is of a later
     /// generation than ours, so this instance never presents one that a
     /// peer has already rotated.
-    pub(super) fn learn_refresh_token(&mut self, token: &Token) {
+    pub(super) fn learn_refresh_token(&mut self, token: &Arc<Token>) {
         let Some(rt) = token.refresh_token() else {
             return;
         };
-        if self.grant.revoked.as_ref() == Some(rt) {
+        if self.grant.is_revoked(rt) {
             return;
         }
         let newer = match &self.grant.newest {
@@ -93,12 +131,12 @@ impl RefreshMachine {
             Some(g) => {
                 (token.generation() > g.generation
                     || (g.origin == Origin::Configured && token.generation() >= g.generation))
-                    && g.token != *rt
+                    && g.token.get() != rt
             }
         };
         if newer {
             self.grant.newest = Some(Grant {
-                token: rt.clone(),
+                token: HeldRefreshToken::In(token.clone()),
                 generation: token.generation(),
                 origin: Origin::Cache,
             });
@@ -108,12 +146,12 @@ impl RefreshMachine {
     /// After a revocation: takes the cached token's refresh token if it is
     /// not the revoked one, whatever its generation (a new grant starts
     /// again from its own first generation).
-    pub(super) fn learn_live_grant(&mut self, token: &Token) -> bool {
-        match token.refresh_token() {
-            Some(rt) if self.grant.revoked.as_ref() != Some(rt) => {
+    pub(super) fn learn_live_grant(&mut self, token: &Arc<Token>) -> bool {
+        match HeldRefreshToken::of(token) {
+            Some(rt) if !self.grant.is_revoked(rt.get()) => {
                 self.grant.revoked = None;
                 self.grant.newest = Some(Grant {
-                    token: rt.clone(),
+                    token: rt,
                     generation: token.generation(),
                     origin: Origin::Cache,
                 });
@@ -152,11 +190,24 @@ impl RefreshMachine {
             }
         }
         if rotated {
-            let next = generation.saturating_add(1);
-            token = token.with_generation(next);
-            if let Some(rt) = token.refresh_token() {
-                // Our own answer wins, unless we have since learned of a
-                // later generation (an abandoned fetch answering late).
+            token = token.with_generation(generation.saturating_add(1));
+        } else {
+            // The authority kept the grant as it was: carry our refresh
+            // token along so the cache stores the full state.
+            let (rt, generation) = match &self.grant.newest {
+                Some(g) => (Some(g.token.get().clone()), g.generation),
+                None => (None, 0),
+            };
+            token = token.with_refresh_token(rt).with_generation(generation);
+        }
+        self.served.skew_ms = resolved.skew_ms;
+        self.served.lifetime_note = note;
+        let token = Arc::new(token);
+        if rotated {
+            // Our own answer wins, unless we have since learned of a later
+            // generation (an abandoned fetch answering late).
+            let next = token.generation();
+            if let Some(rt) = HeldRefreshToken::of(&token) {
                 if self
                     .grant
                     .newest
@@ -164,24 +215,14 @@ impl RefreshMachine {
                     .is_none_or(|g| next >= g.generation)
                 {
                     self.grant.newest = Some(Grant {
-                        token: rt.clone(),
+                        token: rt,
                         generation: next,
                         origin: Origin::Answer,
                     });
                 }
             }
-        } else {
-            // The authority kept the grant as it was: carry our refresh
-            // token along so the cache stores the full state.
-            let (rt, generation) = match &self.grant.newest {
-                Some(g) => (Some(g.token.clone()), g.generation),
-                None => (None, 0),
-            };
-            token = token.with_refresh_token(rt).with_generation(generation);
         }
-        self.served.skew_ms = resolved.skew_ms;
-        self.served.lifetime_note = note;
-        (Arc::new(token), rotated)
+        (token, rotated)
     }
 
     /// Applies the refresh floor to a fetched token whose answer was

@@ -154,7 +154,7 @@ mod timers;
 
 pub use config::{MachineConfig, MachineStats};
 pub use events::{Event, InvalidationOutcome};
-use grant::{Abandoned, Grant, GrantState, Origin};
+use grant::{Abandoned, Grant, GrantState, HeldRefreshToken, Origin};
 pub use io::{
     Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, MonoLife, Output, RefreshState,
     RequestId, Snapshot,
@@ -382,7 +382,7 @@ impl RefreshMachine {
     /// ```
     pub fn with_shared_config(config: Arc<MachineConfig>, seed: u64) -> Self {
         let grant = config.refresh_token.clone().map(|token| Grant {
-            token,
+            token: HeldRefreshToken::Configured(token),
             generation: 0,
             origin: Origin::Configured,
         });
@@ -425,7 +425,10 @@ impl RefreshMachine {
 
     /// The refresh token the next fetch would present, and its generation.
     pub fn refresh_token(&self) -> Option<(&RefreshToken, u64)> {
-        self.grant.newest.as_ref().map(|g| (&g.token, g.generation))
+        self.grant
+            .newest
+            .as_ref()
+            .map(|g| (g.token.get(), g.generation))
     }
 
     /// How renewal is going.
@@ -472,12 +475,12 @@ impl RefreshMachine {
         self.fired.hash(hasher);
         (self.served.skew_ms, self.served.store_error.is_some()).hash(hasher);
         if let Some(g) = &self.grant.newest {
-            (g.token.fingerprint(), g.generation, g.origin as u8).hash(hasher);
+            (g.token.get().fingerprint(), g.generation, g.origin as u8).hash(hasher);
         }
         self.grant
             .revoked
             .as_ref()
-            .map(|r| r.fingerprint())
+            .map(|r| r.get().fingerprint())
             .hash(hasher);
         for a in &self.grant.abandoned {
             (a.id, a.sent.wall, a.sent.mono, a.generation).hash(hasher);
@@ -820,7 +823,7 @@ impl RefreshMachine {
         let id = self.send(kind, timeout);
         let mut request = FetchRequest::new(
             self.attempt.failures.saturating_add(1),
-            self.grant.newest.as_ref().map(|g| g.token.clone()),
+            self.grant.newest.as_ref().map(|g| g.token.get().clone()),
         );
         request.id = id;
         request.timeout = timeout;
