@@ -379,10 +379,10 @@ impl<'a> Fleet<'a> {
                     deadline,
                 } => {
                     let deadline = (deadline != Timestamp::MAX).then_some(deadline);
-                    match self.deliverable(i, life, *input, deadline, now) {
-                        Some(input) => input,
-                        None => continue,
+                    if !self.deliverable(i, life, &input, deadline, now) {
+                        continue;
                     }
+                    *input
                 }
                 EventKind::ReadCache { life, id } => {
                     self.report.cache_reads += 1;
@@ -526,16 +526,17 @@ impl<'a> Fleet<'a> {
     }
 
     /// Whether an answer reaches the instance; when it does not, whether
-    /// that lost the grant's newest refresh token, and why.
+    /// that lost the grant's newest refresh token, and why. (It reads the
+    /// answer in place: an `Input` is large, and most are delivered.)
     fn deliverable(
         &mut self,
         i: usize,
         life: Life,
-        input: Input,
+        input: &Input,
         deadline: Option<Timestamp>,
         now: Timestamp,
-    ) -> Option<Input> {
-        let rotated = match &input {
+    ) -> bool {
+        let rotated = match input {
             Input::Fetched(_, Ok(r)) => r
                 .refresh_token
                 .as_ref()
@@ -564,7 +565,7 @@ impl<'a> Fleet<'a> {
             }
         }
         if !dead {
-            return Some(input);
+            return true;
         }
         if rotated.is_some() {
             // A stopped machine waited for its fetch until the deadline; an
@@ -576,7 +577,7 @@ impl<'a> Fleet<'a> {
                 self.check_loss(Loss::LostAnswer);
             }
         }
-        None
+        false
     }
 
     fn fails(&mut self, p: f64) -> bool {
@@ -597,7 +598,9 @@ impl<'a> Fleet<'a> {
             now + HANG
         } else {
             if self.queue.is_idle_at(now.as_millis()) {
-                return self.deliverable(i, life, input, None, now);
+                return self
+                    .deliverable(i, life, &input, None, now)
+                    .then_some(input);
             }
             now
         };
