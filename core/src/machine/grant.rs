@@ -271,7 +271,7 @@ impl RefreshMachine {
             floor,
             consecutive: self.served.degenerate_streak,
         };
-        self.served.degenerate = Some((token.id(), record));
+        self.served.degenerate = Some(Box::new((token.id(), record)));
         Token::new(
             token.access_token().clone(),
             token.issued_at(),

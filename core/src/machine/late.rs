@@ -93,7 +93,7 @@ impl RefreshMachine {
         {
             return self.send_store(token, store_for, false);
         }
-        self.follow_up = Some(FollowUp { token, store_for });
+        self.follow_up = Some(Box::new(FollowUp { token, store_for }));
     }
 
     /// Whether no request is awaited, so the next step may send one (a

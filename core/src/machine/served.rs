@@ -25,11 +25,12 @@ pub(super) struct Served {
     pub(super) skew_ms: Option<i64>,
     pub(super) lifetime_note: Option<LifetimeNote>,
     /// The current token came from a degenerate answer: how it was re-timed.
-    pub(super) degenerate: Option<(TokenId, DegenerateLifetime)>,
+    /// (Boxed, as rare: see [`RefreshMachine`]'s `follow_up`.)
+    pub(super) degenerate: Option<Box<(TokenId, DegenerateLifetime)>>,
     /// Consecutive degenerate answers.
     pub(super) degenerate_streak: u32,
-    /// Why the last store failed, until one succeeds.
-    pub(super) store_error: Option<CacheError>,
+    /// Why the last store failed, until one succeeds. (Boxed, as rare.)
+    pub(super) store_error: Option<Box<CacheError>>,
 }
 
 impl Default for Served {
@@ -66,7 +67,7 @@ impl Served {
     /// The degenerate record, if it is the current token's (an adopted
     /// token or a late answer may have replaced the one it was made for).
     pub(super) fn degenerate_of_current(&self) -> Option<DegenerateLifetime> {
-        let (id, d) = self.degenerate?;
+        let (id, d) = *self.degenerate.as_deref()?;
         (self.current.as_ref()?.id() == id).then_some(d)
     }
 
@@ -301,7 +302,7 @@ impl RefreshMachine {
             state: self.served.state.clone(),
             published_at: self.now.wall,
             tokens_fetched: self.stats.tokens_fetched,
-            store_error: self.served.store_error.clone(),
+            store_error: self.served.store_error.as_deref().cloned(),
             skew_ms: self.served.skew_ms,
             lifetime_note: self.served.lifetime_note,
             degenerate: self.degenerate_of_current(),
