@@ -388,10 +388,8 @@ impl<'a> Fleet<'a> {
                     self.report.cache_reads += 1;
                     self.count_cache_operation(now);
                     let result = self.read_shared(i);
-                    match self.answer_cache(i, life, now, Input::CacheLoaded(id, result)) {
-                        Some(input) => input,
-                        None => continue,
-                    }
+                    self.answer_cache(i, life, now, Input::CacheLoaded(id, result), observer);
+                    continue;
                 }
                 EventKind::TryLease { life, id, ttl_ns } => {
                     let ttl = Duration::from_nanos(ttl_ns);
@@ -401,18 +399,14 @@ impl<'a> Fleet<'a> {
                     } else {
                         Ok(self.try_lease((i, life), now, ttl))
                     };
-                    match self.answer_cache(i, life, now, Input::Lease(id, result)) {
-                        Some(input) => input,
-                        None => continue,
-                    }
+                    self.answer_cache(i, life, now, Input::Lease(id, result), observer);
+                    continue;
                 }
                 EventKind::WriteCache { life, id, token } => {
                     self.count_cache_operation(now);
                     let result = self.write_shared(i, now, token);
-                    match self.answer_cache(i, life, now, Input::Stored(id, result)) {
-                        Some(input) => input,
-                        None => continue,
-                    }
+                    self.answer_cache(i, life, now, Input::Stored(id, result), observer);
+                    continue;
                 }
                 EventKind::RevertWrite { written, previous } => {
                     if self
@@ -585,22 +579,25 @@ impl<'a> Fleet<'a> {
     }
 
     /// Delivers a cache answer now, or after a hang. When nothing else is
-    /// due now, the answer would be the next event: it is returned to be
-    /// fed at once (if it reaches the instance) instead of queued.
+    /// due now, the answer would be the next event: it is fed at once (if
+    /// it reaches the instance) instead of queued. (Fed here rather than
+    /// handed back: an `Input` is large, and each hand-off copies it.)
     fn answer_cache(
         &mut self,
         i: usize,
         life: Life,
         now: Timestamp,
         input: Input,
-    ) -> Option<Input> {
+        observer: &mut impl Observer,
+    ) {
         let at = if self.fails(self.scenario.cache_faults.hang) {
             now + HANG
         } else {
             if self.queue.is_idle_at(now.as_millis()) {
-                return self
-                    .deliverable(i, life, &input, None, now)
-                    .then_some(input);
+                if self.deliverable(i, life, &input, None, now) {
+                    self.feed(i, input, now, observer);
+                }
+                return;
             }
             now
         };
@@ -613,7 +610,6 @@ impl<'a> Fleet<'a> {
                 deadline: Timestamp::MAX,
             },
         );
-        None
     }
 
     /// A load through the instance's stack: the memory layer answers when
