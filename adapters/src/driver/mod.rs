@@ -90,8 +90,6 @@ mod run;
 #[cfg(any(feature = "tokio", feature = "async-std", feature = "smol"))]
 pub use run::{AsyncCache, AsyncSource, Caches, Source};
 
-#[cfg(feature = "blocking")]
-use refresher::NoCache;
 use refresher::Refresher;
 
 /// Configures and spawns a driver.
@@ -166,16 +164,42 @@ impl std::fmt::Debug for SyncCache {
 
 impl SyncCache {
     /// The cache for a driver whose source is for `key` (when known),
-    /// bound to the key's configuration. A cache to be named after a key
-    /// that nobody knows is none, with a warning: refreshing goes on
-    /// without sharing.
+    /// bound to the key's configuration and metered, and how the driver
+    /// shares its tokens. A cache to be named after a key that nobody
+    /// knows is none, with a warning: refreshing goes on without sharing;
+    /// so is one for tokens that serve this instance alone
+    /// ([`Sharing::InstanceKey`]).
     #[cfg(any(
         feature = "blocking",
         feature = "tokio",
         feature = "async-std",
         feature = "smol"
     ))]
-    fn resolve(self, key: Option<&crate::TokenKey>, name: &str) -> Option<Arc<dyn TokenCache>> {
+    fn resolve(
+        self,
+        key: Option<&crate::TokenKey>,
+        name: &Arc<str>,
+    ) -> (Arc<dyn TokenCache>, Sharing) {
+        let configured = self.0.is_some();
+        match self.make(key, name) {
+            // Each call counted (a no-op without the `metrics` feature).
+            Some(cache) => (crate::metrics::meter_cache(cache, name), Sharing::Shared),
+            None => (
+                Arc::new(refresher::NoCache),
+                Sharing::of(configured, false, key),
+            ),
+        }
+    }
+
+    /// The configured cache, made for `key` and bound to it, if it can
+    /// be used (see [`resolve`](Self::resolve)).
+    #[cfg(any(
+        feature = "blocking",
+        feature = "tokio",
+        feature = "async-std",
+        feature = "smol"
+    ))]
+    fn make(self, key: Option<&crate::TokenKey>, name: &str) -> Option<Arc<dyn TokenCache>> {
         let setting = self.0?;
         if !Sharing::cache_usable_for(key) {
             return None;
@@ -522,14 +546,7 @@ impl Builder<SyncCache> {
         let thread = self.settings.thread_name.clone();
         let initial = source.initial_refresh_token();
         let key = key_of(source.token_key(), &self.settings.cache_config);
-        let configured = self.caches.0.is_some();
-        let cache = self.caches.resolve(key.as_ref(), &self.settings.name);
-        let sharing = Sharing::of(configured, cache.is_some(), key.as_ref());
-        let cache = match cache {
-            // Each call counted (a no-op without the `metrics` feature).
-            Some(cache) => crate::metrics::meter_cache(cache, &self.settings.name),
-            None => Arc::new(NoCache),
-        };
+        let (cache, sharing) = self.caches.resolve(key.as_ref(), &self.settings.name);
         let (refresher, handle, control) = self.settings.build(sharing, initial);
         let thread = blocking::spawn(refresher, Arc::new(source), cache, thread)?;
         Ok((handle, DriverHandle::new(control, Some(thread))))

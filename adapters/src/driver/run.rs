@@ -282,14 +282,7 @@ mod sealed {
             name: &Arc<str>,
             key: Option<&crate::TokenKey>,
         ) -> (Box<dyn CacheRunner<R>>, Sharing) {
-            let configured = self.0.is_some();
-            let cache = self.resolve(key, name);
-            let sharing = Sharing::of(configured, cache.is_some(), key);
-            // Each call counted (a no-op without the `metrics` feature).
-            let cache = match cache {
-                Some(cache) => crate::metrics::meter_cache(cache, name),
-                None => Arc::new(super::super::refresher::NoCache),
-            };
+            let (cache, sharing) = self.resolve(key, name);
             (Box::new(CacheOnPool(cache)), sharing)
         }
     }
