@@ -111,7 +111,7 @@ impl RefreshMachine {
     /// Carries out the follow-up once nothing is in flight, unless it is
     /// moot (a newer token was served, or a later refresh token learned).
     pub(super) fn run_follow_up(&mut self) {
-        if !self.is_free() {
+        if self.follow_up.is_none() || !self.is_free() {
             return;
         }
         if let Some(follow_up) = self.follow_up.take() {

@@ -11,8 +11,8 @@
 //! Unlike quinn's, the table is not a second store of deadlines: each
 //! deadline lives with the state it belongs to (a phase's variant, the
 //! lease call in flight, the current token), so it cannot outlive that
-//! state or disagree with it; [`RefreshMachine::timers`] reads them into a
-//! [`TimerTable`]. Deadlines on the monotonic clock and on the token's clock
+//! state or disagree with it; [`RefreshMachine::deadline`] reads one, and
+//! [`RefreshMachine::next_timer`] the earliest. Deadlines on the monotonic clock and on the token's clock
 //! (see [`RefreshMachine::token_now`]) are put on the wall clock as read
 //! now, so comparing them with now is comparing each on its own clock.
 
@@ -75,34 +75,42 @@ impl Fired {
     }
 }
 
-/// Each timer's deadline, if it is set.
-#[derive(Debug, Default)]
-pub(super) struct TimerTable {
-    at: [Option<Timestamp>; Timer::ALL.len()],
-}
-
-impl TimerTable {
-    pub(super) fn set(&mut self, timer: Timer, at: Option<Timestamp>) {
-        self.at[timer as usize] = at;
-    }
-
-    /// The earliest deadline set.
-    pub(super) fn next_timeout(&self) -> Option<Timestamp> {
-        self.at.iter().flatten().min().copied()
-    }
-}
-
 impl RefreshMachine {
-    /// Every timer's deadline now, read from the state it belongs to.
-    pub(super) fn timers(&self) -> TimerTable {
-        let mut table = TimerTable::default();
-        for timer in Timer::ALL {
-            table.set(timer, self.deadline(timer));
+    /// The earliest timer's deadline, if any is set: the table read.
+    ///
+    /// Only the timers the phase may set are read (`deadline` is `None`
+    /// for the others, checked in debug builds). It is read three times per
+    /// input, so each `deadline` here is for a named timer, which the
+    /// compiler reduces to the few fields it reads.
+    pub(super) fn next_timer(&self) -> Option<Timestamp> {
+        let mut next = None;
+        let mut read = |timer| {
+            if let Some(at) = self.deadline(timer) {
+                next = Some(next.map_or(at, |n: Timestamp| n.min(at)));
+            }
+        };
+        read(Timer::LeaseCall);
+        match self.phase {
+            Phase::Waiting(_) | Phase::Draining { .. } => read(Timer::Request),
+            Phase::Idle { .. } => {
+                read(Timer::Early);
+                read(Timer::Refresh);
+            }
+            Phase::PeerWait { .. } | Phase::Failed { .. } => read(Timer::Recheck),
+            Phase::Backoff { .. } => read(Timer::Retry),
+            Phase::Created | Phase::Stopped => {}
         }
-        table
+        read(Timer::Expiry);
+        debug_assert_eq!(
+            next,
+            Timer::ALL.iter().filter_map(|&t| self.deadline(t)).min(),
+            "a timer set in a phase `next_timer` does not read it in"
+        );
+        next
     }
 
     /// One timer's deadline, on the wall clock as read now.
+    #[inline(always)]
     pub(super) fn deadline(&self, timer: Timer) -> Option<Timestamp> {
         let at = |mono: MonoTime| Some(self.now.wall_at(mono));
         match (timer, &self.phase) {
@@ -154,8 +162,7 @@ impl RefreshMachine {
     /// The next [`Output::Timeout`]: the earliest timer, and a timer
     /// already due (the driver was late) right after now.
     pub(super) fn next_deadline(&self) -> Timestamp {
-        self.timers()
-            .next_timeout()
+        self.next_timer()
             .unwrap_or(Timestamp::MAX)
             .max(self.now.wall + Duration::from_millis(1))
     }
@@ -168,10 +175,7 @@ impl RefreshMachine {
     pub(super) fn expire_timers(&mut self) {
         self.run_follow_up();
         // Most inputs find nothing due: one look at the earliest timer.
-        if self
-            .timers()
-            .next_timeout()
-            .is_none_or(|at| at > self.now.wall)
+        if self.next_timer().is_none_or(|at| at > self.now.wall)
         {
             return;
         }
