@@ -141,6 +141,7 @@
 
 mod config;
 mod events;
+mod fifo;
 mod grant;
 mod io;
 mod late;
@@ -159,6 +160,7 @@ pub use io::{
     Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, MonoLife, Output, RefreshState,
     RequestId, Snapshot,
 };
+use fifo::Fifo;
 use late::FollowUp;
 use lease::{Attempt, Lease, LeaseCall, HAND_ON_AFTER, ROTATED_STORES_PER_LEASE};
 use served::Served;
@@ -333,26 +335,20 @@ enum Phase {
 /// // Waiting for the fetch's answer: until its deadline, the fetch timeout.
 /// assert_eq!(wake_at, now + MachineConfig::default().fetch_timeout);
 /// ```
+///
+/// # Layout
+///
+/// The fields are in a fixed order (`repr(C)`), those every input reads
+/// first: the phase, the clocks, the lease, and the current token at the
+/// head of [`Served`]; then the queues the driver drains; the statistics
+/// last. A simulated fleet of a hundred thousand machines does not fit in
+/// the processor's caches, and each input then waits for every cache line
+/// of its machine it reads: fewer lines, less waiting.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct RefreshMachine {
-    /// Shared by every machine built from one configuration (a simulated
-    /// fleet's hundred thousand): only the seed differs between them.
-    config: Arc<MachineConfig>,
     phase: Phase,
     now: Now,
-    rng: fastrand::Rng,
-    outbox: VecDeque<Action>,
-    events: VecDeque<Event>,
-    next_id: u64,
-
-    /// What readers are served, and how renewal is going.
-    served: Served,
-    /// The newest refresh token known, the revoked one, the fetches given up on.
-    grant: GrantState,
-    /// Until when the cache's lease is ours, and the lease call in flight.
-    lease: Lease,
-    /// The refresh under way: its failures and its wait for a peer.
-    attempt: Attempt,
     /// What a late answer left to do (see [`FollowUp`]). Boxed, like the
     /// other rare parts (a degenerate answer's record, a store's error, a
     /// dead-on-arrival answer's error): out of line, they leave the parts
@@ -363,6 +359,21 @@ pub struct RefreshMachine {
     /// read only when a timer is due, and inline its 168 bytes came
     /// between the parts every input reads.
     fired: Box<timers::Fired>,
+    /// Until when the cache's lease is ours, and the lease call in flight.
+    lease: Lease,
+    /// What readers are served, and how renewal is going.
+    served: Served,
+    outbox: Fifo<Action>,
+    events: Fifo<Event>,
+    rng: fastrand::Rng,
+    next_id: u64,
+    /// Shared by every machine built from one configuration (a simulated
+    /// fleet's hundred thousand): only the seed differs between them.
+    config: Arc<MachineConfig>,
+    /// The refresh under way: its failures and its wait for a peer.
+    attempt: Attempt,
+    /// The newest refresh token known, the revoked one, the fetches given up on.
+    grant: GrantState,
     stats: MachineStats,
 }
 
@@ -398,8 +409,8 @@ impl RefreshMachine {
             config,
             phase: Phase::Created,
             now: Now::new(Timestamp::EPOCH, MonoTime::ZERO),
-            outbox: VecDeque::new(),
-            events: VecDeque::new(),
+            outbox: Fifo::default(),
+            events: Fifo::default(),
             next_id: 0,
             served: Served::default(),
             grant: GrantState {

@@ -6,29 +6,33 @@ use super::*;
 /// What readers are served, across refreshes: the current token and when
 /// its times count from, what readers asked of it (a validity, a
 /// rejection), the notes published with it, and how renewal is going.
+///
+/// In a fixed order (`repr(C)`, see [`RefreshMachine`]'s layout): what the
+/// timers read on every input first, what a publication reads after it.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub(super) struct Served {
     /// The token readers are served.
     pub(super) current: Option<Arc<Token>>,
     /// When, on both clocks, the current token's times count from (see
     /// [`RefreshMachine::token_now`]).
     pub(super) anchor: Option<Now>,
+    /// Whether readers have been told that `current` expired.
+    pub(super) expiry_published: bool,
+    /// Consecutive degenerate answers.
+    pub(super) degenerate_streak: u32,
+    /// The token a consumer reported as rejected; never re-adopted.
+    pub(super) rejected: Option<TokenId>,
     /// A reader needs a token valid this long, which the current one is not
     /// ([`Input::NeedValidity`]); until a new token is served.
     pub(super) wanted: Option<Duration>,
-    /// Whether readers have been told that `current` expired.
-    pub(super) expiry_published: bool,
-    /// The token a consumer reported as rejected; never re-adopted.
-    pub(super) rejected: Option<TokenId>,
-    pub(super) last_invalidation: Option<MonoTime>,
     pub(super) state: RefreshState,
     pub(super) skew_ms: Option<i64>,
     pub(super) lifetime_note: Option<LifetimeNote>,
+    pub(super) last_invalidation: Option<MonoTime>,
     /// The current token came from a degenerate answer: how it was re-timed.
     /// (Boxed, as rare: see [`RefreshMachine`]'s `follow_up`.)
     pub(super) degenerate: Option<Box<(TokenId, DegenerateLifetime)>>,
-    /// Consecutive degenerate answers.
-    pub(super) degenerate_streak: u32,
     /// Why the last store failed, until one succeeds. (Boxed, as rare.)
     pub(super) store_error: Option<Box<CacheError>>,
 }
