@@ -155,12 +155,12 @@ mod timers;
 
 pub use config::{MachineConfig, MachineStats};
 pub use events::{Event, InvalidationOutcome};
+use fifo::Fifo;
 use grant::{Abandoned, Grant, GrantState, HeldRefreshToken, Origin};
 pub use io::{
     Action, DegenerateLifetime, FetchRequest, Input, LeaseOutcome, MonoLife, Output, RefreshState,
     RequestId, Snapshot,
 };
-use fifo::Fifo;
 use late::FollowUp;
 use lease::{Attempt, Lease, LeaseCall, HAND_ON_AFTER, ROTATED_STORES_PER_LEASE};
 use served::Served;
@@ -349,6 +349,11 @@ enum Phase {
 pub struct RefreshMachine {
     phase: Phase,
     now: Now,
+    /// The next [`Output::Timeout`], as the last input left the timers
+    /// when none was due (it read them then, to tell), so that
+    /// [`poll_output`](Self::poll_output) need not read them again; `None`:
+    /// to be read.
+    timeout: Option<Timestamp>,
     /// What a late answer left to do (see [`FollowUp`]). Boxed, like the
     /// other rare parts (a degenerate answer's record, a store's error, a
     /// dead-on-arrival answer's error): out of line, they leave the parts
@@ -408,6 +413,7 @@ impl RefreshMachine {
             rng: fastrand::Rng::with_seed(seed),
             config,
             phase: Phase::Created,
+            timeout: None,
             now: Now::new(Timestamp::EPOCH, MonoTime::ZERO),
             outbox: Fifo::default(),
             events: Fifo::default(),
@@ -535,6 +541,7 @@ impl RefreshMachine {
     pub fn handle_input(&mut self, input: Input, now: impl Into<Now>) {
         let now = now.into();
         self.now = Now::new(now.wall, now.mono.max(self.now.mono));
+        self.timeout = None;
         // The timers due are handled first (the driver may be late, or the
         // input may come at a deadline), so the input meets the state that
         // time has made; and again after it, for a timer it made due.
@@ -552,7 +559,7 @@ impl RefreshMachine {
             answer => self.on_answer(answer),
         }
         if !self.is_stopped() {
-            self.expire_timers();
+            self.timeout = self.expire_timers();
         }
     }
 
@@ -561,7 +568,7 @@ impl RefreshMachine {
         if let Some(action) = self.outbox.pop_front() {
             return Output::Action(action);
         }
-        Output::Timeout(self.next_deadline())
+        Output::Timeout(self.timeout.unwrap_or_else(|| self.next_deadline()))
     }
 
     fn ignore(&mut self) {

@@ -162,8 +162,12 @@ impl RefreshMachine {
     /// The next [`Output::Timeout`]: the earliest timer, and a timer
     /// already due (the driver was late) right after now.
     pub(super) fn next_deadline(&self) -> Timestamp {
-        self.next_timer()
-            .unwrap_or(Timestamp::MAX)
+        self.timeout_after(self.next_timer())
+    }
+
+    /// The [`Output::Timeout`] for `next`, the earliest timer.
+    fn timeout_after(&self, next: Option<Timestamp>) -> Timestamp {
+        next.unwrap_or(Timestamp::MAX)
             .max(self.now.wall + Duration::from_millis(1))
     }
 
@@ -172,12 +176,15 @@ impl RefreshMachine {
     /// handles; one it makes due earlier in the order waits a millisecond).
     /// What a late answer left to do (the [`FollowUp`]) comes before any
     /// timer's work, as soon as nothing is in flight.
-    pub(super) fn expire_timers(&mut self) {
+    ///
+    /// Returns the next [`Output::Timeout`] when no timer was due (it read
+    /// the earliest to tell), `None` when timers ran.
+    pub(super) fn expire_timers(&mut self) -> Option<Timestamp> {
         self.run_follow_up();
         // Most inputs find nothing due: one look at the earliest timer.
-        if self.next_timer().is_none_or(|at| at > self.now.wall)
-        {
-            return;
+        let next = self.next_timer();
+        if next.is_none_or(|at| at > self.now.wall) {
+            return Some(self.timeout_after(next));
         }
         for timer in Timer::ALL {
             self.run_follow_up();
@@ -188,6 +195,7 @@ impl RefreshMachine {
             }
         }
         self.run_follow_up();
+        None
     }
 
     fn on_timer(&mut self, timer: Timer) {
