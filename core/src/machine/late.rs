@@ -110,10 +110,17 @@ impl RefreshMachine {
 
     /// Carries out the follow-up once nothing is in flight, unless it is
     /// moot (a newer token was served, or a later refresh token learned).
+    #[inline]
     pub(super) fn run_follow_up(&mut self) {
-        if self.follow_up.is_none() || !self.is_free() {
-            return;
+        // Called several times per input and nearly always with none: the
+        // check is inlined, the work is not.
+        if self.follow_up.is_some() && self.is_free() {
+            self.carry_out_follow_up();
         }
+    }
+
+    #[cold]
+    fn carry_out_follow_up(&mut self) {
         if let Some(follow_up) = self.follow_up.take() {
             if self.follow_up_stands(&follow_up) {
                 self.send_store(follow_up.token, follow_up.store_for, false);
