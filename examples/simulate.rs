@@ -122,6 +122,12 @@ const AFTER_HELP: &str = "\
 Exits with status 2 if the authority saw a spent refresh token that no
 inherent loss explains (a defect of the refresh machine).
 
+On Linux with glibc, the simulator runs itself again with
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1, so that its memory is in
+transparent huge pages (a large fleet is visited in random order, and with
+4 KiB pages nearly every event also missed the TLB: 100,000 instances ran
+15 % faster). GLIBC_TUNABLES set to anything, even empty, leaves it alone.
+
 Issue 22's fault model, 100,000 instances:
   simulate -n 100000 --refresh-tokens --reuse-interval 60s --memory-layer \\
     --skew 5m --clock-steps 4 --latency-tail 5% --restarts 2h --kills 20% \\
@@ -234,6 +240,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(status) = run_with_huge_pages() {
+        return status;
+    }
     let args = Args::parse();
     if args.tour {
         tour();
@@ -253,6 +262,37 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS
+}
+
+/// Runs this same command again in a child process whose glibc `malloc`
+/// puts its memory in transparent huge pages, and returns its exit status;
+/// `None` (run here) when `GLIBC_TUNABLES` is set already (the user's
+/// choice, or this is the child) or the child could not be started.
+///
+/// A fleet's instances are visited in a random order, so at 100,000 of
+/// them (about 90 MB) nearly every event missed the processor's TLB as
+/// well as its caches: huge pages took 15 % off issue 22's 100,000-instance
+/// run. The tunable is read only when a process starts, hence the child;
+/// on a kernel whose transparent huge pages are off, it changes nothing.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn run_with_huge_pages() -> Option<ExitCode> {
+    if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let status = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+        .status()
+        .ok()?;
+    let code = status.code().and_then(|c| u8::try_from(c).ok());
+    Some(code.map_or(ExitCode::FAILURE, ExitCode::from))
+}
+
+/// Elsewhere: run here.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn run_with_huge_pages() -> Option<ExitCode> {
+    None
 }
 
 /// `1 h 30 min`, `40 min 30 s`, `2.5 s`: the two largest units.
