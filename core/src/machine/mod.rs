@@ -335,15 +335,13 @@ enum Phase {
 /// // Waiting for the fetch's answer: until its deadline, the fetch timeout.
 /// assert_eq!(wake_at, now + MachineConfig::default().fetch_timeout);
 /// ```
-///
-/// # Layout
-///
-/// The fields are in a fixed order (`repr(C)`), those every input reads
-/// first: the phase, the clocks, the lease, and the current token at the
-/// head of [`Served`]; then the queues the driver drains; the statistics
-/// last. A simulated fleet of a hundred thousand machines does not fit in
-/// the processor's caches, and each input then waits for every cache line
-/// of its machine it reads: fewer lines, less waiting.
+//
+// Layout: the fields are in a fixed order (`repr(C)`), those every input
+// reads first: the phase, the clocks, the lease, and the current token at
+// the head of `Served`; then the queues the driver drains; the statistics
+// last. A simulated fleet of a hundred thousand machines does not fit in
+// the processor's caches, and each input then waits for every cache line
+// of its machine it reads: fewer lines, less waiting.
 #[derive(Debug, Clone)]
 #[repr(C)]
 pub struct RefreshMachine {

@@ -7,8 +7,9 @@ use super::*;
 /// its times count from, what readers asked of it (a validity, a
 /// rejection), the notes published with it, and how renewal is going.
 ///
-/// In a fixed order (`repr(C)`, see [`RefreshMachine`]'s layout): what the
-/// timers read on every input first, what a publication reads after it.
+/// In a fixed order (`repr(C)`, see the layout note on [`RefreshMachine`]):
+/// what the timers read on every input first, what a publication reads
+/// after it.
 #[derive(Debug, Clone)]
 #[repr(C)]
 pub(super) struct Served {
