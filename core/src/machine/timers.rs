@@ -12,9 +12,10 @@
 //! deadline lives with the state it belongs to (a phase's variant, the
 //! lease call in flight, the current token), so it cannot outlive that
 //! state or disagree with it; [`RefreshMachine::deadline`] reads one, and
-//! [`RefreshMachine::next_timer`] the earliest. Deadlines on the monotonic clock and on the token's clock
-//! (see [`RefreshMachine::token_now`]) are put on the wall clock as read
-//! now, so comparing them with now is comparing each on its own clock.
+//! [`RefreshMachine::next_timer`] the earliest. Deadlines on the monotonic
+//! clock and on the token's clock (see [`RefreshMachine::token_now`]) are
+//! put on the wall clock as read now, so comparing them with now is
+//! comparing each on its own clock.
 
 use super::*;
 

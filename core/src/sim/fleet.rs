@@ -112,8 +112,8 @@ impl Timer {
 /// One simulated instance. Its parts every event reads come first, on
 /// one of the processor's cache lines (the type is aligned to one), and
 /// its machine's own hot parts right after them (see the layout note on
-/// [`RefreshMachine`]): at 100,000 instances the fleet is far larger than the caches,
-/// and an event waits for each line of its instance it reads.
+/// [`RefreshMachine`]): at 100,000 instances the fleet is far larger than
+/// the caches, and an event waits for each line of its instance it reads.
 #[repr(C, align(64))]
 struct Instance {
     /// This instance's wall clock minus the true time.
