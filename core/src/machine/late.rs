@@ -15,10 +15,10 @@ pub(super) struct FollowUp {
 
 impl RefreshMachine {
     /// An answer to a request the machine no longer waits for.
-    pub(super) fn late(&mut self, input: Input) {
-        match input {
-            Input::Fetched(id, Ok(response)) => {
-                let Some(fetch) = self.grant.take_abandoned(id) else {
+    pub(super) fn late(&mut self, answer: Answer) {
+        match answer {
+            Answer::Fetched(id, result) => {
+                let (Ok(response), Some(fetch)) = (*result, self.grant.take_abandoned(id)) else {
                     return self.ignore();
                 };
                 self.on_late_fetch(response, fetch);
@@ -27,7 +27,7 @@ impl RefreshMachine {
             // back, or peers wait for a holder that is not fetching. (A
             // release in flight was sent after the request, and the cache
             // carries out one instance's calls in order: it gives it back.)
-            Input::Lease(_, Ok(LeaseOutcome::Granted))
+            Answer::Lease(_, Ok(LeaseOutcome::Granted))
                 if !self.holds_lease() && !self.release_in_flight() =>
             {
                 self.ignore();

@@ -349,7 +349,7 @@ impl RefreshMachine {
 
     /// The lease call in flight was answered (`Some`) or given up on at its
     /// deadline (`None`).
-    pub(super) fn settle_lease_call(&mut self, input: Option<&Input>) {
+    pub(super) fn settle_lease_call(&mut self, answer: Option<&Answer>) {
         let Some(call) = self.lease.call.take() else {
             return;
         };
@@ -359,18 +359,18 @@ impl RefreshMachine {
         }
         // A release that failed only lets the lease lapse by its TTL (the
         // driver reports it).
-        let (Some(until), Some(input)) = (call.extension_until, input) else {
+        let (Some(until), Some(answer)) = (call.extension_until, answer) else {
             return;
         };
-        self.lease.until = match input {
-            Input::Lease(_, Ok(LeaseOutcome::Granted)) => Some(until),
+        self.lease.until = match answer {
+            Answer::Lease(_, Ok(LeaseOutcome::Granted)) => Some(until),
             // A failing cache says nothing of the lease: it is ours until
             // when we knew, and the next step asks again, which extends it
             // if it is still ours and takes it if it lapsed. (Dropping it
             // here stopped the renewals: a holder with a late answer's
             // rotated refresh token then let the lease lapse, and a peer
             // presented the spent one.)
-            Input::Lease(_, Err(_)) => self.lease.until,
+            Answer::Lease(_, Err(_)) => self.lease.until,
             // Lost it: it lapsed and a peer took it.
             _ => None,
         };

@@ -139,6 +139,7 @@
 //! deadline), and only then [`Action::Stop`]. A driver's `shutdown` returns
 //! after that, so the next process is granted the lease at once.
 
+mod answer;
 mod config;
 mod events;
 mod fifo;
@@ -153,6 +154,7 @@ mod served;
 mod shutdown;
 mod timers;
 
+use answer::{Answer, Received};
 pub use config::{MachineConfig, MachineStats};
 pub use events::{Event, InvalidationOutcome};
 use fifo::Fifo;
@@ -536,8 +538,13 @@ impl RefreshMachine {
     /// Feeds what happened at `now`: a [`Timestamp`] (both clocks read the
     /// same) or a [`Now`] with a separate monotonic reading. A monotonic
     /// reading that goes back is taken as standing still.
+    #[inline]
     pub fn handle_input(&mut self, input: Input, now: impl Into<Now>) {
-        let now = now.into();
+        self.handle(Received::from(input), now.into());
+    }
+
+    /// [`handle_input`](Self::handle_input)'s work, on the input converted.
+    fn handle(&mut self, input: Received, now: Now) {
         self.now = Now::new(now.wall, now.mono.max(self.now.mono));
         self.timeout = None;
         // The timers due are handled first (the driver may be late, or the
@@ -548,13 +555,13 @@ impl RefreshMachine {
         }
         match input {
             _ if self.is_stopped() => self.ignore(),
-            Input::Shutdown => self.shutdown(),
-            Input::Start if matches!(self.phase, Phase::Created) => self.begin_refresh(),
-            Input::Start => self.ignore(),
-            Input::Tick => {}
-            Input::Invalidate(id) => self.invalidate(id),
-            Input::NeedValidity(needed) => self.need_validity(needed),
-            answer => self.on_answer(answer),
+            Received::Shutdown => self.shutdown(),
+            Received::Start if matches!(self.phase, Phase::Created) => self.begin_refresh(),
+            Received::Start => self.ignore(),
+            Received::Tick => {}
+            Received::Invalidate(id) => self.invalidate(id),
+            Received::NeedValidity(needed) => self.need_validity(needed),
+            Received::Answer(answer) => self.on_answer(answer),
         }
         if !self.is_stopped() {
             self.timeout = self.expire_timers();
@@ -622,12 +629,10 @@ impl RefreshMachine {
     }
 
     /// An answer: to the request in flight, to a lease extension, or late.
-    fn on_answer(&mut self, input: Input) {
-        let Some(id) = input.request_id() else {
-            return self.ignore();
-        };
+    fn on_answer(&mut self, answer: Answer) {
+        let id = answer.id();
         if self.lease.call.is_some_and(|c| c.id == id) {
-            self.settle_lease_call(Some(&input));
+            self.settle_lease_call(Some(&answer));
             let awaited = match &self.phase {
                 Phase::Waiting(r) | Phase::Draining { request: r, .. } => r.id == id,
                 _ => false,
@@ -639,33 +644,33 @@ impl RefreshMachine {
             }
         }
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
-            Phase::Waiting(request) if request.id == id => self.answered(request, input),
+            Phase::Waiting(request) if request.id == id => self.answered(request, answer),
             Phase::Draining { request, until } if request.id == id => {
-                self.drained(request, until, input)
+                self.drained(request, until, answer)
             }
             phase => {
                 self.phase = phase;
-                self.late(input);
+                self.late(answer);
             }
         }
     }
 
     /// The answer to the request in flight.
-    fn answered(&mut self, request: Request, input: Input) {
-        match (request.kind, input) {
+    fn answered(&mut self, request: Request, answer: Answer) {
+        match (request.kind, answer) {
             (RequestKind::LeaseCall { then_lease }, _) => self.after_lease_call(then_lease),
-            (RequestKind::Load(read), Input::CacheLoaded(_, result)) => {
+            (RequestKind::Load(read), Answer::CacheLoaded(_, result)) => {
                 self.on_cache_loaded(result, read)
             }
-            (RequestKind::Lease { sent, renewal }, Input::Lease(_, result)) => {
+            (RequestKind::Lease { sent, renewal }, Answer::Lease(_, result)) => {
                 self.on_lease(result, sent, renewal)
             }
             (
                 RequestKind::Fetch {
                     sent, generation, ..
                 },
-                Input::Fetched(_, result),
-            ) => match result {
+                Answer::Fetched(_, result),
+            ) => match *result {
                 Ok(response) => {
                     let (token, rotated) = self.accept_fetched(response, sent, generation);
                     let dead = Self::dead_on_arrival(&token, self.now.token_clock(sent));
@@ -708,7 +713,7 @@ impl RefreshMachine {
                     publish_after,
                     failed,
                 },
-                Input::Stored(_, result),
+                Answer::Stored(_, result),
             ) => self.on_stored(result, token, rotated, publish_after, failed),
             // The right id with the wrong kind of answer: a driver bug.
             // Keep waiting for the real answer (or the deadline).

@@ -34,14 +34,18 @@ impl RefreshMachine {
     }
 
     /// The answer to the request a shutdown is waiting for.
-    pub(super) fn drained(&mut self, request: Request, until: MonoTime, input: Input) {
-        match (request.kind, input) {
+    pub(super) fn drained(&mut self, request: Request, until: MonoTime, answer: Answer) {
+        match (request.kind, answer) {
             (
                 RequestKind::Fetch {
                     sent, generation, ..
                 },
-                Input::Fetched(_, Ok(response)),
+                Answer::Fetched(_, result),
             ) => {
+                // A failed fetch ends the drain.
+                let Ok(response) = *result else {
+                    return self.stop();
+                };
                 let (token, rotated) = self.accept_fetched(response, sent, generation);
                 // Served unless a token served meanwhile outlives it.
                 let alive = Self::dead_on_arrival(&token, self.now.token_clock(sent)).is_none()
@@ -65,14 +69,14 @@ impl RefreshMachine {
             // after this request (a late grant's) is in flight: the cache
             // carries out one instance's calls in order, so it gives this
             // one back too.
-            (RequestKind::Lease { sent, .. }, Input::Lease(_, Ok(LeaseOutcome::Granted)))
+            (RequestKind::Lease { sent, .. }, Answer::Lease(_, Ok(LeaseOutcome::Granted)))
                 if !self.release_in_flight() =>
             {
                 self.lease.until = Some(sent + self.config.lease_ttl);
             }
             // The rotated refresh token is not durable yet: try again while
             // the drain bound allows (a flaky cache must not cost the grant).
-            (RequestKind::Store { token, rotated, .. }, Input::Stored(_, Err(_)))
+            (RequestKind::Store { token, rotated, .. }, Answer::Stored(_, Err(_)))
                 if rotated && self.now.mono < until =>
             {
                 return self.send_store(token, StoreFor::Rotated, true);
