@@ -226,6 +226,13 @@ impl Now {
         Now { wall, mono }
     }
 
+    /// Whether the wall clock is as far from the monotonic clock as at
+    /// `other` (neither stepped in between).
+    pub(crate) fn same_offset(self, other: Now) -> bool {
+        let offset = |n: Now| i128::from(n.wall.0) - i128::from(n.mono.0);
+        offset(self) == offset(other)
+    }
+
     /// The wall-clock instant at which the monotonic instant `at` falls,
     /// seen from now (for `Timeout`s, which drivers sleep towards).
     pub fn wall_at(self, at: MonoTime) -> Timestamp {

@@ -349,11 +349,12 @@ enum Phase {
 pub struct RefreshMachine {
     phase: Phase,
     now: Now,
-    /// The next [`Output::Timeout`], as the last input left the timers
-    /// when none was due (it read them then, to tell), so that
-    /// [`poll_output`](Self::poll_output) need not read them again; `None`:
-    /// to be read.
-    timeout: Option<Timestamp>,
+    /// The earliest timer's deadline (`Timestamp::MAX`: none) as last read
+    /// at `now`, since when nothing changed the timers; `None`: to be read.
+    /// [`poll_output`](Self::poll_output) answers from it, and the next
+    /// input's first look for a timer due too, when its clocks kept their
+    /// offset (see [`RefreshMachine::expire_timers`]).
+    earliest: Option<Timestamp>,
     /// What a late answer left to do (see [`FollowUp`]). Boxed, like the
     /// other rare parts (a degenerate answer's record, a store's error, a
     /// dead-on-arrival answer's error): out of line, they leave the parts
@@ -413,7 +414,7 @@ impl RefreshMachine {
             rng: fastrand::Rng::with_seed(seed),
             config,
             phase: Phase::Created,
-            timeout: None,
+            earliest: None,
             now: Now::new(Timestamp::EPOCH, MonoTime::ZERO),
             outbox: Fifo::default(),
             events: Fifo::default(),
@@ -545,13 +546,17 @@ impl RefreshMachine {
 
     /// [`handle_input`](Self::handle_input)'s work, on the input converted.
     fn handle(&mut self, input: Received, now: Now) {
+        let before = self.now;
         self.now = Now::new(now.wall, now.mono.max(self.now.mono));
-        self.timeout = None;
+        let earliest = self
+            .earliest
+            .take()
+            .filter(|_| self.now.same_offset(before));
         // The timers due are handled first (the driver may be late, or the
         // input may come at a deadline), so the input meets the state that
         // time has made; and again after it, for a timer it made due.
         if !self.is_stopped() {
-            self.expire_timers();
+            self.expire_timers(earliest);
         }
         match input {
             _ if self.is_stopped() => self.ignore(),
@@ -564,7 +569,7 @@ impl RefreshMachine {
             Received::Answer(answer) => self.on_answer(answer),
         }
         if !self.is_stopped() {
-            self.timeout = self.expire_timers();
+            self.earliest = self.expire_timers(None);
         }
     }
 
@@ -573,7 +578,13 @@ impl RefreshMachine {
         if let Some(action) = self.outbox.pop_front() {
             return Output::Action(action);
         }
-        Output::Timeout(self.timeout.unwrap_or_else(|| self.next_deadline()))
+        let earliest = match self.earliest {
+            Some(at) => at,
+            None => *self
+                .earliest
+                .insert(self.next_timer().unwrap_or(Timestamp::MAX)),
+        };
+        Output::Timeout(self.timeout_after(earliest))
     }
 
     fn ignore(&mut self) {

@@ -160,16 +160,11 @@ impl RefreshMachine {
         }
     }
 
-    /// The next [`Output::Timeout`]: the earliest timer, and a timer
-    /// already due (the driver was late) right after now.
-    pub(super) fn next_deadline(&self) -> Timestamp {
-        self.timeout_after(self.next_timer())
-    }
-
-    /// The [`Output::Timeout`] for `next`, the earliest timer.
-    fn timeout_after(&self, next: Option<Timestamp>) -> Timestamp {
-        next.unwrap_or(Timestamp::MAX)
-            .max(self.now.wall + Duration::from_millis(1))
+    /// The [`Output::Timeout`] for `earliest`, the earliest timer's
+    /// deadline (`Timestamp::MAX`: none): it, or right after now when it
+    /// is already due (the driver was late).
+    pub(super) fn timeout_after(&self, earliest: Timestamp) -> Timestamp {
+        earliest.max(self.now.wall + Duration::from_millis(1))
     }
 
     /// Handles the timers that are due, each once, in [`Timer::ALL`]'s
@@ -178,14 +173,29 @@ impl RefreshMachine {
     /// What a late answer left to do (the [`FollowUp`]) comes before any
     /// timer's work, as soon as nothing is in flight.
     ///
-    /// Returns the next [`Output::Timeout`] when no timer was due (it read
-    /// the earliest to tell), `None` when timers ran.
-    pub(super) fn expire_timers(&mut self) -> Option<Timestamp> {
+    /// `known` is the earliest deadline as read at the last input's clocks
+    /// (by its last pass, or by `poll_output`). Every deadline is where an
+    /// instant of the monotonic clock, or of the token's clock, falls on
+    /// the wall clock, and both of those advance with the monotonic clock:
+    /// while the wall clock keeps its offset from it, a deadline still
+    /// ahead reads the same, and one passed reads now. So the caller passes
+    /// `known` only when the offset held (nothing else changes the timers
+    /// between inputs); debug builds check it against a fresh read.
+    ///
+    /// Returns the earliest deadline when no timer was due (it read it to
+    /// tell), `None` when timers ran.
+    pub(super) fn expire_timers(&mut self, known: Option<Timestamp>) -> Option<Timestamp> {
+        // (With `known`, this carries nothing out: the pass that read it
+        // ended with it, and nothing changed the phase since.)
         self.run_follow_up();
         // Most inputs find nothing due: one look at the earliest timer.
-        let next = self.next_timer();
-        if next.is_none_or(|at| at > self.now.wall) {
-            return Some(self.timeout_after(next));
+        let earliest = known.unwrap_or_else(|| self.next_timer().unwrap_or(Timestamp::MAX));
+        debug_assert!(
+            earliest <= self.now.wall || earliest == self.next_timer().unwrap_or(Timestamp::MAX),
+            "the earliest deadline known from the last pass is not the one read now"
+        );
+        if earliest > self.now.wall {
+            return Some(earliest);
         }
         for timer in Timer::ALL {
             self.run_follow_up();
