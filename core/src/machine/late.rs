@@ -67,7 +67,7 @@ impl RefreshMachine {
                 }
             ) {
                 self.attempt.failures = 0;
-                self.served.state = RefreshState::Healthy;
+                self.served.state.set(RefreshState::Healthy);
             }
             if !durable_first {
                 self.publish();

@@ -458,7 +458,7 @@ impl RefreshMachine {
 
     /// How renewal is going.
     pub fn state(&self) -> &RefreshState {
-        &self.served.state
+        self.served.state.get()
     }
 
     /// Feeds everything that decides the machine's future behaviour into
@@ -519,7 +519,7 @@ impl RefreshMachine {
             "{:?}{:?}{:?}{:?}",
             self.phase,
             self.follow_up.as_ref().map(|f| &f.store_for),
-            self.served.state,
+            self.served.state.get(),
             self.served.degenerate,
         );
     }
@@ -793,7 +793,7 @@ impl RefreshMachine {
                 return self.stay_failed();
             }
             self.attempt.failures = 0;
-            self.served.state = RefreshState::Starting;
+            self.served.state.set(RefreshState::Starting);
         }
         if let Some(token) = cached {
             self.learn_refresh_token(&token);
@@ -801,7 +801,7 @@ impl RefreshMachine {
                 self.emit(Event::Adopted { token: token.id() });
                 self.served.lifetime_note = None;
                 self.attempt.failures = 0;
-                self.served.state = RefreshState::Healthy;
+                self.served.state.set(RefreshState::Healthy);
                 self.make_current(token.clone(), self.now);
                 self.publish();
                 // Done, unless the adopted token is itself due for renewal
@@ -898,7 +898,7 @@ impl RefreshMachine {
         self.stats.tokens_fetched += 1;
         self.attempt.failures = 0;
         self.attempt.unreached = 0;
-        self.served.state = RefreshState::Healthy;
+        self.served.state.set(RefreshState::Healthy);
         if self.current_outlives(&token, sent) {
             // Ours outlives the answer (a late answer served meanwhile, or
             // an authority handing back its cached token, counted down):
@@ -1058,7 +1058,7 @@ impl RefreshMachine {
             self.attempt.failures = self.attempt.failures.saturating_add(1);
             self.release_lease();
             self.grant.revoked = self.grant.newest.take().map(|g| g.token);
-            self.served.state = RefreshState::Failed { error };
+            self.served.state.set(RefreshState::Failed { error });
             self.publish();
             if self.config.cache {
                 self.stay_failed();
@@ -1144,11 +1144,11 @@ impl RefreshMachine {
             }
             _ => {}
         }
-        self.served.state = RefreshState::Retrying {
+        self.served.state.set(RefreshState::Retrying {
             error,
             attempt: self.attempt.failures,
             next_attempt: self.now.wall_at(retry_at),
-        };
+        });
         self.phase = Phase::Backoff { retry_at, then };
         self.publish();
     }

@@ -53,7 +53,7 @@ impl RefreshMachine {
                 if alive {
                     self.make_current(token.clone(), sent);
                     self.emit(Event::refreshed(request.id, &token));
-                    self.served.state = RefreshState::Healthy;
+                    self.served.state.set(RefreshState::Healthy);
                     self.publish();
                 }
                 if self.config.cache && (alive || rotated) {
@@ -137,7 +137,7 @@ impl RefreshMachine {
             };
             return;
         }
-        self.served.state = RefreshState::Stopped;
+        self.served.state.set(RefreshState::Stopped);
         self.publish();
         self.outbox.push_back(Action::Stop);
         self.phase = Phase::Stopped;
