@@ -17,8 +17,12 @@ impl RefreshMachine {
     /// An answer to a request the machine no longer waits for.
     pub(super) fn late(&mut self, answer: Answer) {
         match answer {
+            // A late failure is ignored, and its fetch's record kept.
             Answer::Fetched(id, result) => {
-                let (Ok(response), Some(fetch)) = (*result, self.grant.take_abandoned(id)) else {
+                let Ok(response) = *result else {
+                    return self.ignore();
+                };
+                let Some(fetch) = self.grant.take_abandoned(id) else {
                     return self.ignore();
                 };
                 self.on_late_fetch(response, fetch);

@@ -853,6 +853,28 @@ fn a_late_answer_with_a_rotated_token_is_learned_and_stored() {
     assert_eq!(h.m.stats().late_answers_used, 1);
 }
 
+/// A late failure does not close the book on a fetch given up on: a driver
+/// that answers twice (a retried transport, a duplicated message) may still
+/// bring its rotated refresh token, which is the grant now.
+#[test]
+fn a_late_failure_keeps_the_record_of_the_fetch_given_up_on() {
+    let mut h = Harness::new(rt_config());
+    fetching(&mut h);
+    let fetch_id = h.last_id.unwrap();
+    let deadline = T0 + MachineConfig::default().fetch_timeout;
+    h.at(deadline).feed(Input::Tick);
+    let failure = FetchError::transient("late, and failed");
+    let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Err(failure)));
+    assert!(a.is_empty(), "a late failure asks for nothing: {a:?}");
+    let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Ok(rotated("late", "rt-1"))));
+    assert_eq!(kinds(&a), ["store"], "{a:?}");
+    assert_eq!(
+        h.m.refresh_token()
+            .map(|(rt, g)| (rt.expose_secret().to_owned(), g)),
+        Some(("rt-1".to_owned(), 1))
+    );
+}
+
 #[test]
 fn our_own_answer_wins_over_a_cached_token_stamped_later() {
     let mut h = Harness::new(rt_config());
