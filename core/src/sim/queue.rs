@@ -72,7 +72,7 @@ impl Bucket {
 }
 
 /// An item in the millisecond ring: a link in its bucket's list, by
-/// sequence number (or in the list of free nodes, without an item).
+/// sequence number (or free, without an item).
 struct Node<T> {
     seq: u64,
     next: u32,
@@ -100,7 +100,11 @@ pub(super) struct EventQueue<T> {
     occupied: Vec<u64>,
     /// The ring's items, in one allocation that free nodes are reused from.
     nodes: Vec<Node<T>>,
-    free: u32,
+    /// The free nodes, the last freed on top. A stack apart from the nodes,
+    /// not a list through them: taking one reads no node, and a page spread
+    /// at once (thousands of items) takes thousands without a chain of
+    /// reads from nodes freed long ago, each a wait on memory.
+    free: Vec<u32>,
     /// Slot `(t / PAGE) % PAGES` holds the items of the page of `t`, for
     /// the `PAGES` pages from `spread` on.
     pages: Vec<Vec<(u64, u64, T)>>,
@@ -121,7 +125,7 @@ impl<T> EventQueue<T> {
             buckets: vec![Bucket::EMPTY; RING as usize],
             occupied: vec![0; WORDS],
             nodes: Vec::new(),
-            free: NIL,
+            free: Vec::new(),
             pages: (0..PAGES).map(|_| Vec::new()).collect(),
             far: BinaryHeap::new(),
         }
@@ -141,8 +145,8 @@ impl<T> EventQueue<T> {
     }
 
     /// Queues `item` at millisecond `at` with sequence number `seq` (from
-    /// [`next_seq`](Self::next_seq)), never before the item last popped:
-    /// an earlier `at` is taken as that one's time.
+    /// [`next_seq`](Self::next_seq), and not queued before), never before
+    /// the item last popped: an earlier `at` is taken as that one's time.
     pub(super) fn push_seq(&mut self, at: u64, seq: u64, item: T) {
         debug_assert!(at >= self.now, "event queued in the past");
         let at = at.max(self.now);
@@ -181,8 +185,7 @@ impl<T> EventQueue<T> {
         let node = &mut self.nodes[cur as usize];
         let next = node.next;
         node.item = None;
-        node.next = self.free;
-        self.free = cur;
+        self.free.push(cur);
         if prev == NIL {
             self.buckets[b].head = next;
         } else {
@@ -213,21 +216,24 @@ impl<T> EventQueue<T> {
             next: NIL,
             item: Some(item),
         };
-        let n = if self.free != NIL {
-            let n = self.free;
-            self.free = self.nodes[n as usize].next;
-            self.nodes[n as usize] = node;
+        let n = if let Some(n) = self.free.pop() {
+            // A free node holds no item: nothing to drop, so nothing to
+            // read of it (an assignment would look at its item first).
+            std::mem::forget(std::mem::replace(&mut self.nodes[n as usize], node));
             n
         } else {
             self.nodes.push(node);
             u32::try_from(self.nodes.len() - 1).expect("fewer than 2^32 queued events")
         };
         let tail = self.buckets[b].tail;
+        debug_assert!(tail == NIL || self.nodes[tail as usize].seq != seq);
         if tail == NIL {
             self.buckets[b].head = n;
             self.buckets[b].tail = n;
             self.occupied[b / 64] |= 1 << (b % 64);
-        } else if self.nodes[tail as usize].seq < seq {
+        } else if seq == self.seq || self.nodes[tail as usize].seq < seq {
+            // (The newest sequence number comes after every queued one:
+            // no need to read the tail's, most often far in memory.)
             self.nodes[tail as usize].next = n;
             self.buckets[b].tail = n;
         } else {
@@ -256,8 +262,7 @@ impl<T> EventQueue<T> {
                 let node = &mut self.nodes[head as usize];
                 let item = node.item.take();
                 self.buckets[b].head = node.next;
-                node.next = self.free;
-                self.free = head;
+                self.free.push(head);
                 if self.buckets[b].head == NIL {
                     self.buckets[b].tail = NIL;
                     self.occupied[b / 64] &= !(1 << (b % 64));
