@@ -50,7 +50,10 @@
 //! [quinn-proto]: https://docs.rs/quinn-proto
 //! [str0m]: https://docs.rs/str0m
 //! [fleet simulator]: https://docs.rs/freshtoken-core/latest/freshtoken_core/sim/
-#![forbid(unsafe_code)]
+// No unsafe code, except the simulator's one prefetch hint (`sim::prefetch`,
+// only with the `sim` feature).
+#![cfg_attr(not(feature = "sim"), forbid(unsafe_code))]
+#![cfg_attr(feature = "sim", deny(unsafe_code))]
 #![warn(missing_docs)]
 
 pub mod backoff;

@@ -384,6 +384,15 @@ pub struct RefreshMachine {
 }
 
 impl RefreshMachine {
+    /// Asks the processor to bring the parts of this machine kept out of
+    /// line (its timers' record of firing) into its caches: the simulator
+    /// does so for the next event's machine, with the machine itself (see
+    /// `sim::prefetch`).
+    #[cfg(feature = "sim")]
+    pub(crate) fn prefetch_out_of_line(&self) {
+        crate::sim::prefetch(&*self.fired);
+    }
+
     /// A machine with this configuration, waiting for [`Input::Start`].
     pub fn new(config: MachineConfig) -> Self {
         let seed = config.seed;

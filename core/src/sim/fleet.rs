@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::authority::{Authority, Loss};
+use super::prefetch::prefetch;
 use super::queue::EventQueue;
 use super::{CacheMode, Observer, Report, Scenario};
 use crate::error::{CacheError, CacheErrorKind};
@@ -113,7 +114,8 @@ impl Timer {
 /// one of the processor's cache lines (the type is aligned to one), and
 /// its machine's own hot parts right after them (see the layout note on
 /// [`RefreshMachine`]): at 100,000 instances the fleet is far larger than
-/// the caches, and an event waits for each line of its instance it reads.
+/// the caches, and an event waits for each line of its instance it reads
+/// that the prefetch two events ahead (in [`Fleet::run`]) has not brought.
 #[repr(C, align(64))]
 struct Instance {
     /// This instance's wall clock minus the true time.
@@ -366,6 +368,22 @@ impl<'a> Fleet<'a> {
         while let Some((at, event)) = self.queue.pop() {
             self.report.events += 1;
             let (now, i) = (Timestamp::from_millis(at), event.instance as usize);
+            // Memory the next events read, asked for now so that it arrives
+            // while this event is handled (see `prefetch`): the instance of
+            // the event after next, and the parts of the next one's machine
+            // kept out of line (found through its instance's lines, which
+            // were asked for one event ago).
+            let [next, after] = self.queue.peek();
+            if let Some(next) = next {
+                self.instances[next.instance as usize]
+                    .machine
+                    .prefetch_out_of_line();
+            }
+            if let Some(after) = after {
+                let j = after.instance as usize;
+                prefetch(&self.instances[j]);
+                prefetch(&self.timers[j]);
+            }
             let input = match event.kind {
                 EventKind::Timer { seq } => {
                     if !self.timer_due(i, at, seq) {

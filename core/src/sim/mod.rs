@@ -30,10 +30,12 @@
 
 mod authority;
 mod fleet;
+mod prefetch;
 mod queue;
 mod timeline;
 
 pub use authority::{Fault, FaultKind, Loss};
+pub(crate) use prefetch::prefetch;
 pub use timeline::Timeline;
 
 use std::time::Duration;

@@ -17,6 +17,8 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use super::prefetch::prefetch;
+
 /// Milliseconds in a page (a power of two).
 const PAGE: u64 = 1 << 16;
 /// The millisecond ring: two pages.
@@ -253,6 +255,49 @@ impl<T> EventQueue<T> {
         }
     }
 
+    /// The next two items that [`pop`](Self::pop) hands out, as far as
+    /// they are at the present or in the next hundred-odd milliseconds
+    /// (most often); it asks for the node of the third to be brought into
+    /// the processor's caches (see [`prefetch`]), to be read by the `peek`
+    /// after the next.
+    pub(super) fn peek(&self) -> [Option<&T>; 2] {
+        let start = (self.now & RING_MASK) as usize;
+        let Some((b, first)) = self.locate(start, self.buckets[start].head) else {
+            return [None, None];
+        };
+        let first = &self.nodes[first as usize];
+        let Some((b, second)) = self.locate(b, first.next) else {
+            return [first.item.as_ref(), None];
+        };
+        let second = &self.nodes[second as usize];
+        if let Some((_, third)) = self.locate(b, second.next) {
+            prefetch(&self.nodes[third as usize]);
+        }
+        [first.item.as_ref(), second.item.as_ref()]
+    }
+
+    /// Where the item after the one in bucket `b` is, given that one's
+    /// `next`: `next` itself, or the head of the first occupied bucket
+    /// after `b` in its word of the occupied bits or the next word.
+    fn locate(&self, b: usize, next: u32) -> Option<(usize, u32)> {
+        if next != NIL {
+            return Some((b, next));
+        }
+        let (word, bit) = (b / 64, b % 64);
+        let this = self.occupied[word] & (!1u64 << bit);
+        let b = if this != 0 {
+            word * 64 + this.trailing_zeros() as usize
+        } else {
+            let word = (word + 1) % WORDS;
+            let bits = self.occupied[word];
+            if bits == 0 {
+                return None;
+            }
+            word * 64 + bits.trailing_zeros() as usize
+        };
+        Some((b, self.buckets[b].head))
+    }
+
     /// The earliest item and its millisecond; `None` when none is left.
     pub(super) fn pop(&mut self) -> Option<(u64, T)> {
         loop {
@@ -329,6 +374,27 @@ impl<T> EventQueue<T> {
 mod tests {
     use super::*;
 
+    /// `peek` gives the next two items in the order `pop` hands them out,
+    /// across milliseconds, and nothing past the end.
+    #[test]
+    fn peek_gives_the_next_two_items() {
+        let mut queue = EventQueue::new(0, 10_000);
+        queue.push(5, 'a');
+        queue.push(3, 'b');
+        queue.push(3, 'c');
+        queue.push(70, 'd');
+        assert_eq!(queue.peek(), [Some(&'b'), Some(&'c')]);
+        assert_eq!(queue.pop(), Some((3, 'b')));
+        assert_eq!(queue.peek(), [Some(&'c'), Some(&'a')]);
+        assert_eq!(queue.pop(), Some((3, 'c')));
+        assert_eq!(queue.peek(), [Some(&'a'), Some(&'d')]);
+        assert_eq!(queue.pop(), Some((5, 'a')));
+        assert_eq!(queue.peek(), [Some(&'d'), None]);
+        assert_eq!(queue.pop(), Some((70, 'd')));
+        assert_eq!(queue.peek(), [None, None]);
+        assert_eq!(queue.pop(), None);
+    }
+
     /// The queue hands items out exactly as a heap ordered by (time,
     /// sequence number) does, for random monotone pushes near and far,
     /// same-millisecond pushes while draining, items queued with a
@@ -362,9 +428,18 @@ mod tests {
             let mut put_off = Vec::new();
             let mut popped = 0;
             let mut removed = 0;
-            while let Some((at, item)) = queue.pop() {
+            let mut peeked = 0;
+            loop {
+                let [next, _] = queue.peek().map(|item| item.copied());
+                let Some((at, item)) = queue.pop() else {
+                    break;
+                };
                 let expected = heap.pop().expect("the heap has as many");
                 assert_eq!((at, item), (expected.at, expected.item), "seed {seed}");
+                if let Some(next) = next {
+                    assert_eq!(next, item, "seed {seed}: peeked");
+                    peeked += 1;
+                }
                 popped += 1;
                 if popped > 20_000 {
                     continue;
@@ -409,6 +484,7 @@ mod tests {
                 }
             }
             assert!(heap.is_empty(), "seed {seed}");
+            assert!(peeked > 10, "seed {seed}: {peeked} of {popped} peeked");
             assert!(popped > 100, "seed {seed}: {popped}");
             assert!(removed > 10, "seed {seed}: {removed} removed");
             assert!(!queue.remove(end, u64::MAX), "seed {seed}");
