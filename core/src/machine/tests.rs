@@ -741,6 +741,16 @@ fn fetching(h: &mut Harness) {
     assert_eq!(kinds(&a), ["fetch"]);
 }
 
+/// A fetch (see [`fetching`]) given up on at its deadline, which passes
+/// with no answer: the fetch's id, and the deadline's actions and timeout.
+fn fetch_given_up_on(h: &mut Harness) -> (RequestId, Vec<Action>, Timestamp) {
+    fetching(h);
+    let fetch_id = h.last_id.unwrap();
+    let deadline = T0 + MachineConfig::default().fetch_timeout;
+    let (a, next) = h.at(deadline).feed(Input::Tick);
+    (fetch_id, a, next)
+}
+
 #[test]
 fn an_invalidation_during_a_store_refreshes_once_the_store_is_done() {
     let mut h = Harness::new(MachineConfig {
@@ -833,11 +843,8 @@ fn shutdown_mid_lease_releases_a_lease_granted_afterwards() {
 #[test]
 fn a_late_answer_with_a_rotated_token_is_learned_and_stored() {
     let mut h = Harness::new(rt_config());
-    fetching(&mut h);
-    let fetch_id = h.last_id.unwrap();
     // The deadline passes: a transient failure, the lease kept (extended).
-    let deadline = T0 + MachineConfig::default().fetch_timeout;
-    let (a, _) = h.at(deadline).feed(Input::Tick);
+    let (fetch_id, a, _) = fetch_given_up_on(&mut h);
     assert!(kinds(&a).contains(&"publish"));
     assert!(matches!(h.m.state(), RefreshState::Retrying { .. }));
     // Then the answer comes after all: its refresh token is the grant now,
@@ -859,10 +866,7 @@ fn a_late_answer_with_a_rotated_token_is_learned_and_stored() {
 #[test]
 fn a_late_failure_keeps_the_record_of_the_fetch_given_up_on() {
     let mut h = Harness::new(rt_config());
-    fetching(&mut h);
-    let fetch_id = h.last_id.unwrap();
-    let deadline = T0 + MachineConfig::default().fetch_timeout;
-    h.at(deadline).feed(Input::Tick);
+    let (fetch_id, _, _) = fetch_given_up_on(&mut h);
     let failure = FetchError::transient("late, and failed");
     let (a, _) = h.feed_raw(Input::Fetched(fetch_id, Err(failure)));
     assert!(a.is_empty(), "a late failure asks for nothing: {a:?}");
@@ -1239,12 +1243,9 @@ fn a_lease_granted_late_counts_from_its_request_and_is_renewed_before_the_fetch(
 #[test]
 fn a_late_answer_during_a_lease_request_is_served_and_the_request_kept() {
     let mut h = Harness::cached();
-    fetching(&mut h);
-    let fetch_id = h.last_id.unwrap();
     // The fetch's deadline passes; the retry has too little lease left for
     // a fetch, so it reads the cache and asks for the lease again.
-    let deadline = T0 + MachineConfig::default().fetch_timeout;
-    let (_, retry_at) = h.at(deadline).feed(Input::Tick);
+    let (fetch_id, _, retry_at) = fetch_given_up_on(&mut h);
     let (a, _) = h.at(retry_at).feed(Input::Tick);
     assert_eq!(kinds(&a), ["load"], "{a:?}");
     let (a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
@@ -1310,11 +1311,8 @@ fn a_late_answer_during_a_lease_extension_is_shared_beside_it() {
 #[test]
 fn a_late_answer_during_a_store_is_stored_after_it_never_beside_it() {
     let mut h = Harness::cached();
-    fetching(&mut h);
-    let first = h.last_id.unwrap();
     // The first fetch hangs past its deadline; the retry is answered.
-    let deadline = T0 + MachineConfig::default().fetch_timeout;
-    let (_, retry_at) = h.at(deadline).feed(Input::Tick);
+    let (first, _, retry_at) = fetch_given_up_on(&mut h);
     let (a, _) = h.at(retry_at).feed(Input::Tick);
     assert_eq!(kinds(&a), ["load"], "{a:?}");
     let (mut a, _) = h.feed(Input::CacheLoaded(ID, Ok(None)));
