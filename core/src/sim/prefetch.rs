@@ -1,12 +1,12 @@
-//! A hint to the processor: the memory of the next event's instance will be
-//! read soon.
+//! A hint to the processor: the memory of the next events' instances will
+//! be read soon.
 //!
 //! At a hundred thousand instances the fleet is far larger than the
 //! processor's caches, and each event waited for each cache line of its
 //! instance as the machine's code first read it: one wait after another.
-//! The queue knows the next event before this one is handled, so the fleet
-//! asks for the next instance's lines first, and they arrive while this
-//! event is handled (the 100,000-instance run: about a sixth less
+//! The queue knows the next events before this one is handled, so the
+//! fleet asks for their instances' lines first, and they arrive while this
+//! event is handled (the 100,000-instance run: about a third less
 //! time, with identical reports).
 //!
 //! This is the one `unsafe` block of the workspace, and only with the `sim`

@@ -278,23 +278,13 @@ impl<T> EventQueue<T> {
 
     /// Where the item after the one in bucket `b` is, given that one's
     /// `next`: `next` itself, or the head of the first occupied bucket
-    /// after `b` in its word of the occupied bits or the next word.
+    /// after `b` within the rest of a word of the occupied bits and one
+    /// more word (a peek looks no further).
     fn locate(&self, b: usize, next: u32) -> Option<(usize, u32)> {
         if next != NIL {
             return Some((b, next));
         }
-        let (word, bit) = (b / 64, b % 64);
-        let this = self.occupied[word] & (!1u64 << bit);
-        let b = if this != 0 {
-            word * 64 + this.trailing_zeros() as usize
-        } else {
-            let word = (word + 1) % WORDS;
-            let bits = self.occupied[word];
-            if bits == 0 {
-                return None;
-            }
-            word * 64 + bits.trailing_zeros() as usize
-        };
+        let b = self.first_occupied((b + 1) & RING_MASK as usize, 1)?;
         Some((b, self.buckets[b].head))
     }
 
@@ -349,24 +339,28 @@ impl<T> EventQueue<T> {
     /// The first millisecond in `[now, spread)` with a queued item.
     fn next_occupied(&self) -> Option<u64> {
         let start = (self.now & RING_MASK) as usize;
-        let (word, bit) = (start / 64, start % 64);
-        // The rest of the first word, then whole words round the ring, then
-        // the start of the first word again.
-        let first = self.occupied[word] & (!0u64 << bit);
-        let found = if first != 0 {
-            Some(word * 64 + first.trailing_zeros() as usize)
-        } else {
-            (1..=WORDS).find_map(|k| {
-                let w = (word + k) % WORDS;
-                let mut bits = self.occupied[w];
-                if k == WORDS {
-                    bits &= (1u64 << bit).wrapping_sub(1);
-                }
-                (bits != 0).then(|| w * 64 + bits.trailing_zeros() as usize)
-            })
-        }?;
+        let found = self.first_occupied(start, WORDS)?;
         let ahead = (found as u64).wrapping_sub(start as u64) & RING_MASK;
         Some(self.now + ahead)
+    }
+
+    /// The first occupied bucket from bucket `b` on, round the ring: the
+    /// rest of `b`'s word of the occupied bits, then up to `words` more
+    /// words (with `WORDS`, back to the start of `b`'s word).
+    fn first_occupied(&self, b: usize, words: usize) -> Option<usize> {
+        let (word, bit) = (b / 64, b % 64);
+        let first = self.occupied[word] & (!0u64 << bit);
+        if first != 0 {
+            return Some(word * 64 + first.trailing_zeros() as usize);
+        }
+        (1..=words).find_map(|k| {
+            let w = (word + k) % WORDS;
+            let mut bits = self.occupied[w];
+            if k == WORDS {
+                bits &= (1u64 << bit).wrapping_sub(1);
+            }
+            (bits != 0).then(|| w * 64 + bits.trailing_zeros() as usize)
+        })
     }
 }
 
