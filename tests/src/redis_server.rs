@@ -407,6 +407,11 @@ pub fn query(port: u16, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Whether the server on `port` answers `ROLE` as a primary.
+pub fn is_primary(port: u16) -> bool {
+    query(port, &["ROLE"]).is_some_and(|r| r.starts_with("master"))
+}
+
 /// How far a primary's replicas had got when its writes were paused (see
 /// [`pause_writes`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -683,7 +688,7 @@ impl RedisCluster {
                         && slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
                 })
                 .map(|(port, ..)| port)
-                .filter(|&port| query(port, &["ROLE"]).is_some_and(|r| r.starts_with("master")));
+                .filter(|&port| is_primary(port));
             new.is_some()
         });
         new.expect("a new primary")
@@ -838,9 +843,55 @@ impl RedisSentinel {
         wait_for(
             "the old primary to restart",
             Duration::from_secs(15),
-            || query(old, &["ROLE"]).is_some_and(|r| r.starts_with("master")),
+            || is_primary(old),
         );
         (old, self.add_sentinel(old))
+    }
+
+    /// Sets up a primary that a failover demoted without its knowing, as a
+    /// primary too slow to answer the Sentinels becomes one: waits until
+    /// both replicas have everything, freezes the primary (`SIGSTOP`) until
+    /// the Sentinels have promoted a replica and pointed the other at it,
+    /// then thaws it (`SIGCONT`). It answers `ROLE` as a primary, without a
+    /// replica, until the Sentinels reconfigure it, at least 8 s later
+    /// (they wait that long after a server they demoted comes back); a
+    /// client connected to it before the freeze is still connected. Needs
+    /// [`start_with_replicas(2)`](Self::start_with_replicas). Returns the
+    /// old primary's port.
+    pub fn fail_over_a_frozen_primary(&mut self) -> u16 {
+        let old = self.primary();
+        assert_eq!(
+            query(old, &["WAIT", "2", "5000"]).as_deref(),
+            Some("2"),
+            "both replicas caught up before the freeze"
+        );
+        let pid = self
+            .servers
+            .iter()
+            .find(|(p, _)| *p == old)
+            .and_then(|(_, child)| child.as_ref())
+            .map(|child| rustix::process::Pid::from_raw(child.id() as i32).expect("a pid"))
+            .expect("the primary's process");
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+        self.wait_failover(old, Duration::from_secs(30));
+        self.wait_replicated(Duration::from_secs(30));
+        rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
+        old
+    }
+
+    /// How many failovers the Sentinels have made: the highest configuration
+    /// epoch any of them reports (each failover raises it by one).
+    pub fn failovers(&self) -> u64 {
+        self.sentinels
+            .iter()
+            .filter_map(|(p, _)| query(*p, &["SENTINEL", "MASTER", SENTINEL_SERVICE]))
+            .filter_map(|m| {
+                let lines: Vec<&str> = m.lines().collect();
+                let at = lines.iter().position(|l| *l == "config-epoch")?;
+                lines.get(at + 1)?.trim().parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether the Sentinel at `sentinel` names `primary` as the service's
@@ -961,9 +1012,7 @@ impl RedisSentinel {
                 })
                 .collect();
             let now = self.primary();
-            now != old
-                && named.iter().all(|n| *n == Some(now))
-                && query(now, &["ROLE"]).is_some_and(|r| r.starts_with("master"))
+            now != old && named.iter().all(|n| *n == Some(now)) && is_primary(now)
         });
     }
 }

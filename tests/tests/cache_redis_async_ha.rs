@@ -16,7 +16,9 @@ use freshtoken::runtime::Tokio;
 use freshtoken::testing::{LocalAuthority, Outcome};
 use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
 use freshtoken_tests::assert_no_secret;
-use freshtoken_tests::redis_server::{RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE};
+use freshtoken_tests::redis_server::{
+    is_primary, RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE,
+};
 
 const SECRET: &str = "TOPSECRET-access-async-ha";
 const REFRESH: &str = "TOPSECRET-refresh-async-ha";
@@ -335,4 +337,45 @@ fn an_async_cache_does_not_follow_a_stale_sentinel_to_an_empty_primary() {
         Some(t),
         "the cache followed a stale Sentinel"
     );
+}
+
+/// The async twin of `cache_redis_ha`'s demoted-primary test, through a
+/// store: a primary that a failover demoted without its knowing stores the
+/// rotated token, but no replica acknowledges it; that ends the connection,
+/// and the next store asks the Sentinels again and lands on the new
+/// primary. Shown able to fail: with the connection kept (the code before
+/// this test), the second store was refused as well.
+#[test]
+fn an_unacknowledged_store_sends_the_async_cache_back_to_the_sentinels() {
+    let _turn = serial();
+    let mut set = RedisSentinel::start_with_replicas(2);
+    let rt = tokio_rt();
+    let cache = AsyncRedisCache::sentinel(set.urls(), SENTINEL_SERVICE, "async-ha:demoted")
+        .command_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .build_async()
+        .unwrap();
+    rt.block_on(cache.store(&token("before"))).unwrap();
+    let old = set.fail_over_a_frozen_primary();
+    assert!(
+        is_primary(old),
+        "the thawed primary was reconfigured at once"
+    );
+    let rotated = token("rotated");
+    let first = rt.block_on(cache.store(&rotated)).unwrap_err();
+    assert_no_secret(&format!("{first} {first:?}"));
+    assert_eq!(first.kind(), CacheErrorKind::Unavailable, "{first}");
+    assert!(first.to_string().contains("acknowledged"), "{first}");
+    let second = rt.block_on(cache.store(&rotated));
+    println!(
+        "async demoted primary {old} (still a primary: {}); the Sentinels' primary {}, {} failover(s); the second store: {second:?}",
+        is_primary(old),
+        set.primary(),
+        set.failovers()
+    );
+    second.unwrap();
+    let fresh = RedisCache::sentinel(set.urls(), SENTINEL_SERVICE, "async-ha:demoted")
+        .build()
+        .unwrap();
+    assert_eq!(fresh.load().unwrap(), Some(rotated));
 }

@@ -11,7 +11,9 @@ use freshtoken::{
     AccessToken, CacheError, CacheErrorKind, Clock, RefreshToken, SystemClock, Token,
 };
 use freshtoken_tests::assert_no_secret;
-use freshtoken_tests::redis_server::{query, RedisCluster, RedisSentinel, SENTINEL_SERVICE};
+use freshtoken_tests::redis_server::{
+    is_primary, query, RedisCluster, RedisSentinel, SENTINEL_SERVICE,
+};
 
 const SECRET: &str = "TOPSECRET-access-ha";
 const REFRESH: &str = "TOPSECRET-refresh-ha";
@@ -281,4 +283,46 @@ fn a_stale_sentinel_does_not_lead_the_cache_to_a_restarted_empty_primary() {
         Some(t),
         "the cache followed a stale Sentinel"
     );
+}
+
+/// A primary that a failover demoted without its knowing (frozen until the
+/// Sentinels promoted a replica, then thawed: what a primary too slow for
+/// the Sentinels' down-after becomes) answers as a primary, without a
+/// replica, until the Sentinels reconfigure it some 8 s later. A cache
+/// still connected there has its lease granted and then refused for want
+/// of an acknowledgement; that ends the connection, and the next attempt
+/// asks the Sentinels again and is granted by the new primary. Seen in CI
+/// before: a refresh-token fleet stayed on such a primary until the
+/// Sentinels' reconfiguration cut it off, and went 5-7 s without a token
+/// (`fleet_redis_rotation`). Shown able to fail: with the connection kept
+/// (the code before this test), the second attempt was refused as well.
+#[test]
+fn an_unacknowledged_lease_sends_the_cache_back_to_the_sentinels() {
+    let mut set = RedisSentinel::start_with_replicas(2);
+    let cache = sentinel_cache(&set);
+    let t = token(1);
+    cache.store(&t).unwrap();
+    let old = set.fail_over_a_frozen_primary();
+    // The fault is there only while the old primary still takes itself
+    // for one (the first attempt below says so too).
+    assert!(
+        is_primary(old),
+        "the thawed primary was reconfigured at once"
+    );
+    let ttl = Duration::from_secs(5);
+    let first = cache.acquire_lease(ttl).unwrap_err();
+    assert_no_secret(&format!("{first} {first:?}"));
+    assert_eq!(first.kind(), CacheErrorKind::Unavailable, "{first}");
+    assert!(first.to_string().contains("acknowledged"), "{first}");
+    let second = cache.acquire_lease(ttl);
+    println!(
+        "demoted primary {old} (still a primary after the first attempt: {}); the Sentinels' primary {}, {} failover(s); the second attempt: {second:?}",
+        is_primary(old),
+        set.primary(),
+        set.failovers()
+    );
+    assert_eq!(second.unwrap(), LeaseOutcome::Granted);
+    // The new primary has the token the old one had acknowledged.
+    assert_eq!(cache.load().unwrap(), Some(t));
+    cache.release_lease().unwrap();
 }

@@ -136,7 +136,8 @@ pub(super) const STORE_ATTEMPTS: usize = 4;
 /// of the newest configuration (the highest config epoch: a Sentinel that
 /// has not yet heard of the last failover may name the old primary, back
 /// and empty), checks that it answers `ROLE` as a primary, and asks again
-/// after a connection fails or the server it reached has become a replica.
+/// after a connection fails, the server it reached has become a replica, or
+/// a write there went unacknowledged (below).
 ///
 /// With either, lease grants and stores of tokens that carry a refresh token
 /// wait for one replica's acknowledgement (`WAIT 1 <ms>`, 250 ms by
@@ -145,7 +146,12 @@ pub(super) const STORE_ATTEMPTS: usize = 4;
 /// [`Unavailable`](CacheErrorKind::Unavailable) error (not as busy: no peer
 /// holds it), so a client-credentials flow fetches for itself and a
 /// refresh-token flow waits and retries; a store that is not acknowledged is
-/// a failed store, which the machine retries before anything else.
+/// a failed store, which the machine retries before anything else. Either
+/// also ends the connection, and the next call connects again: a primary
+/// without a replica may be one that a failover demoted without its
+/// knowing (a slow primary failed over, until the Sentinels reconfigure
+/// it, some 8 to 10 s later), and asking the Sentinels again (or reading
+/// the cluster's slot map again) finds the primary that can acknowledge.
 ///
 /// While a primary has no replica that answers (after a failover, until the
 /// old primary rejoins as a replica), no lease is acknowledged: a
@@ -1037,6 +1043,24 @@ impl RedisCache {
         Ok(Conn::Single(conn))
     }
 
+    /// Forgets the connection after a write that too few replicas
+    /// acknowledged, so that the next call connects again: the server may
+    /// have been demoted without knowing it. A Sentinel failover of a
+    /// primary that was only slow (the Sentinels' down-after can take a
+    /// loaded machine for a dead one) promotes its replica and leaves the
+    /// old primary answering as one, without a replica, until the
+    /// Sentinels reconfigure it some 8 to 10 s later. A client that stays
+    /// connected there reads the old token and has every lease refused,
+    /// while the new primary, which asking the Sentinels again finds,
+    /// acknowledges leases at once (a cluster client likewise reads the
+    /// slot map again). Seen in CI: a refresh-token fleet of eight
+    /// processes went 5 to 7 s without a token on such a demoted primary
+    /// (`fleet_redis_rotation`). A single server that has lost its replica
+    /// costs one reconnection per refused write.
+    fn drop_connection(&self) {
+        self.state().conn = None;
+    }
+
     /// Runs `f` on the connection, (re)connecting first if there is none.
     fn run<T>(&self, f: impl FnOnce(&mut Conn) -> redis::RedisResult<T>) -> Result<T, CacheError> {
         let mut state = self.state();
@@ -1406,7 +1430,8 @@ impl TokenCache for RedisCache {
                 (Stored::Written, _) => return Ok(()),
                 (Stored::Changed, _) => continue,
                 (Stored::NotAcknowledged(acked), Some(acks)) => {
-                    return Err(s.store_not_acknowledged(acked, acks))
+                    self.drop_connection();
+                    return Err(s.store_not_acknowledged(acked, acks));
                 }
                 (Stored::NotAcknowledged(_), None) => return Ok(()),
             }
@@ -1437,7 +1462,10 @@ impl TokenCache for RedisCache {
         match leased {
             Leased::Granted => Ok(LeaseOutcome::Granted),
             Leased::Busy => Ok(LeaseOutcome::Busy),
-            Leased::NotAcknowledged(acked) => Err(s.lease_not_acknowledged(acked)),
+            Leased::NotAcknowledged(acked) => {
+                self.drop_connection();
+                Err(s.lease_not_acknowledged(acked))
+            }
         }
     }
 

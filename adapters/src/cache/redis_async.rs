@@ -49,8 +49,9 @@ use super::AsyncTokenCache;
 /// * **Connections**: one multiplexed connection per cache value (for a
 ///   cluster, the async cluster connection, which keeps one per node), made
 ///   on first use with a connect timeout, and each command with a response
-///   timeout (1 s each by default). A connection that fails is dropped and
-///   the next call reconnects (for Sentinel, asking the Sentinels again);
+///   timeout (1 s each by default). A connection that fails, or whose write
+///   too few replicas acknowledged, is dropped and the next call reconnects
+///   (for Sentinel, asking the Sentinels again);
 ///   Redis down is [`CacheErrorKind::Unavailable`], with one warning per
 ///   outage.
 ///
@@ -350,9 +351,17 @@ impl AsyncRedisCache {
     /// Maps a failed call on the connection (see [`failed`](Self::failed)).
     fn call_failed(&self, e: &redis::RedisError) -> CacheError {
         if !keeps_connection(e) {
-            crate::sync::lock(&self.conn).take();
+            self.drop_connection();
         }
         self.failed(to_cache_error(e))
+    }
+
+    /// Forgets the connection: the next call connects again (for Sentinel,
+    /// asking the Sentinels again). Also after a write that too few
+    /// replicas acknowledged, whose server may have been demoted without
+    /// knowing it (as `RedisCache` does, and why).
+    fn drop_connection(&self) {
+        crate::sync::lock(&self.conn).take();
     }
 
     fn succeeded(&self) {
@@ -415,6 +424,7 @@ impl AsyncTokenCache for AsyncRedisCache {
                     .await
                     .map_err(|e| self.call_failed(&e))?;
                 if acked < acks.replicas {
+                    self.drop_connection();
                     return Err(s.store_not_acknowledged(acked, acks));
                 }
             }
@@ -447,6 +457,7 @@ impl AsyncTokenCache for AsyncRedisCache {
         }
         // As in RedisCache: a lease only the primary knows is given back.
         let _ = conn.invoke::<i64>(&s.release_script()).await;
+        self.drop_connection();
         Err(s.lease_not_acknowledged(acked))
     }
 
