@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use freshtoken::cache::{AsyncRedisCache, RedisCache};
+use freshtoken::cache::{AsyncRedisCache, RedisCache, RedisCacheBuilder};
 
 /// The connect and command timeouts of [`RedisServer::cache`].
 const TEST_TIMEOUT: Duration = Duration::from_millis(500);
@@ -405,6 +405,18 @@ pub fn query(port: u16, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `builder` with replica acknowledgements waited for up to 2 s (and a
+/// 3 s command timeout, which caps that wait at three quarters of it)
+/// instead of the default 250 ms: a test checks whether a write is
+/// acknowledged, not how fast, and a loaded machine (set-ups started in
+/// parallel, one core taken) has missed 250 ms on the first store to a
+/// fresh cluster.
+pub fn patient_acks(builder: RedisCacheBuilder) -> RedisCacheBuilder {
+    builder
+        .command_timeout(Duration::from_secs(3))
+        .replica_acks(1, Duration::from_secs(2))
 }
 
 /// Whether the server on `port` answers `ROLE` as a primary.

@@ -17,7 +17,7 @@ use freshtoken::testing::{LocalAuthority, Outcome};
 use freshtoken::{AccessToken, CacheErrorKind, Clock, RefreshToken, SystemClock, Token};
 use freshtoken_tests::assert_no_secret;
 use freshtoken_tests::redis_server::{
-    is_primary, RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE,
+    is_primary, patient_acks, RedisCluster, RedisSentinel, RedisServer, SENTINEL_SERVICE,
 };
 
 const SECRET: &str = "TOPSECRET-access-async-ha";
@@ -72,12 +72,13 @@ fn an_async_cluster_cache_round_trips_and_a_fleet_of_async_drivers_shares_it() {
     let cluster = RedisCluster::start();
     let urls = cluster.urls();
     let make = || {
-        AsyncRedisCache::cluster(&urls, "fleet:async")
-            .command_timeout(Duration::from_millis(500))
+        patient_acks(AsyncRedisCache::cluster(&urls, "fleet:async"))
             .build_async()
             .expect("cluster URLs")
     };
-    let blocking = RedisCache::cluster(&urls, "fleet:async").build().unwrap();
+    let blocking = patient_acks(RedisCache::cluster(&urls, "fleet:async"))
+        .build()
+        .unwrap();
     assert_eq!(make().lease_key(), "{fleet:async}:lease");
     tokio_rt().block_on(async {
         round_trip_and_lease(&make(), &make(), &blocking).await;
@@ -175,15 +176,22 @@ fn an_async_sentinel_cache_follows_a_failover() {
     let mut set = RedisSentinel::start();
     let urls = set.urls();
     let make = || {
-        AsyncRedisCache::sentinel(&urls, SENTINEL_SERVICE, "sentinel:async")
-            .command_timeout(Duration::from_millis(500))
-            .connect_timeout(Duration::from_millis(500))
-            .build_async()
-            .expect("Sentinel URLs")
+        patient_acks(AsyncRedisCache::sentinel(
+            &urls,
+            SENTINEL_SERVICE,
+            "sentinel:async",
+        ))
+        .connect_timeout(Duration::from_millis(500))
+        .build_async()
+        .expect("Sentinel URLs")
     };
-    let blocking = RedisCache::sentinel(&urls, SENTINEL_SERVICE, "sentinel:async")
-        .build()
-        .unwrap();
+    let blocking = patient_acks(RedisCache::sentinel(
+        &urls,
+        SENTINEL_SERVICE,
+        "sentinel:async",
+    ))
+    .build()
+    .unwrap();
     let a = make();
     let rt = tokio_rt();
     rt.block_on(round_trip_and_lease(&a, &make(), &blocking));
@@ -308,11 +316,15 @@ fn an_async_cache_does_not_follow_a_stale_sentinel_to_an_empty_primary() {
     let _turn = serial();
     let mut set = RedisSentinel::start();
     let t = token("stale-sentinel");
-    RedisCache::sentinel(set.urls(), SENTINEL_SERVICE, "async-ha:stale")
-        .build()
-        .unwrap()
-        .store(&t)
-        .unwrap();
+    patient_acks(RedisCache::sentinel(
+        set.urls(),
+        SENTINEL_SERVICE,
+        "async-ha:stale",
+    ))
+    .build()
+    .unwrap()
+    .store(&t)
+    .unwrap();
     let (old, stale) = set.fail_over_behind_a_stale_sentinel();
     let mut urls = set.urls();
     let stale_url = urls.pop().unwrap();
@@ -350,11 +362,14 @@ fn an_unacknowledged_store_sends_the_async_cache_back_to_the_sentinels() {
     let _turn = serial();
     let mut set = RedisSentinel::start_with_replicas(2);
     let rt = tokio_rt();
-    let cache = AsyncRedisCache::sentinel(set.urls(), SENTINEL_SERVICE, "async-ha:demoted")
-        .command_timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_millis(500))
-        .build_async()
-        .unwrap();
+    let cache = patient_acks(AsyncRedisCache::sentinel(
+        set.urls(),
+        SENTINEL_SERVICE,
+        "async-ha:demoted",
+    ))
+    .connect_timeout(Duration::from_millis(500))
+    .build_async()
+    .unwrap();
     rt.block_on(cache.store(&token("before"))).unwrap();
     let old = set.fail_over_a_frozen_primary();
     assert!(

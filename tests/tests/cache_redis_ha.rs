@@ -12,7 +12,7 @@ use freshtoken::{
 };
 use freshtoken_tests::assert_no_secret;
 use freshtoken_tests::redis_server::{
-    is_primary, query, RedisCluster, RedisSentinel, SENTINEL_SERVICE,
+    is_primary, patient_acks, query, RedisCluster, RedisSentinel, SENTINEL_SERVICE,
 };
 
 const SECRET: &str = "TOPSECRET-access-ha";
@@ -30,19 +30,21 @@ fn token(n: u32) -> Token {
 }
 
 fn cluster_cache(cluster: &RedisCluster, key: &str) -> RedisCache {
-    RedisCache::cluster(cluster.urls(), key)
-        .command_timeout(Duration::from_millis(500))
+    patient_acks(RedisCache::cluster(cluster.urls(), key))
         .connect_timeout(Duration::from_millis(500))
         .build()
         .unwrap()
 }
 
 fn sentinel_cache(set: &RedisSentinel) -> RedisCache {
-    RedisCache::sentinel(set.urls(), SENTINEL_SERVICE, "ha:token")
-        .command_timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap()
+    patient_acks(RedisCache::sentinel(
+        set.urls(),
+        SENTINEL_SERVICE,
+        "ha:token",
+    ))
+    .connect_timeout(Duration::from_millis(500))
+    .build()
+    .unwrap()
 }
 
 /// Retries `f` every 100 ms until it succeeds, for up to 30 s (a failover);
@@ -156,7 +158,8 @@ fn a_cluster_round_trips_shares_a_lease_and_survives_a_killed_primary() {
         "cluster: node {primary} restarted; leases acknowledged again after {took:?} ({busy} busy)"
     );
     // A store is acknowledged again too (retried: on a loaded machine the
-    // rejoined replica can miss one 250 ms acknowledgement).
+    // rejoined replica once missed an acknowledgement, when these caches
+    // waited the default 250 ms for it).
     eventually("a store once the old primary is back", || {
         cache.store(&token(103))
     });
@@ -211,7 +214,8 @@ fn a_sentinel_primary_round_trips_shares_a_lease_and_fails_over() {
         "sentinel: server {old} restarted; leases acknowledged again after {took:?} ({busy} refused)"
     );
     // A store is acknowledged again too (retried: under load the rejoined
-    // replica once missed the 250 ms acknowledgement of the first store).
+    // replica once missed the acknowledgement of the first store, when
+    // these caches waited the default 250 ms for it).
     eventually("a store once the old primary is back", || {
         a.store(&token(3))
     });
