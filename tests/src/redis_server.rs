@@ -803,17 +803,9 @@ impl RedisSentinel {
             || {
                 sentinels.iter().all(|&s| {
                     query(s, &["SENTINEL", "MASTER", SENTINEL_SERVICE]).is_some_and(|m| {
-                        let lines: Vec<&str> = m.lines().collect();
-                        let field = |name: &str| {
-                            lines
-                                .iter()
-                                .position(|l| *l == name)
-                                .and_then(|i| lines.get(i + 1))
-                                .copied()
-                        };
-                        field("num-slaves") == Some(replicas.to_string().as_str())
-                            && field("num-other-sentinels") == Some("2")
-                            && field("flags") == Some("master")
+                        master_field(&m, "num-slaves") == Some(replicas.to_string().as_str())
+                            && master_field(&m, "num-other-sentinels") == Some("2")
+                            && master_field(&m, "flags") == Some("master")
                     })
                 })
             },
@@ -897,11 +889,7 @@ impl RedisSentinel {
         self.sentinels
             .iter()
             .filter_map(|(p, _)| query(*p, &["SENTINEL", "MASTER", SENTINEL_SERVICE]))
-            .filter_map(|m| {
-                let lines: Vec<&str> = m.lines().collect();
-                let at = lines.iter().position(|l| *l == "config-epoch")?;
-                lines.get(at + 1)?.trim().parse().ok()
-            })
+            .filter_map(|m| master_field(&m, "config-epoch")?.parse().ok())
             .max()
             .unwrap_or(0)
     }
@@ -1027,6 +1015,14 @@ impl RedisSentinel {
             now != old && named.iter().all(|n| *n == Some(now)) && is_primary(now)
         });
     }
+}
+
+/// A field of a `SENTINEL MASTER` answer as `redis-cli` prints it: each
+/// name on a line, its value on the next.
+fn master_field<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    let mut lines = answer.lines();
+    lines.by_ref().find(|l| *l == name)?;
+    lines.next()
 }
 
 /// Starts Sentinel number `index` (directory `sentinel-<index>`)
